@@ -1,0 +1,317 @@
+// Package ghl is a small HighLevel (LeadConnector) API client for the calls
+// ghlcancel makes: cancelling scheduled messages and emails, and reading a
+// message back to verify its status. Every answer goes through Classify.
+package ghl
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Defaults for Config.
+const (
+	BaseURLDefault      = "https://services.leadconnectorhq.com/"
+	VersionDefault      = "2021-04-15"
+	TimeoutDefault      = 30 * time.Second
+	UserAgentDefault    = "ghlcancel/dev (+https://github.com/ghlcancel/ghlcancel)"
+	MaxIdleConnsDefault = 512
+	// maxBodyBytes bounds how much of any response body is read.
+	maxBodyBytes = 64 << 10
+)
+
+// Kind is which cancel endpoint a message id belongs to.
+type Kind string
+
+// Kinds of scheduled message.
+const (
+	KindMessage Kind = "message" // DELETE /conversations/messages/{id}/schedule
+	KindEmail   Kind = "email"   // DELETE /conversations/messages/email/{id}/schedule
+)
+
+// ParseKind accepts "message" (also "sms", empty) and "email".
+func ParseKind(s string) (Kind, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "message", "sms":
+		return KindMessage, nil
+	case "email":
+		return KindEmail, nil
+	}
+	return "", fmt.Errorf("unknown kind %q: want message or email", s)
+}
+
+// Endpoint is a bounded label naming an API route (a template, never an id).
+func (k Kind) Endpoint() string {
+	if k == KindEmail {
+		return "cancel_email"
+	}
+	return "cancel_message"
+}
+
+// Config configures a Client.
+type Config struct {
+	// BaseURL of the API. Defaults to BaseURLDefault. A trailing slash is added.
+	BaseURL string
+	// Version header sent with every call. Defaults to VersionDefault.
+	Version string
+	// Timeout for one whole call. Defaults to TimeoutDefault.
+	Timeout time.Duration
+	// UserAgent header. Defaults to UserAgentDefault.
+	UserAgent string
+	// MaxIdleConns kept open to the API. Size it near the worker concurrency.
+	// Defaults to MaxIdleConnsDefault.
+	MaxIdleConns int
+	// HTTPClient replaces the tuned client built from the fields above.
+	HTTPClient *http.Client
+	// Observe, when set, is called after every call with its endpoint label,
+	// HTTP status (0 when none arrived) and duration. Used for metrics.
+	Observe func(endpoint string, status int, d time.Duration)
+	// Now defaults to time.Now.
+	Now func() time.Time
+}
+
+// Client calls the HighLevel API. It is safe for concurrent use.
+type Client struct {
+	base    *url.URL
+	http    *http.Client
+	version string
+	ua      string
+	observe func(string, int, time.Duration)
+	now     func() time.Time
+}
+
+// New builds a Client.
+func New(cfg Config) (*Client, error) {
+	raw := cmp.Or(cfg.BaseURL, BaseURLDefault)
+	if !strings.HasSuffix(raw, "/") {
+		raw += "/"
+	}
+	base, err := url.Parse(raw)
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return nil, fmt.Errorf("ghl: BaseURL %q: want an absolute http(s) URL", cfg.BaseURL)
+	}
+	if base.User != nil || base.RawQuery != "" {
+		return nil, errors.New("ghl: BaseURL must not carry credentials or a query")
+	}
+	timeout := cmp.Or(cfg.Timeout, TimeoutDefault)
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = NewHTTPClient(timeout, cmp.Or(cfg.MaxIdleConns, MaxIdleConnsDefault))
+	}
+	c := &Client{
+		base:    base,
+		http:    hc,
+		version: cmp.Or(cfg.Version, VersionDefault),
+		ua:      cmp.Or(cfg.UserAgent, UserAgentDefault),
+		observe: cfg.Observe,
+		now:     cfg.Now,
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	return c, nil
+}
+
+// NewHTTPClient returns an *http.Client tuned for many concurrent calls to
+// one host: enough idle connections per host that a burst of workers reuses
+// them instead of opening new ones, bounded dial and TLS times, no redirects.
+func NewHTTPClient(timeout time.Duration, maxIdle int) *http.Client {
+	tr := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   5 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          maxIdle,
+		MaxIdleConnsPerHost:   maxIdle,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: timeout,
+		ExpectContinueTimeout: time.Second,
+	}
+	return &http.Client{
+		Transport: tr,
+		Timeout:   timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+}
+
+// MaxIDLength is the longest id accepted. HighLevel ids are 20-24 characters.
+const MaxIDLength = 64
+
+// ValidateID rejects an id before any call: empty, too long, or holding
+// anything but ASCII letters, digits, '-' and '_' (so no slash, dot,
+// whitespace or control character can change the path).
+func ValidateID(id string) error {
+	if id == "" {
+		return errors.New("empty id")
+	}
+	if len(id) > MaxIDLength {
+		return fmt.Errorf("id is %d bytes long, the limit is %d", len(id), MaxIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("id has a character that is not allowed at byte %d (allowed: letters, digits, '-', '_')", i)
+		}
+	}
+	return nil
+}
+
+// CancelPath is the API path, relative to the base URL, of a cancel call.
+func CancelPath(kind Kind, id string) string {
+	if kind == KindEmail {
+		return "conversations/messages/email/" + url.PathEscape(id) + "/schedule"
+	}
+	return "conversations/messages/" + url.PathEscape(id) + "/schedule"
+}
+
+// Cancel cancels one scheduled message or email. A nil error means a terminal
+// outcome (Result.Outcome); otherwise the error is *Error or *RateLimitError.
+func (c *Client) Cancel(ctx context.Context, kind Kind, id, token string) (*Result, error) {
+	if kind != KindMessage && kind != KindEmail {
+		return nil, &Error{Reason: ReasonClientError, Message: fmt.Sprintf("unknown kind %q", kind)}
+	}
+	if err := ValidateID(id); err != nil {
+		return nil, &Error{Reason: ReasonInvalidID, Message: err.Error()}
+	}
+	if token == "" {
+		return nil, &Error{Reason: ReasonNoToken, Message: "empty token"}
+	}
+	status, h, body, req, err := c.do(ctx, http.MethodDelete, kind.Endpoint(), CancelPath(kind, id), token)
+	if err != nil {
+		return nil, err
+	}
+	res, err := Classify(status, h, body, c.now())
+	return res, withRequest(err, req)
+}
+
+// GetMessage reads a message back (GET /conversations/messages/{id}); used to
+// verify an ambiguous cancel. A 404 comes back as *Error with StatusCode 404.
+func (c *Client) GetMessage(ctx context.Context, id, token string) (*Message, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, &Error{Reason: ReasonInvalidID, Message: err.Error()}
+	}
+	status, h, body, req, err := c.do(ctx, http.MethodGet, "get_message", "conversations/messages/"+url.PathEscape(id), token)
+	if err != nil {
+		return nil, err
+	}
+	if status != http.StatusOK {
+		_, cerr := Classify(status, h, body, c.now())
+		if cerr == nil {
+			cerr = &Error{Reason: ReasonClientError, StatusCode: status, Message: http.StatusText(status)}
+		}
+		return nil, withRequest(cerr, req)
+	}
+	var m Message
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, &Error{Reason: ReasonBadResponse, StatusCode: status, Request: req, Retryable: true, Message: "unreadable message body", Err: err}
+	}
+	return &m, nil
+}
+
+// Message is the subset of GET /conversations/messages/{id} ghlcancel reads.
+type Message struct {
+	ID          string `json:"id"`
+	LocationID  string `json:"locationId"`
+	Status      string `json:"status"`
+	MessageType string `json:"messageType"`
+}
+
+func withRequest(err error, req string) error {
+	var e *Error
+	var rl *RateLimitError
+	switch {
+	case errors.As(err, &e):
+		e.Request = req
+	case errors.As(err, &rl):
+		rl.Request = req
+	}
+	return err
+}
+
+// do sends one request and reads a bounded body. Transport failures come
+// back as *Error (timeout or network, retryable). req is the sanitized line.
+func (c *Client) do(ctx context.Context, method, endpoint, path, token string) (int, http.Header, []byte, string, error) {
+	u, err := c.base.Parse(path)
+	if err != nil {
+		return 0, nil, nil, method + " " + path, &Error{Reason: ReasonInvalidID, Message: "bad path", Err: err}
+	}
+	reqLine := method + " " + sanitizeURL(u)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	if err != nil {
+		return 0, nil, nil, reqLine, &Error{Reason: ReasonClientError, Request: reqLine, Message: "building request failed", Err: err}
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Version", c.version)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.ua)
+
+	start := c.now()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		c.record(endpoint, 0, start)
+		return 0, nil, nil, reqLine, transportError(ctx, err, reqLine)
+	}
+	body, readErr := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes))
+	// Drain a little more so the connection can be reused, then close.
+	_, _ = io.CopyN(io.Discard, resp.Body, maxBodyBytes)
+	_ = resp.Body.Close()
+	c.record(endpoint, resp.StatusCode, start)
+	if readErr != nil {
+		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+			return 0, nil, nil, reqLine, &Error{Reason: ReasonBadResponse, StatusCode: resp.StatusCode, Request: reqLine,
+				Retryable: true, Limits: ParseLimits(resp.Header), Message: "reading response body failed", Err: scrub(readErr)}
+		}
+		body = nil // an error status is classified by its code alone
+	}
+	return resp.StatusCode, resp.Header, body, reqLine, nil
+}
+
+func (c *Client) record(endpoint string, status int, start time.Time) {
+	if c.observe != nil {
+		c.observe(endpoint, status, c.now().Sub(start))
+	}
+}
+
+func transportError(ctx context.Context, err error, req string) error {
+	reason := ReasonNetwork
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		reason = ReasonTimeout
+	}
+	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
+		// The caller gave up (shutdown): still retryable, nothing was decided.
+		reason = ReasonNetwork
+	}
+	return &Error{Reason: reason, Request: req, Retryable: true, Message: string(reason) + " error", Err: scrub(err)}
+}
+
+// scrub strips the URL out of a *url.Error so that what we log is the
+// sanitized request line we already carry, nothing more.
+func scrub(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+func sanitizeURL(u *url.URL) string {
+	c := *u
+	c.User = nil
+	c.RawQuery = ""
+	c.Fragment = ""
+	return c.String()
+}

@@ -1,0 +1,482 @@
+// Package sandbox is an in-process stand-in for the HighLevel API: the two
+// cancel-schedule endpoints and GET message over a store of scheduled
+// messages per location, with the real API's auth, Version header check,
+// response bodies, per-location rate limits (X-RateLimit-* headers, 429s) and
+// injectable faults. Tests, the demo and load tests run against it; its
+// answers are checked against the official OpenAPI spec in a contract test.
+package sandbox
+
+import (
+	"cmp"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults for Config.
+const (
+	VersionDefault      = "2021-04-15"
+	RateMaxDefault      = 100
+	RateIntervalDefault = 10 * time.Second
+	DailyLimitDefault   = 200_000
+)
+
+// Config configures a Server.
+type Config struct {
+	// Version is the only Version header value accepted. Defaults to VersionDefault.
+	Version string
+	// RateMax requests per RateInterval per location. Defaults to RateMaxDefault.
+	// A negative value disables the burst limit.
+	RateMax int
+	// RateInterval is the burst window. Defaults to RateIntervalDefault.
+	RateInterval time.Duration
+	// DailyLimit requests per location per UTC day. Defaults to DailyLimitDefault.
+	DailyLimit int
+	// RetryAfter makes 429s carry a Retry-After header (HighLevel does not
+	// document whether it sends one). Defaults to false.
+	RetryAfter bool
+	// Faults injected into answers. Defaults to none.
+	Faults Faults
+	// Seed for fault injection and ids; 0 picks a random seed.
+	Seed uint64
+	// Now defaults to time.Now.
+	Now func() time.Time
+}
+
+// Faults are injected before a request is processed, so a faulted request
+// changes nothing, except LostResponseRate, which processes the request and
+// then answers 502 (the reply was lost on the way back).
+type Faults struct {
+	ErrorRate        float64       // share of requests answered 500/502/503
+	ResetRate        float64       // share of connections reset without an answer
+	TimeoutRate      float64       // share of requests that hang until the client gives up
+	LostResponseRate float64       // share processed, then answered 502
+	Latency          time.Duration // added to every request
+	LatencyJitter    time.Duration // plus a uniform random extra up to this
+}
+
+// Message states.
+const (
+	StatusScheduled = "scheduled"
+	StatusSent      = "sent"
+	// StatusCancelled is what GET reports for a cancelled message. HighLevel
+	// documents no "cancelled" value; "failed" is the closest documented one.
+	StatusCancelled = "failed"
+)
+
+type message struct {
+	id       string
+	location string
+	email    bool
+	status   string
+	sendAt   time.Time // zero: never goes out on its own
+	added    time.Time
+	cancels  int // successful cancel calls (more than 1 would be a bug upstream)
+}
+
+type bucket struct {
+	mu          sync.Mutex
+	windowStart time.Time
+	count       int
+	day         time.Time
+	dayCount    int
+	max         int // per-location override of cfg.RateMax, 0 = default
+}
+
+// Server is the sandbox. Its zero value is not usable; call New.
+type Server struct {
+	cfg Config
+	now func() time.Time
+
+	mu       sync.RWMutex
+	tokens   map[string]string // token -> location
+	messages map[string]*message
+	buckets  map[string]*bucket
+	faults   Faults
+
+	rngMu sync.Mutex
+	rng   *mrand.Rand
+
+	stats counters
+}
+
+type counters struct {
+	requests, cancelled, notCancellable, unauthorized, badRequest, rateLimited,
+	faulted5xx, resets, timeouts, lostResponses, gets atomic.Int64
+}
+
+// Stats is a snapshot of what the sandbox answered.
+type Stats struct {
+	Requests       int64 `json:"requests"`
+	Cancelled      int64 `json:"cancelled"`
+	NotCancellable int64 `json:"not_cancellable"`
+	Unauthorized   int64 `json:"unauthorized"`
+	BadRequest     int64 `json:"bad_request"`
+	RateLimited    int64 `json:"rate_limited"`
+	Faulted5xx     int64 `json:"faulted_5xx"`
+	Resets         int64 `json:"resets"`
+	Timeouts       int64 `json:"timeouts"`
+	LostResponses  int64 `json:"lost_responses"`
+	Gets           int64 `json:"gets"`
+}
+
+// New builds a Server.
+func New(cfg Config) *Server {
+	cfg.Version = cmp.Or(cfg.Version, VersionDefault)
+	cfg.RateMax = cmp.Or(cfg.RateMax, RateMaxDefault)
+	cfg.RateInterval = cmp.Or(cfg.RateInterval, RateIntervalDefault)
+	cfg.DailyLimit = cmp.Or(cfg.DailyLimit, DailyLimitDefault)
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = mrand.Uint64()
+	}
+	s := &Server{
+		cfg:      cfg,
+		now:      cfg.Now,
+		tokens:   map[string]string{},
+		messages: map[string]*message{},
+		buckets:  map[string]*bucket{},
+		faults:   cfg.Faults,
+		rng:      mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s
+}
+
+// AddLocation registers a location and the token that grants access to it.
+// A location may have several tokens (call again).
+func (s *Server) AddLocation(location, token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tokens[token] = location
+	if s.buckets[location] == nil {
+		s.buckets[location] = &bucket{}
+	}
+}
+
+// SetRateLimit overrides the burst limit of one location (0 restores the default).
+func (s *Server) SetRateLimit(location string, max int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buckets[location]
+	if b == nil {
+		b = &bucket{}
+		s.buckets[location] = b
+	}
+	b.mu.Lock()
+	b.max = max
+	b.mu.Unlock()
+}
+
+// SetFaults replaces the injected faults.
+func (s *Server) SetFaults(f Faults) {
+	s.mu.Lock()
+	s.faults = f
+	s.mu.Unlock()
+}
+
+// Schedule adds a scheduled message with the given id to a location. A zero
+// sendAt means it never goes out by itself.
+func (s *Server) Schedule(location, id string, email bool, sendAt time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.messages[id] = &message{id: id, location: location, email: email, status: StatusScheduled, sendAt: sendAt, added: s.now()}
+}
+
+// ScheduleN adds n scheduled messages with fresh ids and returns the ids.
+func (s *Server) ScheduleN(location string, n int, email bool) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = NewID()
+		s.Schedule(location, ids[i], email, time.Time{})
+	}
+	return ids
+}
+
+// MessageStatus reports a message's status and how many times it was
+// cancelled successfully; ok is false for an unknown id.
+func (s *Server) MessageStatus(id string) (status string, cancels int, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m := s.messages[id]
+	if m == nil {
+		return "", 0, false
+	}
+	return s.statusLocked(m), m.cancels, true
+}
+
+// Count returns how many messages are in each status.
+func (s *Server) Count() map[string]int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := map[string]int{}
+	for _, m := range s.messages {
+		out[s.statusLocked(m)]++
+	}
+	return out
+}
+
+func (s *Server) statusLocked(m *message) string {
+	if m.status == StatusScheduled && !m.sendAt.IsZero() && !s.now().Before(m.sendAt) {
+		return StatusSent
+	}
+	return m.status
+}
+
+// Stats returns what the sandbox answered so far.
+func (s *Server) Stats() Stats {
+	c := &s.stats
+	return Stats{
+		Requests: c.requests.Load(), Cancelled: c.cancelled.Load(), NotCancellable: c.notCancellable.Load(),
+		Unauthorized: c.unauthorized.Load(), BadRequest: c.badRequest.Load(), RateLimited: c.rateLimited.Load(),
+		Faulted5xx: c.faulted5xx.Load(), Resets: c.resets.Load(), Timeouts: c.timeouts.Load(),
+		LostResponses: c.lostResponses.Load(), Gets: c.gets.Load(),
+	}
+}
+
+const idAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// NewID returns a random 20-character id shaped like HighLevel's.
+func NewID() string {
+	var b [20]byte
+	_, _ = rand.Read(b[:])
+	for i := range b {
+		b[i] = idAlphabet[int(b[i])%len(idAlphabet)]
+	}
+	return string(b[:])
+}
+
+// Handler serves the API routes plus /_sandbox/stats.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("DELETE /conversations/messages/email/{id}/schedule", s.api(s.cancel(true)))
+	mux.HandleFunc("DELETE /conversations/messages/{id}/schedule", s.api(s.cancel(false)))
+	mux.HandleFunc("GET /conversations/messages/{id}", s.api(s.get))
+	mux.HandleFunc("GET /_sandbox/stats", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, s.Stats())
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusNotFound, map[string]any{"statusCode": 404, "message": "Cannot find route", "error": "Not Found"})
+	})
+	return mux
+}
+
+type apiFunc func(w http.ResponseWriter, r *http.Request, location string)
+
+// api wraps a route with, in order: latency, faults, the Version header,
+// bearer auth and the per-location rate limit.
+func (s *Server) api(next apiFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.stats.requests.Add(1)
+		s.mu.RLock()
+		f := s.faults
+		s.mu.RUnlock()
+		if d := f.Latency + s.jitter(f.LatencyJitter); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		switch x := s.roll(); {
+		case x < f.ResetRate:
+			s.stats.resets.Add(1)
+			resetConnection(w)
+			return
+		case x < f.ResetRate+f.TimeoutRate:
+			s.stats.timeouts.Add(1)
+			select { // hang until the client gives up
+			case <-r.Context().Done():
+			case <-time.After(2 * time.Minute):
+			}
+			return
+		case x < f.ResetRate+f.TimeoutRate+f.ErrorRate:
+			s.stats.faulted5xx.Add(1)
+			codes := []int{500, 502, 503}
+			code := codes[int(s.roll()*3)%3]
+			writeJSON(w, code, map[string]any{"statusCode": code, "message": http.StatusText(code)})
+			return
+		}
+		if r.Header.Get("Version") != s.cfg.Version {
+			s.stats.badRequest.Add(1)
+			msg := "version header was not found"
+			if r.Header.Get("Version") != "" {
+				msg = "version header is invalid"
+			}
+			writeJSON(w, http.StatusBadRequest, map[string]any{"statusCode": 400, "message": msg})
+			return
+		}
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		s.mu.RLock()
+		location, known := s.tokens[token]
+		b := s.buckets[location]
+		s.mu.RUnlock()
+		if !ok || !known {
+			s.stats.unauthorized.Add(1)
+			writeJSON(w, http.StatusUnauthorized, map[string]any{
+				"statusCode": 401, "message": "Invalid token: access token is invalid", "error": "Unauthorized"})
+			return
+		}
+		if !s.admit(w, b) {
+			s.stats.rateLimited.Add(1)
+			writeJSON(w, http.StatusTooManyRequests, map[string]any{
+				"statusCode": 429, "message": "Too many requests, please try again later.", "error": "Too Many Requests"})
+			return
+		}
+		if f.LostResponseRate > 0 && s.roll() < f.LostResponseRate {
+			next(discard{h: http.Header{}}, r, location)
+			s.stats.lostResponses.Add(1)
+			writeJSON(w, http.StatusBadGateway, map[string]any{"statusCode": 502, "message": "Bad Gateway"})
+			return
+		}
+		next(w, r, location)
+	}
+}
+
+// admit counts the request against the location's windows and sets the
+// X-RateLimit-* headers. It reports false when the request is over a limit.
+func (s *Server) admit(w http.ResponseWriter, b *bucket) bool {
+	now := s.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	limit := cmp.Or(b.max, s.cfg.RateMax)
+	interval := s.cfg.RateInterval
+	if now.Sub(b.windowStart) >= interval {
+		b.windowStart = now.Truncate(interval)
+		b.count = 0
+	}
+	day := now.UTC().Truncate(24 * time.Hour)
+	if !b.day.Equal(day) {
+		b.day, b.dayCount = day, 0
+	}
+	h := w.Header()
+	burstOK := limit < 0 || b.count < limit
+	dailyOK := b.dayCount < s.cfg.DailyLimit
+	if burstOK && dailyOK {
+		b.count++
+		b.dayCount++
+	}
+	if limit >= 0 {
+		h.Set("X-RateLimit-Max", strconv.Itoa(limit))
+		h.Set("X-RateLimit-Interval-Milliseconds", strconv.FormatInt(interval.Milliseconds(), 10))
+		h.Set("X-RateLimit-Remaining", strconv.Itoa(max(0, limit-b.count)))
+	}
+	h.Set("X-RateLimit-Limit-Daily", strconv.Itoa(s.cfg.DailyLimit))
+	h.Set("X-RateLimit-Daily-Remaining", strconv.Itoa(max(0, s.cfg.DailyLimit-b.dayCount)))
+	if !(burstOK && dailyOK) && s.cfg.RetryAfter {
+		wait := b.windowStart.Add(interval).Sub(now)
+		if !dailyOK {
+			wait = day.Add(24 * time.Hour).Sub(now)
+		}
+		h.Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+	}
+	return burstOK && dailyOK
+}
+
+func (s *Server) cancel(email bool) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request, location string) {
+		id := r.PathValue("id")
+		s.mu.Lock()
+		m := s.messages[id]
+		if m != nil && m.location != location {
+			s.mu.Unlock()
+			s.stats.unauthorized.Add(1)
+			writeJSON(w, http.StatusUnauthorized, map[string]any{
+				"statusCode": 401, "message": "The token does not have access to this location.", "error": "Unauthorized"})
+			return
+		}
+		ok := m != nil && m.email == email && s.statusLocked(m) == StatusScheduled
+		if ok {
+			m.status = StatusCancelled
+			m.cancels++
+		}
+		s.mu.Unlock()
+		if !ok {
+			// The spec's own example: a 200 whose body reports a 404.
+			s.stats.notCancellable.Add(1)
+			writeJSON(w, http.StatusOK, map[string]any{"status": 404, "message": "Failed cancel the scheduled message"})
+			return
+		}
+		s.stats.cancelled.Add(1)
+		writeJSON(w, http.StatusOK, map[string]any{"status": 200, "message": "Scheduled message cancelled successfully"})
+	}
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request, location string) {
+	s.stats.gets.Add(1)
+	id := r.PathValue("id")
+	s.mu.RLock()
+	m := s.messages[id]
+	var body map[string]any
+	if m != nil && m.location == location {
+		mt, typ := "TYPE_SMS", 2
+		if m.email {
+			mt, typ = "TYPE_EMAIL", 3
+		}
+		body = map[string]any{"id": m.id, "type": typ, "messageType": mt, "locationId": m.location,
+			"contactId": "sandboxContact000001", "conversationId": "sandboxConversation1",
+			"dateAdded": m.added.UTC().Format("2006-01-02T15:04:05.000Z"), "direction": "outbound",
+			"contentType": "text/plain", "status": s.statusLocked(m)}
+	}
+	s.mu.RUnlock()
+	if body == nil {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"statusCode": 400, "message": "Message not found"})
+		return
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+func (s *Server) roll() float64 {
+	s.rngMu.Lock()
+	defer s.rngMu.Unlock()
+	return s.rng.Float64()
+}
+
+func (s *Server) jitter(max time.Duration) time.Duration {
+	if max <= 0 {
+		return 0
+	}
+	return time.Duration(s.roll() * float64(max))
+}
+
+func resetConnection(w http.ResponseWriter) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic(http.ErrAbortHandler)
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // RST instead of FIN
+	}
+	_ = conn.Close()
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+type discard struct{ h http.Header }
+
+func (d discard) Header() http.Header         { return d.h }
+func (d discard) Write(p []byte) (int, error) { return len(p), nil }
+func (d discard) WriteHeader(int)             {}
+
+// String describes the config for logs.
+func (c Config) String() string {
+	return fmt.Sprintf("rate=%d/%s daily=%d retry-after=%t faults=%+v", c.RateMax, c.RateInterval, c.DailyLimit, c.RetryAfter, c.Faults)
+}
