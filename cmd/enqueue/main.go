@@ -1,0 +1,340 @@
+// Command enqueue puts cancel tasks on the queue and operates dead letters.
+//
+//	enqueue [flags] ID...                  cancel these messages
+//	enqueue [flags] --file ids.csv         cancel every message in a file (- for stdin)
+//	enqueue dead list [filters]            show dead letters
+//	enqueue dead requeue [filters|--all]   put dead letters back on their lane
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/progress"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	if err != nil {
+		if !errors.Is(err, errReported) {
+			fmt.Fprintln(os.Stderr, "enqueue:", err)
+		}
+		var ue usageError
+		if errors.As(err, &ue) || errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// errReported: the failure was already explained on stderr.
+var errReported = errors.New("failed")
+
+type usageError struct{ error }
+
+const (
+	envRedisURL     = "REDIS_URL"
+	redisURLDefault = "redis://127.0.0.1:6379/0"
+)
+
+type env struct {
+	getenv         func(string) string
+	stdin          io.Reader
+	stdout, stderr io.Writer
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	e := env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
+	if len(args) > 0 && args[0] == "dead" {
+		return e.dead(ctx, args[1:])
+	}
+	return e.enqueue(ctx, args)
+}
+
+func (e env) redisFlag(fs *flag.FlagSet) *string {
+	def := e.getenv(envRedisURL)
+	if def == "" {
+		def = redisURLDefault
+	}
+	return fs.String("redis-url", def, "Redis URL redis://[:password@]host:port/db (env "+envRedisURL+")")
+}
+
+func connect(ctx context.Context, url string) (*redis.Client, error) {
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("redis url: %w (want redis://host:port/db)", err)}
+	}
+	opt.PoolSize = max(opt.PoolSize, 64)
+	rdb := redis.NewClient(opt)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		_ = rdb.Close()
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w (is it running? is REDIS_URL right?)", opt.Addr, err)
+	}
+	return rdb, nil
+}
+
+func (e env) enqueue(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("enqueue", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		fmt.Fprint(e.stderr, `usage: enqueue [flags] ID...
+       enqueue [flags] --file PATH|-     (one id per line, or CSV with header message_id[,location_id][,kind][,campaign_id][,send_at])
+       enqueue dead list|requeue [flags]
+flags:
+`)
+		fs.PrintDefaults()
+	}
+	redisURL := e.redisFlag(fs)
+	location := fs.String("location", "", "location (sub-account) id of the messages, unless the file has a location_id column")
+	campaign := fs.String("campaign", "", "campaign id to group these cancels under")
+	kindFlag := fs.String("kind", "message", "message or email, unless the file has a kind column")
+	urgent := fs.Bool("urgent", false, "use the urgent lane")
+	queue := fs.String("queue", "", "lane: urgent, default or bulk (default: bulk with --file, default otherwise)")
+	file := fs.String("file", "", "read ids from this file, - for stdin")
+	maxRetry := fs.Int("max-retry", tasks.MaxRetryDefault, "retries per task before it is dead-lettered")
+	parallel := fs.Int("parallel", producer.ParallelDefault, "enqueues in flight")
+	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	kind, err := ghl.ParseKind(*kindFlag)
+	if err != nil {
+		return usageError{err}
+	}
+	lane := *queue
+	switch {
+	case *urgent && lane != "" && lane != tasks.QueueUrgent:
+		return usageError{errors.New("--urgent and --queue disagree")}
+	case *urgent:
+		lane = tasks.QueueUrgent
+	case lane == "" && *file != "":
+		lane = tasks.QueueBulk
+	case lane == "":
+		lane = tasks.QueueDefault
+	}
+	if !producer.ValidQueue(lane) {
+		return usageError{fmt.Errorf("--queue %q: want urgent, default or bulk", lane)}
+	}
+	if (*file == "") == (fs.NArg() == 0) {
+		fs.Usage()
+		return usageError{errors.New("give message ids as arguments or --file, not both and not neither")}
+	}
+
+	var in io.Reader
+	var total int64 = -1
+	switch {
+	case *file == "-":
+		in = e.stdin
+	case *file != "":
+		f, err := os.Open(*file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	default:
+		in = strings.NewReader(strings.Join(fs.Args(), "\n"))
+		total = int64(fs.NArg())
+	}
+	rdb, err := connect(ctx, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+
+	p := producer.New(rdb, producer.Config{Queue: lane, MaxRetry: *maxRetry, Parallel: *parallel})
+	defaults := producer.Item{Kind: kind, LocationID: *location, CampaignID: *campaign}
+	sum, err := Enqueue(ctx, p, in, defaults, total, e.stderr)
+	if *asJSON {
+		_ = json.NewEncoder(e.stdout).Encode(sum)
+	} else {
+		fmt.Fprintf(e.stdout, "enqueued %d, already queued %d, rejected %d (lane %s)\n", sum.Enqueued, sum.AlreadyQueued, sum.Rejected, lane)
+	}
+	if err != nil {
+		return err
+	}
+	if sum.Rejected > 0 {
+		fmt.Fprintf(e.stderr, "enqueue: %d line(s) rejected; see the messages above\n", sum.Rejected)
+		return errReported
+	}
+	return nil
+}
+
+// Summary counts an enqueue run.
+type Summary struct {
+	Enqueued      int `json:"enqueued"`
+	AlreadyQueued int `json:"already_queued"`
+	Rejected      int `json:"rejected"`
+	Failed        int `json:"failed,omitempty"` // not enqueued because Redis failed; re-run
+}
+
+// maxReportedRejects bounds per-line messages; the count stays exact.
+const maxReportedRejects = 100
+
+// Enqueue streams items from in through p, reporting rejected lines (with
+// their line numbers) on errw and progress on errw.
+func Enqueue(ctx context.Context, p *producer.Producer, in io.Reader, defaults producer.Item, total int64, errw io.Writer) (Summary, error) {
+	var (
+		mu    sync.Mutex // next runs on this goroutine, done on the producer's
+		sum   Summary
+		fatal error
+	)
+	rd := producer.NewReader(in, defaults)
+	bar := progress.New(errw, total, "enqueue")
+	defer bar.Finish()
+	reject := func(where string, err error) {
+		sum.Rejected++
+		if sum.Rejected <= maxReportedRejects {
+			fmt.Fprintf(errw, "%s: %v\n", where, err)
+		} else if sum.Rejected == maxReportedRejects+1 {
+			fmt.Fprintln(errw, "(more rejected lines; only the count is reported from here on)")
+		}
+	}
+	p.EnqueueAll(ctx, func() (producer.Item, bool) {
+		for {
+			l, ok := rd.Next()
+			if !ok {
+				if l.Err != nil {
+					mu.Lock()
+					fatal = fmt.Errorf("line %d: %w", l.N, l.Err)
+					mu.Unlock()
+				}
+				return producer.Item{}, false
+			}
+			if l.Err != nil {
+				mu.Lock()
+				reject(fmt.Sprintf("line %d", l.N), l.Err)
+				mu.Unlock()
+				bar.Add(1)
+				continue
+			}
+			return l.Item, true
+		}
+	}, func(it producer.Item, r producer.Result) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.Status {
+		case producer.Enqueued:
+			sum.Enqueued++
+		case producer.AlreadyQueued:
+			sum.AlreadyQueued++
+		default:
+			if errors.Is(r.Err, producer.ErrUnavailable) {
+				sum.Failed++
+				if fatal == nil {
+					fatal = r.Err
+				}
+				break
+			}
+			reject("message "+it.MessageID, r.Err)
+		}
+		bar.Add(1)
+	})
+	if fatal == nil && ctx.Err() != nil {
+		fatal = fmt.Errorf("interrupted: %w (re-run the same command: already queued ids are skipped)", ctx.Err())
+	}
+	return sum, fatal
+}
+
+func (e env) dead(ctx context.Context, args []string) error {
+	if len(args) == 0 || (args[0] != "list" && args[0] != "requeue") {
+		return usageError{errors.New("usage: enqueue dead list|requeue [--reason R] [--campaign C] [--location L] [--kind K] [--older-than D] [--newer-than D] [--json] [--limit N] [--all]")}
+	}
+	cmd := args[0]
+	fs := flag.NewFlagSet("dead "+cmd, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	redisURL := e.redisFlag(fs)
+	var f deadletter.Filter
+	fs.StringVar(&f.Reason, "reason", "", "only this reason (unauthorized, bad_request, no_token, invalid_payload, ...)")
+	fs.StringVar(&f.CampaignID, "campaign", "", "only this campaign")
+	fs.StringVar(&f.LocationID, "location", "", "only this location")
+	fs.StringVar(&f.Kind, "kind", "", "only message or email")
+	fs.DurationVar(&f.OlderThan, "older-than", 0, "only records dead longer ago than this")
+	fs.DurationVar(&f.NewerThan, "newer-than", 0, "only records dead more recently than this")
+	asJSON := fs.Bool("json", false, "JSON lines, one record per line")
+	limit := fs.Int("limit", 100, "list: at most this many records (0 for all)")
+	all := fs.Bool("all", false, "requeue: every record (required when no filter is given)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError{err}
+	}
+	rdb, err := connect(ctx, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	store := deadletter.New(rdb)
+
+	if cmd == "requeue" {
+		if f == (deadletter.Filter{}) && !*all {
+			return usageError{errors.New("dead requeue: give a filter (--reason, --campaign, --location, --kind, --older-than, --newer-than) or --all")}
+		}
+		total, _ := store.Count(ctx)
+		p := producer.New(rdb, producer.Config{})
+		st, err := p.Requeue(ctx, store, f, func(s producer.RequeueStats) {
+			fmt.Fprintf(e.stderr, "requeue: %d requeued, %d already queued, %d skipped (of %d records)\n",
+				s.Requeued, s.AlreadyQueued, s.Skipped, total)
+		})
+		if *asJSON {
+			_ = json.NewEncoder(e.stdout).Encode(st)
+		} else {
+			fmt.Fprintf(e.stdout, "requeued %d, already queued %d, skipped %d (not rebuildable, left in place)\n", st.Requeued, st.AlreadyQueued, st.Skipped)
+		}
+		return err
+	}
+
+	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+	if !*asJSON {
+		fmt.Fprintln(tw, "DEAD_AT\tTASK_ID\tLOCATION\tCAMPAIGN\tREASON\tHTTP\tATTEMPTS\tAPI_MESSAGE")
+	}
+	shown, matched := 0, 0
+	enc := json.NewEncoder(e.stdout)
+	err = store.Scan(ctx, f, func(r deadletter.Record) error {
+		matched++
+		if *limit > 0 && shown >= *limit {
+			return nil
+		}
+		shown++
+		if *asJSON {
+			return enc.Encode(r)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", r.DeadAt.UTC().Format(time.RFC3339), r.TaskID,
+			dash(r.LocationID), dash(r.CampaignID), r.Reason, r.HTTPStatus, r.Attempts, dash(r.APIMessage))
+		return nil
+	})
+	_ = tw.Flush()
+	if err != nil {
+		return err
+	}
+	if !*asJSON {
+		fmt.Fprintf(e.stderr, "%d shown, %d matching\n", shown, matched)
+	}
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,168 @@
+// Command worker runs cancel tasks from Redis against the HighLevel API and
+// serves /metrics, /healthz and /readyz. Configuration: flags, each
+// defaulting to an environment variable (see -h and the README).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/logging"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+	"github.com/ghlcancel/ghlcancel/internal/worker"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}
+
+// Environment variables read by the worker.
+const (
+	EnvRedisURL        = "REDIS_URL"
+	EnvBaseURL         = "GHL_BASE_URL"
+	EnvAPIVersion      = "GHL_API_VERSION"
+	EnvAPITimeout      = "GHL_TIMEOUT"
+	EnvToken           = "GHL_TOKEN"
+	EnvTokensFile      = "GHL_TOKENS_FILE"
+	EnvConcurrency     = "WORKER_CONCURRENCY"
+	EnvShutdownTimeout = "SHUTDOWN_TIMEOUT"
+	EnvMetricsAddr     = "METRICS_ADDR"
+	EnvStrictPriority  = "STRICT_PRIORITY"
+)
+
+// RedisURLDefault is used when REDIS_URL is unset.
+const RedisURLDefault = "redis://127.0.0.1:6379/0"
+
+// MetricsAddrDefault is where /metrics, /healthz and /readyz listen.
+const MetricsAddrDefault = ":9464"
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	env := func(k, def string) string {
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	redisURL := fs.String("redis-url", env(EnvRedisURL, RedisURLDefault), "Redis URL, redis://[:password@]host:port/db (env "+EnvRedisURL+")")
+	baseURL := fs.String("base-url", env(EnvBaseURL, ghl.BaseURLDefault), "HighLevel API base URL (env "+EnvBaseURL+")")
+	version := fs.String("api-version", env(EnvAPIVersion, ghl.VersionDefault), "Version header (env "+EnvAPIVersion+")")
+	apiTimeout := fs.Duration("api-timeout", envDuration(getenv, EnvAPITimeout, ghl.TimeoutDefault), "timeout of one API call (env "+EnvAPITimeout+")")
+	tokensFile := fs.String("tokens-file", getenv(EnvTokensFile), "JSON file {\"locationId\": \"token\"}, reloaded on change (env "+EnvTokensFile+"); or set "+EnvToken)
+	concurrency := fs.Int("concurrency", envInt(getenv, EnvConcurrency, worker.ConcurrencyDefault), "tasks processed at once (env "+EnvConcurrency+")")
+	shutdown := fs.Duration("shutdown-timeout", envDuration(getenv, EnvShutdownTimeout, worker.ShutdownTimeoutDefault), "time in-flight tasks get on SIGTERM (env "+EnvShutdownTimeout+")")
+	metricsAddr := fs.String("metrics-addr", env(EnvMetricsAddr, MetricsAddrDefault), "listen address for /metrics, /healthz, /readyz; empty disables (env "+EnvMetricsAddr+")")
+	strict := fs.Bool("strict-priority", getenv(EnvStrictPriority) == "true", "serve bulk only when urgent and default are empty (env "+EnvStrictPriority+")")
+	logFlags := logging.Flags(fs, getenv)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := logFlags.Logger(stderr)
+	if err != nil {
+		return err
+	}
+
+	src, err := tokenSource(getenv(EnvToken), *tokensFile, log)
+	if err != nil {
+		return err
+	}
+	opt, err := redis.ParseURL(*redisURL)
+	if err != nil {
+		return fmt.Errorf("%s: %w (want redis://host:port/db)", EnvRedisURL, err)
+	}
+	opt.PoolSize = max(opt.PoolSize, *concurrency+20)
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+
+	w, err := worker.New(worker.Config{
+		Redis:           rdb,
+		GHL:             ghl.Config{BaseURL: *baseURL, Version: *version, Timeout: *apiTimeout},
+		Tokens:          src,
+		Concurrency:     *concurrency,
+		ShutdownTimeout: *shutdown,
+		StrictPriority:  *strict,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = rdb.Ping(pingCtx).Err()
+	cancel()
+	if err != nil {
+		// Not fatal: asynq reconnects by itself; /readyz says not ready meanwhile.
+		log.Warn("redis is not reachable yet; will keep trying", "addr", opt.Addr, "error", err)
+	}
+
+	var srv *http.Server
+	if *metricsAddr != "" {
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		srv = &http.Server{Handler: w.HTTPHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		fmt.Fprintf(stdout, "worker: serving /metrics, /healthz, /readyz on http://%s\n", ln.Addr())
+	}
+	err = w.Run(ctx)
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}
+	return err
+}
+
+func tokenSource(token, file string, log *slog.Logger) (tokens.Source, error) {
+	switch {
+	case token != "" && file != "":
+		return nil, fmt.Errorf("set only one of %s and %s", EnvToken, EnvTokensFile)
+	case token != "":
+		return tokens.Static(token), nil
+	case file != "":
+		f, err := tokens.NewFile(file, func(err error) { log.Error("tokens file reload failed", "error", err) })
+		if err != nil {
+			return nil, err
+		}
+		log.Info("tokens file loaded", "path", file, "locations", f.Len())
+		return f, nil
+	}
+	return nil, errors.New("no token: set " + EnvToken + " (one token for all locations) or " + EnvTokensFile + " (JSON location id -> token)")
+}
+
+func envInt(getenv func(string) string, k string, def int) int {
+	if n, err := strconv.Atoi(getenv(k)); err == nil {
+		return n
+	}
+	return def
+}
+
+func envDuration(getenv func(string) string, k string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(getenv(k)); err == nil {
+		return d
+	}
+	return def
+}

@@ -1,0 +1,238 @@
+// Package deadletter keeps a durable record of every cancel task that failed
+// for good, in Redis, independent of asynq's archive (which keeps at most
+// 10,000 tasks per queue and drops older ones silently). Records are keyed by
+// task id, so writing the same dead letter twice (a worker crash between
+// recording and acknowledging) keeps one record.
+package deadletter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Keys. The hash holds the records, the sorted set orders them by time.
+const (
+	KeyRecords = "ghlcancel:dead:records"
+	KeyIndex   = "ghlcancel:dead:index"
+)
+
+// Record is one dead letter.
+type Record struct {
+	TaskID     string    `json:"task_id"`
+	Kind       string    `json:"kind,omitempty"` // message | email; empty for an undecodable payload
+	MessageID  string    `json:"message_id,omitempty"`
+	LocationID string    `json:"location_id,omitempty"`
+	CampaignID string    `json:"campaign_id,omitempty"`
+	SendAt     int64     `json:"send_at,omitempty"`
+	Queue      string    `json:"queue"`
+	Reason     string    `json:"reason"`
+	HTTPStatus int       `json:"http_status,omitempty"`
+	APIMessage string    `json:"api_message,omitempty"`
+	Attempts   int       `json:"attempts"`
+	DeadAt     time.Time `json:"dead_at"`
+	// Payload is the raw task payload when it could not be decoded (bounded).
+	Payload string `json:"payload,omitempty"`
+}
+
+// Filter selects records. Empty fields match everything.
+type Filter struct {
+	Reason     string
+	CampaignID string
+	LocationID string
+	Kind       string
+	// OlderThan, when set, matches records dead before now-OlderThan.
+	OlderThan time.Duration
+	// NewerThan, when set, matches records dead after now-NewerThan.
+	NewerThan time.Duration
+}
+
+// Match reports whether r passes the filter at time now.
+func (f Filter) Match(r Record, now time.Time) bool {
+	return (f.Reason == "" || f.Reason == r.Reason) &&
+		(f.CampaignID == "" || f.CampaignID == r.CampaignID) &&
+		(f.LocationID == "" || f.LocationID == r.LocationID) &&
+		(f.Kind == "" || f.Kind == r.Kind) &&
+		(f.OlderThan == 0 || r.DeadAt.Before(now.Add(-f.OlderThan))) &&
+		(f.NewerThan == 0 || r.DeadAt.After(now.Add(-f.NewerThan)))
+}
+
+// Store reads and writes dead letters.
+type Store struct {
+	rdb redis.UniversalClient
+	now func() time.Time
+}
+
+// New returns a Store on rdb.
+func New(rdb redis.UniversalClient) *Store {
+	return &Store{rdb: rdb, now: time.Now}
+}
+
+// Add writes (or overwrites) the record for r.TaskID.
+func (s *Store) Add(ctx context.Context, r Record) error {
+	if r.TaskID == "" {
+		return errors.New("deadletter: record without task id")
+	}
+	if r.DeadAt.IsZero() {
+		r.DeadAt = s.now()
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, KeyRecords, r.TaskID, b)
+		p.ZAdd(ctx, KeyIndex, redis.Z{Score: float64(r.DeadAt.UnixMilli()), Member: r.TaskID})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("deadletter: add %s: %w", r.TaskID, err)
+	}
+	return nil
+}
+
+// Get returns one record; ok is false when there is none.
+func (s *Store) Get(ctx context.Context, taskID string) (Record, bool, error) {
+	b, err := s.rdb.HGet(ctx, KeyRecords, taskID).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return Record{}, false, nil
+	}
+	if err != nil {
+		return Record{}, false, err
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Record{}, false, fmt.Errorf("deadletter: record %s is corrupt: %w", taskID, err)
+	}
+	return r, true, nil
+}
+
+// Count returns how many records there are in all.
+func (s *Store) Count(ctx context.Context) (int64, error) {
+	return s.rdb.ZCard(ctx, KeyIndex).Result()
+}
+
+// PageSize is how many records one Redis round trip reads while scanning.
+const PageSize = 1000
+
+// Scan calls fn for every record that matches f, oldest first, reading
+// PageSize records per round trip so that no single command blocks Redis for
+// long. Records removed while scanning are handled (the scan walks by time,
+// not by rank). fn returning an error stops the scan with that error.
+func (s *Store) Scan(ctx context.Context, f Filter, fn func(Record) error) error {
+	now := s.now()
+	from := "-inf"
+	for {
+		ids, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+			Key: KeyIndex, Start: from, Stop: "+inf", ByScore: true, Count: PageSize,
+		}).Result()
+		if err != nil {
+			return fmt.Errorf("deadletter: scan: %w", err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		fields := make([]string, len(ids))
+		for i, z := range ids {
+			fields[i] = z.Member.(string)
+		}
+		vals, err := s.rdb.HMGet(ctx, KeyRecords, fields...).Result()
+		if err != nil {
+			return fmt.Errorf("deadletter: scan: %w", err)
+		}
+		for i, v := range vals {
+			str, ok := v.(string)
+			if !ok {
+				continue // removed meanwhile
+			}
+			var r Record
+			if err := json.Unmarshal([]byte(str), &r); err != nil {
+				r = Record{TaskID: fields[i], Reason: "corrupt_record", Payload: truncate(str, 256)}
+			}
+			if f.Match(r, now) {
+				if err := fn(r); err != nil {
+					return err
+				}
+			}
+		}
+		if len(ids) < PageSize {
+			return nil
+		}
+		// Continue after the last score seen; records sharing that exact
+		// millisecond are re-read, so skip the ones already passed.
+		last := ids[len(ids)-1].Score
+		from = fmt.Sprintf("(%d", int64(last))
+		if err := s.scanTies(ctx, last, fields, f, now, fn); err != nil {
+			return err
+		}
+	}
+}
+
+// scanTies handles records whose score equals the last score of a page, so
+// that pages split on a millisecond with many records lose none of them.
+func (s *Store) scanTies(ctx context.Context, score float64, seen []string, f Filter, now time.Time, fn func(Record) error) error {
+	sc := fmt.Sprintf("%d", int64(score))
+	ties, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: KeyIndex, Start: sc, Stop: sc, ByScore: true}).Result()
+	if err != nil {
+		return err
+	}
+	done := make(map[string]bool, len(seen))
+	for _, id := range seen {
+		done[id] = true
+	}
+	var rest []string
+	for _, id := range ties {
+		if !done[id] {
+			rest = append(rest, id)
+		}
+	}
+	for len(rest) > 0 {
+		n := min(len(rest), PageSize)
+		vals, err := s.rdb.HMGet(ctx, KeyRecords, rest[:n]...).Result()
+		if err != nil {
+			return err
+		}
+		for _, v := range vals {
+			str, ok := v.(string)
+			if !ok {
+				continue
+			}
+			var r Record
+			if json.Unmarshal([]byte(str), &r) == nil && f.Match(r, now) {
+				if err := fn(r); err != nil {
+					return err
+				}
+			}
+		}
+		rest = rest[n:]
+	}
+	return nil
+}
+
+// Remove deletes records by task id.
+func (s *Store) Remove(ctx context.Context, taskIDs ...string) error {
+	if len(taskIDs) == 0 {
+		return nil
+	}
+	members := make([]any, len(taskIDs))
+	for i, id := range taskIDs {
+		members[i] = id
+	}
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HDel(ctx, KeyRecords, taskIDs...)
+		p.ZRem(ctx, KeyIndex, members...)
+		return nil
+	})
+	return err
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,140 @@
+package deadletter_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+)
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
+
+func TestAddIsIdempotentPerTask(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := deadletter.New(redisServer.Client(t))
+	r := deadletter.Record{TaskID: "msg:a", Kind: "message", MessageID: "a", Reason: "unauthorized", Attempts: 1}
+	require.NoError(t, s.Add(ctx, r))
+	r.Attempts = 2
+	require.NoError(t, s.Add(ctx, r))
+	n, err := s.Count(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n)
+	got, ok, err := s.Get(ctx, "msg:a")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, 2, got.Attempts)
+	require.False(t, got.DeadAt.IsZero())
+	require.Error(t, s.Add(ctx, deadletter.Record{}))
+}
+
+// TestFiftyThousandAreAllListed: more than asynq's 10,000-task archive,
+// with thousands sharing one millisecond so pages split inside a tie.
+func TestFiftyThousandAreAllListed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	s := deadletter.New(rdb)
+	const total = 50_000
+	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	addMany(t, rdb, total, func(i int) deadletter.Record {
+		reason := "unauthorized"
+		if i%5 == 0 {
+			reason = "bad_request"
+		}
+		return deadletter.Record{
+			TaskID: fmt.Sprintf("msg:%06d", i), Kind: "message", MessageID: fmt.Sprintf("%06d", i),
+			LocationID: fmt.Sprintf("loc%d", i%7), CampaignID: fmt.Sprintf("c%d", i%3), Reason: reason,
+			// 2,500 records per millisecond.
+			DeadAt: base.Add(time.Duration(i/2500) * time.Millisecond),
+		}
+	})
+	seen := map[string]bool{}
+	last := time.Time{}
+	require.NoError(t, s.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
+		require.False(t, seen[r.TaskID], "listed twice: %s", r.TaskID)
+		require.False(t, r.DeadAt.Before(last), "out of order")
+		seen[r.TaskID], last = true, r.DeadAt
+		return nil
+	}))
+	require.Len(t, seen, total)
+
+	count := func(f deadletter.Filter) int {
+		n := 0
+		require.NoError(t, s.Scan(ctx, f, func(deadletter.Record) error { n++; return nil }))
+		return n
+	}
+	require.Equal(t, total/5, count(deadletter.Filter{Reason: "bad_request"}))
+	require.Equal(t, 16667, count(deadletter.Filter{CampaignID: "c0"}))
+	require.Equal(t, 0, count(deadletter.Filter{Kind: "email"}))
+}
+
+func addMany(t *testing.T, rdb *redis.Client, n int, rec func(int) deadletter.Record) {
+	t.Helper()
+	ctx := context.Background()
+	s := deadletter.New(rdb)
+	errs := make(chan error, 8)
+	for w := range 8 {
+		go func() {
+			for i := w; i < n; i += 8 {
+				if err := s.Add(ctx, rec(i)); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		require.NoError(t, <-errs)
+	}
+}
+
+func TestFilterMatch(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	r := deadletter.Record{Reason: "unauthorized", CampaignID: "c", LocationID: "l", Kind: "email", DeadAt: now.Add(-2 * time.Hour)}
+	tests := []struct {
+		f    deadletter.Filter
+		want bool
+	}{
+		{deadletter.Filter{}, true},
+		{deadletter.Filter{Reason: "unauthorized", CampaignID: "c", LocationID: "l", Kind: "email"}, true},
+		{deadletter.Filter{Reason: "bad_request"}, false},
+		{deadletter.Filter{CampaignID: "x"}, false},
+		{deadletter.Filter{LocationID: "x"}, false},
+		{deadletter.Filter{Kind: "message"}, false},
+		{deadletter.Filter{OlderThan: time.Hour}, true},
+		{deadletter.Filter{OlderThan: 3 * time.Hour}, false},
+		{deadletter.Filter{NewerThan: 3 * time.Hour}, true},
+		{deadletter.Filter{NewerThan: time.Hour}, false},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.want, tt.f.Match(r, now), "%+v", tt.f)
+	}
+}
+
+func TestRemove(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := deadletter.New(redisServer.Client(t))
+	for i := range 3 {
+		require.NoError(t, s.Add(ctx, deadletter.Record{TaskID: fmt.Sprint(i), Reason: "x"}))
+	}
+	require.NoError(t, s.Remove(ctx, "0", "2"))
+	require.NoError(t, s.Remove(ctx))
+	var left []string
+	require.NoError(t, s.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
+		left = append(left, r.TaskID)
+		return nil
+	}))
+	require.Equal(t, []string{"1"}, left)
+}

@@ -1,0 +1,197 @@
+package producer
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+)
+
+// MaxLineBytes bounds one input line; a longer line is reported and skipped
+// without being held in memory.
+const MaxLineBytes = 4096
+
+// Line is one parsed input line: an Item, or the reason it was refused.
+type Line struct {
+	N    int // 1-based line number
+	Item Item
+	Err  error
+}
+
+// Reader streams items from plain ids (one per line) or CSV with a header
+// naming message_id and optionally location_id, kind, campaign_id, send_at.
+// Blank lines and lines starting with '#' are skipped. Defaults fill what a
+// line does not say. It holds one line in memory at a time.
+type Reader struct {
+	br       *bufio.Reader
+	defaults Item
+	n        int
+	cols     map[string]int // set once a CSV header is seen
+	started  bool
+}
+
+// NewReader reads from r with defaults for kind, location, campaign and queue.
+func NewReader(r io.Reader, defaults Item) *Reader {
+	return &Reader{br: bufio.NewReaderSize(r, 64<<10), defaults: defaults}
+}
+
+var knownColumns = map[string]bool{"message_id": true, "location_id": true, "kind": true, "campaign_id": true, "send_at": true}
+
+// Next returns the next non-blank line; ok is false at the end. A read
+// error other than EOF, or a bad CSV header, ends the stream with ok false
+// and a Line carrying the error.
+func (r *Reader) Next() (Line, bool) {
+	for {
+		raw, tooLong, err := r.readLine()
+		if raw == nil && !tooLong && err != nil {
+			if errors.Is(err, io.EOF) {
+				return Line{}, false
+			}
+			return Line{N: r.n + 1, Err: fmt.Errorf("read: %w", err)}, false
+		}
+		r.n++
+		if tooLong {
+			return Line{N: r.n, Err: fmt.Errorf("line is longer than %d bytes", MaxLineBytes)}, true
+		}
+		text := strings.TrimSpace(strings.TrimPrefix(string(raw), "\ufeff"))
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		if !utf8.ValidString(text) || strings.IndexByte(text, 0) >= 0 {
+			return Line{N: r.n, Err: errors.New("line is not text (binary data?)")}, true
+		}
+		if !r.started {
+			r.started = true
+			if hdr, ok, err := parseHeader(text); ok {
+				if err != nil { // every row would be misread: stop here
+					return Line{N: r.n, Err: err}, false
+				}
+				r.cols = hdr
+				continue
+			}
+		}
+		it, err := r.parse(text)
+		return Line{N: r.n, Item: it, Err: err}, true
+	}
+}
+
+// readLine reads up to '\n'. A line over MaxLineBytes is drained, not kept.
+func (r *Reader) readLine() (line []byte, tooLong bool, err error) {
+	var buf []byte
+	for {
+		chunk, err := r.br.ReadSlice('\n')
+		if len(buf)+len(chunk) > MaxLineBytes+2 { // +2 for "\r\n"
+			tooLong = true
+			buf = nil
+		} else if !tooLong {
+			buf = append(buf, chunk...)
+		}
+		switch {
+		case err == nil:
+			return bytes.TrimRight(buf, "\r\n"), tooLong, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		default: // EOF or a read error: return what we have
+			if len(buf) == 0 && !tooLong {
+				return nil, false, err
+			}
+			return bytes.TrimRight(buf, "\r\n"), tooLong, nil
+		}
+	}
+}
+
+func parseHeader(text string) (map[string]int, bool, error) {
+	fields := splitCSV(text)
+	isHeader := false
+	for _, f := range fields {
+		if strings.EqualFold(f, "message_id") {
+			isHeader = true
+		}
+	}
+	if !isHeader {
+		return nil, false, nil
+	}
+	cols := map[string]int{}
+	for i, f := range fields {
+		name := strings.ToLower(f)
+		if !knownColumns[name] {
+			return nil, true, fmt.Errorf("header: unknown column %q (known: message_id, location_id, kind, campaign_id, send_at)", f)
+		}
+		if _, dup := cols[name]; dup {
+			return nil, true, fmt.Errorf("header: column %q appears twice", f)
+		}
+		cols[name] = i
+	}
+	return cols, true, nil
+}
+
+func splitCSV(text string) []string {
+	fields := strings.Split(text, ",")
+	for i, f := range fields {
+		fields[i] = strings.Trim(strings.TrimSpace(f), `"`)
+	}
+	return fields
+}
+
+func (r *Reader) parse(text string) (Item, error) {
+	it := r.defaults
+	if r.cols == nil {
+		if strings.ContainsAny(text, ", \t") {
+			return it, errors.New("expected one id per line (or a CSV header naming message_id)")
+		}
+		it.MessageID = text
+		return it, validateItem(it)
+	}
+	fields := splitCSV(text)
+	if len(fields) != len(r.cols) {
+		return it, fmt.Errorf("has %d fields, the header has %d", len(fields), len(r.cols))
+	}
+	get := func(name string) (string, bool) {
+		i, ok := r.cols[name]
+		if !ok {
+			return "", false
+		}
+		return fields[i], true
+	}
+	it.MessageID, _ = get("message_id")
+	if v, ok := get("location_id"); ok && v != "" {
+		it.LocationID = v
+	}
+	if v, ok := get("campaign_id"); ok && v != "" {
+		it.CampaignID = v
+	}
+	if v, ok := get("kind"); ok && v != "" {
+		k, err := ghl.ParseKind(v)
+		if err != nil {
+			return it, err
+		}
+		it.Kind = k
+	}
+	if v, ok := get("send_at"); ok && v != "" {
+		ts, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ts < 0 {
+			return it, fmt.Errorf("send_at %q: want unix seconds", v)
+		}
+		it.SendAt = ts
+	}
+	return it, validateItem(it)
+}
+
+func validateItem(it Item) error {
+	if err := ghl.ValidateID(it.MessageID); err != nil {
+		return fmt.Errorf("message_id: %w", err)
+	}
+	if it.LocationID == "" {
+		return errors.New("location_id: missing (give --location or a location_id column)")
+	}
+	if err := ghl.ValidateID(it.LocationID); err != nil {
+		return fmt.Errorf("location_id: %w", err)
+	}
+	return nil
+}

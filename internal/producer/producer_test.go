@@ -1,0 +1,185 @@
+package producer_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/hibiken/asynq"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
+
+type got struct {
+	n    int
+	item producer.Item
+	err  string
+}
+
+func readAll(t *testing.T, in string, defaults producer.Item) []got {
+	t.Helper()
+	rd := producer.NewReader(strings.NewReader(in), defaults)
+	var out []got
+	for {
+		l, ok := rd.Next()
+		if !ok {
+			if l.Err != nil {
+				out = append(out, got{n: l.N, err: "fatal: " + l.Err.Error()})
+			}
+			return out
+		}
+		g := got{n: l.N, item: l.Item}
+		if l.Err != nil {
+			g.err = l.Err.Error()
+			g.item = producer.Item{}
+		}
+		out = append(out, g)
+	}
+}
+
+func TestReader(t *testing.T) {
+	t.Parallel()
+	def := producer.Item{Kind: ghl.KindMessage, LocationID: "locD", CampaignID: "camp"}
+	item := func(id, loc string, kind ghl.Kind, camp string, sendAt int64) producer.Item {
+		return producer.Item{Kind: kind, MessageID: id, LocationID: loc, CampaignID: camp, SendAt: sendAt}
+	}
+	tests := []struct {
+		name string
+		in   string
+		want []got
+	}{
+		{"plain ids, blanks and comments", "a1\n\n# comment\n  b2  \r\nc3", []got{
+			{1, item("a1", "locD", ghl.KindMessage, "camp", 0), ""},
+			{4, item("b2", "locD", ghl.KindMessage, "camp", 0), ""},
+			{5, item("c3", "locD", ghl.KindMessage, "camp", 0), ""},
+		}},
+		{"plain bad ids", "ok1\na/b\nx y\n" + strings.Repeat("z", 65), []got{
+			{1, item("ok1", "locD", ghl.KindMessage, "camp", 0), ""},
+			{2, producer.Item{}, "message_id: id has a character that is not allowed at byte 1 (allowed: letters, digits, '-', '_')"},
+			{3, producer.Item{}, "expected one id per line (or a CSV header naming message_id)"},
+			{4, producer.Item{}, "message_id: id is 65 bytes long, the limit is 64"},
+		}},
+		{"csv with all columns", "message_id,location_id,kind,campaign_id,send_at\nm1,L1,email,c9,1700000000\nm2,,,,\n", []got{
+			{2, item("m1", "L1", ghl.KindEmail, "c9", 1700000000), ""},
+			{3, item("m2", "locD", ghl.KindMessage, "camp", 0), ""},
+		}},
+		{"csv header case and BOM, quoted", "\ufeffMessage_ID, Location_ID\n\"m1\",\"L1\"\n", []got{
+			{2, item("m1", "L1", ghl.KindMessage, "camp", 0), ""},
+		}},
+		{"csv bad rows", "message_id,kind,send_at\nm1,fax,\nm2\nm3,email,tomorrow\n,email,\n", []got{
+			{2, producer.Item{}, `unknown kind "fax": want message or email`},
+			{3, producer.Item{}, "has 1 fields, the header has 3"},
+			{4, producer.Item{}, `send_at "tomorrow": want unix seconds`},
+			{5, producer.Item{}, "message_id: empty id"},
+		}},
+		{"csv unknown column", "message_id,colour\nm1,red\n", []got{
+			{1, producer.Item{}, `fatal: header: unknown column "colour" (known: message_id, location_id, kind, campaign_id, send_at)`},
+		}},
+		{"binary", "ok1\n\x00\x01\x02\nok2\n", []got{
+			{1, item("ok1", "locD", ghl.KindMessage, "camp", 0), ""},
+			{2, producer.Item{}, "line is not text (binary data?)"},
+			{3, item("ok2", "locD", ghl.KindMessage, "camp", 0), ""},
+		}},
+		{"overlong line is skipped, not kept", "ok1\n" + strings.Repeat("x", 200_000) + "\nok2", []got{
+			{1, item("ok1", "locD", ghl.KindMessage, "camp", 0), ""},
+			{2, producer.Item{}, "line is longer than 4096 bytes"},
+			{3, item("ok2", "locD", ghl.KindMessage, "camp", 0), ""},
+		}},
+		{"one huge line without newline", strings.Repeat("x", 300_000), []got{
+			{1, producer.Item{}, "line is longer than 4096 bytes"},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			require.Equal(t, tt.want, readAll(t, tt.in, def))
+		})
+	}
+	noLoc := readAll(t, "m1\n", producer.Item{Kind: ghl.KindMessage})
+	require.Equal(t, "location_id: missing (give --location or a location_id column)", noLoc[0].err)
+}
+
+func TestEnqueueAllCountsEveryItem(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
+	const n = 2000
+	mk := func() func() (producer.Item, bool) {
+		i := 0
+		return func() (producer.Item, bool) {
+			if i == n {
+				return producer.Item{}, false
+			}
+			i++
+			return producer.Item{Kind: ghl.KindMessage, MessageID: fmt.Sprintf("m%05d", i%1500), LocationID: "L"}, true
+		}
+	}
+	counts := map[producer.Status]int{}
+	p.EnqueueAll(ctx, mk(), func(_ producer.Item, r producer.Result) { counts[r.Status]++ })
+	require.Equal(t, map[producer.Status]int{producer.Enqueued: 1500, producer.AlreadyQueued: 500}, counts)
+
+	// Run again (a resumed run): nothing is doubled.
+	counts = map[producer.Status]int{}
+	p.EnqueueAll(ctx, mk(), func(_ producer.Item, r producer.Result) { counts[r.Status]++ })
+	require.Equal(t, map[producer.Status]int{producer.AlreadyQueued: 2000}, counts)
+	size, err := rdb.LLen(ctx, "asynq:{bulk}:pending").Result()
+	require.NoError(t, err)
+	require.Equal(t, int64(1500), size)
+}
+
+func TestRequeue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	store := deadletter.New(rdb)
+	p := producer.New(rdb, producer.Config{})
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+
+	// m1 is still in asynq's archive; m2 was dropped from it; m3 is queued
+	// again already; the invalid payload cannot be rebuilt; m4 is filtered out.
+	client := asynq.NewClientFromRedisClient(rdb)
+	task, err := tasks.NewCancelTask(ghl.KindMessage, tasks.CancelPayload{MessageID: "m1", LocationID: "L"}, tasks.TaskOptions{Queue: tasks.QueueBulk})
+	require.NoError(t, err)
+	_, err = client.Enqueue(task)
+	require.NoError(t, err)
+	require.NoError(t, insp.ArchiveTask(tasks.QueueBulk, "msg:m1"))
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: "m3", LocationID: "L"}).Status)
+
+	for _, r := range []deadletter.Record{
+		{TaskID: "msg:m1", Kind: "message", MessageID: "m1", LocationID: "L", CampaignID: "c", Queue: tasks.QueueBulk, Reason: "unauthorized", Attempts: 7},
+		{TaskID: "msg:m2", Kind: "message", MessageID: "m2", LocationID: "L", CampaignID: "c", Queue: tasks.QueueBulk, Reason: "unauthorized"},
+		{TaskID: "msg:m3", Kind: "message", MessageID: "m3", LocationID: "L", CampaignID: "c", Queue: tasks.QueueDefault, Reason: "unauthorized"},
+		{TaskID: "p1", Queue: tasks.QueueDefault, Reason: "invalid_payload", CampaignID: "c", Payload: `"{bad"`},
+		{TaskID: "msg:m4", Kind: "message", MessageID: "m4", LocationID: "L", CampaignID: "other", Reason: "unauthorized"},
+	} {
+		require.NoError(t, store.Add(ctx, r))
+	}
+	st, err := p.Requeue(ctx, store, deadletter.Filter{CampaignID: "c"}, nil)
+	require.NoError(t, err)
+	require.Equal(t, producer.RequeueStats{Requeued: 2, AlreadyQueued: 1, Skipped: 1}, st)
+
+	info, err := insp.GetTaskInfo(tasks.QueueBulk, "msg:m1")
+	require.NoError(t, err)
+	require.Equal(t, asynq.TaskStatePending, info.State)
+	require.Equal(t, 0, info.Retried, "attempts start again")
+	_, err = insp.GetTaskInfo(tasks.QueueBulk, "msg:m2")
+	require.NoError(t, err)
+
+	var left []string
+	require.NoError(t, store.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
+		left = append(left, r.TaskID)
+		return nil
+	}))
+	require.ElementsMatch(t, []string{"p1", "msg:m4"}, left)
+}

@@ -1,0 +1,197 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+)
+
+// Outcomes of one task attempt, as reported to the metrics middleware.
+const (
+	OutcomeCancelled      = string(ghl.OutcomeCancelled)
+	OutcomeNotCancellable = string(ghl.OutcomeNotCancellable)
+	OutcomeDeadLettered   = "dead_lettered"
+	OutcomeRetry          = "retry"
+	OutcomeRateLimited    = "rate_limited"
+)
+
+// Outcomes lists every outcome label, to initialise metrics at zero.
+var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited}
+
+// Dead-letter reasons that are not API reasons.
+const (
+	ReasonInvalidPayload = "invalid_payload"
+	ReasonUnknownType    = "unknown_type"
+)
+
+// Report is what one attempt ended with. The handler fills it in; the
+// metrics middleware reads it. Reason is set for retries and dead letters.
+type Report struct {
+	Outcome string
+	Reason  string
+}
+
+type reportKey struct{}
+
+// WithReport returns a context carrying an empty Report for the handler to fill.
+func WithReport(ctx context.Context) (context.Context, *Report) {
+	r := &Report{}
+	return context.WithValue(ctx, reportKey{}, r), r
+}
+
+func reportFrom(ctx context.Context) *Report {
+	if r, ok := ctx.Value(reportKey{}).(*Report); ok {
+		return r
+	}
+	return &Report{}
+}
+
+// InlineWaitMaxDefault: a rate-limit wait up to this long is slept in the
+// handler; a longer one returns the task to the queue with the exact delay.
+const InlineWaitMaxDefault = 2 * time.Second
+
+// Handler runs cancel tasks. Its dependencies are explicit; build it once.
+type Handler struct {
+	API    *ghl.Client
+	Tokens tokens.Source
+	Dead   *deadletter.Store
+	Logger *slog.Logger
+	// InlineWaitMax defaults to InlineWaitMaxDefault.
+	InlineWaitMax time.Duration
+}
+
+// ProcessTask implements asynq.Handler.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	rep := reportFrom(ctx)
+	taskID, _ := asynq.GetTaskID(ctx)
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	queue, _ := asynq.GetQueueName(ctx)
+	final := retried >= maxRetry
+	rec := deadletter.Record{TaskID: taskID, Queue: queue, Attempts: retried + 1}
+
+	kind, ok := KindFor(t.Type())
+	if !ok {
+		rec.Reason, rec.APIMessage, rec.Payload = ReasonUnknownType, "unknown task type "+t.Type(), bounded(t.Payload())
+		return h.dead(ctx, rep, rec, errors.New(rec.APIMessage))
+	}
+	rec.Kind = string(kind)
+	var p CancelPayload
+	if err := json.Unmarshal(t.Payload(), &p); err != nil {
+		rec.Reason, rec.APIMessage, rec.Payload = ReasonInvalidPayload, "payload is not valid JSON", bounded(t.Payload())
+		return h.dead(ctx, rep, rec, errors.New(rec.APIMessage))
+	}
+	rec.MessageID, rec.LocationID, rec.CampaignID, rec.SendAt = p.MessageID, p.LocationID, p.CampaignID, p.SendAt
+	if err := p.Validate(); err != nil {
+		rec.Reason, rec.APIMessage, rec.Payload = ReasonInvalidPayload, err.Error(), bounded(t.Payload())
+		return h.dead(ctx, rep, rec, err)
+	}
+	log := h.logger().With("task_id", taskID, "kind", kind, "location_id", p.LocationID,
+		"campaign_id", p.CampaignID, "attempt", retried+1)
+
+	token, err := h.Tokens.Token(ctx, p.LocationID)
+	if errors.Is(err, tokens.ErrNoToken) {
+		rec.Reason, rec.APIMessage = string(ghl.ReasonNoToken), "no token configured for this location: add it to GHL_TOKENS_FILE"
+		return h.dead(ctx, rep, rec, err)
+	}
+	if err != nil {
+		rep.Outcome, rep.Reason = OutcomeRetry, string(ghl.ReasonTokenSource)
+		return fmt.Errorf("token for location %s: %w", p.LocationID, err)
+	}
+
+	inlineMax := h.InlineWaitMax
+	if inlineMax == 0 {
+		inlineMax = InlineWaitMaxDefault
+	}
+	for waits := 0; ; waits++ {
+		res, err := h.API.Cancel(ctx, kind, p.MessageID, token)
+		if err == nil {
+			rep.Outcome = string(res.Outcome)
+			log.Debug("cancel done", "outcome", res.Outcome, "http_status", res.StatusCode)
+			return nil
+		}
+		var rl *ghl.RateLimitError
+		if errors.As(err, &rl) {
+			// asynq archives a task on its final attempt whatever IsFailure
+			// says, so there a rate limit is waited out here if time allows.
+			if waits < 3 && (rl.RetryAfter <= inlineMax || final) && fitsDeadline(ctx, rl.RetryAfter) {
+				if sleep(ctx, rl.RetryAfter) != nil {
+					return err
+				}
+				continue
+			}
+			rep.Outcome, rep.Reason = OutcomeRateLimited, string(ghl.ReasonRateLimited)
+			log.Debug("rate limited", "retry_after", rl.RetryAfter, "daily", rl.Daily)
+			return err
+		}
+		var e *ghl.Error
+		if !errors.As(err, &e) {
+			e = &ghl.Error{Reason: ghl.ReasonNetwork, Retryable: true, Message: err.Error()}
+		}
+		rec.Reason, rec.HTTPStatus, rec.APIMessage = string(e.Reason), e.StatusCode, e.Message
+		if e.InnerStatus != 0 {
+			rec.HTTPStatus = e.InnerStatus
+		}
+		if !e.Retryable || final {
+			return h.dead(ctx, rep, rec, err)
+		}
+		rep.Outcome, rep.Reason = OutcomeRetry, string(e.Reason)
+		log.Info("cancel failed, will retry", "reason", e.Reason, "http_status", e.StatusCode, "error", err)
+		return err
+	}
+}
+
+// dead records a dead letter and tells asynq not to retry. If the record
+// cannot be written the task is retried instead, so it is never lost.
+func (h *Handler) dead(ctx context.Context, rep *Report, rec deadletter.Record, cause error) error {
+	if err := h.Dead.Add(ctx, rec); err != nil {
+		rep.Outcome, rep.Reason = OutcomeRetry, "dead_letter_write"
+		return fmt.Errorf("recording dead letter (%s) failed, will retry: %w", rec.Reason, err)
+	}
+	rep.Outcome, rep.Reason = OutcomeDeadLettered, rec.Reason
+	h.logger().Warn("dead letter", "task_id", rec.TaskID, "kind", rec.Kind, "location_id", rec.LocationID,
+		"campaign_id", rec.CampaignID, "reason", rec.Reason, "http_status", rec.HTTPStatus,
+		"api_message", rec.APIMessage, "attempts", rec.Attempts)
+	return fmt.Errorf("dead letter %s: %w: %w", rec.Reason, cause, asynq.SkipRetry)
+}
+
+func (h *Handler) logger() *slog.Logger {
+	if h.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return h.Logger
+}
+
+func bounded(b []byte) string {
+	const limit = 1024
+	if len(b) > limit {
+		b = b[:limit]
+	}
+	return fmt.Sprintf("%q", b)
+}
+
+func fitsDeadline(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	// Leave room for the call itself after the wait.
+	return !ok || time.Until(dl) > d+5*time.Second
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

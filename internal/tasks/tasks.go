@@ -1,0 +1,136 @@
+// Package tasks defines the cancel tasks ghlcancel puts on asynq queues and
+// the handler that runs them.
+package tasks
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+)
+
+// Task types. Neither is a prefix of the other, so an asynq ServeMux routes
+// each to its own handler.
+const (
+	TypeCancelMessage = "ghl:message:cancel_schedule"
+	TypeCancelEmail   = "ghl:email:cancel_schedule"
+)
+
+// Queues (lanes). Single cancels from services go to urgent, bulk files to
+// bulk; the worker serves them with QueueWeights.
+const (
+	QueueUrgent  = "urgent"
+	QueueDefault = "default"
+	QueueBulk    = "bulk"
+)
+
+// Queues lists every lane, highest priority first.
+var Queues = []string{QueueUrgent, QueueDefault, QueueBulk}
+
+// QueueWeights are asynq's weighted-priority weights for the lanes.
+func QueueWeights() map[string]int {
+	return map[string]int{QueueUrgent: 6, QueueDefault: 3, QueueBulk: 1}
+}
+
+// Defaults for TaskOptions.
+const (
+	// MaxRetryDefault makes retries span about a day with Backoff's
+	// defaults (see TestMaxRetryDefaultSpansADay).
+	MaxRetryDefault = 150
+	// TimeoutDefault bounds one attempt: the API timeout plus room for an
+	// in-handler wait for a rate-limit window.
+	TimeoutDefault = 60 * time.Second
+)
+
+// TypeFor returns the task type of a kind.
+func TypeFor(kind ghl.Kind) string {
+	if kind == ghl.KindEmail {
+		return TypeCancelEmail
+	}
+	return TypeCancelMessage
+}
+
+// KindFor returns the kind of a task type; ok is false for an unknown type.
+func KindFor(taskType string) (ghl.Kind, bool) {
+	switch taskType {
+	case TypeCancelMessage:
+		return ghl.KindMessage, true
+	case TypeCancelEmail:
+		return ghl.KindEmail, true
+	}
+	return "", false
+}
+
+// TaskID is derived from kind and message id, so enqueueing the same
+// message twice into a queue is refused by asynq (ErrTaskIDConflict).
+func TaskID(kind ghl.Kind, messageID string) string {
+	if kind == ghl.KindEmail {
+		return "email:" + messageID
+	}
+	return "msg:" + messageID
+}
+
+// CancelPayload is the task payload. It never carries a token: the worker
+// looks the token up by location.
+type CancelPayload struct {
+	MessageID  string `json:"message_id"`
+	LocationID string `json:"location_id"`
+	CampaignID string `json:"campaign_id,omitempty"`
+	// SendAt is when the message is scheduled to go out (unix seconds), if known.
+	SendAt int64 `json:"send_at,omitempty"`
+	// RequestedAt is when the cancel was requested (unix milliseconds).
+	RequestedAt int64 `json:"requested_at"`
+}
+
+// Validate checks the ids of a payload.
+func (p CancelPayload) Validate() error {
+	if err := ghl.ValidateID(p.MessageID); err != nil {
+		return fmt.Errorf("message_id: %w", err)
+	}
+	if err := ghl.ValidateID(p.LocationID); err != nil {
+		return fmt.Errorf("location_id: %w", err)
+	}
+	if len(p.CampaignID) > 128 {
+		return errors.New("campaign_id: longer than 128 bytes")
+	}
+	return nil
+}
+
+// TaskOptions are per-task asynq options.
+type TaskOptions struct {
+	// Queue to put the task on. Defaults to QueueDefault.
+	Queue string
+	// MaxRetry attempts after the first. Defaults to MaxRetryDefault.
+	MaxRetry int
+	// Timeout of one attempt. Defaults to TimeoutDefault.
+	Timeout time.Duration
+}
+
+// NewCancelTask builds a cancel task. It validates the payload, so a task
+// that would only ever be dead-lettered is refused at the door.
+func NewCancelTask(kind ghl.Kind, p CancelPayload, o TaskOptions) (*asynq.Task, error) {
+	if kind != ghl.KindMessage && kind != ghl.KindEmail {
+		return nil, fmt.Errorf("kind: unknown %q", kind)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if p.RequestedAt == 0 {
+		p.RequestedAt = time.Now().UnixMilli()
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	return asynq.NewTask(TypeFor(kind), b,
+		asynq.TaskID(TaskID(kind, p.MessageID)),
+		asynq.Queue(cmp.Or(o.Queue, QueueDefault)),
+		asynq.MaxRetry(cmp.Or(o.MaxRetry, MaxRetryDefault)),
+		asynq.Timeout(cmp.Or(o.Timeout, TimeoutDefault)),
+	), nil
+}

@@ -1,0 +1,145 @@
+package tasks
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+)
+
+func TestBackoffCeiling(t *testing.T) {
+	t.Parallel()
+	b := Backoff{}
+	tests := []struct {
+		n    int
+		want time.Duration
+	}{
+		{-1, 2 * time.Second},
+		{0, 2 * time.Second},
+		{1, 4 * time.Second},
+		{2, 8 * time.Second},
+		{9, 1024 * time.Second},
+		{10, BackoffCapDefault}, // 2048 s > 20 min
+		{39, BackoffCapDefault},
+		{40, BackoffCapDefault},
+		{1000, BackoffCapDefault},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.want, b.Ceiling(tt.n), "n=%d", tt.n)
+	}
+	custom := Backoff{Base: 100 * time.Millisecond, Cap: time.Second}
+	require.Equal(t, 400*time.Millisecond, custom.Ceiling(2))
+	require.Equal(t, time.Second, custom.Ceiling(5))
+}
+
+func TestRetryDelay(t *testing.T) {
+	t.Parallel()
+	rl := &ghl.RateLimitError{RetryAfter: 10 * time.Second}
+	tests := []struct {
+		name string
+		n    int
+		err  error
+		u    float64
+		want time.Duration
+	}{
+		{"first retry, low draw: floor", 0, errors.New("x"), 0, BackoffMin},
+		{"first retry, high draw: within a few seconds", 0, &ghl.Error{Reason: ghl.ReasonServerError}, 0.999, 1998 * time.Millisecond},
+		{"third retry, mid draw", 2, &ghl.Error{Reason: ghl.ReasonTimeout}, 0.5, 4 * time.Second},
+		{"late retry capped", 50, &ghl.Error{Reason: ghl.ReasonNetwork}, 0.5, 10 * time.Minute},
+		{"rate limit: wait as told", 0, rl, 0, 10*time.Second + BackoffMin},
+		{"rate limit: up to 10% jitter", 7, rl, 1, 11*time.Second + BackoffMin},
+		{"wrapped rate limit", 3, fmt.Errorf("wrap: %w", rl), 0.5, 10500*time.Millisecond + BackoffMin},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := retryDelay(Backoff{}, tt.n, tt.err, tt.u)
+			require.InDelta(t, float64(tt.want), float64(got), float64(time.Millisecond))
+		})
+	}
+}
+
+func TestIsFailure(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{&ghl.RateLimitError{RetryAfter: time.Second}, false},
+		{fmt.Errorf("x: %w", &ghl.RateLimitError{}), false},
+		{&ghl.Error{Reason: ghl.ReasonServerError, Retryable: true}, true},
+		{errors.New("boom"), true},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.want, IsFailure(tt.err), "%v", tt.err)
+	}
+}
+
+// TestMaxRetryDefaultSpansADay: with full jitter the expected delay of retry
+// n is half its ceiling; the default retry count should keep a message
+// retrying for about a day before it is dead-lettered.
+func TestMaxRetryDefaultSpansADay(t *testing.T) {
+	t.Parallel()
+	var expected time.Duration
+	for n := 0; n < MaxRetryDefault; n++ {
+		expected += Backoff{}.Ceiling(n) / 2
+	}
+	require.Greater(t, expected, 20*time.Hour)
+	require.Less(t, expected, 28*time.Hour)
+}
+
+func TestTaskTypesAreNotPrefixes(t *testing.T) {
+	t.Parallel()
+	require.False(t, strings.HasPrefix(TypeCancelMessage, TypeCancelEmail))
+	require.False(t, strings.HasPrefix(TypeCancelEmail, TypeCancelMessage))
+	for _, k := range []ghl.Kind{ghl.KindMessage, ghl.KindEmail} {
+		got, ok := KindFor(TypeFor(k))
+		require.True(t, ok)
+		require.Equal(t, k, got)
+	}
+	_, ok := KindFor("ghl:message")
+	require.False(t, ok)
+}
+
+func TestNewCancelTask(t *testing.T) {
+	t.Parallel()
+	p := CancelPayload{MessageID: "ve9EPM428h8vShlRW1KT", LocationID: "loc1", CampaignID: "spring"}
+	task, err := NewCancelTask(ghl.KindEmail, p, TaskOptions{Queue: QueueBulk, MaxRetry: 5})
+	require.NoError(t, err)
+	require.Equal(t, TypeCancelEmail, task.Type())
+	var got CancelPayload
+	require.NoError(t, json.Unmarshal(task.Payload(), &got))
+	require.Equal(t, p.MessageID, got.MessageID)
+	require.NotZero(t, got.RequestedAt)
+	require.NotContains(t, string(task.Payload()), "token")
+	require.Equal(t, "email:ve9EPM428h8vShlRW1KT", TaskID(ghl.KindEmail, p.MessageID))
+	require.Equal(t, "msg:ve9EPM428h8vShlRW1KT", TaskID(ghl.KindMessage, p.MessageID))
+
+	for _, bad := range []CancelPayload{
+		{MessageID: "", LocationID: "loc"},
+		{MessageID: "a/b", LocationID: "loc"},
+		{MessageID: "abc", LocationID: ""},
+		{MessageID: "abc", LocationID: "loc", CampaignID: strings.Repeat("c", 129)},
+	} {
+		_, err := NewCancelTask(ghl.KindMessage, bad, TaskOptions{})
+		require.Error(t, err, "%+v", bad)
+	}
+	_, err = NewCancelTask("fax", p, TaskOptions{})
+	require.Error(t, err)
+}
+
+func TestDeadErrorKeepsBothInChain(t *testing.T) {
+	t.Parallel()
+	cause := &ghl.Error{Reason: ghl.ReasonUnauthorized}
+	err := fmt.Errorf("dead letter %s: %w: %w", cause.Reason, cause, asynq.SkipRetry)
+	require.ErrorIs(t, err, asynq.SkipRetry)
+	var e *ghl.Error
+	require.ErrorAs(t, err, &e)
+}

@@ -1,0 +1,143 @@
+// Package tokens supplies the bearer token for a location. Tokens never
+// leave this package except as the Authorization header of an API call: they
+// are not logged, not put in task payloads, errors or metrics.
+package tokens
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+)
+
+// ErrNoToken means no token is configured for the location. It is terminal:
+// the task is dead-lettered with reason no_token.
+var ErrNoToken = errors.New("no token configured for this location")
+
+// Source returns the token to use for a location.
+type Source interface {
+	Token(ctx context.Context, location string) (string, error)
+}
+
+// Static is one token for every location (GHL_TOKEN): a Private
+// Integration Token or an access token managed outside ghlcancel.
+type Static string
+
+// Token returns the static token.
+func (s Static) Token(context.Context, string) (string, error) {
+	if s == "" {
+		return "", ErrNoToken
+	}
+	return string(s), nil
+}
+
+// File reads a JSON object {"locationId": "token", ...} (GHL_TOKENS_FILE)
+// and reloads it when its modification time or size changes, checked at
+// most once per CheckEvery. A file that fails to load keeps the previous
+// tokens in force and reports the error through OnError.
+type File struct {
+	path       string
+	checkEvery time.Duration
+	onError    func(error)
+
+	mu        sync.RWMutex
+	tokens    map[string]string
+	modTime   time.Time
+	size      int64
+	lastCheck time.Time
+}
+
+// FileCheckEveryDefault is how often the tokens file is checked for changes.
+const FileCheckEveryDefault = 2 * time.Second
+
+// NewFile loads path. It fails if the file cannot be read or parsed, so a
+// worker never starts with no tokens by mistake.
+func NewFile(path string, onError func(error)) (*File, error) {
+	f := &File{path: path, checkEvery: FileCheckEveryDefault, onError: onError}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("tokens file: %w", err)
+	}
+	m, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	f.tokens, f.modTime, f.size, f.lastCheck = m, st.ModTime(), st.Size(), time.Now()
+	return f, nil
+}
+
+// Len returns how many locations have a token.
+func (f *File) Len() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.tokens)
+}
+
+func readFile(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tokens file: %w", err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		// The JSON error may quote the file's content (a token): drop it.
+		return nil, fmt.Errorf("tokens file %s: not a JSON object of location id to token strings", path)
+	}
+	for loc, tok := range m {
+		if loc == "" || tok == "" {
+			return nil, fmt.Errorf("tokens file %s: empty location id or token", path)
+		}
+	}
+	return m, nil
+}
+
+// Token returns the location's token, reloading the file if it changed.
+func (f *File) Token(_ context.Context, location string) (string, error) {
+	f.maybeReload()
+	f.mu.RLock()
+	tok, ok := f.tokens[location]
+	f.mu.RUnlock()
+	if !ok {
+		return "", ErrNoToken
+	}
+	return tok, nil
+}
+
+func (f *File) maybeReload() {
+	now := time.Now()
+	f.mu.RLock()
+	due := now.Sub(f.lastCheck) >= f.checkEvery
+	f.mu.RUnlock()
+	if !due {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if now.Sub(f.lastCheck) < f.checkEvery {
+		return
+	}
+	f.lastCheck = now
+	st, err := os.Stat(f.path)
+	if err != nil {
+		f.report(fmt.Errorf("tokens file: %w (keeping %d loaded tokens)", err, len(f.tokens)))
+		return
+	}
+	if st.ModTime().Equal(f.modTime) && st.Size() == f.size {
+		return
+	}
+	m, err := readFile(f.path)
+	if err != nil {
+		f.report(fmt.Errorf("%w (keeping %d loaded tokens)", err, len(f.tokens)))
+		return
+	}
+	f.tokens, f.modTime, f.size = m, st.ModTime(), st.Size()
+}
+
+func (f *File) report(err error) {
+	if f.onError != nil {
+		f.onError(err)
+	}
+}

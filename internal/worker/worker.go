@@ -1,0 +1,180 @@
+// Package worker assembles a cancel worker: the asynq server with lane
+// weights, retry policy and metrics middleware, the HighLevel client, the
+// dead-letter store, and the /metrics, /healthz and /readyz endpoints.
+// cmd/worker and cmd/demo both build workers here.
+package worker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+	"github.com/ghlcancel/ghlcancel/metrics"
+)
+
+// Defaults for Config.
+const (
+	ConcurrencyDefault       = 100
+	ShutdownTimeoutDefault   = 30 * time.Second
+	TaskCheckIntervalDefault = 100 * time.Millisecond
+	DelayedCheckDefault      = time.Second
+)
+
+// Config configures a Worker.
+type Config struct {
+	// Redis is shared by the asynq server, the dead-letter store and the
+	// queue collector. The caller closes it. Required.
+	Redis redis.UniversalClient
+	// GHL configures the API client; its Observe hook is set by New.
+	GHL ghl.Config
+	// Tokens supplies a token per location. Required.
+	Tokens tokens.Source
+	// Concurrency is how many tasks run at once. Defaults to ConcurrencyDefault.
+	Concurrency int
+	// ShutdownTimeout is how long in-flight tasks get to finish on shutdown;
+	// unfinished ones go back to the queue. Defaults to ShutdownTimeoutDefault.
+	ShutdownTimeout time.Duration
+	// TaskCheckInterval is how often an idle worker polls empty lanes; it
+	// bounds the pickup latency of a new task. Defaults to TaskCheckIntervalDefault.
+	TaskCheckInterval time.Duration
+	// DelayedCheckInterval is how often due retries are moved back to their
+	// lane. Defaults to DelayedCheckDefault.
+	DelayedCheckInterval time.Duration
+	// Backoff for retryable failures. Defaults to tasks.Backoff{} (2 s base, 20 min cap).
+	Backoff tasks.Backoff
+	// StrictPriority serves a lower lane only when the higher ones are empty.
+	// Defaults to false (weighted 6:3:1).
+	StrictPriority bool
+	// Logger defaults to a discarding logger.
+	Logger *slog.Logger
+	// Registry receives the metrics. Defaults to a new registry.
+	Registry *prometheus.Registry
+}
+
+// Worker runs cancel tasks.
+type Worker struct {
+	cfg      Config
+	srv      *asynq.Server
+	handler  asynq.Handler
+	Metrics  *metrics.Metrics
+	Registry *prometheus.Registry
+	Dead     *deadletter.Store
+	log      *slog.Logger
+}
+
+// New validates cfg and builds a Worker.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Redis == nil {
+		return nil, errors.New("worker: Config.Redis is required")
+	}
+	if cfg.Tokens == nil {
+		return nil, errors.New("worker: Config.Tokens is required: set GHL_TOKEN or GHL_TOKENS_FILE")
+	}
+	if cfg.Concurrency < 0 {
+		return nil, fmt.Errorf("worker: Config.Concurrency must be positive, got %d", cfg.Concurrency)
+	}
+	cfg.Concurrency = cmp.Or(cfg.Concurrency, ConcurrencyDefault)
+	cfg.ShutdownTimeout = cmp.Or(cfg.ShutdownTimeout, ShutdownTimeoutDefault)
+	cfg.TaskCheckInterval = cmp.Or(cfg.TaskCheckInterval, TaskCheckIntervalDefault)
+	cfg.DelayedCheckInterval = cmp.Or(cfg.DelayedCheckInterval, DelayedCheckDefault)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	m := metrics.New(cfg.Registry)
+	cfg.Registry.MustRegister(metrics.NewQueueCollector(cfg.Redis, tasks.Queues))
+
+	gcfg := cfg.GHL
+	gcfg.Observe = m.ObserveAPI
+	gcfg.MaxIdleConns = cmp.Or(gcfg.MaxIdleConns, cfg.Concurrency)
+	api, err := ghl.New(gcfg)
+	if err != nil {
+		return nil, err
+	}
+	dead := deadletter.New(cfg.Redis)
+	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Dead: dead, Logger: cfg.Logger}
+	// One handler for both task types (it routes by type and dead-letters
+	// any other type that lands on our lanes instead of retrying it forever),
+	// wrapped once in the metrics middleware.
+	handler := m.Middleware(h)
+
+	srv := asynq.NewServerFromRedisClient(cfg.Redis, asynq.Config{
+		Concurrency:              cfg.Concurrency,
+		Queues:                   tasks.QueueWeights(),
+		StrictPriority:           cfg.StrictPriority,
+		RetryDelayFunc:           tasks.RetryDelay(cfg.Backoff),
+		IsFailure:                tasks.IsFailure,
+		ShutdownTimeout:          cfg.ShutdownTimeout,
+		TaskCheckInterval:        cfg.TaskCheckInterval,
+		DelayedTaskCheckInterval: cfg.DelayedCheckInterval,
+		Logger:                   asynqLogger{cfg.Logger},
+		LogLevel:                 asynq.WarnLevel,
+	})
+	return &Worker{cfg: cfg, srv: srv, handler: handler, Metrics: m, Registry: cfg.Registry, Dead: dead, log: cfg.Logger}, nil
+}
+
+// Run processes tasks until ctx is done, then shuts down: in-flight tasks
+// get ShutdownTimeout to finish, the rest go back to their lane.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.srv.Start(w.handler); err != nil {
+		return fmt.Errorf("worker: start: %w", err)
+	}
+	w.log.Info("worker started", "concurrency", w.cfg.Concurrency, "queues", tasks.QueueWeights())
+	<-ctx.Done()
+	w.log.Info("worker draining", "shutdown_timeout", w.cfg.ShutdownTimeout)
+	w.srv.Shutdown()
+	w.log.Info("worker stopped")
+	return nil
+}
+
+// HTTPHandler serves /metrics, /healthz (the process is up) and /readyz
+// (Redis answers a PING within a second).
+func (w *Worker) HTTPHandler() http.Handler {
+	return AdminHandler(w.Registry, w.cfg.Redis)
+}
+
+// AdminHandler serves /metrics, /healthz and /readyz for any process.
+func AdminHandler(reg *prometheus.Registry, rdb redis.UniversalClient) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			http.Error(w, "redis: not reachable", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// asynqLogger sends asynq's own logs through slog.
+type asynqLogger struct{ l *slog.Logger }
+
+func (a asynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Info(args ...any)  { a.l.Info(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Warn(args ...any)  { a.l.Warn(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Fatal(args ...any) {
+	a.l.Error(fmt.Sprint(args...), "component", "asynq", "fatal", true)
+	panic(fmt.Sprint(args...))
+}

@@ -1,0 +1,331 @@
+package worker_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/contract"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+	"github.com/ghlcancel/ghlcancel/internal/worker"
+)
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
+
+const (
+	locGood    = "locGood0000000000001"
+	locBadTok  = "locBadToken000000001"
+	locNoToken = "locNoToken0000000001"
+	tokGood    = "good-token-abc"
+)
+
+type testBundle struct {
+	rdb       *redis.Client
+	sb        *sandbox.Server
+	validator *contract.Validator
+	worker    *worker.Worker
+	producer  *producer.Producer
+	dead      *deadletter.Store
+	insp      *asynq.Inspector
+}
+
+type tokenMap map[string]string
+
+func (m tokenMap) Token(_ context.Context, loc string) (string, error) {
+	if t, ok := m[loc]; ok {
+		return t, nil
+	}
+	return "", tokens.ErrNoToken
+}
+
+// setup runs a worker against a fresh Redis database and a sandbox behind
+// the OpenAPI validator. The bad-token location's token is one the sandbox
+// does not accept.
+func setup(t *testing.T, sbCfg sandbox.Config, prodCfg producer.Config) *testBundle {
+	t.Helper()
+	rdb := redisServer.Client(t)
+	v, err := contract.New()
+	require.NoError(t, err)
+	sb := sandbox.New(sbCfg)
+	sb.AddLocation(locGood, tokGood)
+	sb.AddLocation(locBadTok, "the-real-token")
+	srv := httptest.NewServer(v.Wrap(sb.Handler()))
+	t.Cleanup(srv.Close)
+	w, err := worker.New(worker.Config{
+		Redis:       rdb,
+		GHL:         ghl.Config{BaseURL: srv.URL, Timeout: 2 * time.Second},
+		Tokens:      tokenMap{locGood: tokGood, locBadTok: "revoked-token"},
+		Concurrency: 20,
+		Backoff:     tasks.Backoff{Base: 50 * time.Millisecond, Cap: 200 * time.Millisecond},
+		// Short, so a test does not wait for retries to come due.
+		DelayedCheckInterval: 100 * time.Millisecond,
+		ShutdownTimeout:      5 * time.Second,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+		require.Empty(t, v.Problems(), "requests or responses that break the OpenAPI contract")
+	})
+	return &testBundle{
+		rdb: rdb, sb: sb, validator: v, worker: w,
+		producer: producer.New(rdb, prodCfg),
+		dead:     deadletter.New(rdb),
+		insp:     asynq.NewInspectorFromRedisClient(rdb),
+	}
+}
+
+// waitDrained waits until no lane has pending, active, scheduled or retry tasks.
+func (b *testBundle) waitDrained(t *testing.T, within time.Duration) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		for _, q := range tasks.Queues {
+			info, err := b.insp.GetQueueInfo(q)
+			if err != nil {
+				continue // queue never used
+			}
+			if info.Pending+info.Active+info.Scheduled+info.Retry > 0 {
+				return false
+			}
+		}
+		return true
+	}, within, 50*time.Millisecond)
+}
+
+func (b *testBundle) processed(outcome string) float64 {
+	return testutil.ToFloat64(b.worker.Metrics.TasksProcessed.WithLabelValues(tasks.TypeCancelMessage, outcome)) +
+		testutil.ToFloat64(b.worker.Metrics.TasksProcessed.WithLabelValues(tasks.TypeCancelEmail, outcome))
+}
+
+func TestOutcomes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{}, producer.Config{})
+	ctx := context.Background()
+	msgs := b.sb.ScheduleN(locGood, 3, false)
+	emails := b.sb.ScheduleN(locGood, 2, true)
+	unknown := sandbox.NewID()
+	badTok := b.sb.ScheduleN(locBadTok, 1, false)[0]
+	noTok := sandbox.NewID()
+
+	enq := func(kind ghl.Kind, id, loc string) {
+		r := b.producer.Enqueue(ctx, producer.Item{Kind: kind, MessageID: id, LocationID: loc, CampaignID: "c1"})
+		require.Equal(t, producer.Enqueued, r.Status, r.Err)
+	}
+	for _, id := range msgs {
+		enq(ghl.KindMessage, id, locGood)
+	}
+	for _, id := range emails {
+		enq(ghl.KindEmail, id, locGood)
+	}
+	enq(ghl.KindMessage, unknown, locGood)
+	enq(ghl.KindMessage, badTok, locBadTok)
+	enq(ghl.KindMessage, noTok, locNoToken)
+	b.waitDrained(t, 10*time.Second)
+
+	for _, id := range append(msgs, emails...) {
+		st, cancels, _ := b.sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusCancelled, st)
+		require.Equal(t, 1, cancels)
+	}
+	st, _, _ := b.sb.MessageStatus(badTok)
+	require.Equal(t, sandbox.StatusScheduled, st)
+
+	require.Equal(t, 5.0, b.processed(tasks.OutcomeCancelled))
+	require.Equal(t, 1.0, b.processed(tasks.OutcomeNotCancellable))
+	require.Equal(t, 2.0, b.processed(tasks.OutcomeDeadLettered))
+	require.Equal(t, 1.0, testutil.ToFloat64(b.worker.Metrics.DeadLetters.WithLabelValues("unauthorized")))
+	require.Equal(t, 1.0, testutil.ToFloat64(b.worker.Metrics.DeadLetters.WithLabelValues("no_token")))
+
+	rec, ok, err := b.dead.Get(ctx, tasks.TaskID(ghl.KindMessage, badTok))
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "unauthorized", rec.Reason)
+	require.Equal(t, 401, rec.HTTPStatus)
+	require.Equal(t, "Invalid token: access token is invalid", rec.APIMessage)
+	require.Equal(t, locBadTok, rec.LocationID)
+	require.Equal(t, "c1", rec.CampaignID)
+	require.Equal(t, 1, rec.Attempts)
+	require.Equal(t, tasks.QueueDefault, rec.Queue)
+	require.NotContains(t, rec.APIMessage+rec.Payload, "revoked-token")
+
+	rec, ok, err = b.dead.Get(ctx, tasks.TaskID(ghl.KindMessage, noTok))
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "no_token", rec.Reason)
+
+	// asynq archived them too (SkipRetry), without retrying.
+	info, err := b.insp.GetQueueInfo(tasks.QueueDefault)
+	require.NoError(t, err)
+	require.Equal(t, 2, info.Archived)
+}
+
+func TestDuplicateEnqueueIsANoOp(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{Faults: sandbox.Faults{Latency: 200 * time.Millisecond}}, producer.Config{})
+	ctx := context.Background()
+	id := b.sb.ScheduleN(locGood, 1, false)[0]
+	item := producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}
+	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, item).Status)
+	require.Equal(t, producer.AlreadyQueued, b.producer.Enqueue(ctx, item).Status)
+	item.Queue = tasks.QueueUrgent // another lane: still the same message
+	require.Equal(t, producer.AlreadyQueued, b.producer.Enqueue(ctx, item).Status)
+	item.Kind = ghl.KindEmail // another kind is another message
+	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, item).Status)
+	b.waitDrained(t, 10*time.Second)
+	_, cancels, _ := b.sb.MessageStatus(id)
+	require.Equal(t, 1, cancels)
+}
+
+func TestPoisonTasksAreDeadLettered(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{}, producer.Config{})
+	ctx := context.Background()
+	client := asynq.NewClientFromRedisClient(b.rdb)
+	poison := []*asynq.Task{
+		asynq.NewTask(tasks.TypeCancelMessage, []byte("{not json"), asynq.TaskID("p1")),
+		asynq.NewTask(tasks.TypeCancelMessage, []byte(`{"message_id":"a/../b","location_id":"x"}`), asynq.TaskID("p2")),
+		asynq.NewTask(tasks.TypeCancelEmail, []byte{0xff, 0x00, 0x01}, asynq.TaskID("p3")),
+		asynq.NewTask("ghl:sms:something_else", []byte(`{}`), asynq.TaskID("p4")),
+	}
+	for _, p := range poison {
+		_, err := client.EnqueueContext(ctx, p, asynq.Queue(tasks.QueueDefault), asynq.MaxRetry(5))
+		require.NoError(t, err)
+	}
+	// A good task after them still runs: the worker survived.
+	good := b.sb.ScheduleN(locGood, 1, false)[0]
+	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: good, LocationID: locGood}).Status)
+	b.waitDrained(t, 10*time.Second)
+
+	want := map[string]string{"p1": tasks.ReasonInvalidPayload, "p2": tasks.ReasonInvalidPayload, "p3": tasks.ReasonInvalidPayload, "p4": tasks.ReasonUnknownType}
+	for id, reason := range want {
+		rec, ok, err := b.dead.Get(ctx, id)
+		require.NoError(t, err)
+		require.True(t, ok, id)
+		require.Equal(t, reason, rec.Reason, id)
+		require.Equal(t, 1, rec.Attempts, "%s must not be retried", id)
+	}
+	st, _, _ := b.sb.MessageStatus(good)
+	require.Equal(t, sandbox.StatusCancelled, st)
+}
+
+func TestRetriesThenDeadLetterWhenExhausted(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{Faults: sandbox.Faults{ErrorRate: 1}}, producer.Config{MaxRetry: 2})
+	ctx := context.Background()
+	id := b.sb.ScheduleN(locGood, 1, false)[0]
+	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}).Status)
+	b.waitDrained(t, 15*time.Second)
+	rec, ok, err := b.dead.Get(ctx, tasks.TaskID(ghl.KindMessage, id))
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "server_error", rec.Reason)
+	require.Equal(t, 3, rec.Attempts)
+	require.Equal(t, 2.0, b.processed(tasks.OutcomeRetry))
+	require.Equal(t, 1.0, b.processed(tasks.OutcomeDeadLettered))
+	require.Equal(t, 2.0, testutil.ToFloat64(b.worker.Metrics.Retries.WithLabelValues("server_error")))
+	require.Equal(t, int64(3), b.sb.Stats().Faulted5xx)
+}
+
+func TestTransientFaultsRecover(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{Seed: 7, Faults: sandbox.Faults{ErrorRate: 0.3, ResetRate: 0.1}}, producer.Config{})
+	ctx := context.Background()
+	ids := b.sb.ScheduleN(locGood, 60, false)
+	for _, id := range ids {
+		require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}).Status)
+	}
+	b.waitDrained(t, 30*time.Second)
+	for _, id := range ids {
+		st, cancels, _ := b.sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusCancelled, st)
+		require.Equal(t, 1, cancels)
+	}
+	n, err := b.dead.Count(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n)
+	s := b.sb.Stats()
+	require.Positive(t, s.Faulted5xx+s.Resets)
+	require.Equal(t, float64(s.Faulted5xx+s.Resets), b.processed(tasks.OutcomeRetry))
+}
+
+// A 429 does not use up a retry: with MaxRetry 1, eight tasks through a
+// 3-per-1.5 s limit meet many 429s and must all end cancelled, none dead.
+func TestRateLimitUsesNoRetry(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{RateMax: 3, RateInterval: 1500 * time.Millisecond, RetryAfter: true}, producer.Config{MaxRetry: 1})
+	ctx := context.Background()
+	ids := b.sb.ScheduleN(locGood, 8, false)
+	for _, id := range ids {
+		require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}).Status)
+	}
+	b.waitDrained(t, 30*time.Second)
+	for _, id := range ids {
+		st, _, _ := b.sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusCancelled, st)
+	}
+	require.Positive(t, b.sb.Stats().RateLimited)
+	n, err := b.dead.Count(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n)
+}
+
+// On the final attempt asynq archives whatever IsFailure says, so the
+// handler waits a rate limit out itself.
+func TestRateLimitOnFinalAttemptIsWaitedOut(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{RateMax: 1, RateInterval: 3 * time.Second}, producer.Config{MaxRetry: -1}) // negative: no retries at all
+	ctx := context.Background()
+	ids := b.sb.ScheduleN(locGood, 2, false)
+	for _, id := range ids {
+		require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}).Status)
+	}
+	b.waitDrained(t, 20*time.Second)
+	for _, id := range ids {
+		st, _, _ := b.sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusCancelled, st)
+	}
+	require.Positive(t, b.sb.Stats().RateLimited)
+	n, err := b.dead.Count(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n)
+}
+
+func TestHealthAndMetricsEndpoints(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{}, producer.Config{})
+	srv := httptest.NewServer(b.worker.HTTPHandler())
+	t.Cleanup(srv.Close)
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200} {
+		resp, err := http.Get(srv.URL + path)
+		require.NoError(t, err)
+		_ = resp.Body.Close()
+		require.Equal(t, want, resp.StatusCode, path)
+	}
+	// /readyz reports a Redis it cannot reach.
+	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	t.Cleanup(func() { _ = down.Close() })
+	srv2 := httptest.NewServer(worker.AdminHandler(b.worker.Registry, down))
+	t.Cleanup(srv2.Close)
+	resp, err := http.Get(srv2.URL + "/readyz")
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+}

@@ -1,0 +1,167 @@
+// Package metrics holds ghlcancel's Prometheus collectors. Build them with
+// New on a registry of your own (never the global one). Labels are bounded:
+// task types, outcomes, reasons, endpoints, status codes and lane names.
+// Message and location ids never become labels.
+package metrics
+
+import (
+	"context"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// Namespace prefixes every metric.
+const Namespace = "ghlcancel"
+
+// Metrics are the worker's collectors.
+type Metrics struct {
+	TasksProcessed *prometheus.CounterVec
+	TaskDuration   *prometheus.HistogramVec
+	TasksInFlight  prometheus.Gauge
+	APIRequests    *prometheus.CounterVec
+	APIDuration    *prometheus.HistogramVec
+	DeadLetters    *prometheus.CounterVec
+	Retries        *prometheus.CounterVec
+}
+
+// DeadLetterReasons are initialised at zero so that rate() works from the start.
+var DeadLetterReasons = []string{
+	string(ghl.ReasonBadRequest), string(ghl.ReasonUnprocessable), string(ghl.ReasonUnauthorized),
+	string(ghl.ReasonForbidden), string(ghl.ReasonClientError), string(ghl.ReasonNoToken),
+	string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork),
+	string(ghl.ReasonBadResponse), string(ghl.ReasonRateLimited),
+	tasks.ReasonInvalidPayload, tasks.ReasonUnknownType,
+}
+
+// RetryReasons are initialised at zero.
+var RetryReasons = []string{
+	string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork),
+	string(ghl.ReasonBadResponse), string(ghl.ReasonRateLimited), string(ghl.ReasonTokenSource),
+	"dead_letter_write",
+}
+
+// Endpoints are the API endpoint labels.
+var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message"}
+
+// New registers the collectors on reg, plus the Go and process collectors
+// and ghlcancel_build_info.
+func New(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
+	m := &Metrics{
+		TasksProcessed: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "tasks_processed_total",
+			Help: "Task attempts by task type and outcome (cancelled, not_cancellable, dead_lettered, retry, rate_limited).",
+		}, []string{"task_type", "outcome"}),
+		TaskDuration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "task_duration_seconds",
+			Help:    "Time one task attempt took in the handler, including in-handler rate-limit waits.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"task_type"}),
+		TasksInFlight: f.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "tasks_in_flight",
+			Help: "Tasks being processed by this worker right now.",
+		}),
+		APIRequests: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "api_requests_total",
+			Help: "HighLevel API calls by endpoint and HTTP status code (\"error\" when no response arrived).",
+		}, []string{"endpoint", "code"}),
+		APIDuration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "api_request_duration_seconds",
+			Help:    "HighLevel API call latency by endpoint.",
+			Buckets: []float64{.01, .025, .05, .1, .2, .3, .5, .75, 1, 2, 5, 10, 30},
+		}, []string{"endpoint"}),
+		DeadLetters: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "dead_letters_total",
+			Help: "Tasks dead-lettered (recorded for inspection and replay) by reason.",
+		}, []string{"reason"}),
+		Retries: f.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "retries_total",
+			Help: "Task attempts that will be retried, by reason (rate_limited retries do not use up an attempt).",
+		}, []string{"reason"}),
+	}
+	for _, tt := range []string{tasks.TypeCancelMessage, tasks.TypeCancelEmail} {
+		for _, o := range tasks.Outcomes {
+			m.TasksProcessed.WithLabelValues(tt, o)
+		}
+	}
+	for _, r := range DeadLetterReasons {
+		m.DeadLetters.WithLabelValues(r)
+	}
+	for _, r := range RetryReasons {
+		m.Retries.WithLabelValues(r)
+	}
+	for _, e := range Endpoints {
+		m.APIDuration.WithLabelValues(e)
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	version := "dev"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		version = bi.Main.Version
+	}
+	f.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info", Help: "Build information; always 1.",
+	}, []string{"version"}).WithLabelValues(version).Set(1)
+	return m
+}
+
+// ObserveAPI records one API call; pass it as ghl.Config.Observe.
+func (m *Metrics) ObserveAPI(endpoint string, status int, d time.Duration) {
+	m.APIRequests.WithLabelValues(endpoint, CodeLabel(status)).Inc()
+	m.APIDuration.WithLabelValues(endpoint).Observe(d.Seconds())
+}
+
+// CodeLabel bounds the code label: common codes as themselves, anything
+// else as its class ("2xx" ...), no response as "error".
+func CodeLabel(status int) string {
+	switch status {
+	case 0:
+		return "error"
+	case 200, 201, 204, 400, 401, 403, 404, 408, 422, 429, 500, 502, 503, 504:
+		return strconv.Itoa(status)
+	}
+	if status >= 100 && status < 600 {
+		return strconv.Itoa(status/100) + "xx"
+	}
+	return "other"
+}
+
+// Middleware records every task attempt once: outcome, duration, in-flight,
+// dead letters and retries by reason.
+func (m *Metrics) Middleware(next asynq.Handler) asynq.Handler {
+	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		ctx, rep := tasks.WithReport(ctx)
+		m.TasksInFlight.Inc()
+		start := time.Now()
+		err := next.ProcessTask(ctx, t)
+		m.TasksInFlight.Dec()
+		taskType := t.Type()
+		if _, ok := tasks.KindFor(taskType); !ok {
+			taskType = "unknown"
+		}
+		m.TaskDuration.WithLabelValues(taskType).Observe(time.Since(start).Seconds())
+		outcome := rep.Outcome
+		if outcome == "" { // a handler that reported nothing
+			outcome = tasks.OutcomeRetry
+			if err == nil {
+				outcome = tasks.OutcomeCancelled
+			}
+		}
+		m.TasksProcessed.WithLabelValues(taskType, outcome).Inc()
+		switch outcome {
+		case tasks.OutcomeDeadLettered:
+			m.DeadLetters.WithLabelValues(rep.Reason).Inc()
+		case tasks.OutcomeRetry, tasks.OutcomeRateLimited:
+			m.Retries.WithLabelValues(rep.Reason).Inc()
+		}
+		return err
+	})
+}
