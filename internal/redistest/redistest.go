@@ -160,6 +160,18 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 	return c
 }
 
+// ClientFor returns a client for a redis:// URL, closed when the test ends.
+func ClientFor(t testing.TB, url string) *redis.Client {
+	t.Helper()
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	c := redis.NewClient(opt)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
 // Main is a TestMain body: it starts a server into *srv, runs the tests and
 // stops the server.
 func Main(m *testing.M, srv **Server) {

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/contract"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/promtest"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
+
+// syncBuffer is a goroutine-safe bytes.Buffer for a command's output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func envFunc(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// TestEndToEnd is the acceptance test of the core pipeline: 1,000 scheduled
+// messages over 5 locations, 50 unknown ids, 30 messages in a location whose
+// token the API rejects, 10% of calls failing with 5xx, a rate limit that
+// trips: every scheduled message ends cancelled exactly once, unknown ids
+// are not_cancellable, bad-token ones are dead letters with reason
+// unauthorized, the metrics agree with the sandbox's own counts and
+// nothing is left in the queues.
+func TestEndToEnd(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	v, err := contract.New()
+	require.NoError(t, err)
+	sb := sandbox.New(sandbox.Config{
+		Seed: 42, RateMax: 60, RateInterval: time.Second, RetryAfter: true,
+		Faults: sandbox.Faults{ErrorRate: 0.10},
+	})
+	api := httptest.NewServer(v.Wrap(sb.Handler()))
+	t.Cleanup(api.Close)
+
+	tokenFile := map[string]string{}
+	var items []producer.Item
+	var scheduled []string
+	for i := range 5 {
+		loc := fmt.Sprintf("location%011d", i)
+		tok := fmt.Sprintf("pit-secret-%d-%s", i, strings.Repeat("x", 20))
+		sb.AddLocation(loc, tok)
+		tokenFile[loc] = tok
+		for j, id := range sb.ScheduleN(loc, 200, i%2 == 1) {
+			kind := ghl.KindMessage
+			if i%2 == 1 {
+				kind = ghl.KindEmail
+			}
+			scheduled = append(scheduled, id)
+			items = append(items, producer.Item{Kind: kind, MessageID: id, LocationID: loc, CampaignID: "spring-sale"})
+			if j < 10 {
+				unknown := sandbox.NewID()
+				items = append(items, producer.Item{Kind: ghl.KindMessage, MessageID: unknown, LocationID: loc, CampaignID: "spring-sale"})
+			}
+		}
+	}
+	const badLoc = "locationBadToken0001"
+	sb.AddLocation(badLoc, "the-token-highlevel-knows")
+	tokenFile[badLoc] = "a-revoked-token-we-still-have"
+	for _, id := range sb.ScheduleN(badLoc, 30, false) {
+		items = append(items, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: badLoc, CampaignID: "spring-sale"})
+	}
+	require.Len(t, items, 1080)
+
+	dir := t.TempDir()
+	tf := filepath.Join(dir, "tokens.json")
+	b, err := json.Marshal(tokenFile)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(tf, b, 0o600))
+
+	redisURL := redisServer.URL(t)
+	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(runCtx, []string{"-metrics-addr", "127.0.0.1:0", "-log-format", "json"}, envFunc(map[string]string{
+			EnvRedisURL: redisURL, EnvBaseURL: api.URL, EnvTokensFile: tf, EnvConcurrency: "50",
+		}), stdout, stderr)
+	}()
+	addr := waitForAddr(t, stdout, done)
+
+	// Enqueue through the producer the enqueue command uses.
+	prod := producer.New(redistest.ClientFor(t, redisURL), producer.Config{Queue: tasks.QueueBulk})
+	i := 0
+	counts := map[producer.Status]int{}
+	prod.EnqueueAll(ctx, func() (producer.Item, bool) {
+		if i == len(items) {
+			return producer.Item{}, false
+		}
+		i++
+		return items[i-1], true
+	}, func(_ producer.Item, r producer.Result) { counts[r.Status]++ })
+	require.Equal(t, map[producer.Status]int{producer.Enqueued: 1080}, counts)
+
+	var s promtest.Scrape
+	require.Eventually(t, func() bool {
+		s, err = promtest.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		live := 0.0
+		for _, st := range []string{"pending", "active", "scheduled", "retry"} {
+			live += s.Sum("ghlcancel_queue_tasks", "state", st)
+		}
+		return live == 0 && s.Sum("ghlcancel_tasks_processed_total", "outcome", "cancelled")+
+			s.Sum("ghlcancel_tasks_processed_total", "outcome", "not_cancellable")+
+			s.Sum("ghlcancel_tasks_processed_total", "outcome", "dead_lettered") == 1080
+	}, 90*time.Second, 200*time.Millisecond, "queues did not drain; worker log:\n%s", tail(stderr.String(), 2000))
+
+	// The sandbox's truth.
+	for _, id := range scheduled {
+		st, cancels, _ := sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusCancelled, st, id)
+		require.Equal(t, 1, cancels, id)
+	}
+	counted := sb.Count()
+	require.Equal(t, 1000, counted[sandbox.StatusCancelled])
+	require.Equal(t, 30, counted[sandbox.StatusScheduled])
+	stats := sb.Stats()
+
+	// Metrics equal those counts.
+	require.Equal(t, 1000.0, s.Sum("ghlcancel_tasks_processed_total", "outcome", "cancelled"))
+	require.Equal(t, 50.0, s.Sum("ghlcancel_tasks_processed_total", "outcome", "not_cancellable"))
+	require.Equal(t, 30.0, s.Sum("ghlcancel_tasks_processed_total", "outcome", "dead_lettered"))
+	require.Equal(t, 30.0, s.Sum("ghlcancel_dead_letters_total", "reason", "unauthorized"))
+	require.Equal(t, 30.0, s.Sum("ghlcancel_dead_letters_total"))
+	require.Equal(t, float64(stats.Faulted5xx), s.Sum("ghlcancel_retries_total", "reason", "server_error"))
+	require.Equal(t, float64(stats.Requests), s.Sum("ghlcancel_api_requests_total"))
+	require.Equal(t, float64(stats.RateLimited), s.Sum("ghlcancel_api_requests_total", "code", "429"))
+	require.Equal(t, float64(stats.Requests), s.Sum("ghlcancel_api_request_duration_seconds"))
+	require.Equal(t, 30.0, s.Sum("ghlcancel_queue_tasks", "state", "archived"))
+	require.Equal(t, 0.0, s.Sum("ghlcancel_tasks_in_flight"))
+	require.Equal(t, 1.0, s.Sum("ghlcancel_redis_up"))
+	require.Positive(t, stats.Faulted5xx)
+	t.Logf("sandbox: %+v", stats)
+
+	// Dead letters are durable records with their reason.
+	store := deadletter.New(redistest.ClientFor(t, redisURL))
+	n := 0
+	require.NoError(t, store.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
+		n++
+		require.Equal(t, "unauthorized", r.Reason)
+		require.Equal(t, badLoc, r.LocationID)
+		require.Equal(t, 401, r.HTTPStatus)
+		return nil
+	}))
+	require.Equal(t, 30, n)
+
+	// No token in any log line.
+	logs := stderr.String()
+	for _, tok := range tokenFile {
+		require.NotContains(t, logs, tok)
+	}
+	require.Empty(t, v.Problems())
+
+	// SIGTERM: drains and exits 0.
+	stop()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(40 * time.Second):
+		t.Fatal("worker did not stop")
+	}
+}
+
+var addrRe = regexp.MustCompile(`on http://([0-9.:]+)`)
+
+func waitForAddr(t *testing.T, stdout *syncBuffer, done chan error) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := addrRe.FindStringSubmatch(stdout.String()); m != nil {
+			return m[1]
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("worker exited early: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatal("worker did not report its metrics address")
+	return ""
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func TestRunConfigErrors(t *testing.T) {
+	t.Parallel()
+	tf := filepath.Join(t.TempDir(), "tokens.json")
+	require.NoError(t, os.WriteFile(tf, []byte(`{"loc": "secret-in-file"`), 0o600))
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"no token", nil, map[string]string{}, "no token: set GHL_TOKEN"},
+		{"both token sources", nil, map[string]string{EnvToken: "t", EnvTokensFile: tf}, "set only one of GHL_TOKEN and GHL_TOKENS_FILE"},
+		{"broken tokens file", nil, map[string]string{EnvTokensFile: tf}, "not a JSON object"},
+		{"missing tokens file", nil, map[string]string{EnvTokensFile: tf + ".nope"}, "no such file"},
+		{"bad redis url", nil, map[string]string{EnvToken: "t", EnvRedisURL: "http://x"}, "REDIS_URL"},
+		{"bad base url", []string{"-metrics-addr", ""}, map[string]string{EnvToken: "t", EnvBaseURL: "ftp://x"}, "BaseURL"},
+		{"bad log level", []string{"-log-level", "loud"}, map[string]string{EnvToken: "t"}, "log level"},
+		{"stray argument", []string{"extra"}, map[string]string{EnvToken: "t"}, "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			err := run(context.Background(), tt.args, envFunc(tt.env), &bytes.Buffer{}, &bytes.Buffer{})
+			require.ErrorContains(t, err, tt.want)
+			require.NotContains(t, err.Error(), "secret-in-file")
+		})
+	}
+}
