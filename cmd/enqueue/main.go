@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -26,7 +25,6 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
-	"github.com/ghlcancel/ghlcancel/internal/progress"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
@@ -165,7 +163,7 @@ flags:
 
 	p := producer.New(rdb, producer.Config{Queue: lane, MaxRetry: *maxRetry, Parallel: *parallel})
 	defaults := producer.Item{Kind: kind, LocationID: *location, CampaignID: *campaign}
-	sum, err := Enqueue(ctx, p, in, defaults, total, e.stderr)
+	sum, err := producer.EnqueueReader(ctx, p, in, defaults, total, e.stderr)
 	if *asJSON {
 		_ = json.NewEncoder(e.stdout).Encode(sum)
 	} else {
@@ -179,82 +177,6 @@ flags:
 		return errReported
 	}
 	return nil
-}
-
-// Summary counts an enqueue run.
-type Summary struct {
-	Enqueued      int `json:"enqueued"`
-	AlreadyQueued int `json:"already_queued"`
-	Rejected      int `json:"rejected"`
-	Failed        int `json:"failed,omitempty"` // not enqueued because Redis failed; re-run
-}
-
-// maxReportedRejects bounds per-line messages; the count stays exact.
-const maxReportedRejects = 100
-
-// Enqueue streams items from in through p, reporting rejected lines (with
-// their line numbers) on errw and progress on errw.
-func Enqueue(ctx context.Context, p *producer.Producer, in io.Reader, defaults producer.Item, total int64, errw io.Writer) (Summary, error) {
-	var (
-		mu    sync.Mutex // next runs on this goroutine, done on the producer's
-		sum   Summary
-		fatal error
-	)
-	rd := producer.NewReader(in, defaults)
-	bar := progress.New(errw, total, "enqueue")
-	defer bar.Finish()
-	reject := func(where string, err error) {
-		sum.Rejected++
-		if sum.Rejected <= maxReportedRejects {
-			fmt.Fprintf(errw, "%s: %v\n", where, err)
-		} else if sum.Rejected == maxReportedRejects+1 {
-			fmt.Fprintln(errw, "(more rejected lines; only the count is reported from here on)")
-		}
-	}
-	p.EnqueueAll(ctx, func() (producer.Item, bool) {
-		for {
-			l, ok := rd.Next()
-			if !ok {
-				if l.Err != nil {
-					mu.Lock()
-					fatal = fmt.Errorf("line %d: %w", l.N, l.Err)
-					mu.Unlock()
-				}
-				return producer.Item{}, false
-			}
-			if l.Err != nil {
-				mu.Lock()
-				reject(fmt.Sprintf("line %d", l.N), l.Err)
-				mu.Unlock()
-				bar.Add(1)
-				continue
-			}
-			return l.Item, true
-		}
-	}, func(it producer.Item, r producer.Result) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch r.Status {
-		case producer.Enqueued:
-			sum.Enqueued++
-		case producer.AlreadyQueued:
-			sum.AlreadyQueued++
-		default:
-			if errors.Is(r.Err, producer.ErrUnavailable) {
-				sum.Failed++
-				if fatal == nil {
-					fatal = r.Err
-				}
-				break
-			}
-			reject("message "+it.MessageID, r.Err)
-		}
-		bar.Add(1)
-	})
-	if fatal == nil && ctx.Err() != nil {
-		fatal = fmt.Errorf("interrupted: %w (re-run the same command: already queued ids are skipped)", ctx.Err())
-	}
-	return sum, fatal
 }
 
 func (e env) dead(ctx context.Context, args []string) error {

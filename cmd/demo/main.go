@@ -1,0 +1,294 @@
+// Command demo runs ghlcancel end to end on one machine with nothing but Go:
+// an embedded Redis (miniredis) unless -redis-url is given, the sandbox
+// HighLevel API seeded with scheduled messages across several locations, a
+// worker, and a campaign enqueued from a CSV file through the same code as
+// the enqueue command. It shows live progress, verifies the result against
+// the sandbox, prints a per-outcome summary, and keeps serving /metrics until
+// Ctrl-C (or exits at once with -exit).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/logging"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+	"github.com/ghlcancel/ghlcancel/internal/worker"
+	"github.com/ghlcancel/ghlcancel/metrics"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	locations, perLocation, unknown, badToken, concurrency int
+	rateMax                                                int
+	rateInterval                                           time.Duration
+	faultRate                                              float64
+	latency                                                time.Duration
+	redisURL, metricsAddr, workDir                         string
+	exit                                                   bool
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o options
+	fs.IntVar(&o.locations, "locations", 5, "locations (sub-accounts) in the sandbox")
+	fs.IntVar(&o.perLocation, "messages", 200, "scheduled messages per location (odd locations schedule emails)")
+	fs.IntVar(&o.unknown, "unknown", 50, "ids HighLevel does not know (end not_cancellable)")
+	fs.IntVar(&o.badToken, "bad-token", 30, "messages in a location whose token HighLevel rejects (end dead-lettered)")
+	fs.IntVar(&o.concurrency, "concurrency", 50, "worker concurrency")
+	fs.IntVar(&o.rateMax, "rate", 100, "sandbox limit: requests per -rate-interval per location (HighLevel: 100 per 10s)")
+	fs.DurationVar(&o.rateInterval, "rate-interval", 10*time.Second, "sandbox rate-limit window")
+	fs.Float64Var(&o.faultRate, "fault-rate", 0.05, "share of sandbox answers that are 5xx")
+	fs.DurationVar(&o.latency, "latency", 20*time.Millisecond, "sandbox latency per call")
+	fs.StringVar(&o.redisURL, "redis-url", getenv("REDIS_URL"), "use this Redis instead of the embedded one (env REDIS_URL)")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "where to serve /metrics, /healthz, /readyz")
+	fs.StringVar(&o.workDir, "dir", "", "where to write the campaign CSV and tokens file (default: a temp dir)")
+	fs.BoolVar(&o.exit, "exit", false, "exit when done instead of serving metrics until Ctrl-C")
+	logFlags := logging.Flags(fs, func(k string) string {
+		if k == "LOG_LEVEL" && getenv(k) == "" {
+			return "error" // keep the demo's screen for progress
+		}
+		return getenv(k)
+	})
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.locations < 1 || o.perLocation < 0 || o.unknown < 0 || o.badToken < 0 {
+		return errors.New("-locations must be at least 1; counts cannot be negative")
+	}
+	log, err := logFlags.Logger(stderr)
+	if err != nil {
+		return err
+	}
+
+	// Redis.
+	redisURL := o.redisURL
+	if redisURL == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return fmt.Errorf("embedded redis: %w", err)
+		}
+		defer mr.Close()
+		redisURL = "redis://" + mr.Addr() + "/0"
+		fmt.Fprintf(stdout, "redis:    embedded (miniredis) at %s\n", redisURL)
+	} else {
+		fmt.Fprintf(stdout, "redis:    %s\n", redisURL)
+	}
+	ropt, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return fmt.Errorf("redis url: %w", err)
+	}
+	ropt.PoolSize = o.concurrency + 50
+	rdb := redis.NewClient(ropt)
+	defer rdb.Close()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("cannot reach Redis at %s: %w", ropt.Addr, err)
+	}
+
+	// Sandbox API with scheduled messages.
+	sb := sandbox.New(sandbox.Config{RateMax: o.rateMax, RateInterval: o.rateInterval,
+		Faults: sandbox.Faults{ErrorRate: o.faultRate, Latency: o.latency, LatencyJitter: o.latency}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	api := &http.Server{Handler: sb.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = api.Serve(ln) }()
+	defer api.Close()
+	apiURL := "http://" + ln.Addr().String()
+	fmt.Fprintf(stdout, "sandbox:  HighLevel API stand-in at %s (%d per %s per location, %.0f%% 5xx)\n",
+		apiURL, o.rateMax, o.rateInterval, o.faultRate*100)
+
+	dir := o.workDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "ghlcancel-demo-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	}
+	csvPath, tokPath, scheduled, err := seed(sb, o, dir)
+	if err != nil {
+		return err
+	}
+	src, err := tokens.NewFile(tokPath, nil)
+	if err != nil {
+		return err
+	}
+
+	// Worker.
+	reg := prometheus.NewRegistry()
+	w, err := worker.New(worker.Config{
+		Redis: rdb, GHL: ghl.Config{BaseURL: apiURL}, Tokens: src, Concurrency: o.concurrency,
+		Logger: log, Registry: reg, ShutdownTimeout: 10 * time.Second,
+	})
+	if err != nil {
+		return err
+	}
+	mln, err := net.Listen("tcp", o.metricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics listener on %s: %w (pick another with -metrics-addr)", o.metricsAddr, err)
+	}
+	msrv := &http.Server{Handler: w.HTTPHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = msrv.Serve(mln) }()
+	defer msrv.Close()
+	fmt.Fprintf(stdout, "metrics:  http://%s/metrics\n", mln.Addr())
+	wctx, stopWorker := context.WithCancel(context.Background())
+	werr := make(chan error, 1)
+	go func() { werr <- w.Run(wctx) }()
+	defer func() { stopWorker(); <-werr }()
+
+	// Enqueue the campaign exactly as `enqueue --file` does.
+	f, err := os.Open(csvPath)
+	if err != nil {
+		return err
+	}
+	total := o.locations*o.perLocation + o.unknown + o.badToken
+	fmt.Fprintf(stdout, "campaign: enqueueing %d cancels from %s\n", total, csvPath)
+	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
+	start := time.Now()
+	sum, err := producer.EnqueueReader(ctx, p, f, producer.Item{Kind: ghl.KindMessage, CampaignID: "demo-campaign"}, int64(total), stderr)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "campaign: enqueued %d, already queued %d, rejected %d\n", sum.Enqueued, sum.AlreadyQueued, sum.Rejected)
+
+	// Live progress until every task reached a terminal outcome.
+	target := float64(sum.Enqueued)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		mfs, err := reg.Gather()
+		if err != nil {
+			return err
+		}
+		terminal := metrics.Sum(mfs, "ghlcancel_tasks_processed_total", "outcome", tasks.OutcomeCancelled) +
+			metrics.Sum(mfs, "ghlcancel_tasks_processed_total", "outcome", tasks.OutcomeNotCancellable) +
+			metrics.Sum(mfs, "ghlcancel_tasks_processed_total", "outcome", tasks.OutcomeDeadLettered)
+		live := 0.0
+		for _, st := range []string{"pending", "active", "scheduled", "retry"} {
+			live += metrics.Sum(mfs, "ghlcancel_queue_tasks", "state", st)
+		}
+		el := time.Since(start).Seconds()
+		fmt.Fprintf(stdout, "progress: %5.0f/%.0f done (%3.0f%%)  queued %5.0f  retries %4.0f  429s %4.0f  %6.1f tasks/s\n",
+			terminal, target, 100*terminal/max(target, 1), live,
+			metrics.Sum(mfs, "ghlcancel_retries_total"), metrics.Sum(mfs, "ghlcancel_api_requests_total", "code", "429"),
+			terminal/max(el, 0.001))
+		if terminal >= target && live == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("interrupted before the campaign finished")
+		case <-tick.C:
+		}
+	}
+	mfs, _ := reg.Gather()
+	return report(ctx, stdout, mfs, sb, rdb, scheduled, time.Since(start), redisURL, mln.Addr().String(), o.exit)
+}
+
+// seed fills the sandbox and writes the campaign CSV and the tokens file.
+func seed(sb *sandbox.Server, o options, dir string) (csvPath, tokPath string, scheduled []string, err error) {
+	var csv strings.Builder
+	csv.WriteString("message_id,location_id,kind\n")
+	toks := map[string]string{}
+	for i := range o.locations {
+		loc := fmt.Sprintf("demoLocation%08d", i)
+		tok := "demo-pit-" + sandbox.NewID()
+		sb.AddLocation(loc, tok)
+		toks[loc] = tok
+		email := i%2 == 1
+		kind := map[bool]string{false: "message", true: "email"}[email]
+		for _, id := range sb.ScheduleN(loc, o.perLocation, email) {
+			scheduled = append(scheduled, id)
+			fmt.Fprintf(&csv, "%s,%s,%s\n", id, loc, kind)
+		}
+	}
+	for i := range o.unknown {
+		fmt.Fprintf(&csv, "%s,demoLocation%08d,message\n", sandbox.NewID(), i%o.locations)
+	}
+	if o.badToken > 0 {
+		const bad = "demoLocationRevoked1"
+		sb.AddLocation(bad, "what-highlevel-expects")
+		toks[bad] = "a-revoked-token"
+		for _, id := range sb.ScheduleN(bad, o.badToken, false) {
+			fmt.Fprintf(&csv, "%s,%s,message\n", id, bad)
+		}
+	}
+	csvPath = filepath.Join(dir, "campaign.csv")
+	if err := os.WriteFile(csvPath, []byte(csv.String()), 0o600); err != nil {
+		return "", "", nil, err
+	}
+	b, _ := json.Marshal(toks)
+	tokPath = filepath.Join(dir, "tokens.json")
+	if err := os.WriteFile(tokPath, b, 0o600); err != nil {
+		return "", "", nil, err
+	}
+	return csvPath, tokPath, scheduled, nil
+}
+
+func report(ctx context.Context, w io.Writer, mfs []*dto.MetricFamily, sb *sandbox.Server, rdb *redis.Client, scheduled []string,
+	took time.Duration, redisURL, metricsAddr string, exit bool) error {
+	fmt.Fprintf(w, "\nsummary (%.1fs):\n", took.Seconds())
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  OUTCOME\tTASKS")
+	for _, o := range tasks.Outcomes {
+		fmt.Fprintf(tw, "  %s\t%.0f\n", o, metrics.Sum(mfs, "ghlcancel_tasks_processed_total", "outcome", o))
+	}
+	_ = tw.Flush()
+	st := sb.Stats()
+	fmt.Fprintf(w, "  api calls %d: %d cancelled, %d not cancellable, %d unauthorized, %d rate limited (429), %d injected 5xx\n",
+		st.Requests, st.Cancelled, st.NotCancellable, st.Unauthorized, st.RateLimited, st.Faulted5xx)
+
+	notCancelled := 0
+	for _, id := range scheduled {
+		if s, _, _ := sb.MessageStatus(id); s != sandbox.StatusCancelled {
+			notCancelled++
+		}
+	}
+	dead, _ := deadletter.New(rdb).Count(ctx)
+	fmt.Fprintf(w, "  verified in the sandbox: %d/%d scheduled messages cancelled; %d dead letters kept for replay\n",
+		len(scheduled)-notCancelled, len(scheduled), dead)
+	fmt.Fprintf(w, "  inspect: go run ./cmd/enqueue dead list --redis-url %s\n", redisURL)
+	if notCancelled > 0 {
+		return fmt.Errorf("%d scheduled messages were not cancelled", notCancelled)
+	}
+	if exit {
+		return nil
+	}
+	fmt.Fprintf(w, "\nserving http://%s/metrics until Ctrl-C\n", metricsAddr)
+	<-ctx.Done()
+	return nil
+}

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+)
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
+
+type result struct {
+	err            error
+	stdout, stderr string
+}
+
+func runCmd(t *testing.T, redisURL, stdin string, args ...string) result {
+	t.Helper()
+	var out, errw bytes.Buffer
+	err := run(context.Background(), args, func(k string) string {
+		if k == envRedisURL {
+			return redisURL
+		}
+		return ""
+	}, strings.NewReader(stdin), &out, &errw)
+	return result{err: err, stdout: out.String(), stderr: errw.String()}
+}
+
+func TestEnqueueArgsAndDuplicates(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	r := runCmd(t, url, "", "--location", "locA", "--campaign", "c1", "--urgent", "m1", "m2", "m1")
+	require.NoError(t, r.err, r.stderr)
+	require.Equal(t, "enqueued 2, already queued 1, rejected 0 (lane urgent)\n", r.stdout)
+
+	rdb := redistest.ClientFor(t, url)
+	n, err := rdb.LLen(context.Background(), "asynq:{urgent}:pending").Result()
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n)
+	payload, err := rdb.HGet(context.Background(), "asynq:{urgent}:t:msg:m1", "msg").Result()
+	require.NoError(t, err)
+	require.Contains(t, payload, `"campaign_id":"c1"`)
+
+	// The same message again, to another lane: already queued.
+	r = runCmd(t, url, "", "--location", "locA", "--queue", "bulk", "--json", "m1")
+	require.NoError(t, r.err)
+	var sum producer.Summary
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &sum))
+	require.Equal(t, producer.Summary{AlreadyQueued: 1}, sum)
+}
+
+func TestEnqueueFileReportsBadLines(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	var b strings.Builder
+	b.WriteString("message_id,location_id,kind\n")
+	for i := range 1000 {
+		fmt.Fprintf(&b, "id%04d,loc%d,%s\n", i, i%3, []string{"message", "email"}[i%2])
+	}
+	b.WriteString("bad/id,loc1,message\n# a comment\n\nid0001,loc1,email\nid9999,,message\n")
+	path := filepath.Join(t.TempDir(), "ids.csv")
+	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
+
+	r := runCmd(t, url, "", "--file", path)
+	require.ErrorIs(t, r.err, errReported)
+	require.Equal(t, "enqueued 1000, already queued 1, rejected 2 (lane bulk)\n", r.stdout)
+	require.Contains(t, r.stderr, "line 1002: message_id: id has a character that is not allowed")
+	require.Contains(t, r.stderr, "line 1006: location_id: missing")
+
+	// Re-run (resume): nothing doubles.
+	r = runCmd(t, url, "", "--file", path, "--json")
+	var sum producer.Summary
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &sum))
+	require.Equal(t, producer.Summary{AlreadyQueued: 1001, Rejected: 2}, sum)
+}
+
+func TestEnqueueStdin(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	r := runCmd(t, url, "a1\na2\n", "--location", "L", "--kind", "email", "--file", "-")
+	require.NoError(t, r.err, r.stderr)
+	require.Equal(t, "enqueued 2, already queued 0, rejected 0 (lane bulk)\n", r.stdout)
+}
+
+func TestEnqueueUsageErrors(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "give message ids as arguments or --file"},
+		{[]string{"--file", "x", "id"}, "give message ids as arguments or --file"},
+		{[]string{"--kind", "fax", "id"}, `unknown kind "fax"`},
+		{[]string{"--queue", "fast", "id"}, `--queue "fast"`},
+		{[]string{"--urgent", "--queue", "bulk", "id"}, "disagree"},
+		{[]string{"--file", "/nonexistent/ids.txt"}, "no such file"},
+		{[]string{"dead"}, "usage: enqueue dead list|requeue"},
+		{[]string{"dead", "requeue"}, "give a filter"},
+	}
+	for _, tt := range tests {
+		r := runCmd(t, url, "", tt.args...)
+		require.ErrorContains(t, r.err, tt.want, "%v", tt.args)
+	}
+	r := runCmd(t, "redis://127.0.0.1:1/0", "", "--location", "L", "id")
+	require.ErrorContains(t, r.err, "cannot reach Redis at 127.0.0.1:1")
+}
+
+func TestDeadListAndRequeue(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	ctx := context.Background()
+	store := deadletter.New(redistest.ClientFor(t, url))
+	for i := range 5 {
+		reason := "unauthorized"
+		if i == 4 {
+			reason = "bad_request"
+		}
+		require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:m%d", i), Kind: "message",
+			MessageID: fmt.Sprintf("m%d", i), LocationID: "L", CampaignID: "c1", Queue: "bulk",
+			Reason: reason, HTTPStatus: 401, APIMessage: "Invalid token", Attempts: 1}))
+	}
+	r := runCmd(t, url, "", "dead", "list", "--reason", "unauthorized")
+	require.NoError(t, r.err)
+	require.Equal(t, 5, strings.Count(r.stdout, "\n"), r.stdout) // header + 4
+	require.Contains(t, r.stdout, "msg:m0")
+	require.Contains(t, r.stderr, "4 shown, 4 matching")
+
+	r = runCmd(t, url, "", "dead", "list", "--json", "--limit", "2")
+	require.NoError(t, r.err)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	require.Len(t, lines, 2)
+	var rec deadletter.Record
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &rec))
+	require.Equal(t, "msg:m0", rec.TaskID)
+
+	r = runCmd(t, url, "", "dead", "requeue", "--reason", "unauthorized")
+	require.NoError(t, r.err, r.stderr)
+	require.Equal(t, "requeued 4, already queued 0, skipped 0 (not rebuildable, left in place)\n", r.stdout)
+	r = runCmd(t, url, "", "dead", "list")
+	require.Contains(t, r.stderr, "1 shown, 1 matching")
+	r = runCmd(t, url, "", "dead", "requeue", "--all")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, "requeued 1")
+}

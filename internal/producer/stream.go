@@ -1,0 +1,87 @@
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/ghlcancel/ghlcancel/internal/progress"
+)
+
+// Summary counts an enqueue run.
+type Summary struct {
+	Enqueued      int `json:"enqueued"`
+	AlreadyQueued int `json:"already_queued"`
+	Rejected      int `json:"rejected"`
+	Failed        int `json:"failed,omitempty"` // not enqueued because Redis failed; re-run
+}
+
+// maxReportedRejects bounds per-line messages; the count stays exact.
+const maxReportedRejects = 100
+
+// EnqueueReader streams items from in through p, reporting rejected lines (with
+// their line numbers) on errw and progress on errw.
+func EnqueueReader(ctx context.Context, p *Producer, in io.Reader, defaults Item, total int64, errw io.Writer) (Summary, error) {
+	var (
+		mu    sync.Mutex // next runs on this goroutine, done on the producer's
+		sum   Summary
+		fatal error
+	)
+	rd := NewReader(in, defaults)
+	bar := progress.New(errw, total, "enqueue")
+	defer bar.Finish()
+	reject := func(where string, err error) {
+		sum.Rejected++
+		if sum.Rejected <= maxReportedRejects {
+			fmt.Fprintf(errw, "%s: %v\n", where, err)
+		} else if sum.Rejected == maxReportedRejects+1 {
+			fmt.Fprintln(errw, "(more rejected lines; only the count is reported from here on)")
+		}
+	}
+	p.EnqueueAll(ctx, func() (Item, bool) {
+		for {
+			l, ok := rd.Next()
+			if !ok {
+				if l.Err != nil {
+					mu.Lock()
+					fatal = fmt.Errorf("line %d: %w", l.N, l.Err)
+					mu.Unlock()
+				}
+				return Item{}, false
+			}
+			if l.Err != nil {
+				mu.Lock()
+				reject(fmt.Sprintf("line %d", l.N), l.Err)
+				mu.Unlock()
+				bar.Add(1)
+				continue
+			}
+			return l.Item, true
+		}
+	}, func(it Item, r Result) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.Status {
+		case Enqueued:
+			sum.Enqueued++
+		case AlreadyQueued:
+			sum.AlreadyQueued++
+		default:
+			if errors.Is(r.Err, ErrUnavailable) {
+				sum.Failed++
+				if fatal == nil {
+					fatal = r.Err
+				}
+				break
+			}
+			reject("message "+it.MessageID, r.Err)
+		}
+		bar.Add(1)
+	})
+	if fatal == nil && ctx.Err() != nil {
+		fatal = fmt.Errorf("interrupted: %w (re-run the same command: already queued ids are skipped)", ctx.Err())
+	}
+	return sum, fatal
+}
