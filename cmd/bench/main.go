@@ -1,0 +1,322 @@
+// Command bench measures ghlcancel against a baseline taken in the same run.
+//
+//	go run ./cmd/bench core [-tasks 20000] [-concurrency 200] [-rounds 2]
+//
+// core: end-to-end cancels/s through a worker process and the sandbox API
+// (no added latency, no rate limit) versus asynq's own no-op handler on the
+// same Redis with the same concurrency, their ratio, and each process's peak
+// RSS. Both run as child processes of this binary, so RSS is the worker's
+// alone. Redis is a real redis-server on a free port unless -redis-url.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+	"github.com/ghlcancel/ghlcancel/internal/worker"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("usage: bench core [flags]")
+	}
+	switch args[0] {
+	case "core":
+		return core(ctx, args[1:], stdout, stderr)
+	case "_worker", "_noop": // child processes
+		return child(ctx, args[0], args[1:], stdout)
+	}
+	return fmt.Errorf("unknown benchmark %q (want core)", args[0])
+}
+
+const noopType = "bench:noop"
+
+// child runs a worker (or a no-op asynq server), prints "ready" once it
+// serves, and stops on SIGTERM.
+func child(ctx context.Context, mode string, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
+	redisURL := fs.String("redis-url", "", "")
+	concurrency := fs.Int("concurrency", 200, "")
+	apiURL := fs.String("api", "", "")
+	tokensFile := fs.String("tokens-file", "", "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	opt, err := redis.ParseURL(*redisURL)
+	if err != nil {
+		return err
+	}
+	opt.PoolSize = *concurrency + 20
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	if mode == "_noop" {
+		srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
+			Concurrency: *concurrency, Queues: tasks.QueueWeights(),
+			TaskCheckInterval: worker.TaskCheckIntervalDefault, LogLevel: asynq.WarnLevel,
+		})
+		if err := srv.Start(asynq.HandlerFunc(func(context.Context, *asynq.Task) error { return nil })); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "ready")
+		<-ctx.Done()
+		srv.Shutdown()
+		return nil
+	}
+	src, err := tokens.NewFile(*tokensFile, nil)
+	if err != nil {
+		return err
+	}
+	w, err := worker.New(worker.Config{Redis: rdb, GHL: ghl.Config{BaseURL: *apiURL}, Tokens: src, Concurrency: *concurrency})
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	fmt.Fprintln(stdout, "ready")
+	<-ctx.Done()
+	cancel()
+	return <-done
+}
+
+type measurement struct {
+	tasksPerSec float64
+	maxRSSMB    float64
+	took        time.Duration
+}
+
+func core(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("core", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	n := fs.Int("tasks", 20000, "tasks per measurement")
+	concurrency := fs.Int("concurrency", 200, "worker concurrency (both sides)")
+	rounds := fs.Int("rounds", 2, "measurements per side; the best is reported")
+	locations := fs.Int("locations", 50, "sandbox locations the messages are spread over")
+	redisURL := fs.String("redis-url", "", "use this Redis (its db is flushed!) instead of starting redis-server")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *redisURL == "" {
+		srv, err := redistest.Start()
+		if err != nil {
+			return err
+		}
+		defer srv.Stop()
+		*redisURL = "redis://" + srv.Addr + "/0"
+	}
+	opt, err := redis.ParseURL(*redisURL)
+	if err != nil {
+		return err
+	}
+	opt.PoolSize = 64
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "ghlcancel-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	fmt.Fprintf(stdout, "core benchmark: %d tasks, concurrency %d, %d rounds, redis %s\n", *n, *concurrency, *rounds, opt.Addr)
+	var best struct{ noop, ours measurement }
+	for r := 1; r <= *rounds; r++ {
+		m, err := measureNoop(ctx, rdb, self, *redisURL, *n, *concurrency)
+		if err != nil {
+			return fmt.Errorf("asynq no-op: %w", err)
+		}
+		fmt.Fprintf(stdout, "  round %d  asynq no-op handler   %8.0f tasks/s  peak RSS %5.1f MB\n", r, m.tasksPerSec, m.maxRSSMB)
+		if m.tasksPerSec > best.noop.tasksPerSec {
+			best.noop = m
+		}
+		m, err = measureOurs(ctx, rdb, self, *redisURL, dir, *n, *concurrency, *locations)
+		if err != nil {
+			return fmt.Errorf("ghlcancel worker: %w", err)
+		}
+		fmt.Fprintf(stdout, "  round %d  ghlcancel end-to-end   %8.0f tasks/s  peak RSS %5.1f MB\n", r, m.tasksPerSec, m.maxRSSMB)
+		if m.tasksPerSec > best.ours.tasksPerSec {
+			best.ours = m
+		}
+	}
+	ratio := best.ours.tasksPerSec / best.noop.tasksPerSec
+	fmt.Fprintf(stdout, "\nresult: ghlcancel %.0f tasks/s vs asynq no-op %.0f tasks/s: ratio %.2f (target >= 0.70: %s)\n",
+		best.ours.tasksPerSec, best.noop.tasksPerSec, ratio, verdict(ratio >= 0.70))
+	fmt.Fprintf(stdout, "result: worker peak RSS at concurrency %d: %.1f MB (target <= 80 MB: %s)\n",
+		*concurrency, best.ours.maxRSSMB, verdict(best.ours.maxRSSMB <= 80))
+	return nil
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+func measureNoop(ctx context.Context, rdb *redis.Client, self, redisURL string, n, concurrency int) (measurement, error) {
+	if err := rdb.FlushDB(ctx).Err(); err != nil {
+		return measurement{}, err
+	}
+	client := asynq.NewClientFromRedisClient(rdb)
+	payload, _ := json.Marshal(tasks.CancelPayload{MessageID: sandbox.NewID(), LocationID: sandbox.NewID(), CampaignID: "bench", RequestedAt: time.Now().UnixMilli()})
+	if err := fill(ctx, n, func(i int) error {
+		_, err := client.EnqueueContext(ctx, asynq.NewTask(noopType, payload, asynq.TaskID("noop:"+strconv.Itoa(i)), asynq.Queue(tasks.QueueBulk)))
+		return err
+	}); err != nil {
+		return measurement{}, err
+	}
+	return drain(ctx, rdb, n, exec.CommandContext(ctx, self, "_noop", "-redis-url", redisURL, "-concurrency", strconv.Itoa(concurrency)))
+}
+
+func measureOurs(ctx context.Context, rdb *redis.Client, self, redisURL, dir string, n, concurrency, locations int) (measurement, error) {
+	if err := rdb.FlushDB(ctx).Err(); err != nil {
+		return measurement{}, err
+	}
+	sb := sandbox.New(sandbox.Config{RateMax: -1, DailyLimit: 1 << 30})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return measurement{}, err
+	}
+	api := &http.Server{Handler: sb.Handler()}
+	go func() { _ = api.Serve(ln) }()
+	defer api.Close()
+
+	toks := map[string]string{}
+	items := make([]producer.Item, 0, n)
+	for l := range locations {
+		loc := fmt.Sprintf("benchLocation%07d", l)
+		tok := "bench-" + sandbox.NewID()
+		sb.AddLocation(loc, tok)
+		toks[loc] = tok
+		for _, id := range sb.ScheduleN(loc, n/locations, false) {
+			items = append(items, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "bench"})
+		}
+	}
+	b, _ := json.Marshal(toks)
+	tokPath := filepath.Join(dir, "tokens.json")
+	if err := os.WriteFile(tokPath, b, 0o600); err != nil {
+		return measurement{}, err
+	}
+	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
+	if err := fill(ctx, len(items), func(i int) error {
+		if r := p.Enqueue(ctx, items[i]); r.Status != producer.Enqueued {
+			return fmt.Errorf("enqueue: %s %v", r.Status, r.Err)
+		}
+		return nil
+	}); err != nil {
+		return measurement{}, err
+	}
+	m, err := drain(ctx, rdb, len(items), exec.CommandContext(ctx, self, "_worker", "-redis-url", redisURL,
+		"-concurrency", strconv.Itoa(concurrency), "-api", "http://"+ln.Addr().String(), "-tokens-file", tokPath))
+	if err != nil {
+		return m, err
+	}
+	if got := sb.Stats().Cancelled; got != int64(len(items)) {
+		return m, fmt.Errorf("sandbox cancelled %d of %d", got, len(items))
+	}
+	return m, nil
+}
+
+// fill runs fn for 0..n-1 with 32 in flight.
+func fill(ctx context.Context, n int, fn func(int) error) error {
+	errs := make(chan error, 32)
+	for w := range 32 {
+		go func() {
+			for i := w; i < n; i += 32 {
+				if err := fn(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	var first error
+	for range 32 {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// drain starts the child, times from its "ready" to an empty bulk lane, then
+// stops it and reads its peak RSS.
+func drain(ctx context.Context, rdb *redis.Client, n int, cmd *exec.Cmd) (measurement, error) {
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return measurement{}, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return measurement{}, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || strings.TrimSpace(sc.Text()) != "ready" {
+		return measurement{}, errors.New("child did not start")
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	start := time.Now()
+	for {
+		pend, err1 := rdb.LLen(ctx, "asynq:{bulk}:pending").Result()
+		act, err2 := rdb.LLen(ctx, "asynq:{bulk}:active").Result()
+		if err := errors.Join(err1, err2); err != nil {
+			return measurement{}, err
+		}
+		if pend+act == 0 {
+			break
+		}
+		if time.Since(start) > 5*time.Minute {
+			return measurement{}, fmt.Errorf("not drained after 5 minutes (%d left)", pend+act)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(start)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		return measurement{}, fmt.Errorf("child exit: %w", err)
+	}
+	m := measurement{tasksPerSec: float64(n) / took.Seconds(), took: took}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		m.maxRSSMB = float64(ru.Maxrss) / 1024 // KiB on Linux
+	}
+	return m, nil
+}

@@ -1,0 +1,28 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestDemoRunsEndToEnd runs the README's first command, scaled down, on the
+// embedded Redis: it must verify every scheduled message cancelled.
+func TestDemoRunsEndToEnd(t *testing.T) {
+	t.Parallel()
+	var out, errw bytes.Buffer
+	err := run(context.Background(), []string{"-exit", "-locations", "3", "-messages", "40", "-unknown", "5",
+		"-bad-token", "4", "-rate", "50", "-rate-interval", "1s", "-metrics-addr", "127.0.0.1:0", "-dir", t.TempDir()},
+		func(string) string { return "" }, &out, &errw)
+	require.NoError(t, err, "stdout:\n%s\nstderr:\n%s", out.String(), errw.String())
+	require.Contains(t, out.String(), "verified in the sandbox: 120/120 scheduled messages cancelled; 4 dead letters kept for replay")
+	require.Contains(t, out.String(), "not_cancellable  5")
+}
+
+func TestDemoRejectsBadFlags(t *testing.T) {
+	t.Parallel()
+	err := run(context.Background(), []string{"-locations", "0"}, func(string) string { return "" }, &bytes.Buffer{}, &bytes.Buffer{})
+	require.ErrorContains(t, err, "-locations must be at least 1")
+}

@@ -1,0 +1,83 @@
+package tokens_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+)
+
+func TestStatic(t *testing.T) {
+	t.Parallel()
+	tok, err := tokens.Static("abc").Token(context.Background(), "any")
+	require.NoError(t, err)
+	require.Equal(t, "abc", tok)
+	_, err = tokens.Static("").Token(context.Background(), "any")
+	require.ErrorIs(t, err, tokens.ErrNoToken)
+}
+
+func TestFileReloadsWithoutRestart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "tokens.json")
+	require.NoError(t, os.WriteFile(path, []byte(`{"locA":"tok-a-1"}`), 0o600))
+	var mu sync.Mutex
+	var reloadErrs []error
+	f, err := tokens.NewFile(path, func(err error) { mu.Lock(); reloadErrs = append(reloadErrs, err); mu.Unlock() })
+	require.NoError(t, err)
+	tok, err := f.Token(ctx, "locA")
+	require.NoError(t, err)
+	require.Equal(t, "tok-a-1", tok)
+	_, err = f.Token(ctx, "locB")
+	require.ErrorIs(t, err, tokens.ErrNoToken)
+
+	// Rotate a token and add a location.
+	require.NoError(t, os.WriteFile(path, []byte(`{"locA":"tok-a-2","locB":"tok-b-1"}`), 0o600))
+	future := time.Now().Add(time.Minute)
+	require.NoError(t, os.Chtimes(path, future, future))
+	require.Eventually(t, func() bool {
+		tok, err := f.Token(ctx, "locB")
+		return err == nil && tok == "tok-b-1"
+	}, 5*time.Second, 50*time.Millisecond)
+	tok, _ = f.Token(ctx, "locA")
+	require.Equal(t, "tok-a-2", tok)
+
+	// A broken edit keeps the last good tokens and reports without leaking.
+	require.NoError(t, os.WriteFile(path, []byte(`{"locA": "tok-a-3-secret"`), 0o600))
+	later := future.Add(time.Minute)
+	require.NoError(t, os.Chtimes(path, later, later))
+	require.Eventually(t, func() bool {
+		_, _ = f.Token(ctx, "locA") // reloads happen on use
+		mu.Lock()
+		defer mu.Unlock()
+		return len(reloadErrs) > 0
+	}, 5*time.Second, 50*time.Millisecond)
+	tok, err = f.Token(ctx, "locA")
+	require.NoError(t, err)
+	require.Equal(t, "tok-a-2", tok)
+	mu.Lock()
+	require.NotContains(t, reloadErrs[0].Error(), "tok-a-3-secret")
+	mu.Unlock()
+}
+
+func TestFileRejectsBadContent(t *testing.T) {
+	t.Parallel()
+	for name, content := range map[string]string{
+		"not json":     `locA=s3cr3t`,
+		"array":        `["s3cr3t"]`,
+		"empty token":  `{"s3cr3t":""}`,
+		"number token": `{"locA":12, "locB":"s3cr3t"`,
+	} {
+		path := filepath.Join(t.TempDir(), "t.json")
+		require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+		_, err := tokens.NewFile(path, nil)
+		require.Error(t, err, name)
+		require.NotContains(t, err.Error(), "s3cr3t", name)
+	}
+}
