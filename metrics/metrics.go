@@ -31,6 +31,10 @@ type Metrics struct {
 	APIDuration    *prometheus.HistogramVec
 	DeadLetters    *prometheus.CounterVec
 	Retries        *prometheus.CounterVec
+	LimiterWait    prometheus.Histogram
+	LimiterSnooze  *prometheus.CounterVec
+	LimiterCool    *prometheus.CounterVec
+	TokenRefreshes *prometheus.CounterVec
 }
 
 // DeadLetterReasons are initialised at zero so that rate() works from the start.
@@ -46,11 +50,26 @@ var DeadLetterReasons = []string{
 var RetryReasons = []string{
 	string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork),
 	string(ghl.ReasonBadResponse), string(ghl.ReasonRateLimited), string(ghl.ReasonTokenSource),
-	"dead_letter_write",
+	"dead_letter_write", tasks.ReasonPaced, tasks.ReasonLimiter,
 }
 
+// TokenRefreshResults are the result labels of token refreshes.
+var TokenRefreshResults = []string{"ok", "lost_race", "invalid_grant", "inactive", "error"}
+
+// Waited implements ratelimit.Observer.
+func (m *Metrics) Waited(d time.Duration) { m.LimiterWait.Observe(d.Seconds()) }
+
+// Snoozed implements ratelimit.Observer.
+func (m *Metrics) Snoozed(reason string) { m.LimiterSnooze.WithLabelValues(reason).Inc() }
+
+// CooledDown implements ratelimit.Observer.
+func (m *Metrics) CooledDown(reason string) { m.LimiterCool.WithLabelValues(reason).Inc() }
+
+// Refreshed records a token refresh result.
+func (m *Metrics) Refreshed(result string) { m.TokenRefreshes.WithLabelValues(result).Inc() }
+
 // Endpoints are the API endpoint labels.
-var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message"}
+var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message", "oauth_token"}
 
 // New registers the collectors on reg, plus the Go and process collectors
 // and ghlcancel_build_info.
@@ -87,6 +106,32 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "retries_total",
 			Help: "Task attempts that will be retried, by reason (rate_limited retries do not use up an attempt).",
 		}, []string{"reason"}),
+	}
+	m.LimiterWait = f.NewHistogram(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "ratelimit_wait_seconds",
+		Help:    "Time calls waited in the handler for their location's next slot.",
+		Buckets: []float64{0, .01, .05, .1, .25, .5, 1, 2, 5},
+	})
+	m.LimiterSnooze = f.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "ratelimit_snoozes_total",
+		Help: "Tasks sent back to the queue because their location's next slot was too far (pacing, cooldown after a 429, daily budget).",
+	}, []string{"reason"})
+	m.LimiterCool = f.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "ratelimit_cooldowns_total",
+		Help: "Shared per-location cool-downs set, by cause (429, window_spent, daily).",
+	}, []string{"reason"})
+	m.TokenRefreshes = f.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "token_refreshes_total",
+		Help: "OAuth token refreshes by result (ok, lost_race, invalid_grant, inactive, error).",
+	}, []string{"result"})
+	for _, r := range []string{"pacing", "cooldown", "daily"} {
+		m.LimiterSnooze.WithLabelValues(r)
+	}
+	for _, r := range []string{"429", "window_spent", "daily"} {
+		m.LimiterCool.WithLabelValues(r)
+	}
+	for _, r := range TokenRefreshResults {
+		m.TokenRefreshes.WithLabelValues(r)
 	}
 	for _, tt := range []string{tasks.TypeCancelMessage, tasks.TypeCancelEmail} {
 		for _, o := range tasks.Outcomes {

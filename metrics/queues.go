@@ -24,6 +24,8 @@ type QueueCollector struct {
 	size    *prometheus.Desc
 	latency *prometheus.Desc
 	up      *prometheus.Desc
+	parked  *prometheus.Desc
+	learned *prometheus.Desc
 }
 
 // NewQueueCollector builds a collector for the given lanes.
@@ -35,6 +37,10 @@ func NewQueueCollector(rdb redis.UniversalClient, queues []string) *QueueCollect
 		latency: prometheus.NewDesc(Namespace+"_queue_latency_seconds",
 			"Age of the oldest pending task in each lane (0 when empty).", []string{"queue"}, nil),
 		up: prometheus.NewDesc(Namespace+"_redis_up", "1 when the last scrape could read Redis.", nil, nil),
+		parked: prometheus.NewDesc(Namespace+"_locations_parked",
+			"Locations whose tasks wait for HighLevel's daily budget to come back.", nil, nil),
+		learned: prometheus.NewDesc(Namespace+"_ratelimit_learned_locations",
+			"Locations whose rate limit was learned from X-RateLimit-* headers.", nil, nil),
 	}
 }
 
@@ -43,6 +49,8 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.size
 	ch <- c.latency
 	ch <- c.up
+	ch <- c.parked
+	ch <- c.learned
 }
 
 type queueCmds struct {
@@ -55,7 +63,10 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	cmds := make([]queueCmds, len(c.queues))
+	var parked, learned *redis.IntCmd
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		parked = p.ZCount(ctx, "ghlcancel:rl:parked", strconv.FormatInt(time.Now().UnixMilli(), 10), "+inf")
+		learned = p.HLen(ctx, "ghlcancel:rl:learned")
 		for i, q := range c.queues {
 			prefix := "asynq:{" + q + "}:"
 			cmds[i].sizes = []*redis.IntCmd{
@@ -73,6 +84,8 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
+	ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, float64(parked.Val()))
+	ch <- prometheus.MustNewConstMetric(c.learned, prometheus.GaugeValue, float64(learned.Val()))
 	now := time.Now()
 	var sinceCmds []*redis.StringCmd
 	_, _ = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {

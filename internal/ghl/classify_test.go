@@ -120,12 +120,14 @@ func TestParseLimits(t *testing.T) {
 	t.Parallel()
 	l := ParseLimits(hdr(HeaderRateLimitMax, "100", HeaderRateLimitInterval, "10000", HeaderRateLimitRemaining, "0",
 		HeaderRateLimitDaily, "200000", HeaderRateLimitDailyLeft, "199000"))
-	require.Equal(t, Limits{Max: 100, Interval: 10 * time.Second, Remaining: 0, DailyLimit: 200000, DailyRemaining: 199000}, l)
+	require.Equal(t, Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 0, DailyLimit: 200000, DailyRemaining: 199000}, l)
 	require.True(t, l.Known())
 
 	none := ParseLimits(http.Header{})
 	require.False(t, none.Known())
 	require.Equal(t, -1, none.Remaining)
+
+	require.False(t, Limits{}.Known(), "the zero value means no headers")
 
 	junk := ParseLimits(hdr(HeaderRateLimitRemaining, "-3", HeaderRateLimitMax, "x"))
 	require.Equal(t, -1, junk.Remaining)

@@ -81,3 +81,6 @@ func (e *RateLimitError) Error() string {
 	return fmt.Sprintf("highlevel: %s: 429 rate limited (%s limit), retry after %s: %s",
 		e.Request, scope, e.RetryAfter, e.Message)
 }
+
+// SnoozeFor is how long to wait before calling for this location again.
+func (e *RateLimitError) SnoozeFor() time.Duration { return e.RetryAfter }

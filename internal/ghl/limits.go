@@ -17,9 +17,12 @@ const (
 	HeaderRetryAfter         = "Retry-After"
 )
 
-// Limits are the rate limits a response reported. A field is -1 when its
-// header was absent or unparsable, so a genuine 0 remaining is distinguishable.
+// Limits are the rate limits a response reported. Present is false for the
+// zero value (no response, or no header), so a zero Limits never reads as
+// "nothing remaining". When Present, a field is -1 when its header was
+// absent or unparsable, so a genuine 0 remaining is distinguishable.
 type Limits struct {
+	Present        bool
 	Max            int
 	Interval       time.Duration
 	Remaining      int
@@ -28,9 +31,7 @@ type Limits struct {
 }
 
 // Known reports whether the response carried any rate-limit header.
-func (l Limits) Known() bool {
-	return l.Max >= 0 || l.Interval > 0 || l.Remaining >= 0 || l.DailyLimit >= 0 || l.DailyRemaining >= 0
-}
+func (l Limits) Known() bool { return l.Present }
 
 // ParseLimits reads the X-RateLimit-* headers.
 func ParseLimits(h http.Header) Limits {
@@ -43,6 +44,7 @@ func ParseLimits(h http.Header) Limits {
 	if ms := headerInt(h, HeaderRateLimitInterval); ms > 0 {
 		l.Interval = time.Duration(ms) * time.Millisecond
 	}
+	l.Present = l.Max >= 0 || l.Interval > 0 || l.Remaining >= 0 || l.DailyLimit >= 0 || l.DailyRemaining >= 0
 	return l
 }
 

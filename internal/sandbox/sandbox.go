@@ -89,7 +89,11 @@ type bucket struct {
 	day         time.Time
 	dayCount    int
 	max         int // per-location override of cfg.RateMax, 0 = default
+	admitted    []time.Time
 }
+
+// maxRecorded bounds the admitted-call timeline kept per location.
+const maxRecorded = 1_000_000
 
 // Server is the sandbox. Its zero value is not usable; call New.
 type Server struct {
@@ -176,6 +180,20 @@ func (s *Server) SetRateLimit(location string, max int) {
 	b.mu.Lock()
 	b.max = max
 	b.mu.Unlock()
+}
+
+// Admitted returns when the location's calls were admitted (not refused by
+// a limit), in order; the first million are kept.
+func (s *Server) Admitted(location string) []time.Time {
+	s.mu.RLock()
+	b := s.buckets[location]
+	s.mu.RUnlock()
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]time.Time(nil), b.admitted...)
 }
 
 // SetFaults replaces the injected faults.
@@ -365,6 +383,9 @@ func (s *Server) admit(w http.ResponseWriter, b *bucket) bool {
 	if burstOK && dailyOK {
 		b.count++
 		b.dayCount++
+		if len(b.admitted) < maxRecorded {
+			b.admitted = append(b.admitted, now)
+		}
 	}
 	if limit >= 0 {
 		h.Set("X-RateLimit-Max", strconv.Itoa(limit))

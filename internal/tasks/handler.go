@@ -27,11 +27,22 @@ const (
 // Outcomes lists every outcome label, to initialise metrics at zero.
 var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited}
 
-// Dead-letter reasons that are not API reasons.
+// Dead-letter and retry reasons that are not API reasons.
 const (
 	ReasonInvalidPayload = "invalid_payload"
 	ReasonUnknownType    = "unknown_type"
+	ReasonPaced          = "paced"   // the location's next slot is too far: snoozed
+	ReasonLimiter        = "limiter" // the limiter could not reach Redis
 )
+
+// Pacer paces calls per location (internal/ratelimit.Limiter).
+type Pacer interface {
+	// Reserve waits for the location's next slot for the task, or returns
+	// an error with a SnoozeFor() method when that slot is too far away.
+	Reserve(ctx context.Context, location, taskID string) error
+	// Observe learns from an answer's rate-limit headers and 429s.
+	Observe(ctx context.Context, location string, l ghl.Limits, rl *ghl.RateLimitError) error
+}
 
 // Report is what one attempt ended with. The handler fills it in; the
 // metrics middleware reads it. Reason is set for retries and dead letters.
@@ -65,7 +76,10 @@ type Handler struct {
 	Tokens tokens.Source
 	Dead   *deadletter.Store
 	Logger *slog.Logger
-	// InlineWaitMax defaults to InlineWaitMaxDefault.
+	// Pacer, when set, paces calls per location across all workers.
+	Pacer Pacer
+	// InlineWaitMax: without a Pacer, a 429 asking for at most this long is
+	// waited out in the handler. Defaults to InlineWaitMaxDefault.
 	InlineWaitMax time.Duration
 }
 
@@ -112,22 +126,56 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if inlineMax == 0 {
 		inlineMax = InlineWaitMaxDefault
 	}
-	for waits := 0; ; waits++ {
+	for round := 0; ; round++ {
+		if h.Pacer != nil {
+			if err := h.Pacer.Reserve(ctx, p.LocationID, taskID); err != nil {
+				var sn snoozer
+				if !errors.As(err, &sn) {
+					rep.Outcome, rep.Reason = OutcomeRetry, ReasonLimiter
+					return fmt.Errorf("rate limiter for location %s: %w", p.LocationID, err)
+				}
+				// asynq archives a task on its final attempt whatever
+				// IsFailure says, so there a snooze is slept here if time allows.
+				if final {
+					if round < maxRounds && fitsDeadline(ctx, sn.SnoozeFor()) {
+						if sleep(ctx, sn.SnoozeFor()) != nil {
+							return err
+						}
+						continue
+					}
+					// asynq would archive it silently: record it instead.
+					rec.Reason, rec.APIMessage = string(ghl.ReasonRateLimited), err.Error()
+					return h.dead(ctx, rep, rec, err)
+				}
+				rep.Outcome, rep.Reason = OutcomeRateLimited, ReasonPaced
+				return err
+			}
+		}
 		res, err := h.API.Cancel(ctx, kind, p.MessageID, token)
+		var rl *ghl.RateLimitError
+		errors.As(err, &rl)
+		if h.Pacer != nil {
+			if oerr := h.Pacer.Observe(ctx, p.LocationID, limitsOf(res, err), rl); oerr != nil {
+				log.Warn("rate limiter could not record an answer", "error", oerr)
+			}
+		}
 		if err == nil {
 			rep.Outcome = string(res.Outcome)
 			log.Debug("cancel done", "outcome", res.Outcome, "http_status", res.StatusCode)
 			return nil
 		}
-		var rl *ghl.RateLimitError
-		if errors.As(err, &rl) {
-			// asynq archives a task on its final attempt whatever IsFailure
-			// says, so there a rate limit is waited out here if time allows.
-			if waits < 3 && (rl.RetryAfter <= inlineMax || final) && fitsDeadline(ctx, rl.RetryAfter) {
-				if sleep(ctx, rl.RetryAfter) != nil {
+		if rl != nil {
+			// With a pacer the 429 became a shared cool-down: the next
+			// Reserve waits it out or snoozes. Without one, wait here when short.
+			if round < maxRounds && (h.Pacer != nil || rl.RetryAfter <= inlineMax || final) && fitsDeadline(ctx, rl.RetryAfter) {
+				if h.Pacer == nil && sleep(ctx, rl.RetryAfter) != nil {
 					return err
 				}
 				continue
+			}
+			if final { // asynq would archive it silently: record it instead
+				rec.Reason, rec.HTTPStatus, rec.APIMessage = string(ghl.ReasonRateLimited), 429, rl.Message
+				return h.dead(ctx, rep, rec, err)
 			}
 			rep.Outcome, rep.Reason = OutcomeRateLimited, string(ghl.ReasonRateLimited)
 			log.Debug("rate limited", "retry_after", rl.RetryAfter, "daily", rl.Daily)
@@ -148,6 +196,25 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		log.Info("cancel failed, will retry", "reason", e.Reason, "http_status", e.StatusCode, "error", err)
 		return err
 	}
+}
+
+// maxRounds bounds in-handler waits (pacing and 429s) within one attempt.
+const maxRounds = 5
+
+// limitsOf returns the rate-limit headers of whatever came back.
+func limitsOf(res *ghl.Result, err error) ghl.Limits {
+	if res != nil {
+		return res.Limits
+	}
+	var e *ghl.Error
+	if errors.As(err, &e) {
+		return e.Limits
+	}
+	var rl *ghl.RateLimitError
+	if errors.As(err, &rl) {
+		return rl.Limits
+	}
+	return ghl.Limits{}
 }
 
 // dead records a dead letter and tells asynq not to retry. If the record

@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-
-	"github.com/ghlcancel/ghlcancel/internal/ghl"
 )
 
 // Backoff defaults: the first retry comes within BackoffBase, the ceiling
@@ -58,8 +56,15 @@ func (b Backoff) Delay(n int, u float64) time.Duration {
 // Retry-After, so they do not come back in one burst.
 const RateLimitJitter = 10 // percent
 
-// RetryDelay returns an asynq.RetryDelayFunc: the rate-limit wait (plus up to
-// 10% jitter) for a *ghl.RateLimitError, backoff otherwise.
+// snoozer is an error that asks to come back later without counting as a
+// failure: a 429 (*ghl.RateLimitError) or a paced location (*ratelimit.SnoozeError).
+type snoozer interface {
+	error
+	SnoozeFor() time.Duration
+}
+
+// RetryDelay returns an asynq.RetryDelayFunc: the wait a snoozer asks for
+// (plus up to 10% jitter), backoff otherwise.
 func RetryDelay(b Backoff) asynq.RetryDelayFunc {
 	return func(n int, err error, _ *asynq.Task) time.Duration {
 		return retryDelay(b, n, err, rand.Float64())
@@ -67,16 +72,20 @@ func RetryDelay(b Backoff) asynq.RetryDelayFunc {
 }
 
 func retryDelay(b Backoff, n int, err error, u float64) time.Duration {
-	var rl *ghl.RateLimitError
-	if errors.As(err, &rl) {
-		return rl.RetryAfter + time.Duration(u*float64(rl.RetryAfter)*RateLimitJitter/100) + BackoffMin
+	var sn snoozer
+	if errors.As(err, &sn) {
+		d := sn.SnoozeFor()
+		if ex, ok := sn.(interface{ Exact() bool }); ok && ex.Exact() {
+			return max(d, time.Millisecond) // it holds a slot: no jitter
+		}
+		return d + time.Duration(u*float64(d)*RateLimitJitter/100) + BackoffMin
 	}
 	return b.Delay(n, u)
 }
 
-// IsFailure is asynq's IsFailure: a rate limit is not a failure, so it does
-// not use up a retry (it still retries, after the wait the API asked for).
+// IsFailure is asynq's IsFailure: a rate limit or a paced location is not a
+// failure, so it does not use up a retry (the task comes back after the wait).
 func IsFailure(err error) bool {
-	var rl *ghl.RateLimitError
-	return !errors.As(err, &rl)
+	var sn snoozer
+	return !errors.As(err, &sn)
 }

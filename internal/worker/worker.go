@@ -20,6 +20,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/metrics"
@@ -58,6 +59,11 @@ type Config struct {
 	// StrictPriority serves a lower lane only when the higher ones are empty.
 	// Defaults to false (weighted 6:3:1).
 	StrictPriority bool
+	// RateLimit configures per-location pacing shared by all workers
+	// (zero value: HighLevel's documented 100 per 10 s with a 2% margin).
+	RateLimit ratelimit.Config
+	// NoPacing turns the limiter off: 429s are then only reacted to.
+	NoPacing bool
 	// Logger defaults to a discarding logger.
 	Logger *slog.Logger
 	// Registry receives the metrics. Defaults to a new registry.
@@ -108,6 +114,11 @@ func New(cfg Config) (*Worker, error) {
 	}
 	dead := deadletter.New(cfg.Redis)
 	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Dead: dead, Logger: cfg.Logger}
+	if !cfg.NoPacing {
+		rl := cfg.RateLimit
+		rl.Observe = m
+		h.Pacer = ratelimit.New(cfg.Redis, rl)
+	}
 	// One handler for both task types (it routes by type and dead-letters
 	// any other type that lands on our lanes instead of retrying it forever),
 	// wrapped once in the metrics middleware.

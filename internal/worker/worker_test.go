@@ -56,7 +56,7 @@ func (m tokenMap) Token(_ context.Context, loc string) (string, error) {
 // setup runs a worker against a fresh Redis database and a sandbox behind
 // the OpenAPI validator. The bad-token location's token is one the sandbox
 // does not accept.
-func setup(t *testing.T, sbCfg sandbox.Config, prodCfg producer.Config) *testBundle {
+func setup(t *testing.T, sbCfg sandbox.Config, prodCfg producer.Config, tweak ...func(*worker.Config)) *testBundle {
 	t.Helper()
 	rdb := redisServer.Client(t)
 	v, err := contract.New()
@@ -66,7 +66,7 @@ func setup(t *testing.T, sbCfg sandbox.Config, prodCfg producer.Config) *testBun
 	sb.AddLocation(locBadTok, "the-real-token")
 	srv := httptest.NewServer(v.Wrap(sb.Handler()))
 	t.Cleanup(srv.Close)
-	w, err := worker.New(worker.Config{
+	cfg := worker.Config{
 		Redis:       rdb,
 		GHL:         ghl.Config{BaseURL: srv.URL, Timeout: 2 * time.Second},
 		Tokens:      tokenMap{locGood: tokGood, locBadTok: "revoked-token"},
@@ -75,7 +75,11 @@ func setup(t *testing.T, sbCfg sandbox.Config, prodCfg producer.Config) *testBun
 		// Short, so a test does not wait for retries to come due.
 		DelayedCheckInterval: 100 * time.Millisecond,
 		ShutdownTimeout:      5 * time.Second,
-	})
+	}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	w, err := worker.New(cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -266,16 +270,25 @@ func TestTransientFaultsRecover(t *testing.T) {
 	require.Equal(t, float64(s.Faulted5xx+s.Resets), b.processed(tasks.OutcomeRetry))
 }
 
-// A 429 does not use up a retry: with MaxRetry 1, eight tasks through a
-// 3-per-1.5 s limit meet many 429s and must all end cancelled, none dead.
+func noPacing(c *worker.Config) { c.NoPacing = true }
+
+func (b *testBundle) enqueueAll(t *testing.T, loc string, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		r := b.producer.Enqueue(context.Background(), producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc})
+		require.Equal(t, producer.Enqueued, r.Status, r.Err)
+	}
+}
+
+// A 429 does not use up a retry: without pacing, with MaxRetry 1, eight
+// tasks through a 3-per-1.5 s limit meet many 429s and must all end
+// cancelled, none dead.
 func TestRateLimitUsesNoRetry(t *testing.T) {
 	t.Parallel()
-	b := setup(t, sandbox.Config{RateMax: 3, RateInterval: 1500 * time.Millisecond, RetryAfter: true}, producer.Config{MaxRetry: 1})
+	b := setup(t, sandbox.Config{RateMax: 3, RateInterval: 1500 * time.Millisecond, RetryAfter: true}, producer.Config{MaxRetry: 1}, noPacing)
 	ctx := context.Background()
 	ids := b.sb.ScheduleN(locGood, 8, false)
-	for _, id := range ids {
-		require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}).Status)
-	}
+	b.enqueueAll(t, locGood, ids)
 	b.waitDrained(t, 30*time.Second)
 	for _, id := range ids {
 		st, _, _ := b.sb.MessageStatus(id)
@@ -291,12 +304,10 @@ func TestRateLimitUsesNoRetry(t *testing.T) {
 // handler waits a rate limit out itself.
 func TestRateLimitOnFinalAttemptIsWaitedOut(t *testing.T) {
 	t.Parallel()
-	b := setup(t, sandbox.Config{RateMax: 1, RateInterval: 3 * time.Second}, producer.Config{MaxRetry: -1}) // negative: no retries at all
+	b := setup(t, sandbox.Config{RateMax: 1, RateInterval: 3 * time.Second}, producer.Config{MaxRetry: -1}, noPacing) // negative: no retries at all
 	ctx := context.Background()
 	ids := b.sb.ScheduleN(locGood, 2, false)
-	for _, id := range ids {
-		require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}).Status)
-	}
+	b.enqueueAll(t, locGood, ids)
 	b.waitDrained(t, 20*time.Second)
 	for _, id := range ids {
 		st, _, _ := b.sb.MessageStatus(id)
@@ -328,4 +339,20 @@ func TestHealthAndMetricsEndpoints(t *testing.T) {
 	require.NoError(t, err)
 	_ = resp.Body.Close()
 	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+}
+
+// With pacing, the limit is learned from the first answers and no call is
+// refused: eight tasks, no retries allowed, through 3 per 1.5 s.
+func TestPacingPreventsRateLimits(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{RateMax: 3, RateInterval: 1500 * time.Millisecond}, producer.Config{MaxRetry: -1})
+	ids := b.sb.ScheduleN(locGood, 8, false)
+	b.enqueueAll(t, locGood, ids)
+	b.waitDrained(t, 30*time.Second)
+	for _, id := range ids {
+		st, _, _ := b.sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusCancelled, st)
+	}
+	require.Zero(t, b.sb.Stats().RateLimited)
+	require.Equal(t, 8.0, b.processed(tasks.OutcomeCancelled))
 }
