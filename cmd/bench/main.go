@@ -33,6 +33,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
@@ -51,15 +52,17 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: bench core [flags]")
+		return errors.New("usage: bench core|limits [flags]")
 	}
 	switch args[0] {
 	case "core":
 		return core(ctx, args[1:], stdout, stderr)
+	case "limits":
+		return limits(ctx, args[1:], stdout, stderr)
 	case "_worker", "_noop": // child processes
 		return child(ctx, args[0], args[1:], stdout)
 	}
-	return fmt.Errorf("unknown benchmark %q (want core)", args[0])
+	return fmt.Errorf("unknown benchmark %q (want core or limits)", args[0])
 }
 
 const noopType = "bench:noop"
@@ -72,6 +75,7 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 	concurrency := fs.Int("concurrency", 200, "")
 	apiURL := fs.String("api", "", "")
 	tokensFile := fs.String("tokens-file", "", "")
+	rateLimit := fs.String("rate-limit", "100/10s", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -99,7 +103,12 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 	if err != nil {
 		return err
 	}
-	w, err := worker.New(worker.Config{Redis: rdb, GHL: ghl.Config{BaseURL: *apiURL}, Tokens: src, Concurrency: *concurrency})
+	lim, err := ratelimit.ParseLimit(*rateLimit)
+	if err != nil {
+		return err
+	}
+	w, err := worker.New(worker.Config{Redis: rdb, GHL: ghl.Config{BaseURL: *apiURL}, Tokens: src, Concurrency: *concurrency,
+		RateLimit: ratelimit.Config{Default: lim}, DelayedCheckInterval: 200 * time.Millisecond})
 	if err != nil {
 		return err
 	}

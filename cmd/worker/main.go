@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/internal/worker"
 )
@@ -47,6 +49,11 @@ const (
 	EnvShutdownTimeout = "SHUTDOWN_TIMEOUT"
 	EnvMetricsAddr     = "METRICS_ADDR"
 	EnvStrictPriority  = "STRICT_PRIORITY"
+	EnvRateLimit       = "RATE_LIMIT"
+	EnvRateMargin      = "RATE_LIMIT_MARGIN"
+	EnvRateOverrides   = "RATE_LIMIT_OVERRIDES"
+	EnvRateMaxWait     = "RATE_LIMIT_MAX_WAIT"
+	EnvDailyReserve    = "DAILY_RESERVE"
 )
 
 // RedisURLDefault is used when REDIS_URL is unset.
@@ -73,6 +80,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	shutdown := fs.Duration("shutdown-timeout", envDuration(getenv, EnvShutdownTimeout, worker.ShutdownTimeoutDefault), "time in-flight tasks get on SIGTERM (env "+EnvShutdownTimeout+")")
 	metricsAddr := fs.String("metrics-addr", env(EnvMetricsAddr, MetricsAddrDefault), "listen address for /metrics, /healthz, /readyz; empty disables (env "+EnvMetricsAddr+")")
 	strict := fs.Bool("strict-priority", getenv(EnvStrictPriority) == "true", "serve bulk only when urgent and default are empty (env "+EnvStrictPriority+")")
+	rateLimit := fs.String("rate-limit", env(EnvRateLimit, "100/10s"), "default per-location limit N/period, or off (env "+EnvRateLimit+")")
+	rateMargin := fs.Float64("rate-limit-margin", envFloat(getenv, EnvRateMargin, ratelimit.MarginDefault), "share of the limit left unused (env "+EnvRateMargin+")")
+	rateOverrides := fs.String("rate-limit-overrides", getenv(EnvRateOverrides), "per-location limits, loc=N/period,... (env "+EnvRateOverrides+")")
+	rateMaxWait := fs.Duration("rate-limit-max-wait", envDuration(getenv, EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
+	dailyReserve := fs.Int("daily-reserve", envInt(getenv, EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -85,6 +97,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 
+	rl, noPacing, err := rateConfig(*rateLimit, *rateMargin, *rateOverrides, *rateMaxWait, *dailyReserve)
+	if err != nil {
+		return err
+	}
 	src, err := tokenSource(getenv(EnvToken), *tokensFile, log)
 	if err != nil {
 		return err
@@ -104,6 +120,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Concurrency:     *concurrency,
 		ShutdownTimeout: *shutdown,
 		StrictPriority:  *strict,
+		RateLimit:       rl,
+		NoPacing:        noPacing,
 		Logger:          log,
 	})
 	if err != nil {
@@ -151,6 +169,45 @@ func tokenSource(token, file string, log *slog.Logger) (tokens.Source, error) {
 		return f, nil
 	}
 	return nil, errors.New("no token: set " + EnvToken + " (one token for all locations) or " + EnvTokensFile + " (JSON location id -> token)")
+}
+
+func rateConfig(limit string, margin float64, overrides string, maxWait time.Duration, reserve int) (ratelimit.Config, bool, error) {
+	if limit == "off" {
+		return ratelimit.Config{}, true, nil
+	}
+	def, err := ratelimit.ParseLimit(limit)
+	if err != nil {
+		return ratelimit.Config{}, false, fmt.Errorf("%s: %w", EnvRateLimit, err)
+	}
+	if margin < 0 || margin >= 1 {
+		return ratelimit.Config{}, false, fmt.Errorf("%s: %v is not in [0, 1)", EnvRateMargin, margin)
+	}
+	cfg := ratelimit.Config{Default: def, Margin: margin, MaxWait: maxWait, DailyReserve: reserve, Overrides: map[string]ratelimit.Limit{}}
+	if margin == 0 {
+		cfg.Margin = 1e-9 // an explicit 0: no margin (the zero value means the default)
+	}
+	for _, kv := range strings.Split(overrides, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		loc, lim, ok := strings.Cut(kv, "=")
+		if !ok {
+			return ratelimit.Config{}, false, fmt.Errorf("%s: %q: want location=N/period", EnvRateOverrides, kv)
+		}
+		l, err := ratelimit.ParseLimit(lim)
+		if err != nil {
+			return ratelimit.Config{}, false, fmt.Errorf("%s: %s: %w", EnvRateOverrides, loc, err)
+		}
+		cfg.Overrides[loc] = l
+	}
+	return cfg, false, nil
+}
+
+func envFloat(getenv func(string) string, k string, def float64) float64 {
+	if f, err := strconv.ParseFloat(getenv(k), 64); err == nil {
+		return f
+	}
+	return def
 }
 
 func envInt(getenv func(string) string, k string, def int) int {

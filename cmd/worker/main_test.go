@@ -245,6 +245,9 @@ func TestRunConfigErrors(t *testing.T) {
 		{"bad base url", []string{"-metrics-addr", ""}, map[string]string{EnvToken: "t", EnvBaseURL: "ftp://x"}, "BaseURL"},
 		{"bad log level", []string{"-log-level", "loud"}, map[string]string{EnvToken: "t"}, "log level"},
 		{"stray argument", []string{"extra"}, map[string]string{EnvToken: "t"}, "unexpected arguments"},
+		{"bad rate limit", nil, map[string]string{EnvToken: "t", EnvRateLimit: "fast"}, "RATE_LIMIT"},
+		{"bad margin", nil, map[string]string{EnvToken: "t", EnvRateMargin: "1.5"}, "RATE_LIMIT_MARGIN"},
+		{"bad override", nil, map[string]string{EnvToken: "t", EnvRateOverrides: "locA=10"}, "RATE_LIMIT_OVERRIDES"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

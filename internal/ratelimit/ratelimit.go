@@ -313,11 +313,20 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 		return l.park(ctx, location, rateLimited.RetryAfter, "429: daily limit reached")
 	case rateLimited != nil:
 		return l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
-	case lim.Remaining == 0 && lim.Interval > 0:
-		// The next call in this window would be refused: wait for the next one.
+	case lim.Remaining == 0 && lim.Interval > 0 && lim.Max > 0 && l.maxPerWindow(lim.Max) < lim.Max:
+		// Our pacing alone cannot spend a whole window of this size, so
+		// something else is spending the budget: wait for the next window.
 		return l.coolDown(ctx, location, lim.Interval, "window_spent")
 	}
 	return nil
+}
+
+// maxPerWindow is the most calls smooth pacing at limit x (1 - margin) can
+// put in any one window of the limit's length: floor((1-margin) x n) + 1.
+// When that reaches n (small limits), a spent window is expected and the
+// next slot falls in the next window by construction.
+func (l *Limiter) maxPerWindow(n int) int {
+	return int(float64(n)*(1-l.cfg.Margin)) + 1
 }
 
 // extendCool sets the cool-down to now+d unless a later one is set.

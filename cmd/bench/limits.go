@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// limits runs issue 4's scenarios, each against a fresh sandbox and Redis db:
+// pacing (3 worker processes, one location), many locations (50, one
+// throttled hard), and scale (500 locations, 200 ms latency, one worker).
+func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("limits", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	scaleConc := fs.Int("scale-concurrency", 1200, "worker concurrency for the 500-location scenario")
+	scaleTasks := fs.Int("scale-tasks", 30000, "tasks in the 500-location scenario")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	srv, err := redistest.Start()
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	redisURL := "redis://" + srv.Addr + "/0"
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
+	defer rdb.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "ghlcancel-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	env := &scenarioEnv{rdb: rdb, self: self, redisURL: redisURL, dir: dir, stdout: stdout}
+
+	// 1. Pacing: 100 per 2 s (HighLevel's 100 per 10 s, scaled 5x), 3 processes.
+	fmt.Fprintln(stdout, "scenario pacing: 1 location, sandbox 100 per 2s (fixed windows), 3 worker processes, 600 tasks")
+	r, err := env.run(ctx, scenario{locations: 1, perLocation: 600, rate: 100, interval: 2 * time.Second,
+		workers: 3, concurrency: 50, rateFlag: "100/2s"})
+	if err != nil {
+		return err
+	}
+	allowed := 100 / 2.0
+	achieved := r.rate(r.locs[0])
+	fmt.Fprintf(stdout, "  achieved %.1f/s of %.1f/s allowed = %.3f (target >= 0.97: %s); 429s: %d (target 0: %s)\n",
+		achieved, allowed, achieved/allowed, verdict(achieved/allowed >= 0.97), r.stats.RateLimited, verdict(r.stats.RateLimited == 0))
+
+	// 2. Many locations, one throttled hard.
+	fmt.Fprintln(stdout, "scenario many: 50 locations, sandbox 20 per 1s each, one throttled to 2 per 1s, 60 tasks each, 1 worker (concurrency 200)")
+	r, err = env.run(ctx, scenario{locations: 50, perLocation: 60, rate: 20, interval: time.Second,
+		workers: 1, concurrency: 200, rateFlag: "20/1s", throttle: 2})
+	if err != nil {
+		return err
+	}
+	var rates []float64
+	for _, loc := range r.locs[1:] {
+		rates = append(rates, r.rate(loc)/20)
+	}
+	slices.Sort(rates)
+	fmt.Fprintf(stdout, "  other 49 locations: achieved/allowed min %.3f, median %.3f; throttled location %.2f/s of 2/s; 429s: %d (%s)\n",
+		rates[0], rates[len(rates)/2], r.rate(r.locs[0]), r.stats.RateLimited, verdict(r.stats.RateLimited == 0))
+
+	// 3. Scale: 500 locations, 200 ms per call.
+	per := max(*scaleTasks/500, 1)
+	fmt.Fprintf(stdout, "scenario scale: 500 locations, sandbox 100 per 10s each, 200ms latency, %d tasks, 1 worker (concurrency %d)\n", per*500, *scaleConc)
+	r, err = env.run(ctx, scenario{locations: 500, perLocation: per, rate: 100, interval: 10 * time.Second,
+		workers: 1, concurrency: *scaleConc, rateFlag: "100/10s", latency: 200 * time.Millisecond})
+	if err != nil {
+		return err
+	}
+	tput := r.total()
+	fmt.Fprintf(stdout, "  sustained %.0f cancels/s (target >= 2000: %s); 429s: %d (%s); took %.1fs\n",
+		tput, verdict(tput >= 2000), r.stats.RateLimited, verdict(r.stats.RateLimited == 0), r.took.Seconds())
+	return nil
+}
+
+type scenarioEnv struct {
+	rdb                 *redis.Client
+	self, redisURL, dir string
+	stdout              io.Writer
+}
+
+type scenario struct {
+	locations, perLocation, rate, workers, concurrency, throttle int
+	interval, latency                                            time.Duration
+	rateFlag                                                     string
+}
+
+type scenarioResult struct {
+	sb    *sandbox.Server
+	locs  []string
+	stats sandbox.Stats
+	took  time.Duration
+}
+
+// rate is a location's achieved calls/s between its first and last call.
+func (r *scenarioResult) rate(loc string) float64 {
+	ts := r.sb.Admitted(loc)
+	if len(ts) < 2 {
+		return 0
+	}
+	return float64(len(ts)-1) / ts[len(ts)-1].Sub(ts[0]).Seconds()
+}
+
+// total is calls/s over all locations between the first and last call.
+func (r *scenarioResult) total() float64 {
+	var first, last time.Time
+	n := 0
+	for _, loc := range r.locs {
+		ts := r.sb.Admitted(loc)
+		if len(ts) == 0 {
+			continue
+		}
+		n += len(ts)
+		if first.IsZero() || ts[0].Before(first) {
+			first = ts[0]
+		}
+		if ts[len(ts)-1].After(last) {
+			last = ts[len(ts)-1]
+		}
+	}
+	return float64(n-1) / last.Sub(first).Seconds()
+}
+
+func (e *scenarioEnv) run(ctx context.Context, sc scenario) (*scenarioResult, error) {
+	if err := e.rdb.FlushDB(ctx).Err(); err != nil {
+		return nil, err
+	}
+	sb := sandbox.New(sandbox.Config{RateMax: sc.rate, RateInterval: sc.interval, DailyLimit: 1 << 30,
+		Faults: sandbox.Faults{Latency: sc.latency}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	api := &http.Server{Handler: sb.Handler()}
+	go func() { _ = api.Serve(ln) }()
+	defer api.Close()
+
+	res := &scenarioResult{sb: sb}
+	toks := map[string]string{}
+	byLoc := make([][]string, sc.locations)
+	for i := range sc.locations {
+		loc := fmt.Sprintf("benchLoc%012d", i)
+		tok := "bench-" + sandbox.NewID()
+		sb.AddLocation(loc, tok)
+		toks[loc] = tok
+		res.locs = append(res.locs, loc)
+		byLoc[i] = sb.ScheduleN(loc, sc.perLocation, false)
+	}
+	if sc.throttle > 0 {
+		sb.SetRateLimit(res.locs[0], sc.throttle)
+	}
+	// Interleave locations, as a mixed campaign would.
+	var items []producer.Item
+	for j := range sc.perLocation {
+		for i, loc := range res.locs {
+			items = append(items, producer.Item{Kind: ghl.KindMessage, MessageID: byLoc[i][j], LocationID: loc})
+		}
+	}
+	b, _ := json.Marshal(toks)
+	tokPath := filepath.Join(e.dir, "tokens.json")
+	if err := os.WriteFile(tokPath, b, 0o600); err != nil {
+		return nil, err
+	}
+	p := producer.New(e.rdb, producer.Config{Queue: tasks.QueueBulk})
+	if err := fill(ctx, len(items), func(i int) error {
+		if r := p.Enqueue(ctx, items[i]); r.Status != producer.Enqueued {
+			return fmt.Errorf("enqueue: %s %v", r.Status, r.Err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	var cmds []*exec.Cmd
+	for range sc.workers {
+		cmd := exec.CommandContext(ctx, e.self, "_worker", "-redis-url", e.redisURL, "-concurrency", strconv.Itoa(sc.concurrency),
+			"-api", "http://"+ln.Addr().String(), "-tokens-file", tokPath, "-rate-limit", sc.rateFlag)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		cmds = append(cmds, cmd)
+	}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			for _, c := range cmds {
+				_ = c.Process.Signal(syscall.SIGTERM)
+			}
+			for _, c := range cmds {
+				_ = c.Wait()
+			}
+		})
+	}
+	defer stop()
+	start := time.Now()
+	want := int64(len(items))
+	last := time.Now()
+	for sb.Stats().Cancelled < want {
+		if time.Since(start) > 10*time.Minute {
+			return nil, fmt.Errorf("scenario did not finish: %d of %d cancelled", sb.Stats().Cancelled, want)
+		}
+		if time.Since(last) >= 5*time.Second {
+			last = time.Now()
+			fmt.Fprintf(e.stdout, "  ... %d/%d cancelled\n", sb.Stats().Cancelled, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	res.took = time.Since(start)
+	stop()
+	res.stats = sb.Stats()
+	return res, nil
+}
