@@ -155,3 +155,40 @@ func TestDeadListAndRequeue(t *testing.T) {
 	require.NoError(t, r.err)
 	require.Contains(t, r.stdout, "requeued 1")
 }
+
+func TestTokensSetNeverEchoes(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	key := strings.Repeat("ab", 32)
+	run2 := func(stdin string, args ...string) result {
+		var out, errw bytes.Buffer
+		err := run(context.Background(), args, func(k string) string {
+			return map[string]string{envRedisURL: url, "GHL_TOKEN_KEY": key}[k]
+		}, strings.NewReader(stdin), &out, &errw)
+		return result{err: err, stdout: out.String(), stderr: errw.String()}
+	}
+	r := run2(`{"access_token":"at-SECRET-1","refresh_token":"rt-SECRET-2","expires_in":86399}`, "tokens", "set", "--location", "locT0000000000000001")
+	require.NoError(t, r.err)
+	require.Equal(t, "stored an encrypted token pair for location locT0000000000000001\n", r.stdout)
+	r = run2("rt-SECRET-3\n", "tokens", "set", "--location", "locT0000000000000002")
+	require.NoError(t, r.err)
+	r = run2("", "tokens", "list")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, "locT0000000000000001")
+	require.Contains(t, r.stdout, "locT0000000000000002  - (refreshed on first use)")
+	require.NotContains(t, r.stdout+r.stderr, "SECRET")
+
+	rdb := redistest.ClientFor(t, url)
+	keys, err := rdb.Keys(context.Background(), "*").Result()
+	require.NoError(t, err)
+	for _, k := range keys {
+		vals, _ := rdb.HGetAll(context.Background(), k).Result()
+		for _, v := range vals {
+			require.NotContains(t, v, "SECRET")
+		}
+	}
+	r = run2("", "tokens", "set", "--location", "locT0000000000000003")
+	require.ErrorContains(t, r.err, "no refresh token")
+	r = run2("x", "tokens", "set", "--location", "bad/loc")
+	require.ErrorContains(t, r.err, "--location")
+}

@@ -54,6 +54,9 @@ const (
 	EnvRateOverrides   = "RATE_LIMIT_OVERRIDES"
 	EnvRateMaxWait     = "RATE_LIMIT_MAX_WAIT"
 	EnvDailyReserve    = "DAILY_RESERVE"
+	EnvClientID        = "GHL_CLIENT_ID"
+	EnvClientSecret    = "GHL_CLIENT_SECRET"
+	EnvTokenKey        = "GHL_TOKEN_KEY"
 )
 
 // RedisURLDefault is used when REDIS_URL is unset.
@@ -101,7 +104,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	src, err := tokenSource(getenv(EnvToken), *tokensFile, log)
+	src, oauth, err := tokenSource(getenv, *tokensFile, *baseURL, log)
 	if err != nil {
 		return err
 	}
@@ -117,6 +120,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Redis:           rdb,
 		GHL:             ghl.Config{BaseURL: *baseURL, Version: *version, Timeout: *apiTimeout},
 		Tokens:          src,
+		OAuth:           oauth,
 		Concurrency:     *concurrency,
 		ShutdownTimeout: *shutdown,
 		StrictPriority:  *strict,
@@ -154,21 +158,43 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return err
 }
 
-func tokenSource(token, file string, log *slog.Logger) (tokens.Source, error) {
+// tokenSource picks one of: GHL_TOKEN (one token), GHL_TOKENS_FILE (per
+// location), or OAuth (GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_TOKEN_KEY; pairs
+// loaded with `enqueue tokens set`, kept encrypted in Redis).
+func tokenSource(getenv func(string) string, file, baseURL string, log *slog.Logger) (tokens.Source, *tokens.OAuthConfig, error) {
+	token, id, secret, key := getenv(EnvToken), getenv(EnvClientID), getenv(EnvClientSecret), getenv(EnvTokenKey)
+	oauth := id != "" || secret != "" || key != ""
+	set := 0
+	for _, b := range []bool{token != "", file != "", oauth} {
+		if b {
+			set++
+		}
+	}
 	switch {
-	case token != "" && file != "":
-		return nil, fmt.Errorf("set only one of %s and %s", EnvToken, EnvTokensFile)
+	case set > 1:
+		return nil, nil, fmt.Errorf("set only one of %s, %s, or the OAuth trio %s/%s/%s", EnvToken, EnvTokensFile, EnvClientID, EnvClientSecret, EnvTokenKey)
 	case token != "":
-		return tokens.Static(token), nil
+		return tokens.Static(token), nil, nil
 	case file != "":
 		f, err := tokens.NewFile(file, func(err error) { log.Error("tokens file reload failed", "error", err) })
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		log.Info("tokens file loaded", "path", file, "locations", f.Len())
-		return f, nil
+		return f, nil, nil
+	case oauth:
+		if id == "" || secret == "" || key == "" {
+			return nil, nil, fmt.Errorf("OAuth needs all of %s, %s and %s", EnvClientID, EnvClientSecret, EnvTokenKey)
+		}
+		k, err := tokens.ParseKey(key)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", EnvTokenKey, err)
+		}
+		u := strings.TrimSuffix(baseURL, "/") + "/oauth/token"
+		return nil, &tokens.OAuthConfig{TokenURL: u, ClientID: id, ClientSecret: secret, Key: k}, nil
 	}
-	return nil, errors.New("no token: set " + EnvToken + " (one token for all locations) or " + EnvTokensFile + " (JSON location id -> token)")
+	return nil, nil, errors.New("no token: set " + EnvToken + " (one token for all locations), " + EnvTokensFile +
+		" (JSON location id -> token), or " + EnvClientID + ", " + EnvClientSecret + " and " + EnvTokenKey + " (OAuth)")
 }
 
 func rateConfig(limit string, margin float64, overrides string, maxWait time.Duration, reserve int) (ratelimit.Config, bool, error) {

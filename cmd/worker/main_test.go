@@ -238,7 +238,9 @@ func TestRunConfigErrors(t *testing.T) {
 		want string
 	}{
 		{"no token", nil, map[string]string{}, "no token: set GHL_TOKEN"},
-		{"both token sources", nil, map[string]string{EnvToken: "t", EnvTokensFile: tf}, "set only one of GHL_TOKEN and GHL_TOKENS_FILE"},
+		{"both token sources", nil, map[string]string{EnvToken: "t", EnvTokensFile: tf}, "set only one of GHL_TOKEN, GHL_TOKENS_FILE"},
+		{"partial oauth", nil, map[string]string{EnvClientID: "id"}, "OAuth needs all of"},
+		{"bad token key", nil, map[string]string{EnvClientID: "id", EnvClientSecret: "s", EnvTokenKey: "short"}, "GHL_TOKEN_KEY"},
 		{"broken tokens file", nil, map[string]string{EnvTokensFile: tf}, "not a JSON object"},
 		{"missing tokens file", nil, map[string]string{EnvTokensFile: tf + ".nope"}, "no such file"},
 		{"bad redis url", nil, map[string]string{EnvToken: "t", EnvRedisURL: "http://x"}, "REDIS_URL"},

@@ -169,7 +169,8 @@ func (e *SnoozeError) Exact() bool { return true }
 // reserveScript: see the package doc. Times in microseconds.
 // KEYS: tat, cool, learned hash, this task's reservation.
 // ARGV: default emission, max wait, location, override emission (0 = none), lead.
-// Returns {granted (0/1), wait µs, cooled (0/1)}. When not granted, the
+// Returns {granted (0/1), wait µs, cooled (0/1), spacing µs (0 for a kept
+// slot)}. When not granted, the
 // slot is kept under the task's reservation key and wait is how long to
 // snooze (the slot minus lead).
 var reserveScript = redis.NewScript(`
@@ -186,10 +187,10 @@ if mine then
   if mine >= now - 50000 and mine >= cool then
     local wait = math.max(0, mine - now)
     if wait <= maxwait then
-      return {1, wait, 0}
+      return {1, wait, 0, 0}
     end
     redis.call("SET", KEYS[4], mine, "PX", math.floor(wait / 1000) + 600000)
-    return {0, wait - lead, 0}
+    return {0, wait - lead, 0, 0}
   end
 end
 local em = tonumber(ARGV[1])
@@ -209,17 +210,20 @@ redis.call("SET", KEYS[1], nexttat, "PX", math.floor((nexttat - now) / 1000) + 6
 local wait = start - now
 if wait > maxwait then
   redis.call("SET", KEYS[4], start, "PX", math.floor(wait / 1000) + 600000)
-  return {0, wait - lead, cooled}
+  return {0, wait - lead, cooled, em}
 end
-return {1, wait, cooled}
+return {1, wait, cooled, em}
 `)
 
-// coolLeft returns how many µs of cool-down the location has left (by Redis's clock).
-var coolLeft = redis.NewScript(`
+// recheck returns how many µs of cool-down the location has left (by
+// Redis's clock) and its learned spacing (0 if none).
+// KEYS: cool, learned hash. ARGV: location.
+var recheck = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cool = tonumber(redis.call("GET", KEYS[1]) or "0")
-return math.max(0, cool - now)
+local learned = tonumber(redis.call("HGET", KEYS[2], ARGV[1]) or "0")
+return {math.max(0, cool - now), learned}
 `)
 
 // Reserve takes the next call slot of the location for the task and sleeps
@@ -270,11 +274,15 @@ func (l *Limiter) Reserve(ctx context.Context, location, taskID string) error {
 		if round >= 3 {
 			break
 		}
-		left, err := coolLeft.Run(ctx, l.rdb, []string{coolKey(location)}).Int64()
+		chk, err := recheck.Run(ctx, l.rdb, []string{coolKey(location), KeyLearned}, location).Int64Slice()
 		if err != nil {
 			return fmt.Errorf("rate limiter: %w", err)
 		}
-		if left == 0 {
+		// Go again if a cool-down began while we slept, or if HighLevel
+		// turned out to allow less than the spacing this slot was cut with
+		// (slots reserved before the first answer used the default).
+		slower := over == 0 && res[3] > 0 && chk[1] > res[3]+res[3]/20
+		if chk[0] == 0 && !slower {
 			break
 		}
 	}

@@ -27,6 +27,9 @@ const (
 	RateMaxDefault      = 100
 	RateIntervalDefault = 10 * time.Second
 	DailyLimitDefault   = 200_000
+	ClientIDDefault     = "sandbox-client-id"
+	ClientSecretDefault = "sandbox-client-secret"
+	AccessTTLDefault    = 86399 * time.Second
 )
 
 // Config configures a Server.
@@ -45,6 +48,12 @@ type Config struct {
 	RetryAfter bool
 	// Faults injected into answers. Defaults to none.
 	Faults Faults
+	// ClientID and ClientSecret the token endpoint accepts. Default to
+	// ClientIDDefault and ClientSecretDefault.
+	ClientID, ClientSecret string
+	// AccessTTL is how long an access token issued by POST /oauth/token
+	// lives. Defaults to 86399 s, as HighLevel's.
+	AccessTTL time.Duration
 	// Seed for fault injection and ids; 0 picks a random seed.
 	Seed uint64
 	// Now defaults to time.Now.
@@ -101,7 +110,10 @@ type Server struct {
 	now func() time.Time
 
 	mu       sync.RWMutex
-	tokens   map[string]string // token -> location
+	tokens   map[string]string    // token -> location
+	expires  map[string]time.Time // OAuth access token -> expiry
+	refresh  map[string]*grant    // refresh token -> its grant
+	inactive map[string]bool      // locations whose refresh fails "Location is not active"
 	messages map[string]*message
 	buckets  map[string]*bucket
 	faults   Faults
@@ -112,7 +124,13 @@ type Server struct {
 	stats counters
 }
 
+type grant struct {
+	location string
+	used     bool
+}
+
 type counters struct {
+	refreshes, invalidGrants,
 	requests, cancelled, notCancellable, unauthorized, badRequest, rateLimited,
 	faulted5xx, resets, timeouts, lostResponses, gets atomic.Int64
 }
@@ -130,6 +148,8 @@ type Stats struct {
 	Timeouts       int64 `json:"timeouts"`
 	LostResponses  int64 `json:"lost_responses"`
 	Gets           int64 `json:"gets"`
+	Refreshes      int64 `json:"refreshes"`
+	InvalidGrants  int64 `json:"invalid_grants"`
 }
 
 // New builds a Server.
@@ -138,6 +158,9 @@ func New(cfg Config) *Server {
 	cfg.RateMax = cmp.Or(cfg.RateMax, RateMaxDefault)
 	cfg.RateInterval = cmp.Or(cfg.RateInterval, RateIntervalDefault)
 	cfg.DailyLimit = cmp.Or(cfg.DailyLimit, DailyLimitDefault)
+	cfg.ClientID = cmp.Or(cfg.ClientID, ClientIDDefault)
+	cfg.ClientSecret = cmp.Or(cfg.ClientSecret, ClientSecretDefault)
+	cfg.AccessTTL = cmp.Or(cfg.AccessTTL, AccessTTLDefault)
 	seed := cfg.Seed
 	if seed == 0 {
 		seed = mrand.Uint64()
@@ -146,6 +169,9 @@ func New(cfg Config) *Server {
 		cfg:      cfg,
 		now:      cfg.Now,
 		tokens:   map[string]string{},
+		expires:  map[string]time.Time{},
+		refresh:  map[string]*grant{},
+		inactive: map[string]bool{},
 		messages: map[string]*message{},
 		buckets:  map[string]*bucket{},
 		faults:   cfg.Faults,
@@ -166,6 +192,85 @@ func (s *Server) AddLocation(location, token string) {
 	if s.buckets[location] == nil {
 		s.buckets[location] = &bucket{}
 	}
+}
+
+// AddOAuthLocation registers a location that authenticates with OAuth and
+// returns its first refresh token (as an app install would hand out).
+func (s *Server) AddOAuthLocation(location string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.buckets[location] == nil {
+		s.buckets[location] = &bucket{}
+	}
+	rt := "rt-" + NewID() + NewID()
+	s.refresh[rt] = &grant{location: location}
+	return rt
+}
+
+// SetInactive makes refreshes for the location fail with "Location is not active".
+func (s *Server) SetInactive(location string, inactive bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inactive[location] = inactive
+}
+
+// RevokeAccess makes an access token invalid before its expiry.
+func (s *Server) RevokeAccess(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.tokens, token)
+	delete(s.expires, token)
+}
+
+// token serves POST /oauth/token for grant_type=refresh_token: a refresh
+// token works once; the answer carries a new access token and a new
+// refresh token. A reused or unknown one gets invalid_grant.
+func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+	s.mu.RLock()
+	f := s.faults
+	s.mu.RUnlock()
+	if d := f.Latency + s.jitter(f.LatencyJitter); d > 0 {
+		time.Sleep(d)
+	}
+	if err := r.ParseForm(); err != nil {
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"statusCode": 422, "message": []string{"body must be form-encoded"}, "error": "Unprocessable Entity"})
+		return
+	}
+	if r.PostForm.Get("client_id") != s.cfg.ClientID || r.PostForm.Get("client_secret") != s.cfg.ClientSecret {
+		writeJSON(w, http.StatusUnauthorized, map[string]any{"statusCode": 401, "message": "Invalid client credentials", "error": "Unauthorized"})
+		return
+	}
+	if gt := r.PostForm.Get("grant_type"); gt != "refresh_token" {
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"statusCode": 422, "message": []string{"the sandbox supports grant_type refresh_token only, got " + gt}, "error": "Unprocessable Entity"})
+		return
+	}
+	rt := r.PostForm.Get("refresh_token")
+	s.mu.Lock()
+	g := s.refresh[rt]
+	switch {
+	case g == nil || g.used:
+		s.mu.Unlock()
+		s.stats.invalidGrants.Add(1)
+		writeJSON(w, http.StatusBadRequest, map[string]any{"statusCode": 400, "message": "Invalid grant: refresh token is invalid", "error": "invalid_grant"})
+		return
+	case s.inactive[g.location]:
+		s.mu.Unlock()
+		writeJSON(w, http.StatusBadRequest, map[string]any{"statusCode": 400, "message": "Location is not active", "error": "Bad Request"})
+		return
+	}
+	g.used = true
+	access := "at-" + NewID() + NewID()
+	next := "rt-" + NewID() + NewID()
+	s.tokens[access] = g.location
+	s.expires[access] = s.now().Add(s.cfg.AccessTTL)
+	s.refresh[next] = &grant{location: g.location}
+	s.mu.Unlock()
+	s.stats.refreshes.Add(1)
+	writeJSON(w, http.StatusOK, map[string]any{
+		"access_token": access, "token_type": "Bearer", "expires_in": s.cfg.AccessTTL.Seconds(),
+		"refresh_token": next, "scope": "conversations/message.readonly conversations/message.write",
+		"userType": "Location", "locationId": g.location,
+	})
 }
 
 // SetRateLimit overrides the burst limit of one location (0 restores the default).
@@ -259,6 +364,7 @@ func (s *Server) Stats() Stats {
 		Unauthorized: c.unauthorized.Load(), BadRequest: c.badRequest.Load(), RateLimited: c.rateLimited.Load(),
 		Faulted5xx: c.faulted5xx.Load(), Resets: c.resets.Load(), Timeouts: c.timeouts.Load(),
 		LostResponses: c.lostResponses.Load(), Gets: c.gets.Load(),
+		Refreshes: c.refreshes.Load(), InvalidGrants: c.invalidGrants.Load(),
 	}
 }
 
@@ -280,6 +386,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /conversations/messages/email/{id}/schedule", s.api(s.cancel(true)))
 	mux.HandleFunc("DELETE /conversations/messages/{id}/schedule", s.api(s.cancel(false)))
 	mux.HandleFunc("GET /conversations/messages/{id}", s.api(s.get))
+	mux.HandleFunc("POST /oauth/token", s.token)
 	mux.HandleFunc("GET /_sandbox/stats", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.Stats())
 	})
@@ -337,8 +444,14 @@ func (s *Server) api(next apiFunc) http.HandlerFunc {
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		s.mu.RLock()
 		location, known := s.tokens[token]
+		exp, isOAuth := s.expires[token]
 		b := s.buckets[location]
 		s.mu.RUnlock()
+		if known && isOAuth && !s.now().Before(exp) {
+			s.stats.unauthorized.Add(1)
+			writeJSON(w, http.StatusUnauthorized, map[string]any{"statusCode": 401, "message": "Invalid JWT", "error": "Unauthorized"})
+			return
+		}
 		if !ok || !known {
 			s.stats.unauthorized.Add(1)
 			writeJSON(w, http.StatusUnauthorized, map[string]any{

@@ -114,7 +114,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 
 	token, err := h.Tokens.Token(ctx, p.LocationID)
 	if errors.Is(err, tokens.ErrNoToken) {
-		rec.Reason, rec.APIMessage = string(ghl.ReasonNoToken), "no token configured for this location: add it to GHL_TOKENS_FILE"
+		rec.Reason, rec.APIMessage = string(ghl.ReasonNoToken), "no token configured for this location: add it to GHL_TOKENS_FILE or load it with `enqueue tokens set`"
+		return h.dead(ctx, rep, rec, err)
+	}
+	var ge *tokens.GrantError
+	if errors.As(err, &ge) {
+		rec.Reason, rec.APIMessage = ge.Reason, ge.Error()
 		return h.dead(ctx, rep, rec, err)
 	}
 	if err != nil {
@@ -126,6 +131,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if inlineMax == 0 {
 		inlineMax = InlineWaitMaxDefault
 	}
+	refreshed := false
 	for round := 0; ; round++ {
 		if h.Pacer != nil {
 			if err := h.Pacer.Reserve(ctx, p.LocationID, taskID); err != nil {
@@ -184,6 +190,21 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		var e *ghl.Error
 		if !errors.As(err, &e) {
 			e = &ghl.Error{Reason: ghl.ReasonNetwork, Retryable: true, Message: err.Error()}
+		}
+		// A 401 with a refreshable source: refresh once, call again.
+		if r, ok := h.Tokens.(tokens.Refresher); ok && e.Reason == ghl.ReasonUnauthorized && !refreshed {
+			refreshed = true
+			fresh, rerr := r.Refresh(ctx, p.LocationID, token)
+			switch {
+			case errors.As(rerr, &ge):
+				rec.Reason, rec.HTTPStatus, rec.APIMessage = ge.Reason, 401, ge.Error()
+				return h.dead(ctx, rep, rec, rerr)
+			case rerr != nil:
+				rep.Outcome, rep.Reason = OutcomeRetry, string(ghl.ReasonTokenSource)
+				return fmt.Errorf("refreshing the token after a 401: %w", rerr)
+			}
+			token = fresh
+			continue
 		}
 		rec.Reason, rec.HTTPStatus, rec.APIMessage = string(e.Reason), e.StatusCode, e.Message
 		if e.InnerStatus != 0 {

@@ -41,8 +41,11 @@ type Config struct {
 	Redis redis.UniversalClient
 	// GHL configures the API client; its Observe hook is set by New.
 	GHL ghl.Config
-	// Tokens supplies a token per location. Required.
+	// Tokens supplies a token per location. Required unless OAuth is set.
 	Tokens tokens.Source
+	// OAuth, when set (and Tokens is nil), keeps per-location OAuth pairs in
+	// Redis and refreshes them; its Redis and Observe are set by New.
+	OAuth *tokens.OAuthConfig
 	// Concurrency is how many tasks run at once. Defaults to ConcurrencyDefault.
 	Concurrency int
 	// ShutdownTimeout is how long in-flight tasks get to finish on shutdown;
@@ -86,8 +89,8 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Redis == nil {
 		return nil, errors.New("worker: Config.Redis is required")
 	}
-	if cfg.Tokens == nil {
-		return nil, errors.New("worker: Config.Tokens is required: set GHL_TOKEN or GHL_TOKENS_FILE")
+	if cfg.Tokens == nil && cfg.OAuth == nil {
+		return nil, errors.New("worker: no token source: set GHL_TOKEN, GHL_TOKENS_FILE, or GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY")
 	}
 	if cfg.Concurrency < 0 {
 		return nil, fmt.Errorf("worker: Config.Concurrency must be positive, got %d", cfg.Concurrency)
@@ -104,6 +107,15 @@ func New(cfg Config) (*Worker, error) {
 	}
 	m := metrics.New(cfg.Registry)
 	cfg.Registry.MustRegister(metrics.NewQueueCollector(cfg.Redis, tasks.Queues))
+	if cfg.Tokens == nil {
+		oc := *cfg.OAuth
+		oc.Redis, oc.Observe = cfg.Redis, m.Refreshed
+		src, err := tokens.NewOAuth(oc)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Tokens = src
+	}
 
 	gcfg := cfg.GHL
 	gcfg.Observe = m.ObserveAPI

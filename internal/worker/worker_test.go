@@ -16,6 +16,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
@@ -341,11 +342,14 @@ func TestHealthAndMetricsEndpoints(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 }
 
-// With pacing, the limit is learned from the first answers and no call is
-// refused: eight tasks, no retries allowed, through 3 per 1.5 s.
-func TestPacingPreventsRateLimits(t *testing.T) {
+// With pacing, the limit is learned from the first answers: before it is
+// known the limiter can only use its default, so a call or two may be
+// refused while the first answer is on its way; after that, none. Nothing
+// is lost even with no retries allowed.
+func TestPacingLearnsTheLimit(t *testing.T) {
 	t.Parallel()
-	b := setup(t, sandbox.Config{RateMax: 3, RateInterval: 1500 * time.Millisecond}, producer.Config{MaxRetry: -1})
+	b := setup(t, sandbox.Config{RateMax: 3, RateInterval: 1500 * time.Millisecond}, producer.Config{MaxRetry: -1},
+		func(c *worker.Config) { c.RateLimit.Margin = 0.10 })
 	ids := b.sb.ScheduleN(locGood, 8, false)
 	b.enqueueAll(t, locGood, ids)
 	b.waitDrained(t, 30*time.Second)
@@ -353,6 +357,12 @@ func TestPacingPreventsRateLimits(t *testing.T) {
 		st, _, _ := b.sb.MessageStatus(id)
 		require.Equal(t, sandbox.StatusCancelled, st)
 	}
-	require.Zero(t, b.sb.Stats().RateLimited)
+	require.LessOrEqual(t, b.sb.Stats().RateLimited, int64(2))
+	learned, err := b.rdb.HGet(context.Background(), ratelimit.KeyLearned, locGood).Int64()
+	require.NoError(t, err)
+	require.Equal(t, int64(1500*time.Millisecond/time.Microsecond)*10/27, learned, "1.5 s / (3 x 0.9), in µs")
 	require.Equal(t, 8.0, b.processed(tasks.OutcomeCancelled))
+	n, err := b.dead.Count(context.Background())
+	require.NoError(t, err)
+	require.Zero(t, n)
 }

@@ -1,0 +1,198 @@
+package tokens_test
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+)
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
+
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+type oauthBundle struct {
+	sb       *sandbox.Server
+	srv      *httptest.Server
+	url      string
+	results  sync.Map // result -> *atomic.Int64
+	newOAuth func(t *testing.T) *tokens.OAuth
+}
+
+func setupOAuth(t *testing.T, ttl time.Duration) *oauthBundle {
+	t.Helper()
+	sb := sandbox.New(sandbox.Config{AccessTTL: ttl, RateMax: -1})
+	srv := httptest.NewServer(sb.Handler())
+	t.Cleanup(srv.Close)
+	b := &oauthBundle{sb: sb, srv: srv, url: redisServer.URL(t)}
+	b.newOAuth = func(t *testing.T) *tokens.OAuth {
+		o, err := tokens.NewOAuth(tokens.OAuthConfig{
+			Redis: redistest.ClientFor(t, b.url), TokenURL: srv.URL + "/oauth/token",
+			ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey,
+			Observe: func(r string) {
+				v, _ := b.results.LoadOrStore(r, new(atomic.Int64))
+				v.(*atomic.Int64).Add(1)
+			},
+		})
+		require.NoError(t, err)
+		return o
+	}
+	return b
+}
+
+func (b *oauthBundle) count(result string) int64 {
+	v, ok := b.results.Load(result)
+	if !ok {
+		return 0
+	}
+	return v.(*atomic.Int64).Load()
+}
+
+// TestRefreshRace: 8 workers (own Redis clients, as 8 processes would
+// have), 4 callers each, access tokens living 200 ms, until 100 refreshes:
+// every refresh token is used once (no invalid_grant), every call is
+// accepted (no 401), and most refresh attempts lost the race to a peer and
+// read its stored pair instead of refreshing again.
+func TestRefreshRace(t *testing.T) {
+	t.Parallel()
+	b := setupOAuth(t, 200*time.Millisecond)
+	const loc = "locOAuth000000000001"
+	rt := b.sb.AddOAuthLocation(loc)
+	require.NoError(t, b.newOAuth(t).Set(context.Background(), loc, "", rt, 0))
+
+	api, err := ghl.New(ghl.Config{BaseURL: b.srv.URL, Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	var calls, refused atomic.Int64
+	var stop atomic.Bool // not a context: in-flight refreshes must finish
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for range 8 {
+		o := b.newOAuth(t)
+		for range 4 {
+			wg.Go(func() {
+				for !stop.Load() {
+					tok, err := o.Token(ctx, loc)
+					if err != nil {
+						t.Errorf("token: %v", err)
+						return
+					}
+					_, err = api.Cancel(ctx, ghl.KindMessage, "unknownMessage000001", tok)
+					calls.Add(1)
+					var e *ghl.Error
+					if errors.As(err, &e) && e.Reason == ghl.ReasonUnauthorized {
+						refused.Add(1)
+					}
+				}
+			})
+		}
+	}
+	require.Eventually(t, func() bool { return b.sb.Stats().Refreshes >= 100 }, 60*time.Second, 10*time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+
+	st := b.sb.Stats()
+	t.Logf("calls %d, refreshes %d, invalid grants %d, ok %d, lost races %d", calls.Load(), st.Refreshes, st.InvalidGrants, b.count("ok"), b.count("lost_race"))
+	require.Zero(t, st.InvalidGrants, "a refresh token was used twice")
+	require.Zero(t, refused.Load(), "a call used an expired or superseded token")
+	require.Equal(t, st.Refreshes, b.count("ok"), "every refresh HighLevel saw was ours and stored")
+	require.Positive(t, b.count("lost_race"))
+}
+
+func TestRefreshAfter401AndGrantErrors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupOAuth(t, time.Hour)
+	const loc = "locOAuth000000000002"
+	o := b.newOAuth(t)
+	_, err := o.Token(ctx, loc)
+	require.ErrorIs(t, err, tokens.ErrNoToken)
+
+	require.NoError(t, o.Set(ctx, loc, "", b.sb.AddOAuthLocation(loc), 0))
+	first, err := o.Token(ctx, loc)
+	require.NoError(t, err)
+	again, err := o.Token(ctx, loc)
+	require.NoError(t, err)
+	require.Equal(t, first, again, "a fresh token is reused")
+
+	// HighLevel revokes it early: a 401 makes us refresh once.
+	b.sb.RevokeAccess(first)
+	second, err := o.Refresh(ctx, loc, first)
+	require.NoError(t, err)
+	require.NotEqual(t, first, second)
+	// A second 401 report with the old token does not refresh again.
+	third, err := o.Refresh(ctx, loc, first)
+	require.NoError(t, err)
+	require.Equal(t, second, third)
+	require.Equal(t, int64(2), b.sb.Stats().Refreshes)
+
+	// A paused sub-account.
+	b.sb.SetInactive(loc, true)
+	_, err = o.Refresh(ctx, loc, third)
+	var ge *tokens.GrantError
+	require.ErrorAs(t, err, &ge)
+	require.Equal(t, "location_inactive", ge.Reason)
+	b.sb.SetInactive(loc, false)
+
+	// A refresh token that HighLevel no longer knows.
+	require.NoError(t, o.Set(ctx, loc, "", "rt-revoked-by-reinstall", 0))
+	_, err = o.Token(ctx, loc)
+	require.ErrorAs(t, err, &ge)
+	require.Equal(t, "invalid_grant", ge.Reason)
+	require.Contains(t, err.Error(), "enqueue tokens set")
+	require.NotContains(t, err.Error(), "rt-revoked-by-reinstall")
+	require.Equal(t, int64(1), b.count("invalid_grant"))
+	require.Equal(t, int64(1), b.count("inactive"))
+}
+
+func TestTokensAreEncryptedAtRest(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupOAuth(t, time.Hour)
+	const loc = "locOAuth000000000003"
+	o := b.newOAuth(t)
+	require.NoError(t, o.Set(ctx, loc, "access-plaintext-AAAA", "refresh-plaintext-BBBB", time.Hour))
+	rdb := redistest.ClientFor(t, b.url)
+	keys, err := rdb.Keys(ctx, "*").Result()
+	require.NoError(t, err)
+	for _, k := range keys {
+		dump, err := rdb.Dump(ctx, k).Result()
+		require.NoError(t, err)
+		require.NotContains(t, dump, "plaintext", k)
+		vals, _ := rdb.HGetAll(ctx, k).Result()
+		for _, v := range vals {
+			require.False(t, strings.Contains(v, "plaintext"), k)
+		}
+	}
+	tok, err := o.Token(ctx, loc)
+	require.NoError(t, err)
+	require.Equal(t, "access-plaintext-AAAA", tok)
+
+	other, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: "http://x/oauth/token", ClientID: "c", ClientSecret: "s",
+		Key: []byte("ffffffffffffffffffffffffffffffff")})
+	require.NoError(t, err)
+	_, err = other.Token(ctx, loc)
+	require.ErrorContains(t, err, "wrong GHL_TOKEN_KEY")
+}
+
+func TestParseKey(t *testing.T) {
+	t.Parallel()
+	_, err := tokens.ParseKey(strings.Repeat("ab", 32))
+	require.NoError(t, err)
+	_, err = tokens.ParseKey("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+	require.NoError(t, err)
+	_, err = tokens.ParseKey("short")
+	require.Error(t, err)
+}
