@@ -25,6 +25,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
@@ -68,6 +69,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 	if len(args) > 0 && args[0] == "tokens" {
 		return e.tokens(ctx, args[1:])
+	}
+	if len(args) > 0 && args[0] == "parked" {
+		return e.parked(ctx, args[1:])
 	}
 	return e.enqueue(ctx, args)
 }
@@ -337,4 +341,33 @@ func (e env) tokens(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "stored an encrypted token pair for location %s\n", *location)
 	return nil
+}
+
+// parked lists locations whose tasks wait for HighLevel's daily budget.
+func (e env) parked(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("parked", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	redisURL := e.redisFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	rdb, err := connect(ctx, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	parked, err := ratelimit.Parked(ctx, rdb)
+	if err != nil {
+		return err
+	}
+	if len(parked) == 0 {
+		fmt.Fprintln(e.stdout, "no location is parked")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LOCATION\tWHY")
+	for loc, why := range parked {
+		fmt.Fprintf(tw, "%s\t%s\n", loc, why)
+	}
+	return tw.Flush()
 }

@@ -13,7 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 )
 
@@ -191,4 +193,19 @@ func TestTokensSetNeverEchoes(t *testing.T) {
 	require.ErrorContains(t, r.err, "no refresh token")
 	r = run2("x", "tokens", "set", "--location", "bad/loc")
 	require.ErrorContains(t, r.err, "--location")
+}
+
+func TestParked(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	r := runCmd(t, url, "", "parked")
+	require.NoError(t, r.err)
+	require.Equal(t, "no location is parked\n", r.stdout)
+	rdb := redistest.ClientFor(t, url)
+	l := ratelimit.New(rdb, ratelimit.Config{})
+	require.NoError(t, l.Observe(context.Background(), "locP", ghl.Limits{Present: true, Max: -1, Remaining: -1, DailyLimit: 200000, DailyRemaining: 12}, nil))
+	r = runCmd(t, url, "", "parked")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, "locP")
+	require.Contains(t, r.stdout, "daily budget nearly spent: 12 of 200000 left")
 }
