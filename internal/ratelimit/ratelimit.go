@@ -120,6 +120,7 @@ type Limiter struct {
 	rdb redis.UniversalClient
 	cfg Config
 
+	batch   *batcher
 	mu      sync.Mutex
 	learned map[string]int64 // what we last wrote to KeyLearned, to write only changes
 }
@@ -137,7 +138,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Limiter {
 	cfg.Lead = min(cmp.Or(cfg.Lead, LeadDefault), cfg.MaxWait)
 	cfg.DailyReserve = cmp.Or(cfg.DailyReserve, DailyReserveDefault)
 	cfg.DailyPark = cmp.Or(cfg.DailyPark, DailyParkDefault)
-	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]int64{}}
+	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]int64{}, batch: newBatcher(rdb)}
 }
 
 // emission is the spacing between calls for a limit, with the margin.
@@ -241,8 +242,8 @@ func (l *Limiter) Reserve(ctx context.Context, location, taskID string) error {
 	keys := []string{tatKey(location), coolKey(location), KeyLearned, resvKey(location, taskID)}
 	var waited time.Duration
 	for round := 0; ; round++ {
-		res, err := reserveScript.Run(ctx, l.rdb, keys, l.emission(l.cfg.Default), l.cfg.MaxWait.Microseconds(),
-			location, over, l.cfg.Lead.Microseconds()).Int64Slice()
+		res, err := l.batch.reserve(ctx, keys, l.emission(l.cfg.Default), l.cfg.MaxWait.Microseconds(),
+			location, over, l.cfg.Lead.Microseconds())
 		if err != nil {
 			return fmt.Errorf("rate limiter: %w", err)
 		}
