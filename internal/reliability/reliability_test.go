@@ -1,0 +1,338 @@
+// Package reliability holds tests that would fail if a single cancel were
+// lost or a single token leaked: the real worker binary as a subprocess,
+// killed with SIGKILL mid-campaign; Redis (with AOF) killed and restarted
+// mid-campaign; and a scan of everything ghlcancel writes for token values.
+package reliability
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+var workerBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ghlcancel-reliability-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	workerBin = filepath.Join(dir, "worker")
+	build := exec.Command("go", "build", "-o", workerBin, "github.com/ghlcancel/ghlcancel/cmd/worker")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build worker:", err)
+		os.Exit(2)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// campaign is a sandbox with scheduled messages and a tokens file.
+type campaign struct {
+	sb        *sandbox.Server
+	api       *httptest.Server
+	items     []producer.Item
+	scheduled []string
+	tokens    map[string]string
+	tokenFile string
+}
+
+func newCampaign(t *testing.T, locations, perLocation int, faults sandbox.Faults) *campaign {
+	t.Helper()
+	sb := sandbox.New(sandbox.Config{RateMax: -1, DailyLimit: 1 << 30, Faults: faults})
+	api := httptest.NewServer(sb.Handler())
+	t.Cleanup(api.Close)
+	c := &campaign{sb: sb, api: api, tokens: map[string]string{}}
+	byLoc := make([][]string, locations)
+	locs := make([]string, locations)
+	for i := range locations {
+		locs[i] = fmt.Sprintf("relLocation%09d", i)
+		tok := fmt.Sprintf("SECRET-pit-%d-%s", i, sandbox.NewID())
+		sb.AddLocation(locs[i], tok)
+		c.tokens[locs[i]] = tok
+		byLoc[i] = sb.ScheduleN(locs[i], perLocation, i%2 == 1)
+	}
+	for j := range perLocation {
+		for i, loc := range locs {
+			kind := ghl.KindMessage
+			if i%2 == 1 {
+				kind = ghl.KindEmail
+			}
+			c.items = append(c.items, producer.Item{Kind: kind, MessageID: byLoc[i][j], LocationID: loc, CampaignID: "reliability"})
+			c.scheduled = append(c.scheduled, byLoc[i][j])
+		}
+	}
+	b, err := json.Marshal(c.tokens)
+	require.NoError(t, err)
+	c.tokenFile = filepath.Join(t.TempDir(), "tokens.json")
+	require.NoError(t, os.WriteFile(c.tokenFile, b, 0o600))
+	return c
+}
+
+func (c *campaign) enqueue(t *testing.T, redisURL string) {
+	t.Helper()
+	p := producer.New(redistest.ClientFor(t, redisURL), producer.Config{Queue: tasks.QueueBulk})
+	i := 0
+	var mu sync.Mutex
+	counts := map[producer.Status]int{}
+	p.EnqueueAll(context.Background(), func() (producer.Item, bool) {
+		if i == len(c.items) {
+			return producer.Item{}, false
+		}
+		i++
+		return c.items[i-1], true
+	}, func(_ producer.Item, r producer.Result) { mu.Lock(); counts[r.Status]++; mu.Unlock() })
+	require.Equal(t, len(c.items), counts[producer.Enqueued])
+}
+
+func (c *campaign) cancelled() int {
+	n := 0
+	for _, id := range c.scheduled {
+		if st, _, _ := c.sb.MessageStatus(id); st == sandbox.StatusCancelled {
+			n++
+		}
+	}
+	return n
+}
+
+// workerProc is the real worker binary.
+type workerProc struct {
+	cmd         *exec.Cmd
+	metricsAddr string
+	logs        *lockedBuffer
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startWorker(t *testing.T, redisURL string, c *campaign, extraEnv ...string) *workerProc {
+	t.Helper()
+	w := &workerProc{metricsAddr: freeAddr(t), logs: &lockedBuffer{}}
+	w.cmd = exec.Command(workerBin)
+	w.cmd.Env = append([]string{
+		"PATH=" + os.Getenv("PATH"), "REDIS_URL=" + redisURL, "GHL_BASE_URL=" + c.api.URL,
+		"GHL_TOKENS_FILE=" + c.tokenFile, "WORKER_CONCURRENCY=50", "METRICS_ADDR=" + w.metricsAddr,
+		"RATE_LIMIT=off", "LOG_FORMAT=json", "LOG_LEVEL=debug", "SHUTDOWN_TIMEOUT=10s",
+	}, extraEnv...)
+	w.cmd.Stdout = io.Discard
+	w.cmd.Stderr = w.logs
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, w.cmd.Start())
+	t.Cleanup(func() {
+		_ = w.cmd.Process.Kill()
+		_, _ = w.cmd.Process.Wait()
+	})
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + w.metricsAddr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, 20*time.Second, 50*time.Millisecond, "worker did not start: %s", w.logs.String())
+	return w
+}
+
+func (w *workerProc) status(path string) int {
+	resp, err := http.Get("http://" + w.metricsAddr + path)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestWorkerKilledMidCampaign: SIGKILL the worker while 10,000 cancels are
+// in flight, start another: every scheduled message ends cancelled, nothing
+// is dead-lettered, nothing stays queued. Reports the recovery time (asynq
+// re-delivers a killed worker's tasks once their lease expires).
+func TestWorkerKilledMidCampaign(t *testing.T) {
+	t.Parallel()
+	srv, err := redistest.Start("--appendonly", "yes")
+	require.NoError(t, err)
+	t.Cleanup(srv.Stop)
+	redisURL := "redis://" + srv.Addr + "/0"
+	c := newCampaign(t, 10, 1000, sandbox.Faults{Latency: 5 * time.Millisecond})
+	c.enqueue(t, redisURL)
+
+	w1 := startWorker(t, redisURL, c)
+	require.Eventually(t, func() bool { return c.cancelled() >= 3000 }, 60*time.Second, 10*time.Millisecond)
+	require.NoError(t, w1.cmd.Process.Signal(syscall.SIGKILL))
+	_, _ = w1.cmd.Process.Wait()
+	killedAt, atKill := time.Now(), c.cancelled()
+
+	startWorker(t, redisURL, c)
+	require.Eventually(t, func() bool { return c.cancelled() == len(c.scheduled) }, 4*time.Minute, 100*time.Millisecond,
+		"%d of %d cancelled", c.cancelled(), len(c.scheduled))
+	recovery := time.Since(killedAt)
+
+	rdb := redistest.ClientFor(t, redisURL)
+	ctx := context.Background()
+	require.Eventually(t, func() bool {
+		n := int64(0)
+		for _, q := range tasks.Queues {
+			for _, st := range []string{"pending", "active"} {
+				n += rdb.LLen(ctx, "asynq:{"+q+"}:"+st).Val()
+			}
+			for _, st := range []string{"scheduled", "retry"} {
+				n += rdb.ZCard(ctx, "asynq:{"+q+"}:"+st).Val()
+			}
+		}
+		return n == 0
+	}, time.Minute, 100*time.Millisecond)
+	dead, err := deadletter.New(rdb).Count(ctx)
+	require.NoError(t, err)
+	require.Zero(t, dead)
+	st := c.sb.Stats()
+	t.Logf("killed at %d/%d cancelled; all %d cancelled %.0fs after the kill; duplicate calls (answered not_cancellable): %d; API calls: %d",
+		atKill, len(c.scheduled), len(c.scheduled), recovery.Seconds(), st.NotCancellable, st.Requests)
+	require.LessOrEqual(t, st.NotCancellable, int64(50), "at most one duplicate per task in flight at the kill")
+}
+
+// TestRedisRestartMidCampaign: Redis (AOF, fsync always) is killed with
+// SIGKILL mid-campaign and restarted; the worker reconnects by itself,
+// /readyz says not ready meanwhile, and every message ends cancelled.
+func TestRedisRestartMidCampaign(t *testing.T) {
+	t.Parallel()
+	srv, err := redistest.Start("--appendonly", "yes", "--appendfsync", "always")
+	require.NoError(t, err)
+	t.Cleanup(srv.Stop)
+	redisURL := "redis://" + srv.Addr + "/0"
+	c := newCampaign(t, 5, 600, sandbox.Faults{Latency: 20 * time.Millisecond})
+	c.enqueue(t, redisURL)
+
+	w := startWorker(t, redisURL, c)
+	require.Eventually(t, func() bool { return c.cancelled() >= 600 }, 60*time.Second, 10*time.Millisecond)
+	srv.Kill()
+	require.Eventually(t, func() bool { return w.status("/readyz") == http.StatusServiceUnavailable }, 10*time.Second, 50*time.Millisecond)
+	require.Equal(t, http.StatusOK, w.status("/healthz"))
+	time.Sleep(2 * time.Second)
+	require.NoError(t, srv.Restart())
+	require.Eventually(t, func() bool { return w.status("/readyz") == http.StatusOK }, 30*time.Second, 50*time.Millisecond)
+
+	require.Eventually(t, func() bool { return c.cancelled() == len(c.scheduled) }, 4*time.Minute, 100*time.Millisecond,
+		"%d of %d cancelled; worker log tail: %s", c.cancelled(), len(c.scheduled), tail(w.logs.String(), 1500))
+	dead, err := deadletter.New(redistest.ClientFor(t, redisURL)).Count(context.Background())
+	require.NoError(t, err)
+	require.Zero(t, dead)
+	t.Logf("all %d cancelled after a Redis restart; API calls %d, duplicates %d", len(c.scheduled), c.sb.Stats().Requests, c.sb.Stats().NotCancellable)
+}
+
+// TestNoTokenLeaks runs a campaign with known token values, some of them
+// rejected by the API (dead letters), with faults, then scans every Redis
+// key and value, all worker log output and /metrics for them.
+func TestNoTokenLeaks(t *testing.T) {
+	t.Parallel()
+	srv, err := redistest.Start()
+	require.NoError(t, err)
+	t.Cleanup(srv.Stop)
+	redisURL := "redis://" + srv.Addr + "/0"
+	c := newCampaign(t, 4, 100, sandbox.Faults{ErrorRate: 0.2, ResetRate: 0.05})
+	// One location's token is revoked at HighLevel: its tasks dead-letter.
+	const revoked = "relLocationRevoked01"
+	c.sb.AddLocation(revoked, "what-highlevel-expects")
+	c.tokens[revoked] = "SECRET-revoked-token-0001"
+	for _, id := range c.sb.ScheduleN(revoked, 20, false) {
+		c.items = append(c.items, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: revoked, CampaignID: "reliability"})
+	}
+	b, _ := json.Marshal(c.tokens)
+	require.NoError(t, os.WriteFile(c.tokenFile, b, 0o600))
+	c.enqueue(t, redisURL)
+	w := startWorker(t, redisURL, c)
+	require.Eventually(t, func() bool { return c.cancelled() == len(c.scheduled) }, 2*time.Minute, 50*time.Millisecond)
+	rdb := redistest.ClientFor(t, redisURL)
+	ctx := context.Background()
+	require.Eventually(t, func() bool { n, _ := deadletter.New(rdb).Count(ctx); return n == 20 }, time.Minute, 50*time.Millisecond)
+
+	var everything strings.Builder
+	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
+	for iter.Next(ctx) {
+		k := iter.Val()
+		everything.WriteString(k + "\n")
+		dump, err := rdb.Dump(ctx, k).Result()
+		require.NoError(t, err)
+		everything.WriteString(dump + "\n")
+		switch rdb.Type(ctx, k).Val() {
+		case "hash":
+			for f, v := range rdb.HGetAll(ctx, k).Val() {
+				everything.WriteString(f + "=" + v + "\n")
+			}
+		case "list":
+			everything.WriteString(strings.Join(rdb.LRange(ctx, k, 0, -1).Val(), "\n"))
+		case "zset":
+			everything.WriteString(strings.Join(rdb.ZRange(ctx, k, 0, -1).Val(), "\n"))
+		case "string":
+			everything.WriteString(rdb.Get(ctx, k).Val())
+		}
+	}
+	require.NoError(t, iter.Err())
+	resp, err := http.Get("http://" + w.metricsAddr + "/metrics")
+	require.NoError(t, err)
+	metricsBody, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	everything.Write(metricsBody)
+	logs := w.logs.String()
+	everything.WriteString(logs)
+	require.Contains(t, logs, "dead letter", "the logs are what we think they are")
+
+	text := everything.String()
+	require.Greater(t, len(text), 10_000)
+	for loc, tok := range c.tokens {
+		require.NotContains(t, text, tok, "token of %s leaked", loc)
+	}
+	require.NotContains(t, text, "SECRET")
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
