@@ -335,4 +335,3 @@ func tail(s string, n int) string {
 	}
 	return s
 }
-
