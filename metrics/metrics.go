@@ -50,7 +50,7 @@ var DeadLetterReasons = []string{
 var RetryReasons = []string{
 	string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork),
 	string(ghl.ReasonBadResponse), string(ghl.ReasonRateLimited), string(ghl.ReasonTokenSource),
-	"dead_letter_write", tasks.ReasonPaced, tasks.ReasonLimiter,
+	"dead_letter_write", "campaign_write", tasks.ReasonPaced, tasks.ReasonLimiter,
 }
 
 // TokenRefreshResults are the result labels of token refreshes.
@@ -78,7 +78,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		TasksProcessed: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "tasks_processed_total",
-			Help: "Task attempts by task type and outcome (cancelled, not_cancellable, dead_lettered, retry, rate_limited).",
+			Help: "Task attempts by task type and outcome (cancelled, not_cancellable, expired, dead_lettered, retry, rate_limited).",
 		}, []string{"task_type", "outcome"}),
 		TaskDuration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "task_duration_seconds",

@@ -7,6 +7,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -72,6 +75,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 	if len(args) > 0 && args[0] == "parked" {
 		return e.parked(ctx, args[1:])
+	}
+	if len(args) > 0 && (args[0] == "status" || args[0] == "report" || args[0] == "campaigns") {
+		return e.campaigns(ctx, args[0], args[1:])
 	}
 	return e.enqueue(ctx, args)
 }
@@ -370,4 +376,150 @@ func (e env) parked(ctx context.Context, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\n", loc, why)
 	}
 	return tw.Flush()
+}
+
+// campaigns serves status, report and campaigns.
+func (e env) campaigns(ctx context.Context, cmd string, args []string) error {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	redisURL := e.redisFlag(fs)
+	asJSON := fs.Bool("json", false, "JSON output")
+	watch := fs.Bool("watch", false, "status: refresh every 2 s until the campaign completes")
+	limit := fs.Int("limit", 20, "campaigns: how many, newest first")
+	// Flags may follow the campaign id: enqueue status spring-sale --json.
+	var pos []string
+	rest := args
+	for len(rest) > 0 {
+		if err := fs.Parse(rest); err != nil {
+			return usageError{err}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if (cmd == "campaigns") != (len(pos) == 0) || len(pos) > 1 {
+		return usageError{fmt.Errorf("usage: enqueue status CAMPAIGN [--json] [--watch] | enqueue report CAMPAIGN > out.csv | enqueue campaigns [--limit N] [--json]")}
+	}
+	rdb, err := connect(ctx, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	tr := campaign.New(rdb, 0)
+	switch cmd {
+	case "campaigns":
+		list, err := tr.List(ctx, *limit)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(e.stdout).Encode(list)
+		}
+		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "CAMPAIGN\tSTARTED\tDONE\tTOTAL\tCANCELLED\tNOT_CANCELLABLE\tEXPIRED\tDEAD\tCOMPLETE")
+		for _, s := range list {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%t\n", s.Campaign, s.StartedAt.UTC().Format(time.RFC3339),
+				s.Done, s.Total, s.Cancelled, s.NotCancellable, s.Expired, s.DeadLettered, s.Complete)
+		}
+		return tw.Flush()
+	case "report":
+		if _, ok, err := tr.Get(ctx, pos[0]); err != nil || !ok {
+			return cmp.Or(err, fmt.Errorf("no campaign %q (unknown, or older than its retention)", pos[0]))
+		}
+		n, err := tr.WriteReport(ctx, pos[0], e.stdout)
+		fmt.Fprintf(e.stderr, "report: %d rows\n", n)
+		return err
+	}
+	var prev campaign.Status
+	var prevAt time.Time
+	for {
+		s, ok, err := tr.Get(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("no campaign %q (unknown, or older than its retention)", pos[0])
+		}
+		if s.Parked, err = parkedFor(ctx, rdb, tr, pos[0]); err != nil {
+			return err
+		}
+		if *asJSON {
+			if err := json.NewEncoder(e.stdout).Encode(s); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintln(e.stdout, renderStatus(s, prev, prevAt))
+		}
+		if !*watch || s.Complete {
+			return nil
+		}
+		prev, prevAt = s, time.Now()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func parkedFor(ctx context.Context, rdb *redis.Client, tr *campaign.Tracker, c string) (map[string]string, error) {
+	parked, err := ratelimit.Parked(ctx, rdb)
+	if err != nil || len(parked) == 0 {
+		return nil, err
+	}
+	locs, err := tr.Locations(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, l := range locs {
+		if why, ok := parked[l]; ok {
+			out[l] = why
+		}
+	}
+	return out, nil
+}
+
+// renderStatus draws a progress bar with rate and ETA. The rate is taken
+// between two samples when watching, else over the campaign's life.
+func renderStatus(s campaign.Status, prev campaign.Status, prevAt time.Time) string {
+	const width = 30
+	frac := 0.0
+	if s.Total > 0 {
+		frac = float64(s.Done) / float64(s.Total)
+	}
+	filled := int(frac * width)
+	bar := strings.Repeat("#", filled) + strings.Repeat("-", width-filled)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s [%s] %d/%d %.0f%%\n", s.Campaign, bar, s.Done, s.Total, 100*frac)
+	fmt.Fprintf(&b, "  cancelled %d, not cancellable %d, expired (send time passed) %d, dead-lettered %d, retrying %d, pending %d\n",
+		s.Cancelled, s.NotCancellable, s.Expired, s.DeadLettered, s.Retrying, s.Pending)
+	if len(s.DeadByReason) > 0 {
+		var rs []string
+		for r, n := range s.DeadByReason {
+			rs = append(rs, fmt.Sprintf("%s %d", r, n))
+		}
+		sort.Strings(rs)
+		fmt.Fprintf(&b, "  dead letters: %s (enqueue dead list --campaign %s)\n", strings.Join(rs, ", "), s.Campaign)
+	}
+	for loc, why := range s.Parked {
+		fmt.Fprintf(&b, "  parked location %s: %s\n", loc, why)
+	}
+	if s.Complete {
+		fmt.Fprintf(&b, "  complete: started %s, finished %s (%s)", s.StartedAt.UTC().Format(time.RFC3339),
+			s.FinishedAt.UTC().Format(time.RFC3339), s.FinishedAt.Sub(s.StartedAt).Round(time.Second))
+		return b.String()
+	}
+	rate := float64(s.Done) / max(time.Since(s.StartedAt).Seconds(), 1)
+	if !prevAt.IsZero() {
+		rate = float64(s.Done-prev.Done) / max(time.Since(prevAt).Seconds(), 0.001)
+	}
+	eta := "unknown"
+	if rate > 0 {
+		eta = time.Duration(float64(s.Pending) / rate * float64(time.Second)).Round(time.Second).String()
+	}
+	fmt.Fprintf(&b, "  %.1f/s, ETA %s, started %s", rate, eta, s.StartedAt.UTC().Format(time.RFC3339))
+	return b.String()
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -208,4 +209,46 @@ func TestParked(t *testing.T) {
 	require.NoError(t, r.err)
 	require.Contains(t, r.stdout, "locP")
 	require.Contains(t, r.stdout, "daily budget nearly spent: 12 of 200000 left")
+}
+
+func TestStatusReportCampaigns(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	r := runCmd(t, url, "", "--location", "L", "--campaign", "spring", "m1", "m2", "m3")
+	require.NoError(t, r.err)
+	ctx := context.Background()
+	tr := campaign.New(redistest.ClientFor(t, url), 0)
+	_, err := tr.Terminal(ctx, "spring", "msg:m1", campaign.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 1})
+	require.NoError(t, err)
+	_, err = tr.Terminal(ctx, "spring", "msg:m2", campaign.Outcome{Outcome: campaign.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1})
+	require.NoError(t, err)
+	rl := ratelimit.New(redistest.ClientFor(t, url), ratelimit.Config{})
+	require.NoError(t, rl.Observe(ctx, "L", ghl.Limits{Present: true, Max: -1, Remaining: -1, DailyLimit: 200000, DailyRemaining: 5}, nil))
+
+	r = runCmd(t, url, "", "status", "spring")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, "spring [####################----------] 2/3 67%")
+	require.Contains(t, r.stdout, "cancelled 1, not cancellable 0, expired (send time passed) 0, dead-lettered 1, retrying 0, pending 1")
+	require.Contains(t, r.stdout, "dead letters: unauthorized 1")
+	require.Contains(t, r.stdout, "parked location L: daily budget nearly spent: 5 of 200000 left")
+
+	r = runCmd(t, url, "", "status", "spring", "--json")
+	require.NoError(t, r.err)
+	var s campaign.Status
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &s))
+	require.Equal(t, int64(3), s.Total)
+	require.Contains(t, s.Parked, "L")
+
+	r = runCmd(t, url, "", "report", "spring")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, "m2,message,dead_lettered,unauthorized,401,1,")
+	require.Contains(t, r.stderr, "report: 2 rows")
+
+	r = runCmd(t, url, "", "campaigns")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, "spring")
+	r = runCmd(t, url, "", "status", "nope")
+	require.ErrorContains(t, r.err, `no campaign "nope"`)
+	r = runCmd(t, url, "", "status")
+	require.ErrorContains(t, r.err, "usage: enqueue status CAMPAIGN")
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
@@ -68,6 +69,9 @@ type Config struct {
 	Timeout time.Duration
 	// Parallel enqueues in flight in EnqueueAll. Defaults to ParallelDefault.
 	Parallel int
+	// CampaignRetention is how long campaign counters and reports are kept.
+	// Defaults to campaign.RetentionDefault.
+	CampaignRetention time.Duration
 }
 
 // ParallelDefault: enough concurrent round trips to hide Redis latency
@@ -76,16 +80,18 @@ const ParallelDefault = 16
 
 // Producer enqueues cancel tasks. Safe for concurrent use.
 type Producer struct {
-	client *asynq.Client
-	rdb    redis.UniversalClient
-	cfg    Config
+	client    *asynq.Client
+	rdb       redis.UniversalClient
+	cfg       Config
+	campaigns *campaign.Tracker
 }
 
 // New builds a Producer on a shared Redis client (closed by the caller).
 func New(rdb redis.UniversalClient, cfg Config) *Producer {
 	cfg.Queue = cmp.Or(cfg.Queue, tasks.QueueDefault)
 	cfg.Parallel = cmp.Or(cfg.Parallel, ParallelDefault)
-	return &Producer{client: asynq.NewClientFromRedisClient(rdb), rdb: rdb, cfg: cfg}
+	return &Producer{client: asynq.NewClientFromRedisClient(rdb), rdb: rdb, cfg: cfg,
+		campaigns: campaign.New(rdb, cfg.CampaignRetention)}
 }
 
 // ValidQueue reports whether q is one of the lanes.
@@ -101,6 +107,12 @@ func ValidQueue(q string) bool {
 // Enqueue puts one item on its lane. An item whose message is already queued
 // on any lane (pending, scheduled, retrying or running) is AlreadyQueued.
 func (p *Producer) Enqueue(ctx context.Context, it Item) Result {
+	return p.enqueue(ctx, it, true)
+}
+
+// enqueue puts it on its lane; count adds it to its campaign's total (a
+// requeued dead letter was counted when first enqueued).
+func (p *Producer) enqueue(ctx context.Context, it Item, count bool) Result {
 	queue := cmp.Or(it.Queue, p.cfg.Queue)
 	if !ValidQueue(queue) {
 		return Result{Status: Rejected, Err: fmt.Errorf("unknown queue %q", queue)}
@@ -129,6 +141,13 @@ func (p *Producer) Enqueue(ctx context.Context, it Item) Result {
 	_, err = p.client.EnqueueContext(ctx, task)
 	switch {
 	case err == nil:
+		if !count {
+			return Result{Status: Enqueued}
+		}
+		if err := p.campaigns.Enqueued(ctx, it.CampaignID, it.LocationID, 1); err != nil {
+			// The task is queued and will run; only the campaign's total is short.
+			return Result{Status: Enqueued, Err: fmt.Errorf("campaign %s: counting failed: %w", it.CampaignID, err)}
+		}
 		return Result{Status: Enqueued}
 	case errors.Is(err, asynq.ErrTaskIDConflict), errors.Is(err, asynq.ErrDuplicateTask):
 		return Result{Status: AlreadyQueued}

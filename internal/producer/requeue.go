@@ -61,8 +61,12 @@ func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadl
 		case !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound):
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
-		res := p.Enqueue(ctx, Item{Kind: kind, MessageID: r.MessageID, LocationID: r.LocationID,
-			CampaignID: r.CampaignID, SendAt: r.SendAt, Queue: queue})
+		// The campaign counts it as pending again (before it can finish anew).
+		if err := p.campaigns.Requeued(ctx, r.CampaignID, r.TaskID); err != nil {
+			return fmt.Errorf("%w: campaign %s: %w", ErrUnavailable, r.CampaignID, err)
+		}
+		res := p.enqueue(ctx, Item{Kind: kind, MessageID: r.MessageID, LocationID: r.LocationID,
+			CampaignID: r.CampaignID, SendAt: r.SendAt, Queue: queue}, false)
 		switch res.Status {
 		case Enqueued:
 			st.Requeued++

@@ -23,6 +23,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	campaigns "github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -229,9 +230,17 @@ func TestWorkerKilledMidCampaign(t *testing.T) {
 	dead, err := deadletter.New(rdb).Count(ctx)
 	require.NoError(t, err)
 	require.Zero(t, dead)
+	// Campaign counters are exact: every task counted once, none twice.
+	cs, ok, err := campaigns.New(rdb, 0).Get(ctx, "reliability")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, int64(10000), cs.Total)
+	require.Equal(t, int64(10000), cs.Done)
+	require.Equal(t, int64(10000), cs.Cancelled+cs.NotCancellable)
+	require.True(t, cs.Complete)
 	st := c.sb.Stats()
-	t.Logf("killed at %d/%d cancelled; all %d cancelled %.0fs after the kill; duplicate calls (answered not_cancellable): %d; API calls: %d",
-		atKill, len(c.scheduled), len(c.scheduled), recovery.Seconds(), st.NotCancellable, st.Requests)
+	t.Logf("killed at %d/%d cancelled; all %d cancelled %.0fs after the kill; duplicate calls (answered not_cancellable): %d; API calls: %d; campaign: %s",
+		atKill, len(c.scheduled), len(c.scheduled), recovery.Seconds(), st.NotCancellable, st.Requests, cs)
 	require.LessOrEqual(t, st.NotCancellable, int64(50), "at most one duplicate per task in flight at the kill")
 }
 

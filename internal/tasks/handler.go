@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
@@ -22,10 +23,13 @@ const (
 	OutcomeDeadLettered   = "dead_lettered"
 	OutcomeRetry          = "retry"
 	OutcomeRateLimited    = "rate_limited"
+	// OutcomeExpired: the message's send time passed before the task ran;
+	// no call is made (it has gone out already).
+	OutcomeExpired = "expired"
 )
 
 // Outcomes lists every outcome label, to initialise metrics at zero.
-var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited}
+var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeExpired, OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited}
 
 // Dead-letter and retry reasons that are not API reasons.
 const (
@@ -78,6 +82,10 @@ type Handler struct {
 	Logger *slog.Logger
 	// Pacer, when set, paces calls per location across all workers.
 	Pacer Pacer
+	// Campaigns, when set, records each task's terminal outcome once per campaign.
+	Campaigns *campaign.Tracker
+	// Now defaults to time.Now.
+	Now func() time.Time
 	// InlineWaitMax: without a Pacer, a 429 asking for at most this long is
 	// waited out in the handler. Defaults to InlineWaitMaxDefault.
 	InlineWaitMax time.Duration
@@ -111,6 +119,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	log := h.logger().With("task_id", taskID, "kind", kind, "location_id", p.LocationID,
 		"campaign_id", p.CampaignID, "attempt", retried+1)
+
+	if p.SendAt > 0 && h.now().Unix() >= p.SendAt {
+		// Its send time passed: it has gone out (or is going); a cancel
+		// cannot help and would spend rate budget other cancels need.
+		log.Info("send time passed before the cancel ran", "send_at", time.Unix(p.SendAt, 0).UTC())
+		return h.finish(ctx, rep, p.CampaignID, taskID, campaign.Outcome{Outcome: campaign.Expired, Attempts: retried + 1}, OutcomeExpired)
+	}
 
 	token, err := h.Tokens.Token(ctx, p.LocationID)
 	if errors.Is(err, tokens.ErrNoToken) {
@@ -166,9 +181,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			}
 		}
 		if err == nil {
-			rep.Outcome = string(res.Outcome)
 			log.Debug("cancel done", "outcome", res.Outcome, "http_status", res.StatusCode)
-			return nil
+			status := res.StatusCode
+			if res.InnerStatus != 0 {
+				status = res.InnerStatus
+			}
+			return h.finish(ctx, rep, p.CampaignID, taskID,
+				campaign.Outcome{Outcome: string(res.Outcome), HTTPStatus: status, Attempts: retried + 1}, string(res.Outcome))
 		}
 		if rl != nil {
 			// With a pacer the 429 became a shared cool-down: the next
@@ -215,6 +234,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		rep.Outcome, rep.Reason = OutcomeRetry, string(e.Reason)
 		log.Info("cancel failed, will retry", "reason", e.Reason, "http_status", e.StatusCode, "error", err)
+		h.retrying(ctx, p.CampaignID, taskID)
 		return err
 	}
 }
@@ -238,12 +258,47 @@ func limitsOf(res *ghl.Result, err error) ghl.Limits {
 	return ghl.Limits{}
 }
 
+// finish records a terminal, non-dead outcome in the campaign. If that
+// cannot be written the task is retried, so a campaign never misses one.
+func (h *Handler) finish(ctx context.Context, rep *Report, campaignID, taskID string, o campaign.Outcome, outcome string) error {
+	if h.Campaigns != nil {
+		if _, err := h.Campaigns.Terminal(ctx, campaignID, taskID, o); err != nil {
+			rep.Outcome, rep.Reason = OutcomeRetry, "campaign_write"
+			return fmt.Errorf("recording the outcome in campaign %s failed, will retry: %w", campaignID, err)
+		}
+	}
+	rep.Outcome = outcome
+	return nil
+}
+
+func (h *Handler) retrying(ctx context.Context, campaignID, taskID string) {
+	if h.Campaigns != nil {
+		if err := h.Campaigns.Retrying(ctx, campaignID, taskID); err != nil {
+			h.logger().Warn("campaign: could not mark a task retrying", "error", err)
+		}
+	}
+}
+
+func (h *Handler) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
 // dead records a dead letter and tells asynq not to retry. If the record
 // cannot be written the task is retried instead, so it is never lost.
 func (h *Handler) dead(ctx context.Context, rep *Report, rec deadletter.Record, cause error) error {
 	if err := h.Dead.Add(ctx, rec); err != nil {
 		rep.Outcome, rep.Reason = OutcomeRetry, "dead_letter_write"
 		return fmt.Errorf("recording dead letter (%s) failed, will retry: %w", rec.Reason, err)
+	}
+	if h.Campaigns != nil {
+		if _, err := h.Campaigns.Terminal(ctx, rec.CampaignID, rec.TaskID, campaign.Outcome{
+			Outcome: campaign.DeadLettered, Reason: rec.Reason, HTTPStatus: rec.HTTPStatus, Attempts: rec.Attempts}); err != nil {
+			rep.Outcome, rep.Reason = OutcomeRetry, "campaign_write"
+			return fmt.Errorf("recording dead letter (%s) in campaign %s failed, will retry: %w", rec.Reason, rec.CampaignID, err)
+		}
 	}
 	rep.Outcome, rep.Reason = OutcomeDeadLettered, rec.Reason
 	h.logger().Warn("dead letter", "task_id", rec.TaskID, "kind", rec.Kind, "location_id", rec.LocationID,

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
@@ -67,6 +68,9 @@ type Config struct {
 	RateLimit ratelimit.Config
 	// NoPacing turns the limiter off: 429s are then only reacted to.
 	NoPacing bool
+	// CampaignRetention is how long campaign counters and reports are kept
+	// after a campaign's last update. Defaults to campaign.RetentionDefault.
+	CampaignRetention time.Duration
 	// Logger defaults to a discarding logger.
 	Logger *slog.Logger
 	// Registry receives the metrics. Defaults to a new registry.
@@ -125,7 +129,8 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	dead := deadletter.New(cfg.Redis)
-	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Dead: dead, Logger: cfg.Logger}
+	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Dead: dead, Logger: cfg.Logger,
+		Campaigns: campaign.New(cfg.Redis, cfg.CampaignRetention)}
 	if !cfg.NoPacing {
 		rl := cfg.RateLimit
 		rl.Observe = m

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/contract"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
@@ -365,4 +366,50 @@ func TestPacingLearnsTheLimit(t *testing.T) {
 	n, err := b.dead.Count(context.Background())
 	require.NoError(t, err)
 	require.Zero(t, n)
+}
+
+// TestCampaignCountsAndExpired: campaign counters follow every outcome, and
+// a cancel whose send time passed ends expired without an API call.
+func TestCampaignCountsAndExpired(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{}, producer.Config{})
+	ctx := context.Background()
+	ids := b.sb.ScheduleN(locGood, 4, false)
+	for _, id := range ids {
+		require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood, CampaignID: "camp"}).Status)
+	}
+	past := b.sb.ScheduleN(locGood, 1, false)[0]
+	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: past,
+		LocationID: locGood, CampaignID: "camp", SendAt: time.Now().Add(-time.Minute).Unix()}).Status)
+	bad := b.sb.ScheduleN(locBadTok, 1, false)[0]
+	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: bad, LocationID: locBadTok, CampaignID: "camp"}).Status)
+	b.waitDrained(t, 10*time.Second)
+
+	s, ok, err := campaign.New(b.rdb, 0).Get(ctx, "camp")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, int64(6), s.Total)
+	require.Equal(t, int64(6), s.Done)
+	require.Equal(t, int64(4), s.Cancelled)
+	require.Equal(t, int64(1), s.Expired)
+	require.Equal(t, int64(1), s.DeadLettered)
+	require.Equal(t, map[string]int64{"unauthorized": 1}, s.DeadByReason)
+	require.True(t, s.Complete)
+	st, _, _ := b.sb.MessageStatus(past)
+	require.Equal(t, sandbox.StatusScheduled, st, "no call was made for the expired one")
+	require.Equal(t, int64(5), b.sb.Stats().Requests)
+	require.Equal(t, 1.0, b.processed(tasks.OutcomeExpired))
+
+	// Requeue the dead letter (the token is still bad): it is pending again
+	// and then dead again, counted once.
+	st2, err := b.producer.Requeue(ctx, b.dead, deadletter.Filter{CampaignID: "camp"}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, st2.Requeued)
+	b.waitDrained(t, 10*time.Second)
+	require.Eventually(t, func() bool {
+		s, _, _ = campaign.New(b.rdb, 0).Get(ctx, "camp")
+		return s.Done == 6
+	}, 5*time.Second, 50*time.Millisecond)
+	require.Equal(t, int64(1), s.DeadLettered)
+	require.Equal(t, int64(6), s.Total)
 }
