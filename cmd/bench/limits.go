@@ -76,12 +76,16 @@ func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	var rates []float64
+	others429 := 0
 	for _, loc := range r.locs[1:] {
 		rates = append(rates, r.rate(loc)/20)
+		others429 += r.sb.RateLimitedCount(loc)
 	}
 	slices.Sort(rates)
-	fmt.Fprintf(stdout, "  other 49 locations: achieved/allowed min %.3f, median %.3f; throttled location %.2f/s of 2/s; 429s: %d (%s)\n",
-		rates[0], rates[len(rates)/2], r.rate(r.locs[0]), r.stats.RateLimited, verdict(r.stats.RateLimited == 0))
+	fmt.Fprintf(stdout, "  other 49 locations: achieved/allowed min %.3f, median %.3f (target: full rate, >= 0.97: %s); 429s: %d (%s)\n",
+		rates[0], rates[len(rates)/2], verdict(rates[0] >= 0.97), others429, verdict(others429 == 0))
+	fmt.Fprintf(stdout, "  throttled location: %.2f/s of 2/s; 429s: %d (its first calls go out at the configured 20/s until HighLevel's first answer reveals 2/s)\n",
+		r.rate(r.locs[0]), r.sb.RateLimitedCount(r.locs[0]))
 
 	// 3. Scale: 500 locations, 200 ms per call.
 	per := max(*scaleTasks/500, 1)

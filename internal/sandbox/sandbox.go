@@ -99,6 +99,7 @@ type bucket struct {
 	dayCount    int
 	max         int // per-location override of cfg.RateMax, 0 = default
 	admitted    []time.Time
+	refused     int // 429s
 }
 
 // maxRecorded bounds the admitted-call timeline kept per location.
@@ -301,6 +302,19 @@ func (s *Server) Admitted(location string) []time.Time {
 	return append([]time.Time(nil), b.admitted...)
 }
 
+// RateLimitedCount returns how many 429s the location got.
+func (s *Server) RateLimitedCount(location string) int {
+	s.mu.RLock()
+	b := s.buckets[location]
+	s.mu.RUnlock()
+	if b == nil {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.refused
+}
+
 // SetFaults replaces the injected faults.
 func (s *Server) SetFaults(f Faults) {
 	s.mu.Lock()
@@ -499,6 +513,8 @@ func (s *Server) admit(w http.ResponseWriter, b *bucket) bool {
 		if len(b.admitted) < maxRecorded {
 			b.admitted = append(b.admitted, now)
 		}
+	} else {
+		b.refused++
 	}
 	if limit >= 0 {
 		h.Set("X-RateLimit-Max", strconv.Itoa(limit))
