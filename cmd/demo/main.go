@@ -29,6 +29,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
@@ -277,6 +278,9 @@ func report(ctx context.Context, w io.Writer, mfs []*dto.MetricFamily, sb *sandb
 		if s, _, _ := sb.MessageStatus(id); s != sandbox.StatusCancelled {
 			notCancelled++
 		}
+	}
+	if cs, ok, err := campaign.New(rdb, 0).Get(ctx, "demo-campaign"); err == nil && ok {
+		fmt.Fprintf(w, "\ncampaign status (go run ./cmd/enqueue status demo-campaign --redis-url %s):\n%s\n", redisURL, cs.Render(campaign.Status{}, time.Time{}))
 	}
 	dead, _ := deadletter.New(rdb).Count(ctx)
 	fmt.Fprintf(w, "  verified in the sandbox: %d/%d scheduled messages cancelled; %d dead letters kept for replay\n",

@@ -16,7 +16,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -450,7 +449,7 @@ func (e env) campaigns(ctx context.Context, cmd string, args []string) error {
 				return err
 			}
 		} else {
-			fmt.Fprintln(e.stdout, renderStatus(s, prev, prevAt))
+			fmt.Fprintln(e.stdout, s.Render(prev, prevAt))
 		}
 		if !*watch || s.Complete {
 			return nil
@@ -480,46 +479,4 @@ func parkedFor(ctx context.Context, rdb *redis.Client, tr *campaign.Tracker, c s
 		}
 	}
 	return out, nil
-}
-
-// renderStatus draws a progress bar with rate and ETA. The rate is taken
-// between two samples when watching, else over the campaign's life.
-func renderStatus(s campaign.Status, prev campaign.Status, prevAt time.Time) string {
-	const width = 30
-	frac := 0.0
-	if s.Total > 0 {
-		frac = float64(s.Done) / float64(s.Total)
-	}
-	filled := int(frac * width)
-	bar := strings.Repeat("#", filled) + strings.Repeat("-", width-filled)
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s [%s] %d/%d %.0f%%\n", s.Campaign, bar, s.Done, s.Total, 100*frac)
-	fmt.Fprintf(&b, "  cancelled %d, not cancellable %d, expired (send time passed) %d, dead-lettered %d, retrying %d, pending %d\n",
-		s.Cancelled, s.NotCancellable, s.Expired, s.DeadLettered, s.Retrying, s.Pending)
-	if len(s.DeadByReason) > 0 {
-		var rs []string
-		for r, n := range s.DeadByReason {
-			rs = append(rs, fmt.Sprintf("%s %d", r, n))
-		}
-		sort.Strings(rs)
-		fmt.Fprintf(&b, "  dead letters: %s (enqueue dead list --campaign %s)\n", strings.Join(rs, ", "), s.Campaign)
-	}
-	for loc, why := range s.Parked {
-		fmt.Fprintf(&b, "  parked location %s: %s\n", loc, why)
-	}
-	if s.Complete {
-		fmt.Fprintf(&b, "  complete: started %s, finished %s (%s)", s.StartedAt.UTC().Format(time.RFC3339),
-			s.FinishedAt.UTC().Format(time.RFC3339), s.FinishedAt.Sub(s.StartedAt).Round(time.Second))
-		return b.String()
-	}
-	rate := float64(s.Done) / max(time.Since(s.StartedAt).Seconds(), 1)
-	if !prevAt.IsZero() {
-		rate = float64(s.Done-prev.Done) / max(time.Since(prevAt).Seconds(), 0.001)
-	}
-	eta := "unknown"
-	if rate > 0 {
-		eta = time.Duration(float64(s.Pending) / rate * float64(time.Second)).Round(time.Second).String()
-	}
-	fmt.Fprintf(&b, "  %.1f/s, ETA %s, started %s", rate, eta, s.StartedAt.UTC().Format(time.RFC3339))
-	return b.String()
 }
