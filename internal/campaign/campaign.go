@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/redisbatch"
 )
 
 // RetentionDefault is how long a campaign's counters and report are kept
@@ -42,11 +44,12 @@ func keyLocs(c string) string     { return "ghlcancel:campaign:{" + c + "}:locat
 type Tracker struct {
 	rdb       redis.UniversalClient
 	retention time.Duration
+	terminal  *redisbatch.Batcher
 }
 
 // New returns a Tracker; retention 0 means RetentionDefault.
 func New(rdb redis.UniversalClient, retention time.Duration) *Tracker {
-	return &Tracker{rdb: rdb, retention: cmp.Or(retention, RetentionDefault)}
+	return &Tracker{rdb: rdb, retention: cmp.Or(retention, RetentionDefault), terminal: redisbatch.New(rdb, terminalScript)}
 }
 
 func (t *Tracker) keys(c string) []string {
@@ -108,7 +111,7 @@ func (t *Tracker) Terminal(ctx context.Context, campaign, taskID string, o Outco
 	}
 	now := time.Now().UnixMilli()
 	row := strings.Join([]string{o.Outcome, reason, strconv.Itoa(o.HTTPStatus), strconv.Itoa(o.Attempts), strconv.FormatInt(now, 10)}, "|")
-	n, err := terminalScript.Run(ctx, t.rdb, t.keys(campaign), taskID, row, o.Outcome, reason, now, t.retention.Milliseconds()).Int()
+	n, err := t.terminal.Run(ctx, t.keys(campaign), taskID, row, o.Outcome, reason, now, t.retention.Milliseconds()).Int()
 	return n == 1, err
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/redisbatch"
 )
 
 // Defaults for Config: HighLevel's documented burst limit and daily limit.
@@ -120,7 +121,7 @@ type Limiter struct {
 	rdb redis.UniversalClient
 	cfg Config
 
-	batch   *batcher
+	batch   *redisbatch.Batcher
 	mu      sync.Mutex
 	learned map[string]int64 // what we last wrote to KeyLearned, to write only changes
 }
@@ -138,7 +139,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Limiter {
 	cfg.Lead = min(cmp.Or(cfg.Lead, LeadDefault), cfg.MaxWait)
 	cfg.DailyReserve = cmp.Or(cfg.DailyReserve, DailyReserveDefault)
 	cfg.DailyPark = cmp.Or(cfg.DailyPark, DailyParkDefault)
-	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]int64{}, batch: newBatcher(rdb)}
+	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]int64{}, batch: redisbatch.New(rdb, reserveScript)}
 }
 
 // emission is the spacing between calls for a limit, with the margin.
@@ -242,8 +243,8 @@ func (l *Limiter) Reserve(ctx context.Context, location, taskID string) error {
 	keys := []string{tatKey(location), coolKey(location), KeyLearned, resvKey(location, taskID)}
 	var waited time.Duration
 	for round := 0; ; round++ {
-		res, err := l.batch.reserve(ctx, keys, l.emission(l.cfg.Default), l.cfg.MaxWait.Microseconds(),
-			location, over, l.cfg.Lead.Microseconds())
+		res, err := l.batch.Run(ctx, keys, l.emission(l.cfg.Default), l.cfg.MaxWait.Microseconds(),
+			location, over, l.cfg.Lead.Microseconds()).Int64Slice()
 		if err != nil {
 			return fmt.Errorf("rate limiter: %w", err)
 		}
