@@ -7,6 +7,7 @@
 package main
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -16,11 +17,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
@@ -126,6 +129,8 @@ flags:
 	maxRetry := fs.Int("max-retry", tasks.MaxRetryDefault, "retries per task before it is dead-lettered")
 	parallel := fs.Int("parallel", producer.ParallelDefault, "enqueues in flight")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	dryRun := fs.Bool("dry-run", false, "validate and count only: per location and kind, duplicates, invalid lines, minimum duration")
+	rateLimit := fs.String("rate-limit", "100/10s", "dry run: HighLevel's per-location limit, N/period")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -168,6 +173,14 @@ flags:
 		in = strings.NewReader(strings.Join(fs.Args(), "\n"))
 		total = int64(fs.NArg())
 	}
+	defaults := producer.Item{Kind: kind, LocationID: *location, CampaignID: *campaign}
+	if *dryRun {
+		lim, err := ratelimit.ParseLimit(*rateLimit)
+		if err != nil {
+			return usageError{err}
+		}
+		return e.dryRun(in, defaults, lim, *asJSON)
+	}
 	rdb, err := connect(ctx, *redisURL)
 	if err != nil {
 		return err
@@ -175,7 +188,6 @@ flags:
 	defer rdb.Close()
 
 	p := producer.New(rdb, producer.Config{Queue: lane, MaxRetry: *maxRetry, Parallel: *parallel})
-	defaults := producer.Item{Kind: kind, LocationID: *location, CampaignID: *campaign}
 	sum, err := producer.EnqueueReader(ctx, p, in, defaults, total, e.stderr)
 	if *asJSON {
 		_ = json.NewEncoder(e.stdout).Encode(sum)
@@ -193,8 +205,8 @@ flags:
 }
 
 func (e env) dead(ctx context.Context, args []string) error {
-	if len(args) == 0 || (args[0] != "list" && args[0] != "requeue") {
-		return usageError{errors.New("usage: enqueue dead list|requeue [--reason R] [--campaign C] [--location L] [--kind K] [--older-than D] [--newer-than D] [--json] [--limit N] [--all]")}
+	if len(args) == 0 || (args[0] != "list" && args[0] != "requeue" && args[0] != "purge" && args[0] != "export") {
+		return usageError{errors.New("usage: enqueue dead list|requeue|purge|export [--reason R] [--campaign C] [--location L] [--kind K] [--older-than D] [--newer-than D] [--json] [--limit N] [--all] [--yes]")}
 	}
 	cmd := args[0]
 	fs := flag.NewFlagSet("dead "+cmd, flag.ContinueOnError)
@@ -209,7 +221,8 @@ func (e env) dead(ctx context.Context, args []string) error {
 	fs.DurationVar(&f.NewerThan, "newer-than", 0, "only records dead more recently than this")
 	asJSON := fs.Bool("json", false, "JSON lines, one record per line")
 	limit := fs.Int("limit", 100, "list: at most this many records (0 for all)")
-	all := fs.Bool("all", false, "requeue: every record (required when no filter is given)")
+	all := fs.Bool("all", false, "requeue, purge: every record (required when no filter is given)")
+	yes := fs.Bool("yes", false, "purge: do not ask for confirmation")
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError{err}
 	}
@@ -220,6 +233,17 @@ func (e env) dead(ctx context.Context, args []string) error {
 	defer rdb.Close()
 	store := deadletter.New(rdb)
 
+	switch cmd {
+	case "purge":
+		return e.purge(ctx, store, f, *all, *yes)
+	case "export":
+		// JSON lines of every matching record, for archiving or analysis.
+		enc := json.NewEncoder(e.stdout)
+		n := 0
+		err := store.Scan(ctx, f, func(r deadletter.Record) error { n++; return enc.Encode(r) })
+		fmt.Fprintf(e.stderr, "exported %d records\n", n)
+		return err
+	}
 	if cmd == "requeue" {
 		if f == (deadletter.Filter{}) && !*all {
 			return usageError{errors.New("dead requeue: give a filter (--reason, --campaign, --location, --kind, --older-than, --newer-than) or --all")}
@@ -479,4 +503,129 @@ func parkedFor(ctx context.Context, rdb *redis.Client, tr *campaign.Tracker, c s
 		}
 	}
 	return out, nil
+}
+
+// purge deletes matching dead letters (and their copies in asynq's archive)
+// after asking, page by page so 100,000 records never block Redis.
+func (e env) purge(ctx context.Context, store *deadletter.Store, f deadletter.Filter, all, yes bool) error {
+	if f == (deadletter.Filter{}) && !all {
+		return usageError{errors.New("dead purge: give a filter (--reason, --campaign, --location, --kind, --older-than, --newer-than) or --all")}
+	}
+	n := 0
+	if err := store.Scan(ctx, f, func(deadletter.Record) error { n++; return nil }); err != nil {
+		return err
+	}
+	if n == 0 {
+		fmt.Fprintln(e.stdout, "no matching dead letters")
+		return nil
+	}
+	if !yes {
+		fmt.Fprintf(e.stderr, "delete %d dead letters for good? type yes: ", n)
+		line, _ := bufio.NewReader(e.stdin).ReadString('\n')
+		if strings.TrimSpace(line) != "yes" {
+			return errors.New("not confirmed; nothing deleted (use --yes to skip the question)")
+		}
+	}
+	insp := asynq.NewInspectorFromRedisClient(store.Client())
+	var batch []string
+	deleted := 0
+	flush := func() error {
+		if err := store.Remove(ctx, batch...); err != nil {
+			return err
+		}
+		deleted += len(batch)
+		batch = batch[:0]
+		return nil
+	}
+	err := store.Scan(ctx, f, func(r deadletter.Record) error {
+		if info, err := insp.GetTaskInfo(r.Queue, r.TaskID); err == nil && info.State == asynq.TaskStateArchived {
+			_ = insp.DeleteTask(r.Queue, r.TaskID)
+		}
+		batch = append(batch, r.TaskID)
+		if len(batch) >= deadletter.PageSize {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	fmt.Fprintf(e.stdout, "purged %d dead letters\n", deleted)
+	return err
+}
+
+// DryRun is what --dry-run found.
+type DryRun struct {
+	Valid       int                       `json:"valid"`
+	Duplicates  int                       `json:"duplicates"`
+	Invalid     int                       `json:"invalid"`
+	ByLocation  map[string]map[string]int `json:"by_location"` // location -> kind -> count
+	MinDuration string                    `json:"min_duration"`
+	Busiest     string                    `json:"busiest_location,omitempty"`
+}
+
+// dryRun reads the input as enqueue would and reports without touching
+// Redis. It keeps every distinct id in memory to find duplicates.
+func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, asJSON bool) error {
+	rd := producer.NewReader(in, defaults)
+	d := DryRun{ByLocation: map[string]map[string]int{}}
+	seen := map[string]struct{}{}
+	perLoc := map[string]int{}
+	for {
+		l, ok := rd.Next()
+		if !ok {
+			if l.Err != nil {
+				return fmt.Errorf("line %d: %w", l.N, l.Err)
+			}
+			break
+		}
+		if l.Err != nil {
+			d.Invalid++
+			if d.Invalid <= 100 {
+				fmt.Fprintf(e.stderr, "line %d: %v\n", l.N, l.Err)
+			}
+			continue
+		}
+		key := tasks.TaskID(l.Item.Kind, l.Item.MessageID)
+		if _, dup := seen[key]; dup {
+			d.Duplicates++
+			continue
+		}
+		seen[key] = struct{}{}
+		d.Valid++
+		if d.ByLocation[l.Item.LocationID] == nil {
+			d.ByLocation[l.Item.LocationID] = map[string]int{}
+		}
+		d.ByLocation[l.Item.LocationID][string(l.Item.Kind)]++
+		perLoc[l.Item.LocationID]++
+	}
+	// Locations run in parallel, each at its own limit: the busiest decides.
+	var longest time.Duration
+	for loc, n := range perLoc {
+		dur := time.Duration(float64(n) / float64(lim.N) * float64(lim.Period))
+		if dur > longest {
+			longest, d.Busiest = dur, loc
+		}
+	}
+	d.MinDuration = longest.Round(time.Second).String()
+	if asJSON {
+		return json.NewEncoder(e.stdout).Encode(d)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LOCATION\tMESSAGES\tEMAILS")
+	locs := make([]string, 0, len(d.ByLocation))
+	for loc := range d.ByLocation {
+		locs = append(locs, loc)
+	}
+	slices.Sort(locs)
+	for _, loc := range locs {
+		fmt.Fprintf(tw, "%s\t%d\t%d\n", loc, d.ByLocation[loc]["message"], d.ByLocation[loc]["email"])
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(e.stdout, "dry run: %d valid, %d duplicates, %d invalid, %d locations; at %d per %s per location it takes at least %s (busiest: %s)\n",
+		d.Valid, d.Duplicates, d.Invalid, len(locs), lim.N, lim.Period, d.MinDuration, d.Busiest)
+	if d.Invalid > 0 {
+		return errReported
+	}
+	return nil
 }

@@ -252,3 +252,55 @@ func TestStatusReportCampaigns(t *testing.T) {
 	r = runCmd(t, url, "", "status")
 	require.ErrorContains(t, r.err, "usage: enqueue status CAMPAIGN")
 }
+
+func TestDeadPurgeAndExport(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	ctx := context.Background()
+	store := deadletter.New(redistest.ClientFor(t, url))
+	for i := range 6 {
+		reason := []string{"unauthorized", "bad_request"}[i%2]
+		require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:p%d", i), Kind: "message",
+			MessageID: fmt.Sprintf("p%d", i), LocationID: "L", Queue: "bulk", Reason: reason}))
+	}
+	r := runCmd(t, url, "", "dead", "export", "--reason", "bad_request")
+	require.NoError(t, r.err)
+	require.Equal(t, 3, strings.Count(r.stdout, "\n"))
+	require.Contains(t, r.stderr, "exported 3 records")
+
+	r = runCmd(t, url, "", "dead", "purge")
+	require.ErrorContains(t, r.err, "give a filter")
+	r = runCmd(t, url, "no\n", "dead", "purge", "--reason", "bad_request")
+	require.ErrorContains(t, r.err, "not confirmed; nothing deleted")
+	r = runCmd(t, url, "yes\n", "dead", "purge", "--reason", "bad_request")
+	require.NoError(t, r.err)
+	require.Equal(t, "purged 3 dead letters\n", r.stdout)
+	r = runCmd(t, url, "", "dead", "purge", "--all", "--yes")
+	require.NoError(t, r.err)
+	require.Equal(t, "purged 3 dead letters\n", r.stdout)
+	n, err := store.Count(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n)
+}
+
+func TestDryRun(t *testing.T) {
+	t.Parallel()
+	in := "message_id,location_id,kind\n"
+	for i := range 250 {
+		in += fmt.Sprintf("m%03d,locA,message\n", i)
+	}
+	in += "e1,locB,email\ne2,locB,email\nm001,locA,message\nbad/id,locB,email\n"
+	// No Redis is needed: an unreachable URL must not matter.
+	r := runCmd(t, "redis://127.0.0.1:1/0", in, "--file", "-", "--dry-run")
+	require.ErrorIs(t, r.err, errReported, "an invalid line makes it exit non-zero")
+	require.Contains(t, r.stdout, "dry run: 252 valid, 1 duplicates, 1 invalid, 2 locations; at 100 per 10s per location it takes at least 25s (busiest: locA)")
+	require.Contains(t, r.stdout, "locB      0         2")
+	require.Contains(t, r.stderr, "line 255: message_id")
+
+	r = runCmd(t, "redis://127.0.0.1:1/0", "a1\na2\n", "--file", "-", "--location", "L", "--dry-run", "--json", "--rate-limit", "1/1s")
+	require.NoError(t, r.err)
+	var d DryRun
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &d))
+	require.Equal(t, 2, d.Valid)
+	require.Equal(t, "2s", d.MinDuration)
+}

@@ -72,6 +72,9 @@ func New(rdb redis.UniversalClient) *Store {
 	return &Store{rdb: rdb, now: time.Now}
 }
 
+// Client returns the Redis client the store uses.
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
 // Add writes (or overwrites) the record for r.TaskID.
 func (s *Store) Add(ctx context.Context, r Record) error {
 	if r.TaskID == "" {
