@@ -2,9 +2,11 @@ package producer_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/stretchr/testify/require"
@@ -182,4 +184,44 @@ func TestRequeue(t *testing.T) {
 		return nil
 	}))
 	require.ElementsMatch(t, []string{"p1", "msg:m4"}, left)
+}
+
+// TestBatchTasksDecodeInAsynq: tasks written by our enqueue script are read
+// back by asynq's own inspector exactly as asynq's client would write them.
+func TestBatchTasksDecodeInAsynq(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{MaxRetry: 7, Timeout: 45 * time.Second})
+	res := p.EnqueueBatch(ctx, []producer.Item{
+		{Kind: ghl.KindEmail, MessageID: "e1", LocationID: "L", CampaignID: "c", SendAt: 1900000000, Queue: tasks.QueueUrgent},
+		{Kind: ghl.KindMessage, MessageID: "m1", LocationID: "L"},
+		{Kind: ghl.KindMessage, MessageID: "m1", LocationID: "L", Queue: tasks.QueueBulk}, // same message, other lane
+		{Kind: ghl.KindMessage, MessageID: "bad/id", LocationID: "L"},
+		{Kind: ghl.KindMessage, MessageID: "m2", LocationID: "L", Queue: "nope"},
+	})
+	require.Equal(t, producer.Enqueued, res[0].Status)
+	require.Equal(t, producer.Enqueued, res[1].Status)
+	require.Equal(t, producer.AlreadyQueued, res[2].Status, "dedupe across lanes within one batch")
+	require.Equal(t, producer.Rejected, res[3].Status)
+	require.Equal(t, producer.Rejected, res[4].Status)
+
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	info, err := insp.GetTaskInfo(tasks.QueueUrgent, "email:e1")
+	require.NoError(t, err)
+	require.Equal(t, tasks.TypeCancelEmail, info.Type)
+	require.Equal(t, "email:e1", info.ID)
+	require.Equal(t, tasks.QueueUrgent, info.Queue)
+	require.Equal(t, 7, info.MaxRetry)
+	require.Equal(t, 45*time.Second, info.Timeout)
+	require.Equal(t, asynq.TaskStatePending, info.State)
+	var pl tasks.CancelPayload
+	require.NoError(t, json.Unmarshal(info.Payload, &pl))
+	require.Equal(t, tasks.CancelPayload{MessageID: "e1", LocationID: "L", CampaignID: "c", SendAt: 1900000000, RequestedAt: pl.RequestedAt}, pl)
+	queues, err := insp.Queues()
+	require.NoError(t, err)
+	require.Subset(t, queues, []string{tasks.QueueUrgent, tasks.QueueDefault})
+	qi, err := insp.GetQueueInfo(tasks.QueueDefault)
+	require.NoError(t, err)
+	require.Equal(t, 1, qi.Pending)
 }

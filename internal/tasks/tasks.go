@@ -111,9 +111,8 @@ type TaskOptions struct {
 	Timeout time.Duration
 }
 
-// NewCancelTask builds a cancel task. It validates the payload, so a task
-// that would only ever be dead-lettered is refused at the door.
-func NewCancelTask(kind ghl.Kind, p CancelPayload, o TaskOptions) (*asynq.Task, error) {
+// Payload validates p and encodes it (setting RequestedAt if unset).
+func Payload(kind ghl.Kind, p CancelPayload) ([]byte, error) {
 	if kind != ghl.KindMessage && kind != ghl.KindEmail {
 		return nil, fmt.Errorf("kind: unknown %q", kind)
 	}
@@ -123,7 +122,13 @@ func NewCancelTask(kind ghl.Kind, p CancelPayload, o TaskOptions) (*asynq.Task, 
 	if p.RequestedAt == 0 {
 		p.RequestedAt = time.Now().UnixMilli()
 	}
-	b, err := json.Marshal(p)
+	return json.Marshal(p)
+}
+
+// NewCancelTask builds a cancel task. It validates the payload, so a task
+// that would only ever be dead-lettered is refused at the door.
+func NewCancelTask(kind ghl.Kind, p CancelPayload, o TaskOptions) (*asynq.Task, error) {
+	b, err := Payload(kind, p)
 	if err != nil {
 		return nil, err
 	}
