@@ -53,17 +53,21 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: bench core|limits [flags]")
+		return errors.New("usage: bench core|limits|enqueue [flags]")
 	}
 	switch args[0] {
 	case "core":
 		return core(ctx, args[1:], stdout, stderr)
 	case "limits":
 		return limits(ctx, args[1:], stdout, stderr)
+	case "enqueue":
+		return enqueueBench(ctx, args[1:], stdout, stderr)
+	case "_enqueue":
+		return enqueueChild(ctx, args[1:], stdout)
 	case "_worker", "_noop": // child processes
 		return child(ctx, args[0], args[1:], stdout)
 	}
-	return fmt.Errorf("unknown benchmark %q (want core or limits)", args[0])
+	return fmt.Errorf("unknown benchmark %q (want core, limits or enqueue)", args[0])
 }
 
 const noopType = "bench:noop"

@@ -72,8 +72,9 @@ type Config struct {
 	CampaignRetention time.Duration
 }
 
-// ParallelDefault is how many enqueue batches are in flight at once.
-const ParallelDefault = 4
+// ParallelDefault is how many enqueue batches are in flight at once: 16 x
+// 200 items keeps Redis busy (bench enqueue: 4 gave 4.6x one-by-one, 16 5.0x).
+const ParallelDefault = 16
 
 // Producer enqueues cancel tasks. Safe for concurrent use.
 type Producer struct {
