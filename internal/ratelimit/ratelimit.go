@@ -46,8 +46,9 @@ const (
 	KeyWhy     = keyPrefix + "why"     // hash location -> why it is parked
 )
 
-func tatKey(loc string) string  { return keyPrefix + "tat:{" + loc + "}" }
-func coolKey(loc string) string { return keyPrefix + "cool:{" + loc + "}" }
+func tatKey(loc string) string    { return keyPrefix + "tat:{" + loc + "}" }
+func coolKey(loc string) string   { return keyPrefix + "cool:{" + loc + "}" }
+func urgentKey(loc string) string { return keyPrefix + "tatu:{" + loc + "}" }
 func resvKey(loc, taskID string) string {
 	return keyPrefix + "resv:{" + loc + "}:" + taskID
 }
@@ -169,8 +170,12 @@ func (e *SnoozeError) SnoozeFor() time.Duration { return e.RetryAfter }
 func (e *SnoozeError) Exact() bool { return true }
 
 // reserveScript: see the package doc. Times in microseconds.
-// KEYS: tat, cool, learned hash, this task's reservation.
-// ARGV: default emission, max wait, location, override emission (0 = none), lead.
+// KEYS: tat, cool, learned hash, this task's reservation, urgent tat.
+// ARGV: default emission, max wait, location, override emission (0 = none),
+// lead, urgent (1/0). An urgent call does not queue behind the slots other
+// tasks reserved: it takes the next slot of its own line (spaced like the
+// shared one) and pushes the shared line back one slot, so the long-run
+// rate is unchanged and the overlap is at most one call per urgent call.
 // Returns {granted (0/1), wait µs, cooled (0/1), spacing µs (0 for a kept
 // slot)}. When not granted, the
 // slot is kept under the task's reservation key and wait is how long to
@@ -206,9 +211,18 @@ end
 local tat = tonumber(redis.call("GET", KEYS[1]) or "0")
 local start = math.max(tat, now)
 local cooled = 0
-if cool > start then start = cool; cooled = 1 end
-local nexttat = start + em
-redis.call("SET", KEYS[1], nexttat, "PX", math.floor((nexttat - now) / 1000) + 60000)
+if ARGV[6] == "1" then
+  local ut = tonumber(redis.call("GET", KEYS[5]) or "0")
+  start = math.max(ut, now)
+  local pushed = math.max(tat, now) + em
+  redis.call("SET", KEYS[1], pushed, "PX", math.floor((pushed - now) / 1000) + 60000)
+  redis.call("SET", KEYS[5], start + em, "PX", math.floor((start + em - now) / 1000) + 60000)
+  if cool > start then start = cool; cooled = 1 end
+else
+  if cool > start then start = cool; cooled = 1 end
+  local nexttat = start + em
+  redis.call("SET", KEYS[1], nexttat, "PX", math.floor((nexttat - now) / 1000) + 60000)
+end
 local wait = start - now
 if wait > maxwait then
   redis.call("SET", KEYS[4], start, "PX", math.floor(wait / 1000) + 600000)
@@ -235,16 +249,20 @@ return {math.max(0, cool - now), learned}
 // it slept (another call saw a 429 or a spent window) sends it back for a
 // new slot, so slots reserved before HighLevel answered are not spent
 // against a window known to be full.
-func (l *Limiter) Reserve(ctx context.Context, location, taskID string) error {
+func (l *Limiter) Reserve(ctx context.Context, location, taskID string, urgent bool) error {
 	over := int64(0)
 	if lim, ok := l.cfg.Overrides[location]; ok {
 		over = l.emission(lim)
 	}
-	keys := []string{tatKey(location), coolKey(location), KeyLearned, resvKey(location, taskID)}
+	keys := []string{tatKey(location), coolKey(location), KeyLearned, resvKey(location, taskID), urgentKey(location)}
+	flag := "0"
+	if urgent {
+		flag = "1"
+	}
 	var waited time.Duration
 	for round := 0; ; round++ {
 		res, err := l.batch.Run(ctx, keys, l.emission(l.cfg.Default), l.cfg.MaxWait.Microseconds(),
-			location, over, l.cfg.Lead.Microseconds()).Int64Slice()
+			location, over, l.cfg.Lead.Microseconds(), flag).Int64Slice()
 		if err != nil {
 			return fmt.Errorf("rate limiter: %w", err)
 		}

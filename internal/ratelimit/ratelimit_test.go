@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -60,16 +61,16 @@ func TestDailyBudgetParksTheLocation(t *testing.T) {
 	var obs recorder
 	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour, Observe: &obs})
 
-	require.NoError(t, l.Reserve(ctx, "locA", "t1"))
+	require.NoError(t, l.Reserve(ctx, "locA", "t1", false))
 	lim := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 90, DailyLimit: 200000, DailyRemaining: 99}
 	require.NoError(t, l.Observe(ctx, "locA", lim, nil))
 
-	err := l.Reserve(ctx, "locA", "t2")
+	err := l.Reserve(ctx, "locA", "t2", false)
 	var sn *SnoozeError
 	require.ErrorAs(t, err, &sn)
 	require.Equal(t, "daily", sn.Reason)
 	require.Greater(t, sn.RetryAfter, 50*time.Minute)
-	require.NoError(t, l.Reserve(ctx, "locB", "t3"), "other locations are not parked")
+	require.NoError(t, l.Reserve(ctx, "locB", "t3", false), "other locations are not parked")
 
 	parked, err := Parked(ctx, rdb)
 	require.NoError(t, err)
@@ -85,7 +86,7 @@ func TestRateLimitedSetsSharedCooldown(t *testing.T) {
 	a := New(rdb, Config{})
 	b := New(rdb, Config{}) // another worker
 	require.NoError(t, a.Observe(ctx, "locA", ghl.Limits{}, &ghl.RateLimitError{RetryAfter: 30 * time.Second}))
-	err := b.Reserve(ctx, "locA", "t1")
+	err := b.Reserve(ctx, "locA", "t1", false)
 	var sn *SnoozeError
 	require.ErrorAs(t, err, &sn)
 	require.Equal(t, "cooldown", sn.Reason)
@@ -94,12 +95,12 @@ func TestRateLimitedSetsSharedCooldown(t *testing.T) {
 	// A snoozed task keeps its slot: when it comes back (Lead before it), it
 	// claims that slot instead of queueing again behind everyone.
 	require.NoError(t, a.Observe(ctx, "locB", ghl.Limits{}, &ghl.RateLimitError{RetryAfter: 2500 * time.Millisecond}))
-	err = b.Reserve(ctx, "locB", "t2")
+	err = b.Reserve(ctx, "locB", "t2", false)
 	require.ErrorAs(t, err, &sn)
-	err = b.Reserve(ctx, "locB", "t3")
+	err = b.Reserve(ctx, "locB", "t3", false)
 	require.ErrorAs(t, err, &sn, "t3's slot comes after t2's")
 	time.Sleep(1100 * time.Millisecond) // t2's snooze: 2.5 s minus the 1.5 s lead
-	require.NoError(t, b.Reserve(ctx, "locB", "t2"), "t2 comes back to its own slot")
+	require.NoError(t, b.Reserve(ctx, "locB", "t2", false), "t2 comes back to its own slot")
 }
 
 func TestLearnsLimitOnlyWhenItChanges(t *testing.T) {
@@ -128,3 +129,35 @@ func (r *recorder) Snoozed(reason string) {
 	r.snoozes[reason]++
 }
 func (r *recorder) CooledDown(string) {}
+
+// TestUrgentDoesNotQueueBehindBulk: 300 bulk tasks reserved a location's
+// next 30 s; an urgent call gets a slot at once and pushes the shared line
+// back by one slot, so the location's long-run rate is unchanged.
+func TestUrgentDoesNotQueueBehindBulk(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	// MaxWait 1 ms: every call whose slot is not now snoozes, keeping its slot.
+	l := New(rdb, Config{Default: Limit{N: 10, Period: time.Second}, MaxWait: time.Millisecond})
+	for i := range 300 {
+		err := l.Reserve(ctx, "locU", fmt.Sprintf("bulk%d", i), false)
+		if i > 0 { // far-off slots: the task snoozes, keeping its slot
+			var sn *SnoozeError
+			require.ErrorAs(t, err, &sn)
+		}
+	}
+	before, err := rdb.Get(ctx, tatKey("locU")).Int64()
+	require.NoError(t, err)
+	start := time.Now()
+	require.NoError(t, l.Reserve(ctx, "locU", "urgent1", true))
+	require.Less(t, time.Since(start), time.Second, "the urgent call did not wait behind the bulk line")
+	after, err := rdb.Get(ctx, tatKey("locU")).Int64()
+	require.NoError(t, err)
+	require.Equal(t, l.emission(Limit{N: 10, Period: time.Second}), after-before, "the bulk line moved back one slot")
+	// A second urgent call right away is spaced one slot from the first,
+	// not sent behind the bulk line's 30 s.
+	err = l.Reserve(ctx, "locU", "urgent2", true)
+	var sn *SnoozeError
+	require.ErrorAs(t, err, &sn)
+	require.Less(t, sn.RetryAfter, 150*time.Millisecond)
+}

@@ -88,7 +88,8 @@ type message struct {
 	status   string
 	sendAt   time.Time // zero: never goes out on its own
 	added    time.Time
-	cancels  int // successful cancel calls (more than 1 would be a bug upstream)
+	cancels  int       // successful cancel calls (more than 1 would be a bug upstream)
+	cancelAt time.Time // when it was cancelled
 }
 
 type bucket struct {
@@ -352,6 +353,16 @@ func (s *Server) MessageStatus(id string) (status string, cancels int, ok bool) 
 	return s.statusLocked(m), m.cancels, true
 }
 
+// CancelledAt returns when a message was cancelled (zero if it was not).
+func (s *Server) CancelledAt(id string) time.Time {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if m := s.messages[id]; m != nil {
+		return m.cancelAt
+	}
+	return time.Time{}
+}
+
 // Count returns how many messages are in each status.
 func (s *Server) Count() map[string]int {
 	s.mu.RLock()
@@ -549,6 +560,7 @@ func (s *Server) cancel(email bool) apiFunc {
 		if ok {
 			m.status = StatusCancelled
 			m.cancels++
+			m.cancelAt = s.now()
 		}
 		s.mu.Unlock()
 		if !ok {

@@ -43,7 +43,8 @@ const (
 type Pacer interface {
 	// Reserve waits for the location's next slot for the task, or returns
 	// an error with a SnoozeFor() method when that slot is too far away.
-	Reserve(ctx context.Context, location, taskID string) error
+	// Urgent calls do not queue behind the slots other tasks reserved.
+	Reserve(ctx context.Context, location, taskID string, urgent bool) error
 	// Observe learns from an answer's rate-limit headers and 429s.
 	Observe(ctx context.Context, location string, l ghl.Limits, rl *ghl.RateLimitError) error
 }
@@ -149,7 +150,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	refreshed := false
 	for round := 0; ; round++ {
 		if h.Pacer != nil {
-			if err := h.Pacer.Reserve(ctx, p.LocationID, taskID); err != nil {
+			if err := h.Pacer.Reserve(ctx, p.LocationID, taskID, queue == QueueUrgent); err != nil {
 				var sn snoozer
 				if !errors.As(err, &sn) {
 					rep.Outcome, rep.Reason = OutcomeRetry, ReasonLimiter
