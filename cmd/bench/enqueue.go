@@ -19,7 +19,6 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
-	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
@@ -35,18 +34,17 @@ func enqueueBench(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	srv, err := redistest.Start()
+	env, err := newBenchEnv("")
 	if err != nil {
 		return err
 	}
-	defer srv.Stop()
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
-	defer rdb.Close()
+	defer env.close()
+	rdb := env.rdb
 	items := make([]producer.Item, *n)
 	for i := range items {
 		items[i] = producer.Item{Kind: ghl.KindMessage, MessageID: sandbox.NewID(), LocationID: fmt.Sprintf("benchLoc%012d", i%100), CampaignID: "bench"}
 	}
-	fmt.Fprintf(stdout, "enqueue benchmark: %d tasks, redis %s\n", *n, srv.Addr)
+	fmt.Fprintf(stdout, "enqueue benchmark: %d tasks, redis %s\n", *n, env.redisURL)
 
 	// Baseline: asynq's client, one Enqueue at a time.
 	if err := rdb.FlushDB(ctx).Err(); err != nil {
@@ -107,12 +105,7 @@ func enqueueBench(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := rdb.FlushDB(ctx).Err(); err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "ghlcancel-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "ids.csv")
+	path := filepath.Join(env.dir, "ids.csv")
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -126,11 +119,7 @@ func enqueueBench(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	f.Close()
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	cmd := exec.CommandContext(ctx, self, "_enqueue", "-redis-url", "redis://"+srv.Addr+"/0", "-file", path)
+	cmd := exec.CommandContext(ctx, env.self, "_enqueue", "-redis-url", env.redisURL, "-file", path)
 	cmd.Stderr = stderr
 	out, err := cmd.Output()
 	if err != nil {

@@ -2,24 +2,17 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
-	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
@@ -35,27 +28,16 @@ func lanesBench(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	srv, err := redistest.Start()
+	env, err := newBenchEnv("")
 	if err != nil {
 		return err
 	}
-	defer srv.Stop()
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
-	defer rdb.Close()
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	dir, err := os.MkdirTemp("", "ghlcancel-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
+	defer env.close()
 	fmt.Fprintf(stdout, "lanes benchmark: %d bulk tasks over 200 locations (sandbox 100 per 10s each, 5 ms latency), %d urgent cancels for other locations, 1 worker (concurrency 200)\n", *bulk, *urgentN)
 	if *sameLoc {
 		fmt.Fprintln(stdout, "  urgent cancels go to the bulk campaign's own locations")
 	}
-	lat, err := runLanes(ctx, rdb, self, "redis://"+srv.Addr+"/0", dir, *bulk, *urgentN, *sameLoc)
+	lat, err := runLanes(ctx, env, *bulk, *urgentN, *sameLoc)
 	if err != nil {
 		return err
 	}
@@ -67,18 +49,16 @@ func lanesBench(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return nil
 }
 
-func runLanes(ctx context.Context, rdb *redis.Client, self, redisURL, dir string, bulkN, urgentN int, sameLoc bool) ([]time.Duration, error) {
-	if err := rdb.FlushDB(ctx).Err(); err != nil {
+func runLanes(ctx context.Context, env *benchEnv, bulkN, urgentN int, sameLoc bool) ([]time.Duration, error) {
+	if err := env.rdb.FlushDB(ctx).Err(); err != nil {
 		return nil, err
 	}
 	sb := sandbox.New(sandbox.Config{Faults: sandbox.Faults{Latency: 5 * time.Millisecond}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	apiURL, stopAPI, err := serveSandbox(sb)
 	if err != nil {
 		return nil, err
 	}
-	api := &http.Server{Handler: sb.Handler()}
-	go func() { _ = api.Serve(ln) }()
-	defer api.Close()
+	defer stopAPI()
 	toks := map[string]string{}
 	var bulkItems []producer.Item
 	for i := range 200 {
@@ -101,12 +81,11 @@ func runLanes(ctx context.Context, rdb *redis.Client, self, redisURL, dir string
 		}
 		urgents[i] = urgentMsg{loc, sb.ScheduleN(loc, 1, false)[0]}
 	}
-	b, _ := json.Marshal(toks)
-	tokPath := filepath.Join(dir, "tokens.json")
-	if err := os.WriteFile(tokPath, b, 0o600); err != nil {
+	tokPath, err := env.writeTokens(toks)
+	if err != nil {
 		return nil, err
 	}
-	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
+	p := producer.New(env.rdb, producer.Config{Queue: tasks.QueueBulk})
 	i := 0
 	p.EnqueueAll(ctx, func() (producer.Item, bool) {
 		if i == len(bulkItems) {
@@ -116,8 +95,8 @@ func runLanes(ctx context.Context, rdb *redis.Client, self, redisURL, dir string
 		return bulkItems[i-1], true
 	}, func(producer.Item, producer.Result) {})
 
-	cmd := exec.CommandContext(ctx, self, "_worker", "-redis-url", redisURL, "-concurrency", "200",
-		"-api", "http://"+ln.Addr().String(), "-tokens-file", tokPath)
+	cmd := exec.CommandContext(ctx, env.self, "_worker", "-redis-url", env.redisURL, "-concurrency", "200",
+		"-api", apiURL, "-tokens-file", tokPath)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err

@@ -2,26 +2,19 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
-	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
@@ -37,24 +30,12 @@ func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	srv, err := redistest.Start()
+	be, err := newBenchEnv("")
 	if err != nil {
 		return err
 	}
-	defer srv.Stop()
-	redisURL := "redis://" + srv.Addr + "/0"
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
-	defer rdb.Close()
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	dir, err := os.MkdirTemp("", "ghlcancel-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	env := &scenarioEnv{rdb: rdb, self: self, redisURL: redisURL, dir: dir, stdout: stdout}
+	defer be.close()
+	env := &scenarioEnv{benchEnv: be, stdout: stdout}
 
 	// 1. Pacing: 100 per 2 s (HighLevel's 100 per 10 s, scaled 5x), 3 processes.
 	fmt.Fprintln(stdout, "scenario pacing: 1 location, sandbox 100 per 2s (fixed windows), 3 worker processes, 600 tasks")
@@ -102,9 +83,8 @@ func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 type scenarioEnv struct {
-	rdb                 *redis.Client
-	self, redisURL, dir string
-	stdout              io.Writer
+	*benchEnv
+	stdout io.Writer
 }
 
 type scenario struct {
@@ -155,13 +135,11 @@ func (e *scenarioEnv) run(ctx context.Context, sc scenario) (*scenarioResult, er
 	}
 	sb := sandbox.New(sandbox.Config{RateMax: sc.rate, RateInterval: sc.interval, DailyLimit: 1 << 30,
 		Faults: sandbox.Faults{Latency: sc.latency}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	apiURL, stopAPI, err := serveSandbox(sb)
 	if err != nil {
 		return nil, err
 	}
-	api := &http.Server{Handler: sb.Handler()}
-	go func() { _ = api.Serve(ln) }()
-	defer api.Close()
+	defer stopAPI()
 
 	res := &scenarioResult{sb: sb}
 	toks := map[string]string{}
@@ -184,9 +162,8 @@ func (e *scenarioEnv) run(ctx context.Context, sc scenario) (*scenarioResult, er
 			items = append(items, producer.Item{Kind: ghl.KindMessage, MessageID: byLoc[i][j], LocationID: loc})
 		}
 	}
-	b, _ := json.Marshal(toks)
-	tokPath := filepath.Join(e.dir, "tokens.json")
-	if err := os.WriteFile(tokPath, b, 0o600); err != nil {
+	tokPath, err := e.writeTokens(toks)
+	if err != nil {
 		return nil, err
 	}
 	p := producer.New(e.rdb, producer.Config{Queue: tasks.QueueBulk})
@@ -201,7 +178,7 @@ func (e *scenarioEnv) run(ctx context.Context, sc scenario) (*scenarioResult, er
 	var cmds []*exec.Cmd
 	for range sc.workers {
 		cmd := exec.CommandContext(ctx, e.self, "_worker", "-redis-url", e.redisURL, "-concurrency", strconv.Itoa(sc.concurrency),
-			"-api", "http://"+ln.Addr().String(), "-tokens-file", tokPath, "-rate-limit", sc.rateFlag)
+			"-api", apiURL, "-tokens-file", tokPath, "-rate-limit", sc.rateFlag)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			return nil, err

@@ -17,12 +17,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -35,7 +32,6 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
-	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
@@ -159,36 +155,17 @@ func core(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *redisURL == "" {
-		srv, err := redistest.Start()
-		if err != nil {
-			return err
-		}
-		defer srv.Stop()
-		*redisURL = "redis://" + srv.Addr + "/0"
-	}
-	opt, err := redis.ParseURL(*redisURL)
+	env, err := newBenchEnv(*redisURL)
 	if err != nil {
 		return err
 	}
-	opt.PoolSize = 64
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
-
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	dir, err := os.MkdirTemp("", "ghlcancel-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-
+	defer env.close()
+	rdb, self := env.rdb, env.self
+	opt, _ := redis.ParseURL(env.redisURL)
 	fmt.Fprintf(stdout, "core benchmark: %d tasks, concurrency %d, %d rounds, redis %s\n", *n, *concurrency, *rounds, opt.Addr)
 	var best struct{ noop, ours, unpaced measurement }
 	for r := 1; r <= *rounds; r++ {
-		m, err := measureNoop(ctx, rdb, self, *redisURL, *n, *concurrency)
+		m, err := measureNoop(ctx, rdb, self, env.redisURL, *n, *concurrency)
 		if err != nil {
 			return fmt.Errorf("asynq no-op: %w", err)
 		}
@@ -196,7 +173,7 @@ func core(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if m.tasksPerSec > best.noop.tasksPerSec {
 			best.noop = m
 		}
-		m, err = measureOurs(ctx, rdb, self, *redisURL, dir, *n, *concurrency, *locations, "1000000/1s")
+		m, err = measureOurs(ctx, env, *n, *concurrency, *locations, "1000000/1s")
 		if err != nil {
 			return fmt.Errorf("ghlcancel worker: %w", err)
 		}
@@ -204,7 +181,7 @@ func core(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if m.tasksPerSec > best.ours.tasksPerSec {
 			best.ours = m
 		}
-		m, err = measureOurs(ctx, rdb, self, *redisURL, dir, *n, *concurrency, *locations, "off")
+		m, err = measureOurs(ctx, env, *n, *concurrency, *locations, "off")
 		if err != nil {
 			return fmt.Errorf("ghlcancel worker: %w", err)
 		}
@@ -245,18 +222,17 @@ func measureNoop(ctx context.Context, rdb *redis.Client, self, redisURL string, 
 	return drain(ctx, rdb, n, exec.CommandContext(ctx, self, "_noop", "-redis-url", redisURL, "-concurrency", strconv.Itoa(concurrency)))
 }
 
-func measureOurs(ctx context.Context, rdb *redis.Client, self, redisURL, dir string, n, concurrency, locations int, rateLimit string) (measurement, error) {
+func measureOurs(ctx context.Context, env *benchEnv, n, concurrency, locations int, rateLimit string) (measurement, error) {
+	rdb := env.rdb
 	if err := rdb.FlushDB(ctx).Err(); err != nil {
 		return measurement{}, err
 	}
 	sb := sandbox.New(sandbox.Config{RateMax: -1, DailyLimit: 1 << 30})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	apiURL, stopAPI, err := serveSandbox(sb)
 	if err != nil {
 		return measurement{}, err
 	}
-	api := &http.Server{Handler: sb.Handler()}
-	go func() { _ = api.Serve(ln) }()
-	defer api.Close()
+	defer stopAPI()
 
 	toks := map[string]string{}
 	items := make([]producer.Item, 0, n)
@@ -269,9 +245,8 @@ func measureOurs(ctx context.Context, rdb *redis.Client, self, redisURL, dir str
 			items = append(items, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "bench"})
 		}
 	}
-	b, _ := json.Marshal(toks)
-	tokPath := filepath.Join(dir, "tokens.json")
-	if err := os.WriteFile(tokPath, b, 0o600); err != nil {
+	tokPath, err := env.writeTokens(toks)
+	if err != nil {
 		return measurement{}, err
 	}
 	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
@@ -285,8 +260,8 @@ func measureOurs(ctx context.Context, rdb *redis.Client, self, redisURL, dir str
 	}
 	// Pacing stays on (its Redis round trip is part of the cost measured)
 	// with a limit that never binds: the sandbox here enforces none.
-	m, err := drain(ctx, rdb, len(items), exec.CommandContext(ctx, self, "_worker", "-redis-url", redisURL,
-		"-concurrency", strconv.Itoa(concurrency), "-api", "http://"+ln.Addr().String(), "-tokens-file", tokPath,
+	m, err := drain(ctx, rdb, len(items), exec.CommandContext(ctx, env.self, "_worker", "-redis-url", env.redisURL,
+		"-concurrency", strconv.Itoa(concurrency), "-api", apiURL, "-tokens-file", tokPath,
 		"-rate-limit", rateLimit))
 	if err != nil {
 		return m, err
