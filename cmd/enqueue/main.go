@@ -121,6 +121,7 @@ flags:
 	}
 	redisURL := e.redisFlag(fs)
 	location := fs.String("location", "", "location (sub-account) id of the messages, unless the file has a location_id column")
+	retention := fs.Duration("campaign-retention", envDur(e.getenv("CAMPAIGN_RETENTION"), campaign.RetentionDefault), "how long the campaign's counters and report are kept after its last update (env CAMPAIGN_RETENTION)")
 	campaign := fs.String("campaign", "", "campaign id to group these cancels under")
 	kindFlag := fs.String("kind", "message", "message or email, unless the file has a kind column")
 	urgent := fs.Bool("urgent", false, "use the urgent lane")
@@ -187,7 +188,7 @@ flags:
 	}
 	defer rdb.Close()
 
-	p := producer.New(rdb, producer.Config{Queue: lane, MaxRetry: *maxRetry, Parallel: *parallel})
+	p := producer.New(rdb, producer.Config{Queue: lane, MaxRetry: *maxRetry, Parallel: *parallel, CampaignRetention: *retention})
 	sum, err := producer.EnqueueReader(ctx, p, in, defaults, total, e.stderr)
 	if *asJSON {
 		_ = json.NewEncoder(e.stdout).Encode(sum)
@@ -628,4 +629,11 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 		return errReported
 	}
 	return nil
+}
+
+func envDur(v string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(v); err == nil && d > 0 {
+		return d
+	}
+	return def
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
@@ -57,6 +58,7 @@ const (
 	EnvClientID        = "GHL_CLIENT_ID"
 	EnvClientSecret    = "GHL_CLIENT_SECRET"
 	EnvTokenKey        = "GHL_TOKEN_KEY"
+	EnvRetention       = "CAMPAIGN_RETENTION"
 )
 
 // RedisURLDefault is used when REDIS_URL is unset.
@@ -88,6 +90,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	rateOverrides := fs.String("rate-limit-overrides", getenv(EnvRateOverrides), "per-location limits, loc=N/period,... (env "+EnvRateOverrides+")")
 	rateMaxWait := fs.Duration("rate-limit-max-wait", envDuration(getenv, EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
 	dailyReserve := fs.Int("daily-reserve", envInt(getenv, EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
+	retention := fs.Duration("campaign-retention", envDuration(getenv, EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -117,16 +120,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer rdb.Close()
 
 	w, err := worker.New(worker.Config{
-		Redis:           rdb,
-		GHL:             ghl.Config{BaseURL: *baseURL, Version: *version, Timeout: *apiTimeout},
-		Tokens:          src,
-		OAuth:           oauth,
-		Concurrency:     *concurrency,
-		ShutdownTimeout: *shutdown,
-		StrictPriority:  *strict,
-		RateLimit:       rl,
-		NoPacing:        noPacing,
-		Logger:          log,
+		Redis:             rdb,
+		GHL:               ghl.Config{BaseURL: *baseURL, Version: *version, Timeout: *apiTimeout},
+		Tokens:            src,
+		OAuth:             oauth,
+		Concurrency:       *concurrency,
+		ShutdownTimeout:   *shutdown,
+		StrictPriority:    *strict,
+		RateLimit:         rl,
+		NoPacing:          noPacing,
+		CampaignRetention: *retention,
+		Logger:            log,
 	})
 	if err != nil {
 		return err
