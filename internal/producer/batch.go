@@ -139,8 +139,12 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result,
 			out[i] = Result{Status: AlreadyQueued}
 		}
 	}
+	// The tasks are queued: count them even if the caller is being
+	// interrupted (Ctrl-C), or a resumed run would leave the total short.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	for g, n := range counts {
-		if err := p.campaigns.Enqueued(ctx, g.campaign, g.location, n); err != nil {
+		if err := p.campaigns.Enqueued(cctx, g.campaign, g.location, n); err != nil {
 			// The tasks are queued and will run; only the campaign's total is short.
 			for _, i := range idx {
 				if out[i].Status == Enqueued && items[i].CampaignID == g.campaign {

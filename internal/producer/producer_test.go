@@ -4,13 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -224,4 +227,96 @@ func TestBatchTasksDecodeInAsynq(t *testing.T) {
 	qi, err := insp.GetQueueInfo(tasks.QueueDefault)
 	require.NoError(t, err)
 	require.Equal(t, 1, qi.Pending)
+}
+
+// TestInterruptedRunResumes: a file enqueue cancelled half way (Ctrl-C) and
+// run again ends with every id queued exactly once: no duplicates, no gaps.
+func TestInterruptedRunResumes(t *testing.T) {
+	t.Parallel()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk, Parallel: 2})
+	var file strings.Builder
+	file.WriteString("message_id,location_id\n")
+	const n = 20000
+	for i := range n {
+		fmt.Fprintf(&file, "id%06d,loc%d\n", i, i%7)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	counted := 0
+	// Cancel once about a quarter is read: the reader stops mid-file.
+	rd := producer.NewReader(strings.NewReader(file.String()), producer.Item{Kind: ghl.KindMessage, CampaignID: "resume"})
+	p.EnqueueAll(ctx, func() (producer.Item, bool) {
+		l, ok := rd.Next()
+		if !ok {
+			return producer.Item{}, false
+		}
+		counted++
+		if counted == n/4 {
+			cancel()
+		}
+		return l.Item, true
+	}, func(producer.Item, producer.Result) {})
+	first, err := rdb.LLen(context.Background(), "asynq:{bulk}:pending").Result()
+	require.NoError(t, err)
+	require.Less(t, first, int64(n), "the first run was interrupted")
+
+	sum, err := producer.EnqueueReader(context.Background(), p, strings.NewReader(file.String()),
+		producer.Item{Kind: ghl.KindMessage, CampaignID: "resume"}, -1, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, int(first), sum.AlreadyQueued)
+	require.Equal(t, n-int(first), sum.Enqueued)
+	total, err := rdb.LLen(context.Background(), "asynq:{bulk}:pending").Result()
+	require.NoError(t, err)
+	require.Equal(t, int64(n), total, "no gaps")
+	ids, err := rdb.LRange(context.Background(), "asynq:{bulk}:pending", 0, -1).Result()
+	require.NoError(t, err)
+	seen := map[string]bool{}
+	for _, id := range ids {
+		require.False(t, seen[id], "duplicate %s", id)
+		seen[id] = true
+	}
+	s, ok, err := campaign.New(rdb, 0).Get(context.Background(), "resume")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, int64(n), s.Total, "the campaign counts each id once across both runs")
+}
+
+// TestRequeueHundredThousand: 100,000 dead letters, listed and requeued in
+// pages; every one ends queued again, none twice, and the store is empty.
+func TestRequeueHundredThousand(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	store := deadletter.New(rdb)
+	const n = 100_000
+	for start := 0; start < n; start += 5000 {
+		_, err := rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+			for i := start; i < start+5000; i++ {
+				b, _ := json.Marshal(deadletter.Record{TaskID: fmt.Sprintf("msg:d%06d", i), Kind: "message",
+					MessageID: fmt.Sprintf("d%06d", i), LocationID: "L", Queue: tasks.QueueBulk, Reason: "unauthorized",
+					DeadAt: time.Unix(1700000000, 0).Add(time.Duration(i) * time.Millisecond)})
+				pl.HSet(ctx, deadletter.KeyRecords, fmt.Sprintf("msg:d%06d", i), b)
+				pl.ZAdd(ctx, deadletter.KeyIndex, redis.Z{Score: float64(1700000000000 + i), Member: fmt.Sprintf("msg:d%06d", i)})
+			}
+			return nil
+		})
+		require.NoError(t, err)
+	}
+	listed := 0
+	require.NoError(t, store.Scan(ctx, deadletter.Filter{Reason: "unauthorized"}, func(deadletter.Record) error { listed++; return nil }))
+	require.Equal(t, n, listed)
+
+	p := producer.New(rdb, producer.Config{})
+	st, err := p.Requeue(ctx, store, deadletter.Filter{Reason: "unauthorized"}, nil)
+	require.NoError(t, err)
+	require.Equal(t, producer.RequeueStats{Requeued: n}, st)
+	left, err := store.Count(ctx)
+	require.NoError(t, err)
+	require.Zero(t, left)
+	pending, err := rdb.LLen(ctx, "asynq:{bulk}:pending").Result()
+	require.NoError(t, err)
+	require.Equal(t, int64(n), pending)
 }

@@ -262,6 +262,8 @@ func limitsOf(res *ghl.Result, err error) ghl.Limits {
 // finish records a terminal, non-dead outcome in the campaign. If that
 // cannot be written the task is retried, so a campaign never misses one.
 func (h *Handler) finish(ctx context.Context, rep *Report, campaignID, taskID string, o campaign.Outcome, outcome string) error {
+	ctx, cancel := recordContext(ctx)
+	defer cancel()
 	if h.Campaigns != nil {
 		if _, err := h.Campaigns.Terminal(ctx, campaignID, taskID, o); err != nil {
 			rep.Outcome, rep.Reason = OutcomeRetry, "campaign_write"
@@ -270,6 +272,13 @@ func (h *Handler) finish(ctx context.Context, rep *Report, campaignID, taskID st
 	}
 	rep.Outcome = outcome
 	return nil
+}
+
+// recordContext lets an outcome that already happened at HighLevel be
+// recorded even when the task's context is being cancelled (shutdown), so
+// it is not re-run and recorded differently; bounded by its own timeout.
+func recordContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 }
 
 func (h *Handler) retrying(ctx context.Context, campaignID, taskID string) {
@@ -290,6 +299,8 @@ func (h *Handler) now() time.Time {
 // dead records a dead letter and tells asynq not to retry. If the record
 // cannot be written the task is retried instead, so it is never lost.
 func (h *Handler) dead(ctx context.Context, rep *Report, rec deadletter.Record, cause error) error {
+	ctx, cancel := recordContext(ctx)
+	defer cancel()
 	if err := h.Dead.Add(ctx, rec); err != nil {
 		rep.Outcome, rep.Reason = OutcomeRetry, "dead_letter_write"
 		return fmt.Errorf("recording dead letter (%s) failed, will retry: %w", rec.Reason, err)
