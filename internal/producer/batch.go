@@ -85,8 +85,9 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result,
 	case retry < 0:
 		retry = 0
 	}
+	now := time.Now()
 	for i, it := range items {
-		queue := cmp.Or(it.Queue, p.cfg.Queue)
+		queue := p.lane(it, now)
 		if !ValidQueue(queue) {
 			out[i] = Result{Status: Rejected, Err: fmt.Errorf("unknown queue %q", queue)}
 			continue

@@ -320,3 +320,28 @@ func TestRequeueHundredThousand(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(n), pending)
 }
+
+// TestImminentSendsSkipTheBulkLane: a bulk item whose message goes out
+// within 15 minutes is put on the default lane; later ones stay on bulk.
+func TestImminentSendsSkipTheBulkLane(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
+	now := time.Now()
+	res := p.EnqueueBatch(ctx, []producer.Item{
+		{Kind: ghl.KindMessage, MessageID: "soon", LocationID: "L", SendAt: now.Add(5 * time.Minute).Unix()},
+		{Kind: ghl.KindMessage, MessageID: "later", LocationID: "L", SendAt: now.Add(2 * time.Hour).Unix()},
+		{Kind: ghl.KindMessage, MessageID: "unknown", LocationID: "L"},
+		{Kind: ghl.KindMessage, MessageID: "urgent", LocationID: "L", Queue: tasks.QueueUrgent, SendAt: now.Add(time.Minute).Unix()},
+	})
+	for _, r := range res {
+		require.Equal(t, producer.Enqueued, r.Status, r.Err)
+	}
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	for id, lane := range map[string]string{"msg:soon": tasks.QueueDefault, "msg:later": tasks.QueueBulk,
+		"msg:unknown": tasks.QueueBulk, "msg:urgent": tasks.QueueUrgent} {
+		_, err := insp.GetTaskInfo(lane, id)
+		require.NoError(t, err, "%s should be on %s", id, lane)
+	}
+}
