@@ -14,7 +14,7 @@ import (
 )
 
 // BatchSize is how many items one enqueue script call takes.
-const BatchSize = 200
+const BatchSize = 500
 
 // enqueueScript enqueues a batch the way asynq v0.26.0's own enqueue script
 // does (HSET msg/state/pending_since, LPUSH to the lane), except that an item
