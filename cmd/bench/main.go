@@ -164,30 +164,28 @@ func core(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	opt, _ := redis.ParseURL(env.redisURL)
 	fmt.Fprintf(stdout, "core benchmark: %d tasks, concurrency %d, %d rounds, redis %s\n", *n, *concurrency, *rounds, opt.Addr)
 	var best struct{ noop, ours, unpaced measurement }
+	variants := []struct {
+		label   string
+		measure func() (measurement, error)
+		best    *measurement
+	}{
+		{"asynq no-op handler ", func() (measurement, error) { return measureNoop(ctx, rdb, self, env.redisURL, *n, *concurrency) }, &best.noop},
+		{"ghlcancel end-to-end ", func() (measurement, error) {
+			return measureOurs(ctx, env, *n, *concurrency, *locations, "1000000/1s")
+		}, &best.ours},
+		{"ghlcancel end-to-end ", func() (measurement, error) { return measureOurs(ctx, env, *n, *concurrency, *locations, "off") }, &best.unpaced},
+	}
+	notes := []string{"", "  (pacing on, not binding)", "  (pacing off)"}
 	for r := 1; r <= *rounds; r++ {
-		m, err := measureNoop(ctx, rdb, self, env.redisURL, *n, *concurrency)
-		if err != nil {
-			return fmt.Errorf("asynq no-op: %w", err)
-		}
-		fmt.Fprintf(stdout, "  round %d  asynq no-op handler   %8.0f tasks/s  peak RSS %5.1f MB\n", r, m.tasksPerSec, m.maxRSSMB)
-		if m.tasksPerSec > best.noop.tasksPerSec {
-			best.noop = m
-		}
-		m, err = measureOurs(ctx, env, *n, *concurrency, *locations, "1000000/1s")
-		if err != nil {
-			return fmt.Errorf("ghlcancel worker: %w", err)
-		}
-		fmt.Fprintf(stdout, "  round %d  ghlcancel end-to-end   %8.0f tasks/s  peak RSS %5.1f MB  (pacing on, not binding)\n", r, m.tasksPerSec, m.maxRSSMB)
-		if m.tasksPerSec > best.ours.tasksPerSec {
-			best.ours = m
-		}
-		m, err = measureOurs(ctx, env, *n, *concurrency, *locations, "off")
-		if err != nil {
-			return fmt.Errorf("ghlcancel worker: %w", err)
-		}
-		fmt.Fprintf(stdout, "  round %d  ghlcancel end-to-end   %8.0f tasks/s  peak RSS %5.1f MB  (pacing off)\n", r, m.tasksPerSec, m.maxRSSMB)
-		if m.tasksPerSec > best.unpaced.tasksPerSec {
-			best.unpaced = m
+		for i, v := range variants {
+			m, err := v.measure()
+			if err != nil {
+				return fmt.Errorf("%s: %w", strings.TrimSpace(v.label), err)
+			}
+			fmt.Fprintf(stdout, "  round %d  %s  %8.0f tasks/s  peak RSS %5.1f MB%s\n", r, v.label, m.tasksPerSec, m.maxRSSMB, notes[i])
+			if m.tasksPerSec > v.best.tasksPerSec {
+				*v.best = m
+			}
 		}
 	}
 	ratio := best.ours.tasksPerSec / best.noop.tasksPerSec

@@ -274,6 +274,19 @@ func TestTransientFaultsRecover(t *testing.T) {
 
 func noPacing(c *worker.Config) { c.NoPacing = true }
 
+// requireAllCancelledNoneDead: every message ended cancelled in the sandbox
+// and nothing was dead-lettered.
+func (b *testBundle) requireAllCancelledNoneDead(t *testing.T, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		st, _, _ := b.sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusCancelled, st, id)
+	}
+	n, err := b.dead.Count(context.Background())
+	require.NoError(t, err)
+	require.Zero(t, n)
+}
+
 func (b *testBundle) enqueueAll(t *testing.T, loc string, ids []string) {
 	t.Helper()
 	for _, id := range ids {
@@ -288,18 +301,11 @@ func (b *testBundle) enqueueAll(t *testing.T, loc string, ids []string) {
 func TestRateLimitUsesNoRetry(t *testing.T) {
 	t.Parallel()
 	b := setup(t, sandbox.Config{RateMax: 3, RateInterval: 1500 * time.Millisecond, RetryAfter: true}, producer.Config{MaxRetry: 1}, noPacing)
-	ctx := context.Background()
 	ids := b.sb.ScheduleN(locGood, 8, false)
 	b.enqueueAll(t, locGood, ids)
 	b.waitDrained(t, 30*time.Second)
-	for _, id := range ids {
-		st, _, _ := b.sb.MessageStatus(id)
-		require.Equal(t, sandbox.StatusCancelled, st)
-	}
+	b.requireAllCancelledNoneDead(t, ids)
 	require.Positive(t, b.sb.Stats().RateLimited)
-	n, err := b.dead.Count(ctx)
-	require.NoError(t, err)
-	require.Zero(t, n)
 }
 
 // On the final attempt asynq archives whatever IsFailure says, so the
@@ -307,18 +313,11 @@ func TestRateLimitUsesNoRetry(t *testing.T) {
 func TestRateLimitOnFinalAttemptIsWaitedOut(t *testing.T) {
 	t.Parallel()
 	b := setup(t, sandbox.Config{RateMax: 1, RateInterval: 3 * time.Second}, producer.Config{MaxRetry: -1}, noPacing) // negative: no retries at all
-	ctx := context.Background()
 	ids := b.sb.ScheduleN(locGood, 2, false)
 	b.enqueueAll(t, locGood, ids)
 	b.waitDrained(t, 20*time.Second)
-	for _, id := range ids {
-		st, _, _ := b.sb.MessageStatus(id)
-		require.Equal(t, sandbox.StatusCancelled, st)
-	}
+	b.requireAllCancelledNoneDead(t, ids)
 	require.Positive(t, b.sb.Stats().RateLimited)
-	n, err := b.dead.Count(ctx)
-	require.NoError(t, err)
-	require.Zero(t, n)
 }
 
 func TestHealthAndMetricsEndpoints(t *testing.T) {
