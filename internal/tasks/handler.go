@@ -118,13 +118,22 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		rec.Reason, rec.APIMessage, rec.Payload = ReasonInvalidPayload, err.Error(), bounded(t.Payload())
 		return h.dead(ctx, rep, rec, err)
 	}
-	log := h.logger().With("task_id", taskID, "kind", kind, "location_id", p.LocationID,
-		"campaign_id", p.CampaignID, "attempt", retried+1)
+	// logf attaches the task's attributes only when the level is enabled:
+	// most tasks log nothing at the default level, and the attributes would
+	// be formatted for nothing on every task.
+	logf := func(level slog.Level, msg string, args ...any) {
+		l := h.logger()
+		if !l.Enabled(ctx, level) {
+			return
+		}
+		l.With("task_id", taskID, "kind", kind, "location_id", p.LocationID,
+			"campaign_id", p.CampaignID, "attempt", retried+1).Log(ctx, level, msg, args...)
+	}
 
 	if p.SendAt > 0 && h.now().Unix() >= p.SendAt {
 		// Its send time passed: it has gone out (or is going); a cancel
 		// cannot help and would spend rate budget other cancels need.
-		log.Info("send time passed before the cancel ran", "send_at", time.Unix(p.SendAt, 0).UTC())
+		logf(slog.LevelInfo, "send time passed before the cancel ran", "send_at", time.Unix(p.SendAt, 0).UTC())
 		return h.finish(ctx, rep, p.CampaignID, taskID, campaign.Outcome{Outcome: campaign.Expired, Attempts: retried + 1}, OutcomeExpired)
 	}
 
@@ -178,11 +187,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		errors.As(err, &rl)
 		if h.Pacer != nil {
 			if oerr := h.Pacer.Observe(ctx, p.LocationID, limitsOf(res, err), rl); oerr != nil {
-				log.Warn("rate limiter could not record an answer", "error", oerr)
+				logf(slog.LevelWarn, "rate limiter could not record an answer", "error", oerr)
 			}
 		}
 		if err == nil {
-			log.Debug("cancel done", "outcome", res.Outcome, "http_status", res.StatusCode)
+			logf(slog.LevelDebug, "cancel done", "outcome", res.Outcome, "http_status", res.StatusCode)
 			status := res.StatusCode
 			if res.InnerStatus != 0 {
 				status = res.InnerStatus
@@ -204,7 +213,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 				return h.dead(ctx, rep, rec, err)
 			}
 			rep.Outcome, rep.Reason = OutcomeRateLimited, string(ghl.ReasonRateLimited)
-			log.Debug("rate limited", "retry_after", rl.RetryAfter, "daily", rl.Daily)
+			logf(slog.LevelDebug, "rate limited", "retry_after", rl.RetryAfter, "daily", rl.Daily)
 			return err
 		}
 		var e *ghl.Error
@@ -234,7 +243,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			return h.dead(ctx, rep, rec, err)
 		}
 		rep.Outcome, rep.Reason = OutcomeRetry, string(e.Reason)
-		log.Info("cancel failed, will retry", "reason", e.Reason, "http_status", e.StatusCode, "error", err)
+		logf(slog.LevelInfo, "cancel failed, will retry", "reason", e.Reason, "http_status", e.StatusCode, "error", err)
 		h.retrying(ctx, p.CampaignID, taskID)
 		return err
 	}
