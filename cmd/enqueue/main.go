@@ -466,7 +466,7 @@ func (e env) campaigns(ctx context.Context, cmd string, args []string) error {
 		if !ok {
 			return fmt.Errorf("no campaign %q (unknown, or older than its retention)", pos[0])
 		}
-		if s.Parked, err = parkedFor(ctx, rdb, tr, pos[0]); err != nil {
+		if s.Parked, err = tr.Parked(ctx, pos[0]); err != nil {
 			return err
 		}
 		if *asJSON {
@@ -486,24 +486,6 @@ func (e env) campaigns(ctx context.Context, cmd string, args []string) error {
 		case <-time.After(2 * time.Second):
 		}
 	}
-}
-
-func parkedFor(ctx context.Context, rdb *redis.Client, tr *campaign.Tracker, c string) (map[string]string, error) {
-	parked, err := ratelimit.Parked(ctx, rdb)
-	if err != nil || len(parked) == 0 {
-		return nil, err
-	}
-	locs, err := tr.Locations(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]string{}
-	for _, l := range locs {
-		if why, ok := parked[l]; ok {
-			out[l] = why
-		}
-	}
-	return out, nil
 }
 
 // purge deletes matching dead letters (and their copies in asynq's archive)

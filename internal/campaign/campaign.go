@@ -18,6 +18,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redisbatch"
 )
 
@@ -205,6 +206,26 @@ func (t *Tracker) Get(ctx context.Context, campaign string) (Status, bool, error
 // Locations returns the locations a campaign's messages belong to.
 func (t *Tracker) Locations(ctx context.Context, campaign string) ([]string, error) {
 	return t.rdb.SMembers(ctx, keyLocs(campaign)).Result()
+}
+
+// Parked returns the campaign's locations that are parked for the day
+// (location -> why), from the rate limiter's parking list.
+func (t *Tracker) Parked(ctx context.Context, campaign string) (map[string]string, error) {
+	parked, err := ratelimit.Parked(ctx, t.rdb)
+	if err != nil || len(parked) == 0 {
+		return nil, err
+	}
+	locs, err := t.Locations(ctx, campaign)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, l := range locs {
+		if why, ok := parked[l]; ok {
+			out[l] = why
+		}
+	}
+	return out, nil
 }
 
 // List returns up to n campaigns, newest first.

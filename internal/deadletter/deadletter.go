@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -127,8 +129,54 @@ const PageSize = 1000
 // long. Records removed while scanning are handled (the scan walks by time,
 // not by rank). fn returning an error stops the scan with that error.
 func (s *Store) Scan(ctx context.Context, f Filter, fn func(Record) error) error {
+	return s.scanFrom(ctx, "-inf", f, fn)
+}
+
+// ErrBadCursor: a Page cursor that no Page returned.
+var ErrBadCursor = errors.New("deadletter: bad cursor")
+
+// errPageFull stops a Page scan once it has one record more than asked for.
+var errPageFull = errors.New("page full")
+
+// Page returns up to limit records matching f, oldest first, starting after
+// cursor ("" for the first page), and the cursor of the next page ("" when
+// there is none). A cursor is "<dead_at unix ms>:<task id>" and stays valid
+// while records are added or removed.
+func (s *Store) Page(ctx context.Context, f Filter, cursor string, limit int) ([]Record, string, error) {
+	from, afterID := "-inf", ""
+	var afterMs int64
+	if cursor != "" {
+		ms, id, ok := strings.Cut(cursor, ":")
+		v, err := strconv.ParseInt(ms, 10, 64)
+		if !ok || err != nil || id == "" {
+			return nil, "", fmt.Errorf("%w %q", ErrBadCursor, cursor)
+		}
+		from, afterMs, afterID = ms, v, id
+	}
+	limit = max(limit, 1)
+	var out []Record
+	err := s.scanFrom(ctx, from, f, func(r Record) error {
+		if cursor != "" && r.DeadAt.UnixMilli() == afterMs && r.TaskID <= afterID {
+			return nil
+		}
+		out = append(out, r)
+		if len(out) > limit {
+			return errPageFull
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errPageFull) {
+		return nil, "", err
+	}
+	if len(out) <= limit {
+		return out, "", nil
+	}
+	last := out[limit-1]
+	return out[:limit], fmt.Sprintf("%d:%s", last.DeadAt.UnixMilli(), last.TaskID), nil
+}
+
+func (s *Store) scanFrom(ctx context.Context, from string, f Filter, fn func(Record) error) error {
 	now := s.now()
-	from := "-inf"
 	for {
 		ids, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
 			Key: KeyIndex, Start: from, Stop: "+inf", ByScore: true, Count: PageSize,

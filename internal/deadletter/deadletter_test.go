@@ -75,6 +75,28 @@ func TestFiftyThousandAreAllListed(t *testing.T) {
 	require.Equal(t, total/5, count(deadletter.Filter{Reason: "bad_request"}))
 	require.Equal(t, 16667, count(deadletter.Filter{CampaignID: "c0"}))
 	require.Equal(t, 0, count(deadletter.Filter{Kind: "email"}))
+
+	// Pages of 700 (cursor inside a 2,500-record millisecond) see each
+	// bad_request record exactly once, in order.
+	paged, cursor, pages := map[string]bool{}, "", 0
+	for {
+		recs, next, err := s.Page(ctx, deadletter.Filter{Reason: "bad_request"}, cursor, 700)
+		require.NoError(t, err)
+		for _, r := range recs {
+			require.False(t, paged[r.TaskID], "paged twice: %s", r.TaskID)
+			paged[r.TaskID] = true
+		}
+		pages++
+		if next == "" {
+			break
+		}
+		require.Len(t, recs, 700)
+		cursor = next
+	}
+	require.Len(t, paged, total/5)
+	require.Equal(t, (total/5+699)/700, pages)
+	_, _, err := s.Page(ctx, deadletter.Filter{}, "nonsense", 10)
+	require.Error(t, err)
 }
 
 func addMany(t *testing.T, rdb *redis.Client, n int, rec func(int) deadletter.Record) {
