@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,30 +22,13 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/promtest"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
 var redisServer *redistest.Server
 
 func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
-
-// syncBuffer is a goroutine-safe bytes.Buffer for a command's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func envFunc(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
@@ -107,7 +89,7 @@ func TestEndToEnd(t *testing.T) {
 	require.NoError(t, os.WriteFile(tf, b, 0o600))
 
 	redisURL := redisServer.URL(t)
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
@@ -203,7 +185,7 @@ func TestEndToEnd(t *testing.T) {
 
 var addrRe = regexp.MustCompile(`on http://([0-9.:]+)`)
 
-func waitForAddr(t *testing.T, stdout *syncBuffer, done chan error) string {
+func waitForAddr(t *testing.T, stdout *syncbuf.Buffer, done chan error) string {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {

@@ -29,6 +29,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
@@ -124,24 +125,7 @@ func (c *campaign) cancelled() int {
 type workerProc struct {
 	cmd         *exec.Cmd
 	metricsAddr string
-	logs        *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	logs        *syncbuf.Buffer
 }
 
 func freeAddr(t *testing.T) string {
@@ -154,7 +138,7 @@ func freeAddr(t *testing.T) string {
 
 func startWorker(t *testing.T, redisURL string, c *campaign, extraEnv ...string) *workerProc {
 	t.Helper()
-	w := &workerProc{metricsAddr: freeAddr(t), logs: &lockedBuffer{}}
+	w := &workerProc{metricsAddr: freeAddr(t), logs: &syncbuf.Buffer{}}
 	w.cmd = exec.Command(workerBin)
 	w.cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"), "REDIS_URL=" + redisURL, "GHL_BASE_URL=" + c.api.URL,
