@@ -35,6 +35,7 @@ type Metrics struct {
 	LimiterSnooze  *prometheus.CounterVec
 	LimiterCool    *prometheus.CounterVec
 	TokenRefreshes *prometheus.CounterVec
+	DailyLowCount  prometheus.Counter
 }
 
 // DeadLetterReasons are initialised at zero so that rate() works from the start.
@@ -64,6 +65,9 @@ func (m *Metrics) Snoozed(reason string) { m.LimiterSnooze.WithLabelValues(reaso
 
 // CooledDown implements ratelimit.Observer.
 func (m *Metrics) CooledDown(reason string) { m.LimiterCool.WithLabelValues(reason).Inc() }
+
+// DailyLow implements ratelimit.Observer.
+func (m *Metrics) DailyLow() { m.DailyLowCount.Inc() }
 
 // Refreshed records a token refresh result.
 func (m *Metrics) Refreshed(result string) { m.TokenRefreshes.WithLabelValues(result).Inc() }
@@ -95,9 +99,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"endpoint", "code"}),
 		APIDuration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "api_request_duration_seconds",
-			Help:    "HighLevel API call latency by endpoint.",
+			Help:    "HighLevel API call latency by endpoint and status class (2xx, 4xx, 5xx, error when no response arrived).",
 			Buckets: []float64{.01, .025, .05, .1, .2, .3, .5, .75, 1, 2, 5, 10, 30},
-		}, []string{"endpoint"}),
+		}, []string{"endpoint", "class"}),
 		DeadLetters: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "dead_letters_total",
 			Help: "Tasks dead-lettered (recorded for inspection and replay) by reason.",
@@ -124,6 +128,10 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: Namespace, Name: "token_refreshes_total",
 		Help: "OAuth token refreshes by result (ok, lost_race, invalid_grant, inactive, error).",
 	}, []string{"result"})
+	m.DailyLowCount = f.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "ratelimit_daily_low_total",
+		Help: "API answers showing a location with under 10% of its daily request budget left.",
+	})
 	for _, r := range []string{"pacing", "cooldown", "daily"} {
 		m.LimiterSnooze.WithLabelValues(r)
 	}
@@ -145,7 +153,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Retries.WithLabelValues(r)
 	}
 	for _, e := range Endpoints {
-		m.APIDuration.WithLabelValues(e)
+		m.APIDuration.WithLabelValues(e, "2xx")
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	version := "dev"
@@ -161,7 +169,15 @@ func New(reg prometheus.Registerer) *Metrics {
 // ObserveAPI records one API call; pass it as ghl.Config.Observe.
 func (m *Metrics) ObserveAPI(endpoint string, status int, d time.Duration) {
 	m.APIRequests.WithLabelValues(endpoint, CodeLabel(status)).Inc()
-	m.APIDuration.WithLabelValues(endpoint).Observe(d.Seconds())
+	m.APIDuration.WithLabelValues(endpoint, ClassLabel(status)).Observe(d.Seconds())
+}
+
+// ClassLabel is a status's class: "2xx" ... "5xx", "error" for no response.
+func ClassLabel(status int) string {
+	if status >= 100 && status < 600 {
+		return strconv.Itoa(status/100) + "xx"
+	}
+	return "error"
 }
 
 // CodeLabel bounds the code label: common codes as themselves, anything

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -24,6 +25,14 @@ func TestCodeLabel(t *testing.T) {
 		418: "4xx", 302: "3xx", 599: "5xx", 700: "other", -1: "other"}
 	for status, want := range tests {
 		require.Equal(t, want, metrics.CodeLabel(status), status)
+	}
+}
+
+func TestClassLabel(t *testing.T) {
+	t.Parallel()
+	tests := map[int]string{0: "error", 200: "2xx", 204: "2xx", 404: "4xx", 429: "4xx", 503: "5xx", 302: "3xx", 700: "error", -1: "error"}
+	for status, want := range tests {
+		require.Equal(t, want, metrics.ClassLabel(status), status)
 	}
 }
 
@@ -52,6 +61,9 @@ func TestNamesPassPromtool(t *testing.T) {
 	t.Parallel()
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
+		if os.Getenv("GHLCANCEL_REQUIRE_TOOLS") != "" { // set by scripts/test
+			t.Fatal("promtool not installed (apt-get install prometheus)")
+		}
 		t.Skip("promtool not installed (apt-get install prometheus)")
 	}
 	reg := prometheus.NewRegistry()

@@ -115,7 +115,14 @@ type Observer interface {
 	Waited(d time.Duration)
 	Snoozed(reason string)
 	CooledDown(reason string)
+	// DailyLow: an answer showed a location with less than DailyLowShare of
+	// its daily budget left.
+	DailyLow()
 }
+
+// DailyLowShare is the daily-remaining share under which Observer.DailyLow
+// is called (the "daily budget nearly spent" alert fires on it).
+const DailyLowShare = 0.10
 
 // Limiter is safe for concurrent use.
 type Limiter struct {
@@ -333,6 +340,10 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 				return err
 			}
 		}
+	}
+	if l.cfg.Observe != nil && lim.DailyLimit > 0 && lim.DailyRemaining >= 0 &&
+		float64(lim.DailyRemaining) < DailyLowShare*float64(lim.DailyLimit) {
+		l.cfg.Observe.DailyLow()
 	}
 	switch {
 	case lim.DailyRemaining >= 0 && lim.DailyRemaining <= l.cfg.DailyReserve:

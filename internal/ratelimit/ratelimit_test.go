@@ -77,6 +77,15 @@ func TestDailyBudgetParksTheLocation(t *testing.T) {
 	require.Len(t, parked, 1)
 	require.Contains(t, parked["locA"], "daily budget nearly spent: 99 of 200000 left")
 	require.Equal(t, map[string]int{"daily": 1}, obs.snoozes)
+
+	// Under 10% of the daily budget left is reported (the alert's input);
+	// 10% or more is not.
+	require.Equal(t, 1, obs.dailyLow)
+	lim.DailyRemaining = 19_999
+	require.NoError(t, l.Observe(ctx, "locC", lim, nil))
+	lim.DailyRemaining = 20_000
+	require.NoError(t, l.Observe(ctx, "locC", lim, nil))
+	require.Equal(t, 2, obs.dailyLow)
 }
 
 func TestRateLimitedSetsSharedCooldown(t *testing.T) {
@@ -119,7 +128,10 @@ func TestLearnsLimitOnlyWhenItChanges(t *testing.T) {
 	require.Equal(t, int64(1), em)
 }
 
-type recorder struct{ snoozes map[string]int }
+type recorder struct {
+	snoozes  map[string]int
+	dailyLow int
+}
 
 func (r *recorder) Waited(time.Duration) {}
 func (r *recorder) Snoozed(reason string) {
@@ -129,6 +141,7 @@ func (r *recorder) Snoozed(reason string) {
 	r.snoozes[reason]++
 }
 func (r *recorder) CooledDown(string) {}
+func (r *recorder) DailyLow()         { r.dailyLow++ }
 
 // TestUrgentDoesNotQueueBehindBulk: 300 bulk tasks reserved a location's
 // next 30 s; an urgent call gets a slot at once and pushes the shared line
