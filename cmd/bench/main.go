@@ -49,7 +49,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: bench core|limits|enqueue|lanes [flags]")
+		return errors.New("usage: bench core|limits|enqueue|lanes|intake|collector [flags]")
 	}
 	switch args[0] {
 	case "core":
@@ -60,12 +60,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return enqueueBench(ctx, args[1:], stdout, stderr)
 	case "lanes":
 		return lanesBench(ctx, args[1:], stdout, stderr)
+	case "intake":
+		return intakeBench(ctx, args[1:], stdout, stderr)
+	case "collector":
+		return collectorBench(ctx, args[1:], stdout, stderr)
 	case "_enqueue":
 		return enqueueChild(ctx, args[1:], stdout)
 	case "_worker", "_noop": // child processes
 		return child(ctx, args[0], args[1:], stdout)
 	}
-	return fmt.Errorf("unknown benchmark %q (want core, limits, enqueue or lanes)", args[0])
+	return fmt.Errorf("unknown benchmark %q (want core, limits, enqueue, lanes, intake or collector)", args[0])
 }
 
 const noopType = "bench:noop"

@@ -1,0 +1,212 @@
+package client
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Cancel asks for one scheduled message to be cancelled.
+type Cancel struct {
+	// MessageID is the scheduled message's id (for emails, the email
+	// message id). Required.
+	MessageID string `json:"message_id"`
+	// LocationID is the sub-account the message belongs to. Required.
+	LocationID string `json:"location_id"`
+	// Kind is "message" (SMS and other channels, the default) or "email".
+	Kind string `json:"kind,omitempty"`
+	// CampaignID groups cancels so their progress can be read back.
+	CampaignID string `json:"campaign_id,omitempty"`
+	// SendAt is when the message is scheduled to go out, if known: a cancel
+	// that is still queued when it passes is recorded as expired instead of
+	// being sent, and bulk items due soon skip ahead of the bulk lane.
+	SendAt *SendAt `json:"send_at,omitempty"`
+	// Urgent puts the cancel on the urgent lane (a single opt-out, an
+	// appointment that just moved), ahead of campaign-sized work.
+	Urgent bool `json:"urgent,omitempty"`
+}
+
+// SendAt is a point in time given in JSON as unix seconds or as an RFC 3339
+// string; it is sent as unix seconds.
+type SendAt struct{ time.Time }
+
+// At returns a *SendAt for t.
+func At(t time.Time) *SendAt { return &SendAt{t} }
+
+// MarshalJSON writes unix seconds.
+func (s SendAt) MarshalJSON() ([]byte, error) {
+	return strconv.AppendInt(nil, s.Unix(), 10), nil
+}
+
+// UnmarshalJSON reads unix seconds or an RFC 3339 string.
+func (s *SendAt) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var str string
+		if err := json.Unmarshal(b, &str); err != nil {
+			return err
+		}
+		t, err := time.Parse(time.RFC3339, str)
+		if err != nil || t.Unix() <= 0 {
+			return fmt.Errorf("want unix seconds or an RFC 3339 time like 2026-11-27T18:00:00Z")
+		}
+		s.Time = t
+		return nil
+	}
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("want unix seconds or an RFC 3339 time like 2026-11-27T18:00:00Z")
+	}
+	s.Time = time.Unix(n, 0)
+	return nil
+}
+
+// Lanes a request's non-urgent items can go to.
+const (
+	LaneDefault = "default"
+	LaneBulk    = "bulk"
+)
+
+// Request is the body of POST /v1/cancellations in its batch form. (A
+// single Cancel object is accepted as the body too.)
+type Request struct {
+	Items []Cancel `json:"items"`
+	// Lane for items not marked urgent: "default" (the default) or "bulk".
+	Lane string `json:"lane,omitempty"`
+	// Partial enqueues the valid items and reports invalid ones as rejected
+	// in a 202, instead of refusing the whole request with a 400.
+	Partial bool `json:"partial,omitempty"`
+}
+
+// Item statuses in a Response.
+const (
+	StatusEnqueued      = "enqueued"
+	StatusAlreadyQueued = "already_queued"
+	StatusRejected      = "rejected"
+)
+
+// ItemResult is what happened to one item of a request.
+type ItemResult struct {
+	// Index is the item's position in the request (0-based).
+	Index     int    `json:"index"`
+	MessageID string `json:"message_id,omitempty"`
+	// TaskID is the queue's id for the cancel (msg:<id> or email:<id>).
+	TaskID string `json:"task_id,omitempty"`
+	// Status is enqueued, already_queued (the message is already waiting
+	// or being cancelled) or rejected.
+	Status string `json:"status"`
+	// Error says why an item was rejected.
+	Error *ItemError `json:"error,omitempty"`
+}
+
+// ItemError is a problem with one item.
+type ItemError struct {
+	Index   int    `json:"index"`
+	Field   string `json:"field,omitempty"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e ItemError) Error() string {
+	if e.Field != "" {
+		return fmt.Sprintf("item %d: %s: %s", e.Index, e.Field, e.Message)
+	}
+	return fmt.Sprintf("item %d: %s", e.Index, e.Message)
+}
+
+// Response is the 202 answer to POST /v1/cancellations.
+type Response struct {
+	Enqueued      int          `json:"enqueued"`
+	AlreadyQueued int          `json:"already_queued"`
+	Rejected      int          `json:"rejected"`
+	Results       []ItemResult `json:"results"`
+}
+
+// CampaignStatus is a campaign's progress (GET /v1/campaigns/{id}).
+type CampaignStatus struct {
+	Campaign       string            `json:"campaign"`
+	Total          int64             `json:"total"`
+	Done           int64             `json:"done"`
+	Pending        int64             `json:"pending"`
+	Retrying       int64             `json:"retrying"`
+	Cancelled      int64             `json:"cancelled"`
+	NotCancellable int64             `json:"not_cancellable"`
+	Expired        int64             `json:"expired"`
+	DeadLettered   int64             `json:"dead_lettered"`
+	DeadByReason   map[string]int64  `json:"dead_by_reason,omitempty"`
+	StartedAt      time.Time         `json:"started_at"`
+	FinishedAt     *time.Time        `json:"finished_at,omitempty"`
+	Complete       bool              `json:"complete"`
+	Parked         map[string]string `json:"parked_locations,omitempty"`
+}
+
+// DeadLetter is a cancel that failed for good, with the reason.
+type DeadLetter struct {
+	TaskID     string    `json:"task_id"`
+	Kind       string    `json:"kind,omitempty"`
+	MessageID  string    `json:"message_id,omitempty"`
+	LocationID string    `json:"location_id,omitempty"`
+	CampaignID string    `json:"campaign_id,omitempty"`
+	SendAt     int64     `json:"send_at,omitempty"`
+	Queue      string    `json:"queue"`
+	Reason     string    `json:"reason"`
+	HTTPStatus int       `json:"http_status,omitempty"`
+	APIMessage string    `json:"api_message,omitempty"`
+	Attempts   int       `json:"attempts"`
+	DeadAt     time.Time `json:"dead_at"`
+	Payload    string    `json:"payload,omitempty"`
+}
+
+// DeadLetterPage is one page of GET /v1/dead-letters.
+type DeadLetterPage struct {
+	DeadLetters []DeadLetter `json:"dead_letters"`
+	// NextCursor fetches the next page; empty on the last one.
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// DeadLetterFilter selects dead letters; empty fields match all.
+type DeadLetterFilter struct {
+	Reason     string
+	CampaignID string
+	LocationID string
+	Kind       string
+}
+
+// ErrorBody is the body of every error answer.
+type ErrorBody struct {
+	Error APIErrorDetail `json:"error"`
+}
+
+// APIErrorDetail is the error object: a stable code, a message for people,
+// and for invalid items their positions.
+type APIErrorDetail struct {
+	Code    string      `json:"code"`
+	Message string      `json:"message"`
+	Items   []ItemError `json:"items,omitempty"`
+	// InvalidItems counts every invalid item; Items lists at most 1,000.
+	InvalidItems int `json:"invalid_items,omitempty"`
+}
+
+// Error codes the API answers with. They are stable: match on them.
+const (
+	CodeUnauthorized        = "unauthorized"
+	CodePayloadTooLarge     = "payload_too_large"
+	CodeTooManyItems        = "too_many_items"
+	CodeMalformedJSON       = "malformed_json"
+	CodeInvalidRequest      = "invalid_request"
+	CodeInvalidItems        = "invalid_items"
+	CodeUnsupportedMedia    = "unsupported_media_type"
+	CodeMethodNotAllowed    = "method_not_allowed"
+	CodeNotFound            = "not_found"
+	CodeCampaignNotFound    = "campaign_not_found"
+	CodeInvalidParameter    = "invalid_parameter"
+	CodeQueueUnavailable    = "queue_unavailable"
+	CodeInternal            = "internal"
+	CodeItemInvalidJSON     = "invalid_json"
+	CodeItemMissingField    = "missing_field"
+	CodeItemInvalidID       = "invalid_id"
+	CodeItemInvalidKind     = "invalid_kind"
+	CodeItemInvalidSendAt   = "invalid_send_at"
+	CodeItemInvalidCampaign = "invalid_campaign_id"
+	CodeItemUnknownField    = "unknown_field"
+)

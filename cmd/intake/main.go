@@ -1,0 +1,179 @@
+// Command intake serves the HTTP intake API (see internal/intake and its
+// openapi.yaml): other services enqueue cancels and read campaign status
+// and dead letters through it. Configuration: flags, each defaulting to an
+// environment variable (see -h and the README).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/intake"
+	"github.com/ghlcancel/ghlcancel/internal/logging"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "intake:", err)
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// Environment variables read by intake.
+const (
+	EnvRedisURL  = "REDIS_URL"
+	EnvAddr      = "INTAKE_ADDR"
+	EnvKeys      = "INTAKE_API_KEYS"
+	EnvKeysFile  = "INTAKE_API_KEYS_FILE"
+	EnvMaxBody   = "INTAKE_MAX_BODY_BYTES"
+	EnvMaxItems  = "INTAKE_MAX_ITEMS"
+	EnvMaxRetry  = "MAX_RETRY"
+	EnvRetention = "CAMPAIGN_RETENTION"
+)
+
+// Defaults.
+const (
+	RedisURLDefault = "redis://127.0.0.1:6379/0"
+	AddrDefault     = ":8080"
+)
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("intake", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	env := func(k, def string) string {
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	var bad []error
+	num := func(k string, def int64) int64 {
+		v := getenv(k)
+		if v == "" {
+			return def
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			bad = append(bad, fmt.Errorf("%s=%q: want a positive integer", k, v))
+		}
+		return n
+	}
+	redisURL := fs.String("redis-url", env(EnvRedisURL, RedisURLDefault), "Redis URL, redis://[:password@]host:port/db (env "+EnvRedisURL+")")
+	addr := fs.String("addr", env(EnvAddr, AddrDefault), "listen address (env "+EnvAddr+")")
+	keysFile := fs.String("api-keys-file", getenv(EnvKeysFile), "file of API keys, one per line (env "+EnvKeysFile+"); or set "+EnvKeys+" (comma-separated)")
+	maxBody := fs.Int64("max-body-bytes", num(EnvMaxBody, intake.MaxBodyDefault), "largest request body (env "+EnvMaxBody+")")
+	maxItems := fs.Int64("max-items", num(EnvMaxItems, intake.MaxItemsDefault), "most items per request (env "+EnvMaxItems+")")
+	maxRetry := fs.Int64("max-retry", num(EnvMaxRetry, tasks.MaxRetryDefault), "retries per task before it is dead-lettered (env "+EnvMaxRetry+")")
+	retention := fs.Duration("campaign-retention", campaign.RetentionDefault, "how long campaign counters and reports are kept (env "+EnvRetention+")")
+	if v := getenv(EnvRetention); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			bad = append(bad, fmt.Errorf("%s=%q: want a duration like 168h", EnvRetention, v))
+		}
+		*retention = d
+	}
+	logFlags := logging.Flags(fs, getenv)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := errors.Join(bad...); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := logFlags.Logger(stderr)
+	if err != nil {
+		return err
+	}
+	keys, err := loadKeys(getenv(EnvKeys), *keysFile)
+	if err != nil {
+		return err
+	}
+	opt, err := redis.ParseURL(*redisURL)
+	if err != nil {
+		return fmt.Errorf("%s: %w (want redis://host:port/db)", EnvRedisURL, err)
+	}
+	opt.PoolSize = max(opt.PoolSize, 64)
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		// Not fatal: enqueues answer 503 and /readyz says not ready until it is back.
+		log.Warn("redis is not reachable yet; requests answer 503 until it is", "addr", opt.Addr, "error", err)
+	}
+	cancel()
+
+	srv, err := intake.New(intake.Config{
+		Redis: rdb, Keys: keys, MaxBodyBytes: *maxBody, MaxItems: int(*maxItems), Logger: log,
+		Producer: producer.Config{MaxRetry: int(*maxRetry), CampaignRetention: *retention},
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is the port in use? set %s)", *addr, err, EnvAddr)
+	}
+	hs := &http.Server{
+		Handler:           srv,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+	}
+	fmt.Fprintf(stdout, "intake: serving on http://%s (%d API keys)\n", ln.Addr(), len(keys))
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return hs.Shutdown(sctx)
+}
+
+func loadKeys(inline, file string) ([]string, error) {
+	if (inline == "") == (file == "") {
+		return nil, fmt.Errorf("set exactly one of %s (comma-separated API keys) or %s (a file with one key per line)", EnvKeys, EnvKeysFile)
+	}
+	src := inline
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", EnvKeysFile, err)
+		}
+		src = string(b)
+	}
+	keys, err := intake.ParseKeys(src)
+	if err != nil {
+		return nil, err
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("no API keys found (blank or commented out)")
+	}
+	return keys, nil
+}

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/client"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
+)
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
+
+// TestRunServesUntilCancelled runs the command with its environment, enqueues
+// through the Go client and stops it as SIGTERM would.
+func TestRunServesUntilCancelled(t *testing.T) {
+	const key = "cmd-intake-key-0123456789"
+	env := map[string]string{EnvRedisURL: redisServer.URL(t), EnvAddr: "127.0.0.1:0", EnvKeys: key, EnvMaxItems: "50"}
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr syncbuf.Buffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, &stdout, &stderr) }()
+	var url string
+	require.Eventually(t, func() bool {
+		m := regexp.MustCompile(`serving on (http://\S+)`).FindStringSubmatch(stdout.String())
+		if m != nil {
+			url = m[1]
+		}
+		return m != nil
+	}, 5*time.Second, 10*time.Millisecond)
+	c, err := client.New(url, key)
+	require.NoError(t, err)
+	r, err := c.Cancel(ctx, client.Cancel{MessageID: "m1", LocationID: "l1"})
+	require.NoError(t, err)
+	require.Equal(t, client.StatusEnqueued, r.Status)
+	_, err = c.CancelMany(ctx, make([]client.Cancel, 51), "", false)
+	var ae *client.APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusRequestEntityTooLarge, ae.StatusCode, "INTAKE_MAX_ITEMS applies")
+	cancel()
+	require.NoError(t, <-done)
+	require.NotContains(t, stdout.String()+stderr.String(), key)
+}
+
+func TestConfigErrors(t *testing.T) {
+	for name, c := range map[string]struct {
+		env  map[string]string
+		want string
+	}{
+		"no keys":    {map[string]string{}, EnvKeys},
+		"short key":  {map[string]string{EnvKeys: "abc"}, "at least 16"},
+		"both":       {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvKeysFile: "/x"}, "exactly one"},
+		"bad number": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvMaxItems: "many"}, EnvMaxItems},
+		"no file":    {map[string]string{EnvKeysFile: "/nonexistent/keys"}, "no such file"},
+	} {
+		err := run(context.Background(), nil, func(k string) string { return c.env[k] }, &bytes.Buffer{}, &bytes.Buffer{})
+		require.ErrorContains(t, err, c.want, name)
+	}
+}

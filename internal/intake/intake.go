@@ -1,0 +1,550 @@
+// Package intake is the HTTP API other services enqueue cancels through:
+//
+//	POST /v1/cancellations     one cancel or many: 202 with a result per item
+//	GET  /v1/campaigns/{id}    a campaign's progress
+//	GET  /v1/dead-letters      dead letters, filtered and paged
+//	GET  /v1/openapi.yaml      this API's OpenAPI document (no key needed)
+//	GET  /healthz, /readyz     liveness; readiness (Redis reachable)
+//	GET  /metrics              Prometheus metrics
+//
+// Every /v1 route but the document needs an API key (Authorization: Bearer
+// KEY or X-API-Key: KEY), compared in constant time. Errors are JSON with a
+// stable code (client.Code*). The wire types live in the public client
+// package, so the server and the Go client cannot drift apart.
+package intake
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/client"
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// OpenAPI is this API's OpenAPI 3 document.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
+
+// Defaults for Config.
+const (
+	MaxBodyDefault  = 8 << 20 // 10,000 items of ~150 bytes fit with room
+	MaxItemsDefault = 10_000
+	// MinKeyLength: shorter API keys are refused at start, they can be guessed.
+	MinKeyLength = 16
+	// maxItemErrors bounds the positions listed in one 400; the count stays exact.
+	maxItemErrors   = 1000
+	deadPageDefault = 100
+	deadPageMax     = 1000
+)
+
+// Config configures a Server.
+type Config struct {
+	// Redis holds the queue. The caller closes it. Required.
+	Redis redis.UniversalClient
+	// Keys are the accepted API keys. At least one is required.
+	Keys []string
+	// MaxBodyBytes bounds a request body. Defaults to MaxBodyDefault.
+	MaxBodyBytes int64
+	// MaxItems bounds the items of one request. Defaults to MaxItemsDefault.
+	MaxItems int
+	// Producer configures enqueueing (retries, campaign retention).
+	Producer producer.Config
+	// Logger defaults to a discarding logger.
+	Logger *slog.Logger
+	// Registry receives the intake metrics. Defaults to a new registry.
+	Registry *prometheus.Registry
+}
+
+// Server is the intake API's http.Handler.
+type Server struct {
+	cfg       Config
+	keys      [][32]byte
+	prod      *producer.Producer
+	campaigns *campaign.Tracker
+	dead      *deadletter.Store
+	mux       *http.ServeMux
+	log       *slog.Logger
+
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	items    *prometheus.CounterVec
+}
+
+// ParseKeys splits a key list (commas or newlines; blank lines and lines
+// starting with # ignored) and checks each key's length.
+func ParseKeys(s string) ([]string, error) {
+	var keys []string
+	for _, line := range strings.Split(s, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		for _, k := range strings.Split(line, ",") {
+			k = strings.TrimSpace(k)
+			if k == "" {
+				continue
+			}
+			if len(k) < MinKeyLength {
+				return nil, fmt.Errorf("API key %d is %d characters; use at least %d random characters (openssl rand -hex 24)", len(keys)+1, len(k), MinKeyLength)
+			}
+			keys = append(keys, k)
+		}
+	}
+	return keys, nil
+}
+
+// New builds a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Redis == nil {
+		return nil, errors.New("intake: Config.Redis is required")
+	}
+	if len(cfg.Keys) == 0 {
+		return nil, errors.New("intake: no API keys configured (set INTAKE_API_KEYS or INTAKE_API_KEYS_FILE)")
+	}
+	cfg.MaxBodyBytes = cmp.Or(cfg.MaxBodyBytes, MaxBodyDefault)
+	cfg.MaxItems = cmp.Or(cfg.MaxItems, MaxItemsDefault)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{
+		cfg:       cfg,
+		prod:      producer.New(cfg.Redis, cfg.Producer),
+		campaigns: campaign.New(cfg.Redis, cfg.Producer.CampaignRetention),
+		dead:      deadletter.New(cfg.Redis),
+		mux:       http.NewServeMux(),
+		log:       cfg.Logger,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ghlcancel_intake_requests_total",
+			Help: "Intake API requests by route and HTTP status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ghlcancel_intake_request_duration_seconds",
+			Help:    "Intake API request duration by route.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+		items: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ghlcancel_intake_items_total",
+			Help: "Cancel items received by the intake API, by result (enqueued, already_queued, rejected).",
+		}, []string{"result"}),
+	}
+	for _, k := range cfg.Keys {
+		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
+	}
+	cfg.Registry.MustRegister(s.requests, s.duration, s.items)
+	for _, r := range []string{"cancellations", "campaign", "dead_letters"} {
+		s.duration.WithLabelValues(r)
+	}
+	for _, r := range []string{client.StatusEnqueued, client.StatusAlreadyQueued, client.StatusRejected} {
+		s.items.WithLabelValues(r)
+	}
+
+	s.mux.Handle("/v1/cancellations", s.route("cancellations", http.MethodPost, true, s.postCancellations))
+	s.mux.Handle("/v1/campaigns/{id}", s.route("campaign", http.MethodGet, true, s.getCampaign))
+	s.mux.Handle("/v1/dead-letters", s.route("dead_letters", http.MethodGet, true, s.getDeadLetters))
+	s.mux.Handle("/v1/openapi.yaml", s.route("openapi", http.MethodGet, false, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		_, _ = w.Write(OpenAPI)
+	}))
+	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	s.mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := cfg.Redis.Ping(ctx).Err(); err != nil {
+			http.Error(w, "redis unreachable", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	s.mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	s.mux.Handle("/", s.route("other", "", false, func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusNotFound, client.CodeNotFound, "no such route; see /v1/openapi.yaml", nil, 0)
+	}))
+	return s, nil
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// statusWriter remembers the status for the metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// route wraps a handler with method check, authentication and metrics.
+func (s *Server) route(name, method string, auth bool, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			s.requests.WithLabelValues(name, strconv.Itoa(cmp.Or(sw.code, http.StatusOK))).Inc()
+			s.duration.WithLabelValues(name).Observe(time.Since(start).Seconds())
+		}()
+		switch {
+		case method != "" && r.Method != method:
+			sw.Header().Set("Allow", method)
+			writeError(sw, http.StatusMethodNotAllowed, client.CodeMethodNotAllowed, "use "+method, nil, 0)
+		case auth && !s.authorized(r):
+			sw.Header().Set("WWW-Authenticate", `Bearer realm="ghlcancel"`)
+			writeError(sw, http.StatusUnauthorized, client.CodeUnauthorized,
+				"missing or wrong API key: send Authorization: Bearer KEY or X-API-Key: KEY", nil, 0)
+		default:
+			h(sw, r)
+		}
+	})
+}
+
+// authorized compares the presented key's hash with every configured key's
+// in constant time, without stopping at a match, so timing reveals neither
+// the key nor which key matched.
+func (s *Server) authorized(r *http.Request) bool {
+	key := r.Header.Get("X-API-Key")
+	if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		key = v
+	}
+	if key == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(key))
+	ok := 0
+	for i := range s.keys {
+		ok |= subtle.ConstantTimeCompare(sum[:], s.keys[i][:])
+	}
+	return ok == 1
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string, items []client.ItemError, invalid int) {
+	writeJSON(w, status, client.ErrorBody{Error: client.APIErrorDetail{Code: code, Message: msg, Items: items, InvalidItems: invalid}})
+}
+
+// itemFields are the keys of a Cancel object; the single-item body form is
+// recognised by them.
+var itemFields = map[string]bool{"message_id": true, "location_id": true, "kind": true, "campaign_id": true, "send_at": true, "urgent": true}
+
+func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			writeError(w, http.StatusUnsupportedMediaType, client.CodeUnsupportedMedia, "send Content-Type: application/json", nil, 0)
+			return
+		}
+	}
+	if r.ContentLength > s.cfg.MaxBodyBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, client.CodePayloadTooLarge,
+			fmt.Sprintf("body of %d bytes is over the limit of %d; split the request", r.ContentLength, s.cfg.MaxBodyBytes), nil, 0)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, client.CodePayloadTooLarge,
+				fmt.Sprintf("body is over the limit of %d bytes; split the request", s.cfg.MaxBodyBytes), nil, 0)
+			return
+		}
+		writeError(w, http.StatusBadRequest, client.CodeMalformedJSON, "reading body: "+err.Error(), nil, 0)
+		return
+	}
+	raw, lane, partial, apiErr := s.parseRequest(body)
+	if apiErr != nil {
+		writeError(w, http.StatusBadRequest, apiErr.Code, apiErr.Message, nil, 0)
+		return
+	}
+	if len(raw) > s.cfg.MaxItems {
+		writeError(w, http.StatusRequestEntityTooLarge, client.CodeTooManyItems,
+			fmt.Sprintf("%d items is over the limit of %d per request; split the request", len(raw), s.cfg.MaxItems), nil, 0)
+		return
+	}
+
+	items := make([]producer.Item, 0, len(raw))
+	pos := make([]int, 0, len(raw)) // request index of items[j]
+	res := client.Response{Results: make([]client.ItemResult, len(raw))}
+	var bad []client.ItemError
+	invalid := 0
+	for i, b := range raw {
+		it, ie := decodeItem(i, b, lane)
+		res.Results[i] = client.ItemResult{Index: i, MessageID: it.MessageID}
+		if ie != nil {
+			invalid++
+			if len(bad) < maxItemErrors {
+				bad = append(bad, *ie)
+			}
+			res.Results[i].Status, res.Results[i].Error = client.StatusRejected, ie
+			continue
+		}
+		items = append(items, it)
+		pos = append(pos, i)
+	}
+	if invalid > 0 && !partial {
+		s.items.WithLabelValues(client.StatusRejected).Add(float64(len(raw)))
+		writeError(w, http.StatusBadRequest, client.CodeInvalidItems,
+			fmt.Sprintf("%d of %d items are invalid; nothing was enqueued (fix them, or send \"partial\": true to enqueue the valid ones)", invalid, len(raw)),
+			bad, invalid)
+		return
+	}
+	out := s.prod.EnqueueBatch(r.Context(), items)
+	unavailable := 0
+	for j, o := range out {
+		ir := &res.Results[pos[j]]
+		ir.TaskID = tasks.TaskID(items[j].Kind, items[j].MessageID)
+		switch o.Status {
+		case producer.Enqueued:
+			ir.Status = client.StatusEnqueued
+			if o.Err != nil { // queued; only the campaign count failed
+				s.log.Warn("campaign count failed", "campaign", items[j].CampaignID, "err", o.Err)
+			}
+		case producer.AlreadyQueued:
+			ir.Status = client.StatusAlreadyQueued
+		default:
+			if errors.Is(o.Err, producer.ErrUnavailable) {
+				unavailable++
+			}
+			ir.Status = client.StatusRejected
+			ir.Error = &client.ItemError{Index: pos[j], Code: client.CodeInvalidRequest, Message: o.Err.Error()}
+		}
+	}
+	if unavailable > 0 {
+		s.log.Error("enqueue failed: Redis unavailable", "items", unavailable)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, client.CodeQueueUnavailable,
+			fmt.Sprintf("the queue is unavailable; %d items were not enqueued. Send the same request again: items already enqueued answer already_queued", unavailable), nil, 0)
+		return
+	}
+	for _, ir := range res.Results {
+		switch ir.Status {
+		case client.StatusEnqueued:
+			res.Enqueued++
+		case client.StatusAlreadyQueued:
+			res.AlreadyQueued++
+		default:
+			res.Rejected++
+		}
+	}
+	s.items.WithLabelValues(client.StatusEnqueued).Add(float64(res.Enqueued))
+	s.items.WithLabelValues(client.StatusAlreadyQueued).Add(float64(res.AlreadyQueued))
+	s.items.WithLabelValues(client.StatusRejected).Add(float64(res.Rejected))
+	writeJSON(w, http.StatusAccepted, res)
+}
+
+// parseRequest accepts {"items":[...], "lane":..., "partial":...} or a
+// single Cancel object, and returns the raw items for per-item decoding.
+func (s *Server) parseRequest(body []byte) (raw []json.RawMessage, lane string, partial bool, _ *client.APIErrorDetail) {
+	fail := func(code, format string, a ...any) ([]json.RawMessage, string, bool, *client.APIErrorDetail) {
+		return nil, "", false, &client.APIErrorDetail{Code: code, Message: fmt.Sprintf(format, a...)}
+	}
+	var top map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&top); err != nil {
+		return fail(client.CodeMalformedJSON, "body is not a JSON object: %s", jsonErr(err, body))
+	}
+	if dec.More() {
+		return fail(client.CodeMalformedJSON, "body has data after the JSON object")
+	}
+	if top == nil {
+		return fail(client.CodeMalformedJSON, "body is null; send an object")
+	}
+	itemsRaw, batch := top["items"]
+	if !batch {
+		if _, single := top["message_id"]; !single {
+			return fail(client.CodeInvalidRequest, `send {"items": [...]} or one cancel object with a message_id`)
+		}
+		return []json.RawMessage{body}, client.LaneDefault, false, nil
+	}
+	for k := range top {
+		if k != "items" && k != "lane" && k != "partial" {
+			return fail(client.CodeInvalidRequest, "unknown field %q at the top level (want items, lane, partial)", k)
+		}
+	}
+	if err := json.Unmarshal(itemsRaw, &raw); err != nil || raw == nil {
+		return fail(client.CodeInvalidRequest, "items: want an array of cancel objects")
+	}
+	if len(raw) == 0 {
+		return fail(client.CodeInvalidRequest, "items: empty; send at least one cancel")
+	}
+	lane = client.LaneDefault
+	if v, ok := top["lane"]; ok {
+		if json.Unmarshal(v, &lane) != nil || (lane != client.LaneDefault && lane != client.LaneBulk) {
+			return fail(client.CodeInvalidRequest, `lane: want "default" or "bulk" (mark single items "urgent": true for the urgent lane)`)
+		}
+	}
+	if v, ok := top["partial"]; ok && json.Unmarshal(v, &partial) != nil {
+		return fail(client.CodeInvalidRequest, "partial: want true or false")
+	}
+	return raw, lane, partial, nil
+}
+
+// jsonErr describes a decoding error with its byte offset.
+func jsonErr(err error, body []byte) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%v at byte %d", se, se.Offset)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("%v at byte %d", te, te.Offset)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return "empty body"
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Sprintf("JSON ends early at byte %d (truncated body?)", len(body))
+	}
+	return err.Error()
+}
+
+// decodeItem decodes and validates one item strictly (unknown fields are
+// errors: a typo like "mesage_id" must not silently cancel nothing).
+func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.ItemError) {
+	bad := func(field, code, msg string) (producer.Item, *client.ItemError) {
+		return producer.Item{}, &client.ItemError{Index: i, Field: field, Code: code, Message: msg}
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil || m == nil {
+		return bad("", client.CodeItemInvalidJSON, "want a JSON object")
+	}
+	for k := range m {
+		if !itemFields[k] {
+			return bad(k, client.CodeItemUnknownField, "unknown field (known: message_id, location_id, kind, campaign_id, send_at, urgent)")
+		}
+	}
+	var c client.Cancel
+	if err := json.Unmarshal(b, &c); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return bad(te.Field, client.CodeItemInvalidJSON, "want a "+te.Type.String())
+		}
+		if strings.Contains(err.Error(), "send_at") || m["send_at"] != nil {
+			return bad("send_at", client.CodeItemInvalidSendAt, "want unix seconds or an RFC 3339 time like 2026-11-27T18:00:00Z")
+		}
+		return bad("", client.CodeItemInvalidJSON, err.Error())
+	}
+	it := producer.Item{MessageID: c.MessageID, LocationID: c.LocationID, CampaignID: c.CampaignID, Queue: lane}
+	if c.Urgent {
+		it.Queue = tasks.QueueUrgent
+	}
+	for _, f := range []struct{ name, v string }{{"message_id", c.MessageID}, {"location_id", c.LocationID}} {
+		if f.v == "" {
+			return bad(f.name, client.CodeItemMissingField, "required")
+		}
+		if err := ghl.ValidateID(f.v); err != nil {
+			return bad(f.name, client.CodeItemInvalidID, err.Error())
+		}
+	}
+	kind, err := ghl.ParseKind(cmp.Or(c.Kind, "message"))
+	if err != nil {
+		return bad("kind", client.CodeItemInvalidKind, `want "message" or "email"`)
+	}
+	it.Kind = kind
+	if len(c.CampaignID) > 128 {
+		return bad("campaign_id", client.CodeItemInvalidCampaign, "at most 128 bytes")
+	}
+	if c.SendAt != nil {
+		it.SendAt = c.SendAt.Unix()
+	}
+	return it, nil
+}
+
+func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if id == "" || len(id) > 128 {
+		writeError(w, http.StatusBadRequest, client.CodeInvalidParameter, "campaign id: 1 to 128 bytes", nil, 0)
+		return
+	}
+	st, ok, err := s.campaigns.Get(r.Context(), id)
+	if err == nil && ok {
+		st.Parked, err = s.campaigns.Parked(r.Context(), id)
+	}
+	if err != nil {
+		s.unavailable(w, "campaign status", err)
+		return
+	}
+	if !ok {
+		writeError(w, http.StatusNotFound, client.CodeCampaignNotFound,
+			"no campaign "+strconv.Quote(id)+" (unknown, or finished longer ago than its retention)", nil, 0)
+		return
+	}
+	writeJSON(w, http.StatusOK, client.CampaignStatus(st))
+}
+
+func (s *Server) getDeadLetters(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := deadPageDefault
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > deadPageMax {
+			writeError(w, http.StatusBadRequest, client.CodeInvalidParameter, fmt.Sprintf("limit: want 1 to %d", deadPageMax), nil, 0)
+			return
+		}
+		limit = n
+	}
+	f := deadletter.Filter{Reason: q.Get("reason"), CampaignID: q.Get("campaign_id"), LocationID: q.Get("location_id"), Kind: q.Get("kind")}
+	if f.Kind != "" && f.Kind != "message" && f.Kind != "email" {
+		writeError(w, http.StatusBadRequest, client.CodeInvalidParameter, `kind: want "message" or "email"`, nil, 0)
+		return
+	}
+	recs, next, err := s.dead.Page(r.Context(), f, q.Get("cursor"), limit)
+	if err != nil {
+		if errors.Is(err, deadletter.ErrBadCursor) {
+			writeError(w, http.StatusBadRequest, client.CodeInvalidParameter, "cursor: pass next_cursor from the previous page", nil, 0)
+			return
+		}
+		s.unavailable(w, "dead letters", err)
+		return
+	}
+	page := client.DeadLetterPage{DeadLetters: make([]client.DeadLetter, len(recs)), NextCursor: next}
+	for i, rec := range recs {
+		page.DeadLetters[i] = client.DeadLetter(rec)
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+func (s *Server) unavailable(w http.ResponseWriter, what string, err error) {
+	s.log.Error(what+" failed", "err", err)
+	w.Header().Set("Retry-After", "1")
+	writeError(w, http.StatusServiceUnavailable, client.CodeQueueUnavailable, what+": Redis is unavailable; retry", nil, 0)
+}

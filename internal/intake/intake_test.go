@@ -1,0 +1,380 @@
+package intake_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/client"
+	"github.com/ghlcancel/ghlcancel/internal/contract"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/intake"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/metrics"
+)
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
+
+const key = "test-key-0123456789abcdef"
+
+// env is an intake server on its own Redis database, behind a validator of
+// our OpenAPI document that checks every exchange.
+type env struct {
+	t     *testing.T
+	url   string
+	rdb   *redis.Client
+	reg   *prometheus.Registry
+	check *contract.Validator
+}
+
+func specPath() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "openapi.yaml")
+}
+
+func newEnv(t *testing.T, cfg intake.Config) *env {
+	t.Helper()
+	rdb := redisServer.Client(t)
+	return newEnvOn(t, rdb, cfg)
+}
+
+func newEnvOn(t *testing.T, rdb *redis.Client, cfg intake.Config) *env {
+	t.Helper()
+	cfg.Redis = rdb
+	if cfg.Keys == nil {
+		cfg.Keys = []string{"another-key-aaaaaaaaaaaa", key}
+	}
+	cfg.Registry = prometheus.NewRegistry()
+	srv, err := intake.New(cfg)
+	require.NoError(t, err)
+	v, err := contract.NewOwn(specPath())
+	require.NoError(t, err)
+	hs := httptest.NewServer(v.Wrap(srv))
+	t.Cleanup(func() {
+		hs.Close()
+		require.Empty(t, v.Problems(), "exchanges that do not match openapi.yaml")
+	})
+	return &env{t: t, url: hs.URL, rdb: rdb, reg: cfg.Registry, check: v}
+}
+
+// do sends a request and decodes the JSON answer into out (if non-nil).
+func (e *env) do(method, path string, hdr map[string]string, body []byte, out any) *http.Response {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.url+path, bytes.NewReader(body))
+	require.NoError(e.t, err)
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	require.NoError(e.t, err)
+	if out != nil {
+		require.NoError(e.t, json.Unmarshal(b, out), "body %s", b)
+	}
+	return res
+}
+
+var auth = map[string]string{"Authorization": "Bearer " + key}
+
+func (e *env) post(body any, out any) *http.Response {
+	e.t.Helper()
+	b, ok := body.([]byte)
+	if !ok {
+		var err error
+		b, err = json.Marshal(body)
+		require.NoError(e.t, err)
+	}
+	return e.do(http.MethodPost, "/v1/cancellations", auth, b, out)
+}
+
+func (e *env) errBody(res *http.Response, eb client.ErrorBody, status int, code string) client.ErrorBody {
+	e.t.Helper()
+	require.Equal(e.t, status, res.StatusCode, "%+v", eb)
+	require.Equal(e.t, code, eb.Error.Code, eb.Error.Message)
+	require.NotEmpty(e.t, eb.Error.Message)
+	return eb
+}
+
+func (e *env) queued() map[string]int {
+	e.t.Helper()
+	insp := asynq.NewInspectorFromRedisClient(e.rdb)
+	out := map[string]int{}
+	qs, _ := insp.Queues()
+	for _, q := range qs {
+		info, err := insp.GetQueueInfo(q)
+		require.NoError(e.t, err)
+		out[q] = info.Pending + info.Scheduled + info.Retry + info.Active
+	}
+	return out
+}
+
+func items(n int, campaign string) []client.Cancel {
+	out := make([]client.Cancel, n)
+	for i := range out {
+		out[i] = client.Cancel{MessageID: fmt.Sprintf("m%05d", i), LocationID: fmt.Sprintf("loc%d", i%7), CampaignID: campaign}
+	}
+	return out
+}
+
+func TestAuthentication(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	body, _ := json.Marshal(client.Cancel{MessageID: "m1", LocationID: "l1"})
+	for _, r := range []struct{ method, path string }{
+		{http.MethodPost, "/v1/cancellations"}, {http.MethodGet, "/v1/campaigns/c1"}, {http.MethodGet, "/v1/dead-letters"},
+	} {
+		for name, hdr := range map[string]map[string]string{
+			"no key":           nil,
+			"wrong key":        {"Authorization": "Bearer " + key + "x"},
+			"prefix of key":    {"X-API-Key": key[:len(key)-1]},
+			"basic not bearer": {"Authorization": "Basic " + key},
+		} {
+			var eb client.ErrorBody
+			res := e.do(r.method, r.path, hdr, body, &eb)
+			e.errBody(res, eb, http.StatusUnauthorized, client.CodeUnauthorized)
+			require.Contains(t, res.Header.Get("WWW-Authenticate"), "Bearer", name)
+			require.NotContains(t, eb.Error.Message, key, "the key must not be echoed")
+		}
+	}
+	require.Empty(t, e.queued(), "nothing enqueued without a key")
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.do(http.MethodPost, "/v1/cancellations", map[string]string{"X-API-Key": key}, body, &res).StatusCode)
+	require.Equal(t, http.StatusAccepted, e.do(http.MethodPost, "/v1/cancellations",
+		map[string]string{"Authorization": "Bearer another-key-aaaaaaaaaaaa"}, body, &res).StatusCode)
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/openapi.yaml", nil, nil, nil).StatusCode)
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/healthz", nil, nil, nil).StatusCode)
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/readyz", nil, nil, nil).StatusCode)
+
+	_, err := intake.ParseKeys("short")
+	require.ErrorContains(t, err, "at least 16")
+	keys, err := intake.ParseKeys("# comment\n" + key + ", another-key-aaaaaaaaaaaa\n\n")
+	require.NoError(t, err)
+	require.Len(t, keys, 2)
+	_, err = intake.New(intake.Config{Redis: e.rdb})
+	require.ErrorContains(t, err, "no API keys")
+}
+
+func TestSizeLimits(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{MaxBodyBytes: 64 << 10, MaxItems: 100})
+	big, _ := json.Marshal(client.Request{Items: items(2000, "")}) // ~110 KB
+	var eb client.ErrorBody
+	e.errBody(e.post(big, &eb), eb, http.StatusRequestEntityTooLarge, client.CodePayloadTooLarge)
+
+	// Without a Content-Length (chunked), the limit is met while reading.
+	req, _ := http.NewRequest(http.MethodPost, e.url+"/v1/cancellations", io.MultiReader(bytes.NewReader(big)))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.ContentLength = -1
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&eb))
+	res.Body.Close()
+	e.errBody(res, eb, http.StatusRequestEntityTooLarge, client.CodePayloadTooLarge)
+
+	eb = client.ErrorBody{}
+	e.errBody(e.post(client.Request{Items: items(101, "")}, &eb), eb, http.StatusRequestEntityTooLarge, client.CodeTooManyItems)
+	require.Empty(t, e.queued())
+	var ok client.Response
+	require.Equal(t, http.StatusAccepted, e.post(client.Request{Items: items(100, "")}, &ok).StatusCode)
+	require.Equal(t, 100, ok.Enqueued)
+}
+
+func TestMalformedAndInvalidItems(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	for _, c := range []struct{ body, code, contains string }{
+		{`{"items": [`, client.CodeMalformedJSON, "byte"},
+		{`{"items": [{"message_id": "a"}],}`, client.CodeMalformedJSON, "byte 33"},
+		{``, client.CodeMalformedJSON, "empty"},
+		{`[1,2]`, client.CodeMalformedJSON, "object"},
+		{`null`, client.CodeMalformedJSON, "null"},
+		{`{"items": []} {"items": []}`, client.CodeMalformedJSON, "after"},
+		{`{"items": []}`, client.CodeInvalidRequest, "empty"},
+		{`{"items": {}}`, client.CodeInvalidRequest, "array"},
+		{`{"items": [{"message_id":"a","location_id":"b"}], "lane": "urgent"}`, client.CodeInvalidRequest, "lane"},
+		{`{"items": [{"message_id":"a","location_id":"b"}], "colour": 1}`, client.CodeInvalidRequest, "colour"},
+		{`{"hello": 1}`, client.CodeInvalidRequest, "message_id"},
+	} {
+		var eb client.ErrorBody
+		res := e.post([]byte(c.body), &eb)
+		e.errBody(res, eb, http.StatusBadRequest, c.code)
+		require.Contains(t, eb.Error.Message, c.contains, c.body)
+	}
+
+	good := `{"message_id": "ok1", "location_id": "loc1"}`
+	body := `{"items": [` + strings.Join([]string{
+		good, // 0
+		`{"message_id": "a/b", "location_id": "l"}`,                                         // 1 slash
+		`{"location_id": "l"}`,                                                              // 2 missing
+		`{"message_id": "x", "location_id": "l", "kind": "fax"}`,                            // 3
+		`{"message_id": "x", "location_id": "l", "send_at": "tomorrow"}`,                    // 4
+		`{"mesage_id": "x", "location_id": "l"}`,                                            // 5 typo
+		`"just a string"`,                                                                   // 6
+		`{"message_id": 12, "location_id": "l"}`,                                            // 7 wrong type
+		`{"message_id": "` + strings.Repeat("x", 10<<10) + `", "location_id": "l"}`,         // 8 10 KB id
+		`{"message_id": "héllo", "location_id": "l"}`,                                       // 9 unicode
+		`{"message_id": "ok2", "location_id": "l", "send_at": 1900000000, "kind": "email"}`, // 10
+	}, ",") + `]}`
+	var eb client.ErrorBody
+	e.errBody(e.post([]byte(body), &eb), eb, http.StatusBadRequest, client.CodeInvalidItems)
+	got := map[int]string{}
+	for _, it := range eb.Error.Items {
+		got[it.Index] = it.Field + "/" + it.Code
+	}
+	require.Equal(t, map[int]string{
+		1: "message_id/invalid_id", 2: "message_id/missing_field", 3: "kind/invalid_kind",
+		4: "send_at/invalid_send_at", 5: "mesage_id/unknown_field", 6: "/invalid_json",
+		7: "message_id/invalid_json", 8: "message_id/invalid_id", 9: "message_id/invalid_id",
+	}, got)
+	require.Equal(t, 9, eb.Error.InvalidItems)
+	require.Empty(t, e.queued(), "a refused request enqueues nothing")
+
+	// partial: the valid ones go, the invalid ones come back rejected.
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.post([]byte(strings.Replace(body, `{"items"`, `{"partial": true, "items"`, 1)), &res).StatusCode)
+	require.Equal(t, 2, res.Enqueued)
+	require.Equal(t, 9, res.Rejected)
+	require.Len(t, res.Results, 11)
+	require.Equal(t, client.StatusEnqueued, res.Results[0].Status)
+	require.Equal(t, "msg:ok1", res.Results[0].TaskID)
+	require.Equal(t, "email:ok2", res.Results[10].TaskID)
+	require.Equal(t, client.StatusRejected, res.Results[3].Status)
+	require.Equal(t, client.CodeItemInvalidKind, res.Results[3].Error.Code)
+	require.Equal(t, map[string]int{"default": 2}, e.queued())
+
+	eb = client.ErrorBody{}
+	e.errBody(e.do(http.MethodPost, "/v1/cancellations", map[string]string{"Authorization": "Bearer " + key, "Content-Type": "text/csv"},
+		[]byte(good), &eb), eb, http.StatusUnsupportedMediaType, client.CodeUnsupportedMedia)
+	eb = client.ErrorBody{}
+	e.errBody(e.do(http.MethodGet, "/v1/cancellations", auth, nil, &eb), eb, http.StatusMethodNotAllowed, client.CodeMethodNotAllowed)
+	checked := e.check.Checked()
+	for _, k := range []string{"POST /v1/cancellations 400", "POST /v1/cancellations 202", "POST /v1/cancellations 415"} {
+		require.Positive(t, checked[k], "%s not validated against openapi.yaml: %v", k, checked)
+	}
+}
+
+// TestTenThousandItems: one request of 10,000 items is enqueued whole, its
+// campaign counts them, and sending it again enqueues nothing twice.
+func TestTenThousandItems(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	its := items(10_000, "spring-sale")
+	its[42].Urgent = true
+	its[43].Kind = "email"
+	its[44].SendAt = client.At(time.Now().Add(24 * time.Hour))
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.post(client.Request{Items: its, Lane: client.LaneBulk}, &res).StatusCode)
+	require.Equal(t, 10_000, res.Enqueued)
+	require.Len(t, res.Results, 10_000)
+	for i, r := range res.Results {
+		require.Equal(t, i, r.Index)
+		require.Equal(t, client.StatusEnqueued, r.Status)
+	}
+	require.Equal(t, "email:m00043", res.Results[43].TaskID)
+	require.Equal(t, map[string]int{"bulk": 9_999, "urgent": 1}, e.queued())
+
+	var st client.CampaignStatus
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/spring-sale", auth, nil, &st).StatusCode)
+	require.Equal(t, int64(10_000), st.Total)
+	require.Equal(t, int64(10_000), st.Pending)
+
+	res = client.Response{}
+	require.Equal(t, http.StatusAccepted, e.post(client.Request{Items: its, Lane: client.LaneBulk}, &res).StatusCode)
+	require.Equal(t, 10_000, res.AlreadyQueued)
+	require.Equal(t, 0, res.Enqueued)
+	require.Equal(t, map[string]int{"bulk": 9_999, "urgent": 1}, e.queued())
+	st = client.CampaignStatus{}
+	e.do(http.MethodGet, "/v1/campaigns/spring-sale", auth, nil, &st)
+	require.Equal(t, int64(10_000), st.Total, "a resent request does not count twice")
+
+	// The metrics count every item.
+	mfs, err := e.reg.Gather()
+	require.NoError(t, err)
+	require.Equal(t, 10_000.0, metrics.Sum(mfs, "ghlcancel_intake_items_total", "result", "enqueued"))
+	require.Equal(t, 10_000.0, metrics.Sum(mfs, "ghlcancel_intake_items_total", "result", "already_queued"))
+	require.Equal(t, 2.0, metrics.Sum(mfs, "ghlcancel_intake_requests_total", "route", "cancellations", "code", "202"))
+
+	// A single object is a one-item request; urgent goes to its own lane.
+	res = client.Response{}
+	require.Equal(t, http.StatusAccepted, e.post(client.Cancel{MessageID: "single", LocationID: "l", Urgent: true}, &res).StatusCode)
+	require.Equal(t, client.ItemResult{Index: 0, MessageID: "single", TaskID: "msg:single", Status: client.StatusEnqueued}, res.Results[0])
+	require.Equal(t, 2, e.queued()["urgent"])
+}
+
+func TestCampaignAndDeadLetters(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	var eb client.ErrorBody
+	e.errBody(e.do(http.MethodGet, "/v1/campaigns/nope", auth, nil, &eb), eb, http.StatusNotFound, client.CodeCampaignNotFound)
+
+	store := deadletter.New(e.rdb)
+	ctx := context.Background()
+	base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	for i := range 250 {
+		reason := "unauthorized"
+		if i%5 == 0 {
+			reason = "bad_request"
+		}
+		require.NoError(t, store.Add(ctx, deadletter.Record{
+			TaskID: fmt.Sprintf("msg:d%03d", i), Kind: "message", MessageID: fmt.Sprintf("d%03d", i), LocationID: "loc1",
+			Queue: "default", Reason: reason, Attempts: 1, DeadAt: base.Add(time.Duration(i/10) * time.Millisecond),
+		}))
+	}
+	seen := map[string]bool{}
+	cursor := ""
+	for {
+		var page client.DeadLetterPage
+		path := "/v1/dead-letters?reason=unauthorized&limit=30"
+		if cursor != "" {
+			path += "&cursor=" + cursor
+		}
+		require.Equal(t, http.StatusOK, e.do(http.MethodGet, path, auth, nil, &page).StatusCode)
+		for _, d := range page.DeadLetters {
+			require.Equal(t, "unauthorized", d.Reason)
+			require.False(t, seen[d.TaskID])
+			seen[d.TaskID] = true
+		}
+		if cursor = page.NextCursor; cursor == "" {
+			break
+		}
+	}
+	require.Len(t, seen, 200)
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "kind=fax", "cursor=zzz"} {
+		eb = client.ErrorBody{}
+		e.errBody(e.do(http.MethodGet, "/v1/dead-letters?"+q, auth, nil, &eb), eb, http.StatusBadRequest, client.CodeInvalidParameter)
+	}
+}
+
+// TestRedisDown: enqueues answer 503 with a retry hint, /readyz 503.
+func TestRedisDown(t *testing.T) {
+	t.Parallel()
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { _ = dead.Close() })
+	e := newEnvOn(t, dead, intake.Config{})
+	var eb client.ErrorBody
+	res := e.post(client.Cancel{MessageID: "m", LocationID: "l"}, &eb)
+	e.errBody(res, eb, http.StatusServiceUnavailable, client.CodeQueueUnavailable)
+	require.Equal(t, "1", res.Header.Get("Retry-After"))
+	require.Equal(t, http.StatusServiceUnavailable, e.do(http.MethodGet, "/readyz", nil, nil, nil).StatusCode)
+	eb = client.ErrorBody{}
+	e.errBody(e.do(http.MethodGet, "/v1/campaigns/c", auth, nil, &eb), eb, http.StatusServiceUnavailable, client.CodeQueueUnavailable)
+}
