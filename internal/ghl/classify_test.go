@@ -70,6 +70,8 @@ func TestClassify(t *testing.T) {
 		{name: "429 daily spent", status: 429, header: hdr(HeaderRateLimitDailyLeft, "0", HeaderRateLimitInterval, "10000"), rateLimited: DailyLimitRecheck, daily: true},
 		{name: "429 no headers", status: 429, rateLimited: RateLimitFallback},
 		{name: "429 junk Retry-After", status: 429, header: hdr("Retry-After", "soon"), rateLimited: RateLimitFallback},
+		{name: "429 Retry-After 0 still waits", status: 429, header: hdr("Retry-After", "0"), rateLimited: RateLimitMinWait},
+		{name: "429 Retry-After in the past", status: 429, header: hdr("Retry-After", now.Add(-time.Minute).Format(http.TimeFormat)), rateLimited: RateLimitMinWait},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

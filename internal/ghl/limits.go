@@ -92,13 +92,18 @@ const (
 	// waits before trying again. HighLevel does not document when the daily
 	// window resets, so we re-probe hourly rather than guess midnight.
 	DailyLimitRecheck = time.Hour
+	// RateLimitMinWait is the shortest wait after a 429. A "Retry-After: 0"
+	// (or a date already past) would otherwise retry at once, and since 429s
+	// use up no retry, a task would spin against the limit (found by
+	// FuzzClassify).
+	RateLimitMinWait = time.Second
 )
 
 // rateLimitWait decides how long to wait after a 429.
 func rateLimitWait(h http.Header, l Limits, now time.Time) (wait time.Duration, daily bool) {
 	daily = l.DailyRemaining == 0
 	if d, ok := ParseRetryAfter(h.Get(HeaderRetryAfter), now); ok {
-		return d, daily
+		return max(d, RateLimitMinWait), daily
 	}
 	if daily {
 		return DailyLimitRecheck, true
