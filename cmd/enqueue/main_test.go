@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -303,4 +304,50 @@ func TestDryRun(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &d))
 	require.Equal(t, 2, d.Valid)
 	require.Equal(t, "2s", d.MinDuration)
+}
+
+// TestHostileFiles: a 100 MB file without a newline and a binary file are
+// refused line by line with a clear message and exit 1, without holding
+// the line in memory, and the campaign counts exactly what was enqueued.
+func TestHostileFiles(t *testing.T) {
+	url := redisServer.URL(t)
+	dir := t.TempDir()
+
+	big := filepath.Join(dir, "no-newline.csv")
+	f, err := os.Create(big)
+	require.NoError(t, err)
+	chunk := bytes.Repeat([]byte("a"), 1<<20)
+	for range 100 {
+		_, err := f.Write(chunk)
+		require.NoError(t, err)
+	}
+	require.NoError(t, f.Close())
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	r := runCmd(t, url, "", "--location", "locA", "--campaign", "hostile", "--file", big)
+	runtime.ReadMemStats(&after)
+	require.Error(t, r.err)
+	require.Contains(t, r.stderr, "line 1: line is longer than 4096 bytes")
+	require.Contains(t, r.stdout, "enqueued 0, already queued 0, rejected 1")
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(32<<20), "the 100 MB line must not be read into memory")
+
+	// Binary: every line has a NUL or is not UTF-8; one good line among them.
+	bin := filepath.Join(dir, "binary.dat")
+	var b bytes.Buffer
+	for i := range 1000 {
+		b.Write([]byte{0x89, 'P', 'N', 'G', 0x00, byte(i%200 + 20), 0xff, 0xfe, '\n'})
+	}
+	b.WriteString("goodMessage1\n")
+	require.NoError(t, os.WriteFile(bin, b.Bytes(), 0o644))
+	r = runCmd(t, url, "", "--location", "locA", "--campaign", "hostile", "--file", bin)
+	require.Error(t, r.err)
+	require.Contains(t, r.stderr, "line 1: line is not text (binary data?)")
+	require.Contains(t, r.stdout, "enqueued 1, already queued 0, rejected 1000")
+
+	rdb := redistest.ClientFor(t, url)
+	st, ok, err := campaign.New(rdb, 0).Get(context.Background(), "hostile")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, int64(1), st.Total, "the campaign counts exactly what was enqueued")
 }
