@@ -36,6 +36,8 @@ type Metrics struct {
 	LimiterCool    *prometheus.CounterVec
 	TokenRefreshes *prometheus.CounterVec
 	DailyLowCount  prometheus.Counter
+	CircuitOpen    prometheus.Gauge
+	CircuitChanges *prometheus.CounterVec
 }
 
 // DeadLetterReasons are initialised at zero so that rate() works from the start.
@@ -51,7 +53,7 @@ var DeadLetterReasons = []string{
 var RetryReasons = []string{
 	string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork),
 	string(ghl.ReasonBadResponse), string(ghl.ReasonRateLimited), string(ghl.ReasonTokenSource),
-	"dead_letter_write", "campaign_write", tasks.ReasonPaced, tasks.ReasonLimiter,
+	"dead_letter_write", "campaign_write", tasks.ReasonPaced, tasks.ReasonLimiter, tasks.ReasonCircuitOpen,
 }
 
 // TokenRefreshResults are the result labels of token refreshes.
@@ -128,6 +130,17 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: Namespace, Name: "token_refreshes_total",
 		Help: "OAuth token refreshes by result (ok, lost_race, invalid_grant, inactive, error).",
 	}, []string{"result"})
+	m.CircuitOpen = f.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "circuit_open",
+		Help: "1 while this worker's circuit breaker pauses HighLevel calls (open or half-open), 0 when closed.",
+	})
+	m.CircuitChanges = f.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "circuit_transitions_total",
+		Help: "Circuit breaker state changes, by the state entered (open, half_open, closed).",
+	}, []string{"to"})
+	for _, s := range []string{"open", "half_open", "closed"} {
+		m.CircuitChanges.WithLabelValues(s)
+	}
 	m.DailyLowCount = f.NewCounter(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "ratelimit_daily_low_total",
 		Help: "API answers showing a location with under 10% of its daily request budget left.",
@@ -220,7 +233,7 @@ func (m *Metrics) Middleware(next asynq.Handler) asynq.Handler {
 		switch outcome {
 		case tasks.OutcomeDeadLettered:
 			m.DeadLetters.WithLabelValues(rep.Reason).Inc()
-		case tasks.OutcomeRetry, tasks.OutcomeRateLimited:
+		case tasks.OutcomeRetry, tasks.OutcomeRateLimited, tasks.OutcomePaused:
 			m.Retries.WithLabelValues(rep.Reason).Inc()
 		}
 		return err

@@ -26,10 +26,13 @@ const (
 	// OutcomeExpired: the message's send time passed before the task ran;
 	// no call is made (it has gone out already).
 	OutcomeExpired = "expired"
+	// OutcomePaused: the circuit breaker is open; the task went back to the
+	// queue without a call and without using a retry.
+	OutcomePaused = "paused"
 )
 
 // Outcomes lists every outcome label, to initialise metrics at zero.
-var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeExpired, OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited}
+var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeExpired, OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaused}
 
 // Dead-letter and retry reasons that are not API reasons.
 const (
@@ -37,7 +40,17 @@ const (
 	ReasonUnknownType    = "unknown_type"
 	ReasonPaced          = "paced"   // the location's next slot is too far: snoozed
 	ReasonLimiter        = "limiter" // the limiter could not reach Redis
+	ReasonCircuitOpen    = "circuit_open"
 )
+
+// Breaker pauses calls while HighLevel fails (internal/breaker.Breaker).
+type Breaker interface {
+	// Allow returns an error with a SnoozeFor() method while calls are
+	// paused; probe marks the one call let through to test recovery.
+	Allow() (probe bool, err error)
+	// Record reports whether the call failed (5xx, timeout, no connection).
+	Record(failure, probe bool)
+}
 
 // Pacer paces calls per location (internal/ratelimit.Limiter).
 type Pacer interface {
@@ -85,6 +98,8 @@ type Handler struct {
 	Pacer Pacer
 	// Campaigns, when set, records each task's terminal outcome once per campaign.
 	Campaigns *campaign.Tracker
+	// Breaker, when set, pauses calls while HighLevel answers mostly 5xx.
+	Breaker Breaker
 	// Now defaults to time.Now.
 	Now func() time.Time
 	// InlineWaitMax: without a Pacer, a 429 asking for at most this long is
@@ -182,7 +197,30 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 				return err
 			}
 		}
+		probe := false
+		if h.Breaker != nil {
+			var berr error
+			if probe, berr = h.Breaker.Allow(); berr != nil {
+				var sn snoozer
+				errors.As(berr, &sn)
+				if final { // asynq would archive it: wait here if time allows
+					if round < maxRounds && sn != nil && fitsDeadline(ctx, sn.SnoozeFor()) {
+						if sleep(ctx, sn.SnoozeFor()) != nil {
+							return berr
+						}
+						continue
+					}
+					rec.Reason, rec.APIMessage = ReasonCircuitOpen, berr.Error()
+					return h.dead(ctx, rep, rec, berr)
+				}
+				rep.Outcome, rep.Reason = OutcomePaused, ReasonCircuitOpen
+				return berr
+			}
+		}
 		res, err := h.API.Cancel(ctx, kind, p.MessageID, token)
+		if h.Breaker != nil && (ctx.Err() == nil || probe) {
+			h.Breaker.Record(ctx.Err() != nil || apiFailure(err), probe)
+		}
 		var rl *ghl.RateLimitError
 		errors.As(err, &rl)
 		if h.Pacer != nil {
@@ -247,6 +285,27 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		h.retrying(ctx, p.CampaignID, taskID)
 		return err
 	}
+}
+
+// apiFailure: the call says HighLevel is failing (5xx, timeout, no
+// connection, unreadable 2xx), as opposed to answering (2xx, 4xx, 429).
+func apiFailure(err error) bool {
+	if err == nil {
+		return false
+	}
+	var rl *ghl.RateLimitError
+	if errors.As(err, &rl) {
+		return false
+	}
+	var e *ghl.Error
+	if !errors.As(err, &e) {
+		return true
+	}
+	switch e.Reason {
+	case ghl.ReasonServerError, ghl.ReasonTimeout, ghl.ReasonNetwork, ghl.ReasonBadResponse:
+		return true
+	}
+	return false
 }
 
 // maxRounds bounds in-handler waits (pacing and 429s) within one attempt.

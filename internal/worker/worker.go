@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/internal/breaker"
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
@@ -68,6 +69,11 @@ type Config struct {
 	RateLimit ratelimit.Config
 	// NoPacing turns the limiter off: 429s are then only reacted to.
 	NoPacing bool
+	// Breaker tunes the circuit breaker (zero value: 50% failures of at
+	// least 20 calls in 10 s opens it for 5 s, doubling up to 1 min).
+	Breaker breaker.Config
+	// NoBreaker turns the circuit breaker off.
+	NoBreaker bool
 	// CampaignRetention is how long campaign counters and reports are kept
 	// after a campaign's last update. Defaults to campaign.RetentionDefault.
 	CampaignRetention time.Duration
@@ -131,6 +137,23 @@ func New(cfg Config) (*Worker, error) {
 	dead := deadletter.New(cfg.Redis)
 	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Dead: dead, Logger: cfg.Logger,
 		Campaigns: campaign.New(cfg.Redis, cfg.CampaignRetention)}
+	if !cfg.NoBreaker {
+		bc := cfg.Breaker
+		log := cfg.Logger
+		bc.OnChange = func(from, to breaker.State) {
+			m.CircuitChanges.WithLabelValues(to.String()).Inc()
+			if to == breaker.Closed {
+				m.CircuitOpen.Set(0)
+				log.Info("circuit breaker closed: HighLevel answers again, calls resume")
+			} else {
+				m.CircuitOpen.Set(1)
+				if to == breaker.Open {
+					log.Warn("circuit breaker open: HighLevel is failing, calls paused", "from", from.String())
+				}
+			}
+		}
+		h.Breaker = breaker.New(bc)
+	}
 	if !cfg.NoPacing {
 		rl := cfg.RateLimit
 		rl.Observe = m

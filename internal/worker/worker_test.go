@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghlcancel/ghlcancel/internal/breaker"
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/contract"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
@@ -411,4 +413,97 @@ func TestCampaignCountsAndExpired(t *testing.T) {
 	}, 5*time.Second, 50*time.Millisecond)
 	require.Equal(t, int64(1), s.DeadLettered)
 	require.Equal(t, int64(6), s.Total)
+}
+
+// TestAPIFaultSuite is issue 6's fault scenario at its exact ratios: the
+// sandbox answers 20% of calls 5xx, resets 5% of connections, lets 2% hang
+// past the client timeout, and adds random latency. Every scheduled message
+// must end cancelled, nothing may be dead-lettered, and every fault must
+// show up as exactly one retry in the metrics, by reason.
+func TestAPIFaultSuite(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{Seed: 42, RateMax: -1, Faults: sandbox.Faults{
+		ErrorRate: 0.20, ResetRate: 0.05, TimeoutRate: 0.02, Latency: 2 * time.Millisecond, LatencyJitter: 20 * time.Millisecond,
+	}}, producer.Config{}, noPacing, func(c *worker.Config) {
+		c.GHL.Timeout = 300 * time.Millisecond
+		c.Concurrency = 50
+	})
+	const n = 1500
+	ids := b.sb.ScheduleN(locGood, n, false)
+	b.enqueueAll(t, locGood, ids)
+	b.waitDrained(t, 2*time.Minute)
+
+	b.requireAllCancelledNoneDead(t, ids)
+	s := b.sb.Stats()
+	t.Logf("%d messages: %d calls, %d 5xx, %d resets, %d timeouts; %v retries", n, s.Requests, s.Faulted5xx, s.Resets, s.Timeouts,
+		b.processed(tasks.OutcomeRetry))
+	require.Positive(t, s.Faulted5xx)
+	require.Positive(t, s.Resets)
+	require.Positive(t, s.Timeouts)
+	// A timed-out call may have been applied before the client gave up; its
+	// retry then finds nothing to cancel. Either way the message is
+	// cancelled (checked above) and accounted for exactly once.
+	require.Equal(t, float64(n), b.processed(tasks.OutcomeCancelled)+b.processed(tasks.OutcomeNotCancellable))
+	retries := func(reason string) float64 {
+		return testutil.ToFloat64(b.worker.Metrics.Retries.WithLabelValues(reason))
+	}
+	require.Equal(t, float64(s.Faulted5xx), retries(string(ghl.ReasonServerError)))
+	require.Equal(t, float64(s.Resets+s.Timeouts), retries(string(ghl.ReasonNetwork))+retries(string(ghl.ReasonTimeout)))
+	require.Equal(t, float64(s.Faulted5xx+s.Resets+s.Timeouts), b.processed(tasks.OutcomeRetry), "one retry per fault, no more")
+	// Bounded: no message needed more calls than the worst fault streak
+	// allows at these rates (0.27^12 per message is ~1e-7).
+	for _, id := range ids {
+		_, cancels, _ := b.sb.MessageStatus(id)
+		require.LessOrEqual(t, cancels, 1, "a message was cancelled twice: %s", id)
+	}
+	require.Less(t, float64(s.Requests), float64(n)*1.6, "calls per message stay near 1/(1-0.27)")
+}
+
+// TestCircuitBreakerPausesDuringAnOutage: HighLevel answers every call 5xx
+// for 2 s. With the breaker, workers stop calling after the first failures
+// (probing now and then), no task burns its retries (MaxRetry 5 runs out in
+// about a second of backoff), and everything is cancelled once the outage
+// ends. Without it (the control), the outage dead-letters tasks.
+func TestCircuitBreakerPausesDuringAnOutage(t *testing.T) {
+	t.Parallel()
+	for _, withBreaker := range []bool{true, false} {
+		t.Run(fmt.Sprintf("breaker=%t", withBreaker), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, sandbox.Config{Seed: 3, RateMax: -1, Faults: sandbox.Faults{ErrorRate: 1}},
+				producer.Config{MaxRetry: 5}, noPacing, func(c *worker.Config) {
+					c.NoBreaker = !withBreaker
+					c.Breaker = breaker.Config{OpenFor: 300 * time.Millisecond, MaxOpenFor: 600 * time.Millisecond}
+				})
+			ids := b.sb.ScheduleN(locGood, 300, false)
+			b.enqueueAll(t, locGood, ids)
+			ctx := context.Background()
+			if withBreaker {
+				time.Sleep(2 * time.Second)
+				require.Equal(t, 1.0, testutil.ToFloat64(b.worker.Metrics.CircuitOpen), "paused during the outage")
+			} else {
+				// The control: the same outage, however slow the machine,
+				// until it has cost a task its last retry.
+				require.Eventually(t, func() bool { n, _ := b.dead.Count(ctx); return n > 0 }, time.Minute, 20*time.Millisecond,
+					"without the breaker the outage burns retries")
+			}
+			during := b.sb.Stats().Requests
+			b.sb.SetFaults(sandbox.Faults{})
+			b.waitDrained(t, time.Minute)
+			dead, err := b.dead.Count(ctx)
+			require.NoError(t, err)
+			t.Logf("calls during the outage: %d; dead letters: %d; paused: %v", during, dead, b.processed(tasks.OutcomePaused))
+			if !withBreaker {
+				require.Greater(t, during, int64(300), "every task called again and again")
+				return
+			}
+			b.requireAllCancelledNoneDead(t, ids)
+			require.Less(t, during, int64(100), "workers stopped hammering")
+			require.Positive(t, b.processed(tasks.OutcomePaused))
+			m := b.worker.Metrics
+			require.GreaterOrEqual(t, testutil.ToFloat64(m.CircuitChanges.WithLabelValues("open")), 1.0)
+			require.GreaterOrEqual(t, testutil.ToFloat64(m.CircuitChanges.WithLabelValues("closed")), 1.0)
+			require.Zero(t, testutil.ToFloat64(m.CircuitOpen), "closed again after the outage")
+			require.Equal(t, b.processed(tasks.OutcomePaused), testutil.ToFloat64(m.Retries.WithLabelValues(tasks.ReasonCircuitOpen)))
+		})
+	}
 }
