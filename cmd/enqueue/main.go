@@ -31,6 +31,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/redisconn"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
@@ -93,17 +94,15 @@ func (e env) redisFlag(fs *flag.FlagSet) *string {
 }
 
 func connect(ctx context.Context, url string) (*redis.Client, error) {
-	opt, err := redis.ParseURL(url)
+	rdb, addr, err := redisconn.Open(url, 64)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("redis url: %w (want redis://host:port/db)", err)}
+		return nil, usageError{err}
 	}
-	opt.PoolSize = max(opt.PoolSize, 64)
-	rdb := redis.NewClient(opt)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		_ = rdb.Close()
-		return nil, fmt.Errorf("cannot reach Redis at %s: %w (is it running? is REDIS_URL right?)", opt.Addr, err)
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w (is it running? is REDIS_URL right?)", addr, err)
 	}
 	return rdb, nil
 }

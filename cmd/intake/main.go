@@ -18,12 +18,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/intake"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/redisconn"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
@@ -110,17 +109,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	opt, err := redis.ParseURL(*redisURL)
+	rdb, redisAddr, err := redisconn.Open(*redisURL, 64)
 	if err != nil {
-		return fmt.Errorf("%s: %w (want redis://host:port/db)", EnvRedisURL, err)
+		return fmt.Errorf("%s: %w", EnvRedisURL, err)
 	}
-	opt.PoolSize = max(opt.PoolSize, 64)
-	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		// Not fatal: enqueues answer 503 and /readyz says not ready until it is back.
-		log.Warn("redis is not reachable yet; requests answer 503 until it is", "addr", opt.Addr, "error", err)
+		log.Warn("redis is not reachable yet; requests answer 503 until it is", "addr", redisAddr, "error", err)
 	}
 	cancel()
 

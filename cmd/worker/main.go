@@ -25,6 +25,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/redisconn"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/internal/worker"
 )
@@ -59,6 +60,7 @@ const (
 	EnvClientSecret    = "GHL_CLIENT_SECRET"
 	EnvTokenKey        = "GHL_TOKEN_KEY"
 	EnvRetention       = "CAMPAIGN_RETENTION"
+	EnvBreaker         = "CIRCUIT_BREAKER"
 )
 
 // RedisURLDefault is used when REDIS_URL is unset.
@@ -91,12 +93,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	rateMaxWait := fs.Duration("rate-limit-max-wait", envDuration(getenv, EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
 	dailyReserve := fs.Int("daily-reserve", envInt(getenv, EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
 	retention := fs.Duration("campaign-retention", envDuration(getenv, EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
+	breakerMode := fs.String("circuit-breaker", env(EnvBreaker, "on"), "on: pause calls while HighLevel answers mostly 5xx; off (env "+EnvBreaker+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *breakerMode != "on" && *breakerMode != "off" {
+		return fmt.Errorf("%s=%q: want on or off", EnvBreaker, *breakerMode)
 	}
 	log, err := logFlags.Logger(stderr)
 	if err != nil {
@@ -111,12 +117,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	opt, err := redis.ParseURL(*redisURL)
+	rdb, redisAddr, err := redisconn.Open(*redisURL, *concurrency+20)
 	if err != nil {
-		return fmt.Errorf("%s: %w (want redis://host:port/db)", EnvRedisURL, err)
+		return fmt.Errorf("%s: %w", EnvRedisURL, err)
 	}
-	opt.PoolSize = max(opt.PoolSize, *concurrency+20)
-	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 
 	w, err := worker.New(worker.Config{
@@ -129,6 +133,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		StrictPriority:    *strict,
 		RateLimit:         rl,
 		NoPacing:          noPacing,
+		NoBreaker:         *breakerMode == "off",
 		CampaignRetention: *retention,
 		Logger:            log,
 	})
@@ -140,7 +145,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cancel()
 	if err != nil {
 		// Not fatal: asynq reconnects by itself; /readyz says not ready meanwhile.
-		log.Warn("redis is not reachable yet; will keep trying", "addr", opt.Addr, "error", err)
+		log.Warn("redis is not reachable yet; will keep trying", "addr", redisAddr, "error", err)
 	} else {
 		checkRedisConfig(ctx, rdb, log)
 	}

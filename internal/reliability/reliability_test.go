@@ -27,6 +27,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/redisconn"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
@@ -257,6 +258,72 @@ func TestRedisRestartMidCampaign(t *testing.T) {
 	t.Logf("all %d cancelled after a Redis restart; API calls %d, duplicates %d", len(c.scheduled), c.sb.Stats().Requests, c.sb.Stats().NotCancellable)
 }
 
+// TestSentinelFailoverMidCampaign: the worker and the producer run with a
+// Sentinel URL (one master, one replica, three sentinels); the master is
+// killed with SIGKILL mid-campaign, the sentinels promote the replica, and
+// the worker follows by itself: every message ends cancelled, nothing is
+// dead-lettered, nothing stays queued, the campaign's counters are whole.
+// Replication is asynchronous, so writes of the last moment before the
+// crash can be lost; for a cancel that means doing it again (a duplicate
+// call answered not_cancellable), never not doing it, which this checks.
+func TestSentinelFailoverMidCampaign(t *testing.T) {
+	t.Parallel()
+	topo, err := redistest.StartSentinel()
+	require.NoError(t, err)
+	t.Cleanup(topo.Stop)
+	redisURL := topo.URL()
+	rdb, _, err := redisconn.Open(redisURL, 16)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx := context.Background()
+
+	c := newCampaign(t, 5, 600, sandbox.Faults{Latency: 20 * time.Millisecond})
+	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
+	for _, r := range p.EnqueueBatch(ctx, c.items) {
+		require.Equal(t, producer.Enqueued, r.Status, r.Err)
+	}
+	// Everything enqueued has reached the replica before the crash.
+	require.NoError(t, rdb.Do(ctx, "WAIT", 1, 5000).Err())
+
+	w := startWorker(t, redisURL, c)
+	require.Eventually(t, func() bool { return c.cancelled() >= 600 }, 60*time.Second, 10*time.Millisecond)
+	oldMaster := topo.CurrentMaster()
+	topo.Master.Kill()
+	killedAt, atKill := time.Now(), c.cancelled()
+	require.Eventually(t, func() bool { m := topo.CurrentMaster(); return m != "" && m != oldMaster }, 30*time.Second, 100*time.Millisecond,
+		"the sentinels did not fail over")
+	failedOver := time.Since(killedAt)
+
+	require.Eventually(t, func() bool { return c.cancelled() == len(c.scheduled) }, 4*time.Minute, 100*time.Millisecond,
+		"%d of %d cancelled; worker log tail: %s", c.cancelled(), len(c.scheduled), tail(w.logs.String(), 1500))
+	recovery := time.Since(killedAt)
+	require.Eventually(t, func() bool {
+		n := int64(0)
+		for _, q := range tasks.Queues {
+			for _, st := range []string{"pending", "active"} {
+				n += rdb.LLen(ctx, "asynq:{"+q+"}:"+st).Val()
+			}
+			for _, st := range []string{"scheduled", "retry"} {
+				n += rdb.ZCard(ctx, "asynq:{"+q+"}:"+st).Val()
+			}
+		}
+		return n == 0
+	}, 2*time.Minute, 100*time.Millisecond, "tasks left queued after the failover")
+	drained := time.Since(killedAt)
+	dead, err := deadletter.New(rdb).Count(ctx)
+	require.NoError(t, err)
+	require.Zero(t, dead)
+	cs, ok, err := campaigns.New(rdb, 0).Get(ctx, "reliability")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, int64(len(c.scheduled)), cs.Total)
+	require.Equal(t, cs.Total, cs.Done)
+	require.Equal(t, http.StatusOK, w.status("/readyz"))
+	st := c.sb.Stats()
+	t.Logf("master killed at %d/%d cancelled; sentinels promoted the replica after %.1fs; all cancelled %.1fs after the kill; queues empty after %.0fs (tasks whose ack was lost with the old master come back when their asynq lease expires); API calls %d, duplicates (not_cancellable) %d; campaign: %s",
+		atKill, len(c.scheduled), failedOver.Seconds(), recovery.Seconds(), drained.Seconds(), st.Requests, st.NotCancellable, cs)
+}
+
 // TestNoTokenLeaks runs a campaign with known token values, some of them
 // rejected by the API (dead letters), with faults, then scans every Redis
 // key and value, all worker log output and /metrics for them.
@@ -305,6 +372,15 @@ func TestNoTokenLeaks(t *testing.T) {
 		}
 	}
 	require.NoError(t, iter.Err())
+	// The campaign report and the dead-letter records as operators read them.
+	rows, err := campaigns.New(rdb, 0).WriteReport(ctx, "reliability", &everything)
+	require.NoError(t, err)
+	require.Equal(t, len(c.items), rows)
+	require.NoError(t, deadletter.New(rdb).Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
+		b, _ := json.Marshal(r)
+		everything.Write(b)
+		return nil
+	}))
 	resp, err := http.Get("http://" + w.metricsAddr + "/metrics")
 	require.NoError(t, err)
 	metricsBody, _ := io.ReadAll(resp.Body)
