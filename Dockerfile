@@ -2,7 +2,7 @@
 # One small image with every ghlcancel command: worker, intake, enqueue,
 # sandbox. Static binaries (CGO off) on distroless/static (CA certificates,
 # tzdata, no shell), running as the non-root user 65532.
-FROM golang:1.26-bookworm AS build
+FROM golang:1.26.10-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

@@ -2,6 +2,8 @@ module github.com/ghlcancel/ghlcancel
 
 go 1.26.0
 
+toolchain go1.26.10
+
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/getkin/kin-openapi v0.153.0
