@@ -72,6 +72,7 @@ const MetricsAddrDefault = ":9464"
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	ep := &envParser{get: getenv}
 	env := func(k, def string) string {
 		if v := getenv(k); v != "" {
 			return v
@@ -81,18 +82,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	redisURL := fs.String("redis-url", env(EnvRedisURL, RedisURLDefault), "Redis URL, redis://[:password@]host:port/db (env "+EnvRedisURL+")")
 	baseURL := fs.String("base-url", env(EnvBaseURL, ghl.BaseURLDefault), "HighLevel API base URL (env "+EnvBaseURL+")")
 	version := fs.String("api-version", env(EnvAPIVersion, ghl.VersionDefault), "Version header (env "+EnvAPIVersion+")")
-	apiTimeout := fs.Duration("api-timeout", envDuration(getenv, EnvAPITimeout, ghl.TimeoutDefault), "timeout of one API call (env "+EnvAPITimeout+")")
+	apiTimeout := fs.Duration("api-timeout", ep.duration(EnvAPITimeout, ghl.TimeoutDefault), "timeout of one API call (env "+EnvAPITimeout+")")
 	tokensFile := fs.String("tokens-file", getenv(EnvTokensFile), "JSON file {\"locationId\": \"token\"}, reloaded on change (env "+EnvTokensFile+"); or set "+EnvToken)
-	concurrency := fs.Int("concurrency", envInt(getenv, EnvConcurrency, worker.ConcurrencyDefault), "tasks processed at once (env "+EnvConcurrency+")")
-	shutdown := fs.Duration("shutdown-timeout", envDuration(getenv, EnvShutdownTimeout, worker.ShutdownTimeoutDefault), "time in-flight tasks get on SIGTERM (env "+EnvShutdownTimeout+")")
+	concurrency := fs.Int("concurrency", ep.int(EnvConcurrency, worker.ConcurrencyDefault), "tasks processed at once (env "+EnvConcurrency+")")
+	shutdown := fs.Duration("shutdown-timeout", ep.duration(EnvShutdownTimeout, worker.ShutdownTimeoutDefault), "time in-flight tasks get on SIGTERM (env "+EnvShutdownTimeout+")")
 	metricsAddr := fs.String("metrics-addr", env(EnvMetricsAddr, MetricsAddrDefault), "listen address for /metrics, /healthz, /readyz; empty disables (env "+EnvMetricsAddr+")")
 	strict := fs.Bool("strict-priority", getenv(EnvStrictPriority) == "true", "serve bulk only when urgent and default are empty (env "+EnvStrictPriority+")")
 	rateLimit := fs.String("rate-limit", env(EnvRateLimit, "100/10s"), "default per-location limit N/period, or off (env "+EnvRateLimit+")")
-	rateMargin := fs.Float64("rate-limit-margin", envFloat(getenv, EnvRateMargin, ratelimit.MarginDefault), "share of the limit left unused (env "+EnvRateMargin+")")
+	rateMargin := fs.Float64("rate-limit-margin", ep.float(EnvRateMargin, ratelimit.MarginDefault), "share of the limit left unused (env "+EnvRateMargin+")")
 	rateOverrides := fs.String("rate-limit-overrides", getenv(EnvRateOverrides), "per-location limits, loc=N/period,... (env "+EnvRateOverrides+")")
-	rateMaxWait := fs.Duration("rate-limit-max-wait", envDuration(getenv, EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
-	dailyReserve := fs.Int("daily-reserve", envInt(getenv, EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
-	retention := fs.Duration("campaign-retention", envDuration(getenv, EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
+	rateMaxWait := fs.Duration("rate-limit-max-wait", ep.duration(EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
+	dailyReserve := fs.Int("daily-reserve", ep.int(EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
+	retention := fs.Duration("campaign-retention", ep.duration(EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
 	breakerMode := fs.String("circuit-breaker", env(EnvBreaker, "on"), "on: pause calls while HighLevel answers mostly 5xx; off (env "+EnvBreaker+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
@@ -100,6 +101,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := errors.Join(ep.errs...); err != nil {
+		return err
 	}
 	if *breakerMode != "on" && *breakerMode != "off" {
 		return fmt.Errorf("%s=%q: want on or off", EnvBreaker, *breakerMode)
@@ -260,23 +264,33 @@ func rateConfig(limit string, margin float64, overrides string, maxWait time.Dur
 	return cfg, false, nil
 }
 
-func envFloat(getenv func(string) string, k string, def float64) float64 {
-	if f, err := strconv.ParseFloat(getenv(k), 64); err == nil {
-		return f
+// envParser reads typed environment variables, collecting the ones that do
+// not parse so the worker refuses to start naming them, instead of quietly
+// running with a default.
+type envParser struct {
+	get  func(string) string
+	errs []error
+}
+
+func (e *envParser) parse(k string, parse func(string) error) {
+	if v := e.get(k); v != "" {
+		if err := parse(v); err != nil {
+			e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", k, v, err))
+		}
 	}
+}
+
+func (e *envParser) float(k string, def float64) float64 {
+	e.parse(k, func(v string) (err error) { def, err = strconv.ParseFloat(v, 64); return err })
 	return def
 }
 
-func envInt(getenv func(string) string, k string, def int) int {
-	if n, err := strconv.Atoi(getenv(k)); err == nil {
-		return n
-	}
+func (e *envParser) int(k string, def int) int {
+	e.parse(k, func(v string) (err error) { def, err = strconv.Atoi(v); return err })
 	return def
 }
 
-func envDuration(getenv func(string) string, k string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(getenv(k)); err == nil {
-		return d
-	}
+func (e *envParser) duration(k string, def time.Duration) time.Duration {
+	e.parse(k, func(v string) (err error) { def, err = time.ParseDuration(v); return err })
 	return def
 }

@@ -232,6 +232,9 @@ func TestRunConfigErrors(t *testing.T) {
 		{"bad rate limit", nil, map[string]string{EnvToken: "t", EnvRateLimit: "fast"}, "RATE_LIMIT"},
 		{"bad margin", nil, map[string]string{EnvToken: "t", EnvRateMargin: "1.5"}, "RATE_LIMIT_MARGIN"},
 		{"bad override", nil, map[string]string{EnvToken: "t", EnvRateOverrides: "locA=10"}, "RATE_LIMIT_OVERRIDES"},
+		{"bad concurrency", nil, map[string]string{EnvToken: "t", EnvConcurrency: "lots"}, `WORKER_CONCURRENCY="lots"`},
+		{"bad duration", nil, map[string]string{EnvToken: "t", EnvShutdownTimeout: "30"}, `SHUTDOWN_TIMEOUT="30"`},
+		{"bad breaker", nil, map[string]string{EnvToken: "t", EnvBreaker: "maybe"}, "CIRCUIT_BREAKER"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
