@@ -435,8 +435,8 @@ func TestAPIFaultSuite(t *testing.T) {
 
 	b.requireAllCancelledNoneDead(t, ids)
 	s := b.sb.Stats()
-	t.Logf("%d messages: %d calls, %d 5xx, %d resets, %d timeouts; %v retries", n, s.Requests, s.Faulted5xx, s.Resets, s.Timeouts,
-		b.processed(tasks.OutcomeRetry))
+	t.Logf("%d messages: %d calls, %d 5xx, %d resets, %d timeouts; %v retries; lost 0; duplicate calls (answered not_cancellable) %d",
+		n, s.Requests, s.Faulted5xx, s.Resets, s.Timeouts, b.processed(tasks.OutcomeRetry), s.NotCancellable)
 	require.Positive(t, s.Faulted5xx)
 	require.Positive(t, s.Resets)
 	require.Positive(t, s.Timeouts)
