@@ -14,11 +14,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/envconf"
 	"github.com/ghlcancel/ghlcancel/internal/intake"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -59,44 +59,28 @@ const (
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("intake", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	env := func(k, def string) string {
-		if v := getenv(k); v != "" {
-			return v
-		}
-		return def
-	}
-	var bad []error
-	num := func(k string, def int64) int64 {
-		v := getenv(k)
-		if v == "" {
-			return def
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n <= 0 {
-			bad = append(bad, fmt.Errorf("%s=%q: want a positive integer", k, v))
-		}
-		return n
-	}
-	redisURL := fs.String("redis-url", env(EnvRedisURL, RedisURLDefault), "Redis URL, redis://[:password@]host:port/db (env "+EnvRedisURL+")")
-	addr := fs.String("addr", env(EnvAddr, AddrDefault), "listen address (env "+EnvAddr+")")
+	ep := envconf.New(getenv)
+	redisURL := fs.String("redis-url", ep.String(EnvRedisURL, RedisURLDefault), "Redis URL, redis://[:password@]host:port/db (env "+EnvRedisURL+")")
+	addr := fs.String("addr", ep.String(EnvAddr, AddrDefault), "listen address (env "+EnvAddr+")")
 	keysFile := fs.String("api-keys-file", getenv(EnvKeysFile), "file of API keys, one per line (env "+EnvKeysFile+"); or set "+EnvKeys+" (comma-separated)")
-	maxBody := fs.Int64("max-body-bytes", num(EnvMaxBody, intake.MaxBodyDefault), "largest request body (env "+EnvMaxBody+")")
-	maxItems := fs.Int64("max-items", num(EnvMaxItems, intake.MaxItemsDefault), "most items per request (env "+EnvMaxItems+")")
-	maxRetry := fs.Int64("max-retry", num(EnvMaxRetry, tasks.MaxRetryDefault), "retries per task before it is dead-lettered (env "+EnvMaxRetry+")")
-	retention := fs.Duration("campaign-retention", campaign.RetentionDefault, "how long campaign counters and reports are kept (env "+EnvRetention+")")
-	if v := getenv(EnvRetention); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			bad = append(bad, fmt.Errorf("%s=%q: want a duration like 168h", EnvRetention, v))
-		}
-		*retention = d
-	}
+	maxBody := fs.Int("max-body-bytes", ep.Int(EnvMaxBody, intake.MaxBodyDefault), "largest request body (env "+EnvMaxBody+")")
+	maxItems := fs.Int("max-items", ep.Int(EnvMaxItems, intake.MaxItemsDefault), "most items per request (env "+EnvMaxItems+")")
+	maxRetry := fs.Int("max-retry", ep.Int(EnvMaxRetry, tasks.MaxRetryDefault), "retries per task before it is dead-lettered (env "+EnvMaxRetry+")")
+	retention := fs.Duration("campaign-retention", ep.Duration(EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept (env "+EnvRetention+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := errors.Join(bad...); err != nil {
+	if err := ep.Err(); err != nil {
 		return err
+	}
+	for _, c := range []struct {
+		name string
+		ok   bool
+	}{{EnvMaxBody, *maxBody > 0}, {EnvMaxItems, *maxItems > 0}, {EnvMaxRetry, *maxRetry >= 0}, {EnvRetention, *retention > 0}} {
+		if !c.ok {
+			return fmt.Errorf("%s (or its flag) must be positive", c.name)
+		}
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -122,8 +106,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cancel()
 
 	srv, err := intake.New(intake.Config{
-		Redis: rdb, Keys: keys, MaxBodyBytes: *maxBody, MaxItems: int(*maxItems), Logger: log,
-		Producer: producer.Config{MaxRetry: int(*maxRetry), CampaignRetention: *retention},
+		Redis: rdb, Keys: keys, MaxBodyBytes: int64(*maxBody), MaxItems: *maxItems, Logger: log,
+		Producer: producer.Config{MaxRetry: *maxRetry, CampaignRetention: *retention},
 	})
 	if err != nil {
 		return err

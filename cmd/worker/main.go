@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/envconf"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
@@ -72,29 +73,23 @@ const MetricsAddrDefault = ":9464"
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	ep := &envParser{get: getenv}
-	env := func(k, def string) string {
-		if v := getenv(k); v != "" {
-			return v
-		}
-		return def
-	}
-	redisURL := fs.String("redis-url", env(EnvRedisURL, RedisURLDefault), "Redis URL, redis://[:password@]host:port/db (env "+EnvRedisURL+")")
-	baseURL := fs.String("base-url", env(EnvBaseURL, ghl.BaseURLDefault), "HighLevel API base URL (env "+EnvBaseURL+")")
-	version := fs.String("api-version", env(EnvAPIVersion, ghl.VersionDefault), "Version header (env "+EnvAPIVersion+")")
-	apiTimeout := fs.Duration("api-timeout", ep.duration(EnvAPITimeout, ghl.TimeoutDefault), "timeout of one API call (env "+EnvAPITimeout+")")
+	ep := envconf.New(getenv)
+	redisURL := fs.String("redis-url", ep.String(EnvRedisURL, RedisURLDefault), "Redis URL, redis://[:password@]host:port/db (env "+EnvRedisURL+")")
+	baseURL := fs.String("base-url", ep.String(EnvBaseURL, ghl.BaseURLDefault), "HighLevel API base URL (env "+EnvBaseURL+")")
+	version := fs.String("api-version", ep.String(EnvAPIVersion, ghl.VersionDefault), "Version header (env "+EnvAPIVersion+")")
+	apiTimeout := fs.Duration("api-timeout", ep.Duration(EnvAPITimeout, ghl.TimeoutDefault), "timeout of one API call (env "+EnvAPITimeout+")")
 	tokensFile := fs.String("tokens-file", getenv(EnvTokensFile), "JSON file {\"locationId\": \"token\"}, reloaded on change (env "+EnvTokensFile+"); or set "+EnvToken)
-	concurrency := fs.Int("concurrency", ep.int(EnvConcurrency, worker.ConcurrencyDefault), "tasks processed at once (env "+EnvConcurrency+")")
-	shutdown := fs.Duration("shutdown-timeout", ep.duration(EnvShutdownTimeout, worker.ShutdownTimeoutDefault), "time in-flight tasks get on SIGTERM (env "+EnvShutdownTimeout+")")
-	metricsAddr := fs.String("metrics-addr", env(EnvMetricsAddr, MetricsAddrDefault), "listen address for /metrics, /healthz, /readyz; empty disables (env "+EnvMetricsAddr+")")
+	concurrency := fs.Int("concurrency", ep.Int(EnvConcurrency, worker.ConcurrencyDefault), "tasks processed at once (env "+EnvConcurrency+")")
+	shutdown := fs.Duration("shutdown-timeout", ep.Duration(EnvShutdownTimeout, worker.ShutdownTimeoutDefault), "time in-flight tasks get on SIGTERM (env "+EnvShutdownTimeout+")")
+	metricsAddr := fs.String("metrics-addr", ep.String(EnvMetricsAddr, MetricsAddrDefault), "listen address for /metrics, /healthz, /readyz; empty disables (env "+EnvMetricsAddr+")")
 	strict := fs.Bool("strict-priority", getenv(EnvStrictPriority) == "true", "serve bulk only when urgent and default are empty (env "+EnvStrictPriority+")")
-	rateLimit := fs.String("rate-limit", env(EnvRateLimit, "100/10s"), "default per-location limit N/period, or off (env "+EnvRateLimit+")")
-	rateMargin := fs.Float64("rate-limit-margin", ep.float(EnvRateMargin, ratelimit.MarginDefault), "share of the limit left unused (env "+EnvRateMargin+")")
+	rateLimit := fs.String("rate-limit", ep.String(EnvRateLimit, "100/10s"), "default per-location limit N/period, or off (env "+EnvRateLimit+")")
+	rateMargin := fs.Float64("rate-limit-margin", ep.Float(EnvRateMargin, ratelimit.MarginDefault), "share of the limit left unused (env "+EnvRateMargin+")")
 	rateOverrides := fs.String("rate-limit-overrides", getenv(EnvRateOverrides), "per-location limits, loc=N/period,... (env "+EnvRateOverrides+")")
-	rateMaxWait := fs.Duration("rate-limit-max-wait", ep.duration(EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
-	dailyReserve := fs.Int("daily-reserve", ep.int(EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
-	retention := fs.Duration("campaign-retention", ep.duration(EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
-	breakerMode := fs.String("circuit-breaker", env(EnvBreaker, "on"), "on: pause calls while HighLevel answers mostly 5xx; off (env "+EnvBreaker+")")
+	rateMaxWait := fs.Duration("rate-limit-max-wait", ep.Duration(EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
+	dailyReserve := fs.Int("daily-reserve", ep.Int(EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
+	retention := fs.Duration("campaign-retention", ep.Duration(EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
+	breakerMode := fs.String("circuit-breaker", ep.String(EnvBreaker, "on"), "on: pause calls while HighLevel answers mostly 5xx; off (env "+EnvBreaker+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -102,7 +97,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if err := errors.Join(ep.errs...); err != nil {
+	if err := ep.Err(); err != nil {
 		return err
 	}
 	if *breakerMode != "on" && *breakerMode != "off" {
@@ -262,35 +257,4 @@ func rateConfig(limit string, margin float64, overrides string, maxWait time.Dur
 		cfg.Overrides[loc] = l
 	}
 	return cfg, false, nil
-}
-
-// envParser reads typed environment variables, collecting the ones that do
-// not parse so the worker refuses to start naming them, instead of quietly
-// running with a default.
-type envParser struct {
-	get  func(string) string
-	errs []error
-}
-
-func (e *envParser) parse(k string, parse func(string) error) {
-	if v := e.get(k); v != "" {
-		if err := parse(v); err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", k, v, err))
-		}
-	}
-}
-
-func (e *envParser) float(k string, def float64) float64 {
-	e.parse(k, func(v string) (err error) { def, err = strconv.ParseFloat(v, 64); return err })
-	return def
-}
-
-func (e *envParser) int(k string, def int) int {
-	e.parse(k, func(v string) (err error) { def, err = strconv.Atoi(v); return err })
-	return def
-}
-
-func (e *envParser) duration(k string, def time.Duration) time.Duration {
-	e.parse(k, func(v string) (err error) { def, err = time.ParseDuration(v); return err })
-	return def
 }
