@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	campaigns "github.com/ghlcancel/ghlcancel/internal/campaign"
@@ -200,18 +201,7 @@ func TestWorkerKilledMidCampaign(t *testing.T) {
 
 	rdb := redistest.ClientFor(t, redisURL)
 	ctx := context.Background()
-	require.Eventually(t, func() bool {
-		n := int64(0)
-		for _, q := range tasks.Queues {
-			for _, st := range []string{"pending", "active"} {
-				n += rdb.LLen(ctx, "asynq:{"+q+"}:"+st).Val()
-			}
-			for _, st := range []string{"scheduled", "retry"} {
-				n += rdb.ZCard(ctx, "asynq:{"+q+"}:"+st).Val()
-			}
-		}
-		return n == 0
-	}, time.Minute, 100*time.Millisecond)
+	require.Eventually(t, func() bool { return queued(ctx, rdb) == 0 }, time.Minute, 100*time.Millisecond)
 	dead, err := deadletter.New(rdb).Count(ctx)
 	require.NoError(t, err)
 	require.Zero(t, dead)
@@ -300,18 +290,8 @@ func TestSentinelFailoverMidCampaign(t *testing.T) {
 	require.Eventually(t, func() bool { return c.cancelled() == len(c.scheduled) }, 4*time.Minute, 100*time.Millisecond,
 		"%d of %d cancelled; worker log tail: %s", c.cancelled(), len(c.scheduled), tail(w.logs.String(), 1500))
 	recovery := time.Since(killedAt)
-	require.Eventually(t, func() bool {
-		n := int64(0)
-		for _, q := range tasks.Queues {
-			for _, st := range []string{"pending", "active"} {
-				n += rdb.LLen(ctx, "asynq:{"+q+"}:"+st).Val()
-			}
-			for _, st := range []string{"scheduled", "retry"} {
-				n += rdb.ZCard(ctx, "asynq:{"+q+"}:"+st).Val()
-			}
-		}
-		return n == 0
-	}, 2*time.Minute, 100*time.Millisecond, "tasks left queued after the failover")
+	require.Eventually(t, func() bool { return queued(ctx, rdb) == 0 }, 2*time.Minute, 100*time.Millisecond,
+		"tasks left queued after the failover")
 	drained := time.Since(killedAt)
 	dead, err := deadletter.New(rdb).Count(ctx)
 	require.NoError(t, err)
@@ -399,6 +379,21 @@ func TestNoTokenLeaks(t *testing.T) {
 		require.NotContains(t, text, tok, "token of %s leaked", loc)
 	}
 	require.NotContains(t, text, "SECRET")
+}
+
+// queued counts tasks not yet finished on every lane: pending, active,
+// scheduled and retrying.
+func queued(ctx context.Context, rdb redis.Cmdable) int64 {
+	n := int64(0)
+	for _, q := range tasks.Queues {
+		for _, st := range []string{"pending", "active"} {
+			n += rdb.LLen(ctx, "asynq:{"+q+"}:"+st).Val()
+		}
+		for _, st := range []string{"scheduled", "retry"} {
+			n += rdb.ZCard(ctx, "asynq:{"+q+"}:"+st).Val()
+		}
+	}
+	return n
 }
 
 func tail(s string, n int) string {
