@@ -287,25 +287,19 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 }
 
-// apiFailure: the call says HighLevel is failing (5xx, timeout, no
-// connection, unreadable 2xx), as opposed to answering (2xx, 4xx, 429).
+// apiFailure: the call says HighLevel is failing (what Classify marks
+// retryable: 5xx, 408, timeout, no connection, unreadable 2xx), as opposed to
+// answering (2xx, 4xx, and 429, which is a *RateLimitError).
 func apiFailure(err error) bool {
 	if err == nil {
 		return false
 	}
-	var rl *ghl.RateLimitError
-	if errors.As(err, &rl) {
-		return false
-	}
 	var e *ghl.Error
-	if !errors.As(err, &e) {
-		return true
+	if errors.As(err, &e) {
+		return e.Retryable
 	}
-	switch e.Reason {
-	case ghl.ReasonServerError, ghl.ReasonTimeout, ghl.ReasonNetwork, ghl.ReasonBadResponse:
-		return true
-	}
-	return false
+	var rl *ghl.RateLimitError
+	return !errors.As(err, &rl)
 }
 
 // maxRounds bounds in-handler waits (pacing and 429s) within one attempt.
