@@ -58,7 +58,8 @@ type Config struct {
 	OpenFor      time.Duration
 	MaxOpenFor   time.Duration
 	ProbeTimeout time.Duration
-	// OnChange is called (outside the lock) on every state change.
+	// OnChange is called on every state change, in the order the changes
+	// happen (under a lock of its own: keep it cheap).
 	OnChange func(from, to State)
 	// Now defaults to time.Now.
 	Now func() time.Time
@@ -88,11 +89,13 @@ type Breaker struct {
 	cfg Config
 
 	mu         sync.Mutex
+	notifyMu   sync.Mutex // orders OnChange calls
 	state      State
 	buckets    []bucket
 	openUntil  time.Time
 	openFor    time.Duration
 	probeSince time.Time // zero: no probe in flight
+	pending    []transition
 }
 
 // New returns a closed Breaker.
@@ -136,14 +139,15 @@ func (b *Breaker) Allow() (probe bool, err error) {
 		b.state = HalfOpen
 	}
 	// Half-open: one probe at a time.
+	b.changedLocked(from, HalfOpen)
 	if !b.probeSince.IsZero() && now.Sub(b.probeSince) < b.cfg.ProbeTimeout {
 		b.mu.Unlock()
-		b.changed(from, HalfOpen)
+		b.notify()
 		return false, &OpenError{RetryAfter: time.Second, State: HalfOpen}
 	}
 	b.probeSince = now
 	b.mu.Unlock()
-	b.changed(from, HalfOpen)
+	b.notify()
 	return true, nil
 }
 
@@ -165,9 +169,9 @@ func (b *Breaker) Record(failure, probe bool) {
 				clear(b.buckets)
 			}
 		}
-		to := b.state
+		b.changedLocked(from, b.state)
 		b.mu.Unlock()
-		b.changed(from, to)
+		b.notify()
 		return
 	}
 	if b.state != Closed {
@@ -195,9 +199,21 @@ func (b *Breaker) Record(failure, probe bool) {
 	if total := ok + fails; total >= b.cfg.MinCalls && float64(fails) >= b.cfg.FailureRatio*float64(total) {
 		b.trip(now)
 	}
-	to := b.state
+	b.changedLocked(from, b.state)
 	b.mu.Unlock()
-	b.changed(from, to)
+	b.notify()
+}
+
+// Abandon says a call Allow let through did not go out after all (its
+// location was paced, or the task's record already held an outcome): a
+// probe frees its place at once instead of after ProbeTimeout.
+func (b *Breaker) Abandon(probe bool) {
+	if !probe {
+		return
+	}
+	b.mu.Lock()
+	b.probeSince = time.Time{}
+	b.mu.Unlock()
 }
 
 // trip opens the breaker; b.mu is held.
@@ -207,8 +223,29 @@ func (b *Breaker) trip(now time.Time) {
 	clear(b.buckets)
 }
 
-func (b *Breaker) changed(from, to State) {
+// changedLocked queues a state change for OnChange; b.mu is held, so
+// changes queue in the order they happen.
+func (b *Breaker) changedLocked(from, to State) {
 	if from != to && b.cfg.OnChange != nil {
-		b.cfg.OnChange(from, to)
+		b.pending = append(b.pending, transition{from, to})
 	}
 }
+
+// notify delivers queued changes to OnChange in order: whoever holds
+// notifyMu takes every change queued so far.
+func (b *Breaker) notify() {
+	if b.cfg.OnChange == nil {
+		return
+	}
+	b.notifyMu.Lock()
+	defer b.notifyMu.Unlock()
+	b.mu.Lock()
+	p := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	for _, t := range p {
+		b.cfg.OnChange(t.from, t.to)
+	}
+}
+
+type transition struct{ from, to State }

@@ -2,6 +2,7 @@ package breaker
 
 import (
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -122,4 +123,47 @@ func TestStuckProbeDoesNotBlockForever(t *testing.T) {
 	probe, err = b.Allow()
 	require.NoError(t, err)
 	require.True(t, probe)
+}
+
+// TestChangesAreReportedInOrder: OnChange sees transitions in the order
+// they happened, so a gauge set from it ends at the breaker's real state.
+// Here the call that opens the breaker is slow to report it (its OnChange
+// blocks) while another goroutine half-opens and closes it: the report of
+// "open" must not come last (it used to, leaving the gauge at 1 while the
+// breaker was closed).
+func TestChangesAreReportedInOrder(t *testing.T) {
+	t.Parallel()
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	block, entered := make(chan struct{}), make(chan struct{})
+	var mu sync.Mutex
+	var seen []State
+	b := New(Config{MinCalls: 4, OpenFor: time.Second, Now: c.now, OnChange: func(_, to State) {
+		if to == Open {
+			close(entered)
+			<-block
+		}
+		mu.Lock()
+		seen = append(seen, to)
+		mu.Unlock()
+	}})
+	opened := make(chan struct{})
+	go func() { record(b, 0, 4); close(opened) }()
+	<-entered // the breaker is open; its report is on its way
+	c.add(2 * time.Second)
+	closed := make(chan struct{})
+	go func() {
+		probe, err := b.Allow()
+		if err == nil {
+			b.Record(false, probe)
+		}
+		close(closed)
+	}()
+	time.Sleep(50 * time.Millisecond) // let the probe run as far as it can
+	close(block)
+	<-opened
+	<-closed
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, Closed, b.State())
+	require.Equal(t, []State{Open, HalfOpen, Closed}, seen)
 }
