@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,13 +30,33 @@ import (
 // and a generation number fences the write, so a refresh token (single-use
 // at HighLevel) is spent once and the new pair is stored before anyone
 // uses it. A worker that loses the race reads the stored pair.
+//
+// Once the lock is taken, a refresh runs detached from the caller's context
+// (bounded by refreshTimeout): after HighLevel answers, the old refresh token
+// is spent and the new pair is the only one that works, so a task giving up
+// must not keep it from being stored. A pair that still cannot be stored
+// (Redis down) is kept sealed in memory as pending; its predecessor is never
+// refreshed. While a pair is pending, a background flusher tries to store it
+// every few seconds and keeps the location's lock (extending it, or taking
+// it again once it expired or Redis lost it), so that no other worker spends
+// the refresh token HighLevel has already spent; the next Token or Refresh
+// for the location tries to store it too. Close stops the flusher.
 type OAuth struct {
 	cfg  OAuthConfig
 	aead cipher.AEAD
+	// lockTTL is the refresh lock's TTL: lockTTL, shorter in tests.
+	lockTTL time.Duration
 
 	mu      sync.Mutex
 	cache   map[string]pair
 	flights map[string]*flight
+	pending map[string]*pendingPair
+	// flushing: the flusher goroutine runs (it runs while pending is not
+	// empty, and not after Close). closed: Close was called.
+	flushing bool
+	closed   bool
+	closing  chan struct{} // closed by Close
+	flushers sync.WaitGroup
 }
 
 // OAuthConfig configures OAuth.
@@ -52,16 +73,53 @@ type OAuthConfig struct {
 	// RefreshBefore: refresh when an access token has less than this left,
 	// capped at half its lifetime. Defaults to RefreshBeforeDefault.
 	RefreshBefore time.Duration
-	// Observe receives refresh results: ok, lost_race, invalid_grant, inactive, error.
+	// Refresh401Cooldown: after a refresh a 401 triggered, a 401 on the
+	// current access token gets ErrRefreshDidNotCure instead of another
+	// refresh for this long, on every worker (the time is kept in Redis).
+	// Refreshes near expiry are not affected. Zero means RefreshOn401Cooldown.
+	Refresh401Cooldown time.Duration
+	// Observe receives refresh results: ok, lost_race, invalid_grant,
+	// inactive, error, and stored_late: a refreshed pair that could not be
+	// stored at once (observed as error then) was stored later, by the
+	// flusher, Close, or a later call.
 	Observe func(result string)
 }
 
 // Defaults.
 const (
 	RefreshBeforeDefault = 10 * time.Minute
-	lockTTL              = 60 * time.Second // longer than the HTTP timeout
+	// RefreshOn401Cooldown is the default OAuthConfig.Refresh401Cooldown.
+	RefreshOn401Cooldown = 10 * time.Minute
+	lockTTL              = 60 * time.Second // longer than refreshTimeout
 	peerWait             = 30 * time.Second
+	// refreshTimeout bounds a refresh from taking the lock to storing the
+	// new pair; it runs detached from the caller's context. It is longer
+	// than the default HTTP timeout plus the store's retries.
+	refreshTimeout = 45 * time.Second
+	releaseTimeout = 5 * time.Second
+	// The flusher tries to store pending pairs flushEvery after the last
+	// try, backing off to flushMost while Redis fails (both at most a third
+	// of the lock's TTL, so that it extends the lock in time); a try is
+	// bounded by flushTimeout, Close's last one by closeTimeout.
+	flushEvery   = 2 * time.Second
+	flushMost    = 10 * time.Second
+	flushTimeout = 5 * time.Second
+	closeTimeout = 5 * time.Second
+	// After an invalid_grant, the stored pair is read every grantPollEvery
+	// for up to grantPoll, in case a peer stores the pair it holds pending.
+	grantPoll      = 5 * time.Second
+	grantPollEvery = 100 * time.Millisecond
+	// storeTries and storeBackoff: a refreshed pair is stored with up to
+	// storeTries tries, storeBackoff apart, doubling (0.2+0.4+0.8+1.6 s).
+	storeTries   = 5
+	storeBackoff = 200 * time.Millisecond
 )
+
+// ErrRefreshDidNotCure means HighLevel refused the current access token
+// although a refresh after an earlier 401 replaced it within the cooldown
+// (OAuthConfig.Refresh401Cooldown): another refresh would not help, and
+// would rotate the refresh token once per task.
+var ErrRefreshDidNotCure = errors.New("a freshly refreshed token was refused too: the token has no access to this location or lacks a scope; check the app install and the location id")
 
 // GrantError is a refresh HighLevel refused for good: the location needs an
 // operator (reinstall the app, or reactivate the sub-account).
@@ -84,12 +142,27 @@ type pair struct {
 	exp     time.Time
 	life    time.Duration
 	gen     int64
+	// r401 is when a 401 last triggered a refresh of the location (zero:
+	// never since the pair was Set).
+	r401 time.Time
 }
 
 type flight struct {
 	done   chan struct{}
 	access string
 	err    error
+	// abandoned: the leader's caller gave up before the refresh began;
+	// callers still waiting lead one of their own.
+	abandoned bool
+}
+
+// pendingPair is a refreshed pair that could not be stored. HighLevel has
+// spent the stored refresh token, so it is the only pair that works: it is
+// kept sealed as at rest, with what store needs, until a later call stores it.
+type pendingPair struct {
+	ct      string // seal(location, the pair)
+	meta    pair   // gen (stored over gen-1), exp, life, r401; no tokens
+	lockVal string // the location's lock, kept until the pair is stored
 }
 
 // ParseKey reads a 32-byte key given as 64 hex digits or base64.
@@ -121,7 +194,9 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 		cfg.HTTP = &http.Client{Timeout: 20 * time.Second}
 	}
 	cfg.RefreshBefore = cmp.Or(cfg.RefreshBefore, RefreshBeforeDefault)
-	return &OAuth{cfg: cfg, aead: aead, cache: map[string]pair{}, flights: map[string]*flight{}}, nil
+	cfg.Refresh401Cooldown = cmp.Or(cfg.Refresh401Cooldown, RefreshOn401Cooldown)
+	return &OAuth{cfg: cfg, aead: aead, lockTTL: lockTTL, cache: map[string]pair{}, flights: map[string]*flight{},
+		pending: map[string]*pendingPair{}, closing: make(chan struct{})}, nil
 }
 
 func recordKey(loc string) string { return "ghlcancel:oauth:{" + loc + "}" }
@@ -142,6 +217,12 @@ func (o *OAuth) fresh(p pair) bool {
 // Token returns a fresh access token for the location, refreshing it first
 // when it is near expiry.
 func (o *OAuth) Token(ctx context.Context, location string) (string, error) {
+	if q, st, err := o.flushPending(ctx, location); st == pendingHeld {
+		if !o.fresh(q) {
+			return "", pendingError(err)
+		}
+		return q.Access, nil
+	}
 	o.mu.Lock()
 	p, ok := o.cache[location]
 	o.mu.Unlock()
@@ -159,7 +240,7 @@ func (o *OAuth) Token(ctx context.Context, location string) (string, error) {
 	if o.fresh(p) {
 		return p.Access, nil
 	}
-	return o.refresh(ctx, location, p.gen)
+	return o.refresh(ctx, location, p.gen, false)
 }
 
 // Refresher is a Source that can replace a token HighLevel refused.
@@ -169,8 +250,16 @@ type Refresher interface {
 }
 
 // Refresh is called after a 401 with the token that was refused: unless
-// another worker refreshed meanwhile, the pair is refreshed now.
+// another worker refreshed meanwhile, the pair is refreshed now. If the
+// refused token is the current one and a 401 already triggered a refresh
+// within the cooldown, it returns ErrRefreshDidNotCure instead.
 func (o *OAuth) Refresh(ctx context.Context, location, refused string) (string, error) {
+	if q, st, err := o.flushPending(ctx, location); st == pendingHeld {
+		if q.Access == refused || !o.fresh(q) {
+			return "", pendingError(err)
+		}
+		return q.Access, nil
+	}
 	p, found, err := o.load(ctx, location)
 	if err != nil {
 		return "", err
@@ -182,7 +271,14 @@ func (o *OAuth) Refresh(ctx context.Context, location, refused string) (string, 
 		o.remember(location, p)
 		return p.Access, nil
 	}
-	return o.refresh(ctx, location, p.gen)
+	// Only the 401 calls for this refresh (a token near expiry is refreshed
+	// anyway): at most one per cooldown, shared by every worker.
+	on401 := p.Access == refused && o.fresh(p)
+	if on401 && !p.r401.IsZero() && time.Since(p.r401) < o.cfg.Refresh401Cooldown {
+		o.remember(location, p)
+		return "", ErrRefreshDidNotCure
+	}
+	return o.refresh(ctx, location, p.gen, on401)
 }
 
 func (o *OAuth) remember(location string, p pair) {
@@ -193,53 +289,63 @@ func (o *OAuth) remember(location string, p pair) {
 	o.mu.Unlock()
 }
 
-// refresh is single-flight in this process; refreshLocked makes it so across processes.
-func (o *OAuth) refresh(ctx context.Context, location string, staleGen int64) (string, error) {
-	o.mu.Lock()
-	if f, ok := o.flights[location]; ok {
+// refresh is single-flight in this process; refreshShared makes it so
+// across processes. Callers waiting on another caller's flight give up on
+// their own context; the leader waits for its refresh to finish (bounded by
+// refreshTimeout), so a worker shutting down waits for it too.
+func (o *OAuth) refresh(ctx context.Context, location string, staleGen int64, on401 bool) (string, error) {
+	for {
+		o.mu.Lock()
+		f, ok := o.flights[location]
+		if !ok {
+			f = &flight{done: make(chan struct{})}
+			o.flights[location] = f
+			o.mu.Unlock()
+			f.access, f.err = o.refreshShared(ctx, location, staleGen, on401)
+			f.abandoned = f.err != nil && ctx.Err() != nil && errors.Is(f.err, ctx.Err())
+			o.mu.Lock()
+			delete(o.flights, location)
+			o.mu.Unlock()
+			close(f.done)
+			return f.access, f.err
+		}
 		o.mu.Unlock()
 		select {
 		case <-f.done:
+			if f.abandoned && ctx.Err() == nil {
+				continue // the leader's caller gave up, not us
+			}
 			return f.access, f.err
 		case <-ctx.Done():
 			return "", ctx.Err()
 		}
 	}
-	f := &flight{done: make(chan struct{})}
-	o.flights[location] = f
-	o.mu.Unlock()
-	f.access, f.err = o.refreshShared(ctx, location, staleGen)
-	o.mu.Lock()
-	delete(o.flights, location)
-	o.mu.Unlock()
-	close(f.done)
-	return f.access, f.err
 }
 
 var releaseLock = redis.NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
 return 0`)
 
-// casStore writes a pair only if the stored generation is still ARGV[1].
+// casStore writes a pair only if the stored generation is still ARGV[1];
+// ARGV[6], unless 0, is the unix-ms time of a refresh a 401 triggered.
 var casStore = redis.NewScript(`
 local g = tonumber(redis.call("HGET", KEYS[1], "gen") or "0")
 if g ~= tonumber(ARGV[1]) then return 0 end
 redis.call("HSET", KEYS[1], "gen", ARGV[2], "exp", ARGV[3], "life", ARGV[4], "ct", ARGV[5])
+if ARGV[6] ~= "0" then redis.call("HSET", KEYS[1], "r401", ARGV[6]) end
 return 1`)
 
-func (o *OAuth) refreshShared(ctx context.Context, location string, staleGen int64) (string, error) {
+func (o *OAuth) refreshShared(ctx context.Context, location string, staleGen int64, on401 bool) (string, error) {
 	deadline := time.Now().Add(peerWait)
 	owner := make([]byte, 16)
 	_, _ = rand.Read(owner)
 	lockVal := hex.EncodeToString(owner)
 	for time.Now().Before(deadline) {
-		got, err := o.cfg.Redis.SetArgs(ctx, lockKey(location), lockVal, redis.SetArgs{Mode: "NX", TTL: lockTTL}).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return "", fmt.Errorf("oauth: lock: %w", err)
+		if err := ctx.Err(); err != nil {
+			return "", err // gave up before the refresh began
 		}
-		if got == "OK" {
-			access, err := o.refreshOwned(ctx, location, staleGen)
-			_ = releaseLock.Run(context.WithoutCancel(ctx), o.cfg.Redis, []string{lockKey(location)}, lockVal).Err()
+		access, owned, err := o.lockAndRefresh(ctx, location, lockVal, staleGen, on401)
+		if owned || err != nil {
 			return access, err
 		}
 		// Someone else is refreshing: wait for the new generation.
@@ -267,54 +373,352 @@ func (o *OAuth) refreshShared(ctx context.Context, location string, staleGen int
 	return "", errors.New("oauth: timed out waiting for another worker's token refresh")
 }
 
-// refreshOwned runs with the lock held.
-func (o *OAuth) refreshOwned(ctx context.Context, location string, staleGen int64) (string, error) {
+// lockAndRefresh takes the location's lock and, if it got it, refreshes.
+// From taking the lock to storing the new pair and releasing the lock, it
+// runs detached from ctx, bounded by refreshTimeout.
+func (o *OAuth) lockAndRefresh(ctx context.Context, location, lockVal string, staleGen int64, on401 bool) (access string, owned bool, err error) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
+	defer cancel()
+	got, err := o.cfg.Redis.SetArgs(dctx, lockKey(location), lockVal, redis.SetArgs{Mode: "NX", TTL: o.lockTTL}).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return "", false, fmt.Errorf("oauth: lock: %w", err)
+	}
+	if got != "OK" {
+		return "", false, nil
+	}
+	access, keepLock, err := o.refreshOwned(dctx, location, lockVal, staleGen, on401)
+	if !keepLock {
+		o.releaseLock(ctx, location, lockVal)
+	}
+	return access, true, err
+}
+
+// releaseLock releases the location's lock if lockVal still holds it, on a
+// context detached from ctx.
+func (o *OAuth) releaseLock(ctx context.Context, location, lockVal string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	_ = releaseLock.Run(rctx, o.cfg.Redis, []string{lockKey(location)}, lockVal).Err()
+}
+
+// refreshOwned runs with the lock held, on a context detached from the
+// caller's. keepLock reports that the new pair is pending (not stored): the
+// lock is then kept (by the flusher) until the pair is stored, so that no
+// peer spends the stored refresh token, which HighLevel has already spent.
+func (o *OAuth) refreshOwned(ctx context.Context, location, lockVal string, staleGen int64, on401 bool) (access string, keepLock bool, err error) {
+	// Never refresh a pair whose successor is pending: store that instead.
+	switch q, st, err := o.flushPending(ctx, location); {
+	case st == pendingHeld && o.fresh(q):
+		return q.Access, false, nil
+	case st == pendingHeld:
+		return "", false, pendingError(err)
+	case st == pendingStored && o.fresh(q):
+		return q.Access, false, nil
+	}
 	p, found, err := o.load(ctx, location)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	if !found {
-		return "", ErrNoToken
+		return "", false, ErrNoToken
 	}
 	if p.gen != staleGen && o.fresh(p) { // refreshed while we queued for the lock
 		o.remember(location, p)
 		o.observe("lost_race")
-		return p.Access, nil
+		return p.Access, false, nil
 	}
 	next, err := o.callTokenEndpoint(ctx, p.Refresh)
 	if err != nil {
 		var ge *GrantError
 		if errors.As(err, &ge) {
-			// A peer whose lock expired mid-call may have won: use its pair.
-			if q, ok, _ := o.load(ctx, location); ok && q.gen != p.gen && o.fresh(q) {
+			// A peer whose lock expired mid-call may have won, or may hold
+			// the successor pending (it spent the stored refresh token, but
+			// could not store the new pair before its lock expired): wait a
+			// moment for it. The lock is released first: the stored refresh
+			// token is spent, so peers may find that out concurrently.
+			wait := time.Duration(0)
+			if ge.Reason == "invalid_grant" {
+				o.releaseLock(ctx, location, lockVal)
+				wait = grantPoll
+			}
+			if q, ok := o.awaitNewer(ctx, location, p.gen, wait); ok {
+				if !o.fresh(q) {
+					o.observe("error")
+					return "", false, errors.New("oauth: the stored token pair was replaced during a refresh; try again")
+				}
 				o.remember(location, q)
 				o.observe("lost_race")
-				return q.Access, nil
+				return q.Access, false, nil
 			}
 			o.observe(map[string]string{"invalid_grant": "invalid_grant", "location_inactive": "inactive"}[ge.Reason])
-			return "", err
+			return "", false, err
 		}
 		o.observe("error")
-		return "", err
+		return "", false, err
 	}
+	// From here on p.Refresh is spent at HighLevel: next must not be lost.
 	next.gen = p.gen + 1
-	ok, err := o.store(ctx, location, next, p.gen)
+	if on401 {
+		next.r401 = time.Now()
+	} else {
+		next.r401 = p.r401
+	}
+	ct, err := o.seal(location, next)
 	if err != nil {
 		o.observe("error")
-		return "", err
+		return "", false, err
+	}
+	ok, err := o.storeRetrying(ctx, location, ct, next, p.gen)
+	if err != nil {
+		// Its access token is valid: use it, and store the pair later.
+		o.mu.Lock()
+		o.pending[location] = &pendingPair{ct: ct, meta: pair{exp: next.exp, life: next.life, gen: next.gen, r401: next.r401}, lockVal: lockVal}
+		o.startFlusherLocked()
+		o.mu.Unlock()
+		o.observe("error")
+		return next.Access, true, nil
 	}
 	if !ok { // fenced out: someone stored a newer pair; use it
 		q, found, err := o.load(ctx, location)
 		if err != nil || !found {
-			return "", cmp.Or(err, ErrNoToken)
+			return "", false, cmp.Or(err, ErrNoToken)
 		}
 		o.remember(location, q)
-		o.observe("lost_race")
-		return q.Access, nil
+		if q.gen == next.gen && q.Access == next.Access {
+			o.observe("ok") // an earlier try was stored, its reply lost
+		} else {
+			o.observe("lost_race")
+		}
+		return q.Access, false, nil
 	}
 	o.remember(location, next)
 	o.observe("ok")
-	return next.Access, nil
+	return next.Access, false, nil
+}
+
+// awaitNewer reads the stored pair until its generation is no longer gen,
+// for up to wait (once if wait is 0), ignoring read errors.
+func (o *OAuth) awaitNewer(ctx context.Context, location string, gen int64, wait time.Duration) (pair, bool) {
+	deadline := time.Now().Add(wait)
+	for {
+		if q, ok, err := o.load(ctx, location); err == nil && ok && q.gen != gen {
+			return q, true
+		}
+		if !time.Now().Before(deadline) {
+			return pair{}, false
+		}
+		select {
+		case <-time.After(grantPollEvery):
+		case <-ctx.Done():
+			return pair{}, false
+		}
+	}
+}
+
+// storeRetrying stores a refreshed pair, sealed as ct, trying storeTries
+// times while Redis fails. Being fenced out is an answer, not retried.
+func (o *OAuth) storeRetrying(ctx context.Context, location, ct string, p pair, expectGen int64) (bool, error) {
+	backoff := storeBackoff
+	for try := 1; ; try++ {
+		ok, err := o.store(ctx, location, ct, p, expectGen)
+		if err == nil || try == storeTries {
+			return ok, err
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return false, err
+		}
+		backoff *= 2
+	}
+}
+
+// pendingState is what flushPending found.
+type pendingState int
+
+const (
+	noPending     pendingState = iota // none, or one superseded by a newer stored pair
+	pendingStored                     // stored now
+	pendingHeld                       // still not stored: nothing may be refreshed
+)
+
+// flushPending tries to store the location's pending pair, if any, and
+// returns it (pendingStored, pendingHeld) with, when held, why it could not
+// be stored. A held pair's access token is valid while fresh.
+func (o *OAuth) flushPending(ctx context.Context, location string) (pair, pendingState, error) {
+	o.mu.Lock()
+	pd, ok := o.pending[location]
+	o.mu.Unlock()
+	if !ok {
+		return pair{}, noPending, nil
+	}
+	p, err := o.open(location, pd.ct)
+	if err != nil {
+		return pair{}, pendingHeld, err
+	}
+	p.gen, p.exp, p.life, p.r401 = pd.meta.gen, pd.meta.exp, pd.meta.life, pd.meta.r401
+	stored, err := o.store(ctx, location, pd.ct, p, p.gen-1)
+	if err != nil {
+		return p, pendingHeld, err
+	}
+	o.mu.Lock()
+	mine := o.pending[location] == pd // concurrent flushes: one observes
+	if mine {
+		delete(o.pending, location)
+	}
+	o.mu.Unlock()
+	if mine {
+		o.releaseLock(ctx, location, pd.lockVal)
+	}
+	if !stored {
+		// The record moved on: a new pair was Set, or an earlier try of ours
+		// was stored though its reply was lost.
+		q, found, err := o.load(ctx, location)
+		if err != nil || !found || q.gen != p.gen || q.Access != p.Access {
+			return pair{}, noPending, nil
+		}
+		p = q
+	}
+	o.remember(location, p)
+	if mine {
+		o.observe("stored_late")
+	}
+	return p, pendingStored, nil
+}
+
+// startFlusherLocked starts the flusher unless it runs or Close was called.
+// o.mu is held.
+func (o *OAuth) startFlusherLocked() {
+	if o.flushing || o.closed {
+		return
+	}
+	o.flushing = true
+	o.flushers.Add(1)
+	go o.flushLoop()
+}
+
+// flushLoop stores pending pairs and keeps their locks until none is left
+// (or Close is called), trying every flushEvery, backing off to flushMost
+// while pairs stay unstored.
+func (o *OAuth) flushLoop() {
+	defer o.flushers.Done()
+	every, most := min(flushEvery, o.lockTTL/3), min(flushMost, o.lockTTL/3)
+	wait := every
+	for {
+		select {
+		case <-time.After(wait):
+		case <-o.closing:
+			o.mu.Lock()
+			o.flushing = false
+			o.mu.Unlock()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+		held := o.flushAll(ctx, true)
+		cancel()
+		o.mu.Lock()
+		if len(o.pending) == 0 {
+			o.flushing = false
+			o.mu.Unlock()
+			return
+		}
+		o.mu.Unlock()
+		if held > 0 {
+			wait = min(2*wait, most)
+		} else {
+			wait = every // a pair pending since this pass
+		}
+	}
+}
+
+// flushAll tries to store every pending pair and, if hold, keeps the locks
+// of those still not stored. It returns how many are still not stored.
+func (o *OAuth) flushAll(ctx context.Context, hold bool) int {
+	o.mu.Lock()
+	locs := make([]string, 0, len(o.pending))
+	for loc := range o.pending {
+		locs = append(locs, loc)
+	}
+	o.mu.Unlock()
+	held := 0
+	for _, loc := range locs {
+		if _, st, _ := o.flushPending(ctx, loc); st != pendingHeld {
+			continue
+		}
+		held++
+		if hold {
+			o.holdLock(ctx, loc)
+		}
+	}
+	return held
+}
+
+// holdLockScript keeps a pending pair's lock: KEYS[1] the lock, KEYS[2] the
+// record, ARGV[1] the pair's lock value, ARGV[2] the TTL in ms, ARGV[3] the
+// pair's generation. Once the record has that generation the pair is stored
+// or superseded, and the lock is left alone (0). Otherwise the lock is
+// extended if it is ours (1), taken again if it is gone, e.g. expired or
+// lost in a Redis restart (2), and left to the peer that holds it (-1).
+var holdLockScript = redis.NewScript(`
+local g = tonumber(redis.call("HGET", KEYS[2], "gen") or "0")
+if g >= tonumber(ARGV[3]) then return 0 end
+local v = redis.call("GET", KEYS[1])
+if v == ARGV[1] then
+  redis.call("PEXPIRE", KEYS[1], ARGV[2])
+  return 1
+end
+if not v then
+  redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+  return 2
+end
+return -1`)
+
+// holdLock extends or takes again the lock of the location's pending pair.
+func (o *OAuth) holdLock(ctx context.Context, location string) {
+	o.mu.Lock()
+	pd := o.pending[location]
+	o.mu.Unlock()
+	if pd == nil {
+		return
+	}
+	_ = holdLockScript.Run(ctx, o.cfg.Redis, []string{lockKey(location), recordKey(location)},
+		pd.lockVal, o.lockTTL.Milliseconds(), pd.meta.gen).Err()
+}
+
+// Close stops the flusher and tries once more, for up to closeTimeout, to
+// store the pairs still pending; call it when the worker shuts down, after
+// its tasks finished and before its Redis client is closed. It returns an
+// error naming the locations whose refreshed pair is still not stored: it
+// lives only in this process, and HighLevel has spent the stored refresh
+// token, so once the process exits those locations need their pair loaded
+// again. Token and Refresh still work after Close, without a flusher.
+func (o *OAuth) Close() error {
+	o.mu.Lock()
+	if !o.closed {
+		o.closed = true
+		close(o.closing)
+	}
+	o.mu.Unlock()
+	o.flushers.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	if o.flushAll(ctx, false) == 0 {
+		return nil
+	}
+	o.mu.Lock()
+	locs := make([]string, 0, len(o.pending))
+	for loc := range o.pending {
+		locs = append(locs, loc)
+	}
+	o.mu.Unlock()
+	slices.Sort(locs)
+	return fmt.Errorf("oauth: refreshed token pairs could not be stored (check Redis) and are lost when this process exits, for locations %s: reinstall the app there, or load a new pair with `enqueue tokens set`", strings.Join(locs, ", "))
+}
+
+// pendingError is returned while a pending pair cannot be stored and its
+// access token cannot serve.
+func pendingError(storeErr error) error {
+	return fmt.Errorf("oauth: a refreshed token pair is waiting to be stored and cannot be refreshed before (its predecessor is spent at HighLevel); check Redis: %w", storeErr)
 }
 
 func (o *OAuth) observe(result string) {
@@ -383,7 +787,7 @@ func (o *OAuth) callTokenEndpoint(ctx context.Context, refreshToken string) (pai
 
 // load reads and decrypts the stored pair.
 func (o *OAuth) load(ctx context.Context, location string) (pair, bool, error) {
-	vals, err := o.cfg.Redis.HMGet(ctx, recordKey(location), "gen", "exp", "life", "ct").Result()
+	vals, err := o.cfg.Redis.HMGet(ctx, recordKey(location), "gen", "exp", "life", "ct", "r401").Result()
 	if err != nil {
 		return pair{}, false, fmt.Errorf("oauth: read tokens: %w", err)
 	}
@@ -391,22 +795,34 @@ func (o *OAuth) load(ctx context.Context, location string) (pair, bool, error) {
 	if ct == "" {
 		return pair{}, false, nil
 	}
-	raw, err := base64.StdEncoding.DecodeString(ct)
-	if err != nil || len(raw) < o.aead.NonceSize() {
-		return pair{}, false, errors.New("oauth: stored tokens are corrupt")
-	}
-	plain, err := o.aead.Open(nil, raw[:o.aead.NonceSize()], raw[o.aead.NonceSize():], []byte(location))
+	p, err := o.open(location, ct)
 	if err != nil {
-		return pair{}, false, errors.New("oauth: stored tokens do not decrypt: wrong GHL_TOKEN_KEY?")
-	}
-	var p pair
-	if err := json.Unmarshal(plain, &p); err != nil {
-		return pair{}, false, errors.New("oauth: stored tokens are corrupt")
+		return pair{}, false, err
 	}
 	p.gen = atoi(vals[0])
 	p.exp = time.UnixMilli(atoi(vals[1]))
 	p.life = time.Duration(atoi(vals[2])) * time.Millisecond
+	if ms := atoi(vals[4]); ms > 0 {
+		p.r401 = time.UnixMilli(ms)
+	}
 	return p, true, nil
+}
+
+// open decrypts a pair sealed by seal (its tokens only).
+func (o *OAuth) open(location, ct string) (pair, error) {
+	raw, err := base64.StdEncoding.DecodeString(ct)
+	if err != nil || len(raw) < o.aead.NonceSize() {
+		return pair{}, errors.New("oauth: stored tokens are corrupt")
+	}
+	plain, err := o.aead.Open(nil, raw[:o.aead.NonceSize()], raw[o.aead.NonceSize():], []byte(location))
+	if err != nil {
+		return pair{}, errors.New("oauth: stored tokens do not decrypt: wrong GHL_TOKEN_KEY?")
+	}
+	var p pair
+	if err := json.Unmarshal(plain, &p); err != nil {
+		return pair{}, errors.New("oauth: stored tokens are corrupt")
+	}
+	return p, nil
 }
 
 func atoi(v any) int64 {
@@ -427,29 +843,32 @@ func (o *OAuth) seal(location string, p pair) (string, error) {
 	return base64.StdEncoding.EncodeToString(o.aead.Seal(nonce, nonce, plain, []byte(location))), nil
 }
 
-// store writes p if the stored generation is still expectGen.
-func (o *OAuth) store(ctx context.Context, location string, p pair, expectGen int64) (bool, error) {
-	ct, err := o.seal(location, p)
-	if err != nil {
-		return false, err
+// store writes p, sealed as ct, if the stored generation is still expectGen.
+func (o *OAuth) store(ctx context.Context, location, ct string, p pair, expectGen int64) (bool, error) {
+	var r401 int64
+	if !p.r401.IsZero() {
+		r401 = p.r401.UnixMilli()
 	}
 	n, err := casStore.Run(ctx, o.cfg.Redis, []string{recordKey(location)}, expectGen, p.gen,
-		p.exp.UnixMilli(), p.life.Milliseconds(), ct).Int()
+		p.exp.UnixMilli(), p.life.Milliseconds(), ct, r401).Int()
 	if err != nil {
 		return false, fmt.Errorf("oauth: store tokens: %w", err)
 	}
 	return n == 1, nil
 }
 
-// setStore replaces a pair unconditionally, bumping the generation.
+// setStore replaces a pair unconditionally, bumping the generation; a new
+// pair starts without a 401 cooldown.
 var setStore = redis.NewScript(`
 local g = redis.call("HINCRBY", KEYS[1], "gen", 1)
 redis.call("HSET", KEYS[1], "exp", ARGV[1], "life", ARGV[2], "ct", ARGV[3])
+redis.call("HDEL", KEYS[1], "r401")
 return g`)
 
 // Set loads a location's pair (from an app install or a manual rotation),
 // replacing whatever is stored. An empty access token (or a zero expiry)
-// makes the first use refresh.
+// makes the first use refresh. A pair this process refreshed but could not
+// store yet is dropped: the new pair supersedes it.
 func (o *OAuth) Set(ctx context.Context, location, access, refresh string, expiresIn time.Duration) error {
 	if refresh == "" {
 		return errors.New("oauth: a refresh token is required")
@@ -467,7 +886,12 @@ func (o *OAuth) Set(ctx context.Context, location, access, refresh string, expir
 	}
 	o.mu.Lock()
 	delete(o.cache, location)
+	pd := o.pending[location]
+	delete(o.pending, location)
 	o.mu.Unlock()
+	if pd != nil {
+		o.releaseLock(ctx, location, pd.lockVal)
+	}
 	return nil
 }
 

@@ -29,7 +29,7 @@ type oauthBundle struct {
 	srv      *httptest.Server
 	url      string
 	results  sync.Map // result -> *atomic.Int64
-	newOAuth func(t *testing.T) *tokens.OAuth
+	newOAuth func(t *testing.T, opts ...func(*tokens.OAuthConfig)) *tokens.OAuth
 }
 
 func setupOAuth(t *testing.T, ttl time.Duration) *oauthBundle {
@@ -38,16 +38,21 @@ func setupOAuth(t *testing.T, ttl time.Duration) *oauthBundle {
 	srv := httptest.NewServer(sb.Handler())
 	t.Cleanup(srv.Close)
 	b := &oauthBundle{sb: sb, srv: srv, url: redisServer.URL(t)}
-	b.newOAuth = func(t *testing.T) *tokens.OAuth {
-		o, err := tokens.NewOAuth(tokens.OAuthConfig{
+	b.newOAuth = func(t *testing.T, opts ...func(*tokens.OAuthConfig)) *tokens.OAuth {
+		cfg := tokens.OAuthConfig{
 			Redis: redistest.ClientFor(t, b.url), TokenURL: srv.URL + "/oauth/token",
 			ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey,
 			Observe: func(r string) {
 				v, _ := b.results.LoadOrStore(r, new(atomic.Int64))
 				v.(*atomic.Int64).Add(1)
 			},
-		})
+		}
+		for _, opt := range opts {
+			opt(&cfg)
+		}
+		o, err := tokens.NewOAuth(cfg)
 		require.NoError(t, err)
+		t.Cleanup(func() { _ = o.Close() }) // before its Redis client closes
 		return o
 	}
 	return b
@@ -137,10 +142,16 @@ func TestRefreshAfter401AndGrantErrors(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, second, third)
 	require.Equal(t, int64(2), b.sb.Stats().Refreshes)
-
-	// A paused sub-account.
-	b.sb.SetInactive(loc, true)
+	// HighLevel refuses the refreshed token too: within the cooldown that
+	// is reported, not refreshed again.
 	_, err = o.Refresh(ctx, loc, third)
+	require.ErrorIs(t, err, tokens.ErrRefreshDidNotCure)
+	require.Equal(t, int64(2), b.sb.Stats().Refreshes)
+
+	// A paused sub-account (asked by a worker whose cooldown is over).
+	later := b.newOAuth(t, func(c *tokens.OAuthConfig) { c.Refresh401Cooldown = time.Nanosecond })
+	b.sb.SetInactive(loc, true)
+	_, err = later.Refresh(ctx, loc, third)
 	var ge *tokens.GrantError
 	require.ErrorAs(t, err, &ge)
 	require.Equal(t, "location_inactive", ge.Reason)

@@ -1,0 +1,23 @@
+package tokens
+
+import "time"
+
+// Internals for the tests in package tokens_test.
+var (
+	// StoreScriptHash is the SHA1 of the script that stores a refreshed
+	// pair, so that a Redis hook can make that store fail.
+	StoreScriptHash = casStore.Hash()
+	RecordKey       = recordKey
+	LockKey         = lockKey
+)
+
+// SetLockTTL shortens o's refresh lock TTL (and so its flusher's period);
+// call it before o is used.
+func SetLockTTL(o *OAuth, d time.Duration) { o.lockTTL = d }
+
+// Flushing reports whether o's flusher goroutine runs.
+func Flushing(o *OAuth) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.flushing
+}
