@@ -63,10 +63,13 @@ func (f Filter) Match(r Record, now time.Time) bool {
 		(f.NewerThan == 0 || r.DeadAt.After(now.Add(-f.NewerThan)))
 }
 
-// Store reads and writes dead letters.
+// Store reads dead letters and removes them. They are written by
+// internal/ledger's settle script, atomically with the message's outcome.
 type Store struct {
 	rdb redis.UniversalClient
 	now func() time.Time
+	// Retention: Prune removes records older than this. Zero keeps them.
+	Retention time.Duration
 }
 
 // New returns a Store on rdb.
@@ -77,7 +80,8 @@ func New(rdb redis.UniversalClient) *Store {
 // Client returns the Redis client the store uses.
 func (s *Store) Client() redis.UniversalClient { return s.rdb }
 
-// Add writes (or overwrites) the record for r.TaskID.
+// Add writes (or overwrites) the record for r.TaskID, bypassing the ledger:
+// for tools and tests that seed records. Workers never call it.
 func (s *Store) Add(ctx context.Context, r Record) error {
 	if r.TaskID == "" {
 		return errors.New("deadletter: record without task id")
@@ -187,28 +191,9 @@ func (s *Store) scanFrom(ctx context.Context, from string, f Filter, fn func(Rec
 		if len(ids) == 0 {
 			return nil
 		}
-		fields := make([]string, len(ids))
-		for i, z := range ids {
-			fields[i] = z.Member.(string)
-		}
-		vals, err := s.rdb.HMGet(ctx, KeyRecords, fields...).Result()
+		fields, err := s.each(ctx, ids, f, now, fn)
 		if err != nil {
-			return fmt.Errorf("deadletter: scan: %w", err)
-		}
-		for i, v := range vals {
-			str, ok := v.(string)
-			if !ok {
-				continue // removed meanwhile
-			}
-			var r Record
-			if err := json.Unmarshal([]byte(str), &r); err != nil {
-				r = Record{TaskID: fields[i], Reason: "corrupt_record", Payload: truncate(str, 256)}
-			}
-			if f.Match(r, now) {
-				if err := fn(r); err != nil {
-					return err
-				}
-			}
+			return err
 		}
 		if len(ids) < PageSize {
 			return nil
@@ -221,6 +206,35 @@ func (s *Store) scanFrom(ctx context.Context, from string, f Filter, fn func(Rec
 			return err
 		}
 	}
+}
+
+// each reads the records of one page of the index (one HMGET) and calls fn
+// for those matching f; it returns the page's task ids.
+func (s *Store) each(ctx context.Context, page []redis.Z, f Filter, now time.Time, fn func(Record) error) ([]string, error) {
+	ids := make([]string, len(page))
+	for i, z := range page {
+		ids[i] = z.Member.(string)
+	}
+	vals, err := s.rdb.HMGet(ctx, KeyRecords, ids...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("deadletter: scan: %w", err)
+	}
+	for i, v := range vals {
+		str, ok := v.(string)
+		if !ok {
+			continue // removed meanwhile
+		}
+		var r Record
+		if err := json.Unmarshal([]byte(str), &r); err != nil {
+			r = Record{TaskID: ids[i], Reason: "corrupt_record", Payload: truncate(str, 256)}
+		}
+		if f.Match(r, now) {
+			if err := fn(r); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return ids, nil
 }
 
 // scanTies handles records whose score equals the last score of a page, so
@@ -262,6 +276,62 @@ func (s *Store) scanTies(ctx context.Context, score float64, seen []string, f Fi
 		rest = rest[n:]
 	}
 	return nil
+}
+
+// Prune removes records dead longer ago than Retention, PageSize at a
+// time, and returns how many it removed.
+func (s *Store) Prune(ctx context.Context) (int, error) {
+	if s.Retention <= 0 {
+		return 0, nil
+	}
+	cutoff := "(" + strconv.FormatInt(s.now().Add(-s.Retention).UnixMilli(), 10)
+	removed := 0
+	for {
+		ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: KeyIndex, Start: "-inf", Stop: cutoff, ByScore: true, Count: PageSize}).Result()
+		if err != nil || len(ids) == 0 {
+			return removed, err
+		}
+		if err := s.Remove(ctx, ids...); err != nil {
+			return removed, err
+		}
+		removed += len(ids)
+	}
+}
+
+// ScanNewest calls fn for every record that matches f, newest first, PageSize
+// records per round trip. fn returning an error stops the scan with it.
+func (s *Store) ScanNewest(ctx context.Context, f Filter, fn func(Record) error) error {
+	now := s.now()
+	upper, offset := "+inf", int64(0) // offset: records at score upper already read
+	for {
+		zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+			Key: KeyIndex, Start: upper, Stop: "-inf", ByScore: true, Rev: true, Offset: offset, Count: PageSize,
+		}).Result()
+		if err != nil {
+			return fmt.Errorf("deadletter: scan: %w", err)
+		}
+		if len(zs) == 0 {
+			return nil
+		}
+		if _, err := s.each(ctx, zs, f, now, fn); err != nil {
+			return err
+		}
+		if len(zs) < PageSize {
+			return nil
+		}
+		last := strconv.FormatInt(int64(zs[len(zs)-1].Score), 10)
+		ties := int64(0)
+		for _, z := range zs {
+			if strconv.FormatInt(int64(z.Score), 10) == last {
+				ties++
+			}
+		}
+		if last == upper {
+			offset += ties
+		} else {
+			upper, offset = last, ties
+		}
+	}
 }
 
 // Remove deletes records by task id.

@@ -160,3 +160,32 @@ func TestRemove(t *testing.T) {
 	}))
 	require.Equal(t, []string{"1"}, left)
 }
+
+// TestPruneKeepsOnlyTheRetention: dead letters older than the retention go
+// (so a revoked token on a huge campaign cannot fill a noeviction Redis);
+// newer ones stay; newest-first listing sees them in order.
+func TestPruneKeepsOnlyTheRetention(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := deadletter.New(redisServer.Client(t))
+	s.Retention = 24 * time.Hour
+	now := time.Now()
+	for i := range 2500 {
+		age := time.Duration(i)*time.Minute + 30*time.Second // 30 s .. ~41 h old, none on the boundary
+		require.NoError(t, s.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:p%05d", i), Reason: "unauthorized", DeadAt: now.Add(-age)}))
+	}
+	n, err := s.Prune(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2500-24*60, n)
+	left, err := s.Count(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(24*60), left)
+	var order []string
+	require.NoError(t, s.ScanNewest(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
+		order = append(order, r.TaskID)
+		return nil
+	}))
+	require.Len(t, order, 24*60)
+	require.Equal(t, "msg:p00000", order[0], "newest first")
+	require.Equal(t, fmt.Sprintf("msg:p%05d", 24*60-1), order[len(order)-1])
+}
