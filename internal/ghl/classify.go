@@ -3,7 +3,9 @@ package ghl
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -84,6 +86,13 @@ func Classify(status int, h http.Header, body []byte, now time.Time) (*Result, e
 	}
 	msg := truncate(b.messageText())
 
+	// Only HighLevel's own JSON answers say anything about the message. A
+	// page from something else (a wrong base URL, a proxy) is a
+	// configuration error, whatever its status code.
+	if misrouted(status, h, trimmed, parseErr, msg) || ((status == http.StatusNotFound || status == http.StatusGone) && !highLevelShape(b, status)) {
+		return nil, &Error{Reason: ReasonMisrouted, StatusCode: status, Retryable: true, Limits: limits,
+			Message: misroutedMessage(status, trimmed, msg)}
+	}
 	if status >= 200 && status < 300 {
 		if parseErr != nil {
 			return nil, &Error{Reason: ReasonBadResponse, StatusCode: status, Retryable: true, Limits: limits,
@@ -108,6 +117,50 @@ func Classify(status int, h http.Header, body []byte, now time.Time) (*Result, e
 		return res, err
 	}
 	return classifyFailure(status, h, limits, msg, now)
+}
+
+// routeNotFound is the framework's (NestJS/Express) answer for a path with
+// no route: "Cannot DELETE /v1/conversations/messages/x/schedule".
+var routeNotFound = regexp.MustCompile(`^Cannot (GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) /`)
+
+// misrouted reports an answer that cannot be HighLevel's answer about the
+// message: a redirect; a 405; a 404/410 that is empty, not JSON, or the
+// framework's route-not-found; a 2xx or 4xx HTML page. 5xx pages from
+// gateways stay server errors (retried either way), 429 stays a rate limit.
+func misrouted(status int, h http.Header, body []byte, parseErr error, msg string) bool {
+	html := strings.Contains(strings.ToLower(h.Get("Content-Type")), "html") || (len(body) > 0 && body[0] == '<')
+	switch {
+	case status >= 300 && status < 400, status == http.StatusMethodNotAllowed:
+		return true
+	case status == http.StatusNotFound || status == http.StatusGone:
+		return len(body) == 0 || parseErr != nil || html || routeNotFound.MatchString(msg)
+	case status == http.StatusTooManyRequests, status == http.StatusRequestTimeout:
+		return false
+	case status >= 200 && status < 300, status >= 400 && status < 500:
+		return html
+	}
+	return false
+}
+
+// highLevelShape: an error body as HighLevel's framework writes it, with
+// its statusCode equal to the HTTP status. A proxy's or gateway's JSON 404
+// ({"message":"no Route matched with those values"}, {"message":"Not
+// Found"}) has none and says nothing about the message.
+func highLevelShape(b apiBody, status int) bool {
+	return b.StatusCode != nil && int(*b.StatusCode) == status
+}
+
+func misroutedMessage(status int, body []byte, msg string) string {
+	what := msg
+	switch {
+	case status >= 300 && status < 400:
+		what = "a redirect"
+	case len(body) == 0:
+		what = "an empty answer"
+	case body[0] == '<' || msg == "":
+		what = "a page that is not HighLevel's JSON"
+	}
+	return fmt.Sprintf("%d with %s: not HighLevel's answer for this route; check GHL_BASE_URL (and any proxy in front)", status, what)
 }
 
 func classifyFailure(status int, h http.Header, limits Limits, msg string, now time.Time) (*Result, error) {
@@ -137,7 +190,7 @@ func classifyFailure(status int, h http.Header, limits Limits, msg string, now t
 		return nil, fail(ReasonServerError, true)
 	case status >= 400:
 		return nil, fail(ReasonClientError, false)
-	default: // 1xx, 3xx: we follow no redirects for a DELETE; treat as a server fault.
+	default: // 1xx (3xx is misrouted): treat as a server fault.
 		return nil, fail(ReasonServerError, true)
 	}
 }

@@ -4,6 +4,7 @@
 package ghl
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -147,6 +149,9 @@ func NewHTTPClient(timeout time.Duration, maxIdle int) *http.Client {
 	}
 }
 
+// BaseURL returns the base URL calls go to (no credentials: New refuses them).
+func (c *Client) BaseURL() string { return c.base.String() }
+
 // MaxIDLength is the longest id accepted. HighLevel ids are 20-24 characters.
 const MaxIDLength = 64
 
@@ -197,36 +202,63 @@ func (c *Client) Cancel(ctx context.Context, kind Kind, id, token string) (*Resu
 	return res, withRequest(err, req)
 }
 
-// GetMessage reads a message back (GET /conversations/messages/{id}); used to
-// verify an ambiguous cancel. A 404 comes back as *Error with StatusCode 404.
-func (c *Client) GetMessage(ctx context.Context, id, token string) (*Message, error) {
+// messageNotFound is the GET's 400 "Message not found" (not, say,
+// "Location not found", which is a problem with the request).
+var messageNotFound = regexp.MustCompile(`(?i)\b(message|email)\b.*\bnot found\b`)
+
+// ErrNotFound: HighLevel says it has no such message (a JSON 404, or a 400
+// whose message says "not found").
+var ErrNotFound = errors.New("highlevel: no such message")
+
+// GetMessage reads a message back (GET /conversations/messages/{id}, or
+// /conversations/messages/email/{id} for an email) to verify what a "not
+// found" cancel meant. No such message is ErrNotFound; other failures are
+// *Error or *RateLimitError as for Cancel.
+func (c *Client) GetMessage(ctx context.Context, kind Kind, id, token string) (*Message, error) {
 	if err := ValidateID(id); err != nil {
 		return nil, &Error{Reason: ReasonInvalidID, Message: err.Error()}
 	}
-	status, h, body, req, err := c.do(ctx, http.MethodGet, "get_message", "conversations/messages/"+url.PathEscape(id), token)
+	endpoint, path := "get_message", "conversations/messages/"+url.PathEscape(id)
+	if kind == KindEmail {
+		endpoint, path = "get_email", "conversations/messages/email/"+url.PathEscape(id)
+	}
+	status, h, body, req, err := c.do(ctx, http.MethodGet, endpoint, path, token)
 	if err != nil {
 		return nil, err
 	}
-	if status != http.StatusOK {
-		_, cerr := Classify(status, h, body, c.now())
-		if cerr == nil {
-			cerr = &Error{Reason: ReasonClientError, StatusCode: status, Message: http.StatusText(status)}
+	if status >= 200 && status < 300 {
+		trimmed := bytes.TrimSpace(body)
+		if misrouted(status, h, trimmed, nil, "") {
+			return nil, &Error{Reason: ReasonMisrouted, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
+				Message: misroutedMessage(status, trimmed, "")}
 		}
-		return nil, withRequest(cerr, req)
+		var m Message
+		if err := json.Unmarshal(trimmed, &m); err != nil || m.ID == "" {
+			return nil, &Error{Reason: ReasonBadResponse, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
+				Message: "unreadable message body", Err: err}
+		}
+		m.Limits = ParseLimits(h)
+		return &m, nil
 	}
-	var m Message
-	if err := json.Unmarshal(body, &m); err != nil {
-		return nil, &Error{Reason: ReasonBadResponse, StatusCode: status, Request: req, Retryable: true, Message: "unreadable message body", Err: err}
+	res, cerr := Classify(status, h, body, c.now())
+	if cerr == nil && res.Outcome == OutcomeNotCancellable { // HighLevel's own 404 / 410
+		return nil, ErrNotFound
 	}
-	return &m, nil
+	var e *Error
+	if errors.As(cerr, &e) && e.Reason == ReasonBadRequest && messageNotFound.MatchString(e.Message) {
+		return nil, ErrNotFound
+	}
+	return nil, withRequest(cerr, req)
 }
 
-// Message is the subset of GET /conversations/messages/{id} ghlcancel reads.
+// Message is the subset of a message (or email) ghlcancel reads.
 type Message struct {
 	ID          string `json:"id"`
 	LocationID  string `json:"locationId"`
 	Status      string `json:"status"`
 	MessageType string `json:"messageType"`
+	// Limits are the answer's rate-limit headers.
+	Limits Limits `json:"-"`
 }
 
 func withRequest(err error, req string) error {

@@ -123,12 +123,16 @@ func TestCancelAgainstSandbox(t *testing.T) {
 	require.Equal(t, ghl.ReasonUnauthorized, e.Reason)
 
 	// Read back.
-	m, err := b.client.GetMessage(ctx, msgID, tokenA)
+	m, err := b.client.GetMessage(ctx, ghl.KindMessage, msgID, tokenA)
 	require.NoError(t, err)
 	require.Equal(t, sandbox.StatusCancelled, m.Status)
-	m, err = b.client.GetMessage(ctx, otherLoc, tokenB)
+	m, err = b.client.GetMessage(ctx, ghl.KindMessage, otherLoc, tokenB)
 	require.NoError(t, err)
 	require.Equal(t, sandbox.StatusScheduled, m.Status)
+	_, err = b.client.GetMessage(ctx, ghl.KindMessage, sandbox.NewID(), tokenA)
+	require.ErrorIs(t, err, ghl.ErrNotFound, "an unknown id")
+	_, err = b.client.GetMessage(ctx, ghl.KindEmail, msgID, tokenA)
+	require.ErrorIs(t, err, ghl.ErrNotFound, "an SMS is no email")
 
 	requireNoContractProblems(t, b.validator)
 	checked := b.validator.Checked()
@@ -136,7 +140,7 @@ func TestCancelAgainstSandbox(t *testing.T) {
 	require.Positive(t, checked["DELETE /conversations/messages/email/{emailMessageId}/schedule 200"])
 	require.Positive(t, checked["DELETE /conversations/messages/{messageId}/schedule 401"])
 	require.Positive(t, checked["GET /conversations/messages/{id} 200"])
-	require.Len(t, b.observed.calls, 9)
+	require.Len(t, b.observed.calls, 11)
 }
 
 func TestCancelRejectsBadIDsWithoutACall(t *testing.T) {

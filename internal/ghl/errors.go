@@ -21,11 +21,17 @@ const (
 	ReasonTimeout       Reason = "timeout"       // the call took longer than the client timeout
 	ReasonNetwork       Reason = "network"       // connection refused, reset, DNS, TLS
 	ReasonBadResponse   Reason = "bad_response"  // a 2xx whose body could not be read or parsed
-	ReasonInvalidID     Reason = "invalid_id"    // rejected before any call
-	ReasonNoToken       Reason = "no_token"      // no token is configured for the location
-	ReasonTokenSource   Reason = "token_source"  // the token source failed (retryable)
-	ReasonInvalidGrant  Reason = "invalid_grant" // OAuth refresh token rejected
-	ReasonInactive      Reason = "location_inactive"
+	// ReasonMisrouted: the answer did not come from HighLevel's route for
+	// the call (a route-level 404 "Cannot DELETE ...", an HTML or other
+	// non-JSON page, a redirect, 405): GHL_BASE_URL or a proxy in front is
+	// wrong. Retried (a fixed configuration resumes the task), never a
+	// terminal outcome.
+	ReasonMisrouted    Reason = "misrouted"
+	ReasonInvalidID    Reason = "invalid_id"    // rejected before any call
+	ReasonNoToken      Reason = "no_token"      // no token is configured for the location
+	ReasonTokenSource  Reason = "token_source"  // the token source failed (retryable)
+	ReasonInvalidGrant Reason = "invalid_grant" // OAuth refresh token rejected
+	ReasonInactive     Reason = "location_inactive"
 )
 
 // Error is a call that failed. Retryable says whether trying again later can

@@ -410,13 +410,15 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("DELETE /conversations/messages/email/{id}/schedule", s.api(s.cancel(true)))
 	mux.HandleFunc("DELETE /conversations/messages/{id}/schedule", s.api(s.cancel(false)))
-	mux.HandleFunc("GET /conversations/messages/{id}", s.api(s.get))
+	mux.HandleFunc("GET /conversations/messages/{id}", s.api(s.get(false)))
+	mux.HandleFunc("GET /conversations/messages/email/{id}", s.api(s.get(true)))
 	mux.HandleFunc("POST /oauth/token", s.token)
 	mux.HandleFunc("GET /_sandbox/stats", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.Stats())
 	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusNotFound, map[string]any{"statusCode": 404, "message": "Cannot find route", "error": "Not Found"})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// What HighLevel's framework (NestJS) answers for a path with no route.
+		writeJSON(w, http.StatusNotFound, map[string]any{"statusCode": 404, "message": "Cannot " + r.Method + " " + r.URL.Path, "error": "Not Found"})
 	})
 	return mux
 }
@@ -574,28 +576,39 @@ func (s *Server) cancel(email bool) apiFunc {
 	}
 }
 
-func (s *Server) get(w http.ResponseWriter, r *http.Request, location string) {
-	s.stats.gets.Add(1)
-	id := r.PathValue("id")
-	s.mu.RLock()
-	m := s.messages[id]
-	var body map[string]any
-	if m != nil && m.location == location {
-		mt, typ := "TYPE_SMS", 2
-		if m.email {
-			mt, typ = "TYPE_EMAIL", 3
+// get serves GET message (email false) and GET email (email true). An
+// unknown id, or an SMS asked for as an email, answers 400 "Message not found".
+func (s *Server) get(email bool) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request, location string) {
+		s.stats.gets.Add(1)
+		id := r.PathValue("id")
+		s.mu.RLock()
+		m := s.messages[id]
+		var body map[string]any
+		if m != nil && m.location == location && (!email || m.email) {
+			added := m.added.UTC().Format("2006-01-02T15:04:05.000Z")
+			if email {
+				body = map[string]any{"id": m.id, "threadId": m.id, "locationId": m.location,
+					"contactId": "sandboxContact000001", "conversationId": "sandboxConversation1", "dateAdded": added,
+					"subject": "Scheduled", "body": "<p>scheduled email</p>", "direction": "outbound", "status": s.statusLocked(m),
+					"contentType": "text/html", "from": "sender@example.com", "to": []string{"contact@example.com"}}
+			} else {
+				mt, typ := "TYPE_SMS", 2
+				if m.email {
+					mt, typ = "TYPE_EMAIL", 3
+				}
+				body = map[string]any{"id": m.id, "type": typ, "messageType": mt, "locationId": m.location,
+					"contactId": "sandboxContact000001", "conversationId": "sandboxConversation1",
+					"dateAdded": added, "direction": "outbound", "contentType": "text/plain", "status": s.statusLocked(m)}
+			}
 		}
-		body = map[string]any{"id": m.id, "type": typ, "messageType": mt, "locationId": m.location,
-			"contactId": "sandboxContact000001", "conversationId": "sandboxConversation1",
-			"dateAdded": m.added.UTC().Format("2006-01-02T15:04:05.000Z"), "direction": "outbound",
-			"contentType": "text/plain", "status": s.statusLocked(m)}
+		s.mu.RUnlock()
+		if body == nil {
+			writeJSON(w, http.StatusBadRequest, map[string]any{"statusCode": 400, "message": "Message not found"})
+			return
+		}
+		writeJSON(w, http.StatusOK, body)
 	}
-	s.mu.RUnlock()
-	if body == nil {
-		writeJSON(w, http.StatusBadRequest, map[string]any{"statusCode": 400, "message": "Message not found"})
-		return
-	}
-	writeJSON(w, http.StatusOK, body)
 }
 
 func (s *Server) roll() float64 {

@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ func TestAPIFailureFeedsTheBreaker(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
 	classify := func(status int) error {
-		_, err := ghl.Classify(status, http.Header{}, []byte(`{"message":"x"}`), now)
+		_, err := ghl.Classify(status, http.Header{}, fmt.Appendf(nil, `{"statusCode":%d,"message":"x"}`, status), now)
 		return err
 	}
 	tests := []struct {
@@ -27,6 +28,7 @@ func TestAPIFailureFeedsTheBreaker(t *testing.T) {
 		{"400", classify(400), false},
 		{"401", classify(401), false},
 		{"404 (an answer: not cancellable)", classify(404), false},
+		{"misrouted (a route-level 404)", &ghl.Error{Reason: ghl.ReasonMisrouted, Retryable: true}, true},
 		{"429", classify(429), false},
 		{"408", classify(408), true},
 		{"500", classify(500), true},
