@@ -123,6 +123,8 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 		}
 		all.Enqueued += res.Enqueued
 		all.AlreadyQueued += res.AlreadyQueued
+		all.AlreadyDone += res.AlreadyDone
+		all.Requeued += res.Requeued
 		all.Rejected += res.Rejected
 		for _, r := range res.Results {
 			r.Index += start

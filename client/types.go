@@ -25,6 +25,10 @@ type Cancel struct {
 	// Urgent puts the cancel on the urgent lane (a single opt-out, an
 	// appointment that just moved), ahead of campaign-sized work.
 	Urgent bool `json:"urgent,omitempty"`
+	// Force cancels again a message that already has a terminal outcome
+	// (cancelled, not cancellable, expired): HighLevel is called again.
+	// Without it such a message answers already_done.
+	Force bool `json:"force,omitempty"`
 }
 
 // SendAt is a point in time given in JSON as unix seconds or as an RFC 3339
@@ -76,13 +80,26 @@ type Request struct {
 	// Partial enqueues the valid items and reports invalid ones as rejected
 	// in a 202, instead of refusing the whole request with a 400.
 	Partial bool `json:"partial,omitempty"`
+	// Force applies Cancel.Force to every item.
+	Force bool `json:"force,omitempty"`
 }
 
-// Item statuses in a Response.
+// Item statuses in a Response: one rule decides them, for every producer.
 const (
-	StatusEnqueued      = "enqueued"
+	// StatusEnqueued: queued now, new to its campaign.
+	StatusEnqueued = "enqueued"
+	// StatusAlreadyQueued: the message is already waiting, retrying or
+	// being cancelled; nothing changed.
 	StatusAlreadyQueued = "already_queued"
-	StatusRejected      = "rejected"
+	// StatusAlreadyDone: the message already has a terminal outcome
+	// (cancelled, not cancellable, expired); HighLevel is not called again
+	// unless the item is sent with force.
+	StatusAlreadyDone = "already_done"
+	// StatusRequeued: the message had been dead-lettered (or was done and
+	// sent with force): it is queued again with attempts from zero.
+	StatusRequeued = "requeued"
+	// StatusRejected: the item is invalid (see its error).
+	StatusRejected = "rejected"
 )
 
 // ItemResult is what happened to one item of a request.
@@ -92,8 +109,8 @@ type ItemResult struct {
 	MessageID string `json:"message_id,omitempty"`
 	// TaskID is the queue's id for the cancel (msg:<id> or email:<id>).
 	TaskID string `json:"task_id,omitempty"`
-	// Status is enqueued, already_queued (the message is already waiting
-	// or being cancelled) or rejected.
+	// Status is enqueued, already_queued, already_done, requeued or
+	// rejected (see the Status constants).
 	Status string `json:"status"`
 	// Error says why an item was rejected.
 	Error *ItemError `json:"error,omitempty"`
@@ -118,26 +135,35 @@ func (e ItemError) Error() string {
 type Response struct {
 	Enqueued      int          `json:"enqueued"`
 	AlreadyQueued int          `json:"already_queued"`
+	AlreadyDone   int          `json:"already_done"`
+	Requeued      int          `json:"requeued"`
 	Rejected      int          `json:"rejected"`
 	Results       []ItemResult `json:"results"`
 }
 
 // CampaignStatus is a campaign's progress (GET /v1/campaigns/{id}).
 type CampaignStatus struct {
-	Campaign       string            `json:"campaign"`
-	Total          int64             `json:"total"`
-	Done           int64             `json:"done"`
-	Pending        int64             `json:"pending"`
-	Retrying       int64             `json:"retrying"`
-	Cancelled      int64             `json:"cancelled"`
-	NotCancellable int64             `json:"not_cancellable"`
-	Expired        int64             `json:"expired"`
-	DeadLettered   int64             `json:"dead_lettered"`
-	DeadByReason   map[string]int64  `json:"dead_by_reason,omitempty"`
-	StartedAt      time.Time         `json:"started_at"`
-	FinishedAt     *time.Time        `json:"finished_at,omitempty"`
-	Complete       bool              `json:"complete"`
-	Parked         map[string]string `json:"parked_locations,omitempty"`
+	Campaign  string `json:"campaign"`
+	Total     int64  `json:"total"`
+	Done      int64  `json:"done"`
+	Pending   int64  `json:"pending"`
+	Retrying  int64  `json:"retrying"`
+	Cancelled int64  `json:"cancelled"`
+	// CancelledEarlier: cancels proven by an earlier attempt whose answer
+	// was lost (included in Cancelled).
+	CancelledEarlier int64 `json:"cancelled_by_earlier_attempt"`
+	NotCancellable   int64 `json:"not_cancellable"`
+	// AlreadySent and NotFound: "not found" cancels, verified by reading
+	// the message back.
+	AlreadySent  int64             `json:"already_sent"`
+	NotFound     int64             `json:"not_found"`
+	Expired      int64             `json:"expired"`
+	DeadLettered int64             `json:"dead_lettered"`
+	DeadByReason map[string]int64  `json:"dead_by_reason,omitempty"`
+	StartedAt    time.Time         `json:"started_at"`
+	FinishedAt   *time.Time        `json:"finished_at,omitempty"`
+	Complete     bool              `json:"complete"`
+	Parked       map[string]string `json:"parked_locations,omitempty"`
 }
 
 // DeadLetter is a cancel that failed for good, with the reason.

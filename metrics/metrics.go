@@ -38,6 +38,7 @@ type Metrics struct {
 	DailyLowCount  prometheus.Counter
 	CircuitOpen    prometheus.Gauge
 	CircuitChanges *prometheus.CounterVec
+	Misrouted      prometheus.Gauge
 }
 
 // DeadLetterReasons are initialised at zero so that rate() works from the start.
@@ -45,19 +46,22 @@ var DeadLetterReasons = []string{
 	string(ghl.ReasonBadRequest), string(ghl.ReasonUnprocessable), string(ghl.ReasonUnauthorized),
 	string(ghl.ReasonForbidden), string(ghl.ReasonClientError), string(ghl.ReasonNoToken),
 	string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork),
-	string(ghl.ReasonBadResponse), string(ghl.ReasonRateLimited),
-	tasks.ReasonInvalidPayload, tasks.ReasonUnknownType,
+	string(ghl.ReasonBadResponse), string(ghl.ReasonRateLimited), string(ghl.ReasonMisrouted),
+	string(ghl.ReasonInvalidGrant), string(ghl.ReasonInactive), string(ghl.ReasonTokenSource),
+	tasks.ReasonInvalidPayload, tasks.ReasonUnknownType, tasks.ReasonPanic, tasks.ReasonCircuitOpen,
+	tasks.ReasonPaced, tasks.ReasonLimiter, tasks.ReasonInterrupted,
 }
 
 // RetryReasons are initialised at zero.
 var RetryReasons = []string{
 	string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork),
 	string(ghl.ReasonBadResponse), string(ghl.ReasonRateLimited), string(ghl.ReasonTokenSource),
-	"dead_letter_write", "campaign_write", tasks.ReasonPaced, tasks.ReasonLimiter, tasks.ReasonCircuitOpen,
+	string(ghl.ReasonMisrouted), tasks.ReasonOutcomeWrite, tasks.ReasonInterrupted,
+	tasks.ReasonPaced, tasks.ReasonLimiter, tasks.ReasonCircuitOpen,
 }
 
 // TokenRefreshResults are the result labels of token refreshes.
-var TokenRefreshResults = []string{"ok", "lost_race", "invalid_grant", "inactive", "error"}
+var TokenRefreshResults = []string{"ok", "lost_race", "invalid_grant", "inactive", "error", "stored_late"}
 
 // Waited implements ratelimit.Observer.
 func (m *Metrics) Waited(d time.Duration) { m.LimiterWait.Observe(d.Seconds()) }
@@ -75,7 +79,7 @@ func (m *Metrics) DailyLow() { m.DailyLowCount.Inc() }
 func (m *Metrics) Refreshed(result string) { m.TokenRefreshes.WithLabelValues(result).Inc() }
 
 // Endpoints are the API endpoint labels.
-var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message", "oauth_token"}
+var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message", "get_email", "oauth_token"}
 
 // New registers the collectors on reg, plus the Go and process collectors
 // and ghlcancel_build_info.
@@ -84,7 +88,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		TasksProcessed: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "tasks_processed_total",
-			Help: "Task attempts by task type and outcome (cancelled, not_cancellable, expired, dead_lettered, retry, rate_limited).",
+			Help: "Task attempts by task type and outcome (cancelled, not_cancellable, expired, dead_lettered, retry, rate_limited, paused, already_recorded).",
 		}, []string{"task_type", "outcome"}),
 		TaskDuration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "task_duration_seconds",
@@ -141,6 +145,10 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, s := range []string{"open", "half_open", "closed"} {
 		m.CircuitChanges.WithLabelValues(s)
 	}
+	m.Misrouted = f.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "api_misrouted",
+		Help: "1 while every recent HighLevel answer this worker got was misrouted (route-level 404, HTML page, redirect): GHL_BASE_URL or a proxy is wrong.",
+	})
 	m.DailyLowCount = f.NewCounter(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "ratelimit_daily_low_total",
 		Help: "API answers showing a location with under 10% of its daily request budget left.",
@@ -214,9 +222,9 @@ func (m *Metrics) Middleware(next asynq.Handler) asynq.Handler {
 	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
 		ctx, rep := tasks.WithReport(ctx)
 		m.TasksInFlight.Inc()
+		defer m.TasksInFlight.Dec() // also when the handler panics
 		start := time.Now()
 		err := next.ProcessTask(ctx, t)
-		m.TasksInFlight.Dec()
 		taskType := t.Type()
 		if _, ok := tasks.KindFor(taskType); !ok {
 			taskType = "unknown"

@@ -84,3 +84,16 @@ func TestNamesPassPromtool(t *testing.T) {
 	require.NoError(t, err, "promtool: %s", out)
 	require.Empty(t, strings.TrimSpace(string(out)), "promtool lint: %s", out)
 }
+
+// TestInFlightFallsAfterAPanic: a handler that panics (asynq recovers it)
+// must not leave the in-flight gauge up.
+func TestInFlightFallsAfterAPanic(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	h := m.Middleware(asynq.HandlerFunc(func(context.Context, *asynq.Task) error { panic("bug") }))
+	require.Panics(t, func() { _ = h.ProcessTask(context.Background(), asynq.NewTask(tasks.TypeCancelMessage, nil)) })
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	require.Equal(t, 0.0, metrics.Sum(mfs, "ghlcancel_tasks_in_flight"))
+}

@@ -26,6 +26,7 @@ type QueueCollector struct {
 	up      *prometheus.Desc
 	parked  *prometheus.Desc
 	learned *prometheus.Desc
+	dead    *prometheus.Desc
 }
 
 // NewQueueCollector builds a collector for the given lanes.
@@ -41,6 +42,8 @@ func NewQueueCollector(rdb redis.UniversalClient, queues []string) *QueueCollect
 			"Locations whose tasks wait for HighLevel's daily budget to come back.", nil, nil),
 		learned: prometheus.NewDesc(Namespace+"_ratelimit_learned_locations",
 			"Locations whose rate limit was learned from X-RateLimit-* headers.", nil, nil),
+		dead: prometheus.NewDesc(Namespace+"_dead_letters_stored",
+			"Dead letters kept in Redis for inspection and replay (they expire after DEAD_LETTER_RETENTION).", nil, nil),
 	}
 }
 
@@ -51,6 +54,7 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.up
 	ch <- c.parked
 	ch <- c.learned
+	ch <- c.dead
 }
 
 type queueCmds struct {
@@ -63,10 +67,11 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	cmds := make([]queueCmds, len(c.queues))
-	var parked, learned *redis.IntCmd
+	var parked, learned, dead *redis.IntCmd
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		parked = p.ZCount(ctx, "ghlcancel:rl:parked", strconv.FormatInt(time.Now().UnixMilli(), 10), "+inf")
 		learned = p.HLen(ctx, "ghlcancel:rl:learned")
+		dead = p.ZCard(ctx, "ghlcancel:dead:index")
 		for i, q := range c.queues {
 			prefix := "asynq:{" + q + "}:"
 			cmds[i].sizes = []*redis.IntCmd{
@@ -86,6 +91,7 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
 	ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, float64(parked.Val()))
 	ch <- prometheus.MustNewConstMetric(c.learned, prometheus.GaugeValue, float64(learned.Val()))
+	ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(dead.Val()))
 	now := time.Now()
 	var sinceCmds []*redis.StringCmd
 	_, _ = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {

@@ -66,7 +66,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	var o options
 	fs.IntVar(&o.locations, "locations", 5, "locations (sub-accounts) in the sandbox")
 	fs.IntVar(&o.perLocation, "messages", 200, "scheduled messages per location (odd locations schedule emails)")
-	fs.IntVar(&o.unknown, "unknown", 50, "ids HighLevel does not know (end not_cancellable)")
+	fs.IntVar(&o.unknown, "unknown", 50, "ids HighLevel does not know (end not_found: the cancel and the read-back find nothing)")
 	fs.IntVar(&o.badToken, "bad-token", 30, "messages in a location whose token HighLevel rejects (end dead-lettered)")
 	fs.IntVar(&o.concurrency, "concurrency", 50, "worker concurrency")
 	fs.IntVar(&o.rateMax, "rate", 100, "sandbox limit: requests per -rate-interval per location (HighLevel: 100 per 10s)")
@@ -188,6 +188,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	// Live progress until every task reached a terminal outcome.
 	target := float64(sum.Enqueued)
+	tracker := campaign.New(rdb, 0)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -195,9 +196,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil {
 			return err
 		}
-		terminal := metrics.Sum(mfs, "ghlcancel_tasks_processed_total", "outcome", tasks.OutcomeCancelled) +
-			metrics.Sum(mfs, "ghlcancel_tasks_processed_total", "outcome", tasks.OutcomeNotCancellable) +
-			metrics.Sum(mfs, "ghlcancel_tasks_processed_total", "outcome", tasks.OutcomeDeadLettered)
+		// The campaign's own counters: each message's one recorded outcome.
+		cs, _, err := tracker.Get(ctx, "demo-campaign")
+		if err != nil {
+			return err
+		}
+		terminal := float64(cs.Done)
 		live := 0.0
 		for _, st := range []string{"pending", "active", "scheduled", "retry"} {
 			live += metrics.Sum(mfs, "ghlcancel_queue_tasks", "state", st)

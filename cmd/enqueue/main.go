@@ -129,6 +129,7 @@ flags:
 	maxRetry := fs.Int("max-retry", tasks.MaxRetryDefault, "retries per task before it is dead-lettered")
 	parallel := fs.Int("parallel", producer.ParallelDefault, "enqueues in flight")
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	force := fs.Bool("force", false, "cancel again messages that already have an outcome (cancelled, not found, expired...): HighLevel is called again")
 	dryRun := fs.Bool("dry-run", false, "validate and count only: per location and kind, duplicates, invalid lines, minimum duration")
 	rateLimit := fs.String("rate-limit", "100/10s", "dry run: HighLevel's per-location limit, N/period")
 	if err := fs.Parse(args); err != nil {
@@ -173,7 +174,7 @@ flags:
 		in = strings.NewReader(strings.Join(fs.Args(), "\n"))
 		total = int64(fs.NArg())
 	}
-	defaults := producer.Item{Kind: kind, LocationID: *location, CampaignID: *campaign}
+	defaults := producer.Item{Kind: kind, LocationID: *location, CampaignID: *campaign, Force: *force}
 	if *dryRun {
 		lim, err := ratelimit.ParseLimit(*rateLimit)
 		if err != nil {
@@ -187,12 +188,16 @@ flags:
 	}
 	defer rdb.Close()
 
-	p := producer.New(rdb, producer.Config{Queue: lane, MaxRetry: *maxRetry, Parallel: *parallel, CampaignRetention: *retention})
+	p := producer.New(rdb, producer.Config{Queue: lane, MaxRetry: producer.Retries(*maxRetry), Parallel: *parallel, CampaignRetention: *retention})
 	sum, err := producer.EnqueueReader(ctx, p, in, defaults, total, e.stderr)
 	if *asJSON {
 		_ = json.NewEncoder(e.stdout).Encode(sum)
 	} else {
-		fmt.Fprintf(e.stdout, "enqueued %d, already queued %d, rejected %d (lane %s)\n", sum.Enqueued, sum.AlreadyQueued, sum.Rejected, lane)
+		fmt.Fprintf(e.stdout, "enqueued %d, requeued %d, already queued %d, already done %d, rejected %d (lane %s)\n",
+			sum.Enqueued, sum.Requeued, sum.AlreadyQueued, sum.AlreadyDone, sum.Rejected, lane)
+		if sum.AlreadyDone > 0 && !*force {
+			fmt.Fprintf(e.stderr, "enqueue: %d message(s) already have an outcome (see `enqueue report`); --force cancels them again\n", sum.AlreadyDone)
+		}
 	}
 	if err != nil {
 		return err
@@ -251,13 +256,14 @@ func (e env) dead(ctx context.Context, args []string) error {
 		total, _ := store.Count(ctx)
 		p := producer.New(rdb, producer.Config{})
 		st, err := p.Requeue(ctx, store, f, func(s producer.RequeueStats) {
-			fmt.Fprintf(e.stderr, "requeue: %d requeued, %d already queued, %d skipped (of %d records)\n",
-				s.Requeued, s.AlreadyQueued, s.Skipped, total)
+			fmt.Fprintf(e.stderr, "requeue: %d requeued, %d already queued, %d already done, %d skipped (of %d records)\n",
+				s.Requeued, s.AlreadyQueued, s.AlreadyDone, s.Skipped, total)
 		})
 		if *asJSON {
 			_ = json.NewEncoder(e.stdout).Encode(st)
 		} else {
-			fmt.Fprintf(e.stdout, "requeued %d, already queued %d, skipped %d (not rebuildable, left in place)\n", st.Requeued, st.AlreadyQueued, st.Skipped)
+			fmt.Fprintf(e.stdout, "requeued %d, already queued %d, already done %d, skipped %d (not rebuildable, left in place)\n",
+				st.Requeued, st.AlreadyQueued, st.AlreadyDone, st.Skipped)
 		}
 		return err
 	}
@@ -268,7 +274,7 @@ func (e env) dead(ctx context.Context, args []string) error {
 	}
 	shown, matched := 0, 0
 	enc := json.NewEncoder(e.stdout)
-	err = store.Scan(ctx, f, func(r deadletter.Record) error {
+	err = store.ScanNewest(ctx, f, func(r deadletter.Record) error { // newest first
 		matched++
 		if *limit > 0 && shown >= *limit {
 			return nil

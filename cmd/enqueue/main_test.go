@@ -10,12 +10,14 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
@@ -47,7 +49,7 @@ func TestEnqueueArgsAndDuplicates(t *testing.T) {
 	url := redisServer.URL(t)
 	r := runCmd(t, url, "", "--location", "locA", "--campaign", "c1", "--urgent", "m1", "m2", "m1")
 	require.NoError(t, r.err, r.stderr)
-	require.Equal(t, "enqueued 2, already queued 1, rejected 0 (lane urgent)\n", r.stdout)
+	require.Equal(t, "enqueued 2, requeued 0, already queued 1, already done 0, rejected 0 (lane urgent)\n", r.stdout)
 
 	rdb := redistest.ClientFor(t, url)
 	n, err := rdb.LLen(context.Background(), "asynq:{urgent}:pending").Result()
@@ -79,7 +81,7 @@ func TestEnqueueFileReportsBadLines(t *testing.T) {
 
 	r := runCmd(t, url, "", "--file", path)
 	require.ErrorIs(t, r.err, errReported)
-	require.Equal(t, "enqueued 1000, already queued 1, rejected 2 (lane bulk)\n", r.stdout)
+	require.Equal(t, "enqueued 1000, requeued 0, already queued 1, already done 0, rejected 2 (lane bulk)\n", r.stdout)
 	require.Contains(t, r.stderr, "line 1002: message_id: id has a character that is not allowed")
 	require.Contains(t, r.stderr, "line 1006: location_id: missing")
 
@@ -95,7 +97,7 @@ func TestEnqueueStdin(t *testing.T) {
 	url := redisServer.URL(t)
 	r := runCmd(t, url, "a1\na2\n", "--location", "L", "--kind", "email", "--file", "-")
 	require.NoError(t, r.err, r.stderr)
-	require.Equal(t, "enqueued 2, already queued 0, rejected 0 (lane bulk)\n", r.stdout)
+	require.Equal(t, "enqueued 2, requeued 0, already queued 0, already done 0, rejected 0 (lane bulk)\n", r.stdout)
 }
 
 func TestEnqueueUsageErrors(t *testing.T) {
@@ -134,7 +136,8 @@ func TestDeadListAndRequeue(t *testing.T) {
 		}
 		require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:m%d", i), Kind: "message",
 			MessageID: fmt.Sprintf("m%d", i), LocationID: "L", CampaignID: "c1", Queue: "bulk",
-			Reason: reason, HTTPStatus: 401, APIMessage: "Invalid token", Attempts: 1}))
+			Reason: reason, HTTPStatus: 401, APIMessage: "Invalid token", Attempts: 1,
+			DeadAt: time.Now().Add(time.Duration(i-10) * time.Second)}))
 	}
 	r := runCmd(t, url, "", "dead", "list", "--reason", "unauthorized")
 	require.NoError(t, r.err)
@@ -148,11 +151,13 @@ func TestDeadListAndRequeue(t *testing.T) {
 	require.Len(t, lines, 2)
 	var rec deadletter.Record
 	require.NoError(t, json.Unmarshal([]byte(lines[0]), &rec))
-	require.Equal(t, "msg:m0", rec.TaskID)
+	require.Equal(t, "msg:m4", rec.TaskID, "newest first")
+	require.NoError(t, json.Unmarshal([]byte(lines[1]), &rec))
+	require.Equal(t, "msg:m3", rec.TaskID)
 
 	r = runCmd(t, url, "", "dead", "requeue", "--reason", "unauthorized")
 	require.NoError(t, r.err, r.stderr)
-	require.Equal(t, "requeued 4, already queued 0, skipped 0 (not rebuildable, left in place)\n", r.stdout)
+	require.Equal(t, "requeued 4, already queued 0, already done 0, skipped 0 (not rebuildable, left in place)\n", r.stdout)
 	r = runCmd(t, url, "", "dead", "list")
 	require.Contains(t, r.stderr, "1 shown, 1 matching")
 	r = runCmd(t, url, "", "dead", "requeue", "--all")
@@ -218,10 +223,13 @@ func TestStatusReportCampaigns(t *testing.T) {
 	r := runCmd(t, url, "", "--location", "L", "--campaign", "spring", "m1", "m2", "m3")
 	require.NoError(t, r.err)
 	ctx := context.Background()
-	tr := campaign.New(redistest.ClientFor(t, url), 0)
-	_, err := tr.Terminal(ctx, "spring", "msg:m1", campaign.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 1})
+	led := ledger.New(redistest.ClientFor(t, url), ledger.Config{})
+	_, _, err := led.Settle(ctx, ledger.Final{TaskID: "msg:m1", CampaignID: "spring",
+		Outcome: ledger.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 1}})
 	require.NoError(t, err)
-	_, err = tr.Terminal(ctx, "spring", "msg:m2", campaign.Outcome{Outcome: campaign.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1})
+	_, _, err = led.Settle(ctx, ledger.Final{TaskID: "msg:m2", CampaignID: "spring",
+		Outcome: ledger.Outcome{Outcome: campaign.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1},
+		Dead:    &deadletter.Record{Kind: "message", MessageID: "m2", LocationID: "L", CampaignID: "spring", Reason: "unauthorized"}})
 	require.NoError(t, err)
 	rl := ratelimit.New(redistest.ClientFor(t, url), ratelimit.Config{})
 	require.NoError(t, rl.Observe(ctx, "L", ghl.Limits{Present: true, Max: -1, Remaining: -1, DailyLimit: 200000, DailyRemaining: 5}, nil))
@@ -229,7 +237,7 @@ func TestStatusReportCampaigns(t *testing.T) {
 	r = runCmd(t, url, "", "status", "spring")
 	require.NoError(t, r.err)
 	require.Contains(t, r.stdout, "spring [####################----------] 2/3 67%")
-	require.Contains(t, r.stdout, "cancelled 1, not cancellable 0, expired (send time passed) 0, dead-lettered 1, retrying 0, pending 1")
+	require.Contains(t, r.stdout, "cancelled 1, already sent 0, not found 0, not cancellable 0, expired (send time passed) 0, dead-lettered 1, retrying 0, pending 1")
 	require.Contains(t, r.stdout, "dead letters: unauthorized 1")
 	require.Contains(t, r.stdout, "parked location L: daily budget nearly spent: 5 of 200000 left")
 
@@ -329,7 +337,7 @@ func TestHostileFiles(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	require.Error(t, r.err)
 	require.Contains(t, r.stderr, "line 1: line is longer than 4096 bytes")
-	require.Contains(t, r.stdout, "enqueued 0, already queued 0, rejected 1")
+	require.Contains(t, r.stdout, "enqueued 0, requeued 0, already queued 0, already done 0, rejected 1")
 	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(32<<20), "the 100 MB line must not be read into memory")
 
 	// Binary: every line has a NUL or is not UTF-8; one good line among them.
@@ -343,7 +351,7 @@ func TestHostileFiles(t *testing.T) {
 	r = runCmd(t, url, "", "--location", "locA", "--campaign", "hostile", "--file", bin)
 	require.Error(t, r.err)
 	require.Contains(t, r.stderr, "line 1: line is not text (binary data?)")
-	require.Contains(t, r.stdout, "enqueued 1, already queued 0, rejected 1000")
+	require.Contains(t, r.stdout, "enqueued 1, requeued 0, already queued 0, already done 0, rejected 1000")
 
 	rdb := redistest.ClientFor(t, url)
 	st, ok, err := campaign.New(rdb, 0).Get(context.Background(), "hostile")

@@ -107,7 +107,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	srv, err := intake.New(intake.Config{
 		Redis: rdb, Keys: keys, MaxBodyBytes: int64(*maxBody), MaxItems: *maxItems, Logger: log,
-		Producer: producer.Config{MaxRetry: *maxRetry, CampaignRetention: *retention},
+		Producer: producer.Config{MaxRetry: producer.Retries(*maxRetry), CampaignRetention: *retention},
 	})
 	if err != nil {
 		return err

@@ -24,6 +24,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/envconf"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redisconn"
@@ -62,6 +63,8 @@ const (
 	EnvTokenKey        = "GHL_TOKEN_KEY"
 	EnvRetention       = "CAMPAIGN_RETENTION"
 	EnvBreaker         = "CIRCUIT_BREAKER"
+	EnvVerify          = "VERIFY"
+	EnvDeadRetention   = "DEAD_LETTER_RETENTION"
 )
 
 // RedisURLDefault is used when REDIS_URL is unset.
@@ -90,6 +93,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	dailyReserve := fs.Int("daily-reserve", ep.Int(EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
 	retention := fs.Duration("campaign-retention", ep.Duration(EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
 	breakerMode := fs.String("circuit-breaker", ep.String(EnvBreaker, "on"), "on: pause calls while HighLevel answers mostly 5xx; off (env "+EnvBreaker+")")
+	verify := fs.String("verify", ep.String(EnvVerify, "on"), "on: read a message back when its cancel finds nothing, to record already_sent or not_found; off: record not_cancellable (env "+EnvVerify+")")
+	deadRetention := fs.Duration("dead-letter-retention", ep.Duration(EnvDeadRetention, ledger.DeadRetentionDefault), "how long dead letters are kept (env "+EnvDeadRetention+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -100,8 +105,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := ep.Err(); err != nil {
 		return err
 	}
-	if *breakerMode != "on" && *breakerMode != "off" {
-		return fmt.Errorf("%s=%q: want on or off", EnvBreaker, *breakerMode)
+	for _, o := range []struct{ env, v string }{{EnvBreaker, *breakerMode}, {EnvVerify, *verify}} {
+		if o.v != "on" && o.v != "off" {
+			return fmt.Errorf("%s=%q: want on or off", o.env, o.v)
+		}
+	}
+	if *deadRetention <= 0 || *retention <= 0 {
+		return fmt.Errorf("%s and %s must be positive durations", EnvRetention, EnvDeadRetention)
 	}
 	log, err := logFlags.Logger(stderr)
 	if err != nil {
@@ -123,18 +133,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer rdb.Close()
 
 	w, err := worker.New(worker.Config{
-		Redis:             rdb,
-		GHL:               ghl.Config{BaseURL: *baseURL, Version: *version, Timeout: *apiTimeout},
-		Tokens:            src,
-		OAuth:             oauth,
-		Concurrency:       *concurrency,
-		ShutdownTimeout:   *shutdown,
-		StrictPriority:    *strict,
-		RateLimit:         rl,
-		NoPacing:          noPacing,
-		NoBreaker:         *breakerMode == "off",
-		CampaignRetention: *retention,
-		Logger:            log,
+		Redis:               rdb,
+		GHL:                 ghl.Config{BaseURL: *baseURL, Version: *version, Timeout: *apiTimeout},
+		Tokens:              src,
+		OAuth:               oauth,
+		Concurrency:         *concurrency,
+		ShutdownTimeout:     *shutdown,
+		StrictPriority:      *strict,
+		RateLimit:           rl,
+		NoPacing:            noPacing,
+		NoBreaker:           *breakerMode == "off",
+		NoVerify:            *verify == "off",
+		CampaignRetention:   *retention,
+		DeadLetterRetention: *deadRetention,
+		Logger:              log,
 	})
 	if err != nil {
 		return err

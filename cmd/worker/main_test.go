@@ -123,7 +123,7 @@ func TestEndToEnd(t *testing.T) {
 			live += s.Sum("ghlcancel_queue_tasks", "state", st)
 		}
 		return live == 0 && s.Sum("ghlcancel_tasks_processed_total", "outcome", "cancelled")+
-			s.Sum("ghlcancel_tasks_processed_total", "outcome", "not_cancellable")+
+			s.Sum("ghlcancel_tasks_processed_total", "outcome", "not_found")+
 			s.Sum("ghlcancel_tasks_processed_total", "outcome", "dead_lettered") == 1080
 	}, 90*time.Second, 200*time.Millisecond, "queues did not drain; worker log:\n%s", tail(stderr.String(), 2000))
 
@@ -140,7 +140,9 @@ func TestEndToEnd(t *testing.T) {
 
 	// Metrics equal those counts.
 	require.Equal(t, 1000.0, s.Sum("ghlcancel_tasks_processed_total", "outcome", "cancelled"))
-	require.Equal(t, 50.0, s.Sum("ghlcancel_tasks_processed_total", "outcome", "not_cancellable"))
+	// Unknown ids: the cancel found nothing, reading them back found nothing.
+	require.Equal(t, 50.0, s.Sum("ghlcancel_tasks_processed_total", "outcome", "not_found"))
+	require.Zero(t, s.Sum("ghlcancel_tasks_processed_total", "outcome", "not_cancellable"))
 	require.Equal(t, 30.0, s.Sum("ghlcancel_tasks_processed_total", "outcome", "dead_lettered"))
 	require.Equal(t, 30.0, s.Sum("ghlcancel_dead_letters_total", "reason", "unauthorized"))
 	require.Equal(t, 30.0, s.Sum("ghlcancel_dead_letters_total"))

@@ -7,9 +7,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 )
 
@@ -17,27 +23,50 @@ var redisServer *redistest.Server
 
 func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
 
-func TestCountsEachTaskOnce(t *testing.T) {
+// seed enqueues ids (kind message) into campaign c for a location through
+// the producer, as every producer does.
+func seed(t *testing.T, p *producer.Producer, c, loc string, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		r := p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: c})
+		require.Equal(t, producer.Enqueued, r.Status, r.Err)
+	}
+}
+
+// finish takes a task off the queue as a worker would and records its outcome.
+func finish(t *testing.T, rdb *redis.Client, led *ledger.Ledger, c, taskID string, o ledger.Outcome) bool {
+	t.Helper()
+	ctx := context.Background()
+	require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask("default", taskID))
+	f := ledger.Final{TaskID: taskID, CampaignID: c, Outcome: o}
+	if o.Outcome == ledger.DeadLettered {
+		f.Dead = &deadletter.Record{Kind: "message", MessageID: taskID[4:], LocationID: "locA", CampaignID: c, Queue: "default", Reason: o.Reason}
+	}
+	_, recorded, err := led.Settle(ctx, f)
+	require.NoError(t, err)
+	return recorded
+}
+
+func TestCountsEachMessageOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	rdb := redisServer.Client(t)
 	tr := campaign.New(rdb, time.Hour)
-	require.NoError(t, tr.Enqueued(ctx, "c1", "locA", 3))
-	require.NoError(t, tr.Enqueued(ctx, "c1", "locB", 1))
-	require.NoError(t, tr.Retrying(ctx, "c1", "msg:a"))
+	led := ledger.New(rdb, ledger.Config{Retention: time.Hour})
+	p := producer.New(rdb, producer.Config{CampaignRetention: time.Hour})
+	seed(t, p, "c1", "locA", "a", "b", "c")
+	seed(t, p, "c1", "locB", "d")
+	require.NoError(t, led.Retrying(ctx, "msg:a", "c1", ""))
 
-	rec, err := tr.Terminal(ctx, "c1", "msg:a", campaign.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 2})
-	require.NoError(t, err)
-	require.True(t, rec)
+	require.True(t, finish(t, rdb, led, "c1", "msg:a", ledger.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 2}))
 	// The same task again (a re-delivery after a crash): not counted twice,
 	// whatever it reports this time.
-	rec, err = tr.Terminal(ctx, "c1", "msg:a", campaign.Outcome{Outcome: campaign.NotCancellable, HTTPStatus: 404, Attempts: 3})
+	_, recorded, err := led.Settle(ctx, ledger.Final{TaskID: "msg:a", CampaignID: "c1",
+		Outcome: ledger.Outcome{Outcome: campaign.NotCancellable, HTTPStatus: 404, Attempts: 3}})
 	require.NoError(t, err)
-	require.False(t, rec)
-	_, err = tr.Terminal(ctx, "c1", "email:b", campaign.Outcome{Outcome: campaign.Expired, Attempts: 1})
-	require.NoError(t, err)
-	_, err = tr.Terminal(ctx, "c1", "msg:c", campaign.Outcome{Outcome: campaign.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1})
-	require.NoError(t, err)
+	require.False(t, recorded)
+	require.True(t, finish(t, rdb, led, "c1", "msg:b", ledger.Outcome{Outcome: campaign.Expired, Attempts: 1}))
+	require.True(t, finish(t, rdb, led, "c1", "msg:c", ledger.Outcome{Outcome: campaign.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1}))
 
 	s, ok, err := tr.Get(ctx, "c1")
 	require.NoError(t, err)
@@ -51,20 +80,31 @@ func TestCountsEachTaskOnce(t *testing.T) {
 	require.Equal(t, map[string]int64{"unauthorized": 1}, s.DeadByReason)
 	require.False(t, s.Complete)
 
-	// Requeueing the dead letter makes it pending again; its success completes the campaign.
-	require.NoError(t, tr.Requeued(ctx, "c1", "msg:c"))
+	// Sending the dead-lettered message again revives it: pending again in
+	// the same campaign, total unchanged; its success completes the campaign.
+	r := p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: "c", LocationID: "locA", CampaignID: "c1"})
+	require.Equal(t, producer.Requeued, r.Status, r.Err)
 	s, _, _ = tr.Get(ctx, "c1")
+	require.Equal(t, int64(4), s.Total)
 	require.Equal(t, int64(0), s.DeadLettered)
 	require.Equal(t, int64(2), s.Pending)
 	require.Empty(t, s.DeadByReason)
 	for _, id := range []string{"msg:c", "msg:d"} {
-		_, err = tr.Terminal(ctx, "c1", id, campaign.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 1})
-		require.NoError(t, err)
+		require.True(t, finish(t, rdb, led, "c1", id, ledger.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 1}))
 	}
 	s, _, _ = tr.Get(ctx, "c1")
 	require.True(t, s.Complete)
 	require.NotNil(t, s.FinishedAt)
 	require.Equal(t, int64(3), s.Cancelled)
+
+	// Re-running the whole campaign: nothing new, total and completeness kept.
+	for _, id := range []string{"a", "b", "c", "d"} {
+		r := p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: "locA", CampaignID: "c1"})
+		require.Equal(t, producer.AlreadyDone, r.Status, id)
+	}
+	s, _, _ = tr.Get(ctx, "c1")
+	require.Equal(t, int64(4), s.Total)
+	require.True(t, s.Complete)
 
 	locs, err := tr.Locations(ctx, "c1")
 	require.NoError(t, err)
@@ -85,7 +125,7 @@ func TestCountsEachTaskOnce(t *testing.T) {
 		byID[r[0]] = r
 	}
 	require.Equal(t, []string{"a", "message", "cancelled", "", "200", "2"}, byID["a"][:6])
-	require.Equal(t, []string{"b", "email", "expired", "", "0", "1"}, byID["b"][:6])
+	require.Equal(t, []string{"b", "message", "expired", "", "0", "1"}, byID["b"][:6])
 
 	list, err := tr.List(ctx, 10)
 	require.NoError(t, err)
@@ -99,11 +139,10 @@ func TestCountsEachTaskOnce(t *testing.T) {
 func TestNoCampaignIsANoOp(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	tr := campaign.New(redisServer.Client(t), 0)
-	require.NoError(t, tr.Enqueued(ctx, "", "loc", 1))
-	rec, err := tr.Terminal(ctx, "", "msg:a", campaign.Outcome{Outcome: campaign.Cancelled})
-	require.NoError(t, err)
-	require.False(t, rec)
+	rdb := redisServer.Client(t)
+	tr := campaign.New(rdb, 0)
+	seed(t, producer.New(rdb, producer.Config{}), "", "loc", "a")
+	require.True(t, finish(t, rdb, ledger.New(rdb, ledger.Config{}), "", "msg:a", ledger.Outcome{Outcome: campaign.Cancelled}))
 	list, err := tr.List(ctx, 10)
 	require.NoError(t, err)
 	require.Empty(t, list)

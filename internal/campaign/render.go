@@ -20,8 +20,11 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 	bar := strings.Repeat("#", filled) + strings.Repeat("-", width-filled)
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s [%s] %d/%d %.0f%%\n", s.Campaign, bar, s.Done, s.Total, 100*frac)
-	fmt.Fprintf(&b, "  cancelled %d, not cancellable %d, expired (send time passed) %d, dead-lettered %d, retrying %d, pending %d\n",
-		s.Cancelled, s.NotCancellable, s.Expired, s.DeadLettered, s.Retrying, s.Pending)
+	fmt.Fprintf(&b, "  cancelled %d, already sent %d, not found %d, not cancellable %d, expired (send time passed) %d, dead-lettered %d, retrying %d, pending %d\n",
+		s.Cancelled, s.AlreadySent, s.NotFound, s.NotCancellable, s.Expired, s.DeadLettered, s.Retrying, s.Pending)
+	if s.CancelledEarlier > 0 {
+		fmt.Fprintf(&b, "  (%d of the cancels were proven by an earlier attempt whose answer was lost)\n", s.CancelledEarlier)
+	}
 	if len(s.DeadByReason) > 0 {
 		var rs []string
 		for r, n := range s.DeadByReason {

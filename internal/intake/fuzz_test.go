@@ -23,7 +23,8 @@ func FuzzDecodeRequest(f *testing.F) {
 	}
 	s := &Server{}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		raw, lane, _, apiErr := s.parseRequest(body)
+		raw, opts, apiErr := s.parseRequest(body)
+		lane := opts.lane
 		if apiErr != nil {
 			if apiErr.Code == "" || apiErr.Message == "" {
 				t.Fatalf("error without code or message: %+v", apiErr)

@@ -150,7 +150,7 @@ func New(cfg Config) (*Server, error) {
 		}, []string{"route"}),
 		items: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ghlcancel_intake_items_total",
-			Help: "Cancel items received by the intake API, by result (enqueued, already_queued, rejected).",
+			Help: "Cancel items received by the intake API, by result (enqueued, already_queued, already_done, requeued, rejected).",
 		}, []string{"result"}),
 	}
 	for _, k := range cfg.Keys {
@@ -160,7 +160,7 @@ func New(cfg Config) (*Server, error) {
 	for _, r := range []string{"cancellations", "campaign", "dead_letters"} {
 		s.duration.WithLabelValues(r)
 	}
-	for _, r := range []string{client.StatusEnqueued, client.StatusAlreadyQueued, client.StatusRejected} {
+	for _, r := range []string{client.StatusEnqueued, client.StatusAlreadyQueued, client.StatusAlreadyDone, client.StatusRequeued, client.StatusRejected} {
 		s.items.WithLabelValues(r)
 	}
 
@@ -265,7 +265,7 @@ func writeError(w http.ResponseWriter, status int, code, msg string, items []cli
 
 // itemFields are the keys of a Cancel object; the single-item body form is
 // recognised by them.
-var itemFields = map[string]bool{"message_id": true, "location_id": true, "kind": true, "campaign_id": true, "send_at": true, "urgent": true}
+var itemFields = map[string]bool{"message_id": true, "location_id": true, "kind": true, "campaign_id": true, "send_at": true, "urgent": true, "force": true}
 
 func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
@@ -290,7 +290,8 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, client.CodeMalformedJSON, "reading body: "+err.Error(), nil, 0)
 		return
 	}
-	raw, lane, partial, apiErr := s.parseRequest(body)
+	raw, opts, apiErr := s.parseRequest(body)
+	lane, partial := opts.lane, opts.partial
 	if apiErr != nil {
 		writeError(w, http.StatusBadRequest, apiErr.Code, apiErr.Message, nil, 0)
 		return
@@ -317,6 +318,7 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 			res.Results[i].Status, res.Results[i].Error = client.StatusRejected, ie
 			continue
 		}
+		it.Force = it.Force || opts.force
 		items = append(items, it)
 		pos = append(pos, i)
 	}
@@ -333,13 +335,8 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 		ir := &res.Results[pos[j]]
 		ir.TaskID = tasks.TaskID(items[j].Kind, items[j].MessageID)
 		switch o.Status {
-		case producer.Enqueued:
-			ir.Status = client.StatusEnqueued
-			if o.Err != nil { // queued; only the campaign count failed
-				s.log.Warn("campaign count failed", "campaign", items[j].CampaignID, "err", o.Err)
-			}
-		case producer.AlreadyQueued:
-			ir.Status = client.StatusAlreadyQueued
+		case producer.Enqueued, producer.AlreadyQueued, producer.AlreadyDone, producer.Requeued:
+			ir.Status = o.Status.String()
 		default:
 			if errors.Is(o.Err, producer.ErrUnavailable) {
 				unavailable++
@@ -352,7 +349,7 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("enqueue failed: Redis unavailable", "items", unavailable)
 		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusServiceUnavailable, client.CodeQueueUnavailable,
-			fmt.Sprintf("the queue is unavailable; %d items were not enqueued. Send the same request again: items already enqueued answer already_queued", unavailable), nil, 0)
+			fmt.Sprintf("the queue is unavailable; %d items were not enqueued. Send the same request again: items already enqueued answer already_queued or already_done", unavailable), nil, 0)
 		return
 	}
 	for _, ir := range res.Results {
@@ -361,21 +358,33 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 			res.Enqueued++
 		case client.StatusAlreadyQueued:
 			res.AlreadyQueued++
+		case client.StatusAlreadyDone:
+			res.AlreadyDone++
+		case client.StatusRequeued:
+			res.Requeued++
 		default:
 			res.Rejected++
 		}
 	}
 	s.items.WithLabelValues(client.StatusEnqueued).Add(float64(res.Enqueued))
 	s.items.WithLabelValues(client.StatusAlreadyQueued).Add(float64(res.AlreadyQueued))
+	s.items.WithLabelValues(client.StatusAlreadyDone).Add(float64(res.AlreadyDone))
+	s.items.WithLabelValues(client.StatusRequeued).Add(float64(res.Requeued))
 	s.items.WithLabelValues(client.StatusRejected).Add(float64(res.Rejected))
 	writeJSON(w, http.StatusAccepted, res)
 }
 
-// parseRequest accepts {"items":[...], "lane":..., "partial":...} or a
-// single Cancel object, and returns the raw items for per-item decoding.
-func (s *Server) parseRequest(body []byte) (raw []json.RawMessage, lane string, partial bool, _ *client.APIErrorDetail) {
-	fail := func(code, format string, a ...any) ([]json.RawMessage, string, bool, *client.APIErrorDetail) {
-		return nil, "", false, &client.APIErrorDetail{Code: code, Message: fmt.Sprintf(format, a...)}
+// requestOpts are a batch request's top-level fields.
+type requestOpts struct {
+	lane           string
+	partial, force bool
+}
+
+// parseRequest accepts {"items":[...], "lane":..., "partial":..., "force":...}
+// or a single Cancel object, and returns the raw items for per-item decoding.
+func (s *Server) parseRequest(body []byte) (raw []json.RawMessage, opts requestOpts, _ *client.APIErrorDetail) {
+	fail := func(code, format string, a ...any) ([]json.RawMessage, requestOpts, *client.APIErrorDetail) {
+		return nil, requestOpts{}, &client.APIErrorDetail{Code: code, Message: fmt.Sprintf(format, a...)}
 	}
 	var top map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -393,11 +402,11 @@ func (s *Server) parseRequest(body []byte) (raw []json.RawMessage, lane string, 
 		if _, single := top["message_id"]; !single {
 			return fail(client.CodeInvalidRequest, `send {"items": [...]} or one cancel object with a message_id`)
 		}
-		return []json.RawMessage{body}, client.LaneDefault, false, nil
+		return []json.RawMessage{body}, requestOpts{lane: client.LaneDefault}, nil
 	}
 	for k := range top {
-		if k != "items" && k != "lane" && k != "partial" {
-			return fail(client.CodeInvalidRequest, "unknown field %q at the top level (want items, lane, partial)", k)
+		if k != "items" && k != "lane" && k != "partial" && k != "force" {
+			return fail(client.CodeInvalidRequest, "unknown field %q at the top level (want items, lane, partial, force)", k)
 		}
 	}
 	if err := json.Unmarshal(itemsRaw, &raw); err != nil || raw == nil {
@@ -406,16 +415,19 @@ func (s *Server) parseRequest(body []byte) (raw []json.RawMessage, lane string, 
 	if len(raw) == 0 {
 		return fail(client.CodeInvalidRequest, "items: empty; send at least one cancel")
 	}
-	lane = client.LaneDefault
+	opts.lane = client.LaneDefault
 	if v, ok := top["lane"]; ok {
-		if json.Unmarshal(v, &lane) != nil || (lane != client.LaneDefault && lane != client.LaneBulk) {
+		if json.Unmarshal(v, &opts.lane) != nil || (opts.lane != client.LaneDefault && opts.lane != client.LaneBulk) {
 			return fail(client.CodeInvalidRequest, `lane: want "default" or "bulk" (mark single items "urgent": true for the urgent lane)`)
 		}
 	}
-	if v, ok := top["partial"]; ok && json.Unmarshal(v, &partial) != nil {
+	if v, ok := top["partial"]; ok && json.Unmarshal(v, &opts.partial) != nil {
 		return fail(client.CodeInvalidRequest, "partial: want true or false")
 	}
-	return raw, lane, partial, nil
+	if v, ok := top["force"]; ok && json.Unmarshal(v, &opts.force) != nil {
+		return fail(client.CodeInvalidRequest, "force: want true or false")
+	}
+	return raw, opts, nil
 }
 
 // jsonErr describes a decoding error with its byte offset.
@@ -449,7 +461,7 @@ func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.I
 	}
 	for k := range m {
 		if !itemFields[k] {
-			return bad(k, client.CodeItemUnknownField, "unknown field (known: message_id, location_id, kind, campaign_id, send_at, urgent)")
+			return bad(k, client.CodeItemUnknownField, "unknown field (known: message_id, location_id, kind, campaign_id, send_at, urgent, force)")
 		}
 	}
 	var c client.Cancel
@@ -463,7 +475,7 @@ func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.I
 		}
 		return bad("", client.CodeItemInvalidJSON, err.Error())
 	}
-	it := producer.Item{MessageID: c.MessageID, LocationID: c.LocationID, CampaignID: c.CampaignID, Queue: lane}
+	it := producer.Item{MessageID: c.MessageID, LocationID: c.LocationID, CampaignID: c.CampaignID, Queue: lane, Force: c.Force}
 	if c.Urgent {
 		it.Queue = tasks.QueueUrgent
 	}

@@ -22,8 +22,11 @@ import (
 	"github.com/ghlcancel/ghlcancel/client"
 	"github.com/ghlcancel/ghlcancel/internal/contract"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/intake"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/metrics"
 )
 
@@ -377,4 +380,47 @@ func TestRedisDown(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, e.do(http.MethodGet, "/readyz", nil, nil, nil).StatusCode)
 	eb = client.ErrorBody{}
 	e.errBody(e.do(http.MethodGet, "/v1/campaigns/c", auth, nil, &eb), eb, http.StatusServiceUnavailable, client.CodeQueueUnavailable)
+}
+
+// TestResendThroughTheAPI: a service that sends the same cancels again (as
+// a retrying client would) gets the truth per item: already_queued while
+// waiting, requeued for a dead letter (its token was fixed), already_done
+// once cancelled, and requeued with force. Totals count distinct messages.
+func TestResendThroughTheAPI(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	ctx := context.Background()
+	batch := items(3, "svc")
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.post(client.Request{Items: batch}, &res).StatusCode)
+	require.Equal(t, 3, res.Enqueued)
+	require.Equal(t, http.StatusAccepted, e.post(client.Request{Items: batch}, &res).StatusCode)
+	require.Equal(t, 3, res.AlreadyQueued)
+
+	// A worker's outcomes: m00000 cancelled, m00001 dead-lettered unauthorized.
+	led := ledger.New(e.rdb, ledger.Config{})
+	insp := asynq.NewInspectorFromRedisClient(e.rdb)
+	for i, o := range []string{ledger.Cancelled, ledger.DeadLettered} {
+		tid := tasks.TaskID(ghl.KindMessage, batch[i].MessageID)
+		require.NoError(t, insp.DeleteTask("default", tid))
+		f := ledger.Final{TaskID: tid, CampaignID: "svc", Outcome: ledger.Outcome{Outcome: o}}
+		if o == ledger.DeadLettered {
+			f.Outcome.Reason = "unauthorized"
+			f.Dead = &deadletter.Record{Kind: "message", MessageID: batch[i].MessageID, LocationID: batch[i].LocationID, CampaignID: "svc", Queue: "default", Reason: "unauthorized"}
+		}
+		_, _, err := led.Settle(ctx, f)
+		require.NoError(t, err)
+	}
+	require.Equal(t, http.StatusAccepted, e.post(client.Request{Items: batch}, &res).StatusCode)
+	require.Equal(t, []string{client.StatusAlreadyDone, client.StatusRequeued, client.StatusAlreadyQueued},
+		[]string{res.Results[0].Status, res.Results[1].Status, res.Results[2].Status})
+	require.Equal(t, client.Response{AlreadyQueued: 1, AlreadyDone: 1, Requeued: 1}, client.Response{AlreadyQueued: res.AlreadyQueued, AlreadyDone: res.AlreadyDone, Requeued: res.Requeued})
+	require.Equal(t, http.StatusAccepted, e.post(client.Request{Items: batch[:1], Force: true}, &res).StatusCode)
+	require.Equal(t, client.StatusRequeued, res.Results[0].Status)
+
+	var st client.CampaignStatus
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/svc", auth, nil, &st).StatusCode)
+	require.Equal(t, int64(3), st.Total)
+	require.Equal(t, int64(3), st.Pending)
+	require.Zero(t, st.DeadLettered)
 }

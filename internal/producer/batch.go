@@ -5,37 +5,141 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
 // BatchSize is how many items one enqueue script call takes.
 const BatchSize = 500
 
-// enqueueScript enqueues a batch the way asynq v0.26.0's own enqueue script
-// does (HSET msg/state/pending_since, LPUSH to the lane), except that an item
-// is skipped when its task id exists on any lane, so cross-lane dedupe is
-// atomic. KEYS, 4 per item: task key on its lane, the lane's pending list,
-// the task keys on the two other lanes. ARGV: now (ns), then per item the
-// encoded message and the task id. Returns 1 (enqueued) or 0 per item.
-var enqueueScript = redis.NewScript(`
+// enqueueScript is the one rule for what sending a message means, applied
+// atomically per item (see Producer.Enqueue):
+//
+//   - a task for the message is pending, scheduled, retrying or running on
+//     any lane: already queued (1);
+//   - its record holds a terminal outcome other than a dead letter: already
+//     done (2), nothing is queued, unless force;
+//   - it was dead-lettered (record, or an archived asynq copy), or it is
+//     forced: the archived copy and the dead letter are removed, its old
+//     outcome is taken out of its campaign, and a fresh task (attempts from
+//     zero) is queued: requeued (3);
+//   - otherwise a fresh task is queued: enqueued (0).
+//
+// Campaign totals count distinct messages: only a message new to the
+// campaign adds to it; a requeued one that moves to another campaign is
+// moved. The task is written the way asynq v0.26.0's own enqueue script
+// does (HSET msg/state/pending_since, LPUSH to the lane).
+// KEYS: dead-letter records, dead-letter index. ARGV: now ns, now ms,
+// retention ms, then per item: encoded message, task id, lane, campaign,
+// location, force (1/0), from a dead letter (1/0: its record is removed in
+// any case, atomically, so a new dead letter of the fresh task is never
+// removed by mistake).
+var enqueueScript = redis.NewScript(ledger.Lua + `
+local LANES = {` + luaLanes() + `}
+local nowns, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local res = {}
-local n = #KEYS / 4
-for i = 0, n - 1 do
-  local k = i * 4
-  if redis.call("EXISTS", KEYS[k+1]) == 1 or redis.call("EXISTS", KEYS[k+3]) == 1 or redis.call("EXISTS", KEYS[k+4]) == 1 then
-    res[i+1] = 0
-  else
-    redis.call("HSET", KEYS[k+1], "msg", ARGV[2+i*2], "state", "pending", "pending_since", ARGV[1])
-    redis.call("LPUSH", KEYS[k+2], ARGV[3+i*2])
-    res[i+1] = 1
+local delta, locs = {}, {}
+local function count(c, n, loc)
+  if c == "" then return end
+  delta[c] = (delta[c] or 0) + n
+  if loc ~= "" and n > 0 then
+    locs[c] = locs[c] or {}
+    locs[c][loc] = true
   end
 end
+local function drop_dead(id)
+  redis.call("HDEL", KEYS[1], id)
+  redis.call("ZREM", KEYS[2], id)
+end
+local n = (#ARGV - 3) / 7
+for i = 0, n - 1 do
+  local a = 3 + i * 7
+  local msg, id, lane, campaign, loc, force, fromdead = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6], ARGV[a+7]
+  local live, stale, archived = false, {}, false
+  for _, l in ipairs(LANES) do
+    local st = redis.call("HGET", "asynq:{" .. l .. "}:t:" .. id, "state")
+    if st == "archived" or st == "completed" then
+      stale[#stale+1] = {l, st}
+      if st == "archived" then archived = true end
+    elseif st then
+      live = true
+    end
+  end
+  if live then
+    res[i+1] = 1
+    -- A requeued dead letter whose message is queued again is stale.
+    if fromdead == "1" then drop_dead(id) end
+  else
+    local rk = "ghlcancel:msg:" .. id
+    local rec = redis.call("HMGET", rk, "o", "c")
+    local o, prevc = rec[1], rec[2]
+    -- Dead: its record says so, or asynq archived it and nothing else is
+    -- recorded (an archived copy next to a true outcome is only stale).
+    local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
+    for _, s in ipairs(stale) do
+      redis.call("DEL", "asynq:{" .. s[1] .. "}:t:" .. id)
+      redis.call("ZREM", "asynq:{" .. s[1] .. "}:" .. s[2], id)
+    end
+    if dead or fromdead == "1" then drop_dead(id) end
+    if o and not dead and force ~= "1" then
+      res[i+1] = 2
+    else
+      if o or prevc or archived then
+        prevc = prevc or ""
+        -- Its campaign still exists: take the old outcome out of it (and
+        -- move the message if it is sent under another campaign). If the
+        -- campaign expired, the message counts as new where it is sent.
+        if prevc ~= "" and redis.call("EXISTS", (ck(prevc))) == 1 then
+          creopen(prevc, id)
+          count(prevc, 0, "")
+          if prevc ~= campaign then
+            count(prevc, -1, "")
+            count(campaign, 1, loc)
+          end
+        else
+          count(campaign, 1, loc)
+        end
+        -- Forced over a cancel: the forced call's "not found" is that
+        -- cancel, as after a lost answer.
+        if force == "1" and o and string.sub(o, 1, 10) == "cancelled|" then
+          redis.call("HSET", rk, "s", "forced")
+        end
+        redis.call("HDEL", rk, "o")
+        if redis.call("EXISTS", rk) == 1 then redis.call("HSET", rk, "c", campaign) end
+        res[i+1] = 3
+      else
+        count(campaign, 1, loc)
+        res[i+1] = 0
+      end
+      redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
+      redis.call("LPUSH", "asynq:{" .. lane .. "}:pending", id)
+    end
+  end
+end
+for c, d in pairs(delta) do
+  if locs[c] then
+    local _, _, _, kl = ck(c)
+    for loc in pairs(locs[c]) do redis.call("SADD", kl, loc) end
+  end
+  cadd(c, d, "", now, ttl)
+end
 return res`)
+
+// luaLanes lists the lanes as Lua string literals.
+func luaLanes() string {
+	q := make([]string, len(tasks.Queues))
+	for i, l := range tasks.Queues {
+		q[i] = strconv.Quote(l)
+	}
+	return strings.Join(q, ", ")
+}
 
 // encodeTaskMessage is asynq v0.26.0's TaskMessage protobuf (internal/proto
 // asynq.proto) for the fields our tasks set. TestBatchTasksDecodeInAsynq
@@ -54,7 +158,8 @@ func encodeTaskMessage(typ string, payload []byte, id, queue string, retry int, 
 		b = protowire.AppendTag(b, 5, protowire.VarintType)
 		b = protowire.AppendVarint(b, uint64(int32(retry)))
 	}
-	if secs := int64(timeout.Seconds()); secs != 0 {
+	// asynq stores whole seconds and reads 0 as "no timeout": round up.
+	if secs := int64((timeout + time.Second - 1) / time.Second); secs > 0 {
 		b = protowire.AppendTag(b, 8, protowire.VarintType)
 		b = protowire.AppendVarint(b, uint64(secs))
 	}
@@ -67,15 +172,17 @@ func (p *Producer) EnqueueBatch(ctx context.Context, items []Item) []Result {
 	out := make([]Result, len(items))
 	for start := 0; start < len(items); start += BatchSize {
 		end := min(start+BatchSize, len(items))
-		p.enqueueChunk(ctx, items[start:end], out[start:end], true)
+		p.enqueueChunk(ctx, items[start:end], out[start:end])
 	}
 	return out
 }
 
-func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result, count bool) {
-	keys := make([]string, 0, len(items)*4)
-	args := make([]any, 1, 1+len(items)*2)
-	args[0] = strconv.FormatInt(time.Now().UnixNano(), 10)
+func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result) {
+	now := time.Now()
+	args := make([]any, 3, 3+len(items)*6)
+	args[0] = strconv.FormatInt(now.UnixNano(), 10)
+	args[1] = now.UnixMilli()
+	args[2] = p.cfg.CampaignRetention.Milliseconds()
 	idx := make([]int, 0, len(items)) // positions sent to the script
 	lanes := map[string]bool{}
 	retry := p.cfg.MaxRetry
@@ -85,7 +192,6 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result,
 	case retry < 0:
 		retry = 0
 	}
-	now := time.Now()
 	for i, it := range items {
 		queue := p.lane(it, now)
 		if !ValidQueue(queue) {
@@ -100,14 +206,8 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result,
 			continue
 		}
 		id := tasks.TaskID(it.Kind, it.MessageID)
-		keys = append(keys, "asynq:{"+queue+"}:t:"+id, "asynq:{"+queue+"}:pending")
-		for _, l := range tasks.Queues {
-			if l != queue {
-				keys = append(keys, "asynq:{"+l+"}:t:"+id)
-			}
-		}
 		args = append(args, encodeTaskMessage(tasks.TypeFor(it.Kind), payload, id, queue, retry,
-			cmp.Or(p.cfg.Timeout, tasks.TimeoutDefault)), id)
+			cmp.Or(p.cfg.Timeout, tasks.TimeoutDefault)), id, queue, it.CampaignID, it.LocationID, flag(it.Force), flag(it.fromDeadLetter))
 		idx = append(idx, i)
 		lanes[queue] = true
 	}
@@ -123,38 +223,27 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result,
 			p.published.Store(l, true)
 		}
 	}
-	res, err := enqueueScript.Run(ctx, p.rdb, keys, args...).Int64Slice()
+	// The script runs whole or not at all, so an interrupted caller (Ctrl-C)
+	// never leaves tasks queued without their campaign count.
+	res, err := enqueueScript.Run(ctx, p.rdb, []string{deadletter.KeyRecords, deadletter.KeyIndex}, args...).Int64Slice()
 	if err != nil {
 		fail(out, idx, err)
 		return
 	}
-	type group struct{ campaign, location string }
-	counts := map[group]int{}
 	for j, i := range idx {
-		if res[j] == 1 {
-			out[i] = Result{Status: Enqueued}
-			if count && items[i].CampaignID != "" {
-				counts[group{items[i].CampaignID, items[i].LocationID}]++
-			}
-		} else {
-			out[i] = Result{Status: AlreadyQueued}
-		}
-	}
-	// The tasks are queued: count them even if the caller is being
-	// interrupted (Ctrl-C), or a resumed run would leave the total short.
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	for g, n := range counts {
-		if err := p.campaigns.Enqueued(cctx, g.campaign, g.location, n); err != nil {
-			// The tasks are queued and will run; only the campaign's total is short.
-			for _, i := range idx {
-				if out[i].Status == Enqueued && items[i].CampaignID == g.campaign {
-					out[i].Err = fmt.Errorf("campaign %s: counting failed: %w", g.campaign, err)
-				}
-			}
-		}
+		out[i] = Result{Status: scriptStatus[res[j]]}
 	}
 }
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// scriptStatus maps enqueueScript's per-item answers.
+var scriptStatus = []Status{0: Enqueued, 1: AlreadyQueued, 2: AlreadyDone, 3: Requeued}
 
 func fail(out []Result, idx []int, err error) {
 	for _, i := range idx {

@@ -29,15 +29,32 @@ type Item struct {
 	CampaignID string
 	SendAt     int64  // unix seconds, 0 if unknown
 	Queue      string // lane; defaults to the producer's
+	// Force queues the message again even when it already has a terminal
+	// outcome (cancelled, not cancellable, expired): HighLevel is called again.
+	Force bool
+	// fromDeadLetter: sent by Requeue; the dead letter's record is removed
+	// by the enqueue script whatever the answer.
+	fromDeadLetter bool
 }
 
 // Status is what happened to one item.
 type Status int
 
-// Statuses.
+// Statuses: what sending a message meant (see Producer.Enqueue).
 const (
+	// Enqueued: a fresh task, new to its campaign.
 	Enqueued Status = iota
+	// AlreadyQueued: a task for the message is pending, scheduled,
+	// retrying or running on some lane; nothing changed.
 	AlreadyQueued
+	// AlreadyDone: the message has a terminal outcome recorded (cancelled,
+	// not cancellable, expired); nothing is queued and HighLevel is not
+	// called. Item.Force queues it again.
+	AlreadyDone
+	// Requeued: the message had ended (dead-lettered, or done and forced):
+	// its old outcome and dead letter are gone and a fresh task is queued.
+	Requeued
+	// Rejected: the item is invalid, or Redis failed (Err wraps ErrUnavailable).
 	Rejected
 )
 
@@ -47,6 +64,10 @@ func (s Status) String() string {
 		return "enqueued"
 	case AlreadyQueued:
 		return "already_queued"
+	case AlreadyDone:
+		return "already_done"
+	case Requeued:
+		return "requeued"
 	}
 	return "rejected"
 }
@@ -61,7 +82,8 @@ type Result struct {
 type Config struct {
 	// Queue is the default lane. Defaults to tasks.QueueDefault.
 	Queue string
-	// MaxRetry per task. Defaults to tasks.MaxRetryDefault.
+	// MaxRetry per task. Defaults to tasks.MaxRetryDefault; NoRetry (or
+	// any negative value) means none.
 	MaxRetry int
 	// Timeout per attempt. Defaults to tasks.TimeoutDefault.
 	Timeout time.Duration
@@ -76,6 +98,18 @@ type Config struct {
 	CampaignRetention time.Duration
 }
 
+// NoRetry as Config.MaxRetry means no retries at all (0 means the default).
+const NoRetry = -1
+
+// Retries turns a retry count a person gave (a flag, MAX_RETRY) into
+// Config.MaxRetry: there, 0 means "none", not "the default".
+func Retries(n int) int {
+	if n <= 0 {
+		return NoRetry
+	}
+	return n
+}
+
 // PromoteWithinDefault is Config.PromoteWithin's default.
 const PromoteWithinDefault = 15 * time.Minute
 
@@ -88,7 +122,6 @@ const ParallelDefault = 16
 type Producer struct {
 	rdb       redis.UniversalClient
 	cfg       Config
-	campaigns *campaign.Tracker
 	published sync.Map // lanes already added to asynq's queue set
 }
 
@@ -97,8 +130,8 @@ func New(rdb redis.UniversalClient, cfg Config) *Producer {
 	cfg.Queue = cmp.Or(cfg.Queue, tasks.QueueDefault)
 	cfg.Parallel = cmp.Or(cfg.Parallel, ParallelDefault)
 	cfg.PromoteWithin = cmp.Or(cfg.PromoteWithin, PromoteWithinDefault)
-	return &Producer{rdb: rdb, cfg: cfg,
-		campaigns: campaign.New(rdb, cfg.CampaignRetention)}
+	cfg.CampaignRetention = cmp.Or(cfg.CampaignRetention, campaign.RetentionDefault)
+	return &Producer{rdb: rdb, cfg: cfg}
 }
 
 // lane picks an item's lane: its own, else the producer's; a bulk item
@@ -122,18 +155,22 @@ func ValidQueue(q string) bool {
 	return false
 }
 
-// Enqueue puts one item on its lane. An item whose message is already queued
-// on any lane (pending, scheduled, retrying or running) is AlreadyQueued; the
-// check and the enqueue are one atomic script.
+// Enqueue puts one item on its lane, by one rule everywhere (CLI, intake
+// API, dead-letter requeue), decided atomically in Redis:
+//
+//   - already queued (pending, scheduled, retrying or running on any lane):
+//     AlreadyQueued, nothing changes;
+//   - dead-lettered (the token was wrong, and now it is fixed): Requeued,
+//     a fresh task with attempts from zero;
+//   - already has a terminal outcome: AlreadyDone, HighLevel is not called
+//     again (Item.Force: Requeued);
+//   - otherwise Enqueued.
+//
+// Campaign totals count distinct messages, so re-running a file changes no
+// total and a finished campaign stays complete.
 func (p *Producer) Enqueue(ctx context.Context, it Item) Result {
-	return p.enqueue(ctx, it, true)
-}
-
-// enqueue puts it on its lane; count adds it to its campaign's total (a
-// requeued dead letter was counted when first enqueued).
-func (p *Producer) enqueue(ctx context.Context, it Item, count bool) Result {
 	out := make([]Result, 1)
-	p.enqueueChunk(ctx, []Item{it}, out, count)
+	p.enqueueChunk(ctx, []Item{it}, out)
 	return out[0]
 }
 
@@ -149,7 +186,7 @@ func (p *Producer) EnqueueAll(ctx context.Context, next func() (Item, bool), don
 		wg.Go(func() {
 			for b := range batches {
 				out := make([]Result, len(b))
-				p.enqueueChunk(ctx, b, out, true)
+				p.enqueueChunk(ctx, b, out)
 				mu.Lock()
 				for i, it := range b {
 					done(it, out[i])

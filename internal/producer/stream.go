@@ -14,6 +14,8 @@ import (
 type Summary struct {
 	Enqueued      int `json:"enqueued"`
 	AlreadyQueued int `json:"already_queued"`
+	AlreadyDone   int `json:"already_done"`
+	Requeued      int `json:"requeued"`
 	Rejected      int `json:"rejected"`
 	Failed        int `json:"failed,omitempty"` // not enqueued because Redis failed; re-run
 }
@@ -68,6 +70,10 @@ func EnqueueReader(ctx context.Context, p *Producer, in io.Reader, defaults Item
 			sum.Enqueued++
 		case AlreadyQueued:
 			sum.AlreadyQueued++
+		case AlreadyDone:
+			sum.AlreadyDone++
+		case Requeued:
+			sum.Requeued++
 		default:
 			if errors.Is(r.Err, ErrUnavailable) {
 				sum.Failed++

@@ -1,13 +1,33 @@
-// Package ratelimit paces HighLevel calls per location across every worker
-// process, in Redis. It is a GCRA with reservations: each call atomically
-// reserves the next free slot of its location (Redis TIME is the one clock
-// all workers share), so callers never poll and never burst. The same script
-// applies the location's shared cool-down (after a 429, a spent window or a
-// spent daily budget) and the limit learned from HighLevel's headers.
+// Package ratelimit admits HighLevel calls per location across every worker
+// process, in Redis, using the whole allowance HighLevel grants and never
+// more, whatever window HighLevel enforces.
 //
-// A caller whose slot is near sleeps until it; one whose slot is further
-// away than MaxWait gets a *SnoozeError and goes back to the queue with the
-// exact delay, holding no worker meanwhile. Neither uses up a retry.
+// Each location has a sliding log of admitted calls (a sorted set of Redis
+// TIME stamps, the one clock all workers share). A call is admitted when it
+// keeps every span of Window x (1 + margin) holding at most
+// Limit x (1 - margin) calls: a fresh location can use its whole allowance
+// at once (98 of 100 calls), and the next ones go as the first leave the
+// span (10.2 s later). A bound on every sliding span is also a bound on
+// every fixed window, so it is safe whether HighLevel slides or not; the
+// wider span absorbs network jitter at burst edges.
+//
+// A call whose turn is at most MaxWait away books its time and waits in the
+// handler. A later one gets a *SnoozeError and goes back to the queue until
+// Lead before its estimated turn, holding no worker meanwhile; it joins the
+// location's waiters (a sorted set of task ids by turn). A returning waiter
+// (and an urgent call) may take any free room; a fresh call may not while a
+// waiter is due, so a backlog drains in order and a late waiter (asynq puts
+// due tasks behind the whole pending backlog) loses nothing: its room is
+// still free when it arrives, since turns are estimates, not bookings.
+//
+// Before HighLevel's first answer for a location its limit is unknown: one
+// probe call goes first, and the others wait (up to ProbeWait) for the
+// limit its headers report. Limits come from RATE_LIMIT_OVERRIDES, else
+// from HighLevel's headers, else the default.
+//
+// The same script first checks the message's record (internal/ledger): an
+// outcome an earlier attempt recorded is returned instead of a slot, and a
+// granted slot leaves the ledger's "call sent" mark. One round trip per call.
 package ratelimit
 
 import (
@@ -15,13 +35,14 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
-	"github.com/ghlcancel/ghlcancel/internal/redisbatch"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 )
 
 // Defaults for Config: HighLevel's documented burst limit and daily limit.
@@ -31,27 +52,32 @@ const (
 	MarginDefault       = 0.02
 	MaxWaitDefault      = 2 * time.Second
 	LeadDefault         = 1500 * time.Millisecond
+	ProbeWaitDefault    = time.Second
 	DailyReserveDefault = 100
 	// DailyParkDefault is how long a location whose daily budget is nearly
 	// spent is parked. HighLevel does not document when the daily window
 	// resets, so we re-probe hourly.
 	DailyParkDefault = time.Hour
+	// staleWaiter: a waiter whose turn passed this long ago is forgotten
+	// (its task was deleted or its worker died; a settled task leaves at
+	// once); if it comes back after all, it queues again as a fresh call.
+	// Long, because asynq puts a due task behind the whole pending backlog.
+	staleWaiter = 10 * time.Minute
+	// probePoll is how often calls waiting for a location's first answer ask again.
+	probePoll = 100 * time.Millisecond
 )
 
 // Keys.
 const (
 	keyPrefix  = "ghlcancel:rl:"
-	KeyLearned = keyPrefix + "learned" // hash location -> emission interval µs
+	KeyLearned = keyPrefix + "learned" // hash location -> "N:period ms" ("0:0": HighLevel sent no limit, use the default)
 	KeyParked  = keyPrefix + "parked"  // zset location -> parked-until unix ms
 	KeyWhy     = keyPrefix + "why"     // hash location -> why it is parked
 )
 
-func tatKey(loc string) string    { return keyPrefix + "tat:{" + loc + "}" }
-func coolKey(loc string) string   { return keyPrefix + "cool:{" + loc + "}" }
-func urgentKey(loc string) string { return keyPrefix + "tatu:{" + loc + "}" }
-func resvKey(loc, taskID string) string {
-	return keyPrefix + "resv:{" + loc + "}:" + taskID
-}
+func logKey(loc string) string  { return keyPrefix + "log:{" + loc + "}" }
+func waitKey(loc string) string { return keyPrefix + "wait:{" + loc + "}" }
+func coolKey(loc string) string { return keyPrefix + "cool:{" + loc + "}" }
 
 // Limit is a number of requests per period.
 type Limit struct {
@@ -61,7 +87,7 @@ type Limit struct {
 
 // ParseLimit reads "100/10s".
 func ParseLimit(s string) (Limit, error) {
-	n, p, ok := cut(s, "/")
+	n, p, ok := strings.Cut(s, "/")
 	if !ok {
 		return Limit{}, fmt.Errorf("limit %q: want N/period, e.g. 100/10s", s)
 	}
@@ -76,31 +102,28 @@ func ParseLimit(s string) (Limit, error) {
 	return Limit{N: count, Period: d}, nil
 }
 
-func cut(s, sep string) (string, string, bool) {
-	for i := 0; i+len(sep) <= len(s); i++ {
-		if s[i:i+len(sep)] == sep {
-			return s[:i], s[i+len(sep):], true
-		}
-	}
-	return s, "", false
-}
-
 // Config configures a Limiter.
 type Config struct {
 	// Default limit per location. Defaults to LimitDefault per PeriodDefault.
 	Default Limit
 	// Overrides per location id; they win over learned limits.
 	Overrides map[string]Limit
-	// Margin is the share of the limit left unused, for clock and network
-	// jitter. Defaults to MarginDefault (2%).
+	// Margin is the share of the limit left unused and the share the window
+	// is widened by, for clock and network jitter. Defaults to MarginDefault (2%).
 	Margin float64
 	// MaxWait is the longest wait slept in the handler; longer ones snooze
 	// the task. Defaults to MaxWaitDefault.
 	MaxWait time.Duration
-	// Lead is how long before its kept slot a snoozed task comes back; it
-	// must exceed the worker's delayed-task check interval plus dequeue lag.
-	// Defaults to LeadDefault.
+	// Lead is how long before its turn a snoozed task comes back; it must
+	// exceed the worker's delayed-task check interval plus dequeue lag.
+	// Defaults to LeadDefault (capped at MaxWait).
 	Lead time.Duration
+	// ProbeWait is how long calls for a location with no known limit wait
+	// for the first call's answer. Defaults to ProbeWaitDefault.
+	ProbeWait time.Duration
+	// RecordTTL is how long the ledger's "call sent" mark lives. Defaults
+	// to ledger.RetentionDefault.
+	RecordTTL time.Duration
 	// DailyReserve: park a location when its daily remaining falls to this.
 	// Defaults to DailyReserveDefault.
 	DailyReserve int
@@ -129,9 +152,8 @@ type Limiter struct {
 	rdb redis.UniversalClient
 	cfg Config
 
-	batch   *redisbatch.Batcher
 	mu      sync.Mutex
-	learned map[string]int64 // what we last wrote to KeyLearned, to write only changes
+	learned map[string]string // what Redis holds in KeyLearned, to write only changes
 }
 
 // New builds a Limiter.
@@ -145,18 +167,18 @@ func New(rdb redis.UniversalClient, cfg Config) *Limiter {
 	}
 	cfg.MaxWait = cmp.Or(cfg.MaxWait, MaxWaitDefault)
 	cfg.Lead = min(cmp.Or(cfg.Lead, LeadDefault), cfg.MaxWait)
+	cfg.ProbeWait = cmp.Or(cfg.ProbeWait, ProbeWaitDefault)
+	cfg.RecordTTL = cmp.Or(cfg.RecordTTL, ledger.RetentionDefault)
 	cfg.DailyReserve = cmp.Or(cfg.DailyReserve, DailyReserveDefault)
 	cfg.DailyPark = cmp.Or(cfg.DailyPark, DailyParkDefault)
-	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]int64{}, batch: redisbatch.New(rdb, reserveScript)}
+	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]string{}}
 }
 
-// emission is the spacing between calls for a limit, with the margin.
-func (l *Limiter) emission(lim Limit) int64 {
-	perSec := float64(lim.N) * (1 - l.cfg.Margin)
-	if perSec <= 0 {
-		perSec = 1
-	}
-	return int64(float64(lim.Period.Microseconds()) / perSec)
+// Allowance is what the limiter lets through for a limit: at most N calls
+// in any span of Span. The margin leaves floor(limit x margin) calls of
+// every window unused (2 of 100) and widens the window by its share.
+func (l *Limiter) Allowance(lim Limit) (n int, span time.Duration) {
+	return max(1, lim.N-int(float64(lim.N)*l.cfg.Margin)), time.Duration(float64(lim.Period) * (1 + l.cfg.Margin))
 }
 
 // SnoozeError asks for the task to come back after RetryAfter. It is not a
@@ -173,173 +195,244 @@ func (e *SnoozeError) Error() string {
 // SnoozeFor implements the snoozer interface the task handler knows.
 func (e *SnoozeError) SnoozeFor() time.Duration { return e.RetryAfter }
 
-// Exact says the delay must not be jittered: the task holds a slot.
+// Exact says the delay must not be jittered: the task comes back for its turn.
 func (e *SnoozeError) Exact() bool { return true }
 
-// reserveScript: see the package doc. Times in microseconds.
-// KEYS: tat, cool, learned hash, this task's reservation, urgent tat.
-// ARGV: default emission, max wait, location, override emission (0 = none),
-// lead, urgent (1/0). An urgent call does not queue behind the slots other
-// tasks reserved: it takes the next slot of its own line (spaced like the
-// shared one) and pushes the shared line back one slot, so the long-run
-// rate is unchanged and the overlap is at most one call per urgent call.
-// Returns {granted (0/1), wait µs, cooled (0/1), spacing µs (0 for a kept
-// slot)}. When not granted, the
-// slot is kept under the task's reservation key and wait is how long to
-// snooze (the slot minus lead).
-var reserveScript = redis.NewScript(`
+// Request is one call about to be made.
+type Request struct {
+	Location string
+	TaskID   string
+	Campaign string
+	// Mark is the delivery's "call sent" mark (ledger.NewMark).
+	Mark string
+	// Urgent calls may take any free room, ahead of waiting bulk calls.
+	Urgent bool
+}
+
+// admitScript: see the package doc. Times in µs (Redis TIME).
+// KEYS: log, waiters, cool, learned hash, the message's ledger record.
+// ARGV: 1 default N, 2 default period, 3 override N (0: none), 4 override
+// period, 5 margin, 6 max wait, 7 lead, 8 location, 9 task id, 10 urgent
+// (1/0), 11 campaign, 12 the delivery's mark, 13 record ttl ms, 14 probe wait.
+// Returns {code, wait µs, recorded row or earlier-call flag, cooled}:
+// code 1 granted (wait, then call; [3] "1" if an earlier call went out),
+// 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait.
+var admitScript = redis.NewScript(ledger.Lua + `
+local rec, sent = ledger_begin(KEYS[5], ARGV[12])
+if rec then
+  redis.call("ZREM", KEYS[2], ARGV[9])
+  return {2, 0, rec, 0}
+end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local maxwait = tonumber(ARGV[2])
-local lead = tonumber(ARGV[5])
-local cool = tonumber(redis.call("GET", KEYS[2]) or "0")
-local mine = redis.call("GET", KEYS[4])
-if mine then
-  mine = tonumber(mine)
-  redis.call("DEL", KEYS[4])
-  -- Use our own slot unless it passed or a cool-down now covers it.
-  if mine >= now - 50000 and mine >= cool then
-    local wait = math.max(0, mine - now)
-    if wait <= maxwait then
-      return {1, wait, 0, 0}
-    end
-    redis.call("SET", KEYS[4], mine, "PX", math.floor(wait / 1000) + 600000)
-    return {0, wait - lead, 0, 0}
+local L, P, learned = tonumber(ARGV[1]), tonumber(ARGV[2]), true
+if tonumber(ARGV[3]) > 0 then
+  L, P = tonumber(ARGV[3]), tonumber(ARGV[4])
+else
+  local v = redis.call("HGET", KEYS[4], ARGV[8])
+  if not v then
+    learned = false
+  else
+    local n, p = string.match(v, "^(%d+):(%d+)$")
+    if n and tonumber(n) > 0 then L, P = tonumber(n), tonumber(p) * 1000 end
   end
 end
-local em = tonumber(ARGV[1])
-local override = tonumber(ARGV[4])
-if override > 0 then
-  em = override
-else
-  local learned = redis.call("HGET", KEYS[3], ARGV[3])
-  if learned then em = tonumber(learned) end
+local margin = tonumber(ARGV[5])
+local cap = math.max(1, L - math.floor(L * margin))
+local span = math.floor(P * (1 + margin))
+local maxwait, lead = tonumber(ARGV[6]), tonumber(ARGV[7])
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - span)
+local n = redis.call("ZCARD", KEYS[1])
+if not learned and n > 0 then
+  -- One probe call first: its answer's headers tell the limit.
+  local last = tonumber(redis.call("ZRANGE", KEYS[1], -1, -1, "WITHSCORES")[2])
+  local until_ = last + tonumber(ARGV[14])
+  if now < until_ then return {3, math.min(until_ - now, ` + strconv.FormatInt(probePoll.Microseconds(), 10) + `), "", 0} end
 end
-local tat = tonumber(redis.call("GET", KEYS[1]) or "0")
-local start = math.max(tat, now)
+local room = now
+if n >= cap then
+  local e = tonumber(redis.call("ZRANGE", KEYS[1], n - cap, n - cap, "WITHSCORES")[2])
+  room = math.max(room, e + span)
+end
+local cool = tonumber(redis.call("GET", KEYS[3]) or "0")
 local cooled = 0
-if ARGV[6] == "1" then
-  local ut = tonumber(redis.call("GET", KEYS[5]) or "0")
-  start = math.max(ut, now)
-  local pushed = math.max(tat, now) + em
-  redis.call("SET", KEYS[1], pushed, "PX", math.floor((pushed - now) / 1000) + 60000)
-  redis.call("SET", KEYS[5], start + em, "PX", math.floor((start + em - now) / 1000) + 60000)
-  if cool > start then start = cool; cooled = 1 end
-else
-  if cool > start then start = cool; cooled = 1 end
-  local nexttat = start + em
-  redis.call("SET", KEYS[1], nexttat, "PX", math.floor((nexttat - now) / 1000) + 60000)
+if cool > room then room = cool; cooled = 1 end
+redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", now - ` + strconv.FormatInt(staleWaiter.Microseconds(), 10) + `)
+local mine = redis.call("ZSCORE", KEYS[2], ARGV[9])
+if mine then redis.call("ZREM", KEYS[2], ARGV[9]) end
+local urgent = ARGV[10] == "1"
+local may = urgent or mine
+if not may then may = redis.call("ZCOUNT", KEYS[2], "-inf", now + maxwait) == 0 end
+if may and room - now <= maxwait then
+  redis.call("ZADD", KEYS[1], room, ARGV[9] .. "@" .. t[1] .. t[2])
+  local lttl = math.floor((room - now + span) / 1000) + 1000
+  if redis.call("PEXPIRE", KEYS[1], lttl, "GT") == 0 and redis.call("PTTL", KEYS[1]) < 0 then
+    redis.call("PEXPIRE", KEYS[1], lttl)
+  end
+  ledger_mark(KEYS[5], ARGV[11], ARGV[12], sent, ARGV[13])
+  local earlier = "0"
+  if sent then earlier = "1" end
+  return {1, room - now, earlier, cooled}
 end
-local wait = start - now
-if wait > maxwait then
-  redis.call("SET", KEYS[4], start, "PX", math.floor(wait / 1000) + 600000)
-  return {0, wait - lead, cooled, em}
+local eta = room
+if not (urgent or mine) then
+  -- The j-th waiter's turn: the room the (n+j)-th admission would get,
+  -- each reusing the room of the one cap admissions before it.
+  local i = n + redis.call("ZCARD", KEYS[2])
+  local steps = math.floor((i - n) / cap) + 1
+  local idx = i - steps * cap
+  if idx >= 0 then
+    local e = tonumber(redis.call("ZRANGE", KEYS[1], idx, idx, "WITHSCORES")[2])
+    eta = math.max(room, math.max(now, e + span) + (steps - 1) * span)
+  else
+    eta = math.max(room, now + (steps - 1) * span)
+  end
 end
-return {1, wait, cooled, em}
+redis.call("ZADD", KEYS[2], eta, ARGV[9])
+local wttl = math.floor((eta - now) / 1000) + ` + strconv.FormatInt(staleWaiter.Milliseconds(), 10) + `
+if redis.call("PEXPIRE", KEYS[2], wttl, "GT") == 0 and redis.call("PTTL", KEYS[2]) < 0 then
+  redis.call("PEXPIRE", KEYS[2], wttl)
+end
+return {0, math.max(0, eta - now - lead), "", cooled}
 `)
 
-// recheck returns how many µs of cool-down the location has left (by
-// Redis's clock) and its learned spacing (0 if none).
-// KEYS: cool, learned hash. ARGV: location.
-var recheck = redis.NewScript(`
+// recheckScript: a booked call that waited checks for a cool-down set
+// meanwhile (another call saw a 429); if so, the call will not go out and
+// its mark is taken back. KEYS cool, record. ARGV the delivery's mark.
+// Returns µs of cool-down left (0: go).
+var recheckScript = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cool = tonumber(redis.call("GET", KEYS[1]) or "0")
-local learned = tonumber(redis.call("HGET", KEYS[2], ARGV[1]) or "0")
-return {math.max(0, cool - now), learned}
+if cool <= now then return 0 end
+if redis.call("HGET", KEYS[2], "s") == ARGV[1] then redis.call("HDEL", KEYS[2], "s") end
+return cool - now
 `)
 
-// Reserve takes the next call slot of the location for the task and sleeps
-// until it. When the slot is more than MaxWait away, the slot is kept for
-// the task and a *SnoozeError says when to come back (Lead before the
-// slot); the task's next Reserve claims that slot. A cool-down set while
-// it slept (another call saw a 429 or a spent window) sends it back for a
-// new slot, so slots reserved before HighLevel answered are not spent
-// against a window known to be full.
-func (l *Limiter) Reserve(ctx context.Context, location, taskID string, urgent bool) error {
-	over := int64(0)
-	if lim, ok := l.cfg.Overrides[location]; ok {
-		over = l.emission(lim)
+// recheckAfter: a booked wait at least this long re-checks for a cool-down
+// before calling.
+const recheckAfter = 200 * time.Millisecond
+
+// Admit checks the message's record, then takes a call slot of the location
+// for the task and sleeps until it (see the package doc). When the slot is
+// more than MaxWait away it returns a *SnoozeError saying when to come back.
+func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error) {
+	on, op := 0, int64(0)
+	if lim, ok := l.cfg.Overrides[r.Location]; ok {
+		on, op = lim.N, lim.Period.Microseconds()
 	}
-	keys := []string{tatKey(location), coolKey(location), KeyLearned, resvKey(location, taskID), urgentKey(location)}
-	flag := "0"
-	if urgent {
-		flag = "1"
+	keys := []string{logKey(r.Location), waitKey(r.Location), coolKey(r.Location), KeyLearned, ledger.Key(r.TaskID)}
+	urgent := "0"
+	if r.Urgent {
+		urgent = "1"
 	}
 	var waited time.Duration
-	for round := 0; ; round++ {
-		res, err := l.batch.Run(ctx, keys, l.emission(l.cfg.Default), l.cfg.MaxWait.Microseconds(),
-			location, over, l.cfg.Lead.Microseconds(), flag).Int64Slice()
+	for {
+		v, err := admitScript.Run(ctx, l.rdb, keys, l.cfg.Default.N, l.cfg.Default.Period.Microseconds(), on, op,
+			strconv.FormatFloat(l.cfg.Margin, 'f', -1, 64), l.cfg.MaxWait.Microseconds(), l.cfg.Lead.Microseconds(),
+			r.Location, r.TaskID, urgent, r.Campaign, r.Mark, l.cfg.RecordTTL.Milliseconds(), l.cfg.ProbeWait.Microseconds()).Slice()
 		if err != nil {
-			return fmt.Errorf("rate limiter: %w", err)
+			return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
 		}
-		wait := time.Duration(res[1]) * time.Microsecond
-		if res[0] == 0 {
+		code, _ := v[0].(int64)
+		us, _ := v[1].(int64)
+		wait := time.Duration(us) * time.Microsecond
+		switch code {
+		case 2:
+			return ledger.ParseAdmission(v[2], nil)
+		case 3: // waiting for the probe's answer
+			if err := sleep(ctx, wait); err != nil {
+				return ledger.Admission{}, err
+			}
+			waited += wait
+			continue
+		case 0:
 			reason := "pacing"
-			if res[2] == 1 {
-				reason = "cooldown"
-				if parked, _ := l.rdb.ZScore(ctx, KeyParked, location).Result(); parked > 0 {
-					reason = "daily"
-				}
+			if cooled, _ := v[3].(int64); cooled == 1 {
+				reason = l.coolReason(ctx, r.Location)
 			}
 			if l.cfg.Observe != nil {
 				l.cfg.Observe.Snoozed(reason)
 			}
-			return &SnoozeError{RetryAfter: max(wait, 0), Reason: reason}
+			return ledger.Admission{}, &SnoozeError{RetryAfter: wait, Reason: reason}
+		}
+		earlier := v[2] == "1"
+		if err := sleep(ctx, wait); err != nil {
+			l.unmark(r)
+			return ledger.Admission{}, err
 		}
 		waited += wait
-		if wait <= 0 {
-			break
+		if wait >= recheckAfter {
+			left, err := recheckScript.Run(ctx, l.rdb, []string{coolKey(r.Location), ledger.Key(r.TaskID)}, r.Mark).Int64()
+			if err != nil {
+				l.unmark(r)
+				return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
+			}
+			if left > 0 {
+				reason := l.coolReason(ctx, r.Location)
+				if l.cfg.Observe != nil {
+					l.cfg.Observe.Snoozed(reason)
+				}
+				return ledger.Admission{}, &SnoozeError{RetryAfter: time.Duration(left) * time.Microsecond, Reason: reason}
+			}
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
+		if l.cfg.Observe != nil {
+			l.cfg.Observe.Waited(waited)
 		}
-		if round >= 3 {
-			break
-		}
-		chk, err := recheck.Run(ctx, l.rdb, []string{coolKey(location), KeyLearned}, location).Int64Slice()
-		if err != nil {
-			return fmt.Errorf("rate limiter: %w", err)
-		}
-		// Go again if a cool-down began while we slept, or if HighLevel
-		// turned out to allow less than the spacing this slot was cut with
-		// (slots reserved before the first answer used the default).
-		slower := over == 0 && res[3] > 0 && chk[1] > res[3]+res[3]/20
-		if chk[0] == 0 && !slower {
-			break
-		}
+		return ledger.Admission{EarlierCall: earlier}, nil
 	}
-	if l.cfg.Observe != nil {
-		l.cfg.Observe.Waited(waited)
+}
+
+// unmark takes back the delivery's "call sent" mark of a call that will not
+// go out (best effort: a mark left behind only makes a later "not found" be
+// read back and judged as this delivery's cancel).
+func (l *Limiter) unmark(r Request) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = ledger.Unmark(ctx, l.rdb, r.TaskID, r.Mark)
+}
+
+// coolReason says why a location is cooling down: parked for the day, or a
+// 429 / spent window.
+func (l *Limiter) coolReason(ctx context.Context, location string) string {
+	until, err := l.rdb.ZScore(ctx, KeyParked, location).Result()
+	if err == nil && int64(until) > time.Now().UnixMilli() {
+		return "daily"
 	}
-	return nil
+	return "cooldown"
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Observe learns from one answer: the limit HighLevel applied (written to
-// Redis only when it changes), a cool-down after a 429 or a spent window,
-// and parking when the daily budget is nearly spent.
+// Redis only when it changes, and remembered only once Redis has it), a
+// cool-down after a 429 or a spent window, and parking when the daily
+// budget is nearly spent.
 func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, rateLimited *ghl.RateLimitError) error {
+	learned := noLimitHeaders // the default applies
+	if lim.Present && lim.Max > 0 && lim.Interval > 0 {
+		learned = strconv.Itoa(lim.Max) + ":" + strconv.FormatInt(lim.Interval.Milliseconds(), 10)
+	}
+	if err := l.learn(ctx, location, learned); err != nil {
+		return err
+	}
 	if !lim.Present {
 		if rateLimited != nil { // a 429 without headers: still cool down
 			return l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
 		}
 		return nil
-	}
-	if lim.Max > 0 && lim.Interval > 0 {
-		em := l.emission(Limit{N: lim.Max, Period: lim.Interval})
-		l.mu.Lock()
-		changed := l.learned[location] != em
-		l.learned[location] = em
-		l.mu.Unlock()
-		if changed {
-			if err := l.rdb.HSet(ctx, KeyLearned, location, em).Err(); err != nil {
-				return err
-			}
-		}
 	}
 	if l.cfg.Observe != nil && lim.DailyLimit > 0 && lim.DailyRemaining >= 0 &&
 		float64(lim.DailyRemaining) < DailyLowShare*float64(lim.DailyLimit) {
@@ -352,21 +445,43 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 		return l.park(ctx, location, rateLimited.RetryAfter, "429: daily limit reached")
 	case rateLimited != nil:
 		return l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
-	case lim.Remaining == 0 && lim.Interval > 0 && lim.Max > 0 && l.maxPerWindow(lim.Max) < lim.Max:
-		// Our pacing alone cannot spend a whole window of this size, so
-		// something else is spending the budget: wait for the next window.
-		return l.coolDown(ctx, location, lim.Interval, "window_spent")
+	case lim.Remaining == 0 && lim.Interval > 0 && lim.Max > 0:
+		if n, _ := l.Allowance(Limit{N: lim.Max, Period: lim.Interval}); n < lim.Max {
+			// Our admissions leave part of every window unused, so something
+			// else is spending the budget: wait for the next window.
+			return l.coolDown(ctx, location, lim.Interval, "window_spent")
+		}
 	}
 	return nil
 }
 
-// maxPerWindow is the most calls smooth pacing at limit x (1 - margin) can
-// put in any one window of the limit's length: floor((1-margin) x n) + 1.
-// When that reaches n (small limits), a spent window is expected and the
-// next slot falls in the next window by construction.
-func (l *Limiter) maxPerWindow(n int) int {
-	return int(float64(n)*(1-l.cfg.Margin)) + 1
+// learn writes a location's limit when it differs from what Redis holds.
+// "0:0" (an answer without burst headers) only fills a gap: it never
+// replaces a limit HighLevel reported.
+func (l *Limiter) learn(ctx context.Context, location, v string) error {
+	l.mu.Lock()
+	cur, known := l.learned[location]
+	l.mu.Unlock()
+	if cur == v || (known && v == noLimitHeaders) {
+		return nil
+	}
+	var err error
+	if v == noLimitHeaders {
+		err = l.rdb.HSetNX(ctx, KeyLearned, location, v).Err()
+	} else {
+		err = l.rdb.HSet(ctx, KeyLearned, location, v).Err()
+	}
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.learned[location] = v
+	l.mu.Unlock()
+	return nil
 }
+
+// noLimitHeaders is what an answer without burst headers teaches.
+const noLimitHeaders = "0:0"
 
 // extendCool sets the cool-down to now+d unless a later one is set.
 var extendCool = redis.NewScript(`
@@ -377,7 +492,7 @@ local cur = tonumber(redis.call("GET", KEYS[1]) or "0")
 if until_ > cur then
   redis.call("SET", KEYS[1], until_, "PX", math.floor(tonumber(ARGV[1]) / 1000) + 1000)
 end
-return until_
+return 1
 `)
 
 func (l *Limiter) coolDown(ctx context.Context, location string, d time.Duration, reason string) error {
@@ -394,8 +509,10 @@ func (l *Limiter) park(ctx context.Context, location string, d time.Duration, wh
 	if err := l.coolDown(ctx, location, d, "daily"); err != nil {
 		return err
 	}
-	until := time.Now().Add(d)
+	now := time.Now()
+	until := now.Add(d)
 	_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZRemRangeByScore(ctx, KeyParked, "-inf", "("+strconv.FormatInt(now.UnixMilli(), 10))
 		p.ZAdd(ctx, KeyParked, redis.Z{Score: float64(until.UnixMilli()), Member: location})
 		p.HSet(ctx, KeyWhy, location, why+" (until "+until.UTC().Format(time.RFC3339)+")")
 		return nil

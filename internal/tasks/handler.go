@@ -1,18 +1,21 @@
 package tasks
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"github.com/hibiken/asynq"
 
-	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
@@ -29,18 +32,32 @@ const (
 	// OutcomePaused: the circuit breaker is open; the task went back to the
 	// queue without a call and without using a retry.
 	OutcomePaused = "paused"
+	// OutcomeRecorded: an earlier attempt of this task already recorded its
+	// outcome (a re-delivery after a crash); nothing was called or written.
+	OutcomeRecorded = "already_recorded"
+	// OutcomeAlreadySent and OutcomeNotFound: verified "not found" cancels.
+	OutcomeAlreadySent = "already_sent"
+	OutcomeNotFound    = "not_found"
 )
 
 // Outcomes lists every outcome label, to initialise metrics at zero.
-var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeExpired, OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaused}
+var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeAlreadySent, OutcomeNotFound, OutcomeExpired,
+	OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaused, OutcomeRecorded}
 
 // Dead-letter and retry reasons that are not API reasons.
 const (
 	ReasonInvalidPayload = "invalid_payload"
 	ReasonUnknownType    = "unknown_type"
 	ReasonPaced          = "paced"   // the location's next slot is too far: snoozed
-	ReasonLimiter        = "limiter" // the limiter could not reach Redis
+	ReasonLimiter        = "limiter" // the limiter (Redis) failed before the call
 	ReasonCircuitOpen    = "circuit_open"
+	ReasonPanic          = "panic"
+	// ReasonInterrupted: the attempt's time ran out (or the worker is
+	// shutting down) before HighLevel answered.
+	ReasonInterrupted = "interrupted"
+	// ReasonOutcomeWrite: HighLevel answered but the outcome could not be
+	// recorded (Redis failed after bounded retries of the write).
+	ReasonOutcomeWrite = "outcome_write"
 )
 
 // Breaker pauses calls while HighLevel fails (internal/breaker.Breaker).
@@ -50,20 +67,30 @@ type Breaker interface {
 	Allow() (probe bool, err error)
 	// Record reports whether the call failed (5xx, timeout, no connection).
 	Record(failure, probe bool)
+	// Abandon says an allowed call did not go out after all.
+	Abandon(probe bool)
 }
 
-// Pacer paces calls per location (internal/ratelimit.Limiter).
+// Pacer admits calls per location (internal/ratelimit.Limiter).
 type Pacer interface {
-	// Reserve waits for the location's next slot for the task, or returns
-	// an error with a SnoozeFor() method when that slot is too far away.
-	// Urgent calls do not queue behind the slots other tasks reserved.
-	Reserve(ctx context.Context, location, taskID string, urgent bool) error
+	// Admit runs right before a call. It checks the message's record (an
+	// outcome recorded by an earlier attempt comes back in
+	// Admission.Recorded: do not call), then waits for a slot of the
+	// location, or returns an error with a SnoozeFor() method when the
+	// slot is too far away. Granting a slot leaves the "call sent" mark.
+	Admit(ctx context.Context, r ratelimit.Request) (ledger.Admission, error)
 	// Observe learns from an answer's rate-limit headers and 429s.
 	Observe(ctx context.Context, location string, l ghl.Limits, rl *ghl.RateLimitError) error
 }
 
-// Report is what one attempt ended with. The handler fills it in; the
-// metrics middleware reads it. Reason is set for retries and dead letters.
+// RouteWatch is told whether each answer came from HighLevel's route or
+// was misrouted (ghl.RouteHealth).
+type RouteWatch interface {
+	Observe(misrouted bool, request string)
+}
+
+// Report is what one attempt ended with. settle fills it in; the metrics
+// middleware reads it. Reason is set for retries and dead letters.
 type Report struct {
 	Outcome string
 	Reason  string
@@ -88,208 +115,540 @@ func reportFrom(ctx context.Context) *Report {
 // handler; a longer one returns the task to the queue with the exact delay.
 const InlineWaitMaxDefault = 2 * time.Second
 
+// SettleReserveMax is the part of a task's deadline kept for settling it:
+// the call and its waits stop that much before asynq's deadline, so the
+// outcome is always written before asynq gives up on the task.
+const SettleReserveMax = 5 * time.Second
+
 // Handler runs cancel tasks. Its dependencies are explicit; build it once.
 type Handler struct {
 	API    *ghl.Client
 	Tokens tokens.Source
-	Dead   *deadletter.Store
+	// Ledger records every task's fate. Required.
+	Ledger *ledger.Ledger
 	Logger *slog.Logger
 	// Pacer, when set, paces calls per location across all workers.
 	Pacer Pacer
-	// Campaigns, when set, records each task's terminal outcome once per campaign.
-	Campaigns *campaign.Tracker
 	// Breaker, when set, pauses calls while HighLevel answers mostly 5xx.
 	Breaker Breaker
+	// Routes, when set, watches for misrouted answers (a wrong GHL_BASE_URL).
+	Routes RouteWatch
 	// Now defaults to time.Now.
 	Now func() time.Time
 	// InlineWaitMax: without a Pacer, a 429 asking for at most this long is
 	// waited out in the handler. Defaults to InlineWaitMaxDefault.
 	InlineWaitMax time.Duration
+	// Verify reads a message back when its cancel finds nothing to cancel,
+	// to record already_sent or not_found instead of not_cancellable.
+	Verify bool
+	// StillScheduledRetries bounds how often a message that reads back as
+	// scheduled after a "not found" cancel is tried again before it is
+	// dead-lettered still_scheduled. Defaults to StillScheduledRetriesDefault.
+	StillScheduledRetries int
+}
+
+// StillScheduledRetriesDefault is Handler.StillScheduledRetries' default.
+const StillScheduledRetriesDefault = 5
+
+// ReasonStillScheduled: the cancel found nothing, yet the message reads back
+// as scheduled.
+const ReasonStillScheduled = "still_scheduled"
+
+// sentStatuses are the message statuses that mean it went out (or tried
+// to): HighLevel documents no "cancelled" status.
+var sentStatuses = map[string]bool{"connected": true, "delivered": true, "failed": true, "opened": true,
+	"pending": true, "read": true, "sent": true, "undelivered": true, "clicked": true, "opt_out": true, "queued": true}
+
+// notFound decides what a "not found" cancel answer means. Without Verify it
+// is not_cancellable, or cancelled when our own earlier call went out and
+// its answer was lost. With Verify the message is read back once (paced
+// like any call): scheduled means try the cancel again; a status that says
+// it went out is already_sent (but "failed" after our own earlier call is
+// that cancel: HighLevel has no "cancelled" status); no such message is
+// not_found.
+func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status int, earlier bool) result {
+	if !h.Verify {
+		if earlier {
+			return result{fate: fateDone, outcome: ledger.Cancelled, reason: ledger.ReasonEarlierAttempt, status: status}
+		}
+		return done(ledger.NotCancellable, status)
+	}
+	if _, err := h.admit(ctx, a); err != nil {
+		var sn snoozer
+		if errors.As(err, &sn) {
+			return snooze(ReasonPaced, fmt.Errorf("verifying a not-found cancel: %w", err))
+		}
+		return retry(ReasonLimiter, fmt.Errorf("verifying a not-found cancel: %w", err))
+	}
+	m, err := h.API.GetMessage(ctx, a.kind, a.p.MessageID, token)
+	if h.Pacer != nil && m != nil {
+		_ = h.Pacer.Observe(ctx, a.p.LocationID, m.Limits, nil)
+	} else if rl := (*ghl.RateLimitError)(nil); h.Pacer != nil && errors.As(err, &rl) {
+		_ = h.Pacer.Observe(ctx, a.p.LocationID, rl.Limits, rl)
+	}
+	switch {
+	case errors.Is(err, ghl.ErrNotFound):
+		r := done(ledger.NotFound, status)
+		if earlier {
+			r.reason = ledger.ReasonEarlierAttempt
+		}
+		return r
+	case err != nil:
+		var rl *ghl.RateLimitError
+		if errors.As(err, &rl) {
+			return snooze(string(ghl.ReasonRateLimited), fmt.Errorf("verifying a not-found cancel: %w", err))
+		}
+		var e *ghl.Error
+		reason := string(ghl.ReasonNetwork)
+		if errors.As(err, &e) {
+			reason = string(e.Reason)
+		}
+		return retry(reason, fmt.Errorf("verifying a not-found cancel: %w", err))
+	case m.Status == "scheduled":
+		limit := cmp.Or(h.StillScheduledRetries, StillScheduledRetriesDefault)
+		err := fmt.Errorf("the cancel found nothing to cancel, yet the message reads back as scheduled")
+		if a.retried >= limit {
+			return dead(ReasonStillScheduled, status, err.Error()+fmt.Sprintf(" (%d attempts)", a.retried+1), err)
+		}
+		return retry(ReasonStillScheduled, err)
+	case m.Status == "failed" && earlier:
+		return result{fate: fateDone, outcome: ledger.Cancelled, reason: ledger.ReasonEarlierAttempt, status: status}
+	case sentStatuses[m.Status]:
+		return result{fate: fateDone, outcome: ledger.AlreadySent, reason: m.Status, status: status}
+	}
+	// A status HighLevel did not document: say what it was.
+	return result{fate: fateDone, outcome: ledger.AlreadySent, reason: cmp.Or(m.Status, "unknown"), status: status}
+}
+
+// fate is where an attempt ends.
+type fate int
+
+const (
+	fateDone   fate = iota // a terminal outcome: cancelled, not cancellable, expired
+	fateDead               // a dead letter
+	fateRetry              // try again after backoff (uses up an attempt)
+	fateSnooze             // come back later without using an attempt (paced, 429, circuit open)
+)
+
+// result is what an attempt found; settle turns it into everything else.
+type result struct {
+	fate    fate
+	outcome string // fateDone
+	reason  string // dead-letter, retry or snooze reason; a note for fateDone
+	status  int    // HTTP status (inner status when the body carried one)
+	message string // HighLevel's message, or a hint, for dead letters
+	payload string // the raw payload of an undecodable task
+	err     error  // the cause; for snoozes it has SnoozeFor()
+	// recorded: an earlier attempt already settled the message.
+	recorded *ledger.Outcome
+	// marked: the "call sent" mark was left for this attempt.
+	marked bool
+	// ambiguous: a call went out and HighLevel may have acted on it without
+	// us knowing (timeout, 5xx, connection lost, unreadable answer).
+	ambiguous bool
+	// earlier: an earlier attempt's call went out without a recorded answer.
+	earlier bool
+}
+
+func done(outcome string, status int) result {
+	return result{fate: fateDone, outcome: outcome, status: status}
+}
+
+func dead(reason string, status int, message string, err error) result {
+	return result{fate: fateDead, reason: reason, status: status, message: message, err: err}
+}
+
+func retry(reason string, err error) result { return result{fate: fateRetry, reason: reason, err: err} }
+
+func snooze(reason string, err error) result {
+	return result{fate: fateSnooze, reason: reason, err: err}
+}
+
+// attempt is one delivery of one task.
+type attempt struct {
+	t         *asynq.Task
+	taskID    string
+	queue     string
+	kind      ghl.Kind
+	p         CancelPayload
+	retried   int
+	final     bool   // asynq archives whatever this attempt returns
+	mark      string // this delivery's "call sent" mark (ledger.NewMark)
+	decodeErr result
+}
+
+// TaskInfo is what asynq says about a delivery.
+type TaskInfo struct {
+	ID       string
+	Queue    string
+	Retried  int
+	MaxRetry int
+}
+
+func (h *Handler) begin(t *asynq.Task, info TaskInfo) *attempt {
+	a := &attempt{t: t, taskID: info.ID, queue: info.Queue, retried: info.Retried, final: info.Retried >= info.MaxRetry,
+		mark: ledger.NewMark(info.Retried + 1)}
+	kind, ok := KindFor(t.Type())
+	if !ok {
+		a.decodeErr = dead(ReasonUnknownType, 0, "unknown task type "+t.Type(), errors.New("unknown task type"))
+		a.decodeErr.payload = bounded(t.Payload())
+		return a
+	}
+	a.kind = kind
+	if err := json.Unmarshal(t.Payload(), &a.p); err != nil {
+		a.decodeErr = dead(ReasonInvalidPayload, 0, "payload is not valid JSON", err)
+		a.decodeErr.payload = bounded(t.Payload())
+		return a
+	}
+	if err := a.p.Validate(); err != nil {
+		a.decodeErr = dead(ReasonInvalidPayload, 0, err.Error(), err)
+		a.decodeErr.payload = bounded(t.Payload())
+	}
+	return a
 }
 
 // ProcessTask implements asynq.Handler.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
-	rep := reportFrom(ctx)
-	taskID, _ := asynq.GetTaskID(ctx)
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	queue, _ := asynq.GetQueueName(ctx)
-	final := retried >= maxRetry
-	rec := deadletter.Record{TaskID: taskID, Queue: queue, Attempts: retried + 1}
+	var info TaskInfo
+	info.ID, _ = asynq.GetTaskID(ctx)
+	info.Queue, _ = asynq.GetQueueName(ctx)
+	info.Retried, _ = asynq.GetRetryCount(ctx)
+	info.MaxRetry, _ = asynq.GetMaxRetry(ctx)
+	return h.Process(ctx, t, info)
+}
 
-	kind, ok := KindFor(t.Type())
-	if !ok {
-		rec.Reason, rec.APIMessage, rec.Payload = ReasonUnknownType, "unknown task type "+t.Type(), bounded(t.Payload())
-		return h.dead(ctx, rep, rec, errors.New(rec.APIMessage))
-	}
-	rec.Kind = string(kind)
-	var p CancelPayload
-	if err := json.Unmarshal(t.Payload(), &p); err != nil {
-		rec.Reason, rec.APIMessage, rec.Payload = ReasonInvalidPayload, "payload is not valid JSON", bounded(t.Payload())
-		return h.dead(ctx, rep, rec, errors.New(rec.APIMessage))
-	}
-	rec.MessageID, rec.LocationID, rec.CampaignID, rec.SendAt = p.MessageID, p.LocationID, p.CampaignID, p.SendAt
-	if err := p.Validate(); err != nil {
-		rec.Reason, rec.APIMessage, rec.Payload = ReasonInvalidPayload, err.Error(), bounded(t.Payload())
-		return h.dead(ctx, rep, rec, err)
-	}
-	// logf attaches the task's attributes only when the level is enabled:
-	// most tasks log nothing at the default level, and the attributes would
-	// be formatted for nothing on every task.
-	logf := func(level slog.Level, msg string, args ...any) {
-		l := h.logger()
-		if !l.Enabled(ctx, level) {
-			return
+// Process runs one delivery: decode, preflight, attempt, then one settle
+// for every way out, a panic included.
+func (h *Handler) Process(ctx context.Context, t *asynq.Task, info TaskInfo) (err error) {
+	a := h.begin(t, info)
+	defer func() {
+		if v := recover(); v != nil {
+			h.logger().Error("panic in cancel task: dead-lettered", "task_id", a.taskID, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			r := dead(ReasonPanic, 0, truncate(fmt.Sprint(v), 256), fmt.Errorf("panic: %v", v))
+			r.marked, r.ambiguous = true, true // a call may have gone out: keep its mark
+			err = h.settle(ctx, a, r)
 		}
-		l.With("task_id", taskID, "kind", kind, "location_id", p.LocationID,
-			"campaign_id", p.CampaignID, "attempt", retried+1).Log(ctx, level, msg, args...)
+	}()
+	if a.decodeErr.fate == fateDead {
+		return h.settle(ctx, a, a.decodeErr)
 	}
+	wctx, cancel := workContext(ctx)
+	defer cancel()
+	return h.settle(ctx, a, h.run(wctx, a))
+}
 
+// workContext ends the call and its waits SettleReserveMax (or a quarter of
+// the attempt's time, if shorter) before asynq's deadline.
+func workContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	reserve := min(SettleReserveMax, time.Until(dl)/4)
+	return context.WithDeadline(ctx, dl.Add(-reserve))
+}
+
+// run makes the attempt and says how it ended. It writes nothing: settle does.
+func (h *Handler) run(ctx context.Context, a *attempt) result {
+	p := a.p
 	if p.SendAt > 0 && h.now().Unix() >= p.SendAt {
-		// Its send time passed: it has gone out (or is going); a cancel
-		// cannot help and would spend rate budget other cancels need.
-		logf(slog.LevelInfo, "send time passed before the cancel ran", "send_at", time.Unix(p.SendAt, 0).UTC())
-		return h.finish(ctx, rep, p.CampaignID, taskID, campaign.Outcome{Outcome: campaign.Expired, Attempts: retried + 1}, OutcomeExpired)
+		return h.expired(ctx, a)
 	}
-
 	token, err := h.Tokens.Token(ctx, p.LocationID)
-	if errors.Is(err, tokens.ErrNoToken) {
-		rec.Reason, rec.APIMessage = string(ghl.ReasonNoToken), "no token configured for this location: add it to GHL_TOKENS_FILE or load it with `enqueue tokens set`"
-		return h.dead(ctx, rep, rec, err)
-	}
-	var ge *tokens.GrantError
-	if errors.As(err, &ge) {
-		rec.Reason, rec.APIMessage = ge.Reason, ge.Error()
-		return h.dead(ctx, rep, rec, err)
-	}
-	if err != nil {
-		rep.Outcome, rep.Reason = OutcomeRetry, string(ghl.ReasonTokenSource)
-		return fmt.Errorf("token for location %s: %w", p.LocationID, err)
+	if r, ok := tokenFailure(err); ok {
+		return r
 	}
 
 	inlineMax := h.InlineWaitMax
 	if inlineMax == 0 {
 		inlineMax = InlineWaitMaxDefault
 	}
+	var st result // what this attempt has done so far: marks and calls
 	refreshed := false
 	for round := 0; ; round++ {
-		if h.Pacer != nil {
-			if err := h.Pacer.Reserve(ctx, p.LocationID, taskID, queue == QueueUrgent); err != nil {
-				var sn snoozer
-				if !errors.As(err, &sn) {
-					rep.Outcome, rep.Reason = OutcomeRetry, ReasonLimiter
-					return fmt.Errorf("rate limiter for location %s: %w", p.LocationID, err)
-				}
-				// asynq archives a task on its final attempt whatever
-				// IsFailure says, so there a snooze is slept here if time allows.
-				if final {
-					if round < maxRounds && fitsDeadline(ctx, sn.SnoozeFor()) {
-						if sleep(ctx, sn.SnoozeFor()) != nil {
-							return err
-						}
-						continue
-					}
-					// asynq would archive it silently: record it instead.
-					rec.Reason, rec.APIMessage = string(ghl.ReasonRateLimited), err.Error()
-					return h.dead(ctx, rep, rec, err)
-				}
-				rep.Outcome, rep.Reason = OutcomeRateLimited, ReasonPaced
-				return err
-			}
-		}
+		// The breaker first: a paused call takes no slot.
 		probe := false
 		if h.Breaker != nil {
 			var berr error
 			if probe, berr = h.Breaker.Allow(); berr != nil {
-				var sn snoozer
-				errors.As(berr, &sn)
-				if final { // asynq would archive it: wait here if time allows
-					if round < maxRounds && sn != nil && fitsDeadline(ctx, sn.SnoozeFor()) {
-						if sleep(ctx, sn.SnoozeFor()) != nil {
-							return berr
-						}
-						continue
-					}
-					rec.Reason, rec.APIMessage = ReasonCircuitOpen, berr.Error()
-					return h.dead(ctx, rep, rec, berr)
+				if h.waitOnFinal(ctx, a, round, berr) {
+					continue
 				}
-				rep.Outcome, rep.Reason = OutcomePaused, ReasonCircuitOpen
-				return berr
+				return st.with(snooze(ReasonCircuitOpen, berr))
 			}
 		}
-		res, err := h.API.Cancel(ctx, kind, p.MessageID, token)
-		if h.Breaker != nil && (ctx.Err() == nil || probe) {
-			h.Breaker.Record(ctx.Err() != nil || apiFailure(err), probe)
+		adm, err := h.admit(ctx, a)
+		if err != nil {
+			if h.Breaker != nil {
+				h.Breaker.Abandon(probe)
+			}
+			var sn snoozer
+			switch {
+			case errors.As(err, &sn):
+				if h.waitOnFinal(ctx, a, round, err) {
+					continue
+				}
+				return st.with(snooze(ReasonPaced, err))
+			case ctx.Err() != nil:
+				return st.with(retry(ReasonInterrupted, fmt.Errorf("before the call: %w", err)))
+			}
+			return st.with(retry(ReasonLimiter, fmt.Errorf("rate limiter for location %s: %w", p.LocationID, err)))
+		}
+		if adm.Recorded != nil {
+			if h.Breaker != nil {
+				h.Breaker.Abandon(probe)
+			}
+			return result{fate: fateDone, recorded: adm.Recorded}
+		}
+		st.marked = true
+		st.earlier = st.earlier || adm.EarlierCall
+
+		res, err := h.API.Cancel(ctx, a.kind, p.MessageID, token)
+		if h.Breaker != nil {
+			if ctx.Err() == nil || probe {
+				h.Breaker.Record(ctx.Err() != nil || apiFailure(err), probe)
+			} else {
+				h.Breaker.Abandon(probe)
+			}
 		}
 		var rl *ghl.RateLimitError
 		errors.As(err, &rl)
-		if h.Pacer != nil {
+		var e *ghl.Error
+		if err != nil && rl == nil && !errors.As(err, &e) {
+			e = &ghl.Error{Reason: ghl.ReasonNetwork, Retryable: true, Message: err.Error()}
+		}
+		if h.Routes != nil && (e == nil || e.StatusCode != 0) { // only answers say where they came from
+			req := ""
+			if e != nil {
+				req = e.Request
+			}
+			h.Routes.Observe(e != nil && e.Reason == ghl.ReasonMisrouted, req)
+		}
+		if h.Pacer != nil && (e == nil || e.StatusCode != 0) { // HighLevel answered
 			if oerr := h.Pacer.Observe(ctx, p.LocationID, limitsOf(res, err), rl); oerr != nil {
-				logf(slog.LevelWarn, "rate limiter could not record an answer", "error", oerr)
+				h.logf(ctx, a, slog.LevelWarn, "rate limiter could not record an answer", "error", oerr)
 			}
 		}
 		if err == nil {
-			logf(slog.LevelDebug, "cancel done", "outcome", res.Outcome, "http_status", res.StatusCode)
+			h.logf(ctx, a, slog.LevelDebug, "cancel done", "outcome", res.Outcome, "http_status", res.StatusCode)
 			status := res.StatusCode
 			if res.InnerStatus != 0 {
 				status = res.InnerStatus
 			}
-			return h.finish(ctx, rep, p.CampaignID, taskID,
-				campaign.Outcome{Outcome: string(res.Outcome), HTTPStatus: status, Attempts: retried + 1}, string(res.Outcome))
+			if res.Outcome == ghl.OutcomeNotCancellable {
+				return st.with(h.notFound(ctx, a, token, status, st.earlier))
+			}
+			return done(string(res.Outcome), status)
 		}
 		if rl != nil {
 			// With a pacer the 429 became a shared cool-down: the next
-			// Reserve waits it out or snoozes. Without one, wait here when short.
-			if round < maxRounds && (h.Pacer != nil || rl.RetryAfter <= inlineMax || final) && fitsDeadline(ctx, rl.RetryAfter) {
+			// Admit waits it out or snoozes. Without one, wait here when short.
+			if round < maxRounds && (h.Pacer != nil || rl.RetryAfter <= inlineMax || a.final) && fitsDeadline(ctx, rl.RetryAfter) {
 				if h.Pacer == nil && sleep(ctx, rl.RetryAfter) != nil {
-					return err
+					return st.with(retry(ReasonInterrupted, err))
 				}
 				continue
 			}
-			if final { // asynq would archive it silently: record it instead
-				rec.Reason, rec.HTTPStatus, rec.APIMessage = string(ghl.ReasonRateLimited), 429, rl.Message
-				return h.dead(ctx, rep, rec, err)
-			}
-			rep.Outcome, rep.Reason = OutcomeRateLimited, string(ghl.ReasonRateLimited)
-			logf(slog.LevelDebug, "rate limited", "retry_after", rl.RetryAfter, "daily", rl.Daily)
-			return err
-		}
-		var e *ghl.Error
-		if !errors.As(err, &e) {
-			e = &ghl.Error{Reason: ghl.ReasonNetwork, Retryable: true, Message: err.Error()}
+			h.logf(ctx, a, slog.LevelDebug, "rate limited", "retry_after", rl.RetryAfter, "daily", rl.Daily)
+			r := snooze(string(ghl.ReasonRateLimited), err)
+			r.status, r.message = http429, rl.Message
+			return st.with(r)
 		}
 		// A 401 with a refreshable source: refresh once, call again.
-		if r, ok := h.Tokens.(tokens.Refresher); ok && e.Reason == ghl.ReasonUnauthorized && !refreshed {
+		if rf, ok := h.Tokens.(tokens.Refresher); ok && e.Reason == ghl.ReasonUnauthorized && !refreshed {
 			refreshed = true
-			fresh, rerr := r.Refresh(ctx, p.LocationID, token)
-			switch {
-			case errors.As(rerr, &ge):
-				rec.Reason, rec.HTTPStatus, rec.APIMessage = ge.Reason, 401, ge.Error()
-				return h.dead(ctx, rep, rec, rerr)
-			case rerr != nil:
-				rep.Outcome, rep.Reason = OutcomeRetry, string(ghl.ReasonTokenSource)
-				return fmt.Errorf("refreshing the token after a 401: %w", rerr)
+			fresh, rerr := rf.Refresh(ctx, p.LocationID, token)
+			if rerr != nil {
+				r, _ := tokenFailure(rerr)
+				if r.fate == fateDead && r.status == 0 {
+					r.status = 401
+				}
+				return st.with(r)
 			}
 			token = fresh
 			continue
 		}
-		rec.Reason, rec.HTTPStatus, rec.APIMessage = string(e.Reason), e.StatusCode, e.Message
+		status := e.StatusCode
 		if e.InnerStatus != 0 {
-			rec.HTTPStatus = e.InnerStatus
+			status = e.InnerStatus
 		}
-		if !e.Retryable || final {
-			return h.dead(ctx, rep, rec, err)
+		if !e.Retryable {
+			return st.with(dead(string(e.Reason), status, e.Message, err))
 		}
-		rep.Outcome, rep.Reason = OutcomeRetry, string(e.Reason)
-		logf(slog.LevelInfo, "cancel failed, will retry", "reason", e.Reason, "http_status", e.StatusCode, "error", err)
-		h.retrying(ctx, p.CampaignID, taskID)
-		return err
+		level := slog.LevelInfo
+		if e.Reason == ghl.ReasonMisrouted {
+			level = slog.LevelDebug // Routes logs it once for all tasks
+		}
+		h.logf(ctx, a, level, "cancel failed, will retry", "reason", e.Reason, "http_status", e.StatusCode, "error", err)
+		r := retry(string(e.Reason), err)
+		r.status, r.message = status, e.Message
+		// HighLevel may have acted on it unless the answer was not its own.
+		r.ambiguous = e.Reason != ghl.ReasonMisrouted
+		return st.with(r)
+	}
+}
+
+const http429 = 429
+
+// with carries what the attempt did so far (marks, calls) into r.
+func (st result) with(r result) result {
+	r.marked = st.marked || r.marked
+	r.earlier = st.earlier
+	return r
+}
+
+// expired: the send time passed before the cancel ran; it has gone out (or
+// is going), so a cancel cannot help and would spend rate budget others
+// need. Unless an earlier delivery's call went out before then and its
+// answer was lost: that call may have cancelled it, so read it back.
+func (h *Handler) expired(ctx context.Context, a *attempt) result {
+	o, _, sent, err := h.Ledger.Record(ctx, a.taskID)
+	switch {
+	case err != nil:
+		return retry(ReasonLimiter, fmt.Errorf("reading the message's record: %w", err))
+	case o != nil:
+		return result{fate: fateDone, recorded: o}
+	case sent:
+		token, err := h.Tokens.Token(ctx, a.p.LocationID)
+		if r, ok := tokenFailure(err); ok {
+			return r
+		}
+		r := h.notFound(ctx, a, token, 0, true)
+		if r.fate == fateDone && r.outcome == ledger.NotFound {
+			r.outcome = ledger.Expired // it is gone; nothing says our call did it
+		}
+		return r
+	}
+	h.logf(ctx, a, slog.LevelInfo, "send time passed before the cancel ran", "send_at", time.Unix(a.p.SendAt, 0).UTC())
+	return done(ledger.Expired, 0)
+}
+
+// admit is the check right before a call: through the pacer, or straight
+// to the ledger when there is none.
+func (h *Handler) admit(ctx context.Context, a *attempt) (ledger.Admission, error) {
+	if h.Pacer != nil {
+		return h.Pacer.Admit(ctx, ratelimit.Request{Location: a.p.LocationID, TaskID: a.taskID,
+			Campaign: a.p.CampaignID, Mark: a.mark, Urgent: a.queue == QueueUrgent})
+	}
+	return h.Ledger.Begin(ctx, a.taskID, a.p.CampaignID, a.mark)
+}
+
+// waitOnFinal: asynq archives whatever the final attempt returns, so there a
+// snooze is slept in the handler when the deadline allows.
+func (h *Handler) waitOnFinal(ctx context.Context, a *attempt, round int, err error) bool {
+	var sn snoozer
+	if !a.final || round >= maxRounds || !errors.As(err, &sn) || !fitsDeadline(ctx, sn.SnoozeFor()) {
+		return false
+	}
+	return sleep(ctx, sn.SnoozeFor()) == nil
+}
+
+// tokenFailure maps a token source error; ok is false for no error.
+func tokenFailure(err error) (result, bool) {
+	var ge *tokens.GrantError
+	switch {
+	case err == nil:
+		return result{}, false
+	case errors.Is(err, tokens.ErrNoToken):
+		return dead(string(ghl.ReasonNoToken), 0, "no token configured for this location: add it to GHL_TOKENS_FILE or load it with `enqueue tokens set`", err), true
+	case errors.Is(err, tokens.ErrRefreshDidNotCure):
+		return dead(string(ghl.ReasonUnauthorized), 401, err.Error(), err), true
+	case errors.As(err, &ge):
+		return dead(ge.Reason, 0, ge.Error(), err), true
+	}
+	return retry(string(ghl.ReasonTokenSource), fmt.Errorf("token source: %w", err)), true
+}
+
+// settle is the one place a task's fate is decided: it turns the attempt's
+// result into the recorded outcome or dead letter (one atomic write), the
+// error asynq gets, and the report the metrics read. On the final attempt,
+// where asynq archives whatever comes back, a retry or snooze becomes a dead
+// letter with its reason instead.
+func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
+	rep := reportFrom(ctx)
+	if a.final && (r.fate == fateRetry || r.fate == fateSnooze) {
+		r.fate = fateDead
+		if r.message == "" && r.err != nil {
+			r.message = truncate("retries exhausted: "+r.err.Error(), 512)
+		}
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SettleReserveMax)
+	defer cancel()
+	// This delivery's "call sent" mark stays only while HighLevel may have
+	// acted on its call without us knowing (another delivery's mark is
+	// never cleared here).
+	clearMark := ""
+	if r.marked && !r.ambiguous {
+		clearMark = a.mark
+	}
+	switch r.fate {
+	case fateDone, fateDead:
+		if r.recorded != nil {
+			rep.Outcome = OutcomeRecorded
+			h.logf(ctx, a, slog.LevelDebug, "outcome already recorded by an earlier attempt", "outcome", r.recorded.Outcome)
+			return nil
+		}
+		f := ledger.Final{TaskID: a.taskID, CampaignID: a.p.CampaignID, LocationID: a.p.LocationID, KeepMark: (r.ambiguous || r.earlier) && r.fate == fateDead,
+			Outcome: ledger.Outcome{Outcome: r.outcome, Reason: r.reason, HTTPStatus: r.status, Attempts: a.retried + 1}}
+		if r.fate == fateDead {
+			f.Outcome.Outcome = ledger.DeadLettered
+			f.Dead = &deadletter.Record{Kind: string(a.kind), MessageID: a.p.MessageID, LocationID: a.p.LocationID,
+				CampaignID: a.p.CampaignID, SendAt: a.p.SendAt, Queue: a.queue, Reason: r.reason,
+				HTTPStatus: r.status, APIMessage: r.message, Attempts: a.retried + 1, Payload: r.payload}
+		}
+		got, recorded, err := h.Ledger.Settle(wctx, f)
+		if err != nil {
+			// HighLevel answered but Redis will not take the outcome. The
+			// task runs again; its "call sent" mark turns a "not found" then
+			// into this cancel. On the final attempt nothing can be written.
+			rep.Outcome, rep.Reason = OutcomeRetry, ReasonOutcomeWrite
+			h.logger().Error("outcome could not be recorded; the task will run again", "task_id", a.taskID,
+				"outcome", f.Outcome.Outcome, "reason", r.reason, "final_attempt", a.final, "error", err)
+			return fmt.Errorf("recording %s: %w", f.Outcome.Outcome, err)
+		}
+		if !recorded {
+			rep.Outcome = OutcomeRecorded
+			return nil
+		}
+		if got.Outcome != ledger.DeadLettered {
+			rep.Outcome = got.Outcome
+			if rep.Outcome == ledger.Cancelled {
+				rep.Outcome = OutcomeCancelled
+			}
+			return nil
+		}
+		rep.Outcome, rep.Reason = OutcomeDeadLettered, r.reason
+		h.logger().Warn("dead letter", "task_id", a.taskID, "kind", a.kind, "location_id", a.p.LocationID,
+			"campaign_id", a.p.CampaignID, "reason", r.reason, "http_status", r.status,
+			"api_message", r.message, "attempts", a.retried+1)
+		cause := r.err
+		if cause == nil {
+			cause = errors.New(r.message)
+		}
+		return fmt.Errorf("dead letter %s: %w: %w", r.reason, cause, asynq.SkipRetry)
+	case fateRetry:
+		if err := h.Ledger.Retrying(wctx, a.taskID, a.p.CampaignID, clearMark); err != nil {
+			h.logf(ctx, a, slog.LevelWarn, "could not mark the task retrying", "error", err)
+		}
+		rep.Outcome, rep.Reason = OutcomeRetry, r.reason
+		return r.err
+	default: // fateSnooze
+		if clearMark != "" { // a 429: HighLevel refused the call
+			if err := h.Ledger.Retrying(wctx, a.taskID, "", clearMark); err != nil {
+				h.logf(ctx, a, slog.LevelWarn, "could not clear the call mark", "error", err)
+			}
+		}
+		rep.Outcome, rep.Reason = OutcomeRateLimited, r.reason
+		if r.reason == ReasonCircuitOpen {
+			rep.Outcome = OutcomePaused
+		}
+		return r.err
 	}
 }
 
 // apiFailure: the call says HighLevel is failing (what Classify marks
-// retryable: 5xx, 408, timeout, no connection, unreadable 2xx), as opposed to
-// answering (2xx, 4xx, and 429, which is a *RateLimitError).
+// retryable: 5xx, 408, timeout, no connection, unreadable 2xx, misrouted),
+// as opposed to answering (2xx, 4xx, and 429, which is a *RateLimitError).
 func apiFailure(err error) bool {
 	if err == nil {
 		return false
@@ -321,34 +680,16 @@ func limitsOf(res *ghl.Result, err error) ghl.Limits {
 	return ghl.Limits{}
 }
 
-// finish records a terminal, non-dead outcome in the campaign. If that
-// cannot be written the task is retried, so a campaign never misses one.
-func (h *Handler) finish(ctx context.Context, rep *Report, campaignID, taskID string, o campaign.Outcome, outcome string) error {
-	ctx, cancel := recordContext(ctx)
-	defer cancel()
-	if h.Campaigns != nil {
-		if _, err := h.Campaigns.Terminal(ctx, campaignID, taskID, o); err != nil {
-			rep.Outcome, rep.Reason = OutcomeRetry, "campaign_write"
-			return fmt.Errorf("recording the outcome in campaign %s failed, will retry: %w", campaignID, err)
-		}
+// logf attaches the task's attributes only when the level is enabled: most
+// tasks log nothing at the default level, and the attributes would be
+// formatted for nothing on every task.
+func (h *Handler) logf(ctx context.Context, a *attempt, level slog.Level, msg string, args ...any) {
+	l := h.logger()
+	if !l.Enabled(ctx, level) {
+		return
 	}
-	rep.Outcome = outcome
-	return nil
-}
-
-// recordContext lets an outcome that already happened at HighLevel be
-// recorded even when the task's context is being cancelled (shutdown), so
-// it is not re-run and recorded differently; bounded by its own timeout.
-func recordContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-}
-
-func (h *Handler) retrying(ctx context.Context, campaignID, taskID string) {
-	if h.Campaigns != nil {
-		if err := h.Campaigns.Retrying(ctx, campaignID, taskID); err != nil {
-			h.logger().Warn("campaign: could not mark a task retrying", "error", err)
-		}
-	}
+	l.With("task_id", a.taskID, "kind", a.kind, "location_id", a.p.LocationID,
+		"campaign_id", a.p.CampaignID, "attempt", a.retried+1).Log(ctx, level, msg, args...)
 }
 
 func (h *Handler) now() time.Time {
@@ -356,29 +697,6 @@ func (h *Handler) now() time.Time {
 		return h.Now()
 	}
 	return time.Now()
-}
-
-// dead records a dead letter and tells asynq not to retry. If the record
-// cannot be written the task is retried instead, so it is never lost.
-func (h *Handler) dead(ctx context.Context, rep *Report, rec deadletter.Record, cause error) error {
-	ctx, cancel := recordContext(ctx)
-	defer cancel()
-	if err := h.Dead.Add(ctx, rec); err != nil {
-		rep.Outcome, rep.Reason = OutcomeRetry, "dead_letter_write"
-		return fmt.Errorf("recording dead letter (%s) failed, will retry: %w", rec.Reason, err)
-	}
-	if h.Campaigns != nil {
-		if _, err := h.Campaigns.Terminal(ctx, rec.CampaignID, rec.TaskID, campaign.Outcome{
-			Outcome: campaign.DeadLettered, Reason: rec.Reason, HTTPStatus: rec.HTTPStatus, Attempts: rec.Attempts}); err != nil {
-			rep.Outcome, rep.Reason = OutcomeRetry, "campaign_write"
-			return fmt.Errorf("recording dead letter (%s) in campaign %s failed, will retry: %w", rec.Reason, rec.CampaignID, err)
-		}
-	}
-	rep.Outcome, rep.Reason = OutcomeDeadLettered, rec.Reason
-	h.logger().Warn("dead letter", "task_id", rec.TaskID, "kind", rec.Kind, "location_id", rec.LocationID,
-		"campaign_id", rec.CampaignID, "reason", rec.Reason, "http_status", rec.HTTPStatus,
-		"api_message", rec.APIMessage, "attempts", rec.Attempts)
-	return fmt.Errorf("dead letter %s: %w: %w", rec.Reason, cause, asynq.SkipRetry)
 }
 
 func (h *Handler) logger() *slog.Logger {
@@ -394,6 +712,13 @@ func bounded(b []byte) string {
 		b = b[:limit]
 	}
 	return fmt.Sprintf("%q", b)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 func fitsDeadline(ctx context.Context, d time.Duration) bool {

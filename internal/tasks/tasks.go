@@ -105,7 +105,8 @@ func (p CancelPayload) Validate() error {
 type TaskOptions struct {
 	// Queue to put the task on. Defaults to QueueDefault.
 	Queue string
-	// MaxRetry attempts after the first. Defaults to MaxRetryDefault.
+	// MaxRetry attempts after the first. Defaults to MaxRetryDefault; a
+	// negative value means none.
 	MaxRetry int
 	// Timeout of one attempt. Defaults to TimeoutDefault.
 	Timeout time.Duration
@@ -135,7 +136,7 @@ func NewCancelTask(kind ghl.Kind, p CancelPayload, o TaskOptions) (*asynq.Task, 
 	return asynq.NewTask(TypeFor(kind), b,
 		asynq.TaskID(TaskID(kind, p.MessageID)),
 		asynq.Queue(cmp.Or(o.Queue, QueueDefault)),
-		asynq.MaxRetry(cmp.Or(o.MaxRetry, MaxRetryDefault)),
-		asynq.Timeout(cmp.Or(o.Timeout, TimeoutDefault)),
+		asynq.MaxRetry(max(cmp.Or(o.MaxRetry, MaxRetryDefault), 0)),
+		asynq.Timeout(max(cmp.Or(o.Timeout, TimeoutDefault), time.Second)),
 	), nil
 }

@@ -19,9 +19,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlcancel/ghlcancel/internal/breaker"
-	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
@@ -74,9 +74,16 @@ type Config struct {
 	Breaker breaker.Config
 	// NoBreaker turns the circuit breaker off.
 	NoBreaker bool
-	// CampaignRetention is how long campaign counters and reports are kept
-	// after a campaign's last update. Defaults to campaign.RetentionDefault.
+	// NoVerify records "not found" cancels as not_cancellable without
+	// reading the message back (see tasks.Handler.Verify).
+	NoVerify bool
+	// CampaignRetention is how long campaign counters, reports and message
+	// records are kept after their last update. Defaults to
+	// ledger.RetentionDefault.
 	CampaignRetention time.Duration
+	// DeadLetterRetention is how long dead letters are kept. Defaults to
+	// ledger.DeadRetentionDefault.
+	DeadLetterRetention time.Duration
 	// Logger defaults to a discarding logger.
 	Logger *slog.Logger
 	// Registry receives the metrics. Defaults to a new registry.
@@ -91,6 +98,7 @@ type Worker struct {
 	Metrics  *metrics.Metrics
 	Registry *prometheus.Registry
 	Dead     *deadletter.Store
+	Routes   *ghl.RouteHealth
 	log      *slog.Logger
 }
 
@@ -135,8 +143,12 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	dead := deadletter.New(cfg.Redis)
-	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Dead: dead, Logger: cfg.Logger,
-		Campaigns: campaign.New(cfg.Redis, cfg.CampaignRetention)}
+	dead.Retention = cmp.Or(cfg.DeadLetterRetention, ledger.DeadRetentionDefault)
+	routes := &ghl.RouteHealth{BaseURL: api.BaseURL(), Logger: cfg.Logger, OnChange: func(bad bool) {
+		m.Misrouted.Set(map[bool]float64{true: 1}[bad])
+	}}
+	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Logger: cfg.Logger, Routes: routes, Verify: !cfg.NoVerify,
+		Ledger: ledger.New(cfg.Redis, ledger.Config{Retention: cfg.CampaignRetention, DeadRetention: dead.Retention})}
 	if !cfg.NoBreaker {
 		bc := cfg.Breaker
 		log := cfg.Logger
@@ -157,6 +169,7 @@ func New(cfg Config) (*Worker, error) {
 	if !cfg.NoPacing {
 		rl := cfg.RateLimit
 		rl.Observe = m
+		rl.RecordTTL = cmp.Or(cfg.CampaignRetention, ledger.RetentionDefault)
 		h.Pacer = ratelimit.New(cfg.Redis, rl)
 	}
 	// One handler for both task types (it routes by type and dead-letters
@@ -176,7 +189,7 @@ func New(cfg Config) (*Worker, error) {
 		Logger:                   asynqLogger{cfg.Logger},
 		LogLevel:                 asynq.WarnLevel,
 	})
-	return &Worker{cfg: cfg, srv: srv, handler: handler, Metrics: m, Registry: cfg.Registry, Dead: dead, log: cfg.Logger}, nil
+	return &Worker{cfg: cfg, srv: srv, handler: handler, Metrics: m, Registry: cfg.Registry, Dead: dead, Routes: routes, log: cfg.Logger}, nil
 }
 
 // Run processes tasks until ctx is done, then shuts down: in-flight tasks
@@ -186,21 +199,59 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: start: %w", err)
 	}
 	w.log.Info("worker started", "concurrency", w.cfg.Concurrency, "queues", tasks.QueueWeights())
+	janitor := make(chan struct{})
+	go func() { defer close(janitor); w.pruneDeadLetters(ctx) }()
 	<-ctx.Done()
+	<-janitor
 	w.log.Info("worker draining", "shutdown_timeout", w.cfg.ShutdownTimeout)
 	w.srv.Shutdown()
+	// An OAuth pair refreshed while Redis was failing is still only in this
+	// process: one last try to store it.
+	if c, ok := w.cfg.Tokens.(interface{ Close() error }); ok {
+		if err := c.Close(); err != nil {
+			w.log.Error("token pairs refreshed but not stored; the next refresh of these locations may fail with invalid_grant", "error", err)
+		}
+	}
 	w.log.Info("worker stopped")
 	return nil
 }
 
-// HTTPHandler serves /metrics, /healthz (the process is up) and /readyz
-// (Redis answers a PING within a second).
-func (w *Worker) HTTPHandler() http.Handler {
-	return AdminHandler(w.Registry, w.cfg.Redis)
+// DeadLetterPruneEvery is how often a worker removes dead letters past
+// their retention (writes of new dead letters also remove some).
+const DeadLetterPruneEvery = 10 * time.Minute
+
+func (w *Worker) pruneDeadLetters(ctx context.Context) {
+	t := time.NewTicker(DeadLetterPruneEvery)
+	defer t.Stop()
+	for {
+		if n, err := w.Dead.Prune(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn("pruning expired dead letters failed", "error", err)
+		} else if n > 0 {
+			w.log.Info("expired dead letters removed", "count", n, "retention", w.Dead.Retention)
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
-// AdminHandler serves /metrics, /healthz and /readyz for any process.
-func AdminHandler(reg *prometheus.Registry, rdb redis.UniversalClient) http.Handler {
+// HTTPHandler serves /metrics, /healthz (the process is up) and /readyz
+// (Redis answers a PING within a second, and HighLevel's answers are not all
+// misrouted).
+func (w *Worker) HTTPHandler() http.Handler {
+	return AdminHandler(w.Registry, w.cfg.Redis, func() error {
+		if w.Routes.Misrouted() {
+			return errors.New("every recent HighLevel answer was misrouted: check GHL_BASE_URL")
+		}
+		return nil
+	})
+}
+
+// AdminHandler serves /metrics, /healthz and /readyz for any process; each
+// extra check must pass (nil) for /readyz to answer 200.
+func AdminHandler(reg *prometheus.Registry, rdb redis.UniversalClient, checks ...func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -212,6 +263,12 @@ func AdminHandler(reg *prometheus.Registry, rdb redis.UniversalClient) http.Hand
 		if err := rdb.Ping(ctx).Err(); err != nil {
 			http.Error(w, "redis: not reachable", http.StatusServiceUnavailable)
 			return
+		}
+		for _, check := range checks {
+			if err := check(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})

@@ -1,0 +1,438 @@
+// Package ledger is where a cancel task's fate is written down, once.
+//
+// Every message ghlcancel has worked on has a small record in Redis
+// (ghlcancel:msg:<task id>, a hash): the terminal outcome once there is one,
+// the campaign it counts in, and a "call sent" mark while a call for it is
+// out without a recorded answer. Three scripts write it, and nothing else
+// does:
+//
+//   - Settle records a terminal outcome (cancelled, not cancellable,
+//     expired, dead letter...) in one atomic script: the message's record,
+//     its campaign's counters and report row, and the dead letter when there
+//     is one. The first outcome wins; a later Settle for the same message
+//     returns the recorded one and writes nothing.
+//   - Retrying marks a task that will be retried (campaign "retrying" set)
+//     and clears the "call sent" mark when the attempt's call was certainly
+//     not carried out.
+//   - Begin (or the rate limiter's admission script, which embeds the same
+//     Lua) runs right before a call: it answers with the recorded outcome
+//     if an earlier attempt already settled the message (the caller then
+//     settles from it without calling), else leaves the "call sent" mark and
+//     says whether an earlier call was sent without a recorded answer.
+//
+// The producer's enqueue script reads the same records to decide what a
+// resend means (already queued, already done, requeued): see
+// internal/producer.
+//
+// ghlcancel does not support Redis Cluster (see the README): these scripts
+// build campaign and asynq key names from their arguments.
+package ledger
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+)
+
+// Key is the record of one message, by task id (msg:<id> or email:<id>).
+func Key(taskID string) string { return "ghlcancel:msg:" + taskID }
+
+// Campaign keys. They share a hash tag per campaign.
+func CampaignKey(c string) string         { return "ghlcancel:campaign:{" + c + "}" }
+func CampaignOutcomesKey(c string) string { return CampaignKey(c) + ":outcomes" }
+func CampaignRetryingKey(c string) string { return CampaignKey(c) + ":retrying" }
+func CampaignLocationsKey(c string) string {
+	return CampaignKey(c) + ":locations"
+}
+
+// CampaignIndex is the sorted set of campaigns by start time.
+const CampaignIndex = "ghlcancel:campaigns"
+
+// Terminal outcomes.
+const (
+	Cancelled = "cancelled"
+	// NotCancellable: HighLevel said there was nothing to cancel, unverified
+	// (VERIFY=off).
+	NotCancellable = "not_cancellable"
+	// AlreadySent: the cancel found nothing to cancel and reading the
+	// message back showed it went out (sent, delivered, failed...); the
+	// reason holds the status read.
+	AlreadySent = "already_sent"
+	// NotFound: the cancel found nothing and HighLevel has no such message.
+	NotFound     = "not_found"
+	Expired      = "expired"
+	DeadLettered = "dead_lettered"
+)
+
+// ReasonEarlierAttempt is the reason of a `cancelled` outcome whose proof is
+// an earlier attempt: that call went out (the worker then died, or the
+// answer was a timeout or a 5xx), and this attempt's "not found" is the
+// trace of it.
+const ReasonEarlierAttempt = "earlier_attempt"
+
+// Defaults.
+const (
+	// RetentionDefault is how long records, campaign counters and reports
+	// are kept after their last update.
+	RetentionDefault = 7 * 24 * time.Hour
+	// DeadRetentionDefault is how long dead letters (and the records of
+	// dead-lettered messages, so a resend revives them) are kept.
+	DeadRetentionDefault = 30 * 24 * time.Hour
+)
+
+// Outcome is a terminal outcome as recorded.
+type Outcome struct {
+	Outcome    string // Cancelled, NotCancellable, Expired, DeadLettered, ...
+	Reason     string // dead-letter reason, or a note such as ReasonEarlierAttempt
+	HTTPStatus int
+	Attempts   int
+	At         time.Time
+}
+
+// Row encodes an outcome the way records and campaign reports store it:
+// outcome|reason|status|attempts|unix ms.
+func (o Outcome) Row() string {
+	return strings.Join([]string{o.Outcome, o.Reason, strconv.Itoa(o.HTTPStatus), strconv.Itoa(o.Attempts),
+		strconv.FormatInt(o.At.UnixMilli(), 10)}, "|")
+}
+
+// ParseRow decodes Row's format.
+func ParseRow(row string) (Outcome, error) {
+	f := strings.Split(row, "|")
+	if len(f) != 5 {
+		return Outcome{}, fmt.Errorf("ledger: bad outcome row %q", row)
+	}
+	status, _ := strconv.Atoi(f[2])
+	attempts, _ := strconv.Atoi(f[3])
+	ms, _ := strconv.ParseInt(f[4], 10, 64)
+	return Outcome{Outcome: f[0], Reason: f[1], HTTPStatus: status, Attempts: attempts, At: time.UnixMilli(ms)}, nil
+}
+
+// Admission is what the check right before a call found.
+type Admission struct {
+	// Recorded is the message's outcome when an earlier attempt already
+	// settled it: do not call, settle from it.
+	Recorded *Outcome
+	// EarlierCall: an earlier call for this message went out and its answer
+	// was never recorded (the worker died, or it timed out or got a 5xx).
+	EarlierCall bool
+}
+
+// Config configures a Ledger.
+type Config struct {
+	// Retention of records, campaign counters and reports after their last
+	// update. Defaults to RetentionDefault.
+	Retention time.Duration
+	// DeadRetention of dead letters. Defaults to DeadRetentionDefault.
+	DeadRetention time.Duration
+	// WriteAttempts bounds how often a failed Settle write is tried again
+	// (the call is never repeated for it). Defaults to 5.
+	WriteAttempts int
+	// WriteBackoff is the first pause between write attempts; it doubles.
+	// Defaults to 100 ms.
+	WriteBackoff time.Duration
+}
+
+// Ledger writes message records. Safe for concurrent use.
+type Ledger struct {
+	rdb redis.UniversalClient
+	cfg Config
+}
+
+// New returns a Ledger on rdb.
+func New(rdb redis.UniversalClient, cfg Config) *Ledger {
+	cfg.Retention = cmp.Or(cfg.Retention, RetentionDefault)
+	cfg.DeadRetention = cmp.Or(cfg.DeadRetention, DeadRetentionDefault)
+	cfg.WriteAttempts = cmp.Or(cfg.WriteAttempts, 5)
+	cfg.WriteBackoff = cmp.Or(cfg.WriteBackoff, 100*time.Millisecond)
+	return &Ledger{rdb: rdb, cfg: cfg}
+}
+
+// Retention returns the configured record retention.
+func (l *Ledger) Retention() time.Duration { return l.cfg.Retention }
+
+// Lua is the shared library every ghlcancel script that touches records or
+// campaigns starts with. Times are unix ms.
+const Lua = `
+local function ck(c)
+  local b = "ghlcancel:campaign:{" .. c .. "}"
+  return b, b .. ":outcomes", b .. ":retrying", b .. ":locations"
+end
+local function reason_field(outcome, reason)
+  if outcome == "dead_lettered" then return "dead:" .. reason end
+  return outcome .. ":" .. reason
+end
+-- cfinish sets or clears finished_at from the counters.
+local function cfinish(c, now)
+  local k = ck(c)
+  local total = tonumber(redis.call("HGET", k, "total") or "0")
+  local done = tonumber(redis.call("HGET", k, "done") or "0")
+  if total > 0 and done >= total then
+    redis.call("HSETNX", k, "finished_at", now)
+  else
+    redis.call("HDEL", k, "finished_at")
+  end
+end
+local function ctouch(c, now, ttl)
+  local k, ko, kr, kl = ck(c)
+  redis.call("HSET", k, "updated_at", now)
+  redis.call("PEXPIRE", k, ttl)
+  redis.call("PEXPIRE", ko, ttl)
+  redis.call("PEXPIRE", kr, ttl)
+  redis.call("PEXPIRE", kl, ttl)
+end
+-- creopen removes a message's terminal row from campaign c (it runs again).
+local function creopen(c, id)
+  local k, ko, kr = ck(c)
+  redis.call("SREM", kr, id)
+  local row = redis.call("HGET", ko, id)
+  if not row then return end
+  local outcome, reason = string.match(row, "^([^|]*)|([^|]*)|")
+  redis.call("HDEL", ko, id)
+  redis.call("HINCRBY", k, outcome, -1)
+  redis.call("HINCRBY", k, "done", -1)
+  if reason ~= "" then redis.call("HINCRBY", k, reason_field(outcome, reason), -1) end
+end
+-- cadd changes campaign c's distinct total by n (new messages, or ones that
+-- moved to or from it), for a location.
+local function cadd(c, n, loc, now, ttl)
+  local k, ko, kr, kl = ck(c)
+  redis.call("HINCRBY", k, "total", n)
+  redis.call("HSETNX", k, "started_at", now)
+  if loc ~= "" and n > 0 then redis.call("SADD", kl, loc) end
+  redis.call("ZADD", "ghlcancel:campaigns", "NX", now, c)
+  cfinish(c, now)
+  ctouch(c, now, ttl)
+end
+-- ledger_begin: the check right before a call. Returns the recorded outcome
+-- row, or false and whether another delivery's call went out without a
+-- recorded answer (a "call sent" mark other than this delivery's own).
+local function ledger_begin(rk, mark)
+  local v = redis.call("HMGET", rk, "o", "s")
+  if v[1] then return v[1], false end
+  return false, (v[2] and v[2] ~= mark)
+end
+-- ledger_mark leaves this delivery's "call sent" mark: a call is about to
+-- go out. An earlier delivery's mark is kept: its call may have cancelled
+-- the message.
+local function ledger_mark(rk, campaign, mark, earlier, ttl)
+  if not earlier then redis.call("HSET", rk, "s", mark) end
+  redis.call("HSET", rk, "c", campaign)
+  redis.call("PEXPIRE", rk, ttl)
+end
+`
+
+// beginScript: KEYS record. ARGV campaign, mark, ttl ms.
+// Returns {recorded row or "", earlier call 0/1}.
+var beginScript = redis.NewScript(Lua + `
+local rec, earlier = ledger_begin(KEYS[1], ARGV[2])
+if rec then return {rec, 0} end
+ledger_mark(KEYS[1], ARGV[1], ARGV[2], earlier, ARGV[3])
+if earlier then return {"", 1} end
+return {"", 0}
+`)
+
+// NewMark returns a "call sent" mark for one delivery of a task: every call
+// of that delivery leaves it, and only another delivery's mark says an
+// earlier call went out.
+func NewMark(attempt int) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return strconv.Itoa(attempt) + "-" + hex.EncodeToString(b[:])
+}
+
+// Begin is the check right before a call when no rate limiter runs it (the
+// limiter's admission script does the same in the same round trip). mark is
+// the delivery's NewMark.
+func (l *Ledger) Begin(ctx context.Context, taskID, campaign, mark string) (Admission, error) {
+	v, err := beginScript.Run(ctx, l.rdb, []string{Key(taskID)}, campaign, mark, l.cfg.Retention.Milliseconds()).Slice()
+	if err != nil {
+		return Admission{}, fmt.Errorf("ledger: begin %s: %w", taskID, err)
+	}
+	return ParseAdmission(v[0], v[1])
+}
+
+// ParseAdmission reads the {recorded row, earlier call} pair the begin Lua
+// returns (also from the rate limiter's script).
+func ParseAdmission(row, earlier any) (Admission, error) {
+	var a Admission
+	if s, _ := row.(string); s != "" {
+		o, err := ParseRow(s)
+		if err != nil {
+			return Admission{}, err
+		}
+		a.Recorded = &o
+	}
+	n, _ := earlier.(int64)
+	a.EarlierCall = n == 1
+	return a, nil
+}
+
+// settleScript: KEYS record, dead records, dead index. ARGV task id,
+// outcome, reason, row, now ms, campaign, retention ms, dead retention ms,
+// dead-letter JSON ("" when not a dead letter), keep mark (1/0), location.
+// Returns {1} when recorded, {0, recorded row} when the message already had one.
+var settleScript = redis.NewScript(Lua + `
+local id, outcome, reason, row, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local campaign, ttl, deadttl = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local prev = redis.call("HGET", KEYS[1], "o")
+if prev then return {0, prev} end
+redis.call("HSET", KEYS[1], "o", row, "c", campaign)
+if ARGV[10] ~= "1" then redis.call("HDEL", KEYS[1], "s") end
+if ARGV[9] ~= "" then
+  redis.call("HSET", KEYS[2], id, ARGV[9])
+  redis.call("ZADD", KEYS[3], now, id)
+  ttl = math.max(ttl, deadttl)
+  -- Dead letters past their retention go, a bounded number per write.
+  local old = redis.call("ZRANGE", KEYS[3], "-inf", string.format("(%d", now - deadttl), "BYSCORE", "LIMIT", 0, 100)
+  if #old > 0 then
+    redis.call("HDEL", KEYS[2], unpack(old))
+    redis.call("ZREM", KEYS[3], unpack(old))
+  end
+end
+redis.call("PEXPIRE", KEYS[1], ttl)
+if ARGV[11] ~= "" then redis.call("ZREM", "ghlcancel:rl:wait:{" .. ARGV[11] .. "}", id) end
+if campaign ~= "" then
+  local k, ko, kr = ck(campaign)
+  if redis.call("HSETNX", ko, id, row) == 1 then
+    redis.call("HINCRBY", k, outcome, 1)
+    redis.call("HINCRBY", k, "done", 1)
+    if reason ~= "" then redis.call("HINCRBY", k, reason_field(outcome, reason), 1) end
+    redis.call("SREM", kr, id)
+    cfinish(campaign, now)
+    ctouch(campaign, now, tonumber(ARGV[7]))
+  end
+end
+return {1}
+`)
+
+// Final is one task's terminal outcome, ready to be written.
+type Final struct {
+	TaskID     string
+	CampaignID string
+	// LocationID: a settled task leaves its location's rate-limit waiters
+	// (it may have snoozed there).
+	LocationID string
+	Outcome    Outcome
+	// Dead is the dead letter, when Outcome.Outcome is DeadLettered.
+	Dead *deadletter.Record
+	// KeepMark keeps the "call sent" mark of a dead-lettered message whose
+	// last call may have been carried out (its answer was a timeout or a
+	// 5xx): if it is sent again, a "not found" is then that cancel.
+	KeepMark bool
+}
+
+// ErrWrite wraps a Settle that could not be written after every attempt.
+var ErrWrite = errors.New("ledger: outcome could not be recorded")
+
+// Settle records f atomically (record, campaign, dead letter). When the
+// message already had an outcome, nothing is written and that outcome comes
+// back with recorded=false. A failed write is retried (bounded by
+// WriteAttempts and ctx); the error after the last attempt wraps ErrWrite.
+func (l *Ledger) Settle(ctx context.Context, f Final) (got Outcome, recorded bool, err error) {
+	if f.Outcome.At.IsZero() {
+		f.Outcome.At = time.Now()
+	}
+	var dead []byte
+	if f.Dead != nil {
+		f.Dead.TaskID = f.TaskID
+		f.Dead.DeadAt = f.Outcome.At
+		if dead, err = json.Marshal(f.Dead); err != nil {
+			return Outcome{}, false, err
+		}
+	}
+	if f.Outcome.Outcome == "" {
+		return Outcome{}, false, errors.New("ledger: settle without an outcome")
+	}
+	row := f.Outcome.Row()
+	keep := "0"
+	if f.KeepMark {
+		keep = "1"
+	}
+	keys := []string{Key(f.TaskID), deadletter.KeyRecords, deadletter.KeyIndex}
+	pause := l.cfg.WriteBackoff
+	for attempt := 1; ; attempt++ {
+		var v []any
+		v, err = settleScript.Run(ctx, l.rdb, keys, f.TaskID, f.Outcome.Outcome, f.Outcome.Reason, row,
+			f.Outcome.At.UnixMilli(), f.CampaignID, l.cfg.Retention.Milliseconds(), l.cfg.DeadRetention.Milliseconds(), string(dead), keep, f.LocationID).Slice()
+		if err == nil {
+			if n, _ := v[0].(int64); n == 1 {
+				return f.Outcome, true, nil
+			}
+			s, _ := v[1].(string)
+			prev, perr := ParseRow(s)
+			return prev, false, perr
+		}
+		if attempt >= l.cfg.WriteAttempts || ctx.Err() != nil {
+			return Outcome{}, false, fmt.Errorf("%w (%s for %s, tried %d times): %w", ErrWrite, f.Outcome.Outcome, f.TaskID, attempt, err)
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		pause *= 2
+	}
+}
+
+// retryingScript: KEYS record. ARGV task id, campaign, mark to clear ("":
+// none), ttl ms.
+var retryingScript = redis.NewScript(Lua + `
+if redis.call("HEXISTS", KEYS[1], "o") == 1 then return 0 end
+if ARGV[3] ~= "" and redis.call("HGET", KEYS[1], "s") == ARGV[3] then redis.call("HDEL", KEYS[1], "s") end
+if ARGV[2] ~= "" then
+  local k, ko, kr = ck(ARGV[2])
+  if redis.call("HEXISTS", ko, ARGV[1]) == 0 then
+    redis.call("SADD", kr, ARGV[1])
+    redis.call("PEXPIRE", kr, ARGV[4])
+  end
+end
+return 1
+`)
+
+// Retrying marks a task that will be retried in its campaign, and clears
+// the delivery's "call sent" mark clearMark (when not empty: HighLevel
+// refused the call, or no call went out after all; another delivery's mark
+// stays). One round trip, atomic.
+func (l *Ledger) Retrying(ctx context.Context, taskID, campaign, clearMark string) error {
+	if campaign == "" && clearMark == "" {
+		return nil
+	}
+	return retryingScript.Run(ctx, l.rdb, []string{Key(taskID)}, taskID, campaign, clearMark, l.cfg.Retention.Milliseconds()).Err()
+}
+
+// Unmark takes back a delivery's "call sent" mark (its call did not go out).
+func Unmark(ctx context.Context, rdb redis.UniversalClient, taskID, mark string) error {
+	return retryingScript.Run(ctx, rdb, []string{Key(taskID)}, taskID, "", mark, 0).Err()
+}
+
+// Record reads a message's record: its outcome (nil while it has none), its
+// campaign, and whether a call is marked sent.
+func (l *Ledger) Record(ctx context.Context, taskID string) (o *Outcome, campaign string, sent bool, err error) {
+	v, err := l.rdb.HMGet(ctx, Key(taskID), "o", "c", "s").Result()
+	if err != nil {
+		return nil, "", false, err
+	}
+	if s, ok := v[0].(string); ok {
+		out, err := ParseRow(s)
+		if err != nil {
+			return nil, "", false, err
+		}
+		o = &out
+	}
+	campaign, _ = v[1].(string)
+	_, sent = v[2].(string)
+	return o, campaign, sent, nil
+}

@@ -1,0 +1,217 @@
+package producer_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// TestEnqueueRule: what sending a message means, by the state the message
+// is in, for every producer (the batch script is the one rule). Each row
+// brings a message into a state the way the system does, sends it again
+// (to campaign c1 unless said), and checks the status, what is queued, and
+// the campaign's distinct total and completeness.
+func TestEnqueueRule(t *testing.T) {
+	t.Parallel()
+	const id, loc = "mRule0000000000000001", "locRule000000000000001"
+	tid := tasks.TaskID(ghl.KindMessage, id)
+	item := producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "c1"}
+	type bundle struct {
+		rdb  *redis.Client
+		p    *producer.Producer
+		led  *ledger.Ledger
+		insp *asynq.Inspector
+	}
+	enqueued := func(t *testing.T, b bundle) {
+		require.Equal(t, producer.Enqueued, b.p.Enqueue(context.Background(), item).Status)
+	}
+	// settled takes the pending task off the queue as a worker would and
+	// records its outcome.
+	settled := func(outcome, reason string) func(*testing.T, bundle) {
+		return func(t *testing.T, b bundle) {
+			enqueued(t, b)
+			require.NoError(t, b.insp.DeleteTask(tasks.QueueDefault, tid))
+			f := ledger.Final{TaskID: tid, CampaignID: "c1", Outcome: ledger.Outcome{Outcome: outcome, Reason: reason, Attempts: 1}}
+			if outcome == ledger.DeadLettered {
+				f.Dead = &deadletter.Record{Kind: "message", MessageID: id, LocationID: loc, CampaignID: "c1", Queue: tasks.QueueDefault, Reason: reason}
+			}
+			_, _, err := b.led.Settle(context.Background(), f)
+			require.NoError(t, err)
+		}
+	}
+	// archived: asynq archived the task (SkipRetry on a dead letter).
+	archived := func(t *testing.T, b bundle) {
+		settled(ledger.DeadLettered, "unauthorized")(t, b)
+		task, err := tasks.NewCancelTask(ghl.KindMessage, tasks.CancelPayload{MessageID: id, LocationID: loc, CampaignID: "c1"}, tasks.TaskOptions{})
+		require.NoError(t, err)
+		_, err = asynq.NewClientFromRedisClient(b.rdb).Enqueue(task)
+		require.NoError(t, err)
+		require.NoError(t, b.insp.ArchiveTask(tasks.QueueDefault, tid))
+	}
+	tests := []struct {
+		name     string
+		before   func(*testing.T, bundle)
+		force    bool
+		campaign string
+		want     producer.Status
+		queued   bool  // a pending task exists afterwards
+		total    int64 // c1's total afterwards
+		complete bool  // c1 complete afterwards
+	}{
+		{"new", func(*testing.T, bundle) {}, false, "c1", producer.Enqueued, true, 1, false},
+		{"pending", enqueued, false, "c1", producer.AlreadyQueued, true, 1, false},
+		{"pending, sent to another lane or campaign", enqueued, false, "c2", producer.AlreadyQueued, true, 1, false},
+		{"retrying", func(t *testing.T, b bundle) {
+			enqueued(t, b)
+			require.NoError(t, b.rdb.HSet(context.Background(), "asynq:{default}:t:"+tid, "state", "retry").Err())
+		}, false, "c1", producer.AlreadyQueued, true, 1, false},
+		{"active", func(t *testing.T, b bundle) {
+			enqueued(t, b)
+			require.NoError(t, b.rdb.HSet(context.Background(), "asynq:{default}:t:"+tid, "state", "active").Err())
+		}, false, "c1", producer.AlreadyQueued, true, 1, false},
+		{"cancelled", settled(ledger.Cancelled, ""), false, "c1", producer.AlreadyDone, false, 1, true},
+		{"cancelled, sent again later to another campaign", settled(ledger.Cancelled, ""), false, "c2", producer.AlreadyDone, false, 1, true},
+		{"not found", settled(ledger.NotFound, ""), false, "c1", producer.AlreadyDone, false, 1, true},
+		{"expired", settled(ledger.Expired, ""), false, "c1", producer.AlreadyDone, false, 1, true},
+		{"cancelled, forced", settled(ledger.Cancelled, ""), true, "c1", producer.Requeued, true, 1, false},
+		{"dead-lettered (record only)", settled(ledger.DeadLettered, "unauthorized"), false, "c1", producer.Requeued, true, 1, false},
+		{"dead-lettered and archived by asynq", archived, false, "c1", producer.Requeued, true, 1, false},
+		{"cancelled, and asynq also archived a stale copy", func(t *testing.T, b bundle) {
+			settled(ledger.Cancelled, "")(t, b)
+			task, err := tasks.NewCancelTask(ghl.KindMessage, tasks.CancelPayload{MessageID: id, LocationID: loc, CampaignID: "c1"}, tasks.TaskOptions{})
+			require.NoError(t, err)
+			_, err = asynq.NewClientFromRedisClient(b.rdb).Enqueue(task)
+			require.NoError(t, err)
+			require.NoError(t, b.insp.ArchiveTask(tasks.QueueDefault, tid))
+		}, false, "c1", producer.AlreadyDone, false, 1, true},
+		{"dead-lettered after its campaign expired: it counts anew", func(t *testing.T, b bundle) {
+			settled(ledger.DeadLettered, "unauthorized")(t, b)
+			require.NoError(t, b.rdb.Del(context.Background(), ledger.CampaignKey("c1"), ledger.CampaignOutcomesKey("c1"),
+				ledger.CampaignRetryingKey("c1"), ledger.CampaignLocationsKey("c1")).Err())
+		}, false, "c1", producer.Requeued, true, 1, false},
+		{"dead-lettered, sent to another campaign: it moves (c1 is left empty)", settled(ledger.DeadLettered, "unauthorized"), false, "c2", producer.Requeued, true, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			b := bundle{rdb: rdb, p: producer.New(rdb, producer.Config{}), led: ledger.New(rdb, ledger.Config{}),
+				insp: asynq.NewInspectorFromRedisClient(rdb)}
+			tt.before(t, b)
+			it := item
+			it.Force, it.CampaignID = tt.force, tt.campaign
+			r := b.p.Enqueue(ctx, it)
+			require.Equal(t, tt.want, r.Status, "%v", r.Err)
+			info, err := b.insp.GetTaskInfo(tasks.QueueDefault, tid)
+			if tt.queued {
+				require.NoError(t, err)
+				require.NotEqual(t, asynq.TaskStateArchived, info.State)
+				require.Zero(t, info.Retried, "attempts start from zero")
+			} else {
+				require.Error(t, err, "nothing queued")
+			}
+			n, err := deadletter.New(rdb).Count(ctx)
+			require.NoError(t, err)
+			if tt.want == producer.Requeued {
+				require.Zero(t, n, "a requeued message's dead letter is gone")
+			}
+			s, _, err := campaign.New(rdb, 0).Get(ctx, "c1")
+			require.NoError(t, err)
+			require.Equal(t, tt.total, s.Total, "c1's distinct total")
+			require.Equal(t, tt.complete, s.Complete, "c1 complete")
+			require.Zero(t, s.DeadLettered, "no dead letter counted in c1 after a resend")
+			require.GreaterOrEqual(t, s.Done, int64(0))
+			if s.Total > 0 {
+				for _, k := range []string{ledger.CampaignKey("c1"), ledger.CampaignLocationsKey("c1")} {
+					ttl, err := rdb.PTTL(ctx, k).Result()
+					require.NoError(t, err)
+					require.Positive(t, ttl, "%s expires", k)
+				}
+			}
+			archived, err := rdb.ZCard(ctx, "asynq:{default}:archived").Result()
+			require.NoError(t, err)
+			require.Zero(t, archived, "no stale archived copy is left")
+			if tt.campaign == "c2" && tt.want == producer.Requeued {
+				s2, _, err := campaign.New(rdb, 0).Get(ctx, "c2")
+				require.NoError(t, err)
+				require.Equal(t, int64(1), s2.Total, "the message counts in the campaign it moved to")
+				require.Equal(t, int64(1), s2.Pending)
+			}
+		})
+	}
+}
+
+// TestResendManyIsIdempotent: a 1,000-item file sent three times: once
+// enqueued, then already queued; once done, already done; totals never move.
+func TestResendManyIsIdempotent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
+	led := ledger.New(rdb, ledger.Config{})
+	items := make([]producer.Item, 1000)
+	for i := range items {
+		items[i] = producer.Item{Kind: ghl.KindMessage, MessageID: fmt.Sprintf("resend%06d", i), LocationID: "locR", CampaignID: "many"}
+	}
+	count := func() map[producer.Status]int {
+		m := map[producer.Status]int{}
+		for _, r := range p.EnqueueBatch(ctx, items) {
+			m[r.Status]++
+		}
+		return m
+	}
+	require.Equal(t, map[producer.Status]int{producer.Enqueued: 1000}, count())
+	require.Equal(t, map[producer.Status]int{producer.AlreadyQueued: 1000}, count())
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	for _, it := range items {
+		tid := tasks.TaskID(it.Kind, it.MessageID)
+		require.NoError(t, insp.DeleteTask(tasks.QueueBulk, tid))
+		_, _, err := led.Settle(ctx, ledger.Final{TaskID: tid, CampaignID: "many", Outcome: ledger.Outcome{Outcome: ledger.Cancelled}})
+		require.NoError(t, err)
+	}
+	require.Equal(t, map[producer.Status]int{producer.AlreadyDone: 1000}, count())
+	s, _, err := campaign.New(rdb, 0).Get(ctx, "many")
+	require.NoError(t, err)
+	require.Equal(t, int64(1000), s.Total)
+	require.True(t, s.Complete)
+}
+
+// TestRetryAndTimeoutAsGiven: MAX_RETRY=0 (or --max-retry 0) means no
+// retries, not the default 150; a timeout under a second is not stored as 0
+// (asynq's "no timeout").
+func TestRetryAndTimeoutAsGiven(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		given       int
+		timeout     time.Duration
+		wantRetry   int
+		wantTimeout time.Duration
+	}{
+		{0, 500 * time.Millisecond, 0, time.Second},
+		{3, 1500 * time.Millisecond, 3, 2 * time.Second},
+		{150, 0, 150, tasks.TimeoutDefault},
+	}
+	for i, tt := range tests {
+		rdb := redisServer.Client(t)
+		p := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(tt.given), Timeout: tt.timeout})
+		id := fmt.Sprintf("retry%d", i)
+		require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: "L"}).Status)
+		info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueDefault, "msg:"+id)
+		require.NoError(t, err)
+		require.Equal(t, tt.wantRetry, info.MaxRetry, "given %d", tt.given)
+		require.Equal(t, tt.wantTimeout, info.Timeout)
+	}
+}

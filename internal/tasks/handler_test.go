@@ -1,0 +1,451 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/breaker"
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+)
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
+
+const (
+	hLoc = "locHandler0000000001"
+	hTok = "tok-handler"
+)
+
+// Fakes for the handler's collaborators. Each fake answers one way.
+
+type fakePacer struct {
+	admit   func(ratelimit.Request) (ledger.Admission, error)
+	observe func()
+}
+
+func (p fakePacer) Admit(_ context.Context, r ratelimit.Request) (ledger.Admission, error) {
+	return p.admit(r)
+}
+func (p fakePacer) Observe(context.Context, string, ghl.Limits, *ghl.RateLimitError) error {
+	if p.observe != nil {
+		p.observe()
+	}
+	return nil
+}
+
+type openBreaker struct{ abandoned atomic.Int32 }
+
+func (b *openBreaker) Allow() (bool, error) {
+	return false, &breaker.OpenError{RetryAfter: time.Minute, State: breaker.Open}
+}
+func (b *openBreaker) Record(bool, bool) {}
+func (b *openBreaker) Abandon(bool)      { b.abandoned.Add(1) }
+
+type tokenFunc func(loc string) (string, error)
+
+func (f tokenFunc) Token(_ context.Context, loc string) (string, error) { return f(loc) }
+
+type hBundle struct {
+	rdb    *redis.Client
+	sb     *sandbox.Server
+	api    *ghl.Client
+	h      *Handler
+	led    *ledger.Ledger
+	calls  *atomic.Int64 // API calls that reached the server
+	answer atomic.Pointer[func(w http.ResponseWriter, r *http.Request) bool]
+}
+
+// hSetup builds a handler on a fresh Redis database and a sandbox; b.answer,
+// when set and returning true, answers a call instead of the sandbox.
+func hSetup(t *testing.T) *hBundle {
+	t.Helper()
+	b := &hBundle{rdb: redisServer.Client(t), sb: sandbox.New(sandbox.Config{}), calls: &atomic.Int64{}}
+	b.sb.AddLocation(hLoc, hTok)
+	inner := b.sb.Handler()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.calls.Add(1)
+		if f := b.answer.Load(); f != nil && (*f)(w, r) {
+			return
+		}
+		inner.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	api, err := ghl.New(ghl.Config{BaseURL: srv.URL, Timeout: 2 * time.Second})
+	require.NoError(t, err)
+	b.api = api
+	b.led = ledger.New(b.rdb, ledger.Config{WriteBackoff: 10 * time.Millisecond})
+	b.h = &Handler{API: api, Ledger: b.led, Tokens: tokens.Static(hTok)}
+	return b
+}
+
+func (b *hBundle) respond(f func(w http.ResponseWriter, r *http.Request) bool) { b.answer.Store(&f) }
+
+func cancelTask(t *testing.T, id string) *asynq.Task {
+	t.Helper()
+	task, err := NewCancelTask(ghl.KindMessage, CancelPayload{MessageID: id, LocationID: hLoc, CampaignID: "hc"}, TaskOptions{})
+	require.NoError(t, err)
+	return task
+}
+
+// process runs one delivery with a 20 s deadline, as asynq would.
+func (b *hBundle) process(t *testing.T, id string, retried, maxRetry int) (*Report, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ctx, rep := WithReport(ctx)
+	err := b.h.Process(ctx, cancelTask(t, id), TaskInfo{ID: TaskID(ghl.KindMessage, id), Queue: QueueDefault, Retried: retried, MaxRetry: maxRetry})
+	return rep, err
+}
+
+// fate reads what Redis says happened to a message: its recorded outcome
+// and dead letter (if any) and its campaign's counters.
+func (b *hBundle) fate(t *testing.T, id string) (*ledger.Outcome, *deadletter.Record, campaign.Status) {
+	t.Helper()
+	ctx := context.Background()
+	o, _, _, err := b.led.Record(ctx, TaskID(ghl.KindMessage, id))
+	require.NoError(t, err)
+	rec, ok, err := deadletter.New(b.rdb).Get(ctx, TaskID(ghl.KindMessage, id))
+	require.NoError(t, err)
+	st, _, err := campaign.New(b.rdb, 0).Get(ctx, "hc")
+	require.NoError(t, err)
+	if !ok {
+		return o, nil, st
+	}
+	return o, &rec, st
+}
+
+// TestFinalAttemptAlwaysEndsInOneFate: on a task's final attempt asynq
+// archives whatever the handler returns, so every way out must end in
+// exactly one recorded outcome or dead letter, with its reason.
+func TestFinalAttemptAlwaysEndsInOneFate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		tweak  func(b *hBundle)
+		reason string // dead-letter reason; "" means a non-dead outcome
+		calls  int64  // API calls expected
+	}{
+		{"paced: the location's slot is too far", func(b *hBundle) {
+			b.h.Pacer = fakePacer{admit: func(ratelimit.Request) (ledger.Admission, error) {
+				return ledger.Admission{}, &ratelimit.SnoozeError{RetryAfter: time.Hour, Reason: "pacing"}
+			}}
+		}, ReasonPaced, 0},
+		{"circuit breaker open", func(b *hBundle) { b.h.Breaker = &openBreaker{} }, ReasonCircuitOpen, 0},
+		{"429 asking for longer than the deadline", func(b *hBundle) {
+			b.respond(func(w http.ResponseWriter, _ *http.Request) bool {
+				w.Header().Set("Retry-After", "3600")
+				w.WriteHeader(429)
+				_, _ = w.Write([]byte(`{"statusCode":429,"message":"Too many requests"}`))
+				return true
+			})
+		}, string(ghl.ReasonRateLimited), 1},
+		{"token source fails", func(b *hBundle) {
+			b.h.Tokens = tokenFunc(func(string) (string, error) { return "", errors.New("vault unreachable") })
+		}, string(ghl.ReasonTokenSource), 0},
+		{"limiter cannot reach Redis", func(b *hBundle) {
+			b.h.Pacer = fakePacer{admit: func(ratelimit.Request) (ledger.Admission, error) {
+				return ledger.Admission{}, errors.New("dial tcp: connection refused")
+			}}
+		}, ReasonLimiter, 0},
+		{"5xx on the final attempt", func(b *hBundle) {
+			b.respond(func(w http.ResponseWriter, _ *http.Request) bool {
+				w.WriteHeader(503)
+				_, _ = w.Write([]byte(`{"statusCode":503,"message":"unavailable"}`))
+				return true
+			})
+		}, string(ghl.ReasonServerError), 1},
+		{"misrouted on the final attempt", func(b *hBundle) {
+			b.respond(func(w http.ResponseWriter, r *http.Request) bool {
+				w.WriteHeader(404)
+				_, _ = fmt.Fprintf(w, `{"statusCode":404,"message":"Cannot DELETE %s","error":"Not Found"}`, r.URL.Path)
+				return true
+			})
+		}, string(ghl.ReasonMisrouted), 1},
+		{"panic before the call", func(b *hBundle) {
+			b.h.Tokens = tokenFunc(func(string) (string, error) { panic("token source bug") })
+		}, ReasonPanic, 0},
+		{"panic after the call", func(b *hBundle) {
+			b.h.Pacer = fakePacer{
+				admit: func(r ratelimit.Request) (ledger.Admission, error) {
+					return b.led.Begin(context.Background(), r.TaskID, r.Campaign, r.Mark)
+				},
+				observe: func() { panic("observer bug") },
+			}
+		}, ReasonPanic, 1},
+		{"cancelled", func(*hBundle) {}, "", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := hSetup(t)
+			id := b.sb.ScheduleN(hLoc, 1, false)[0]
+			tt.tweak(b)
+			rep, err := b.process(t, id, 3, 3)
+			o, rec, st := b.fate(t, id)
+			require.NotNil(t, o, "the final attempt recorded no outcome (asynq would archive it silently)")
+			require.Equal(t, int64(1), st.Done, "exactly one outcome in the campaign")
+			require.Equal(t, tt.calls, b.calls.Load(), "API calls")
+			if tt.reason == "" {
+				require.NoError(t, err)
+				require.Equal(t, ledger.Cancelled, o.Outcome)
+				require.Nil(t, rec)
+				return
+			}
+			require.ErrorIs(t, err, asynq.SkipRetry)
+			require.Equal(t, ledger.DeadLettered, o.Outcome)
+			require.NotNil(t, rec, "a dead letter with its reason")
+			require.Equal(t, tt.reason, rec.Reason)
+			require.Equal(t, tt.reason, o.Reason)
+			require.Equal(t, OutcomeDeadLettered, rep.Outcome)
+			require.Equal(t, tt.reason, rep.Reason)
+			require.Equal(t, map[string]int64{tt.reason: 1}, st.DeadByReason)
+		})
+	}
+}
+
+// TestNotFinalAttemptRecordsNothing: the same failures before the final
+// attempt go back to asynq (retry or snooze) and record no outcome.
+func TestNotFinalAttemptRecordsNothing(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	b.h.Breaker = &openBreaker{}
+	rep, err := b.process(t, id, 0, 3)
+	var oe *breaker.OpenError
+	require.ErrorAs(t, err, &oe)
+	require.False(t, IsFailure(err), "a paused task uses no retry")
+	require.Equal(t, OutcomePaused, rep.Outcome)
+	o, rec, _ := b.fate(t, id)
+	require.Nil(t, o)
+	require.Nil(t, rec)
+}
+
+// TestOutcomeWriteIsRetriedNotTheCall: when writing the outcome fails, the
+// write is tried again in the handler; HighLevel is called once.
+func TestOutcomeWriteIsRetriedNotTheCall(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	var failures atomic.Int32
+	failures.Store(2)
+	flaky := redis.NewClient(&redis.Options{Addr: b.rdb.Options().Addr, DB: b.rdb.Options().DB})
+	t.Cleanup(func() { _ = flaky.Close() })
+	flaky.AddHook(failSettle{left: &failures})
+	b.h.Ledger = ledger.New(flaky, ledger.Config{WriteBackoff: 10 * time.Millisecond})
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	rep, err := b.process(t, id, 0, 3)
+	require.NoError(t, err)
+	require.Equal(t, OutcomeCancelled, rep.Outcome)
+	require.Equal(t, int64(1), b.calls.Load())
+	o, _, st := b.fate(t, id)
+	require.Equal(t, ledger.Cancelled, o.Outcome)
+	require.Equal(t, int64(1), st.Cancelled)
+	require.Equal(t, int32(-1), failures.Load(), "two writes failed, the third went through")
+}
+
+// failSettle fails the settle script's first calls.
+type failSettle struct{ left *atomic.Int32 }
+
+func (failSettle) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f failSettle) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); (name == "evalsha" || name == "eval") && isSettle(cmd) && f.left.Add(-1) >= 0 {
+			cmd.SetErr(errors.New("injected: connection reset"))
+			return cmd.Err()
+		}
+		return next(ctx, cmd)
+	}
+}
+func (failSettle) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// isSettle: the settle script is the one whose keys include the dead-letter index.
+func isSettle(cmd redis.Cmder) bool {
+	for _, a := range cmd.Args() {
+		if a == deadletter.KeyIndex {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRedeliveryAfterRecordingDoesNotCall: a task re-delivered after its
+// outcome was recorded (the worker died before acknowledging) settles from
+// the record, without calling HighLevel.
+func TestRedeliveryAfterRecordingDoesNotCall(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	_, err := b.process(t, id, 0, 3)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), b.calls.Load())
+	rep, err := b.process(t, id, 0, 3)
+	require.NoError(t, err)
+	require.Equal(t, OutcomeRecorded, rep.Outcome)
+	require.Equal(t, int64(1), b.calls.Load(), "no second call")
+	_, _, st := b.fate(t, id)
+	require.Equal(t, int64(1), st.Cancelled)
+	require.Equal(t, int64(0), st.NotCancellable)
+}
+
+// TestEarlierCallTurnsNotFoundIntoCancelled: the first delivery's call
+// cancelled the message and the worker died before recording it; the
+// re-delivery's "not found" is recorded as cancelled by that earlier call,
+// not as not_cancellable.
+func TestEarlierCallTurnsNotFoundIntoCancelled(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	ctx := context.Background()
+	// The first delivery: marked, called (HighLevel cancelled it), then died.
+	_, err := b.led.Begin(ctx, TaskID(ghl.KindMessage, id), "hc", ledger.NewMark(1))
+	require.NoError(t, err)
+	_, err = b.api.Cancel(ctx, ghl.KindMessage, id, hTok)
+	require.NoError(t, err)
+
+	rep, err := b.process(t, id, 0, 3)
+	require.NoError(t, err)
+	require.Equal(t, OutcomeCancelled, rep.Outcome)
+	o, _, st := b.fate(t, id)
+	require.Equal(t, ledger.Cancelled, o.Outcome)
+	require.Equal(t, ledger.ReasonEarlierAttempt, o.Reason)
+	require.Equal(t, int64(1), st.CancelledEarlier)
+	require.Zero(t, st.NotCancellable)
+
+	// Without an earlier call, "not found" stays not_cancellable.
+	unknown := sandbox.NewID()
+	_, err = b.process(t, unknown, 0, 3)
+	require.NoError(t, err)
+	o, _, _ = b.fate(t, unknown)
+	require.Equal(t, ledger.NotCancellable, o.Outcome)
+}
+
+// TestRefusedCallClearsItsMark: a call HighLevel refused (401) was not
+// carried out, so a later "not found" must not count as its cancel; a 5xx
+// might have been, so its mark stays.
+func TestRefusedCallClearsItsMark(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	ctx := context.Background()
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	b.respond(func(w http.ResponseWriter, _ *http.Request) bool {
+		w.WriteHeader(503)
+		_, _ = w.Write([]byte(`{"statusCode":503,"message":"unavailable"}`))
+		return true
+	})
+	_, _ = b.process(t, id, 0, 3)
+	_, _, sent, err := b.led.Record(ctx, TaskID(ghl.KindMessage, id))
+	require.NoError(t, err)
+	require.True(t, sent, "a 5xx may have cancelled it: the mark stays")
+
+	id2 := b.sb.ScheduleN(hLoc, 1, false)[0]
+	b.h.Tokens = tokenFunc(func(string) (string, error) { return "wrong", nil })
+	b.answer.Store(nil)
+	_, _ = b.process(t, id2, 0, 3) // 401: dead letter, mark cleared
+	_, _, sent, err = b.led.Record(ctx, TaskID(ghl.KindMessage, id2))
+	require.NoError(t, err)
+	require.False(t, sent)
+}
+
+func TestReportDecodes(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	ctx, rep := WithReport(context.Background())
+	err := b.h.Process(ctx, asynq.NewTask(TypeCancelMessage, []byte(`{not json`)), TaskInfo{ID: "msg:x", Queue: QueueDefault, MaxRetry: 3})
+	require.ErrorIs(t, err, asynq.SkipRetry)
+	require.Equal(t, ReasonInvalidPayload, rep.Reason)
+	rec, ok, err := deadletter.New(b.rdb).Get(context.Background(), "msg:x")
+	require.NoError(t, err)
+	require.True(t, ok)
+	var payload string
+	require.NoError(t, json.Unmarshal([]byte(rec.Payload), &payload))
+	require.Equal(t, "{not json", payload)
+}
+
+// TestOwnRefusedCallIsNoEarlierCall: a delivery whose first call HighLevel
+// refused (429) and whose next call finds nothing has made no earlier call:
+// an unknown id is not_found (or not_cancellable without verify), never
+// "cancelled by an earlier attempt".
+func TestOwnRefusedCallIsNoEarlierCall(t *testing.T) {
+	t.Parallel()
+	for _, verify := range []bool{true, false} {
+		b := hSetup(t)
+		b.h.Verify = verify
+		b.h.Pacer = fakePacer{admit: func(r ratelimit.Request) (ledger.Admission, error) {
+			return b.led.Begin(context.Background(), r.TaskID, r.Campaign, r.Mark)
+		}}
+		var refused atomic.Bool
+		b.respond(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method == http.MethodDelete && refused.CompareAndSwap(false, true) {
+				w.Header().Set("Retry-After", "1")
+				w.WriteHeader(429)
+				_, _ = w.Write([]byte(`{"statusCode":429,"message":"Too many requests"}`))
+				return true
+			}
+			return false
+		})
+		unknown := sandbox.NewID()
+		_, err := b.process(t, unknown, 0, 3)
+		require.NoError(t, err)
+		o, _, _ := b.fate(t, unknown)
+		want := ledger.NotFound
+		if !verify {
+			want = ledger.NotCancellable
+		}
+		require.Equal(t, want, o.Outcome, "verify=%t", verify)
+		require.Empty(t, o.Reason)
+	}
+}
+
+// TestExpiredAfterAnEarlierCall: the send time passed while the task waited
+// to be re-delivered; an earlier delivery's call went out before it and
+// its answer was lost. Reading the message back says whether that call
+// cancelled it; without such a call, expired makes no call at all.
+func TestExpiredAfterAnEarlierCall(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	b.h.Verify = true
+	ctx := context.Background()
+	past := time.Now().Add(-time.Minute).Unix()
+	run := func(id string) *ledger.Outcome {
+		task, err := NewCancelTask(ghl.KindMessage, CancelPayload{MessageID: id, LocationID: hLoc, CampaignID: "hc", SendAt: past}, TaskOptions{})
+		require.NoError(t, err)
+		require.NoError(t, b.h.Process(ctx, task, TaskInfo{ID: TaskID(ghl.KindMessage, id), Queue: QueueDefault, MaxRetry: 3}))
+		o, _, _ := b.fate(t, id)
+		return o
+	}
+	cancelledEarlier := b.sb.ScheduleN(hLoc, 1, false)[0]
+	_, err := b.led.Begin(ctx, TaskID(ghl.KindMessage, cancelledEarlier), "hc", ledger.NewMark(1))
+	require.NoError(t, err)
+	_, err = b.api.Cancel(ctx, ghl.KindMessage, cancelledEarlier, hTok)
+	require.NoError(t, err)
+	calls := b.calls.Load()
+	o := run(cancelledEarlier)
+	require.Equal(t, ledger.Cancelled, o.Outcome)
+	require.Equal(t, ledger.ReasonEarlierAttempt, o.Reason)
+	require.Equal(t, calls+1, b.calls.Load(), "one read-back")
+
+	plain := b.sb.ScheduleN(hLoc, 1, false)[0]
+	calls = b.calls.Load()
+	require.Equal(t, ledger.Expired, run(plain).Outcome)
+	require.Equal(t, calls, b.calls.Load(), "no call for an expired cancel")
+}
