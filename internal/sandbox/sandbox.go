@@ -41,6 +41,11 @@ type Config struct {
 	RateMax int
 	// RateInterval is the burst window. Defaults to RateIntervalDefault.
 	RateInterval time.Duration
+	// RateWindow is how the burst limit counts: "fixed" windows aligned on
+	// RateInterval, or "sliding" (at most RateMax calls in any span of
+	// RateInterval, the strictest reading). HighLevel does not document
+	// which it uses. Defaults to "fixed".
+	RateWindow string
 	// DailyLimit requests per location per UTC day. Defaults to DailyLimitDefault.
 	DailyLimit int
 	// RetryAfter makes 429s carry a Retry-After header (HighLevel does not
@@ -100,7 +105,8 @@ type bucket struct {
 	dayCount    int
 	max         int // per-location override of cfg.RateMax, 0 = default
 	admitted    []time.Time
-	refused     int // 429s
+	recent      []time.Time // sliding window: admissions within the last interval
+	refused     int         // 429s
 }
 
 // maxRecorded bounds the admitted-call timeline kept per location.
@@ -509,7 +515,19 @@ func (s *Server) admit(w http.ResponseWriter, b *bucket) bool {
 	defer b.mu.Unlock()
 	limit := cmp.Or(b.max, s.cfg.RateMax)
 	interval := s.cfg.RateInterval
-	if now.Sub(b.windowStart) >= interval {
+	if s.cfg.RateWindow == "sliding" {
+		drop := 0
+		for drop < len(b.recent) && now.Sub(b.recent[drop]) >= interval {
+			drop++
+		}
+		b.recent = b.recent[drop:]
+		b.count = len(b.recent)
+		if len(b.recent) > 0 {
+			b.windowStart = b.recent[0] // the window frees its first call at windowStart+interval
+		} else {
+			b.windowStart = now
+		}
+	} else if now.Sub(b.windowStart) >= interval {
 		b.windowStart = now.Truncate(interval)
 		b.count = 0
 	}
@@ -523,6 +541,9 @@ func (s *Server) admit(w http.ResponseWriter, b *bucket) bool {
 	if burstOK && dailyOK {
 		b.count++
 		b.dayCount++
+		if s.cfg.RateWindow == "sliding" {
+			b.recent = append(b.recent, now)
+		}
 		if len(b.admitted) < maxRecorded {
 			b.admitted = append(b.admitted, now)
 		}
