@@ -126,7 +126,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	rdb, redisAddr, err := redisconn.Open(*redisURL, *concurrency+20)
+	rdb, redisAddr, err := redisconn.Open(*redisURL, *concurrency*7/4+30) // every lane's slots, and asynq's own
 	if err != nil {
 		return fmt.Errorf("%s: %w", EnvRedisURL, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -61,9 +62,14 @@ type Config struct {
 	DelayedCheckInterval time.Duration
 	// Backoff for retryable failures. Defaults to tasks.Backoff{} (2 s base, 20 min cap).
 	Backoff tasks.Backoff
-	// StrictPriority serves a lower lane only when the higher ones are empty.
-	// Defaults to false (weighted 6:3:1).
+	// StrictPriority serves a lower lane only when the higher ones are empty
+	// (one fetch loop over the three lanes). Defaults to false: each lane
+	// has its own fetch loop and slots (see LaneConcurrency).
 	StrictPriority bool
+	// SharedLanes serves the three lanes from one fetch loop weighted 6:3:1
+	// (asynq's way: it probes the empty lanes on every fetch). Defaults to
+	// false.
+	SharedLanes bool
 	// RateLimit configures per-location pacing shared by all workers
 	// (zero value: HighLevel's documented 100 per 10 s with a 2% margin).
 	RateLimit ratelimit.Config
@@ -93,7 +99,7 @@ type Config struct {
 // Worker runs cancel tasks.
 type Worker struct {
 	cfg      Config
-	srv      *asynq.Server
+	srvs     []*asynq.Server
 	handler  asynq.Handler
 	Metrics  *metrics.Metrics
 	Registry *prometheus.Registry
@@ -137,7 +143,7 @@ func New(cfg Config) (*Worker, error) {
 
 	gcfg := cfg.GHL
 	gcfg.Observe = m.ObserveAPI
-	gcfg.MaxIdleConns = cmp.Or(gcfg.MaxIdleConns, cfg.Concurrency)
+	gcfg.MaxIdleConns = cmp.Or(gcfg.MaxIdleConns, cfg.Concurrency*7/4+20)
 	api, err := ghl.New(gcfg)
 	if err != nil {
 		return nil, err
@@ -177,10 +183,7 @@ func New(cfg Config) (*Worker, error) {
 	// wrapped once in the metrics middleware.
 	handler := m.Middleware(h)
 
-	srv := asynq.NewServerFromRedisClient(cfg.Redis, asynq.Config{
-		Concurrency:              cfg.Concurrency,
-		Queues:                   tasks.QueueWeights(),
-		StrictPriority:           cfg.StrictPriority,
+	base := asynq.Config{
 		RetryDelayFunc:           tasks.RetryDelay(cfg.Backoff),
 		IsFailure:                tasks.IsFailure,
 		ShutdownTimeout:          cfg.ShutdownTimeout,
@@ -188,23 +191,52 @@ func New(cfg Config) (*Worker, error) {
 		DelayedTaskCheckInterval: cfg.DelayedCheckInterval,
 		Logger:                   asynqLogger{cfg.Logger},
 		LogLevel:                 asynq.WarnLevel,
-	})
-	return &Worker{cfg: cfg, srv: srv, handler: handler, Metrics: m, Registry: cfg.Registry, Dead: dead, Routes: routes, log: cfg.Logger}, nil
+	}
+	var srvs []*asynq.Server
+	if cfg.SharedLanes || cfg.StrictPriority {
+		c := base
+		c.Concurrency, c.Queues, c.StrictPriority = cfg.Concurrency, tasks.QueueWeights(), cfg.StrictPriority
+		srvs = append(srvs, asynq.NewServerFromRedisClient(cfg.Redis, c))
+	} else {
+		// One fetch loop per lane: no fetch probes an empty lane first
+		// (asynq's weighted fetch tried 2.6 lanes per bulk task), and
+		// urgent work has slots of its own that bulk work never holds.
+		for _, q := range tasks.Queues {
+			c := base
+			c.Concurrency, c.Queues = LaneConcurrency(q, cfg.Concurrency), map[string]int{q: 1}
+			srvs = append(srvs, asynq.NewServerFromRedisClient(cfg.Redis, c))
+		}
+	}
+	return &Worker{cfg: cfg, srvs: srvs, handler: handler, Metrics: m, Registry: cfg.Registry, Dead: dead, Routes: routes, log: cfg.Logger}, nil
 }
 
 // Run processes tasks until ctx is done, then shuts down: in-flight tasks
 // get ShutdownTimeout to finish, the rest go back to their lane.
 func (w *Worker) Run(ctx context.Context) error {
-	if err := w.srv.Start(w.handler); err != nil {
-		return fmt.Errorf("worker: start: %w", err)
+	for i, srv := range w.srvs {
+		if err := srv.Start(w.handler); err != nil {
+			for _, started := range w.srvs[:i] {
+				started.Shutdown()
+			}
+			return fmt.Errorf("worker: start: %w", err)
+		}
 	}
-	w.log.Info("worker started", "concurrency", w.cfg.Concurrency, "queues", tasks.QueueWeights())
+	if len(w.srvs) == 1 {
+		w.log.Info("worker started", "concurrency", w.cfg.Concurrency, "queues", tasks.QueueWeights(), "strict_priority", w.cfg.StrictPriority)
+	} else {
+		w.log.Info("worker started", "lanes", "one fetch loop each", "urgent", LaneConcurrency(tasks.QueueUrgent, w.cfg.Concurrency),
+			"default", LaneConcurrency(tasks.QueueDefault, w.cfg.Concurrency), "bulk", LaneConcurrency(tasks.QueueBulk, w.cfg.Concurrency))
+	}
 	janitor := make(chan struct{})
 	go func() { defer close(janitor); w.pruneDeadLetters(ctx) }()
 	<-ctx.Done()
 	<-janitor
 	w.log.Info("worker draining", "shutdown_timeout", w.cfg.ShutdownTimeout)
-	w.srv.Shutdown()
+	var wg sync.WaitGroup
+	for _, srv := range w.srvs {
+		wg.Go(srv.Shutdown) // in parallel: each gets ShutdownTimeout, not the sum
+	}
+	wg.Wait()
 	// An OAuth pair refreshed while Redis was failing is still only in this
 	// process: one last try to store it.
 	if c, ok := w.cfg.Tokens.(interface{ Close() error }); ok {
@@ -214,6 +246,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("worker stopped")
 	return nil
+}
+
+// LaneConcurrency is the slots of a lane's own fetch loop: the bulk lane
+// gets WORKER_CONCURRENCY, the default lane half, the urgent lane a quarter
+// (at least 10 each). A lane's slots are used only while it has work.
+func LaneConcurrency(lane string, concurrency int) int {
+	switch lane {
+	case tasks.QueueUrgent:
+		return max(concurrency/4, 10)
+	case tasks.QueueDefault:
+		return max(concurrency/2, 10)
+	}
+	return concurrency
 }
 
 // DeadLetterPruneEvery is how often a worker removes dead letters past
