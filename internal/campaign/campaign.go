@@ -92,7 +92,7 @@ func (t *Tracker) Get(ctx context.Context, campaign string) (Status, bool, error
 	}
 	n := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
 	s := Status{
-		Campaign: campaign, Total: n("total"), Done: n("done"), Retrying: retrying.Val(),
+		Campaign: campaign, Total: n("total"), Retrying: retrying.Val(),
 		Cancelled: n(Cancelled), CancelledEarlier: n(Cancelled + ":" + ledger.ReasonEarlierAttempt), NotCancellable: n(NotCancellable), AlreadySent: n(ledger.AlreadySent), NotFound: n(ledger.NotFound), Expired: n(Expired), DeadLettered: n(DeadLettered),
 		StartedAt: time.UnixMilli(n("started_at")), DeadByReason: map[string]int64{},
 	}
@@ -101,6 +101,7 @@ func (t *Tracker) Get(ctx context.Context, campaign string) (Status, bool, error
 			s.DeadByReason[r] = n(k)
 		}
 	}
+	s.Done = s.Cancelled + s.NotCancellable + s.AlreadySent + s.NotFound + s.Expired + s.DeadLettered
 	s.Pending = s.Total - s.Done
 	if f := n("finished_at"); f > 0 {
 		ft := time.UnixMilli(f)

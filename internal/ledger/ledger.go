@@ -107,9 +107,13 @@ func (o Outcome) Row() string {
 		strconv.FormatInt(o.At.UnixMilli(), 10)}, "|")
 }
 
-// ParseRow decodes Row's format.
+// ParseRow decodes Row's format (a record's row may end "|k": the "call
+// sent" mark was kept with it).
 func ParseRow(row string) (Outcome, error) {
 	f := strings.Split(row, "|")
+	if len(f) == 6 && f[5] == "k" {
+		f = f[:5]
+	}
 	if len(f) != 5 {
 		return Outcome{}, fmt.Errorf("ledger: bad outcome row %q", row)
 	}
@@ -173,15 +177,23 @@ local function reason_field(outcome, reason)
   if outcome == "dead_lettered" then return "dead:" .. reason end
   return outcome .. ":" .. reason
 end
+-- ccount reads a campaign's total, the messages done (the sum of the
+-- terminal outcomes' counters: no "done" counter to keep in step) and its
+-- last update, in one call.
+local function ccount(c)
+  local v = redis.call("HMGET", (ck(c)), "total", "updated_at", "cancelled", "not_cancellable",
+    "already_sent", "not_found", "expired", "dead_lettered")
+  local done = 0
+  for i = 3, 8 do done = done + tonumber(v[i] or "0") end
+  return tonumber(v[1] or "0"), done, tonumber(v[2] or "0")
+end
 -- cfinish sets or clears finished_at from the counters.
 local function cfinish(c, now)
-  local k = ck(c)
-  local total = tonumber(redis.call("HGET", k, "total") or "0")
-  local done = tonumber(redis.call("HGET", k, "done") or "0")
+  local total, done = ccount(c)
   if total > 0 and done >= total then
-    redis.call("HSETNX", k, "finished_at", now)
+    redis.call("HSETNX", (ck(c)), "finished_at", now)
   else
-    redis.call("HDEL", k, "finished_at")
+    redis.call("HDEL", (ck(c)), "finished_at")
   end
 end
 local function ctouch(c, now, ttl)
@@ -192,6 +204,14 @@ local function ctouch(c, now, ttl)
   redis.call("PEXPIRE", kr, ttl)
   redis.call("PEXPIRE", kl, ttl)
 end
+-- csettled: after an outcome, set finished_at when done reaches total, and
+-- push the campaign's expiry forward at most once a minute (one HMGET on
+-- the common path instead of five writes).
+local function csettled(c, now, ttl)
+  local total, done, updated = ccount(c)
+  if total > 0 and done >= total then redis.call("HSETNX", (ck(c)), "finished_at", now) end
+  if now - updated >= 60000 then ctouch(c, now, ttl) end
+end
 -- creopen removes a message's terminal row from campaign c (it runs again).
 local function creopen(c, id)
   local k, ko, kr = ck(c)
@@ -201,7 +221,6 @@ local function creopen(c, id)
   local outcome, reason = string.match(row, "^([^|]*)|([^|]*)|")
   redis.call("HDEL", ko, id)
   redis.call("HINCRBY", k, outcome, -1)
-  redis.call("HINCRBY", k, "done", -1)
   if reason ~= "" then redis.call("HINCRBY", k, reason_field(outcome, reason), -1) end
 end
 -- cadd changes campaign c's distinct total by n (new messages, or ones that
@@ -217,18 +236,22 @@ local function cadd(c, n, loc, now, ttl)
 end
 -- ledger_begin: the check right before a call. Returns the recorded outcome
 -- row, or false and whether another delivery's call went out without a
--- recorded answer (a "call sent" mark other than this delivery's own).
+-- recorded answer (a "call sent" mark other than this delivery's own; ""
+-- is no mark).
 local function ledger_begin(rk, mark)
   local v = redis.call("HMGET", rk, "o", "s")
   if v[1] then return v[1], false end
-  return false, (v[2] and v[2] ~= mark)
+  return false, (v[2] and v[2] ~= "" and v[2] ~= mark)
 end
 -- ledger_mark leaves this delivery's "call sent" mark: a call is about to
 -- go out. An earlier delivery's mark is kept: its call may have cancelled
 -- the message.
 local function ledger_mark(rk, campaign, mark, earlier, ttl)
-  if not earlier then redis.call("HSET", rk, "s", mark) end
-  redis.call("HSET", rk, "c", campaign)
+  if earlier then
+    redis.call("HSET", rk, "c", campaign)
+  else
+    redis.call("HSET", rk, "c", campaign, "s", mark)
+  end
   redis.call("PEXPIRE", rk, ttl)
 end
 `
@@ -281,15 +304,21 @@ func ParseAdmission(row, earlier any) (Admission, error) {
 
 // settleScript: KEYS record, dead records, dead index. ARGV task id,
 // outcome, reason, row, now ms, campaign, retention ms, dead retention ms,
-// dead-letter JSON ("" when not a dead letter), keep mark (1/0), location.
+// dead-letter JSON ("" when not a dead letter), keep mark (1/0), location
+// whose rate-limit waiters the task leaves ("": it was admitted, and left
+// them then), flags ("m": admitted in this delivery, "f": first attempt).
 // Returns {1} when recorded, {0, recorded row} when the message already had one.
 var settleScript = redis.NewScript(Lua + `
 local id, outcome, reason, row, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local campaign, ttl, deadttl = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
-local prev = redis.call("HGET", KEYS[1], "o")
-if prev then return {0, prev} end
-redis.call("HSET", KEYS[1], "o", row, "c", campaign)
-if ARGV[10] ~= "1" then redis.call("HDEL", KEYS[1], "s") end
+-- The record's row ends "|k" when the "call sent" mark must survive a
+-- reopening (a resend); otherwise the mark is dead once an outcome is there.
+local rrow = row
+if ARGV[10] == "1" then rrow = row .. "|k" end
+if redis.call("HSETNX", KEYS[1], "o", rrow) == 0 then return {0, redis.call("HGET", KEYS[1], "o")} end
+local flags = ARGV[12] -- "m": admitted in this delivery (the record has its campaign and expiry); "f": first attempt (never retrying)
+local admitted = string.find(flags, "m", 1, true)
+if not admitted then redis.call("HSET", KEYS[1], "c", campaign) end
 if ARGV[9] ~= "" then
   redis.call("HSET", KEYS[2], id, ARGV[9])
   redis.call("ZADD", KEYS[3], now, id)
@@ -301,17 +330,15 @@ if ARGV[9] ~= "" then
     redis.call("ZREM", KEYS[3], unpack(old))
   end
 end
-redis.call("PEXPIRE", KEYS[1], ttl)
+if ARGV[9] ~= "" or not admitted then redis.call("PEXPIRE", KEYS[1], ttl) end
 if ARGV[11] ~= "" then redis.call("ZREM", "ghlcancel:rl:wait:{" .. ARGV[11] .. "}", id) end
 if campaign ~= "" then
   local k, ko, kr = ck(campaign)
   if redis.call("HSETNX", ko, id, row) == 1 then
     redis.call("HINCRBY", k, outcome, 1)
-    redis.call("HINCRBY", k, "done", 1)
     if reason ~= "" then redis.call("HINCRBY", k, reason_field(outcome, reason), 1) end
-    redis.call("SREM", kr, id)
-    cfinish(campaign, now)
-    ctouch(campaign, now, tonumber(ARGV[7]))
+    if not string.find(flags, "f", 1, true) then redis.call("SREM", kr, id) end
+    csettled(campaign, now, tonumber(ARGV[7]))
   end
 end
 return {1}
@@ -321,16 +348,33 @@ return {1}
 type Final struct {
 	TaskID     string
 	CampaignID string
-	// LocationID: a settled task leaves its location's rate-limit waiters
-	// (it may have snoozed there).
-	LocationID string
-	Outcome    Outcome
+	// LeaveWaiters: the task's location, when it settles without having
+	// been admitted in this delivery (it may still be among the location's
+	// rate-limit waiters from an earlier snooze).
+	LeaveWaiters string
+	Outcome      Outcome
 	// Dead is the dead letter, when Outcome.Outcome is DeadLettered.
 	Dead *deadletter.Record
+	// Admitted: the task passed the check right before a call in this
+	// delivery (its record has an expiry already). FirstAttempt: it was
+	// never retried, so it is in no campaign's retrying set. Both only
+	// spare Redis work; false is always safe.
+	Admitted, FirstAttempt bool
 	// KeepMark keeps the "call sent" mark of a dead-lettered message whose
 	// last call may have been carried out (its answer was a timeout or a
 	// 5xx): if it is sent again, a "not found" is then that cancel.
 	KeepMark bool
+}
+
+func settleFlags(f Final) string {
+	s := ""
+	if f.Admitted {
+		s += "m"
+	}
+	if f.FirstAttempt {
+		s += "f"
+	}
+	return s
 }
 
 // ErrWrite wraps a Settle that could not be written after every attempt.
@@ -365,7 +409,7 @@ func (l *Ledger) Settle(ctx context.Context, f Final) (got Outcome, recorded boo
 	for attempt := 1; ; attempt++ {
 		var v []any
 		v, err = settleScript.Run(ctx, l.rdb, keys, f.TaskID, f.Outcome.Outcome, f.Outcome.Reason, row,
-			f.Outcome.At.UnixMilli(), f.CampaignID, l.cfg.Retention.Milliseconds(), l.cfg.DeadRetention.Milliseconds(), string(dead), keep, f.LocationID).Slice()
+			f.Outcome.At.UnixMilli(), f.CampaignID, l.cfg.Retention.Milliseconds(), l.cfg.DeadRetention.Milliseconds(), string(dead), keep, f.LeaveWaiters, settleFlags(f)).Slice()
 		if err == nil {
 			if n, _ := v[0].(int64); n == 1 {
 				return f.Outcome, true, nil
@@ -391,7 +435,7 @@ func (l *Ledger) Settle(ctx context.Context, f Final) (got Outcome, recorded boo
 // none), ttl ms.
 var retryingScript = redis.NewScript(Lua + `
 if redis.call("HEXISTS", KEYS[1], "o") == 1 then return 0 end
-if ARGV[3] ~= "" and redis.call("HGET", KEYS[1], "s") == ARGV[3] then redis.call("HDEL", KEYS[1], "s") end
+if ARGV[3] ~= "" and redis.call("HGET", KEYS[1], "s") == ARGV[3] then redis.call("HSET", KEYS[1], "s", "") end
 if ARGV[2] ~= "" then
   local k, ko, kr = ck(ARGV[2])
   if redis.call("HEXISTS", ko, ARGV[1]) == 0 then
@@ -433,6 +477,9 @@ func (l *Ledger) Record(ctx context.Context, taskID string) (o *Outcome, campaig
 		o = &out
 	}
 	campaign, _ = v[1].(string)
-	_, sent = v[2].(string)
+	mark, _ := v[2].(string)
+	row, _ := v[0].(string)
+	// Once there is an outcome, the mark counts only if it was kept with it.
+	sent = mark != "" && (o == nil || strings.HasSuffix(row, "|k"))
 	return o, campaign, sent, nil
 }

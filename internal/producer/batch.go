@@ -106,13 +106,22 @@ for i = 0, n - 1 do
         else
           count(campaign, 1, loc)
         end
+        -- The "call sent" mark stays only if the outcome said so (its last
+        -- call may have been carried out) or there was no outcome.
+        local keepmark = (not o) or string.sub(o, -2) == "|k"
+        redis.call("HDEL", rk, "o")
+        if redis.call("EXISTS", rk) == 1 then
+          if keepmark then
+            redis.call("HSET", rk, "c", campaign)
+          else
+            redis.call("HSET", rk, "c", campaign, "s", "")
+          end
+        end
         -- Forced over a cancel: the forced call's "not found" is that
         -- cancel, as after a lost answer.
         if force == "1" and o and string.sub(o, 1, 10) == "cancelled|" then
           redis.call("HSET", rk, "s", "forced")
         end
-        redis.call("HDEL", rk, "o")
-        if redis.call("EXISTS", rk) == 1 then redis.call("HSET", rk, "c", campaign) end
         res[i+1] = 3
       else
         count(campaign, 1, loc)

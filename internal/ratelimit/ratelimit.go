@@ -77,7 +77,10 @@ const (
 
 func logKey(loc string) string  { return keyPrefix + "log:{" + loc + "}" }
 func waitKey(loc string) string { return keyPrefix + "wait:{" + loc + "}" }
-func coolKey(loc string) string { return keyPrefix + "cool:{" + loc + "}" }
+
+// locKey is a location's hash: its learned limit (field l, "N:period ms")
+// and the end of its cool-down (field c, Redis TIME µs), read together.
+func locKey(loc string) string { return keyPrefix + "loc:{" + loc + "}" }
 
 // Limit is a number of requests per period.
 type Limit struct {
@@ -209,40 +212,46 @@ type Request struct {
 	Urgent bool
 }
 
-// admitScript: see the package doc. Times in µs (Redis TIME).
-// KEYS: log, waiters, cool, learned hash, the message's ledger record.
+// admitScript: see the package doc. Times in µs (Redis TIME). Each
+// redis.call costs about 2 µs of Redis CPU beyond the command itself, so the
+// common path (no waiters, room now) makes nine.
+// KEYS: log, waiters, the location's hash, the message's ledger record.
 // ARGV: 1 default N, 2 default period, 3 override N (0: none), 4 override
-// period, 5 margin, 6 max wait, 7 lead, 8 location, 9 task id, 10 urgent
-// (1/0), 11 campaign, 12 the delivery's mark, 13 record ttl ms, 14 probe wait.
+// period, 5 margin, 6 max wait, 7 lead, 8 location (unused), 9 task id, 10
+// urgent (1/0), 11 campaign, 12 the delivery's mark, 13 record ttl ms, 14
+// probe wait.
 // Returns {code, wait µs, recorded row or earlier-call flag, cooled}:
 // code 1 granted (wait, then call; [3] "1" if an earlier call went out),
 // 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait.
 var admitScript = redis.NewScript(ledger.Lua + `
-local rec, sent = ledger_begin(KEYS[5], ARGV[12])
+local rec, sent = ledger_begin(KEYS[4], ARGV[12])
 if rec then
   redis.call("ZREM", KEYS[2], ARGV[9])
   return {2, 0, rec, 0}
 end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local loc = redis.call("HMGET", KEYS[3], "l", "c", "e")
 local L, P, learned = tonumber(ARGV[1]), tonumber(ARGV[2]), true
 if tonumber(ARGV[3]) > 0 then
   L, P = tonumber(ARGV[3]), tonumber(ARGV[4])
+elseif not loc[1] then
+  learned = false
 else
-  local v = redis.call("HGET", KEYS[4], ARGV[8])
-  if not v then
-    learned = false
-  else
-    local n, p = string.match(v, "^(%d+):(%d+)$")
-    if n and tonumber(n) > 0 then L, P = tonumber(n), tonumber(p) * 1000 end
-  end
+  local n, p = string.match(loc[1], "^(%d+):(%d+)$")
+  if n and tonumber(n) > 0 then L, P = tonumber(n), tonumber(p) * 1000 end
 end
 local margin = tonumber(ARGV[5])
 local cap = math.max(1, L - math.floor(L * margin))
 local span = math.floor(P * (1 + margin))
 local maxwait, lead = tonumber(ARGV[6]), tonumber(ARGV[7])
-redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - span)
+-- The log keeps admissions in order; entries older than the span are
+-- trimmed now and then (they never change the cap-th latest's verdict).
 local n = redis.call("ZCARD", KEYS[1])
+if n >= cap or n % 32 == 31 then
+  redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - span)
+  n = redis.call("ZCARD", KEYS[1])
+end
 if not learned and n > 0 then
   -- One probe call first: its answer's headers tell the limit.
   local last = tonumber(redis.call("ZRANGE", KEYS[1], -1, -1, "WITHSCORES")[2])
@@ -254,22 +263,29 @@ if n >= cap then
   local e = tonumber(redis.call("ZRANGE", KEYS[1], n - cap, n - cap, "WITHSCORES")[2])
   room = math.max(room, e + span)
 end
-local cool = tonumber(redis.call("GET", KEYS[3]) or "0")
+local cool = tonumber(loc[2] or "0")
 local cooled = 0
 if cool > room then room = cool; cooled = 1 end
-redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", now - ` + strconv.FormatInt(staleWaiter.Microseconds(), 10) + `)
-local mine = redis.call("ZSCORE", KEYS[2], ARGV[9])
-if mine then redis.call("ZREM", KEYS[2], ARGV[9]) end
 local urgent = ARGV[10] == "1"
-local may = urgent or mine
-if not may then may = redis.call("ZCOUNT", KEYS[2], "-inf", now + maxwait) == 0 end
+local mine, may = false, urgent
+if redis.call("EXISTS", KEYS[2]) == 1 then
+  redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", now - ` + strconv.FormatInt(staleWaiter.Microseconds(), 10) + `)
+  mine = redis.call("ZREM", KEYS[2], ARGV[9]) == 1
+  may = may or mine or redis.call("ZCOUNT", KEYS[2], "-inf", now + maxwait) == 0
+else
+  may = true
+end
 if may and room - now <= maxwait then
   redis.call("ZADD", KEYS[1], room, ARGV[9] .. "@" .. t[1] .. t[2])
-  local lttl = math.floor((room - now + span) / 1000) + 1000
-  if redis.call("PEXPIRE", KEYS[1], lttl, "GT") == 0 and redis.call("PTTL", KEYS[1]) < 0 then
-    redis.call("PEXPIRE", KEYS[1], lttl)
+  -- The log expires 3 x (max wait + span) after its expiry was last
+  -- pushed; it is pushed again once half of that is gone (the location's
+  -- field e), not on every call.
+  local life = 3 * (maxwait + span)
+  if now >= tonumber(loc[3] or "0") then
+    redis.call("PEXPIRE", KEYS[1], math.floor(life / 1000) + 1)
+    redis.call("HSET", KEYS[3], "e", now + math.floor(life / 2))
   end
-  ledger_mark(KEYS[5], ARGV[11], ARGV[12], sent, ARGV[13])
+  ledger_mark(KEYS[4], ARGV[11], ARGV[12], sent, ARGV[13])
   local earlier = "0"
   if sent then earlier = "1" end
   return {1, room - now, earlier, cooled}
@@ -298,14 +314,14 @@ return {0, math.max(0, eta - now - lead), "", cooled}
 
 // recheckScript: a booked call that waited checks for a cool-down set
 // meanwhile (another call saw a 429); if so, the call will not go out and
-// its mark is taken back. KEYS cool, record. ARGV the delivery's mark.
-// Returns µs of cool-down left (0: go).
+// its mark is taken back. KEYS the location's hash, record. ARGV the
+// delivery's mark. Returns µs of cool-down left (0: go).
 var recheckScript = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cool = tonumber(redis.call("GET", KEYS[1]) or "0")
+local cool = tonumber(redis.call("HGET", KEYS[1], "c") or "0")
 if cool <= now then return 0 end
-if redis.call("HGET", KEYS[2], "s") == ARGV[1] then redis.call("HDEL", KEYS[2], "s") end
+if redis.call("HGET", KEYS[2], "s") == ARGV[1] then redis.call("HSET", KEYS[2], "s", "") end
 return cool - now
 `)
 
@@ -321,7 +337,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 	if lim, ok := l.cfg.Overrides[r.Location]; ok {
 		on, op = lim.N, lim.Period.Microseconds()
 	}
-	keys := []string{logKey(r.Location), waitKey(r.Location), coolKey(r.Location), KeyLearned, ledger.Key(r.TaskID)}
+	keys := []string{logKey(r.Location), waitKey(r.Location), locKey(r.Location), ledger.Key(r.TaskID)}
 	urgent := "0"
 	if r.Urgent {
 		urgent = "1"
@@ -363,7 +379,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		}
 		waited += wait
 		if wait >= recheckAfter {
-			left, err := recheckScript.Run(ctx, l.rdb, []string{coolKey(r.Location), ledger.Key(r.TaskID)}, r.Mark).Int64()
+			left, err := recheckScript.Run(ctx, l.rdb, []string{locKey(r.Location), ledger.Key(r.TaskID)}, r.Mark).Int64()
 			if err != nil {
 				l.unmark(r)
 				return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
@@ -467,9 +483,13 @@ func (l *Limiter) learn(ctx context.Context, location, v string) error {
 	}
 	var err error
 	if v == noLimitHeaders {
-		err = l.rdb.HSetNX(ctx, KeyLearned, location, v).Err()
+		err = learnGap.Run(ctx, l.rdb, []string{locKey(location), KeyLearned}, location, v).Err()
 	} else {
-		err = l.rdb.HSet(ctx, KeyLearned, location, v).Err()
+		_, err = l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.HSet(ctx, locKey(location), "l", v)
+			p.HSet(ctx, KeyLearned, location, v) // the learned-locations gauge counts this hash
+			return nil
+		})
 	}
 	if err != nil {
 		return err
@@ -480,18 +500,23 @@ func (l *Limiter) learn(ctx context.Context, location, v string) error {
 	return nil
 }
 
+// learnGap writes "no burst headers" only where nothing is learned.
+// KEYS the location's hash, the learned hash. ARGV location, value.
+var learnGap = redis.NewScript(`
+if redis.call("HSETNX", KEYS[1], "l", ARGV[2]) == 1 then redis.call("HSET", KEYS[2], ARGV[1], ARGV[2]) end
+return 1`)
+
 // noLimitHeaders is what an answer without burst headers teaches.
 const noLimitHeaders = "0:0"
 
 // extendCool sets the cool-down to now+d unless a later one is set.
+// KEYS the location's hash.
 var extendCool = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local until_ = now + tonumber(ARGV[1])
-local cur = tonumber(redis.call("GET", KEYS[1]) or "0")
-if until_ > cur then
-  redis.call("SET", KEYS[1], until_, "PX", math.floor(tonumber(ARGV[1]) / 1000) + 1000)
-end
+local cur = tonumber(redis.call("HGET", KEYS[1], "c") or "0")
+if until_ > cur then redis.call("HSET", KEYS[1], "c", until_) end
 return 1
 `)
 
@@ -502,7 +527,7 @@ func (l *Limiter) coolDown(ctx context.Context, location string, d time.Duration
 	if l.cfg.Observe != nil {
 		l.cfg.Observe.CooledDown(reason)
 	}
-	return extendCool.Run(ctx, l.rdb, []string{coolKey(location)}, d.Microseconds()).Err()
+	return extendCool.Run(ctx, l.rdb, []string{locKey(location)}, d.Microseconds()).Err()
 }
 
 func (l *Limiter) park(ctx context.Context, location string, d time.Duration, why string) error {

@@ -588,8 +588,12 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 			h.logf(ctx, a, slog.LevelDebug, "outcome already recorded by an earlier attempt", "outcome", r.recorded.Outcome)
 			return nil
 		}
-		f := ledger.Final{TaskID: a.taskID, CampaignID: a.p.CampaignID, LocationID: a.p.LocationID, KeepMark: (r.ambiguous || r.earlier) && r.fate == fateDead,
+		f := ledger.Final{TaskID: a.taskID, CampaignID: a.p.CampaignID, KeepMark: (r.ambiguous || r.earlier) && r.fate == fateDead,
 			Outcome: ledger.Outcome{Outcome: r.outcome, Reason: r.reason, HTTPStatus: r.status, Attempts: a.retried + 1}}
+		f.Admitted, f.FirstAttempt = r.marked, a.retried == 0
+		if !r.marked {
+			f.LeaveWaiters = a.p.LocationID
+		}
 		if r.fate == fateDead {
 			f.Outcome.Outcome = ledger.DeadLettered
 			f.Dead = &deadletter.Record{Kind: string(a.kind), MessageID: a.p.MessageID, LocationID: a.p.LocationID,
