@@ -10,29 +10,22 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"runtime/pprof"
-	"strconv"
-	"strings"
+	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
-	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
-	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/internal/worker"
@@ -68,6 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return enqueueChild(ctx, args[1:], stdout)
 	case "_worker", "_noop": // child processes
 		return child(ctx, args[0], args[1:], stdout)
+	case "_sandbox":
+		return sandboxMain(ctx, args[1:], stdout)
 	}
 	return fmt.Errorf("unknown benchmark %q (want core, limits, enqueue, lanes, intake or collector)", args[0])
 }
@@ -84,6 +79,7 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 	tokensFile := fs.String("tokens-file", "", "")
 	rateLimit := fs.String("rate-limit", "100/10s", "")
 	cpuProfile := fs.String("cpuprofile", os.Getenv("BENCH_CPUPROFILE"), "")
+	lanes := fs.String("lanes", "weighted", "no-op: weighted (6:3:1) or bulk (the bulk lane alone)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -102,12 +98,19 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 	if err != nil {
 		return err
 	}
-	opt.PoolSize = *concurrency + 20
+	opt.PoolSize = *concurrency*7/4 + 30
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
+	trips := &roundTrips{}
+	rdb.AddHook(trips)
+	defer func() { fmt.Fprintf(stdout, "roundtrips %d\n", trips.n.Load()) }()
 	if mode == "_noop" {
+		queues := tasks.QueueWeights()
+		if *lanes == "bulk" {
+			queues = map[string]int{tasks.QueueBulk: 1}
+		}
 		srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
-			Concurrency: *concurrency, Queues: tasks.QueueWeights(),
+			Concurrency: *concurrency, Queues: queues,
 			TaskCheckInterval: worker.TaskCheckIntervalDefault, LogLevel: asynq.WarnLevel,
 		})
 		if err := srv.Start(asynq.HandlerFunc(func(context.Context, *asynq.Task) error { return nil })); err != nil {
@@ -142,138 +145,6 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 	return <-done
 }
 
-type measurement struct {
-	tasksPerSec float64
-	maxRSSMB    float64
-	took        time.Duration
-}
-
-func core(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("core", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	n := fs.Int("tasks", 20000, "tasks per measurement")
-	concurrency := fs.Int("concurrency", 200, "worker concurrency (both sides)")
-	rounds := fs.Int("rounds", 2, "measurements per side; the best is reported")
-	locations := fs.Int("locations", 50, "sandbox locations the messages are spread over")
-	redisURL := fs.String("redis-url", "", "use this Redis (its db is flushed!) instead of starting redis-server")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	env, err := newBenchEnv(*redisURL)
-	if err != nil {
-		return err
-	}
-	defer env.close()
-	rdb, self := env.rdb, env.self
-	opt, _ := redis.ParseURL(env.redisURL)
-	fmt.Fprintf(stdout, "core benchmark: %d tasks, concurrency %d, %d rounds, redis %s\n", *n, *concurrency, *rounds, opt.Addr)
-	var best struct{ noop, ours, unpaced measurement }
-	variants := []struct {
-		label   string
-		measure func() (measurement, error)
-		best    *measurement
-	}{
-		{"asynq no-op handler ", func() (measurement, error) { return measureNoop(ctx, rdb, self, env.redisURL, *n, *concurrency) }, &best.noop},
-		{"ghlcancel end-to-end ", func() (measurement, error) {
-			return measureOurs(ctx, env, *n, *concurrency, *locations, "1000000/1s")
-		}, &best.ours},
-		{"ghlcancel end-to-end ", func() (measurement, error) { return measureOurs(ctx, env, *n, *concurrency, *locations, "off") }, &best.unpaced},
-	}
-	notes := []string{"", "  (pacing on, not binding)", "  (pacing off)"}
-	for r := 1; r <= *rounds; r++ {
-		for i, v := range variants {
-			m, err := v.measure()
-			if err != nil {
-				return fmt.Errorf("%s: %w", strings.TrimSpace(v.label), err)
-			}
-			fmt.Fprintf(stdout, "  round %d  %s  %8.0f tasks/s  peak RSS %5.1f MB%s\n", r, v.label, m.tasksPerSec, m.maxRSSMB, notes[i])
-			if m.tasksPerSec > v.best.tasksPerSec {
-				*v.best = m
-			}
-		}
-	}
-	ratio := best.ours.tasksPerSec / best.noop.tasksPerSec
-	fmt.Fprintf(stdout, "\nresult: ghlcancel %.0f tasks/s vs asynq no-op %.0f tasks/s: ratio %.2f (target >= 0.70: %s)\n",
-		best.ours.tasksPerSec, best.noop.tasksPerSec, ratio, verdict(ratio >= 0.70))
-	fmt.Fprintf(stdout, "result: with pacing off (RATE_LIMIT=off) %.0f tasks/s: ratio %.2f; pacing costs one Redis round trip per call\n",
-		best.unpaced.tasksPerSec, best.unpaced.tasksPerSec/best.noop.tasksPerSec)
-	fmt.Fprintf(stdout, "result: worker peak RSS at concurrency %d: %.1f MB (target <= 80 MB: %s)\n",
-		*concurrency, best.ours.maxRSSMB, verdict(best.ours.maxRSSMB <= 80))
-	return nil
-}
-
-func verdict(ok bool) string {
-	if ok {
-		return "met"
-	}
-	return "MISSED"
-}
-
-func measureNoop(ctx context.Context, rdb *redis.Client, self, redisURL string, n, concurrency int) (measurement, error) {
-	if err := rdb.FlushDB(ctx).Err(); err != nil {
-		return measurement{}, err
-	}
-	client := asynq.NewClientFromRedisClient(rdb)
-	payload, _ := json.Marshal(tasks.CancelPayload{MessageID: sandbox.NewID(), LocationID: sandbox.NewID(), CampaignID: "bench", RequestedAt: time.Now().UnixMilli()})
-	if err := fill(ctx, n, func(i int) error {
-		_, err := client.EnqueueContext(ctx, asynq.NewTask(noopType, payload, asynq.TaskID("noop:"+strconv.Itoa(i)), asynq.Queue(tasks.QueueBulk)))
-		return err
-	}); err != nil {
-		return measurement{}, err
-	}
-	return drain(ctx, rdb, n, exec.CommandContext(ctx, self, "_noop", "-redis-url", redisURL, "-concurrency", strconv.Itoa(concurrency)))
-}
-
-func measureOurs(ctx context.Context, env *benchEnv, n, concurrency, locations int, rateLimit string) (measurement, error) {
-	rdb := env.rdb
-	if err := rdb.FlushDB(ctx).Err(); err != nil {
-		return measurement{}, err
-	}
-	sb := sandbox.New(sandbox.Config{RateMax: -1, DailyLimit: 1 << 30})
-	apiURL, stopAPI, err := serveSandbox(sb)
-	if err != nil {
-		return measurement{}, err
-	}
-	defer stopAPI()
-
-	toks := map[string]string{}
-	items := make([]producer.Item, 0, n)
-	for l := range locations {
-		loc := fmt.Sprintf("benchLocation%07d", l)
-		tok := "bench-" + sandbox.NewID()
-		sb.AddLocation(loc, tok)
-		toks[loc] = tok
-		for _, id := range sb.ScheduleN(loc, n/locations, false) {
-			items = append(items, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "bench"})
-		}
-	}
-	tokPath, err := env.writeTokens(toks)
-	if err != nil {
-		return measurement{}, err
-	}
-	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
-	if err := fill(ctx, len(items), func(i int) error {
-		if r := p.Enqueue(ctx, items[i]); r.Status != producer.Enqueued {
-			return fmt.Errorf("enqueue: %s %v", r.Status, r.Err)
-		}
-		return nil
-	}); err != nil {
-		return measurement{}, err
-	}
-	// Pacing stays on (its Redis round trip is part of the cost measured)
-	// with a limit that never binds: the sandbox here enforces none.
-	m, err := drain(ctx, rdb, len(items), exec.CommandContext(ctx, env.self, "_worker", "-redis-url", env.redisURL,
-		"-concurrency", strconv.Itoa(concurrency), "-api", apiURL, "-tokens-file", tokPath,
-		"-rate-limit", rateLimit))
-	if err != nil {
-		return m, err
-	}
-	if got := sb.Stats().Cancelled; got != int64(len(items)) {
-		return m, fmt.Errorf("sandbox cancelled %d of %d", got, len(items))
-	}
-	return m, nil
-}
-
 // fill runs fn for 0..n-1 with 32 in flight.
 func fill(ctx context.Context, n int, fn func(int) error) error {
 	errs := make(chan error, 32)
@@ -297,46 +168,20 @@ func fill(ctx context.Context, n int, fn func(int) error) error {
 	return first
 }
 
-// drain starts the child, times from its "ready" to an empty bulk lane, then
-// stops it and reads its peak RSS.
-func drain(ctx context.Context, rdb *redis.Client, n int, cmd *exec.Cmd) (measurement, error) {
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return measurement{}, err
+// roundTrips counts a process's round trips to Redis: a command, a script
+// or a pipeline is one.
+type roundTrips struct{ n atomic.Int64 }
+
+func (*roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		r.n.Add(1)
+		return next(ctx, cmd)
 	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return measurement{}, err
+}
+func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		r.n.Add(1)
+		return next(ctx, cmds)
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() || strings.TrimSpace(sc.Text()) != "ready" {
-		return measurement{}, errors.New("child did not start")
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	start := time.Now()
-	for {
-		pend, err1 := rdb.LLen(ctx, "asynq:{bulk}:pending").Result()
-		act, err2 := rdb.LLen(ctx, "asynq:{bulk}:active").Result()
-		if err := errors.Join(err1, err2); err != nil {
-			return measurement{}, err
-		}
-		if pend+act == 0 {
-			break
-		}
-		if time.Since(start) > 5*time.Minute {
-			return measurement{}, fmt.Errorf("not drained after 5 minutes (%d left)", pend+act)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	took := time.Since(start)
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
-		return measurement{}, fmt.Errorf("child exit: %w", err)
-	}
-	m := measurement{tasksPerSec: float64(n) / took.Seconds(), took: took}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		m.maxRSSMB = float64(ru.Maxrss) / 1024 // KiB on Linux
-	}
-	return m, nil
 }
