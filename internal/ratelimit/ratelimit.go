@@ -4,10 +4,9 @@
 //
 // Each location has a sliding log of admitted calls (a sorted set of Redis
 // TIME stamps, the one clock all workers share). A call is admitted when it
-// keeps every span of Window x (1 + margin) holding at most
-// Limit x (1 - margin) calls: a fresh location can use its whole allowance
-// at once (98 of 100 calls), and the next ones go as the first leave the
-// span (10.2 s later). A bound on every sliding span is also a bound on
+// keeps every span of Window x (1 + margin) holding at most Limit calls: a
+// fresh location can use its whole allowance at once (100 calls), and the
+// next ones go as the first leave the span (10.2 s later). A bound on every sliding span is also a bound on
 // every fixed window, so it is safe whether HighLevel slides or not; the
 // wider span absorbs network jitter at burst edges.
 //
@@ -20,9 +19,9 @@
 // due tasks behind the whole pending backlog) loses nothing: its room is
 // still free when it arrives, since turns are estimates, not bookings.
 //
-// Before HighLevel's first answer for a location its limit is unknown: one
-// probe call goes first, and the others wait (up to ProbeWait) for the
-// limit its headers report. Limits come from RATE_LIMIT_OVERRIDES, else
+// Before HighLevel's first answer for a location its limit is unknown:
+// ProbeBurst (10) calls go, and the others wait (up to ProbeWait) for the
+// limit their answers' headers report. Limits come from RATE_LIMIT_OVERRIDES, else
 // from HighLevel's headers, else the default.
 //
 // The same script first checks the message's record (internal/ledger): an
@@ -65,6 +64,10 @@ const (
 	staleWaiter = 10 * time.Minute
 	// probePoll is how often calls waiting for a location's first answer ask again.
 	probePoll = 100 * time.Millisecond
+	// ProbeBurst is how many calls a location with no known limit gets
+	// before the first answer tells its limit (a limit below it would see
+	// that many calls refused at most, once).
+	ProbeBurst = 10
 )
 
 // Keys.
@@ -178,10 +181,12 @@ func New(rdb redis.UniversalClient, cfg Config) *Limiter {
 }
 
 // Allowance is what the limiter lets through for a limit: at most N calls
-// in any span of Span. The margin leaves floor(limit x margin) calls of
-// every window unused (2 of 100) and widens the window by its share.
+// in any span of Span. The margin widens the window (10.2 s for 10 s), so
+// that network jitter where two bursts meet cannot put more than the limit
+// in HighLevel's window; the whole count is used, so a fresh location's
+// first 100 cancels go at once.
 func (l *Limiter) Allowance(lim Limit) (n int, span time.Duration) {
-	return max(1, lim.N-int(float64(lim.N)*l.cfg.Margin)), time.Duration(float64(lim.Period) * (1 + l.cfg.Margin))
+	return max(1, lim.N), time.Duration(float64(lim.Period) * (1 + l.cfg.Margin))
 }
 
 // SnoozeError asks for the task to come back after RetryAfter. It is not a
@@ -242,7 +247,7 @@ else
   if n and tonumber(n) > 0 then L, P = tonumber(n), tonumber(p) * 1000 end
 end
 local margin = tonumber(ARGV[5])
-local cap = math.max(1, L - math.floor(L * margin))
+local cap = L
 local span = math.floor(P * (1 + margin))
 local maxwait, lead = tonumber(ARGV[6]), tonumber(ARGV[7])
 -- The log keeps admissions in order; entries older than the span are
@@ -252,8 +257,8 @@ if n >= cap or n % 32 == 31 then
   redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - span)
   n = redis.call("ZCARD", KEYS[1])
 end
-if not learned and n > 0 then
-  -- One probe call first: its answer's headers tell the limit.
+if not learned and n >= ` + strconv.Itoa(ProbeBurst) + ` then
+  -- A few probe calls first: their answers' headers tell the limit.
   local last = tonumber(redis.call("ZRANGE", KEYS[1], -1, -1, "WITHSCORES")[2])
   local until_ = last + tonumber(ARGV[14])
   if now < until_ then return {3, math.min(until_ - now, ` + strconv.FormatInt(probePoll.Microseconds(), 10) + `), "", 0} end
@@ -461,14 +466,24 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 		return l.park(ctx, location, rateLimited.RetryAfter, "429: daily limit reached")
 	case rateLimited != nil:
 		return l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
-	case lim.Remaining == 0 && lim.Interval > 0 && lim.Max > 0:
-		if n, _ := l.Allowance(Limit{N: lim.Max, Period: lim.Interval}); n < lim.Max {
-			// Our admissions leave part of every window unused, so something
-			// else is spending the budget: wait for the next window.
-			return l.coolDown(ctx, location, lim.Interval, "window_spent")
-		}
+	case lim.Remaining == 0 && lim.Interval > 0 && lim.Max > 0 && l.othersSpend(location, lim):
+		// More calls in HighLevel's window than ours explain: something else
+		// spends the budget; wait for the next window.
+		return l.coolDown(ctx, location, lim.Interval, "window_spent")
 	}
 	return nil
+}
+
+// othersSpend: HighLevel says the window is spent, yet our own log holds
+// fewer admissions in the last window than the limit (read only then, once
+// per spent window): another app or integration spends this location's
+// budget.
+func (l *Limiter) othersSpend(location string, lim ghl.Limits) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	since := time.Now().Add(-lim.Interval).UnixMicro()
+	ours, err := l.rdb.ZCount(ctx, logKey(location), strconv.FormatInt(since, 10), "+inf").Result()
+	return err == nil && int(ours) < lim.Max
 }
 
 // learn writes a location's limit when it differs from what Redis holds.
