@@ -87,14 +87,21 @@ const (
 )
 
 type message struct {
-	id       string
-	location string
-	email    bool
-	status   string
-	sendAt   time.Time // zero: never goes out on its own
-	added    time.Time
-	cancels  int       // successful cancel calls (more than 1 would be a bug upstream)
-	cancelAt time.Time // when it was cancelled
+	id string // what the cancel takes: the message id, or the emailMessageId of an email
+	// convID is the conversation message's id (GET message, the export);
+	// the same as id for an SMS.
+	convID       string
+	contact      string
+	conversation string
+	source       string
+	seq          int64 // creation order, for the export's paging
+	location     string
+	email        bool
+	status       string
+	sendAt       time.Time // zero: never goes out on its own
+	added        time.Time
+	cancels      int       // successful cancel calls (more than 1 would be a bug upstream)
+	cancelAt     time.Time // when it was cancelled
 }
 
 type bucket struct {
@@ -118,13 +125,19 @@ type Server struct {
 	now func() time.Time
 
 	mu       sync.RWMutex
-	tokens   map[string]string    // token -> location
-	expires  map[string]time.Time // OAuth access token -> expiry
-	refresh  map[string]*grant    // refresh token -> its grant
-	inactive map[string]bool      // locations whose refresh fails "Location is not active"
-	messages map[string]*message
+	tokens   map[string]string     // token -> location
+	expires  map[string]time.Time  // OAuth access token -> expiry
+	refresh  map[string]*grant     // refresh token -> its grant
+	inactive map[string]bool       // locations whose refresh fails "Location is not active"
+	messages map[string]*message   // by cancel id
+	convMsgs map[string]*message   // by conversation message id
+	byLoc    map[string][]*message // creation order
+	seq      int64
 	buckets  map[string]*bucket
 	faults   Faults
+	// cursorTTL is how long an export cursor lives; 0 means CursorTTLDefault.
+	cursorTTL time.Duration
+	cursorGen int64 // ExpireCursors bumps it
 
 	rngMu sync.Mutex
 	rng   *mrand.Rand
@@ -140,7 +153,7 @@ type grant struct {
 type counters struct {
 	refreshes, invalidGrants,
 	requests, cancelled, notCancellable, unauthorized, badRequest, rateLimited,
-	faulted5xx, resets, timeouts, lostResponses, gets atomic.Int64
+	faulted5xx, resets, timeouts, lostResponses, gets, exports atomic.Int64
 }
 
 // Stats is a snapshot of what the sandbox answered.
@@ -181,6 +194,8 @@ func New(cfg Config) *Server {
 		refresh:  map[string]*grant{},
 		inactive: map[string]bool{},
 		messages: map[string]*message{},
+		convMsgs: map[string]*message{},
+		byLoc:    map[string][]*message{},
 		buckets:  map[string]*bucket{},
 		faults:   cfg.Faults,
 		rng:      mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
@@ -334,7 +349,21 @@ func (s *Server) SetFaults(f Faults) {
 func (s *Server) Schedule(location, id string, email bool, sendAt time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.messages[id] = &message{id: id, location: location, email: email, status: StatusScheduled, sendAt: sendAt, added: s.now()}
+	s.addLocked(&message{id: id, location: location, email: email, status: StatusScheduled, sendAt: sendAt,
+		contact: DefaultContact, conversation: DefaultConversation, source: "workflow"})
+}
+
+// addLocked stores m (an email gets a conversation message id of its own).
+func (s *Server) addLocked(m *message) {
+	m.convID = m.id
+	if m.email {
+		m.convID = NewID()
+	}
+	s.seq++
+	m.seq, m.added = s.seq, s.now()
+	s.messages[m.id] = m
+	s.convMsgs[m.convID] = m
+	s.byLoc[m.location] = append(s.byLoc[m.location], m)
 }
 
 // ScheduleN adds n scheduled messages with fresh ids and returns the ids.
@@ -353,6 +382,9 @@ func (s *Server) MessageStatus(id string) (status string, cancels int, ok bool) 
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	m := s.messages[id]
+	if m == nil {
+		m = s.convMsgs[id]
+	}
 	if m == nil {
 		return "", 0, false
 	}
@@ -416,6 +448,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("DELETE /conversations/messages/email/{id}/schedule", s.api(s.cancel(true)))
 	mux.HandleFunc("DELETE /conversations/messages/{id}/schedule", s.api(s.cancel(false)))
+	mux.HandleFunc("GET /conversations/messages/export", s.api(s.export))
 	mux.HandleFunc("GET /conversations/messages/{id}", s.api(s.get(false)))
 	mux.HandleFunc("GET /conversations/messages/email/{id}", s.api(s.get(true)))
 	mux.HandleFunc("POST /oauth/token", s.token)
@@ -597,30 +630,27 @@ func (s *Server) cancel(email bool) apiFunc {
 	}
 }
 
-// get serves GET message (email false) and GET email (email true). An
-// unknown id, or an SMS asked for as an email, answers 400 "Message not found".
+// get serves GET message (email false: by conversation message id) and GET
+// email (email true: by emailMessageId). An unknown id, or an SMS asked for
+// as an email, answers 400 "Message not found".
 func (s *Server) get(email bool) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request, location string) {
 		s.stats.gets.Add(1)
 		id := r.PathValue("id")
 		s.mu.RLock()
-		m := s.messages[id]
+		m := s.convMsgs[id]
+		if email {
+			m = s.messages[id]
+		}
 		var body map[string]any
 		if m != nil && m.location == location && (!email || m.email) {
-			added := m.added.UTC().Format("2006-01-02T15:04:05.000Z")
 			if email {
-				body = map[string]any{"id": m.id, "threadId": m.id, "locationId": m.location,
-					"contactId": "sandboxContact000001", "conversationId": "sandboxConversation1", "dateAdded": added,
+				body = map[string]any{"id": m.id, "threadId": m.convID, "locationId": m.location,
+					"contactId": m.contact, "conversationId": m.conversation, "dateAdded": stamp(m.added),
 					"subject": "Scheduled", "body": "<p>scheduled email</p>", "direction": "outbound", "status": s.statusLocked(m),
 					"contentType": "text/html", "from": "sender@example.com", "to": []string{"contact@example.com"}}
 			} else {
-				mt, typ := "TYPE_SMS", 2
-				if m.email {
-					mt, typ = "TYPE_EMAIL", 3
-				}
-				body = map[string]any{"id": m.id, "type": typ, "messageType": mt, "locationId": m.location,
-					"contactId": "sandboxContact000001", "conversationId": "sandboxConversation1",
-					"dateAdded": added, "direction": "outbound", "contentType": "text/plain", "status": s.statusLocked(m)}
+				body = s.messageDTOLocked(m)
 			}
 		}
 		s.mu.RUnlock()
