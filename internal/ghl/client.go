@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -26,8 +27,11 @@ const (
 	TimeoutDefault      = 30 * time.Second
 	UserAgentDefault    = "ghlcancel/dev (+https://github.com/ghlcancel/ghlcancel)"
 	MaxIdleConnsDefault = 512
-	// maxBodyBytes bounds how much of any response body is read.
+	// maxBodyBytes bounds how much of a response body is read.
 	maxBodyBytes = 64 << 10
+	// maxExportBytes bounds an export page's body: 500 messages with
+	// their bodies and metadata run to a few hundred KB.
+	maxExportBytes = 32 << 20
 )
 
 // Kind is which cancel endpoint a message id belongs to.
@@ -276,6 +280,11 @@ func withRequest(err error, req string) error {
 // do sends one request and reads a bounded body. Transport failures come
 // back as *Error (timeout or network, retryable). req is the sanitized line.
 func (c *Client) do(ctx context.Context, method, endpoint, path, token string) (int, http.Header, []byte, string, error) {
+	return c.doLimit(ctx, method, endpoint, path, token, maxBodyBytes)
+}
+
+// doLimit is do reading at most limit bytes of the body.
+func (c *Client) doLimit(ctx context.Context, method, endpoint, path, token string, limit int64) (int, http.Header, []byte, string, error) {
 	u, err := c.base.Parse(path)
 	if err != nil {
 		return 0, nil, nil, method + " " + path, &Error{Reason: ReasonInvalidID, Message: "bad path", Err: err}
@@ -296,7 +305,7 @@ func (c *Client) do(ctx context.Context, method, endpoint, path, token string) (
 		c.record(endpoint, 0, start)
 		return 0, nil, nil, reqLine, transportError(ctx, err, reqLine)
 	}
-	body, readErr := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes))
+	body, readErr := io.ReadAll(io.LimitReader(resp.Body, limit))
 	// Drain a little more so the connection can be reused, then close.
 	_, _ = io.CopyN(io.Discard, resp.Body, maxBodyBytes)
 	_ = resp.Body.Close()
@@ -346,4 +355,104 @@ func sanitizeURL(u *url.URL) string {
 	c.RawQuery = ""
 	c.Fragment = ""
 	return c.String()
+}
+
+// ExportQuery selects messages of one location for ExportMessages. Channel
+// is HighLevel's: "" (every non-email message), "SMS" or "Email".
+type ExportQuery struct {
+	LocationID     string
+	Channel        string
+	ContactID      string
+	ConversationID string
+	// Since and Until bound the messages' creation time (zero: unbounded).
+	Since, Until time.Time
+	// Limit is the page size, 10 to 500. Defaults to 500.
+	Limit  int
+	Cursor string
+}
+
+// ExportPage is one page of GET /conversations/messages/export.
+type ExportPage struct {
+	Messages []ExportedMessage `json:"messages"`
+	// NextCursor is empty on the last page.
+	NextCursor string `json:"nextCursor"`
+	Total      int    `json:"total"`
+	Limits     Limits `json:"-"`
+}
+
+// ExportedMessage is the part of an exported message a sweep reads.
+type ExportedMessage struct {
+	ID             string  `json:"id"`
+	Type           float64 `json:"type"`
+	MessageType    string  `json:"messageType"`
+	ContactID      string  `json:"contactId"`
+	ConversationID string  `json:"conversationId"`
+	Status         string  `json:"status"`
+	Source         string  `json:"source"`
+	DateAdded      string  `json:"dateAdded"`
+	Meta           struct {
+		Email struct {
+			MessageIDs []string `json:"messageIds"`
+		} `json:"email"`
+	} `json:"meta"`
+}
+
+// IsEmail says whether the message is an email (cancelled by its
+// emailMessageId, not its id).
+func (m ExportedMessage) IsEmail() bool {
+	return m.MessageType == "TYPE_EMAIL" || m.MessageType == "TYPE_CAMPAIGN_EMAIL" || m.MessageType == "TYPE_CUSTOM_EMAIL" ||
+		m.MessageType == "TYPE_CUSTOM_PROVIDER_EMAIL" || (m.MessageType == "" && m.Type == 3)
+}
+
+// ErrCursorExpired: HighLevel refused an export cursor (it lives about 2
+// minutes after the last request); start the export again without one.
+var ErrCursorExpired = errors.New("highlevel: export cursor expired or invalid")
+
+// ExportMessages reads one page of a location's messages (GET
+// /conversations/messages/export, oldest first). A refused cursor is
+// ErrCursorExpired; other failures are *Error or *RateLimitError.
+func (c *Client) ExportMessages(ctx context.Context, q ExportQuery, token string) (*ExportPage, error) {
+	if err := ValidateID(q.LocationID); err != nil {
+		return nil, &Error{Reason: ReasonInvalidID, Message: err.Error()}
+	}
+	v := url.Values{"locationId": {q.LocationID}, "limit": {strconv.Itoa(cmp.Or(q.Limit, 500))},
+		"sortBy": {"createdAt"}, "sortOrder": {"asc"}}
+	for k, s := range map[string]string{"channel": q.Channel, "contactId": q.ContactID, "conversationId": q.ConversationID, "cursor": q.Cursor} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	if !q.Since.IsZero() {
+		v.Set("startDate", q.Since.UTC().Format(time.RFC3339))
+	}
+	if !q.Until.IsZero() {
+		v.Set("endDate", q.Until.UTC().Format(time.RFC3339))
+	}
+	status, h, body, req, err := c.doLimit(ctx, http.MethodGet, "export_messages", "conversations/messages/export?"+v.Encode(), token, maxExportBytes)
+	if err != nil {
+		return nil, err
+	}
+	if status >= 200 && status < 300 {
+		trimmed := bytes.TrimSpace(body)
+		if misrouted(status, h, trimmed, nil, "") {
+			return nil, &Error{Reason: ReasonMisrouted, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
+				Message: misroutedMessage(status, trimmed, "")}
+		}
+		var p ExportPage
+		if err := json.Unmarshal(trimmed, &p); err != nil {
+			return nil, &Error{Reason: ReasonBadResponse, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
+				Message: "unreadable export page", Err: err}
+		}
+		p.Limits = ParseLimits(h)
+		return &p, nil
+	}
+	_, cerr := Classify(status, h, body, c.now())
+	var e *Error
+	if q.Cursor != "" && errors.As(cerr, &e) && e.Reason == ReasonBadRequest && strings.Contains(strings.ToLower(e.Message), "cursor") {
+		return nil, ErrCursorExpired
+	}
+	if cerr == nil { // a 404 with HighLevel's body: the route exists, the location does not
+		cerr = &Error{Reason: ReasonClientError, StatusCode: status, Message: http.StatusText(status)}
+	}
+	return nil, withRequest(cerr, req)
 }

@@ -269,3 +269,80 @@ func TestContextCancelIsRetryable(t *testing.T) {
 	require.True(t, e.Retryable)
 	require.True(t, errors.Is(err, context.DeadlineExceeded), err.Error())
 }
+
+// TestExportAgainstSandbox pages a location's export through the OpenAPI
+// validator: filters, the email channel, page bounds, an expired cursor, and
+// the email GET by emailMessageId.
+func TestExportAgainstSandbox(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{})
+	ctx := context.Background()
+	const alice, bob = "contactAlice00000001", "contactBob0000000001"
+	specs := make([]sandbox.MessageSpec, 0, 40)
+	for i := range 30 {
+		specs = append(specs, sandbox.MessageSpec{Contact: []string{alice, bob}[i%2]})
+	}
+	for range 10 {
+		specs = append(specs, sandbox.MessageSpec{Contact: alice, Email: true})
+	}
+	added := b.sb.AddMessages(locA, specs...)
+	b.sb.AddMessages(locB, sandbox.MessageSpec{Contact: alice})
+
+	// Without a channel the export leaves email out; pages of 10 chain by cursor.
+	var got []ghl.ExportedMessage
+	q := ghl.ExportQuery{LocationID: locA, Limit: 10}
+	pages := 0
+	for {
+		p, err := b.client.ExportMessages(ctx, q, tokenA)
+		require.NoError(t, err)
+		pages++
+		got = append(got, p.Messages...)
+		if p.NextCursor == "" {
+			break
+		}
+		q.Cursor = p.NextCursor
+	}
+	require.Len(t, got, 30)
+	require.Equal(t, 3, pages)
+	for i, m := range got {
+		require.Equal(t, added[i].ID, m.ID, "oldest first, no gap, no repeat")
+		require.Equal(t, "scheduled", m.Status)
+	}
+
+	// channel=Email lists the emails, each with the id its cancel needs.
+	p, err := b.client.ExportMessages(ctx, ghl.ExportQuery{LocationID: locA, Channel: "Email", ContactID: alice}, tokenA)
+	require.NoError(t, err)
+	require.Len(t, p.Messages, 10)
+	emailID := p.Messages[0].Meta.Email.MessageIDs[len(p.Messages[0].Meta.Email.MessageIDs)-1]
+	require.NotEqual(t, p.Messages[0].ID, emailID)
+	m, err := b.client.GetMessage(ctx, ghl.KindEmail, emailID, tokenA)
+	require.NoError(t, err)
+	require.Equal(t, sandbox.StatusScheduled, m.Status)
+
+	// A contact filter keeps that contact's messages only.
+	p, err = b.client.ExportMessages(ctx, ghl.ExportQuery{LocationID: locA, ContactID: bob}, tokenA)
+	require.NoError(t, err)
+	require.Len(t, p.Messages, 15)
+	for _, m := range p.Messages {
+		require.Equal(t, bob, m.ContactID)
+	}
+
+	// An expired cursor is ErrCursorExpired, not a dead letter.
+	p, err = b.client.ExportMessages(ctx, ghl.ExportQuery{LocationID: locA, Limit: 10}, tokenA)
+	require.NoError(t, err)
+	b.sb.ExpireCursors()
+	_, err = b.client.ExportMessages(ctx, ghl.ExportQuery{LocationID: locA, Limit: 10, Cursor: p.NextCursor}, tokenA)
+	require.ErrorIs(t, err, ghl.ErrCursorExpired)
+
+	// A token for another location is refused like a cancel.
+	_, err = b.client.ExportMessages(ctx, ghl.ExportQuery{LocationID: locB}, tokenA)
+	var e *ghl.Error
+	require.ErrorAs(t, err, &e)
+	require.Equal(t, ghl.ReasonUnauthorized, e.Reason)
+	require.NotContains(t, err.Error(), tokenA)
+
+	requireNoContractProblems(t, b.validator)
+	checked := b.validator.Checked()
+	require.Positive(t, checked["GET /conversations/messages/export 200"])
+	require.Positive(t, checked["GET /conversations/messages/email/{id} 200"])
+}
