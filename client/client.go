@@ -137,6 +137,15 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 	return all, nil
 }
 
+// Sweep starts a sweep; follow it with Campaign(resp.CampaignID), which
+// reads complete once every location is swept and every cancel it found
+// has an outcome.
+func (c *Client) Sweep(ctx context.Context, r SweepRequest) (SweepResponse, error) {
+	var res SweepResponse
+	err := c.do(ctx, http.MethodPost, "/v1/sweeps", nil, r, &res)
+	return res, err
+}
+
 // Campaign reads a campaign's progress. An unknown campaign is an
 // *APIError with Code CodeCampaignNotFound.
 func (c *Client) Campaign(ctx context.Context, id string) (CampaignStatus, error) {

@@ -164,6 +164,15 @@ type CampaignStatus struct {
 	FinishedAt   *time.Time        `json:"finished_at,omitempty"`
 	Complete     bool              `json:"complete"`
 	Parked       map[string]string `json:"parked_locations,omitempty"`
+	// Sweeps: locations being swept for scheduled messages, how many
+	// finished (failed ones included), the export pages read, the messages
+	// read and those found still scheduled (their cancels are in Total).
+	Sweeps       int64 `json:"sweeps,omitempty"`
+	SweepsDone   int64 `json:"sweeps_done,omitempty"`
+	SweepsFailed int64 `json:"sweeps_failed,omitempty"`
+	SweepPages   int64 `json:"sweep_pages,omitempty"`
+	SweepSeen    int64 `json:"sweep_messages_read,omitempty"`
+	SweepFound   int64 `json:"sweep_scheduled_found,omitempty"`
 }
 
 // DeadLetter is a cancel that failed for good, with the reason.
@@ -236,3 +245,41 @@ const (
 	CodeItemInvalidCampaign = "invalid_campaign_id"
 	CodeItemUnknownField    = "unknown_field"
 )
+
+// Sweep channels.
+const (
+	ChannelSMS   = "sms"
+	ChannelEmail = "email"
+	ChannelAll   = "all"
+)
+
+// SweepRequest is the body of POST /v1/sweeps: find what is still
+// scheduled in the locations, narrowed by the filters, and cancel it into
+// one campaign (the workers page HighLevel's message export).
+type SweepRequest struct {
+	LocationIDs    []string `json:"location_ids"`
+	ContactID      string   `json:"contact_id,omitempty"`
+	ConversationID string   `json:"conversation_id,omitempty"`
+	// Channel is sms, email or all (the default).
+	Channel string `json:"channel,omitempty"`
+	// Since and Until bound the messages' creation time.
+	Since *SendAt `json:"since,omitempty"`
+	Until *SendAt `json:"until,omitempty"`
+	// Source keeps only messages from workflow, bulk_actions, campaign, api or app.
+	Source string `json:"source,omitempty"`
+	// CampaignID groups the cancels; one is made up when empty.
+	CampaignID string `json:"campaign_id,omitempty"`
+	// Lane of the cancels: urgent, default or bulk (default: default for a
+	// contact or conversation sweep, else bulk).
+	Lane string `json:"lane,omitempty"`
+	// DryRun finds and counts only.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// SweepResponse is the 202 answer to POST /v1/sweeps. Follow the sweep
+// with GET /v1/campaigns/{campaign_id}.
+type SweepResponse struct {
+	SweepID    string   `json:"sweep_id"`
+	CampaignID string   `json:"campaign_id"`
+	TaskIDs    []string `json:"task_ids"`
+}

@@ -39,7 +39,20 @@ type Metrics struct {
 	CircuitOpen    prometheus.Gauge
 	CircuitChanges *prometheus.CounterVec
 	Misrouted      prometheus.Gauge
+	SweepPages     prometheus.Counter
+	SweepMessages  *prometheus.CounterVec
+	Sweeps         *prometheus.CounterVec
 }
+
+// SweepPage implements sweep.Observer.
+func (m *Metrics) SweepPage(seen, scheduled int) {
+	m.SweepPages.Inc()
+	m.SweepMessages.WithLabelValues("seen").Add(float64(seen))
+	m.SweepMessages.WithLabelValues("scheduled").Add(float64(scheduled))
+}
+
+// SweepDone implements sweep.Observer.
+func (m *Metrics) SweepDone(result string) { m.Sweeps.WithLabelValues(result).Inc() }
 
 // DeadLetterReasons are initialised at zero so that rate() works from the start.
 var DeadLetterReasons = []string{
@@ -79,7 +92,7 @@ func (m *Metrics) DailyLow() { m.DailyLowCount.Inc() }
 func (m *Metrics) Refreshed(result string) { m.TokenRefreshes.WithLabelValues(result).Inc() }
 
 // Endpoints are the API endpoint labels.
-var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message", "get_email", "oauth_token"}
+var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message", "get_email", "export_messages", "oauth_token"}
 
 // New registers the collectors on reg, plus the Go and process collectors
 // and ghlcancel_build_info.
@@ -149,6 +162,24 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: Namespace, Name: "api_misrouted",
 		Help: "1 while every recent HighLevel answer this worker got was misrouted (route-level 404, HTML page, redirect): GHL_BASE_URL or a proxy is wrong.",
 	})
+	m.SweepPages = f.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "sweep_pages_total",
+		Help: "Export pages sweeps read from HighLevel.",
+	})
+	m.SweepMessages = f.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "sweep_messages_total",
+		Help: "Messages sweeps read (seen) and found still scheduled (scheduled).",
+	}, []string{"result"})
+	m.Sweeps = f.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "sweeps_total",
+		Help: "Location sweeps that ended, by result (done, failed).",
+	}, []string{"result"})
+	for _, r := range []string{"seen", "scheduled"} {
+		m.SweepMessages.WithLabelValues(r)
+	}
+	for _, r := range []string{"done", "failed"} {
+		m.Sweeps.WithLabelValues(r)
+	}
 	m.DailyLowCount = f.NewCounter(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "ratelimit_daily_low_total",
 		Help: "API answers showing a location with under 10% of its daily request budget left.",
@@ -162,7 +193,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, r := range TokenRefreshResults {
 		m.TokenRefreshes.WithLabelValues(r)
 	}
-	for _, tt := range []string{tasks.TypeCancelMessage, tasks.TypeCancelEmail} {
+	for _, tt := range []string{tasks.TypeCancelMessage, tasks.TypeCancelEmail, tasks.TypeSweep} {
 		for _, o := range tasks.Outcomes {
 			m.TasksProcessed.WithLabelValues(tt, o)
 		}
@@ -226,7 +257,7 @@ func (m *Metrics) Middleware(next asynq.Handler) asynq.Handler {
 		start := time.Now()
 		err := next.ProcessTask(ctx, t)
 		taskType := t.Type()
-		if _, ok := tasks.KindFor(taskType); !ok {
+		if _, ok := tasks.KindFor(taskType); !ok && taskType != tasks.TypeSweep {
 			taskType = "unknown"
 		}
 		m.TaskDuration.WithLabelValues(taskType).Observe(time.Since(start).Seconds())

@@ -221,10 +221,51 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 	mfs, _ := reg.Gather()
-	return report(ctx, stdout, mfs, sb, rdb, scheduled, time.Since(start), redisURL, mln.Addr().String(), o.exit)
+	took := time.Since(start)
+	if err := sweepDemo(ctx, stdout, p, rdb, sb); err != nil {
+		return err
+	}
+	return report(ctx, stdout, mfs, sb, rdb, scheduled, took, redisURL, mln.Addr().String(), o.exit)
 }
 
 // seed fills the sandbox and writes the campaign CSV and the tokens file.
+const sweepLocation = "demoLocationSweep001"
+
+// sweepDemo: a contact replied, so everything still scheduled for them is
+// found (HighLevel's message export, SMS then email) and cancelled, without
+// knowing a single id; the other contact's messages stay scheduled.
+func sweepDemo(ctx context.Context, w io.Writer, p *producer.Producer, rdb *redis.Client, sb *sandbox.Server) error {
+	fmt.Fprintf(w, "\nsweep:    contactAlice replied: cancel whatever is still scheduled for her in %s\n", sweepLocation)
+	st, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{sweepLocation}, ContactID: "contactAlice", CampaignID: "demo-sweep"})
+	if err != nil {
+		return err
+	}
+	tr := campaign.New(rdb, 0)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		s, ok, err := tr.Get(ctx, st.CampaignID)
+		if err != nil {
+			return err
+		}
+		if ok && s.Complete {
+			fmt.Fprintf(w, "sweep:    %s\n", strings.ReplaceAll(s.Render(campaign.Status{}, time.Time{}), "\n", "\n          "))
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the sweep did not finish within a minute")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	count := sb.Count()
+	fmt.Fprintf(w, "sweep:    verified in the sandbox: Alice's scheduled SMS and emails cancelled, Bob's still scheduled (sandbox totals now: %d scheduled, %d cancelled, %d sent)\n",
+		count[sandbox.StatusScheduled], count[sandbox.StatusCancelled], count[sandbox.StatusSent])
+	return nil
+}
+
 func seed(sb *sandbox.Server, o options, dir string) (csvPath, tokPath string, scheduled []string, err error) {
 	var csv strings.Builder
 	csv.WriteString("message_id,location_id,kind\n")
@@ -244,6 +285,21 @@ func seed(sb *sandbox.Server, o options, dir string) (csvPath, tokPath string, s
 	for i := range o.unknown {
 		fmt.Fprintf(&csv, "%s,demoLocation%08d,message\n", sandbox.NewID(), i%o.locations)
 	}
+	// The sweep's location: two contacts' conversations, scheduled and sent.
+	tok := "demo-pit-" + sandbox.NewID()
+	sb.AddLocation(sweepLocation, tok)
+	toks[sweepLocation] = tok
+	var specs []sandbox.MessageSpec
+	for _, c := range []string{"contactAlice", "contactBob00"} {
+		for i := range 12 {
+			st := sandbox.StatusScheduled
+			if i%4 == 3 {
+				st = sandbox.StatusSent
+			}
+			specs = append(specs, sandbox.MessageSpec{Contact: c, Email: i%3 == 0, Status: st})
+		}
+	}
+	sb.AddMessages(sweepLocation, specs...)
 	if o.badToken > 0 {
 		const bad = "demoLocationRevoked1"
 		sb.AddLocation(bad, "what-highlevel-expects")

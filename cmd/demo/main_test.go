@@ -21,6 +21,8 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 	require.Regexp(t, `not_found +5\n`, out.String())
 	require.Contains(t, out.String(), "demo-campaign [##############################] 129/129 100%")
 	require.Contains(t, out.String(), "dead letters: unauthorized 4")
+	require.Contains(t, out.String(), "demo-sweep [##############################] 9/9 100%")
+	require.Contains(t, out.String(), "sweeps: 1/1 locations done")
 }
 
 func TestDemoRejectsBadFlags(t *testing.T) {

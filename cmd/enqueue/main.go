@@ -4,6 +4,7 @@
 //	enqueue [flags] --file ids.csv         cancel every message in a file (- for stdin)
 //	enqueue dead list [filters]            show dead letters
 //	enqueue dead requeue [filters|--all]   put dead letters back on their lane
+//	enqueue sweep --location L [filters]   find what is still scheduled and cancel it
 package main
 
 import (
@@ -75,6 +76,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 	if len(args) > 0 && args[0] == "tokens" {
 		return e.tokens(ctx, args[1:])
+	}
+	if len(args) > 0 && args[0] == "sweep" {
+		return e.sweep(ctx, args[1:])
 	}
 	if len(args) > 0 && args[0] == "parked" {
 		return e.parked(ctx, args[1:])

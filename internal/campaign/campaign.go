@@ -72,6 +72,15 @@ type Status struct {
 	FinishedAt   *time.Time        `json:"finished_at,omitempty"`
 	Complete     bool              `json:"complete"`
 	Parked       map[string]string `json:"parked_locations,omitempty"` // location -> why
+	// Sweeps: locations being swept for scheduled messages, how many
+	// finished (failed ones included), the export pages read, the messages
+	// read and those found still scheduled (their cancels are in Total).
+	Sweeps       int64 `json:"sweeps,omitempty"`
+	SweepsDone   int64 `json:"sweeps_done,omitempty"`
+	SweepsFailed int64 `json:"sweeps_failed,omitempty"`
+	SweepPages   int64 `json:"sweep_pages,omitempty"`
+	SweepSeen    int64 `json:"sweep_messages_read,omitempty"`
+	SweepFound   int64 `json:"sweep_scheduled_found,omitempty"`
 }
 
 // Get returns a campaign's status; ok is false for an unknown campaign.
@@ -102,6 +111,8 @@ func (t *Tracker) Get(ctx context.Context, campaign string) (Status, bool, error
 		}
 	}
 	s.Done = s.Cancelled + s.NotCancellable + s.AlreadySent + s.NotFound + s.Expired + s.DeadLettered
+	s.Sweeps, s.SweepsDone, s.SweepsFailed = n("sweeps"), n("sweeps_done"), n("sweeps_failed")
+	s.SweepPages, s.SweepSeen, s.SweepFound = n("sweep_pages"), n("sweep_seen"), n("sweep_found")
 	s.Pending = s.Total - s.Done
 	if f := n("finished_at"); f > 0 {
 		ft := time.UnixMilli(f)

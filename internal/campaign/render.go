@@ -25,6 +25,14 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 	if s.CancelledEarlier > 0 {
 		fmt.Fprintf(&b, "  (%d of the cancels were proven by an earlier attempt whose answer was lost)\n", s.CancelledEarlier)
 	}
+	if s.Sweeps > 0 {
+		failed := ""
+		if s.SweepsFailed > 0 {
+			failed = fmt.Sprintf(" (%d failed: enqueue dead list --campaign %s)", s.SweepsFailed, s.Campaign)
+		}
+		fmt.Fprintf(&b, "  sweeps: %d/%d locations done%s, %d pages read, %d messages read, %d still scheduled found\n",
+			s.SweepsDone, s.Sweeps, failed, s.SweepPages, s.SweepSeen, s.SweepFound)
+	}
 	if len(s.DeadByReason) > 0 {
 		var rs []string
 		for r, n := range s.DeadByReason {

@@ -157,7 +157,7 @@ func New(cfg Config) (*Server, error) {
 		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
 	}
 	cfg.Registry.MustRegister(s.requests, s.duration, s.items)
-	for _, r := range []string{"cancellations", "campaign", "dead_letters"} {
+	for _, r := range []string{"cancellations", "campaign", "dead_letters", "sweeps"} {
 		s.duration.WithLabelValues(r)
 	}
 	for _, r := range []string{client.StatusEnqueued, client.StatusAlreadyQueued, client.StatusAlreadyDone, client.StatusRequeued, client.StatusRejected} {
@@ -166,6 +166,7 @@ func New(cfg Config) (*Server, error) {
 
 	s.mux.Handle("/v1/cancellations", s.route("cancellations", http.MethodPost, true, s.postCancellations))
 	s.mux.Handle("/v1/campaigns/{id}", s.route("campaign", http.MethodGet, true, s.getCampaign))
+	s.mux.Handle("/v1/sweeps", s.route("sweeps", http.MethodPost, true, s.postSweeps))
 	s.mux.Handle("/v1/dead-letters", s.route("dead_letters", http.MethodGet, true, s.getDeadLetters))
 	s.mux.Handle("/v1/openapi.yaml", s.route("openapi", http.MethodGet, false, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
@@ -499,6 +500,46 @@ func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.I
 		it.SendAt = c.SendAt.Unix()
 	}
 	return it, nil
+}
+
+// postSweeps starts one sweep task per location (POST /v1/sweeps).
+func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		writeError(w, http.StatusUnsupportedMediaType, client.CodeUnsupportedMedia, "send Content-Type: application/json", nil, 0)
+		return
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	var req client.SweepRequest
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, client.CodeInvalidRequest, "body: "+err.Error(), nil, 0)
+		return
+	}
+	if len(req.LocationIDs) == 0 || len(req.LocationIDs) > s.cfg.MaxItems {
+		writeError(w, http.StatusBadRequest, client.CodeInvalidRequest, fmt.Sprintf("location_ids: 1 to %d locations", s.cfg.MaxItems), nil, 0)
+		return
+	}
+	sr := producer.SweepRequest{Locations: req.LocationIDs, ContactID: req.ContactID, ConversationID: req.ConversationID,
+		Channel: req.Channel, Source: req.Source, CampaignID: req.CampaignID, Lane: req.Lane, DryRun: req.DryRun}
+	if sr.Lane == "" && (sr.ContactID != "" || sr.ConversationID != "") {
+		sr.Lane = tasks.QueueDefault
+	}
+	if req.Since != nil {
+		sr.Since = req.Since.Time
+	}
+	if req.Until != nil {
+		sr.Until = req.Until.Time
+	}
+	st, err := s.prod.Sweep(r.Context(), sr)
+	switch {
+	case errors.Is(err, producer.ErrUnavailable):
+		s.unavailable(w, "sweep", err)
+		return
+	case err != nil:
+		writeError(w, http.StatusBadRequest, client.CodeInvalidRequest, err.Error(), nil, 0)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, client.SweepResponse(st))
 }
 
 func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {

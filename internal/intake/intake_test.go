@@ -424,3 +424,26 @@ func TestResendThroughTheAPI(t *testing.T) {
 	require.Equal(t, int64(3), st.Pending)
 	require.Zero(t, st.DeadLettered)
 }
+
+// TestSweeps: POST /v1/sweeps queues one sweep task per location into a
+// campaign (made up when not given) that reads incomplete until they end;
+// bad filters are 400s that name the field.
+func TestSweeps(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	var res client.SweepResponse
+	resp := e.do(http.MethodPost, "/v1/sweeps", auth, []byte(`{"location_ids":["locA","locB","locA"],"contact_id":"c1","channel":"sms","since":"2026-11-01T00:00:00Z"}`), &res)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	require.NotEmpty(t, res.CampaignID)
+	require.Len(t, res.TaskIDs, 2, "a location given twice is swept once")
+	var st client.CampaignStatus
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/"+res.CampaignID, auth, nil, &st).StatusCode)
+	require.Equal(t, int64(2), st.Sweeps)
+	require.False(t, st.Complete, "not complete while its sweeps run")
+	require.Equal(t, 2, e.queued()["default"], "contact sweeps run on the default lane")
+	for _, body := range []string{`{}`, `{"location_ids":[]}`, `{"location_ids":["a/b"]}`, `{"location_ids":["l"],"channel":"fax"}`,
+		`{"location_ids":["l"],"source":"nowhere"}`, `{"location_ids":["l"],"locations":["x"]}`, `not json`} {
+		var eb client.ErrorBody
+		e.errBody(e.do(http.MethodPost, "/v1/sweeps", auth, []byte(body), &eb), eb, http.StatusBadRequest, client.CodeInvalidRequest)
+	}
+}

@@ -182,15 +182,21 @@ end
 -- last update, in one call.
 local function ccount(c)
   local v = redis.call("HMGET", (ck(c)), "total", "updated_at", "cancelled", "not_cancellable",
-    "already_sent", "not_found", "expired", "dead_lettered")
+    "already_sent", "not_found", "expired", "dead_lettered", "sweeps", "sweeps_done")
   local done = 0
   for i = 3, 8 do done = done + tonumber(v[i] or "0") end
-  return tonumber(v[1] or "0"), done, tonumber(v[2] or "0")
+  local sweeps, swept = tonumber(v[9] or "0"), tonumber(v[10] or "0")
+  return tonumber(v[1] or "0"), done, tonumber(v[2] or "0"), sweeps, swept
+end
+-- ccomplete: every cancel has an outcome and every sweep finished (a
+-- campaign of sweeps that found nothing is complete too).
+local function ccomplete(total, done, sweeps, swept)
+  return (total > 0 or sweeps > 0) and done >= total and swept >= sweeps
 end
 -- cfinish sets or clears finished_at from the counters.
 local function cfinish(c, now)
-  local total, done = ccount(c)
-  if total > 0 and done >= total then
+  local total, done, _, sweeps, swept = ccount(c)
+  if ccomplete(total, done, sweeps, swept) then
     redis.call("HSETNX", (ck(c)), "finished_at", now)
   else
     redis.call("HDEL", (ck(c)), "finished_at")
@@ -208,8 +214,8 @@ end
 -- push the campaign's expiry forward at most once a minute (one HMGET on
 -- the common path instead of five writes).
 local function csettled(c, now, ttl)
-  local total, done, updated = ccount(c)
-  if total > 0 and done >= total then redis.call("HSETNX", (ck(c)), "finished_at", now) end
+  local total, done, updated, sweeps, swept = ccount(c)
+  if ccomplete(total, done, sweeps, swept) then redis.call("HSETNX", (ck(c)), "finished_at", now) end
   if now - updated >= 60000 then ctouch(c, now, ttl) end
 end
 -- creopen removes a message's terminal row from campaign c (it runs again).

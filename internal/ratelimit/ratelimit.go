@@ -215,6 +215,9 @@ type Request struct {
 	Mark string
 	// Urgent calls may take any free room, ahead of waiting bulk calls.
 	Urgent bool
+	// NoRecord: the call is not a cancel (a sweep's export page): no
+	// message record to check or mark.
+	NoRecord bool
 }
 
 // admitScript: see the package doc. Times in µs (Redis TIME). Each
@@ -224,12 +227,14 @@ type Request struct {
 // ARGV: 1 default N, 2 default period, 3 override N (0: none), 4 override
 // period, 5 margin, 6 max wait, 7 lead, 8 location (unused), 9 task id, 10
 // urgent (1/0), 11 campaign, 12 the delivery's mark, 13 record ttl ms, 14
-// probe wait.
+// probe wait, 15 no record (1/0).
 // Returns {code, wait µs, recorded row or earlier-call flag, cooled}:
 // code 1 granted (wait, then call; [3] "1" if an earlier call went out),
 // 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait.
 var admitScript = redis.NewScript(ledger.Lua + `
-local rec, sent = ledger_begin(KEYS[4], ARGV[12])
+local norec = ARGV[15] == "1"
+local rec, sent = false, false
+if not norec then rec, sent = ledger_begin(KEYS[4], ARGV[12]) end
 if rec then
   redis.call("ZREM", KEYS[2], ARGV[9])
   return {2, 0, rec, 0}
@@ -290,7 +295,7 @@ if may and room - now <= maxwait then
     redis.call("PEXPIRE", KEYS[1], math.floor(life / 1000) + 1)
     redis.call("HSET", KEYS[3], "e", now + math.floor(life / 2))
   end
-  ledger_mark(KEYS[4], ARGV[11], ARGV[12], sent, ARGV[13])
+  if not norec then ledger_mark(KEYS[4], ARGV[11], ARGV[12], sent, ARGV[13]) end
   local earlier = "0"
   if sent then earlier = "1" end
   return {1, room - now, earlier, cooled}
@@ -343,15 +348,18 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		on, op = lim.N, lim.Period.Microseconds()
 	}
 	keys := []string{logKey(r.Location), waitKey(r.Location), locKey(r.Location), ledger.Key(r.TaskID)}
-	urgent := "0"
+	urgent, norec := "0", "0"
 	if r.Urgent {
 		urgent = "1"
+	}
+	if r.NoRecord {
+		norec = "1"
 	}
 	var waited time.Duration
 	for {
 		v, err := admitScript.Run(ctx, l.rdb, keys, l.cfg.Default.N, l.cfg.Default.Period.Microseconds(), on, op,
 			strconv.FormatFloat(l.cfg.Margin, 'f', -1, 64), l.cfg.MaxWait.Microseconds(), l.cfg.Lead.Microseconds(),
-			r.Location, r.TaskID, urgent, r.Campaign, r.Mark, l.cfg.RecordTTL.Milliseconds(), l.cfg.ProbeWait.Microseconds()).Slice()
+			r.Location, r.TaskID, urgent, r.Campaign, r.Mark, l.cfg.RecordTTL.Milliseconds(), l.cfg.ProbeWait.Microseconds(), norec).Slice()
 		if err != nil {
 			return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
 		}
@@ -558,6 +566,22 @@ func (l *Limiter) park(ctx context.Context, location string, d time.Duration, wh
 		return nil
 	})
 	return err
+}
+
+// Learned returns the limit the workers learned for a location from
+// HighLevel's headers, or def when none is known.
+func Learned(ctx context.Context, rdb redis.UniversalClient, location string, def Limit) Limit {
+	v, err := rdb.HGet(ctx, locKey(location), "l").Result()
+	if err != nil {
+		return def
+	}
+	n, p, ok := strings.Cut(v, ":")
+	count, err1 := strconv.Atoi(n)
+	ms, err2 := strconv.Atoi(p)
+	if !ok || err1 != nil || err2 != nil || count <= 0 || ms <= 0 {
+		return def
+	}
+	return Limit{N: count, Period: time.Duration(ms) * time.Millisecond}
 }
 
 // Parked lists locations parked now, with why.

@@ -38,11 +38,17 @@ const (
 	// OutcomeAlreadySent and OutcomeNotFound: verified "not found" cancels.
 	OutcomeAlreadySent = "already_sent"
 	OutcomeNotFound    = "not_found"
+	// Sweep deliveries: the sweep finished, failed for good, or goes on in
+	// a new delivery.
+	OutcomeSwept          = "swept"
+	OutcomeSweepFailed    = "sweep_failed"
+	OutcomeSweepContinues = "sweep_continues"
 )
 
 // Outcomes lists every outcome label, to initialise metrics at zero.
 var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeAlreadySent, OutcomeNotFound, OutcomeExpired,
-	OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaused, OutcomeRecorded}
+	OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaused, OutcomeRecorded,
+	OutcomeSwept, OutcomeSweepFailed, OutcomeSweepContinues}
 
 // Dead-letter and retry reasons that are not API reasons.
 const (
@@ -103,6 +109,9 @@ func WithReport(ctx context.Context) (context.Context, *Report) {
 	r := &Report{}
 	return context.WithValue(ctx, reportKey{}, r), r
 }
+
+// ReportOf returns the Report WithReport put in ctx (a throwaway one if none).
+func ReportOf(ctx context.Context) *Report { return reportFrom(ctx) }
 
 func reportFrom(ctx context.Context) *Report {
 	if r, ok := ctx.Value(reportKey{}).(*Report); ok {

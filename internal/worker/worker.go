@@ -23,7 +23,9 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/sweep"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/metrics"
@@ -178,10 +180,23 @@ func New(cfg Config) (*Worker, error) {
 		rl.RecordTTL = cmp.Or(cfg.CampaignRetention, ledger.RetentionDefault)
 		h.Pacer = ratelimit.New(cfg.Redis, rl)
 	}
-	// One handler for both task types (it routes by type and dead-letters
-	// any other type that lands on our lanes instead of retrying it forever),
-	// wrapped once in the metrics middleware.
-	handler := m.Middleware(h)
+	// Sweeps to their handler; both cancel types, and any other type that
+	// lands on our lanes (dead-lettered rather than retried forever), to the
+	// cancel handler; all wrapped once in the metrics middleware.
+	sw := &sweep.Handler{API: api, Tokens: cfg.Tokens, Redis: cfg.Redis, Logger: cfg.Logger, Routes: routes, Observe: m,
+		Producer: producer.New(cfg.Redis, producer.Config{CampaignRetention: cfg.CampaignRetention}), Retention: cfg.CampaignRetention}
+	if h.Pacer != nil {
+		sw.Pacer = h.Pacer
+	}
+	if h.Breaker != nil {
+		sw.Breaker = h.Breaker
+	}
+	handler := m.Middleware(asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		if t.Type() == tasks.TypeSweep {
+			return sw.ProcessTask(ctx, t)
+		}
+		return h.ProcessTask(ctx, t)
+	}))
 
 	base := asynq.Config{
 		RetryDelayFunc:           tasks.RetryDelay(cfg.Backoff),

@@ -1,0 +1,183 @@
+package producer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// SweepRequest asks for every message still scheduled in some locations,
+// narrowed by the filters, to be found and cancelled into one campaign.
+type SweepRequest struct {
+	Locations      []string
+	ContactID      string
+	ConversationID string
+	Channel        string // sms, email or all (the default)
+	Since, Until   time.Time
+	Source         string
+	// CampaignID groups the cancels; one is made up when empty.
+	CampaignID string
+	// Lane of the cancels. Defaults to bulk (default for a contact sweep,
+	// which is a handful of messages someone is waiting on).
+	Lane   string
+	DryRun bool
+	// PageSize of the export (10 to 500). Defaults to 500.
+	PageSize int
+	// Queue the sweep tasks go to. Defaults to default.
+	Queue string
+}
+
+// SweepStarted says what Sweep queued.
+type SweepStarted struct {
+	SweepID    string   `json:"sweep_id"`
+	CampaignID string   `json:"campaign_id"`
+	TaskIDs    []string `json:"task_ids"`
+}
+
+// NewID returns a random id for a sweep or a campaign (20 letters and digits).
+func NewID(prefix string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return prefix + time.Now().UTC().Format("20060102") + "-" + hex.EncodeToString(b[:])
+}
+
+// sweepScript queues sweep tasks the way enqueueScript queues cancels and
+// counts them in their campaign (a campaign is complete only when its
+// sweeps are done too). KEYS: none. ARGV: now ns, now ms, retention ms,
+// campaign, then per task: encoded message, task id, lane, sweep state key,
+// location.
+var sweepScript = redis.NewScript(ledger.Lua + `
+local nowns, now, ttl, campaign = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local added = 0
+for i = 5, #ARGV, 5 do
+  local msg, id, lane, state, loc = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  if redis.call("EXISTS", "asynq:{" .. lane .. "}:t:" .. id) == 0 then
+    redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
+    redis.call("LPUSH", "asynq:{" .. lane .. "}:pending", id)
+    redis.call("HSET", state, "location", loc, "phase", "", "cursor", "", "created", now)
+    redis.call("PEXPIRE", state, ttl)
+    added = added + 1
+  end
+end
+local k, _, _, kl = ck(campaign)
+for i = 5, #ARGV, 5 do redis.call("SADD", kl, ARGV[i+4]) end
+redis.call("HINCRBY", k, "sweeps", added)
+cadd(campaign, 0, "", now, ttl)
+return added`)
+
+// SweepStateKey is where one location's sweep keeps its progress.
+func SweepStateKey(sweepID, location string) string {
+	return "ghlcancel:sweep:{" + sweepID + "}:" + location
+}
+
+// Sweep validates r and queues one sweep task per location (the workers
+// page the export, holding the tokens, the pacer and the retry policy).
+func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, error) {
+	if len(r.Locations) == 0 {
+		return SweepStarted{}, errors.New("sweep: give at least one location")
+	}
+	if r.Channel == "" {
+		r.Channel = tasks.ChannelAll
+	}
+	if r.Lane == "" {
+		r.Lane = tasks.QueueBulk
+	}
+	queue := r.Queue
+	if queue == "" {
+		queue = tasks.QueueDefault
+	}
+	st := SweepStarted{SweepID: NewID("sw"), CampaignID: r.CampaignID}
+	if st.CampaignID == "" {
+		st.CampaignID = NewID("sweep-")
+	}
+	now := time.Now()
+	args := []any{strconv.FormatInt(now.UnixNano(), 10), now.UnixMilli(), p.cfg.CampaignRetention.Milliseconds(), st.CampaignID}
+	seen := map[string]bool{}
+	for _, loc := range r.Locations {
+		if seen[loc] {
+			continue
+		}
+		seen[loc] = true
+		pl := tasks.SweepPayload{SweepID: st.SweepID, CampaignID: st.CampaignID, LocationID: loc, ContactID: r.ContactID,
+			ConversationID: r.ConversationID, Channel: r.Channel, Source: r.Source, Lane: r.Lane, DryRun: r.DryRun,
+			PageSize: r.PageSize, Created: now.UnixMilli()}
+		if !r.Since.IsZero() {
+			pl.Since = r.Since.Unix()
+		}
+		if !r.Until.IsZero() {
+			pl.Until = r.Until.Unix()
+		}
+		if err := pl.Validate(); err != nil {
+			return SweepStarted{}, fmt.Errorf("sweep of location %q: %w", loc, err)
+		}
+		b, err := json.Marshal(pl)
+		if err != nil {
+			return SweepStarted{}, err
+		}
+		id := tasks.SweepTaskID(st.SweepID, loc)
+		args = append(args, encodeTaskMessage(tasks.TypeSweep, b, id, queue, tasks.SweepMaxRetry, tasks.SweepTimeout),
+			id, queue, SweepStateKey(st.SweepID, loc), loc)
+		st.TaskIDs = append(st.TaskIDs, id)
+	}
+	if err := p.publish(ctx, queue); err != nil {
+		return SweepStarted{}, err
+	}
+	if err := sweepScript.Run(ctx, p.rdb, nil, args...).Err(); err != nil {
+		return SweepStarted{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return st, nil
+}
+
+// publish adds a lane to asynq's set of queues once per producer.
+func (p *Producer) publish(ctx context.Context, lane string) error {
+	if _, ok := p.published.Load(lane); ok {
+		return nil
+	}
+	if err := p.rdb.SAdd(ctx, "asynq:queues", lane).Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	p.published.Store(lane, true)
+	return nil
+}
+
+// SweepItems turns one export page into cancels: the messages still
+// scheduled that pass the filters the export has none for (source, and the
+// date window again, in case HighLevel reads it differently). An email is
+// cancelled by its emailMessageId (the last of meta.email.messageIds: the
+// newest of its thread); an email without one is counted in noID.
+func SweepItems(p tasks.SweepPayload, msgs []ghl.ExportedMessage) (items []Item, scheduled, noID int) {
+	for _, m := range msgs {
+		if m.Status != "scheduled" || (p.Source != "" && m.Source != p.Source) {
+			continue
+		}
+		if p.Since > 0 || p.Until > 0 {
+			if t, err := time.Parse(time.RFC3339, m.DateAdded); err == nil &&
+				((p.Since > 0 && t.Unix() < p.Since) || (p.Until > 0 && t.Unix() > p.Until)) {
+				continue
+			}
+		}
+		scheduled++
+		it := Item{Kind: ghl.KindMessage, MessageID: m.ID, LocationID: p.LocationID, CampaignID: p.CampaignID, Queue: p.Lane}
+		if m.IsEmail() {
+			ids := m.Meta.Email.MessageIDs
+			if len(ids) == 0 {
+				noID++
+				continue
+			}
+			it.Kind, it.MessageID = ghl.KindEmail, ids[len(ids)-1]
+		}
+		items = append(items, it)
+	}
+	return items, scheduled, noID
+}

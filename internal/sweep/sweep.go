@@ -1,0 +1,453 @@
+// Package sweep runs sweep tasks: for one location, page HighLevel's message
+// export (GET /conversations/messages/export), keep what is still
+// scheduled and passes the filters, and enqueue its cancels into the sweep's
+// campaign through the producer (the one enqueue rule: a message already
+// queued or done is not sent twice).
+//
+// A sweep is resumable. Its progress (export channel, cursor, counters)
+// lives in Redis and advances only after a page's cancels are queued, in
+// one script with the campaign's sweep counters: a worker killed mid-sweep
+// leaves the page to be read again (its cancels answer already queued), so
+// there is no gap and no duplicate. An expired cursor restarts the channel
+// from its first page, for the same reason safely. Each delivery pages for
+// tasks.SweepBudget and goes back to the queue to carry on.
+//
+// One function, settle, decides a sweep task's fate, as for cancels.
+package sweep
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+)
+
+// Observer receives what sweeps do, for metrics. Implementations must be cheap.
+type Observer interface {
+	SweepPage(seen, scheduled int)
+	SweepDone(result string) // done, failed
+}
+
+// Handler runs sweep tasks. Build it once.
+type Handler struct {
+	API      *ghl.Client
+	Tokens   tokens.Source
+	Producer *producer.Producer
+	Redis    redis.UniversalClient
+	// Pacer, when set, admits each export call like a cancel (it counts
+	// against the location's budget), ahead of the location's cancels.
+	Pacer   tasks.Pacer
+	Breaker tasks.Breaker
+	Routes  tasks.RouteWatch
+	Observe Observer
+	Logger  *slog.Logger
+	// Retention of sweep progress. Defaults to the ledger's.
+	Retention time.Duration
+	// MaxRestarts bounds restarts after expired cursors. Defaults to 20.
+	MaxRestarts int
+}
+
+// State is one location's sweep progress, as stored.
+type State struct {
+	Location   string `json:"location"`
+	Phase      string `json:"phase"` // index of the export channel being paged; "done", "failed"
+	Cursor     string `json:"-"`
+	Pages      int64  `json:"pages"`
+	Seen       int64  `json:"seen"`
+	Found      int64  `json:"scheduled_found"`
+	FoundSMS   int64  `json:"scheduled_sms"`
+	FoundEmail int64  `json:"scheduled_email"`
+	Enqueued   int64  `json:"enqueued"`
+	Restarts   int64  `json:"restarts"`
+	NoEmailID  int64  `json:"emails_without_id,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// LoadState reads a location's sweep progress.
+func LoadState(ctx context.Context, rdb redis.UniversalClient, sweepID, location string) (State, bool, error) {
+	m, err := rdb.HGetAll(ctx, producer.SweepStateKey(sweepID, location)).Result()
+	if err != nil || len(m) == 0 {
+		return State{}, false, err
+	}
+	n := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
+	return State{Location: m["location"], Phase: m["phase"], Cursor: m["cursor"], Pages: n("pages"), Seen: n("seen"),
+		Found: n("found"), FoundSMS: n("found_sms"), FoundEmail: n("found_email"), Enqueued: n("enqueued"),
+		Restarts: n("restarts"), NoEmailID: n("no_email_id"), Error: m["error"]}, true, nil
+}
+
+// commitScript records one page: the next cursor (or channel) and the
+// counters, in the sweep's state and its campaign, only if the state is
+// still where this delivery read it (a stale delivery changes nothing).
+// KEYS state, campaign hash. ARGV phase read, cursor read, next phase, next
+// cursor, seen, found, found sms, found email, enqueued, restart (1/0), no email id.
+var commitScript = redis.NewScript(`
+local v = redis.call("HMGET", KEYS[1], "phase", "cursor")
+if (v[1] or "") ~= ARGV[1] or (v[2] or "") ~= ARGV[2] then return 0 end
+redis.call("HSET", KEYS[1], "phase", ARGV[3], "cursor", ARGV[4])
+if ARGV[10] == "1" then
+  redis.call("HINCRBY", KEYS[1], "restarts", 1)
+  return 1
+end
+redis.call("HINCRBY", KEYS[1], "pages", 1)
+redis.call("HINCRBY", KEYS[1], "seen", ARGV[5])
+redis.call("HINCRBY", KEYS[1], "found", ARGV[6])
+redis.call("HINCRBY", KEYS[1], "found_sms", ARGV[7])
+redis.call("HINCRBY", KEYS[1], "found_email", ARGV[8])
+redis.call("HINCRBY", KEYS[1], "enqueued", ARGV[9])
+if ARGV[11] ~= "0" then redis.call("HINCRBY", KEYS[1], "no_email_id", ARGV[11]) end
+redis.call("HINCRBY", KEYS[2], "sweep_pages", 1)
+redis.call("HINCRBY", KEYS[2], "sweep_seen", ARGV[5])
+redis.call("HINCRBY", KEYS[2], "sweep_found", ARGV[6])
+return 1`)
+
+// endScript ends a location's sweep once: done, or failed with a dead
+// letter; the campaign counts it (and completes if everything else is).
+// KEYS state, dead records, dead index. ARGV result (done|failed), campaign,
+// now ms, retention ms, dead-letter JSON ("" when done), task id, error.
+var endScript = redis.NewScript(ledger.Lua + `
+if redis.call("HSETNX", KEYS[1], "ended", ARGV[3]) == 0 then return 0 end
+redis.call("HSET", KEYS[1], "phase", ARGV[1], "cursor", "", "error", ARGV[7])
+local k = ck(ARGV[2])
+redis.call("HINCRBY", k, "sweeps_done", 1)
+if ARGV[1] == "failed" then
+  redis.call("HINCRBY", k, "sweeps_failed", 1)
+  redis.call("HSET", KEYS[2], ARGV[6], ARGV[5])
+  redis.call("ZADD", KEYS[3], ARGV[3], ARGV[6])
+end
+cfinish(ARGV[2], tonumber(ARGV[3]))
+ctouch(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+return 1`)
+
+// result is where one delivery of a sweep ended.
+type result struct {
+	fate    string // done, dead, retry, snooze, again (go on in a new delivery)
+	reason  string
+	status  int
+	message string
+	err     error
+}
+
+// ProcessTask implements asynq.Handler.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
+	id, _ := asynq.GetTaskID(ctx)
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	final := retried >= maxRetry
+	var p tasks.SweepPayload
+	defer func() {
+		if v := recover(); v != nil {
+			h.logger().Error("panic in sweep task", "task_id", id, "panic", fmt.Sprint(v))
+			err = h.settle(ctx, id, p, final, result{fate: "dead", reason: tasks.ReasonPanic, message: fmt.Sprint(v), err: fmt.Errorf("panic: %v", v)})
+		}
+	}()
+	if err := json.Unmarshal(t.Payload(), &p); err != nil {
+		return h.settle(ctx, id, p, final, result{fate: "dead", reason: tasks.ReasonInvalidPayload, message: "payload is not valid JSON", err: err})
+	}
+	if err := p.Validate(); err != nil {
+		return h.settle(ctx, id, p, final, result{fate: "dead", reason: tasks.ReasonInvalidPayload, message: err.Error(), err: err})
+	}
+	budget := tasks.SweepBudget
+	if dl, ok := ctx.Deadline(); ok {
+		budget = min(budget, time.Until(dl)-10*time.Second)
+	}
+	wctx, cancel := context.WithTimeout(ctx, max(budget, time.Second))
+	defer cancel()
+	return h.settle(ctx, id, p, final, h.run(wctx, id, p, final))
+}
+
+// run pages the export until the sweep is done or the delivery's budget is
+// spent.
+func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, final bool) result {
+	st, ok, err := LoadState(ctx, h.Redis, p.SweepID, p.LocationID)
+	switch {
+	case err != nil:
+		return result{fate: "retry", reason: tasks.ReasonLimiter, err: fmt.Errorf("reading the sweep's progress: %w", err)}
+	case !ok:
+		return result{fate: "dead", reason: "sweep_expired", message: "the sweep's progress is gone (retention passed); start the sweep again", err: errors.New("no sweep state")}
+	case st.Phase == "done" || st.Phase == "failed":
+		return result{fate: "done"} // a re-delivery of a finished sweep
+	}
+	token, err := h.Tokens.Token(ctx, p.LocationID)
+	var ge *tokens.GrantError
+	switch {
+	case errors.Is(err, tokens.ErrNoToken):
+		return result{fate: "dead", reason: string(ghl.ReasonNoToken), message: "no token configured for this location", err: err}
+	case errors.As(err, &ge):
+		return result{fate: "dead", reason: ge.Reason, message: ge.Error(), err: err}
+	case err != nil:
+		return result{fate: "retry", reason: string(ghl.ReasonTokenSource), err: err}
+	}
+	phases := p.Phases()
+	for {
+		if ctx.Err() != nil {
+			if final {
+				return result{fate: "retry", reason: tasks.ReasonInterrupted, err: ctx.Err()}
+			}
+			return result{fate: "again"}
+		}
+		phase, _ := strconv.Atoi(st.Phase)
+		if phase >= len(phases) {
+			return result{fate: "done"}
+		}
+		if r, ok := h.admit(ctx, id, p); !ok {
+			return r
+		}
+		probe := false
+		if h.Breaker != nil {
+			var berr error
+			if probe, berr = h.Breaker.Allow(); berr != nil {
+				return result{fate: "snooze", reason: tasks.ReasonCircuitOpen, err: berr}
+			}
+		}
+		q := ghl.ExportQuery{LocationID: p.LocationID, Channel: phases[phase], ContactID: p.ContactID,
+			ConversationID: p.ConversationID, Limit: p.PageSize, Cursor: st.Cursor}
+		if q.Limit == 0 {
+			q.Limit = tasks.SweepPageSize
+		}
+		if p.Since > 0 {
+			q.Since = time.Unix(p.Since, 0)
+		}
+		if p.Until > 0 {
+			q.Until = time.Unix(p.Until, 0)
+		}
+		page, err := h.API.ExportMessages(ctx, q, token)
+		if h.Breaker != nil {
+			h.Breaker.Record(isFailure(err), probe)
+		}
+		if r, ok := h.observe(ctx, p, page, err); !ok {
+			return r
+		}
+		if errors.Is(err, ghl.ErrCursorExpired) {
+			if st.Restarts >= int64(h.maxRestarts()) {
+				return result{fate: "dead", reason: "cursor_expiring", message: fmt.Sprintf("the export cursor expired %d times", st.Restarts), err: err}
+			}
+			// Start the channel over: its pages are read again, and their
+			// cancels answer already queued or done.
+			if err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
+				st.Phase, st.Cursor, st.Phase, "", 0, 0, 0, 0, 0, "1", 0).Err(); err != nil {
+				return result{fate: "retry", reason: tasks.ReasonLimiter, err: err}
+			}
+			h.logger().Info("sweep: export cursor expired, starting the channel again", "task_id", id, "location_id", p.LocationID)
+			st.Cursor, st.Restarts = "", st.Restarts+1
+			continue
+		}
+		if err != nil {
+			return fromAPIError(err)
+		}
+		items, scheduled, noID := producer.SweepItems(p, page.Messages)
+		enqueued := 0
+		if !p.DryRun && len(items) > 0 {
+			for _, r := range h.Producer.EnqueueBatch(ctx, items) {
+				switch {
+				case r.Status == producer.Enqueued || r.Status == producer.Requeued:
+					enqueued++
+				case r.Status == producer.Rejected && errors.Is(r.Err, producer.ErrUnavailable):
+					return result{fate: "retry", reason: tasks.ReasonLimiter, err: r.Err}
+				}
+			}
+		}
+		sms, email := 0, 0
+		for _, it := range items {
+			if it.Kind == ghl.KindEmail {
+				email++
+			} else {
+				sms++
+			}
+		}
+		nextPhase, nextCursor := st.Phase, page.NextCursor
+		if nextCursor == "" {
+			nextPhase = strconv.Itoa(phase + 1)
+		}
+		ok, err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
+			st.Phase, st.Cursor, nextPhase, nextCursor, len(page.Messages), scheduled, sms, email, enqueued, "0", noID).Int()
+		if err != nil {
+			return result{fate: "retry", reason: tasks.ReasonLimiter, err: fmt.Errorf("recording the sweep's progress: %w", err)}
+		}
+		if ok == 0 {
+			return result{fate: "done"} // another delivery moved on; it finishes the sweep
+		}
+		if h.Observe != nil {
+			h.Observe.SweepPage(len(page.Messages), scheduled)
+		}
+		st.Phase, st.Cursor = nextPhase, nextCursor
+		st.Pages++
+	}
+}
+
+// admit takes the export call's slot: ahead of the location's cancels
+// (urgent), counted against its budget, without a message record.
+func (h *Handler) admit(ctx context.Context, id string, p tasks.SweepPayload) (result, bool) {
+	if h.Pacer == nil {
+		return result{}, true
+	}
+	_, err := h.Pacer.Admit(ctx, ratelimit.Request{Location: p.LocationID, TaskID: id, Urgent: true, NoRecord: true})
+	if err == nil {
+		return result{}, true
+	}
+	var sn *ratelimit.SnoozeError
+	if errors.As(err, &sn) {
+		return result{fate: "snooze", reason: tasks.ReasonPaced, err: err}, false
+	}
+	if ctx.Err() != nil {
+		return result{fate: "again"}, false
+	}
+	return result{fate: "retry", reason: tasks.ReasonLimiter, err: err}, false
+}
+
+// observe feeds the pacer and the route watch with an export answer; a 429
+// ends the delivery (the location cools down; the sweep snoozes).
+func (h *Handler) observe(ctx context.Context, p tasks.SweepPayload, page *ghl.ExportPage, err error) (result, bool) {
+	var rl *ghl.RateLimitError
+	errors.As(err, &rl)
+	var e *ghl.Error
+	errors.As(err, &e)
+	answered := page != nil || rl != nil || (e != nil && e.StatusCode != 0)
+	if h.Routes != nil && answered {
+		h.Routes.Observe(e != nil && e.Reason == ghl.ReasonMisrouted, "")
+	}
+	if h.Pacer != nil && answered {
+		lim := ghl.Limits{}
+		switch {
+		case page != nil:
+			lim = page.Limits
+		case rl != nil:
+			lim = rl.Limits
+		case e != nil:
+			lim = e.Limits
+		}
+		if oerr := h.Pacer.Observe(ctx, p.LocationID, lim, rl); oerr != nil {
+			h.logger().Warn("rate limiter could not record an answer", "error", oerr)
+		}
+	}
+	if rl != nil {
+		return result{fate: "snooze", reason: string(ghl.ReasonRateLimited), err: err}, false
+	}
+	return result{}, true
+}
+
+func fromAPIError(err error) result {
+	var e *ghl.Error
+	if !errors.As(err, &e) {
+		return result{fate: "retry", reason: string(ghl.ReasonNetwork), err: err}
+	}
+	if e.Retryable {
+		return result{fate: "retry", reason: string(e.Reason), status: e.StatusCode, message: e.Message, err: err}
+	}
+	return result{fate: "dead", reason: string(e.Reason), status: e.StatusCode, message: e.Message, err: err}
+}
+
+func isFailure(err error) bool {
+	var e *ghl.Error
+	if errors.As(err, &e) {
+		return e.Retryable
+	}
+	var rl *ghl.RateLimitError
+	return err != nil && !errors.As(err, &rl) && !errors.Is(err, ghl.ErrCursorExpired)
+}
+
+// settle decides a sweep delivery's fate: the sweep ended (done, or failed
+// with a dead letter; its campaign counts it either way), or the task goes
+// back to asynq to carry on, snooze or retry. On the final attempt, where
+// asynq archives whatever comes back, a retry or snooze ends the sweep as
+// failed instead.
+func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, final bool, r result) error {
+	if final && (r.fate == "retry" || r.fate == "snooze") {
+		r.fate = "dead"
+	}
+	rep := tasks.ReportOf(ctx)
+	rep.Outcome, rep.Reason = outcomeOf[r.fate], r.reason
+	if r.fate == "snooze" && r.reason == tasks.ReasonCircuitOpen {
+		rep.Outcome = tasks.OutcomePaused
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	switch r.fate {
+	case "again":
+		return &continueError{}
+	case "snooze":
+		return r.err
+	case "retry":
+		h.logger().Info("sweep failed, will retry", "task_id", id, "location_id", p.LocationID, "reason", r.reason, "error", r.err)
+		return r.err
+	}
+	result, dead := "done", ""
+	if r.fate == "dead" {
+		result = "failed"
+		msg := r.message
+		if msg == "" && r.err != nil {
+			msg = r.err.Error()
+		}
+		b, _ := json.Marshal(deadletter.Record{TaskID: id, Kind: "sweep", LocationID: p.LocationID, CampaignID: p.CampaignID,
+			Queue: tasks.QueueDefault, Reason: r.reason, HTTPStatus: r.status, APIMessage: msg, DeadAt: time.Now()})
+		dead = string(b)
+		h.logger().Warn("sweep failed", "task_id", id, "location_id", p.LocationID, "campaign_id", p.CampaignID, "reason", r.reason, "error", r.err)
+	}
+	if p.CampaignID != "" {
+		keys := []string{producer.SweepStateKey(p.SweepID, p.LocationID), deadletter.KeyRecords, deadletter.KeyIndex}
+		if err := endScript.Run(wctx, h.Redis, keys, result, p.CampaignID, time.Now().UnixMilli(),
+			h.retention().Milliseconds(), dead, id, r.reason).Err(); err != nil {
+			return fmt.Errorf("recording the end of the sweep: %w", err)
+		}
+	}
+	if h.Observe != nil {
+		h.Observe.SweepDone(result)
+	}
+	if r.fate == "dead" {
+		return fmt.Errorf("sweep failed (%s): %w: %w", r.reason, errOr(r.err), asynq.SkipRetry)
+	}
+	return nil
+}
+
+// outcomeOf is the metrics outcome of a sweep delivery's fate.
+var outcomeOf = map[string]string{"done": tasks.OutcomeSwept, "dead": tasks.OutcomeSweepFailed, "again": tasks.OutcomeSweepContinues,
+	"retry": tasks.OutcomeRetry, "snooze": tasks.OutcomeRateLimited}
+
+func errOr(err error) error {
+	if err == nil {
+		return errors.New("sweep failed")
+	}
+	return err
+}
+
+// continueError sends a sweep back to the queue to carry on at once: it
+// is no failure and uses no retry (tasks.IsFailure reads SnoozeFor).
+type continueError struct{}
+
+func (*continueError) Error() string            { return "sweep continues in a new delivery" }
+func (*continueError) SnoozeFor() time.Duration { return 0 }
+func (*continueError) Exact() bool              { return true }
+
+func (h *Handler) maxRestarts() int {
+	if h.MaxRestarts > 0 {
+		return h.MaxRestarts
+	}
+	return 20
+}
+
+func (h *Handler) retention() time.Duration {
+	if h.Retention > 0 {
+		return h.Retention
+	}
+	return ledger.RetentionDefault
+}
+
+func (h *Handler) logger() *slog.Logger {
+	if h.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return h.Logger
+}

@@ -1,0 +1,109 @@
+package tasks
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+)
+
+// TypeSweep is a sweep of one location: page HighLevel's message export,
+// keep what is still scheduled, enqueue its cancels into a campaign.
+const TypeSweep = "ghl:location:sweep"
+
+// Sweep channels.
+const (
+	ChannelSMS   = "sms"   // HighLevel's channel SMS
+	ChannelEmail = "email" // channel Email (the export leaves email out otherwise)
+	ChannelAll   = "all"   // every non-email message, then every email
+)
+
+// Sweep defaults.
+const (
+	// SweepTimeout bounds one delivery of a sweep; it pages for SweepBudget
+	// of it and goes back to the queue to carry on (an export cursor lives
+	// about 2 minutes, so the next delivery picks it up at once).
+	SweepTimeout = 90 * time.Second
+	SweepBudget  = 45 * time.Second
+	// SweepMaxRetry: a sweep's own failures (HighLevel 5xx on the export)
+	// retry with backoff like a cancel, about an hour.
+	SweepMaxRetry = 25
+	// SweepPageSize is the export's largest page.
+	SweepPageSize = 500
+)
+
+// SweepPayload is a sweep task's payload (no token).
+type SweepPayload struct {
+	SweepID        string `json:"sweep_id"`
+	CampaignID     string `json:"campaign_id"`
+	LocationID     string `json:"location_id"`
+	ContactID      string `json:"contact_id,omitempty"`
+	ConversationID string `json:"conversation_id,omitempty"`
+	Channel        string `json:"channel"`
+	// Since and Until bound the messages' creation time (unix seconds).
+	Since int64 `json:"since,omitempty"`
+	Until int64 `json:"until,omitempty"`
+	// Source keeps only messages of this source (workflow, campaign, ...).
+	Source string `json:"source,omitempty"`
+	// Lane the cancels go to. Defaults to bulk.
+	Lane string `json:"lane,omitempty"`
+	// DryRun counts what would be cancelled and enqueues nothing.
+	DryRun   bool  `json:"dry_run,omitempty"`
+	PageSize int   `json:"page_size,omitempty"`
+	Created  int64 `json:"created"` // unix ms
+}
+
+// SweepSources are the message sources HighLevel documents.
+var SweepSources = []string{"workflow", "bulk_actions", "campaign", "api", "app"}
+
+// Validate checks a sweep payload.
+func (p SweepPayload) Validate() error {
+	if err := ghl.ValidateID(p.SweepID); err != nil {
+		return fmt.Errorf("sweep_id: %w", err)
+	}
+	if err := ghl.ValidateID(p.LocationID); err != nil {
+		return fmt.Errorf("location_id: %w", err)
+	}
+	for _, f := range []struct{ name, v string }{{"contact_id", p.ContactID}, {"conversation_id", p.ConversationID}} {
+		if f.v != "" {
+			if err := ghl.ValidateID(f.v); err != nil {
+				return fmt.Errorf("%s: %w", f.name, err)
+			}
+		}
+	}
+	if p.CampaignID == "" || len(p.CampaignID) > 128 {
+		return errors.New("campaign_id: 1 to 128 bytes")
+	}
+	if !slices.Contains([]string{ChannelSMS, ChannelEmail, ChannelAll}, p.Channel) {
+		return fmt.Errorf("channel %q: want sms, email or all", p.Channel)
+	}
+	if p.Source != "" && !slices.Contains(SweepSources, p.Source) {
+		return fmt.Errorf("source %q: want one of %v", p.Source, SweepSources)
+	}
+	if p.Since > 0 && p.Until > 0 && p.Until < p.Since {
+		return errors.New("until is before since")
+	}
+	if p.Lane != "" && !slices.Contains(Queues, p.Lane) {
+		return fmt.Errorf("lane %q: want urgent, default or bulk", p.Lane)
+	}
+	if p.PageSize != 0 && (p.PageSize < 10 || p.PageSize > 500) {
+		return errors.New("page_size: 10 to 500")
+	}
+	return nil
+}
+
+// SweepTaskID is the asynq task id of one location's sweep.
+func SweepTaskID(sweepID, location string) string { return "sweep:" + sweepID + ":" + location }
+
+// Phases returns the export channels a sweep pages, in order.
+func (p SweepPayload) Phases() []string {
+	switch p.Channel {
+	case ChannelSMS:
+		return []string{"SMS"}
+	case ChannelEmail:
+		return []string{"Email"}
+	}
+	return []string{"", "Email"} // every non-email message, then the emails
+}

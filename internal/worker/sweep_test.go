@@ -1,0 +1,108 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/worker"
+)
+
+// sweepFixture fills a location the way the sweep issue describes: 1,200
+// SMS (700 scheduled across 12 contacts, the rest sent) and 100 emails (60
+// scheduled), contacts contact00..contact11.
+func sweepFixture(sb *sandbox.Server, loc string) []sandbox.Added {
+	var specs []sandbox.MessageSpec
+	for i := range 1200 {
+		st := sandbox.StatusScheduled
+		if i >= 700 {
+			st = sandbox.StatusSent
+		}
+		specs = append(specs, sandbox.MessageSpec{Contact: fmt.Sprintf("contact%02d", i%12), Status: st})
+	}
+	for i := range 100 {
+		st := sandbox.StatusScheduled
+		if i >= 60 {
+			st = "delivered"
+		}
+		specs = append(specs, sandbox.MessageSpec{Contact: fmt.Sprintf("contact%02d", i%12), Email: true, Status: st})
+	}
+	return sb.AddMessages(loc, specs...)
+}
+
+// TestSweepByContactThenLocation: a contact sweep cancels exactly that
+// contact's scheduled SMS and emails (emails by emailMessageId); a location
+// sweep then cancels every other scheduled message there, none that was
+// sent, nothing in another location; both campaigns complete with exact
+// totals and sweep progress.
+func TestSweepByContactThenLocation(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{RateMax: -1}, producer.Config{}, func(c *worker.Config) { c.NoPacing = true })
+	ctx := context.Background()
+	added := sweepFixture(b.sb, locGood)
+	other := b.sb.ScheduleN(locBadTok, 1, false) // another location: never touched
+	scheduled := func(pred func(sandbox.Added) bool) int {
+		n := 0
+		for _, a := range added {
+			if a.Scheduled && pred(a) {
+				n++
+			}
+		}
+		return n
+	}
+	wantContact := scheduled(func(a sandbox.Added) bool { return a.Contact == "contact03" })
+
+	st, err := b.producer.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, ContactID: "contact03", CampaignID: "replied"})
+	require.NoError(t, err)
+	require.Equal(t, "replied", st.CampaignID)
+	tr := campaign.New(b.rdb, 0)
+	require.Eventually(t, func() bool { s, _, _ := tr.Get(ctx, "replied"); return s.Complete }, 30*time.Second, 50*time.Millisecond)
+	s, _, err := tr.Get(ctx, "replied")
+	require.NoError(t, err)
+	require.Equal(t, int64(wantContact), s.Total)
+	require.Equal(t, int64(wantContact), s.Cancelled)
+	require.Equal(t, int64(1), s.SweepsDone)
+	require.Equal(t, int64(wantContact), s.SweepFound)
+	for _, a := range added {
+		status, cancels, _ := b.sb.MessageStatus(a.CancelID)
+		if a.Contact == "contact03" && a.Scheduled {
+			require.Equal(t, sandbox.StatusCancelled, status, "contact03's %+v", a)
+			require.Equal(t, 1, cancels)
+		} else if a.Scheduled {
+			require.Equal(t, sandbox.StatusScheduled, status, "another contact's %+v", a)
+		}
+	}
+
+	_, err = b.producer.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, CampaignID: "all-of-it", PageSize: 200})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { s, _, _ := tr.Get(ctx, "all-of-it"); return s.Complete }, 60*time.Second, 50*time.Millisecond)
+	s, _, err = tr.Get(ctx, "all-of-it")
+	require.NoError(t, err)
+	rest := 760 - wantContact
+	require.Equal(t, int64(rest), s.Total, "every other scheduled message, counted once")
+	require.Equal(t, int64(rest), s.Cancelled)
+	require.Equal(t, int64(1200+100), s.SweepSeen, "every message read once")
+	for _, a := range added {
+		status, cancels, _ := b.sb.MessageStatus(a.CancelID)
+		if a.Scheduled {
+			require.Equal(t, sandbox.StatusCancelled, status)
+			require.Equal(t, 1, cancels, "no message cancelled twice")
+		} else {
+			require.Equal(t, 0, cancels, "a sent message is never cancelled")
+		}
+	}
+	status, _, _ := b.sb.MessageStatus(other[0])
+	require.Equal(t, sandbox.StatusScheduled, status, "another location is untouched")
+	require.Zero(t, b.sb.Stats().NotCancellable, "no cancel for a message that was not scheduled")
+	require.Equal(t, 2.0, testutil.ToFloat64(b.worker.Metrics.Sweeps.WithLabelValues("done")))
+	require.Positive(t, testutil.ToFloat64(b.worker.Metrics.TasksProcessed.WithLabelValues(tasks.TypeSweep, tasks.OutcomeSwept)))
+	require.Positive(t, b.validator.Checked()["GET /conversations/messages/export 200"], "export exchanges checked against the official spec")
+}
