@@ -312,6 +312,8 @@ func sandboxMain(ctx context.Context, args []string, stdout io.Writer) error {
 	window := fs.String("window", "fixed", "")
 	daily := fs.Int("daily", sandbox.DailyLimitDefault, "")
 	latency := fs.Duration("latency", 0, "")
+	sweepMessages := fs.Int("sweep-messages", 0, "seed the first location with this many conversation messages instead")
+	sweepScheduled := fs.Int("sweep-scheduled", 0, "of which still scheduled (the rest sent)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -327,6 +329,16 @@ func sandboxMain(ctx context.Context, args []string, stdout io.Writer) error {
 		toks[loc] = tok
 		for _, id := range sb.ScheduleN(loc, *perLocation, false) {
 			fmt.Fprintf(&b, "%s,%s\n", id, loc)
+		}
+		if i == 0 && *sweepMessages > 0 {
+			specs := make([]sandbox.MessageSpec, *sweepMessages)
+			for j := range specs {
+				specs[j] = sandbox.MessageSpec{Contact: fmt.Sprintf("contact%04d", j%1000), Email: j%10 == 9}
+				if j >= *sweepScheduled {
+					specs[j].Status = sandbox.StatusSent
+				}
+			}
+			sb.AddMessages(loc, specs...)
 		}
 	}
 	if err := os.WriteFile(*idsOut, []byte(b.String()), 0o600); err != nil {

@@ -172,15 +172,6 @@ type scenarioResult struct {
 	took  time.Duration
 }
 
-// rate is a location's achieved calls/s between its first and last call.
-func (r *scenarioResult) rate(loc string) float64 {
-	ts := r.sb.Admitted(loc)
-	if len(ts) < 2 {
-		return 0
-	}
-	return float64(len(ts)-1) / ts[len(ts)-1].Sub(ts[0]).Seconds()
-}
-
 // total is calls/s over all locations between the first and last call.
 func (r *scenarioResult) total() float64 {
 	var first, last time.Time
