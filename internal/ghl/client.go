@@ -231,15 +231,9 @@ func (c *Client) GetMessage(ctx context.Context, kind Kind, id, token string) (*
 		return nil, err
 	}
 	if status >= 200 && status < 300 {
-		trimmed := bytes.TrimSpace(body)
-		if misrouted(status, h, trimmed, nil, "") {
-			return nil, &Error{Reason: ReasonMisrouted, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
-				Message: misroutedMessage(status, trimmed, "")}
-		}
 		var m Message
-		if err := json.Unmarshal(trimmed, &m); err != nil || m.ID == "" {
-			return nil, &Error{Reason: ReasonBadResponse, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
-				Message: "unreadable message body", Err: err}
+		if err := decodeOK(status, h, body, req, &m, "unreadable message body", func() bool { return m.ID != "" }); err != nil {
+			return nil, err
 		}
 		m.Limits = ParseLimits(h)
 		return &m, nil
@@ -404,6 +398,23 @@ func (m ExportedMessage) IsEmail() bool {
 		m.MessageType == "TYPE_CUSTOM_PROVIDER_EMAIL" || (m.MessageType == "" && m.Type == 3)
 }
 
+// decodeOK reads a 2xx answer into v. A body that is not HighLevel's (an
+// HTML page, a proxy's answer) is misrouted; JSON that does not decode, or
+// that valid (when given) refuses, is a bad response. Both are retryable.
+func decodeOK(status int, h http.Header, body []byte, req string, v any, unreadable string, valid func() bool) error {
+	trimmed := bytes.TrimSpace(body)
+	if misrouted(status, h, trimmed, nil, "") {
+		return &Error{Reason: ReasonMisrouted, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
+			Message: misroutedMessage(status, trimmed, "")}
+	}
+	err := json.Unmarshal(trimmed, v)
+	if err != nil || (valid != nil && !valid()) {
+		return &Error{Reason: ReasonBadResponse, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
+			Message: unreadable, Err: err}
+	}
+	return nil
+}
+
 // ErrCursorExpired: HighLevel refused an export cursor (it lives about 2
 // minutes after the last request); start the export again without one.
 var ErrCursorExpired = errors.New("highlevel: export cursor expired or invalid")
@@ -433,15 +444,9 @@ func (c *Client) ExportMessages(ctx context.Context, q ExportQuery, token string
 		return nil, err
 	}
 	if status >= 200 && status < 300 {
-		trimmed := bytes.TrimSpace(body)
-		if misrouted(status, h, trimmed, nil, "") {
-			return nil, &Error{Reason: ReasonMisrouted, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
-				Message: misroutedMessage(status, trimmed, "")}
-		}
 		var p ExportPage
-		if err := json.Unmarshal(trimmed, &p); err != nil {
-			return nil, &Error{Reason: ReasonBadResponse, StatusCode: status, Request: req, Retryable: true, Limits: ParseLimits(h),
-				Message: "unreadable export page", Err: err}
+		if err := decodeOK(status, h, body, req, &p, "unreadable export page", nil); err != nil {
+			return nil, err
 		}
 		p.Limits = ParseLimits(h)
 		return &p, nil

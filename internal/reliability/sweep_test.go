@@ -35,22 +35,7 @@ func newSweepWorld(t *testing.T, latency time.Duration) *sweepWorld {
 	t.Helper()
 	c := newCampaign(t, 2, 0, sandbox.Faults{Latency: latency})
 	w := &sweepWorld{campaign: c, a: "relLocation000000000", b: "relLocation000000001"}
-	var specs []sandbox.MessageSpec
-	for i := range 1200 {
-		st := sandbox.StatusScheduled
-		if i >= 700 {
-			st = sandbox.StatusSent
-		}
-		specs = append(specs, sandbox.MessageSpec{Contact: fmt.Sprintf("contact%02d", i%12), Status: st})
-	}
-	for i := range 100 {
-		st := sandbox.StatusScheduled
-		if i >= 60 {
-			st = "delivered"
-		}
-		specs = append(specs, sandbox.MessageSpec{Contact: fmt.Sprintf("contact%02d", i%12), Email: true, Status: st})
-	}
-	w.added = c.sb.AddMessages(w.a, specs...)
+	w.added = c.sb.AddMessages(w.a, sandbox.MixedSpecs(1200, 700, 100, 60, 12)...)
 	for _, a := range c.sb.AddMessages(w.b, make([]sandbox.MessageSpec, 100)...) {
 		w.bScheduled = append(w.bScheduled, a.CancelID)
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -37,6 +38,25 @@ type Added struct {
 	Email        bool
 	Contact      string
 	Scheduled    bool
+}
+
+// MixedSpecs is a location as the sweep tests know it: sms SMS of which the
+// first smsScheduled are scheduled (the rest sent), then emails emails of
+// which the first emailsScheduled are scheduled (the rest delivered), spread
+// round-robin over contacts contact00, contact01...
+func MixedSpecs(sms, smsScheduled, emails, emailsScheduled, contacts int) []MessageSpec {
+	specs := make([]MessageSpec, 0, sms+emails)
+	for i := range sms + emails {
+		email, st := i >= sms, StatusScheduled
+		switch {
+		case !email && i >= smsScheduled:
+			st = StatusSent
+		case email && i-sms >= emailsScheduled:
+			st = "delivered"
+		}
+		specs = append(specs, MessageSpec{Contact: fmt.Sprintf("contact%02d", i%contacts), Email: email, Status: st})
+	}
+	return specs
 }
 
 // AddMessages adds conversation messages to a location, in order.
@@ -163,25 +183,15 @@ func (s *Server) export(w http.ResponseWriter, r *http.Request, location string)
 		}
 		after = cur.After
 	}
+	channel, contact, conversation := q.Get("channel"), q.Get("contactId"), q.Get("conversationId")
+	if channel != "" && channel != "SMS" && channel != "Email" {
+		channel = "none" // no calls or social messages here
+	}
 	match := func(m *message) bool {
-		switch q.Get("channel") {
-		case "":
-			if m.email {
-				return false
-			}
-		case "SMS":
-			if m.email {
-				return false
-			}
-		case "Email":
-			if !m.email {
-				return false
-			}
-		default:
-			return false // no calls or social messages here
+		if channel == "none" || m.email != (channel == "Email") {
+			return false
 		}
-		return (q.Get("contactId") == "" || q.Get("contactId") == m.contact) &&
-			(q.Get("conversationId") == "" || q.Get("conversationId") == m.conversation) &&
+		return (contact == "" || contact == m.contact) && (conversation == "" || conversation == m.conversation) &&
 			(since.IsZero() || !m.added.Before(since)) && (until.IsZero() || !m.added.After(until))
 	}
 	s.mu.RLock()

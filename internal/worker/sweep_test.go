@@ -2,7 +2,6 @@ package worker_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -20,22 +19,7 @@ import (
 // SMS (700 scheduled across 12 contacts, the rest sent) and 100 emails (60
 // scheduled), contacts contact00..contact11.
 func sweepFixture(sb *sandbox.Server, loc string) []sandbox.Added {
-	var specs []sandbox.MessageSpec
-	for i := range 1200 {
-		st := sandbox.StatusScheduled
-		if i >= 700 {
-			st = sandbox.StatusSent
-		}
-		specs = append(specs, sandbox.MessageSpec{Contact: fmt.Sprintf("contact%02d", i%12), Status: st})
-	}
-	for i := range 100 {
-		st := sandbox.StatusScheduled
-		if i >= 60 {
-			st = "delivered"
-		}
-		specs = append(specs, sandbox.MessageSpec{Contact: fmt.Sprintf("contact%02d", i%12), Email: true, Status: st})
-	}
-	return sb.AddMessages(loc, specs...)
+	return sb.AddMessages(loc, sandbox.MixedSpecs(1200, 700, 100, 60, 12)...)
 }
 
 // TestSweepByContactThenLocation: a contact sweep cancels exactly that
