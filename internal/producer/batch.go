@@ -58,79 +58,112 @@ local function drop_dead(id)
   redis.call("HDEL", KEYS[1], id)
   redis.call("ZREM", KEYS[2], id)
 end
+-- Task ids to push per lane: one LPUSH per lane for the whole batch (in
+-- the same order as one LPUSH per task).
+local push = {}
+local function enqueue(lane, id, msg)
+  redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
+  push[lane] = push[lane] or {}
+  local p = push[lane]
+  p[#p+1] = id
+end
 local n = (#ARGV - 3) / 7
+-- The common case, a batch of messages never seen (a new file): no task on
+-- any lane and no record for any of them. One EXISTS over the whole batch
+-- tells it; then only a repeat inside the batch is already queued.
+local keys = {}
+for i = 0, n - 1 do
+  local id = ARGV[3 + i * 7 + 2]
+  ` + existsKeys + `
+  keys[#keys+1] = "ghlcancel:msg:" .. id
+end
+local fresh = redis.call("EXISTS", unpack(keys)) == 0
+local seen = {}
 for i = 0, n - 1 do
   local a = 3 + i * 7
   local msg, id, lane, campaign, loc, force, fromdead = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6], ARGV[a+7]
-  local live, stale, archived = false, {}, false
-  for _, l in ipairs(LANES) do
-    local st = redis.call("HGET", "asynq:{" .. l .. "}:t:" .. id, "state")
-    if st == "archived" or st == "completed" then
-      stale[#stale+1] = {l, st}
-      if st == "archived" then archived = true end
-    elseif st then
-      live = true
-    end
-  end
-  if live then
+  if fresh and seen[id] then
     res[i+1] = 1
-    -- A requeued dead letter whose message is queued again is stale.
+  elseif fresh or redis.call("EXISTS", unpack(keys, i * ` + strconv.Itoa(existsPerItem) + ` + 1, (i + 1) * ` + strconv.Itoa(existsPerItem) + `)) == 0 then
+    -- Never seen: no task on any lane, no record.
+    seen[id] = true
     if fromdead == "1" then drop_dead(id) end
+    count(campaign, 1, loc)
+    res[i+1] = 0
+    enqueue(lane, id, msg)
   else
-    local rk = "ghlcancel:msg:" .. id
-    local rec = redis.call("HMGET", rk, "o", "c")
-    local o, prevc = rec[1], rec[2]
-    -- Dead: its record says so, or asynq archived it and nothing else is
-    -- recorded (an archived copy next to a true outcome is only stale).
-    local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
-    for _, s in ipairs(stale) do
-      redis.call("DEL", "asynq:{" .. s[1] .. "}:t:" .. id)
-      redis.call("ZREM", "asynq:{" .. s[1] .. "}:" .. s[2], id)
+    local live, stale, archived = false, {}, false
+    for _, l in ipairs(LANES) do
+      local st = redis.call("HGET", "asynq:{" .. l .. "}:t:" .. id, "state")
+      if st == "archived" or st == "completed" then
+        stale[#stale+1] = {l, st}
+        if st == "archived" then archived = true end
+      elseif st then
+        live = true
+      end
     end
-    if dead or fromdead == "1" then drop_dead(id) end
-    if o and not dead and force ~= "1" then
-      res[i+1] = 2
+    if live then
+      res[i+1] = 1
+      -- A requeued dead letter whose message is queued again is stale.
+      if fromdead == "1" then drop_dead(id) end
     else
-      if o or prevc or archived then
-        prevc = prevc or ""
-        -- Its campaign still exists: take the old outcome out of it (and
-        -- move the message if it is sent under another campaign). If the
-        -- campaign expired, the message counts as new where it is sent.
-        if prevc ~= "" and redis.call("EXISTS", (ck(prevc))) == 1 then
-          creopen(prevc, id)
-          count(prevc, 0, "")
-          if prevc ~= campaign then
-            count(prevc, -1, "")
+      local rk = "ghlcancel:msg:" .. id
+      local rec = redis.call("HMGET", rk, "o", "c")
+      local o, prevc = rec[1], rec[2]
+      -- Dead: its record says so, or asynq archived it and nothing else is
+      -- recorded (an archived copy next to a true outcome is only stale).
+      local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
+      for _, s in ipairs(stale) do
+        redis.call("DEL", "asynq:{" .. s[1] .. "}:t:" .. id)
+        redis.call("ZREM", "asynq:{" .. s[1] .. "}:" .. s[2], id)
+      end
+      if dead or fromdead == "1" then drop_dead(id) end
+      if o and not dead and force ~= "1" then
+        res[i+1] = 2
+      else
+        if o or prevc or archived then
+          prevc = prevc or ""
+          -- Its campaign still exists: take the old outcome out of it (and
+          -- move the message if it is sent under another campaign). If the
+          -- campaign expired, the message counts as new where it is sent.
+          if prevc ~= "" and redis.call("EXISTS", (ck(prevc))) == 1 then
+            creopen(prevc, id)
+            count(prevc, 0, "")
+            if prevc ~= campaign then
+              count(prevc, -1, "")
+              count(campaign, 1, loc)
+            end
+          else
             count(campaign, 1, loc)
           end
+          -- The "call sent" mark stays only if the outcome said so (its last
+          -- call may have been carried out) or there was no outcome.
+          local keepmark = (not o) or string.sub(o, -2) == "|k"
+          redis.call("HDEL", rk, "o")
+          if redis.call("EXISTS", rk) == 1 then
+            if keepmark then
+              redis.call("HSET", rk, "c", campaign)
+            else
+              redis.call("HSET", rk, "c", campaign, "s", "")
+            end
+          end
+          -- Forced over a cancel: the forced call's "not found" is that
+          -- cancel, as after a lost answer.
+          if force == "1" and o and string.sub(o, 1, 10) == "cancelled|" then
+            redis.call("HSET", rk, "s", "forced")
+          end
+          res[i+1] = 3
         else
           count(campaign, 1, loc)
+          res[i+1] = 0
         end
-        -- The "call sent" mark stays only if the outcome said so (its last
-        -- call may have been carried out) or there was no outcome.
-        local keepmark = (not o) or string.sub(o, -2) == "|k"
-        redis.call("HDEL", rk, "o")
-        if redis.call("EXISTS", rk) == 1 then
-          if keepmark then
-            redis.call("HSET", rk, "c", campaign)
-          else
-            redis.call("HSET", rk, "c", campaign, "s", "")
-          end
-        end
-        -- Forced over a cancel: the forced call's "not found" is that
-        -- cancel, as after a lost answer.
-        if force == "1" and o and string.sub(o, 1, 10) == "cancelled|" then
-          redis.call("HSET", rk, "s", "forced")
-        end
-        res[i+1] = 3
-      else
-        count(campaign, 1, loc)
-        res[i+1] = 0
+        enqueue(lane, id, msg)
       end
-      redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
-      redis.call("LPUSH", "asynq:{" .. lane .. "}:pending", id)
     end
   end
+end
+for lane, ids in pairs(push) do
+  redis.call("LPUSH", "asynq:{" .. lane .. "}:pending", unpack(ids))
 end
 for c, d in pairs(delta) do
   if locs[c] then
@@ -140,6 +173,18 @@ for c, d in pairs(delta) do
   cadd(c, d, "", now, ttl)
 end
 return res`)
+
+// existsKeys appends, in enqueueScript, the task key of id on every lane
+// to keys; with the record's key that makes existsPerItem keys per item.
+var existsKeys = func() string {
+	var b strings.Builder
+	for _, l := range tasks.Queues {
+		b.WriteString("keys[#keys+1] = " + strconv.Quote("asynq:{"+l+"}:t:") + " .. id; ")
+	}
+	return b.String()
+}()
+
+var existsPerItem = len(tasks.Queues) + 1
 
 // luaLanes lists the lanes as Lua string literals.
 func luaLanes() string {

@@ -215,3 +215,42 @@ func TestRetryAndTimeoutAsGiven(t *testing.T) {
 		require.Equal(t, tt.wantTimeout, info.Timeout)
 	}
 }
+
+// TestRepeatsInsideOneBatch: a batch checks all its messages at once when
+// none was seen before; a message repeated inside such a batch, or inside a
+// batch where some were seen, is queued once and counted once.
+func TestRepeatsInsideOneBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
+	it := func(id string) producer.Item {
+		return producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: "locRepeat", CampaignID: "repeat"}
+	}
+	statuses := func(ids ...string) []producer.Status {
+		items := make([]producer.Item, len(ids))
+		for i, id := range ids {
+			items[i] = it(id)
+		}
+		var out []producer.Status
+		for _, r := range p.EnqueueBatch(ctx, items) {
+			require.NoError(t, r.Err)
+			out = append(out, r.Status)
+		}
+		return out
+	}
+	// All new, one repeated: the fast path.
+	require.Equal(t, []producer.Status{producer.Enqueued, producer.Enqueued, producer.AlreadyQueued, producer.AlreadyQueued},
+		statuses("repeatA", "repeatB", "repeatA", "repeatA"))
+	// One seen before, one new repeated: the item by item path.
+	require.Equal(t, []producer.Status{producer.AlreadyQueued, producer.Enqueued, producer.AlreadyQueued},
+		statuses("repeatB", "repeatC", "repeatC"))
+	pending, err := rdb.LRange(ctx, "asynq:{"+tasks.QueueBulk+"}:pending", 0, -1).Result()
+	require.NoError(t, err)
+	// Oldest first on the right, as asynq's own LPUSH leaves them.
+	require.Equal(t, []string{tasks.TaskID(ghl.KindMessage, "repeatC"), tasks.TaskID(ghl.KindMessage, "repeatB"),
+		tasks.TaskID(ghl.KindMessage, "repeatA")}, pending)
+	s, _, err := campaign.New(rdb, 0).Get(ctx, "repeat")
+	require.NoError(t, err)
+	require.Equal(t, int64(3), s.Total)
+}
