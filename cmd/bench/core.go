@@ -192,7 +192,7 @@ func measureNoop(ctx context.Context, env *benchEnv, n, concurrency int, lanes s
 	}); err != nil {
 		return usage{}, err
 	}
-	return drain(ctx, env, n, nil, exec.CommandContext(ctx, env.self, "_noop", "-redis-url", env.redisURL,
+	return drain(ctx, env, n, nil, env.child(ctx, "_noop", "-redis-url", env.redisURL,
 		"-concurrency", strconv.Itoa(concurrency), "-lanes", lanes))
 }
 
@@ -217,7 +217,7 @@ func measureOurs(ctx context.Context, env *benchEnv, n, concurrency, locations i
 	// none here): its Redis work is part of the cost measured.
 	args := append([]string{"_worker", "-redis-url", env.redisURL, "-concurrency", strconv.Itoa(concurrency), "-api", sb.url,
 		"-tokens-file", sb.tokens, "-rate-limit", rateLimit}, extra...)
-	u, err := drain(ctx, env, len(sb.items), sb, exec.CommandContext(ctx, env.self, args...))
+	u, err := drain(ctx, env, len(sb.items), sb, env.child(ctx, args...))
 	if err != nil {
 		return u, err
 	}
@@ -248,7 +248,7 @@ func startSandboxChild(ctx context.Context, env *benchEnv, locations, perLocatio
 	ids, toks := filepath.Join(dir, "ids.csv"), filepath.Join(dir, "tokens.json")
 	args := append([]string{"_sandbox", "-locations", strconv.Itoa(locations), "-messages", strconv.Itoa(perLocation),
 		"-ids-out", ids, "-tokens-out", toks}, flags...)
-	cmd := exec.CommandContext(ctx, env.self, args...)
+	cmd := env.child(ctx, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -398,35 +398,56 @@ func redisUsage(ctx context.Context, rdb *redis.Client) (cpu time.Duration, cmds
 	return time.Duration(secs * float64(time.Second)), cmds, nil
 }
 
-// drain starts the child (worker or no-op server), measures from its
-// "ready" until the bulk lane is empty, then stops it: rate, the child's and
-// the sandbox's CPU, Redis's CPU and commands, the child's peak RSS.
-func drain(ctx context.Context, env *benchEnv, n int, sb *sandboxChild, cmd *exec.Cmd) (usage, error) {
+// drain starts the children (worker processes or a no-op server), measures
+// from their "ready" until the bulk lane is empty, then stops them: rate,
+// the children's and the sandbox's CPU, Redis's CPU and commands, the
+// largest child's peak RSS.
+func drain(ctx context.Context, env *benchEnv, n int, sb *sandboxChild, cmds ...*exec.Cmd) (usage, error) {
 	rdb := env.rdb
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return usage{}, err
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return usage{}, err
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() || strings.TrimSpace(sc.Text()) != "ready" {
-		return usage{}, errors.New("child did not start")
-	}
-	trips := make(chan int64, 1)
-	go func() { // the child prints its round-trip count when it stops
-		var n int64
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "roundtrips "); ok {
-				n, _ = strconv.ParseInt(v, 10, 64)
+	trips := make(chan int64, len(cmds))
+	defer func() {
+		for _, cmd := range cmds {
+			if cmd.Process != nil && cmd.ProcessState == nil {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
 			}
 		}
-		trips <- n
 	}()
-	w0, err := cpuOf(cmd.Process.Pid)
+	for _, cmd := range cmds {
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return usage{}, err
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return usage{}, err
+		}
+		sc := bufio.NewScanner(out)
+		if !sc.Scan() || strings.TrimSpace(sc.Text()) != "ready" {
+			return usage{}, errors.New("child did not start")
+		}
+		go func() { // the child prints its round-trip count when it stops
+			var n int64
+			for sc.Scan() {
+				if v, ok := strings.CutPrefix(sc.Text(), "roundtrips "); ok {
+					n, _ = strconv.ParseInt(v, 10, 64)
+				}
+			}
+			trips <- n
+		}()
+	}
+	childCPU := func() (time.Duration, error) {
+		var sum time.Duration
+		for _, cmd := range cmds {
+			c, err := cpuOf(cmd.Process.Pid)
+			if err != nil {
+				return 0, err
+			}
+			sum += c
+		}
+		return sum, nil
+	}
+	w0, err := childCPU()
 	if err != nil {
 		return usage{}, err
 	}
@@ -457,7 +478,7 @@ func drain(ctx context.Context, env *benchEnv, n int, sb *sandboxChild, cmd *exe
 		time.Sleep(5 * time.Millisecond)
 	}
 	u := usage{n: n, took: time.Since(start)}
-	w1, _ := cpuOf(cmd.Process.Pid)
+	w1, _ := childCPU()
 	u.workerCPU = w1 - w0
 	if sb != nil {
 		s1, _ := cpuOf(sb.pid())
@@ -475,16 +496,24 @@ func drain(ctx context.Context, env *benchEnv, n int, sb *sandboxChild, cmd *exe
 			}
 		}
 	}
+	for _, cmd := range cmds {
+		if mb, err := peakRSS(cmd.Process.Pid); err == nil {
+			u.rssMB = max(u.rssMB, mb)
+		}
+	}
 	// The polling above costs two LLEN per 5 ms: take them out.
 	polls := int64(u.took/(5*time.Millisecond)) * 2
 	u.redisCPU, u.redisCmds = r1-r0, c1-c0-polls
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	u.roundTrips = <-trips
-	if err := cmd.Wait(); err != nil {
-		return usage{}, fmt.Errorf("child exit: %w", err)
+	for _, cmd := range cmds {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
 	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		u.rssMB = float64(ru.Maxrss) / 1024 // KiB on Linux
+	for range cmds {
+		u.roundTrips += <-trips
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			return usage{}, fmt.Errorf("child exit: %w", err)
+		}
 	}
 	return u, nil
 }

@@ -1,11 +1,18 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/redis/go-redis/v9"
 
@@ -79,4 +86,29 @@ func serveSandbox(sb *sandbox.Server) (url string, stop func(), err error) {
 	srv := &http.Server{Handler: sb.Handler()}
 	go func() { _ = srv.Serve(ln) }()
 	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
+}
+
+// child is this binary run with args as a child process that dies with the
+// bench (an interrupted bench leaves no worker or sandbox behind).
+func (e *benchEnv) child(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, e.self, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
+// peakRSS reads a running process's peak resident set (VmHWM) in MB. Not
+// wait4's ru_maxrss: Linux carries the parent's peak over a vfork+exec into
+// the child's, so a big bench process would show as a big child.
+func peakRSS(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, errors.New("no VmHWM in /proc/" + strconv.Itoa(pid) + "/status")
 }

@@ -240,7 +240,7 @@ func (e *scenarioEnv) run(ctx context.Context, sc scenario) (*scenarioResult, er
 	}
 	var cmds []*exec.Cmd
 	for range sc.workers {
-		cmd := exec.CommandContext(ctx, e.self, "_worker", "-redis-url", e.redisURL, "-concurrency", strconv.Itoa(sc.concurrency),
+		cmd := e.child(ctx, "_worker", "-redis-url", e.redisURL, "-concurrency", strconv.Itoa(sc.concurrency),
 			"-api", apiURL, "-tokens-file", tokPath, "-rate-limit", sc.rateFlag)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {

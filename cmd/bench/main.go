@@ -42,7 +42,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: bench core|limits|enqueue|lanes|intake|collector|sweep [flags]")
+		return errors.New("usage: bench core|limits|enqueue|lanes|intake|collector|sweep|scale [flags]")
 	}
 	switch args[0] {
 	case "core":
@@ -59,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return collectorBench(ctx, args[1:], stdout, stderr)
 	case "sweep":
 		return sweepBench(ctx, args[1:], stdout, stderr)
+	case "scale":
+		return scaleBench(ctx, args[1:], stdout, stderr)
 	case "_enqueue":
 		return enqueueChild(ctx, args[1:], stdout)
 	case "_worker", "_noop": // child processes

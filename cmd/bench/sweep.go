@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"github.com/hibiken/asynq"
 	"io"
-	"os/exec"
 	"strconv"
 	"syscall"
 	"time"
@@ -49,7 +48,7 @@ func sweepBench(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, env.self, "_worker", "-redis-url", env.redisURL, "-concurrency", strconv.Itoa(*concurrency),
+	cmd := env.child(ctx, "_worker", "-redis-url", env.redisURL, "-concurrency", strconv.Itoa(*concurrency),
 		"-api", sb.url, "-tokens-file", sb.tokens, "-rate-limit", fmt.Sprintf("%d/%s", *rate, *interval))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -116,10 +115,8 @@ func sweepBench(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	_ = cmd.Wait()
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		fmt.Fprintf(stdout, "  worker peak RSS %.1f MB\n", float64(ru.Maxrss)/1024)
+	if mb, err := peakRSS(cmd.Process.Pid); err == nil {
+		fmt.Fprintf(stdout, "  worker peak RSS %.1f MB\n", mb)
 	}
 	return nil
 }
