@@ -53,6 +53,7 @@ const (
 	EnvShutdownTimeout = "SHUTDOWN_TIMEOUT"
 	EnvMetricsAddr     = "METRICS_ADDR"
 	EnvStrictPriority  = "STRICT_PRIORITY"
+	EnvLanes           = "WORKER_LANES"
 	EnvRateLimit       = "RATE_LIMIT"
 	EnvRateMargin      = "RATE_LIMIT_MARGIN"
 	EnvRateOverrides   = "RATE_LIMIT_OVERRIDES"
@@ -85,6 +86,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	concurrency := fs.Int("concurrency", ep.Int(EnvConcurrency, worker.ConcurrencyDefault), "tasks processed at once (env "+EnvConcurrency+")")
 	shutdown := fs.Duration("shutdown-timeout", ep.Duration(EnvShutdownTimeout, worker.ShutdownTimeoutDefault), "time in-flight tasks get on SIGTERM (env "+EnvShutdownTimeout+")")
 	metricsAddr := fs.String("metrics-addr", ep.String(EnvMetricsAddr, MetricsAddrDefault), "listen address for /metrics, /healthz, /readyz; empty disables (env "+EnvMetricsAddr+")")
+	lanes := fs.String("lanes", ep.String(EnvLanes, "separate"), "separate: one fetch loop per lane (bulk WORKER_CONCURRENCY slots, default half, urgent a quarter); shared: one loop, lanes weighted 6:3:1 (env "+EnvLanes+")")
 	strict := fs.Bool("strict-priority", getenv(EnvStrictPriority) == "true", "serve bulk only when urgent and default are empty (env "+EnvStrictPriority+")")
 	rateLimit := fs.String("rate-limit", ep.String(EnvRateLimit, "100/10s"), "default per-location limit N/period, or off (env "+EnvRateLimit+")")
 	rateMargin := fs.Float64("rate-limit-margin", ep.Float(EnvRateMargin, ratelimit.MarginDefault), "share of the limit left unused (env "+EnvRateMargin+")")
@@ -104,6 +106,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if err := ep.Err(); err != nil {
 		return err
+	}
+	if *lanes != "separate" && *lanes != "shared" {
+		return fmt.Errorf("%s=%q: want separate or shared", EnvLanes, *lanes)
 	}
 	for _, o := range []struct{ env, v string }{{EnvBreaker, *breakerMode}, {EnvVerify, *verify}} {
 		if o.v != "on" && o.v != "off" {
@@ -140,6 +145,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Concurrency:         *concurrency,
 		ShutdownTimeout:     *shutdown,
 		StrictPriority:      *strict,
+		SharedLanes:         *lanes == "shared",
 		RateLimit:           rl,
 		NoPacing:            noPacing,
 		NoBreaker:           *breakerMode == "off",

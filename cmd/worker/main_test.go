@@ -237,6 +237,7 @@ func TestRunConfigErrors(t *testing.T) {
 		{"bad concurrency", nil, map[string]string{EnvToken: "t", EnvConcurrency: "lots"}, `WORKER_CONCURRENCY="lots"`},
 		{"bad duration", nil, map[string]string{EnvToken: "t", EnvShutdownTimeout: "30"}, `SHUTDOWN_TIMEOUT="30"`},
 		{"bad breaker", nil, map[string]string{EnvToken: "t", EnvBreaker: "maybe"}, "CIRCUIT_BREAKER"},
+		{"bad lanes", nil, map[string]string{EnvToken: "t", EnvLanes: "together"}, `WORKER_LANES="together": want separate or shared`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
