@@ -17,6 +17,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/webhook"
 )
 
 // Namespace prefixes every metric.
@@ -42,6 +43,12 @@ type Metrics struct {
 	SweepPages     prometheus.Counter
 	SweepMessages  *prometheus.CounterVec
 	Sweeps         *prometheus.CounterVec
+	EventToCancel  *prometheus.HistogramVec
+}
+
+// EventCancel implements tasks.EventObserver.
+func (m *Metrics) EventCancel(event string, d time.Duration) {
+	m.EventToCancel.WithLabelValues(event).Observe(d.Seconds())
 }
 
 // SweepPage implements sweep.Observer.
@@ -174,6 +181,14 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: Namespace, Name: "sweeps_total",
 		Help: "Location sweeps that ended, by result (done, failed).",
 	}, []string{"result"})
+	m.EventToCancel = f.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "webhook_event_to_cancel_seconds",
+		Help:    "Time from a webhook event's timestamp to the first call of each cancel its sweep found (a contact's first is the reaction time), by event type.",
+		Buckets: []float64{.1, .25, .5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300},
+	}, []string{"event"})
+	for _, e := range webhook.Supported {
+		m.EventToCancel.WithLabelValues(e)
+	}
 	for _, r := range []string{"seen", "scheduled"} {
 		m.SweepMessages.WithLabelValues(r)
 	}

@@ -42,7 +42,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: bench core|limits|enqueue|lanes|intake|collector|sweep|scale [flags]")
+		return errors.New("usage: bench core|limits|enqueue|lanes|intake|collector|sweep|scale|webhooks [flags]")
 	}
 	switch args[0] {
 	case "core":
@@ -61,6 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return sweepBench(ctx, args[1:], stdout, stderr)
 	case "scale":
 		return scaleBench(ctx, args[1:], stdout, stderr)
+	case "webhooks":
+		return webhooksBench(ctx, args[1:], stdout, stderr)
 	case "_enqueue":
 		return enqueueChild(ctx, args[1:], stdout)
 	case "_worker", "_noop": // child processes
@@ -68,7 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "_sandbox":
 		return sandboxMain(ctx, args[1:], stdout)
 	}
-	return fmt.Errorf("unknown benchmark %q (want core, limits, enqueue, lanes, intake or collector)", args[0])
+	return fmt.Errorf("unknown benchmark %q (want core, limits, enqueue, lanes, intake, collector, sweep, scale or webhooks)", args[0])
 }
 
 const noopType = "bench:noop"
@@ -83,7 +85,7 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 	tokensFile := fs.String("tokens-file", "", "")
 	rateLimit := fs.String("rate-limit", "100/10s", "")
 	cpuProfile := fs.String("cpuprofile", os.Getenv("BENCH_CPUPROFILE"), "")
-	lanes := fs.String("lanes", "weighted", "no-op: weighted (6:3:1) or bulk (the bulk lane alone)")
+	lanes := fs.String("lanes", "weighted", "no-op: weighted (6:3:1) or bulk (the bulk lane alone); worker: shared for one weighted fetch loop")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -136,7 +138,7 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 		}
 	}
 	w, err := worker.New(worker.Config{Redis: rdb, GHL: ghl.Config{BaseURL: *apiURL}, Tokens: src, Concurrency: *concurrency,
-		RateLimit: ratelimit.Config{Default: lim}, NoPacing: *rateLimit == "off"})
+		RateLimit: ratelimit.Config{Default: lim}, NoPacing: *rateLimit == "off", SharedLanes: *lanes == "shared"})
 	if err != nil {
 		return err
 	}

@@ -32,11 +32,13 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/intake"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
+	"github.com/ghlcancel/ghlcancel/internal/webhook"
 	"github.com/ghlcancel/ghlcancel/internal/worker"
 	"github.com/ghlcancel/ghlcancel/metrics"
 )
@@ -139,7 +141,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		defer os.RemoveAll(dir)
 	}
-	csvPath, tokPath, scheduled, err := seed(sb, o, dir)
+	csvPath, tokPath, scheduled, sweepMsgs, err := seed(sb, o, dir)
 	if err != nil {
 		return err
 	}
@@ -222,51 +224,114 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	mfs, _ := reg.Gather()
 	took := time.Since(start)
-	if err := sweepDemo(ctx, stdout, p, rdb, sb); err != nil {
+	if err := webhookDemo(ctx, stdout, rdb, sb, sweepMsgs); err != nil {
 		return err
 	}
 	return report(ctx, stdout, mfs, sb, rdb, scheduled, took, redisURL, mln.Addr().String(), o.exit)
 }
 
-// seed fills the sandbox and writes the campaign CSV and the tokens file.
+// sweepLocation is where the webhook demo's contacts have conversations.
 const sweepLocation = "demoLocationSweep001"
 
-// sweepDemo: a contact replied, so everything still scheduled for them is
-// found (HighLevel's message export, SMS then email) and cancelled, without
-// knowing a single id; the other contact's messages stay scheduled.
-func sweepDemo(ctx context.Context, w io.Writer, p *producer.Producer, rdb *redis.Client, sb *sandbox.Server) error {
-	fmt.Fprintf(w, "\nsweep:    contactAlice replied: cancel whatever is still scheduled for her in %s\n", sweepLocation)
-	st, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{sweepLocation}, ContactID: "contactAlice", CampaignID: "demo-sweep"})
+// webhookDemo: contactAlice replies by SMS. HighLevel (the sandbox, with
+// its own test keys) posts the signed InboundMessage webhook to the intake
+// API; AUTO_CANCEL_EVENTS=InboundMessage makes it a sweep of her
+// conversations (HighLevel's message export, SMS then email), and
+// everything still scheduled for her is cancelled without knowing a single
+// id. Bob's messages stay scheduled, sent ones are never touched; both are
+// checked message by message in the sandbox.
+func webhookDemo(ctx context.Context, w io.Writer, rdb *redis.Client, sb *sandbox.Server, sweepMsgs []sandbox.Added) error {
+	v, err := sb.Verifier()
 	if err != nil {
 		return err
 	}
+	rules, err := webhook.LoadRules("InboundMessage", "all", "")
+	if err != nil {
+		return err
+	}
+	srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{"demo-intake-key-0123456789"},
+		Webhook: &webhook.Config{Verifier: v, Rules: rules}})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	defer hs.Close()
+	url := "http://" + ln.Addr().String() + "/v1/webhooks/highlevel"
+
+	fmt.Fprintf(w, "\nwebhook:  contactAlice replies by SMS; HighLevel posts a signed InboundMessage to %s (AUTO_CANCEL_EVENTS=InboundMessage)\n", url)
+	body := sb.EventBody(sandbox.EventSpec{Type: "InboundMessage", Location: sweepLocation, Contact: "contactAlice"})
+	start := time.Now()
+	code, ans, err := sb.Emit(ctx, url, body, sandbox.EmitOptions{})
+	if err != nil {
+		return err
+	}
+	var r webhook.Response
+	if err := json.Unmarshal(ans, &r); err != nil || code != http.StatusOK || r.Result != webhook.ResultAccepted {
+		return fmt.Errorf("the intake answered %d %s to the webhook", code, ans)
+	}
+	fmt.Fprintf(w, "webhook:  answered %d %s: sweep %s into campaign %s\n", code, r.Result, r.SweepID, r.CampaignID)
+	code, ans, err = sb.Emit(ctx, url, body, sandbox.EmitOptions{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "webhook:  the same delivery again: %d %s\n", code, strings.TrimSpace(string(ans)))
+	code, ans, err = sb.Emit(ctx, url, sb.EventBody(sandbox.EventSpec{Type: "InboundMessage", Location: sweepLocation, Contact: "contactBob00"}), sandbox.EmitOptions{Tamper: true})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "webhook:  a tampered one for contactBob00: %d %s\n", code, strings.TrimSpace(string(ans)))
+
 	tr := campaign.New(rdb, 0)
 	deadline := time.Now().Add(time.Minute)
 	for {
-		s, ok, err := tr.Get(ctx, st.CampaignID)
+		s, ok, err := tr.Get(ctx, r.CampaignID)
 		if err != nil {
 			return err
 		}
 		if ok && s.Complete {
-			fmt.Fprintf(w, "sweep:    %s\n", strings.ReplaceAll(s.Render(campaign.Status{}, time.Time{}), "\n", "\n          "))
+			fmt.Fprintf(w, "webhook:  %s\n", strings.ReplaceAll(s.Render(campaign.Status{}, time.Time{}), "\n", "\n          "))
 			break
 		}
 		if time.Now().After(deadline) {
-			return errors.New("the sweep did not finish within a minute")
+			return errors.New("the webhook's sweep did not finish within a minute")
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	count := sb.Count()
-	fmt.Fprintf(w, "sweep:    verified in the sandbox: Alice's scheduled SMS and emails cancelled, Bob's still scheduled (sandbox totals now: %d scheduled, %d cancelled, %d sent)\n",
-		count[sandbox.StatusScheduled], count[sandbox.StatusCancelled], count[sandbox.StatusSent])
+	took := time.Since(start)
+	alice, bob := 0, 0
+	for _, m := range sweepMsgs {
+		st, cancels, _ := sb.MessageStatus(m.CancelID)
+		switch {
+		case m.Contact == "contactAlice" && m.Scheduled:
+			if st != sandbox.StatusCancelled {
+				return fmt.Errorf("alice's message %s is %s, want cancelled", m.CancelID, st)
+			}
+			alice++
+		case m.Scheduled:
+			if st != sandbox.StatusScheduled {
+				return fmt.Errorf("bob's message %s is %s, want still scheduled", m.CancelID, st)
+			}
+			bob++
+		case cancels > 0:
+			return fmt.Errorf("sent message %s got a cancel call", m.CancelID)
+		}
+	}
+	fmt.Fprintf(w, "webhook:  verified in the sandbox: Alice's %d scheduled SMS and emails cancelled %.1fs after her reply; Bob's %d still scheduled; no sent message touched\n",
+		alice, took.Seconds(), bob)
 	return nil
 }
 
-func seed(sb *sandbox.Server, o options, dir string) (csvPath, tokPath string, scheduled []string, err error) {
+// seed fills the sandbox and writes the campaign CSV and the tokens file.
+func seed(sb *sandbox.Server, o options, dir string) (csvPath, tokPath string, scheduled []string, sweepMsgs []sandbox.Added, err error) {
 	var csv strings.Builder
 	csv.WriteString("message_id,location_id,kind\n")
 	toks := map[string]string{}
@@ -299,7 +364,7 @@ func seed(sb *sandbox.Server, o options, dir string) (csvPath, tokPath string, s
 			specs = append(specs, sandbox.MessageSpec{Contact: c, Email: i%3 == 0, Status: st})
 		}
 	}
-	sb.AddMessages(sweepLocation, specs...)
+	sweepMsgs = sb.AddMessages(sweepLocation, specs...)
 	if o.badToken > 0 {
 		const bad = "demoLocationRevoked1"
 		sb.AddLocation(bad, "what-highlevel-expects")
@@ -310,14 +375,14 @@ func seed(sb *sandbox.Server, o options, dir string) (csvPath, tokPath string, s
 	}
 	csvPath = filepath.Join(dir, "campaign.csv")
 	if err := os.WriteFile(csvPath, []byte(csv.String()), 0o600); err != nil {
-		return "", "", nil, err
+		return "", "", nil, nil, err
 	}
 	b, _ := json.Marshal(toks)
 	tokPath = filepath.Join(dir, "tokens.json")
 	if err := os.WriteFile(tokPath, b, 0o600); err != nil {
-		return "", "", nil, err
+		return "", "", nil, nil, err
 	}
-	return csvPath, tokPath, scheduled, nil
+	return csvPath, tokPath, scheduled, sweepMsgs, nil
 }
 
 func report(ctx context.Context, w io.Writer, mfs []*dto.MetricFamily, sb *sandbox.Server, rdb *redis.Client, scheduled []string,

@@ -21,8 +21,11 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 	require.Regexp(t, `not_found +5\n`, out.String())
 	require.Contains(t, out.String(), "demo-campaign [##############################] 129/129 100%")
 	require.Contains(t, out.String(), "dead letters: unauthorized 4")
-	require.Contains(t, out.String(), "demo-sweep [##############################] 9/9 100%")
+	require.Regexp(t, `auto-inboundmessage-\d{8} \[##############################\] 9/9 100%`, out.String())
 	require.Contains(t, out.String(), "sweeps: 1/1 locations done")
+	require.Contains(t, out.String(), "webhook:  the same delivery again: 200 {\"result\":\"replay\"")
+	require.Contains(t, out.String(), "webhook:  a tampered one for contactBob00: 401 {\"result\":\"bad_signature\"")
+	require.Contains(t, out.String(), "verified in the sandbox: Alice's 9 scheduled SMS and emails cancelled")
 }
 
 func TestDemoRejectsBadFlags(t *testing.T) {

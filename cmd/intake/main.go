@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +26,8 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/redisconn"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/webhook"
+	"github.com/ghlcancel/ghlcancel/internal/webhook/signature"
 )
 
 func main() {
@@ -48,6 +52,14 @@ const (
 	EnvMaxItems  = "INTAKE_MAX_ITEMS"
 	EnvMaxRetry  = "MAX_RETRY"
 	EnvRetention = "CAMPAIGN_RETENTION"
+
+	EnvWebhookKey    = "HIGHLEVEL_WEBHOOK_PUBLIC_KEY"
+	EnvWebhookRSAKey = "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY"
+	EnvWebhookLegacy = "HIGHLEVEL_WEBHOOK_LEGACY"
+	EnvWebhookWindow = "WEBHOOK_REPLAY_WINDOW"
+	EnvAutoEvents    = "AUTO_CANCEL_EVENTS"
+	EnvAutoChannels  = "AUTO_CANCEL_CHANNELS"
+	EnvAutoRulesFile = "AUTO_CANCEL_RULES_FILE"
 )
 
 // Defaults.
@@ -67,6 +79,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	maxItems := fs.Int("max-items", ep.Int(EnvMaxItems, intake.MaxItemsDefault), "most items per request (env "+EnvMaxItems+")")
 	maxRetry := fs.Int("max-retry", ep.Int(EnvMaxRetry, tasks.MaxRetryDefault), "retries per task before it is dead-lettered (env "+EnvMaxRetry+")")
 	retention := fs.Duration("campaign-retention", ep.Duration(EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept (env "+EnvRetention+")")
+	window := fs.Duration("webhook-replay-window", ep.Duration(EnvWebhookWindow, webhook.WindowDefault), "webhook events older than this are replays (env "+EnvWebhookWindow+")")
+	legacy := fs.String("webhook-legacy", ep.String(EnvWebhookLegacy, "on"), "on: accept X-WH-Signature (RSA) when X-GHL-Signature is absent; off: refuse it (env "+EnvWebhookLegacy+")")
+	autoEvents := fs.String("auto-cancel-events", getenv(EnvAutoEvents), "webhook events that cancel a contact's scheduled messages, e.g. InboundMessage:sms+email,ContactDndUpdate (env "+EnvAutoEvents+"; default none)")
+	autoChannels := fs.String("auto-cancel-channels", getenv(EnvAutoChannels), "channels those events cancel: sms, email or all (env "+EnvAutoChannels+"; default all)")
+	rulesFile := fs.String("auto-cancel-rules-file", getenv(EnvAutoRulesFile), "JSON rules per location (env "+EnvAutoRulesFile+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -84,6 +101,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *legacy != "on" && *legacy != "off" {
+		return fmt.Errorf("%s=%q: want on or off", EnvWebhookLegacy, *legacy)
+	}
+	if *window <= 0 {
+		return fmt.Errorf("%s (or its flag) must be positive", EnvWebhookWindow)
+	}
+	wh, err := webhookConfig(getenv, *legacy == "on", *window, *autoEvents, *autoChannels, *rulesFile)
+	if err != nil {
+		return err
 	}
 	log, err := logFlags.Logger(stderr)
 	if err != nil {
@@ -108,6 +135,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	srv, err := intake.New(intake.Config{
 		Redis: rdb, Keys: keys, MaxBodyBytes: int64(*maxBody), MaxItems: *maxItems, Logger: log,
 		Producer: producer.Config{MaxRetry: producer.Retries(*maxRetry), CampaignRetention: *retention},
+		Webhook:  wh,
 	})
 	if err != nil {
 		return err
@@ -123,7 +151,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 	}
-	fmt.Fprintf(stdout, "intake: serving on http://%s (%d API keys)\n", ln.Addr(), len(keys))
+	fmt.Fprintf(stdout, "intake: serving on http://%s (%d API keys); webhooks at /v1/webhooks/highlevel (%s)\n", ln.Addr(), len(keys), describeRules(wh.Rules))
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {
@@ -157,4 +185,43 @@ func loadKeys(inline, file string) ([]string, error) {
 		return nil, errors.New("no API keys found (blank or commented out)")
 	}
 	return keys, nil
+}
+
+// webhookConfig reads the webhook keys and rules. A key variable holds the
+// key (PEM or base64 SPKI) or the path of a file holding it.
+func webhookConfig(getenv func(string) string, legacy bool, window time.Duration, events, channels, rulesFile string) (*webhook.Config, error) {
+	var keys [2]string
+	for i, env := range []string{EnvWebhookKey, EnvWebhookRSAKey} {
+		v := strings.TrimSpace(getenv(env))
+		if v != "" && !strings.Contains(v, "-----BEGIN") && (strings.HasPrefix(v, "/") || strings.HasPrefix(v, ".")) {
+			b, err := os.ReadFile(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", env, err)
+			}
+			v = string(b)
+		}
+		keys[i] = v
+	}
+	v, err := signature.NewVerifier(keys[0], keys[1], legacy)
+	if err != nil {
+		return nil, fmt.Errorf("%s / %s: %w", EnvWebhookKey, EnvWebhookRSAKey, err)
+	}
+	rules, err := webhook.LoadRules(events, channels, rulesFile)
+	if err != nil {
+		return nil, err
+	}
+	return &webhook.Config{Verifier: v, Rules: rules, Window: window}, nil
+}
+
+// describeRules says in a few words what the webhook rules do.
+func describeRules(r *webhook.Rules) string {
+	if !r.Enabled() {
+		return "no " + EnvAutoEvents + ": events are verified and counted, nothing is cancelled"
+	}
+	ev := make([]string, 0, len(r.Default.Events))
+	for e := range r.Default.Events {
+		ev = append(ev, e)
+	}
+	slices.Sort(ev)
+	return fmt.Sprintf("cancelling %s on %s, %d location rules", strings.Join(ev, ","), r.Default.Channel, len(r.Locations))
 }

@@ -56,11 +56,18 @@ func TestConfigErrors(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		"no keys":    {map[string]string{}, EnvKeys},
-		"short key":  {map[string]string{EnvKeys: "abc"}, "at least 16"},
-		"both":       {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvKeysFile: "/x"}, "exactly one"},
-		"bad number": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvMaxItems: "many"}, EnvMaxItems},
-		"no file":    {map[string]string{EnvKeysFile: "/nonexistent/keys"}, "no such file"},
+		"no keys":     {map[string]string{}, EnvKeys},
+		"short key":   {map[string]string{EnvKeys: "abc"}, "at least 16"},
+		"both":        {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvKeysFile: "/x"}, "exactly one"},
+		"bad number":  {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvMaxItems: "many"}, EnvMaxItems},
+		"no file":     {map[string]string{EnvKeysFile: "/nonexistent/keys"}, "no such file"},
+		"bad event":   {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoEvents: "InboundMessage,Reply"}, `AUTO_CANCEL_EVENTS: event "Reply": want one of InboundMessage`},
+		"bad channel": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoChannels: "fax"}, "AUTO_CANCEL_CHANNELS"},
+		"bad legacy":  {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookLegacy: "maybe"}, `HIGHLEVEL_WEBHOOK_LEGACY="maybe": want on or off`},
+		"bad key":     {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookKey: "bm90IGEga2V5"}, "HIGHLEVEL_WEBHOOK_PUBLIC_KEY"},
+		"key file":    {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookRSAKey: "/nonexistent/rsa.pem"}, "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY: open /nonexistent/rsa.pem"},
+		"bad window":  {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookWindow: "5"}, EnvWebhookWindow},
+		"no rules":    {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoRulesFile: "/nonexistent/rules.json"}, "AUTO_CANCEL_RULES_FILE"},
 	} {
 		err := run(context.Background(), nil, func(k string) string { return c.env[k] }, &bytes.Buffer{}, &bytes.Buffer{})
 		require.ErrorContains(t, err, c.want, name)

@@ -37,7 +37,9 @@ type Record struct {
 	APIMessage string    `json:"api_message,omitempty"`
 	Attempts   int       `json:"attempts"`
 	DeadAt     time.Time `json:"dead_at"`
-	// Payload is the raw task payload when it could not be decoded (bounded).
+	// Payload is the raw task payload when it could not be decoded
+	// (bounded), or a failed sweep's payload (with its webhook event), so
+	// that it can be replayed.
 	Payload string `json:"payload,omitempty"`
 }
 

@@ -3,11 +3,13 @@
 //	POST /v1/cancellations     one cancel or many: 202 with a result per item
 //	GET  /v1/campaigns/{id}    a campaign's progress
 //	GET  /v1/dead-letters      dead letters, filtered and paged
+//	POST /v1/sweeps            find what is still scheduled and cancel it
+//	POST /v1/webhooks/highlevel  HighLevel's signed events (no API key)
 //	GET  /v1/openapi.yaml      this API's OpenAPI document (no key needed)
 //	GET  /healthz, /readyz     liveness; readiness (Redis reachable)
 //	GET  /metrics              Prometheus metrics
 //
-// Every /v1 route but the document needs an API key (Authorization: Bearer
+// Every /v1 route but the document and the webhook needs an API key (Authorization: Bearer
 // KEY or X-API-Key: KEY), compared in constant time. Errors are JSON with a
 // stable code (client.Code*). The wire types live in the public client
 // package, so the server and the Go client cannot drift apart.
@@ -41,6 +43,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/webhook"
 )
 
 // OpenAPI is this API's OpenAPI 3 document.
@@ -76,6 +79,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Registry receives the intake metrics. Defaults to a new registry.
 	Registry *prometheus.Registry
+	// Webhook, when set, serves POST /v1/webhooks/highlevel (no API key:
+	// the signature authenticates). Its Producer, Registry and Logger are
+	// the server's.
+	Webhook *webhook.Config
 }
 
 // Server is the intake API's http.Handler.
@@ -157,7 +164,7 @@ func New(cfg Config) (*Server, error) {
 		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
 	}
 	cfg.Registry.MustRegister(s.requests, s.duration, s.items)
-	for _, r := range []string{"cancellations", "campaign", "dead_letters", "sweeps"} {
+	for _, r := range []string{"cancellations", "campaign", "dead_letters", "sweeps", "webhooks"} {
 		s.duration.WithLabelValues(r)
 	}
 	for _, r := range []string{client.StatusEnqueued, client.StatusAlreadyQueued, client.StatusAlreadyDone, client.StatusRequeued, client.StatusRejected} {
@@ -167,6 +174,15 @@ func New(cfg Config) (*Server, error) {
 	s.mux.Handle("/v1/cancellations", s.route("cancellations", http.MethodPost, true, s.postCancellations))
 	s.mux.Handle("/v1/campaigns/{id}", s.route("campaign", http.MethodGet, true, s.getCampaign))
 	s.mux.Handle("/v1/sweeps", s.route("sweeps", http.MethodPost, true, s.postSweeps))
+	if cfg.Webhook != nil {
+		wc := *cfg.Webhook
+		wc.Producer, wc.Registry, wc.Logger = s.prod, cfg.Registry, cfg.Logger
+		wh, err := webhook.NewHandler(wc)
+		if err != nil {
+			return nil, err
+		}
+		s.mux.Handle("/v1/webhooks/highlevel", s.route("webhooks", http.MethodPost, false, wh.ServeHTTP))
+	}
 	s.mux.Handle("/v1/dead-letters", s.route("dead_letters", http.MethodGet, true, s.getDeadLetters))
 	s.mux.Handle("/v1/openapi.yaml", s.route("openapi", http.MethodGet, false, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")

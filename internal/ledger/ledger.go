@@ -209,6 +209,7 @@ local function ctouch(c, now, ttl)
   redis.call("PEXPIRE", ko, ttl)
   redis.call("PEXPIRE", kr, ttl)
   redis.call("PEXPIRE", kl, ttl)
+  redis.call("PEXPIRE", k .. ":failed_sweeps", ttl)
 end
 -- csettled: after an outcome, set finished_at when done reaches total, and
 -- push the campaign's expiry forward at most once a minute (one HMGET on

@@ -254,6 +254,7 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 		}
 		payload, err := tasks.Payload(it.Kind, tasks.CancelPayload{
 			MessageID: it.MessageID, LocationID: it.LocationID, CampaignID: it.CampaignID, SendAt: it.SendAt,
+			Event: it.Event, EventAt: it.EventAt,
 		})
 		if err != nil {
 			out[i] = Result{Status: Rejected, Err: err}

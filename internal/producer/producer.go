@@ -32,6 +32,9 @@ type Item struct {
 	// Force queues the message again even when it already has a terminal
 	// outcome (cancelled, not cancellable, expired): HighLevel is called again.
 	Force bool
+	// Event and EventAt (unix ms): the webhook event that found it, if any.
+	Event   string
+	EventAt int64
 	// fromDeadLetter: sent by Requeue; the dead letter's record is removed
 	// by the enqueue script whatever the answer.
 	fromDeadLetter bool

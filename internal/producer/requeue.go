@@ -25,7 +25,8 @@ type RequeueStats struct {
 // is stale and removed, by the same script (so a new dead letter the fresh
 // task writes is never removed). Records that hold no valid task (invalid
 // payloads) are left in place and counted as skipped. Records are read and
-// sent BatchSize at a time.
+// sent BatchSize at a time. A failed sweep's dead letter is replayed by
+// ReviveSweep (a new sweep with the same filters, campaign and event).
 func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadletter.Filter, progress func(RequeueStats)) (RequeueStats, error) {
 	var st RequeueStats
 	var batch []Item
@@ -56,7 +57,12 @@ func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadl
 		}
 		return nil
 	}
+	var sweeps []deadletter.Record
 	err := store.Scan(ctx, f, func(r deadletter.Record) error {
+		if r.Kind == "sweep" {
+			sweeps = append(sweeps, r)
+			return nil
+		}
 		kind, err := ghl.ParseKind(r.Kind)
 		if err != nil || r.Kind == "" || r.MessageID == "" {
 			st.Skipped++
@@ -75,6 +81,20 @@ func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadl
 	})
 	if err == nil {
 		err = flush()
+	}
+	for _, r := range sweeps {
+		if err != nil {
+			break
+		}
+		var ok bool
+		if _, ok, err = p.ReviveSweep(ctx, r); ok {
+			st.Requeued++
+		} else if err == nil {
+			st.Skipped++
+		}
+	}
+	if progress != nil && len(sweeps) > 0 {
+		progress(st)
 	}
 	return st, err
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
@@ -36,7 +37,23 @@ type SweepRequest struct {
 	PageSize int
 	// Queue the sweep tasks go to. Defaults to default.
 	Queue string
+	// Event, EventID and EventAt name the webhook event that asked for
+	// the sweep (kept in its payload, its cancels and its dead letter).
+	Event, EventID string
+	EventAt        time.Time
+	// DedupeKey, when set, is claimed in the same script that queues the
+	// sweep (SET NX, DedupeTTL): when it is taken, nothing is queued and
+	// Sweep returns ErrDuplicate. A webhook's id, so a replayed or retried
+	// delivery queues nothing twice and a failed one leaves no claim.
+	DedupeKey string
+	DedupeTTL time.Duration
+	// revive is the task id of a failed sweep's dead letter this one
+	// replays (ReviveSweep).
+	revive string
 }
+
+// ErrDuplicate: SweepRequest.DedupeKey was already claimed.
+var ErrDuplicate = errors.New("sweep: already queued for this dedupe key")
 
 // SweepStarted says what Sweep queued.
 type SweepStarted struct {
@@ -55,12 +72,28 @@ func NewID(prefix string) string {
 // sweepScript queues sweep tasks the way enqueueScript queues cancels and
 // counts them in their campaign (a campaign is complete only when its
 // sweeps are done too). KEYS: none. ARGV: now ns, now ms, retention ms,
-// campaign, then per task: encoded message, task id, lane, sweep state key,
-// location.
+// campaign, dedupe key ("" for none), dedupe ttl ms, dead letter revived
+// ("" for none), then per task: encoded message, task id, lane, sweep state
+// key, location. Returns -1 when the dedupe key is taken, -2 when the dead
+// letter to revive is gone (replayed already): nothing queued. A revived
+// sweep's failure is taken back from its campaign's counters when the
+// campaign still counts it (its id is in the campaign's failed_sweeps set,
+// which expires with the campaign's other keys).
 var sweepScript = redis.NewScript(ledger.Lua + `
 local nowns, now, ttl, campaign = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if ARGV[7] ~= "" then
+  if redis.call("HDEL", "` + deadletter.KeyRecords + `", ARGV[7]) == 0 then return -2 end
+  redis.call("ZREM", "` + deadletter.KeyIndex + `", ARGV[7])
+  local k = ck(campaign)
+  if redis.call("SREM", k .. ":failed_sweeps", ARGV[7]) == 1 then
+    redis.call("HINCRBY", k, "sweeps", -1)
+    redis.call("HINCRBY", k, "sweeps_done", -1)
+    redis.call("HINCRBY", k, "sweeps_failed", -1)
+  end
+end
+if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], now, "NX", "PX", ARGV[6]) then return -1 end
 local added = 0
-for i = 5, #ARGV, 5 do
+for i = 8, #ARGV, 5 do
   local msg, id, lane, state, loc = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   if redis.call("EXISTS", "asynq:{" .. lane .. "}:t:" .. id) == 0 then
     redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
@@ -71,7 +104,7 @@ for i = 5, #ARGV, 5 do
   end
 end
 local k, _, _, kl = ck(campaign)
-for i = 5, #ARGV, 5 do redis.call("SADD", kl, ARGV[i+4]) end
+for i = 8, #ARGV, 5 do redis.call("SADD", kl, ARGV[i+4]) end
 redis.call("HINCRBY", k, "sweeps", added)
 cadd(campaign, 0, "", now, ttl)
 return added`)
@@ -102,7 +135,8 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		st.CampaignID = NewID("sweep-")
 	}
 	now := time.Now()
-	args := []any{strconv.FormatInt(now.UnixNano(), 10), now.UnixMilli(), p.cfg.CampaignRetention.Milliseconds(), st.CampaignID}
+	args := []any{strconv.FormatInt(now.UnixNano(), 10), now.UnixMilli(), p.cfg.CampaignRetention.Milliseconds(), st.CampaignID,
+		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive}
 	seen := map[string]bool{}
 	for _, loc := range r.Locations {
 		if seen[loc] {
@@ -111,7 +145,10 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		seen[loc] = true
 		pl := tasks.SweepPayload{SweepID: st.SweepID, CampaignID: st.CampaignID, LocationID: loc, ContactID: r.ContactID,
 			ConversationID: r.ConversationID, Channel: r.Channel, Source: r.Source, Lane: r.Lane, DryRun: r.DryRun,
-			PageSize: r.PageSize, Created: now.UnixMilli()}
+			PageSize: r.PageSize, Created: now.UnixMilli(), Event: r.Event, EventID: r.EventID}
+		if !r.EventAt.IsZero() {
+			pl.EventAt = r.EventAt.UnixMilli()
+		}
 		if !r.Since.IsZero() {
 			pl.Since = r.Since.Unix()
 		}
@@ -133,10 +170,48 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	if err := p.publish(ctx, queue); err != nil {
 		return SweepStarted{}, err
 	}
-	if err := sweepScript.Run(ctx, p.rdb, nil, args...).Err(); err != nil {
+	n, err := sweepScript.Run(ctx, p.rdb, nil, args...).Int()
+	if err != nil {
 		return SweepStarted{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
+	switch n {
+	case -1:
+		return SweepStarted{}, ErrDuplicate
+	case -2:
+		return SweepStarted{}, errRevived
+	}
 	return st, nil
+}
+
+// errRevived: the sweep dead letter was replayed by someone else first.
+var errRevived = errors.New("sweep: dead letter already replayed")
+
+// ReviveSweep replays a failed sweep's dead letter (one a fix can cure, as
+// no_token after the location's token is added): the same filters, campaign
+// and triggering event, under a new sweep id; the record is removed and the
+// failure taken back from the campaign in the same script. ok is false when
+// the record holds no sweep payload or was replayed already.
+func (p *Producer) ReviveSweep(ctx context.Context, rec deadletter.Record) (st SweepStarted, ok bool, err error) {
+	var pl tasks.SweepPayload
+	if rec.Kind != "sweep" || rec.Payload == "" || json.Unmarshal([]byte(rec.Payload), &pl) != nil || pl.Validate() != nil {
+		return SweepStarted{}, false, nil
+	}
+	r := SweepRequest{Locations: []string{pl.LocationID}, ContactID: pl.ContactID, ConversationID: pl.ConversationID,
+		Channel: pl.Channel, Source: pl.Source, CampaignID: pl.CampaignID, Lane: pl.Lane, DryRun: pl.DryRun,
+		PageSize: pl.PageSize, Queue: rec.Queue, Event: pl.Event, EventID: pl.EventID, revive: rec.TaskID}
+	if pl.Since > 0 {
+		r.Since = time.Unix(pl.Since, 0)
+	}
+	if pl.Until > 0 {
+		r.Until = time.Unix(pl.Until, 0)
+	}
+	// EventAt is not carried over: the replay's cancels come long after
+	// the event, and the event-to-cancel latency is about the pipeline.
+	st, err = p.Sweep(ctx, r)
+	if errors.Is(err, errRevived) {
+		return SweepStarted{}, false, nil
+	}
+	return st, err == nil, err
 }
 
 // publish adds a lane to asynq's set of queues once per producer.
@@ -168,7 +243,8 @@ func SweepItems(p tasks.SweepPayload, msgs []ghl.ExportedMessage) (items []Item,
 			}
 		}
 		scheduled++
-		it := Item{Kind: ghl.KindMessage, MessageID: m.ID, LocationID: p.LocationID, CampaignID: p.CampaignID, Queue: p.Lane}
+		it := Item{Kind: ghl.KindMessage, MessageID: m.ID, LocationID: p.LocationID, CampaignID: p.CampaignID, Queue: p.Lane,
+			Event: p.Event, EventAt: p.EventAt}
 		if m.IsEmail() {
 			ids := m.Meta.Email.MessageIDs
 			if len(ids) == 0 {

@@ -35,7 +35,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
-var workerBin, enqueueBin string
+var workerBin, enqueueBin, intakeBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ghlcancel-reliability-")
@@ -43,11 +43,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	workerBin, enqueueBin = filepath.Join(dir, "worker"), filepath.Join(dir, "enqueue")
-	build := exec.Command("go", "build", "-o", dir, "github.com/ghlcancel/ghlcancel/cmd/worker", "github.com/ghlcancel/ghlcancel/cmd/enqueue")
+	workerBin, enqueueBin, intakeBin = filepath.Join(dir, "worker"), filepath.Join(dir, "enqueue"), filepath.Join(dir, "intake")
+	build := exec.Command("go", "build", "-o", dir, "github.com/ghlcancel/ghlcancel/cmd/worker", "github.com/ghlcancel/ghlcancel/cmd/enqueue",
+		"github.com/ghlcancel/ghlcancel/cmd/intake")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build worker and enqueue:", err)
+		fmt.Fprintln(os.Stderr, "build worker, enqueue and intake:", err)
 		os.Exit(2)
 	}
 	code := m.Run()

@@ -143,6 +143,8 @@ type Server struct {
 	rng   *mrand.Rand
 
 	stats counters
+
+	whKeys webhookKeys
 }
 
 type grant struct {
@@ -452,6 +454,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /conversations/messages/{id}", s.api(s.get(false)))
 	mux.HandleFunc("GET /conversations/messages/email/{id}", s.api(s.get(true)))
 	mux.HandleFunc("POST /oauth/token", s.token)
+	mux.HandleFunc("POST /_sandbox/webhooks", s.emitHTTP)
+	mux.HandleFunc("GET /_sandbox/webhook-keys", s.webhookKeysHTTP)
 	mux.HandleFunc("GET /_sandbox/stats", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.Stats())
 	})

@@ -125,6 +125,7 @@ local k = ck(ARGV[2])
 redis.call("HINCRBY", k, "sweeps_done", 1)
 if ARGV[1] == "failed" then
   redis.call("HINCRBY", k, "sweeps_failed", 1)
+  redis.call("SADD", k .. ":failed_sweeps", ARGV[6])
   redis.call("HSET", KEYS[2], ARGV[6], ARGV[5])
   redis.call("ZADD", KEYS[3], ARGV[3], ARGV[6])
 end
@@ -391,8 +392,9 @@ func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, f
 		if msg == "" && r.err != nil {
 			msg = r.err.Error()
 		}
+		pl, _ := json.Marshal(p) // kept for replay (enqueue dead requeue): a few hundred bytes
 		b, _ := json.Marshal(deadletter.Record{TaskID: id, Kind: "sweep", LocationID: p.LocationID, CampaignID: p.CampaignID,
-			Queue: tasks.QueueDefault, Reason: r.reason, HTTPStatus: r.status, APIMessage: msg, DeadAt: time.Now()})
+			Queue: tasks.QueueDefault, Reason: r.reason, HTTPStatus: r.status, APIMessage: msg, DeadAt: time.Now(), Payload: string(pl)})
 		dead = string(b)
 		h.logger().Warn("sweep failed", "task_id", id, "location_id", p.LocationID, "campaign_id", p.CampaignID, "reason", r.reason, "error", r.err)
 	}

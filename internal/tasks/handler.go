@@ -150,10 +150,18 @@ type Handler struct {
 	// Verify reads a message back when its cancel finds nothing to cancel,
 	// to record already_sent or not_found instead of not_cancellable.
 	Verify bool
+	// Events, when set, is told how long after its webhook event each
+	// event-driven cancel makes its first call.
+	Events EventObserver
 	// StillScheduledRetries bounds how often a message that reads back as
 	// scheduled after a "not found" cancel is tried again before it is
 	// dead-lettered still_scheduled. Defaults to StillScheduledRetriesDefault.
 	StillScheduledRetries int
+}
+
+// EventObserver receives event-to-cancel latencies.
+type EventObserver interface {
+	EventCancel(event string, d time.Duration)
 }
 
 // StillScheduledRetriesDefault is Handler.StillScheduledRetries' default.
@@ -411,6 +419,9 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 		}
 		st.marked = true
 		st.earlier = st.earlier || adm.EarlierCall
+		if h.Events != nil && p.EventAt > 0 && p.Event != "" && a.retried == 0 && round == 0 {
+			h.Events.EventCancel(p.Event, max(h.now().Sub(time.UnixMilli(p.EventAt)), 0)) // a clock ahead of ours is not negative time
+		}
 
 		res, err := h.API.Cancel(ctx, a.kind, p.MessageID, token)
 		if h.Breaker != nil {

@@ -53,6 +53,11 @@ type SweepPayload struct {
 	DryRun   bool  `json:"dry_run,omitempty"`
 	PageSize int   `json:"page_size,omitempty"`
 	Created  int64 `json:"created"` // unix ms
+	// Event, EventID and EventAt (unix ms) name the webhook event that
+	// started the sweep, if one did.
+	Event   string `json:"event,omitempty"`
+	EventID string `json:"event_id,omitempty"`
+	EventAt int64  `json:"event_at,omitempty"`
 }
 
 // SweepSources are the message sources HighLevel documents.

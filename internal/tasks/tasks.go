@@ -85,6 +85,10 @@ type CancelPayload struct {
 	SendAt int64 `json:"send_at,omitempty"`
 	// RequestedAt is when the cancel was requested (unix milliseconds).
 	RequestedAt int64 `json:"requested_at"`
+	// Event and EventAt (unix ms): the webhook event whose sweep found the
+	// message, for the event-to-cancel latency.
+	Event   string `json:"event,omitempty"`
+	EventAt int64  `json:"event_at,omitempty"`
 }
 
 // Validate checks the ids of a payload.

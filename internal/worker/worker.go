@@ -155,7 +155,7 @@ func New(cfg Config) (*Worker, error) {
 	routes := &ghl.RouteHealth{BaseURL: api.BaseURL(), Logger: cfg.Logger, OnChange: func(bad bool) {
 		m.Misrouted.Set(map[bool]float64{true: 1}[bad])
 	}}
-	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Logger: cfg.Logger, Routes: routes, Verify: !cfg.NoVerify,
+	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Logger: cfg.Logger, Routes: routes, Verify: !cfg.NoVerify, Events: m,
 		Ledger: ledger.New(cfg.Redis, ledger.Config{Retention: cfg.CampaignRetention, DeadRetention: dead.Retention})}
 	if !cfg.NoBreaker {
 		bc := cfg.Breaker

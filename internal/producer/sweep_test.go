@@ -1,0 +1,97 @@
+package producer_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// TestSweepDedupe: a dedupe key queues its sweep once; a taken key queues
+// nothing and counts nothing in the campaign.
+func TestSweepDedupe(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	req := producer.SweepRequest{Locations: []string{"locDedupe0000000001"}, ContactID: "contact1", CampaignID: "dedupe",
+		DedupeKey: "ghlcancel:webhook:seen:w1", DedupeTTL: time.Minute}
+	_, err := p.Sweep(ctx, req)
+	require.NoError(t, err)
+	_, err = p.Sweep(ctx, req)
+	require.ErrorIs(t, err, producer.ErrDuplicate)
+	require.Equal(t, "1", rdb.HGet(ctx, "ghlcancel:campaign:{dedupe}", "sweeps").Val())
+	require.Equal(t, int64(1), rdb.LLen(ctx, "asynq:{default}:pending").Val())
+	ttl := rdb.PTTL(ctx, "ghlcancel:webhook:seen:w1").Val()
+	require.Greater(t, ttl, 50*time.Second)
+}
+
+// TestReviveSweep: a failed sweep's dead letter is replayed once, with its
+// filters and event, and its failure taken back from the campaign.
+func TestReviveSweep(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	st, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locRevive0000000001"}, ContactID: "contact9",
+		Channel: "sms", CampaignID: "revive", Event: "InboundMessage", EventID: "w9", EventAt: time.UnixMilli(1_700_000_000_000)})
+	require.NoError(t, err)
+	// The sweep fails for good, as the sweep handler's end script leaves it.
+	k := "ghlcancel:campaign:{revive}"
+	require.NoError(t, rdb.HSet(ctx, k, "sweeps_done", 1, "sweeps_failed", 1).Err())
+	require.NoError(t, rdb.SAdd(ctx, k+":failed_sweeps", st.TaskIDs[0]).Err())
+	raw, err := rdb.HGet(ctx, "asynq:{default}:t:"+st.TaskIDs[0], "msg").Bytes()
+	require.NoError(t, err)
+	var pl tasks.SweepPayload
+	i := bytes.Index(raw, []byte(`{"sweep_id"`))
+	require.NoError(t, json.NewDecoder(bytes.NewReader(raw[i:])).Decode(&pl))
+	b, _ := json.Marshal(pl)
+	store := deadletter.New(rdb)
+	rec := deadletter.Record{TaskID: st.TaskIDs[0], Kind: "sweep", LocationID: pl.LocationID, CampaignID: "revive",
+		Queue: "default", Reason: "no_token", DeadAt: time.Now(), Payload: string(b)}
+	require.NoError(t, store.Add(ctx, rec))
+
+	started, ok, err := p.ReviveSweep(ctx, rec)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NotEqual(t, st.SweepID, started.SweepID)
+	require.Equal(t, "revive", started.CampaignID)
+	v := rdb.HMGet(ctx, k, "sweeps", "sweeps_done", "sweeps_failed").Val()
+	require.Equal(t, []any{"1", "0", "0"}, v, "one sweep, running again")
+	_, found, err := store.Get(ctx, rec.TaskID)
+	require.NoError(t, err)
+	require.False(t, found, "the dead letter is removed")
+	raw, err = rdb.HGet(ctx, "asynq:{default}:t:"+started.TaskIDs[0], "msg").Bytes()
+	require.NoError(t, err)
+	var again tasks.SweepPayload
+	require.NoError(t, json.NewDecoder(bytes.NewReader(raw[bytes.Index(raw, []byte(`{"sweep_id"`)):])).Decode(&again))
+	require.Equal(t, []any{"contact9", "sms", "InboundMessage", "w9", int64(0)}, // no event time: a replay is not reaction time
+		[]any{again.ContactID, again.Channel, again.Event, again.EventID, again.EventAt})
+
+	// Replayed already (a second requeue, or two at once): nothing more.
+	_, ok, err = p.ReviveSweep(ctx, rec)
+	require.NoError(t, err)
+	require.False(t, ok)
+	require.Equal(t, "1", rdb.HGet(ctx, k, "sweeps").Val())
+	// The campaign expired before the replay (dead letters outlive
+	// campaigns): the new campaign counts only the new sweep.
+	rec2 := rec
+	rec2.TaskID = started.TaskIDs[0]
+	require.NoError(t, store.Add(ctx, rec2))
+	require.NoError(t, rdb.Del(ctx, k, k+":failed_sweeps").Err())
+	_, ok, err = p.ReviveSweep(ctx, rec2)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, []any{"1", nil, nil}, rdb.HMGet(ctx, k, "sweeps", "sweeps_done", "sweeps_failed").Val())
+	// A record without a payload (older release) cannot be replayed.
+	_, ok, err = p.ReviveSweep(ctx, deadletter.Record{TaskID: "sweep:x:y", Kind: "sweep", CampaignID: "revive"})
+	require.NoError(t, err)
+	require.False(t, ok)
+}

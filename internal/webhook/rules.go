@@ -1,0 +1,184 @@
+// Package webhook receives HighLevel's signed webhook events and turns the
+// ones a rule names into sweeps: "when a contact replies, cancel what is
+// still scheduled for them". Signatures are checked by its signature
+// package.
+package webhook
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// Event types that can cancel a contact's scheduled messages.
+const (
+	EventInboundMessage    = "InboundMessage"
+	EventContactDndUpdate  = "ContactDndUpdate"
+	EventAppointmentCreate = "AppointmentCreate"
+	EventContactDelete     = "ContactDelete"
+)
+
+// Supported lists the event types a rule may name.
+var Supported = []string{EventInboundMessage, EventContactDndUpdate, EventAppointmentCreate, EventContactDelete}
+
+// known are the event types HighLevel documents, for the metric's event
+// label (anything else is "other", so the label stays bounded).
+var known = append([]string{"OutboundMessage", "INSTALL", "UNINSTALL", "ContactCreate", "ContactUpdate",
+	"AppointmentUpdate", "AppointmentDelete", "ContactTagUpdate"}, Supported...)
+
+// EventLabel is the metric label of an event type.
+func EventLabel(t string) string {
+	if slices.Contains(known, t) {
+		return t
+	}
+	return "other"
+}
+
+// Rule says which events cancel what, for one location or by default.
+type Rule struct {
+	// Events maps an event type to the message types it is limited to
+	// (InboundMessage only: "sms", "email", "call"...; empty: any).
+	Events map[string][]string
+	// Channel of the scheduled messages cancelled: sms, email or all.
+	Channel string
+}
+
+// Rules are the default rule and per-location overrides.
+type Rules struct {
+	Default   Rule
+	Locations map[string]Rule
+}
+
+// For returns the rule of a location.
+func (r *Rules) For(location string) Rule {
+	if l, ok := r.Locations[location]; ok {
+		return l
+	}
+	return r.Default
+}
+
+// Enabled reports whether any event can cancel anything.
+func (r *Rules) Enabled() bool {
+	if len(r.Default.Events) > 0 {
+		return true
+	}
+	for _, l := range r.Locations {
+		if len(l.Events) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseEvents reads an AUTO_CANCEL_EVENTS value: comma-separated event
+// types, InboundMessage optionally limited to message types with
+// "InboundMessage:sms+email".
+func ParseEvents(s string) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if err := addEvent(out, f); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func addEvent(out map[string][]string, f string) error {
+	name, types, limited := strings.Cut(f, ":")
+	i := slices.IndexFunc(Supported, func(s string) bool { return strings.EqualFold(s, name) })
+	if i < 0 {
+		return fmt.Errorf("event %q: want one of %s", name, strings.Join(Supported, ", "))
+	}
+	name = Supported[i]
+	if !limited {
+		out[name] = nil
+		return nil
+	}
+	if name != EventInboundMessage {
+		return fmt.Errorf("event %q: only InboundMessage takes message types (InboundMessage:sms+email)", f)
+	}
+	for _, t := range strings.Split(types, "+") {
+		if t = strings.ToLower(strings.TrimSpace(t)); t == "" {
+			return fmt.Errorf("event %q: empty message type", f)
+		}
+		out[name] = append(out[name], t)
+	}
+	return nil
+}
+
+// ParseChannel reads an AUTO_CANCEL_CHANNELS value (empty: all).
+func ParseChannel(s string) (string, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	switch s {
+	case "":
+		return tasks.ChannelAll, nil
+	case tasks.ChannelSMS, tasks.ChannelEmail, tasks.ChannelAll:
+		return s, nil
+	}
+	return "", fmt.Errorf("channels %q: want sms, email or all", s)
+}
+
+// rulesFile is AUTO_CANCEL_RULES_FILE's shape:
+//
+//	{"locations": {"LOCATION_ID": {"events": ["InboundMessage:sms"], "channels": "sms"}}}
+type rulesFile struct {
+	Locations map[string]struct {
+		Events   []string `json:"events"`
+		Channels string   `json:"channels"`
+	} `json:"locations"`
+}
+
+// LoadRules builds the rules from the environment's values and an optional
+// rules file, whose location entries replace the default for that location
+// (an entry without "channels" takes the default's).
+func LoadRules(events, channels, file string) (*Rules, error) {
+	ev, err := ParseEvents(events)
+	if err != nil {
+		return nil, fmt.Errorf("AUTO_CANCEL_EVENTS: %w", err)
+	}
+	ch, err := ParseChannel(channels)
+	if err != nil {
+		return nil, fmt.Errorf("AUTO_CANCEL_CHANNELS: %w", err)
+	}
+	r := &Rules{Default: Rule{Events: ev, Channel: ch}, Locations: map[string]Rule{}}
+	if file == "" {
+		return r, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("AUTO_CANCEL_RULES_FILE: %w", err)
+	}
+	var rf rulesFile
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rf); err != nil {
+		return nil, fmt.Errorf("AUTO_CANCEL_RULES_FILE %s: %w (want {\"locations\": {\"LOCATION_ID\": {\"events\": [...], \"channels\": \"sms\"}}})", file, err)
+	}
+	for loc, l := range rf.Locations {
+		if err := ghl.ValidateID(loc); err != nil {
+			return nil, fmt.Errorf("AUTO_CANCEL_RULES_FILE %s: location %q: %w", file, loc, err)
+		}
+		rule := Rule{Events: map[string][]string{}, Channel: ch}
+		for _, e := range l.Events {
+			if err := addEvent(rule.Events, strings.TrimSpace(e)); err != nil {
+				return nil, fmt.Errorf("AUTO_CANCEL_RULES_FILE %s: location %s: %w", file, loc, err)
+			}
+		}
+		if l.Channels != "" {
+			if rule.Channel, err = ParseChannel(l.Channels); err != nil {
+				return nil, fmt.Errorf("AUTO_CANCEL_RULES_FILE %s: location %s: %w", file, loc, err)
+			}
+		}
+		r.Locations[loc] = rule
+	}
+	return r, nil
+}
