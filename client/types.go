@@ -173,6 +173,34 @@ type CampaignStatus struct {
 	SweepPages   int64 `json:"sweep_pages,omitempty"`
 	SweepSeen    int64 `json:"sweep_messages_read,omitempty"`
 	SweepFound   int64 `json:"sweep_scheduled_found,omitempty"`
+	// SweepList is the campaign's newest sweeps (up to 20), one per
+	// location swept: what each was asked to find, by which webhook event
+	// if one asked, and what it found.
+	SweepList []SweepSummary `json:"sweep_list,omitempty"`
+}
+
+// SweepSummary is one location's sweep in a campaign.
+type SweepSummary struct {
+	SweepID    string `json:"sweep_id"`
+	LocationID string `json:"location_id"`
+	ContactID  string `json:"contact_id,omitempty"`
+	Channel    string `json:"channel,omitempty"`
+	// Event and EventID: the HighLevel webhook event that started the
+	// sweep (type and webhookId), if one did.
+	Event   string `json:"event,omitempty"`
+	EventID string `json:"event_id,omitempty"`
+	// State is running, done or failed (a failed sweep is a dead letter).
+	State     string    `json:"state"`
+	StartedAt time.Time `json:"started_at"`
+	Pages     int64     `json:"pages"`
+	Seen      int64     `json:"messages_read"`
+	// Found: messages still scheduled (by channel); Enqueued: the cancels
+	// queued for them (others were queued or done already).
+	Found      int64  `json:"scheduled_found"`
+	FoundSMS   int64  `json:"scheduled_sms"`
+	FoundEmail int64  `json:"scheduled_email"`
+	Enqueued   int64  `json:"cancels_queued"`
+	Error      string `json:"error,omitempty"`
 }
 
 // DeadLetter is a cancel that failed for good, with the reason.

@@ -294,6 +294,9 @@ func webhookDemo(ctx context.Context, w io.Writer, rdb *redis.Client, sb *sandbo
 			return err
 		}
 		if ok && s.Complete {
+			if err := tr.WithSweeps(ctx, &s); err != nil {
+				return err
+			}
 			fmt.Fprintf(w, "webhook:  %s\n", strings.ReplaceAll(s.Render(campaign.Status{}, time.Time{}), "\n", "\n          "))
 			break
 		}

@@ -26,6 +26,7 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 	require.Contains(t, out.String(), "webhook:  the same delivery again: 200 {\"result\":\"replay\"")
 	require.Contains(t, out.String(), "webhook:  a tampered one for contactBob00: 401 {\"result\":\"bad_signature\"")
 	require.Contains(t, out.String(), "verified in the sandbox: Alice's 9 scheduled SMS and emails cancelled")
+	require.Regexp(t, `sweep sw\S+ \(InboundMessage wh\S+\): contact contactAlice in demoLocationSweep001, all: 9 still scheduled \(6 SMS, 3 email\), 9 cancels queued, done`, out.String())
 }
 
 func TestDemoRejectsBadFlags(t *testing.T) {

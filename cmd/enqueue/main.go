@@ -478,6 +478,9 @@ func (e env) campaigns(ctx context.Context, cmd string, args []string) error {
 		if s.Parked, err = tr.Parked(ctx, pos[0]); err != nil {
 			return err
 		}
+		if err := tr.WithSweeps(ctx, &s); err != nil {
+			return err
+		}
 		if *asJSON {
 			if err := json.NewEncoder(e.stdout).Encode(s); err != nil {
 				return err

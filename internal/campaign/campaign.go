@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/client"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 )
@@ -81,6 +82,49 @@ type Status struct {
 	SweepPages   int64 `json:"sweep_pages,omitempty"`
 	SweepSeen    int64 `json:"sweep_messages_read,omitempty"`
 	SweepFound   int64 `json:"sweep_scheduled_found,omitempty"`
+	// SweepList: the newest sweeps, filled by WithSweeps (Get leaves it
+	// empty: it is polled).
+	SweepList []client.SweepSummary `json:"sweep_list,omitempty"`
+}
+
+// SweepListMax is how many sweeps WithSweeps lists.
+const SweepListMax = 20
+
+// WithSweeps fills s.SweepList with the campaign's newest sweeps.
+func (t *Tracker) WithSweeps(ctx context.Context, s *Status) error {
+	if s.Sweeps == 0 {
+		return nil
+	}
+	keys, err := t.rdb.ZRevRange(ctx, ledger.CampaignSweepListKey(s.Campaign), 0, SweepListMax-1).Result()
+	if err != nil || len(keys) == 0 {
+		return err
+	}
+	cmds := make([]*redis.MapStringStringCmd, len(keys))
+	if _, err := t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.HGetAll(ctx, k)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for i, c := range cmds {
+		m := c.Val()
+		if len(m) == 0 {
+			continue // expired
+		}
+		n := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
+		id, _, _ := strings.Cut(strings.TrimPrefix(keys[i], "ghlcancel:sweep:{"), "}")
+		st := "running"
+		if m["phase"] == "done" || m["phase"] == "failed" {
+			st = m["phase"]
+		}
+		s.SweepList = append(s.SweepList, client.SweepSummary{SweepID: id, LocationID: m["location"], ContactID: m["contact"],
+			Channel: m["channel"], Event: m["event"], EventID: m["event_id"], State: st, StartedAt: time.UnixMilli(n("created")).UTC(),
+			Pages: n("pages"), Seen: n("seen"), Found: n("found"), FoundSMS: n("found_sms"), FoundEmail: n("found_email"),
+			Enqueued: n("enqueued"), Error: m["error"]})
+	}
+	return nil
 }
 
 // Get returns a campaign's status; ok is false for an unknown campaign.

@@ -33,6 +33,18 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 		fmt.Fprintf(&b, "  sweeps: %d/%d locations done%s, %d pages read, %d messages read, %d still scheduled found\n",
 			s.SweepsDone, s.Sweeps, failed, s.SweepPages, s.SweepSeen, s.SweepFound)
 	}
+	for _, sw := range s.SweepList {
+		what := "everything"
+		if sw.ContactID != "" {
+			what = "contact " + sw.ContactID
+		}
+		by := ""
+		if sw.Event != "" {
+			by = fmt.Sprintf(" (%s %s)", sw.Event, sw.EventID)
+		}
+		fmt.Fprintf(&b, "    sweep %s%s: %s in %s, %s: %d still scheduled (%d SMS, %d email), %d cancels queued, %s\n",
+			sw.SweepID, by, what, sw.LocationID, sw.Channel, sw.Found, sw.FoundSMS, sw.FoundEmail, sw.Enqueued, sw.State)
+	}
 	if len(s.DeadByReason) > 0 {
 		var rs []string
 		for r, n := range s.DeadByReason {

@@ -568,6 +568,9 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 	if err == nil && ok {
 		st.Parked, err = s.campaigns.Parked(r.Context(), id)
 	}
+	if err == nil && ok {
+		err = s.campaigns.WithSweeps(r.Context(), &st)
+	}
 	if err != nil {
 		s.unavailable(w, "campaign status", err)
 		return

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghlcancel/ghlcancel/client"
 	"github.com/ghlcancel/ghlcancel/internal/intake"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/webhook"
@@ -42,6 +43,15 @@ func TestWebhookRoute(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, webhook.ResultAccepted, r.Result)
 	require.Regexp(t, `^auto-inboundmessage-\d{8}$`, r.CampaignID)
+	// The campaign JSON says which event started which sweep (validated
+	// against openapi.yaml like every exchange here).
+	var st client.CampaignStatus
+	res := e.do(http.MethodGet, "/v1/campaigns/"+r.CampaignID, auth, nil, &st)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Len(t, st.SweepList, 1)
+	require.Equal(t, client.SweepSummary{SweepID: r.SweepID, LocationID: "locIntake00000000001", ContactID: "contactIntake0000001",
+		Channel: "all", Event: "InboundMessage", EventID: st.SweepList[0].EventID, State: "running", StartedAt: st.SweepList[0].StartedAt}, st.SweepList[0])
+	require.NotEmpty(t, st.SweepList[0].EventID)
 	code, r = send(reply, sandbox.EmitOptions{Scheme: sandbox.SchemeNone}, auth)
 	require.Equal(t, http.StatusUnauthorized, code, "an API key is no signature")
 	require.Equal(t, "missing_signature", r.Result)
@@ -51,6 +61,6 @@ func TestWebhookRoute(t *testing.T) {
 	code, r = send([]byte(`[]`), sandbox.EmitOptions{}, nil)
 	require.Equal(t, http.StatusBadRequest, code)
 	require.Equal(t, webhook.ResultInvalid, r.Result)
-	res := e.do(http.MethodGet, "/v1/webhooks/highlevel", nil, nil, nil)
+	res = e.do(http.MethodGet, "/v1/webhooks/highlevel", nil, nil, nil)
 	require.Equal(t, http.StatusMethodNotAllowed, res.StatusCode)
 }

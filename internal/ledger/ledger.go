@@ -56,6 +56,15 @@ func CampaignLocationsKey(c string) string {
 	return CampaignKey(c) + ":locations"
 }
 
+// CampaignSweepListKey orders a campaign's sweeps (their state keys) by
+// start time.
+func CampaignSweepListKey(c string) string { return CampaignKey(c) + ":sweeplist" }
+
+// SweepStateKey is where one location's sweep keeps its progress.
+func SweepStateKey(sweepID, location string) string {
+	return "ghlcancel:sweep:{" + sweepID + "}:" + location
+}
+
 // CampaignIndex is the sorted set of campaigns by start time.
 const CampaignIndex = "ghlcancel:campaigns"
 
@@ -210,6 +219,7 @@ local function ctouch(c, now, ttl)
   redis.call("PEXPIRE", kr, ttl)
   redis.call("PEXPIRE", kl, ttl)
   redis.call("PEXPIRE", k .. ":failed_sweeps", ttl)
+  redis.call("PEXPIRE", k .. ":sweeplist", ttl)
 end
 -- csettled: after an outcome, set finished_at when done reaches total, and
 -- push the campaign's expiry forward at most once a minute (one HMGET on

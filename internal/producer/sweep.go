@@ -74,7 +74,8 @@ func NewID(prefix string) string {
 // sweeps are done too). KEYS: none. ARGV: now ns, now ms, retention ms,
 // campaign, dedupe key ("" for none), dedupe ttl ms, dead letter revived
 // ("" for none), then per task: encoded message, task id, lane, sweep state
-// key, location. Returns -1 when the dedupe key is taken, -2 when the dead
+// key, location, contact, channel, event, event id. Returns -1 when the
+// dedupe key is taken, -2 when the dead
 // letter to revive is gone (replayed already): nothing queued. A revived
 // sweep's failure is taken back from its campaign's counters when the
 // campaign still counts it (its id is in the campaign's failed_sweeps set,
@@ -93,26 +94,26 @@ if ARGV[7] ~= "" then
 end
 if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], now, "NX", "PX", ARGV[6]) then return -1 end
 local added = 0
-for i = 8, #ARGV, 5 do
+local k, _, _, kl = ck(campaign)
+for i = 8, #ARGV, 9 do
   local msg, id, lane, state, loc = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   if redis.call("EXISTS", "asynq:{" .. lane .. "}:t:" .. id) == 0 then
     redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
     redis.call("LPUSH", "asynq:{" .. lane .. "}:pending", id)
-    redis.call("HSET", state, "location", loc, "phase", "", "cursor", "", "created", now)
+    redis.call("HSET", state, "location", loc, "phase", "", "cursor", "", "created", now,
+      "contact", ARGV[i+5], "channel", ARGV[i+6], "event", ARGV[i+7], "event_id", ARGV[i+8])
     redis.call("PEXPIRE", state, ttl)
+    redis.call("ZADD", k .. ":sweeplist", now, state)
     added = added + 1
   end
+  redis.call("SADD", kl, loc)
 end
-local k, _, _, kl = ck(campaign)
-for i = 8, #ARGV, 5 do redis.call("SADD", kl, ARGV[i+4]) end
 redis.call("HINCRBY", k, "sweeps", added)
 cadd(campaign, 0, "", now, ttl)
 return added`)
 
 // SweepStateKey is where one location's sweep keeps its progress.
-func SweepStateKey(sweepID, location string) string {
-	return "ghlcancel:sweep:{" + sweepID + "}:" + location
-}
+func SweepStateKey(sweepID, location string) string { return ledger.SweepStateKey(sweepID, location) }
 
 // Sweep validates r and queues one sweep task per location (the workers
 // page the export, holding the tokens, the pacer and the retry policy).
@@ -164,7 +165,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		}
 		id := tasks.SweepTaskID(st.SweepID, loc)
 		args = append(args, encodeTaskMessage(tasks.TypeSweep, b, id, queue, tasks.SweepMaxRetry, tasks.SweepTimeout),
-			id, queue, SweepStateKey(st.SweepID, loc), loc)
+			id, queue, SweepStateKey(st.SweepID, loc), loc, r.ContactID, r.Channel, r.Event, r.EventID)
 		st.TaskIDs = append(st.TaskIDs, id)
 	}
 	if err := p.publish(ctx, queue); err != nil {

@@ -3,6 +3,7 @@ package reliability
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -132,6 +133,18 @@ func TestWebhookCancelsAContactsMessages(t *testing.T) {
 	require.Equal(t, int64(24), s.Total)
 	require.Equal(t, int64(24), s.Cancelled)
 	require.Equal(t, int64(1), s.Sweeps)
+	// What the event cancelled, and why: the status lists the sweep with
+	// its event.
+	var sent struct {
+		WebhookID string `json:"webhookId"`
+	}
+	require.NoError(t, json.Unmarshal(reply, &sent))
+	require.Len(t, s.SweepList, 1)
+	sw := s.SweepList[0]
+	require.Equal(t, []any{"InboundMessage", sent.WebhookID, "contact03", locA, "all", "done", int64(24), int64(20), int64(4), int64(24)},
+		[]any{sw.Event, sw.EventID, sw.ContactID, sw.LocationID, sw.Channel, sw.State, sw.Found, sw.FoundSMS, sw.FoundEmail, sw.Enqueued})
+	require.Contains(t, enqueueCLI(t, redisURL, "status", campaign),
+		fmt.Sprintf("sweep %s (InboundMessage %s): contact contact03 in %s, all: 24 still scheduled (20 SMS, 4 email), 24 cancels queued, done", sw.SweepID, sent.WebhookID, locA))
 	t.Logf("a signed reply from contact03 cancelled its %d scheduled SMS and emails %.0f ms after the webhook was sent", len(want), latency.Seconds()*1000)
 
 	// 2. The same delivery again, a tampered copy, an event not in
@@ -223,6 +236,16 @@ func TestWebhookCancelsAContactsMessages(t *testing.T) {
 	require.Eventually(t, func() bool { return statusOf(t, redisURL, campaign).Complete }, 30*time.Second, 50*time.Millisecond)
 	s = statusOf(t, redisURL, campaign)
 	require.Zero(t, s.SweepsFailed, "the replayed sweep's failure is taken back")
+	states := map[string]int{}
+	for _, sw := range s.SweepList {
+		states[sw.State]++
+		if sw.State == "failed" {
+			require.Equal(t, "no_token", sw.Error)
+			require.Equal(t, locC, sw.LocationID)
+		}
+	}
+	require.Equal(t, 3, states["done"], "contact03, contact02 and the replayed one; the failed attempts stay listed: %v", states)
+	require.Equal(t, requeues, states["failed"])
 	require.Equal(t, int64(3), s.Sweeps, "contact03, contact02 and the replayed one (the DND sweep has its own campaign)")
 	require.Equal(t, int64(24+len(scheduledOf(added, "contact02", nil))+len(wantC)), s.Total)
 	// A second requeue finds nothing.
