@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -24,6 +25,8 @@ func lanesBench(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	bulk := fs.Int("bulk", 100000, "bulk tasks draining")
 	urgentN := fs.Int("urgent", 200, "urgent cancels, one every 50 ms")
 	sameLoc := fs.Bool("same-location", false, "urgent cancels for the bulk campaign's own locations (queued behind their bulk backlog)")
+	reserve := fs.Int("urgent-reserve", 0, "the worker's RATE_LIMIT_URGENT_RESERVE")
+	after := fs.Int("urgent-after", 2000, "bulk cancels done before the urgent ones start (30000: after every location's first window, the steady state)")
 	rounds := fs.Int("rounds", 3, "rounds; medians and ranges are reported")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -37,9 +40,10 @@ func lanesBench(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *sameLoc {
 		fmt.Fprintln(stdout, "  urgent cancels go to the bulk campaign's own locations")
 	}
+	fmt.Fprintf(stdout, "  urgent cancels start after %d bulk cancels; RATE_LIMIT_URGENT_RESERVE=%d\n", *after, *reserve)
 	var p50, p99, worst []float64
 	for r := 1; r <= *rounds; r++ {
-		lat, err := runLanes(ctx, env, *bulk, *urgentN, *sameLoc, stdout)
+		lat, err := runLanes(ctx, env, *bulk, *urgentN, *sameLoc, *reserve, *after, stdout)
 		if err != nil {
 			return err
 		}
@@ -55,7 +59,7 @@ func lanesBench(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return nil
 }
 
-func runLanes(ctx context.Context, env *benchEnv, bulkN, urgentN int, sameLoc bool, stdout io.Writer) ([]time.Duration, error) {
+func runLanes(ctx context.Context, env *benchEnv, bulkN, urgentN int, sameLoc bool, reserve, after int, stdout io.Writer) ([]time.Duration, error) {
 	if err := env.rdb.FlushDB(ctx).Err(); err != nil {
 		return nil, err
 	}
@@ -102,14 +106,20 @@ func runLanes(ctx context.Context, env *benchEnv, bulkN, urgentN int, sameLoc bo
 	}, func(producer.Item, producer.Result) {})
 
 	cmd := env.child(ctx, "_worker", "-redis-url", env.redisURL, "-concurrency", "200",
-		"-api", apiURL, "-tokens-file", tokPath)
+		"-api", apiURL, "-tokens-file", tokPath, "-urgent-reserve", strconv.Itoa(reserve))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
 	// Let the bulk drain get going, then send urgent cancels one by one.
-	for sb.Stats().Cancelled < 2000 {
+	if after >= bulkN {
+		return nil, fmt.Errorf("-urgent-after %d: want fewer than -bulk %d", after, bulkN)
+	}
+	for sb.Stats().Cancelled < int64(after) {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	sent := make([]time.Time, urgentN)

@@ -84,6 +84,7 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 	apiURL := fs.String("api", "", "")
 	tokensFile := fs.String("tokens-file", "", "")
 	rateLimit := fs.String("rate-limit", "100/10s", "")
+	urgentReserve := fs.Int("urgent-reserve", 0, "")
 	cpuProfile := fs.String("cpuprofile", os.Getenv("BENCH_CPUPROFILE"), "")
 	lanes := fs.String("lanes", "weighted", "no-op: weighted (6:3:1) or bulk (the bulk lane alone); worker: shared for one weighted fetch loop")
 	if err := fs.Parse(args); err != nil {
@@ -138,7 +139,7 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 		}
 	}
 	w, err := worker.New(worker.Config{Redis: rdb, GHL: ghl.Config{BaseURL: *apiURL}, Tokens: src, Concurrency: *concurrency,
-		RateLimit: ratelimit.Config{Default: lim}, NoPacing: *rateLimit == "off", SharedLanes: *lanes == "shared"})
+		RateLimit: ratelimit.Config{Default: lim, UrgentReserve: *urgentReserve}, NoPacing: *rateLimit == "off", SharedLanes: *lanes == "shared"})
 	if err != nil {
 		return err
 	}

@@ -59,6 +59,7 @@ const (
 	EnvRateOverrides   = "RATE_LIMIT_OVERRIDES"
 	EnvRateMaxWait     = "RATE_LIMIT_MAX_WAIT"
 	EnvDailyReserve    = "DAILY_RESERVE"
+	EnvUrgentReserve   = "RATE_LIMIT_URGENT_RESERVE"
 	EnvClientID        = "GHL_CLIENT_ID"
 	EnvClientSecret    = "GHL_CLIENT_SECRET"
 	EnvTokenKey        = "GHL_TOKEN_KEY"
@@ -92,6 +93,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	rateMargin := fs.Float64("rate-limit-margin", ep.Float(EnvRateMargin, ratelimit.MarginDefault), "share of the limit left unused (env "+EnvRateMargin+")")
 	rateOverrides := fs.String("rate-limit-overrides", getenv(EnvRateOverrides), "per-location limits, loc=N/period,... (env "+EnvRateOverrides+")")
 	rateMaxWait := fs.Duration("rate-limit-max-wait", ep.Duration(EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
+	urgentReserve := fs.Int("rate-limit-urgent-reserve", ep.Int(EnvUrgentReserve, 0), "calls of each window a location with a backlog keeps for urgent cancels; 0 gives bulk the whole allowance (env "+EnvUrgentReserve+")")
 	dailyReserve := fs.Int("daily-reserve", ep.Int(EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
 	retention := fs.Duration("campaign-retention", ep.Duration(EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
 	breakerMode := fs.String("circuit-breaker", ep.String(EnvBreaker, "on"), "on: pause calls while HighLevel answers mostly 5xx; off (env "+EnvBreaker+")")
@@ -127,6 +129,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	if *urgentReserve < 0 || (!noPacing && *urgentReserve*2 > rl.Default.N) {
+		return fmt.Errorf("%s=%d: want 0 to half of %s's count", EnvUrgentReserve, *urgentReserve, EnvRateLimit)
+	}
+	rl.UrgentReserve = *urgentReserve
 	src, oauth, err := tokenSource(getenv, *tokensFile, *baseURL, log)
 	if err != nil {
 		return err

@@ -237,6 +237,8 @@ func TestRunConfigErrors(t *testing.T) {
 		{"bad concurrency", nil, map[string]string{EnvToken: "t", EnvConcurrency: "lots"}, `WORKER_CONCURRENCY="lots"`},
 		{"bad duration", nil, map[string]string{EnvToken: "t", EnvShutdownTimeout: "30"}, `SHUTDOWN_TIMEOUT="30"`},
 		{"bad breaker", nil, map[string]string{EnvToken: "t", EnvBreaker: "maybe"}, "CIRCUIT_BREAKER"},
+		{"bad urgent reserve", nil, map[string]string{EnvToken: "t", EnvUrgentReserve: "-1"}, `RATE_LIMIT_URGENT_RESERVE=-1: want 0 to half`},
+		{"urgent reserve too big", nil, map[string]string{EnvToken: "t", EnvUrgentReserve: "60"}, `RATE_LIMIT_URGENT_RESERVE=60: want 0 to half of RATE_LIMIT's count`},
 		{"bad lanes", nil, map[string]string{EnvToken: "t", EnvLanes: "together"}, `WORKER_LANES="together": want separate or shared`},
 	}
 	for _, tt := range tests {

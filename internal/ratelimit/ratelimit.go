@@ -127,6 +127,15 @@ type Config struct {
 	// ProbeWait is how long calls for a location with no known limit wait
 	// for the first call's answer. Defaults to ProbeWaitDefault.
 	ProbeWait time.Duration
+	// UrgentReserve: while a location has a backlog (waiters), other calls
+	// leave this many of each span's calls to urgent ones, so an urgent
+	// cancel for a location its own bulk campaign keeps saturated finds
+	// room within about MaxWait (bulk calls book up to MaxWait ahead)
+	// instead of up to a window. Sweep export pages count as urgent. 0
+	// (the default) gives bulk the whole allowance; at most half of a
+	// location's limit is kept. Costs a saturated location
+	// UrgentReserve/N of its rate.
+	UrgentReserve int
 	// RecordTTL is how long the ledger's "call sent" mark lives. Defaults
 	// to ledger.RetentionDefault.
 	RecordTTL time.Duration
@@ -227,7 +236,7 @@ type Request struct {
 // ARGV: 1 default N, 2 default period, 3 override N (0: none), 4 override
 // period, 5 margin, 6 max wait, 7 lead, 8 location (unused), 9 task id, 10
 // urgent (1/0), 11 campaign, 12 the delivery's mark, 13 record ttl ms, 14
-// probe wait, 15 no record (1/0).
+// probe wait, 15 no record (1/0), 16 urgent reserve.
 // Returns {code, wait µs, recorded row or earlier-call flag, cooled}:
 // code 1 granted (wait, then call; [3] "1" if an earlier call went out),
 // 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait.
@@ -253,6 +262,11 @@ else
 end
 local margin = tonumber(ARGV[5])
 local cap = L
+local urgent = ARGV[10] == "1"
+local busy = redis.call("EXISTS", KEYS[2]) == 1
+-- With a backlog, other calls leave the urgent reserve of every span.
+local reserve = math.min(tonumber(ARGV[16]), math.floor(L / 2))
+if not urgent and busy and reserve > 0 then cap = math.max(1, L - reserve) end
 local span = math.floor(P * (1 + margin))
 local maxwait, lead = tonumber(ARGV[6]), tonumber(ARGV[7])
 -- The log keeps admissions in order; entries older than the span are
@@ -276,9 +290,8 @@ end
 local cool = tonumber(loc[2] or "0")
 local cooled = 0
 if cool > room then room = cool; cooled = 1 end
-local urgent = ARGV[10] == "1"
 local mine, may = false, urgent
-if redis.call("EXISTS", KEYS[2]) == 1 then
+if busy then
   redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", now - ` + strconv.FormatInt(staleWaiter.Microseconds(), 10) + `)
   mine = redis.call("ZREM", KEYS[2], ARGV[9]) == 1
   may = may or mine or redis.call("ZCOUNT", KEYS[2], "-inf", now + maxwait) == 0
@@ -302,6 +315,9 @@ if may and room - now <= maxwait then
 end
 local eta = room
 if not (urgent or mine) then
+  -- A waiter will be judged with the reserve kept (there is a backlog
+  -- once it waits), so its turn is estimated that way too.
+  if reserve > 0 then cap = math.max(1, L - reserve) end
   -- The j-th waiter's turn: the room the (n+j)-th admission would get,
   -- each reusing the room of the one cap admissions before it.
   local i = n + redis.call("ZCARD", KEYS[2])
@@ -359,7 +375,8 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 	for {
 		v, err := admitScript.Run(ctx, l.rdb, keys, l.cfg.Default.N, l.cfg.Default.Period.Microseconds(), on, op,
 			strconv.FormatFloat(l.cfg.Margin, 'f', -1, 64), l.cfg.MaxWait.Microseconds(), l.cfg.Lead.Microseconds(),
-			r.Location, r.TaskID, urgent, r.Campaign, r.Mark, l.cfg.RecordTTL.Milliseconds(), l.cfg.ProbeWait.Microseconds(), norec).Slice()
+			r.Location, r.TaskID, urgent, r.Campaign, r.Mark, l.cfg.RecordTTL.Milliseconds(), l.cfg.ProbeWait.Microseconds(), norec,
+			l.cfg.UrgentReserve).Slice()
 		if err != nil {
 			return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
 		}
