@@ -33,6 +33,9 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 		fmt.Fprintf(&b, "  sweeps: %d/%d locations done%s, %d pages read, %d messages read, %d still scheduled found\n",
 			s.SweepsDone, s.Sweeps, failed, s.SweepPages, s.SweepSeen, s.SweepFound)
 	}
+	if len(s.SweepList) > 0 {
+		fmt.Fprintf(&b, "  newest %d of %d sweeps:\n", len(s.SweepList), s.Sweeps)
+	}
 	for _, sw := range s.SweepList {
 		what := "everything"
 		if sw.ContactID != "" {

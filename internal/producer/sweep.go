@@ -108,9 +108,14 @@ for i = 8, #ARGV, 9 do
   end
   redis.call("SADD", kl, loc)
 end
+redis.call("ZREMRANGEBYRANK", k .. ":sweeplist", 0, -` + strconv.Itoa(sweepListKeep+1) + `)
 redis.call("HINCRBY", k, "sweeps", added)
 cadd(campaign, 0, "", now, ttl)
 return added`)
+
+// sweepListKeep bounds a campaign's sweep list (the status shows the
+// newest campaign.SweepListMax).
+const sweepListKeep = 100
 
 // SweepStateKey is where one location's sweep keeps its progress.
 func SweepStateKey(sweepID, location string) string { return ledger.SweepStateKey(sweepID, location) }

@@ -121,6 +121,7 @@ return 1`)
 var endScript = redis.NewScript(ledger.Lua + `
 if redis.call("HSETNX", KEYS[1], "ended", ARGV[3]) == 0 then return 0 end
 redis.call("HSET", KEYS[1], "phase", ARGV[1], "cursor", "", "error", ARGV[7])
+redis.call("PEXPIRE", KEYS[1], ARGV[4]) -- kept as long as its campaign (recreated if it had expired)
 local k = ck(ARGV[2])
 redis.call("HINCRBY", k, "sweeps_done", 1)
 if ARGV[1] == "failed" then
