@@ -217,7 +217,13 @@ func measureOurs(ctx context.Context, env *benchEnv, n, concurrency, locations i
 	// none here): its Redis work is part of the cost measured.
 	args := append([]string{"_worker", "-redis-url", env.redisURL, "-concurrency", strconv.Itoa(concurrency), "-api", sb.url,
 		"-tokens-file", sb.tokens, "-rate-limit", rateLimit}, extra...)
-	u, err := drain(ctx, env, len(sb.items), sb, env.child(ctx, args...))
+	return drainAll(ctx, env, sb, env.child(ctx, args...))
+}
+
+// drainAll drains the sandbox's campaign through the worker processes and
+// checks that the sandbox cancelled every message.
+func drainAll(ctx context.Context, env *benchEnv, sb *sandboxChild, cmds ...*exec.Cmd) (usage, error) {
+	u, err := drain(ctx, env, len(sb.items), sb, cmds...)
 	if err != nil {
 		return u, err
 	}

@@ -99,16 +99,5 @@ func measureScale(ctx context.Context, env *benchEnv, n, concurrency, locations,
 		cmds[i] = env.child(ctx, "_worker", "-redis-url", env.redisURL, "-concurrency", strconv.Itoa(concurrency), "-api", sb.url,
 			"-tokens-file", sb.tokens, "-rate-limit", "1000000/1s")
 	}
-	u, err := drain(ctx, env, len(sb.items), sb, cmds...)
-	if err != nil {
-		return u, err
-	}
-	st, err := sb.stats()
-	if err != nil {
-		return u, err
-	}
-	if st.Cancelled != int64(len(sb.items)) {
-		return u, fmt.Errorf("sandbox cancelled %d of %d", st.Cancelled, len(sb.items))
-	}
-	return u, nil
+	return drainAll(ctx, env, sb, cmds...)
 }

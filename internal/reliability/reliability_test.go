@@ -148,23 +148,30 @@ func startWorker(t *testing.T, redisURL string, c *campaign, extraEnv ...string)
 		"GHL_TOKENS_FILE=" + c.tokenFile, "WORKER_CONCURRENCY=50", "METRICS_ADDR=" + w.metricsAddr,
 		"RATE_LIMIT=off", "LOG_FORMAT=json", "LOG_LEVEL=debug", "SHUTDOWN_TIMEOUT=10s",
 	}, extraEnv...)
-	w.cmd.Stdout = io.Discard
-	w.cmd.Stderr = w.logs
-	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, w.cmd.Start())
+	startAndWait(t, w.cmd, w.logs, w.metricsAddr)
+	return w
+}
+
+// startAndWait starts a binary (its stderr into logs; killed with the test
+// and at cleanup) and waits until addr's /healthz answers 200.
+func startAndWait(t *testing.T, cmd *exec.Cmd, logs *syncbuf.Buffer, addr string) {
+	t.Helper()
+	cmd.Stdout = io.Discard
+	cmd.Stderr = logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
-		_ = w.cmd.Process.Kill()
-		_, _ = w.cmd.Process.Wait()
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
 	})
 	require.Eventually(t, func() bool {
-		resp, err := http.Get("http://" + w.metricsAddr + "/healthz")
+		resp, err := http.Get("http://" + addr + "/healthz")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == 200
-	}, 20*time.Second, 50*time.Millisecond, "worker did not start: %s", w.logs.String())
-	return w
+	}, 20*time.Second, 50*time.Millisecond, "%s did not start: %s", filepath.Base(cmd.Path), logs.String())
 }
 
 func (w *workerProc) status(path string) int {

@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"syscall"
 	"testing"
 	"time"
 
@@ -41,22 +39,7 @@ func startIntake(t *testing.T, redisURL string, sb *sandbox.Server, extraEnv ...
 		"INTAKE_API_KEYS=reliability-key-0123456789", "LOG_FORMAT=json",
 		"HIGHLEVEL_WEBHOOK_PUBLIC_KEY=" + ed, "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY=" + rs,
 	}, extraEnv...)
-	p.cmd.Stdout = io.Discard
-	p.cmd.Stderr = p.logs
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, p.cmd.Start())
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		_, _ = p.cmd.Process.Wait()
-	})
-	require.Eventually(t, func() bool {
-		resp, err := http.Get("http://" + p.addr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	}, 20*time.Second, 50*time.Millisecond, "intake did not start: %s", p.logs.String())
+	startAndWait(t, p.cmd, p.logs, p.addr)
 	return p
 }
 

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/webhook"
 	"github.com/ghlcancel/ghlcancel/internal/webhook/signature"
+	"github.com/ghlcancel/ghlcancel/metrics"
 )
 
 var redisServer *redistest.Server
@@ -280,26 +280,9 @@ func (e *handlerEnv) post(body []byte, sign bool) (int, webhook.Response) {
 
 func (e *handlerEnv) count(event, result string) float64 {
 	e.t.Helper()
-	n, err := testutil.GatherAndCount(e.reg, "ghlcancel_webhooks_total")
-	require.NoError(e.t, err)
-	_ = n
 	mfs, err := e.reg.Gather()
 	require.NoError(e.t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "ghlcancel_webhooks_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			l := map[string]string{}
-			for _, p := range m.GetLabel() {
-				l[p.GetName()] = p.GetValue()
-			}
-			if l["event"] == event && l["result"] == result {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	return metrics.Sum(mfs, "ghlcancel_webhooks_total", "event", event, "result", result)
 }
 
 func sweepTasks(t *testing.T, rdb *redis.Client) []tasks.SweepPayload {
