@@ -1,5 +1,6 @@
 // Package contract checks HTTP traffic against HighLevel's official OpenAPI
-// description (copied, CC0, into openapi/ from GoHighLevel/highlevel-api-docs).
+// description (copied, CC0, into openapi/ from GoHighLevel/highlevel-api-docs:
+// the conversations and OAuth apps).
 // Wrap a handler (the sandbox) with a Validator and every request that reaches
 // it and every response it gives is validated; Problems lists what did not
 // match. Requests to paths the spec does not describe are problems too.
@@ -32,9 +33,10 @@ func SpecDir() string {
 	return filepath.Join(filepath.Dir(file), "openapi")
 }
 
-// Validator validates traffic against an OpenAPI spec.
+// Validator validates traffic against one or more OpenAPI specs.
 type Validator struct {
-	router routers.Router
+	// routers are tried in order; the first that knows the route wins.
+	routers []routers.Router
 	// ownAPI: requests the server rejected (4xx) are not problems, since
 	// tests send bad requests on purpose; a request the spec rejects but the
 	// server accepts (2xx) is.
@@ -45,24 +47,52 @@ type Validator struct {
 	checked  map[string]int // "METHOD /template STATUS" -> count
 }
 
-// New loads apps/conversations.json (and its external refs).
+// specs are the HighLevel spec files New loads, under SpecDir.
+var specs = []string{"apps/conversations.json", "apps/oauth.json"}
+
+// New loads HighLevel's conversations and OAuth specs (and their external
+// refs): the sandbox's conversations routes and its /oauth/token,
+// /oauth/locationToken and /oauth/installedLocations are all checked.
 func New() (*Validator, error) {
-	path := filepath.Join(SpecDir(), "apps", "conversations.json")
+	return load(specs...)
+}
+
+// NewOAuth loads the OAuth spec alone (apps/oauth.json).
+func NewOAuth() (*Validator, error) {
+	return load("apps/oauth.json")
+}
+
+// load reads HighLevel spec files (paths under SpecDir) into one Validator.
+func load(files ...string) (*Validator, error) {
+	docs := make([]*openapi3.T, 0, len(files))
+	for _, f := range files {
+		doc, err := loadHighLevel(filepath.Join(SpecDir(), filepath.FromSlash(f)))
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, doc)
+	}
+	return newValidator(false, docs...)
+}
+
+// loadHighLevel loads one of HighLevel's spec files, patched (see
+// patchSchemaExamples), with its refs to ../common resolved.
+func loadHighLevel(path string) (*openapi3.T, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("contract: read spec: %w", err)
 	}
 	raw, err = patchSchemaExamples(raw)
 	if err != nil {
-		return nil, fmt.Errorf("contract: patch spec: %w", err)
+		return nil, fmt.Errorf("contract: patch spec %s: %w", filepath.Base(path), err)
 	}
 	loader := openapi3.NewLoader()
 	loader.IsExternalRefsAllowed = true
 	doc, err := loader.LoadFromDataWithPath(raw, &url.URL{Path: path})
 	if err != nil {
-		return nil, fmt.Errorf("contract: load spec: %w", err)
+		return nil, fmt.Errorf("contract: load spec %s: %w", filepath.Base(path), err)
 	}
-	return newValidator(doc, false)
+	return doc, nil
 }
 
 // NewOwn loads a self-contained spec of one of our own APIs (the intake
@@ -77,17 +107,40 @@ func NewOwn(path string) (*Validator, error) {
 	if err := doc.Validate(context.Background()); err != nil {
 		return nil, fmt.Errorf("contract: %s is not a valid OpenAPI document: %w", path, err)
 	}
-	return newValidator(doc, true)
+	return newValidator(true, doc)
 }
 
-func newValidator(doc *openapi3.T, own bool) (*Validator, error) {
-	// Match on paths alone, whatever host the server listens on.
-	doc.Servers = openapi3.Servers{{URL: "/"}}
-	router, err := gorillamux.NewRouter(doc)
-	if err != nil {
-		return nil, fmt.Errorf("contract: router: %w", err)
+// newValidator routes over docs, in order. Each keeps its own router, so
+// each spec's routes are validated against its own components (security
+// schemes included).
+func newValidator(own bool, docs ...*openapi3.T) (*Validator, error) {
+	v := &Validator{ownAPI: own, checked: map[string]int{}}
+	for _, doc := range docs {
+		// Match on paths alone, whatever host the server listens on.
+		doc.Servers = openapi3.Servers{{URL: "/"}}
+		router, err := gorillamux.NewRouter(doc)
+		if err != nil {
+			return nil, fmt.Errorf("contract: router: %w", err)
+		}
+		v.routers = append(v.routers, router)
 	}
-	return &Validator{router: router, ownAPI: own, checked: map[string]int{}}, nil
+	return v, nil
+}
+
+// findRoute asks each spec's router in turn; the error is the first
+// router's when none knows the route.
+func (v *Validator) findRoute(r *http.Request) (*routers.Route, map[string]string, error) {
+	var first error
+	for _, router := range v.routers {
+		route, params, err := router.FindRoute(r)
+		if err == nil {
+			return route, params, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, nil, first
 }
 
 // authenticate accepts a request carrying the credential a security scheme
@@ -112,8 +165,9 @@ func authenticate(_ context.Context, ai *openapi3filter.AuthenticationInput) err
 
 // patchSchemaExamples drops schema-level "examples" that are not arrays.
 // Upstream's conversations.json has one (UserSubscriptionChangeDto, far from
-// the endpoints we use) that no OpenAPI parser accepts; the vendored file is
-// kept byte-identical to upstream and patched in memory instead.
+// the endpoints we use) that no OpenAPI parser accepts; the vendored files
+// are kept byte-identical to upstream and patched in memory instead (every
+// spec goes through it; oauth.json has none to drop).
 func patchSchemaExamples(raw []byte) ([]byte, error) {
 	var doc map[string]any
 	if err := json.Unmarshal(raw, &doc); err != nil {
@@ -176,7 +230,7 @@ func (v *Validator) Wrap(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		route, params, err := v.router.FindRoute(r)
+		route, params, err := v.findRoute(r)
 		if err != nil {
 			rec := httptest.NewRecorder()
 			next.ServeHTTP(rec, r)

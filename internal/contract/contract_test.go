@@ -18,7 +18,7 @@ func TestSpecMatchesShared(t *testing.T) {
 	if _, err := os.Stat(shared); err != nil {
 		t.Skipf("no shared spec at %s", shared)
 	}
-	for _, f := range []string{"apps/conversations.json", "common/common-schemas.json"} {
+	for _, f := range []string{"apps/conversations.json", "apps/oauth.json", "common/common-schemas.json"} {
 		want, err := os.ReadFile(filepath.Join(shared, f))
 		require.NoError(t, err)
 		got, err := os.ReadFile(filepath.Join(contract.SpecDir(), f))
@@ -29,7 +29,9 @@ func TestSpecMatchesShared(t *testing.T) {
 
 func TestLoads(t *testing.T) {
 	t.Parallel()
-	v, err := contract.New()
-	require.NoError(t, err)
-	require.Empty(t, v.Problems())
+	for name, load := range map[string]func() (*contract.Validator, error){"New": contract.New, "NewOAuth": contract.NewOAuth} {
+		v, err := load()
+		require.NoError(t, err, name)
+		require.Empty(t, v.Problems(), name)
+	}
 }

@@ -2,8 +2,11 @@
 // cancel-schedule endpoints and GET message over a store of scheduled
 // messages per location, with the real API's auth, Version header check,
 // response bodies, per-location rate limits (X-RateLimit-* headers, 429s) and
-// injectable faults. Tests, the demo and load tests run against it; its
-// answers are checked against the official OpenAPI spec in a contract test.
+// injectable faults. It also plays an agency (Company) app (agency.go):
+// company tokens from POST /oauth/token, location tokens minted by POST
+// /oauth/locationToken, GET /oauth/installedLocations, installs and
+// uninstalls. Tests, the demo and load tests run against it; its answers
+// are checked against the official OpenAPI specs in contract tests.
 package sandbox
 
 import (
@@ -30,6 +33,7 @@ const (
 	ClientIDDefault     = "sandbox-client-id"
 	ClientSecretDefault = "sandbox-client-secret"
 	AccessTTLDefault    = 86399 * time.Second
+	AppIDDefault        = "sandbox-app-id"
 )
 
 // Config configures a Server.
@@ -59,6 +63,14 @@ type Config struct {
 	// AccessTTL is how long an access token issued by POST /oauth/token
 	// lives. Defaults to 86399 s, as HighLevel's.
 	AccessTTL time.Duration
+	// MintTTL is how long a location token minted by POST
+	// /oauth/locationToken lives. Defaults to AccessTTLDefault (HighLevel
+	// documents expires_in 86399).
+	MintTTL time.Duration
+	// AppID is the marketplace app's id: INSTALL and UNINSTALL events carry
+	// it, minted tokens report it, and GET /oauth/installedLocations wants it.
+	// Defaults to AppIDDefault.
+	AppID string
 	// Seed for fault injection and ids; 0 picks a random seed.
 	Seed uint64
 	// Now defaults to time.Now.
@@ -128,6 +140,7 @@ type Server struct {
 	tokens   map[string]string     // token -> location
 	expires  map[string]time.Time  // OAuth access token -> expiry
 	refresh  map[string]*grant     // refresh token -> its grant
+	agencies agencies              // the agency app: company tokens, installs, mints
 	inactive map[string]bool       // locations whose refresh fails "Location is not active"
 	messages map[string]*message   // by cancel id
 	convMsgs map[string]*message   // by conversation message id
@@ -147,18 +160,26 @@ type Server struct {
 	whKeys webhookKeys
 }
 
+// grant is what a refresh token stands for: a location, or an agency
+// (company set, location empty).
 type grant struct {
 	location string
+	company  string
 	used     bool
 }
 
 type counters struct {
 	refreshes, invalidGrants,
 	requests, cancelled, notCancellable, unauthorized, badRequest, rateLimited,
-	faulted5xx, resets, timeouts, lostResponses, gets, exports atomic.Int64
+	faulted5xx, resets, timeouts, lostResponses, gets, exports,
+	mints, mintsRefused atomic.Int64
 }
 
-// Stats is a snapshot of what the sandbox answered.
+// Stats is a snapshot of what the sandbox answered. Requests, Unauthorized,
+// BadRequest and RateLimited count the conversations routes; the injected
+// faults (Faulted5xx, Resets, Timeouts, LostResponses) count every API route,
+// the agency ones included; Refreshes and InvalidGrants count POST
+// /oauth/token for location and agency grants alike.
 type Stats struct {
 	Requests       int64 `json:"requests"`
 	Cancelled      int64 `json:"cancelled"`
@@ -173,6 +194,12 @@ type Stats struct {
 	Gets           int64 `json:"gets"`
 	Refreshes      int64 `json:"refreshes"`
 	InvalidGrants  int64 `json:"invalid_grants"`
+	// Mints counts location tokens minted by POST /oauth/locationToken (a
+	// lost response included: the token was minted); MintsRefused the
+	// calls to it that minted nothing, whatever the reason (version, auth,
+	// rate limit, company, location, injected fault).
+	Mints        int64 `json:"mints"`
+	MintsRefused int64 `json:"mints_refused"`
 }
 
 // New builds a Server.
@@ -184,6 +211,8 @@ func New(cfg Config) *Server {
 	cfg.ClientID = cmp.Or(cfg.ClientID, ClientIDDefault)
 	cfg.ClientSecret = cmp.Or(cfg.ClientSecret, ClientSecretDefault)
 	cfg.AccessTTL = cmp.Or(cfg.AccessTTL, AccessTTLDefault)
+	cfg.MintTTL = cmp.Or(cfg.MintTTL, AccessTTLDefault)
+	cfg.AppID = cmp.Or(cfg.AppID, AppIDDefault)
 	seed := cfg.Seed
 	if seed == 0 {
 		seed = mrand.Uint64()
@@ -199,6 +228,7 @@ func New(cfg Config) *Server {
 		convMsgs: map[string]*message{},
 		byLoc:    map[string][]*message{},
 		buckets:  map[string]*bucket{},
+		agencies: newAgencies(),
 		faults:   cfg.Faults,
 		rng:      mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 	}
@@ -249,7 +279,10 @@ func (s *Server) RevokeAccess(token string) {
 
 // token serves POST /oauth/token for grant_type=refresh_token: a refresh
 // token works once; the answer carries a new access token and a new
-// refresh token. A reused or unknown one gets invalid_grant.
+// refresh token. A reused or unknown one gets invalid_grant. A location
+// grant's access token works on the conversations routes; an agency
+// grant's (see AddAgency) only on the agency routes. The user_type field
+// is not checked: the grant decides what kind of token comes back.
 func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	s.mu.RLock()
 	f := s.faults
@@ -284,18 +317,31 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.used = true
-	access := "at-" + NewID() + NewID()
-	next := "rt-" + NewID() + NewID()
-	s.tokens[access] = g.location
-	s.expires[access] = s.now().Add(s.cfg.AccessTTL)
-	s.refresh[next] = &grant{location: g.location}
+	var body map[string]any
+	if g.company != "" {
+		body = s.companyGrantLocked(g.company)
+	} else {
+		body = s.locationGrantLocked(g.location)
+	}
 	s.mu.Unlock()
 	s.stats.refreshes.Add(1)
-	writeJSON(w, http.StatusOK, map[string]any{
+	writeJSON(w, http.StatusOK, body)
+}
+
+// locationGrantLocked issues a location's next access and refresh tokens
+// and returns the token answer; s.mu is held. userId is there because the
+// spec's GetAccessCodeSuccessfulResponseDto requires it.
+func (s *Server) locationGrantLocked(location string) map[string]any {
+	access := "at-" + NewID() + NewID()
+	next := "rt-" + NewID() + NewID()
+	s.tokens[access] = location
+	s.expires[access] = s.now().Add(s.cfg.AccessTTL)
+	s.refresh[next] = &grant{location: location}
+	return map[string]any{
 		"access_token": access, "token_type": "Bearer", "expires_in": s.cfg.AccessTTL.Seconds(),
 		"refresh_token": next, "scope": "conversations/message.readonly conversations/message.write",
-		"userType": "Location", "locationId": g.location,
-	})
+		"userType": "Location", "locationId": location, "userId": installUserID,
+	}
 }
 
 // SetRateLimit overrides the burst limit of one location (0 restores the default).
@@ -430,6 +476,7 @@ func (s *Server) Stats() Stats {
 		Faulted5xx: c.faulted5xx.Load(), Resets: c.resets.Load(), Timeouts: c.timeouts.Load(),
 		LostResponses: c.lostResponses.Load(), Gets: c.gets.Load(),
 		Refreshes: c.refreshes.Load(), InvalidGrants: c.invalidGrants.Load(),
+		Mints: c.mints.Load(), MintsRefused: c.mintsRefused.Load(),
 	}
 }
 
@@ -454,6 +501,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /conversations/messages/{id}", s.api(s.get(false)))
 	mux.HandleFunc("GET /conversations/messages/email/{id}", s.api(s.get(true)))
 	mux.HandleFunc("POST /oauth/token", s.token)
+	mux.HandleFunc("POST /oauth/locationToken", s.agency(&s.stats.mintsRefused, s.locationToken))
+	mux.HandleFunc("GET /oauth/installedLocations", s.agency(nil, s.installedLocations))
 	mux.HandleFunc("POST /_sandbox/webhooks", s.emitHTTP)
 	mux.HandleFunc("GET /_sandbox/webhook-keys", s.webhookKeysHTTP)
 	mux.HandleFunc("GET /_sandbox/stats", func(w http.ResponseWriter, _ *http.Request) {
@@ -473,42 +522,12 @@ type apiFunc func(w http.ResponseWriter, r *http.Request, location string)
 func (s *Server) api(next apiFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s.stats.requests.Add(1)
-		s.mu.RLock()
-		f := s.faults
-		s.mu.RUnlock()
-		if d := f.Latency + s.jitter(f.LatencyJitter); d > 0 {
-			select {
-			case <-time.After(d):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		switch x := s.roll(); {
-		case x < f.ResetRate:
-			s.stats.resets.Add(1)
-			resetConnection(w)
-			return
-		case x < f.ResetRate+f.TimeoutRate:
-			s.stats.timeouts.Add(1)
-			select { // hang until the client gives up
-			case <-r.Context().Done():
-			case <-time.After(2 * time.Minute):
-			}
-			return
-		case x < f.ResetRate+f.TimeoutRate+f.ErrorRate:
-			s.stats.faulted5xx.Add(1)
-			codes := []int{500, 502, 503}
-			code := codes[int(s.roll()*3)%3]
-			writeJSON(w, code, map[string]any{"statusCode": code, "message": http.StatusText(code)})
+		f := s.currentFaults()
+		if !s.inject(w, r, f) {
 			return
 		}
-		if r.Header.Get("Version") != s.cfg.Version {
+		if !versionOK(w, r, s.cfg.Version) {
 			s.stats.badRequest.Add(1)
-			msg := "version header was not found"
-			if r.Header.Get("Version") != "" {
-				msg = "version header is invalid"
-			}
-			writeJSON(w, http.StatusBadRequest, map[string]any{"statusCode": 400, "message": msg})
 			return
 		}
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -530,18 +549,83 @@ func (s *Server) api(next apiFunc) http.HandlerFunc {
 		}
 		if !s.admit(w, b) {
 			s.stats.rateLimited.Add(1)
-			writeJSON(w, http.StatusTooManyRequests, map[string]any{
-				"statusCode": 429, "message": "Too many requests, please try again later.", "error": "Too Many Requests"})
+			writeTooMany(w)
 			return
 		}
-		if f.LostResponseRate > 0 && s.roll() < f.LostResponseRate {
-			next(discard{h: http.Header{}}, r, location)
-			s.stats.lostResponses.Add(1)
-			writeJSON(w, http.StatusBadGateway, map[string]any{"statusCode": 502, "message": "Bad Gateway"})
-			return
-		}
-		next(w, r, location)
+		s.deliver(w, f, func(w http.ResponseWriter) { next(w, r, location) })
 	}
+}
+
+func (s *Server) currentFaults() Faults {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.faults
+}
+
+// inject applies f's latency and faults before a request is processed. It
+// reports false when the request ends there: the client left during the
+// latency, the connection was reset, the request hung until the client gave
+// up, or a 5xx was answered.
+func (s *Server) inject(w http.ResponseWriter, r *http.Request, f Faults) bool {
+	if d := f.Latency + s.jitter(f.LatencyJitter); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return false
+		}
+	}
+	switch x := s.roll(); {
+	case x < f.ResetRate:
+		s.stats.resets.Add(1)
+		resetConnection(w)
+		return false
+	case x < f.ResetRate+f.TimeoutRate:
+		s.stats.timeouts.Add(1)
+		select { // hang until the client gives up
+		case <-r.Context().Done():
+		case <-time.After(2 * time.Minute):
+		}
+		return false
+	case x < f.ResetRate+f.TimeoutRate+f.ErrorRate:
+		s.stats.faulted5xx.Add(1)
+		codes := []int{500, 502, 503}
+		code := codes[int(s.roll()*3)%3]
+		writeJSON(w, code, map[string]any{"statusCode": code, "message": http.StatusText(code)})
+		return false
+	}
+	return true
+}
+
+// versionOK answers 400 and reports false unless the Version header is want.
+func versionOK(w http.ResponseWriter, r *http.Request, want string) bool {
+	v := r.Header.Get("Version")
+	if v == want {
+		return true
+	}
+	msg := "version header was not found"
+	if v != "" {
+		msg = "version header is invalid"
+	}
+	writeJSON(w, http.StatusBadRequest, map[string]any{"statusCode": 400, "message": msg})
+	return false
+}
+
+// deliver runs a processed request's handler; for a share LostResponseRate
+// of requests the answer is thrown away and the client gets 502.
+func (s *Server) deliver(w http.ResponseWriter, f Faults, run func(http.ResponseWriter)) {
+	if f.LostResponseRate > 0 && s.roll() < f.LostResponseRate {
+		run(discard{h: http.Header{}})
+		s.stats.lostResponses.Add(1)
+		writeJSON(w, http.StatusBadGateway, map[string]any{"statusCode": 502, "message": "Bad Gateway"})
+		return
+	}
+	run(w)
+}
+
+// writeTooMany is the 429 answer (HighLevel does not document its body).
+func writeTooMany(w http.ResponseWriter) {
+	writeJSON(w, http.StatusTooManyRequests, map[string]any{
+		"statusCode": 429, "message": "Too many requests, please try again later.", "error": "Too Many Requests"})
 }
 
 // admit counts the request against the location's windows and sets the

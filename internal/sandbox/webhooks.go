@@ -64,9 +64,14 @@ func (s *Server) Verifier() (*signature.Verifier, error) {
 
 // EventSpec is a webhook event the sandbox builds.
 type EventSpec struct {
-	Type     string `json:"type"` // InboundMessage, ContactDndUpdate, AppointmentCreate, ContactDelete, ...
+	Type     string `json:"type"` // InboundMessage, ContactDndUpdate, AppointmentCreate, ContactDelete, INSTALL, UNINSTALL, ...
 	Location string `json:"location_id"`
 	Contact  string `json:"contact_id"`
+	// Company of an INSTALL or UNINSTALL; left out of the body when empty
+	// (HighLevel omits it for installs to future locations).
+	Company string `json:"company_id,omitempty"`
+	// AppID of an INSTALL or UNINSTALL. Defaults to Config.AppID.
+	AppID string `json:"app_id,omitempty"`
 	// MessageType of an InboundMessage (SMS, Email, CALL...). Default SMS.
 	MessageType string `json:"message_type,omitempty"`
 	// DND of a ContactDndUpdate: "all" (dnd true) or channels whose
@@ -118,6 +123,8 @@ func (s *Server) EventBody(e EventSpec) []byte {
 		m["dndSettings"] = settings
 	case "ContactDelete":
 		m["id"], m["dnd"] = e.Contact, false
+	case "INSTALL", "UNINSTALL":
+		s.appEvent(m, e)
 	case "AppointmentCreate":
 		m["appointment"] = map[string]any{"id": NewID(), "contactId": e.Contact, "calendarId": "cal" + e.Location,
 			"appointmentStatus": "confirmed", "startTime": stamp(e.Timestamp.Add(24 * time.Hour))}
