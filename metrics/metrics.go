@@ -17,6 +17,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/internal/webhook"
 )
 
@@ -36,6 +37,7 @@ type Metrics struct {
 	LimiterSnooze  *prometheus.CounterVec
 	LimiterCool    *prometheus.CounterVec
 	TokenRefreshes *prometheus.CounterVec
+	TokenMints     *prometheus.CounterVec
 	DailyLowCount  prometheus.Counter
 	CircuitOpen    prometheus.Gauge
 	CircuitChanges *prometheus.CounterVec
@@ -82,6 +84,13 @@ var RetryReasons = []string{
 
 // TokenRefreshResults are the result labels of token refreshes.
 var TokenRefreshResults = []string{"ok", "lost_race", "invalid_grant", "inactive", "error", "stored_late"}
+
+// TokenMintResults are the result labels of location tokens minted from the agency.
+var TokenMintResults = []string{"ok", "lost_race", "suppressed", "rate_limited", "error",
+	tokens.ReasonNotInstalled, tokens.ReasonLocationInactive, tokens.ReasonAgencyRevoked, tokens.ReasonMintRefused, tokens.ReasonMintFailed}
+
+// Minted records the result of minting a location token from the agency.
+func (m *Metrics) Minted(result string) { m.TokenMints.WithLabelValues(result).Inc() }
 
 // Waited implements ratelimit.Observer.
 func (m *Metrics) Waited(d time.Duration) { m.LimiterWait.Observe(d.Seconds()) }
@@ -154,6 +163,10 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: Namespace, Name: "token_refreshes_total",
 		Help: "OAuth token refreshes by result (ok, lost_race, invalid_grant, inactive, error).",
 	}, []string{"result"})
+	m.TokenMints = f.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "token_mints_total",
+		Help: "Location tokens minted from the agency token, by result (ok, lost_race, suppressed: a failure under a minute old answered, rate_limited, error, and the refusal reasons not_installed, location_inactive, agency_revoked, mint_refused, mint_failed).",
+	}, []string{"result"})
 	m.CircuitOpen = f.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "circuit_open",
 		Help: "1 while this worker's circuit breaker pauses HighLevel calls (open or half-open), 0 when closed.",
@@ -207,6 +220,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	for _, r := range TokenRefreshResults {
 		m.TokenRefreshes.WithLabelValues(r)
+	}
+	for _, r := range TokenMintResults {
+		m.TokenMints.WithLabelValues(r)
 	}
 	for _, tt := range []string{tasks.TypeCancelMessage, tasks.TypeCancelEmail, tasks.TypeSweep} {
 		for _, o := range tasks.Outcomes {

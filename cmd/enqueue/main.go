@@ -34,7 +34,6 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redisconn"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
-	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
 func main() {
@@ -306,80 +305,6 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// tokens loads or lists OAuth pairs. The pair is read from stdin, never
-// from flags (which show in ps) and never echoed.
-func (e env) tokens(ctx context.Context, args []string) error {
-	usage := usageError{errors.New("usage: enqueue tokens set --location L < pair.json   (or a bare refresh token on stdin)\n       enqueue tokens list")}
-	if len(args) == 0 || (args[0] != "set" && args[0] != "list") {
-		return usage
-	}
-	fs := flag.NewFlagSet("tokens "+args[0], flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	redisURL := e.redisFlag(fs)
-	location := fs.String("location", "", "location (sub-account) id")
-	if err := fs.Parse(args[1:]); err != nil {
-		return usageError{err}
-	}
-	rdb, err := connect(ctx, *redisURL)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	if args[0] == "list" {
-		locs, err := tokens.Locations(ctx, rdb)
-		if err != nil {
-			return err
-		}
-		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "LOCATION\tACCESS_TOKEN_EXPIRES")
-		for loc, exp := range locs {
-			when := exp.UTC().Format(time.RFC3339)
-			if exp.UnixMilli() <= 0 {
-				when = "- (refreshed on first use)"
-			}
-			fmt.Fprintf(tw, "%s\t%s\n", loc, when)
-		}
-		return tw.Flush()
-	}
-	if err := ghl.ValidateID(*location); err != nil {
-		return usageError{fmt.Errorf("--location: %w", err)}
-	}
-	key, err := tokens.ParseKey(e.getenv("GHL_TOKEN_KEY"))
-	if err != nil {
-		return fmt.Errorf("GHL_TOKEN_KEY: %w", err)
-	}
-	raw, err := io.ReadAll(io.LimitReader(e.stdin, 64<<10))
-	if err != nil {
-		return err
-	}
-	var in struct {
-		AccessToken  string  `json:"access_token"`
-		RefreshToken string  `json:"refresh_token"`
-		ExpiresIn    float64 `json:"expires_in"`
-	}
-	text := strings.TrimSpace(string(raw))
-	if strings.HasPrefix(text, "{") {
-		if err := json.Unmarshal([]byte(text), &in); err != nil {
-			return errors.New("stdin: not a JSON object with refresh_token (and optionally access_token, expires_in)")
-		}
-	} else {
-		in.RefreshToken = text
-	}
-	if in.RefreshToken == "" || strings.ContainsAny(in.RefreshToken, " \n\t") {
-		return errors.New("stdin: no refresh token (give the token endpoint's JSON answer, or the refresh token alone)")
-	}
-	o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: key})
-	if err != nil {
-		return err
-	}
-	exp := time.Duration(in.ExpiresIn * float64(time.Second))
-	if err := o.Set(ctx, *location, in.AccessToken, in.RefreshToken, exp); err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stdout, "stored an encrypted token pair for location %s\n", *location)
-	return nil
 }
 
 // parked lists locations whose tasks wait for HighLevel's daily budget.

@@ -21,6 +21,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
 var redisServer *redistest.Server
@@ -184,17 +185,42 @@ func TestTokensSetNeverEchoes(t *testing.T) {
 	r = run2("", "tokens", "list")
 	require.NoError(t, r.err)
 	require.Contains(t, r.stdout, "locT0000000000000001")
-	require.Contains(t, r.stdout, "locT0000000000000002  - (refreshed on first use)")
+	require.Regexp(t, `locT0000000000000002 +oauth +- +refreshed on first use`, r.stdout)
 	require.NotContains(t, r.stdout+r.stderr, "SECRET")
+
+	// The agency: its pair never echoed either; listed with the locations
+	// the registry knows, and which source applies to each.
+	r = run2("rt-SECRET-4\n", "tokens", "agency", "set", "--company", "companyT00000000001", "--app", "appT000000000000001")
+	require.NoError(t, r.err)
+	require.Equal(t, "stored the agency's encrypted token pair for company companyT00000000001\n", r.stdout)
+	rdbA := redistest.ClientFor(t, url)
+	_, err := tokens.SetInstalled(context.Background(), rdbA, "locT0000000000000001", "", true, time.Now()) // has its own pair too
+	require.NoError(t, err)
+	_, err = tokens.SetInstalled(context.Background(), rdbA, "locT0000000000000009", "Shop", true, time.Now())
+	require.NoError(t, err)
+	_, err = tokens.SetInstalled(context.Background(), rdbA, "locT0000000000000008", "", false, time.Now())
+	require.NoError(t, err)
+	r = run2("", "tokens", "list")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stderr, "agency: company companyT00000000001, app appT000000000000001")
+	require.Regexp(t, `locT0000000000000001 +oauth +\S+ +also agency`, r.stdout)
+	require.Regexp(t, `locT0000000000000009 +agency +- +installed `, r.stdout)
+	require.Regexp(t, `locT0000000000000008 +agency +- +UNINSTALLED .*not_installed`, r.stdout)
+	require.NotContains(t, r.stdout+r.stderr, "SECRET")
+	r = run2("", "tokens", "agency", "set", "--company", "bad/company")
+	require.ErrorContains(t, r.err, "--company")
+	r = run2("", "tokens", "agency", "locations")
+	require.ErrorContains(t, r.err, "GHL_CLIENT_ID")
+	r = run2("", "tokens", "agency")
+	require.ErrorContains(t, r.err, "enqueue tokens agency set --company C --app A")
 
 	rdb := redistest.ClientFor(t, url)
 	keys, err := rdb.Keys(context.Background(), "*").Result()
 	require.NoError(t, err)
 	for _, k := range keys {
-		vals, _ := rdb.HGetAll(context.Background(), k).Result()
-		for _, v := range vals {
-			require.NotContains(t, v, "SECRET")
-		}
+		dump, err := rdb.Dump(context.Background(), k).Result()
+		require.NoError(t, err)
+		require.NotContains(t, dump, "SECRET", k)
 	}
 	r = run2("", "tokens", "set", "--location", "locT0000000000000003")
 	require.ErrorContains(t, r.err, "no refresh token")

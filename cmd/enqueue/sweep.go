@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/sweep"
@@ -25,6 +26,7 @@ func (e env) sweep(ctx context.Context, args []string) error {
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() {
 		fmt.Fprint(e.stderr, `usage: enqueue sweep --location L [--location L2 ...] [filters] [--campaign C] [--dry-run] [--wait]
+       enqueue sweep --all-locations [filters] ...   (every location the agency's app is installed at)
 Finds the messages still scheduled in the locations (HighLevel's message export, paged by the
 workers, which hold the tokens) and cancels them into one campaign.
 flags:
@@ -41,6 +43,8 @@ flags:
 		}
 		return nil
 	})
+	all := fs.Bool("all-locations", false, "sweep every location the agency's app is installed at (listed from HighLevel; needs the agency set with `enqueue tokens agency set` and GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_TOKEN_KEY)")
+	baseURL := fs.String("base-url", cmpEnv(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL, for --all-locations (env GHL_BASE_URL)")
 	contact := fs.String("contact", "", "only this contact's messages")
 	conversation := fs.String("conversation", "", "only this conversation's messages")
 	channel := fs.String("channel", tasks.ChannelAll, "sms, email or all")
@@ -59,9 +63,12 @@ flags:
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected arguments %q (give locations with --location)", fs.Args())}
 	}
-	if len(locations) == 0 {
+	if *all && len(locations) > 0 {
+		return usageError{errors.New("give --location or --all-locations, not both")}
+	}
+	if len(locations) == 0 && !*all {
 		fs.Usage()
-		return usageError{errors.New("give at least one --location")}
+		return usageError{errors.New("give at least one --location, or --all-locations")}
 	}
 	r := producer.SweepRequest{Locations: locations, ContactID: *contact, ConversationID: *conversation, Channel: *channel,
 		Source: *source, CampaignID: *campaignID, Lane: *lane, DryRun: *dryRun, PageSize: *pageSize}
@@ -80,6 +87,19 @@ flags:
 		return err
 	}
 	defer rdb.Close()
+	if *all {
+		installed, err := e.installed(ctx, rdb, *baseURL)
+		if err != nil {
+			return err
+		}
+		if len(installed) == 0 {
+			return errors.New("the agency's app is installed at no location: nothing to sweep")
+		}
+		for _, l := range installed {
+			locations = append(locations, l.ID)
+		}
+		r.Locations = locations
+	}
 	st, err := producer.New(rdb, producer.Config{}).Sweep(ctx, r)
 	if err != nil {
 		if errors.Is(err, producer.ErrUnavailable) {

@@ -212,43 +212,46 @@ func checkRedisConfig(ctx context.Context, rdb *redis.Client, log *slog.Logger) 
 	}
 }
 
-// tokenSource picks one of: GHL_TOKEN (one token), GHL_TOKENS_FILE (per
-// location), or OAuth (GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_TOKEN_KEY; pairs
-// loaded with `enqueue tokens set`, kept encrypted in Redis).
+// tokenSource picks GHL_TOKEN (one token for every location), or
+// GHL_TOKENS_FILE (explicit tokens per location) and/or OAuth
+// (GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_TOKEN_KEY: location pairs loaded
+// with `enqueue tokens set`, and tokens minted from an agency pair loaded
+// with `enqueue tokens agency set`, kept encrypted in Redis). With both, a
+// location's explicit token wins, then its pair, then the agency.
 func tokenSource(getenv func(string) string, file, baseURL string, log *slog.Logger) (tokens.Source, *tokens.OAuthConfig, error) {
 	token, id, secret, key := getenv(EnvToken), getenv(EnvClientID), getenv(EnvClientSecret), getenv(EnvTokenKey)
 	oauth := id != "" || secret != "" || key != ""
-	set := 0
-	for _, b := range []bool{token != "", file != "", oauth} {
-		if b {
-			set++
-		}
+	if token != "" && (file != "" || oauth) {
+		return nil, nil, fmt.Errorf("%s is one token for every location: unset it to use %s or OAuth (%s/%s/%s)", EnvToken, EnvTokensFile, EnvClientID, EnvClientSecret, EnvTokenKey)
 	}
-	switch {
-	case set > 1:
-		return nil, nil, fmt.Errorf("set only one of %s, %s, or the OAuth trio %s/%s/%s", EnvToken, EnvTokensFile, EnvClientID, EnvClientSecret, EnvTokenKey)
-	case token != "":
+	if token != "" {
 		return tokens.Static(token), nil, nil
-	case file != "":
+	}
+	var src tokens.Source
+	if file != "" {
 		f, err := tokens.NewFile(file, func(err error) { log.Error("tokens file reload failed", "error", err) })
 		if err != nil {
 			return nil, nil, err
 		}
 		log.Info("tokens file loaded", "path", file, "locations", f.Len())
-		return f, nil, nil
-	case oauth:
-		if id == "" || secret == "" || key == "" {
-			return nil, nil, fmt.Errorf("OAuth needs all of %s, %s and %s", EnvClientID, EnvClientSecret, EnvTokenKey)
-		}
-		k, err := tokens.ParseKey(key)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", EnvTokenKey, err)
-		}
-		u := strings.TrimSuffix(baseURL, "/") + "/oauth/token"
-		return nil, &tokens.OAuthConfig{TokenURL: u, ClientID: id, ClientSecret: secret, Key: k}, nil
+		src = f
 	}
-	return nil, nil, errors.New("no token: set " + EnvToken + " (one token for all locations), " + EnvTokensFile +
-		" (JSON location id -> token), or " + EnvClientID + ", " + EnvClientSecret + " and " + EnvTokenKey + " (OAuth)")
+	if !oauth {
+		if src == nil {
+			return nil, nil, errors.New("no token: set " + EnvToken + " (one token for all locations), " + EnvTokensFile +
+				" (JSON location id -> token), or " + EnvClientID + ", " + EnvClientSecret + " and " + EnvTokenKey + " (OAuth: location pairs and agency installs)")
+		}
+		return src, nil, nil
+	}
+	if id == "" || secret == "" || key == "" {
+		return nil, nil, fmt.Errorf("OAuth needs all of %s, %s and %s", EnvClientID, EnvClientSecret, EnvTokenKey)
+	}
+	k, err := tokens.ParseKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", EnvTokenKey, err)
+	}
+	u := strings.TrimSuffix(baseURL, "/") + "/oauth/token"
+	return src, &tokens.OAuthConfig{TokenURL: u, ClientID: id, ClientSecret: secret, Key: k}, nil
 }
 
 func rateConfig(limit string, margin float64, overrides string, maxWait time.Duration, reserve int) (ratelimit.Config, bool, error) {

@@ -222,7 +222,7 @@ func TestRunConfigErrors(t *testing.T) {
 		want string
 	}{
 		{"no token", nil, map[string]string{}, "no token: set GHL_TOKEN"},
-		{"both token sources", nil, map[string]string{EnvToken: "t", EnvTokensFile: tf}, "set only one of GHL_TOKEN, GHL_TOKENS_FILE"},
+		{"both token sources", nil, map[string]string{EnvToken: "t", EnvTokensFile: tf}, "GHL_TOKEN is one token for every location: unset it"},
 		{"partial oauth", nil, map[string]string{EnvClientID: "id"}, "OAuth needs all of"},
 		{"bad token key", nil, map[string]string{EnvClientID: "id", EnvClientSecret: "s", EnvTokenKey: "short"}, "GHL_TOKEN_KEY"},
 		{"broken tokens file", nil, map[string]string{EnvTokensFile: tf}, "not a JSON object"},

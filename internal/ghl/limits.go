@@ -115,3 +115,11 @@ func rateLimitWait(h http.Header, l Limits, now time.Time) (wait time.Duration, 
 	}
 	return RateLimitFallback, false
 }
+
+// RateLimited describes a 429 from its headers, for callers outside Client
+// (the OAuth routes): the wait, whether the daily budget is spent, the limits.
+func RateLimited(h http.Header, now time.Time) *RateLimitError {
+	l := ParseLimits(h)
+	wait, daily := rateLimitWait(h, l, now)
+	return &RateLimitError{RetryAfter: wait, Daily: daily, Limits: l, Message: "Too many requests"}
+}

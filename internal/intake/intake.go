@@ -176,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 	s.mux.Handle("/v1/sweeps", s.route("sweeps", http.MethodPost, true, s.postSweeps))
 	if cfg.Webhook != nil {
 		wc := *cfg.Webhook
-		wc.Producer, wc.Registry, wc.Logger = s.prod, cfg.Registry, cfg.Logger
+		wc.Producer, wc.Redis, wc.Registry, wc.Logger = s.prod, cfg.Redis, cfg.Registry, cfg.Logger
 		wh, err := webhook.NewHandler(wc)
 		if err != nil {
 			return nil, err

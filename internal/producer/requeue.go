@@ -4,9 +4,11 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
 // RequeueStats counts what Requeue did.
@@ -30,9 +32,30 @@ type RequeueStats struct {
 func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadletter.Filter, progress func(RequeueStats)) (RequeueStats, error) {
 	var st RequeueStats
 	var batch []Item
+	// A requeue means the operator fixed what a location token mint was
+	// refused for (installed the app, reactivated the sub-account): the
+	// refusal workers remember for a minute must not answer these tasks.
+	forget := map[string]bool{}
+	forgetMints := func() error {
+		if len(forget) == 0 {
+			return nil
+		}
+		locs := make([]string, 0, len(forget))
+		for l := range forget {
+			locs = append(locs, l)
+		}
+		clear(forget)
+		if err := tokens.ForgetMintFailures(ctx, p.rdb, locs); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return nil
+	}
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
+		}
+		if err := forgetMints(); err != nil {
+			return err
 		}
 		out := make([]Result, len(batch))
 		p.enqueueChunk(ctx, batch, out)
@@ -59,6 +82,9 @@ func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadl
 	}
 	var sweeps []deadletter.Record
 	err := store.Scan(ctx, f, func(r deadletter.Record) error {
+		if tokens.IsMintReason(r.Reason) && r.LocationID != "" {
+			forget[r.LocationID] = true
+		}
 		if r.Kind == "sweep" {
 			sweeps = append(sweeps, r)
 			return nil
@@ -81,6 +107,9 @@ func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadl
 	})
 	if err == nil {
 		err = flush()
+	}
+	if err == nil {
+		err = forgetMints()
 	}
 	for _, r := range sweeps {
 		if err != nil {

@@ -364,6 +364,22 @@ func TestNoTokenLeaks(t *testing.T) {
 	ctx := context.Background()
 	require.Eventually(t, func() bool { n, _ := deadletter.New(rdb).Count(ctx); return n == 20 }, time.Minute, 50*time.Millisecond)
 
+	logs := w.logs.String()
+	require.Contains(t, logs, "dead letter", "the logs are what we think they are")
+	text := everythingVisible(t, rdb, []string{"reliability"}, []string{w.metricsAddr}, logs)
+	require.Equal(t, len(c.items), strings.Count(text, "\nreport-row:"))
+	for loc, tok := range c.tokens {
+		require.NotContains(t, text, tok, "token of %s leaked", loc)
+	}
+	require.NotContains(t, text, "SECRET")
+}
+
+// everythingVisible is everything a token could leak into: every Redis key
+// and value (raw dumps and readable forms), the campaigns' reports as
+// operators read them, the dead letters, the metrics pages and the logs.
+func everythingVisible(t *testing.T, rdb redis.UniversalClient, campaignIDs, metricsAddrs []string, logs string) string {
+	t.Helper()
+	ctx := context.Background()
 	var everything strings.Builder
 	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
 	for iter.Next(ctx) {
@@ -386,30 +402,30 @@ func TestNoTokenLeaks(t *testing.T) {
 		}
 	}
 	require.NoError(t, iter.Err())
-	// The campaign report and the dead-letter records as operators read them.
-	rows, err := campaigns.New(rdb, 0).WriteReport(ctx, "reliability", &everything)
-	require.NoError(t, err)
-	require.Equal(t, len(c.items), rows)
+	for _, id := range campaignIDs {
+		var report strings.Builder
+		_, err := campaigns.New(rdb, 0).WriteReport(ctx, id, &report)
+		require.NoError(t, err)
+		for _, line := range strings.Split(strings.TrimSpace(report.String()), "\n")[1:] {
+			everything.WriteString("\nreport-row:" + line)
+		}
+	}
 	require.NoError(t, deadletter.New(rdb).Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
 		b, _ := json.Marshal(r)
 		everything.Write(b)
 		return nil
 	}))
-	resp, err := http.Get("http://" + w.metricsAddr + "/metrics")
-	require.NoError(t, err)
-	metricsBody, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	everything.Write(metricsBody)
-	logs := w.logs.String()
+	for _, addr := range metricsAddrs {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		everything.Write(body)
+	}
 	everything.WriteString(logs)
-	require.Contains(t, logs, "dead letter", "the logs are what we think they are")
-
 	text := everything.String()
 	require.Greater(t, len(text), 10_000)
-	for loc, tok := range c.tokens {
-		require.NotContains(t, text, tok, "token of %s leaked", loc)
-	}
-	require.NotContains(t, text, "SECRET")
+	return text
 }
 
 // queued counts tasks not yet finished on every lane: pending, active,

@@ -184,16 +184,11 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, fina
 		return result{fate: "done"} // a re-delivery of a finished sweep
 	}
 	token, err := h.Tokens.Token(ctx, p.LocationID)
-	var ge *tokens.GrantError
-	switch {
-	case errors.Is(err, tokens.ErrNoToken):
-		return result{fate: "dead", reason: string(ghl.ReasonNoToken), message: "no token configured for this location", err: err}
-	case errors.As(err, &ge):
-		return result{fate: "dead", reason: ge.Reason, message: ge.Error(), err: err}
-	case err != nil:
-		return result{fate: "retry", reason: string(ghl.ReasonTokenSource), err: err}
+	if v, ok := tasks.ClassifyTokenError(err); ok {
+		return result{fate: v.Fate, reason: v.Reason, message: v.Message, err: err}
 	}
 	phases := p.Phases()
+	refreshed := false
 	for {
 		if ctx.Err() != nil {
 			if final {
@@ -246,6 +241,20 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, fina
 			h.logger().Info("sweep: export cursor expired, starting the channel again", "task_id", id, "location_id", p.LocationID)
 			st.Cursor, st.Restarts = "", st.Restarts+1
 			continue
+		}
+		// A 401 with a refreshable token (OAuth pair, agency mint): replace
+		// it once per delivery and read the page again.
+		var ae *ghl.Error
+		if rf, ok := h.Tokens.(tokens.Refresher); ok && errors.As(err, &ae) && ae.Reason == ghl.ReasonUnauthorized && !refreshed {
+			refreshed = true
+			fresh, rerr := rf.Refresh(ctx, p.LocationID, token)
+			if v, ok := tasks.ClassifyTokenError(rerr); ok && !errors.Is(rerr, tokens.ErrNotRefreshable) {
+				return result{fate: v.Fate, reason: v.Reason, status: v.Status, message: v.Message, err: rerr}
+			}
+			if rerr == nil {
+				token = fresh
+				continue
+			}
 		}
 		if err != nil {
 			return fromAPIError(err)

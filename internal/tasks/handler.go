@@ -478,6 +478,9 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 		if rf, ok := h.Tokens.(tokens.Refresher); ok && e.Reason == ghl.ReasonUnauthorized && !refreshed {
 			refreshed = true
 			fresh, rerr := rf.Refresh(ctx, p.LocationID, token)
+			if errors.Is(rerr, tokens.ErrNotRefreshable) {
+				return st.with(dead(string(e.Reason), e.StatusCode, e.Message, err))
+			}
 			if rerr != nil {
 				r, _ := tokenFailure(rerr)
 				if r.fate == fateDead && r.status == 0 {
@@ -565,18 +568,58 @@ func (h *Handler) waitOnFinal(ctx context.Context, a *attempt, round int, err er
 
 // tokenFailure maps a token source error; ok is false for no error.
 func tokenFailure(err error) (result, bool) {
+	v, ok := ClassifyTokenError(err)
+	if !ok {
+		return result{}, false
+	}
+	switch v.Fate {
+	case FateDead:
+		return dead(v.Reason, v.Status, v.Message, err), true
+	case FateSnooze:
+		return snooze(v.Reason, err), true
+	}
+	return retry(v.Reason, fmt.Errorf("token source: %w", err)), true
+}
+
+// Fates of a token error.
+const (
+	FateDead   = "dead"
+	FateRetry  = "retry"
+	FateSnooze = "snooze" // err has SnoozeFor: come back then
+)
+
+// TokenVerdict is what a token source error means for a task.
+type TokenVerdict struct {
+	Fate    string
+	Reason  string
+	Status  int
+	Message string // with the operator's next step
+}
+
+// ClassifyTokenError maps a token source error for every kind of task (the
+// cancel and sweep handlers); ok is false for no error.
+func ClassifyTokenError(err error) (TokenVerdict, bool) {
 	var ge *tokens.GrantError
+	var me *tokens.MintError
+	var sn snoozer
 	switch {
 	case err == nil:
-		return result{}, false
+		return TokenVerdict{}, false
 	case errors.Is(err, tokens.ErrNoToken):
-		return dead(string(ghl.ReasonNoToken), 0, "no token configured for this location: add it to GHL_TOKENS_FILE or load it with `enqueue tokens set`", err), true
+		return TokenVerdict{Fate: FateDead, Reason: string(ghl.ReasonNoToken),
+			Message: "no token configured for this location: add it to GHL_TOKENS_FILE, load its pair with `enqueue tokens set`, or load an agency pair with `enqueue tokens agency set` (workers mint from it only with GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY)"}, true
 	case errors.Is(err, tokens.ErrRefreshDidNotCure):
-		return dead(string(ghl.ReasonUnauthorized), 401, err.Error(), err), true
+		return TokenVerdict{Fate: FateDead, Reason: string(ghl.ReasonUnauthorized), Status: 401, Message: err.Error()}, true
 	case errors.As(err, &ge):
-		return dead(ge.Reason, 0, ge.Error(), err), true
+		return TokenVerdict{Fate: FateDead, Reason: ge.Reason, Message: ge.Error()}, true
+	case errors.As(err, &me) && !me.Temporary:
+		return TokenVerdict{Fate: FateDead, Reason: me.Reason, Message: me.Error()}, true
+	case errors.As(err, &me):
+		return TokenVerdict{Fate: FateRetry, Reason: me.Reason, Message: me.Error()}, true
+	case errors.As(err, &sn) && sn.SnoozeFor() > 0:
+		return TokenVerdict{Fate: FateSnooze, Reason: ReasonPaced, Message: err.Error()}, true
 	}
-	return retry(string(ghl.ReasonTokenSource), fmt.Errorf("token source: %w", err)), true
+	return TokenVerdict{Fate: FateRetry, Reason: string(ghl.ReasonTokenSource), Message: err.Error()}, true
 }
 
 // settle is the one place a task's fate is decided: it turns the attempt's

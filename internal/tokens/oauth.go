@@ -78,6 +78,9 @@ type OAuthConfig struct {
 	// refresh for this long, on every worker (the time is kept in Redis).
 	// Refreshes near expiry are not affected. Zero means RefreshOn401Cooldown.
 	Refresh401Cooldown time.Duration
+	// Company: the pairs are agency (Company) pairs keyed by company id,
+	// refreshed with user_type Company and stored apart from location pairs.
+	Company bool
 	// Observe receives refresh results: ok, lost_race, invalid_grant,
 	// inactive, error, and stored_late: a refreshed pair that could not be
 	// stored at once (observed as error then) was stored later, by the
@@ -126,11 +129,16 @@ var ErrRefreshDidNotCure = errors.New("a freshly refreshed token was refused too
 type GrantError struct {
 	Reason  string // invalid_grant or location_inactive
 	Message string
+	// Agency: the refused pair is the agency's (Company) pair.
+	Agency bool
 }
 
 func (e *GrantError) Error() string {
 	hint := "reinstall the app for this location, then load the new pair with `enqueue tokens set`"
-	if e.Reason == "location_inactive" {
+	switch {
+	case e.Agency:
+		hint = "the agency's grant is revoked or spent: install the app again at agency level, then load its pair with `enqueue tokens agency set`"
+	case e.Reason == "location_inactive":
 		hint = "the sub-account is paused; reactivate it, then requeue its dead letters"
 	}
 	return fmt.Sprintf("token refresh refused (%s): %s; %s", e.Reason, e.Message, hint)
@@ -177,18 +185,23 @@ func ParseKey(s string) ([]byte, error) {
 	return nil, errors.New("token key: want 32 bytes as 64 hex digits or base64 (e.g. `openssl rand -hex 32`)")
 }
 
+// newAEAD is AES-256-GCM with key.
+func newAEAD(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
 // NewOAuth builds the source.
 func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 	if cfg.Redis == nil {
 		return nil, errors.New("oauth: Redis is required")
 	}
-	block, err := aes.NewCipher(cfg.Key)
+	aead, err := newAEAD(cfg.Key)
 	if err != nil {
 		return nil, fmt.Errorf("oauth: token key: %w", err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
 	}
 	if cfg.HTTP == nil {
 		cfg.HTTP = &http.Client{Timeout: 20 * time.Second}
@@ -201,6 +214,19 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 
 func recordKey(loc string) string { return "ghlcancel:oauth:{" + loc + "}" }
 func lockKey(loc string) string   { return "ghlcancel:oauth:{" + loc + "}:lock" }
+
+// agencyPairKey holds an agency (Company) pair; the company id has a hash
+// tag of its own, apart from location pairs (see Locations).
+func agencyPairKey(company string) string { return "ghlcancel:agency:oauth:{" + company + "}" }
+
+func (o *OAuth) recordKey(subject string) string {
+	if o.cfg.Company {
+		return agencyPairKey(subject)
+	}
+	return recordKey(subject)
+}
+
+func (o *OAuth) lockKey(subject string) string { return o.recordKey(subject) + ":lock" }
 
 // fresh reports whether p's access token can be used now.
 func (o *OAuth) fresh(p pair) bool {
@@ -294,22 +320,32 @@ func (o *OAuth) remember(location string, p pair) {
 // their own context; the leader waits for its refresh to finish (bounded by
 // refreshTimeout), so a worker shutting down waits for it too.
 func (o *OAuth) refresh(ctx context.Context, location string, staleGen int64, on401 bool) (string, error) {
+	return singleFlight(ctx, &o.mu, o.flights, location, func() (string, error) {
+		return o.refreshShared(ctx, location, staleGen, on401)
+	})
+}
+
+// singleFlight runs run for key unless a flight for it is under way in this
+// process (flights, guarded by mu), and then shares its result. A waiter
+// whose leader's caller gave up (its context ended first) leads a flight
+// of its own.
+func singleFlight(ctx context.Context, mu *sync.Mutex, flights map[string]*flight, key string, run func() (string, error)) (string, error) {
 	for {
-		o.mu.Lock()
-		f, ok := o.flights[location]
+		mu.Lock()
+		f, ok := flights[key]
 		if !ok {
 			f = &flight{done: make(chan struct{})}
-			o.flights[location] = f
-			o.mu.Unlock()
-			f.access, f.err = o.refreshShared(ctx, location, staleGen, on401)
+			flights[key] = f
+			mu.Unlock()
+			f.access, f.err = run()
 			f.abandoned = f.err != nil && ctx.Err() != nil && errors.Is(f.err, ctx.Err())
-			o.mu.Lock()
-			delete(o.flights, location)
-			o.mu.Unlock()
+			mu.Lock()
+			delete(flights, key)
+			mu.Unlock()
 			close(f.done)
 			return f.access, f.err
 		}
-		o.mu.Unlock()
+		mu.Unlock()
 		select {
 		case <-f.done:
 			if f.abandoned && ctx.Err() == nil {
@@ -359,7 +395,7 @@ func (o *OAuth) refreshShared(ctx context.Context, location string, staleGen int
 				o.observe("lost_race")
 				return p.Access, nil
 			}
-			if n, _ := o.cfg.Redis.Exists(ctx, lockKey(location)).Result(); n == 0 {
+			if n, _ := o.cfg.Redis.Exists(ctx, o.lockKey(location)).Result(); n == 0 {
 				break // the holder gave up or died: try to take the lock
 			}
 			select {
@@ -379,7 +415,7 @@ func (o *OAuth) refreshShared(ctx context.Context, location string, staleGen int
 func (o *OAuth) lockAndRefresh(ctx context.Context, location, lockVal string, staleGen int64, on401 bool) (access string, owned bool, err error) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
 	defer cancel()
-	got, err := o.cfg.Redis.SetArgs(dctx, lockKey(location), lockVal, redis.SetArgs{Mode: "NX", TTL: o.lockTTL}).Result()
+	got, err := o.cfg.Redis.SetArgs(dctx, o.lockKey(location), lockVal, redis.SetArgs{Mode: "NX", TTL: o.lockTTL}).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return "", false, fmt.Errorf("oauth: lock: %w", err)
 	}
@@ -398,7 +434,7 @@ func (o *OAuth) lockAndRefresh(ctx context.Context, location, lockVal string, st
 func (o *OAuth) releaseLock(ctx context.Context, location, lockVal string) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	_ = releaseLock.Run(rctx, o.cfg.Redis, []string{lockKey(location)}, lockVal).Err()
+	_ = releaseLock.Run(rctx, o.cfg.Redis, []string{o.lockKey(location)}, lockVal).Err()
 }
 
 // refreshOwned runs with the lock held, on a context detached from the
@@ -681,7 +717,7 @@ func (o *OAuth) holdLock(ctx context.Context, location string) {
 	if pd == nil {
 		return
 	}
-	_ = holdLockScript.Run(ctx, o.cfg.Redis, []string{lockKey(location), recordKey(location)},
+	_ = holdLockScript.Run(ctx, o.cfg.Redis, []string{o.lockKey(location), o.recordKey(location)},
 		pd.lockVal, o.lockTTL.Milliseconds(), pd.meta.gen).Err()
 }
 
@@ -738,13 +774,20 @@ type tokenError struct {
 	Error   string          `json:"error"`
 }
 
+func (o *OAuth) userType() string {
+	if o.cfg.Company {
+		return "Company"
+	}
+	return "Location"
+}
+
 func (o *OAuth) callTokenEndpoint(ctx context.Context, refreshToken string) (pair, error) {
 	if o.cfg.TokenURL == "" || o.cfg.ClientID == "" || o.cfg.ClientSecret == "" {
 		return pair{}, errors.New("oauth: cannot refresh: set GHL_CLIENT_ID and GHL_CLIENT_SECRET")
 	}
 	form := url.Values{
 		"client_id": {o.cfg.ClientID}, "client_secret": {o.cfg.ClientSecret},
-		"grant_type": {"refresh_token"}, "refresh_token": {refreshToken}, "user_type": {"Location"},
+		"grant_type": {"refresh_token"}, "refresh_token": {refreshToken}, "user_type": {o.userType()},
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.cfg.TokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -776,10 +819,10 @@ func (o *OAuth) callTokenEndpoint(ctx context.Context, refreshToken string) (pai
 	lower := strings.ToLower(msg + " " + te.Error)
 	switch {
 	case resp.StatusCode == http.StatusBadRequest && strings.Contains(lower, "not active"):
-		return pair{}, &GrantError{Reason: "location_inactive", Message: msg}
+		return pair{}, &GrantError{Reason: "location_inactive", Message: msg, Agency: o.cfg.Company}
 	case resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusUnauthorized:
 		if strings.Contains(lower, "grant") || strings.Contains(lower, "refresh token") {
-			return pair{}, &GrantError{Reason: "invalid_grant", Message: msg}
+			return pair{}, &GrantError{Reason: "invalid_grant", Message: msg, Agency: o.cfg.Company}
 		}
 	}
 	return pair{}, fmt.Errorf("oauth: POST %s: %d: %s", o.cfg.TokenURL, resp.StatusCode, msg)
@@ -787,7 +830,7 @@ func (o *OAuth) callTokenEndpoint(ctx context.Context, refreshToken string) (pai
 
 // load reads and decrypts the stored pair.
 func (o *OAuth) load(ctx context.Context, location string) (pair, bool, error) {
-	vals, err := o.cfg.Redis.HMGet(ctx, recordKey(location), "gen", "exp", "life", "ct", "r401").Result()
+	vals, err := o.cfg.Redis.HMGet(ctx, o.recordKey(location), "gen", "exp", "life", "ct", "r401").Result()
 	if err != nil {
 		return pair{}, false, fmt.Errorf("oauth: read tokens: %w", err)
 	}
@@ -814,7 +857,7 @@ func (o *OAuth) open(location, ct string) (pair, error) {
 	if err != nil || len(raw) < o.aead.NonceSize() {
 		return pair{}, errors.New("oauth: stored tokens are corrupt")
 	}
-	plain, err := o.aead.Open(nil, raw[:o.aead.NonceSize()], raw[o.aead.NonceSize():], []byte(location))
+	plain, err := o.aead.Open(nil, raw[:o.aead.NonceSize()], raw[o.aead.NonceSize():], o.ad(location))
 	if err != nil {
 		return pair{}, errors.New("oauth: stored tokens do not decrypt: wrong GHL_TOKEN_KEY?")
 	}
@@ -831,6 +874,15 @@ func atoi(v any) int64 {
 	return n
 }
 
+// ad is the associated data a subject's pair is sealed with: a pair cannot
+// be moved to another location, nor between a company and a location.
+func (o *OAuth) ad(subject string) []byte {
+	if o.cfg.Company {
+		return []byte("company:" + subject)
+	}
+	return []byte(subject)
+}
+
 func (o *OAuth) seal(location string, p pair) (string, error) {
 	plain, err := json.Marshal(p)
 	if err != nil {
@@ -840,7 +892,7 @@ func (o *OAuth) seal(location string, p pair) (string, error) {
 	if _, err := rand.Read(nonce); err != nil {
 		return "", err
 	}
-	return base64.StdEncoding.EncodeToString(o.aead.Seal(nonce, nonce, plain, []byte(location))), nil
+	return base64.StdEncoding.EncodeToString(o.aead.Seal(nonce, nonce, plain, o.ad(location))), nil
 }
 
 // store writes p, sealed as ct, if the stored generation is still expectGen.
@@ -849,7 +901,7 @@ func (o *OAuth) store(ctx context.Context, location, ct string, p pair, expectGe
 	if !p.r401.IsZero() {
 		r401 = p.r401.UnixMilli()
 	}
-	n, err := casStore.Run(ctx, o.cfg.Redis, []string{recordKey(location)}, expectGen, p.gen,
+	n, err := casStore.Run(ctx, o.cfg.Redis, []string{o.recordKey(location)}, expectGen, p.gen,
 		p.exp.UnixMilli(), p.life.Milliseconds(), ct, r401).Int()
 	if err != nil {
 		return false, fmt.Errorf("oauth: store tokens: %w", err)
@@ -881,7 +933,7 @@ func (o *OAuth) Set(ctx context.Context, location, access, refresh string, expir
 	if err != nil {
 		return err
 	}
-	if err := setStore.Run(ctx, o.cfg.Redis, []string{recordKey(location)}, p.exp.UnixMilli(), p.life.Milliseconds(), ct).Err(); err != nil {
+	if err := setStore.Run(ctx, o.cfg.Redis, []string{o.recordKey(location)}, p.exp.UnixMilli(), p.life.Milliseconds(), ct).Err(); err != nil {
 		return fmt.Errorf("oauth: store tokens: %w", err)
 	}
 	o.mu.Lock()

@@ -141,3 +141,80 @@ func (f *File) report(err error) {
 		f.onError(err)
 	}
 }
+
+// ErrNotRefreshable: the token a location uses comes from a source that
+// cannot replace it (an explicit token); a 401 stands.
+var ErrNotRefreshable = errors.New("this location's token is set by hand and cannot be refreshed")
+
+// Chain asks its sources in order and uses the first that has a token for
+// the location: an explicit token (GHL_TOKENS_FILE), then the location's
+// OAuth pair, then a token minted from the agency.
+type Chain []Source
+
+// Token returns the first source's token that is not ErrNoToken.
+func (c Chain) Token(ctx context.Context, location string) (string, error) {
+	for i, s := range c {
+		tok, err := s.Token(ctx, location)
+		if errors.Is(err, ErrNoToken) && i < len(c)-1 {
+			continue
+		}
+		return tok, err
+	}
+	return "", ErrNoToken
+}
+
+// Refresh asks the source the location's token comes from to replace it.
+func (c Chain) Refresh(ctx context.Context, location, refused string) (string, error) {
+	for i, s := range c {
+		if _, err := s.Token(ctx, location); errors.Is(err, ErrNoToken) && i < len(c)-1 {
+			continue
+		}
+		if r, ok := s.(Refresher); ok {
+			return r.Refresh(ctx, location, refused)
+		}
+		return "", ErrNotRefreshable
+	}
+	return "", ErrNoToken
+}
+
+// Close closes the sources that need it (an OAuth's pending pairs).
+func (c Chain) Close() error {
+	var errs []error
+	for _, s := range c {
+		if cl, ok := s.(interface{ Close() error }); ok {
+			errs = append(errs, cl.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Locations lists the locations the file has a token for.
+func (f *File) Locations() []string {
+	f.maybeReload()
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]string, 0, len(f.tokens))
+	for loc := range f.tokens {
+		out = append(out, loc)
+	}
+	return out
+}
+
+// Installer is a Source that acts on an app install at a location.
+type Installer interface {
+	Install(ctx context.Context, location string) error
+}
+
+// Install asks the source that applies to the location: a source before
+// the installer with a token for it wins (nothing to mint).
+func (c Chain) Install(ctx context.Context, location string) error {
+	for _, s := range c {
+		if in, ok := s.(Installer); ok {
+			return in.Install(ctx, location)
+		}
+		if _, err := s.Token(ctx, location); !errors.Is(err, ErrNoToken) {
+			return err
+		}
+	}
+	return ErrNoToken
+}

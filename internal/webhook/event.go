@@ -30,6 +30,8 @@ type Event struct {
 	// dndSettings status is "active" or "permanent".
 	DND       bool
 	DNDActive []string
+	// CompanyID of an INSTALL or UNINSTALL.
+	CompanyID string
 }
 
 type rawEvent struct {
@@ -37,6 +39,7 @@ type rawEvent struct {
 	LocationID  string          `json:"locationId"`
 	Timestamp   json.RawMessage `json:"timestamp"`
 	WebhookID   string          `json:"webhookId"`
+	CompanyID   string          `json:"companyId"`
 	ContactID   string          `json:"contactId"`
 	ID          string          `json:"id"`
 	MessageType string          `json:"messageType"`
@@ -63,7 +66,7 @@ func ParseEvent(body []byte) (Event, error) {
 		return Event{}, errors.New("body has data after the JSON object")
 	}
 	ev := Event{Type: r.Type, LocationID: r.LocationID, WebhookID: r.WebhookID, MessageType: r.MessageType,
-		Direction: r.Direction, DND: r.DND}
+		Direction: r.Direction, DND: r.DND, CompanyID: r.CompanyID}
 	if ev.Type == "" {
 		return Event{}, errors.New("event has no type")
 	}

@@ -15,10 +15,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/internal/webhook/signature"
 )
 
@@ -45,6 +49,9 @@ type Config struct {
 	Verifier *signature.Verifier
 	Rules    *Rules
 	Producer *producer.Producer
+	// Redis records INSTALL/UNINSTALL events (the agency's registry of
+	// locations) and queues install tasks. Nil: those events are ignored.
+	Redis redis.UniversalClient
 	// Window: events whose timestamp is further than this from now are
 	// replays (answered 200, nothing done); ids are remembered for twice
 	// as long. Defaults to WindowDefault.
@@ -69,6 +76,8 @@ type Handler struct {
 	// (README: run webhooks on one replica, or widen the window).
 	mu       sync.Mutex
 	deferred map[[32]byte]time.Time
+
+	installs *asynq.Client // nil without Config.Redis
 }
 
 // Response is the JSON answer to an event.
@@ -115,6 +124,9 @@ func NewHandler(cfg Config) (*Handler, error) {
 		h.received.WithLabelValues(e, ResultAccepted)
 	}
 	h.received.WithLabelValues("unknown", signature.ReasonBadSignature)
+	if cfg.Redis != nil {
+		h.installs = asynq.NewClientFromRedisClient(cfg.Redis)
+	}
 	return h, nil
 }
 
@@ -168,6 +180,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.answer(w, http.StatusOK, label, Response{Result: ResultReplay, Reason: fmt.Sprintf("timestamp %s is %s from now, outside the %s window", ev.Timestamp.UTC().Format(time.RFC3339), age.Round(time.Second), h.cfg.Window)})
 		return
 	}
+	if ev.Type == EventInstall || ev.Type == EventUninstall {
+		h.appEvent(w, r, ev, label, sum)
+		return
+	}
 	d := h.cfg.Rules.Decide(ev)
 	if d.Result != ResultAccepted {
 		h.answer(w, http.StatusOK, label, Response{Result: d.Result, Reason: d.Why})
@@ -207,6 +223,65 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"contact_id", ev.ContactID, "channel", d.Channel, "sweep_id", st.SweepID, "campaign_id", st.CampaignID)
 		h.answer(w, http.StatusOK, label, Response{Result: ResultAccepted, SweepID: st.SweepID, CampaignID: st.CampaignID})
 	}
+}
+
+// appEvent records an INSTALL or UNINSTALL at a location in the agency's
+// registry (an UNINSTALL forgets its minted token at once; an event older
+// than the one recorded changes nothing) and, for an INSTALL, queues an
+// install task that mints the location's token, retried until the agency
+// pair is stored. Both are idempotent, so a redelivery is harmless; a Redis
+// failure is answered 429 (HighLevel retries).
+func (h *Handler) appEvent(w http.ResponseWriter, r *http.Request, ev Event, label string, sum [32]byte) {
+	if h.installs == nil {
+		h.answer(w, http.StatusOK, label, Response{Result: ResultIgnored, Reason: "this intake has no Redis for the agency's registry"})
+		return
+	}
+	if ev.LocationID == "" {
+		h.cfg.Logger.Warn("webhook: agency-level app event; record its locations with `enqueue tokens agency locations`", "event", ev.Type, "company_id", ev.CompanyID)
+		h.answer(w, http.StatusOK, label, Response{Result: ResultIgnored,
+			Reason: "an agency-level event names no location; list installs with `enqueue tokens agency locations`"})
+		return
+	}
+	if err := ghl.ValidateID(ev.LocationID); err != nil {
+		h.answer(w, http.StatusBadRequest, label, Response{Result: ResultInvalid, Reason: "locationId: " + err.Error()})
+		return
+	}
+	qctx, cancel := context.WithTimeout(r.Context(), queueTimeout)
+	defer cancel()
+	install := ev.Type == EventInstall
+	record := func() (bool, error) {
+		return tokens.SetInstalled(qctx, h.cfg.Redis, ev.LocationID, "", false, ev.Timestamp)
+	}
+	if install {
+		record = func() (bool, error) { return tokens.RecordInstall(qctx, h.cfg.Redis, ev.LocationID, ev.Timestamp) }
+	}
+	written, err := record()
+	if err == nil && install && written {
+		key := ev.WebhookID
+		if key == "" {
+			key = hex.EncodeToString(sum[:])
+		}
+		var t *asynq.Task
+		if t, err = tasks.NewInstallTask(tasks.InstallPayload{LocationID: ev.LocationID, CompanyID: ev.CompanyID,
+			EventID: ev.WebhookID, EventAt: ev.Timestamp.UnixMilli()}, key); err == nil {
+			if _, err = h.installs.EnqueueContext(qctx, t); errors.Is(err, asynq.ErrTaskIDConflict) {
+				err = nil // a redelivery: its task is queued already
+			}
+		}
+	}
+	if err != nil {
+		h.remember(sum, ev.Timestamp.Add(RetryHorizon))
+		h.cfg.Logger.Error("webhook: could not record an app event; answering 429 so HighLevel retries", "event", ev.Type, "location_id", ev.LocationID, "err", err)
+		h.answer(w, http.StatusTooManyRequests, label, Response{Result: ResultUnavailable, Reason: "the queue is unavailable; retry"})
+		return
+	}
+	h.forget(sum)
+	if !written {
+		h.answer(w, http.StatusOK, label, Response{Result: ResultReplay, Reason: "a later install or uninstall of this location is recorded"})
+		return
+	}
+	h.cfg.Logger.Info("webhook: app event recorded", "event", ev.Type, "location_id", ev.LocationID, "company_id", ev.CompanyID)
+	h.answer(w, http.StatusOK, label, Response{Result: ResultAccepted})
 }
 
 // retrying reports whether body was answered 429 here and may still be

@@ -21,6 +21,10 @@ const (
 	EventContactDndUpdate  = "ContactDndUpdate"
 	EventAppointmentCreate = "AppointmentCreate"
 	EventContactDelete     = "ContactDelete"
+	// App lifecycle events: always handled (the agency's registry), not
+	// rules.
+	EventInstall   = "INSTALL"
+	EventUninstall = "UNINSTALL"
 )
 
 // Supported lists the event types a rule may name.

@@ -22,6 +22,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/internal/webhook"
 	"github.com/ghlcancel/ghlcancel/internal/webhook/signature"
 	"github.com/ghlcancel/ghlcancel/metrics"
@@ -249,7 +250,7 @@ func newHandlerEnv(t *testing.T, rdb *redis.Client, events string) *handlerEnv {
 	e := &handlerEnv{t: t, rdb: rdb, signer: newSigner(t), reg: prometheus.NewRegistry(), now: time.Now()}
 	rules, err := webhook.LoadRules(events, "", "")
 	require.NoError(t, err)
-	h, err := webhook.NewHandler(webhook.Config{Verifier: verifierFor(t, e.signer, true), Rules: rules,
+	h, err := webhook.NewHandler(webhook.Config{Verifier: verifierFor(t, e.signer, true), Rules: rules, Redis: rdb,
 		Producer: producer.New(rdb, producer.Config{}), Registry: e.reg, Now: func() time.Time { return e.now }})
 	require.NoError(t, err)
 	e.srv = httptest.NewServer(h)
@@ -419,4 +420,66 @@ func TestHandlerRedisDown(t *testing.T) {
 	_, r = e.post(body2, true)
 	require.Equal(t, "replay", r.Result)
 	require.Len(t, sweepTasks(t, rdb), 1)
+}
+
+// TestAppEvents: INSTALL and UNINSTALL need no rule; each is recorded in
+// the agency's registry; an INSTALL queues one install task (none for a
+// redelivery); an event older than the recorded one changes nothing; an
+// agency-level install (no location) is ignored.
+func TestAppEvents(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.ClientFor(t, redisServer.URL(t))
+	e := newHandlerEnv(t, rdb, "") // no AUTO_CANCEL_EVENTS
+	ctx := context.Background()
+	const loc = "locWebhook0000000001"
+	installTasks := func() int {
+		ids, err := rdb.LRange(ctx, "asynq:{default}:pending", 0, -1).Result()
+		require.NoError(t, err)
+		n := 0
+		for _, id := range ids {
+			if strings.HasPrefix(id, "install:") {
+				n++
+			}
+		}
+		return n
+	}
+	entry := func() tokens.RegistryEntry {
+		en, ok, err := tokens.RegistryEntryFor(ctx, rdb, loc)
+		require.NoError(t, err)
+		require.True(t, ok)
+		return en
+	}
+	app := func(typ, id string, ts time.Time, location string) []byte {
+		b, _ := json.Marshal(map[string]any{"type": typ, "locationId": location, "companyId": "companyWebhook000001",
+			"appId": "appWebhook0000000001", "webhookId": id, "timestamp": ts.UTC().Format(time.RFC3339Nano)})
+		return b
+	}
+
+	code, r := e.post(app("INSTALL", "wh-i1", e.now.Add(-2*time.Minute), loc), true)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, webhook.ResultAccepted, r.Result)
+	require.True(t, entry().Installed)
+	require.Equal(t, 1, installTasks())
+	_, r = e.post(app("INSTALL", "wh-i1", e.now.Add(-2*time.Minute), loc), true) // redelivered
+	require.Equal(t, webhook.ResultAccepted, r.Result)
+	require.Equal(t, 1, installTasks(), "a redelivery queues nothing new")
+
+	_, r = e.post(app("UNINSTALL", "wh-u1", e.now.Add(-time.Minute), loc), true)
+	require.Equal(t, webhook.ResultAccepted, r.Result)
+	require.False(t, entry().Installed)
+	// The INSTALL of before, delivered late under another id: ignored.
+	_, r = e.post(app("INSTALL", "wh-i0", e.now.Add(-90*time.Second), loc), true)
+	require.Equal(t, webhook.ResultReplay, r.Result)
+	require.False(t, entry().Installed)
+	require.Equal(t, 1, installTasks())
+
+	code, r = e.post(app("INSTALL", "wh-agency", e.now, ""), true)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, webhook.ResultIgnored, r.Result)
+	code, r = e.post(app("UNINSTALL", "wh-bad", e.now, "bad/location"), true)
+	require.Equal(t, http.StatusBadRequest, code)
+	require.Equal(t, webhook.ResultInvalid, r.Result)
+	code, _ = e.post(app("INSTALL", "wh-unsigned", e.now, loc), false)
+	require.Equal(t, http.StatusUnauthorized, code)
+	require.Equal(t, 2.0, e.count("INSTALL", webhook.ResultAccepted))
 }

@@ -7,6 +7,7 @@ package worker
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,8 +49,11 @@ type Config struct {
 	GHL ghl.Config
 	// Tokens supplies a token per location. Required unless OAuth is set.
 	Tokens tokens.Source
-	// OAuth, when set (and Tokens is nil), keeps per-location OAuth pairs in
-	// Redis and refreshes them; its Redis and Observe are set by New.
+	// OAuth, when set, keeps per-location OAuth pairs in Redis and
+	// refreshes them, and mints location tokens from the agency pair when
+	// one is set (`enqueue tokens agency set`); its Redis and Observe are
+	// set by New. With Tokens set too, Tokens is asked first (explicit
+	// tokens), then the location's pair, then the agency.
 	OAuth *tokens.OAuthConfig
 	// Concurrency is how many tasks run at once. Defaults to ConcurrencyDefault.
 	Concurrency int
@@ -133,10 +137,15 @@ func New(cfg Config) (*Worker, error) {
 	}
 	m := metrics.New(cfg.Registry)
 	cfg.Registry.MustRegister(metrics.NewQueueCollector(cfg.Redis, tasks.Queues))
-	if cfg.Tokens == nil {
-		oc := *cfg.OAuth
-		oc.Redis, oc.Observe = cfg.Redis, m.Refreshed
-		src, err := tokens.NewOAuth(oc)
+	var pacer *ratelimit.Limiter
+	if !cfg.NoPacing {
+		rl := cfg.RateLimit
+		rl.Observe = m
+		rl.RecordTTL = cmp.Or(cfg.CampaignRetention, ledger.RetentionDefault)
+		pacer = ratelimit.New(cfg.Redis, rl)
+	}
+	if cfg.OAuth != nil {
+		src, err := oauthSources(cfg, m, pacer)
 		if err != nil {
 			return nil, err
 		}
@@ -174,11 +183,8 @@ func New(cfg Config) (*Worker, error) {
 		}
 		h.Breaker = breaker.New(bc)
 	}
-	if !cfg.NoPacing {
-		rl := cfg.RateLimit
-		rl.Observe = m
-		rl.RecordTTL = cmp.Or(cfg.CampaignRetention, ledger.RetentionDefault)
-		h.Pacer = ratelimit.New(cfg.Redis, rl)
+	if pacer != nil {
+		h.Pacer = pacer
 	}
 	// Sweeps to their handler; both cancel types, and any other type that
 	// lands on our lanes (dead-lettered rather than retried forever), to the
@@ -191,12 +197,22 @@ func New(cfg Config) (*Worker, error) {
 	if h.Breaker != nil {
 		sw.Breaker = h.Breaker
 	}
-	handler := m.Middleware(asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+	wrapped := m.Middleware(asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
 		if t.Type() == tasks.TypeSweep {
 			return sw.ProcessTask(ctx, t)
 		}
 		return h.ProcessTask(ctx, t)
 	}))
+	// Install tasks (INSTALL webhooks) mint a location's token; they are
+	// not cancels and stay out of the cancel metrics (the mint metric
+	// counts them).
+	inst := &tasks.InstallHandler{Tokens: cfg.Tokens, Redis: cfg.Redis, Logger: cfg.Logger}
+	handler := asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		if t.Type() == tasks.TypeInstall {
+			return inst.ProcessTask(ctx, t)
+		}
+		return wrapped.ProcessTask(ctx, t)
+	})
 
 	base := asynq.Config{
 		RetryDelayFunc:           tasks.RetryDelay(cfg.Backoff),
@@ -261,6 +277,55 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("worker stopped")
 	return nil
+}
+
+// oauthSources chains the explicit tokens (if any), the locations' OAuth
+// pairs and the agency's minted tokens.
+func oauthSources(cfg Config, m *metrics.Metrics, pacer *ratelimit.Limiter) (tokens.Chain, error) {
+	oc := *cfg.OAuth
+	oc.Redis, oc.Observe = cfg.Redis, m.Refreshed
+	pairs, err := tokens.NewOAuth(oc)
+	if err != nil {
+		return nil, err
+	}
+	ac := oc
+	ac.Company, ac.Observe = true, func(r string) { m.Refreshed("agency_" + r) }
+	agencyPairs, err := tokens.NewOAuth(ac)
+	if err != nil {
+		return nil, err
+	}
+	acfg := tokens.AgencyConfig{Redis: cfg.Redis, BaseURL: cfg.GHL.BaseURL, Pairs: agencyPairs, Key: oc.Key,
+		HTTP: oc.HTTP, Observe: m.Minted}
+	if pacer != nil {
+		acfg.Pacer = callPacer{pacer}
+	}
+	agency, err := tokens.NewAgency(acfg)
+	if err != nil {
+		return nil, err
+	}
+	var chain tokens.Chain
+	if cfg.Tokens != nil {
+		chain = append(chain, cfg.Tokens)
+	}
+	return append(chain, pairs, agency), nil
+}
+
+// callPacer paces agency calls (mints, listings) in the company's bucket
+// like a location's export calls: ahead of waiting cancels, without a
+// message record, learning the limit from HighLevel's headers.
+type callPacer struct{ l *ratelimit.Limiter }
+
+func (p callPacer) Admit(ctx context.Context, bucket string) error {
+	_, err := p.l.Admit(ctx, ratelimit.Request{Location: bucket, TaskID: "call-" + rand.Text(), Urgent: true, NoRecord: true})
+	return err
+}
+
+func (p callPacer) Observe(ctx context.Context, bucket string, h http.Header, status int) {
+	var rl *ghl.RateLimitError
+	if status == http.StatusTooManyRequests {
+		rl = ghl.RateLimited(h, time.Now())
+	}
+	_ = p.l.Observe(ctx, bucket, ghl.ParseLimits(h), rl)
 }
 
 // LaneConcurrency is the slots of a lane's own fetch loop: the bulk lane

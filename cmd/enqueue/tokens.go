@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+)
+
+const tokensUsage = `usage: enqueue tokens set --location L < pair.json      (a location's OAuth pair, or a bare refresh token)
+       enqueue tokens list [--json]                      (every location with a token, and which source applies)
+       enqueue tokens agency set --company C --app A < pair.json   (the agency's (Company) OAuth pair)
+       enqueue tokens agency locations [--json]          (where the agency's app is installed, from HighLevel)
+Pairs are read from stdin, never from flags (which show in ps), and never echoed`
+
+// tokens loads or lists OAuth pairs and the agency.
+func (e env) tokens(ctx context.Context, args []string) error {
+	usage := usageError{errors.New(tokensUsage)}
+	if len(args) == 0 {
+		return usage
+	}
+	name := "tokens " + args[0]
+	if args[0] == "agency" {
+		if len(args) < 2 || (args[1] != "set" && args[1] != "locations") {
+			return usage
+		}
+		name, args = "tokens agency "+args[1], args[1:]
+	} else if args[0] != "set" && args[0] != "list" {
+		return usage
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	redisURL := e.redisFlag(fs)
+	location := fs.String("location", "", "location (sub-account) id")
+	company := fs.String("company", "", "the agency's company id")
+	app := fs.String("app", "", "the marketplace app's id (HighLevel needs it to list installed locations)")
+	baseURL := fs.String("base-url", cmpEnv(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL (env GHL_BASE_URL)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
+	}
+	rdb, err := connect(ctx, *redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	switch name {
+	case "tokens list":
+		return e.tokensList(ctx, rdb, *asJSON)
+	case "tokens agency locations":
+		return e.agencyLocations(ctx, rdb, *baseURL, *asJSON)
+	}
+	key, err := tokens.ParseKey(e.getenv("GHL_TOKEN_KEY"))
+	if err != nil {
+		return fmt.Errorf("GHL_TOKEN_KEY: %w", err)
+	}
+	subject, flagName := *location, "--location"
+	if name == "tokens agency set" {
+		subject, flagName = *company, "--company"
+	}
+	if err := ghl.ValidateID(subject); err != nil {
+		return usageError{fmt.Errorf("%s: %w", flagName, err)}
+	}
+	if *app != "" {
+		if err := ghl.ValidateID(*app); err != nil {
+			return usageError{fmt.Errorf("--app: %w", err)}
+		}
+	}
+	access, refresh, exp, err := readPair(e.stdin)
+	if err != nil {
+		return err
+	}
+	o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: key, Company: name == "tokens agency set"})
+	if err != nil {
+		return err
+	}
+	if name == "tokens set" {
+		if err := o.Set(ctx, subject, access, refresh, exp); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "stored an encrypted token pair for location %s\n", subject)
+		return nil
+	}
+	if err := tokens.SetAgency(ctx, o, subject, *app, access, refresh, exp); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "stored the agency's encrypted token pair for company %s\n", subject)
+	if *app == "" {
+		fmt.Fprintln(e.stderr, "note: without --app, `enqueue tokens agency locations` and `enqueue sweep --all-locations` cannot list installs")
+	}
+	fmt.Fprintln(e.stderr, "workers with GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY now mint a token for every location without one of its own")
+	return nil
+}
+
+func cmpEnv(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// readPair reads a token endpoint answer (JSON) or a bare refresh token.
+func readPair(stdin io.Reader) (access, refresh string, exp time.Duration, err error) {
+	raw, err := io.ReadAll(io.LimitReader(stdin, 64<<10))
+	if err != nil {
+		return "", "", 0, err
+	}
+	var in struct {
+		AccessToken  string  `json:"access_token"`
+		RefreshToken string  `json:"refresh_token"`
+		ExpiresIn    float64 `json:"expires_in"`
+	}
+	text := strings.TrimSpace(string(raw))
+	if strings.HasPrefix(text, "{") {
+		if err := json.Unmarshal([]byte(text), &in); err != nil {
+			return "", "", 0, errors.New("stdin: not a JSON object with refresh_token (and optionally access_token, expires_in)")
+		}
+	} else {
+		in.RefreshToken = text
+	}
+	if in.RefreshToken == "" || strings.ContainsAny(in.RefreshToken, " \n\t") {
+		return "", "", 0, errors.New("stdin: no refresh token (give the token endpoint's JSON answer, or the refresh token alone)")
+	}
+	return in.AccessToken, in.RefreshToken, time.Duration(in.ExpiresIn * float64(time.Second)), nil
+}
+
+// tokenRow is one location in `tokens list`.
+type tokenRow struct {
+	Location string `json:"location_id"`
+	// Source is the one workers use: file (GHL_TOKENS_FILE), oauth (the
+	// location's pair) or agency (minted from the agency pair).
+	Source  string     `json:"source"`
+	Expires *time.Time `json:"token_expires,omitempty"`
+	Note    string     `json:"note,omitempty"`
+}
+
+// tokensList shows every location with a token and the source that
+// applies: an explicit token (GHL_TOKENS_FILE, when set here too), then the
+// location's OAuth pair, then the agency.
+func (e env) tokensList(ctx context.Context, rdb *redis.Client, asJSON bool) error {
+	rows := map[string]*tokenRow{}
+	add := func(loc, source, note string) *tokenRow {
+		if r, ok := rows[loc]; ok {
+			r.Note = strings.TrimPrefix(r.Note+"; also "+source, "; ")
+			return nil
+		}
+		r := &tokenRow{Location: loc, Source: source, Note: note}
+		rows[loc] = r
+		return r
+	}
+	if path := e.getenv("GHL_TOKENS_FILE"); path != "" {
+		f, err := tokens.NewFile(path, nil)
+		if err != nil {
+			return err
+		}
+		for _, loc := range f.Locations() {
+			add(loc, "file", "")
+		}
+	}
+	pairs, err := tokens.Locations(ctx, rdb)
+	if err != nil {
+		return err
+	}
+	for loc, exp := range pairs {
+		if r := add(loc, "oauth", ""); r != nil && exp.UnixMilli() > 0 {
+			r.Expires = &exp
+		} else if r != nil {
+			r.Note = "refreshed on first use"
+		}
+	}
+	ai, hasAgency, err := tokens.LoadAgency(ctx, rdb)
+	if err != nil {
+		return err
+	}
+	reg, err := tokens.Registry(ctx, rdb)
+	if err != nil {
+		return err
+	}
+	var agencyLocs []string
+	for loc, ent := range reg {
+		note := "installed " + ent.At.UTC().Format(time.RFC3339)
+		if !ent.Installed {
+			note = "UNINSTALLED " + ent.At.UTC().Format(time.RFC3339) + ": its cancels are dead-lettered not_installed"
+		} else if !hasAgency {
+			note += "; no agency pair is set"
+		}
+		if r := add(loc, "agency", note); r != nil {
+			agencyLocs = append(agencyLocs, loc)
+		}
+	}
+	exps, err := tokens.MintedExpiry(ctx, rdb, agencyLocs)
+	if err != nil {
+		return err
+	}
+	for loc, exp := range exps {
+		rows[loc].Expires = &exp
+	}
+	list := make([]tokenRow, 0, len(rows))
+	for _, r := range rows {
+		list = append(list, *r)
+	}
+	slices.SortFunc(list, func(a, b tokenRow) int { return strings.Compare(a.Location, b.Location) })
+	if asJSON {
+		out := map[string]any{"locations": list}
+		if hasAgency {
+			out["agency"] = ai
+		}
+		return json.NewEncoder(e.stdout).Encode(out)
+	}
+	if hasAgency {
+		fmt.Fprintf(e.stderr, "agency: company %s, app %s: locations without a token of their own get one minted from it\n", ai.Company, dash(ai.App))
+	}
+	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LOCATION\tSOURCE\tTOKEN_EXPIRES\tNOTE")
+	for _, r := range list {
+		when := "-"
+		if r.Expires != nil {
+			when = r.Expires.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Location, r.Source, when, dash(r.Note))
+	}
+	return tw.Flush()
+}
+
+// agency builds the agency source as a worker would, to call HighLevel.
+func (e env) agency(rdb *redis.Client, baseURL string) (*tokens.Agency, error) {
+	id, secret := e.getenv("GHL_CLIENT_ID"), e.getenv("GHL_CLIENT_SECRET")
+	if id == "" || secret == "" {
+		return nil, errors.New("set GHL_CLIENT_ID and GHL_CLIENT_SECRET (the agency's access token may need a refresh), and GHL_TOKEN_KEY")
+	}
+	key, err := tokens.ParseKey(e.getenv("GHL_TOKEN_KEY"))
+	if err != nil {
+		return nil, fmt.Errorf("GHL_TOKEN_KEY: %w", err)
+	}
+	pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: key, Company: true, ClientID: id, ClientSecret: secret,
+		TokenURL: strings.TrimSuffix(baseURL, "/") + "/oauth/token"})
+	if err != nil {
+		return nil, err
+	}
+	return tokens.NewAgency(tokens.AgencyConfig{Redis: rdb, BaseURL: baseURL, Pairs: pairs, Key: key})
+}
+
+// installed lists the agency's installed locations, with progress on stderr.
+func (e env) installed(ctx context.Context, rdb *redis.Client, baseURL string) ([]tokens.InstalledLocation, error) {
+	a, err := e.agency(rdb, baseURL)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := a.Close(); err != nil {
+			fmt.Fprintln(e.stderr, "enqueue:", err)
+		}
+	}()
+	return a.Installed(ctx, func(n, total int) {
+		fmt.Fprintf(e.stderr, "installed locations: %d of %d listed\n", n, total)
+	})
+}
+
+func (e env) agencyLocations(ctx context.Context, rdb *redis.Client, baseURL string, asJSON bool) error {
+	locs, err := e.installed(ctx, rdb, baseURL)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return json.NewEncoder(e.stdout).Encode(map[string]any{"locations": locs})
+	}
+	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LOCATION\tNAME\tINSTALLED_AT")
+	for _, l := range locs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", l.ID, dash(l.Name), dash(l.InstalledAt))
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,501 @@
+package tokens_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+)
+
+const testCompany = "companyAgency0000001"
+
+type agencyBundle struct {
+	sb      *sandbox.Server
+	srv     *httptest.Server
+	url     string
+	results sync.Map // result -> *atomic.Int64
+}
+
+// setupAgency: a sandbox with an agency whose access tokens live agencyTTL
+// and whose minted location tokens live mintTTL, no rate limits.
+func setupAgency(t *testing.T, agencyTTL, mintTTL time.Duration) *agencyBundle {
+	t.Helper()
+	sb := sandbox.New(sandbox.Config{AccessTTL: agencyTTL, MintTTL: mintTTL, RateMax: -1})
+	srv := httptest.NewServer(sb.Handler())
+	t.Cleanup(srv.Close)
+	return &agencyBundle{sb: sb, srv: srv, url: redisServer.URL(t)}
+}
+
+// newAgency is one worker's source, with a Redis client of its own.
+func (b *agencyBundle) newAgency(t *testing.T, opts ...func(*tokens.AgencyConfig)) *tokens.Agency {
+	t.Helper()
+	rdb := redistest.ClientFor(t, b.url)
+	pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: b.srv.URL + "/oauth/token", Company: true,
+		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+	require.NoError(t, err)
+	cfg := tokens.AgencyConfig{Redis: rdb, BaseURL: b.srv.URL, Pairs: pairs, Key: testKey, Observe: func(r string) {
+		v, _ := b.results.LoadOrStore(r, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+	}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	a, err := tokens.NewAgency(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.Close() })
+	return a
+}
+
+func (b *agencyBundle) count(result string) int64 {
+	v, ok := b.results.Load(result)
+	if !ok {
+		return 0
+	}
+	return v.(*atomic.Int64).Load()
+}
+
+// setAgency loads a fresh agency pair (refresh token only: the first use
+// refreshes) as `enqueue tokens agency set` does.
+func (b *agencyBundle) setAgency(t *testing.T) {
+	t.Helper()
+	rdb := redistest.ClientFor(t, b.url)
+	pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Company: true, Key: testKey})
+	require.NoError(t, err)
+	require.NoError(t, tokens.SetAgency(context.Background(), pairs, testCompany, sandbox.AppIDDefault, "", b.sb.AddAgency(testCompany), 0))
+}
+
+func (b *agencyBundle) accepted(t *testing.T, tok string) bool {
+	t.Helper()
+	api, err := ghl.New(ghl.Config{BaseURL: b.srv.URL, Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	_, err = api.Cancel(context.Background(), ghl.KindMessage, "unknownMessage000001", tok)
+	var e *ghl.Error
+	return !errors.As(err, &e) || e.Reason != ghl.ReasonUnauthorized
+}
+
+// TestMintRace is TestRefreshRace for minted tokens: 8 workers (own Redis
+// clients), 4 callers each, 200 installed locations, minted tokens living
+// 300 ms and agency tokens 1 s, for 3 s. At most one mint per location per
+// token lifetime (a token is replaced at half its life: consecutive mints
+// are at least ~150 ms apart), every call accepted, no refresh token used
+// twice.
+func TestMintRace(t *testing.T) {
+	t.Parallel()
+	const mintTTL = 300 * time.Millisecond
+	b := setupAgency(t, time.Second, mintTTL)
+	b.setAgency(t)
+	locs := make([]string, 200)
+	for i := range locs {
+		locs[i] = fmt.Sprintf("locAgency%011d", i)
+		b.sb.InstallLocation(testCompany, locs[i], "")
+	}
+	api, err := ghl.New(ghl.Config{BaseURL: b.srv.URL, Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	var calls, refused atomic.Int64
+	var stop atomic.Bool
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for range 8 {
+		a := b.newAgency(t)
+		for range 4 {
+			wg.Go(func() {
+				for !stop.Load() {
+					loc := locs[rand.IntN(len(locs))]
+					tok, err := a.Token(ctx, loc)
+					if err != nil {
+						t.Errorf("token: %v", err)
+						return
+					}
+					_, err = api.Cancel(ctx, ghl.KindMessage, "unknownMessage000001", tok)
+					calls.Add(1)
+					var e *ghl.Error
+					if errors.As(err, &e) && e.Reason == ghl.ReasonUnauthorized {
+						refused.Add(1)
+					}
+				}
+			})
+		}
+	}
+	time.Sleep(3 * time.Second)
+	stop.Store(true)
+	wg.Wait()
+
+	st := b.sb.Stats()
+	minGap, mints := time.Hour, 0
+	for _, loc := range locs {
+		ts := b.sb.Mints(loc)
+		mints += len(ts)
+		for i := 1; i < len(ts); i++ {
+			minGap = min(minGap, ts[i].Sub(ts[i-1]))
+		}
+	}
+	t.Logf("calls %d, mints %d (ok %d, lost races %d), agency refreshes %d, invalid grants %d, shortest gap between a location's mints %s",
+		calls.Load(), mints, b.count("ok"), b.count("lost_race"), st.Refreshes, st.InvalidGrants, minGap)
+	require.Zero(t, st.InvalidGrants, "an agency refresh token was used twice")
+	require.Zero(t, refused.Load(), "a call used an expired or revoked token")
+	require.Equal(t, int64(mints), b.count("ok"), "every mint HighLevel saw was ours")
+	require.Greater(t, mints, len(locs), "tokens expired and were minted again")
+	require.Positive(t, b.count("lost_race"), "workers waited for a peer's mint")
+	// Half the lifetime, less scheduling slack: two mints closer than that
+	// would mean two workers minted for the same expiry.
+	require.Greater(t, minGap, mintTTL/2-30*time.Millisecond, "a location was minted twice for one expiry")
+}
+
+// TestAgencyMint: what one location's token goes through.
+func TestAgencyMint(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupAgency(t, time.Hour, time.Hour)
+	const loc = "locAgency00000000001"
+	a := b.newAgency(t)
+
+	_, err := a.Token(ctx, loc)
+	require.ErrorIs(t, err, tokens.ErrNoToken, "no agency set")
+
+	b.setAgency(t)
+	b.sb.InstallLocation(testCompany, loc, "Main Street")
+	first, err := a.Token(ctx, loc)
+	require.NoError(t, err)
+	require.True(t, b.accepted(t, first))
+	again, err := b.newAgency(t).Token(ctx, loc) // another worker reads the stored token
+	require.NoError(t, err)
+	require.Equal(t, first, again)
+	require.Len(t, b.sb.Mints(loc), 1)
+
+	// Nothing in Redis holds the minted token or the agency's tokens in clear.
+	rdb := redistest.ClientFor(t, b.url)
+	keys, err := rdb.Keys(ctx, "ghlcancel:*").Result()
+	require.NoError(t, err)
+	for _, k := range keys {
+		dump, err := rdb.Dump(ctx, k).Result()
+		require.NoError(t, err)
+		require.NotContains(t, dump, first, k)
+		require.NotContains(t, dump, "rt-", k)
+	}
+
+	// HighLevel refuses the minted token: mint again, once.
+	b.sb.RevokeAccess(first)
+	second, err := a.Refresh(ctx, loc, first)
+	require.NoError(t, err)
+	require.NotEqual(t, first, second)
+	third, err := b.newAgency(t).Refresh(ctx, loc, first) // a peer's late 401 report
+	require.NoError(t, err)
+	require.Equal(t, second, third)
+	require.Len(t, b.sb.Mints(loc), 2)
+	b.sb.RevokeAccess(second)
+	_, err = a.Refresh(ctx, loc, second)
+	require.ErrorIs(t, err, tokens.ErrRefreshDidNotCure, "a freshly minted token refused too is not minted again")
+	require.Len(t, b.sb.Mints(loc), 2)
+}
+
+// TestMintFailures: each refusal has its reason, is not retried for a
+// minute by anyone, and is forgotten when the operator fixes the cause.
+func TestMintFailures(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupAgency(t, time.Hour, time.Hour)
+	b.setAgency(t)
+	rdb := redistest.ClientFor(t, b.url)
+	a := b.newAgency(t)
+	mintErr := func(t *testing.T, loc string) *tokens.MintError {
+		t.Helper()
+		_, err := a.Token(ctx, loc)
+		var me *tokens.MintError
+		require.ErrorAs(t, err, &me)
+		require.NotContains(t, err.Error(), "rt-")
+		return me
+	}
+
+	t.Run("not installed, then installed", func(t *testing.T) {
+		const loc = "locAgency00000000011"
+		me := mintErr(t, loc)
+		require.Equal(t, tokens.ReasonNotInstalled, me.Reason)
+		require.False(t, me.Temporary)
+		require.Contains(t, me.Error(), "install it there, then requeue")
+		refused := b.sb.Stats().MintsRefused
+		// Every worker gets the same answer for a minute, without a call.
+		require.Equal(t, tokens.ReasonNotInstalled, mintErr(t, loc).Reason)
+		_, err := b.newAgency(t).Token(ctx, loc)
+		require.ErrorAs(t, err, &me)
+		require.Equal(t, refused, b.sb.Stats().MintsRefused, "no second mint within the minute")
+		require.Positive(t, b.count("suppressed"))
+		// The operator installs the app and requeues: minted at once.
+		b.sb.InstallLocation(testCompany, loc, "")
+		require.NoError(t, tokens.ForgetMintFailures(ctx, rdb, []string{loc}))
+		_, err = a.Token(ctx, loc)
+		require.NoError(t, err)
+	})
+
+	t.Run("inactive", func(t *testing.T) {
+		const loc = "locAgency00000000012"
+		b.sb.InstallLocation(testCompany, loc, "")
+		b.sb.SetInactive(loc, true)
+		require.Equal(t, tokens.ReasonLocationInactive, mintErr(t, loc).Reason)
+	})
+
+	t.Run("uninstall webhook, then a late install event, then a reinstall", func(t *testing.T) {
+		const loc = "locAgency00000000013"
+		b.sb.InstallLocation(testCompany, loc, "")
+		tok, err := a.Token(ctx, loc)
+		require.NoError(t, err)
+		now := time.Now()
+		ok, err := tokens.SetInstalled(ctx, rdb, loc, "", false, now)
+		require.NoError(t, err)
+		require.True(t, ok)
+		mints := len(b.sb.Mints(loc))
+		// The cached token is still handed out by this process, but a 401
+		// finds the location uninstalled without a call.
+		b.sb.UninstallLocation(loc)
+		_, err = a.Refresh(ctx, loc, tok)
+		var me *tokens.MintError
+		require.ErrorAs(t, err, &me)
+		require.Equal(t, tokens.ReasonNotInstalled, me.Reason)
+		require.Equal(t, tokens.ReasonNotInstalled, mintErr(t, loc).Reason)
+		// An INSTALL older than the UNINSTALL (delivered late) changes nothing.
+		ok, err = tokens.SetInstalled(ctx, rdb, loc, "", true, now.Add(-time.Minute))
+		require.NoError(t, err)
+		require.False(t, ok)
+		require.Equal(t, tokens.ReasonNotInstalled, mintErr(t, loc).Reason)
+		require.Len(t, b.sb.Mints(loc), mints, "no call for an uninstalled location")
+		// Installed again.
+		b.sb.InstallLocation(testCompany, loc, "")
+		_, err = tokens.SetInstalled(ctx, rdb, loc, "", true, now.Add(time.Second))
+		require.NoError(t, err)
+		_, err = a.Token(ctx, loc)
+		require.NoError(t, err)
+	})
+
+	t.Run("HighLevel fails: temporary, snoozed, one call a minute", func(t *testing.T) {
+		sb := setupAgency(t, time.Hour, time.Hour)
+		sb.setAgency(t)
+		const loc = "locAgency00000000014"
+		sb.sb.InstallLocation(testCompany, loc, "")
+		fa := sb.newAgency(t)
+		_, err := fa.Token(ctx, loc) // the agency pair is refreshed before the faults begin
+		require.NoError(t, err)
+		const loc2 = "locAgency00000000015"
+		sb.sb.InstallLocation(testCompany, loc2, "")
+		sb.sb.SetFaults(sandbox.Faults{ErrorRate: 1})
+		_, err = fa.Token(ctx, loc2)
+		var me *tokens.MintError
+		require.ErrorAs(t, err, &me)
+		require.Equal(t, tokens.ReasonMintFailed, me.Reason)
+		require.True(t, me.Temporary)
+		require.Greater(t, me.RetryAfter, 50*time.Second)
+		before := sb.sb.Stats().MintsRefused
+		_, err = sb.newAgency(t).Token(ctx, loc2)
+		require.ErrorAs(t, err, &me)
+		require.True(t, me.Temporary)
+		require.Equal(t, before, sb.sb.Stats().MintsRefused, "no retry storm")
+	})
+
+	t.Run("company rate limit: wait, nothing remembered", func(t *testing.T) {
+		sb := setupAgency(t, time.Hour, time.Hour)
+		sb.setAgency(t)
+		sb.sb.SetRateLimit("company:"+testCompany, 2) // the agency refresh is not counted; two mints are
+		fa := sb.newAgency(t)
+		for i := range 3 {
+			loc := fmt.Sprintf("locAgency0000000002%d", i)
+			sb.sb.InstallLocation(testCompany, loc, "")
+			_, err := fa.Token(ctx, loc)
+			if i < 2 {
+				require.NoError(t, err)
+				continue
+			}
+			var sn interface{ SnoozeFor() time.Duration }
+			require.ErrorAs(t, err, &sn)
+			require.Positive(t, sn.SnoozeFor())
+			var me *tokens.MintError
+			require.False(t, errors.As(err, &me), "a 429 is not a refusal")
+		}
+	})
+
+	t.Run("the company's pacer is full: a wait, not a failure", func(t *testing.T) {
+		sb := setupAgency(t, time.Hour, time.Hour)
+		sb.setAgency(t)
+		const loc = "locAgency00000000041"
+		sb.sb.InstallLocation(testCompany, loc, "")
+		p := &fullPacer{}
+		fa := sb.newAgency(t, func(c *tokens.AgencyConfig) { c.Pacer = p })
+		_, err := fa.Token(ctx, loc)
+		var sn interface{ SnoozeFor() time.Duration }
+		require.ErrorAs(t, err, &sn)
+		require.Equal(t, 7*time.Second, sn.SnoozeFor())
+		var me *tokens.MintError
+		require.False(t, errors.As(err, &me), "pacing is not HighLevel failing")
+		p.open.Store(true)
+		_, err = fa.Token(ctx, loc)
+		require.NoError(t, err, "nothing was remembered")
+		require.Equal(t, int64(1), p.observed.Load(), "the answer's headers reach the pacer")
+	})
+
+	t.Run("a token endpoint blip during the agency's refresh is not a revoked agency", func(t *testing.T) {
+		sb := setupAgency(t, time.Hour, time.Hour)
+		sb.setAgency(t)
+		const loc = "locAgency00000000051"
+		sb.sb.InstallLocation(testCompany, loc, "")
+		var blip atomic.Bool
+		rdb := redistest.ClientFor(t, sb.url)
+		pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: sb.srv.URL + "/oauth/token", Company: true,
+			ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey,
+			HTTP: &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+				if blip.Load() && r.URL.Path == "/oauth/token" {
+					return &http.Response{StatusCode: 503, Body: http.NoBody, Header: http.Header{}, Request: r}, nil
+				}
+				return http.DefaultTransport.RoundTrip(r)
+			})}})
+		require.NoError(t, err)
+		fa, err := tokens.NewAgency(tokens.AgencyConfig{Redis: rdb, BaseURL: sb.srv.URL, Pairs: pairs, Key: testKey})
+		require.NoError(t, err)
+		_, err = fa.Token(ctx, "locAgency00000000052") // refreshes the agency pair; not installed
+		require.Error(t, err)
+		refreshes := sb.sb.Stats().Refreshes
+		sb.sb.RevokeAgency(testCompany) // the agency's access token gets 401 from now on
+		blip.Store(true)                // ...and the refresh it calls for meets a 503
+		_, err = fa.Token(ctx, loc)
+		require.Error(t, err)
+		var me *tokens.MintError
+		require.False(t, errors.As(err, &me) && me.Reason == tokens.ReasonAgencyRevoked, "a 503 is not a revoked agency: %v", err)
+		require.Equal(t, refreshes, sb.sb.Stats().Refreshes)
+		require.Zero(t, sb.sb.Stats().InvalidGrants)
+	})
+
+	t.Run("agency revoked, then a new agency pair", func(t *testing.T) {
+		sb := setupAgency(t, time.Hour, time.Hour)
+		sb.setAgency(t)
+		const loc = "locAgency00000000031"
+		sb.sb.InstallLocation(testCompany, loc, "")
+		fa := sb.newAgency(t)
+		_, err := fa.Token(ctx, "locAgency00000000032") // not installed: refreshes the agency pair first
+		require.Error(t, err)
+		sb.sb.RevokeAgency(testCompany)
+		_, err = fa.Token(ctx, loc)
+		var me *tokens.MintError
+		require.ErrorAs(t, err, &me)
+		require.Equal(t, tokens.ReasonAgencyRevoked, me.Reason)
+		require.Contains(t, me.Message, "invalid_grant", "the agency refresh's own answer")
+		require.Contains(t, me.Error(), "enqueue tokens agency set")
+		// Every other location gets the same answer, without a call.
+		calls := sb.sb.Stats().MintsRefused
+		const other = "locAgency00000000033"
+		sb.sb.InstallLocation(testCompany, other, "")
+		_, err = sb.newAgency(t).Token(ctx, other)
+		require.ErrorAs(t, err, &me)
+		require.Equal(t, tokens.ReasonAgencyRevoked, me.Reason)
+		require.Equal(t, calls, sb.sb.Stats().MintsRefused, "a revoked agency is not asked again for each location")
+		// The operator installs the app again at agency level and loads its
+		// pair: the remembered failure no longer counts.
+		sb.setAgency(t)
+		_, err = fa.Token(ctx, loc)
+		require.NoError(t, err)
+	})
+}
+
+// TestInstalledListing pages 250 installs 100 at a time.
+func TestInstalledListing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupAgency(t, time.Hour, time.Hour)
+	a := b.newAgency(t)
+	_, err := a.Installed(ctx, nil)
+	require.ErrorContains(t, err, "enqueue tokens agency set")
+	b.setAgency(t)
+	for i := range 250 {
+		b.sb.InstallLocation(testCompany, fmt.Sprintf("locListed%011d", i), fmt.Sprintf("Shop %d", i))
+	}
+	b.sb.UninstallLocation("locListed00000000007")
+	var pages int
+	got, err := a.Installed(ctx, func(n, total int) { pages++ })
+	require.NoError(t, err)
+	require.Len(t, got, 249)
+	require.Equal(t, 3, pages)
+	reg, err := tokens.Registry(ctx, redistest.ClientFor(t, b.url))
+	require.NoError(t, err)
+	require.Len(t, reg, 249)
+	require.Equal(t, "Shop 3", reg["locListed00000000003"].Name)
+	require.NotContains(t, reg, "locListed00000000007")
+}
+
+// TestChain: a location's explicit token wins, then its OAuth pair, then
+// the agency; an explicit token is not refreshed.
+func TestChain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupAgency(t, time.Hour, time.Hour)
+	b.setAgency(t)
+	rdb := redistest.ClientFor(t, b.url)
+	const explicit, paired, minted = "locChain000000000001", "locChain000000000002", "locChain000000000003"
+	for _, l := range []string{explicit, paired, minted} {
+		b.sb.InstallLocation(testCompany, l, "")
+	}
+	pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: b.srv.URL + "/oauth/token",
+		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+	require.NoError(t, err)
+	require.NoError(t, pairs.Set(ctx, paired, "", b.sb.AddOAuthLocation(paired), 0))
+	file := staticFor{explicit: "pit-explicit"}
+	c := tokens.Chain{file, pairs, b.newAgency(t)}
+
+	tok, err := c.Token(ctx, explicit)
+	require.NoError(t, err)
+	require.Equal(t, "pit-explicit", tok)
+	_, err = c.Refresh(ctx, explicit, tok)
+	require.ErrorIs(t, err, tokens.ErrNotRefreshable)
+
+	tok, err = c.Token(ctx, paired)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(tok, "at-"), "the location's pair")
+	require.Empty(t, b.sb.Mints(paired))
+
+	tok, err = c.Token(ctx, minted)
+	require.NoError(t, err)
+	require.Len(t, b.sb.Mints(minted), 1)
+	b.sb.RevokeAccess(tok)
+	fresh, err := c.Refresh(ctx, minted, tok)
+	require.NoError(t, err)
+	require.NotEqual(t, tok, fresh)
+	require.Len(t, b.sb.Mints(minted), 2)
+}
+
+// staticFor is explicit tokens for some locations (as GHL_TOKENS_FILE).
+type staticFor map[string]string
+
+func (s staticFor) Token(_ context.Context, loc string) (string, error) {
+	if t, ok := s[loc]; ok {
+		return t, nil
+	}
+	return "", tokens.ErrNoToken
+}
+
+// fullPacer snoozes every call 7 s until open, and counts answers observed.
+type fullPacer struct {
+	open     atomic.Bool
+	observed atomic.Int64
+}
+
+type snoozeErr struct{}
+
+func (snoozeErr) Error() string            { return "paced" }
+func (snoozeErr) SnoozeFor() time.Duration { return 7 * time.Second }
+
+func (p *fullPacer) Admit(context.Context, string) error {
+	if !p.open.Load() {
+		return snoozeErr{}
+	}
+	return nil
+}
+
+func (p *fullPacer) Observe(context.Context, string, http.Header, int) { p.observed.Add(1) }
