@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/cipher"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -633,31 +632,13 @@ func (a *Agency) observe(result string) {
 }
 
 func (a *Agency) seal(loc string, m minted) (string, error) {
-	plain, err := json.Marshal(m)
-	if err != nil {
-		return "", err
-	}
-	nonce := make([]byte, a.aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return "", err
-	}
-	return base64.StdEncoding.EncodeToString(a.aead.Seal(nonce, nonce, plain, []byte("minted:"+loc))), nil
+	return sealJSON(a.aead, []byte("minted:"+loc), m)
 }
 
 func (a *Agency) open(loc, ct string) (minted, error) {
-	raw, err := base64.StdEncoding.DecodeString(ct)
-	if err != nil || len(raw) < a.aead.NonceSize() {
-		return minted{}, errors.New("agency: stored location token is corrupt")
-	}
-	plain, err := a.aead.Open(nil, raw[:a.aead.NonceSize()], raw[a.aead.NonceSize():], []byte("minted:"+loc))
-	if err != nil {
-		return minted{}, errors.New("agency: stored location token does not decrypt: wrong GHL_TOKEN_KEY?")
-	}
 	var m minted
-	if err := json.Unmarshal(plain, &m); err != nil {
-		return minted{}, errors.New("agency: stored location token is corrupt")
-	}
-	return m, nil
+	err := openJSON(a.aead, []byte("minted:"+loc), ct, &m, "agency: stored location tokens")
+	return m, err
 }
 
 // IsMintReason reports whether a dead letter's reason is a mint failure.

@@ -853,19 +853,39 @@ func (o *OAuth) load(ctx context.Context, location string) (pair, bool, error) {
 
 // open decrypts a pair sealed by seal (its tokens only).
 func (o *OAuth) open(location, ct string) (pair, error) {
-	raw, err := base64.StdEncoding.DecodeString(ct)
-	if err != nil || len(raw) < o.aead.NonceSize() {
-		return pair{}, errors.New("oauth: stored tokens are corrupt")
-	}
-	plain, err := o.aead.Open(nil, raw[:o.aead.NonceSize()], raw[o.aead.NonceSize():], o.ad(location))
-	if err != nil {
-		return pair{}, errors.New("oauth: stored tokens do not decrypt: wrong GHL_TOKEN_KEY?")
-	}
 	var p pair
-	if err := json.Unmarshal(plain, &p); err != nil {
-		return pair{}, errors.New("oauth: stored tokens are corrupt")
+	err := openJSON(o.aead, o.ad(location), ct, &p, "oauth: stored tokens")
+	return p, err
+}
+
+// sealJSON encrypts v's JSON with aead and ad, as base64(nonce|ciphertext).
+func sealJSON(aead cipher.AEAD, ad []byte, v any) (string, error) {
+	plain, err := json.Marshal(v)
+	if err != nil {
+		return "", err
 	}
-	return p, nil
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(aead.Seal(nonce, nonce, plain, ad)), nil
+}
+
+// openJSON decrypts what sealJSON wrote into v; errors name what (never the
+// content).
+func openJSON(aead cipher.AEAD, ad []byte, ct string, v any, what string) error {
+	raw, err := base64.StdEncoding.DecodeString(ct)
+	if err != nil || len(raw) < aead.NonceSize() {
+		return errors.New(what + " are corrupt")
+	}
+	plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], ad)
+	if err != nil {
+		return errors.New(what + " do not decrypt: wrong GHL_TOKEN_KEY?")
+	}
+	if err := json.Unmarshal(plain, v); err != nil {
+		return errors.New(what + " are corrupt")
+	}
+	return nil
 }
 
 func atoi(v any) int64 {
@@ -884,15 +904,7 @@ func (o *OAuth) ad(subject string) []byte {
 }
 
 func (o *OAuth) seal(location string, p pair) (string, error) {
-	plain, err := json.Marshal(p)
-	if err != nil {
-		return "", err
-	}
-	nonce := make([]byte, o.aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return "", err
-	}
-	return base64.StdEncoding.EncodeToString(o.aead.Seal(nonce, nonce, plain, o.ad(location))), nil
+	return sealJSON(o.aead, o.ad(location), p)
 }
 
 // store writes p, sealed as ct, if the stored generation is still expectGen.
