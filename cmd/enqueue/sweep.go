@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -44,7 +45,7 @@ flags:
 		return nil
 	})
 	all := fs.Bool("all-locations", false, "sweep every location the agency's app is installed at (listed from HighLevel; needs the agency set with `enqueue tokens agency set` and GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_TOKEN_KEY)")
-	baseURL := fs.String("base-url", cmpEnv(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL, for --all-locations (env GHL_BASE_URL)")
+	baseURL := fs.String("base-url", cmp.Or(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL, for --all-locations (env GHL_BASE_URL)")
 	contact := fs.String("contact", "", "only this contact's messages")
 	conversation := fs.String("conversation", "", "only this conversation's messages")
 	channel := fs.String("channel", tasks.ChannelAll, "sms, email or all")

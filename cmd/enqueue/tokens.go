@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -45,7 +46,7 @@ func (e env) tokens(ctx context.Context, args []string) error {
 	location := fs.String("location", "", "location (sub-account) id")
 	company := fs.String("company", "", "the agency's company id")
 	app := fs.String("app", "", "the marketplace app's id (HighLevel needs it to list installed locations)")
-	baseURL := fs.String("base-url", cmpEnv(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL (env GHL_BASE_URL)")
+	baseURL := fs.String("base-url", cmp.Or(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL (env GHL_BASE_URL)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError{err}
@@ -104,13 +105,6 @@ func (e env) tokens(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintln(e.stderr, "workers with GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY now mint a token for every location without one of its own")
 	return nil
-}
-
-func cmpEnv(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
 }
 
 // readPair reads a token endpoint answer (JSON) or a bare refresh token.

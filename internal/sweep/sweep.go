@@ -248,12 +248,12 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, fina
 		if rf, ok := h.Tokens.(tokens.Refresher); ok && errors.As(err, &ae) && ae.Reason == ghl.ReasonUnauthorized && !refreshed {
 			refreshed = true
 			fresh, rerr := rf.Refresh(ctx, p.LocationID, token)
-			if v, ok := tasks.ClassifyTokenError(rerr); ok && !errors.Is(rerr, tokens.ErrNotRefreshable) {
-				return result{fate: v.Fate, reason: v.Reason, status: v.Status, message: v.Message, err: rerr}
-			}
 			if rerr == nil {
 				token = fresh
 				continue
+			}
+			if v, _ := tasks.ClassifyTokenError(rerr); !errors.Is(rerr, tokens.ErrNotRefreshable) {
+				return result{fate: v.Fate, reason: v.Reason, status: v.Status, message: v.Message, err: rerr}
 			}
 		}
 		if err != nil {

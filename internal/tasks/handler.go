@@ -474,22 +474,22 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 			r.status, r.message = http429, rl.Message
 			return st.with(r)
 		}
-		// A 401 with a refreshable source: refresh once, call again.
+		// A 401 with a refreshable source: refresh once, call again. A
+		// token set by hand (ErrNotRefreshable) takes the path below.
 		if rf, ok := h.Tokens.(tokens.Refresher); ok && e.Reason == ghl.ReasonUnauthorized && !refreshed {
 			refreshed = true
 			fresh, rerr := rf.Refresh(ctx, p.LocationID, token)
-			if errors.Is(rerr, tokens.ErrNotRefreshable) {
-				return st.with(dead(string(e.Reason), e.StatusCode, e.Message, err))
+			if rerr == nil {
+				token = fresh
+				continue
 			}
-			if rerr != nil {
+			if !errors.Is(rerr, tokens.ErrNotRefreshable) {
 				r, _ := tokenFailure(rerr)
 				if r.fate == fateDead && r.status == 0 {
 					r.status = 401
 				}
 				return st.with(r)
 			}
-			token = fresh
-			continue
 		}
 		status := e.StatusCode
 		if e.InnerStatus != 0 {

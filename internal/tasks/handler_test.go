@@ -449,3 +449,29 @@ func TestExpiredAfterAnEarlierCall(t *testing.T) {
 	require.Equal(t, ledger.Expired, run(plain).Outcome)
 	require.Equal(t, calls, b.calls.Load(), "no call for an expired cancel")
 }
+
+// TestRefusedExplicitTokenInAChain: a location's token set by hand (first
+// in a Chain with refreshable sources) that HighLevel refuses is
+// dead-lettered unauthorized after one call: nothing can refresh it, and
+// it is not called again.
+func TestRefusedExplicitTokenInAChain(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	b.h.Tokens = tokens.Chain{tokenFunc(func(string) (string, error) { return "revoked-by-hand", nil }), refreshAll{}}
+	_, err := b.process(t, "chainMsg000000000001", 0, 5)
+	require.ErrorIs(t, err, asynq.SkipRetry, "a dead letter")
+	require.Equal(t, int64(1), b.calls.Load())
+	_, rec, _ := b.fate(t, "chainMsg000000000001")
+	require.NotNil(t, rec)
+	require.Equal(t, string(ghl.ReasonUnauthorized), rec.Reason)
+	require.Equal(t, 401, rec.HTTPStatus)
+}
+
+// refreshAll has no token for anyone but would refresh any (it must not be
+// asked: the explicit token before it applies).
+type refreshAll struct{}
+
+func (refreshAll) Token(context.Context, string) (string, error) { return "", tokens.ErrNoToken }
+func (refreshAll) Refresh(context.Context, string, string) (string, error) {
+	panic("the explicit token's source is not refreshable; nothing else may refresh it")
+}

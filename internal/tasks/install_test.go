@@ -38,7 +38,7 @@ func TestInstallBeforeTheAgencyPair(t *testing.T) {
 	sb.InstallLocation(company, loc, "")
 	task, err := NewInstallTask(InstallPayload{LocationID: loc, CompanyID: company}, "wh-install-1")
 	require.NoError(t, err)
-	_, err = tokens.RecordInstall(ctx, rdb, loc, time.Now())
+	_, err = tokens.RecordAppEvent(ctx, rdb, loc, true, time.Now())
 	require.NoError(t, err)
 
 	err = h.ProcessTask(ctx, task)

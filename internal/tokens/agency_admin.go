@@ -70,12 +70,15 @@ type RegistryEntry struct {
 // KEYS: registry, the minted record, the remembered failure. With ARGV[5]
 // "1" the minted token is forgotten (its generation moves on, so a mint
 // begun before cannot store over it); a remembered failure always is.
-// Returns 1 if written, 0 if a later event was kept.
+// Returns 1 if written, 0 if a later event was kept, 2 if this very event
+// is recorded already (a redelivery: nothing is forgotten again).
 var setInstalledScript = redis.NewScript(`
 local cur = redis.call("HGET", KEYS[1], ARGV[4])
 if cur then
-  local at = tonumber(string.match(cur, "^%a+|(%d+)|") or "0")
+  local state, at = string.match(cur, "^(%a+)|(%d+)|")
+  at = tonumber(at or "0")
   if at > tonumber(ARGV[2]) then return 0 end
+  if at == tonumber(ARGV[2]) and state == ARGV[1] then return 2 end
 end
 redis.call("HSET", KEYS[1], ARGV[4], ARGV[1] .. "|" .. ARGV[2] .. "|" .. ARGV[3])
 if ARGV[5] == "1" and redis.call("HDEL", KEYS[2], "ct") == 1 then redis.call("HINCRBY", KEYS[2], "gen", 1) end
@@ -91,11 +94,13 @@ func SetInstalled(ctx context.Context, rdb redis.UniversalClient, location, name
 	return setInstalled(ctx, rdb, location, name, installed, !installed, at)
 }
 
-// RecordInstall records an INSTALL webhook: like SetInstalled, and the
-// location's stored minted token is forgotten too (a reinstall makes
-// earlier tokens useless).
-func RecordInstall(ctx context.Context, rdb redis.UniversalClient, location string, at time.Time) (bool, error) {
-	return setInstalled(ctx, rdb, location, "", true, true, at)
+// RecordAppEvent records an INSTALL (installed true) or UNINSTALL webhook:
+// like SetInstalled, and the location's stored minted token is forgotten
+// either way (a reinstall makes earlier tokens useless). recorded is false
+// when a later event of the location is recorded; a redelivered event is
+// recorded (true) and changes nothing.
+func RecordAppEvent(ctx context.Context, rdb redis.UniversalClient, location string, installed bool, at time.Time) (recorded bool, err error) {
+	return setInstalled(ctx, rdb, location, "", installed, true, at)
 }
 
 func setInstalled(ctx context.Context, rdb redis.UniversalClient, location, name string, installed, forget bool, at time.Time) (bool, error) {
@@ -108,7 +113,7 @@ func setInstalled(ctx context.Context, rdb redis.UniversalClient, location, name
 	if err != nil {
 		return false, fmt.Errorf("agency: record install: %w", err)
 	}
-	return n == 1, nil
+	return n != 0, nil
 }
 
 // Registry returns the locations INSTALL/UNINSTALL webhooks and listings

@@ -249,13 +249,7 @@ func (h *Handler) appEvent(w http.ResponseWriter, r *http.Request, ev Event, lab
 	qctx, cancel := context.WithTimeout(r.Context(), queueTimeout)
 	defer cancel()
 	install := ev.Type == EventInstall
-	record := func() (bool, error) {
-		return tokens.SetInstalled(qctx, h.cfg.Redis, ev.LocationID, "", false, ev.Timestamp)
-	}
-	if install {
-		record = func() (bool, error) { return tokens.RecordInstall(qctx, h.cfg.Redis, ev.LocationID, ev.Timestamp) }
-	}
-	written, err := record()
+	written, err := tokens.RecordAppEvent(qctx, h.cfg.Redis, ev.LocationID, install, ev.Timestamp)
 	if err == nil && install && written {
 		key := ev.WebhookID
 		if key == "" {
