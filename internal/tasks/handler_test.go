@@ -457,7 +457,7 @@ func TestExpiredAfterAnEarlierCall(t *testing.T) {
 func TestRefusedExplicitTokenInAChain(t *testing.T) {
 	t.Parallel()
 	b := hSetup(t)
-	b.h.Tokens = tokens.Chain{tokenFunc(func(string) (string, error) { return "revoked-by-hand", nil }), refreshAll{}}
+	b.h.Tokens = tokens.NewChain(tokenFunc(func(string) (string, error) { return "revoked-by-hand", nil }), refreshAll{})
 	_, err := b.process(t, "chainMsg000000000001", 0, 5)
 	require.ErrorIs(t, err, asynq.SkipRetry, "a dead letter")
 	require.Equal(t, int64(1), b.calls.Load())

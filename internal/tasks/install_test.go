@@ -33,7 +33,7 @@ func TestInstallBeforeTheAgencyPair(t *testing.T) {
 	require.NoError(t, err)
 	agency, err := tokens.NewAgency(tokens.AgencyConfig{Redis: rdb, BaseURL: srv.URL, Pairs: pairs, Key: key})
 	require.NoError(t, err)
-	h := &InstallHandler{Tokens: tokens.Chain{agency}, Redis: rdb}
+	h := &InstallHandler{Tokens: tokens.NewChain(agency), Redis: rdb}
 	const company, loc = "companyInstall000001", "locInstall0000000001"
 	sb.InstallLocation(company, loc, "")
 	task, err := NewInstallTask(InstallPayload{LocationID: loc, CompanyID: company}, "wh-install-1")

@@ -279,7 +279,28 @@ func TestMintFailures(t *testing.T) {
 		require.NoError(t, err)
 	})
 
-	t.Run("HighLevel fails: temporary, snoozed, one call a minute", func(t *testing.T) {
+	t.Run("an INSTALL forgets the stored token once; its redelivery does not", func(t *testing.T) {
+		const loc = "locAgency00000000016"
+		b.sb.InstallLocation(testCompany, loc, "")
+		at := time.Now()
+		ok, err := tokens.RecordAppEvent(ctx, rdb, loc, true, at)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.NoError(t, b.newAgency(t).Install(ctx, loc))
+		require.Len(t, b.sb.Mints(loc), 1)
+		ok, err = tokens.RecordAppEvent(ctx, rdb, loc, true, at) // HighLevel delivers it again
+		require.NoError(t, err)
+		require.True(t, ok, "recorded (already)")
+		require.NoError(t, b.newAgency(t).Install(ctx, loc)) // its task runs again
+		require.Len(t, b.sb.Mints(loc), 1, "the redelivery kept the token")
+		ok, err = tokens.RecordAppEvent(ctx, rdb, loc, true, at.Add(time.Second)) // a reinstall
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.NoError(t, b.newAgency(t).Install(ctx, loc))
+		require.Len(t, b.sb.Mints(loc), 2, "a reinstall mints anew")
+	})
+
+	t.Run("HighLevel fails: temporary, one call a minute", func(t *testing.T) {
 		sb := setupAgency(t, time.Hour, time.Hour)
 		sb.setAgency(t)
 		const loc = "locAgency00000000014"
@@ -447,7 +468,7 @@ func TestChain(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, pairs.Set(ctx, paired, "", b.sb.AddOAuthLocation(paired), 0))
 	file := staticFor{explicit: "pit-explicit"}
-	c := tokens.Chain{file, pairs, b.newAgency(t)}
+	c := tokens.NewChain(file, pairs, b.newAgency(t))
 
 	tok, err := c.Token(ctx, explicit)
 	require.NoError(t, err)
@@ -463,6 +484,21 @@ func TestChain(t *testing.T) {
 	tok, err = c.Token(ctx, minted)
 	require.NoError(t, err)
 	require.Len(t, b.sb.Mints(minted), 1)
+	// The chain remembers that the agency applies; a pair loaded for the
+	// location takes over once it checks again.
+	const late = "locChain000000000004"
+	b.sb.InstallLocation(testCompany, late, "")
+	tokens.SetChainRecheck(c, 300*time.Millisecond)
+	agencyTok, err := c.Token(ctx, late)
+	require.NoError(t, err)
+	require.NoError(t, pairs.Set(ctx, late, "", b.sb.AddOAuthLocation(late), 0))
+	again, err := c.Token(ctx, late)
+	require.NoError(t, err)
+	require.Equal(t, agencyTok, again, "remembered: no Redis read for the pair")
+	require.Eventually(t, func() bool {
+		tok, err := c.Token(ctx, late)
+		return err == nil && strings.HasPrefix(tok, "at-")
+	}, 5*time.Second, 50*time.Millisecond, "the location's own pair applies once the chain checks again")
 	b.sb.RevokeAccess(tok)
 	fresh, err := c.Refresh(ctx, minted, tok)
 	require.NoError(t, err)

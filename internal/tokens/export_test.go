@@ -21,3 +21,6 @@ func Flushing(o *OAuth) bool {
 	defer o.mu.Unlock()
 	return o.flushing
 }
+
+// SetChainRecheck shortens how long c remembers the source that applies.
+func SetChainRecheck(c *Chain, d time.Duration) { c.recheck = d }

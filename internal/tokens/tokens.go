@@ -149,24 +149,64 @@ var ErrNotRefreshable = errors.New("this location's token is set by hand and can
 // Chain asks its sources in order and uses the first that has a token for
 // the location: an explicit token (GHL_TOKENS_FILE), then the location's
 // OAuth pair, then a token minted from the agency.
-type Chain []Source
+//
+// When a later source answered, the chain goes straight to it for the next
+// ChainRecheckEvery: an agency location would otherwise cost a Redis read
+// per cancel to learn again that it has no pair of its own. A token set for
+// it meanwhile (a pair, a file entry) applies within that time; a failure,
+// and "no token", are never answered from memory.
+type Chain struct {
+	sources []Source
+	recheck time.Duration
+	mu      sync.Mutex
+	applies map[string]applied
+}
+
+type applied struct {
+	i     int
+	until time.Time
+}
+
+// ChainRecheckEvery is how long a chain remembers which source applies to
+// a location that earlier sources have no token for.
+const ChainRecheckEvery = 5 * time.Second
+
+// NewChain orders sources.
+func NewChain(sources ...Source) *Chain {
+	return &Chain{sources: sources, recheck: ChainRecheckEvery, applies: map[string]applied{}}
+}
 
 // Token returns the first source's token that is not ErrNoToken.
-func (c Chain) Token(ctx context.Context, location string) (string, error) {
-	for i, s := range c {
+func (c *Chain) Token(ctx context.Context, location string) (string, error) {
+	c.mu.Lock()
+	ap, ok := c.applies[location]
+	c.mu.Unlock()
+	if ok && time.Now().Before(ap.until) {
+		if tok, err := c.sources[ap.i].Token(ctx, location); err == nil {
+			return tok, nil
+		} // any failure is decided by the full walk: an earlier source may have a token now
+	}
+	for i, s := range c.sources {
 		tok, err := s.Token(ctx, location)
-		if errors.Is(err, ErrNoToken) && i < len(c)-1 {
+		if errors.Is(err, ErrNoToken) && i < len(c.sources)-1 {
 			continue
 		}
+		c.mu.Lock()
+		if err == nil && i > 0 {
+			c.applies[location] = applied{i: i, until: time.Now().Add(c.recheck)}
+		} else {
+			delete(c.applies, location)
+		}
+		c.mu.Unlock()
 		return tok, err
 	}
 	return "", ErrNoToken
 }
 
 // Refresh asks the source the location's token comes from to replace it.
-func (c Chain) Refresh(ctx context.Context, location, refused string) (string, error) {
-	for i, s := range c {
-		if _, err := s.Token(ctx, location); errors.Is(err, ErrNoToken) && i < len(c)-1 {
+func (c *Chain) Refresh(ctx context.Context, location, refused string) (string, error) {
+	for i, s := range c.sources {
+		if _, err := s.Token(ctx, location); errors.Is(err, ErrNoToken) && i < len(c.sources)-1 {
 			continue
 		}
 		if r, ok := s.(Refresher); ok {
@@ -178,9 +218,9 @@ func (c Chain) Refresh(ctx context.Context, location, refused string) (string, e
 }
 
 // Close closes the sources that need it (an OAuth's pending pairs).
-func (c Chain) Close() error {
+func (c *Chain) Close() error {
 	var errs []error
-	for _, s := range c {
+	for _, s := range c.sources {
 		if cl, ok := s.(interface{ Close() error }); ok {
 			errs = append(errs, cl.Close())
 		}
@@ -207,8 +247,8 @@ type Installer interface {
 
 // Install asks the source that applies to the location: a source before
 // the installer with a token for it wins (nothing to mint).
-func (c Chain) Install(ctx context.Context, location string) error {
-	for _, s := range c {
+func (c *Chain) Install(ctx context.Context, location string) error {
+	for _, s := range c.sources {
 		if in, ok := s.(Installer); ok {
 			return in.Install(ctx, location)
 		}

@@ -281,7 +281,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // oauthSources chains the explicit tokens (if any), the locations' OAuth
 // pairs and the agency's minted tokens.
-func oauthSources(cfg Config, m *metrics.Metrics, pacer *ratelimit.Limiter) (tokens.Chain, error) {
+func oauthSources(cfg Config, m *metrics.Metrics, pacer *ratelimit.Limiter) (*tokens.Chain, error) {
 	oc := *cfg.OAuth
 	oc.Redis, oc.Observe = cfg.Redis, m.Refreshed
 	pairs, err := tokens.NewOAuth(oc)
@@ -303,11 +303,11 @@ func oauthSources(cfg Config, m *metrics.Metrics, pacer *ratelimit.Limiter) (tok
 	if err != nil {
 		return nil, err
 	}
-	var chain tokens.Chain
+	var sources []tokens.Source
 	if cfg.Tokens != nil {
-		chain = append(chain, cfg.Tokens)
+		sources = append(sources, cfg.Tokens)
 	}
-	return append(chain, pairs, agency), nil
+	return tokens.NewChain(append(sources, pairs, agency)...), nil
 }
 
 // callPacer paces agency calls (mints, listings) in the company's bucket
