@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 )
 
@@ -45,6 +46,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	daily := fs.Int("daily", sandbox.DailyLimitDefault, "requests per location per UTC day")
 	retryAfter := fs.Bool("retry-after", false, "send Retry-After on 429")
 	var f sandbox.Faults
+	agency := fs.String("agency", "", "also create an agency (Company) with this id whose app is installed at -installed locations")
+	installed := fs.Int("installed", 0, "with -agency: installed locations, each with -messages scheduled messages in the sweepable export")
+	agencyOut := fs.String("agency-out", "sandbox-agency-refresh-token", "with -agency: write the agency's first refresh token here (mode 0600)")
 	fs.Float64Var(&f.ErrorRate, "error-rate", 0, "share of requests answered 500/502/503")
 	fs.Float64Var(&f.ResetRate, "reset-rate", 0, "share of connections reset")
 	fs.Float64Var(&f.TimeoutRate, "timeout-rate", 0, "share of requests that hang until the client gives up")
@@ -56,6 +60,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *locations < 1 || *perLocation < 0 {
 		return errors.New("-locations must be at least 1 and -messages not negative")
+	}
+	if *installed < 0 || (*installed > 0 && *agency == "") {
+		return errors.New("-installed needs -agency COMPANY_ID and must not be negative")
+	}
+	if *agency != "" {
+		if err := ghl.ValidateID(*agency); err != nil {
+			return fmt.Errorf("-agency: %w", err)
+		}
 	}
 	sb := sandbox.New(sandbox.Config{RateMax: *rate, RateInterval: *interval, DailyLimit: *daily, RetryAfter: *retryAfter, Faults: f})
 	var csv strings.Builder
@@ -79,6 +91,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := os.WriteFile(*tokensOut, b, 0o600); err != nil {
 		return err
 	}
+	if *agency != "" {
+		for i := range *installed {
+			loc := fmt.Sprintf("agencyLocation%05d", i)
+			sb.InstallLocation(*agency, loc, fmt.Sprintf("Sub-account %d", i))
+			sb.AddMessages(loc, make([]sandbox.MessageSpec, *perLocation)...)
+		}
+		if err := os.WriteFile(*agencyOut, []byte(sb.AddAgency(*agency)+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (choose another with -addr)", *addr, err)
@@ -89,6 +111,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "sandbox: ids in %s, tokens in %s\n", *idsOut, *tokensOut)
 	fmt.Fprintf(stdout, "sandbox: try  GHL_BASE_URL=http://%s GHL_TOKENS_FILE=%s go run ./cmd/worker\n", ln.Addr(), *tokensOut)
 	fmt.Fprintf(stdout, "sandbox:      go run ./cmd/enqueue --file %s\n", *idsOut)
+	if *agency != "" {
+		fmt.Fprintf(stdout, "sandbox: agency %s (app %s) installed at %d locations; its refresh token is in %s. Try, with\n", *agency, sandbox.AppIDDefault, *installed, *agencyOut)
+		fmt.Fprintf(stdout, "sandbox:   export GHL_BASE_URL=http://%s GHL_CLIENT_ID=%s GHL_CLIENT_SECRET=%s GHL_TOKEN_KEY=$(openssl rand -hex 32)\n", ln.Addr(), sandbox.ClientIDDefault, sandbox.ClientSecretDefault)
+		fmt.Fprintf(stdout, "sandbox:   go run ./cmd/enqueue tokens agency set --company %s --app %s < %s\n", *agency, sandbox.AppIDDefault, *agencyOut)
+		fmt.Fprintf(stdout, "sandbox:   go run ./cmd/worker    and    go run ./cmd/enqueue sweep --all-locations --wait\n")
+	}
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
