@@ -5,12 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
@@ -20,76 +21,86 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
-// sweep queues one sweep task per location: workers page HighLevel's
+// sweepCmd queues one sweep task per location: workers page HighLevel's
 // export, keep what is still scheduled and cancel it into a campaign.
-func (e env) sweep(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("sweep", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	fs.Usage = func() {
-		fmt.Fprint(e.stderr, `usage: enqueue sweep --location L [--location L2 ...] [filters] [--campaign C] [--dry-run] [--wait]
-       enqueue sweep --all-locations [filters] ...   (every location the agency's app is installed at)
-Finds the messages still scheduled in the locations (HighLevel's message export, paged by the
-workers, which hold the tokens) and cancels them into one campaign.
-flags:
-`)
-		fs.PrintDefaults()
-	}
-	redisURL := e.redisFlag(fs)
-	var locations []string
-	fs.Func("location", "location (sub-account) to sweep; repeat or comma-separate for several", func(v string) error {
-		for _, l := range strings.Split(v, ",") {
-			if l = strings.TrimSpace(l); l != "" {
-				locations = append(locations, l)
+func (e *env) sweepCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "sweep (--location L ... | --all-locations) [filters]",
+		Short: "Find the messages still scheduled in locations and cancel them (no ids needed)",
+		Long: `Finds the messages still scheduled in the locations (HighLevel's message export, paged by the
+workers, which hold the tokens) and cancels them into one campaign. --all-locations sweeps every
+location the agency's app is installed at.`,
+		Example: `  enqueue sweep --location LOC --contact CONTACT          # this contact replied
+  enqueue sweep --location L1,L2 --source workflow --dry-run
+  enqueue sweep --all-locations --campaign spring-sale-off --wait`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unexpected arguments %q (give locations with --location)", args)}
 			}
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	var o sweepOpts
+	fs.StringSliceVar(&o.locations, "location", nil, "location (sub-account) to sweep; repeat or comma-separate for several")
+	fs.BoolVar(&o.all, "all-locations", false, "sweep every location the agency's app is installed at (listed from HighLevel; needs the agency set with `enqueue tokens agency set` and GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_TOKEN_KEY)")
+	fs.StringVar(&o.baseURL, "base-url", cmp.Or(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL, for --all-locations (env GHL_BASE_URL)")
+	fs.StringVar(&o.contact, "contact", "", "only this contact's messages")
+	fs.StringVar(&o.conversation, "conversation", "", "only this conversation's messages")
+	fs.StringVar(&o.channel, "channel", tasks.ChannelAll, "sms, email or all")
+	fs.StringVar(&o.since, "since", "", "only messages created at or after this time (RFC 3339 or unix seconds)")
+	fs.StringVar(&o.until, "until", "", "only messages created at or before this time (RFC 3339 or unix seconds)")
+	fs.StringVar(&o.source, "source", "", "only messages from this source: workflow, bulk_actions, campaign, api or app")
+	fs.StringVar(&o.campaignID, "campaign", "", "campaign to cancel into (one is made up and printed when empty)")
+	fs.StringVar(&o.lane, "lane", "", "lane of the cancels: urgent, default or bulk (default: default with --contact or --conversation, else bulk)")
+	fs.IntVar(&o.pageSize, "page-size", tasks.SweepPageSize, "export page size, 10 to 500")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "find and count only: per location and channel, with the time the cancels would take")
+	fs.BoolVar(&o.wait, "wait", false, "show progress until the sweeps and their cancels are done")
+	fs.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return e.sweep(cmd.Context(), o) }
+	return cmd
+}
+
+// sweepOpts are sweep's flags.
+type sweepOpts struct {
+	locations                                                                       []string
+	all, dryRun, wait, asJSON                                                       bool
+	baseURL, contact, conversation, channel, since, until, source, campaignID, lane string
+	pageSize                                                                        int
+}
+
+func (e *env) sweep(ctx context.Context, o sweepOpts) error {
+	var locations []string
+	for _, l := range o.locations {
+		if l = strings.TrimSpace(l); l != "" {
+			locations = append(locations, l)
 		}
-		return nil
-	})
-	all := fs.Bool("all-locations", false, "sweep every location the agency's app is installed at (listed from HighLevel; needs the agency set with `enqueue tokens agency set` and GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_TOKEN_KEY)")
-	baseURL := fs.String("base-url", cmp.Or(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL, for --all-locations (env GHL_BASE_URL)")
-	contact := fs.String("contact", "", "only this contact's messages")
-	conversation := fs.String("conversation", "", "only this conversation's messages")
-	channel := fs.String("channel", tasks.ChannelAll, "sms, email or all")
-	since := fs.String("since", "", "only messages created at or after this time (RFC 3339 or unix seconds)")
-	until := fs.String("until", "", "only messages created at or before this time (RFC 3339 or unix seconds)")
-	source := fs.String("source", "", "only messages from this source: workflow, bulk_actions, campaign, api or app")
-	campaignID := fs.String("campaign", "", "campaign to cancel into (one is made up and printed when empty)")
-	lane := fs.String("lane", "", "lane of the cancels: urgent, default or bulk (default: default with --contact or --conversation, else bulk)")
-	pageSize := fs.Int("page-size", tasks.SweepPageSize, "export page size, 10 to 500")
-	dryRun := fs.Bool("dry-run", false, "find and count only: per location and channel, with the time the cancels would take")
-	wait := fs.Bool("wait", false, "show progress until the sweeps and their cancels are done")
-	asJSON := fs.Bool("json", false, "print the result as JSON")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
 	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected arguments %q (give locations with --location)", fs.Args())}
-	}
-	if *all && len(locations) > 0 {
+	if o.all && len(locations) > 0 {
 		return usageError{errors.New("give --location or --all-locations, not both")}
 	}
-	if len(locations) == 0 && !*all {
-		fs.Usage()
+	if len(locations) == 0 && !o.all {
 		return usageError{errors.New("give at least one --location, or --all-locations")}
 	}
-	r := producer.SweepRequest{Locations: locations, ContactID: *contact, ConversationID: *conversation, Channel: *channel,
-		Source: *source, CampaignID: *campaignID, Lane: *lane, DryRun: *dryRun, PageSize: *pageSize}
-	if r.Lane == "" && (*contact != "" || *conversation != "") {
+	r := producer.SweepRequest{Locations: locations, ContactID: o.contact, ConversationID: o.conversation, Channel: o.channel,
+		Source: o.source, CampaignID: o.campaignID, Lane: o.lane, DryRun: o.dryRun, PageSize: o.pageSize}
+	if r.Lane == "" && (o.contact != "" || o.conversation != "") {
 		r.Lane = tasks.QueueDefault // a handful of messages someone waits on
 	}
 	var err error
-	if r.Since, err = parseWhen(*since); err != nil {
+	if r.Since, err = parseWhen(o.since); err != nil {
 		return usageError{fmt.Errorf("--since: %w", err)}
 	}
-	if r.Until, err = parseWhen(*until); err != nil {
+	if r.Until, err = parseWhen(o.until); err != nil {
 		return usageError{fmt.Errorf("--until: %w", err)}
 	}
-	rdb, err := connect(ctx, *redisURL)
+	rdb, err := e.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
-	if *all {
-		installed, err := e.installed(ctx, rdb, *baseURL)
+	if o.all {
+		installed, err := e.installed(ctx, rdb, o.baseURL)
 		if err != nil {
 			return err
 		}
@@ -108,15 +119,15 @@ flags:
 		}
 		return usageError{err}
 	}
-	if *asJSON && !*wait {
+	if o.asJSON && !o.wait {
 		return json.NewEncoder(e.stdout).Encode(st)
 	}
 	what := "sweeping"
-	if *dryRun {
+	if o.dryRun {
 		what = "counting (dry run)"
 	}
 	fmt.Fprintf(e.stderr, "sweep %s: %s %d location(s) into campaign %s\n", st.SweepID, what, len(st.TaskIDs), st.CampaignID)
-	if !*wait {
+	if !o.wait {
 		fmt.Fprintf(e.stdout, "%s\n", st.CampaignID)
 		fmt.Fprintf(e.stderr, "follow it: enqueue status %s --watch\n", st.CampaignID)
 		return nil
@@ -129,7 +140,7 @@ flags:
 		if err != nil {
 			return err
 		}
-		if ok && !*asJSON {
+		if ok && !o.asJSON {
 			fmt.Fprintln(e.stderr, s.Render(prev, prevAt))
 		}
 		if ok && s.Complete {
@@ -168,7 +179,7 @@ flags:
 		}
 		rows = append(rows, rw)
 	}
-	if *asJSON {
+	if o.asJSON {
 		return json.NewEncoder(e.stdout).Encode(map[string]any{"sweep": st, "locations": rows})
 	}
 	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
@@ -177,7 +188,7 @@ flags:
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\n", rw.Location, rw.Pages, rw.Read, rw.SMS, rw.Email, rw.MinTime.Round(time.Second), dash(rw.Error))
 	}
 	_ = tw.Flush()
-	if *dryRun {
+	if o.dryRun {
 		fmt.Fprintln(e.stderr, "dry run: nothing was cancelled (CANCEL_TIME: the least time the cancels take under each location's limit; locations run in parallel)")
 	}
 	return nil

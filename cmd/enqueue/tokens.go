@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
@@ -25,83 +25,116 @@ const tokensUsage = `usage: enqueue tokens set --location L < pair.json      (a 
        enqueue tokens agency locations [--json]          (where the agency's app is installed, from HighLevel)
 Pairs are read from stdin, never from flags (which show in ps), and never echoed`
 
-// tokens loads or lists OAuth pairs and the agency.
-func (e env) tokens(ctx context.Context, args []string) error {
-	usage := usageError{errors.New(tokensUsage)}
-	if len(args) == 0 {
-		return usage
+func (e *env) tokensCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "tokens",
+		Short: "OAuth pairs and the agency: load them (from stdin, never echoed), list which applies",
+		Long: `Tokens for the workers, kept encrypted in Redis (GHL_TOKEN_KEY): a location's OAuth pair, or
+the agency's pair from which a token is minted for every location without one of its own.
+Pairs are read from stdin, never from flags (which show in ps), and never echoed.`,
+		RunE: subcommandOnly(tokensUsage),
 	}
-	name := "tokens " + args[0]
-	if args[0] == "agency" {
-		if len(args) < 2 || (args[1] != "set" && args[1] != "locations") {
-			return usage
+	set := &cobra.Command{
+		Use:     "set --location L < pair.json",
+		Short:   "Load a location's OAuth pair (the token endpoint's JSON answer, or a bare refresh token)",
+		Example: `  GHL_TOKEN_KEY=... enqueue tokens set --location LOC < pair.json`,
+		Args:    noArgs,
+	}
+	location := set.Flags().String("location", "", "location (sub-account) id")
+	set.RunE = func(cmd *cobra.Command, _ []string) error { return e.setPair(cmd.Context(), *location, "", false) }
+
+	list := &cobra.Command{Use: "list", Short: "Every location with a token, the source that applies, and expiry (no secrets)", Args: noArgs}
+	listJSON := list.Flags().Bool("json", false, "print JSON")
+	list.RunE = func(cmd *cobra.Command, _ []string) error {
+		rdb, err := e.connect(cmd.Context())
+		if err != nil {
+			return err
 		}
-		name, args = "tokens agency "+args[1], args[1:]
-	} else if args[0] != "set" && args[0] != "list" {
-		return usage
+		defer rdb.Close()
+		return e.tokensList(cmd.Context(), rdb, *listJSON)
 	}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	redisURL := e.redisFlag(fs)
-	location := fs.String("location", "", "location (sub-account) id")
-	company := fs.String("company", "", "the agency's company id")
-	app := fs.String("app", "", "the marketplace app's id (HighLevel needs it to list installed locations)")
-	baseURL := fs.String("base-url", cmp.Or(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL (env GHL_BASE_URL)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args[1:]); err != nil {
-		return usageError{err}
+
+	agency := &cobra.Command{
+		Use:   "agency",
+		Short: "The agency's (Company) pair: one app installed at agency level, a token minted per location",
+		RunE:  subcommandOnly(tokensUsage),
 	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
+	aset := &cobra.Command{
+		Use:     "set --company C [--app A] < pair.json",
+		Short:   "Load the agency's OAuth pair; workers then mint a token for every location without one",
+		Example: `  GHL_TOKEN_KEY=... enqueue tokens agency set --company COMPANY --app APP < agency-pair.json`,
+		Args:    noArgs,
 	}
-	rdb, err := connect(ctx, *redisURL)
-	if err != nil {
-		return err
+	company := aset.Flags().String("company", "", "the agency's company id")
+	app := aset.Flags().String("app", "", "the marketplace app's id (HighLevel needs it to list installed locations; kept when omitted)")
+	aset.RunE = func(cmd *cobra.Command, _ []string) error { return e.setPair(cmd.Context(), *company, *app, true) }
+
+	locs := &cobra.Command{
+		Use:   "locations",
+		Short: "Where the agency's app is installed (HighLevel's installedLocations, 100 per page)",
+		Args:  noArgs,
 	}
-	defer rdb.Close()
-	switch name {
-	case "tokens list":
-		return e.tokensList(ctx, rdb, *asJSON)
-	case "tokens agency locations":
-		return e.agencyLocations(ctx, rdb, *baseURL, *asJSON)
+	baseURL := locs.Flags().String("base-url", cmp.Or(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL (env GHL_BASE_URL)")
+	locsJSON := locs.Flags().Bool("json", false, "print JSON")
+	locs.RunE = func(cmd *cobra.Command, _ []string) error {
+		rdb, err := e.connect(cmd.Context())
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		return e.agencyLocations(cmd.Context(), rdb, *baseURL, *locsJSON)
+	}
+	agency.AddCommand(aset, locs)
+	cmd.AddCommand(set, list, agency)
+	return cmd
+}
+
+// setPair stores a location's pair, or (agency) the agency's, read from stdin.
+func (e *env) setPair(ctx context.Context, subject, app string, agency bool) error {
+	flagName := "--location"
+	if agency {
+		flagName = "--company"
+	}
+	if err := ghl.ValidateID(subject); err != nil {
+		return usageError{fmt.Errorf("%s: %w", flagName, err)}
+	}
+	if app != "" {
+		if err := ghl.ValidateID(app); err != nil {
+			return usageError{fmt.Errorf("--app: %w", err)}
+		}
 	}
 	key, err := tokens.ParseKey(e.getenv("GHL_TOKEN_KEY"))
 	if err != nil {
 		return fmt.Errorf("GHL_TOKEN_KEY: %w", err)
 	}
-	subject, flagName := *location, "--location"
-	if name == "tokens agency set" {
-		subject, flagName = *company, "--company"
+	rdb, err := e.connect(ctx)
+	if err != nil {
+		return err
 	}
-	if err := ghl.ValidateID(subject); err != nil {
-		return usageError{fmt.Errorf("%s: %w", flagName, err)}
-	}
-	if *app != "" {
-		if err := ghl.ValidateID(*app); err != nil {
-			return usageError{fmt.Errorf("--app: %w", err)}
-		}
-	}
+	defer rdb.Close()
 	access, refresh, exp, err := readPair(e.stdin)
 	if err != nil {
 		return err
 	}
-	o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: key, Company: name == "tokens agency set"})
+	o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: key, Company: agency})
 	if err != nil {
 		return err
 	}
-	if name == "tokens set" {
+	if !agency {
 		if err := o.Set(ctx, subject, access, refresh, exp); err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "stored an encrypted token pair for location %s\n", subject)
 		return nil
 	}
-	if err := tokens.SetAgency(ctx, o, subject, *app, access, refresh, exp); err != nil {
+	if err := tokens.SetAgency(ctx, o, subject, app, access, refresh, exp); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "stored the agency's encrypted token pair for company %s\n", subject)
-	if *app == "" {
-		fmt.Fprintln(e.stderr, "note: without --app, `enqueue tokens agency locations` and `enqueue sweep --all-locations` cannot list installs")
+	if app == "" {
+		if ai, _, err := tokens.LoadAgency(ctx, rdb); err == nil && ai.App == "" {
+			fmt.Fprintln(e.stderr, "note: without --app, `enqueue tokens agency locations` and `enqueue sweep --all-locations` cannot list installs")
+		}
 	}
 	fmt.Fprintln(e.stderr, "workers with GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY now mint a token for every location without one of its own")
 	return nil
@@ -145,7 +178,7 @@ type tokenRow struct {
 // tokensList shows every location with a token and the source that
 // applies: an explicit token (GHL_TOKENS_FILE, when set here too), then the
 // location's OAuth pair, then the agency.
-func (e env) tokensList(ctx context.Context, rdb *redis.Client, asJSON bool) error {
+func (e *env) tokensList(ctx context.Context, rdb *redis.Client, asJSON bool) error {
 	rows := map[string]*tokenRow{}
 	add := func(loc, source, note string) *tokenRow {
 		if r, ok := rows[loc]; ok {
@@ -231,7 +264,7 @@ func (e env) tokensList(ctx context.Context, rdb *redis.Client, asJSON bool) err
 }
 
 // agency builds the agency source as a worker would, to call HighLevel.
-func (e env) agency(rdb *redis.Client, baseURL string) (*tokens.Agency, error) {
+func (e *env) agency(rdb *redis.Client, baseURL string) (*tokens.Agency, error) {
 	id, secret := e.getenv("GHL_CLIENT_ID"), e.getenv("GHL_CLIENT_SECRET")
 	if id == "" || secret == "" {
 		return nil, errors.New("set GHL_CLIENT_ID and GHL_CLIENT_SECRET (the agency's access token may need a refresh), and GHL_TOKEN_KEY")
@@ -249,7 +282,7 @@ func (e env) agency(rdb *redis.Client, baseURL string) (*tokens.Agency, error) {
 }
 
 // installed lists the agency's installed locations, with progress on stderr.
-func (e env) installed(ctx context.Context, rdb *redis.Client, baseURL string) ([]tokens.InstalledLocation, error) {
+func (e *env) installed(ctx context.Context, rdb *redis.Client, baseURL string) ([]tokens.InstalledLocation, error) {
 	a, err := e.agency(rdb, baseURL)
 	if err != nil {
 		return nil, err
@@ -264,7 +297,7 @@ func (e env) installed(ctx context.Context, rdb *redis.Client, baseURL string) (
 	})
 }
 
-func (e env) agencyLocations(ctx context.Context, rdb *redis.Client, baseURL string, asJSON bool) error {
+func (e *env) agencyLocations(ctx context.Context, rdb *redis.Client, baseURL string, asJSON bool) error {
 	locs, err := e.installed(ctx, rdb, baseURL)
 	if err != nil {
 		return err

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"cmp"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+)
+
+const campaignUsage = "usage: enqueue status CAMPAIGN [--json] [--watch] | enqueue report CAMPAIGN > out.csv | enqueue campaigns [--limit N] [--json]"
+
+// oneCampaign takes exactly one campaign id.
+func oneCampaign(_ *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return usageError{errors.New(campaignUsage)}
+	}
+	return nil
+}
+
+func (e *env) statusCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status CAMPAIGN",
+		Short: "How far a campaign is: outcomes, rate, ETA, parked locations, sweeps",
+		Example: `  enqueue status spring-sale --watch
+  enqueue status spring-sale --json`,
+		Args: oneCampaign,
+	}
+	asJSON := cmd.Flags().Bool("json", false, "print JSON (one object per refresh with --watch)")
+	watch := cmd.Flags().Bool("watch", false, "refresh every 2 s until the campaign completes")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		tr := campaign.New(rdb, 0)
+		var prev campaign.Status
+		var prevAt time.Time
+		for {
+			s, ok, err := tr.Get(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("no campaign %q (unknown, or older than its retention; `enqueue campaigns` lists them)", args[0])
+			}
+			if s.Parked, err = tr.Parked(ctx, args[0]); err != nil {
+				return err
+			}
+			if err := tr.WithSweeps(ctx, &s); err != nil {
+				return err
+			}
+			if *asJSON {
+				if err := json.NewEncoder(e.stdout).Encode(s); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintln(e.stdout, s.Render(prev, prevAt))
+			}
+			if !*watch || s.Complete {
+				return nil
+			}
+			prev, prevAt = s, time.Now()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
+	return cmd
+}
+
+func (e *env) reportCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "report CAMPAIGN",
+		Short:   "Every message's outcome in a campaign, as CSV (or JSON lines)",
+		Example: `  enqueue report spring-sale > spring-sale.csv`,
+		Args:    oneCampaign,
+	}
+	asJSON := cmd.Flags().Bool("json", false, "JSON lines, one object per message, instead of CSV")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		tr := campaign.New(rdb, 0)
+		if _, ok, err := tr.Get(ctx, args[0]); err != nil || !ok {
+			return cmp.Or(err, fmt.Errorf("no campaign %q (unknown, or older than its retention; `enqueue campaigns` lists them)", args[0]))
+		}
+		out := e.stdout
+		var pw *io.PipeWriter
+		done := make(chan error, 1)
+		if *asJSON {
+			var pr *io.PipeReader
+			pr, pw = io.Pipe()
+			out = pw
+			go func() { done <- csvToJSONLines(pr, e.stdout) }()
+		}
+		n, err := tr.WriteReport(ctx, args[0], out)
+		if pw != nil {
+			_ = pw.CloseWithError(err)
+			err = cmp.Or(err, <-done)
+		}
+		fmt.Fprintf(e.stderr, "report: %d rows\n", n)
+		return err
+	}
+	return cmd
+}
+
+// csvToJSONLines turns a CSV with a header into one JSON object per row.
+func csvToJSONLines(in io.Reader, out io.Writer) error {
+	r := csv.NewReader(in)
+	header, err := r.Read()
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(out)
+	for {
+		row, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		obj := make(map[string]string, len(header))
+		for i, h := range header {
+			if i < len(row) {
+				obj[h] = row[i]
+			}
+		}
+		if err := enc.Encode(obj); err != nil {
+			return err
+		}
+	}
+}
+
+func (e *env) campaignsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "campaigns",
+		Short: "The newest campaigns with their counts",
+		Args:  noArgs,
+	}
+	asJSON := cmd.Flags().Bool("json", false, "print JSON")
+	limit := cmd.Flags().Int("limit", 20, "how many, newest first")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		list, err := campaign.New(rdb, 0).List(ctx, *limit)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(e.stdout).Encode(list)
+		}
+		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "CAMPAIGN\tSTARTED\tDONE\tTOTAL\tCANCELLED\tNOT_CANCELLABLE\tEXPIRED\tDEAD\tCOMPLETE")
+		for _, s := range list {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%t\n", s.Campaign, s.StartedAt.UTC().Format(time.RFC3339),
+				s.Done, s.Total, s.Cancelled, s.NotCancellable, s.Expired, s.DeadLettered, s.Complete)
+		}
+		return tw.Flush()
+	}
+	return cmd
+}
+
+func (e *env) parkedCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "parked",
+		Short: "Locations whose cancels wait for HighLevel's daily budget, and why",
+		Args:  noArgs,
+	}
+	asJSON := cmd.Flags().Bool("json", false, "print JSON: location -> why")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		parked, err := ratelimit.Parked(ctx, rdb)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(e.stdout).Encode(parked)
+		}
+		if len(parked) == 0 {
+			fmt.Fprintln(e.stdout, "no location is parked")
+			return nil
+		}
+		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "LOCATION\tWHY")
+		for loc, why := range parked {
+			fmt.Fprintf(tw, "%s\t%s\n", loc, why)
+		}
+		return tw.Flush()
+	}
+	return cmd
+}

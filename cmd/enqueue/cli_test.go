@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/stretchr/testify/require"
+)
+
+// cleanTree is the command tree with no environment set.
+func cleanTree() *cobra.Command {
+	return (&env{getenv: func(string) string { return "" }}).rootCmd()
+}
+
+// visible walks every command a user can see.
+func visible(c *cobra.Command, f func(*cobra.Command)) {
+	if c.Hidden || c.Name() == "help" {
+		return
+	}
+	f(c)
+	for _, sub := range c.Commands() {
+		visible(sub, f)
+	}
+}
+
+// TestEveryHelp: every command's --help succeeds (exit status 0), shows its
+// usage and lists each of its flags; the root lists every command with its
+// one-line summary.
+func TestEveryHelp(t *testing.T) {
+	t.Parallel()
+	n := 0
+	visible(cleanTree(), func(c *cobra.Command) {
+		n++
+		path := strings.Fields(c.CommandPath())[1:]
+		var out, errw bytes.Buffer
+		err := run(context.Background(), append(path, "--help"), func(string) string { return "" }, strings.NewReader(""), &out, &errw)
+		require.NoError(t, err, "%s --help: %s", c.CommandPath(), errw.String())
+		require.Contains(t, out.String(), "Usage:", c.CommandPath())
+		c.LocalFlags().VisitAll(func(f *pflag.Flag) {
+			if !f.Hidden {
+				require.Contains(t, out.String(), "--"+f.Name, "%s --help lists --%s", c.CommandPath(), f.Name)
+			}
+		})
+		if c.HasParent() && c.Parent() == c.Root() {
+			var root bytes.Buffer
+			require.NoError(t, run(context.Background(), []string{"--help"}, func(string) string { return "" }, strings.NewReader(""), &root, &errw))
+			require.Contains(t, root.String(), c.Name()+" ", "enqueue --help lists %s", c.Name())
+			require.Contains(t, root.String(), c.Short)
+		}
+	})
+	require.GreaterOrEqual(t, n, 17, "every command was walked")
+	for _, want := range []string{"status", "report", "campaigns", "parked", "tokens", "dead", "sweep", "completion"} {
+		var out bytes.Buffer
+		require.NoError(t, run(context.Background(), []string{"--help"}, func(string) string { return "" }, strings.NewReader(""), &out, &out))
+		require.Contains(t, out.String(), "  "+want+" ")
+	}
+}
+
+// TestUsageErrorsNameTheHelp: a command line that cannot run is a usage
+// error (exit status 2) that says where to look.
+func TestUsageErrorsNameTheHelp(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"dead", "list", "--bogus"},
+		{"dead", "bogus"},
+		{"status"},
+		{"tokens", "agency", "frobnicate"},
+		{"statu", "x"},
+		{"campaigns", "extra"},
+	} {
+		var out, errw bytes.Buffer
+		err := run(context.Background(), args, func(string) string { return "" }, strings.NewReader(""), &out, &errw)
+		var ue usageError
+		require.ErrorAs(t, err, &ue, "%v", args)
+		require.Contains(t, err.Error(), "--help`", "%v", args)
+	}
+}
+
+// TestCompletion: shell completion scripts are generated.
+func TestCompletion(t *testing.T) {
+	t.Parallel()
+	for _, sh := range []string{"bash", "zsh", "fish", "powershell"} {
+		var out, errw bytes.Buffer
+		require.NoError(t, run(context.Background(), []string{"completion", sh}, func(string) string { return "" }, strings.NewReader(""), &out, &errw))
+		require.Contains(t, out.String(), "enqueue", sh)
+	}
+}
+
+// TestCLIDocsCurrent: docs/cli.md is what gen-docs writes now.
+func TestCLIDocsCurrent(t *testing.T) {
+	t.Parallel()
+	var b bytes.Buffer
+	require.NoError(t, writeDocs(&b, cleanTree()))
+	have, err := os.ReadFile("../../docs/cli.md")
+	require.NoError(t, err, "docs/cli.md is missing: go run ./cmd/enqueue gen-docs > docs/cli.md")
+	require.Equal(t, b.String(), string(have), "docs/cli.md is stale: go run ./cmd/enqueue gen-docs > docs/cli.md")
+}

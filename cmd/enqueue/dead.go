@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+)
+
+const deadUsage = "usage: enqueue dead list|requeue|purge|export [--reason R] [--campaign C] [--location L] [--kind K] [--older-than D] [--newer-than D] [--json] [--limit N] [--all] [--yes]"
+
+func (e *env) deadCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "dead",
+		Short: "Dead letters: list, requeue, purge, export (tasks that need an operator, with their reason)",
+		Long: `Dead letters are tasks that failed for good (a 401, a 400, retries exhausted...), each with
+its reason, HighLevel's answer and a hint. Fix the cause, then requeue them.`,
+		RunE: subcommandOnly(deadUsage),
+	}
+	cmd.AddCommand(e.deadListCmd(), e.deadRequeueCmd(), e.deadPurgeCmd(), e.deadExportCmd())
+	return cmd
+}
+
+// filterFlags are the same on every dead-letter command.
+func filterFlags(fs *pflag.FlagSet) *deadletter.Filter {
+	var f deadletter.Filter
+	fs.StringVar(&f.Reason, "reason", "", "only this reason (unauthorized, bad_request, no_token, not_installed, invalid_payload, ...)")
+	fs.StringVar(&f.CampaignID, "campaign", "", "only this campaign")
+	fs.StringVar(&f.LocationID, "location", "", "only this location")
+	fs.StringVar(&f.Kind, "kind", "", "only message, email or sweep")
+	fs.DurationVar(&f.OlderThan, "older-than", 0, "only records dead longer ago than this")
+	fs.DurationVar(&f.NewerThan, "newer-than", 0, "only records dead more recently than this")
+	return &f
+}
+
+const needFilter = "give a filter (--reason, --campaign, --location, --kind, --older-than, --newer-than) or --all"
+
+func (e *env) deadListCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "list",
+		Short:   "Show dead letters, newest first",
+		Example: `  enqueue dead list --reason unauthorized --campaign spring-sale`,
+		Args:    noArgs,
+	}
+	f := filterFlags(cmd.Flags())
+	asJSON := cmd.Flags().Bool("json", false, "JSON lines, one record per line")
+	limit := cmd.Flags().Int("limit", 100, "at most this many records (0 for all)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+		if !*asJSON {
+			fmt.Fprintln(tw, "DEAD_AT\tTASK_ID\tLOCATION\tCAMPAIGN\tREASON\tHTTP\tATTEMPTS\tAPI_MESSAGE")
+		}
+		shown, matched := 0, 0
+		enc := json.NewEncoder(e.stdout)
+		err = deadletter.New(rdb).ScanNewest(ctx, *f, func(r deadletter.Record) error {
+			matched++
+			if *limit > 0 && shown >= *limit {
+				return nil
+			}
+			shown++
+			if *asJSON {
+				return enc.Encode(r)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", r.DeadAt.UTC().Format(time.RFC3339), r.TaskID,
+				dash(r.LocationID), dash(r.CampaignID), r.Reason, r.HTTPStatus, r.Attempts, dash(r.APIMessage))
+			return nil
+		})
+		_ = tw.Flush()
+		if err != nil {
+			return err
+		}
+		if !*asJSON {
+			fmt.Fprintf(e.stderr, "%d shown, %d matching\n", shown, matched)
+		}
+		return nil
+	}
+	return cmd
+}
+
+func (e *env) deadRequeueCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "requeue",
+		Short: "Put matching dead letters back on their lane (after fixing the cause)",
+		Example: `  enqueue dead requeue --reason unauthorized
+  enqueue dead requeue --all`,
+		Args: noArgs,
+	}
+	f := filterFlags(cmd.Flags())
+	asJSON := cmd.Flags().Bool("json", false, "print the counts as JSON")
+	all := cmd.Flags().Bool("all", false, "every record (required when no filter is given)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if *f == (deadletter.Filter{}) && !*all {
+			return usageError{errors.New("dead requeue: " + needFilter)}
+		}
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		store := deadletter.New(rdb)
+		total, _ := store.Count(ctx)
+		st, err := producer.New(rdb, producer.Config{}).Requeue(ctx, store, *f, func(s producer.RequeueStats) {
+			fmt.Fprintf(e.stderr, "requeue: %d requeued, %d already queued, %d already done, %d skipped (of %d records)\n",
+				s.Requeued, s.AlreadyQueued, s.AlreadyDone, s.Skipped, total)
+		})
+		if *asJSON {
+			_ = json.NewEncoder(e.stdout).Encode(st)
+		} else {
+			fmt.Fprintf(e.stdout, "requeued %d, already queued %d, already done %d, skipped %d (not rebuildable, left in place)\n",
+				st.Requeued, st.AlreadyQueued, st.AlreadyDone, st.Skipped)
+		}
+		return err
+	}
+	return cmd
+}
+
+func (e *env) deadExportCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "export",
+		Short:   "Every matching dead letter as JSON lines, for archiving or analysis",
+		Example: `  enqueue dead export --campaign spring-sale > dead.jsonl`,
+		Args:    noArgs,
+	}
+	f := filterFlags(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		enc := json.NewEncoder(e.stdout)
+		n := 0
+		err = deadletter.New(rdb).Scan(ctx, *f, func(r deadletter.Record) error { n++; return enc.Encode(r) })
+		fmt.Fprintf(e.stderr, "exported %d records\n", n)
+		return err
+	}
+	return cmd
+}
+
+// deadPurgeCmd deletes matching dead letters (and their copies in asynq's
+// archive) after asking, page by page so 100,000 records never block Redis.
+func (e *env) deadPurgeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "purge",
+		Short:   "Delete matching dead letters for good (asks first)",
+		Example: `  enqueue dead purge --older-than 720h`,
+		Args:    noArgs,
+	}
+	f := filterFlags(cmd.Flags())
+	all := cmd.Flags().Bool("all", false, "every record (required when no filter is given)")
+	yes := cmd.Flags().Bool("yes", false, "do not ask for confirmation")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if *f == (deadletter.Filter{}) && !*all {
+			return usageError{errors.New("dead purge: " + needFilter)}
+		}
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		store := deadletter.New(rdb)
+		n := 0
+		if err := store.Scan(ctx, *f, func(deadletter.Record) error { n++; return nil }); err != nil {
+			return err
+		}
+		if n == 0 {
+			fmt.Fprintln(e.stdout, "no matching dead letters")
+			return nil
+		}
+		if !*yes {
+			fmt.Fprintf(e.stderr, "delete %d dead letters for good? type yes: ", n)
+			line, _ := bufio.NewReader(e.stdin).ReadString('\n')
+			if strings.TrimSpace(line) != "yes" {
+				return errors.New("not confirmed; nothing deleted (use --yes to skip the question)")
+			}
+		}
+		insp := asynq.NewInspectorFromRedisClient(store.Client())
+		var batch []string
+		deleted := 0
+		flush := func() error {
+			if err := store.Remove(ctx, batch...); err != nil {
+				return err
+			}
+			deleted += len(batch)
+			batch = batch[:0]
+			return nil
+		}
+		err = store.Scan(ctx, *f, func(r deadletter.Record) error {
+			if info, err := insp.GetTaskInfo(r.Queue, r.TaskID); err == nil && info.State == asynq.TaskStateArchived {
+				_ = insp.DeleteTask(r.Queue, r.TaskID)
+			}
+			batch = append(batch, r.TaskID)
+			if len(batch) >= deadletter.PageSize {
+				return flush()
+			}
+			return nil
+		})
+		if err == nil {
+			err = flush()
+		}
+		fmt.Fprintf(e.stdout, "purged %d dead letters\n", deleted)
+		return err
+	}
+	return cmd
+}

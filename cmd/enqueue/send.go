@@ -1,0 +1,213 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// sendCmd is the root command: queue cancels of the given ids or file.
+func (e *env) sendCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "enqueue [flags] ID... | enqueue [flags] --file PATH|-",
+		Short: "Queue cancels of scheduled HighLevel messages, and operate on them",
+		Long: `Queue cancels of scheduled HighLevel messages: the ids given as arguments, or a file
+(- for stdin) with one id per line or a CSV with header
+message_id[,location_id][,kind][,campaign_id][,send_at]. Workers run them.
+
+The other commands follow a campaign, inspect and replay dead letters, find what is still
+scheduled (sweep), and manage tokens.`,
+		Example: `  enqueue --location LOC --urgent MSG_ID
+  enqueue --file campaign.csv --campaign spring-sale
+  enqueue --file campaign.csv --dry-run`,
+		Args: cobra.ArbitraryArgs,
+	}
+	fs := cmd.Flags()
+	location := fs.String("location", "", "location (sub-account) id of the messages, unless the file has a location_id column")
+	retention := fs.Duration("campaign-retention", envDur(e.getenv("CAMPAIGN_RETENTION"), campaign.RetentionDefault), "how long the campaign's counters and report are kept after its last update (env CAMPAIGN_RETENTION)")
+	campaignID := fs.String("campaign", "", "campaign id to group these cancels under")
+	kindFlag := fs.String("kind", "message", "message or email, unless the file has a kind column")
+	urgent := fs.Bool("urgent", false, "use the urgent lane (same as --lane urgent)")
+	lane := fs.String("lane", "", "lane: urgent, default or bulk (default: bulk with --file, default otherwise)")
+	fs.StringVar(lane, "queue", "", "same as --lane (its earlier name)")
+	_ = fs.MarkHidden("queue")
+	file := fs.String("file", "", "read ids from this file, - for stdin")
+	maxRetry := fs.Int("max-retry", tasks.MaxRetryDefault, "retries per task before it is dead-lettered")
+	parallel := fs.Int("parallel", producer.ParallelDefault, "enqueues in flight")
+	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	force := fs.Bool("force", false, "cancel again messages that already have an outcome (cancelled, not found, expired...): HighLevel is called again")
+	dryRun := fs.Bool("dry-run", false, "validate and count only: per location and kind, duplicates, invalid lines, minimum duration")
+	rateLimit := fs.String("rate-limit", "100/10s", "dry run: HighLevel's per-location limit, N/period")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 && len(args[0]) < 20 {
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				return usageError{fmt.Errorf("unknown command %q; did you mean %s? (message ids are 20 characters)", args[0], strings.Join(s, ", "))}
+			}
+		}
+		kind, err := ghl.ParseKind(*kindFlag)
+		if err != nil {
+			return usageError{err}
+		}
+		l := *lane
+		switch {
+		case *urgent && l != "" && l != tasks.QueueUrgent:
+			return usageError{errors.New("--urgent and --lane (or --queue) disagree")}
+		case *urgent:
+			l = tasks.QueueUrgent
+		case l == "" && *file != "":
+			l = tasks.QueueBulk
+		case l == "":
+			l = tasks.QueueDefault
+		}
+		if !producer.ValidQueue(l) {
+			name := "--lane"
+			if fs.Changed("queue") {
+				name = "--queue"
+			}
+			return usageError{fmt.Errorf("%s %q: want urgent, default or bulk", name, l)}
+		}
+		if (*file == "") == (len(args) == 0) {
+			return usageError{errors.New("give message ids as arguments or --file, not both and not neither")}
+		}
+		var in io.Reader
+		var total int64 = -1
+		switch {
+		case *file == "-":
+			in = e.stdin
+		case *file != "":
+			f, err := os.Open(*file)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			in = f
+		default:
+			in = strings.NewReader(strings.Join(args, "\n"))
+			total = int64(len(args))
+		}
+		defaults := producer.Item{Kind: kind, LocationID: *location, CampaignID: *campaignID, Force: *force}
+		if *dryRun {
+			lim, err := ratelimit.ParseLimit(*rateLimit)
+			if err != nil {
+				return usageError{err}
+			}
+			return e.dryRun(in, defaults, lim, *asJSON)
+		}
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		p := producer.New(rdb, producer.Config{Queue: l, MaxRetry: producer.Retries(*maxRetry), Parallel: *parallel, CampaignRetention: *retention})
+		sum, err := producer.EnqueueReader(ctx, p, in, defaults, total, e.stderr)
+		if *asJSON {
+			_ = json.NewEncoder(e.stdout).Encode(sum)
+		} else {
+			fmt.Fprintf(e.stdout, "enqueued %d, requeued %d, already queued %d, already done %d, rejected %d (lane %s)\n",
+				sum.Enqueued, sum.Requeued, sum.AlreadyQueued, sum.AlreadyDone, sum.Rejected, l)
+			if sum.AlreadyDone > 0 && !*force {
+				fmt.Fprintf(e.stderr, "enqueue: %d message(s) already have an outcome (see `enqueue report`); --force cancels them again\n", sum.AlreadyDone)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if sum.Rejected > 0 {
+			fmt.Fprintf(e.stderr, "enqueue: %d line(s) rejected; see the messages above\n", sum.Rejected)
+			return errReported
+		}
+		return nil
+	}
+	return cmd
+}
+
+// DryRun is what --dry-run found.
+type DryRun struct {
+	Valid       int                       `json:"valid"`
+	Duplicates  int                       `json:"duplicates"`
+	Invalid     int                       `json:"invalid"`
+	ByLocation  map[string]map[string]int `json:"by_location"` // location -> kind -> count
+	MinDuration string                    `json:"min_duration"`
+	Busiest     string                    `json:"busiest_location,omitempty"`
+}
+
+// dryRun reads the input as enqueue would and reports without touching
+// Redis. It keeps every distinct id in memory to find duplicates.
+func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, asJSON bool) error {
+	rd := producer.NewReader(in, defaults)
+	d := DryRun{ByLocation: map[string]map[string]int{}}
+	seen := map[string]struct{}{}
+	perLoc := map[string]int{}
+	for {
+		l, ok := rd.Next()
+		if !ok {
+			if l.Err != nil {
+				return fmt.Errorf("line %d: %w", l.N, l.Err)
+			}
+			break
+		}
+		if l.Err != nil {
+			d.Invalid++
+			if d.Invalid <= 100 {
+				fmt.Fprintf(e.stderr, "line %d: %v\n", l.N, l.Err)
+			}
+			continue
+		}
+		key := tasks.TaskID(l.Item.Kind, l.Item.MessageID)
+		if _, dup := seen[key]; dup {
+			d.Duplicates++
+			continue
+		}
+		seen[key] = struct{}{}
+		d.Valid++
+		if d.ByLocation[l.Item.LocationID] == nil {
+			d.ByLocation[l.Item.LocationID] = map[string]int{}
+		}
+		d.ByLocation[l.Item.LocationID][string(l.Item.Kind)]++
+		perLoc[l.Item.LocationID]++
+	}
+	// Locations run in parallel, each at its own limit: the busiest decides.
+	var longest time.Duration
+	for loc, n := range perLoc {
+		dur := time.Duration(float64(n) / float64(lim.N) * float64(lim.Period))
+		if dur > longest {
+			longest, d.Busiest = dur, loc
+		}
+	}
+	d.MinDuration = longest.Round(time.Second).String()
+	if asJSON {
+		return json.NewEncoder(e.stdout).Encode(d)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LOCATION\tMESSAGES\tEMAILS")
+	locs := make([]string, 0, len(d.ByLocation))
+	for loc := range d.ByLocation {
+		locs = append(locs, loc)
+	}
+	slices.Sort(locs)
+	for _, loc := range locs {
+		fmt.Fprintf(tw, "%s\t%d\t%d\n", loc, d.ByLocation[loc]["message"], d.ByLocation[loc]["email"])
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(e.stdout, "dry run: %d valid, %d duplicates, %d invalid, %d locations; at %d per %s per location it takes at least %s (busiest: %s)\n",
+		d.Valid, d.Duplicates, d.Invalid, len(locs), lim.N, lim.Period, d.MinDuration, d.Busiest)
+	if d.Invalid > 0 {
+		return errReported
+	}
+	return nil
+}
