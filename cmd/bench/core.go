@@ -320,6 +320,7 @@ func sandboxMain(ctx context.Context, args []string, stdout io.Writer) error {
 	latency := fs.Duration("latency", 0, "")
 	sweepMessages := fs.Int("sweep-messages", 0, "seed the first location with this many conversation messages instead")
 	sweepScheduled := fs.Int("sweep-scheduled", 0, "of which still scheduled (the rest sent)")
+	agency := fs.String("agency", "", "also an agency (Company) whose app is installed at every location; its refresh token goes to <tokens-out>.agency")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -353,6 +354,14 @@ func sandboxMain(ctx context.Context, args []string, stdout io.Writer) error {
 	tb, _ := json.Marshal(toks)
 	if err := os.WriteFile(*tokensOut, tb, 0o600); err != nil {
 		return err
+	}
+	if *agency != "" {
+		for loc := range toks {
+			sb.InstallLocation(*agency, loc, "")
+		}
+		if err := os.WriteFile(*tokensOut+".agency", []byte(sb.AddAgency(*agency)), 0o600); err != nil {
+			return err
+		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

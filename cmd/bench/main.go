@@ -26,6 +26,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/internal/worker"
@@ -42,7 +43,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: bench core|limits|enqueue|lanes|intake|collector|sweep|scale|webhooks [flags]")
+		return errors.New("usage: bench core|limits|enqueue|lanes|intake|collector|sweep|scale|webhooks|agency [flags]")
 	}
 	switch args[0] {
 	case "core":
@@ -63,6 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return scaleBench(ctx, args[1:], stdout, stderr)
 	case "webhooks":
 		return webhooksBench(ctx, args[1:], stdout, stderr)
+	case "agency":
+		return agencyBench(ctx, args[1:], stdout, stderr)
 	case "_enqueue":
 		return enqueueChild(ctx, args[1:], stdout)
 	case "_worker", "_noop": // child processes
@@ -70,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "_sandbox":
 		return sandboxMain(ctx, args[1:], stdout)
 	}
-	return fmt.Errorf("unknown benchmark %q (want core, limits, enqueue, lanes, intake, collector, sweep, scale or webhooks)", args[0])
+	return fmt.Errorf("unknown benchmark %q (want core, limits, enqueue, lanes, intake, collector, sweep, scale, webhooks or agency)", args[0])
 }
 
 const noopType = "bench:noop"
@@ -86,6 +89,7 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 	rateLimit := fs.String("rate-limit", "100/10s", "")
 	urgentReserve := fs.Int("urgent-reserve", 0, "")
 	cpuProfile := fs.String("cpuprofile", os.Getenv("BENCH_CPUPROFILE"), "")
+	agencyKey := fs.String("agency-key", "", "worker: tokens minted from the agency stored in Redis with this GHL_TOKEN_KEY (no tokens file)")
 	lanes := fs.String("lanes", "weighted", "no-op: weighted (6:3:1) or bulk (the bulk lane alone); worker: shared for one weighted fetch loop")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -128,8 +132,15 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 		srv.Shutdown()
 		return nil
 	}
-	src, err := tokens.NewFile(*tokensFile, nil)
-	if err != nil {
+	var src tokens.Source
+	var oauth *tokens.OAuthConfig
+	if *agencyKey != "" {
+		key, err := tokens.ParseKey(*agencyKey)
+		if err != nil {
+			return err
+		}
+		oauth = &tokens.OAuthConfig{TokenURL: *apiURL + "/oauth/token", ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: key}
+	} else if src, err = tokens.NewFile(*tokensFile, nil); err != nil {
 		return err
 	}
 	var lim ratelimit.Limit
@@ -138,7 +149,7 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 			return err
 		}
 	}
-	w, err := worker.New(worker.Config{Redis: rdb, GHL: ghl.Config{BaseURL: *apiURL}, Tokens: src, Concurrency: *concurrency,
+	w, err := worker.New(worker.Config{Redis: rdb, GHL: ghl.Config{BaseURL: *apiURL}, Tokens: src, OAuth: oauth, Concurrency: *concurrency,
 		RateLimit: ratelimit.Config{Default: lim, UrgentReserve: *urgentReserve}, NoPacing: *rateLimit == "off", SharedLanes: *lanes == "shared"})
 	if err != nil {
 		return err
