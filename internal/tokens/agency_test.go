@@ -300,6 +300,31 @@ func TestMintFailures(t *testing.T) {
 		require.Len(t, b.sb.Mints(loc), 2, "a reinstall mints anew")
 	})
 
+	t.Run("GHL_TOKEN_KEY rotated: a stored token sealed with the old key is minted anew, not an error", func(t *testing.T) {
+		sb := setupAgency(t, time.Hour, time.Hour)
+		sb.setAgency(t)
+		const loc = "locAgency00000000017"
+		sb.sb.InstallLocation(testCompany, loc, "")
+		_, err := sb.newAgency(t).Token(ctx, loc) // stored, sealed with testKey
+		require.NoError(t, err)
+		newKey := []byte("fedcba9876543210fedcba9876543210")
+		rdb := redistest.ClientFor(t, sb.url)
+		pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: sb.srv.URL + "/oauth/token", Company: true,
+			ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: newKey})
+		require.NoError(t, err)
+		// The operator loads the agency pair again under the new key.
+		require.NoError(t, tokens.SetAgency(ctx, pairs, testCompany, "", "", sb.sb.AddAgency(testCompany), 0))
+		rotated, err := tokens.NewAgency(tokens.AgencyConfig{Redis: rdb, BaseURL: sb.srv.URL, Pairs: pairs, Key: newKey})
+		require.NoError(t, err)
+		tok, err := rotated.Token(ctx, loc)
+		require.NoError(t, err)
+		require.True(t, sb.accepted(t, tok))
+		require.Len(t, sb.sb.Mints(loc), 2, "minted again under the new key")
+		again, err := rotated.Token(ctx, loc)
+		require.NoError(t, err)
+		require.Equal(t, tok, again)
+	})
+
 	t.Run("HighLevel fails: temporary, one call a minute", func(t *testing.T) {
 		sb := setupAgency(t, time.Hour, time.Hour)
 		sb.setAgency(t)
