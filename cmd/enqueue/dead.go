@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -178,8 +177,8 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 		}
 		defer rdb.Close()
 		store := deadletter.New(rdb)
-		n := 0
-		if err := store.Scan(ctx, *f, func(deadletter.Record) error { n++; return nil }); err != nil {
+		n, err := store.CountMatching(ctx, *f)
+		if err != nil {
 			return err
 		}
 		if n == 0 {
@@ -193,30 +192,7 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 				return errors.New("not confirmed; nothing deleted (use --yes to skip the question)")
 			}
 		}
-		insp := asynq.NewInspectorFromRedisClient(store.Client())
-		var batch []string
-		deleted := 0
-		flush := func() error {
-			if err := store.Remove(ctx, batch...); err != nil {
-				return err
-			}
-			deleted += len(batch)
-			batch = batch[:0]
-			return nil
-		}
-		err = store.Scan(ctx, *f, func(r deadletter.Record) error {
-			if info, err := insp.GetTaskInfo(r.Queue, r.TaskID); err == nil && info.State == asynq.TaskStateArchived {
-				_ = insp.DeleteTask(r.Queue, r.TaskID)
-			}
-			batch = append(batch, r.TaskID)
-			if len(batch) >= deadletter.PageSize {
-				return flush()
-			}
-			return nil
-		})
-		if err == nil {
-			err = flush()
-		}
+		deleted, err := store.Purge(ctx, *f, nil)
 		fmt.Fprintf(e.stdout, "purged %d dead letters\n", deleted)
 		return err
 	}

@@ -60,6 +60,10 @@ const (
 	EnvAutoEvents    = "AUTO_CANCEL_EVENTS"
 	EnvAutoChannels  = "AUTO_CANCEL_CHANNELS"
 	EnvAutoRulesFile = "AUTO_CANCEL_RULES_FILE"
+
+	EnvConsole             = "CONSOLE"
+	EnvConsoleKeys         = "CONSOLE_KEYS"
+	EnvConsoleReadOnlyKeys = "CONSOLE_READONLY_KEYS"
 )
 
 // Defaults.
@@ -84,6 +88,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	autoEvents := fs.String("auto-cancel-events", getenv(EnvAutoEvents), "webhook events that cancel a contact's scheduled messages, e.g. InboundMessage:sms+email,ContactDndUpdate (env "+EnvAutoEvents+"; default none)")
 	autoChannels := fs.String("auto-cancel-channels", getenv(EnvAutoChannels), "channels those events cancel: sms, email or all (env "+EnvAutoChannels+"; default all)")
 	rulesFile := fs.String("auto-cancel-rules-file", getenv(EnvAutoRulesFile), "JSON rules per location (env "+EnvAutoRulesFile+")")
+	consoleOn := fs.String("console", ep.String(EnvConsole, "on"), "on: serve the operators' console at /console; off (env "+EnvConsole+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -105,6 +110,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if *legacy != "on" && *legacy != "off" {
 		return fmt.Errorf("%s=%q: want on or off", EnvWebhookLegacy, *legacy)
 	}
+	if *consoleOn != "on" && *consoleOn != "off" {
+		return fmt.Errorf("%s=%q: want on or off", EnvConsole, *consoleOn)
+	}
 	if *window <= 0 {
 		return fmt.Errorf("%s (or its flag) must be positive", EnvWebhookWindow)
 	}
@@ -120,6 +128,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	var consoleKeys, readOnlyKeys []string
+	for _, k := range []struct {
+		env string
+		to  *[]string
+	}{{EnvConsoleKeys, &consoleKeys}, {EnvConsoleReadOnlyKeys, &readOnlyKeys}} {
+		if *k.to, err = intake.ParseKeys(getenv(k.env)); err != nil {
+			return fmt.Errorf("%s: %w", k.env, err)
+		}
+	}
 	rdb, redisAddr, err := redisconn.Open(*redisURL, 64)
 	if err != nil {
 		return fmt.Errorf("%s: %w", EnvRedisURL, err)
@@ -134,8 +151,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	srv, err := intake.New(intake.Config{
 		Redis: rdb, Keys: keys, MaxBodyBytes: int64(*maxBody), MaxItems: *maxItems, Logger: log,
-		Producer: producer.Config{MaxRetry: producer.Retries(*maxRetry), CampaignRetention: *retention},
-		Webhook:  wh,
+		Producer:  producer.Config{MaxRetry: producer.Retries(*maxRetry), CampaignRetention: *retention},
+		Webhook:   wh,
+		NoConsole: *consoleOn == "off", ConsoleKeys: consoleKeys, ConsoleReadOnlyKeys: readOnlyKeys,
 	})
 	if err != nil {
 		return err
@@ -152,6 +170,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		IdleTimeout:       120 * time.Second,
 	}
 	fmt.Fprintf(stdout, "intake: serving on http://%s (%d API keys); webhooks at /v1/webhooks/highlevel (%s)\n", ln.Addr(), len(keys), describeRules(wh.Rules))
+	if *consoleOn == "on" {
+		fmt.Fprintf(stdout, "intake: console at http://%s/console/ (sign in with an API key; %d console keys, %d read-only)\n", ln.Addr(), len(consoleKeys), len(readOnlyKeys))
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {

@@ -172,20 +172,40 @@ func (t *Tracker) Locations(ctx context.Context, campaign string) ([]string, err
 }
 
 // Parked returns the campaign's locations that are parked for the day
-// (location -> why), from the rate limiter's parking list.
+// (location -> why), from the rate limiter's parking list. It costs one
+// membership check per parked location, whatever the campaign's size.
 func (t *Tracker) Parked(ctx context.Context, campaign string) (map[string]string, error) {
 	parked, err := ratelimit.Parked(ctx, t.rdb)
 	if err != nil || len(parked) == 0 {
 		return nil, err
 	}
-	locs, err := t.Locations(ctx, campaign)
+	return ofCampaign(ctx, t.rdb, campaign, parked)
+}
+
+// Cooling returns the campaign's locations cooling down (after a 429, a
+// spent window or for the daily budget), with when the cool-down ends.
+func (t *Tracker) Cooling(ctx context.Context, campaign string) (map[string]time.Time, error) {
+	cooling, err := ratelimit.Cooling(ctx, t.rdb)
+	if err != nil || len(cooling) == 0 {
+		return nil, err
+	}
+	return ofCampaign(ctx, t.rdb, campaign, cooling)
+}
+
+// ofCampaign keeps the entries of m whose location is one of the campaign's.
+func ofCampaign[V any](ctx context.Context, rdb redis.UniversalClient, campaign string, m map[string]V) (map[string]V, error) {
+	locs := make([]any, 0, len(m))
+	for l := range m {
+		locs = append(locs, l)
+	}
+	in, err := rdb.SMIsMember(ctx, ledger.CampaignLocationsKey(campaign), locs...).Result()
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]string{}
-	for _, l := range locs {
-		if why, ok := parked[l]; ok {
-			out[l] = why
+	out := map[string]V{}
+	for i, l := range locs {
+		if in[i] {
+			out[l.(string)] = m[l.(string)]
 		}
 	}
 	return out, nil

@@ -336,6 +336,23 @@ func (s *Store) ScanNewest(ctx context.Context, f Filter, fn func(Record) error)
 	}
 }
 
+// ScanIDs calls fn for the records of the given task ids that exist,
+// PageSize per round trip (a selection made in the console).
+func (s *Store) ScanIDs(ctx context.Context, taskIDs []string, fn func(Record) error) error {
+	for len(taskIDs) > 0 {
+		n := min(len(taskIDs), PageSize)
+		page := make([]redis.Z, n)
+		for i, id := range taskIDs[:n] {
+			page[i] = redis.Z{Member: id}
+		}
+		if _, err := s.each(ctx, page, Filter{}, s.now(), fn); err != nil {
+			return err
+		}
+		taskIDs = taskIDs[n:]
+	}
+	return nil
+}
+
 // Remove deletes records by task id.
 func (s *Store) Remove(ctx context.Context, taskIDs ...string) error {
 	if len(taskIDs) == 0 {

@@ -6,6 +6,7 @@
 //	POST /v1/sweeps            find what is still scheduled and cancel it
 //	POST /v1/webhooks/highlevel  HighLevel's signed events (no API key)
 //	GET  /v1/openapi.yaml      this API's OpenAPI document (no key needed)
+//	GET  /console/             the operators' console (sign-in with a key, then a session)
 //	GET  /healthz, /readyz     liveness; readiness (Redis reachable)
 //	GET  /metrics              Prometheus metrics
 //
@@ -29,6 +30,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +41,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/client"
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/console"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -83,6 +86,11 @@ type Config struct {
 	// the signature authenticates). Its Producer, Registry and Logger are
 	// the server's.
 	Webhook *webhook.Config
+	// Console: the operators' console at /console (internal/console), unless
+	// NoConsole. Keys sign in as operators, with ConsoleKeys; ConsoleReadOnlyKeys
+	// sign in to look.
+	NoConsole                        bool
+	ConsoleKeys, ConsoleReadOnlyKeys []string
 }
 
 // Server is the intake API's http.Handler.
@@ -164,7 +172,7 @@ func New(cfg Config) (*Server, error) {
 		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
 	}
 	cfg.Registry.MustRegister(s.requests, s.duration, s.items)
-	for _, r := range []string{"cancellations", "campaign", "dead_letters", "sweeps", "webhooks"} {
+	for _, r := range []string{"cancellations", "campaign", "dead_letters", "sweeps", "webhooks", "console"} {
 		s.duration.WithLabelValues(r)
 	}
 	for _, r := range []string{client.StatusEnqueued, client.StatusAlreadyQueued, client.StatusAlreadyDone, client.StatusRequeued, client.StatusRejected} {
@@ -182,6 +190,15 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 		s.mux.Handle("/v1/webhooks/highlevel", s.route("webhooks", http.MethodPost, false, wh.ServeHTTP))
+	}
+	if !cfg.NoConsole {
+		con, err := console.New(console.Config{Redis: cfg.Redis, Keys: append(slices.Clone(cfg.Keys), cfg.ConsoleKeys...),
+			ReadOnlyKeys: cfg.ConsoleReadOnlyKeys, Producer: cfg.Producer, Logger: cfg.Logger})
+		if err != nil {
+			return nil, err
+		}
+		s.mux.Handle("/console", s.route("console", "", false, con.ServeHTTP))
+		s.mux.Handle("/console/", s.route("console", "", false, con.ServeHTTP))
 	}
 	s.mux.Handle("/v1/dead-letters", s.route("dead_letters", http.MethodGet, true, s.getDeadLetters))
 	s.mux.Handle("/v1/openapi.yaml", s.route("openapi", http.MethodGet, false, func(w http.ResponseWriter, _ *http.Request) {

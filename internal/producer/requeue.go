@@ -30,6 +30,17 @@ type RequeueStats struct {
 // sent BatchSize at a time. A failed sweep's dead letter is replayed by
 // ReviveSweep (a new sweep with the same filters, campaign and event).
 func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadletter.Filter, progress func(RequeueStats)) (RequeueStats, error) {
+	return p.requeue(ctx, func(fn func(deadletter.Record) error) error { return store.Scan(ctx, f, fn) }, progress)
+}
+
+// RequeueIDs requeues the dead letters of the given task ids (a selection
+// made in the console), by the same rule as Requeue. Ids with no record
+// (requeued or purged meanwhile) are not counted.
+func (p *Producer) RequeueIDs(ctx context.Context, store *deadletter.Store, taskIDs []string, progress func(RequeueStats)) (RequeueStats, error) {
+	return p.requeue(ctx, func(fn func(deadletter.Record) error) error { return store.ScanIDs(ctx, taskIDs, fn) }, progress)
+}
+
+func (p *Producer) requeue(ctx context.Context, scan func(func(deadletter.Record) error) error, progress func(RequeueStats)) (RequeueStats, error) {
 	var st RequeueStats
 	var batch []Item
 	// A requeue means the operator fixed what a location token mint was
@@ -81,7 +92,7 @@ func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadl
 		return nil
 	}
 	var sweeps []deadletter.Record
-	err := store.Scan(ctx, f, func(r deadletter.Record) error {
+	err := scan(func(r deadletter.Record) error {
 		if tokens.IsMintReason(r.Reason) && r.LocationID != "" {
 			forget[r.LocationID] = true
 		}

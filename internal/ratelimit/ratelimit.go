@@ -76,6 +76,9 @@ const (
 	KeyLearned = keyPrefix + "learned" // hash location -> "N:period ms" ("0:0": HighLevel sent no limit, use the default)
 	KeyParked  = keyPrefix + "parked"  // zset location -> parked-until unix ms
 	KeyWhy     = keyPrefix + "why"     // hash location -> why it is parked
+	// KeyCooling: zset location -> end of its cool-down (unix ms, this
+	// process's clock), for operators; the pacer reads the location hash.
+	KeyCooling = keyPrefix + "cooling"
 )
 
 func logKey(loc string) string  { return keyPrefix + "log:{" + loc + "}" }
@@ -567,7 +570,14 @@ func (l *Limiter) coolDown(ctx context.Context, location string, d time.Duration
 	if l.cfg.Observe != nil {
 		l.cfg.Observe.CooledDown(reason)
 	}
-	return extendCool.Run(ctx, l.rdb, []string{locKey(location)}, d.Microseconds()).Err()
+	if err := extendCool.Run(ctx, l.rdb, []string{locKey(location)}, d.Microseconds()).Err(); err != nil {
+		return err
+	}
+	// The operators' index (console, `enqueue parked`): best effort, a
+	// separate key so the script stays on the location's slot.
+	until := time.Now().Add(d).UnixMilli()
+	_ = l.rdb.ZAddGT(ctx, KeyCooling, redis.Z{Score: float64(until), Member: location}).Err()
+	return nil
 }
 
 func (l *Limiter) park(ctx context.Context, location string, d time.Duration, why string) error {
@@ -599,6 +609,27 @@ func Learned(ctx context.Context, rdb redis.UniversalClient, location string, de
 		return def
 	}
 	return Limit{N: count, Period: time.Duration(ms) * time.Millisecond}
+}
+
+// Cooling lists locations cooling down now (after a 429, a spent window or
+// for the daily budget), with when the cool-down ends. It reads only the
+// locations cooling now, and drops the ended ones from the index.
+func Cooling(ctx context.Context, rdb redis.UniversalClient) (map[string]time.Time, error) {
+	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	var c *redis.ZSliceCmd
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZRemRangeByScore(ctx, KeyCooling, "-inf", "("+now)
+		c = p.ZRangeByScoreWithScores(ctx, KeyCooling, &redis.ZRangeBy{Min: now, Max: "+inf"})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]time.Time, len(c.Val()))
+	for _, z := range c.Val() {
+		out[z.Member.(string)] = time.UnixMilli(int64(z.Score)).UTC()
+	}
+	return out, nil
 }
 
 // Parked lists locations parked now, with why.

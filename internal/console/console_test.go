@@ -1,0 +1,500 @@
+package console_test
+
+import (
+	"context"
+	"encoding/csv"
+	"html"
+	"html/template"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/console"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+func cookieNamed(resp *http.Response, name string) *http.Cookie {
+	for _, c := range resp.Cookies() {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// waitCampaign waits until the campaign is complete and returns it.
+func waitCampaign(t *testing.T, s *stack, id string) campaign.Status {
+	t.Helper()
+	var st campaign.Status
+	require.Eventually(t, func() bool {
+		var ok bool
+		st, ok, _ = campaign.New(s.rdb, 0).Get(context.Background(), id)
+		return ok && st.Complete
+	}, 30*time.Second, 50*time.Millisecond)
+	return st
+}
+
+func TestSignInAndOut(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	b := s.browser(t)
+
+	// Signed out: every page leads to the sign-in page, keeping where to go.
+	resp, _ := b.get("/console/dead?reason=unauthorized")
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Equal(t, "/console/login?next="+url.QueryEscape("/console/dead?reason=unauthorized"), resp.Header.Get("Location"))
+	resp, _ = b.get("/console")
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode)
+
+	resp, page := b.get("/console/login")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, console.CSP, resp.Header.Get("Content-Security-Policy"))
+	assert.Equal(t, "DENY", resp.Header.Get("X-Frame-Options"))
+	assert.Equal(t, "no-store", resp.Header.Get("Cache-Control"))
+	assert.NotContains(t, page, "<script>", "no inline script under the CSP")
+	assert.NotContains(t, page, "style=", "no inline style under the CSP")
+	tok := match(t, loginTokenRE, page)
+
+	// A wrong key: refused, with what to use instead, and no session.
+	resp, page = b.post("/console/login", url.Values{"login_token": {tok}, "key": {"wrong-key-0123456789abcdef"}})
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	assert.Contains(t, page, "That key is not accepted")
+	assert.Nil(t, cookieNamed(resp, console.SessionCookie))
+	assert.NotContains(t, page, "wrong-key-0123456789abcdef", "a key is never echoed")
+
+	// The right key, but the sign-in form's token is missing (login CSRF).
+	resp, _ = b.post("/console/login", url.Values{"key": {operatorKey}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+
+	// The right key: a session cookie, HttpOnly and SameSite=Strict; not
+	// Secure on a loopback host (browsers keep it on http://127.0.0.1).
+	_, page = b.get("/console/login")
+	resp, _ = b.post("/console/login", url.Values{"login_token": {match(t, loginTokenRE, page)}, "key": {operatorKey}, "next": {"/console/dead?reason=unauthorized"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Equal(t, "/console/dead?reason=unauthorized", resp.Header.Get("Location"))
+	ck := cookieNamed(resp, console.SessionCookie)
+	require.NotNil(t, ck)
+	assert.True(t, ck.HttpOnly)
+	assert.Equal(t, http.SameSiteStrictMode, ck.SameSite)
+	assert.False(t, ck.Secure)
+	assert.Equal(t, "/console", ck.Path)
+	assert.NotContains(t, ck.Value, operatorKey)
+
+	resp, home := b.get("/console/")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.NotContains(t, home, operatorKey)
+	assert.NotContains(t, home, "read-only")
+	csrf := match(t, csrfRE, home)
+
+	// Sign-out needs the CSRF token too, then ends the session for good:
+	// the old cookie replayed later is signed out.
+	old := ck.Value
+	resp, _ = b.post("/console/logout", url.Values{})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	resp, _ = b.post("/console/logout", url.Values{"csrf": {csrf}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Equal(t, "/console/login", resp.Header.Get("Location"))
+	replay := s.browser(t)
+	u, _ := url.Parse(s.url + "/console/")
+	replay.c.Jar.SetCookies(u, []*http.Cookie{{Name: console.SessionCookie, Value: old, Path: "/console"}})
+	resp, _ = replay.get("/console/")
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "a signed-out session must not work again")
+
+	// CONSOLE_KEYS keys sign in too.
+	s.browser(t).signIn(consoleKey)
+}
+
+// TestSecureCookieOffLoopback: behind a proxy on a real host name the
+// cookies are Secure.
+func TestSecureCookieOffLoopback(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	b := s.browser(t)
+	b.host = "console.example.com"
+	resp, page := b.get("/console/login")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.True(t, cookieNamed(resp, "ghlcancel_login").Secure)
+	resp, _ = b.do(http.MethodPost, "/console/login", url.Values{"login_token": {match(t, loginTokenRE, page)}, "key": {operatorKey}},
+		map[string]string{"Cookie": "ghlcancel_login=" + match(t, loginTokenRE, page), "Origin": "https://console.example.com"})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.True(t, cookieNamed(resp, console.SessionCookie).Secure)
+}
+
+// TestRefusedWithoutCSRF: a state-changing request without the session's
+// CSRF token, or from another site, changes nothing.
+func TestRefusedWithoutCSRF(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	s.campaign(t, "csrf", map[string]int{locBad: 3})
+	waitCampaign(t, s, "csrf")
+	b := s.browser(t)
+	csrf := b.signIn(operatorKey)
+	dead := deadletter.New(s.rdb)
+	n, err := dead.Count(context.Background())
+	require.NoError(t, err)
+	require.EqualValues(t, 3, n)
+
+	form := url.Values{"scope": {"filter"}, "campaign": {"csrf"}}
+	resp, page := b.post("/console/dead/requeue", form)
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.Contains(t, page, "security token")
+	form.Set("csrf", strings.Repeat("0", 64))
+	resp, _ = b.post("/console/dead/requeue", form)
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	form.Set("csrf", csrf)
+	resp, _ = b.do(http.MethodPost, "/console/dead/requeue", form, map[string]string{"Origin": "https://evil.example"})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	resp, _ = b.do(http.MethodPost, "/console/dead/requeue", form, map[string]string{"Sec-Fetch-Site": "cross-site"})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	purge := url.Values{"campaign": {"csrf"}, "expected": {"3"}, "confirm": {"3"}}
+	resp, _ = b.post("/console/dead/purge", purge)
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+
+	n, err = dead.Count(context.Background())
+	require.NoError(t, err)
+	assert.EqualValues(t, 3, n, "nothing requeued or purged")
+
+	// The same form with the token goes through.
+	resp, _ = b.post("/console/dead/requeue", form)
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode)
+}
+
+// TestReadOnlyKey: a read-only session sees everything and changes nothing.
+func TestReadOnlyKey(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	s.campaign(t, "ro", map[string]int{locBad: 2, locGood: 2})
+	waitCampaign(t, s, "ro")
+	b := s.browser(t)
+	csrf := b.signIn(readOnlyKey)
+
+	_, page := b.get("/console/")
+	assert.Contains(t, page, "read-only")
+	assert.Contains(t, page, `href="/console/campaigns/ro"`)
+	resp, page := b.get("/console/campaigns/ro")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, page, "unauthorized")
+	_, page = b.get("/console/dead?campaign=ro")
+	assert.Contains(t, page, "read-only key")
+	assert.NotContains(t, page, `name="id"`, "no selection boxes for a read-only session")
+	assert.NotContains(t, page, "Requeue selected")
+	resp, _ = b.get("/console/campaigns/ro/report.csv")
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "read-only sessions download reports")
+
+	recs := deadIDs(t, s, deadletter.Filter{CampaignID: "ro"})
+	require.Len(t, recs, 2)
+	for _, form := range []url.Values{
+		{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"ro"}},
+		{"csrf": {csrf}, "scope": {"selected"}, "id": recs},
+	} {
+		resp, page = b.post("/console/dead/requeue", form)
+		assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+		assert.Contains(t, page, "read-only key")
+	}
+	resp, _ = b.post("/console/dead/purge", url.Values{"csrf": {csrf}, "campaign": {"ro"}, "expected": {"2"}, "confirm": {"2"}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.Len(t, deadIDs(t, s, deadletter.Filter{CampaignID: "ro"}), 2, "nothing changed")
+
+	// Sign-out works for read-only sessions.
+	resp, _ = b.post("/console/logout", url.Values{"csrf": {csrf}})
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode)
+}
+
+func deadIDs(t *testing.T, s *stack, f deadletter.Filter) []string {
+	t.Helper()
+	var ids []string
+	require.NoError(t, deadletter.New(s.rdb).Scan(context.Background(), f, func(r deadletter.Record) error {
+		ids = append(ids, r.TaskID)
+		return nil
+	}))
+	return ids
+}
+
+// TestFixAndRequeue is what an operator does twice: requeue before fixing
+// the token (dead again, truthfully), fix it, requeue a selection, then the
+// rest by filter, and requeue once more (nothing left: nothing happens).
+func TestFixAndRequeue(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	msgs := s.campaign(t, "fix", map[string]int{locBad: 4, locGood: 3})
+	st := waitCampaign(t, s, "fix")
+	require.EqualValues(t, 3, st.Cancelled)
+	require.EqualValues(t, 4, st.DeadByReason["unauthorized"])
+	b := s.browser(t)
+	csrf := b.signIn(operatorKey)
+
+	// The campaign page says what happened and what to do.
+	_, page := b.get("/console/campaigns/fix")
+	assert.Contains(t, page, `id="o-cancelled">3<`)
+	assert.Contains(t, page, `id="o-dead_lettered">4<`)
+	assert.Contains(t, page, template.HTMLEscapeString(tasks.DeadLetterHint("unauthorized")))
+	assert.Contains(t, page, `href="/console/dead?campaign=fix&amp;reason=unauthorized"`)
+
+	// Requeued before the fix: they fail again and say so.
+	resp, _ := b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"fix"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	loc := resp.Header.Get("Location")
+	assert.Contains(t, loc, "requeued=4")
+	_, page = b.get(loc)
+	assert.Contains(t, page, "Requeued 4.")
+	st = waitCampaign(t, s, "fix")
+	assert.EqualValues(t, 4, st.DeadLettered)
+	assert.EqualValues(t, 3, st.Cancelled)
+
+	// Fixed; requeue two selected, then the rest by filter.
+	s.tokens.set(locBad, tokGood+"-bad-location")
+	ids := deadIDs(t, s, deadletter.Filter{CampaignID: "fix"})
+	require.Len(t, ids, 4)
+	resp, _ = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"selected"}, "id": ids[:2]})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Contains(t, resp.Header.Get("Location"), "requeued=2&")
+	require.Eventually(t, func() bool { return len(deadIDs(t, s, deadletter.Filter{CampaignID: "fix"})) == 2 }, 10*time.Second, 50*time.Millisecond)
+	assert.ElementsMatch(t, ids[2:], deadIDs(t, s, deadletter.Filter{CampaignID: "fix"}), "only the selection was requeued")
+	resp, _ = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"fix"}, "reason": {"unauthorized"}})
+	assert.Contains(t, resp.Header.Get("Location"), "requeued=2&")
+	st = waitCampaign(t, s, "fix")
+	assert.EqualValues(t, 7, st.Cancelled)
+	assert.EqualValues(t, 0, st.DeadLettered)
+	assert.Empty(t, st.DeadByReason)
+	for _, id := range msgs {
+		_, cancels, ok := s.sb.MessageStatus(id)
+		require.True(t, ok)
+		assert.Equal(t, 1, cancels, "every message cancelled once in the sandbox")
+	}
+
+	// A second requeue finds nothing and says so.
+	resp, _ = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"fix"}})
+	assert.Contains(t, resp.Header.Get("Location"), "requeued=0&")
+	// An empty selection, or no filter at all, is refused with what to do.
+	resp, page = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"selected"}})
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	assert.Contains(t, page, "Select at least one")
+	resp, page = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}})
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	assert.Contains(t, page, "enqueue dead requeue --all")
+
+	// The CSV report has every message with its final outcome.
+	resp, body := b.get("/console/campaigns/fix/report.csv")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, `attachment; filename="fix.csv"`, resp.Header.Get("Content-Disposition"))
+	rows, err := csv.NewReader(strings.NewReader(body)).ReadAll()
+	require.NoError(t, err)
+	require.Len(t, rows, 8)
+	for _, r := range rows[1:] {
+		assert.Equal(t, "cancelled", r[2], r)
+	}
+}
+
+// TestPurgeConfirmation: purge deletes only after the number of matching
+// dead letters is typed, and again if the number changed meanwhile.
+func TestPurgeConfirmation(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	s.campaign(t, "purge", map[string]int{locBad: 5})
+	waitCampaign(t, s, "purge")
+	s.campaign(t, "keep", map[string]int{locBad: 2})
+	waitCampaign(t, s, "keep")
+	b := s.browser(t)
+	csrf := b.signIn(operatorKey)
+
+	resp, page := b.get("/console/dead/purge?campaign=purge")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, page, `<strong id="purge-count">5</strong>`)
+	assert.Contains(t, page, "Type <strong>5</strong> to confirm")
+	resp, page = b.get("/console/dead/purge")
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode, "no filter: not from the browser")
+	assert.Contains(t, page, "enqueue dead purge --all")
+
+	form := url.Values{"csrf": {csrf}, "campaign": {"purge"}, "expected": {"5"}}
+	for _, typed := range []string{"", "yes", "4", "50"} {
+		form.Set("confirm", typed)
+		resp, page = b.post("/console/dead/purge", form)
+		assert.Equal(t, http.StatusUnprocessableEntity, resp.StatusCode, typed)
+		assert.Contains(t, page, "Nothing was deleted: type 5 to confirm.")
+	}
+	assert.Len(t, deadIDs(t, s, deadletter.Filter{CampaignID: "purge"}), 5)
+
+	// The count changed since the page was shown: ask again with the new one.
+	form.Set("expected", "6")
+	form.Set("confirm", "6")
+	resp, page = b.post("/console/dead/purge", form)
+	assert.Equal(t, http.StatusUnprocessableEntity, resp.StatusCode)
+	assert.Contains(t, page, "5 dead letters match now (the count changed)")
+
+	form.Set("expected", "5")
+	form.Set("confirm", "5")
+	resp, _ = b.post("/console/dead/purge", form)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Contains(t, resp.Header.Get("Location"), "purged=5")
+	assert.Empty(t, deadIDs(t, s, deadletter.Filter{CampaignID: "purge"}))
+	assert.Len(t, deadIDs(t, s, deadletter.Filter{CampaignID: "keep"}), 2, "other campaigns' dead letters stay")
+	// Their archived tasks went with them.
+	insp := asynq.NewInspectorFromRedisClient(s.rdb)
+	archived, err := insp.ListArchivedTasks(tasks.QueueBulk)
+	require.NoError(t, err)
+	assert.Len(t, archived, 2)
+	_, page = b.get(resp.Header.Get("Location"))
+	assert.Contains(t, page, "Purged 5 dead letters.")
+
+	// Purging again: nothing matches, nothing to confirm.
+	_, page = b.get("/console/dead/purge?campaign=purge")
+	assert.Contains(t, page, `<strong id="purge-count">0</strong>`)
+	assert.NotContains(t, page, `name="confirm"`)
+}
+
+// TestDeadLetterFilters: every filter narrows the list, and a bad one says
+// what is allowed.
+func TestDeadLetterFilters(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	s.campaign(t, "f1", map[string]int{locBad: 3})
+	s.campaign(t, "f2", map[string]int{locBad: 2})
+	waitCampaign(t, s, "f1")
+	waitCampaign(t, s, "f2")
+	b := s.browser(t)
+	b.signIn(operatorKey)
+	count := func(q string) string {
+		resp, page := b.get("/console/dead?" + q)
+		require.Equal(t, http.StatusOK, resp.StatusCode, page)
+		i := strings.Index(page, `id="dead-summary">`)
+		require.Positive(t, i)
+		return strings.SplitN(page[i+len(`id="dead-summary">`):], " ", 2)[0]
+	}
+	assert.Equal(t, "5", count(""))
+	assert.Equal(t, "3", count("campaign=f1"))
+	assert.Equal(t, "5", count("reason=unauthorized"))
+	assert.Equal(t, "0", count("reason=forbidden"))
+	assert.Equal(t, "5", count("location="+locBad))
+	assert.Equal(t, "0", count("location="+locGood))
+	assert.Equal(t, "5", count("kind=message"))
+	assert.Equal(t, "0", count("kind=email"))
+	assert.Equal(t, "5", count("age=1h"))
+	assert.Equal(t, "0", count("age=gt1d"))
+	resp, page := b.get("/console/dead?kind=sms")
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	assert.Contains(t, page, "kind: message, email or sweep")
+	resp, _ = b.get("/console/dead?age=forever")
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+}
+
+// TestCampaignPages: the list and the page of a running campaign, its
+// cooling location, an unknown campaign.
+func TestCampaignPages(t *testing.T) {
+	s := newStack(t, stackOpts{rate: "10/1s"})
+	const id = "slow one+&?#x"
+	s.campaign(t, id, map[string]int{locGood: 40})
+	b := s.browser(t)
+	b.signIn(operatorKey)
+
+	_, page := b.get("/console/")
+	assert.Contains(t, page, `href="/console/campaigns/slow%20one&#43;&amp;%3F%23x"`)
+	assert.Contains(t, page, "running")
+	resp, page := b.get("/console/campaigns/slow%20one+&%3F%23x")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, page, `data-live="/console/campaigns/slow%20one&#43;&amp;%3F%23x/live"`)
+	// The link to its dead letters filters on exactly this campaign.
+	link := regexp.MustCompile(`href="(/console/dead\?campaign=[^"]*)"`).FindStringSubmatch(page)
+	require.NotNil(t, link)
+	_, dead := b.get(html.UnescapeString(link[1]))
+	assert.Contains(t, dead, `name="campaign" value="slow one&#43;&amp;?#x"`)
+	assert.Contains(t, page, `of <span id="total">40</span> done`)
+	assert.Contains(t, page, "None of this campaign's locations is parked or cooling down.")
+
+	// The live part, between two samples.
+	at := time.Now().Add(-2 * time.Second).UnixMilli()
+	resp, live := b.do(http.MethodGet, "/console/campaigns/slow%20one+&%3F%23x/live?prev_done=0&prev_at="+strconv.FormatInt(at, 10), nil, map[string]string{"X-Console-Fetch": "1"})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, live, `id="live-inner"`)
+	assert.NotContains(t, live, "<html", "a fragment, not a page")
+	assert.Contains(t, live, `data-complete="false"`)
+
+	// A cool-down (a 429 elsewhere) shows with when it ends.
+	require.NoError(t, s.rdb.ZAdd(context.Background(), "ghlcancel:rl:cooling", redis.Z{Score: float64(time.Now().Add(time.Minute).UnixMilli()), Member: locGood}).Err())
+	_, page = b.get("/console/campaigns/slow%20one+&%3F%23x")
+	assert.Contains(t, page, "<strong>"+locGood+"</strong> cooling down after a rate limit until")
+	_, page = b.get("/console/locations")
+	assert.Contains(t, page, "<strong>"+locGood+"</strong> until")
+
+	waitCampaign(t, s, id)
+	_, live = b.do(http.MethodGet, "/console/campaigns/slow%20one+&%3F%23x/live", nil, map[string]string{"X-Console-Fetch": "1"})
+	assert.Contains(t, live, `data-complete="true"`)
+	assert.Contains(t, live, `id="o-cancelled">40<`)
+
+	resp, page = b.get("/console/campaigns/nope")
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+	assert.Contains(t, page, "No campaign &#34;nope&#34;")
+	// The live fetch of a signed-out browser gets 401, so the page reloads to sign-in.
+	resp, _ = s.browser(t).do(http.MethodGet, "/console/campaigns/slow%20one+&%3F%23x/live", nil, map[string]string{"X-Console-Fetch": "1"})
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+}
+
+// TestSessionEndsWithItsKey: a key removed from the configuration ends its
+// sessions at the next request, on any intake sharing the Redis.
+func TestSessionEndsWithItsKey(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	b := s.browser(t)
+	b.signIn(operatorKey)
+	c, err := console.New(console.Config{Redis: s.rdb, Keys: []string{consoleKey}})
+	require.NoError(t, err)
+	req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1/console/", nil)
+	u, _ := url.Parse(s.url + "/console/")
+	for _, ck := range b.c.Jar.Cookies(u) {
+		req.AddCookie(ck)
+	}
+	rec := httptest.NewRecorder()
+	c.ServeHTTP(rec, req)
+	assert.Equal(t, http.StatusSeeOther, rec.Code, "a session of a removed key is signed out")
+
+	_, err = console.New(console.Config{Redis: s.rdb, Keys: []string{operatorKey}, ReadOnlyKeys: []string{operatorKey}})
+	assert.ErrorContains(t, err, "both read-only")
+}
+
+func TestFormatting(t *testing.T) {
+	for _, c := range []struct {
+		n    int64
+		want string
+	}{{0, "0"}, {7, "7"}, {999, "999"}, {1000, "1,000"}, {1234, "1,234"}, {100000, "100,000"}, {1234567, "1,234,567"}, {-1234, "-1,234"}} {
+		assert.Equal(t, c.want, console.Num(c.n), c.n)
+	}
+	for _, c := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0 s"}, {400 * time.Millisecond, "0.4 s"}, {3 * time.Second, "3 s"}, {200 * time.Second, "3 m 20 s"},
+		{time.Hour + 5*time.Minute + 9*time.Second, "1 h 5 m"}, {2*time.Hour + 5*time.Second, "2 h"},
+		{27 * time.Hour, "1 d 3 h"}, {-90 * time.Second, "1 m 30 s"},
+	} {
+		assert.Equal(t, c.want, console.Dur(c.d), c.d)
+	}
+	for _, c := range []struct {
+		r    float64
+		want string
+	}{{0, "–"}, {0.26, "0.3/s"}, {9.96, "10.0/s"}, {97.4, "97/s"}, {3484.2, "3,484/s"}} {
+		assert.Equal(t, c.want, console.Rate(c.r), c.r)
+	}
+}
+
+// TestEveryReasonHasAHint: the console's hint for each dead-letter reason a
+// worker writes says more than the fallback.
+func TestEveryReasonHasAHint(t *testing.T) {
+	fallback := tasks.DeadLetterHint("no-such-reason")
+	for _, r := range []string{
+		string(ghl.ReasonBadRequest), string(ghl.ReasonUnprocessable), string(ghl.ReasonUnauthorized), string(ghl.ReasonForbidden),
+		string(ghl.ReasonClientError), string(ghl.ReasonRateLimited), string(ghl.ReasonServerError), string(ghl.ReasonTimeout),
+		string(ghl.ReasonNetwork), string(ghl.ReasonBadResponse), string(ghl.ReasonMisrouted), string(ghl.ReasonInvalidID),
+		string(ghl.ReasonNoToken), string(ghl.ReasonTokenSource), string(ghl.ReasonInvalidGrant), string(ghl.ReasonInactive),
+		tasks.ReasonInvalidPayload, tasks.ReasonUnknownType, tasks.ReasonPaced, tasks.ReasonLimiter, tasks.ReasonCircuitOpen,
+		tasks.ReasonPanic, tasks.ReasonInterrupted, tasks.ReasonOutcomeWrite, tasks.ReasonStillScheduled,
+		"not_installed", "agency_revoked", "mint_refused", "mint_failed",
+	} {
+		h := tasks.DeadLetterHint(r)
+		assert.NotEqual(t, fallback, h, r)
+		assert.NotEmpty(t, h, r)
+	}
+}

@@ -1,0 +1,452 @@
+package console
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// Limits of what one page shows.
+const (
+	campaignsShown = 50
+	deadShown      = 200
+	// deadCounted bounds the records the dead-letter page counts (its
+	// reason summary); the CLI's `dead export` reads every one.
+	deadCounted = 20_000
+	// selectionMax bounds a requeue selection.
+	selectionMax = 1000
+)
+
+// page is what every template gets.
+type page struct {
+	Title   string
+	Nav     string
+	Session *session
+	Data    any
+	Flash   string
+	Error   string
+}
+
+func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, name string, p page) {
+	if p.Session == nil {
+		p.Session = sessionOf(r)
+	}
+	var b bytes.Buffer
+	if err := c.tmpl.ExecuteTemplate(&b, name, p); err != nil {
+		c.log.Error("console: rendering failed", "page", name, "err", err)
+		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write(b.Bytes())
+}
+
+// fail shows an error page (or a plain text line to the live fragment's fetch).
+func (c *Console) fail(w http.ResponseWriter, r *http.Request, s *session, status int, msg string) {
+	if r.Header.Get("X-Console-Fetch") != "" {
+		http.Error(w, msg, status)
+		return
+	}
+	c.render(w, r, status, "error", page{Title: http.StatusText(status), Session: s, Error: msg})
+}
+
+func (c *Console) redisDown(w http.ResponseWriter, r *http.Request, what string, err error) {
+	c.log.Error("console: "+what+" failed", "err", err)
+	c.fail(w, r, sessionOf(r), http.StatusServiceUnavailable, "Redis is unavailable ("+what+"); try again in a moment.")
+}
+
+type campaignRow struct {
+	campaign.Status
+	progress
+}
+
+func (c *Console) getCampaigns(w http.ResponseWriter, r *http.Request) {
+	list, err := c.campaigns.List(r.Context(), campaignsShown)
+	if err != nil {
+		c.redisDown(w, r, "campaigns", err)
+		return
+	}
+	now := c.now()
+	rows := make([]campaignRow, len(list))
+	for i, s := range list {
+		rows[i] = campaignRow{Status: s, progress: progressOf(s, now, 0, time.Time{})}
+	}
+	c.render(w, r, http.StatusOK, "campaigns", page{Title: "Campaigns", Nav: "campaigns", Data: rows})
+}
+
+// campaignView is the campaign page and its live fragment.
+type campaignView struct {
+	campaign.Status
+	progress
+	Outcomes []outcomeRow
+	Reasons  []reasonRow
+	Parked   []locRow
+	Cooling  []locRow
+	// SampleDone/SampleAt: this sample, sent back by the page with the
+	// next poll so the rate is taken between two polls.
+	SampleDone int64
+	SampleAt   int64
+}
+
+// campaignView reads a campaign: a fixed number of Redis commands whatever
+// its size (the counters hash, the retrying set's size, membership checks
+// for the parked and cooling locations, the 20 newest sweeps).
+func (c *Console) campaignView(r *http.Request, id string) (*campaignView, bool, error) {
+	ctx := r.Context()
+	s, ok, err := c.campaigns.Get(ctx, id)
+	if err != nil || !ok {
+		return nil, ok, err
+	}
+	if s.Parked, err = c.campaigns.Parked(ctx, id); err != nil {
+		return nil, true, err
+	}
+	cooling, err := c.campaigns.Cooling(ctx, id)
+	if err != nil {
+		return nil, true, err
+	}
+	if err := c.campaigns.WithSweeps(ctx, &s); err != nil {
+		return nil, true, err
+	}
+	now := c.now()
+	q := r.URL.Query()
+	var prevAt time.Time
+	prevDone, _ := strconv.ParseInt(q.Get("prev_done"), 10, 64)
+	if ms, err := strconv.ParseInt(q.Get("prev_at"), 10, 64); err == nil && ms > 0 {
+		prevAt = time.UnixMilli(ms)
+	}
+	v := &campaignView{Status: s, progress: progressOf(s, now, prevDone, prevAt), Outcomes: outcomes(s),
+		Reasons: reasonRows(s.DeadByReason, tasks.DeadLetterHint), SampleDone: s.Done, SampleAt: now.UnixMilli()}
+	for l, why := range s.Parked {
+		v.Parked = append(v.Parked, locRow{Location: l, Why: why})
+	}
+	for l, until := range cooling {
+		if _, parked := s.Parked[l]; !parked {
+			v.Cooling = append(v.Cooling, locRow{Location: l, Until: until})
+		}
+	}
+	v.Parked, v.Cooling = sortedLocs(v.Parked), sortedLocs(v.Cooling)
+	return v, true, nil
+}
+
+func validID(id string) bool { return id != "" && len(id) <= 128 }
+
+func (c *Console) getCampaign(w http.ResponseWriter, r *http.Request) {
+	c.campaignPage(w, r, "campaign")
+}
+
+// getCampaignLive is the campaign page's live part, fetched every 2 s.
+func (c *Console) getCampaignLive(w http.ResponseWriter, r *http.Request) {
+	c.campaignPage(w, r, "live")
+}
+
+func (c *Console) campaignPage(w http.ResponseWriter, r *http.Request, tmpl string) {
+	id := r.PathValue("id")
+	if !validID(id) {
+		c.fail(w, r, sessionOf(r), http.StatusBadRequest, "A campaign id is 1 to 128 bytes.")
+		return
+	}
+	v, ok, err := c.campaignView(r, id)
+	if err != nil {
+		c.redisDown(w, r, "campaign", err)
+		return
+	}
+	if !ok {
+		c.fail(w, r, sessionOf(r), http.StatusNotFound, fmt.Sprintf("No campaign %q: unknown, or finished longer ago than its retention (CAMPAIGN_RETENTION).", id))
+		return
+	}
+	c.render(w, r, http.StatusOK, tmpl, page{Title: "Campaign " + id, Nav: "campaigns", Data: v})
+}
+
+func (c *Console) getReport(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !validID(id) {
+		c.fail(w, r, sessionOf(r), http.StatusBadRequest, "A campaign id is 1 to 128 bytes.")
+		return
+	}
+	if _, ok, err := c.campaigns.Get(r.Context(), id); err != nil || !ok {
+		if err != nil {
+			c.redisDown(w, r, "report", err)
+		} else {
+			c.fail(w, r, sessionOf(r), http.StatusNotFound, fmt.Sprintf("No campaign %q.", id))
+		}
+		return
+	}
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", `attachment; filename="`+safeFilename(id)+`.csv"`)
+	if _, err := c.campaigns.WriteReport(r.Context(), id, w); err != nil {
+		// Headers are sent: the download ends short; say so in the log.
+		c.log.Error("console: report cut short", "campaign", id, "err", err)
+	}
+}
+
+func safeFilename(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+// ages are the dead-letter page's age filter choices.
+var ages = []struct {
+	Key, Label string
+	newer      time.Duration
+	older      time.Duration
+}{
+	{"", "any age", 0, 0},
+	{"1h", "last hour", time.Hour, 0},
+	{"24h", "last 24 hours", 24 * time.Hour, 0},
+	{"7d", "last 7 days", 7 * 24 * time.Hour, 0},
+	{"gt1d", "older than a day", 0, 24 * time.Hour},
+	{"gt7d", "older than 7 days", 0, 7 * 24 * time.Hour},
+}
+
+// deadFilter is the dead-letter page's filter, from a query or a form.
+type deadFilter struct {
+	Reason, Campaign, Location, Kind, Age string
+}
+
+func filterFrom(v url.Values) (deadFilter, deadletter.Filter, error) {
+	df := deadFilter{Reason: strings.TrimSpace(v.Get("reason")), Campaign: strings.TrimSpace(v.Get("campaign")),
+		Location: strings.TrimSpace(v.Get("location")), Kind: v.Get("kind"), Age: v.Get("age")}
+	f := deadletter.Filter{Reason: df.Reason, CampaignID: df.Campaign, LocationID: df.Location, Kind: df.Kind}
+	switch df.Kind {
+	case "", "message", "email", "sweep":
+	default:
+		return df, f, errors.New("kind: message, email or sweep")
+	}
+	found := false
+	for _, a := range ages {
+		if a.Key == df.Age {
+			f.NewerThan, f.OlderThan, found = a.newer, a.older, true
+		}
+	}
+	if !found {
+		return df, f, errors.New("age: choose one of the listed ages")
+	}
+	return df, f, nil
+}
+
+// Link is the filter as a query string for the pages' links (already
+// escaped: html/template must not escape it again).
+func (d deadFilter) Link() template.URL { return template.URL(d.Query()) } //nolint:gosec // built by url.Values.Encode
+
+// Query is the filter as a query string (links, redirects).
+func (d deadFilter) Query() string {
+	v := url.Values{}
+	for k, s := range map[string]string{"reason": d.Reason, "campaign": d.Campaign, "location": d.Location, "kind": d.Kind, "age": d.Age} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	return v.Encode()
+}
+
+func (d deadFilter) Empty() bool { return d == deadFilter{} }
+
+type deadView struct {
+	Filter    deadFilter
+	Ages      any
+	Records   []deadletter.Record
+	Matched   int
+	MoreThan  bool // Matched stopped counting at deadCounted
+	Reasons   []reasonRow
+	Total     int64
+	ShowLimit int
+}
+
+var errEnough = errors.New("enough")
+
+func (c *Console) getDead(w http.ResponseWriter, r *http.Request) {
+	df, f, err := filterFrom(r.URL.Query())
+	p := page{Title: "Dead letters", Nav: "dead", Flash: flash(r.URL.Query())}
+	if err != nil {
+		p.Error = err.Error()
+		p.Data = deadView{Filter: deadFilter{}, Ages: ages, ShowLimit: deadShown}
+		c.render(w, r, http.StatusBadRequest, "dead", p)
+		return
+	}
+	v := deadView{Filter: df, Ages: ages, ShowLimit: deadShown}
+	byReason := map[string]int64{}
+	err = c.dead.ScanNewest(r.Context(), f, func(rec deadletter.Record) error {
+		if v.Matched >= deadCounted {
+			v.MoreThan = true
+			return errEnough
+		}
+		v.Matched++
+		byReason[rec.Reason]++
+		if len(v.Records) < deadShown {
+			v.Records = append(v.Records, rec)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnough) {
+		c.redisDown(w, r, "dead letters", err)
+		return
+	}
+	if v.Total, err = c.dead.Count(r.Context()); err != nil {
+		c.redisDown(w, r, "dead letters", err)
+		return
+	}
+	v.Reasons = reasonRows(byReason, tasks.DeadLetterHint)
+	p.Data = v
+	c.render(w, r, http.StatusOK, "dead", p)
+}
+
+// flash is the result line of a requeue or purge, carried by the redirect.
+func flash(q url.Values) string {
+	n := func(k string) string { v, _ := strconv.Atoi(q.Get(k)); return Num(int64(v)) }
+	switch q.Get("done") {
+	case "requeue":
+		return fmt.Sprintf("Requeued %s. Already queued %s, already done %s, skipped %s (not rebuildable, left in place).",
+			n("requeued"), n("already_queued"), n("already_done"), n("skipped"))
+	case "purge":
+		return fmt.Sprintf("Purged %s dead letters.", n("purged"))
+	}
+	return ""
+}
+
+func (c *Console) postRequeue(w http.ResponseWriter, r *http.Request) {
+	df, f, err := filterFrom(r.PostForm)
+	if err != nil {
+		c.fail(w, r, sessionOf(r), http.StatusBadRequest, err.Error())
+		return
+	}
+	var st producer.RequeueStats
+	switch r.PostForm.Get("scope") {
+	case "selected":
+		ids := r.PostForm["id"]
+		if len(ids) == 0 {
+			c.fail(w, r, sessionOf(r), http.StatusBadRequest, "Select at least one dead letter to requeue (tick its box).")
+			return
+		}
+		if len(ids) > selectionMax {
+			c.fail(w, r, sessionOf(r), http.StatusBadRequest, fmt.Sprintf("At most %s dead letters per selection; requeue by filter instead.", Num(selectionMax)))
+			return
+		}
+		st, err = c.prod.RequeueIDs(r.Context(), c.dead, ids, nil)
+	case "filter":
+		if df.Empty() {
+			c.fail(w, r, sessionOf(r), http.StatusBadRequest, "Choose a filter first (reason, campaign, location, kind or age): requeueing every dead letter at once is for the CLI (enqueue dead requeue --all).")
+			return
+		}
+		st, err = c.prod.Requeue(r.Context(), c.dead, f, nil)
+	default:
+		c.fail(w, r, sessionOf(r), http.StatusBadRequest, "Requeue what? Use one of the page's buttons.")
+		return
+	}
+	if err != nil {
+		c.redisDown(w, r, "requeue", err)
+		return
+	}
+	c.log.Info("console: requeued dead letters", "scope", r.PostForm.Get("scope"), "requeued", st.Requeued,
+		"already_queued", st.AlreadyQueued, "already_done", st.AlreadyDone, "skipped", st.Skipped)
+	q := df.Query()
+	if q != "" {
+		q += "&"
+	}
+	q += fmt.Sprintf("done=requeue&requeued=%d&already_queued=%d&already_done=%d&skipped=%d", st.Requeued, st.AlreadyQueued, st.AlreadyDone, st.Skipped)
+	http.Redirect(w, r, c.cfg.Prefix+"/dead?"+q, http.StatusSeeOther)
+}
+
+type purgeView struct {
+	Filter  deadFilter
+	Ages    any
+	Matched int
+}
+
+// getPurge asks for the typed confirmation: the number of dead letters
+// that will be deleted.
+func (c *Console) getPurge(w http.ResponseWriter, r *http.Request) {
+	c.purgeForm(w, r, r.URL.Query(), http.StatusOK, "")
+}
+
+func (c *Console) purgeForm(w http.ResponseWriter, r *http.Request, v url.Values, status int, msg string) {
+	df, f, err := filterFrom(v)
+	if err != nil {
+		c.fail(w, r, sessionOf(r), http.StatusBadRequest, err.Error())
+		return
+	}
+	if df.Empty() {
+		c.fail(w, r, sessionOf(r), http.StatusBadRequest, "Choose a filter first: purging every dead letter at once is for the CLI (enqueue dead purge --all).")
+		return
+	}
+	n, err := c.dead.CountMatching(r.Context(), f)
+	if err != nil {
+		c.redisDown(w, r, "purge", err)
+		return
+	}
+	c.render(w, r, status, "purge", page{Title: "Purge dead letters", Nav: "dead", Error: msg, Data: purgeView{Filter: df, Ages: ages, Matched: n}})
+}
+
+func (c *Console) postPurge(w http.ResponseWriter, r *http.Request) {
+	df, f, err := filterFrom(r.PostForm)
+	if err != nil || df.Empty() {
+		c.purgeForm(w, r, r.PostForm, http.StatusBadRequest, "")
+		return
+	}
+	n, err := c.dead.CountMatching(r.Context(), f)
+	if err != nil {
+		c.redisDown(w, r, "purge", err)
+		return
+	}
+	typed := strings.ReplaceAll(strings.TrimSpace(r.PostForm.Get("confirm")), ",", "")
+	if typed != strconv.Itoa(n) || r.PostForm.Get("expected") != strconv.Itoa(n) {
+		msg := fmt.Sprintf("Nothing was deleted: type %d to confirm.", n)
+		if r.PostForm.Get("expected") != strconv.Itoa(n) {
+			msg = fmt.Sprintf("Nothing was deleted: %d dead letters match now (the count changed). Type %d to delete them.", n, n)
+		}
+		c.purgeForm(w, r, r.PostForm, http.StatusUnprocessableEntity, msg)
+		return
+	}
+	deleted, err := c.dead.Purge(r.Context(), f, nil)
+	if err != nil {
+		c.redisDown(w, r, "purge", err)
+		return
+	}
+	c.log.Info("console: purged dead letters", "purged", deleted, "filter", df.Query())
+	q := df.Query() + "&done=purge&purged=" + strconv.Itoa(deleted)
+	http.Redirect(w, r, c.cfg.Prefix+"/dead?"+q, http.StatusSeeOther)
+}
+
+type locationsView struct {
+	Parked, Cooling []locRow
+}
+
+func (c *Console) getLocations(w http.ResponseWriter, r *http.Request) {
+	parked, err := ratelimit.Parked(r.Context(), c.cfg.Redis)
+	if err != nil {
+		c.redisDown(w, r, "locations", err)
+		return
+	}
+	cooling, err := ratelimit.Cooling(r.Context(), c.cfg.Redis)
+	if err != nil {
+		c.redisDown(w, r, "locations", err)
+		return
+	}
+	var v locationsView
+	for l, why := range parked {
+		v.Parked = append(v.Parked, locRow{Location: l, Why: why})
+	}
+	for l, until := range cooling {
+		if _, p := parked[l]; !p {
+			v.Cooling = append(v.Cooling, locRow{Location: l, Until: until})
+		}
+	}
+	v.Parked, v.Cooling = sortedLocs(v.Parked), sortedLocs(v.Cooling)
+	c.render(w, r, http.StatusOK, "locations", page{Title: "Locations", Nav: "locations", Data: v})
+}

@@ -1,0 +1,39 @@
+package tasks
+
+import (
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+)
+
+// DeadLetterHint says what an operator does about dead letters with this
+// reason: the console shows it beside each reason (README "Dead letters"
+// has the same table).
+func DeadLetterHint(reason string) string {
+	switch reason {
+	case string(ghl.ReasonUnauthorized):
+		return "The token is invalid, expired or not for this location: fix the location's token (enqueue tokens set, or GHL_TOKENS_FILE), then requeue."
+	case string(ghl.ReasonForbidden):
+		return "The token lacks the conversations/message.write scope: grant it, then requeue."
+	case string(ghl.ReasonBadRequest), string(ghl.ReasonUnprocessable), string(ghl.ReasonClientError), string(ghl.ReasonInvalidID):
+		return "HighLevel refused the request: read its message; usually the message id is wrong. Requeueing the same id fails again."
+	case string(ghl.ReasonNoToken):
+		return "No token is configured for the location: add it to GHL_TOKENS_FILE (reloaded without restart) or load an OAuth pair, then requeue."
+	case ReasonInvalidPayload, ReasonUnknownType, "corrupt_record":
+		return "A task ghlcancel did not write: inspect its payload. It cannot be requeued."
+	case string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork), string(ghl.ReasonBadResponse), ReasonOutcomeWrite:
+		return "Retries ran out (about a day) while HighLevel failed: check HighLevel's status, then requeue."
+	case string(ghl.ReasonMisrouted):
+		return "Every answer came from something other than HighLevel's API (route-level 404, HTML page, redirect): fix GHL_BASE_URL or the proxy, restart the workers, then requeue."
+	case ReasonStillScheduled:
+		return "The cancel said \"not found\" 5 times, yet the message reads back as scheduled: look at it in HighLevel, then requeue to try again."
+	case string(ghl.ReasonTokenSource), ReasonLimiter, ReasonInterrupted, ReasonCircuitOpen, string(ghl.ReasonRateLimited), ReasonPaced:
+		return "The last attempt failed before a call (token source or Redis unreachable, out of time, calls paused, location busy): fix the cause, then requeue."
+	case string(ghl.ReasonInvalidGrant):
+		return "The OAuth refresh was refused for good: reinstall the app for the location, load the new pair (enqueue tokens set), then requeue."
+	case tokens.ReasonNotInstalled, tokens.ReasonLocationInactive, tokens.ReasonAgencyRevoked, tokens.ReasonMintRefused, tokens.ReasonMintFailed:
+		return tokens.MintHint(reason)
+	case ReasonPanic:
+		return "A bug in the handler (the stack is in the worker log): report it, requeue once fixed."
+	}
+	return "Read the API message and the worker log, fix the cause, then requeue."
+}
