@@ -43,7 +43,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: bench core|limits|enqueue|lanes|intake|collector|sweep|scale|webhooks|agency [flags]")
+		return errors.New("usage: bench core|limits|enqueue|lanes|intake|collector|sweep|scale|webhooks|agency|console [flags]")
 	}
 	switch args[0] {
 	case "core":
@@ -66,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return webhooksBench(ctx, args[1:], stdout, stderr)
 	case "agency":
 		return agencyBench(ctx, args[1:], stdout, stderr)
+	case "console":
+		return consoleBench(ctx, args[1:], stdout, stderr)
 	case "_enqueue":
 		return enqueueChild(ctx, args[1:], stdout)
 	case "_worker", "_noop": // child processes
@@ -73,7 +75,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "_sandbox":
 		return sandboxMain(ctx, args[1:], stdout)
 	}
-	return fmt.Errorf("unknown benchmark %q (want core, limits, enqueue, lanes, intake, collector, sweep, scale, webhooks or agency)", args[0])
+	return fmt.Errorf("unknown benchmark %q (want core, limits, enqueue, lanes, intake, collector, sweep, scale, webhooks, agency or console)", args[0])
 }
 
 const noopType = "bench:noop"

@@ -224,10 +224,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	mfs, _ := reg.Gather()
 	took := time.Since(start)
-	if err := webhookDemo(ctx, stdout, rdb, sb, sweepMsgs); err != nil {
+	intakeURL, stopIntake, err := webhookDemo(ctx, stdout, rdb, sb, sweepMsgs)
+	if err != nil {
 		return err
 	}
-	return report(ctx, stdout, mfs, sb, rdb, scheduled, took, redisURL, mln.Addr().String(), o.exit)
+	defer stopIntake()
+	return report(ctx, stdout, mfs, sb, rdb, scheduled, took, redisURL, mln.Addr().String(), intakeURL, o.exit)
 }
 
 // sweepLocation is where the webhook demo's contacts have conversations.
@@ -240,7 +242,21 @@ const sweepLocation = "demoLocationSweep001"
 // everything still scheduled for her is cancelled without knowing a single
 // id. Bob's messages stay scheduled, sent ones are never touched; both are
 // checked message by message in the sandbox.
-func webhookDemo(ctx context.Context, w io.Writer, rdb *redis.Client, sb *sandbox.Server, sweepMsgs []sandbox.Added) error {
+// The intake keeps serving (its console too) until the demo ends: stop
+// closes it.
+func webhookDemo(ctx context.Context, w io.Writer, rdb *redis.Client, sb *sandbox.Server, sweepMsgs []sandbox.Added) (base string, stop func(), err error) {
+	stop = func() {}
+	if err := webhookDemoOn(ctx, w, rdb, sb, sweepMsgs, &base, &stop); err != nil {
+		stop()
+		return "", func() {}, err
+	}
+	return base, stop, nil
+}
+
+// demoKey is the demo intake's API key; it signs in to its console.
+const demoKey = "demo-intake-key-0123456789"
+
+func webhookDemoOn(ctx context.Context, w io.Writer, rdb *redis.Client, sb *sandbox.Server, sweepMsgs []sandbox.Added, base *string, stop *func()) error {
 	v, err := sb.Verifier()
 	if err != nil {
 		return err
@@ -249,7 +265,7 @@ func webhookDemo(ctx context.Context, w io.Writer, rdb *redis.Client, sb *sandbo
 	if err != nil {
 		return err
 	}
-	srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{"demo-intake-key-0123456789"},
+	srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{demoKey},
 		Webhook: &webhook.Config{Verifier: v, Rules: rules}})
 	if err != nil {
 		return err
@@ -260,8 +276,9 @@ func webhookDemo(ctx context.Context, w io.Writer, rdb *redis.Client, sb *sandbo
 	}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
-	defer hs.Close()
-	url := "http://" + ln.Addr().String() + "/v1/webhooks/highlevel"
+	*stop = func() { _ = hs.Close() }
+	*base = "http://" + ln.Addr().String()
+	url := *base + "/v1/webhooks/highlevel"
 
 	fmt.Fprintf(w, "\nwebhook:  contactAlice replies by SMS; HighLevel posts a signed InboundMessage to %s (AUTO_CANCEL_EVENTS=InboundMessage)\n", url)
 	body := sb.EventBody(sandbox.EventSpec{Type: "InboundMessage", Location: sweepLocation, Contact: "contactAlice"})
@@ -389,7 +406,7 @@ func seed(sb *sandbox.Server, o options, dir string) (csvPath, tokPath string, s
 }
 
 func report(ctx context.Context, w io.Writer, mfs []*dto.MetricFamily, sb *sandbox.Server, rdb *redis.Client, scheduled []string,
-	took time.Duration, redisURL, metricsAddr string, exit bool) error {
+	took time.Duration, redisURL, metricsAddr, intakeURL string, exit bool) error {
 	fmt.Fprintf(w, "\nsummary (%.1fs):\n", took.Seconds())
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  OUTCOME\tTASKS")
@@ -420,7 +437,7 @@ func report(ctx context.Context, w io.Writer, mfs []*dto.MetricFamily, sb *sandb
 	if exit {
 		return nil
 	}
-	fmt.Fprintf(w, "\nserving http://%s/metrics until Ctrl-C\n", metricsAddr)
+	fmt.Fprintf(w, "\nserving http://%s/metrics and the console at %s/console/ (sign in with the key %s) until Ctrl-C\n", metricsAddr, intakeURL, demoKey)
 	<-ctx.Done()
 	return nil
 }

@@ -14,7 +14,7 @@
 //     Origin/Sec-Fetch-Site check on every POST, a double-submit token on
 //     the sign-in form;
 //   - a strict Content-Security-Policy (no inline script or style, nothing
-//     from another origin), no framing, no referrer, no caching;
+//     from another origin), no framing, no referrer to other sites, no caching;
 //   - read-only keys see everything and change nothing (enforced by the
 //     server; the pages only hide the buttons).
 package console
@@ -175,7 +175,9 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", CSP)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: under no-referrer browsers send "Origin: null"
+	// with form POSTs, which sameOrigin must refuse.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cross-Origin-Opener-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 	c.mux.ServeHTTP(w, r)

@@ -3,6 +3,7 @@ package console_test
 import (
 	"context"
 	"encoding/csv"
+	"fmt"
 	"html"
 	"html/template"
 	"net/http"
@@ -63,6 +64,7 @@ func TestSignInAndOut(t *testing.T) {
 	assert.Equal(t, console.CSP, resp.Header.Get("Content-Security-Policy"))
 	assert.Equal(t, "DENY", resp.Header.Get("X-Frame-Options"))
 	assert.Equal(t, "no-store", resp.Header.Get("Cache-Control"))
+	assert.Equal(t, "same-origin", resp.Header.Get("Referrer-Policy"), "no-referrer would make browsers send Origin: null")
 	assert.NotContains(t, page, "<script>", "no inline script under the CSP")
 	assert.NotContains(t, page, "style=", "no inline style under the CSP")
 	tok := match(t, loginTokenRE, page)
@@ -156,6 +158,8 @@ func TestRefusedWithoutCSRF(t *testing.T) {
 	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
 	resp, _ = b.do(http.MethodPost, "/console/dead/requeue", form, map[string]string{"Sec-Fetch-Site": "cross-site"})
 	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	resp, _ = b.do(http.MethodPost, "/console/dead/requeue", form, map[string]string{"Origin": "null"})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode, "an opaque origin (sandboxed frame, data: URL)")
 	purge := url.Values{"campaign": {"csrf"}, "expected": {"3"}, "confirm": {"3"}}
 	resp, _ = b.post("/console/dead/purge", purge)
 	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
@@ -497,4 +501,33 @@ func TestEveryReasonHasAHint(t *testing.T) {
 		assert.NotEqual(t, fallback, h, r)
 		assert.NotEmpty(t, h, r)
 	}
+}
+
+// TestDeadLetterPageIsBounded: with more dead letters than the page reads,
+// it says it counted among the newest, and offers the CLI for the rest.
+func TestDeadLetterPageIsBounded(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	ctx := context.Background()
+	const n = 20_050
+	for i := 0; i < n; i += 1000 {
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j := i; j < min(i+1000, n); j++ {
+				id := fmt.Sprintf("msg:bulk%06d", j)
+				rec := fmt.Sprintf(`{"task_id":%q,"kind":"message","message_id":"bulk%06d","location_id":%q,"campaign_id":"huge","queue":"bulk","reason":"unauthorized","attempts":1,"dead_at":%q}`,
+					id, j, locBad, time.Now().Add(-time.Duration(n-j)*time.Millisecond).UTC().Format(time.RFC3339Nano))
+				p.HSet(ctx, deadletter.KeyRecords, id, rec)
+				p.ZAdd(ctx, deadletter.KeyIndex, redis.Z{Score: float64(time.Now().Add(-time.Duration(n-j) * time.Millisecond).UnixMilli()), Member: id})
+			}
+			return nil
+		})
+		require.NoError(t, err)
+	}
+	b := s.browser(t)
+	b.signIn(operatorKey)
+	resp, page := b.get("/console/dead?campaign=huge")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, page, "20,000 matching among the newest 20,000 of 20,050 dead letters; the newest 200 are shown.")
+	assert.Contains(t, page, "enqueue dead list")
+	assert.Equal(t, 200, strings.Count(page, `name="id"`))
+	assert.Contains(t, page, `value="msg:bulk020049"`, "newest first")
 }

@@ -263,7 +263,8 @@ type deadView struct {
 	Ages      any
 	Records   []deadletter.Record
 	Matched   int
-	MoreThan  bool // Matched stopped counting at deadCounted
+	MoreThan  bool // more than deadCounted dead letters: Matched counts among the newest deadCounted
+	Counted   int
 	Reasons   []reasonRow
 	Total     int64
 	ShowLimit int
@@ -280,12 +281,19 @@ func (c *Console) getDead(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusBadRequest, "dead", p)
 		return
 	}
-	v := deadView{Filter: df, Ages: ages, ShowLimit: deadShown}
+	v := deadView{Filter: df, Ages: ages, ShowLimit: deadShown, Counted: deadCounted}
 	byReason := map[string]int64{}
-	err = c.dead.ScanNewest(r.Context(), f, func(rec deadletter.Record) error {
-		if v.Matched >= deadCounted {
+	// The newest deadCounted records are read whatever the filter, so the
+	// page costs at most that many however many dead letters are kept.
+	scanned, now := 0, c.now()
+	err = c.dead.ScanNewest(r.Context(), deadletter.Filter{}, func(rec deadletter.Record) error {
+		if scanned >= deadCounted {
 			v.MoreThan = true
 			return errEnough
+		}
+		scanned++
+		if !f.Match(rec, now) {
+			return nil
 		}
 		v.Matched++
 		byReason[rec.Reason]++

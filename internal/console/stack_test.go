@@ -40,8 +40,10 @@ const (
 
 	locGood = "locGood000000000000001"
 	locBad  = "locBadToken0000000001"
-	tokGood = "sandbox-token-good-000000000001"
-	tokBad  = "sandbox-token-bad-0000000000001"
+	// locBroken's token stays wrong: its dead letters are purged.
+	locBroken = "locBrokenToken0000001"
+	tokGood   = "sandbox-token-good-000000000001"
+	tokBad    = "sandbox-token-bad-0000000000001"
 )
 
 // swapTokens is a token source the test can fix, as an operator fixes a
@@ -92,9 +94,10 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	sb := sandbox.New(sandbox.Config{RateMax: -1})
 	sb.AddLocation(locGood, tokGood)
 	sb.AddLocation(locBad, tokGood+"-bad-location")
+	sb.AddLocation(locBroken, tokGood+"-broken-location")
 	api := httptest.NewServer(v.Wrap(sb.Handler()))
 	t.Cleanup(api.Close)
-	toks := &swapTokens{m: map[string]string{locGood: tokGood, locBad: tokBad}}
+	toks := &swapTokens{m: map[string]string{locGood: tokGood, locBad: tokBad, locBroken: tokBad}}
 	rl := ratelimit.Config{}
 	if o.rate != "" {
 		lim, err := ratelimit.ParseLimit(o.rate)
