@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -34,9 +35,10 @@ import (
 // in each round: load time (median and p95 of sequential loads through the
 // intake on loopback) and Redis commands per load (INFO commandstats). The
 // campaigns are real: enqueued by the producer's script, half of each
-// settled by the ledger's script (cancelled, already sent, not found,
-// dead letters under three reasons), over 200 and 10 locations, a few of
-// them parked or cooling down.
+// settled by the ledger's script (cancelled, already sent, not found, and
+// a quarter of all messages dead letters under three reasons: 25,000 for
+// the big one), over 200 and 10 locations, a few of them parked or cooling
+// down. The dead-letter page and the purge confirmation are measured too.
 func consoleBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench console", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -85,11 +87,13 @@ func consoleBench(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	type result struct{ med, p95, cmds float64 }
 	res := map[string][]result{}
 	pages := []struct{ name, path string }{
-		{"baseline page", "/console/campaigns/baseline"}, {"big page", "/console/campaigns/big"},
-		{"baseline live", "/console/campaigns/baseline/live"}, {"big live", "/console/campaigns/big/live"},
-		// The dead-letter page reads every matching record up to 20,000 (for
-		// its counts by reason): O(dead letters), not a page that polls.
+		{"baseline page", "/console/campaign?id=baseline"}, {"big page", "/console/campaign?id=big"},
+		{"baseline live", "/console/campaign/live?id=baseline"}, {"big live", "/console/campaign/live?id=big"},
+		// Not polled, and not O(1): the dead-letter page reads the newest
+		// 20,000 records at most (its counts by reason); the purge
+		// confirmation counts every matching record.
 		{"big dead", "/console/dead?campaign=big"},
+		{"big purge form", "/console/dead/purge?campaign=big"},
 	}
 	for r := 1; r <= *rounds; r++ {
 		for _, p := range pages {
@@ -120,7 +124,8 @@ func consoleBench(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	bigMed := median(col("big page", func(x result) float64 { return x.med }))
 	ratio := bigMed / median(col("baseline page", func(x result) float64 { return x.med }))
-	same := median(col("big page", func(x result) float64 { return x.cmds })) == median(col("baseline page", func(x result) float64 { return x.cmds }))
+	// Equal up to a connection handshake (HELLO, CLIENT SETINFO) in a round.
+	same := math.Abs(median(col("big page", func(x result) float64 { return x.cmds }))-median(col("baseline page", func(x result) float64 { return x.cmds }))) < 0.5
 	fmt.Fprintf(stdout, "  big/baseline load time: %.2f; page under 300 ms: %s; Redis commands independent of the campaign's size: %s\n",
 		ratio, verdict(bigMed < 300), verdict(same))
 	return nil
@@ -158,16 +163,16 @@ func seedCampaign(ctx context.Context, rdb *redis.Client, id string, n, locs, pa
 				it := items[i]
 				f := ledger.Final{TaskID: tasks.TaskID(it.Kind, it.MessageID), CampaignID: id, FirstAttempt: true,
 					Outcome: ledger.Outcome{Outcome: ledger.Cancelled, HTTPStatus: 200, Attempts: 1}}
-				switch i % 40 {
-				case 2:
-					f.Outcome = ledger.Outcome{Outcome: ledger.AlreadySent, Reason: "delivered", HTTPStatus: 404, Attempts: 1}
-				case 4:
-					f.Outcome = ledger.Outcome{Outcome: ledger.NotFound, HTTPStatus: 404, Attempts: 1}
-				case 6, 8, 10:
-					reason := []string{"unauthorized", "bad_request", "server_error"}[(i/40)%3]
+				switch {
+				case i%4 == 2: // a quarter of all messages: 25,000 dead letters for 100,000
+					reason := []string{"unauthorized", "bad_request", "server_error"}[(i/4)%3]
 					f.Outcome = ledger.Outcome{Outcome: ledger.DeadLettered, Reason: reason, HTTPStatus: 401, Attempts: 1}
 					f.Dead = &deadletter.Record{Kind: "message", MessageID: it.MessageID, LocationID: it.LocationID, CampaignID: id,
 						Queue: tasks.QueueBulk, Reason: reason, HTTPStatus: 401, Attempts: 1}
+				case i%40 == 4:
+					f.Outcome = ledger.Outcome{Outcome: ledger.AlreadySent, Reason: "delivered", HTTPStatus: 404, Attempts: 1}
+				case i%40 == 8:
+					f.Outcome = ledger.Outcome{Outcome: ledger.NotFound, HTTPStatus: 404, Attempts: 1}
 				}
 				if _, _, err := led.Settle(ctx, f); err != nil {
 					errc <- err

@@ -177,10 +177,13 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 		}
 		defer rdb.Close()
 		store := deadletter.New(rdb)
-		n, err := store.CountMatching(ctx, *f)
+		// Exactly the records counted here are purged: one dead-lettered
+		// while the question waits is not deleted unseen.
+		refs, err := store.Matching(ctx, *f)
 		if err != nil {
 			return err
 		}
+		n := len(refs)
 		if n == 0 {
 			fmt.Fprintln(e.stdout, "no matching dead letters")
 			return nil
@@ -192,7 +195,10 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 				return errors.New("not confirmed; nothing deleted (use --yes to skip the question)")
 			}
 		}
-		deleted, err := store.Purge(ctx, *f, nil)
+		deleted, err := store.PurgeRefs(ctx, refs, nil)
+		if deleted < n && err == nil {
+			fmt.Fprintf(e.stderr, "%d of the %d were requeued or dead-lettered again meanwhile and were kept\n", n-deleted, n)
+		}
 		fmt.Fprintf(e.stdout, "purged %d dead letters\n", deleted)
 		return err
 	}

@@ -50,13 +50,14 @@ func browserTools(t *testing.T) (node, chromium string) {
 // go to $GHLCANCEL_ARTIFACTS/console (default: the test's temporary folder).
 func TestBrowser(t *testing.T) {
 	node, chromium := browserTools(t)
-	s := newStack(t, stackOpts{rate: "10/1s"})
+	s := newStack(t, stackOpts{rate: "5/1s"})
 
-	// A campaign still running when the browser opens it (60 cancels at
-	// 10/s on one location), and dead letters on a location whose token
-	// is wrong, fixed before the browser requeues them.
+	// A campaign still running when the browser opens it (150 cancels at
+	// 5/s on one location: 30 s, while the browser needs a few to get
+	// there on a loaded machine), and dead letters on a location whose
+	// token is wrong, fixed before the browser requeues them.
 	const running, purge = "spring-sale", "old-import"
-	s.campaign(t, running, map[string]int{locGood: 60, locBad: 6})
+	s.campaign(t, running, map[string]int{locGood: 150, locBad: 6})
 	s.campaign(t, purge, map[string]int{locBroken: 4})
 	require.Eventually(t, func() bool {
 		return len(deadIDs(t, s, deadletter.Filter{CampaignID: running})) == 6 &&

@@ -33,6 +33,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"time"
 
@@ -152,9 +153,11 @@ func New(cfg Config) (*Console, error) {
 	c.mux.HandleFunc("POST "+p+"/login", c.postLogin)
 	c.mux.HandleFunc("POST "+p+"/logout", c.signedIn(true, c.postLogout))
 	c.mux.HandleFunc("GET "+p+"/{$}", c.signedIn(false, c.getCampaigns))
-	c.mux.HandleFunc("GET "+p+"/campaigns/{id}", c.signedIn(false, c.getCampaign))
-	c.mux.HandleFunc("GET "+p+"/campaigns/{id}/live", c.signedIn(false, c.getCampaignLive))
-	c.mux.HandleFunc("GET "+p+"/campaigns/{id}/report.csv", c.signedIn(false, c.getReport))
+	// A campaign id is any 1 to 128 bytes ("..", "a/b"): it travels in the
+	// query, where no path cleaning touches it.
+	c.mux.HandleFunc("GET "+p+"/campaign", c.signedIn(false, c.getCampaign))
+	c.mux.HandleFunc("GET "+p+"/campaign/live", c.signedIn(false, c.getCampaignLive))
+	c.mux.HandleFunc("GET "+p+"/campaign/report.csv", c.signedIn(false, c.getReport))
 	c.mux.HandleFunc("GET "+p+"/dead", c.signedIn(false, c.getDead))
 	c.mux.HandleFunc("POST "+p+"/dead/requeue", c.signedIn(true, c.postRequeue))
 	c.mux.HandleFunc("GET "+p+"/dead/purge", c.signedIn(false, c.getPurge))
@@ -329,12 +332,30 @@ func (c *Console) signedIn(change bool, h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// safeNext keeps a post-sign-in redirect inside the console.
+// safeNext keeps a post-sign-in redirect inside the console: a path (no
+// scheme, no host, no control character) that is still under the prefix
+// once cleaned, as http.Redirect will clean it.
 func (c *Console) safeNext(next string) string {
-	if strings.HasPrefix(next, c.cfg.Prefix+"/") && !strings.HasPrefix(next, "//") && !strings.Contains(next, `\`) {
-		return next
+	home := c.cfg.Prefix + "/"
+	if strings.ContainsFunc(next, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
+		return home
 	}
-	return c.cfg.Prefix + "/"
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" || !strings.HasPrefix(u.Path, "/") {
+		return home
+	}
+	clean := path.Clean(u.Path)
+	if clean != c.cfg.Prefix && !strings.HasPrefix(clean, home) {
+		return home
+	}
+	if strings.HasSuffix(u.Path, "/") && !strings.HasSuffix(clean, "/") {
+		clean += "/"
+	}
+	out := (&url.URL{Path: clean, RawQuery: u.RawQuery}).String()
+	if strings.HasPrefix(out, "//") {
+		return home
+	}
+	return out
 }
 
 func (c *Console) getLogin(w http.ResponseWriter, r *http.Request) {
@@ -354,7 +375,8 @@ func (c *Console) postLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	ck, err := r.Cookie(loginCookie)
 	if err != nil || ck.Value == "" || subtle.ConstantTimeCompare([]byte(ck.Value), []byte(r.PostForm.Get("login_token"))) != 1 {
-		c.fail(w, r, nil, http.StatusForbidden, "Refused: the sign-in form is stale. Open the sign-in page again.")
+		c.fail(w, r, nil, http.StatusForbidden, "Refused: the sign-in form is stale. Open the sign-in page again. "+
+			"(If this repeats: the console is reached over plain HTTP on an address that is not loopback, and browsers drop its Secure cookies; serve it over HTTPS.)")
 		return
 	}
 	next := c.safeNext(r.PostForm.Get("next"))
@@ -378,7 +400,7 @@ func (c *Console) postLogin(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, nil, http.StatusServiceUnavailable, "Redis is unavailable; try again in a moment.")
 		return
 	}
-	c.log.Info("console: signed in", "role", role, "remote", r.RemoteAddr)
+	c.log.Info("console: signed in", "role", role, "key", fp, "remote", r.RemoteAddr)
 	http.SetCookie(w, c.cookie(r, loginCookie, "", c.cfg.Prefix+"/login", -1))
 	http.SetCookie(w, c.cookie(r, SessionCookie, sid, c.cfg.Prefix, int(SessionTTL.Seconds())))
 	http.Redirect(w, r, next, http.StatusSeeOther)

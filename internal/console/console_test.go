@@ -3,15 +3,18 @@ package console_test
 import (
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"html"
 	"html/template"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +27,8 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/console"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
@@ -76,9 +81,20 @@ func TestSignInAndOut(t *testing.T) {
 	assert.Nil(t, cookieNamed(resp, console.SessionCookie))
 	assert.NotContains(t, page, "wrong-key-0123456789abcdef", "a key is never echoed")
 
-	// The right key, but the sign-in form's token is missing (login CSRF).
+	// The right key, but the sign-in form's token is missing (login CSRF),
+	// or the form was posted from another site.
 	resp, _ = b.post("/console/login", url.Values{"key": {operatorKey}})
 	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	_, page = b.get("/console/login")
+	resp, _ = b.do(http.MethodPost, "/console/login", url.Values{"login_token": {match(t, loginTokenRE, page)}, "key": {operatorKey}},
+		map[string]string{"Origin": "https://evil.example"})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.Nil(t, cookieNamed(resp, console.SessionCookie))
+	// A "next" leading off the console is replaced by the console's home.
+	_, page = b.get("/console/login")
+	resp, _ = b.post("/console/login", url.Values{"login_token": {match(t, loginTokenRE, page)}, "key": {operatorKey}, "next": {"https://evil.example/"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Equal(t, "/console/", resp.Header.Get("Location"))
 
 	// The right key: a session cookie, HttpOnly and SameSite=Strict; not
 	// Secure on a loopback host (browsers keep it on http://127.0.0.1).
@@ -183,15 +199,15 @@ func TestReadOnlyKey(t *testing.T) {
 
 	_, page := b.get("/console/")
 	assert.Contains(t, page, "read-only")
-	assert.Contains(t, page, `href="/console/campaigns/ro"`)
-	resp, page := b.get("/console/campaigns/ro")
+	assert.Contains(t, page, `href="/console/campaign?id=ro"`)
+	resp, page := b.get("/console/campaign?id=ro")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, page, "unauthorized")
 	_, page = b.get("/console/dead?campaign=ro")
 	assert.Contains(t, page, "read-only key")
 	assert.NotContains(t, page, `name="id"`, "no selection boxes for a read-only session")
 	assert.NotContains(t, page, "Requeue selected")
-	resp, _ = b.get("/console/campaigns/ro/report.csv")
+	resp, _ = b.get("/console/campaign/report.csv?id=ro")
 	assert.Equal(t, http.StatusOK, resp.StatusCode, "read-only sessions download reports")
 
 	recs := deadIDs(t, s, deadletter.Filter{CampaignID: "ro"})
@@ -236,7 +252,7 @@ func TestFixAndRequeue(t *testing.T) {
 	csrf := b.signIn(operatorKey)
 
 	// The campaign page says what happened and what to do.
-	_, page := b.get("/console/campaigns/fix")
+	_, page := b.get("/console/campaign?id=fix")
 	assert.Contains(t, page, `id="o-cancelled">3<`)
 	assert.Contains(t, page, `id="o-dead_lettered">4<`)
 	assert.Contains(t, page, template.HTMLEscapeString(tasks.DeadLetterHint("unauthorized")))
@@ -257,9 +273,9 @@ func TestFixAndRequeue(t *testing.T) {
 	s.tokens.set(locBad, tokGood+"-bad-location")
 	ids := deadIDs(t, s, deadletter.Filter{CampaignID: "fix"})
 	require.Len(t, ids, 4)
-	resp, _ = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"selected"}, "id": ids[:2]})
+	resp, _ = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"selected"}, "id": {ids[0], ids[1], ids[0], ids[1], ids[0]}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
-	assert.Contains(t, resp.Header.Get("Location"), "requeued=2&")
+	assert.Contains(t, resp.Header.Get("Location"), "requeued=2&already_queued=0&", "an id ticked twice counts once")
 	require.Eventually(t, func() bool { return len(deadIDs(t, s, deadletter.Filter{CampaignID: "fix"})) == 2 }, 10*time.Second, 50*time.Millisecond)
 	assert.ElementsMatch(t, ids[2:], deadIDs(t, s, deadletter.Filter{CampaignID: "fix"}), "only the selection was requeued")
 	resp, _ = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"fix"}, "reason": {"unauthorized"}})
@@ -286,7 +302,7 @@ func TestFixAndRequeue(t *testing.T) {
 	assert.Contains(t, page, "enqueue dead requeue --all")
 
 	// The CSV report has every message with its final outcome.
-	resp, body := b.get("/console/campaigns/fix/report.csv")
+	resp, body := b.get("/console/campaign/report.csv?id=fix")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, `attachment; filename="fix.csv"`, resp.Header.Get("Content-Disposition"))
 	rows, err := csv.NewReader(strings.NewReader(body)).ReadAll()
@@ -397,11 +413,11 @@ func TestCampaignPages(t *testing.T) {
 	b.signIn(operatorKey)
 
 	_, page := b.get("/console/")
-	assert.Contains(t, page, `href="/console/campaigns/slow%20one&#43;&amp;%3F%23x"`)
+	assert.Contains(t, page, `href="/console/campaign?id=slow%20one%2b%26%3f%23x"`)
 	assert.Contains(t, page, "running")
-	resp, page := b.get("/console/campaigns/slow%20one+&%3F%23x")
+	resp, page := b.get("/console/campaign?id=" + url.QueryEscape(id))
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	assert.Contains(t, page, `data-live="/console/campaigns/slow%20one&#43;&amp;%3F%23x/live"`)
+	assert.Contains(t, page, `data-live="/console/campaign/live?id=slow&#43;one%2B%26%3F%23x"`)
 	// The link to its dead letters filters on exactly this campaign.
 	link := regexp.MustCompile(`href="(/console/dead\?campaign=[^"]*)"`).FindStringSubmatch(page)
 	require.NotNil(t, link)
@@ -412,7 +428,7 @@ func TestCampaignPages(t *testing.T) {
 
 	// The live part, between two samples.
 	at := time.Now().Add(-2 * time.Second).UnixMilli()
-	resp, live := b.do(http.MethodGet, "/console/campaigns/slow%20one+&%3F%23x/live?prev_done=0&prev_at="+strconv.FormatInt(at, 10), nil, map[string]string{"X-Console-Fetch": "1"})
+	resp, live := b.do(http.MethodGet, "/console/campaign/live?id="+url.QueryEscape(id)+"&prev_done=0&prev_at="+strconv.FormatInt(at, 10), nil, map[string]string{"X-Console-Fetch": "1"})
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, live, `id="live-inner"`)
 	assert.NotContains(t, live, "<html", "a fragment, not a page")
@@ -420,21 +436,26 @@ func TestCampaignPages(t *testing.T) {
 
 	// A cool-down (a 429 elsewhere) shows with when it ends.
 	require.NoError(t, s.rdb.ZAdd(context.Background(), "ghlcancel:rl:cooling", redis.Z{Score: float64(time.Now().Add(time.Minute).UnixMilli()), Member: locGood}).Err())
-	_, page = b.get("/console/campaigns/slow%20one+&%3F%23x")
+	_, page = b.get("/console/campaign?id=" + url.QueryEscape(id))
 	assert.Contains(t, page, "<strong>"+locGood+"</strong> cooling down after a rate limit until")
+	// Another location's cool-down is not this campaign's.
+	require.NoError(t, s.rdb.ZAdd(context.Background(), "ghlcancel:rl:cooling", redis.Z{Score: float64(time.Now().Add(time.Minute).UnixMilli()), Member: locBroken}).Err())
+	_, page = b.get("/console/campaign?id=" + url.QueryEscape(id))
+	assert.NotContains(t, page, locBroken)
 	_, page = b.get("/console/locations")
 	assert.Contains(t, page, "<strong>"+locGood+"</strong> until")
+	assert.Contains(t, page, "<strong>"+locBroken+"</strong> until")
 
 	waitCampaign(t, s, id)
-	_, live = b.do(http.MethodGet, "/console/campaigns/slow%20one+&%3F%23x/live", nil, map[string]string{"X-Console-Fetch": "1"})
+	_, live = b.do(http.MethodGet, "/console/campaign/live?id="+url.QueryEscape(id), nil, map[string]string{"X-Console-Fetch": "1"})
 	assert.Contains(t, live, `data-complete="true"`)
 	assert.Contains(t, live, `id="o-cancelled">40<`)
 
-	resp, page = b.get("/console/campaigns/nope")
+	resp, page = b.get("/console/campaign?id=nope")
 	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
 	assert.Contains(t, page, "No campaign &#34;nope&#34;")
 	// The live fetch of a signed-out browser gets 401, so the page reloads to sign-in.
-	resp, _ = s.browser(t).do(http.MethodGet, "/console/campaigns/slow%20one+&%3F%23x/live", nil, map[string]string{"X-Console-Fetch": "1"})
+	resp, _ = s.browser(t).do(http.MethodGet, "/console/campaign/live?id="+url.QueryEscape(id), nil, map[string]string{"X-Console-Fetch": "1"})
 	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 }
 
@@ -454,6 +475,19 @@ func TestSessionEndsWithItsKey(t *testing.T) {
 	rec := httptest.NewRecorder()
 	c.ServeHTTP(rec, req)
 	assert.Equal(t, http.StatusSeeOther, rec.Code, "a session of a removed key is signed out")
+
+	// The same key, still configured: the session works; moved to the
+	// read-only list: its operator session ends (it would keep its rights).
+	same, err := console.New(console.Config{Redis: s.rdb, Keys: []string{operatorKey}})
+	require.NoError(t, err)
+	rec = httptest.NewRecorder()
+	same.ServeHTTP(rec, req)
+	assert.Equal(t, http.StatusOK, rec.Code)
+	moved, err := console.New(console.Config{Redis: s.rdb, ReadOnlyKeys: []string{operatorKey}})
+	require.NoError(t, err)
+	rec = httptest.NewRecorder()
+	moved.ServeHTTP(rec, req)
+	assert.Equal(t, http.StatusSeeOther, rec.Code, "an operator session of a key now read-only is signed out")
 
 	_, err = console.New(console.Config{Redis: s.rdb, Keys: []string{operatorKey}, ReadOnlyKeys: []string{operatorKey}})
 	assert.ErrorContains(t, err, "both read-only")
@@ -530,4 +564,80 @@ func TestDeadLetterPageIsBounded(t *testing.T) {
 	assert.Contains(t, page, "enqueue dead list")
 	assert.Equal(t, 200, strings.Count(page, `name="id"`))
 	assert.Contains(t, page, `value="msg:bulk020049"`, "newest first")
+}
+
+// failHScan fails HSCAN from the n-th call on, as a Redis that goes away
+// during a report download.
+type failHScan struct {
+	from  int
+	calls atomic.Int32
+}
+
+func (f *failHScan) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f *failHScan) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "hscan" && int(f.calls.Add(1)) >= f.from {
+			err := errors.New("connection reset (test)")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (f *failHScan) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestReportFailureIsNotADownload: a report that fails before its first
+// row is an error page, not an empty CSV; one that fails after rows went
+// out is cut off visibly (the connection aborts), never a short file that
+// looks whole.
+func TestReportFailureIsNotADownload(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	ctx := context.Background()
+	// 3,000 settled messages: the report reads them in several HSCAN pages.
+	led := ledger.New(s.rdb, ledger.Config{})
+	var items []producer.Item
+	for i := range 3000 {
+		items = append(items, producer.Item{Kind: ghl.KindMessage, MessageID: fmt.Sprintf("rep%06d", i), LocationID: locGood, CampaignID: "rep", Queue: tasks.QueueBulk})
+	}
+	for i := 0; i < len(items); i += producer.BatchSize {
+		for _, r := range s.prod.EnqueueBatch(ctx, items[i:min(i+producer.BatchSize, len(items))]) {
+			require.NoError(t, r.Err)
+		}
+	}
+	for _, it := range items {
+		_, _, err := led.Settle(ctx, ledger.Final{TaskID: tasks.TaskID(it.Kind, it.MessageID), CampaignID: "rep", FirstAttempt: true,
+			Outcome: ledger.Outcome{Outcome: ledger.Cancelled, HTTPStatus: 200, Attempts: 1}})
+		require.NoError(t, err)
+	}
+	for _, c := range []struct {
+		from int
+		want string
+	}{{1, "before"}, {2, "after"}} {
+		opt := *s.rdb.Options()
+		rdb := redis.NewClient(&opt)
+		t.Cleanup(func() { _ = rdb.Close() })
+		rdb.AddHook(&failHScan{from: c.from})
+		con, err := console.New(console.Config{Redis: rdb, Keys: []string{operatorKey}})
+		require.NoError(t, err)
+		hs := httptest.NewServer(con)
+		t.Cleanup(hs.Close)
+		b := s.browser(t)
+		b.base = hs.URL
+		b.signIn(operatorKey)
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+"/console/campaign/report.csv?id=rep", nil)
+		resp, err := b.c.Do(req)
+		require.NoError(t, err)
+		body, readErr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if c.want == "before" {
+			assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+			assert.Empty(t, resp.Header.Get("Content-Disposition"))
+			assert.Contains(t, string(body), "Redis is unavailable")
+			continue
+		}
+		assert.Equal(t, http.StatusOK, resp.StatusCode, "the first rows went out")
+		assert.Error(t, readErr, "the download must end in an error, not look complete (%d bytes read)", len(body))
+	}
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -99,6 +101,9 @@ type campaignView struct {
 	// next poll so the rate is taken between two polls.
 	SampleDone int64
 	SampleAt   int64
+	// LiveURL is the live part's address, escaped here: html/template does
+	// not treat a data- attribute as a URL.
+	LiveURL string
 }
 
 // campaignView reads a campaign: a fixed number of Redis commands whatever
@@ -128,7 +133,8 @@ func (c *Console) campaignView(r *http.Request, id string) (*campaignView, bool,
 		prevAt = time.UnixMilli(ms)
 	}
 	v := &campaignView{Status: s, progress: progressOf(s, now, prevDone, prevAt), Outcomes: outcomes(s),
-		Reasons: reasonRows(s.DeadByReason, tasks.DeadLetterHint), SampleDone: s.Done, SampleAt: now.UnixMilli()}
+		Reasons: reasonRows(s.DeadByReason, tasks.DeadLetterHint), SampleDone: s.Done, SampleAt: now.UnixMilli(),
+		LiveURL: c.cfg.Prefix + "/campaign/live?id=" + url.QueryEscape(id)}
 	for l, why := range s.Parked {
 		v.Parked = append(v.Parked, locRow{Location: l, Why: why})
 	}
@@ -153,7 +159,7 @@ func (c *Console) getCampaignLive(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Console) campaignPage(w http.ResponseWriter, r *http.Request, tmpl string) {
-	id := r.PathValue("id")
+	id := r.URL.Query().Get("id")
 	if !validID(id) {
 		c.fail(w, r, sessionOf(r), http.StatusBadRequest, "A campaign id is 1 to 128 bytes.")
 		return
@@ -171,7 +177,7 @@ func (c *Console) campaignPage(w http.ResponseWriter, r *http.Request, tmpl stri
 }
 
 func (c *Console) getReport(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+	id := r.URL.Query().Get("id")
 	if !validID(id) {
 		c.fail(w, r, sessionOf(r), http.StatusBadRequest, "A campaign id is 1 to 128 bytes.")
 		return
@@ -184,12 +190,37 @@ func (c *Console) getReport(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
-	w.Header().Set("Content-Disposition", `attachment; filename="`+safeFilename(id)+`.csv"`)
-	if _, err := c.campaigns.WriteReport(r.Context(), id, w); err != nil {
-		// Headers are sent: the download ends short; say so in the log.
-		c.log.Error("console: report cut short", "campaign", id, "err", err)
+	// The headers go out with the first bytes: a Redis failure before any
+	// row is an error page, not an empty download; one after the first
+	// rows aborts the connection, so the browser marks the download failed
+	// instead of keeping a silently cut file.
+	lw := &lazyWriter{w: w, start: func() {
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+		w.Header().Set("Content-Disposition", `attachment; filename="`+safeFilename(id)+`.csv"`)
+	}}
+	if _, err := c.campaigns.WriteReport(r.Context(), id, lw); err != nil {
+		if !lw.started {
+			c.redisDown(w, r, "report", err)
+			return
+		}
+		c.log.Error("console: report download cut short; aborting it", "campaign", id, "err", err)
+		panic(http.ErrAbortHandler)
 	}
+}
+
+// lazyWriter calls start before its first write.
+type lazyWriter struct {
+	w       io.Writer
+	start   func()
+	started bool
+}
+
+func (l *lazyWriter) Write(b []byte) (int, error) {
+	if !l.started {
+		l.started = true
+		l.start()
+	}
+	return l.w.Write(b)
 }
 
 func safeFilename(s string) string {
@@ -323,7 +354,11 @@ func flash(q url.Values) string {
 		return fmt.Sprintf("Requeued %s. Already queued %s, already done %s, skipped %s (not rebuildable, left in place).",
 			n("requeued"), n("already_queued"), n("already_done"), n("skipped"))
 	case "purge":
-		return fmt.Sprintf("Purged %s dead letters.", n("purged"))
+		msg := fmt.Sprintf("Purged %s dead letters.", n("purged"))
+		if k := n("kept"); k != "0" {
+			msg += fmt.Sprintf(" %s were requeued or dead-lettered again meanwhile and were kept.", k)
+		}
+		return msg
 	}
 	return ""
 }
@@ -337,7 +372,7 @@ func (c *Console) postRequeue(w http.ResponseWriter, r *http.Request) {
 	var st producer.RequeueStats
 	switch r.PostForm.Get("scope") {
 	case "selected":
-		ids := r.PostForm["id"]
+		ids := slices.Compact(slices.Sorted(slices.Values(r.PostForm["id"])))
 		if len(ids) == 0 {
 			c.fail(w, r, sessionOf(r), http.StatusBadRequest, "Select at least one dead letter to requeue (tick its box).")
 			return
@@ -361,8 +396,8 @@ func (c *Console) postRequeue(w http.ResponseWriter, r *http.Request) {
 		c.redisDown(w, r, "requeue", err)
 		return
 	}
-	c.log.Info("console: requeued dead letters", "scope", r.PostForm.Get("scope"), "requeued", st.Requeued,
-		"already_queued", st.AlreadyQueued, "already_done", st.AlreadyDone, "skipped", st.Skipped)
+	c.log.Info("console: requeued dead letters", "scope", r.PostForm.Get("scope"), "filter", df.Query(), "selected", len(r.PostForm["id"]),
+		"requeued", st.Requeued, "already_queued", st.AlreadyQueued, "already_done", st.AlreadyDone, "skipped", st.Skipped, "key", sessionOf(r).key)
 	q := df.Query()
 	if q != "" {
 		q += "&"
@@ -407,11 +442,14 @@ func (c *Console) postPurge(w http.ResponseWriter, r *http.Request) {
 		c.purgeForm(w, r, r.PostForm, http.StatusBadRequest, "")
 		return
 	}
-	n, err := c.dead.CountMatching(r.Context(), f)
+	// Exactly the records counted now are purged (a record that starts
+	// matching later is not deleted unseen).
+	refs, err := c.dead.Matching(r.Context(), f)
 	if err != nil {
 		c.redisDown(w, r, "purge", err)
 		return
 	}
+	n := len(refs)
 	typed := strings.ReplaceAll(strings.TrimSpace(r.PostForm.Get("confirm")), ",", "")
 	if typed != strconv.Itoa(n) || r.PostForm.Get("expected") != strconv.Itoa(n) {
 		msg := fmt.Sprintf("Nothing was deleted: type %d to confirm.", n)
@@ -421,13 +459,13 @@ func (c *Console) postPurge(w http.ResponseWriter, r *http.Request) {
 		c.purgeForm(w, r, r.PostForm, http.StatusUnprocessableEntity, msg)
 		return
 	}
-	deleted, err := c.dead.Purge(r.Context(), f, nil)
+	deleted, err := c.dead.PurgeRefs(r.Context(), refs, nil)
 	if err != nil {
-		c.redisDown(w, r, "purge", err)
+		c.redisDown(w, r, fmt.Sprintf("purge, after deleting %d", deleted), err)
 		return
 	}
-	c.log.Info("console: purged dead letters", "purged", deleted, "filter", df.Query())
-	q := df.Query() + "&done=purge&purged=" + strconv.Itoa(deleted)
+	c.log.Info("console: purged dead letters", "purged", deleted, "kept", n-deleted, "filter", df.Query(), "key", sessionOf(r).key)
+	q := df.Query() + fmt.Sprintf("&done=purge&purged=%d&kept=%d", deleted, n-deleted)
 	http.Redirect(w, r, c.cfg.Prefix+"/dead?"+q, http.StatusSeeOther)
 }
 

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"html/template"
 	"math"
-	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -100,7 +99,6 @@ func funcs(prefix string) template.FuncMap {
 			return Dur(time.Since(t)) + " ago"
 		},
 		"in": func(t time.Time) string { return "in " + Dur(time.Until(t)) },
-		"p":  url.PathEscape,
 	}
 }
 

@@ -189,3 +189,74 @@ func TestPruneKeepsOnlyTheRetention(t *testing.T) {
 	require.Equal(t, "msg:p00000", order[0], "newest first")
 	require.Equal(t, fmt.Sprintf("msg:p%05d", 24*60-1), order[len(order)-1])
 }
+
+// TestPurgeExactlyWhatWasCounted: a purge deletes the records counted for
+// its confirmation and nothing else: not one that started matching after,
+// not one dead-lettered again since (a new failure nobody has seen), and
+// takes their archived asynq copies with them.
+func TestPurgeExactlyWhatWasCounted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	s := deadletter.New(rdb)
+	old := time.Now().Add(-time.Hour)
+	for i := range 5 {
+		require.NoError(t, s.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:%d", i), Queue: "bulk", CampaignID: "c", Reason: "unauthorized", DeadAt: old.Add(time.Duration(i) * time.Millisecond)}))
+	}
+	require.NoError(t, s.Add(ctx, deadletter.Record{TaskID: "msg:other", Queue: "bulk", CampaignID: "d", Reason: "unauthorized", DeadAt: old}))
+	// asynq's archived copy of msg:0, and a live (pending) task msg:1.
+	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:msg:0", "state", "archived").Err())
+	require.NoError(t, rdb.ZAdd(ctx, "asynq:{bulk}:archived", redis.Z{Score: 1, Member: "msg:0"}).Err())
+	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:msg:1", "state", "pending").Err())
+
+	refs, err := s.Matching(ctx, deadletter.Filter{CampaignID: "c"})
+	require.NoError(t, err)
+	require.Len(t, refs, 5)
+	// Meanwhile: a sixth starts matching, msg:2 is requeued (removed),
+	// msg:3 is dead-lettered again.
+	require.NoError(t, s.Add(ctx, deadletter.Record{TaskID: "msg:late", Queue: "bulk", CampaignID: "c", Reason: "unauthorized"}))
+	require.NoError(t, s.Remove(ctx, "msg:2"))
+	require.NoError(t, s.Add(ctx, deadletter.Record{TaskID: "msg:3", Queue: "bulk", CampaignID: "c", Reason: "server_error"}))
+
+	var progress []int
+	n, err := s.PurgeRefs(ctx, refs, func(d int) { progress = append(progress, d) })
+	require.NoError(t, err)
+	require.Equal(t, 3, n, "msg:0, msg:1, msg:4")
+	require.Equal(t, []int{3}, progress)
+	var left []string
+	require.NoError(t, s.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error { left = append(left, r.TaskID); return nil }))
+	require.ElementsMatch(t, []string{"msg:other", "msg:late", "msg:3"}, left)
+	require.Zero(t, rdb.Exists(ctx, "asynq:{bulk}:t:msg:0").Val(), "the archived copy goes")
+	require.Zero(t, rdb.ZCard(ctx, "asynq:{bulk}:archived").Val())
+	require.Equal(t, "pending", rdb.HGet(ctx, "asynq:{bulk}:t:msg:1", "state").Val(), "a live task is never touched")
+}
+
+// TestScanIDs reads a selection across pages, skipping ids with no record.
+func TestScanIDs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	s := deadletter.New(rdb)
+	var ids []string
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range 2500 {
+			id := fmt.Sprintf("msg:%04d", i)
+			ids = append(ids, id)
+			if i%10 == 0 {
+				continue // no record
+			}
+			p.HSet(ctx, deadletter.KeyRecords, id, fmt.Sprintf(`{"task_id":%q,"reason":"x"}`, id))
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	seen := map[string]bool{}
+	require.NoError(t, s.ScanIDs(ctx, ids, func(r deadletter.Record) error {
+		require.False(t, seen[r.TaskID])
+		seen[r.TaskID] = true
+		return nil
+	}))
+	require.Len(t, seen, 2250)
+	require.True(t, seen["msg:2499"], "the last page is read")
+	require.False(t, seen["msg:0010"])
+}

@@ -2,44 +2,46 @@ package deadletter
 
 import (
 	"context"
+	"strconv"
 
-	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 )
 
-// Purge deletes every record matching f for good, with its copy in asynq's
-// archive, PageSize records per round trip so that 100,000 records never
-// block Redis. progress, when set, is called after each page with the count
-// so far. It returns how many records it deleted. The CLI (`enqueue dead
-// purge`) and the console both purge through it.
-func (s *Store) Purge(ctx context.Context, f Filter, progress func(deleted int)) (int, error) {
-	insp := asynq.NewInspectorFromRedisClient(s.rdb)
-	var batch []string
-	deleted := 0
-	flush := func() error {
-		if err := s.Remove(ctx, batch...); err != nil {
-			return err
-		}
-		deleted += len(batch)
-		batch = batch[:0]
-		if progress != nil {
-			progress(deleted)
-		}
+// Ref names one dead letter as it was when it was matched: its task id, its
+// lane and its index score (dead-at, unix ms). A purge removes a record only
+// if it is still that one: a record requeued and dead-lettered again since
+// is a new failure nobody has seen, and stays.
+type Ref struct {
+	TaskID string
+	Queue  string
+	Score  int64
+}
+
+// Matching returns every record matching f, oldest first, as refs: what a
+// purge confirmation counts, so that exactly those are purged.
+func (s *Store) Matching(ctx context.Context, f Filter) ([]Ref, error) {
+	var refs []Ref
+	if err := s.Scan(ctx, f, func(r Record) error {
+		refs = append(refs, Ref{TaskID: r.TaskID, Queue: r.Queue})
 		return nil
+	}); err != nil {
+		return nil, err
 	}
-	err := s.Scan(ctx, f, func(r Record) error {
-		if info, err := insp.GetTaskInfo(r.Queue, r.TaskID); err == nil && info.State == asynq.TaskStateArchived {
-			_ = insp.DeleteTask(r.Queue, r.TaskID)
+	for i := 0; i < len(refs); i += PageSize {
+		page := refs[i:min(i+PageSize, len(refs))]
+		ids := make([]string, len(page))
+		for j, r := range page {
+			ids[j] = r.TaskID
 		}
-		batch = append(batch, r.TaskID)
-		if len(batch) >= PageSize {
-			return flush()
+		scores, err := s.rdb.ZMScore(ctx, KeyIndex, ids...).Result()
+		if err != nil {
+			return nil, err
 		}
-		return nil
-	})
-	if err == nil && len(batch) > 0 {
-		err = flush()
+		for j := range page {
+			page[j].Score = int64(scores[j]) // 0 when removed meanwhile: the purge skips it
+		}
 	}
-	return deleted, err
+	return refs, nil
 }
 
 // CountMatching counts the records matching f (a full scan: for
@@ -48,4 +50,54 @@ func (s *Store) CountMatching(ctx context.Context, f Filter) (int, error) {
 	n := 0
 	err := s.Scan(ctx, f, func(Record) error { n++; return nil })
 	return n, err
+}
+
+// purgeScript removes the records of a page of refs that are still the
+// ones matched (same index score), with their copies in asynq's archive.
+// KEYS records hash, index. ARGV triplets: task id, score, lane.
+var purgeScript = redis.NewScript(`
+local n = 0
+for i = 1, #ARGV, 3 do
+  local id, score, lane = ARGV[i], ARGV[i+1], ARGV[i+2]
+  local cur = redis.call("ZSCORE", KEYS[2], id)
+  if cur and tonumber(cur) == tonumber(score) then
+    redis.call("HDEL", KEYS[1], id)
+    redis.call("ZREM", KEYS[2], id)
+    n = n + 1
+    if lane ~= "" then
+      local tk = "asynq:{" .. lane .. "}:t:" .. id
+      if redis.call("HGET", tk, "state") == "archived" then
+        redis.call("DEL", tk)
+        redis.call("ZREM", "asynq:{" .. lane .. "}:archived", id)
+      end
+    end
+  end
+end
+return n
+`)
+
+// PurgeRefs deletes the dead letters named by refs for good, with their
+// copies in asynq's archive: one script per PageSize refs. A record removed
+// meanwhile (requeued), or dead-lettered again since it was matched, is
+// left alone and not counted. progress, when set, gets the count so far
+// after each page. The CLI (`enqueue dead purge`) and the console both
+// purge through it, after showing len(refs) for confirmation.
+func (s *Store) PurgeRefs(ctx context.Context, refs []Ref, progress func(deleted int)) (int, error) {
+	deleted := 0
+	for i := 0; i < len(refs); i += PageSize {
+		page := refs[i:min(i+PageSize, len(refs))]
+		argv := make([]any, 0, 3*len(page))
+		for _, r := range page {
+			argv = append(argv, r.TaskID, strconv.FormatInt(r.Score, 10), r.Queue)
+		}
+		n, err := purgeScript.Run(ctx, s.rdb, []string{KeyRecords, KeyIndex}, argv...).Int()
+		if err != nil {
+			return deleted, err
+		}
+		deleted += n
+		if progress != nil {
+			progress(deleted)
+		}
+	}
+	return deleted, nil
 }

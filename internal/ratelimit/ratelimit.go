@@ -573,7 +573,7 @@ func (l *Limiter) coolDown(ctx context.Context, location string, d time.Duration
 	if err := extendCool.Run(ctx, l.rdb, []string{locKey(location)}, d.Microseconds()).Err(); err != nil {
 		return err
 	}
-	// The operators' index (console, `enqueue parked`): best effort, a
+	// The operators' index (read by the console): best effort, a
 	// separate key so the script stays on the location's slot.
 	until := time.Now().Add(d).UnixMilli()
 	_ = l.rdb.ZAddGT(ctx, KeyCooling, redis.Z{Score: float64(until), Member: location}).Err()

@@ -406,6 +406,18 @@ func TestRateLimitedSetsSharedCooldown(t *testing.T) {
 	require.ErrorAs(t, err, &sn)
 	require.Equal(t, "cooldown", sn.Reason)
 	require.InDelta(t, float64(30*time.Second-LeadDefault), float64(sn.RetryAfter), float64(time.Second))
+	// Operators see it, with when it ends (the console's locations).
+	cooling, err := Cooling(ctx, rdb)
+	require.NoError(t, err)
+	require.Contains(t, cooling, "locA")
+	require.WithinDuration(t, time.Now().Add(30*time.Second), cooling["locA"], 2*time.Second)
+	require.NotContains(t, cooling, "locB")
+	// An ended cool-down leaves the index when it is read.
+	require.NoError(t, rdb.ZAdd(ctx, KeyCooling, redis.Z{Score: float64(time.Now().Add(-time.Second).UnixMilli()), Member: "locOld"}).Err())
+	cooling, err = Cooling(ctx, rdb)
+	require.NoError(t, err)
+	require.NotContains(t, cooling, "locOld")
+	require.Zero(t, rdb.ZScore(ctx, KeyCooling, "locOld").Val())
 }
 
 // TestLearnedLimitIsRememberedOnlyOnceRedisHasIt: a failed write of a

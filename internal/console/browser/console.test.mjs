@@ -130,9 +130,9 @@ try {
   const flash = await page.textContent("[role=status]");
   expect(flash.includes(`Requeued ${boxes}.`), `requeue flash: ${flash}`);
   step(`requeued ${boxes} selected dead letters`);
-  await page.goto(`${BASE}/console/campaigns/${encodeURIComponent(CAMPAIGN)}`);
+  await page.goto(`${BASE}/console/campaign?id=${encodeURIComponent(CAMPAIGN)}`);
   await page.waitForFunction(() => document.querySelector("#o-dead_lettered").textContent.trim() === "0", null, { timeout: 20000 });
-  await page.waitForFunction(() => document.querySelector("#live-inner").dataset.complete === "true", null, { timeout: 30000 });
+  await page.waitForFunction(() => document.querySelector("#live-inner").dataset.complete === "true", null, { timeout: 60000 });
   const cancelled = num(await page.textContent("#o-cancelled"));
   expect(cancelled === total, `after the requeue: cancelled ${cancelled} of ${total}`);
   await check(page, "campaign-complete");
@@ -168,7 +168,7 @@ try {
 
   // 7. Phone width, dark mode: nothing wider than the screen.
   const phone = await newPage({ viewport: { width: 390, height: 844 }, colorScheme: "dark", storageState: await ctx.storageState() });
-  for (const [name, url] of [["phone-campaigns", "/console/"], ["phone-campaign", `/console/campaigns/${encodeURIComponent(CAMPAIGN)}`],
+  for (const [name, url] of [["phone-campaigns", "/console/"], ["phone-campaign", `/console/campaign?id=${encodeURIComponent(CAMPAIGN)}`],
     ["phone-dead-letters", "/console/dead"]]) {
     await phone.page.goto(BASE + url);
     const over = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);

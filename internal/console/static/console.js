@@ -9,12 +9,15 @@
   if (live) {
     var url = live.getAttribute("data-live");
     var timer = null;
+    var inFlight = false;
     var poll = function () {
+      timer = null;
       var inner = document.getElementById("live-inner");
-      if (!inner || inner.getAttribute("data-complete") === "true") {
+      if (inFlight || document.hidden || !inner || inner.getAttribute("data-complete") === "true") {
         return;
       }
-      var q = "?prev_done=" + encodeURIComponent(inner.getAttribute("data-sample-done")) +
+      inFlight = true;
+      var q = "&prev_done=" + encodeURIComponent(inner.getAttribute("data-sample-done")) +
         "&prev_at=" + encodeURIComponent(inner.getAttribute("data-sample-at"));
       fetch(url + q, { credentials: "same-origin", headers: { "X-Console-Fetch": "1" } })
         .then(function (r) {
@@ -30,14 +33,19 @@
           }
         })
         .catch(function () { /* keep the last numbers; try again */ })
-        .finally(function () { timer = setTimeout(poll, 2000); });
+        .finally(function () {
+          inFlight = false;
+          if (!document.hidden) {
+            timer = setTimeout(poll, 2000);
+          }
+        });
     };
     timer = setTimeout(poll, 2000);
     document.addEventListener("visibilitychange", function () {
       if (document.hidden && timer) {
         clearTimeout(timer);
         timer = null;
-      } else if (!document.hidden && !timer) {
+      } else if (!document.hidden && !timer && !inFlight) {
         poll();
       }
     });
