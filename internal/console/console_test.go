@@ -29,6 +29,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
@@ -640,4 +641,27 @@ func TestReportFailureIsNotADownload(t *testing.T) {
 		assert.Equal(t, http.StatusOK, resp.StatusCode, "the first rows went out")
 		assert.Error(t, readErr, "the download must end in an error, not look complete (%d bytes read)", len(body))
 	}
+}
+
+// TestCampaignPageShowsSweeps: a campaign started by a sweep shows the
+// sweep's progress: locations swept, pages and messages read, scheduled
+// found, each sweep with its state.
+func TestCampaignPageShowsSweeps(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	ctx := context.Background()
+	s.sb.AddMessages(locGood, sandbox.MixedSpecs(40, 25, 10, 5, 4)...)
+	st, err := s.prod.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, ContactID: "contact01", CampaignID: "replied"})
+	require.NoError(t, err)
+	done := waitCampaign(t, s, st.CampaignID)
+	require.EqualValues(t, 1, done.SweepsDone)
+	b := s.browser(t)
+	b.signIn(operatorKey)
+	_, page := b.get("/console/campaign?id=replied")
+	assert.Contains(t, page, `<h2 id="sweeps-h">Sweeps</h2>`)
+	assert.Contains(t, page, fmt.Sprintf("1 of 1 locations swept: %s pages, %s messages read, %s still scheduled found.",
+		console.Num(done.SweepPages), console.Num(done.SweepSeen), console.Num(done.SweepFound)))
+	assert.Contains(t, page, "contact contact01")
+	assert.Contains(t, page, ">done<")
+	assert.EqualValues(t, done.SweepFound, done.Cancelled)
+	assert.Positive(t, done.SweepFound)
 }
