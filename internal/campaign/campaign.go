@@ -129,23 +129,36 @@ func (t *Tracker) WithSweeps(ctx context.Context, s *Status) error {
 
 // Get returns a campaign's status; ok is false for an unknown campaign.
 func (t *Tracker) Get(ctx context.Context, campaign string) (Status, bool, error) {
-	var h *redis.MapStringStringCmd
-	var retrying *redis.IntCmd
-	_, err := t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		h = p.HGetAll(ctx, ledger.CampaignKey(campaign))
-		retrying = p.SCard(ctx, ledger.CampaignRetryingKey(campaign))
+	var read statusRead
+	if _, err := t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		read = queueStatus(ctx, p, campaign)
 		return nil
-	})
-	if err != nil {
+	}); err != nil {
 		return Status{}, false, err
 	}
-	m := h.Val()
+	s, ok := read.status(campaign)
+	return s, ok, nil
+}
+
+// statusRead is a campaign's counters and retrying count, queued on a pipeline.
+type statusRead struct {
+	h        *redis.MapStringStringCmd
+	retrying *redis.IntCmd
+}
+
+func queueStatus(ctx context.Context, p redis.Pipeliner, campaign string) statusRead {
+	return statusRead{h: p.HGetAll(ctx, ledger.CampaignKey(campaign)), retrying: p.SCard(ctx, ledger.CampaignRetryingKey(campaign))}
+}
+
+// status decodes the read; ok is false for an unknown (or expired) campaign.
+func (r statusRead) status(campaign string) (Status, bool) {
+	m := r.h.Val()
 	if len(m) == 0 {
-		return Status{}, false, nil
+		return Status{}, false
 	}
 	n := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
 	s := Status{
-		Campaign: campaign, Total: n("total"), Retrying: retrying.Val(),
+		Campaign: campaign, Total: n("total"), Retrying: r.retrying.Val(),
 		Cancelled: n(Cancelled), CancelledEarlier: n(Cancelled + ":" + ledger.ReasonEarlierAttempt), NotCancellable: n(NotCancellable), AlreadySent: n(ledger.AlreadySent), NotFound: n(ledger.NotFound), Expired: n(Expired), DeadLettered: n(DeadLettered),
 		StartedAt: time.UnixMilli(n("started_at")), DeadByReason: map[string]int64{},
 	}
@@ -163,7 +176,7 @@ func (t *Tracker) Get(ctx context.Context, campaign string) (Status, bool, error
 		s.FinishedAt = &ft
 		s.Complete = true
 	}
-	return s, true, nil
+	return s, true
 }
 
 // Locations returns the locations a campaign's messages belong to.
@@ -211,21 +224,26 @@ func ofCampaign[V any](ctx context.Context, rdb redis.UniversalClient, campaign 
 	return out, nil
 }
 
-// List returns up to n campaigns, newest first.
+// List returns up to n campaigns, newest first, in two round trips.
 func (t *Tracker) List(ctx context.Context, n int) ([]Status, error) {
 	cutoff := time.Now().Add(-t.retention).UnixMilli()
 	_ = t.rdb.ZRemRangeByScore(ctx, ledger.CampaignIndex, "-inf", "("+strconv.FormatInt(cutoff, 10)).Err()
 	names, err := t.rdb.ZRevRange(ctx, ledger.CampaignIndex, 0, int64(n-1)).Result()
-	if err != nil {
+	if err != nil || len(names) == 0 {
+		return nil, err
+	}
+	reads := make([]statusRead, len(names))
+	if _, err := t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, c := range names {
+			reads[i] = queueStatus(ctx, p, c)
+		}
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	var out []Status
-	for _, c := range names {
-		s, ok, err := t.Get(ctx, c)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
+	for i, c := range names {
+		if s, ok := reads[i].status(c); ok {
 			out = append(out, s)
 		}
 	}
