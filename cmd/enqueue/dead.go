@@ -197,7 +197,7 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 		}
 		deleted, err := store.PurgeRefs(ctx, refs, nil)
 		if deleted < n && err == nil {
-			fmt.Fprintf(e.stderr, "%d of the %d were requeued or dead-lettered again meanwhile and were kept\n", n-deleted, n)
+			fmt.Fprintf(e.stderr, "%d of the %d were no longer as counted (requeued, dead-lettered again or removed meanwhile) and were not deleted by this purge\n", n-deleted, n)
 		}
 		fmt.Fprintf(e.stdout, "purged %d dead letters\n", deleted)
 		return err

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -27,10 +28,12 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/console"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/intake"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/metrics"
 )
 
 func cookieNamed(resp *http.Response, name string) *http.Cookie {
@@ -325,15 +328,19 @@ func TestPurgeConfirmation(t *testing.T) {
 	b := s.browser(t)
 	csrf := b.signIn(operatorKey)
 
+	asOfRE := regexp.MustCompile(`name="as_of" value="(\d+)"`)
 	resp, page := b.get("/console/dead/purge?campaign=purge")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, page, `<strong id="purge-count">5</strong>`)
+	shown := asOfRE.FindStringSubmatch(page)
+	require.NotNil(t, shown)
 	assert.Contains(t, page, "Type <strong>5</strong> to confirm")
 	resp, page = b.get("/console/dead/purge")
 	assert.Equal(t, http.StatusBadRequest, resp.StatusCode, "no filter: not from the browser")
 	assert.Contains(t, page, "enqueue dead purge --all")
 
-	form := url.Values{"csrf": {csrf}, "campaign": {"purge"}, "expected": {"5"}}
+	form := url.Values{"csrf": {csrf}, "campaign": {"purge"}, "expected": {"5"},
+		"as_of": {shown[1]}}
 	for _, typed := range []string{"", "yes", "4", "50"} {
 		form.Set("confirm", typed)
 		resp, page = b.post("/console/dead/purge", form)
@@ -347,10 +354,29 @@ func TestPurgeConfirmation(t *testing.T) {
 	form.Set("confirm", "6")
 	resp, page = b.post("/console/dead/purge", form)
 	assert.Equal(t, http.StatusUnprocessableEntity, resp.StatusCode)
-	assert.Contains(t, page, "5 dead letters match now (the count changed)")
+	assert.Contains(t, page, "changed since this page was shown")
 
+	// Shown 5; before the operator confirms, one of them is requeued and
+	// fails again: 5 still match, but the one that failed again was not
+	// counted. Nothing is deleted; the page asks again.
+	_, page = b.get("/console/dead/purge?campaign=purge")
+	form.Set("as_of", asOfRE.FindStringSubmatch(page)[1])
+	again := deadIDs(t, s, deadletter.Filter{CampaignID: "purge"})[0]
+	rec, ok, err := deadletter.New(s.rdb).Get(context.Background(), again)
+	require.NoError(t, err)
+	require.True(t, ok)
+	rec.DeadAt = time.Now().Add(time.Second)
+	require.NoError(t, deadletter.New(s.rdb).Add(context.Background(), rec))
 	form.Set("expected", "5")
 	form.Set("confirm", "5")
+	resp, page = b.post("/console/dead/purge", form)
+	assert.Equal(t, http.StatusUnprocessableEntity, resp.StatusCode)
+	assert.Contains(t, page, "the matching dead letters changed since this page was shown")
+	assert.Len(t, deadIDs(t, s, deadletter.Filter{CampaignID: "purge"}), 5)
+
+	// Confirmed from a fresh page: all 5, the one that failed again included.
+	_, page = b.get("/console/dead/purge?campaign=purge")
+	form.Set("as_of", asOfRE.FindStringSubmatch(page)[1])
 	resp, _ = b.post("/console/dead/purge", form)
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.Contains(t, resp.Header.Get("Location"), "purged=5")
@@ -620,9 +646,10 @@ func TestReportFailureIsNotADownload(t *testing.T) {
 		rdb := redis.NewClient(&opt)
 		t.Cleanup(func() { _ = rdb.Close() })
 		rdb.AddHook(&failHScan{from: c.from})
-		con, err := console.New(console.Config{Redis: rdb, Keys: []string{operatorKey}})
+		reg := prometheus.NewRegistry()
+		srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{operatorKey}, Registry: reg})
 		require.NoError(t, err)
-		hs := httptest.NewServer(con)
+		hs := httptest.NewServer(srv)
 		t.Cleanup(hs.Close)
 		b := s.browser(t)
 		b.base = hs.URL
@@ -640,6 +667,9 @@ func TestReportFailureIsNotADownload(t *testing.T) {
 		}
 		assert.Equal(t, http.StatusOK, resp.StatusCode, "the first rows went out")
 		assert.Error(t, readErr, "the download must end in an error, not look complete (%d bytes read)", len(body))
+		mfs, err := reg.Gather()
+		require.NoError(t, err)
+		assert.Equal(t, 1.0, metrics.Sum(mfs, "ghlcancel_intake_requests_total", "code", "aborted"), "counted as aborted, not 200")
 	}
 }
 

@@ -199,6 +199,10 @@ func (c *Console) getReport(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Disposition", `attachment; filename="`+safeFilename(id)+`.csv"`)
 	}}
 	if _, err := c.campaigns.WriteReport(r.Context(), id, lw); err != nil {
+		if r.Context().Err() != nil {
+			c.log.Info("console: report download abandoned by the browser", "campaign", id)
+			return
+		}
 		if !lw.started {
 			c.redisDown(w, r, "report", err)
 			return
@@ -356,7 +360,7 @@ func flash(q url.Values) string {
 	case "purge":
 		msg := fmt.Sprintf("Purged %s dead letters.", n("purged"))
 		if k := n("kept"); k != "0" {
-			msg += fmt.Sprintf(" %s were requeued or dead-lettered again meanwhile and were kept.", k)
+			msg += fmt.Sprintf(" %s were no longer as counted (requeued, dead-lettered again or removed meanwhile) and were not deleted.", k)
 		}
 		return msg
 	}
@@ -410,6 +414,10 @@ type purgeView struct {
 	Filter  deadFilter
 	Ages    any
 	Matched int
+	// AsOf is the newest index score among the matched records when the
+	// form was shown: the purge leaves out records dead-lettered after it
+	// (a new failure, or an old one failing again), which nobody counted.
+	AsOf int64
 }
 
 // getPurge asks for the typed confirmation: the number of dead letters
@@ -428,12 +436,16 @@ func (c *Console) purgeForm(w http.ResponseWriter, r *http.Request, v url.Values
 		c.fail(w, r, sessionOf(r), http.StatusBadRequest, "Choose a filter first: purging every dead letter at once is for the CLI (enqueue dead purge --all).")
 		return
 	}
-	n, err := c.dead.CountMatching(r.Context(), f)
+	refs, err := c.dead.Matching(r.Context(), f)
 	if err != nil {
 		c.redisDown(w, r, "purge", err)
 		return
 	}
-	c.render(w, r, status, "purge", page{Title: "Purge dead letters", Nav: "dead", Error: msg, Data: purgeView{Filter: df, Ages: ages, Matched: n}})
+	pv := purgeView{Filter: df, Ages: ages, Matched: len(refs)}
+	for _, ref := range refs {
+		pv.AsOf = max(pv.AsOf, ref.Score)
+	}
+	c.render(w, r, status, "purge", page{Title: "Purge dead letters", Nav: "dead", Error: msg, Data: pv})
 }
 
 func (c *Console) postPurge(w http.ResponseWriter, r *http.Request) {
@@ -442,19 +454,31 @@ func (c *Console) postPurge(w http.ResponseWriter, r *http.Request) {
 		c.purgeForm(w, r, r.PostForm, http.StatusBadRequest, "")
 		return
 	}
-	// Exactly the records counted now are purged (a record that starts
-	// matching later is not deleted unseen).
-	refs, err := c.dead.Matching(r.Context(), f)
+	asOf, err := strconv.ParseInt(r.PostForm.Get("as_of"), 10, 64)
+	if err != nil {
+		c.purgeForm(w, r, r.PostForm, http.StatusBadRequest, "The form is incomplete; nothing was deleted. Confirm again.")
+		return
+	}
+	// Exactly the records the operator counted are purged: those matching
+	// now that were dead-lettered no later than the newest one shown. One
+	// dead-lettered again since the form was shown is not among them.
+	all, err := c.dead.Matching(r.Context(), f)
 	if err != nil {
 		c.redisDown(w, r, "purge", err)
 		return
+	}
+	refs := all[:0]
+	for _, ref := range all {
+		if ref.Score <= asOf {
+			refs = append(refs, ref)
+		}
 	}
 	n := len(refs)
 	typed := strings.ReplaceAll(strings.TrimSpace(r.PostForm.Get("confirm")), ",", "")
 	if typed != strconv.Itoa(n) || r.PostForm.Get("expected") != strconv.Itoa(n) {
 		msg := fmt.Sprintf("Nothing was deleted: type %d to confirm.", n)
 		if r.PostForm.Get("expected") != strconv.Itoa(n) {
-			msg = fmt.Sprintf("Nothing was deleted: %d dead letters match now (the count changed). Type %d to delete them.", n, n)
+			msg = fmt.Sprintf("Nothing was deleted: the matching dead letters changed since this page was shown (requeued, failed again, or new). %d match now; type that number to delete them.", len(all))
 		}
 		c.purgeForm(w, r, r.PostForm, http.StatusUnprocessableEntity, msg)
 		return
@@ -464,7 +488,7 @@ func (c *Console) postPurge(w http.ResponseWriter, r *http.Request) {
 		c.redisDown(w, r, fmt.Sprintf("purge, after deleting %d", deleted), err)
 		return
 	}
-	c.log.Info("console: purged dead letters", "purged", deleted, "kept", n-deleted, "filter", df.Query(), "key", sessionOf(r).key)
+	c.log.Info("console: purged dead letters", "purged", deleted, "not_as_counted", n-deleted, "filter", df.Query(), "key", sessionOf(r).key)
 	q := df.Query() + fmt.Sprintf("&done=purge&purged=%d&kept=%d", deleted, n-deleted)
 	http.Redirect(w, r, c.cfg.Prefix+"/dead?"+q, http.StatusSeeOther)
 }

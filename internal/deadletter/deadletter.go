@@ -135,7 +135,12 @@ const PageSize = 1000
 // long. Records removed while scanning are handled (the scan walks by time,
 // not by rank). fn returning an error stops the scan with that error.
 func (s *Store) Scan(ctx context.Context, f Filter, fn func(Record) error) error {
-	return s.scanFrom(ctx, "-inf", f, fn)
+	return s.scanFrom(ctx, "-inf", f, unscored(fn))
+}
+
+// unscored adapts a callback that does not need the index score.
+func unscored(fn func(Record) error) func(Record, int64) error {
+	return func(r Record, _ int64) error { return fn(r) }
 }
 
 // ErrBadCursor: a Page cursor that no Page returned.
@@ -161,7 +166,7 @@ func (s *Store) Page(ctx context.Context, f Filter, cursor string, limit int) ([
 	}
 	limit = max(limit, 1)
 	var out []Record
-	err := s.scanFrom(ctx, from, f, func(r Record) error {
+	err := s.scanFrom(ctx, from, f, func(r Record, _ int64) error {
 		if cursor != "" && r.DeadAt.UnixMilli() == afterMs && r.TaskID <= afterID {
 			return nil
 		}
@@ -181,7 +186,9 @@ func (s *Store) Page(ctx context.Context, f Filter, cursor string, limit int) ([
 	return out[:limit], fmt.Sprintf("%d:%s", last.DeadAt.UnixMilli(), last.TaskID), nil
 }
 
-func (s *Store) scanFrom(ctx context.Context, from string, f Filter, fn func(Record) error) error {
+// scanFrom calls fn with each matching record and the index score it was
+// read under (dead-at, unix ms).
+func (s *Store) scanFrom(ctx context.Context, from string, f Filter, fn func(Record, int64) error) error {
 	now := s.now()
 	for {
 		ids, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
@@ -211,8 +218,9 @@ func (s *Store) scanFrom(ctx context.Context, from string, f Filter, fn func(Rec
 }
 
 // each reads the records of one page of the index (one HMGET) and calls fn
-// for those matching f; it returns the page's task ids.
-func (s *Store) each(ctx context.Context, page []redis.Z, f Filter, now time.Time, fn func(Record) error) ([]string, error) {
+// for those matching f, with the score the page gave; it returns the
+// page's task ids.
+func (s *Store) each(ctx context.Context, page []redis.Z, f Filter, now time.Time, fn func(Record, int64) error) ([]string, error) {
 	ids := make([]string, len(page))
 	for i, z := range page {
 		ids[i] = z.Member.(string)
@@ -231,7 +239,7 @@ func (s *Store) each(ctx context.Context, page []redis.Z, f Filter, now time.Tim
 			r = Record{TaskID: ids[i], Reason: "corrupt_record", Payload: truncate(str, 256)}
 		}
 		if f.Match(r, now) {
-			if err := fn(r); err != nil {
+			if err := fn(r, int64(page[i].Score)); err != nil {
 				return nil, err
 			}
 		}
@@ -241,7 +249,7 @@ func (s *Store) each(ctx context.Context, page []redis.Z, f Filter, now time.Tim
 
 // scanTies handles records whose score equals the last score of a page, so
 // that pages split on a millisecond with many records lose none of them.
-func (s *Store) scanTies(ctx context.Context, score float64, seen []string, f Filter, now time.Time, fn func(Record) error) error {
+func (s *Store) scanTies(ctx context.Context, score float64, seen []string, f Filter, now time.Time, fn func(Record, int64) error) error {
 	sc := fmt.Sprintf("%d", int64(score))
 	ties, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: KeyIndex, Start: sc, Stop: sc, ByScore: true}).Result()
 	if err != nil {
@@ -270,7 +278,7 @@ func (s *Store) scanTies(ctx context.Context, score float64, seen []string, f Fi
 			}
 			var r Record
 			if json.Unmarshal([]byte(str), &r) == nil && f.Match(r, now) {
-				if err := fn(r); err != nil {
+				if err := fn(r, int64(score)); err != nil {
 					return err
 				}
 			}
@@ -315,7 +323,7 @@ func (s *Store) ScanNewest(ctx context.Context, f Filter, fn func(Record) error)
 		if len(zs) == 0 {
 			return nil
 		}
-		if _, err := s.each(ctx, zs, f, now, fn); err != nil {
+		if _, err := s.each(ctx, zs, f, now, unscored(fn)); err != nil {
 			return err
 		}
 		if len(zs) < PageSize {
@@ -345,7 +353,7 @@ func (s *Store) ScanIDs(ctx context.Context, taskIDs []string, fn func(Record) e
 		for i, id := range taskIDs[:n] {
 			page[i] = redis.Z{Member: id}
 		}
-		if _, err := s.each(ctx, page, Filter{}, s.now(), fn); err != nil {
+		if _, err := s.each(ctx, page, Filter{}, s.now(), unscored(fn)); err != nil {
 			return err
 		}
 		taskIDs = taskIDs[n:]

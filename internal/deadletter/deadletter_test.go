@@ -260,3 +260,57 @@ func TestScanIDs(t *testing.T) {
 	require.True(t, seen["msg:2499"], "the last page is read")
 	require.False(t, seen["msg:0010"])
 }
+
+// redeadBeforeHMGet dead-letters msg:0 again (a newer score, same reason)
+// right before the scan reads its record: the race between reading the
+// index and the records.
+type redeadBeforeHMGet struct {
+	s    *deadletter.Store
+	once bool
+}
+
+func (h *redeadBeforeHMGet) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *redeadBeforeHMGet) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "hmget" && !h.once {
+			h.once = true
+			if err := h.s.Add(ctx, deadletter.Record{TaskID: "msg:0", Queue: "bulk", CampaignID: "c", Reason: "unauthorized"}); err != nil {
+				return err
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *redeadBeforeHMGet) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestPurgeKeepsAFailureThatCameBackDuringTheScan: the ref of a record
+// dead-lettered again while the scan ran carries the score it was read
+// under, so the purge leaves the new failure alone.
+func TestPurgeKeepsAFailureThatCameBackDuringTheScan(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	s := deadletter.New(rdb)
+	old := time.Now().Add(-time.Hour)
+	for i := range 3 {
+		require.NoError(t, s.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:%d", i), Queue: "bulk", CampaignID: "c", Reason: "unauthorized", DeadAt: old}))
+	}
+	opt := *rdb.Options()
+	hooked := redis.NewClient(&opt)
+	defer hooked.Close()
+	hooked.AddHook(&redeadBeforeHMGet{s: s})
+	refs, err := deadletter.New(hooked).Matching(ctx, deadletter.Filter{CampaignID: "c"})
+	require.NoError(t, err)
+	require.Len(t, refs, 3)
+	for _, r := range refs {
+		require.Equal(t, old.UnixMilli(), r.Score, "the score the scan read, not a later one")
+	}
+	n, err := s.PurgeRefs(ctx, refs, nil)
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	_, ok, err := s.Get(ctx, "msg:0")
+	require.NoError(t, err)
+	require.True(t, ok, "the failure that came back is kept")
+}

@@ -18,38 +18,17 @@ type Ref struct {
 }
 
 // Matching returns every record matching f, oldest first, as refs: what a
-// purge confirmation counts, so that exactly those are purged.
+// purge confirmation counts, so that exactly those are purged. Each ref's
+// score is the one the scan read the record under, so a record requeued
+// and dead-lettered again during the scan cannot lend its new score to the
+// old ref.
 func (s *Store) Matching(ctx context.Context, f Filter) ([]Ref, error) {
 	var refs []Ref
-	if err := s.Scan(ctx, f, func(r Record) error {
-		refs = append(refs, Ref{TaskID: r.TaskID, Queue: r.Queue})
+	err := s.scanFrom(ctx, "-inf", f, func(r Record, score int64) error {
+		refs = append(refs, Ref{TaskID: r.TaskID, Queue: r.Queue, Score: score})
 		return nil
-	}); err != nil {
-		return nil, err
-	}
-	for i := 0; i < len(refs); i += PageSize {
-		page := refs[i:min(i+PageSize, len(refs))]
-		ids := make([]string, len(page))
-		for j, r := range page {
-			ids[j] = r.TaskID
-		}
-		scores, err := s.rdb.ZMScore(ctx, KeyIndex, ids...).Result()
-		if err != nil {
-			return nil, err
-		}
-		for j := range page {
-			page[j].Score = int64(scores[j]) // 0 when removed meanwhile: the purge skips it
-		}
-	}
-	return refs, nil
-}
-
-// CountMatching counts the records matching f (a full scan: for
-// confirmations, not for pages refreshed every few seconds).
-func (s *Store) CountMatching(ctx context.Context, f Filter) (int, error) {
-	n := 0
-	err := s.Scan(ctx, f, func(Record) error { n++; return nil })
-	return n, err
+	})
+	return refs, err
 }
 
 // purgeScript removes the records of a page of refs that are still the
@@ -77,9 +56,9 @@ return n
 `)
 
 // PurgeRefs deletes the dead letters named by refs for good, with their
-// copies in asynq's archive: one script per PageSize refs. A record removed
-// meanwhile (requeued), or dead-lettered again since it was matched, is
-// left alone and not counted. progress, when set, gets the count so far
+// copies in asynq's archive: one script per PageSize refs. A record that is
+// no longer as matched (requeued, dead-lettered again, or removed) is left
+// alone and not counted. progress, when set, gets the count so far
 // after each page. The CLI (`enqueue dead purge`) and the console both
 // purge through it, after showing len(refs) for confirmation.
 func (s *Store) PurgeRefs(ctx context.Context, refs []Ref, progress func(deleted int)) (int, error) {

@@ -250,8 +250,16 @@ func (s *Server) route(name, method string, auth bool, h http.HandlerFunc) http.
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {
-			s.requests.WithLabelValues(name, strconv.Itoa(cmp.Or(sw.code, http.StatusOK))).Inc()
+			code := strconv.Itoa(cmp.Or(sw.code, http.StatusOK))
+			p := recover()
+			if p == http.ErrAbortHandler { //nolint:errorlint // a sentinel panic value, compared as net/http does
+				code = "aborted" // a response cut off on purpose (a report whose Redis failed mid-way)
+			}
+			s.requests.WithLabelValues(name, code).Inc()
 			s.duration.WithLabelValues(name).Observe(time.Since(start).Seconds())
+			if p != nil {
+				panic(p)
+			}
 		}()
 		switch {
 		case method != "" && r.Method != method:
