@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -384,4 +385,54 @@ func TestHostileFiles(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, int64(1), st.Total, "the campaign counts exactly what was enqueued")
+}
+
+// answerAfter answers the purge question, but first runs what happens
+// while an operator reads it.
+type answerAfter struct {
+	meanwhile func()
+	answer    io.Reader
+	done      bool
+}
+
+func (a *answerAfter) Read(p []byte) (int, error) {
+	if !a.done {
+		a.done = true
+		a.meanwhile()
+	}
+	return a.answer.Read(p)
+}
+
+// TestDeadPurgeDeletesWhatItCounted: while the question waits, a new
+// matching dead letter arrives and a counted one is dead-lettered again;
+// the purge deletes the counted ones that are unchanged, keeps both, and
+// says so.
+func TestDeadPurgeDeletesWhatItCounted(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	ctx := context.Background()
+	store := deadletter.New(redistest.ClientFor(t, url))
+	old := time.Now().Add(-time.Hour)
+	for i := range 4 {
+		require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:q%d", i), Kind: "message",
+			MessageID: fmt.Sprintf("q%d", i), LocationID: "L", Queue: "bulk", Reason: "unauthorized", DeadAt: old}))
+	}
+	in := &answerAfter{answer: strings.NewReader("yes\n"), meanwhile: func() {
+		require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: "msg:new", Kind: "message", MessageID: "new", LocationID: "L", Queue: "bulk", Reason: "unauthorized"}))
+		require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: "msg:q0", Kind: "message", MessageID: "q0", LocationID: "L", Queue: "bulk", Reason: "unauthorized"}))
+	}}
+	var out, errw bytes.Buffer
+	err := run(ctx, []string{"dead", "purge", "--reason", "unauthorized"}, func(k string) string {
+		if k == envRedisURL {
+			return url
+		}
+		return ""
+	}, in, &out, &errw)
+	require.NoError(t, err, errw.String())
+	require.Contains(t, errw.String(), "delete 4 dead letters for good?")
+	require.Equal(t, "purged 3 dead letters\n", out.String())
+	require.Contains(t, errw.String(), "1 of the 4 were no longer as counted (requeued, dead-lettered again or removed meanwhile) and were not deleted by this purge")
+	var left []string
+	require.NoError(t, store.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error { left = append(left, r.TaskID); return nil }))
+	require.ElementsMatch(t, []string{"msg:new", "msg:q0"}, left)
 }
