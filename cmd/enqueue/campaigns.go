@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
@@ -36,13 +38,7 @@ func (e *env) statusCmd() *cobra.Command {
 	}
 	asJSON := cmd.Flags().Bool("json", false, "print JSON (one object per refresh with --watch)")
 	watch := cmd.Flags().Bool("watch", false, "refresh every 2 s until the campaign completes")
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		ctx := cmd.Context()
-		rdb, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer rdb.Close()
+	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, args []string) error {
 		tr := campaign.New(rdb, 0)
 		var prev campaign.Status
 		var prevAt time.Time
@@ -77,7 +73,7 @@ func (e *env) statusCmd() *cobra.Command {
 			case <-time.After(2 * time.Second):
 			}
 		}
-	}
+	})
 	return cmd
 }
 
@@ -89,13 +85,7 @@ func (e *env) reportCmd() *cobra.Command {
 		Args:    oneCampaign,
 	}
 	asJSON := cmd.Flags().Bool("json", false, "JSON lines, one object per message, instead of CSV")
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		ctx := cmd.Context()
-		rdb, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer rdb.Close()
+	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, args []string) error {
 		tr := campaign.New(rdb, 0)
 		if _, ok, err := tr.Get(ctx, args[0]); err != nil || !ok {
 			return cmp.Or(err, fmt.Errorf("no campaign %q (unknown, or older than its retention; `enqueue campaigns` lists them)", args[0]))
@@ -116,7 +106,7 @@ func (e *env) reportCmd() *cobra.Command {
 		}
 		fmt.Fprintf(e.stderr, "report: %d rows\n", n)
 		return err
-	}
+	})
 	return cmd
 }
 
@@ -156,13 +146,7 @@ func (e *env) campaignsCmd() *cobra.Command {
 	}
 	asJSON := cmd.Flags().Bool("json", false, "print JSON")
 	limit := cmd.Flags().Int("limit", 20, "how many, newest first")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		ctx := cmd.Context()
-		rdb, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer rdb.Close()
+	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		list, err := campaign.New(rdb, 0).List(ctx, *limit)
 		if err != nil {
 			return err
@@ -177,7 +161,7 @@ func (e *env) campaignsCmd() *cobra.Command {
 				s.Done, s.Total, s.Cancelled, s.NotCancellable, s.Expired, s.DeadLettered, s.Complete)
 		}
 		return tw.Flush()
-	}
+	})
 	return cmd
 }
 
@@ -188,13 +172,7 @@ func (e *env) parkedCmd() *cobra.Command {
 		Args:  noArgs,
 	}
 	asJSON := cmd.Flags().Bool("json", false, "print JSON: location -> why")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		ctx := cmd.Context()
-		rdb, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer rdb.Close()
+	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		parked, err := ratelimit.Parked(ctx, rdb)
 		if err != nil {
 			return err
@@ -212,6 +190,6 @@ func (e *env) parkedCmd() *cobra.Command {
 			fmt.Fprintf(tw, "%s\t%s\n", loc, why)
 		}
 		return tw.Flush()
-	}
+	})
 	return cmd
 }

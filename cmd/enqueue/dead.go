@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -54,20 +56,14 @@ func (e *env) deadListCmd() *cobra.Command {
 	f := filterFlags(cmd.Flags())
 	asJSON := cmd.Flags().Bool("json", false, "JSON lines, one record per line")
 	limit := cmd.Flags().Int("limit", 100, "at most this many records (0 for all)")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		ctx := cmd.Context()
-		rdb, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer rdb.Close()
+	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 		if !*asJSON {
 			fmt.Fprintln(tw, "DEAD_AT\tTASK_ID\tLOCATION\tCAMPAIGN\tREASON\tHTTP\tATTEMPTS\tAPI_MESSAGE")
 		}
 		shown, matched := 0, 0
 		enc := json.NewEncoder(e.stdout)
-		err = deadletter.New(rdb).ScanNewest(ctx, *f, func(r deadletter.Record) error {
+		err := deadletter.New(rdb).ScanNewest(ctx, *f, func(r deadletter.Record) error {
 			matched++
 			if *limit > 0 && shown >= *limit {
 				return nil
@@ -88,7 +84,7 @@ func (e *env) deadListCmd() *cobra.Command {
 			fmt.Fprintf(e.stderr, "%d shown, %d matching\n", shown, matched)
 		}
 		return nil
-	}
+	})
 	return cmd
 }
 
@@ -103,16 +99,13 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 	f := filterFlags(cmd.Flags())
 	asJSON := cmd.Flags().Bool("json", false, "print the counts as JSON")
 	all := cmd.Flags().Bool("all", false, "every record (required when no filter is given)")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+	cmd.PreRunE = func(*cobra.Command, []string) error {
 		if *f == (deadletter.Filter{}) && !*all {
 			return usageError{errors.New("dead requeue: " + needFilter)}
 		}
-		ctx := cmd.Context()
-		rdb, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer rdb.Close()
+		return nil
+	}
+	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		store := deadletter.New(rdb)
 		total, _ := store.Count(ctx)
 		st, err := producer.New(rdb, producer.Config{}).Requeue(ctx, store, *f, func(s producer.RequeueStats) {
@@ -126,7 +119,7 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 				st.Requeued, st.AlreadyQueued, st.AlreadyDone, st.Skipped)
 		}
 		return err
-	}
+	})
 	return cmd
 }
 
@@ -138,19 +131,13 @@ func (e *env) deadExportCmd() *cobra.Command {
 		Args:    noArgs,
 	}
 	f := filterFlags(cmd.Flags())
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		ctx := cmd.Context()
-		rdb, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer rdb.Close()
+	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		enc := json.NewEncoder(e.stdout)
 		n := 0
-		err = deadletter.New(rdb).Scan(ctx, *f, func(r deadletter.Record) error { n++; return enc.Encode(r) })
+		err := deadletter.New(rdb).Scan(ctx, *f, func(r deadletter.Record) error { n++; return enc.Encode(r) })
 		fmt.Fprintf(e.stderr, "exported %d records\n", n)
 		return err
-	}
+	})
 	return cmd
 }
 
@@ -166,16 +153,13 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 	f := filterFlags(cmd.Flags())
 	all := cmd.Flags().Bool("all", false, "every record (required when no filter is given)")
 	yes := cmd.Flags().Bool("yes", false, "do not ask for confirmation")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+	cmd.PreRunE = func(*cobra.Command, []string) error {
 		if *f == (deadletter.Filter{}) && !*all {
 			return usageError{errors.New("dead purge: " + needFilter)}
 		}
-		ctx := cmd.Context()
-		rdb, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer rdb.Close()
+		return nil
+	}
+	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		store := deadletter.New(rdb)
 		// Exactly the records counted here are purged: one dead-lettered
 		// while the question waits is not deleted unseen.
@@ -201,6 +185,6 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 		}
 		fmt.Fprintf(e.stdout, "purged %d dead letters\n", deleted)
 		return err
-	}
+	})
 	return cmd
 }

@@ -153,3 +153,17 @@ func envDur(v string, def time.Duration) time.Duration {
 	}
 	return def
 }
+
+// withRedis is a command's RunE that connects to Redis first (with the
+// actionable error when it cannot) and closes the connection after run.
+func (e *env) withRedis(run func(ctx context.Context, rdb *redis.Client, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		rdb, err := e.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		return run(ctx, rdb, args)
+	}
+}
