@@ -92,6 +92,7 @@ type Config struct {
 type Console struct {
 	cfg       Config
 	keys      map[[32]byte]Role
+	fps       map[string]Role // key fingerprint -> role, for the sessions
 	prod      *producer.Producer
 	campaigns *campaign.Tracker
 	dead      *deadletter.Store
@@ -119,6 +120,7 @@ func New(cfg Config) (*Console, error) {
 	c := &Console{
 		cfg:       cfg,
 		keys:      map[[32]byte]Role{},
+		fps:       map[string]Role{},
 		prod:      producer.New(cfg.Redis, cfg.Producer),
 		campaigns: campaign.New(cfg.Redis, cfg.Producer.CampaignRetention),
 		dead:      deadletter.New(cfg.Redis),
@@ -135,6 +137,9 @@ func New(cfg Config) (*Console, error) {
 			return nil, errors.New("console: a key is both read-only (CONSOLE_READONLY_KEYS) and full (INTAKE_API_KEYS or CONSOLE_KEYS); list it once")
 		}
 		c.keys[h] = RoleOperator
+	}
+	for h, r := range c.keys {
+		c.fps[fingerprint(h)] = r
 	}
 	var err error
 	c.tmpl, err = template.New("").Funcs(funcs(cfg.Prefix)).ParseFS(templateFS, "templates/*.html")
@@ -220,18 +225,17 @@ func (c *Console) roleOf(key string) (Role, string, bool) {
 			role = r
 		}
 	}
-	fp := hex.EncodeToString(sum[:8])
-	return role, fp, role != ""
+	return role, fingerprint(sum), role != ""
 }
 
-// stillConfigured: a session ends when its key leaves the configuration.
+// fingerprint names a key in sessions and logs: 8 bytes of its SHA-256.
+func fingerprint(sum [32]byte) string { return hex.EncodeToString(sum[:8]) }
+
+// stillConfigured: a session ends when its key leaves the configuration
+// or changes role.
 func (c *Console) stillConfigured(fp string, role Role) bool {
-	for h, r := range c.keys {
-		if hex.EncodeToString(h[:8]) == fp && r == role {
-			return true
-		}
-	}
-	return false
+	r, ok := c.fps[fp]
+	return ok && r == role
 }
 
 func (c *Console) loadSession(r *http.Request) (*session, error) {
