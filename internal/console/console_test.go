@@ -266,9 +266,11 @@ func TestFixAndRequeue(t *testing.T) {
 	resp, _ := b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"fix"}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	loc := resp.Header.Get("Location")
-	assert.Contains(t, loc, "requeued=4")
+	assert.Contains(t, loc, "campaign=fix")
 	_, page = b.get(loc)
 	assert.Contains(t, page, "Requeued 4.")
+	_, page = b.get(loc)
+	assert.NotContains(t, page, "Requeued", "a reload does not show the result again")
 	st = waitCampaign(t, s, "fix")
 	assert.EqualValues(t, 4, st.DeadLettered)
 	assert.EqualValues(t, 3, st.Cancelled)
@@ -279,11 +281,13 @@ func TestFixAndRequeue(t *testing.T) {
 	require.Len(t, ids, 4)
 	resp, _ = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"selected"}, "id": {ids[0], ids[1], ids[0], ids[1], ids[0]}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
-	assert.Contains(t, resp.Header.Get("Location"), "requeued=2&already_queued=0&", "an id ticked twice counts once")
+	_, page = b.get(resp.Header.Get("Location"))
+	assert.Contains(t, page, "Requeued 2. Already queued 0,", "an id ticked twice counts once")
 	require.Eventually(t, func() bool { return len(deadIDs(t, s, deadletter.Filter{CampaignID: "fix"})) == 2 }, 10*time.Second, 50*time.Millisecond)
 	assert.ElementsMatch(t, ids[2:], deadIDs(t, s, deadletter.Filter{CampaignID: "fix"}), "only the selection was requeued")
 	resp, _ = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"fix"}, "reason": {"unauthorized"}})
-	assert.Contains(t, resp.Header.Get("Location"), "requeued=2&")
+	_, page = b.get(resp.Header.Get("Location"))
+	assert.Contains(t, page, "Requeued 2.")
 	st = waitCampaign(t, s, "fix")
 	assert.EqualValues(t, 7, st.Cancelled)
 	assert.EqualValues(t, 0, st.DeadLettered)
@@ -296,7 +300,8 @@ func TestFixAndRequeue(t *testing.T) {
 
 	// A second requeue finds nothing and says so.
 	resp, _ = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"fix"}})
-	assert.Contains(t, resp.Header.Get("Location"), "requeued=0&")
+	_, page = b.get(resp.Header.Get("Location"))
+	assert.Contains(t, page, "Requeued 0.")
 	// An empty selection, or no filter at all, is refused with what to do.
 	resp, page = b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"selected"}})
 	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
@@ -315,6 +320,51 @@ func TestFixAndRequeue(t *testing.T) {
 	for _, r := range rows[1:] {
 		assert.Equal(t, "cancelled", r[2], r)
 	}
+}
+
+// TestResultLineCannotBeForged: the line after a requeue or purge comes
+// from what the session did, once, not from the link: a crafted query shows
+// nothing, another session's link shows nothing, a reload shows nothing.
+func TestResultLineCannotBeForged(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	s.campaign(t, "flash", map[string]int{locBad: 3})
+	waitCampaign(t, s, "flash")
+	a, other := s.browser(t), s.browser(t)
+	csrf := a.signIn(operatorKey)
+	other.signIn(operatorKey)
+
+	_, page := a.get("/console/dead?done=requeue&requeued=999&already_queued=1&done=purge&purged=999")
+	assert.NotContains(t, page, "999")
+	assert.NotContains(t, page, `class="flash"`)
+
+	resp, _ := a.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"flash"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	loc := resp.Header.Get("Location")
+	assert.NotContains(t, loc, "requeued=", "no numbers travel in the link")
+	_, page = other.get(loc)
+	assert.NotContains(t, page, `class="flash"`, "another session's result line")
+	_, page = a.get(loc)
+	assert.Contains(t, page, `<p class="flash" role="status">Requeued 3.`)
+	_, page = a.get(loc)
+	assert.NotContains(t, page, `class="flash"`, "shown once")
+
+	// A Redis that will not keep the line: the requeue is done, its result
+	// is shown in place.
+	opt := *s.rdb.Options()
+	rdb := redis.NewClient(&opt)
+	t.Cleanup(func() { _ = rdb.Close() })
+	rdb.AddHook(&failCmd{name: "set", from: 1})
+	srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{operatorKey}, Registry: prometheus.NewRegistry()})
+	require.NoError(t, err)
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	c := s.browser(t)
+	c.base = hs.URL
+	csrf = c.signIn(operatorKey)
+	resp, page = c.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"flash"}})
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, page, `<p class="flash" role="status">Requeued `)
+	assert.Contains(t, page, "skipped 0 (not rebuildable, left in place).")
 }
 
 // TestPurgeConfirmation: purge deletes only after the number of matching
@@ -379,7 +429,7 @@ func TestPurgeConfirmation(t *testing.T) {
 	form.Set("as_of", asOfRE.FindStringSubmatch(page)[1])
 	resp, _ = b.post("/console/dead/purge", form)
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
-	assert.Contains(t, resp.Header.Get("Location"), "purged=5")
+	assert.Contains(t, resp.Header.Get("Location"), "campaign=purge")
 	assert.Empty(t, deadIDs(t, s, deadletter.Filter{CampaignID: "purge"}))
 	assert.Len(t, deadIDs(t, s, deadletter.Filter{CampaignID: "keep"}), 2, "other campaigns' dead letters stay")
 	// Their archived tasks went with them.
@@ -593,17 +643,18 @@ func TestDeadLetterPageIsBounded(t *testing.T) {
 	assert.Contains(t, page, `value="msg:bulk020049"`, "newest first")
 }
 
-// failHScan fails HSCAN from the n-th call on, as a Redis that goes away
-// during a report download.
-type failHScan struct {
+// failCmd fails one command (by name) from its n-th call on, as a Redis
+// that goes away during a report download.
+type failCmd struct {
+	name  string
 	from  int
 	calls atomic.Int32
 }
 
-func (f *failHScan) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (f *failHScan) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (f *failCmd) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f *failCmd) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "hscan" && int(f.calls.Add(1)) >= f.from {
+		if cmd.Name() == f.name && int(f.calls.Add(1)) >= f.from {
 			err := errors.New("connection reset (test)")
 			cmd.SetErr(err)
 			return err
@@ -611,7 +662,7 @@ func (f *failHScan) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		return next(ctx, cmd)
 	}
 }
-func (f *failHScan) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (f *failCmd) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
 
@@ -645,7 +696,7 @@ func TestReportFailureIsNotADownload(t *testing.T) {
 		opt := *s.rdb.Options()
 		rdb := redis.NewClient(&opt)
 		t.Cleanup(func() { _ = rdb.Close() })
-		rdb.AddHook(&failHScan{from: c.from})
+		rdb.AddHook(&failCmd{name: "hscan", from: c.from})
 		reg := prometheus.NewRegistry()
 		srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{operatorKey}, Registry: reg})
 		require.NoError(t, err)

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -309,7 +311,7 @@ var errEnough = errors.New("enough")
 
 func (c *Console) getDead(w http.ResponseWriter, r *http.Request) {
 	df, f, err := filterFrom(r.URL.Query())
-	p := page{Title: "Dead letters", Nav: "dead", Flash: flash(r.URL.Query())}
+	p := page{Title: "Dead letters", Nav: "dead", Flash: c.takeFlash(r, r.URL.Query().Get("flash"))}
 	if err != nil {
 		p.Error = err.Error()
 		p.Data = deadView{Filter: deadFilter{}, Ages: ages, ShowLimit: deadShown}
@@ -337,12 +339,14 @@ func (c *Console) getDead(w http.ResponseWriter, r *http.Request) {
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, errEnough) {
-		c.redisDown(w, r, "dead letters", err)
-		return
+	if err == nil || errors.Is(err, errEnough) {
+		v.Total, err = c.dead.Count(r.Context())
 	}
-	if v.Total, err = c.dead.Count(r.Context()); err != nil {
-		c.redisDown(w, r, "dead letters", err)
+	if err != nil && !errors.Is(err, errEnough) {
+		// The result line read above is not lost with the page.
+		c.log.Error("console: dead letters failed", "err", err)
+		c.render(w, r, http.StatusServiceUnavailable, "error", page{Title: http.StatusText(http.StatusServiceUnavailable),
+			Session: sessionOf(r), Flash: p.Flash, Error: "Redis is unavailable (dead letters); try again in a moment."})
 		return
 	}
 	v.Reasons = reasonRows(byReason, tasks.DeadLetterHint)
@@ -350,21 +354,57 @@ func (c *Console) getDead(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "dead", p)
 }
 
-// flash is the result line of a requeue or purge, carried by the redirect.
-func flash(q url.Values) string {
-	n := func(k string) string { v, _ := strconv.Atoi(q.Get(k)); return Num(int64(v)) }
-	switch q.Get("done") {
-	case "requeue":
-		return fmt.Sprintf("Requeued %s. Already queued %s, already done %s, skipped %s (not rebuildable, left in place).",
-			n("requeued"), n("already_queued"), n("already_done"), n("skipped"))
-	case "purge":
-		msg := fmt.Sprintf("Purged %s dead letters.", n("purged"))
-		if k := n("kept"); k != "0" {
-			msg += fmt.Sprintf(" %s were no longer as counted (requeued, dead-lettered again or removed meanwhile) and were not deleted.", k)
-		}
-		return msg
+// flashKey holds the result line of a requeue or purge for the page the
+// redirect leads to, under the session that did it: the redirect carries
+// only a random name, so a crafted link cannot put numbers on an
+// operator's screen, and a reload does not show them twice.
+const (
+	flashKey = "ghlcancel:console:flash:"
+	flashTTL = 5 * time.Minute
+)
+
+// redirectWithFlash stores msg for the session and redirects to path (a
+// query may follow) with its name. If Redis will not take it, the action
+// is already done: its result is shown here instead.
+func (c *Console) redirectWithFlash(w http.ResponseWriter, r *http.Request, path, query, msg string) {
+	s := sessionOf(r)
+	name := randomToken()[:16]
+	if err := c.cfg.Redis.Set(r.Context(), flashKey+s.id+":"+name, msg, flashTTL).Err(); err != nil {
+		c.log.Warn("console: result line not stored for the next page; shown in place", "err", err)
+		c.render(w, r, http.StatusOK, "error", page{Title: "Done", Session: s, Flash: msg})
+		return
 	}
-	return ""
+	if query != "" {
+		query += "&"
+	}
+	http.Redirect(w, r, c.cfg.Prefix+path+"?"+query+"flash="+name, http.StatusSeeOther)
+}
+
+// takeFlash returns, once, the result line stored under name for this
+// session ("" when there is none, it was shown already, or it is another
+// session's).
+func (c *Console) takeFlash(r *http.Request, name string) string {
+	if name == "" || len(name) > 64 || r.Method != http.MethodGet { // a HEAD does not use it up
+		return ""
+	}
+	msg, err := c.cfg.Redis.GetDel(r.Context(), flashKey+sessionOf(r).id+":"+name).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		c.log.Warn("console: result line could not be read", "err", err)
+	}
+	return msg
+}
+
+func requeueFlash(st producer.RequeueStats) string {
+	return fmt.Sprintf("Requeued %s. Already queued %s, already done %s, skipped %s (not rebuildable, left in place).",
+		Num(int64(st.Requeued)), Num(int64(st.AlreadyQueued)), Num(int64(st.AlreadyDone)), Num(int64(st.Skipped)))
+}
+
+func purgeFlash(purged, kept int) string {
+	msg := fmt.Sprintf("Purged %s dead letters.", Num(int64(purged)))
+	if kept != 0 {
+		msg += fmt.Sprintf(" %s were no longer as counted (requeued, dead-lettered again or removed meanwhile) and were not deleted.", Num(int64(kept)))
+	}
+	return msg
 }
 
 func (c *Console) postRequeue(w http.ResponseWriter, r *http.Request) {
@@ -402,12 +442,7 @@ func (c *Console) postRequeue(w http.ResponseWriter, r *http.Request) {
 	}
 	c.log.Info("console: requeued dead letters", "scope", r.PostForm.Get("scope"), "filter", df.Query(), "selected", len(r.PostForm["id"]),
 		"requeued", st.Requeued, "already_queued", st.AlreadyQueued, "already_done", st.AlreadyDone, "skipped", st.Skipped, "key", sessionOf(r).key)
-	q := df.Query()
-	if q != "" {
-		q += "&"
-	}
-	q += fmt.Sprintf("done=requeue&requeued=%d&already_queued=%d&already_done=%d&skipped=%d", st.Requeued, st.AlreadyQueued, st.AlreadyDone, st.Skipped)
-	http.Redirect(w, r, c.cfg.Prefix+"/dead?"+q, http.StatusSeeOther)
+	c.redirectWithFlash(w, r, "/dead", df.Query(), requeueFlash(st))
 }
 
 type purgeView struct {
@@ -489,8 +524,7 @@ func (c *Console) postPurge(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.log.Info("console: purged dead letters", "purged", deleted, "not_as_counted", n-deleted, "filter", df.Query(), "key", sessionOf(r).key)
-	q := df.Query() + fmt.Sprintf("&done=purge&purged=%d&kept=%d", deleted, n-deleted)
-	http.Redirect(w, r, c.cfg.Prefix+"/dead?"+q, http.StatusSeeOther)
+	c.redirectWithFlash(w, r, "/dead", df.Query(), purgeFlash(deleted, n-deleted))
 }
 
 type locationsView struct {
