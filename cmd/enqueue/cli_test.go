@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -72,12 +73,17 @@ func TestUsageErrorsNameTheHelp(t *testing.T) {
 		{"tokens", "agency", "frobnicate"},
 		{"statu", "x"},
 		{"campaigns", "extra"},
+		{"--campaign", "..", "abc"}, // no URL path can carry it: refused before anything is sent
+		{"sweep", "--location", "l", "--campaign", "."},
 	} {
 		var out, errw bytes.Buffer
 		err := run(context.Background(), args, func(string) string { return "" }, strings.NewReader(""), &out, &errw)
 		var ue usageError
 		require.ErrorAs(t, err, &ue, "%v", args)
 		require.Contains(t, err.Error(), "--help`", "%v", args)
+		if slices.Contains(args, "--campaign") {
+			require.Contains(t, err.Error(), "--campaign: \"", "%v", args)
+		}
 	}
 }
 

@@ -80,6 +80,11 @@ scheduled (sweep), and manage tokens.`,
 			}
 			return usageError{fmt.Errorf("%s %q: want urgent, default or bulk", name, l)}
 		}
+		if *campaignID != "" {
+			if err := tasks.ValidateCampaignID(*campaignID); err != nil {
+				return usageError{fmt.Errorf("--campaign: %w", err)}
+			}
+		}
 		if (*file == "") == (len(args) == 0) {
 			return usageError{errors.New("give message ids as arguments or --file, not both and not neither")}
 		}

@@ -82,6 +82,11 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	if len(locations) == 0 && !o.all {
 		return usageError{errors.New("give at least one --location, or --all-locations")}
 	}
+	if o.campaignID != "" {
+		if err := tasks.ValidateCampaignID(o.campaignID); err != nil {
+			return usageError{fmt.Errorf("--campaign: %w", err)}
+		}
+	}
 	r := producer.SweepRequest{Locations: locations, ContactID: o.contact, ConversationID: o.conversation, Channel: o.channel,
 		Source: o.source, CampaignID: o.campaignID, Lane: o.lane, DryRun: o.dryRun, PageSize: o.pageSize}
 	if r.Lane == "" && (o.contact != "" || o.conversation != "") {

@@ -158,8 +158,9 @@ func New(cfg Config) (*Console, error) {
 	c.mux.HandleFunc("POST "+p+"/login", c.postLogin)
 	c.mux.HandleFunc("POST "+p+"/logout", c.signedIn(true, c.postLogout))
 	c.mux.HandleFunc("GET "+p+"/{$}", c.signedIn(false, c.getCampaigns))
-	// A campaign id is any 1 to 128 bytes ("..", "a/b"): it travels in the
-	// query, where no path cleaning touches it.
+	// A campaign id is any 1 to 128 bytes ("a/b", and "." or ".." from
+	// before they were refused at the door): it travels in the query, where
+	// no path cleaning touches it.
 	c.mux.HandleFunc("GET "+p+"/campaign", c.signedIn(false, c.getCampaign))
 	c.mux.HandleFunc("GET "+p+"/campaign/live", c.signedIn(false, c.getCampaignLive))
 	c.mux.HandleFunc("GET "+p+"/campaign/report.csv", c.signedIn(false, c.getReport))

@@ -534,8 +534,10 @@ func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.I
 		return bad("kind", client.CodeItemInvalidKind, `want "message" or "email"`)
 	}
 	it.Kind = kind
-	if len(c.CampaignID) > 128 {
-		return bad("campaign_id", client.CodeItemInvalidCampaign, "at most 128 bytes")
+	if c.CampaignID != "" {
+		if err := tasks.ValidateCampaignID(c.CampaignID); err != nil {
+			return bad("campaign_id", client.CodeItemInvalidCampaign, err.Error())
+		}
 	}
 	if c.SendAt != nil {
 		it.SendAt = c.SendAt.Unix()
@@ -585,8 +587,8 @@ func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if id == "" || len(id) > 128 {
-		writeError(w, http.StatusBadRequest, client.CodeInvalidParameter, "campaign id: 1 to 128 bytes", nil, 0)
+	if id == "" || len(id) > tasks.CampaignIDMax {
+		writeError(w, http.StatusBadRequest, client.CodeInvalidParameter, fmt.Sprintf("campaign id: 1 to %d bytes", tasks.CampaignIDMax), nil, 0)
 		return
 	}
 	st, ok, err := s.campaigns.Get(r.Context(), id)

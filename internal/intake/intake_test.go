@@ -236,6 +236,8 @@ func TestMalformedAndInvalidItems(t *testing.T) {
 		`{"message_id": "` + strings.Repeat("x", 10<<10) + `", "location_id": "l"}`,         // 8 10 KB id
 		`{"message_id": "héllo", "location_id": "l"}`,                                       // 9 unicode
 		`{"message_id": "ok2", "location_id": "l", "send_at": 1900000000, "kind": "email"}`, // 10
+		`{"message_id": "x", "location_id": "l", "campaign_id": ".."}`,                      // 11 no URL can carry it
+		`{"message_id": "x", "location_id": "l", "campaign_id": "."}`,                       // 12
 	}, ",") + `]}`
 	var eb client.ErrorBody
 	e.errBody(e.post([]byte(body), &eb), eb, http.StatusBadRequest, client.CodeInvalidItems)
@@ -247,16 +249,17 @@ func TestMalformedAndInvalidItems(t *testing.T) {
 		1: "message_id/invalid_id", 2: "message_id/missing_field", 3: "kind/invalid_kind",
 		4: "send_at/invalid_send_at", 5: "mesage_id/unknown_field", 6: "/invalid_json",
 		7: "message_id/invalid_json", 8: "message_id/invalid_id", 9: "message_id/invalid_id",
+		11: "campaign_id/invalid_campaign_id", 12: "campaign_id/invalid_campaign_id",
 	}, got)
-	require.Equal(t, 9, eb.Error.InvalidItems)
+	require.Equal(t, 11, eb.Error.InvalidItems)
 	require.Empty(t, e.queued(), "a refused request enqueues nothing")
 
 	// partial: the valid ones go, the invalid ones come back rejected.
 	var res client.Response
 	require.Equal(t, http.StatusAccepted, e.post([]byte(strings.Replace(body, `{"items"`, `{"partial": true, "items"`, 1)), &res).StatusCode)
 	require.Equal(t, 2, res.Enqueued)
-	require.Equal(t, 9, res.Rejected)
-	require.Len(t, res.Results, 11)
+	require.Equal(t, 11, res.Rejected)
+	require.Len(t, res.Results, 13)
 	require.Equal(t, client.StatusEnqueued, res.Results[0].Status)
 	require.Equal(t, "msg:ok1", res.Results[0].TaskID)
 	require.Equal(t, "email:ok2", res.Results[10].TaskID)
@@ -328,6 +331,13 @@ func TestCampaignAndDeadLetters(t *testing.T) {
 	e := newEnv(t, intake.Config{})
 	var eb client.ErrorBody
 	e.errBody(e.do(http.MethodGet, "/v1/campaigns/nope", auth, nil, &eb), eb, http.StatusNotFound, client.CodeCampaignNotFound)
+	// A campaign id with a slash is read with it escaped.
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.post([]byte(`{"items": [{"message_id": "s1", "location_id": "loc1", "campaign_id": "spring/sale"}]}`), &res).StatusCode)
+	var cs client.CampaignStatus
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/spring%2Fsale", auth, nil, &cs).StatusCode)
+	require.Equal(t, "spring/sale", cs.Campaign)
+	require.EqualValues(t, 1, cs.Total)
 
 	store := deadletter.New(e.rdb)
 	ctx := context.Background()
@@ -442,7 +452,8 @@ func TestSweeps(t *testing.T) {
 	require.False(t, st.Complete, "not complete while its sweeps run")
 	require.Equal(t, 2, e.queued()["default"], "contact sweeps run on the default lane")
 	for _, body := range []string{`{}`, `{"location_ids":[]}`, `{"location_ids":["a/b"]}`, `{"location_ids":["l"],"channel":"fax"}`,
-		`{"location_ids":["l"],"source":"nowhere"}`, `{"location_ids":["l"],"locations":["x"]}`, `not json`} {
+		`{"location_ids":["l"],"source":"nowhere"}`, `{"location_ids":["l"],"locations":["x"]}`, `not json`,
+		`{"location_ids":["l"],"campaign_id":".."}`, `{"location_ids":["l"],"campaign_id":"."}`} {
 		var eb client.ErrorBody
 		e.errBody(e.do(http.MethodPost, "/v1/sweeps", auth, []byte(body), &eb), eb, http.StatusBadRequest, client.CodeInvalidRequest)
 	}

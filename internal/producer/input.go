@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
 // MaxLineBytes bounds one input line; a longer line is reported and skipped
@@ -192,6 +193,11 @@ func validateItem(it Item) error {
 	}
 	if err := ghl.ValidateID(it.LocationID); err != nil {
 		return fmt.Errorf("location_id: %w", err)
+	}
+	if it.CampaignID != "" {
+		if err := tasks.ValidateCampaignID(it.CampaignID); err != nil {
+			return fmt.Errorf("campaign_id: %w", err)
+		}
 	}
 	return nil
 }

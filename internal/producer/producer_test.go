@@ -87,6 +87,11 @@ func TestReader(t *testing.T) {
 			{4, producer.Item{}, `send_at "tomorrow": want unix seconds`},
 			{5, producer.Item{}, "message_id: empty id"},
 		}},
+		{"csv campaign ids no URL can carry", "message_id,campaign_id\nm1,..\nm2,.\nm3,spring/sale\n", []got{
+			{2, producer.Item{}, `campaign_id: ".." cannot be addressed in a URL path; choose another name`},
+			{3, producer.Item{}, `campaign_id: "." cannot be addressed in a URL path; choose another name`},
+			{4, item("m3", "locD", ghl.KindMessage, "spring/sale", 0), ""},
+		}},
 		{"csv unknown column", "message_id,colour\nm1,red\n", []got{
 			{1, producer.Item{}, `fatal: header: unknown column "colour" (known: message_id, location_id, kind, campaign_id, send_at)`},
 		}},

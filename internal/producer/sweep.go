@@ -164,6 +164,9 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		if err := pl.Validate(); err != nil {
 			return SweepStarted{}, fmt.Errorf("sweep of location %q: %w", loc, err)
 		}
+		if err := tasks.ValidateCampaignID(pl.CampaignID); err != nil && r.revive == "" { // a replay keeps its campaign
+			return SweepStarted{}, fmt.Errorf("sweep of location %q: campaign_id: %w", loc, err)
+		}
 		b, err := json.Marshal(pl)
 		if err != nil {
 			return SweepStarted{}, err

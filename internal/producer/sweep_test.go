@@ -95,3 +95,26 @@ func TestReviveSweep(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, ok)
 }
+
+// TestSweepCampaignIDsNoURLCanCarry: a new sweep into campaign "." is
+// refused, while a failed sweep from before that rule is still replayed.
+func TestSweepCampaignIDsNoURLCanCarry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	for _, c := range []string{".", ".."} {
+		_, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locDot0000000000001"}, CampaignID: c})
+		require.ErrorContains(t, err, "cannot be addressed in a URL path", c)
+	}
+	b, _ := json.Marshal(tasks.SweepPayload{SweepID: "swOld", CampaignID: ".", LocationID: "locDot0000000000001", Channel: "all", Created: 1})
+	rec := deadletter.Record{TaskID: "sweep:swOld:locDot0000000000001", Kind: "sweep", LocationID: "locDot0000000000001", CampaignID: ".",
+		Queue: "default", Reason: "no_token", DeadAt: time.Now(), Payload: string(b)}
+	require.NoError(t, rdb.SAdd(ctx, "ghlcancel:campaign:{.}:failed_sweeps", rec.TaskID).Err())
+	require.NoError(t, rdb.HSet(ctx, "ghlcancel:campaign:{.}", "sweeps", 1, "sweeps_done", 1, "sweeps_failed", 1).Err())
+	require.NoError(t, deadletter.New(rdb).Add(ctx, rec))
+	started, ok, err := p.ReviveSweep(ctx, rec)
+	require.NoError(t, err)
+	require.True(t, ok, "an old dead letter is replayed in its campaign")
+	require.Equal(t, ".", started.CampaignID)
+}

@@ -78,8 +78,8 @@ func (p SweepPayload) Validate() error {
 			}
 		}
 	}
-	if p.CampaignID == "" || len(p.CampaignID) > 128 {
-		return errors.New("campaign_id: 1 to 128 bytes")
+	if p.CampaignID == "" || len(p.CampaignID) > CampaignIDMax {
+		return fmt.Errorf("campaign_id: 1 to %d bytes", CampaignIDMax)
 	}
 	if !slices.Contains([]string{ChannelSMS, ChannelEmail, ChannelAll}, p.Channel) {
 		return fmt.Errorf("channel %q: want sms, email or all", p.Channel)

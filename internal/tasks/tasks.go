@@ -99,8 +99,31 @@ func (p CancelPayload) Validate() error {
 	if err := ghl.ValidateID(p.LocationID); err != nil {
 		return fmt.Errorf("location_id: %w", err)
 	}
-	if len(p.CampaignID) > 128 {
-		return errors.New("campaign_id: longer than 128 bytes")
+	// Only the length: "." and ".." are refused where new work comes in
+	// (the intake, the CLI, a file's rows, a new sweep), so a task or dead
+	// letter from before that still runs and can be requeued.
+	if len(p.CampaignID) > CampaignIDMax {
+		return fmt.Errorf("campaign_id: longer than %d bytes", CampaignIDMax)
+	}
+	return nil
+}
+
+// CampaignIDMax is the longest campaign id, in bytes.
+const CampaignIDMax = 128
+
+// ValidateCampaignID is the rule for a new campaign id, checked where work
+// comes in: 1 to CampaignIDMax bytes, and not
+// "." or "..", which no URL path can carry (clients clean them away, and so
+// does the intake's router): GET /v1/campaigns/.. would answer for another
+// path. Any other byte is allowed; "/" travels as %2F.
+func ValidateCampaignID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("empty")
+	case len(id) > CampaignIDMax:
+		return fmt.Errorf("%d bytes, the limit is %d", len(id), CampaignIDMax)
+	case id == "." || id == "..":
+		return fmt.Errorf("%q cannot be addressed in a URL path; choose another name", id)
 	}
 	return nil
 }

@@ -131,8 +131,30 @@ func TestNewCancelTask(t *testing.T) {
 		_, err := NewCancelTask(ghl.KindMessage, bad, TaskOptions{})
 		require.Error(t, err, "%+v", bad)
 	}
+	// A task or dead letter from before "." was refused where work comes
+	// in still runs and can be requeued.
+	_, err = NewCancelTask(ghl.KindMessage, CancelPayload{MessageID: "abc", LocationID: "loc", CampaignID: "."}, TaskOptions{})
+	require.NoError(t, err)
 	_, err = NewCancelTask("fax", p, TaskOptions{})
 	require.Error(t, err)
+}
+
+func TestValidateCampaignID(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		id, err string
+	}{
+		{"spring-sale", ""}, {"a/b", ""}, {"...", ""}, {".x", ""}, {"spring sale #1", ""}, {strings.Repeat("c", 128), ""},
+		{"", "empty"}, {strings.Repeat("c", 129), "129 bytes, the limit is 128"},
+		{".", `"." cannot be addressed in a URL path`}, {"..", `".." cannot be addressed in a URL path`},
+	} {
+		err := ValidateCampaignID(c.id)
+		if c.err == "" {
+			require.NoError(t, err, "%q", c.id)
+		} else {
+			require.ErrorContains(t, err, c.err, "%q", c.id)
+		}
+	}
 }
 
 func TestDeadErrorKeepsBothInChain(t *testing.T) {
