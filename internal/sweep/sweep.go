@@ -16,6 +16,7 @@
 package sweep
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -260,7 +261,8 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, fina
 			return fromAPIError(err)
 		}
 		items, scheduled, noID := producer.SweepItems(p, page.Messages)
-		enqueued := 0
+		enqueued, refused := 0, 0
+		var refusal error
 		if !p.DryRun && len(items) > 0 {
 			for _, r := range h.Producer.EnqueueBatch(ctx, items) {
 				switch {
@@ -268,8 +270,17 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, fina
 					enqueued++
 				case r.Status == producer.Rejected && errors.Is(r.Err, producer.ErrUnavailable):
 					return result{fate: "retry", reason: tasks.ReasonLimiter, err: r.Err}
+				case r.Status == producer.Rejected:
+					refused++
+					refusal = cmp.Or(refusal, r.Err)
 				}
 			}
+		}
+		if refused > 0 {
+			// Found but not queued (the campaign's found and queued counts
+			// differ by these): say why once per page.
+			h.logger().Warn("sweep: scheduled messages refused as cancel tasks", "sweep_id", p.SweepID,
+				"location_id", p.LocationID, "count", refused, "first_error", refusal)
 		}
 		sms, email := 0, 0
 		for _, it := range items {
