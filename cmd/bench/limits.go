@@ -21,17 +21,24 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
-// limits runs issue 4's scenarios, each against a fresh sandbox and Redis db:
-// pacing (3 worker processes, one location), many locations (50, one
-// throttled hard), and scale (500 locations, 200 ms latency, one worker).
+// limits runs issue 4's and 11's scenarios, each against a fresh sandbox
+// and Redis db: bursts (one location, sliding and fixed windows, 1 and 3
+// worker processes), a fresh location, pacing (3 worker processes, one
+// location), many locations (50, one throttled hard), and scale (500
+// locations, 200 ms latency, one worker). With -rounds N every scenario
+// runs N times and a summary gives each figure's median [min-max].
 func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("limits", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	scaleConc := fs.Int("scale-concurrency", 1200, "worker concurrency for the 500-location scenario")
 	scaleTasks := fs.Int("scale-tasks", 30000, "tasks in the 500-location scenario")
 	only := fs.String("only", "burst,fresh,pacing,many,scale", "scenarios to run, comma-separated")
+	rounds := fs.Int("rounds", 1, "rounds of every scenario; with more than one, a summary gives each figure's median [min-max]")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *rounds < 1 {
+		return fmt.Errorf("-rounds %d: want at least 1", *rounds)
 	}
 	be, err := newBenchEnv("")
 	if err != nil {
@@ -40,9 +47,28 @@ func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer be.close()
 	env := &scenarioEnv{benchEnv: be, stdout: stdout}
 
+	want := func(name string) bool { return slices.Contains(strings.Split(*only, ","), name) }
+	figs := &figures{}
+	for round := 1; round <= *rounds; round++ {
+		if *rounds > 1 {
+			fmt.Fprintf(stdout, "round %d of %d\n", round, *rounds)
+		}
+		if err := env.limitsRound(ctx, want, *scaleConc, *scaleTasks, figs); err != nil {
+			return err
+		}
+	}
+	if *rounds > 1 {
+		figs.summary(stdout, *rounds)
+	}
+	return nil
+}
+
+// limitsRound runs one round of the chosen scenarios and adds their
+// figures to figs.
+func (env *scenarioEnv) limitsRound(ctx context.Context, want func(string) bool, scaleConc, scaleTasks int, figs *figures) error {
+	stdout := env.stdout
 	// 0. Bursts: HighLevel's real limit, the strictest window, the default
 	// configuration (no limit set for the location): how close to the ideal?
-	want := func(name string) bool { return slices.Contains(strings.Split(*only, ","), name) }
 	for _, w := range []struct {
 		window  string
 		workers int
@@ -63,6 +89,9 @@ func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		ratio := ideal.Seconds() / elapsed.Seconds()
 		fmt.Fprintf(stdout, "  first to last call %.1fs vs ideal 40.0s: %.3f (target >= 0.97: %s); 429s: %d (target 0: %s); most in any 10s span: %d\n",
 			elapsed.Seconds(), ratio, verdict(ratio >= 0.97), r.stats.RateLimited, verdict(r.stats.RateLimited == 0), mostInSpan(ts, 10*time.Second))
+		name := fmt.Sprintf("burst %s, %d worker(s)", w.window, w.workers)
+		figs.add(name+": ideal/actual", "%.3f", ratio, ">= 0.97", ratio >= 0.97)
+		figs.add(name+": 429s", "%.0f", float64(r.stats.RateLimited), "0", r.stats.RateLimited == 0)
 	}
 	if want("fresh") {
 		fmt.Fprintln(stdout, "scenario fresh: 100 tasks for a location never called before, sandbox 100 per 10s (sliding), 1 worker")
@@ -73,6 +102,7 @@ func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		fmt.Fprintf(stdout, "  all 100 cancelled %.2fs after the workers started (target < 2s: %s); 429s: %d\n",
 			r0.took.Seconds(), verdict(r0.took < 2*time.Second), r0.stats.RateLimited)
+		figs.add("fresh: seconds for 100", "%.2f", r0.took.Seconds(), "< 2", r0.took < 2*time.Second)
 	}
 	// 1. Pacing: 100 per 2 s (HighLevel's 100 per 10 s, scaled 5x), 3 processes.
 	if want("pacing") {
@@ -87,6 +117,8 @@ func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintf(stdout, "  first to last call %.2fs vs ideal %.0fs: %.3f (target >= 0.97: %s); most in any 2s span: %d of 100; 429s: %d (target 0: %s)\n",
 			ts[len(ts)-1].Sub(ts[0]).Seconds(), idealSpan(600, 100, 2*time.Second).Seconds(), ratio, verdict(ratio >= 0.97),
 			mostInSpan(ts, 2*time.Second), r.stats.RateLimited, verdict(r.stats.RateLimited == 0))
+		figs.add("pacing 100/2s, 3 workers: ideal/actual", "%.3f", ratio, ">= 0.97", ratio >= 0.97)
+		figs.add("pacing 100/2s, 3 workers: 429s", "%.0f", float64(r.stats.RateLimited), "0", r.stats.RateLimited == 0)
 	}
 
 	// 2. Many locations, one throttled hard.
@@ -106,6 +138,8 @@ func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		slices.Sort(ratios)
 		fmt.Fprintf(stdout, "  other 49 locations: ideal/actual time min %.3f, median %.3f (target: full rate, >= 0.97: %s); 429s: %d (%s)\n",
 			ratios[0], ratios[len(ratios)/2], verdict(ratios[0] >= 0.97), others429, verdict(others429 == 0))
+		figs.add("many: slowest of 49 locations, ideal/actual", "%.3f", ratios[0], ">= 0.97", ratios[0] >= 0.97)
+		figs.add("many: 429s of the 49", "%.0f", float64(others429), "0", others429 == 0)
 		ts := r.sb.Admitted(r.locs[0])
 		fmt.Fprintf(stdout, "  throttled location: most in any 10s span %d of 2; 429s: %d (up to %d probe calls go before HighLevel's first answer reveals 2 per 10s)\n",
 			mostInSpan(ts, 10*time.Second), r.sb.RateLimitedCount(r.locs[0]), ratelimit.ProbeBurst)
@@ -115,17 +149,55 @@ func limits(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	// 3. Scale: 500 locations, 200 ms per call.
-	per := max(*scaleTasks/500, 1)
-	fmt.Fprintf(stdout, "scenario scale: 500 locations, sandbox 100 per 10s each, 200ms latency, %d tasks, 1 worker (concurrency %d)\n", per*500, *scaleConc)
+	per := max(scaleTasks/500, 1)
+	fmt.Fprintf(stdout, "scenario scale: 500 locations, sandbox 100 per 10s each, 200ms latency, %d tasks, 1 worker (concurrency %d)\n", per*500, scaleConc)
 	r, err := env.run(ctx, scenario{locations: 500, perLocation: per, rate: 100, interval: 10 * time.Second,
-		workers: 1, concurrency: *scaleConc, rateFlag: "100/10s", latency: 200 * time.Millisecond})
+		workers: 1, concurrency: scaleConc, rateFlag: "100/10s", latency: 200 * time.Millisecond})
 	if err != nil {
 		return err
 	}
 	tput := r.total()
 	fmt.Fprintf(stdout, "  sustained %.0f cancels/s (target >= 3000: %s); 429s: %d (%s); took %.1fs\n",
 		tput, verdict(tput >= 3000), r.stats.RateLimited, verdict(r.stats.RateLimited == 0), r.took.Seconds())
+	figs.add("scale: cancels/s, 500 locations", "%.0f", tput, ">= 3000", tput >= 3000)
+	figs.add("scale: 429s", "%.0f", float64(r.stats.RateLimited), "0", r.stats.RateLimited == 0)
 	return nil
+}
+
+// figures collects each named figure of every round, in first-seen order.
+type figures struct {
+	names  []string
+	vals   map[string][]float64
+	format map[string]string
+	target map[string]string
+	met    map[string][]bool
+}
+
+func (f *figures) add(name, format string, v float64, target string, met bool) {
+	if f.vals == nil {
+		f.vals, f.format, f.target, f.met = map[string][]float64{}, map[string]string{}, map[string]string{}, map[string][]bool{}
+	}
+	if _, ok := f.vals[name]; !ok {
+		f.names = append(f.names, name)
+	}
+	f.vals[name] = append(f.vals[name], v)
+	f.format[name], f.target[name] = format, target
+	f.met[name] = append(f.met[name], met)
+}
+
+// summary prints every figure as median [min-max] and in how many rounds
+// it met its target.
+func (f *figures) summary(w io.Writer, rounds int) {
+	fmt.Fprintf(w, "\nmedian [min-max] of %d rounds:\n", rounds)
+	for _, n := range f.names {
+		met := 0
+		for _, ok := range f.met[n] {
+			if ok {
+				met++
+			}
+		}
+		fmt.Fprintf(w, "  %-48s %s (target %s: met in %d of %d rounds)\n", n, fmtStat(f.vals[n], f.format[n]), f.target[n], met, len(f.met[n]))
+	}
 }
 
 type scenarioEnv struct {
