@@ -50,7 +50,8 @@ var templateFS embed.FS
 //go:embed static
 var staticFS embed.FS
 
-// Cookie names and lifetimes.
+// Cookie names (with HostPrefix where cookies are Secure: see cookieName)
+// and lifetimes.
 const (
 	SessionCookie = "ghlcancel_session"
 	loginCookie   = "ghlcancel_login"
@@ -240,7 +241,7 @@ func (c *Console) stillConfigured(fp string, role Role) bool {
 }
 
 func (c *Console) loadSession(r *http.Request) (*session, error) {
-	ck, err := r.Cookie(SessionCookie)
+	ck, err := r.Cookie(cookieName(r, SessionCookie))
 	if err != nil || len(ck.Value) != 64 {
 		return nil, nil
 	}
@@ -270,9 +271,31 @@ func loopback(r *http.Request) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// secureCookies: the request came over TLS or to a host that is not
+// loopback (behind a TLS proxy), where cookies are Secure and carry the
+// __Host- prefix.
+func secureCookies(r *http.Request) bool { return r.TLS != nil || !loopback(r) }
+
+// cookieName is the name a cookie has for r: with the __Host- prefix where
+// cookies are Secure, so that a sibling subdomain or a plain-HTTP answer
+// cannot plant one (browsers take a __Host- cookie only when Secure, from
+// the host itself, for Path=/). On loopback HTTP the plain name.
+func cookieName(r *http.Request, name string) string {
+	if secureCookies(r) {
+		return HostPrefix + name
+	}
+	return name
+}
+
+// HostPrefix is the cookie name prefix browsers bind to one host.
+const HostPrefix = "__Host-"
+
 func (c *Console) cookie(r *http.Request, name, value, path string, maxAge int) *http.Cookie {
-	return &http.Cookie{Name: name, Value: value, Path: path, MaxAge: maxAge, HttpOnly: true,
-		Secure: r.TLS != nil || !loopback(r), SameSite: http.SameSiteStrictMode}
+	if secureCookies(r) {
+		path = "/" // __Host- requires it
+	}
+	return &http.Cookie{Name: cookieName(r, name), Value: value, Path: path, MaxAge: maxAge, HttpOnly: true,
+		Secure: secureCookies(r), SameSite: http.SameSiteStrictMode}
 }
 
 // sameOrigin refuses cross-site POSTs: the browser's Sec-Fetch-Site, or
@@ -378,7 +401,7 @@ func (c *Console) postLogin(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, nil, http.StatusForbidden, "Refused: the sign-in did not come from this console's page.")
 		return
 	}
-	ck, err := r.Cookie(loginCookie)
+	ck, err := r.Cookie(cookieName(r, loginCookie))
 	if err != nil || ck.Value == "" || subtle.ConstantTimeCompare([]byte(ck.Value), []byte(r.PostForm.Get("login_token"))) != 1 {
 		c.fail(w, r, nil, http.StatusForbidden, "Refused: the sign-in form is stale. Open the sign-in page again. "+
 			"(If this repeats: the console is reached over plain HTTP on an address that is not loopback, and browsers drop its Secure cookies; serve it over HTTPS.)")

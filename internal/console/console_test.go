@@ -139,18 +139,42 @@ func TestSignInAndOut(t *testing.T) {
 }
 
 // TestSecureCookieOffLoopback: behind a proxy on a real host name the
-// cookies are Secure.
+// cookies are Secure and __Host- prefixed (Path=/), and a cookie without
+// the prefix, which a sibling subdomain could plant, is not read there.
 func TestSecureCookieOffLoopback(t *testing.T) {
 	s := newStack(t, stackOpts{})
 	b := s.browser(t)
 	b.host = "console.example.com"
 	resp, page := b.get("/console/login")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	assert.True(t, cookieNamed(resp, "ghlcancel_login").Secure)
-	resp, _ = b.do(http.MethodPost, "/console/login", url.Values{"login_token": {match(t, loginTokenRE, page)}, "key": {operatorKey}},
-		map[string]string{"Cookie": "ghlcancel_login=" + match(t, loginTokenRE, page), "Origin": "https://console.example.com"})
+	login := cookieNamed(resp, console.HostPrefix+"ghlcancel_login")
+	require.NotNil(t, login)
+	assert.True(t, login.Secure)
+	assert.Equal(t, "/", login.Path)
+	assert.Nil(t, cookieNamed(resp, "ghlcancel_login"))
+	tok := match(t, loginTokenRE, page)
+	form := url.Values{"login_token": {tok}, "key": {operatorKey}}
+	origin := map[string]string{"Origin": "https://console.example.com"}
+
+	// A planted login cookie without the prefix does not pass the check.
+	resp, _ = b.do(http.MethodPost, "/console/login", form, map[string]string{"Cookie": "ghlcancel_login=" + tok, "Origin": origin["Origin"]})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+
+	resp, _ = b.do(http.MethodPost, "/console/login", form,
+		map[string]string{"Cookie": console.HostPrefix + "ghlcancel_login=" + tok, "Origin": origin["Origin"]})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
-	assert.True(t, cookieNamed(resp, console.SessionCookie).Secure)
+	sess := cookieNamed(resp, console.HostPrefix+console.SessionCookie)
+	require.NotNil(t, sess)
+	assert.True(t, sess.Secure)
+	assert.True(t, sess.HttpOnly)
+	assert.Equal(t, "/", sess.Path)
+	assert.Nil(t, cookieNamed(resp, console.SessionCookie))
+
+	// The session works under its prefixed name only.
+	resp, _ = b.do(http.MethodGet, "/console/", nil, map[string]string{"Cookie": console.HostPrefix + console.SessionCookie + "=" + sess.Value})
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, _ = b.do(http.MethodGet, "/console/", nil, map[string]string{"Cookie": console.SessionCookie + "=" + sess.Value})
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "not signed in: to the sign-in page")
 }
 
 // TestRefusedWithoutCSRF: a state-changing request without the session's
