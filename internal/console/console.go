@@ -6,8 +6,9 @@
 // Pages are server-rendered html/template with a little plain JavaScript
 // (embedded, no CDN, no build step). Security:
 //   - sign-in with an API key (POST body, never a URL), then a random
-//     session id in a cookie (HttpOnly, SameSite=Strict, Secure unless the
-//     console is reached on a loopback host); sessions live in Redis (any
+//     session id in a cookie (HttpOnly, SameSite=Strict; unless the console
+//     is reached on a loopback host, Secure and named __Host-..., so no
+//     sibling subdomain can plant one); sessions live in Redis (any
 //     intake replica serves them, sign-out ends them everywhere) and end
 //     when their key is removed from the configuration;
 //   - a per-session CSRF token on every state-changing form, an

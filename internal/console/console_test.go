@@ -169,12 +169,30 @@ func TestSecureCookieOffLoopback(t *testing.T) {
 	assert.True(t, sess.HttpOnly)
 	assert.Equal(t, "/", sess.Path)
 	assert.Nil(t, cookieNamed(resp, console.SessionCookie))
+	cleared := cookieNamed(resp, console.HostPrefix+"ghlcancel_login")
+	require.NotNil(t, cleared, "the sign-in token is cleared")
+	assert.Negative(t, cleared.MaxAge)
+	assert.Equal(t, "/", cleared.Path, "cleared with the attributes it was set with, or the browser keeps it")
+	assert.True(t, cleared.Secure)
 
 	// The session works under its prefixed name only.
 	resp, _ = b.do(http.MethodGet, "/console/", nil, map[string]string{"Cookie": console.HostPrefix + console.SessionCookie + "=" + sess.Value})
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	resp, _ = b.do(http.MethodGet, "/console/", nil, map[string]string{"Cookie": console.SessionCookie + "=" + sess.Value})
 	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "not signed in: to the sign-in page")
+
+	// Sign-out clears it the same way.
+	signedIn := map[string]string{"Cookie": console.HostPrefix + console.SessionCookie + "=" + sess.Value, "Origin": origin["Origin"]}
+	_, home := b.do(http.MethodGet, "/console/", nil, signedIn)
+	resp, _ = b.do(http.MethodPost, "/console/logout", url.Values{"csrf": {match(t, csrfRE, home)}}, signedIn)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	out := cookieNamed(resp, console.HostPrefix+console.SessionCookie)
+	require.NotNil(t, out)
+	assert.Negative(t, out.MaxAge)
+	assert.Equal(t, "/", out.Path)
+	assert.True(t, out.Secure)
+	resp, _ = b.do(http.MethodGet, "/console/", nil, signedIn)
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "the session ended")
 }
 
 // TestRefusedWithoutCSRF: a state-changing request without the session's
@@ -367,6 +385,7 @@ func TestResultLineCannotBeForged(t *testing.T) {
 	assert.NotContains(t, loc, "requeued=", "no numbers travel in the link")
 	_, page = other.get(loc)
 	assert.NotContains(t, page, `class="flash"`, "another session's result line")
+	a.do(http.MethodHead, loc, nil, nil) // a HEAD (a link preview) does not use it up
 	_, page = a.get(loc)
 	assert.Contains(t, page, `<p class="flash" role="status">Requeued 3.`)
 	_, page = a.get(loc)
