@@ -68,8 +68,20 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, s *session, statu
 }
 
 func (c *Console) redisDown(w http.ResponseWriter, r *http.Request, what string, err error) {
+	c.redisDownKeeping(w, r, what, err, "")
+}
+
+// redisDownKeeping is redisDown on a page that has already read its
+// result line (read once): the error page shows it.
+func (c *Console) redisDownKeeping(w http.ResponseWriter, r *http.Request, what string, err error, flash string) {
 	c.log.Error("console: "+what+" failed", "err", err)
-	c.fail(w, r, sessionOf(r), http.StatusServiceUnavailable, "Redis is unavailable ("+what+"); try again in a moment.")
+	msg := "Redis is unavailable (" + what + "); try again in a moment."
+	if flash == "" {
+		c.fail(w, r, sessionOf(r), http.StatusServiceUnavailable, msg)
+		return
+	}
+	c.render(w, r, http.StatusServiceUnavailable, "error", page{Title: http.StatusText(http.StatusServiceUnavailable),
+		Session: sessionOf(r), Flash: flash, Error: msg})
 }
 
 type campaignRow struct {
@@ -343,10 +355,7 @@ func (c *Console) getDead(w http.ResponseWriter, r *http.Request) {
 		v.Total, err = c.dead.Count(r.Context())
 	}
 	if err != nil && !errors.Is(err, errEnough) {
-		// The result line read above is not lost with the page.
-		c.log.Error("console: dead letters failed", "err", err)
-		c.render(w, r, http.StatusServiceUnavailable, "error", page{Title: http.StatusText(http.StatusServiceUnavailable),
-			Session: sessionOf(r), Flash: p.Flash, Error: "Redis is unavailable (dead letters); try again in a moment."})
+		c.redisDownKeeping(w, r, "dead letters", err, p.Flash)
 		return
 	}
 	v.Reasons = reasonRows(byReason, tasks.DeadLetterHint)
