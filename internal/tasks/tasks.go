@@ -112,10 +112,10 @@ func (p CancelPayload) Validate() error {
 const CampaignIDMax = 128
 
 // ValidateCampaignID is the rule for a new campaign id, checked where work
-// comes in: 1 to CampaignIDMax bytes, and not
-// "." or "..", which no URL path can carry (clients clean them away, and so
-// does the intake's router): GET /v1/campaigns/.. would answer for another
-// path. Any other byte is allowed; "/" travels as %2F.
+// comes in: 1 to CampaignIDMax bytes, and not "." or "..", which no URL
+// path can carry (clients clean them away, and so does the intake's
+// router): GET /v1/campaigns/.. would answer for another path. Any other
+// byte is allowed; "/" travels as %2F.
 func ValidateCampaignID(id string) error {
 	switch {
 	case id == "":
