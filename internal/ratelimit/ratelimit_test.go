@@ -98,6 +98,25 @@ func TestBurstUsesTheWholeAllowance(t *testing.T) {
 	require.GreaterOrEqual(t, time.Since(times[0]), 1020*time.Millisecond, "the 11th call waits for the 1st to leave the span")
 }
 
+// TestLogStaysBounded: the log of admitted calls is trimmed as it goes: it
+// keeps about a span of calls, not every call ever admitted (400 here).
+func TestLogStaysBounded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{Margin: 0.02, MaxWait: 100 * time.Millisecond, Lead: 50 * time.Millisecond})
+	learn(t, l, "locT", 10, 50*time.Millisecond)
+	const calls = 400
+	for i := range calls {
+		_, err := l.Admit(ctx, req("locT", fmt.Sprint("t", i)))
+		require.NoError(t, err)
+	}
+	n, err := rdb.ZCard(ctx, logKey("locT")).Result()
+	require.NoError(t, err)
+	require.Less(t, n, int64(calls/2), "the log keeps calls long out of the span")
+	require.GreaterOrEqual(t, n, int64(10), "the last span's calls are kept")
+}
+
 // TestSlidingSpansAcrossWorkers: three limiters (three workers) admit 120
 // calls for one location with a limit of 20 per second: in every 1 s window
 // of admission times there are at most 20 calls, and the calls are spread
