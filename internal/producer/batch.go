@@ -25,7 +25,8 @@ const BatchSize = 500
 //   - a task for the message is pending, scheduled, retrying or running on
 //     any lane: already queued (1);
 //   - its record holds a terminal outcome other than a dead letter: already
-//     done (2), nothing is queued, unless force;
+//     done (2), nothing is queued, unless force; the campaign's outcome row
+//     stands in for a record that expired while the campaign lived on;
 //   - it was dead-lettered (record, or an archived asynq copy), or it is
 //     forced: the archived copy and the dead letter are removed, its old
 //     outcome is taken out of its campaign, and a fresh task (attempts from
@@ -78,13 +79,36 @@ for i = 0, n - 1 do
   keys[#keys+1] = "ghlcancel:msg:" .. id
 end
 local fresh = redis.call("EXISTS", unpack(keys)) == 0
+-- A message's record expires with its last call, while its campaign lives
+-- on as long as the campaign is fed: the campaign's outcome row then still
+-- says what became of it. One HMGET per campaign in the batch reads them.
+local rows, ids = {}, {}
+for i = 0, n - 1 do
+  local a = 3 + i * 7
+  local c = ARGV[a+4]
+  if c ~= "" then
+    ids[c] = ids[c] or {}
+    ids[c][#ids[c]+1] = ARGV[a+2]
+  end
+end
+for c, cids in pairs(ids) do
+  local _, ko = ck(c)
+  local v = redis.call("HMGET", ko, unpack(cids))
+  for j, id in ipairs(cids) do
+    if v[j] then
+      rows[c] = rows[c] or {}
+      rows[c][id] = v[j]
+    end
+  end
+end
 local seen = {}
 for i = 0, n - 1 do
   local a = 3 + i * 7
   local msg, id, lane, campaign, loc, force, fromdead = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6], ARGV[a+7]
+  local row = rows[campaign] and rows[campaign][id]
   if fresh and seen[id] then
     res[i+1] = 1
-  elseif fresh or redis.call("EXISTS", unpack(keys, i * ` + strconv.Itoa(existsPerItem) + ` + 1, (i + 1) * ` + strconv.Itoa(existsPerItem) + `)) == 0 then
+  elseif not row and (fresh or redis.call("EXISTS", unpack(keys, i * ` + strconv.Itoa(existsPerItem) + ` + 1, (i + 1) * ` + strconv.Itoa(existsPerItem) + `)) == 0) then
     -- Never seen: no task on any lane, no record.
     seen[id] = true
     if fromdead == "1" then drop_dead(id) end
@@ -110,6 +134,8 @@ for i = 0, n - 1 do
       local rk = "ghlcancel:msg:" .. id
       local rec = redis.call("HMGET", rk, "o", "c")
       local o, prevc = rec[1], rec[2]
+      -- No record (it expired), but the campaign remembers the message.
+      if not o and row then o, prevc = row, campaign end
       -- Dead: its record says so, or asynq archived it and nothing else is
       -- recorded (an archived copy next to a true outcome is only stale).
       local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
@@ -151,6 +177,7 @@ for i = 0, n - 1 do
           -- cancel, as after a lost answer.
           if force == "1" and o and string.sub(o, 1, 10) == "cancelled|" then
             redis.call("HSET", rk, "s", "forced")
+            if redis.call("PTTL", rk) == -1 then redis.call("PEXPIRE", rk, ttl) end -- a record made here
           end
           res[i+1] = 3
         else

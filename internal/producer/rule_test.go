@@ -60,6 +60,14 @@ func TestEnqueueRule(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, b.insp.ArchiveTask(tasks.QueueDefault, tid))
 	}
+	// expiredRecord: the message's record expired (it lives as long as its
+	// last call) while its campaign, fed with other messages, lived on.
+	expiredRecord := func(before func(*testing.T, bundle)) func(*testing.T, bundle) {
+		return func(t *testing.T, b bundle) {
+			before(t, b)
+			require.NoError(t, b.rdb.Del(context.Background(), ledger.Key(tid)).Err())
+		}
+	}
 	tests := []struct {
 		name     string
 		before   func(*testing.T, bundle)
@@ -101,6 +109,9 @@ func TestEnqueueRule(t *testing.T) {
 			require.NoError(t, b.rdb.Del(context.Background(), ledger.CampaignKey("c1"), ledger.CampaignOutcomesKey("c1"),
 				ledger.CampaignRetryingKey("c1"), ledger.CampaignLocationsKey("c1")).Err())
 		}, false, "c1", producer.Requeued, true, 1, false},
+		{"cancelled, its record expired while c1 lived on", expiredRecord(settled(ledger.Cancelled, "")), false, "c1", producer.AlreadyDone, false, 1, true},
+		{"cancelled, its record expired, forced", expiredRecord(settled(ledger.Cancelled, "")), true, "c1", producer.Requeued, true, 1, false},
+		{"dead-lettered, its record expired while c1 lived on", expiredRecord(settled(ledger.DeadLettered, "unauthorized")), false, "c1", producer.Requeued, true, 1, false},
 		{"dead-lettered, sent to another campaign: it moves (c1 is left empty)", settled(ledger.DeadLettered, "unauthorized"), false, "c2", producer.Requeued, true, 0, false},
 	}
 	for _, tt := range tests {
@@ -140,6 +151,11 @@ func TestEnqueueRule(t *testing.T) {
 					require.NoError(t, err)
 					require.Positive(t, ttl, "%s expires", k)
 				}
+			}
+			if n, err := rdb.Exists(ctx, ledger.Key(tid)).Result(); err == nil && n == 1 {
+				ttl, err := rdb.PTTL(ctx, ledger.Key(tid)).Result()
+				require.NoError(t, err)
+				require.Positive(t, ttl, "the message's record expires")
 			}
 			archived, err := rdb.ZCard(ctx, "asynq:{default}:archived").Result()
 			require.NoError(t, err)
