@@ -33,6 +33,10 @@ const BatchSize = 500
 //     zero) is queued: requeued (3);
 //   - otherwise a fresh task is queued: enqueued (0).
 //
+// A message sent without a campaign that would run again stays in the
+// campaign its record names: the script changes nothing for it and hands
+// it back (4) with that campaign, and the caller sends it again under it.
+//
 // Campaign totals count distinct messages: only a message new to the
 // campaign adds to it; a requeued one that moves to another campaign is
 // moved. The task is written the way asynq v0.26.0's own enqueue script
@@ -101,7 +105,7 @@ for c, cids in pairs(ids) do
     end
   end
 end
-local seen = {}
+local seen, adopt = {}, {}
 for i = 0, n - 1 do
   local a = 3 + i * 7
   local msg, id, lane, campaign, loc, force, fromdead = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6], ARGV[a+7]
@@ -139,6 +143,14 @@ for i = 0, n - 1 do
       -- Dead: its record says so, or asynq archived it and nothing else is
       -- recorded (an archived copy next to a true outcome is only stale).
       local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
+      local runs = not (o and not dead and force ~= "1")
+      if runs and campaign == "" and prevc and prevc ~= "" and redis.call("EXISTS", (ck(prevc))) == 1 then
+        -- Sent again without a campaign, it stays in the one it has: the
+        -- caller sends it again under that campaign (nothing changed here).
+        res[i+1] = 4
+        adopt[#adopt+1] = i
+        adopt[#adopt+1] = prevc
+      else
       for _, s in ipairs(stale) do
         redis.call("DEL", "asynq:{" .. s[1] .. "}:t:" .. id)
         redis.call("ZREM", "asynq:{" .. s[1] .. "}:" .. s[2], id)
@@ -186,6 +198,7 @@ for i = 0, n - 1 do
         end
         enqueue(lane, id, msg)
       end
+      end
     end
   end
 end
@@ -199,7 +212,7 @@ for c, d in pairs(delta) do
   end
   cadd(c, d, "", now, ttl)
 end
-return res`)
+return {res, adopt}`)
 
 // existsKeys appends, in enqueueScript, the task key of id on every lane
 // to keys; with the record's key that makes existsPerItem keys per item.
@@ -307,13 +320,35 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 	}
 	// The script runs whole or not at all, so an interrupted caller (Ctrl-C)
 	// never leaves tasks queued without their campaign count.
-	res, err := enqueueScript.Run(ctx, p.rdb, []string{deadletter.KeyRecords, deadletter.KeyIndex}, args...).Int64Slice()
+	v, err := enqueueScript.Run(ctx, p.rdb, []string{deadletter.KeyRecords, deadletter.KeyIndex}, args...).Slice()
 	if err != nil {
 		fail(out, idx, err)
 		return
 	}
+	res, _ := v[0].([]any)
+	adopt, _ := v[1].([]any)
+	var again []Item // sent without a campaign, they stay in the one they have
+	var at []int
+	for k := 0; k+1 < len(adopt); k += 2 {
+		j, _ := adopt[k].(int64)
+		c, _ := adopt[k+1].(string)
+		it := items[idx[j]]
+		it.CampaignID = c
+		again, at = append(again, it), append(at, idx[j])
+	}
 	for j, i := range idx {
-		out[i] = Result{Status: scriptStatus[res[j]]}
+		code, _ := res[j].(int64)
+		if code < int64(len(scriptStatus)) {
+			out[i] = Result{Status: scriptStatus[code]}
+		}
+	}
+	if len(again) > 0 {
+		// Under their own campaign the script never hands them back.
+		res := make([]Result, len(again))
+		p.enqueueChunk(ctx, again, res)
+		for k, i := range at {
+			out[i] = res[k]
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package producer_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -112,6 +113,9 @@ func TestEnqueueRule(t *testing.T) {
 		{"cancelled, its record expired while c1 lived on", expiredRecord(settled(ledger.Cancelled, "")), false, "c1", producer.AlreadyDone, false, 1, true},
 		{"cancelled, its record expired, forced", expiredRecord(settled(ledger.Cancelled, "")), true, "c1", producer.Requeued, true, 1, false},
 		{"dead-lettered, its record expired while c1 lived on", expiredRecord(settled(ledger.DeadLettered, "unauthorized")), false, "c1", producer.Requeued, true, 1, false},
+		{"dead-lettered, sent again without a campaign: it stays in c1", settled(ledger.DeadLettered, "unauthorized"), false, "", producer.Requeued, true, 1, false},
+		{"cancelled, forced without a campaign: it stays in c1", settled(ledger.Cancelled, ""), true, "", producer.Requeued, true, 1, false},
+		{"cancelled, sent again without a campaign", settled(ledger.Cancelled, ""), false, "", producer.AlreadyDone, false, 1, true},
 		{"dead-lettered, sent to another campaign: it moves (c1 is left empty)", settled(ledger.DeadLettered, "unauthorized"), false, "c2", producer.Requeued, true, 0, false},
 	}
 	for _, tt := range tests {
@@ -131,6 +135,15 @@ func TestEnqueueRule(t *testing.T) {
 				require.NoError(t, err)
 				require.NotEqual(t, asynq.TaskStateArchived, info.State)
 				require.Zero(t, info.Retried, "attempts start from zero")
+				var pl tasks.CancelPayload
+				require.NoError(t, json.Unmarshal(info.Payload, &pl))
+				// Sent without a campaign, it runs in the one it has; an
+				// already queued task keeps its own.
+				want := tt.campaign
+				if want == "" || tt.want == producer.AlreadyQueued {
+					want = "c1"
+				}
+				require.Equal(t, want, pl.CampaignID, "the queued task's campaign")
 			} else {
 				require.Error(t, err, "nothing queued")
 			}
