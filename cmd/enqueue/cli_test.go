@@ -75,13 +75,16 @@ func TestUsageErrorsNameTheHelp(t *testing.T) {
 		{"campaigns", "extra"},
 		{"--campaign", "..", "abc"}, // no URL path can carry it: refused before anything is sent
 		{"sweep", "--location", "l", "--campaign", "."},
+		{"sweep", "--location", "l", "--campaign", "spring", "--dry-run"}, // its counts would add to the real sweep's
 	} {
 		var out, errw bytes.Buffer
 		err := run(context.Background(), args, func(string) string { return "" }, strings.NewReader(""), &out, &errw)
 		var ue usageError
 		require.ErrorAs(t, err, &ue, "%v", args)
 		require.Contains(t, err.Error(), "--help`", "%v", args)
-		if slices.Contains(args, "--campaign") {
+		if slices.Contains(args, "--dry-run") {
+			require.Contains(t, err.Error(), "--campaign with --dry-run", "%v", args)
+		} else if slices.Contains(args, "--campaign") {
 			require.Contains(t, err.Error(), "--campaign: \"", "%v", args)
 		}
 	}

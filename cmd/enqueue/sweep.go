@@ -86,6 +86,9 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		if err := tasks.ValidateCampaignID(o.campaignID); err != nil {
 			return usageError{fmt.Errorf("--campaign: %w", err)}
 		}
+		if o.dryRun {
+			return usageError{errors.New("--campaign with --dry-run: a dry run counts into a campaign of its own; give --campaign to the real sweep")}
+		}
 	}
 	r := producer.SweepRequest{Locations: locations, ContactID: o.contact, ConversationID: o.conversation, Channel: o.channel,
 		Source: o.source, CampaignID: o.campaignID, Lane: o.lane, DryRun: o.dryRun, PageSize: o.pageSize}

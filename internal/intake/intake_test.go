@@ -453,7 +453,8 @@ func TestSweeps(t *testing.T) {
 	require.Equal(t, 2, e.queued()["default"], "contact sweeps run on the default lane")
 	for _, body := range []string{`{}`, `{"location_ids":[]}`, `{"location_ids":["a/b"]}`, `{"location_ids":["l"],"channel":"fax"}`,
 		`{"location_ids":["l"],"source":"nowhere"}`, `{"location_ids":["l"],"locations":["x"]}`, `not json`,
-		`{"location_ids":["l"],"campaign_id":".."}`, `{"location_ids":["l"],"campaign_id":"."}`} {
+		`{"location_ids":["l"],"campaign_id":".."}`, `{"location_ids":["l"],"campaign_id":"."}`,
+		`{"location_ids":["l"],"campaign_id":"spring","dry_run":true}`} {
 		var eb client.ErrorBody
 		e.errBody(e.do(http.MethodPost, "/v1/sweeps", auth, []byte(body), &eb), eb, http.StatusBadRequest, client.CodeInvalidRequest)
 	}

@@ -120,11 +120,19 @@ const sweepListKeep = 100
 // SweepStateKey is where one location's sweep keeps its progress.
 func SweepStateKey(sweepID, location string) string { return ledger.SweepStateKey(sweepID, location) }
 
+// ErrDryRunCampaign: a dry-run sweep counts into a campaign of its own.
+var ErrDryRunCampaign = errors.New("sweep: a dry run counts into a campaign of its own; leave out the campaign id (the real sweep can use it)")
+
 // Sweep validates r and queues one sweep task per location (the workers
 // page the export, holding the tokens, the pacer and the retry policy).
 func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, error) {
 	if len(r.Locations) == 0 {
 		return SweepStarted{}, errors.New("sweep: give at least one location")
+	}
+	if r.DryRun && r.CampaignID != "" && r.revive == "" {
+		// Its pages, found messages and the sweep itself would count in that
+		// campaign, next to the real sweep that follows it.
+		return SweepStarted{}, ErrDryRunCampaign
 	}
 	if r.Channel == "" {
 		r.Channel = tasks.ChannelAll

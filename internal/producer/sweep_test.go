@@ -118,3 +118,25 @@ func TestSweepCampaignIDsNoURLCanCarry(t *testing.T) {
 	require.True(t, ok, "an old dead letter is replayed in its campaign")
 	require.Equal(t, ".", started.CampaignID)
 }
+
+// TestDryRunSweepHasItsOwnCampaign: a dry run into a named campaign is
+// refused (its sweep, pages and found messages would count next to the
+// real sweep's); without one it gets a campaign of its own.
+func TestDryRunSweepHasItsOwnCampaign(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	_, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locDry0000000000001"}, CampaignID: "spring", DryRun: true})
+	require.ErrorIs(t, err, producer.ErrDryRunCampaign)
+	n, err := rdb.Exists(ctx, "ghlcancel:campaign:{spring}").Result()
+	require.NoError(t, err)
+	require.Zero(t, n, "nothing written for the refused dry run")
+	st, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locDry0000000000001"}, DryRun: true})
+	require.NoError(t, err)
+	require.NotEqual(t, "spring", st.CampaignID)
+	require.NotEmpty(t, st.CampaignID)
+	st, err = p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locDry0000000000001"}, CampaignID: "spring"})
+	require.NoError(t, err, "the real sweep takes the name")
+	require.Equal(t, "spring", st.CampaignID)
+}
