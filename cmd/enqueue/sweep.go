@@ -51,7 +51,7 @@ location the agency's app is installed at.`,
 	fs.StringVar(&o.since, "since", "", "only messages created at or after this time (RFC 3339 or unix seconds)")
 	fs.StringVar(&o.until, "until", "", "only messages created at or before this time (RFC 3339 or unix seconds)")
 	fs.StringVar(&o.source, "source", "", "only messages from this source: workflow, bulk_actions, campaign, api or app")
-	fs.StringVar(&o.campaignID, "campaign", "", "campaign to cancel into (one is made up and printed when empty)")
+	fs.StringVar(&o.campaignID, "campaign", "", "campaign to cancel into (one is made up and printed when empty; a --dry-run always has its own)")
 	fs.StringVar(&o.lane, "lane", "", "lane of the cancels: urgent, default or bulk (default: default with --contact or --conversation, else bulk)")
 	fs.IntVar(&o.pageSize, "page-size", tasks.SweepPageSize, "export page size, 10 to 500")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "find and count only: per location and channel, with the time the cancels would take")

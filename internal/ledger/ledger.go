@@ -223,11 +223,19 @@ local function ctouch(c, now, ttl)
 end
 -- csettled: after an outcome, set finished_at when done reaches total, and
 -- push the campaign's expiry forward at most once a minute (one HMGET on
--- the common path instead of five writes).
+-- the common path instead of five writes). The outcomes hash exists while
+-- done > 0: the outcome that brought done to 1 created it, so it gets its
+-- expiry here (a campaign settled within a minute of its last update would
+-- otherwise leave it without one).
 local function csettled(c, now, ttl)
   local total, done, updated, sweeps, swept = ccount(c)
   if ccomplete(total, done, sweeps, swept) then redis.call("HSETNX", (ck(c)), "finished_at", now) end
-  if now - updated >= 60000 then ctouch(c, now, ttl) end
+  if now - updated >= 60000 then
+    ctouch(c, now, ttl)
+  elseif done == 1 then
+    local _, ko = ck(c)
+    redis.call("PEXPIRE", ko, ttl)
+  end
 end
 -- creopen removes a message's terminal row from campaign c (it runs again).
 local function creopen(c, id)

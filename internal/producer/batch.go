@@ -3,6 +3,7 @@ package producer
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -65,8 +66,9 @@ local function drop_dead(id)
 end
 -- Task ids to push per lane: one LPUSH per lane for the whole batch (in
 -- the same order as one LPUSH per task).
-local push = {}
+local push, seen = {}, {}
 local function enqueue(lane, id, msg)
+  seen[id] = true -- a repeat later in the batch is already queued
   redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
   push[lane] = push[lane] or {}
   local p = push[lane]
@@ -96,8 +98,11 @@ for i = 0, n - 1 do
   end
 end
 for c, cids in pairs(ids) do
-  local _, ko = ck(c)
-  local v = redis.call("HMGET", ko, unpack(cids))
+  local k, ko = ck(c)
+  -- Rows of a campaign that is gone are no one's (an outcomes hash once
+  -- could outlive its campaign): only a live campaign's rows count.
+  local v = {}
+  if redis.call("EXISTS", k) == 1 then v = redis.call("HMGET", ko, unpack(cids)) end
   for j, id in ipairs(cids) do
     if v[j] then
       rows[c] = rows[c] or {}
@@ -105,16 +110,16 @@ for c, cids in pairs(ids) do
     end
   end
 end
-local seen, adopt = {}, {}
+local adopt = {}
 for i = 0, n - 1 do
   local a = 3 + i * 7
   local msg, id, lane, campaign, loc, force, fromdead = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6], ARGV[a+7]
   local row = rows[campaign] and rows[campaign][id]
-  if fresh and seen[id] then
+  if seen[id] then
     res[i+1] = 1
+    if fromdead == "1" then drop_dead(id) end
   elseif not row and (fresh or redis.call("EXISTS", unpack(keys, i * ` + strconv.Itoa(existsPerItem) + ` + 1, (i + 1) * ` + strconv.Itoa(existsPerItem) + `)) == 0) then
     -- Never seen: no task on any lane, no record.
-    seen[id] = true
     if fromdead == "1" then drop_dead(id) end
     count(campaign, 1, loc)
     res[i+1] = 0
@@ -261,7 +266,8 @@ func encodeTaskMessage(typ string, payload []byte, id, queue string, retry int, 
 }
 
 // EnqueueBatch enqueues items with one script call per BatchSize items and
-// returns a Result per item, in order. Dedupe is atomic across lanes.
+// returns a Result per item, in order. Dedupe is atomic across lanes; items
+// handed back to be sent under their own campaign take a second call.
 func (p *Producer) EnqueueBatch(ctx context.Context, items []Item) []Result {
 	out := make([]Result, len(items))
 	for start := 0; start < len(items); start += BatchSize {
@@ -325,21 +331,14 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 		fail(out, idx, err)
 		return
 	}
-	res, _ := v[0].([]any)
-	adopt, _ := v[1].([]any)
-	var again []Item // sent without a campaign, they stay in the one they have
-	var at []int
-	for k := 0; k+1 < len(adopt); k += 2 {
-		j, _ := adopt[k].(int64)
-		c, _ := adopt[k+1].(string)
-		it := items[idx[j]]
-		it.CampaignID = c
-		again, at = append(again, it), append(at, idx[j])
+	res, again, at, err := parseEnqueueReply(v, items, idx)
+	if err != nil {
+		fail(out, idx, err)
+		return
 	}
 	for j, i := range idx {
-		code, _ := res[j].(int64)
-		if code < int64(len(scriptStatus)) {
-			out[i] = Result{Status: scriptStatus[code]}
+		if res[j] < int64(len(scriptStatus)) {
+			out[i] = Result{Status: scriptStatus[res[j]]}
 		}
 	}
 	if len(again) > 0 {
@@ -350,6 +349,49 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 			out[i] = res[k]
 		}
 	}
+}
+
+// parseEnqueueReply reads enqueueScript's {codes, handed back} reply:
+// a code per item sent, and for each item handed back (code 4) its
+// position and campaign. It returns the codes, and the items to send again
+// under their campaign with their positions in out. A reply of another
+// shape is an error: no item is reported from it.
+func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again []Item, at []int, err error) {
+	bad := errors.New("enqueue script: unexpected reply")
+	if len(v) != 2 {
+		return nil, nil, nil, bad
+	}
+	raw, ok := v[0].([]any)
+	adopt, ok2 := v[1].([]any)
+	if !ok || !ok2 || len(raw) != len(idx) || len(adopt)%2 != 0 {
+		return nil, nil, nil, bad
+	}
+	codes = make([]int64, len(raw))
+	handed := 0
+	for j, r := range raw {
+		c, ok := r.(int64)
+		if !ok || c < 0 || c > 4 {
+			return nil, nil, nil, bad
+		}
+		if c == 4 {
+			handed++
+		}
+		codes[j] = c
+	}
+	if handed != len(adopt)/2 {
+		return nil, nil, nil, bad
+	}
+	for k := 0; k < len(adopt); k += 2 {
+		j, ok := adopt[k].(int64)
+		c, ok2 := adopt[k+1].(string)
+		if !ok || !ok2 || j < 0 || j >= int64(len(idx)) || codes[j] != 4 || c == "" {
+			return nil, nil, nil, bad
+		}
+		it := items[idx[j]]
+		it.CampaignID = c
+		again, at = append(again, it), append(at, idx[j])
+	}
+	return codes, again, at, nil
 }
 
 func flag(b bool) string {

@@ -169,6 +169,10 @@ func ValidQueue(q string) bool {
 //     again (Item.Force: Requeued);
 //   - otherwise Enqueued.
 //
+// A message sent without a campaign that would run again is decided in a
+// second script call, under the campaign its record names (each call is
+// atomic; an interrupted caller can see such an item Rejected).
+//
 // Campaign totals count distinct messages, so re-running a file changes no
 // total and a finished campaign stays complete.
 func (p *Producer) Enqueue(ctx context.Context, it Item) Result {

@@ -165,6 +165,13 @@ func TestEnqueueRule(t *testing.T) {
 					require.Positive(t, ttl, "%s expires", k)
 				}
 			}
+			// The outcomes hash, made by a settle within a minute of the
+			// campaign's last update, expires too.
+			if n, err := rdb.Exists(ctx, ledger.CampaignOutcomesKey("c1")).Result(); err == nil && n == 1 {
+				ttl, err := rdb.PTTL(ctx, ledger.CampaignOutcomesKey("c1")).Result()
+				require.NoError(t, err)
+				require.Positive(t, ttl, "c1's outcomes expire")
+			}
 			if n, err := rdb.Exists(ctx, ledger.Key(tid)).Result(); err == nil && n == 1 {
 				ttl, err := rdb.PTTL(ctx, ledger.Key(tid)).Result()
 				require.NoError(t, err)
@@ -181,6 +188,99 @@ func TestEnqueueRule(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEnqueueBatchEdges: the rule inside one batch, where an item's answer
+// depends on the items before it or is decided in a second script call.
+func TestEnqueueBatchEdges(t *testing.T) {
+	t.Parallel()
+	const loc = "locEdge00000000000001"
+	ctx := context.Background()
+	msg := func(id, c string) producer.Item {
+		return producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: c}
+	}
+	// deadIn sends id to c and dead-letters it there, as a worker would.
+	deadIn := func(t *testing.T, rdb *redis.Client, p *producer.Producer, id, c string) {
+		t.Helper()
+		require.Equal(t, producer.Enqueued, p.Enqueue(ctx, msg(id, c)).Status)
+		tid := tasks.TaskID(ghl.KindMessage, id)
+		require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, tid))
+		_, _, err := ledger.New(rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: tid, CampaignID: c,
+			Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: "unauthorized", Attempts: 1},
+			Dead:    &deadletter.Record{Kind: "message", MessageID: id, LocationID: loc, CampaignID: c, Queue: tasks.QueueDefault, Reason: "unauthorized"}})
+		require.NoError(t, err)
+	}
+	statuses := func(rs []producer.Result) []producer.Status {
+		var out []producer.Status
+		for _, r := range rs {
+			out = append(out, r.Status)
+		}
+		return out
+	}
+	queuedCampaign := func(t *testing.T, rdb *redis.Client, id string) string {
+		t.Helper()
+		info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueDefault, tasks.TaskID(ghl.KindMessage, id))
+		require.NoError(t, err)
+		var pl tasks.CancelPayload
+		require.NoError(t, json.Unmarshal(info.Payload, &pl))
+		return pl.CampaignID
+	}
+	total := func(t *testing.T, rdb *redis.Client, c string) int64 {
+		t.Helper()
+		s, _, err := campaign.New(rdb, 0).Get(ctx, c)
+		require.NoError(t, err)
+		return s.Total
+	}
+
+	t.Run("a repeat after an expired record's requeue is already queued", func(t *testing.T) {
+		t.Parallel()
+		rdb := redisServer.Client(t)
+		p := producer.New(rdb, producer.Config{})
+		deadIn(t, rdb, p, "mEdge1", "c1")
+		require.NoError(t, rdb.Del(ctx, ledger.Key(tasks.TaskID(ghl.KindMessage, "mEdge1"))).Err())
+		rs := p.EnqueueBatch(ctx, []producer.Item{msg("mEdge1", "c1"), msg("mEdge1", "c2")})
+		require.Equal(t, []producer.Status{producer.Requeued, producer.AlreadyQueued}, statuses(rs))
+		require.Equal(t, "c1", queuedCampaign(t, rdb, "mEdge1"))
+		n, err := rdb.LLen(ctx, "asynq:{default}:pending").Result()
+		require.NoError(t, err)
+		require.Equal(t, int64(1), n, "queued once")
+		require.Equal(t, int64(1), total(t, rdb, "c1"))
+		require.Zero(t, total(t, rdb, "c2"))
+	})
+	t.Run("an item handed back keeps its place in the answers", func(t *testing.T) {
+		t.Parallel()
+		rdb := redisServer.Client(t)
+		p := producer.New(rdb, producer.Config{})
+		deadIn(t, rdb, p, "mEdge2", "c1")
+		bad := msg("mEdge9", "")
+		bad.Queue = "nowhere"
+		rs := p.EnqueueBatch(ctx, []producer.Item{bad, msg("mEdgeNew", ""), msg("mEdge2", ""), msg("mEdgeNew2", "c3")})
+		require.Equal(t, []producer.Status{producer.Rejected, producer.Enqueued, producer.Requeued, producer.Enqueued}, statuses(rs))
+		require.Equal(t, "c1", queuedCampaign(t, rdb, "mEdge2"), "sent without a campaign, it runs in its own")
+		require.Equal(t, "", queuedCampaign(t, rdb, "mEdgeNew"))
+		require.Equal(t, int64(1), total(t, rdb, "c1"))
+	})
+	t.Run("its campaign expired: sent without one, it runs without one", func(t *testing.T) {
+		t.Parallel()
+		rdb := redisServer.Client(t)
+		p := producer.New(rdb, producer.Config{})
+		deadIn(t, rdb, p, "mEdge3", "c1")
+		require.NoError(t, rdb.Del(ctx, ledger.CampaignKey("c1"), ledger.CampaignOutcomesKey("c1"), ledger.CampaignLocationsKey("c1")).Err())
+		require.Equal(t, producer.Requeued, p.Enqueue(ctx, msg("mEdge3", "")).Status)
+		require.Equal(t, "", queuedCampaign(t, rdb, "mEdge3"))
+		require.Zero(t, total(t, rdb, "c1"), "an expired campaign is not brought back")
+	})
+	t.Run("rows of a campaign that is gone are no one's", func(t *testing.T) {
+		t.Parallel()
+		rdb := redisServer.Client(t)
+		p := producer.New(rdb, producer.Config{})
+		deadIn(t, rdb, p, "mEdge4", "c1")
+		tid := tasks.TaskID(ghl.KindMessage, "mEdge4")
+		require.NoError(t, rdb.Del(ctx, ledger.Key(tid), ledger.CampaignKey("c1")).Err())
+		require.NoError(t, rdb.HSet(ctx, ledger.CampaignOutcomesKey("c1"), tid, "cancelled||200|1|1").Err())
+		require.Equal(t, producer.Enqueued, p.Enqueue(ctx, msg("mEdge4", "c1")).Status, "a new campaign of that name counts it anew")
+		require.Equal(t, int64(1), total(t, rdb, "c1"))
+	})
 }
 
 // TestResendManyIsIdempotent: a 1,000-item file sent three times: once

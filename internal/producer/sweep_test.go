@@ -139,4 +139,17 @@ func TestDryRunSweepHasItsOwnCampaign(t *testing.T) {
 	st, err = p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locDry0000000000001"}, CampaignID: "spring"})
 	require.NoError(t, err, "the real sweep takes the name")
 	require.Equal(t, "spring", st.CampaignID)
+
+	// A dry run that failed before this rule, in a named campaign, is
+	// still replayed there.
+	b, _ := json.Marshal(tasks.SweepPayload{SweepID: "swDry", CampaignID: "autumn", LocationID: "locDry0000000000001", Channel: "all", Created: 1, DryRun: true})
+	rec := deadletter.Record{TaskID: "sweep:swDry:locDry0000000000001", Kind: "sweep", LocationID: "locDry0000000000001", CampaignID: "autumn",
+		Queue: "default", Reason: "no_token", DeadAt: time.Now(), Payload: string(b)}
+	require.NoError(t, rdb.SAdd(ctx, "ghlcancel:campaign:{autumn}:failed_sweeps", rec.TaskID).Err())
+	require.NoError(t, rdb.HSet(ctx, "ghlcancel:campaign:{autumn}", "sweeps", 1, "sweeps_done", 1, "sweeps_failed", 1).Err())
+	require.NoError(t, deadletter.New(rdb).Add(ctx, rec))
+	started, ok, err := p.ReviveSweep(ctx, rec)
+	require.NoError(t, err)
+	require.True(t, ok, "an old dry run is replayed in its campaign")
+	require.Equal(t, "autumn", started.CampaignID)
 }
