@@ -224,18 +224,14 @@ end
 -- csettled: after an outcome, set finished_at when done reaches total, and
 -- push the campaign's expiry forward at most once a minute (one HMGET on
 -- the common path instead of five writes). The outcomes hash exists while
--- done > 0: the outcome that brought done to 1 created it, so it gets its
--- expiry here (a campaign settled within a minute of its last update would
--- otherwise leave it without one).
+-- done > 0: the outcome that brought done to 1 created it, so the expiry is
+-- pushed then too, for all the campaign's keys alike (a campaign settled
+-- within a minute of its last update would otherwise leave the hash
+-- without one, or outliving its counters).
 local function csettled(c, now, ttl)
   local total, done, updated, sweeps, swept = ccount(c)
   if ccomplete(total, done, sweeps, swept) then redis.call("HSETNX", (ck(c)), "finished_at", now) end
-  if now - updated >= 60000 then
-    ctouch(c, now, ttl)
-  elseif done == 1 then
-    local _, ko = ck(c)
-    redis.call("PEXPIRE", ko, ttl)
-  end
+  if done == 1 or now - updated >= 60000 then ctouch(c, now, ttl) end
 end
 -- creopen removes a message's terminal row from campaign c (it runs again).
 local function creopen(c, id)
@@ -252,6 +248,9 @@ end
 -- moved to or from it), for a location.
 local function cadd(c, n, loc, now, ttl)
   local k, ko, kr, kl = ck(c)
+  -- A new campaign (or one whose counters expired) starts with no rows:
+  -- an outcomes hash left by an earlier one of that name is not its own.
+  if redis.call("EXISTS", k) == 0 then redis.call("DEL", ko) end
   redis.call("HINCRBY", k, "total", n)
   redis.call("HSETNX", k, "started_at", now)
   if loc ~= "" and n > 0 then redis.call("SADD", kl, loc) end

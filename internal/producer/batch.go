@@ -381,12 +381,14 @@ func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again [
 	if handed != len(adopt)/2 {
 		return nil, nil, nil, bad
 	}
+	used := map[int64]bool{}
 	for k := 0; k < len(adopt); k += 2 {
 		j, ok := adopt[k].(int64)
 		c, ok2 := adopt[k+1].(string)
-		if !ok || !ok2 || j < 0 || j >= int64(len(idx)) || codes[j] != 4 || c == "" {
+		if !ok || !ok2 || j < 0 || j >= int64(len(idx)) || codes[j] != 4 || c == "" || used[j] {
 			return nil, nil, nil, bad
 		}
+		used[j] = true
 		it := items[idx[j]]
 		it.CampaignID = c
 		again, at = append(again, it), append(at, idx[j])

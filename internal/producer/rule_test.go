@@ -280,6 +280,21 @@ func TestEnqueueBatchEdges(t *testing.T) {
 		require.NoError(t, rdb.HSet(ctx, ledger.CampaignOutcomesKey("c1"), tid, "cancelled||200|1|1").Err())
 		require.Equal(t, producer.Enqueued, p.Enqueue(ctx, msg("mEdge4", "c1")).Status, "a new campaign of that name counts it anew")
 		require.Equal(t, int64(1), total(t, rdb, "c1"))
+		// Its outcome is counted: the old row is not the new campaign's.
+		require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, tid))
+		_, _, err := ledger.New(rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: tid, CampaignID: "c1",
+			Outcome: ledger.Outcome{Outcome: ledger.Cancelled, Attempts: 1}})
+		require.NoError(t, err)
+		s, _, err := campaign.New(rdb, 0).Get(ctx, "c1")
+		require.NoError(t, err)
+		require.Equal(t, int64(1), s.Cancelled)
+		require.True(t, s.Complete)
+		kt, err := rdb.PTTL(ctx, ledger.CampaignKey("c1")).Result()
+		require.NoError(t, err)
+		ot, err := rdb.PTTL(ctx, ledger.CampaignOutcomesKey("c1")).Result()
+		require.NoError(t, err)
+		require.Positive(t, ot)
+		require.LessOrEqual(t, ot, kt+time.Second, "the outcomes do not outlive the counters")
 	})
 }
 
