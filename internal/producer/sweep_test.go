@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
@@ -107,16 +108,27 @@ func TestSweepCampaignIDsNoURLCanCarry(t *testing.T) {
 		_, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locDot0000000000001"}, CampaignID: c})
 		require.ErrorContains(t, err, "cannot be addressed in a URL path", c)
 	}
-	b, _ := json.Marshal(tasks.SweepPayload{SweepID: "swOld", CampaignID: ".", LocationID: "locDot0000000000001", Channel: "all", Created: 1})
-	rec := deadletter.Record{TaskID: "sweep:swOld:locDot0000000000001", Kind: "sweep", LocationID: "locDot0000000000001", CampaignID: ".",
-		Queue: "default", Reason: "no_token", DeadAt: time.Now(), Payload: string(b)}
-	require.NoError(t, rdb.SAdd(ctx, "ghlcancel:campaign:{.}:failed_sweeps", rec.TaskID).Err())
-	require.NoError(t, rdb.HSet(ctx, "ghlcancel:campaign:{.}", "sweeps", 1, "sweeps_done", 1, "sweeps_failed", 1).Err())
-	require.NoError(t, deadletter.New(rdb).Add(ctx, rec))
-	started, ok, err := p.ReviveSweep(ctx, rec)
+	started, ok, err := p.ReviveSweep(ctx, failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swOld", CampaignID: ".", LocationID: "locDot0000000000001"}))
 	require.NoError(t, err)
 	require.True(t, ok, "an old dead letter is replayed in its campaign")
 	require.Equal(t, ".", started.CampaignID)
+}
+
+// failedSweep records pl's sweep as failed and dead-lettered in its
+// campaign, as a worker would have before today's rules, and returns the
+// dead letter.
+func failedSweep(t *testing.T, rdb *redis.Client, pl tasks.SweepPayload) deadletter.Record {
+	t.Helper()
+	ctx := context.Background()
+	pl.Channel, pl.Created = "all", 1
+	b, err := json.Marshal(pl)
+	require.NoError(t, err)
+	rec := deadletter.Record{TaskID: "sweep:" + pl.SweepID + ":" + pl.LocationID, Kind: "sweep", LocationID: pl.LocationID, CampaignID: pl.CampaignID,
+		Queue: "default", Reason: "no_token", DeadAt: time.Now(), Payload: string(b)}
+	require.NoError(t, rdb.SAdd(ctx, "ghlcancel:campaign:{"+pl.CampaignID+"}:failed_sweeps", rec.TaskID).Err())
+	require.NoError(t, rdb.HSet(ctx, "ghlcancel:campaign:{"+pl.CampaignID+"}", "sweeps", 1, "sweeps_done", 1, "sweeps_failed", 1).Err())
+	require.NoError(t, deadletter.New(rdb).Add(ctx, rec))
+	return rec
 }
 
 // TestDryRunSweepHasItsOwnCampaign: a dry run into a named campaign is
@@ -142,13 +154,8 @@ func TestDryRunSweepHasItsOwnCampaign(t *testing.T) {
 
 	// A dry run that failed before this rule, in a named campaign, is
 	// still replayed there.
-	b, _ := json.Marshal(tasks.SweepPayload{SweepID: "swDry", CampaignID: "autumn", LocationID: "locDry0000000000001", Channel: "all", Created: 1, DryRun: true})
-	rec := deadletter.Record{TaskID: "sweep:swDry:locDry0000000000001", Kind: "sweep", LocationID: "locDry0000000000001", CampaignID: "autumn",
-		Queue: "default", Reason: "no_token", DeadAt: time.Now(), Payload: string(b)}
-	require.NoError(t, rdb.SAdd(ctx, "ghlcancel:campaign:{autumn}:failed_sweeps", rec.TaskID).Err())
-	require.NoError(t, rdb.HSet(ctx, "ghlcancel:campaign:{autumn}", "sweeps", 1, "sweeps_done", 1, "sweeps_failed", 1).Err())
-	require.NoError(t, deadletter.New(rdb).Add(ctx, rec))
-	started, ok, err := p.ReviveSweep(ctx, rec)
+	started, ok, err := p.ReviveSweep(ctx, failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swDry", CampaignID: "autumn",
+		LocationID: "locDry0000000000001", DryRun: true}))
 	require.NoError(t, err)
 	require.True(t, ok, "an old dry run is replayed in its campaign")
 	require.Equal(t, "autumn", started.CampaignID)
