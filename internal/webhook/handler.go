@@ -176,11 +176,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	label := EventLabel(ev.Type)
 	now := h.cfg.Now()
 	sum := sha256.Sum256(body)
-	if age := now.Sub(ev.Timestamp); (age > h.cfg.Window || age < -h.cfg.Window) && !h.retrying(sum, now) {
+	// An app event carries its own order: the registry keeps the latest
+	// install or uninstall of a location and a redelivery changes nothing,
+	// so one delivered late is recorded (dropping a late re-INSTALL left the
+	// location uninstalled and its cancels dead-lettered without a call).
+	appEvent := ev.Type == EventInstall || ev.Type == EventUninstall
+	if age := now.Sub(ev.Timestamp); ((age > h.cfg.Window && !appEvent) || age < -h.cfg.Window) && !h.retrying(sum, now) {
 		h.answer(w, http.StatusOK, label, Response{Result: ResultReplay, Reason: fmt.Sprintf("timestamp %s is %s from now, outside the %s window", ev.Timestamp.UTC().Format(time.RFC3339), age.Round(time.Second), h.cfg.Window)})
 		return
 	}
-	if ev.Type == EventInstall || ev.Type == EventUninstall {
+	if appEvent {
 		h.appEvent(w, r, ev, label, sum)
 		return
 	}

@@ -473,6 +473,22 @@ func TestAppEvents(t *testing.T) {
 	require.False(t, entry().Installed)
 	require.Equal(t, 1, installTasks())
 
+	// Reinstalled, and HighLevel delivers the INSTALL after the replay
+	// window (its deliveries come late and out of order): recorded, not
+	// dropped. An event older than the one recorded is still ignored.
+	reinstalledAt := e.now.Add(-30 * time.Second)
+	e.now = e.now.Add(6 * time.Minute)
+	code, r = e.post(app("INSTALL", "wh-i2", reinstalledAt, loc), true)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, webhook.ResultAccepted, r.Result, r.Reason)
+	require.True(t, entry().Installed)
+	require.Equal(t, 2, installTasks(), "the reinstall mints a token")
+	_, r = e.post(app("UNINSTALL", "wh-u1", e.now.Add(-7*time.Minute), loc), true)
+	require.Equal(t, webhook.ResultReplay, r.Result, "the old uninstall, late again")
+	require.True(t, entry().Installed)
+	_, r = e.post(app("INSTALL", "wh-future", e.now.Add(10*time.Minute), loc), true)
+	require.Equal(t, webhook.ResultReplay, r.Result, "a timestamp far ahead is still refused")
+
 	code, r = e.post(app("INSTALL", "wh-agency", e.now, ""), true)
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, webhook.ResultIgnored, r.Result)
@@ -481,5 +497,5 @@ func TestAppEvents(t *testing.T) {
 	require.Equal(t, webhook.ResultInvalid, r.Result)
 	code, _ = e.post(app("INSTALL", "wh-unsigned", e.now, loc), false)
 	require.Equal(t, http.StatusUnauthorized, code)
-	require.Equal(t, 2.0, e.count("INSTALL", webhook.ResultAccepted))
+	require.Equal(t, 3.0, e.count("INSTALL", webhook.ResultAccepted))
 }
