@@ -6,14 +6,16 @@
 //	res, err := c.Cancel(ctx, client.Cancel{MessageID: id, LocationID: loc, Urgent: true})
 //
 // Enqueueing is idempotent per message (a message already queued answers
-// already_queued), so the client retries requests that failed on the way
-// (connection errors, 502/503/504) with backoff; see Options.MaxAttempts.
+// already_queued), and a sweep carries an Idempotency-Key, so the client
+// retries requests that failed on the way (connection errors, 502/503/504)
+// with backoff; see Options.MaxAttempts.
 package client
 
 import (
 	"bytes"
 	"cmp"
 	"context"
+	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -140,11 +142,19 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 // Sweep starts a sweep; follow it with Campaign(resp.CampaignID), which
 // reads complete once every location is swept and every cancel it found
 // has an outcome.
+//
+// A sweep is not idempotent, so every call sends an Idempotency-Key of its
+// own: a retry after a lost answer gets the first sweep's answer instead of
+// starting a second one.
 func (c *Client) Sweep(ctx context.Context, r SweepRequest) (SweepResponse, error) {
 	var res SweepResponse
-	err := c.do(ctx, http.MethodPost, "/v1/sweeps", nil, r, &res)
+	err := c.doWith(ctx, http.MethodPost, "/v1/sweeps", nil, http.Header{HeaderIdempotencyKey: {crand.Text()}}, r, &res)
 	return res, err
 }
+
+// HeaderIdempotencyKey names a POST /v1/sweeps request, so that sending it
+// again answers the first sweep instead of starting another (24 h).
+const HeaderIdempotencyKey = "Idempotency-Key"
 
 // Campaign reads a campaign's progress. An unknown campaign is an
 // *APIError with Code CodeCampaignNotFound.
@@ -179,6 +189,11 @@ func retryable(status int) bool {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
+	return c.doWith(ctx, method, path, q, nil, in, out)
+}
+
+// doWith is do with extra request headers (the same on every attempt).
+func (c *Client) doWith(ctx context.Context, method, path string, q url.Values, hdr http.Header, in, out any) error {
 	var body []byte
 	if in != nil {
 		var err error
@@ -203,6 +218,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
 		if err != nil {
 			return fmt.Errorf("ghlcancel: %w", err)
+		}
+		for k, v := range hdr {
+			req.Header[k] = v
 		}
 		req.Header.Set("Authorization", "Bearer "+c.key)
 		req.Header.Set("Accept", "application/json")

@@ -124,3 +124,41 @@ func TestRetriesUnavailable(t *testing.T) {
 	_, err = c.Cancel(ctx, client.Cancel{MessageID: "m2", LocationID: "l1"})
 	require.True(t, errors.Is(err, context.Canceled), "%v", err)
 }
+
+// TestSweepRetryAfterALostAnswer: the intake queues a sweep but its answer
+// is lost (a proxy answers 503 after the request got through). The
+// client's retry carries the same Idempotency-Key, so it gets the first
+// sweep's answer and no second sweep starts.
+func TestSweepRetryAfterALostAnswer(t *testing.T) {
+	t.Parallel()
+	rdb := redisServer.Client(t)
+	srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{key}})
+	require.NoError(t, err)
+	var sweeps atomic.Int32
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/sweeps" && sweeps.Add(1) == 1 {
+			srv.ServeHTTP(httptest.NewRecorder(), r) // queued; the answer is lost
+			http.Error(w, "upstream timed out", http.StatusGatewayTimeout)
+			return
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(hs.Close)
+	c, err := client.New(hs.URL, key, client.Options{RetryBase: time.Millisecond})
+	require.NoError(t, err)
+	ctx := context.Background()
+	res, err := c.Sweep(ctx, client.SweepRequest{LocationIDs: []string{"locIdem0000000000001"}})
+	require.NoError(t, err)
+	require.Equal(t, int32(2), sweeps.Load(), "retried once")
+	ids, err := rdb.LRange(ctx, "asynq:{default}:pending", 0, -1).Result()
+	require.NoError(t, err)
+	require.Equal(t, []string{res.TaskIDs[0]}, ids, "one sweep queued, and the answer names it")
+	st, err := c.Campaign(ctx, res.CampaignID)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), st.Sweeps)
+
+	// Another call is another sweep (its own key).
+	res2, err := c.Sweep(ctx, client.SweepRequest{LocationIDs: []string{"locIdem0000000000001"}})
+	require.NoError(t, err)
+	require.NotEqual(t, res.SweepID, res2.SweepID)
+}

@@ -545,6 +545,24 @@ func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.I
 	return it, nil
 }
 
+// IdempotencyTTL is how long a sweep's Idempotency-Key answers the first
+// sweep again.
+const IdempotencyTTL = 24 * time.Hour
+
+const idempotencyKeyPrefix = "ghlcancel:idem:sweeps:"
+
+func validIdempotencyKey(k string) bool {
+	if len(k) > 128 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
 // postSweeps starts one sweep task per location (POST /v1/sweeps).
 func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
@@ -564,6 +582,16 @@ func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
 	}
 	sr := producer.SweepRequest{Locations: req.LocationIDs, ContactID: req.ContactID, ConversationID: req.ConversationID,
 		Channel: req.Channel, Source: req.Source, CampaignID: req.CampaignID, Lane: req.Lane, DryRun: req.DryRun}
+	// A sweep is not idempotent (each starts its own): a caller that may send
+	// the same request again (a retry after a lost answer) names it with an
+	// Idempotency-Key, and the same key answers the first sweep again.
+	if key := r.Header.Get(client.HeaderIdempotencyKey); key != "" {
+		if !validIdempotencyKey(key) {
+			writeError(w, http.StatusBadRequest, client.CodeInvalidRequest, client.HeaderIdempotencyKey+": 1 to 128 visible ASCII characters", nil, 0)
+			return
+		}
+		sr.DedupeKey, sr.DedupeTTL = idempotencyKeyPrefix+key, IdempotencyTTL
+	}
 	if sr.Lane == "" && (sr.ContactID != "" || sr.ConversationID != "") {
 		sr.Lane = tasks.QueueDefault
 	}
@@ -575,6 +603,10 @@ func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
 	}
 	st, err := s.prod.Sweep(r.Context(), sr)
 	switch {
+	case errors.Is(err, producer.ErrDuplicate) && st.SweepID != "":
+		w.Header().Set("Idempotent-Replayed", "true")
+		writeJSON(w, http.StatusAccepted, client.SweepResponse(st))
+		return
 	case errors.Is(err, producer.ErrUnavailable):
 		s.unavailable(w, "sweep", err)
 		return

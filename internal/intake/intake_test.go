@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -458,4 +459,25 @@ func TestSweeps(t *testing.T) {
 		var eb client.ErrorBody
 		e.errBody(e.do(http.MethodPost, "/v1/sweeps", auth, []byte(body), &eb), eb, http.StatusBadRequest, client.CodeInvalidRequest)
 	}
+
+	// The same Idempotency-Key answers the first sweep again; a new key is
+	// a new sweep; a key no header can carry is refused.
+	idem := func(k string) map[string]string {
+		h := maps.Clone(auth)
+		h[client.HeaderIdempotencyKey] = k
+		return h
+	}
+	body := []byte(`{"location_ids":["locI"]}`)
+	var first, again, other client.SweepResponse
+	require.Equal(t, http.StatusAccepted, e.do(http.MethodPost, "/v1/sweeps", idem("k-1"), body, &first).StatusCode)
+	resp = e.do(http.MethodPost, "/v1/sweeps", idem("k-1"), body, &again)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, first, again)
+	require.Equal(t, http.StatusAccepted, e.do(http.MethodPost, "/v1/sweeps", idem("k-2"), body, &other).StatusCode)
+	require.NotEqual(t, first.SweepID, other.SweepID)
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/"+first.CampaignID, auth, nil, &st).StatusCode)
+	require.Equal(t, int64(1), st.Sweeps, "the repeat started nothing")
+	var eb client.ErrorBody
+	e.errBody(e.do(http.MethodPost, "/v1/sweeps", idem(strings.Repeat("k", 129)), body, &eb), eb, http.StatusBadRequest, client.CodeInvalidRequest)
 }

@@ -52,7 +52,8 @@ type SweepRequest struct {
 	revive string
 }
 
-// ErrDuplicate: SweepRequest.DedupeKey was already claimed.
+// ErrDuplicate: SweepRequest.DedupeKey was already claimed. Sweep then
+// returns the first sweep's SweepStarted when the key still holds it.
 var ErrDuplicate = errors.New("sweep: already queued for this dedupe key")
 
 // SweepStarted says what Sweep queued.
@@ -73,7 +74,7 @@ func NewID(prefix string) string {
 // counts them in their campaign (a campaign is complete only when its
 // sweeps are done too). KEYS: none. ARGV: now ns, now ms, retention ms,
 // campaign, dedupe key ("" for none), dedupe ttl ms, dead letter revived
-// ("" for none), then per task: encoded message, task id, lane, sweep state
+// ("" for none), the answer kept under the dedupe key, then per task: encoded message, task id, lane, sweep state
 // key, location, contact, channel, event, event id. Returns -1 when the
 // dedupe key is taken, -2 when the dead
 // letter to revive is gone (replayed already): nothing queued. A revived
@@ -92,10 +93,10 @@ if ARGV[7] ~= "" then
     redis.call("HINCRBY", k, "sweeps_failed", -1)
   end
 end
-if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], now, "NX", "PX", ARGV[6]) then return -1 end
+if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], ARGV[8], "NX", "PX", ARGV[6]) then return -1 end
 local added = 0
 local k, _, _, kl = ck(campaign)
-for i = 8, #ARGV, 9 do
+for i = 9, #ARGV, 9 do
   local msg, id, lane, state, loc = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   if redis.call("EXISTS", "asynq:{" .. lane .. "}:t:" .. id) == 0 then
     redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
@@ -150,7 +151,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	}
 	now := time.Now()
 	args := []any{strconv.FormatInt(now.UnixNano(), 10), now.UnixMilli(), p.cfg.CampaignRetention.Milliseconds(), st.CampaignID,
-		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive}
+		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive, ""}
 	seen := map[string]bool{}
 	for _, loc := range r.Locations {
 		if seen[loc] {
@@ -187,13 +188,23 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	if err := p.publish(ctx, queue); err != nil {
 		return SweepStarted{}, err
 	}
+	answer, err := json.Marshal(st)
+	if err != nil {
+		return SweepStarted{}, err
+	}
+	args[7] = answer
 	n, err := sweepScript.Run(ctx, p.rdb, nil, args...).Int()
 	if err != nil {
 		return SweepStarted{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	switch n {
 	case -1:
-		return SweepStarted{}, ErrDuplicate
+		// The answer of the sweep that took the key, when it is still there.
+		var first SweepStarted
+		if b, err := p.rdb.Get(ctx, r.DedupeKey).Bytes(); err == nil {
+			_ = json.Unmarshal(b, &first)
+		}
+		return first, ErrDuplicate
 	case -2:
 		return SweepStarted{}, errRevived
 	}
