@@ -265,6 +265,7 @@ const (
 	CodeInvalidParameter    = "invalid_parameter"
 	CodeQueueUnavailable    = "queue_unavailable"
 	CodeInternal            = "internal"
+	CodeDuplicateRequest    = "duplicate_request"
 	CodeItemInvalidJSON     = "invalid_json"
 	CodeItemMissingField    = "missing_field"
 	CodeItemInvalidID       = "invalid_id"

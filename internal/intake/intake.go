@@ -607,6 +607,9 @@ func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Idempotent-Replayed", "true")
 		writeJSON(w, http.StatusAccepted, client.SweepResponse(st))
 		return
+	case errors.Is(err, producer.ErrDuplicate):
+		writeError(w, http.StatusConflict, client.CodeDuplicateRequest, client.HeaderIdempotencyKey+" was used, and its first answer is gone; its sweep was queued", nil, 0)
+		return
 	case errors.Is(err, producer.ErrUnavailable):
 		s.unavailable(w, "sweep", err)
 		return

@@ -467,7 +467,7 @@ func TestSweeps(t *testing.T) {
 		h[client.HeaderIdempotencyKey] = k
 		return h
 	}
-	body := []byte(`{"location_ids":["locI"]}`)
+	body := []byte(`{"location_ids":["locI"],"campaign_id":"idem"}`)
 	var first, again, other client.SweepResponse
 	require.Equal(t, http.StatusAccepted, e.do(http.MethodPost, "/v1/sweeps", idem("k-1"), body, &first).StatusCode)
 	resp = e.do(http.MethodPost, "/v1/sweeps", idem("k-1"), body, &again)
@@ -476,8 +476,14 @@ func TestSweeps(t *testing.T) {
 	require.Equal(t, first, again)
 	require.Equal(t, http.StatusAccepted, e.do(http.MethodPost, "/v1/sweeps", idem("k-2"), body, &other).StatusCode)
 	require.NotEqual(t, first.SweepID, other.SweepID)
-	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/"+first.CampaignID, auth, nil, &st).StatusCode)
-	require.Equal(t, int64(1), st.Sweeps, "the repeat started nothing")
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/idem", auth, nil, &st).StatusCode)
+	require.Equal(t, int64(2), st.Sweeps, "k-1 once, k-2 once: the repeat started nothing")
 	var eb client.ErrorBody
 	e.errBody(e.do(http.MethodPost, "/v1/sweeps", idem(strings.Repeat("k", 129)), body, &eb), eb, http.StatusBadRequest, client.CodeInvalidRequest)
+	// A key whose first answer is not there to give (claimed without one):
+	// a conflict, not a 400 that says the request was wrong.
+	require.NoError(t, e.rdb.Set(context.Background(), "ghlcancel:idem:sweeps:k-old", "1764000000000", time.Hour).Err())
+	e.errBody(e.do(http.MethodPost, "/v1/sweeps", idem("k-old"), body, &eb), eb, http.StatusConflict, client.CodeDuplicateRequest)
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/idem", auth, nil, &st).StatusCode)
+	require.Equal(t, int64(2), st.Sweeps)
 }

@@ -53,7 +53,8 @@ type SweepRequest struct {
 }
 
 // ErrDuplicate: SweepRequest.DedupeKey was already claimed. Sweep then
-// returns the first sweep's SweepStarted when the key still holds it.
+// returns the first sweep's SweepStarted when the key holds it (a key
+// claimed before answers were stored holds none).
 var ErrDuplicate = errors.New("sweep: already queued for this dedupe key")
 
 // SweepStarted says what Sweep queued.
@@ -201,8 +202,12 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	case -1:
 		// The answer of the sweep that took the key, when it is still there.
 		var first SweepStarted
-		if b, err := p.rdb.Get(ctx, r.DedupeKey).Bytes(); err == nil {
+		b, err := p.rdb.Get(ctx, r.DedupeKey).Bytes()
+		switch {
+		case err == nil:
 			_ = json.Unmarshal(b, &first)
+		case !errors.Is(err, redis.Nil):
+			return SweepStarted{}, fmt.Errorf("%w: reading the first answer: %w", ErrUnavailable, err)
 		}
 		return first, ErrDuplicate
 	case -2:

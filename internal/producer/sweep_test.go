@@ -24,10 +24,11 @@ func TestSweepDedupe(t *testing.T) {
 	p := producer.New(rdb, producer.Config{})
 	req := producer.SweepRequest{Locations: []string{"locDedupe0000000001"}, ContactID: "contact1", CampaignID: "dedupe",
 		DedupeKey: "ghlcancel:webhook:seen:w1", DedupeTTL: time.Minute}
-	_, err := p.Sweep(ctx, req)
+	first, err := p.Sweep(ctx, req)
 	require.NoError(t, err)
-	_, err = p.Sweep(ctx, req)
+	again, err := p.Sweep(ctx, req)
 	require.ErrorIs(t, err, producer.ErrDuplicate)
+	require.Equal(t, first, again, "a repeat gets the first sweep's answer")
 	require.Equal(t, "1", rdb.HGet(ctx, "ghlcancel:campaign:{dedupe}", "sweeps").Val())
 	require.Equal(t, int64(1), rdb.LLen(ctx, "asynq:{default}:pending").Val())
 	ttl := rdb.PTTL(ctx, "ghlcancel:webhook:seen:w1").Val()

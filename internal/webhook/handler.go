@@ -178,10 +178,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sum := sha256.Sum256(body)
 	// An app event carries its own order: the registry keeps the latest
 	// install or uninstall of a location and a redelivery changes nothing,
-	// so one delivered late is recorded (dropping a late re-INSTALL left the
-	// location uninstalled and its cancels dead-lettered without a call).
+	// so one delivered late, within HighLevel's retries, is recorded
+	// (dropping a late re-INSTALL left the location uninstalled and its
+	// cancels dead-lettered without a call). Older ones are still replays:
+	// a location may have no registry entry to order them against.
 	appEvent := ev.Type == EventInstall || ev.Type == EventUninstall
-	if age := now.Sub(ev.Timestamp); ((age > h.cfg.Window && !appEvent) || age < -h.cfg.Window) && !h.retrying(sum, now) {
+	maxAge := h.cfg.Window
+	if appEvent {
+		maxAge = max(h.cfg.Window, RetryHorizon)
+	}
+	if age := now.Sub(ev.Timestamp); (age > maxAge || age < -h.cfg.Window) && !h.retrying(sum, now) {
 		h.answer(w, http.StatusOK, label, Response{Result: ResultReplay, Reason: fmt.Sprintf("timestamp %s is %s from now, outside the %s window", ev.Timestamp.UTC().Format(time.RFC3339), age.Round(time.Second), h.cfg.Window)})
 		return
 	}

@@ -485,7 +485,17 @@ func TestAppEvents(t *testing.T) {
 	require.Equal(t, 2, installTasks(), "the reinstall mints a token")
 	_, r = e.post(app("UNINSTALL", "wh-u1", e.now.Add(-7*time.Minute), loc), true)
 	require.Equal(t, webhook.ResultReplay, r.Result, "the old uninstall, late again")
+	require.Contains(t, r.Reason, "a later install or uninstall", "ordered by the registry, not by the window")
 	require.True(t, entry().Installed)
+	// Beyond HighLevel's retries an app event is a replay: a location with
+	// no registry entry has nothing to order it against.
+	const other = "locWebhookOther00001"
+	_, r = e.post(app("UNINSTALL", "wh-u-old", e.now.Add(-2*time.Hour), other), true)
+	require.Equal(t, webhook.ResultReplay, r.Result)
+	require.Contains(t, r.Reason, "outside the")
+	_, ok, err := tokens.RegistryEntryFor(ctx, rdb, other)
+	require.NoError(t, err)
+	require.False(t, ok, "nothing recorded")
 	_, r = e.post(app("INSTALL", "wh-future", e.now.Add(10*time.Minute), loc), true)
 	require.Equal(t, webhook.ResultReplay, r.Result, "a timestamp far ahead is still refused")
 
