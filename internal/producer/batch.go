@@ -156,53 +156,53 @@ for i = 0, n - 1 do
         adopt[#adopt+1] = i
         adopt[#adopt+1] = prevc
       else
-      for _, s in ipairs(stale) do
-        redis.call("DEL", "asynq:{" .. s[1] .. "}:t:" .. id)
-        redis.call("ZREM", "asynq:{" .. s[1] .. "}:" .. s[2], id)
-      end
-      if dead or fromdead == "1" then drop_dead(id) end
-      if o and not dead and force ~= "1" then
-        res[i+1] = 2
-      else
-        if o or prevc or archived then
-          prevc = prevc or ""
-          -- Its campaign still exists: take the old outcome out of it (and
-          -- move the message if it is sent under another campaign). If the
-          -- campaign expired, the message counts as new where it is sent.
-          if prevc ~= "" and redis.call("EXISTS", (ck(prevc))) == 1 then
-            creopen(prevc, id)
-            count(prevc, 0, "")
-            if prevc ~= campaign then
-              count(prevc, -1, "")
+        for _, s in ipairs(stale) do
+          redis.call("DEL", "asynq:{" .. s[1] .. "}:t:" .. id)
+          redis.call("ZREM", "asynq:{" .. s[1] .. "}:" .. s[2], id)
+        end
+        if dead or fromdead == "1" then drop_dead(id) end
+        if not runs then
+          res[i+1] = 2
+        else
+          if o or prevc or archived then
+            prevc = prevc or ""
+            -- Its campaign still exists: take the old outcome out of it (and
+            -- move the message if it is sent under another campaign). If the
+            -- campaign expired, the message counts as new where it is sent.
+            if prevc ~= "" and redis.call("EXISTS", (ck(prevc))) == 1 then
+              creopen(prevc, id)
+              count(prevc, 0, "")
+              if prevc ~= campaign then
+                count(prevc, -1, "")
+                count(campaign, 1, loc)
+              end
+            else
               count(campaign, 1, loc)
             end
+            -- The "call sent" mark stays only if the outcome said so (its last
+            -- call may have been carried out) or there was no outcome.
+            local keepmark = (not o) or string.sub(o, -2) == "|k"
+            redis.call("HDEL", rk, "o")
+            if redis.call("EXISTS", rk) == 1 then
+              if keepmark then
+                redis.call("HSET", rk, "c", campaign)
+              else
+                redis.call("HSET", rk, "c", campaign, "s", "")
+              end
+            end
+            -- Forced over a cancel: the forced call's "not found" is that
+            -- cancel, as after a lost answer.
+            if force == "1" and o and string.sub(o, 1, 10) == "cancelled|" then
+              redis.call("HSET", rk, "s", "forced")
+              if redis.call("PTTL", rk) == -1 then redis.call("PEXPIRE", rk, ttl) end -- a record made here
+            end
+            res[i+1] = 3
           else
             count(campaign, 1, loc)
+            res[i+1] = 0
           end
-          -- The "call sent" mark stays only if the outcome said so (its last
-          -- call may have been carried out) or there was no outcome.
-          local keepmark = (not o) or string.sub(o, -2) == "|k"
-          redis.call("HDEL", rk, "o")
-          if redis.call("EXISTS", rk) == 1 then
-            if keepmark then
-              redis.call("HSET", rk, "c", campaign)
-            else
-              redis.call("HSET", rk, "c", campaign, "s", "")
-            end
-          end
-          -- Forced over a cancel: the forced call's "not found" is that
-          -- cancel, as after a lost answer.
-          if force == "1" and o and string.sub(o, 1, 10) == "cancelled|" then
-            redis.call("HSET", rk, "s", "forced")
-            if redis.call("PTTL", rk) == -1 then redis.call("PEXPIRE", rk, ttl) end -- a record made here
-          end
-          res[i+1] = 3
-        else
-          count(campaign, 1, loc)
-          res[i+1] = 0
+          enqueue(lane, id, msg)
         end
-        enqueue(lane, id, msg)
-      end
       end
     end
   end

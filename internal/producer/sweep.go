@@ -75,10 +75,10 @@ func NewID(prefix string) string {
 // counts them in their campaign (a campaign is complete only when its
 // sweeps are done too). KEYS: none. ARGV: now ns, now ms, retention ms,
 // campaign, dedupe key ("" for none), dedupe ttl ms, dead letter revived
-// ("" for none), the answer kept under the dedupe key, then per task: encoded message, task id, lane, sweep state
-// key, location, contact, channel, event, event id. Returns -1 when the
-// dedupe key is taken, -2 when the dead
-// letter to revive is gone (replayed already): nothing queued. A revived
+// ("" for none), the answer kept under the dedupe key, then per task:
+// encoded message, task id, lane, sweep state key, location, contact,
+// channel, event, event id. Returns -1 when the dedupe key is taken, -2
+// when the dead letter to revive is gone (replayed already): nothing queued. A revived
 // sweep's failure is taken back from its campaign's counters when the
 // campaign still counts it (its id is in the campaign's failed_sweeps set,
 // which expires with the campaign's other keys).

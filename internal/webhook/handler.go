@@ -188,7 +188,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		maxAge = max(h.cfg.Window, RetryHorizon)
 	}
 	if age := now.Sub(ev.Timestamp); (age > maxAge || age < -h.cfg.Window) && !h.retrying(sum, now) {
-		h.answer(w, http.StatusOK, label, Response{Result: ResultReplay, Reason: fmt.Sprintf("timestamp %s is %s from now, outside the %s window", ev.Timestamp.UTC().Format(time.RFC3339), age.Round(time.Second), h.cfg.Window)})
+		h.answer(w, http.StatusOK, label, Response{Result: ResultReplay, Reason: fmt.Sprintf("timestamp %s is %s from now, outside the %s window", ev.Timestamp.UTC().Format(time.RFC3339), age.Round(time.Second), maxAge)})
 		return
 	}
 	if appEvent {
