@@ -269,6 +269,16 @@ func (s *Server) SetInactive(location string, inactive bool) {
 	s.inactive[location] = inactive
 }
 
+// AccessExpiry reports when an OAuth access token (refreshed or minted)
+// stops being accepted; ok is false for a token the sandbox does not know
+// or one without an expiry (a Private Integration Token).
+func (s *Server) AccessExpiry(token string) (exp time.Time, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	exp, ok = s.expires[token]
+	return exp, ok
+}
+
 // RevokeAccess makes an access token invalid before its expiry.
 func (s *Server) RevokeAccess(token string) {
 	s.mu.Lock()

@@ -431,6 +431,7 @@ func (a *Agency) mintOwned(ctx context.Context, loc string, staleGen int64, on40
 	case st.fail != nil:
 		return "", st.fail
 	}
+	asked := time.Now() // life counts from before the call, as for OAuth refreshes
 	tok, life, err := a.callMint(ctx, st.company, loc)
 	if err != nil {
 		var me *MintError
@@ -451,7 +452,7 @@ func (a *Agency) mintOwned(ctx context.Context, loc string, staleGen int64, on40
 		}
 		return "", err
 	}
-	m := minted{Token: tok, exp: time.Now().Add(life), life: life, gen: st.minted.gen + 1, company: st.company}
+	m := minted{Token: tok, exp: asked.Add(life), life: life, gen: st.minted.gen + 1, company: st.company}
 	if on401 {
 		m.r401 = time.Now()
 	}

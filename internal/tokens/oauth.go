@@ -795,6 +795,10 @@ func (o *OAuth) callTokenEndpoint(ctx context.Context, refreshToken string) (pai
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
+	// The token's life is counted from before the request: HighLevel
+	// started it when it issued the token, at some point before the answer
+	// arrived, so counting from the answer would overstate what is left.
+	sent := time.Now()
 	resp, err := o.cfg.HTTP.Do(req)
 	if err != nil {
 		var ue *url.Error
@@ -811,7 +815,7 @@ func (o *OAuth) callTokenEndpoint(ctx context.Context, refreshToken string) (pai
 			return pair{}, fmt.Errorf("oauth: POST %s: 200 without a token pair", o.cfg.TokenURL)
 		}
 		life := time.Duration(tr.ExpiresIn * float64(time.Second))
-		return pair{Access: tr.AccessToken, Refresh: tr.RefreshToken, exp: time.Now().Add(life), life: life}, nil
+		return pair{Access: tr.AccessToken, Refresh: tr.RefreshToken, exp: sent.Add(life), life: life}, nil
 	}
 	var te tokenError
 	_ = json.Unmarshal(body, &te)

@@ -68,9 +68,17 @@ func (b *oauthBundle) count(result string) int64 {
 
 // TestRefreshRace: 8 workers (own Redis clients, as 8 processes would
 // have), 4 callers each, access tokens living 200 ms, until 100 refreshes:
-// every refresh token is used once (no invalid_grant), every call is
-// accepted (no 401), and most refresh attempts lost the race to a peer and
-// read its stored pair instead of refreshing again.
+// every refresh token is used once (no invalid_grant), no token is handed
+// out that HighLevel already considers expired, and most refresh attempts
+// lost the race to a peer and read its stored pair instead of refreshing
+// again.
+//
+// A handed-out token still has time left when Token returned, but with
+// 200 ms lives a loaded machine can stall a caller past it before its
+// call arrives (CI saw 7 of 26,835). Those 401s are answered as the worker
+// answers them, with Refresh, and the retry must be accepted. The check on
+// each token compares the sandbox's expiry with the time before Token was
+// called, so it holds however slow the machine is.
 func TestRefreshRace(t *testing.T) {
 	t.Parallel()
 	b := setupOAuth(t, 200*time.Millisecond)
@@ -80,26 +88,14 @@ func TestRefreshRace(t *testing.T) {
 
 	api, err := ghl.New(ghl.Config{BaseURL: b.srv.URL, Timeout: 5 * time.Second})
 	require.NoError(t, err)
-	var calls, refused atomic.Int64
+	var flights callCounts
 	var stop atomic.Bool // not a context: in-flight refreshes must finish
-	ctx := context.Background()
 	var wg sync.WaitGroup
 	for range 8 {
 		o := b.newOAuth(t)
 		for range 4 {
 			wg.Go(func() {
-				for !stop.Load() {
-					tok, err := o.Token(ctx, loc)
-					if err != nil {
-						t.Errorf("token: %v", err)
-						return
-					}
-					_, err = api.Cancel(ctx, ghl.KindMessage, "unknownMessage000001", tok)
-					calls.Add(1)
-					var e *ghl.Error
-					if errors.As(err, &e) && e.Reason == ghl.ReasonUnauthorized {
-						refused.Add(1)
-					}
+				for !stop.Load() && callWithToken(t, b.sb, api, o, loc, &flights) {
 				}
 			})
 		}
@@ -109,11 +105,62 @@ func TestRefreshRace(t *testing.T) {
 	wg.Wait()
 
 	st := b.sb.Stats()
-	t.Logf("calls %d, refreshes %d, invalid grants %d, ok %d, lost races %d", calls.Load(), st.Refreshes, st.InvalidGrants, b.count("ok"), b.count("lost_race"))
+	t.Logf("calls %d, expired in flight %d, refreshes %d, invalid grants %d, ok %d, lost races %d",
+		flights.calls.Load(), flights.expiredInFlight.Load(), st.Refreshes, st.InvalidGrants, b.count("ok"), b.count("lost_race"))
 	require.Zero(t, st.InvalidGrants, "a refresh token was used twice")
-	require.Zero(t, refused.Load(), "a call used an expired or superseded token")
 	require.Equal(t, st.Refreshes, b.count("ok"), "every refresh HighLevel saw was ours and stored")
 	require.Positive(t, b.count("lost_race"))
+}
+
+// callCounts counts callWithToken's calls and those that got a 401.
+type callCounts struct{ calls, expiredInFlight atomic.Int64 }
+
+// callWithToken makes one cancel call for loc as a worker does: a token
+// from src, and on a 401 one Refresh and a retry. Each token src hands out
+// must still have been accepted by the sandbox at a time before src was
+// asked for it: that holds however slow the machine is, unlike "no 401"
+// (a caller stalled past a short-lived token's end gets one). It returns
+// false after reporting an error.
+func callWithToken(t *testing.T, sb *sandbox.Server, api *ghl.Client, src tokens.Refresher, loc string, n *callCounts) bool {
+	ctx := context.Background()
+	live := func(tok string, asked time.Time) bool {
+		exp, ok := sb.AccessExpiry(tok)
+		if !ok || !exp.After(asked) {
+			t.Errorf("a token was handed out that HighLevel did not accept when it was asked for (known %v, expired %v before)", ok, asked.Sub(exp))
+			return false
+		}
+		return true
+	}
+	asked := time.Now()
+	tok, err := src.Token(ctx, loc)
+	if err != nil {
+		t.Errorf("token: %v", err)
+		return false
+	}
+	if !live(tok, asked) {
+		return false
+	}
+	_, err = api.Cancel(ctx, ghl.KindMessage, "unknownMessage000001", tok)
+	n.calls.Add(1)
+	var e *ghl.Error
+	if !errors.As(err, &e) || e.Reason != ghl.ReasonUnauthorized {
+		return true
+	}
+	n.expiredInFlight.Add(1)
+	asked = time.Now()
+	if tok, err = src.Refresh(ctx, loc, tok); err != nil {
+		t.Errorf("refresh after a 401: %v", err)
+		return false
+	}
+	if !live(tok, asked) {
+		return false
+	}
+	if _, err = api.Cancel(ctx, ghl.KindMessage, "unknownMessage000001", tok); errors.As(err, &e) && e.Reason == ghl.ReasonUnauthorized {
+		// Stalled past a fresh token's life again: only the check above
+		// can tell a fault from a slow machine, so this is logged.
+		t.Logf("the retry after Refresh expired in flight too")
+	}
+	return true
 }
 
 func TestRefreshAfter401AndGrantErrors(t *testing.T) {
