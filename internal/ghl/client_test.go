@@ -198,7 +198,13 @@ func TestCancelFaultsAreRetryable(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, sandbox.Config{Faults: tt.faults})
-			client, err := ghl.New(ghl.Config{BaseURL: b.srv.URL + "/api/", Timeout: 300 * time.Millisecond})
+			// Only the hang should time out: a stalled machine must not
+			// turn the other faults into timeouts.
+			timeout := 10 * time.Second
+			if tt.reason == ghl.ReasonTimeout {
+				timeout = 300 * time.Millisecond
+			}
+			client, err := ghl.New(ghl.Config{BaseURL: b.srv.URL + "/api/", Timeout: timeout})
 			require.NoError(t, err)
 			id := b.sb.ScheduleN(locA, 1, false)[0]
 			_, err = client.Cancel(context.Background(), ghl.KindMessage, id, tokenA)

@@ -172,6 +172,10 @@ type Limiter struct {
 
 	mu      sync.Mutex
 	learned map[string]string // what Redis holds in KeyLearned, to write only changes
+
+	// booked, if set (by tests), is told of every slot booked: its Redis
+	// time and how long the caller was told to wait for it.
+	booked func(slot time.Time, wait time.Duration)
 }
 
 // New builds a Limiter.
@@ -314,7 +318,7 @@ if may and room - now <= maxwait then
   if not norec then ledger_mark(KEYS[4], ARGV[11], ARGV[12], sent, ARGV[13]) end
   local earlier = "0"
   if sent then earlier = "1" end
-  return {1, room - now, earlier, cooled}
+  return {1, room - now, earlier, cooled, room}
 end
 local eta = room
 if not (urgent or mine) then
@@ -406,6 +410,10 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 			return ledger.Admission{}, &SnoozeError{RetryAfter: wait, Reason: reason}
 		}
 		earlier := v[2] == "1"
+		if l.booked != nil {
+			room, _ := v[4].(int64)
+			l.booked(time.UnixMicro(room), wait)
+		}
 		if err := sleep(ctx, wait); err != nil {
 			l.unmark(r)
 			return ledger.Admission{}, err

@@ -10,12 +10,14 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
@@ -93,8 +95,8 @@ func (b *agencyBundle) accepted(t *testing.T, tok string) bool {
 // TestMintRace is TestRefreshRace for minted tokens: 8 workers (own Redis
 // clients), 4 callers each, 200 installed locations, minted tokens living
 // 300 ms and agency tokens 1 s, for 3 s. At most one mint per location per
-// token lifetime (a token is replaced at half its life: consecutive mints
-// are at least ~150 ms apart), no token handed out already expired (see
+// token lifetime (no two mints of a location in flight at once, none while
+// a fresh token of it is stored: see mintLog), no token handed out already expired (see
 // callWithToken), no refresh token used twice.
 func TestMintRace(t *testing.T) {
 	t.Parallel()
@@ -111,7 +113,7 @@ func TestMintRace(t *testing.T) {
 	var flights callCounts
 	var stop atomic.Bool
 	var wg sync.WaitGroup
-	var mints mintLog
+	mints := mintLog{rdb: redistest.ClientFor(t, b.url)}
 	for range 8 {
 		a := b.newAgency(t, func(c *tokens.AgencyConfig) { c.HTTP = &http.Client{Transport: &mints, Timeout: 20 * time.Second} })
 		for range 4 {
@@ -130,7 +132,7 @@ func TestMintRace(t *testing.T) {
 	for _, loc := range locs {
 		minted += len(b.sb.Mints(loc))
 	}
-	minGap, overlaps := mints.check()
+	minGap, overlaps, early := mints.check()
 	t.Logf("calls %d (expired in flight %d), mints %d (ok %d, lost races %d), agency refreshes %d, invalid grants %d, shortest gap between the starts of a location's mints %s",
 		flights.calls.Load(), flights.expiredInFlight.Load(), minted, b.count("ok"), b.count("lost_race"), st.Refreshes, st.InvalidGrants, minGap)
 	require.Zero(t, st.InvalidGrants, "an agency refresh token was used twice")
@@ -138,21 +140,20 @@ func TestMintRace(t *testing.T) {
 	require.Greater(t, minted, len(locs), "tokens expired and were minted again")
 	require.Positive(t, b.count("lost_race"), "workers waited for a peer's mint")
 	require.Empty(t, overlaps, "two workers minted for one location at once")
-	// A token is replaced at half its life, counted from before its mint
-	// was asked for, so the next mint starts at least ~150 ms after that,
-	// less whatever ran between asking and the request (an agency token
-	// refresh, a stall). A second worker minting for the same expiry would
-	// start within a round trip: a quarter of the life tells them apart.
-	require.Greater(t, minGap, mintTTL/4, "a location was minted twice for one expiry")
+	require.Empty(t, early, "a location was minted while a fresh token of it was stored")
 }
 
 // mintLog is a RoundTripper that records, per location, when each POST
 // /oauth/locationToken started and when its answer arrived, by the
-// client's clock: unlike the sandbox's arrival times, these do not move
-// with how long a request spent on the wire.
+// client's clock, and whether a token of the location that was still
+// fresh (more than half its life left, the rule Agency mints by) was
+// stored when the request started. Both hold or fail whatever the load:
+// the minter read the same record, under the lock, before the request.
 type mintLog struct {
+	rdb   *redis.Client
 	mu    sync.Mutex
 	calls map[string][][2]time.Time
+	early []string
 }
 
 func (m *mintLog) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -171,21 +172,39 @@ func (m *mintLog) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	loc := form.Get("locationId")
+	rec, err := m.rdb.HMGet(req.Context(), tokens.MintKey(loc), "exp", "life").Result()
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
+	var early bool
+	if exp, life, ok := msField(rec[0]), msField(rec[1]), rec[0] != nil && rec[1] != nil; ok {
+		early = time.UnixMilli(exp).Sub(start) > time.Duration(life)*time.Millisecond/2
+	}
 	resp, err := http.DefaultTransport.RoundTrip(req)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.calls == nil {
 		m.calls = map[string][][2]time.Time{}
 	}
-	loc := form.Get("locationId")
+	if early {
+		m.early = append(m.early, loc)
+	}
 	m.calls[loc] = append(m.calls[loc], [2]time.Time{start, time.Now()})
 	return resp, err
 }
 
+func msField(v any) int64 {
+	s, _ := v.(string)
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
 // check returns the shortest time between the starts of two consecutive
-// mints of a location, and the locations with two mints in flight at once.
-func (m *mintLog) check() (minGap time.Duration, overlaps []string) {
+// mints of a location (logged: it moves with the load), the locations with
+// two mints in flight at once, and those minted while fresh.
+func (m *mintLog) check() (minGap time.Duration, overlaps, early []string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	minGap = time.Hour
@@ -198,7 +217,7 @@ func (m *mintLog) check() (minGap time.Duration, overlaps []string) {
 			}
 		}
 	}
-	return minGap, overlaps
+	return minGap, overlaps, m.early
 }
 
 // TestAgencyMint: what one location's token goes through.

@@ -9,6 +9,7 @@ var (
 	StoreScriptHash = casStore.Hash()
 	RecordKey       = recordKey
 	LockKey         = lockKey
+	MintKey         = mintKey
 )
 
 // SetLockTTL shortens o's refresh lock TTL (and so its flusher's period);

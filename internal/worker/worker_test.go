@@ -425,7 +425,10 @@ func TestAPIFaultSuite(t *testing.T) {
 	b := setup(t, sandbox.Config{Seed: 42, RateMax: -1, Faults: sandbox.Faults{
 		ErrorRate: 0.20, ResetRate: 0.05, TimeoutRate: 0.02, Latency: 2 * time.Millisecond, LatencyJitter: 20 * time.Millisecond,
 	}}, producer.Config{}, noPacing, func(c *worker.Config) {
-		c.GHL.Timeout = 300 * time.Millisecond
+		// Hung calls last until this timeout. It is long enough that no
+		// call the sandbox answered can time out on a loaded machine,
+		// which would be a retry with no fault counted for it.
+		c.GHL.Timeout = 3 * time.Second
 		c.Concurrency = 50
 	})
 	const n = 1500
