@@ -52,12 +52,12 @@ func TestBrowser(t *testing.T) {
 	node, chromium := browserTools(t)
 	s := newStack(t, stackOpts{rate: "5/1s"})
 
-	// A campaign still running when the browser opens it (150 cancels at
-	// 5/s on one location: 30 s, while the browser needs a few to get
-	// there on a loaded machine), and dead letters on a location whose
-	// token is wrong, fixed before the browser requeues them.
+	// A campaign still running when the browser opens it (300 cancels at
+	// 5/s on one location: 60 s, while the browser needs a few to get
+	// there, or 20 and more on a loaded machine), and dead letters on a
+	// location whose token is wrong, fixed before the browser requeues them.
 	const running, purge = "spring-sale", "old-import"
-	s.campaign(t, running, map[string]int{locGood: 150, locBad: 6})
+	s.campaign(t, running, map[string]int{locGood: 300, locBad: 6})
 	s.campaign(t, purge, map[string]int{locBroken: 4})
 	require.Eventually(t, func() bool {
 		return len(deadIDs(t, s, deadletter.Filter{CampaignID: running})) == 6 &&

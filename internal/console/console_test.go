@@ -526,7 +526,9 @@ func TestDeadLetterFilters(t *testing.T) {
 // TestCampaignPages: the list and the page of a running campaign, its
 // cooling location, an unknown campaign.
 func TestCampaignPages(t *testing.T) {
-	s := newStack(t, stackOpts{rate: "10/1s"})
+	// 40 cancels at 4 per second: about 10 s running, so that a loaded
+	// machine still finds it running on the pages below.
+	s := newStack(t, stackOpts{rate: "4/1s"})
 	const id = "slow one+&?#x"
 	s.campaign(t, id, map[string]int{locGood: 40})
 	b := s.browser(t)

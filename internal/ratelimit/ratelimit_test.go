@@ -373,7 +373,7 @@ func TestCooldownAfterParkingIsNotDaily(t *testing.T) {
 	ctx := context.Background()
 	rdb := redisServer.Client(t)
 	var obs recorder
-	l := New(rdb, Config{DailyPark: 200 * time.Millisecond, Observe: &obs, MaxWait: time.Millisecond})
+	l := New(rdb, Config{DailyPark: time.Hour, Observe: &obs, MaxWait: time.Millisecond})
 	learn(t, l, "locD", 100, 10*time.Second)
 	require.NoError(t, l.Observe(ctx, "locD", ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 90,
 		DailyLimit: 200000, DailyRemaining: 50}, nil))
@@ -381,7 +381,10 @@ func TestCooldownAfterParkingIsNotDaily(t *testing.T) {
 	var sn *SnoozeError
 	require.ErrorAs(t, err, &sn)
 	require.Equal(t, "daily", sn.Reason)
-	time.Sleep(300 * time.Millisecond)
+	// The parking ends (moved into the past, not slept through: a stall
+	// could outlast a short parking before the first Admit).
+	require.NoError(t, rdb.ZAdd(ctx, KeyParked, redis.Z{Score: float64(time.Now().Add(-time.Millisecond).UnixMilli()), Member: "locD"}).Err())
+	require.NoError(t, rdb.HSet(ctx, locKey("locD"), "c", 0).Err())
 	require.NoError(t, l.Observe(ctx, "locD", ghl.Limits{}, &ghl.RateLimitError{RetryAfter: 5 * time.Second}))
 	_, err = l.Admit(ctx, req("locD", "t2"))
 	require.ErrorAs(t, err, &sn)

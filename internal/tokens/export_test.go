@@ -23,5 +23,16 @@ func Flushing(o *OAuth) bool {
 	return o.flushing
 }
 
-// SetChainRecheck shortens how long c remembers the source that applies.
+// SetChainRecheck changes how long c remembers the source that applies.
 func SetChainRecheck(c *Chain, d time.Duration) { c.recheck = d }
+
+// ExpireChainMemory makes c's memory of the source that applies to
+// location due, as if its recheck time had passed.
+func ExpireChainMemory(c *Chain, location string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ap, ok := c.applies[location]; ok {
+		ap.until = time.Now().Add(-time.Millisecond)
+		c.applies[location] = ap
+	}
+}

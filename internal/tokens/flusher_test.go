@@ -98,7 +98,10 @@ func pendingAfterOutage(t *testing.T, b *oauthBundle, loc string, ttl time.Durat
 // further call on the first worker, releases the lock and stops.
 func TestFlusherKeepsLockAndStoresPendingPair(t *testing.T) {
 	t.Parallel()
-	const ttl = 1500 * time.Millisecond
+	// Under the store's 3.0 s of retries (so the lock expires during them,
+	// whatever the load), and long enough that the flusher, extending it
+	// every ttl/3, keeps it through a 1.8 s stall.
+	const ttl = 2700 * time.Millisecond
 	b := setupOAuth(t, time.Hour)
 	const loc = "locOAuth000000000020"
 	o, hook, first := pendingAfterOutage(t, b, loc, ttl)
@@ -115,7 +118,7 @@ func TestFlusherKeepsLockAndStoresPendingPair(t *testing.T) {
 		tok, err := peer.Token(context.Background(), loc)
 		got <- tokenResult{tok, err}
 	}()
-	time.Sleep(3 * ttl) // the lock would have expired twice over
+	time.Sleep(2 * ttl) // the lock would have expired by now
 	select {
 	case r := <-got:
 		t.Fatalf("the peer did not wait for the pending pair: %q, %v", r.tok, r.err)

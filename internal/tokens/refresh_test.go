@@ -309,12 +309,16 @@ func TestUnauthorizedDoesNotRotatePerTask(t *testing.T) {
 		}},
 		{name: "after the cooldown, one more refresh", accessTTL: time.Hour, run: func(t *testing.T, b *oauthBundle, loc string) {
 			ctx := context.Background()
-			o := b.newOAuth(t, func(c *tokens.OAuthConfig) { c.Refresh401Cooldown = 300 * time.Millisecond })
+			o := b.newOAuth(t, func(c *tokens.OAuthConfig) { c.Refresh401Cooldown = time.Minute })
 			second, err := o.Refresh(ctx, loc, refused)
 			require.NoError(t, err)
 			_, err = o.Refresh(ctx, loc, second)
 			require.ErrorIs(t, err, tokens.ErrRefreshDidNotCure)
-			time.Sleep(350 * time.Millisecond)
+			// The cooldown passes: the 401's refresh is moved two minutes
+			// back in Redis, where every worker reads it (not slept
+			// through: a stall could outlast a short cooldown too early).
+			rdb := redistest.ClientFor(t, b.url)
+			require.NoError(t, rdb.HSet(ctx, tokens.RecordKey(loc), "r401", time.Now().Add(-2*time.Minute).UnixMilli()).Err())
 			third, err := o.Refresh(ctx, loc, second)
 			require.NoError(t, err)
 			require.NotEqual(t, second, third)
@@ -322,12 +326,16 @@ func TestUnauthorizedDoesNotRotatePerTask(t *testing.T) {
 			require.ErrorIs(t, err, tokens.ErrRefreshDidNotCure)
 			require.Equal(t, int64(2), b.sb.Stats().Refreshes)
 		}},
-		{name: "refreshes near expiry are not affected", accessTTL: 2 * time.Second, run: func(t *testing.T, b *oauthBundle, loc string) {
+		{name: "refreshes near expiry are not affected", accessTTL: 20 * time.Second, run: func(t *testing.T, b *oauthBundle, loc string) {
 			ctx := context.Background()
-			o := b.newOAuth(t)
-			second, err := o.Refresh(ctx, loc, refused)
+			second, err := b.newOAuth(t).Refresh(ctx, loc, refused)
 			require.NoError(t, err)
-			time.Sleep(1100 * time.Millisecond) // past half its life: due
+			// Past half its life: due. Its expiry is moved in Redis, and a
+			// worker that has not cached it reads it (a 10 s sleep would
+			// do the same, slowly).
+			rdb := redistest.ClientFor(t, b.url)
+			require.NoError(t, rdb.HSet(ctx, tokens.RecordKey(loc), "exp", time.Now().Add(9*time.Second).UnixMilli()).Err())
+			o := b.newOAuth(t)
 			third, err := o.Token(ctx, loc)
 			require.NoError(t, err)
 			require.NotEqual(t, second, third)

@@ -17,14 +17,17 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/worker"
 )
 
-// TestOAuthWorkers: three workers on OAuth, access tokens living 300 ms:
+// TestOAuthWorkers: three workers on OAuth, access tokens living 2 s:
 // every message is cancelled, no refresh token is used twice, nothing is
 // dead-lettered; a paused location and a location whose refresh token was
 // revoked are dead-lettered with their reasons.
 func TestOAuthWorkers(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	sb := sandbox.New(sandbox.Config{AccessTTL: 300 * time.Millisecond, RateMax: -1})
+	// 2 s, refreshed at 1 s left: long enough that a stalled task is not
+	// handed tokens that end in flight twice running (dead-lettered as
+	// unauthorized), short enough for several refreshes.
+	sb := sandbox.New(sandbox.Config{AccessTTL: 2 * time.Second, RateMax: -1})
 	const (
 		good    = "locOAuthGood00000001"
 		paused  = "locOAuthPaused000001"
@@ -57,7 +60,7 @@ func TestOAuthWorkers(t *testing.T) {
 	// Spread the work over more than one token lifetime.
 	for i := 0; i < len(items); i += 50 {
 		f.enqueue(t, items[i:min(i+50, len(items))])
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(400 * time.Millisecond)
 	}
 	f.waitCancelled(t, ids, 60*time.Second)
 

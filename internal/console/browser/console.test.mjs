@@ -132,7 +132,7 @@ try {
   step(`requeued ${boxes} selected dead letters`);
   await page.goto(`${BASE}/console/campaign?id=${encodeURIComponent(CAMPAIGN)}`);
   await page.waitForFunction(() => document.querySelector("#o-dead_lettered").textContent.trim() === "0", null, { timeout: 20000 });
-  await page.waitForFunction(() => document.querySelector("#live-inner").dataset.complete === "true", null, { timeout: 60000 });
+  await page.waitForFunction(() => document.querySelector("#live-inner").dataset.complete === "true", null, { timeout: 120000 });
   const cancelled = num(await page.textContent("#o-cancelled"));
   expect(cancelled === total, `after the requeue: cancelled ${cancelled} of ${total}`);
   await check(page, "campaign-complete");
