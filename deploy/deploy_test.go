@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
@@ -607,12 +608,12 @@ func TestStackUnderPrometheus(t *testing.T) {
 		query(t, promURL, a.Expr)
 	}
 	// Workers and intake are up; none of the alerts that mean "broken" fire.
-	require.Equal(t, float64(2), value(t, query(t, promURL, `sum(up{job="ghlcancel-worker"})`)))
-	require.Equal(t, float64(1), value(t, query(t, promURL, `sum(up{job="ghlcancel-intake"})`)))
+	eventuallyValue(t, promURL, `sum(up{job="ghlcancel-worker"})`, 2)
+	eventuallyValue(t, promURL, `sum(up{job="ghlcancel-intake"})`, 1)
 	firing := query(t, promURL, `ALERTS{alertstate="firing", alertname=~"GhlcancelWorkerDown|GhlcancelRedisDown|GhlcancelIntakeErrors"}`)
 	require.Empty(t, firing)
-	require.Equal(t, float64(len(items)), value(t, query(t, promURL, `sum(ghlcancel_intake_items_total{result="enqueued"})`)))
-	require.Equal(t, float64(len(items)-1), value(t, query(t, promURL, `sum(ghlcancel_tasks_processed_total{outcome="cancelled"})`)))
+	eventuallyValue(t, promURL, `sum(ghlcancel_intake_items_total{result="enqueued"})`, float64(len(items)))
+	eventuallyValue(t, promURL, `sum(ghlcancel_tasks_processed_total{outcome="cancelled"})`, float64(len(items)-1))
 	for _, p := range append([]*proc{sb, intake}, workers...) {
 		require.NotContains(t, p.out.String(), key)
 	}
@@ -648,11 +649,20 @@ func query(t *testing.T, promURL, q string) []sample {
 	return r.Data.Result
 }
 
-func value(t *testing.T, s []sample) float64 {
+// eventuallyValue waits up to 20 s for q's one value to be want. With a
+// 1 s scrape interval the scrape timeout is 1 s too: one scrape slowed
+// past it on a loaded machine makes up 0, or a series stale, for a moment.
+func eventuallyValue(t *testing.T, promURL, q string, want float64) {
 	t.Helper()
-	require.Len(t, s, 1)
-	var v float64
-	_, err := fmt.Sscan(s[0].Value[1].(string), &v)
-	require.NoError(t, err)
-	return v
+	var last []sample
+	ok := assert.Eventually(t, func() bool {
+		last = query(t, promURL, q)
+		if len(last) != 1 {
+			return false
+		}
+		var v float64
+		_, err := fmt.Sscan(last[0].Value[1].(string), &v)
+		return err == nil && v == want
+	}, 20*time.Second, 500*time.Millisecond)
+	require.True(t, ok, "%s: want %v, last answer %v", q, want, last)
 }
