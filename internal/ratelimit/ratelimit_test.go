@@ -266,8 +266,10 @@ func TestUrgentReserve(t *testing.T) {
 		urgentWaits bool
 	}{{2, 8, false}, {0, 10, true}} {
 		loc := fmt.Sprintf("locReserve%d", tt.reserve)
-		l := New(redisServer.Client(t), Config{MaxWait: 50 * time.Millisecond, Lead: 20 * time.Millisecond, UrgentReserve: tt.reserve})
-		learn(t, l, loc, 10, 500*time.Millisecond)
+		// Seconds, not ms: the 20 calls of the first span must all fall in
+		// it however slow the run (the span is 2.55 s).
+		l := New(redisServer.Client(t), Config{MaxWait: 250 * time.Millisecond, Lead: 100 * time.Millisecond, UrgentReserve: tt.reserve})
+		learn(t, l, loc, 10, 2500*time.Millisecond)
 		for i := range 10 { // a fresh location: the whole allowance at once, reserve or not
 			_, err := l.Admit(ctx, req(loc, fmt.Sprint("a", i)))
 			require.NoError(t, err, "reserve %d: call %d", tt.reserve, i)
@@ -277,7 +279,7 @@ func TestUrgentReserve(t *testing.T) {
 			_, err := l.Admit(ctx, req(loc, fmt.Sprint("w", i)))
 			require.ErrorAs(t, err, &sn)
 		}
-		time.Sleep(600 * time.Millisecond) // the span (510 ms) has passed: the waiters' turn
+		time.Sleep(3 * time.Second) // the span (2.55 s) has passed: the waiters' turn
 		admitted := 0
 		for i := range 10 {
 			if _, err := l.Admit(ctx, req(loc, fmt.Sprint("w", i))); err == nil {
@@ -292,7 +294,7 @@ func TestUrgentReserve(t *testing.T) {
 		_, err := l.Admit(ctx, r)
 		if tt.urgentWaits {
 			require.ErrorAs(t, err, &sn, "no reserve: the span is full")
-			require.Greater(t, sn.RetryAfter, 300*time.Millisecond)
+			require.Greater(t, sn.RetryAfter, 1500*time.Millisecond)
 		} else {
 			require.NoError(t, err, "the reserve is there for the urgent call")
 		}
@@ -344,8 +346,10 @@ func TestUrgentReserveKeepsTheLimitAcrossWorkers(t *testing.T) {
 func TestLateWaiterKeepsItsTurn(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	l := New(redisServer.Client(t), Config{MaxWait: 100 * time.Millisecond, Lead: 50 * time.Millisecond})
-	learn(t, l, "locL", 5, 500*time.Millisecond)
+	// Seconds, not ms: the first 26 calls must fall in one span (2.55 s)
+	// however slow the run.
+	l := New(redisServer.Client(t), Config{MaxWait: 500 * time.Millisecond, Lead: 250 * time.Millisecond})
+	learn(t, l, "locL", 5, 2500*time.Millisecond)
 	for i := range 5 {
 		_, err := l.Admit(ctx, req("locL", fmt.Sprint("a", i)))
 		require.NoError(t, err)
@@ -358,7 +362,7 @@ func TestLateWaiterKeepsItsTurn(t *testing.T) {
 		_, err = l.Admit(ctx, req("locL", fmt.Sprint("b", i)))
 		require.ErrorAs(t, err, &sn)
 	}
-	time.Sleep(900 * time.Millisecond) // the waiter's turn (~500 ms) passed long ago
+	time.Sleep(4500 * time.Millisecond) // the waiter's turn (~2.5 s) passed long ago
 	_, err = l.Admit(ctx, req("locL", "waiter"))
 	require.NoError(t, err, "a late waiter still gets its room")
 }

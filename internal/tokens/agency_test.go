@@ -36,10 +36,15 @@ type agencyBundle struct {
 }
 
 // setupAgency: a sandbox with an agency whose access tokens live agencyTTL
-// and whose minted location tokens live mintTTL, no rate limits.
-func setupAgency(t *testing.T, agencyTTL, mintTTL time.Duration) *agencyBundle {
+// and whose minted location tokens live mintTTL, no rate limits (opts may
+// change the sandbox's configuration).
+func setupAgency(t *testing.T, agencyTTL, mintTTL time.Duration, opts ...func(*sandbox.Config)) *agencyBundle {
 	t.Helper()
-	sb := sandbox.New(sandbox.Config{AccessTTL: agencyTTL, MintTTL: mintTTL, RateMax: -1})
+	cfg := sandbox.Config{AccessTTL: agencyTTL, MintTTL: mintTTL, RateMax: -1}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	sb := sandbox.New(cfg)
 	srv := httptest.NewServer(sb.Handler())
 	t.Cleanup(srv.Close)
 	return &agencyBundle{sb: sb, srv: srv, url: redisServer.URL(t)}
@@ -415,7 +420,9 @@ func TestMintFailures(t *testing.T) {
 	})
 
 	t.Run("company rate limit: wait, nothing remembered", func(t *testing.T) {
-		sb := setupAgency(t, time.Hour, time.Hour)
+		// A sliding window: three mints in a row straddling a fixed
+		// window's edge would all be allowed.
+		sb := setupAgency(t, time.Hour, time.Hour, func(c *sandbox.Config) { c.RateWindow = "sliding" })
 		sb.setAgency(t)
 		sb.sb.SetRateLimit("company:"+testCompany, 2) // the agency refresh is not counted; two mints are
 		fa := sb.newAgency(t)

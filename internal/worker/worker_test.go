@@ -314,7 +314,8 @@ func TestRateLimitUsesNoRetry(t *testing.T) {
 // handler waits a rate limit out itself.
 func TestRateLimitOnFinalAttemptIsWaitedOut(t *testing.T) {
 	t.Parallel()
-	b := setup(t, sandbox.Config{RateMax: 1, RateInterval: 3 * time.Second}, producer.Config{MaxRetry: -1}, noPacing) // negative: no retries at all
+	// Sliding: two calls straddling a fixed window's edge would both pass.
+	b := setup(t, sandbox.Config{RateMax: 1, RateInterval: 3 * time.Second, RateWindow: "sliding"}, producer.Config{MaxRetry: -1}, noPacing) // negative: no retries at all
 	ids := b.sb.ScheduleN(locGood, 2, false)
 	b.enqueueAll(t, locGood, ids)
 	b.waitDrained(t, 20*time.Second)
