@@ -7,10 +7,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
 )
 
 // cleanTree is the command tree with no environment set.
@@ -108,4 +112,44 @@ func TestCLIDocsCurrent(t *testing.T) {
 	have, err := os.ReadFile("../../docs/cli.md")
 	require.NoError(t, err, "docs/cli.md is missing: go run ./cmd/enqueue gen-docs > docs/cli.md")
 	require.Equal(t, b.String(), string(have), "docs/cli.md is stale: go run ./cmd/enqueue gen-docs > docs/cli.md")
+}
+
+// TestFlagMistakesAreUsageErrors: values that cannot be meant are refused
+// before anything runs, not turned into a crash or a silent no-op: a kind
+// that does not exist (0 matches, exit 0), a negative age (it matched
+// every record: a one-minute-old dead letter was purged by --older-than
+// -720h), --parallel -1 (a panic), a negative retention (the campaign's
+// counters expired as they were written).
+func TestFlagMistakesAreUsageErrors(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	ctx := context.Background()
+	store := deadletter.New(redistest.ClientFor(t, url))
+	require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: "msg:fresh", Kind: "message", MessageID: "fresh",
+		LocationID: "L", Queue: "bulk", Reason: "unauthorized", DeadAt: time.Now().Add(-time.Minute)}))
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"dead", "requeue", "--kind", "sms"}, `kind "sms": want message, email or sweep`},
+		{[]string{"dead", "purge", "--kind", "sms", "--yes"}, `kind "sms"`},
+		{[]string{"dead", "list", "--kind", "sms"}, `kind "sms"`},
+		{[]string{"dead", "export", "--kind", "sms"}, `kind "sms"`},
+		{[]string{"dead", "purge", "--older-than", "-720h", "--yes"}, "ages must be positive"},
+		{[]string{"dead", "requeue", "--newer-than", "-1h"}, "ages must be positive"},
+		{[]string{"--location", "L", "--parallel", "-1", "m1"}, "--parallel -1"},
+		{[]string{"--location", "L", "--parallel", "0", "m1"}, "--parallel 0"},
+		{[]string{"--location", "L", "--campaign", "neg", "--campaign-retention", "-168h", "m1"}, "--campaign-retention -168h0m0s: want a positive duration"},
+	} {
+		r := runCmd(t, url, "", tt.args...)
+		var ue usageError
+		require.ErrorAs(t, r.err, &ue, "%v", tt.args)
+		require.ErrorContains(t, r.err, tt.want, "%v", tt.args)
+	}
+	n, err := store.Count(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "nothing was purged")
+	q, err := redistest.ClientFor(t, url).Exists(ctx, "ghlcancel:campaign:{neg}").Result()
+	require.NoError(t, err)
+	require.Zero(t, q, "nothing was enqueued")
 }

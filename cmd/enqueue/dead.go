@@ -46,6 +46,20 @@ func filterFlags(fs *pflag.FlagSet) *deadletter.Filter {
 
 const needFilter = "give a filter (--reason, --campaign, --location, --kind, --older-than, --newer-than) or --all"
 
+// checkFilter is a dead-letter command's PreRunE: the filter must be valid
+// and, where all is given (requeue, purge), not empty unless --all.
+func checkFilter(verb string, f *deadletter.Filter, all *bool) func(*cobra.Command, []string) error {
+	return func(*cobra.Command, []string) error {
+		if err := f.Validate(); err != nil {
+			return usageError{fmt.Errorf("dead %s: %w", verb, err)}
+		}
+		if all != nil && *f == (deadletter.Filter{}) && !*all {
+			return usageError{errors.New("dead " + verb + ": " + needFilter)}
+		}
+		return nil
+	}
+}
+
 func (e *env) deadListCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "list",
@@ -54,6 +68,7 @@ func (e *env) deadListCmd() *cobra.Command {
 		Args:    noArgs,
 	}
 	f := filterFlags(cmd.Flags())
+	cmd.PreRunE = checkFilter("list", f, nil)
 	asJSON := cmd.Flags().Bool("json", false, "JSON lines, one record per line")
 	limit := cmd.Flags().Int("limit", 100, "at most this many records (0 for all)")
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
@@ -99,12 +114,7 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 	f := filterFlags(cmd.Flags())
 	asJSON := cmd.Flags().Bool("json", false, "print the counts as JSON")
 	all := cmd.Flags().Bool("all", false, "every record (required when no filter is given)")
-	cmd.PreRunE = func(*cobra.Command, []string) error {
-		if *f == (deadletter.Filter{}) && !*all {
-			return usageError{errors.New("dead requeue: " + needFilter)}
-		}
-		return nil
-	}
+	cmd.PreRunE = checkFilter("requeue", f, all)
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		store := deadletter.New(rdb)
 		total, _ := store.Count(ctx)
@@ -131,6 +141,7 @@ func (e *env) deadExportCmd() *cobra.Command {
 		Args:    noArgs,
 	}
 	f := filterFlags(cmd.Flags())
+	cmd.PreRunE = checkFilter("export", f, nil)
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		enc := json.NewEncoder(e.stdout)
 		n := 0
@@ -153,12 +164,7 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 	f := filterFlags(cmd.Flags())
 	all := cmd.Flags().Bool("all", false, "every record (required when no filter is given)")
 	yes := cmd.Flags().Bool("yes", false, "do not ask for confirmation")
-	cmd.PreRunE = func(*cobra.Command, []string) error {
-		if *f == (deadletter.Filter{}) && !*all {
-			return usageError{errors.New("dead purge: " + needFilter)}
-		}
-		return nil
-	}
+	cmd.PreRunE = checkFilter("purge", f, all)
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		store := deadletter.New(rdb)
 		// Exactly the records counted here are purged: one dead-lettered

@@ -62,6 +62,12 @@ scheduled (sweep), and manage tokens.`,
 		if err != nil {
 			return usageError{err}
 		}
+		if *parallel < 1 {
+			return usageError{fmt.Errorf("--parallel %d: want 1 or more enqueues in flight", *parallel)}
+		}
+		if *retention <= 0 {
+			return usageError{fmt.Errorf("--campaign-retention %s: want a positive duration, such as 168h", *retention)}
+		}
 		l := *lane
 		switch {
 		case *urgent && l != "" && l != tasks.QueueUrgent:

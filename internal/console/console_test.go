@@ -791,3 +791,24 @@ func TestCampaignPageShowsSweeps(t *testing.T) {
 	assert.EqualValues(t, done.SweepFound, done.Cancelled)
 	assert.Positive(t, done.SweepFound)
 }
+
+// TestCampaignIDsAreExact: a campaign id is any bytes, spaces included:
+// the link to "ws "'s dead letters shows its own 2, not the 3 of "ws"
+// (the filter used to trim ids, so requeue and purge by it would have
+// acted on the other campaign).
+func TestCampaignIDsAreExact(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	s.campaign(t, "ws ", map[string]int{locBad: 2})
+	waitCampaign(t, s, "ws ")
+	s.campaign(t, "ws", map[string]int{locBad: 3})
+	waitCampaign(t, s, "ws")
+	b := s.browser(t)
+	b.signIn(operatorKey)
+	_, camp := b.get("/console/campaign?id=" + url.QueryEscape("ws "))
+	link := regexp.MustCompile(`href="(/console/dead\?campaign=[^"]*)">Its dead letters`).FindStringSubmatch(camp)
+	require.NotNil(t, link)
+	_, dead := b.get(html.UnescapeString(link[1]))
+	summary := regexp.MustCompile(`id="dead-summary">([^<]*)`).FindStringSubmatch(dead)
+	require.NotNil(t, summary)
+	assert.Contains(t, summary[1], "2 matching", "the campaign's own dead letters")
+}

@@ -270,8 +270,10 @@ type deadFilter struct {
 }
 
 func filterFrom(v url.Values) (deadFilter, deadletter.Filter, error) {
-	df := deadFilter{Reason: strings.TrimSpace(v.Get("reason")), Campaign: strings.TrimSpace(v.Get("campaign")),
-		Location: strings.TrimSpace(v.Get("location")), Kind: v.Get("kind"), Age: v.Get("age")}
+	// Ids are taken as they are: a campaign id is any bytes, spaces
+	// included, and trimming "ws " would match campaign "ws".
+	df := deadFilter{Reason: strings.TrimSpace(v.Get("reason")), Campaign: v.Get("campaign"),
+		Location: v.Get("location"), Kind: v.Get("kind"), Age: v.Get("age")}
 	f := deadletter.Filter{Reason: df.Reason, CampaignID: df.Campaign, LocationID: df.Location, Kind: df.Kind}
 	switch df.Kind {
 	case "", "message", "email", "sweep":

@@ -55,6 +55,21 @@ type Filter struct {
 	NewerThan time.Duration
 }
 
+// Validate refuses a filter no record can be meant by: an unknown kind (a
+// typo would match nothing, silently) or a negative age (which would match
+// every record: "--older-than -720h" would purge all of them).
+func (f Filter) Validate() error {
+	switch f.Kind {
+	case "", "message", "email", "sweep":
+	default:
+		return fmt.Errorf("kind %q: want message, email or sweep", f.Kind)
+	}
+	if f.OlderThan < 0 || f.NewerThan < 0 {
+		return errors.New("ages must be positive durations, such as 720h")
+	}
+	return nil
+}
+
 // Match reports whether r passes the filter at time now.
 func (f Filter) Match(r Record, now time.Time) bool {
 	return (f.Reason == "" || f.Reason == r.Reason) &&

@@ -90,14 +90,14 @@ type Config struct {
 	MaxRetry int
 	// Timeout per attempt. Defaults to tasks.TimeoutDefault.
 	Timeout time.Duration
-	// Parallel enqueues in flight in EnqueueAll. Defaults to ParallelDefault.
+	// Parallel enqueues in flight in EnqueueAll. Zero or less: ParallelDefault.
 	Parallel int
 	// PromoteWithin: a bulk-lane item whose send_at is at most this far away
 	// goes to the default lane instead, so a long bulk drain does not make
 	// it expire. Defaults to PromoteWithinDefault; negative disables.
 	PromoteWithin time.Duration
 	// CampaignRetention is how long campaign counters and reports are kept.
-	// Defaults to campaign.RetentionDefault.
+	// Zero or less: campaign.RetentionDefault.
 	CampaignRetention time.Duration
 }
 
@@ -131,9 +131,16 @@ type Producer struct {
 // New builds a Producer on a shared Redis client (closed by the caller).
 func New(rdb redis.UniversalClient, cfg Config) *Producer {
 	cfg.Queue = cmp.Or(cfg.Queue, tasks.QueueDefault)
-	cfg.Parallel = cmp.Or(cfg.Parallel, ParallelDefault)
+	// Zero or less means the default: a negative count would panic in
+	// make(chan), and a negative retention would expire a campaign's
+	// counters as they are written.
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = ParallelDefault
+	}
 	cfg.PromoteWithin = cmp.Or(cfg.PromoteWithin, PromoteWithinDefault)
-	cfg.CampaignRetention = cmp.Or(cfg.CampaignRetention, campaign.RetentionDefault)
+	if cfg.CampaignRetention <= 0 {
+		cfg.CampaignRetention = campaign.RetentionDefault
+	}
 	return &Producer{rdb: rdb, cfg: cfg}
 }
 
