@@ -356,8 +356,11 @@ if ARGV[9] ~= "" then
 end
 if ARGV[9] ~= "" or not admitted then redis.call("PEXPIRE", KEYS[1], ttl) end
 if ARGV[11] ~= "" then redis.call("ZREM", "ghlcancel:rl:wait:{" .. ARGV[11] .. "}", id) end
-if campaign ~= "" then
-  local k, ko, kr = ck(campaign)
+-- A campaign whose counters expired (or were deleted) while the task
+-- waited is gone: counting the outcome would bring it back with no total
+-- and no start, "running" forever. The record keeps the outcome.
+local k, ko, kr = ck(campaign)
+if campaign ~= "" and redis.call("EXISTS", k) == 1 then
   if redis.call("HSETNX", ko, id, row) == 1 then
     redis.call("HINCRBY", k, outcome, 1)
     if reason ~= "" then redis.call("HINCRBY", k, reason_field(outcome, reason), 1) end
@@ -456,15 +459,17 @@ func (l *Ledger) Settle(ctx context.Context, f Final) (got Outcome, recorded boo
 }
 
 // retryingScript: KEYS record. ARGV task id, campaign, mark to clear ("":
-// none), ttl ms.
+// none), ttl ms, now ms. A retry keeps its campaign alive: its expiry is
+// pushed as by an outcome, so a campaign with a task between retries does
+// not expire under it (a campaign already gone is not brought back).
 var retryingScript = redis.NewScript(Lua + `
 if redis.call("HEXISTS", KEYS[1], "o") == 1 then return 0 end
 if ARGV[3] ~= "" and redis.call("HGET", KEYS[1], "s") == ARGV[3] then redis.call("HSET", KEYS[1], "s", "") end
 if ARGV[2] ~= "" then
   local k, ko, kr = ck(ARGV[2])
-  if redis.call("HEXISTS", ko, ARGV[1]) == 0 then
+  if redis.call("EXISTS", k) == 1 and redis.call("HEXISTS", ko, ARGV[1]) == 0 then
     redis.call("SADD", kr, ARGV[1])
-    redis.call("PEXPIRE", kr, ARGV[4])
+    ctouch(ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[4]))
   end
 end
 return 1
@@ -478,12 +483,12 @@ func (l *Ledger) Retrying(ctx context.Context, taskID, campaign, clearMark strin
 	if campaign == "" && clearMark == "" {
 		return nil
 	}
-	return retryingScript.Run(ctx, l.rdb, []string{Key(taskID)}, taskID, campaign, clearMark, l.cfg.Retention.Milliseconds()).Err()
+	return retryingScript.Run(ctx, l.rdb, []string{Key(taskID)}, taskID, campaign, clearMark, l.cfg.Retention.Milliseconds(), time.Now().UnixMilli()).Err()
 }
 
 // Unmark takes back a delivery's "call sent" mark (its call did not go out).
 func Unmark(ctx context.Context, rdb redis.UniversalClient, taskID, mark string) error {
-	return retryingScript.Run(ctx, rdb, []string{Key(taskID)}, taskID, "", mark, 0).Err()
+	return retryingScript.Run(ctx, rdb, []string{Key(taskID)}, taskID, "", mark, 0, 0).Err()
 }
 
 // Record reads a message's record: its outcome (nil while it has none), its

@@ -94,6 +94,9 @@ func hSetup(t *testing.T) *hBundle {
 	b.api = api
 	b.led = ledger.New(b.rdb, ledger.Config{WriteBackoff: 10 * time.Millisecond})
 	b.h = &Handler{API: api, Ledger: b.led, Tokens: tokens.Static(hTok)}
+	// The tasks' campaign exists, as an enqueue makes it: outcomes are
+	// counted only in a campaign that is still there.
+	require.NoError(t, b.rdb.HSet(context.Background(), ledger.CampaignKey("hc"), "total", 0, "started_at", time.Now().UnixMilli()).Err())
 	return b
 }
 
