@@ -35,6 +35,10 @@ const (
 	// OutcomeRecorded: an earlier attempt of this task already recorded its
 	// outcome (a re-delivery after a crash); nothing was called or written.
 	OutcomeRecorded = "already_recorded"
+	// OutcomeUnrecorded: the task's last attempt could not write its
+	// outcome (Redis failed through the write's retries); asynq archives
+	// the task with none. HighLevel may have cancelled the message.
+	OutcomeUnrecorded = "unrecorded"
 	// OutcomeAlreadySent and OutcomeNotFound: verified "not found" cancels.
 	OutcomeAlreadySent = "already_sent"
 	OutcomeNotFound    = "not_found"
@@ -47,7 +51,7 @@ const (
 
 // Outcomes lists every outcome label, to initialise metrics at zero.
 var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeAlreadySent, OutcomeNotFound, OutcomeExpired,
-	OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaused, OutcomeRecorded,
+	OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaused, OutcomeRecorded, OutcomeUnrecorded,
 	OutcomeSwept, OutcomeSweepFailed, OutcomeSweepContinues}
 
 // Dead-letter and retry reasons that are not API reasons.
@@ -664,13 +668,23 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 				HTTPStatus: r.status, APIMessage: r.message, Attempts: a.retried + 1, Payload: r.payload}
 		}
 		got, recorded, err := h.Ledger.Settle(wctx, f)
+		if err != nil && a.final {
+			// asynq archives whatever a final attempt returns: nothing will
+			// run again, and Redis took neither outcome nor dead letter.
+			// Say so; a resend requeues it (the enqueue rule reads an
+			// archived task with no outcome as dead).
+			rep.Outcome, rep.Reason = OutcomeUnrecorded, ReasonOutcomeWrite
+			h.logger().Error("outcome could not be recorded on the task's last attempt; asynq archives it with no outcome: send the message again to settle it",
+				"task_id", a.taskID, "campaign_id", a.p.CampaignID, "outcome", f.Outcome.Outcome, "reason", r.reason, "error", err)
+			return fmt.Errorf("recording %s on the last attempt: %w: %w", f.Outcome.Outcome, err, asynq.SkipRetry)
+		}
 		if err != nil {
 			// HighLevel answered but Redis will not take the outcome. The
 			// task runs again; its "call sent" mark turns a "not found" then
-			// into this cancel. On the final attempt nothing can be written.
+			// into this cancel.
 			rep.Outcome, rep.Reason = OutcomeRetry, ReasonOutcomeWrite
 			h.logger().Error("outcome could not be recorded; the task will run again", "task_id", a.taskID,
-				"outcome", f.Outcome.Outcome, "reason", r.reason, "final_attempt", a.final, "error", err)
+				"outcome", f.Outcome.Outcome, "reason", r.reason, "error", err)
 			return fmt.Errorf("recording %s: %w", f.Outcome.Outcome, err)
 		}
 		if !recorded {

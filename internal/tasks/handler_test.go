@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -23,6 +24,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
@@ -261,16 +263,59 @@ func TestOutcomeWriteIsRetriedNotTheCall(t *testing.T) {
 	o, _, st := b.fate(t, id)
 	require.Equal(t, ledger.Cancelled, o.Outcome)
 	require.Equal(t, int64(1), st.Cancelled)
-	require.Equal(t, int32(-1), failures.Load(), "two writes failed, the third went through")
+	require.Zero(t, failures.Load(), "two writes failed (the outcome above is the one that went through)")
 }
 
-// failSettle fails the settle script's first calls.
+// TestOutcomeWriteFailsOnTheLastAttempt: the cancel went through on the
+// task's last attempt, and Redis refuses the outcome through every retry
+// of the write. asynq archives whatever a last attempt returns, so the
+// attempt must not say it will run again (it used to: log and metrics
+// counted a retry): it reports unrecorded, tells the operator to send
+// the message again, and hands asynq SkipRetry.
+func TestOutcomeWriteFailsOnTheLastAttempt(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	var failures atomic.Int32
+	failures.Store(1000)
+	flaky := redis.NewClient(&redis.Options{Addr: b.rdb.Options().Addr, DB: b.rdb.Options().DB})
+	t.Cleanup(func() { _ = flaky.Close() })
+	flaky.AddHook(failSettle{left: &failures})
+	b.h.Ledger = ledger.New(flaky, ledger.Config{WriteBackoff: 10 * time.Millisecond})
+	var logs syncbuf.Buffer
+	b.h.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	rep, err := b.process(t, id, 3, 3) // the last attempt
+	status, _, _ := b.sb.MessageStatus(id)
+	require.Equal(t, sandbox.StatusCancelled, status, "HighLevel cancelled it")
+	require.ErrorIs(t, err, asynq.SkipRetry)
+	require.Equal(t, OutcomeUnrecorded, rep.Outcome)
+	require.Equal(t, ReasonOutcomeWrite, rep.Reason)
+	require.NotContains(t, logs.String(), "will run again")
+	require.Contains(t, logs.String(), "send the message again")
+	o, rec, st := b.fate(t, id)
+	require.Nil(t, o, "Redis took nothing")
+	require.Nil(t, rec)
+	require.Zero(t, st.Done)
+
+	// Not the last attempt: the same failure is a retry.
+	failures.Store(1000)
+	id2 := b.sb.ScheduleN(hLoc, 1, false)[0]
+	rep, err = b.process(t, id2, 0, 3)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, asynq.SkipRetry)
+	require.Equal(t, OutcomeRetry, rep.Outcome)
+}
+
+// failSettle fails the settle script's first calls (left of them). Only
+// the failures are counted: a call that goes through may be two commands
+// (EVALSHA answered NOSCRIPT, then EVAL), depending on whether another test
+// loaded the script first.
 type failSettle struct{ left *atomic.Int32 }
 
 func (failSettle) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (f failSettle) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if name := cmd.Name(); (name == "evalsha" || name == "eval") && isSettle(cmd) && f.left.Add(-1) >= 0 {
+		if name := cmd.Name(); (name == "evalsha" || name == "eval") && isSettle(cmd) && f.left.Load() > 0 && f.left.Add(-1) >= 0 {
 			cmd.SetErr(errors.New("injected: connection reset"))
 			return cmd.Err()
 		}
