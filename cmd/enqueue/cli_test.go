@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -152,4 +154,47 @@ func TestFlagMistakesAreUsageErrors(t *testing.T) {
 	q, err := redistest.ClientFor(t, url).Exists(ctx, "ghlcancel:campaign:{neg}").Result()
 	require.NoError(t, err)
 	require.Zero(t, q, "nothing was enqueued")
+}
+
+// cancelAfter reads data, then cancels (a Ctrl-C once the file is read,
+// while batches are still buffered or in flight) and ends.
+type cancelAfter struct {
+	data   *strings.Reader
+	cancel context.CancelFunc
+}
+
+func (c *cancelAfter) Read(p []byte) (int, error) {
+	if c.data.Len() > 0 {
+		return c.data.Read(p)
+	}
+	c.cancel()
+	return 0, io.EOF
+}
+
+// TestInterruptIsReportedAsInterrupted: Ctrl-C during `enqueue --file`
+// says "interrupted" and how many were not enqueued; it used to say
+// "queue unavailable: context canceled" (Redis was fine) with a summary
+// of zeros that hid the lines left undone.
+func TestInterruptIsReportedAsInterrupted(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	var in strings.Builder
+	// 1,250: the last 250 are a partial batch, sent only after the input
+	// ends, when the run is already interrupted.
+	for i := range 1250 {
+		fmt.Fprintf(&in, "ctrlc%015d\n", i)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errw bytes.Buffer
+	err := run(ctx, []string{"--location", "L", "--parallel", "1", "--file", "-"}, func(k string) string {
+		if k == envRedisURL {
+			return url
+		}
+		return ""
+	}, &cancelAfter{data: strings.NewReader(in.String()), cancel: cancel}, &out, &errw)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "interrupted")
+	require.NotContains(t, err.Error(), "queue unavailable")
+	require.Contains(t, out.String(), "not enqueued")
 }

@@ -129,8 +129,12 @@ scheduled (sweep), and manage tokens.`,
 		if *asJSON {
 			_ = json.NewEncoder(e.stdout).Encode(sum)
 		} else {
-			fmt.Fprintf(e.stdout, "enqueued %d, requeued %d, already queued %d, already done %d, rejected %d (lane %s)\n",
-				sum.Enqueued, sum.Requeued, sum.AlreadyQueued, sum.AlreadyDone, sum.Rejected, l)
+			failed := ""
+			if sum.Failed > 0 {
+				failed = fmt.Sprintf(", not enqueued %d (interrupted or Redis failed)", sum.Failed)
+			}
+			fmt.Fprintf(e.stdout, "enqueued %d, requeued %d, already queued %d, already done %d, rejected %d%s (lane %s)\n",
+				sum.Enqueued, sum.Requeued, sum.AlreadyQueued, sum.AlreadyDone, sum.Rejected, failed, l)
 			if sum.AlreadyDone > 0 && !*force {
 				fmt.Fprintf(e.stderr, "enqueue: %d message(s) already have an outcome (see `enqueue report`); --force cancels them again\n", sum.AlreadyDone)
 			}

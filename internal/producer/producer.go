@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -209,6 +210,16 @@ func (p *Producer) EnqueueAll(ctx context.Context, next func() (Item, bool), don
 			}
 		})
 	}
+	// Items read but not sent because ctx ended are reported too (not
+	// enqueued, ErrUnavailable with ctx's error), so a summary accounts
+	// for every item read.
+	dropped := func(b []Item) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, it := range b {
+			done(it, Result{Status: Rejected, Err: fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())})
+		}
+	}
 	batch := make([]Item, 0, BatchSize)
 	for ctx.Err() == nil {
 		it, ok := next()
@@ -220,12 +231,17 @@ func (p *Producer) EnqueueAll(ctx context.Context, next func() (Item, bool), don
 			select {
 			case batches <- batch:
 			case <-ctx.Done():
+				dropped(batch)
 			}
 			batch = make([]Item, 0, BatchSize)
 		}
 	}
-	if len(batch) > 0 && ctx.Err() == nil {
-		batches <- batch
+	if len(batch) > 0 {
+		if ctx.Err() == nil {
+			batches <- batch
+		} else {
+			dropped(batch)
+		}
 	}
 	close(batches)
 	wg.Wait()

@@ -350,3 +350,27 @@ func TestImminentSendsSkipTheBulkLane(t *testing.T) {
 		require.NoError(t, err, "%s should be on %s", id, lane)
 	}
 }
+
+// TestRequeueInterrupted: Ctrl-C during `dead requeue` (here: after its
+// first batch) is reported as interrupted, with what was requeued, not as
+// "queue unavailable: context canceled".
+func TestRequeueInterrupted(t *testing.T) {
+	t.Parallel()
+	rdb := redisServer.Client(t)
+	store := deadletter.New(rdb)
+	bg := context.Background()
+	for i := range 3 * producer.BatchSize {
+		require.NoError(t, store.Add(bg, deadletter.Record{TaskID: fmt.Sprintf("msg:i%06d", i), Kind: "message",
+			MessageID: fmt.Sprintf("i%06d", i), LocationID: "L", Queue: tasks.QueueBulk, Reason: "unauthorized"}))
+	}
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	st, err := producer.New(rdb, producer.Config{}).Requeue(ctx, store, deadletter.Filter{Reason: "unauthorized"},
+		func(producer.RequeueStats) { cancel() })
+	require.ErrorContains(t, err, "interrupted")
+	require.NotContains(t, err.Error(), "unavailable")
+	require.Equal(t, producer.BatchSize, st.Requeued)
+	left, err := store.Count(bg)
+	require.NoError(t, err)
+	require.Equal(t, int64(2*producer.BatchSize), left, "the rest wait for the next run")
+}

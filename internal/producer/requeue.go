@@ -136,5 +136,10 @@ func (p *Producer) requeue(ctx context.Context, scan func(func(deadletter.Record
 	if progress != nil && len(sweeps) > 0 {
 		progress(st)
 	}
+	// Interrupted (Ctrl-C): say so, not "queue unavailable: context
+	// canceled", which blames Redis.
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("interrupted: %w (run it again: what was requeued is already queued and its dead letters are gone)", ctx.Err())
+	}
 	return st, err
 }

@@ -86,7 +86,10 @@ func EnqueueReader(ctx context.Context, p *Producer, in io.Reader, defaults Item
 		}
 		bar.Add(1)
 	})
-	if fatal == nil && ctx.Err() != nil {
+	// An interrupted run is reported as interrupted, even when batches cut
+	// off by it failed first (their errors read "queue unavailable:
+	// context canceled", which blames Redis for the user's Ctrl-C).
+	if ctx.Err() != nil {
 		fatal = fmt.Errorf("interrupted: %w (re-run the same command: already queued ids are skipped)", ctx.Err())
 	}
 	return sum, fatal
