@@ -812,3 +812,33 @@ func TestCampaignIDsAreExact(t *testing.T) {
 	require.NotNil(t, summary)
 	assert.Contains(t, summary[1], "2 matching", "the campaign's own dead letters")
 }
+
+// TestPurgeTwiceAndAfterwards: the same purge confirmed from a second tab
+// says nothing is left (it used to say the dead letters "changed" and ask
+// to type 0); the campaign page then counts the outcomes and says a
+// purged dead letter cannot be requeued, instead of offering them.
+func TestPurgeTwiceAndAfterwards(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	s.campaign(t, "twotabs", map[string]int{locBad: 3})
+	waitCampaign(t, s, "twotabs")
+	b := s.browser(t)
+	csrf := b.signIn(operatorKey)
+	asOfRE := regexp.MustCompile(`name="as_of" value="(\d+)"`)
+	_, tab1 := b.get("/console/dead/purge?campaign=twotabs")
+	_, tab2 := b.get("/console/dead/purge?campaign=twotabs")
+	form := func(page string) url.Values {
+		m := asOfRE.FindStringSubmatch(page)
+		require.NotNil(t, m)
+		return url.Values{"csrf": {csrf}, "campaign": {"twotabs"}, "age": {""}, "expected": {"3"}, "confirm": {"3"}, "as_of": {m[1]}}
+	}
+	resp, _ := b.post("/console/dead/purge", form(tab1))
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	resp, page := b.post("/console/dead/purge", form(tab2))
+	assert.Equal(t, http.StatusConflict, resp.StatusCode)
+	assert.Contains(t, page, "none of these dead letters is left")
+	assert.NotContains(t, page, "type that number")
+
+	_, camp := b.get("/console/campaign?id=twotabs")
+	assert.Contains(t, camp, "Dead-lettered, by reason")
+	assert.Contains(t, camp, "a purged one stays counted, but only dead letters still stored can be requeued")
+}

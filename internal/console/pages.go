@@ -520,6 +520,12 @@ func (c *Console) postPurge(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	n := len(refs)
+	if len(all) == 0 {
+		// The same purge confirmed in two tabs, or a requeue meanwhile:
+		// not a change to count again.
+		c.purgeForm(w, r, r.PostForm, http.StatusConflict, "Nothing was deleted: none of these dead letters is left (purged or requeued meanwhile, perhaps from another tab).")
+		return
+	}
 	typed := strings.ReplaceAll(strings.TrimSpace(r.PostForm.Get("confirm")), ",", "")
 	if typed != strconv.Itoa(n) || r.PostForm.Get("expected") != strconv.Itoa(n) {
 		msg := fmt.Sprintf("Nothing was deleted: type %d to confirm.", n)
