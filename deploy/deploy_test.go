@@ -22,6 +22,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -654,15 +655,35 @@ func query(t *testing.T, promURL, q string) []sample {
 // past it on a loaded machine makes up 0, or a series stale, for a moment.
 func eventuallyValue(t *testing.T, promURL, q string, want float64) {
 	t.Helper()
+	var mu sync.Mutex // the condition runs on testify's goroutine
 	var last []sample
 	ok := assert.Eventually(t, func() bool {
-		last = query(t, promURL, q)
-		if len(last) != 1 {
+		// Not query: a failed request here is retried, and require must
+		// not run off the test's goroutine.
+		var r struct {
+			Data struct {
+				Result []sample `json:"result"`
+			} `json:"data"`
+		}
+		res, err := http.Get(promURL + "/api/v1/query?query=" + url.QueryEscape(q))
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		if res.StatusCode != http.StatusOK || json.NewDecoder(res.Body).Decode(&r) != nil {
+			return false
+		}
+		mu.Lock()
+		last = r.Data.Result
+		mu.Unlock()
+		if len(r.Data.Result) != 1 {
 			return false
 		}
 		var v float64
-		_, err := fmt.Sscan(last[0].Value[1].(string), &v)
+		_, err = fmt.Sscan(r.Data.Result[0].Value[1].(string), &v)
 		return err == nil && v == want
 	}, 20*time.Second, 500*time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
 	require.True(t, ok, "%s: want %v, last answer %v", q, want, last)
 }

@@ -460,16 +460,21 @@ func (l *Ledger) Settle(ctx context.Context, f Final) (got Outcome, recorded boo
 
 // retryingScript: KEYS record. ARGV task id, campaign, mark to clear ("":
 // none), ttl ms, now ms. A retry keeps its campaign alive: its expiry is
-// pushed as by an outcome, so a campaign with a task between retries does
-// not expire under it (a campaign already gone is not brought back).
+// pushed as by an outcome (at most once a minute, or half the retention if
+// that is shorter), so a campaign with a task between retries does not
+// expire under it; a campaign already gone is not brought back.
 var retryingScript = redis.NewScript(Lua + `
 if redis.call("HEXISTS", KEYS[1], "o") == 1 then return 0 end
 if ARGV[3] ~= "" and redis.call("HGET", KEYS[1], "s") == ARGV[3] then redis.call("HSET", KEYS[1], "s", "") end
 if ARGV[2] ~= "" then
   local k, ko, kr = ck(ARGV[2])
   if redis.call("EXISTS", k) == 1 and redis.call("HEXISTS", ko, ARGV[1]) == 0 then
+    local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[4])
     redis.call("SADD", kr, ARGV[1])
-    ctouch(ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[4]))
+    local updated = tonumber(redis.call("HGET", k, "updated_at") or "0")
+    if now - updated >= math.min(60000, math.floor(ttl / 2)) or redis.call("PTTL", kr) < 0 then
+      ctouch(ARGV[2], now, ttl)
+    end
   end
 end
 return 1

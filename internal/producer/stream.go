@@ -17,7 +17,7 @@ type Summary struct {
 	AlreadyDone   int `json:"already_done"`
 	Requeued      int `json:"requeued"`
 	Rejected      int `json:"rejected"`
-	Failed        int `json:"failed,omitempty"` // not enqueued because Redis failed; re-run
+	Failed        int `json:"failed,omitempty"` // not enqueued: Redis failed or the run was interrupted; re-run
 }
 
 // maxReportedRejects bounds per-line messages; the count stays exact.
@@ -89,7 +89,7 @@ func EnqueueReader(ctx context.Context, p *Producer, in io.Reader, defaults Item
 	// An interrupted run is reported as interrupted, even when batches cut
 	// off by it failed first (their errors read "queue unavailable:
 	// context canceled", which blames Redis for the user's Ctrl-C).
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && (fatal == nil || errors.Is(fatal, ErrUnavailable)) {
 		fatal = fmt.Errorf("interrupted: %w (re-run the same command: already queued ids are skipped)", ctx.Err())
 	}
 	return sum, fatal

@@ -173,9 +173,9 @@ type Limiter struct {
 	mu      sync.Mutex
 	learned map[string]string // what Redis holds in KeyLearned, to write only changes
 
-	// booked, if set (by tests), is told of every slot booked: its Redis
-	// time and how long the caller was told to wait for it.
-	booked func(slot time.Time, wait time.Duration)
+	// booked, if set (by tests), is told of every slot booked: the task,
+	// the slot's Redis time and how long the caller was told to wait.
+	booked func(task string, slot time.Time, wait time.Duration)
 }
 
 // New builds a Limiter.
@@ -245,7 +245,8 @@ type Request struct {
 // urgent (1/0), 11 campaign, 12 the delivery's mark, 13 record ttl ms, 14
 // probe wait, 15 no record (1/0), 16 urgent reserve.
 // Returns {code, wait µs, recorded row or earlier-call flag, cooled}:
-// code 1 granted (wait, then call; [3] "1" if an earlier call went out),
+// code 1 granted (wait, then call; [3] "1" if an earlier call went out;
+// a 5th element, the slot's Redis time in µs, for Limiter.booked),
 // 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait.
 var admitScript = redis.NewScript(ledger.Lua + `
 local norec = ARGV[15] == "1"
@@ -412,7 +413,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		earlier := v[2] == "1"
 		if l.booked != nil {
 			room, _ := v[4].(int64)
-			l.booked(time.UnixMicro(room), wait)
+			l.booked(r.TaskID, time.UnixMicro(room), wait)
 		}
 		if err := sleep(ctx, wait); err != nil {
 			l.unmark(r)

@@ -93,6 +93,7 @@ func TestBurstUsesTheWholeAllowance(t *testing.T) {
 	for i := range 11 {
 		_, err := l.Admit(ctx, req("locB", fmt.Sprint("t", i)))
 		require.NoError(t, err)
+		log.waited(t, fmt.Sprint("t", i))
 	}
 	slots, waits := log.get()
 	require.Len(t, slots, 11)
@@ -139,6 +140,7 @@ func TestSlidingSpansAcrossWorkers(t *testing.T) {
 			wg.Go(func() {
 				_, err := l.Admit(context.Background(), req("locS", fmt.Sprintf("w%d-%d", w, i)))
 				require.NoError(t, err)
+				log.waited(t, fmt.Sprintf("w%d-%d", w, i))
 			})
 		}
 	}
@@ -524,15 +526,35 @@ func TestAdmitReturnsTheRecordedOutcome(t *testing.T) {
 // time: what the limiter bounds. Times taken when callers wake would also
 // measure how late a loaded machine woke them.
 type slotLog struct {
-	mu    sync.Mutex
-	slots []time.Time
-	waits []time.Duration
+	mu     sync.Mutex
+	slots  []time.Time
+	waits  []time.Duration
+	byTask map[string]time.Time
 }
 
-func (s *slotLog) add(slot time.Time, wait time.Duration) {
+func (s *slotLog) add(task string, slot time.Time, wait time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.slots, s.waits = append(s.slots, slot), append(s.waits, wait)
+	if s.byTask == nil {
+		s.byTask = map[string]time.Time{}
+	}
+	s.byTask[task] = slot
+}
+
+// waited checks, right after Admit returned for task, that it did not
+// return before the task's slot: the other half of what the limiter does,
+// and one a slow machine can only make truer (callers wake later).
+func (s *slotLog) waited(t *testing.T, task string) {
+	now := time.Now()
+	s.mu.Lock()
+	slot, ok := s.byTask[task]
+	s.mu.Unlock()
+	if !ok {
+		t.Errorf("%s: admitted with no slot booked", task)
+	} else if now.Before(slot) {
+		t.Errorf("%s: Admit returned %s before its slot", task, slot.Sub(now))
+	}
 }
 
 // get returns the slots in time order, each with its wait. (The order the

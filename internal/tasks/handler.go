@@ -675,7 +675,8 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 			// archived task with no outcome as dead).
 			rep.Outcome, rep.Reason = OutcomeUnrecorded, ReasonOutcomeWrite
 			h.logger().Error("outcome could not be recorded on the task's last attempt; asynq archives it with no outcome: send the message again to settle it",
-				"task_id", a.taskID, "campaign_id", a.p.CampaignID, "outcome", f.Outcome.Outcome, "reason", r.reason, "error", err)
+				"task_id", a.taskID, "kind", a.kind, "message_id", a.p.MessageID, "location_id", a.p.LocationID,
+				"campaign_id", a.p.CampaignID, "outcome", f.Outcome.Outcome, "reason", r.reason, "error", err)
 			return fmt.Errorf("recording %s on the last attempt: %w: %w", f.Outcome.Outcome, err, asynq.SkipRetry)
 		}
 		if err != nil {

@@ -292,6 +292,9 @@ func TestOutcomeWriteFailsOnTheLastAttempt(t *testing.T) {
 	require.Equal(t, ReasonOutcomeWrite, rep.Reason)
 	require.NotContains(t, logs.String(), "will run again")
 	require.Contains(t, logs.String(), "send the message again")
+	for _, field := range []string{"message_id=" + id, "location_id=" + hLoc, "kind=message", "campaign_id=hc"} {
+		require.Contains(t, logs.String(), field, "what the operator needs to send it again")
+	}
 	o, rec, st := b.fate(t, id)
 	require.Nil(t, o, "Redis took nothing")
 	require.Nil(t, rec)
