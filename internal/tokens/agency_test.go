@@ -632,3 +632,31 @@ func (p *fullPacer) Admit(context.Context, string) error {
 }
 
 func (p *fullPacer) Observe(context.Context, string, http.Header, int) { p.observed.Add(1) }
+
+// TestRemintsBeforeExpiry: a minted token is replaced once it has less
+// than RemintBefore (10 min of an hour's life) left, and not before: the
+// margin TestMintRace cannot check (it checks no mint comes early). The
+// stored expiry is moved instead of waiting, and each step asks a worker
+// with an empty cache, as another process would.
+func TestRemintsBeforeExpiry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupAgency(t, time.Hour, time.Hour)
+	b.setAgency(t)
+	const loc = "locAgency00000000090"
+	b.sb.InstallLocation(testCompany, loc, "")
+	rdb := redistest.ClientFor(t, b.url)
+	first, err := b.newAgency(t).Token(ctx, loc)
+	require.NoError(t, err)
+	require.Len(t, b.sb.Mints(loc), 1)
+	for _, tt := range []struct {
+		left  time.Duration
+		mints int
+	}{{11 * time.Minute, 1}, {9 * time.Minute, 2}} {
+		require.NoError(t, rdb.HSet(ctx, tokens.MintKey(loc), "exp", time.Now().Add(tt.left).UnixMilli()).Err())
+		tok, err := b.newAgency(t).Token(ctx, loc)
+		require.NoError(t, err)
+		require.Len(t, b.sb.Mints(loc), tt.mints, "%s left", tt.left)
+		require.Equal(t, tt.mints == 1, tok == first, "%s left", tt.left)
+	}
+}
