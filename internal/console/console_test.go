@@ -199,8 +199,7 @@ func TestSecureCookieOffLoopback(t *testing.T) {
 // CSRF token, or from another site, changes nothing.
 func TestRefusedWithoutCSRF(t *testing.T) {
 	s := newStack(t, stackOpts{})
-	s.campaign(t, "csrf", map[string]int{locBad: 3})
-	waitCampaign(t, s, "csrf")
+	s.finished(t, "csrf", map[string]int{locBad: 3})
 	b := s.browser(t)
 	csrf := b.signIn(operatorKey)
 	dead := deadletter.New(s.rdb)
@@ -238,8 +237,7 @@ func TestRefusedWithoutCSRF(t *testing.T) {
 // TestReadOnlyKey: a read-only session sees everything and changes nothing.
 func TestReadOnlyKey(t *testing.T) {
 	s := newStack(t, stackOpts{})
-	s.campaign(t, "ro", map[string]int{locBad: 2, locGood: 2})
-	waitCampaign(t, s, "ro")
+	s.finished(t, "ro", map[string]int{locBad: 2, locGood: 2})
 	b := s.browser(t)
 	csrf := b.signIn(readOnlyKey)
 
@@ -369,8 +367,7 @@ func TestFixAndRequeue(t *testing.T) {
 // nothing, another session's link shows nothing, a reload shows nothing.
 func TestResultLineCannotBeForged(t *testing.T) {
 	s := newStack(t, stackOpts{})
-	s.campaign(t, "flash", map[string]int{locBad: 3})
-	waitCampaign(t, s, "flash")
+	s.finished(t, "flash", map[string]int{locBad: 3})
 	a, other := s.browser(t), s.browser(t)
 	csrf := a.signIn(operatorKey)
 	other.signIn(operatorKey)
@@ -414,10 +411,8 @@ func TestResultLineCannotBeForged(t *testing.T) {
 // dead letters is typed, and again if the number changed meanwhile.
 func TestPurgeConfirmation(t *testing.T) {
 	s := newStack(t, stackOpts{})
-	s.campaign(t, "purge", map[string]int{locBad: 5})
-	waitCampaign(t, s, "purge")
-	s.campaign(t, "keep", map[string]int{locBad: 2})
-	waitCampaign(t, s, "keep")
+	s.finished(t, "purge", map[string]int{locBad: 5})
+	s.finished(t, "keep", map[string]int{locBad: 2})
 	b := s.browser(t)
 	csrf := b.signIn(operatorKey)
 
@@ -798,10 +793,8 @@ func TestCampaignPageShowsSweeps(t *testing.T) {
 // acted on the other campaign).
 func TestCampaignIDsAreExact(t *testing.T) {
 	s := newStack(t, stackOpts{})
-	s.campaign(t, "ws ", map[string]int{locBad: 2})
-	waitCampaign(t, s, "ws ")
-	s.campaign(t, "ws", map[string]int{locBad: 3})
-	waitCampaign(t, s, "ws")
+	s.finished(t, "ws ", map[string]int{locBad: 2})
+	s.finished(t, "ws", map[string]int{locBad: 3})
 	b := s.browser(t)
 	b.signIn(operatorKey)
 	_, camp := b.get("/console/campaign?id=" + url.QueryEscape("ws "))
@@ -819,8 +812,7 @@ func TestCampaignIDsAreExact(t *testing.T) {
 // purged dead letter cannot be requeued, instead of offering them.
 func TestPurgeTwiceAndAfterwards(t *testing.T) {
 	s := newStack(t, stackOpts{})
-	s.campaign(t, "twotabs", map[string]int{locBad: 3})
-	waitCampaign(t, s, "twotabs")
+	s.finished(t, "twotabs", map[string]int{locBad: 3})
 	b := s.browser(t)
 	csrf := b.signIn(operatorKey)
 	asOfRE := regexp.MustCompile(`name="as_of" value="(\d+)"`)

@@ -128,6 +128,13 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	return &stack{rdb: rdb, sb: sb, tokens: toks, url: hs.URL, prod: producer.New(rdb, prodCfg)}
 }
 
+// finished queues a campaign (see campaign) and waits until it completes.
+func (s *stack) finished(t *testing.T, id string, perLocation map[string]int) {
+	t.Helper()
+	s.campaign(t, id, perLocation)
+	waitCampaign(t, s, id)
+}
+
 // campaign schedules n messages per location in the sandbox and enqueues
 // their cancels under one campaign id.
 func (s *stack) campaign(t *testing.T, id string, perLocation map[string]int) []string {

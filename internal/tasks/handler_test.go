@@ -249,12 +249,7 @@ func TestNotFinalAttemptRecordsNothing(t *testing.T) {
 func TestOutcomeWriteIsRetriedNotTheCall(t *testing.T) {
 	t.Parallel()
 	b := hSetup(t)
-	var failures atomic.Int32
-	failures.Store(2)
-	flaky := redis.NewClient(&redis.Options{Addr: b.rdb.Options().Addr, DB: b.rdb.Options().DB})
-	t.Cleanup(func() { _ = flaky.Close() })
-	flaky.AddHook(failSettle{left: &failures})
-	b.h.Ledger = ledger.New(flaky, ledger.Config{WriteBackoff: 10 * time.Millisecond})
+	failures := b.failSettles(t, 2)
 	id := b.sb.ScheduleN(hLoc, 1, false)[0]
 	rep, err := b.process(t, id, 0, 3)
 	require.NoError(t, err)
@@ -275,12 +270,7 @@ func TestOutcomeWriteIsRetriedNotTheCall(t *testing.T) {
 func TestOutcomeWriteFailsOnTheLastAttempt(t *testing.T) {
 	t.Parallel()
 	b := hSetup(t)
-	var failures atomic.Int32
-	failures.Store(1000)
-	flaky := redis.NewClient(&redis.Options{Addr: b.rdb.Options().Addr, DB: b.rdb.Options().DB})
-	t.Cleanup(func() { _ = flaky.Close() })
-	flaky.AddHook(failSettle{left: &failures})
-	b.h.Ledger = ledger.New(flaky, ledger.Config{WriteBackoff: 10 * time.Millisecond})
+	failures := b.failSettles(t, 1000)
 	var logs syncbuf.Buffer
 	b.h.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	id := b.sb.ScheduleN(hLoc, 1, false)[0]
@@ -307,6 +297,19 @@ func TestOutcomeWriteFailsOnTheLastAttempt(t *testing.T) {
 	require.Error(t, err)
 	require.NotErrorIs(t, err, asynq.SkipRetry)
 	require.Equal(t, OutcomeRetry, rep.Outcome)
+}
+
+// failSettles makes the handler's ledger fail its next n settle writes
+// and returns how many are left to fail.
+func (b *hBundle) failSettles(t *testing.T, n int32) *atomic.Int32 {
+	t.Helper()
+	var failures atomic.Int32
+	failures.Store(n)
+	flaky := redis.NewClient(&redis.Options{Addr: b.rdb.Options().Addr, DB: b.rdb.Options().DB})
+	t.Cleanup(func() { _ = flaky.Close() })
+	flaky.AddHook(failSettle{left: &failures})
+	b.h.Ledger = ledger.New(flaky, ledger.Config{WriteBackoff: 10 * time.Millisecond})
+	return &failures
 }
 
 // failSettle fails the settle script's first calls (left of them). Only
