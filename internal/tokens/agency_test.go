@@ -99,7 +99,7 @@ func (b *agencyBundle) accepted(t *testing.T, tok string) bool {
 
 // TestMintRace is TestRefreshRace for minted tokens: 8 workers (own Redis
 // clients), 4 callers each, 200 installed locations, minted tokens living
-// 300 ms and agency tokens 1 s, for 3 s. At most one mint per location per
+// 300 ms and agency tokens 1 s, until 400 mints. At most one mint per location per
 // token lifetime (no two mints of a location in flight at once, none while
 // a fresh token of it is stored: see mintLog), no token handed out already expired (see
 // callWithToken), no refresh token used twice.
@@ -128,7 +128,11 @@ func TestMintRace(t *testing.T) {
 			})
 		}
 	}
-	time.Sleep(3 * time.Second)
+	// Until tokens were minted again (twice as many mints as locations)
+	// and a worker waited for a peer's mint, not for a fixed time: a CI run
+	// once got through only 200 calls in 3 s, one per location.
+	require.Eventually(t, func() bool { return b.count("ok") >= int64(2*len(locs)) && b.count("lost_race") > 0 },
+		60*time.Second, 20*time.Millisecond)
 	stop.Store(true)
 	wg.Wait()
 
