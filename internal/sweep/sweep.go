@@ -110,9 +110,13 @@ redis.call("HINCRBY", KEYS[1], "found_sms", ARGV[7])
 redis.call("HINCRBY", KEYS[1], "found_email", ARGV[8])
 redis.call("HINCRBY", KEYS[1], "enqueued", ARGV[9])
 if ARGV[11] ~= "0" then redis.call("HINCRBY", KEYS[1], "no_email_id", ARGV[11]) end
-redis.call("HINCRBY", KEYS[2], "sweep_pages", 1)
-redis.call("HINCRBY", KEYS[2], "sweep_seen", ARGV[5])
-redis.call("HINCRBY", KEYS[2], "sweep_found", ARGV[6])
+-- A campaign whose counters are gone (expired, deleted) is not brought
+-- back as a hash of sweep counters with no expiry and no total.
+if redis.call("EXISTS", KEYS[2]) == 1 then
+  redis.call("HINCRBY", KEYS[2], "sweep_pages", 1)
+  redis.call("HINCRBY", KEYS[2], "sweep_seen", ARGV[5])
+  redis.call("HINCRBY", KEYS[2], "sweep_found", ARGV[6])
+end
 return 1`)
 
 // endScript ends a location's sweep once: done, or failed with a dead
@@ -122,14 +126,19 @@ return 1`)
 var endScript = redis.NewScript(ledger.Lua + `
 if redis.call("HSETNX", KEYS[1], "ended", ARGV[3]) == 0 then return 0 end
 redis.call("HSET", KEYS[1], "phase", ARGV[1], "cursor", "", "error", ARGV[7])
-redis.call("PEXPIRE", KEYS[1], ARGV[4]) -- kept as long as its campaign (recreated if it had expired)
+redis.call("PEXPIRE", KEYS[1], ARGV[4]) -- kept as long as its campaign
+if ARGV[1] == "failed" then
+  redis.call("HSET", KEYS[2], ARGV[6], ARGV[5])
+  redis.call("ZADD", KEYS[3], ARGV[3], ARGV[6])
+end
+-- A campaign that is gone stays gone (as for a task's outcome): the
+-- sweep's state and dead letter record how it ended.
 local k = ck(ARGV[2])
+if redis.call("EXISTS", k) == 0 then return 1 end
 redis.call("HINCRBY", k, "sweeps_done", 1)
 if ARGV[1] == "failed" then
   redis.call("HINCRBY", k, "sweeps_failed", 1)
   redis.call("SADD", k .. ":failed_sweeps", ARGV[6])
-  redis.call("HSET", KEYS[2], ARGV[6], ARGV[5])
-  redis.call("ZADD", KEYS[3], ARGV[3], ARGV[6])
 end
 cfinish(ARGV[2], tonumber(ARGV[3]))
 ctouch(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
@@ -89,4 +90,33 @@ func TestSweepByContactThenLocation(t *testing.T) {
 	require.Equal(t, 2.0, testutil.ToFloat64(b.worker.Metrics.Sweeps.WithLabelValues("done")))
 	require.Positive(t, testutil.ToFloat64(b.worker.Metrics.TasksProcessed.WithLabelValues(tasks.TypeSweep, tasks.OutcomeSwept)))
 	require.Positive(t, b.validator.Checked()["GET /conversations/messages/export 200"], "export exchanges checked against the official spec")
+}
+
+// TestSweepEndsWithoutBringingBackAGoneCampaign: a sweep whose campaign's
+// counters are gone (expired or deleted) while its page is read ends
+// without recreating them: its page and end used to write sweep counters
+// into a new hash with no expiry, a campaign "sweeps 1 of 0" that never
+// completes. The sweep's own state still records the end.
+func TestSweepEndsWithoutBringingBackAGoneCampaign(t *testing.T) {
+	t.Parallel()
+	// Every answer takes 2 s: the campaign is deleted while the first
+	// (and only) page is on its way.
+	b := setup(t, sandbox.Config{RateMax: -1, Faults: sandbox.Faults{Latency: 2 * time.Second}}, producer.Config{},
+		func(c *worker.Config) { c.NoPacing = true; c.GHL.Timeout = 10 * time.Second })
+	ctx := context.Background()
+	st, err := b.producer.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, CampaignID: "swept-gone"})
+	require.NoError(t, err)
+	k := ledger.CampaignKey("swept-gone")
+	n, err := b.rdb.Del(ctx, k, k+":outcomes", k+":retrying", k+":locations", k+":failed_sweeps", k+":sweeplist").Result()
+	require.NoError(t, err)
+	require.Positive(t, n)
+	state := producer.SweepStateKey(st.SweepID, locGood)
+	require.Eventually(t, func() bool { return b.rdb.HExists(ctx, state, "ended").Val() }, 30*time.Second, 50*time.Millisecond)
+	require.Equal(t, "done", b.rdb.HGet(ctx, state, "phase").Val())
+	_, ok, err := campaign.New(b.rdb, 0).Get(ctx, "swept-gone")
+	require.NoError(t, err)
+	require.False(t, ok, "a gone campaign came back")
+	left, err := b.rdb.Keys(ctx, k+"*").Result()
+	require.NoError(t, err)
+	require.Empty(t, left)
 }
