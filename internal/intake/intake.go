@@ -657,8 +657,10 @@ func (s *Server) getDeadLetters(w http.ResponseWriter, r *http.Request) {
 		limit = n
 	}
 	f := deadletter.Filter{Reason: q.Get("reason"), CampaignID: q.Get("campaign_id"), LocationID: q.Get("location_id"), Kind: q.Get("kind")}
-	if f.Kind != "" && f.Kind != "message" && f.Kind != "email" {
-		writeError(w, http.StatusBadRequest, client.CodeInvalidParameter, `kind: want "message" or "email"`, nil, 0)
+	// The dead-letter store's own check: sweeps dead-letter too, and the
+	// console and the CLI filter on them.
+	if err := f.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, client.CodeInvalidParameter, err.Error(), nil, 0)
 		return
 	}
 	recs, next, err := s.dead.Page(r.Context(), f, q.Get("cursor"), limit)

@@ -372,6 +372,14 @@ func TestCampaignAndDeadLetters(t *testing.T) {
 		}
 	}
 	require.Len(t, seen, 200)
+	// Sweeps dead-letter too: the API filters on them as the console and
+	// the CLI do (it used to refuse kind=sweep).
+	require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: "sweep:s1:loc1", Kind: "sweep", LocationID: "loc1",
+		Queue: "default", Reason: "server_error", Attempts: 3}))
+	var sweeps client.DeadLetterPage
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/dead-letters?kind=sweep", auth, nil, &sweeps).StatusCode)
+	require.Len(t, sweeps.DeadLetters, 1)
+	require.Equal(t, "sweep:s1:loc1", sweeps.DeadLetters[0].TaskID)
 	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "kind=fax", "cursor=zzz"} {
 		eb = client.ErrorBody{}
 		e.errBody(e.do(http.MethodGet, "/v1/dead-letters?"+q, auth, nil, &eb), eb, http.StatusBadRequest, client.CodeInvalidParameter)
