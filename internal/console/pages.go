@@ -275,9 +275,7 @@ func filterFrom(v url.Values) (deadFilter, deadletter.Filter, error) {
 	df := deadFilter{Reason: strings.TrimSpace(v.Get("reason")), Campaign: v.Get("campaign"),
 		Location: v.Get("location"), Kind: v.Get("kind"), Age: v.Get("age")}
 	f := deadletter.Filter{Reason: df.Reason, CampaignID: df.Campaign, LocationID: df.Location, Kind: df.Kind}
-	switch df.Kind {
-	case "", "message", "email", "sweep":
-	default:
+	if f.Validate() != nil { // the kind: ages come from the list below
 		return df, f, errors.New("kind: message, email or sweep")
 	}
 	found := false

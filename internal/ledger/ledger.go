@@ -211,6 +211,12 @@ local function cfinish(c, now)
     redis.call("HDEL", (ck(c)), "finished_at")
   end
 end
+-- clive: a campaign exists while its counters hash does. One that expired
+-- or was deleted is gone: outcomes, retries and sweeps do not bring it
+-- back (only the enqueue rule's cadd starts a campaign).
+local function clive(c)
+  return redis.call("EXISTS", (ck(c))) == 1
+end
 local function ctouch(c, now, ttl)
   local k, ko, kr, kl = ck(c)
   redis.call("HSET", k, "updated_at", now)
@@ -359,8 +365,8 @@ if ARGV[11] ~= "" then redis.call("ZREM", "ghlcancel:rl:wait:{" .. ARGV[11] .. "
 -- A campaign whose counters expired (or were deleted) while the task
 -- waited is gone: counting the outcome would bring it back with no total
 -- and no start, "running" forever. The record keeps the outcome.
-local k, ko, kr = ck(campaign)
-if campaign ~= "" and redis.call("EXISTS", k) == 1 then
+if campaign ~= "" and clive(campaign) then
+  local k, ko, kr = ck(campaign)
   if redis.call("HSETNX", ko, id, row) == 1 then
     redis.call("HINCRBY", k, outcome, 1)
     if reason ~= "" then redis.call("HINCRBY", k, reason_field(outcome, reason), 1) end
@@ -468,7 +474,7 @@ if redis.call("HEXISTS", KEYS[1], "o") == 1 then return 0 end
 if ARGV[3] ~= "" and redis.call("HGET", KEYS[1], "s") == ARGV[3] then redis.call("HSET", KEYS[1], "s", "") end
 if ARGV[2] ~= "" then
   local k, ko, kr = ck(ARGV[2])
-  if redis.call("EXISTS", k) == 1 and redis.call("HEXISTS", ko, ARGV[1]) == 0 then
+  if clive(ARGV[2]) and redis.call("HEXISTS", ko, ARGV[1]) == 0 then
     local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[4])
     redis.call("SADD", kr, ARGV[1])
     local updated = tonumber(redis.call("HGET", k, "updated_at") or "0")

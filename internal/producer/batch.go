@@ -98,11 +98,11 @@ for i = 0, n - 1 do
   end
 end
 for c, cids in pairs(ids) do
-  local k, ko = ck(c)
+  local _, ko = ck(c)
   -- Rows of a campaign that is gone are no one's (an outcomes hash once
   -- could outlive its campaign): only a live campaign's rows count.
   local v = {}
-  if redis.call("EXISTS", k) == 1 then v = redis.call("HMGET", ko, unpack(cids)) end
+  if clive(c) then v = redis.call("HMGET", ko, unpack(cids)) end
   for j, id in ipairs(cids) do
     if v[j] then
       rows[c] = rows[c] or {}
@@ -149,7 +149,7 @@ for i = 0, n - 1 do
       -- recorded (an archived copy next to a true outcome is only stale).
       local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
       local runs = not (o and not dead and force ~= "1")
-      if runs and campaign == "" and prevc and prevc ~= "" and redis.call("EXISTS", (ck(prevc))) == 1 then
+      if runs and campaign == "" and prevc and prevc ~= "" and clive(prevc) then
         -- Sent again without a campaign, it stays in the one it has: the
         -- caller sends it again under that campaign (nothing changed here).
         res[i+1] = 4
@@ -169,7 +169,7 @@ for i = 0, n - 1 do
             -- Its campaign still exists: take the old outcome out of it (and
             -- move the message if it is sent under another campaign). If the
             -- campaign expired, the message counts as new where it is sent.
-            if prevc ~= "" and redis.call("EXISTS", (ck(prevc))) == 1 then
+            if prevc ~= "" and clive(prevc) then
               creopen(prevc, id)
               count(prevc, 0, "")
               if prevc ~= campaign then

@@ -133,8 +133,8 @@ if ARGV[1] == "failed" then
 end
 -- A campaign that is gone stays gone (as for a task's outcome): the
 -- sweep's state and dead letter record how it ended.
+if not clive(ARGV[2]) then return 1 end
 local k = ck(ARGV[2])
-if redis.call("EXISTS", k) == 0 then return 1 end
 redis.call("HINCRBY", k, "sweeps_done", 1)
 if ARGV[1] == "failed" then
   redis.call("HINCRBY", k, "sweeps_failed", 1)
