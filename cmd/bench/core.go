@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -323,6 +324,17 @@ func sandboxMain(ctx context.Context, args []string, stdout io.Writer) error {
 	agency := fs.String("agency", "", "also an agency (Company) whose app is installed at every location; its refresh token goes to <tokens-out>.agency")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if path := os.Getenv("BENCH_SANDBOX_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	sb := sandbox.New(sandbox.Config{RateMax: *rate, RateInterval: *interval, RateWindow: *window, DailyLimit: *daily,
 		Faults: sandbox.Faults{Latency: *latency}})

@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -62,7 +63,9 @@ const (
 	// once); if it comes back after all, it queues again as a fresh call.
 	// Long, because asynq puts a due task behind the whole pending backlog.
 	staleWaiter = 10 * time.Minute
-	// probePoll is how often calls waiting for a location's first answer ask again.
+	// probePoll is how often calls waiting for a location's first answer
+	// ask again (when the answer comes to another worker process; in this
+	// one, learning the limit wakes them at once).
 	probePoll = 100 * time.Millisecond
 	// ProbeBurst is how many calls a location with no known limit gets
 	// before the first answer tells its limit (a limit below it would see
@@ -172,6 +175,14 @@ type Limiter struct {
 
 	mu      sync.Mutex
 	learned map[string]string // what Redis holds in KeyLearned, to write only changes
+	// learnGen counts limits learned by this process; probing holds, per
+	// location, a channel closed when its limit is learned here, so calls
+	// waiting for a location's first answer go as soon as it comes rather
+	// than at their next poll.
+	learnGen atomic.Uint64
+	probing  map[string]chan struct{}
+	// probePoll: see the constant (tests lengthen it).
+	probePoll time.Duration
 
 	// booked, if set (by tests), is told of every slot booked: the task,
 	// the slot's Redis time and how long the caller was told to wait.
@@ -193,7 +204,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Limiter {
 	cfg.RecordTTL = cmp.Or(cfg.RecordTTL, ledger.RetentionDefault)
 	cfg.DailyReserve = cmp.Or(cfg.DailyReserve, DailyReserveDefault)
 	cfg.DailyPark = cmp.Or(cfg.DailyPark, DailyParkDefault)
-	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]string{}}
+	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]string{}, probing: map[string]chan struct{}{}, probePoll: probePoll}
 }
 
 // Allowance is what the limiter lets through for a limit: at most N calls
@@ -243,7 +254,7 @@ type Request struct {
 // ARGV: 1 default N, 2 default period, 3 override N (0: none), 4 override
 // period, 5 margin, 6 max wait, 7 lead, 8 location (unused), 9 task id, 10
 // urgent (1/0), 11 campaign, 12 the delivery's mark, 13 record ttl ms, 14
-// probe wait, 15 no record (1/0), 16 urgent reserve.
+// probe wait, 15 no record (1/0), 16 urgent reserve, 17 probe poll.
 // Returns {code, wait µs, recorded row or earlier-call flag, cooled}:
 // code 1 granted (wait, then call; [3] "1" if an earlier call went out;
 // a 5th element, the slot's Redis time in µs, for Limiter.booked),
@@ -288,7 +299,7 @@ if not learned and n >= ` + strconv.Itoa(ProbeBurst) + ` then
   -- A few probe calls first: their answers' headers tell the limit.
   local last = tonumber(redis.call("ZRANGE", KEYS[1], -1, -1, "WITHSCORES")[2])
   local until_ = last + tonumber(ARGV[14])
-  if now < until_ then return {3, math.min(until_ - now, ` + strconv.FormatInt(probePoll.Microseconds(), 10) + `), "", 0} end
+  if now < until_ then return {3, math.min(until_ - now, tonumber(ARGV[17])), "", 0} end
 end
 local room = now
 if n >= cap then
@@ -381,10 +392,11 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 	}
 	var waited time.Duration
 	for {
+		gen := l.learnGen.Load()
 		v, err := admitScript.Run(ctx, l.rdb, keys, l.cfg.Default.N, l.cfg.Default.Period.Microseconds(), on, op,
 			strconv.FormatFloat(l.cfg.Margin, 'f', -1, 64), l.cfg.MaxWait.Microseconds(), l.cfg.Lead.Microseconds(),
 			r.Location, r.TaskID, urgent, r.Campaign, r.Mark, l.cfg.RecordTTL.Milliseconds(), l.cfg.ProbeWait.Microseconds(), norec,
-			l.cfg.UrgentReserve).Slice()
+			l.cfg.UrgentReserve, l.probePoll.Microseconds()).Slice()
 		if err != nil {
 			return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
 		}
@@ -395,10 +407,11 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		case 2:
 			return ledger.ParseAdmission(v[2], nil)
 		case 3: // waiting for the probe's answer
-			if err := sleep(ctx, wait); err != nil {
+			start := time.Now()
+			if err := l.awaitLearn(ctx, r.Location, gen, wait); err != nil {
 				return ledger.Admission{}, err
 			}
-			waited += wait
+			waited += time.Since(start)
 			continue
 		case 0:
 			reason := "pacing"
@@ -458,6 +471,34 @@ func (l *Limiter) coolReason(ctx context.Context, location string) string {
 		return "daily"
 	}
 	return "cooldown"
+}
+
+// awaitLearn waits up to d for a location's limit to be learned by this
+// process (another process's answer is seen at the next poll). gen is the
+// learn count read before the admission that said to wait: a limit learned
+// since then returns at once.
+func (l *Limiter) awaitLearn(ctx context.Context, location string, gen uint64, d time.Duration) error {
+	l.mu.Lock()
+	if l.learnGen.Load() != gen {
+		l.mu.Unlock()
+		return ctx.Err()
+	}
+	ch := l.probing[location]
+	if ch == nil {
+		ch = make(chan struct{})
+		l.probing[location] = ch
+	}
+	l.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -548,6 +589,11 @@ func (l *Limiter) learn(ctx context.Context, location, v string) error {
 	}
 	l.mu.Lock()
 	l.learned[location] = v
+	l.learnGen.Add(1) // under mu: awaitLearn reads it there before waiting
+	if ch := l.probing[location]; ch != nil {
+		close(ch) // the calls waiting for this location's first answer
+		delete(l.probing, location)
+	}
 	l.mu.Unlock()
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -189,6 +190,58 @@ func TestUnlearnedLocationProbesFirst(t *testing.T) {
 	require.Zero(t, waits[ProbeBurst+1], "two more right after the answer (12 per span)")
 	require.GreaterOrEqual(t, slots[ProbeBurst+2].Sub(slots[0]), 1020*time.Millisecond, "the rest wait for the span: the learned limit holds")
 	require.LessOrEqual(t, mostInAnySpan(slots, time.Second), 12)
+}
+
+// TestProbeWaitersGoWhenTheAnswerComes: calls waiting for a location's first
+// answer go as soon as this process learns the limit, not at their next
+// poll (an hour here, so only the wake can release them); an answer another
+// process learns is seen at the next poll.
+func TestProbeWaitersGoWhenTheAnswerComes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	for _, tc := range []struct {
+		name      string
+		poll      time.Duration
+		elsewhere bool // the answer comes to another worker process
+	}{
+		{name: "answer here wakes them", poll: time.Hour},
+		{name: "answer elsewhere, seen at the next poll", poll: 20 * time.Millisecond, elsewhere: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			loc := "locWake" + strings.ReplaceAll(tc.name, " ", "")
+			// ProbeWait is a minute: nothing but the wake or the poll ends the wait.
+			cfg := Config{Default: Limit{N: 100, Period: time.Second}, ProbeWait: time.Minute}
+			l := New(rdb, cfg)
+			l.probePoll = tc.poll
+			for i := range ProbeBurst {
+				_, err := l.Admit(ctx, req(loc, fmt.Sprint("probe", i)))
+				require.NoError(t, err)
+			}
+			done := make(chan error, 3)
+			for i := range 3 {
+				go func() {
+					_, err := l.Admit(ctx, req(loc, fmt.Sprint("w", i)))
+					done <- err
+				}()
+			}
+			require.Never(t, func() bool { return len(done) > 0 }, 200*time.Millisecond, 10*time.Millisecond,
+				"calls past the probe burst wait for an answer")
+			answered := l
+			if tc.elsewhere {
+				answered = New(rdb, cfg)
+			}
+			learn(t, answered, loc, 100, time.Second)
+			for range 3 {
+				select {
+				case err := <-done:
+					require.NoError(t, err)
+				case <-time.After(30 * time.Second):
+					t.Fatal("a waiting call was not released by the answer")
+				}
+			}
+		})
+	}
 }
 
 // TestUrgentDuringCooldownStaysWithinTheLimit: urgent calls made during a
