@@ -23,6 +23,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -563,6 +564,15 @@ func validIdempotencyKey(k string) bool {
 	return true
 }
 
+// requestDigest names a sweep request by its meaning, not its bytes: the
+// decoded request encoded again (fields in one order, times in one form),
+// hashed. A retry of the same request matches whatever its spacing.
+func requestDigest(req client.SweepRequest) string {
+	b, _ := json.Marshal(req)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
 // postSweeps starts one sweep task per location (POST /v1/sweeps).
 func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
@@ -591,6 +601,7 @@ func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		sr.DedupeKey, sr.DedupeTTL = idempotencyKeyPrefix+key, IdempotencyTTL
+		sr.DedupeRequest = requestDigest(req)
 	}
 	if sr.Lane == "" && (sr.ContactID != "" || sr.ConversationID != "") {
 		sr.Lane = tasks.QueueDefault
@@ -606,6 +617,10 @@ func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, producer.ErrDuplicate) && st.SweepID != "":
 		w.Header().Set("Idempotent-Replayed", "true")
 		writeJSON(w, http.StatusAccepted, client.SweepResponse(st))
+		return
+	case errors.Is(err, producer.ErrDedupeMismatch):
+		writeError(w, http.StatusUnprocessableEntity, client.CodeIdempotencyKeyReused, client.HeaderIdempotencyKey+
+			" was used within 24 h for a different sweep request; nothing was started: send a new key for a new sweep", nil, 0)
 		return
 	case errors.Is(err, producer.ErrDuplicate):
 		writeError(w, http.StatusConflict, client.CodeDuplicateRequest, client.HeaderIdempotencyKey+" was used, and its first answer is gone; its sweep was queued", nil, 0)

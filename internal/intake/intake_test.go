@@ -486,6 +486,31 @@ func TestSweeps(t *testing.T) {
 	require.NotEqual(t, first.SweepID, other.SweepID)
 	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/idem", auth, nil, &st).StatusCode)
 	require.Equal(t, int64(2), st.Sweeps, "k-1 once, k-2 once: the repeat started nothing")
+	// The same request spelt otherwise (spacing, field order) is the same
+	// request; the key sent with another request is refused and starts
+	// nothing, rather than answering with a sweep that is not this one's.
+	resp = e.do(http.MethodPost, "/v1/sweeps", idem("k-1"), []byte(`{ "campaign_id": "idem",  "location_ids": ["locI"] }`), &again)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, first, again)
+	var reused client.ErrorBody
+	for _, otherBody := range []string{`{"location_ids":["locJ"],"campaign_id":"idem"}`, `{"location_ids":["locI"],"campaign_id":"idem","channel":"sms"}`,
+		`{"location_ids":["locI"]}`} {
+		resp = e.do(http.MethodPost, "/v1/sweeps", idem("k-1"), []byte(otherBody), &reused)
+		e.errBody(resp, reused, http.StatusUnprocessableEntity, client.CodeIdempotencyKeyReused)
+		require.Empty(t, resp.Header.Get("Idempotent-Replayed"), otherBody)
+		require.Contains(t, reused.Error.Message, "new key", otherBody)
+	}
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/idem", auth, nil, &st).StatusCode)
+	require.Equal(t, int64(2), st.Sweeps, "a reused key started nothing")
+	// A key claimed before requests were kept with their answer answers
+	// any repeat, as it did then.
+	old, err := json.Marshal(first)
+	require.NoError(t, err)
+	require.NoError(t, e.rdb.Set(context.Background(), "ghlcancel:idem:sweeps:k-older", old, time.Hour).Err())
+	resp = e.do(http.MethodPost, "/v1/sweeps", idem("k-older"), []byte(`{"location_ids":["locZ"]}`), &again)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	require.Equal(t, first, again)
 	var eb client.ErrorBody
 	e.errBody(e.do(http.MethodPost, "/v1/sweeps", idem(strings.Repeat("k", 129)), body, &eb), eb, http.StatusBadRequest, client.CodeInvalidRequest)
 	// A key whose first answer is not there to give (claimed without one):

@@ -47,6 +47,11 @@ type SweepRequest struct {
 	// delivery queues nothing twice and a failed one leaves no claim.
 	DedupeKey string
 	DedupeTTL time.Duration
+	// DedupeRequest, when set, names what was asked under DedupeKey (a
+	// digest of the request): it is kept with the first answer, and a
+	// repeat of the key that asks something else gets ErrDedupeMismatch
+	// instead of that answer.
+	DedupeRequest string
 	// revive is the task id of a failed sweep's dead letter this one
 	// replays (ReviveSweep).
 	revive string
@@ -56,6 +61,19 @@ type SweepRequest struct {
 // returns the first sweep's SweepStarted when the key holds it (a key
 // claimed before answers were stored holds none).
 var ErrDuplicate = errors.New("sweep: already queued for this dedupe key")
+
+// ErrDedupeMismatch: SweepRequest.DedupeKey was claimed by a request other
+// than this one (its DedupeRequest differs). Nothing is queued; the first
+// answer is not this request's, so it is not returned.
+var ErrDedupeMismatch = errors.New("sweep: the dedupe key was used for a different request")
+
+// dedupeAnswer is what a dedupe key holds: the first answer, and what was
+// asked (absent in keys written before requests were kept, or by callers
+// that name none: those answer any repeat).
+type dedupeAnswer struct {
+	SweepStarted
+	Request string `json:"request,omitempty"`
+}
 
 // SweepStarted says what Sweep queued.
 type SweepStarted struct {
@@ -189,7 +207,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	if err := p.publish(ctx, queue); err != nil {
 		return SweepStarted{}, err
 	}
-	answer, err := json.Marshal(st)
+	answer, err := json.Marshal(dedupeAnswer{SweepStarted: st, Request: r.DedupeRequest})
 	if err != nil {
 		return SweepStarted{}, err
 	}
@@ -201,7 +219,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	switch n {
 	case -1:
 		// The answer of the sweep that took the key, when it is still there.
-		var first SweepStarted
+		var first dedupeAnswer
 		b, err := p.rdb.Get(ctx, r.DedupeKey).Bytes()
 		switch {
 		case err == nil:
@@ -209,7 +227,10 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		case !errors.Is(err, redis.Nil):
 			return SweepStarted{}, fmt.Errorf("%w: reading the first answer: %w", ErrUnavailable, err)
 		}
-		return first, ErrDuplicate
+		if first.Request != "" && r.DedupeRequest != "" && first.Request != r.DedupeRequest {
+			return SweepStarted{}, ErrDedupeMismatch
+		}
+		return first.SweepStarted, ErrDuplicate
 	case -2:
 		return SweepStarted{}, errRevived
 	}
