@@ -297,8 +297,13 @@ func SweepItems(p tasks.SweepPayload, msgs []ghl.ExportedMessage) (items []Item,
 			}
 		}
 		scheduled++
+		// Forced: HighLevel lists it as scheduled now, which is newer than
+		// any outcome recorded for it (expired, not found, or cancelled and
+		// then scheduled again): it is cancelled again, not answered
+		// "already done" while it is left to go out. A message already
+		// queued stays queued.
 		it := Item{Kind: ghl.KindMessage, MessageID: m.ID, LocationID: p.LocationID, CampaignID: p.CampaignID, Queue: p.Lane,
-			Event: p.Event, EventAt: p.EventAt}
+			Event: p.Event, EventAt: p.EventAt, Force: true}
 		if m.IsEmail() {
 			ids := m.Meta.Email.MessageIDs
 			if len(ids) == 0 {

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
@@ -90,6 +92,68 @@ func TestSweepByContactThenLocation(t *testing.T) {
 	require.Equal(t, 2.0, testutil.ToFloat64(b.worker.Metrics.Sweeps.WithLabelValues("done")))
 	require.Positive(t, testutil.ToFloat64(b.worker.Metrics.TasksProcessed.WithLabelValues(tasks.TypeSweep, tasks.OutcomeSwept)))
 	require.Positive(t, b.validator.Checked()["GET /conversations/messages/export 200"], "export exchanges checked against the official spec")
+}
+
+// TestSweepCancelsWhatAnEarlierOutcomeLeftScheduled: a message whose cancel
+// ended without cancelling it (expired: its send time had passed by the
+// time given) and that HighLevel's export still lists as scheduled is
+// cancelled by a later sweep. The export is newer than the recorded
+// outcome: the sweep used to answer "already done" from it and report the
+// campaign complete while the message was left to go out. Running the
+// same sweep again afterwards calls nothing.
+func TestSweepCancelsWhatAnEarlierOutcomeLeftScheduled(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{RateMax: -1}, producer.Config{}, func(c *worker.Config) { c.NoPacing = true })
+	ctx := context.Background()
+	added := b.sb.AddMessages(locGood, sandbox.MessageSpec{Contact: "late01"}, sandbox.MessageSpec{Contact: "late01"},
+		sandbox.MessageSpec{Contact: "late01"})
+	// Two of the three were sent to a campaign with a send time already
+	// past: they end expired, without a call.
+	past := time.Now().Add(-time.Hour).Unix()
+	var items []producer.Item
+	for _, a := range added[:2] {
+		items = append(items, producer.Item{Kind: ghl.KindMessage, MessageID: a.CancelID, LocationID: locGood, CampaignID: "first", SendAt: past})
+	}
+	for _, r := range b.producer.EnqueueBatch(ctx, items) {
+		require.Equal(t, producer.Enqueued, r.Status, r.Err)
+	}
+	tr := campaign.New(b.rdb, 0)
+	require.Eventually(t, func() bool { s, _, _ := tr.Get(ctx, "first"); return s.Complete }, 30*time.Second, 50*time.Millisecond)
+	s, _, err := tr.Get(ctx, "first")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), s.Expired)
+	for _, a := range added {
+		status, _, _ := b.sb.MessageStatus(a.CancelID)
+		require.Equal(t, sandbox.StatusScheduled, status)
+	}
+
+	for round := range 2 {
+		camp := fmt.Sprint("replied-", round)
+		_, err = b.producer.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, ContactID: "late01", CampaignID: camp})
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { s, _, _ := tr.Get(ctx, camp); return s.Complete }, 30*time.Second, 50*time.Millisecond)
+		s, _, err = tr.Get(ctx, camp)
+		require.NoError(t, err)
+		for _, a := range added {
+			status, cancels, _ := b.sb.MessageStatus(a.CancelID)
+			require.Equal(t, sandbox.StatusCancelled, status, "round %d: %+v is still scheduled", round, a)
+			require.Equal(t, 1, cancels, "round %d: cancelled once", round)
+		}
+		if round == 0 {
+			require.Equal(t, int64(3), s.SweepFound)
+			require.Equal(t, int64(3), s.Total, "every message found scheduled is queued")
+			require.Equal(t, int64(3), s.Cancelled)
+		} else {
+			require.Zero(t, s.SweepFound, "the second sweep finds nothing scheduled")
+			require.Zero(t, s.Total)
+		}
+	}
+	// The two expired messages moved to the sweep's campaign with their new
+	// outcome, as a message sent again under another campaign does.
+	s, _, err = tr.Get(ctx, "first")
+	require.NoError(t, err)
+	require.Zero(t, s.Total)
+	require.Zero(t, s.Expired)
 }
 
 // TestSweepEndsWithoutBringingBackAGoneCampaign: a sweep whose campaign's
