@@ -75,7 +75,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.DurationVar(&o.rateInterval, "rate-interval", 10*time.Second, "sandbox rate-limit window")
 	fs.Float64Var(&o.faultRate, "fault-rate", 0.05, "share of sandbox answers that are 5xx")
 	fs.DurationVar(&o.latency, "latency", 20*time.Millisecond, "sandbox latency per call")
-	fs.StringVar(&o.redisURL, "redis-url", getenv("REDIS_URL"), "use this Redis instead of the embedded one (env REDIS_URL)")
+	// Not REDIS_URL: a shell set up for a real deployment would hand the
+	// demo's worker that Redis's queue, with sandbox tokens.
+	fs.StringVar(&o.redisURL, "redis-url", "", "use this Redis instead of the embedded one: an empty database (REDIS_URL is not read)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "where to serve /metrics, /healthz, /readyz")
 	fs.StringVar(&o.workDir, "dir", "", "where to write the campaign CSV and tokens file (default: a temp dir)")
 	fs.BoolVar(&o.exit, "exit", false, "exit when done instead of serving metrics until Ctrl-C")
@@ -106,6 +108,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer mr.Close()
 		redisURL = "redis://" + mr.Addr() + "/0"
 		fmt.Fprintf(stdout, "redis:    embedded (miniredis) at %s\n", redisURL)
+		if getenv("REDIS_URL") != "" {
+			fmt.Fprintln(stdout, "          (REDIS_URL is set and not used: the demo runs on -redis-url only)")
+		}
 	} else {
 		fmt.Fprintf(stdout, "redis:    %s\n", redisURL)
 	}
@@ -118,6 +123,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer rdb.Close()
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("cannot reach Redis at %s: %w", ropt.Addr, err)
+	}
+	if o.redisURL != "" {
+		// The demo's worker takes whatever ghlcancel tasks that database
+		// holds (with sandbox tokens: real cancels would be dead-lettered)
+		// and its campaigns mix with what is there, an earlier demo's too.
+		n, err := rdb.DBSize(ctx).Result()
+		if err != nil {
+			return fmt.Errorf("redis at %s: %w", ropt.Addr, err)
+		}
+		if n > 0 {
+			return fmt.Errorf("redis database %d at %s holds %d keys: the demo's worker would take any tasks queued there and its results would mix with what is there; "+
+				"give -redis-url an empty database (e.g. redis://%s/15), or empty this one if it only holds an earlier demo (redis-cli -u '<url>' FLUSHDB)",
+				ropt.DB, ropt.Addr, n, ropt.Addr)
+		}
 	}
 
 	// Sandbox API with scheduled messages.

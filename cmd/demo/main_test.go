@@ -6,7 +6,13 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/redistest"
 )
+
+var redisServer *redistest.Server
+
+func TestMain(m *testing.M) { redistest.Main(m, &redisServer) }
 
 // TestDemoRunsEndToEnd runs the README's first command, scaled down, on the
 // embedded Redis: it must verify every scheduled message cancelled.
@@ -27,6 +33,44 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 	require.Contains(t, out.String(), "webhook:  a tampered one for contactBob00: 401 {\"result\":\"bad_signature\"")
 	require.Contains(t, out.String(), "verified in the sandbox: Alice's 9 scheduled SMS and emails cancelled")
 	require.Regexp(t, `sweep sw\S+ \(InboundMessage wh\S+\): contact contactAlice in demoLocationSweep001, all: 9 still scheduled \(6 SMS, 3 email\), 9 cancels queued, done`, out.String())
+}
+
+// TestDemoLeavesARealRedisAlone: REDIS_URL, exported for a real
+// deployment, is not the demo's Redis (its worker would take that queue's
+// cancels with sandbox tokens and dead-letter them); -redis-url must name
+// an empty database, so a second demo on the same one is refused too.
+func TestDemoLeavesARealRedisAlone(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	rdb := redistest.ClientFor(t, url)
+	ctx := context.Background()
+	require.NoError(t, rdb.LPush(ctx, "asynq:{bulk}:pending", "msg:realMessage0001").Err())
+	small := []string{"-exit", "-locations", "1", "-messages", "5", "-unknown", "0", "-bad-token", "0", "-rate", "50", "-rate-interval", "1s",
+		"-metrics-addr", "127.0.0.1:0", "-dir", t.TempDir()}
+	env := func(k string) string {
+		if k == "REDIS_URL" {
+			return url
+		}
+		return ""
+	}
+	var out, errw bytes.Buffer
+	require.NoError(t, run(ctx, small, env, &out, &errw), "stdout:\n%s\nstderr:\n%s", out.String(), errw.String())
+	require.Contains(t, out.String(), "redis:    embedded")
+	require.Contains(t, out.String(), "REDIS_URL is set and not used")
+	require.Equal(t, []string{"msg:realMessage0001"}, rdb.LRange(ctx, "asynq:{bulk}:pending", 0, -1).Val(), "the real queue was touched")
+	require.Equal(t, int64(1), rdb.DBSize(ctx).Val())
+
+	err := run(ctx, append(small, "-redis-url", url), env, &bytes.Buffer{}, &bytes.Buffer{})
+	require.ErrorContains(t, err, "holds 1 keys")
+	require.ErrorContains(t, err, "empty database")
+	require.Equal(t, int64(1), rdb.DBSize(ctx).Val(), "a refused demo wrote nothing")
+
+	// An empty database is the demo's to use.
+	empty := redisServer.URL(t)
+	out.Reset()
+	require.NoError(t, run(ctx, append(small, "-redis-url", empty), env, &out, &errw), "stdout:\n%s\nstderr:\n%s", out.String(), errw.String())
+	require.Contains(t, out.String(), "redis:    "+empty)
+	require.Contains(t, out.String(), "verified in the sandbox: 5/5 scheduled messages cancelled")
 }
 
 func TestDemoRejectsBadFlags(t *testing.T) {
