@@ -229,6 +229,68 @@ func TestTokensSetNeverEchoes(t *testing.T) {
 	require.ErrorContains(t, r.err, "--location")
 }
 
+// TestTokensSetRefusesAnotherOrAStoredPair: a pair whose answer says it is
+// another location's (or company's, or of the other kind) is refused: its
+// first refresh would use up the other one's refresh token. Loading a pair
+// again over a stored one needs --replace: workers rotate the stored one, so
+// the file loaded before is likely used up. Refusals change nothing stored.
+func TestTokensSetRefusesAnotherOrAStoredPair(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	key := strings.Repeat("cd", 32)
+	run2 := func(stdin string, args ...string) result {
+		var out, errw bytes.Buffer
+		err := run(context.Background(), args, func(k string) string {
+			return map[string]string{envRedisURL: url, "GHL_TOKEN_KEY": key}[k]
+		}, strings.NewReader(stdin), &out, &errw)
+		return result{err: err, stdout: out.String(), stderr: errw.String()}
+	}
+	rdb := redistest.ClientFor(t, url)
+	stored := func(k string) string { return rdb.HGet(context.Background(), k, "ct").Val() }
+	const locA, locB, comp = "locR0000000000000001", "locR0000000000000002", "companyR0000000001"
+	pairOf := func(loc, userType, company string) string {
+		return fmt.Sprintf(`{"access_token":"at-SECRET","refresh_token":"rt-SECRET-%s","expires_in":86399,"userType":%q,"locationId":%q,"companyId":%q}`,
+			loc+userType, userType, loc, company)
+	}
+	r := run2(pairOf(locA, "Location", comp), "tokens", "set", "--location", locA)
+	require.NoError(t, r.err, r.stderr)
+	first := stored("ghlcancel:oauth:{" + locA + "}")
+	require.NotEmpty(t, first)
+
+	for _, tc := range []struct {
+		name, stdin string
+		args        []string
+		want        string
+	}{
+		{"another location's pair", pairOf(locA, "Location", comp), []string{"tokens", "set", "--location", locB}, "this pair is location " + locA + "'s, not " + locB + "'s"},
+		{"an agency pair as a location's", pairOf("", "Company", comp), []string{"tokens", "set", "--location", locB}, "agency (Company) pair"},
+		{"a location's pair as the agency's", pairOf(locA, "Location", comp), []string{"tokens", "agency", "set", "--company", comp}, "location's pair"},
+		{"another company's pair", pairOf("", "Company", "companyR0000000002"), []string{"tokens", "agency", "set", "--company", comp}, "company companyR0000000002's"},
+		{"the same location again", pairOf(locA, "Location", comp), []string{"tokens", "set", "--location", locA}, "has a stored pair already"},
+		{"a bare token over a stored pair", "rt-SECRET-bare\n", []string{"tokens", "set", "--location", locA}, "--replace"},
+	} {
+		r := run2(tc.stdin, tc.args...)
+		require.ErrorContains(t, r.err, tc.want, tc.name)
+		require.NotContains(t, r.err.Error(), "SECRET", tc.name)
+		require.Empty(t, r.stdout, tc.name)
+	}
+	require.Equal(t, first, stored("ghlcancel:oauth:{"+locA+"}"), "a refused pair changed the stored one")
+	require.Zero(t, rdb.Exists(context.Background(), "ghlcancel:oauth:{"+locB+"}").Val())
+
+	r = run2(pairOf(locA, "Location", comp), "tokens", "set", "--location", locA, "--replace")
+	require.NoError(t, r.err, r.stderr)
+	require.NotEqual(t, first, stored("ghlcancel:oauth:{"+locA+"}"), "--replace stores the new pair")
+
+	// The agency: once, then only with --replace.
+	r = run2(pairOf("", "Company", comp), "tokens", "agency", "set", "--company", comp)
+	require.NoError(t, r.err, r.stderr)
+	r = run2(pairOf("", "Company", comp), "tokens", "agency", "set", "--company", comp)
+	require.ErrorContains(t, r.err, "an agency pair is stored already (company "+comp+")")
+	require.ErrorContains(t, r.err, "--replace")
+	r = run2(pairOf("", "Company", comp), "tokens", "agency", "set", "--company", comp, "--replace")
+	require.NoError(t, r.err, r.stderr)
+}
+
 func TestParked(t *testing.T) {
 	t.Parallel()
 	url := redisServer.URL(t)

@@ -19,9 +19,9 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
-const tokensUsage = `usage: enqueue tokens set --location L < pair.json      (a location's OAuth pair, or a bare refresh token)
+const tokensUsage = `usage: enqueue tokens set --location L [--replace] < pair.json   (a location's OAuth pair, or a bare refresh token)
        enqueue tokens list [--json]                      (every location with a token, and which source applies)
-       enqueue tokens agency set --company C --app A < pair.json   (the agency's (Company) OAuth pair)
+       enqueue tokens agency set --company C --app A [--replace] < pair.json   (the agency's (Company) OAuth pair)
        enqueue tokens agency locations [--json]          (where the agency's app is installed, from HighLevel)
 Pairs are read from stdin, never from flags (which show in ps), and never echoed`
 
@@ -41,7 +41,10 @@ Pairs are read from stdin, never from flags (which show in ps), and never echoed
 		Args:    noArgs,
 	}
 	location := set.Flags().String("location", "", "location (sub-account) id")
-	set.RunE = func(cmd *cobra.Command, _ []string) error { return e.setPair(cmd.Context(), *location, "", false) }
+	replace := set.Flags().Bool("replace", false, "replace the pair stored for the location (workers rotate it: an old pair file is likely used up)")
+	set.RunE = func(cmd *cobra.Command, _ []string) error {
+		return e.setPair(cmd.Context(), *location, "", false, *replace)
+	}
 
 	list := &cobra.Command{Use: "list", Short: "Every location with a token, the source that applies, and expiry (no secrets)", Args: noArgs}
 	listJSON := list.Flags().Bool("json", false, "print JSON")
@@ -67,7 +70,10 @@ Pairs are read from stdin, never from flags (which show in ps), and never echoed
 	}
 	company := aset.Flags().String("company", "", "the agency's company id")
 	app := aset.Flags().String("app", "", "the marketplace app's id (HighLevel needs it to list installed locations; kept when omitted)")
-	aset.RunE = func(cmd *cobra.Command, _ []string) error { return e.setPair(cmd.Context(), *company, *app, true) }
+	areplace := aset.Flags().Bool("replace", false, "replace the agency pair stored (workers rotate it: an old pair file is likely used up)")
+	aset.RunE = func(cmd *cobra.Command, _ []string) error {
+		return e.setPair(cmd.Context(), *company, *app, true, *areplace)
+	}
 
 	locs := &cobra.Command{
 		Use:   "locations",
@@ -90,7 +96,12 @@ Pairs are read from stdin, never from flags (which show in ps), and never echoed
 }
 
 // setPair stores a location's pair, or (agency) the agency's, read from stdin.
-func (e *env) setPair(ctx context.Context, subject, app string, agency bool) error {
+// A pair the token endpoint says is another location's, another company's
+// or of the other kind is refused: its first refresh would use up the
+// other one's refresh token. A stored pair is replaced only with replace:
+// workers rotate it on every refresh, so loading a pair file again puts
+// back a refresh token that is likely used up.
+func (e *env) setPair(ctx context.Context, subject, app string, agency, replace bool) error {
 	flagName := "--location"
 	if agency {
 		flagName = "--company"
@@ -112,13 +123,37 @@ func (e *env) setPair(ctx context.Context, subject, app string, agency bool) err
 		return err
 	}
 	defer rdb.Close()
-	access, refresh, exp, err := readPair(e.stdin)
+	in, err := readPair(e.stdin)
 	if err != nil {
 		return err
 	}
+	if err := in.belongsTo(subject, agency); err != nil {
+		return usageError{err}
+	}
+	access, refresh, exp := in.AccessToken, in.RefreshToken, time.Duration(in.ExpiresIn*float64(time.Second))
 	o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: key, Company: agency})
 	if err != nil {
 		return err
+	}
+	if !replace {
+		var stored bool
+		var what string
+		if agency {
+			ai, ok, err := tokens.LoadAgency(ctx, rdb)
+			if err != nil {
+				return err
+			}
+			stored, what = ok, "an agency pair is stored already (company "+ai.Company+")"
+		} else {
+			if stored, err = o.Stored(ctx, subject); err != nil {
+				return err
+			}
+			what = "location " + subject + " has a stored pair already"
+		}
+		if stored {
+			return usageError{fmt.Errorf("%s: workers rotate its refresh token on every refresh, so a pair loaded before is likely used up "+
+				"and would break it; pass --replace to store this one (a pair the token endpoint just issued, or after reinstalling the app)", what)}
+		}
 	}
 	if !agency {
 		if err := o.Set(ctx, subject, access, refresh, exp); err != nil {
@@ -140,29 +175,54 @@ func (e *env) setPair(ctx context.Context, subject, app string, agency bool) err
 	return nil
 }
 
+// pairIn is a token endpoint answer as loaded: the pair, and whose it is
+// when the answer says (HighLevel's answers carry userType, locationId and
+// companyId; a bare refresh token says nothing).
+type pairIn struct {
+	AccessToken  string  `json:"access_token"`
+	RefreshToken string  `json:"refresh_token"`
+	ExpiresIn    float64 `json:"expires_in"`
+	UserType     string  `json:"userType"`
+	LocationID   string  `json:"locationId"`
+	CompanyID    string  `json:"companyId"`
+}
+
+// belongsTo checks what the answer says of itself against the command: a
+// location's pair for that location, the agency's for that company.
+func (in pairIn) belongsTo(subject string, agency bool) error {
+	switch {
+	case agency && strings.EqualFold(in.UserType, "Location"):
+		return fmt.Errorf("stdin: this is a location's pair (location %s), not the agency's: load it with `enqueue tokens set --location %s`", in.LocationID, cmp.Or(in.LocationID, "L"))
+	case agency && in.CompanyID != "" && in.CompanyID != subject:
+		return fmt.Errorf("stdin: this pair is company %s's, not %s's: check --company", in.CompanyID, subject)
+	case !agency && strings.EqualFold(in.UserType, "Company"):
+		return fmt.Errorf("stdin: this is an agency (Company) pair: load it with `enqueue tokens agency set --company %s`", cmp.Or(in.CompanyID, "C"))
+	case !agency && in.LocationID != "" && in.LocationID != subject:
+		return fmt.Errorf("stdin: this pair is location %s's, not %s's: load it with --location %s (its first refresh would use up %s's refresh token)",
+			in.LocationID, subject, in.LocationID, in.LocationID)
+	}
+	return nil
+}
+
 // readPair reads a token endpoint answer (JSON) or a bare refresh token.
-func readPair(stdin io.Reader) (access, refresh string, exp time.Duration, err error) {
+func readPair(stdin io.Reader) (pairIn, error) {
 	raw, err := io.ReadAll(io.LimitReader(stdin, 64<<10))
 	if err != nil {
-		return "", "", 0, err
+		return pairIn{}, err
 	}
-	var in struct {
-		AccessToken  string  `json:"access_token"`
-		RefreshToken string  `json:"refresh_token"`
-		ExpiresIn    float64 `json:"expires_in"`
-	}
+	var in pairIn
 	text := strings.TrimSpace(string(raw))
 	if strings.HasPrefix(text, "{") {
 		if err := json.Unmarshal([]byte(text), &in); err != nil {
-			return "", "", 0, errors.New("stdin: not a JSON object with refresh_token (and optionally access_token, expires_in)")
+			return pairIn{}, errors.New("stdin: not a JSON object with refresh_token (and optionally access_token, expires_in)")
 		}
 	} else {
 		in.RefreshToken = text
 	}
 	if in.RefreshToken == "" || strings.ContainsAny(in.RefreshToken, " \n\t") {
-		return "", "", 0, errors.New("stdin: no refresh token (give the token endpoint's JSON answer, or the refresh token alone)")
+		return pairIn{}, errors.New("stdin: no refresh token (give the token endpoint's JSON answer, or the refresh token alone)")
 	}
-	return in.AccessToken, in.RefreshToken, time.Duration(in.ExpiresIn * float64(time.Second)), nil
+	return in, nil
 }
 
 // tokenRow is one location in `tokens list`.

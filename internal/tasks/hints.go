@@ -29,7 +29,7 @@ func DeadLetterHint(reason string) string {
 	case string(ghl.ReasonTokenSource), ReasonLimiter, ReasonInterrupted, ReasonCircuitOpen, string(ghl.ReasonRateLimited), ReasonPaced:
 		return "The last attempt failed before a call (token source or Redis unreachable, out of time, calls paused, location busy): fix the cause, then requeue."
 	case string(ghl.ReasonInvalidGrant):
-		return "The OAuth refresh was refused for good: reinstall the app for the location, load the new pair (enqueue tokens set), then requeue."
+		return "The OAuth refresh was refused for good: reinstall the app for the location, load the new pair (enqueue tokens set --replace), then requeue."
 	case tokens.ReasonNotInstalled, tokens.ReasonLocationInactive, tokens.ReasonAgencyRevoked, tokens.ReasonMintRefused, tokens.ReasonMintFailed:
 		return tokens.MintHint(reason)
 	case ReasonPanic:

@@ -134,7 +134,7 @@ type GrantError struct {
 }
 
 func (e *GrantError) Error() string {
-	hint := "reinstall the app for this location, then load the new pair with `enqueue tokens set`"
+	hint := "reinstall the app for this location, then load the new pair with `enqueue tokens set --replace`"
 	switch {
 	case e.Agency:
 		hint = "the agency's grant is revoked or spent: install the app again at agency level, then load its pair with `enqueue tokens agency set`"
@@ -748,7 +748,7 @@ func (o *OAuth) Close() error {
 	}
 	o.mu.Unlock()
 	slices.Sort(locs)
-	return fmt.Errorf("oauth: refreshed token pairs could not be stored (check Redis) and are lost when this process exits, for locations %s: reinstall the app there, or load a new pair with `enqueue tokens set`", strings.Join(locs, ", "))
+	return fmt.Errorf("oauth: refreshed token pairs could not be stored (check Redis) and are lost when this process exits, for locations %s: reinstall the app there, or load a new pair with `enqueue tokens set --replace`", strings.Join(locs, ", "))
 }
 
 // pendingError is returned while a pending pair cannot be stored and its
@@ -961,6 +961,16 @@ func (o *OAuth) Set(ctx context.Context, location, access, refresh string, expir
 		o.releaseLock(ctx, location, pd.lockVal)
 	}
 	return nil
+}
+
+// Stored says whether a pair is stored for location (for the agency's
+// OAuth, the company).
+func (o *OAuth) Stored(ctx context.Context, location string) (bool, error) {
+	n, err := o.cfg.Redis.Exists(ctx, o.recordKey(location)).Result()
+	if err != nil {
+		return false, fmt.Errorf("oauth: read tokens: %w", err)
+	}
+	return n == 1, nil
 }
 
 // Locations lists locations with stored pairs and their access expiry.
