@@ -240,7 +240,10 @@ func describeRules(r *webhook.Rules) string {
 		return "no " + EnvAutoEvents + ": events are verified and counted, nothing is cancelled"
 	}
 	ev := make([]string, 0, len(r.Default.Events))
-	for e := range r.Default.Events {
+	for e, types := range r.Default.Events {
+		if len(types) > 0 { // limited to some message types: say which
+			e += ":" + strings.Join(types, "+")
+		}
 		ev = append(ev, e)
 	}
 	slices.Sort(ev)

@@ -14,6 +14,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/client"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
+	"github.com/ghlcancel/ghlcancel/internal/webhook"
 )
 
 var redisServer *redistest.Server
@@ -63,6 +64,7 @@ func TestConfigErrors(t *testing.T) {
 		"no file":     {map[string]string{EnvKeysFile: "/nonexistent/keys"}, "no such file"},
 		"bad event":   {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoEvents: "InboundMessage,Reply"}, `AUTO_CANCEL_EVENTS: event "Reply": want one of InboundMessage`},
 		"bad channel": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoChannels: "fax"}, "AUTO_CANCEL_CHANNELS"},
+		"typo type":   {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoEvents: "InboundMessage:sms+emial"}, `unknown message type "emial"`},
 		"bad legacy":  {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookLegacy: "maybe"}, `HIGHLEVEL_WEBHOOK_LEGACY="maybe": want on or off`},
 		"bad key":     {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookKey: "bm90IGEga2V5"}, "HIGHLEVEL_WEBHOOK_PUBLIC_KEY"},
 		"key file":    {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookRSAKey: "/nonexistent/rsa.pem"}, "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY: open /nonexistent/rsa.pem"},
@@ -72,4 +74,13 @@ func TestConfigErrors(t *testing.T) {
 		err := run(context.Background(), nil, func(k string) string { return c.env[k] }, &bytes.Buffer{}, &bytes.Buffer{})
 		require.ErrorContains(t, err, c.want, name)
 	}
+}
+
+// TestStartupLineNamesMessageTypes: the startup line says when replies
+// cancel only for some message types, so a rule that leaves email out
+// shows at a glance.
+func TestStartupLineNamesMessageTypes(t *testing.T) {
+	rules, err := webhook.LoadRules("InboundMessage:sms,ContactDelete", "", "")
+	require.NoError(t, err)
+	require.Equal(t, "cancelling ContactDelete,InboundMessage:sms on all, 0 location rules", describeRules(rules))
 }

@@ -96,6 +96,15 @@ func ParseEvents(s string) (map[string][]string, error) {
 	return out, nil
 }
 
+// MessageTypes are the InboundMessage message types a rule may name,
+// lower-cased: the channels HighLevel documents for the event (Call,
+// Voicemail, SMS, GMB, FB, IG, Email, Live Chat; its samples spell them
+// CALL, VoiceMail, SMS, Email) and the export's other channel names. A
+// type outside the list is a typo until shown otherwise: "emial" would
+// silently leave every email reply uncancelled.
+var MessageTypes = []string{"sms", "email", "call", "voicemail", "gmb", "fb", "ig", "live chat", "live_chat",
+	"whatsapp", "facebook", "instagram"}
+
 func addEvent(out map[string][]string, f string) error {
 	name, types, limited := strings.Cut(f, ":")
 	i := slices.IndexFunc(Supported, func(s string) bool { return strings.EqualFold(s, name) })
@@ -113,6 +122,9 @@ func addEvent(out map[string][]string, f string) error {
 	for _, t := range strings.Split(types, "+") {
 		if t = strings.ToLower(strings.TrimSpace(t)); t == "" {
 			return fmt.Errorf("event %q: empty message type", f)
+		}
+		if !slices.Contains(MessageTypes, t) {
+			return fmt.Errorf("event %q: unknown message type %q: want one of %s", f, t, strings.Join(MessageTypes, ", "))
 		}
 		out[name] = append(out[name], t)
 	}

@@ -127,6 +127,8 @@ func TestParseEvents(t *testing.T) {
 		{"OutboundMessage", nil, "want one of InboundMessage"},
 		{"ContactDelete:sms", nil, "only InboundMessage takes message types"},
 		{"InboundMessage:", nil, "empty message type"},
+		{"InboundMessage:sms+emial", nil, `unknown message type "emial": want one of sms, email`},
+		{"InboundMessage:SMS+Email+CALL+VoiceMail+Live_Chat+WhatsApp", map[string][]string{"InboundMessage": {"sms", "email", "call", "voicemail", "live_chat", "whatsapp"}}, ""},
 	}
 	for _, tt := range tests {
 		got, err := webhook.ParseEvents(tt.in)
