@@ -88,13 +88,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	shutdown := fs.Duration("shutdown-timeout", ep.Duration(EnvShutdownTimeout, worker.ShutdownTimeoutDefault), "time in-flight tasks get on SIGTERM (env "+EnvShutdownTimeout+")")
 	metricsAddr := fs.String("metrics-addr", ep.String(EnvMetricsAddr, MetricsAddrDefault), "listen address for /metrics, /healthz, /readyz; empty disables (env "+EnvMetricsAddr+")")
 	lanes := fs.String("lanes", ep.String(EnvLanes, "separate"), "separate: one fetch loop per lane (bulk WORKER_CONCURRENCY slots, default half, urgent a quarter); shared: one loop, lanes weighted 6:3:1 (env "+EnvLanes+")")
-	strict := fs.Bool("strict-priority", getenv(EnvStrictPriority) == "true", "serve bulk only when urgent and default are empty (env "+EnvStrictPriority+")")
+	strict := fs.Bool("strict-priority", ep.Bool(EnvStrictPriority, false), "serve bulk only when urgent and default are empty (env "+EnvStrictPriority+")")
 	rateLimit := fs.String("rate-limit", ep.String(EnvRateLimit, "100/10s"), "default per-location limit N/period, or off (env "+EnvRateLimit+")")
 	rateMargin := fs.Float64("rate-limit-margin", ep.Float(EnvRateMargin, ratelimit.MarginDefault), "share of the limit left unused (env "+EnvRateMargin+")")
 	rateOverrides := fs.String("rate-limit-overrides", getenv(EnvRateOverrides), "per-location limits, loc=N/period,... (env "+EnvRateOverrides+")")
 	rateMaxWait := fs.Duration("rate-limit-max-wait", ep.Duration(EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
 	urgentReserve := fs.Int("rate-limit-urgent-reserve", ep.Int(EnvUrgentReserve, 0), "calls of each window a location with a backlog keeps for urgent cancels; 0 gives bulk the whole allowance (env "+EnvUrgentReserve+")")
-	dailyReserve := fs.Int("daily-reserve", ep.Int(EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this (env "+EnvDailyReserve+")")
+	dailyReserve := fs.Int("daily-reserve", ep.Int(EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this; 0 parks only when it is spent (env "+EnvDailyReserve+")")
 	retention := fs.Duration("campaign-retention", ep.Duration(EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
 	breakerMode := fs.String("circuit-breaker", ep.String(EnvBreaker, "on"), "on: pause calls while HighLevel answers mostly 5xx; off (env "+EnvBreaker+")")
 	verify := fs.String("verify", ep.String(EnvVerify, "on"), "on: read a message back when its cancel finds nothing, to record already_sent or not_found; off: record not_cancellable (env "+EnvVerify+")")
@@ -119,6 +119,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if *deadRetention <= 0 || *retention <= 0 {
 		return fmt.Errorf("%s and %s must be positive durations", EnvRetention, EnvDeadRetention)
+	}
+	// A zero or negative value here used to pass through, or be taken as
+	// "the default", silently.
+	for _, d := range []struct {
+		env string
+		v   time.Duration
+	}{{EnvAPITimeout, *apiTimeout}, {EnvShutdownTimeout, *shutdown}, {EnvRateMaxWait, *rateMaxWait}} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s=%s: want a positive duration", d.env, d.v)
+		}
+	}
+	if *concurrency < 1 {
+		return fmt.Errorf("%s=%d: want at least 1", EnvConcurrency, *concurrency)
+	}
+	if *dailyReserve < 0 {
+		return fmt.Errorf("%s=%d: want 0 or more (0 parks a location only when its daily budget is spent)", EnvDailyReserve, *dailyReserve)
 	}
 	log, err := logFlags.Logger(stderr)
 	if err != nil {
@@ -268,6 +284,9 @@ func rateConfig(limit string, margin float64, overrides string, maxWait time.Dur
 	cfg := ratelimit.Config{Default: def, Margin: margin, MaxWait: maxWait, DailyReserve: reserve, Overrides: map[string]ratelimit.Limit{}}
 	if margin == 0 {
 		cfg.Margin = 1e-9 // an explicit 0: no margin (the zero value means the default)
+	}
+	if reserve == 0 {
+		cfg.DailyReserve = ratelimit.DailyReserveNone // an explicit 0 (the zero value means the default)
 	}
 	for _, kv := range strings.Split(overrides, ",") {
 		if kv = strings.TrimSpace(kv); kv == "" {

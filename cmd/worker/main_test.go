@@ -17,9 +17,11 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/contract"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/envconf"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/promtest"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
@@ -240,6 +242,11 @@ func TestRunConfigErrors(t *testing.T) {
 		{"bad urgent reserve", nil, map[string]string{EnvToken: "t", EnvUrgentReserve: "-1"}, `RATE_LIMIT_URGENT_RESERVE=-1: want 0 to half`},
 		{"urgent reserve too big", nil, map[string]string{EnvToken: "t", EnvUrgentReserve: "60"}, `RATE_LIMIT_URGENT_RESERVE=60: want 0 to half of RATE_LIMIT's count`},
 		{"bad lanes", nil, map[string]string{EnvToken: "t", EnvLanes: "together"}, `WORKER_LANES="together": want separate or shared`},
+		{"strict priority yes", nil, map[string]string{EnvToken: "t", EnvStrictPriority: "yes"}, `STRICT_PRIORITY="yes": want true or false`},
+		{"negative timeout", nil, map[string]string{EnvToken: "t", EnvAPITimeout: "-1s"}, `GHL_TIMEOUT=-1s: want a positive duration`},
+		{"zero shutdown", nil, map[string]string{EnvToken: "t", EnvShutdownTimeout: "0s"}, `SHUTDOWN_TIMEOUT=0s: want a positive duration`},
+		{"zero concurrency", nil, map[string]string{EnvToken: "t", EnvConcurrency: "0"}, `WORKER_CONCURRENCY=0: want at least 1`},
+		{"negative daily reserve", nil, map[string]string{EnvToken: "t", EnvDailyReserve: "-5"}, `DAILY_RESERVE=-5: want 0 or more`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -248,5 +255,24 @@ func TestRunConfigErrors(t *testing.T) {
 			require.ErrorContains(t, err, tt.want)
 			require.NotContains(t, err.Error(), "secret-in-file")
 		})
+	}
+}
+
+// TestRateConfigExplicitZeros: DAILY_RESERVE=0 and RATE_LIMIT_MARGIN=0 mean
+// none, not the default their zero values stand for in the limiter's Config;
+// STRICT_PRIORITY takes 1 and TRUE as well as true.
+func TestRateConfigExplicitZeros(t *testing.T) {
+	t.Parallel()
+	cfg, off, err := rateConfig("100/10s", 0, "", time.Second, 0)
+	require.NoError(t, err)
+	require.False(t, off)
+	require.Equal(t, ratelimit.DailyReserveNone, cfg.DailyReserve)
+	require.Positive(t, cfg.Margin)
+	require.Less(t, cfg.Margin, 1e-6)
+	cfg, _, err = rateConfig("100/10s", 0.02, "", time.Second, 250)
+	require.NoError(t, err)
+	require.Equal(t, 250, cfg.DailyReserve)
+	for _, v := range []string{"1", "TRUE", "true", "True"} {
+		require.True(t, envconf.New(func(string) string { return v }).Bool(EnvStrictPriority, false), v)
 	}
 }

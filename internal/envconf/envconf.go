@@ -53,5 +53,12 @@ func (e *Env) Duration(k string, def time.Duration) time.Duration {
 	return def
 }
 
+// Bool returns the variable as a bool (true/false, 1/0, t/f in any case),
+// or def.
+func (e *Env) Bool(k string, def bool) bool {
+	e.parse(k, "true or false", func(v string) (err error) { def, err = strconv.ParseBool(v); return err })
+	return def
+}
+
 // Err joins every variable that did not parse; nil when all did.
 func (e *Env) Err() error { return errors.Join(e.errs...) }

@@ -54,6 +54,9 @@ const (
 	LeadDefault         = 1500 * time.Millisecond
 	ProbeWaitDefault    = time.Second
 	DailyReserveDefault = 100
+	// DailyReserveNone, as Config.DailyReserve, parks a location only when
+	// its daily budget is spent (0 left).
+	DailyReserveNone = -1
 	// DailyParkDefault is how long a location whose daily budget is nearly
 	// spent is parked. HighLevel does not document when the daily window
 	// resets, so we re-probe hourly.
@@ -146,7 +149,7 @@ type Config struct {
 	// to ledger.RetentionDefault.
 	RecordTTL time.Duration
 	// DailyReserve: park a location when its daily remaining falls to this.
-	// Defaults to DailyReserveDefault.
+	// Defaults to DailyReserveDefault; DailyReserveNone parks only at 0.
 	DailyReserve int
 	// DailyPark is how long a parked location waits. Defaults to DailyParkDefault.
 	DailyPark time.Duration
@@ -203,6 +206,9 @@ func New(rdb redis.UniversalClient, cfg Config) *Limiter {
 	cfg.ProbeWait = cmp.Or(cfg.ProbeWait, ProbeWaitDefault)
 	cfg.RecordTTL = cmp.Or(cfg.RecordTTL, ledger.RetentionDefault)
 	cfg.DailyReserve = cmp.Or(cfg.DailyReserve, DailyReserveDefault)
+	if cfg.DailyReserve < 0 {
+		cfg.DailyReserve = 0 // DailyReserveNone
+	}
 	cfg.DailyPark = cmp.Or(cfg.DailyPark, DailyParkDefault)
 	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]string{}, probing: map[string]chan struct{}{}, probePoll: probePoll}
 }

@@ -487,6 +487,27 @@ func TestDailyBudgetParksTheLocation(t *testing.T) {
 	require.Equal(t, 2, obs.dailyLow)
 }
 
+// TestNoDailyReserveParksOnlyWhenSpent: DailyReserveNone (DAILY_RESERVE=0)
+// uses the whole daily budget: 1 left is not parked, 0 left is. A zero
+// Config value is the default reserve, not none.
+func TestNoDailyReserveParksOnlyWhenSpent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: DailyReserveNone, DailyPark: time.Hour})
+	lim := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 90, DailyLimit: 200000, DailyRemaining: 1}
+	require.NoError(t, l.Observe(ctx, "locA", lim, nil))
+	parked, err := Parked(ctx, rdb)
+	require.NoError(t, err)
+	require.Empty(t, parked, "1 left is still usable")
+	lim.DailyRemaining = 0
+	require.NoError(t, l.Observe(ctx, "locA", lim, nil))
+	parked, err = Parked(ctx, rdb)
+	require.NoError(t, err)
+	require.Contains(t, parked["locA"], "0 of 200000 left")
+	require.Equal(t, DailyReserveDefault, New(rdb, Config{}).cfg.DailyReserve)
+}
+
 func TestRateLimitedSetsSharedCooldown(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
