@@ -61,6 +61,9 @@ func (s *SendAt) UnmarshalJSON(b []byte) error {
 	if err != nil || n <= 0 {
 		return fmt.Errorf("want unix seconds or an RFC 3339 time like 2026-11-27T18:00:00Z")
 	}
+	if n >= 100_000_000_000 { // after the year 5138: milliseconds, by mistake
+		return fmt.Errorf("%d looks like milliseconds: want unix seconds or an RFC 3339 time", n)
+	}
 	s.Time = time.Unix(n, 0)
 	return nil
 }

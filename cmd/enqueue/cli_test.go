@@ -142,6 +142,8 @@ func TestFlagMistakesAreUsageErrors(t *testing.T) {
 		{[]string{"--location", "L", "--parallel", "-1", "m1"}, "--parallel -1"},
 		{[]string{"--location", "L", "--parallel", "0", "m1"}, "--parallel 0"},
 		{[]string{"--location", "L", "--campaign", "neg", "--campaign-retention", "-168h", "m1"}, "--campaign-retention -168h0m0s: want a positive duration"},
+		{[]string{"sweep", "--location", "L", "--since", "1764950400000"}, "--since: 1764950400000 looks like milliseconds: want unix seconds"},
+		{[]string{"sweep", "--location", "L", "--until", "1764950400000"}, "--until: 1764950400000 looks like milliseconds"},
 	} {
 		r := runCmd(t, url, "", tt.args...)
 		var ue usageError

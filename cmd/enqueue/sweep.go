@@ -220,6 +220,9 @@ func parseWhen(s string) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil && n > 0 {
+		if err := tasks.CheckUnixSeconds(n); err != nil {
+			return time.Time{}, err
+		}
 		return time.Unix(n, 0), nil
 	}
 	t, err := time.Parse(time.RFC3339, s)

@@ -179,6 +179,9 @@ func (r *Reader) parse(text string) (Item, error) {
 		if err != nil || ts < 0 {
 			return it, fmt.Errorf("send_at %q: want unix seconds", v)
 		}
+		if err := tasks.CheckUnixSeconds(ts); err != nil {
+			return it, fmt.Errorf("send_at: %w", err)
+		}
 		it.SendAt = ts
 	}
 	return it, validateItem(it)

@@ -81,11 +81,12 @@ func TestReader(t *testing.T) {
 		{"csv header case and BOM, quoted", "\ufeffMessage_ID, Location_ID\n\"m1\",\"L1\"\n", []got{
 			{2, item("m1", "L1", ghl.KindMessage, "camp", 0), ""},
 		}},
-		{"csv bad rows", "message_id,kind,send_at\nm1,fax,\nm2\nm3,email,tomorrow\n,email,\n", []got{
+		{"csv bad rows", "message_id,kind,send_at\nm1,fax,\nm2\nm3,email,tomorrow\n,email,\nm5,,1764950400000\n", []got{
 			{2, producer.Item{}, `unknown kind "fax": want message or email`},
 			{3, producer.Item{}, "has 1 fields, the header has 3"},
 			{4, producer.Item{}, `send_at "tomorrow": want unix seconds`},
 			{5, producer.Item{}, "message_id: empty id"},
+			{6, producer.Item{}, "send_at: 1764950400000 looks like milliseconds: want unix seconds"},
 		}},
 		{"csv campaign ids no URL can carry", "message_id,campaign_id\nm1,..\nm2,.\nm3,spring/sale\n", []got{
 			{2, producer.Item{}, `campaign_id: ".." cannot be addressed in a URL path; choose another name`},

@@ -167,3 +167,17 @@ func NewCancelTask(kind ghl.Kind, p CancelPayload, o TaskOptions) (*asynq.Task, 
 		asynq.Timeout(max(cmp.Or(o.Timeout, TimeoutDefault), time.Second)),
 	), nil
 }
+
+// UnixSecondsMax bounds a time given in unix seconds: a larger number
+// (after the year 5138) is a time in milliseconds, given by mistake.
+const UnixSecondsMax = 100_000_000_000
+
+// CheckUnixSeconds refuses a unix time that is in milliseconds: read as
+// seconds it lands tens of thousands of years ahead (a sweep "since" then
+// finds nothing, a send time never passes).
+func CheckUnixSeconds(n int64) error {
+	if n >= UnixSecondsMax {
+		return fmt.Errorf("%d looks like milliseconds: want unix seconds", n)
+	}
+	return nil
+}
