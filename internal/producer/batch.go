@@ -148,7 +148,14 @@ for i = 0, n - 1 do
       -- Dead: its record says so, or asynq archived it and nothing else is
       -- recorded (an archived copy next to a true outcome is only stale).
       local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
-      local runs = not (o and not dead and force ~= "1")
+      -- Forced: always ("1"), or ("b<ms>") over an outcome recorded
+      -- before that time (the row's last field).
+      local forced = force == "1"
+      if not forced and o and string.sub(force, 1, 1) == "b" then
+        local at = tonumber(string.match(o, "^[^|]*|[^|]*|[^|]*|[^|]*|(%d+)") or "0")
+        forced = at < tonumber(string.sub(force, 2))
+      end
+      local runs = not (o and not dead and not forced)
       if runs and campaign == "" and prevc and prevc ~= "" and clive(prevc) then
         -- Sent again without a campaign, it stays in the one it has: the
         -- caller sends it again under that campaign (nothing changed here).
@@ -192,7 +199,7 @@ for i = 0, n - 1 do
             end
             -- Forced over a cancel: the forced call's "not found" is that
             -- cancel, as after a lost answer.
-            if force == "1" and o and string.sub(o, 1, 10) == "cancelled|" then
+            if forced and string.sub(o, 1, 10) == "cancelled|" then
               redis.call("HSET", rk, "s", "forced")
               if redis.call("PTTL", rk) == -1 then redis.call("PEXPIRE", rk, ttl) end -- a record made here
             end
@@ -308,7 +315,7 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 		}
 		id := tasks.TaskID(it.Kind, it.MessageID)
 		args = append(args, encodeTaskMessage(tasks.TypeFor(it.Kind), payload, id, queue, retry,
-			cmp.Or(p.cfg.Timeout, tasks.TimeoutDefault)), id, queue, it.CampaignID, it.LocationID, flag(it.Force), flag(it.fromDeadLetter))
+			cmp.Or(p.cfg.Timeout, tasks.TimeoutDefault)), id, queue, it.CampaignID, it.LocationID, forceArg(it), flag(it.fromDeadLetter))
 		idx = append(idx, i)
 		lanes[queue] = true
 	}
@@ -394,6 +401,15 @@ func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again [
 		again, at = append(again, it), append(at, idx[j])
 	}
 	return codes, again, at, nil
+}
+
+// forceArg is the enqueue script's force field: "1", "b<ms>" (ForceBefore)
+// or "0".
+func forceArg(it Item) string {
+	if !it.Force && it.ForceBefore > 0 {
+		return "b" + strconv.FormatInt(it.ForceBefore, 10)
+	}
+	return flag(it.Force)
 }
 
 func flag(b bool) string {

@@ -33,6 +33,11 @@ type Item struct {
 	// Force queues the message again even when it already has a terminal
 	// outcome (cancelled, not cancellable, expired): HighLevel is called again.
 	Force bool
+	// ForceBefore (unix ms), when set, forces it only over an outcome
+	// recorded before then (a sweep: what the export it read says is newer
+	// than an outcome recorded before the export was asked, not than one
+	// recorded while its answer was on the way). Force wins over it.
+	ForceBefore int64
 	// Event and EventAt (unix ms): the webhook event that found it, if any.
 	Event   string
 	EventAt int64

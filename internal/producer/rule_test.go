@@ -398,3 +398,67 @@ func TestRepeatsInsideOneBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(3), s.Total)
 }
+
+// TestForceBefore: a sweep's cancels are forced only over an outcome
+// recorded before its export was asked (ForceBefore): one recorded while
+// the page was on its way (another sweep, a campaign) stands, so the
+// message is neither called again nor moved out of the campaign that
+// cancelled it. The campaign's row stands in for an expired record.
+func TestForceBefore(t *testing.T) {
+	t.Parallel()
+	const id, loc = "mForce000000000000001", "locForce00000000000001"
+	tid := tasks.TaskID(ghl.KindMessage, id)
+	for _, tt := range []struct {
+		name          string
+		outcome       string
+		asked         time.Duration // when the export was asked, against when the outcome was recorded
+		expireRecord  bool   // the record expired; the sweep counts into c1, whose row remembers the outcome
+		want          producer.Status
+		c1Total       int64 // the first campaign's total afterwards
+		sweepCampaign int64 // the sweep's campaign's total afterwards
+		c1Complete    bool
+	}{
+		{"expired before the export was asked: cancelled again", ledger.Expired, time.Minute, false, producer.Requeued, 0, 1, false},
+		{"cancelled before the export was asked (scheduled again since)", ledger.Cancelled, time.Minute, false, producer.Requeued, 0, 1, false},
+		{"cancelled while the page was on its way: it stands", ledger.Cancelled, -time.Second, false, producer.AlreadyDone, 1, 0, true},
+		{"expired while the page was on its way: it stands", ledger.Expired, -time.Second, false, producer.AlreadyDone, 1, 0, true},
+		{"record expired, the campaign's row is older: cancelled again", ledger.Expired, time.Minute, true, producer.Requeued, 1, 1, false},
+		{"record expired, the campaign's row is newer: it stands", ledger.Cancelled, -time.Second, true, producer.AlreadyDone, 1, 1, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			p := producer.New(rdb, producer.Config{})
+			item := producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "c1"}
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, item).Status)
+			require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, tid))
+			at := time.Now()
+			_, _, err := ledger.New(rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: tid, CampaignID: "c1",
+				Outcome: ledger.Outcome{Outcome: tt.outcome, Attempts: 1, At: at}})
+			require.NoError(t, err)
+			if tt.expireRecord {
+				require.NoError(t, rdb.Del(ctx, ledger.Key(tid)).Err())
+			}
+			it := item
+			it.CampaignID, it.ForceBefore = "swept", at.Add(tt.asked).UnixMilli()
+			if tt.expireRecord {
+				it.CampaignID = "c1"
+			}
+			r := p.Enqueue(ctx, it)
+			require.Equal(t, tt.want, r.Status, "%v", r.Err)
+			want := map[string]int64{"c1": tt.c1Total}
+			if !tt.expireRecord {
+				want["swept"] = tt.sweepCampaign
+			}
+			for c, n := range want {
+				s, _, err := campaign.New(rdb, 0).Get(ctx, c)
+				require.NoError(t, err)
+				require.Equal(t, n, s.Total, c)
+			}
+			s, _, err := campaign.New(rdb, 0).Get(ctx, "c1")
+			require.NoError(t, err)
+			require.Equal(t, tt.c1Complete, s.Complete, "c1 complete")
+		})
+	}
+}

@@ -285,7 +285,7 @@ func (p *Producer) publish(ctx context.Context, lane string) error {
 // date window again, in case HighLevel reads it differently). An email is
 // cancelled by its emailMessageId (the last of meta.email.messageIds: the
 // newest of its thread); an email without one is counted in noID.
-func SweepItems(p tasks.SweepPayload, msgs []ghl.ExportedMessage) (items []Item, scheduled, noID int) {
+func SweepItems(p tasks.SweepPayload, msgs []ghl.ExportedMessage, asked time.Time) (items []Item, scheduled, noID int) {
 	for _, m := range msgs {
 		if m.Status != "scheduled" || (p.Source != "" && m.Source != p.Source) {
 			continue
@@ -297,13 +297,15 @@ func SweepItems(p tasks.SweepPayload, msgs []ghl.ExportedMessage) (items []Item,
 			}
 		}
 		scheduled++
-		// Forced: HighLevel lists it as scheduled now, which is newer than
-		// any outcome recorded for it (expired, not found, or cancelled and
-		// then scheduled again): it is cancelled again, not answered
-		// "already done" while it is left to go out. A message already
-		// queued stays queued.
+		// Forced over an outcome recorded before the export was asked:
+		// HighLevel lists the message as scheduled after it (expired, not
+		// found, or cancelled and then scheduled again), so it is cancelled
+		// again, not answered "already done" while it is left to go out. An
+		// outcome recorded after asked (another sweep or a campaign
+		// cancelled it while this page was on its way) stands. A message
+		// already queued stays queued.
 		it := Item{Kind: ghl.KindMessage, MessageID: m.ID, LocationID: p.LocationID, CampaignID: p.CampaignID, Queue: p.Lane,
-			Event: p.Event, EventAt: p.EventAt, Force: true}
+			Event: p.Event, EventAt: p.EventAt, ForceBefore: asked.UnixMilli()}
 		if m.IsEmail() {
 			ids := m.Meta.Email.MessageIDs
 			if len(ids) == 0 {

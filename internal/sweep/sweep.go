@@ -2,13 +2,16 @@
 // export (GET /conversations/messages/export), keep what is still
 // scheduled and passes the filters, and enqueue its cancels into the sweep's
 // campaign through the producer (the one enqueue rule: a message already
-// queued or done is not sent twice).
+// queued is not sent twice; one the export lists as scheduled is forced
+// over an outcome recorded before the page was asked, which it outdates,
+// not over one recorded since).
 //
 // A sweep is resumable. Its progress (export channel, cursor, counters)
 // lives in Redis and advances only after a page's cancels are queued, in
 // one script with the campaign's sweep counters: a worker killed mid-sweep
-// leaves the page to be read again (its cancels answer already queued), so
-// there is no gap and no duplicate. An expired cursor restarts the channel
+// leaves the page to be read again (its cancels answer already queued, or
+// already done if settled since the page was asked), so there is no gap and
+// no duplicate. An expired cursor restarts the channel
 // from its first page, for the same reason safely. Each delivery pages for
 // tasks.SweepBudget and goes back to the queue to carry on.
 //
@@ -231,6 +234,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, fina
 		if p.Until > 0 {
 			q.Until = time.Unix(p.Until, 0)
 		}
+		asked := time.Now() // what the page says is newer than outcomes recorded before this
 		page, err := h.API.ExportMessages(ctx, q, token)
 		if h.Breaker != nil {
 			h.Breaker.Record(isFailure(err), probe)
@@ -243,7 +247,8 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, fina
 				return result{fate: "dead", reason: "cursor_expiring", message: fmt.Sprintf("the export cursor expired %d times", st.Restarts), err: err}
 			}
 			// Start the channel over: its pages are read again, and their
-			// cancels answer already queued or done.
+			// cancels answer already queued, or already done if settled
+			// since they were asked for.
 			if err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
 				st.Phase, st.Cursor, st.Phase, "", 0, 0, 0, 0, 0, "1", 0).Err(); err != nil {
 				return result{fate: "retry", reason: tasks.ReasonLimiter, err: err}
@@ -269,7 +274,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, fina
 		if err != nil {
 			return fromAPIError(err)
 		}
-		items, scheduled, noID := producer.SweepItems(p, page.Messages)
+		items, scheduled, noID := producer.SweepItems(p, page.Messages, asked)
 		enqueued, refused := 0, 0
 		var refusal error
 		if !p.DryRun && len(items) > 0 {

@@ -99,8 +99,9 @@ func TestSweepByContactThenLocation(t *testing.T) {
 // time given) and that HighLevel's export still lists as scheduled is
 // cancelled by a later sweep. The export is newer than the recorded
 // outcome: the sweep used to answer "already done" from it and report the
-// campaign complete while the message was left to go out. Running the
-// same sweep again afterwards calls nothing.
+// campaign complete while the message was left to go out. A second sweep
+// of the contact afterwards (into a new campaign) finds nothing and calls
+// nothing.
 func TestSweepCancelsWhatAnEarlierOutcomeLeftScheduled(t *testing.T) {
 	t.Parallel()
 	b := setup(t, sandbox.Config{RateMax: -1}, producer.Config{}, func(c *worker.Config) { c.NoPacing = true })
