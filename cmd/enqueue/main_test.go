@@ -289,6 +289,11 @@ func TestTokensSetRefusesAnotherOrAStoredPair(t *testing.T) {
 	require.ErrorContains(t, r.err, "--replace")
 	r = run2(pairOf("", "Company", comp), "tokens", "agency", "set", "--company", comp, "--replace")
 	require.NoError(t, r.err, r.stderr)
+	// The company set but its pair gone (the worker's "load it with
+	// tokens agency set"): nothing to replace, no --replace needed.
+	require.NoError(t, rdb.Del(context.Background(), "ghlcancel:agency:oauth:{"+comp+"}").Err())
+	r = run2(pairOf("", "Company", comp), "tokens", "agency", "set", "--company", comp)
+	require.NoError(t, r.err, r.stderr)
 }
 
 func TestParked(t *testing.T) {

@@ -139,11 +139,18 @@ func (e *env) setPair(ctx context.Context, subject, app string, agency, replace 
 		var stored bool
 		var what string
 		if agency {
+			// The agency's company can be set with no pair stored (it was
+			// lost): then there is nothing to replace.
 			ai, ok, err := tokens.LoadAgency(ctx, rdb)
 			if err != nil {
 				return err
 			}
-			stored, what = ok, "an agency pair is stored already (company "+ai.Company+")"
+			if ok {
+				if stored, err = o.Stored(ctx, ai.Company); err != nil {
+					return err
+				}
+			}
+			what = "an agency pair is stored already (company " + ai.Company + ")"
 		} else {
 			if stored, err = o.Stored(ctx, subject); err != nil {
 				return err

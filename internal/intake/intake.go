@@ -565,9 +565,18 @@ func validIdempotencyKey(k string) bool {
 }
 
 // requestDigest names a sweep request by its meaning, not its bytes: the
-// decoded request encoded again (fields in one order, times in one form),
-// hashed. A retry of the same request matches whatever its spacing.
+// decoded request encoded again (fields in one order, times in one form,
+// locations sorted and once each, channel and lane defaults spelt out),
+// hashed. A retry of the same request matches however it is written.
 func requestDigest(req client.SweepRequest) string {
+	req.LocationIDs = slices.Compact(slices.Sorted(slices.Values(req.LocationIDs)))
+	req.Channel = cmp.Or(req.Channel, tasks.ChannelAll)
+	if req.Lane == "" {
+		req.Lane = tasks.QueueBulk
+		if req.ContactID != "" || req.ConversationID != "" {
+			req.Lane = tasks.QueueDefault
+		}
+	}
 	b, _ := json.Marshal(req)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])

@@ -490,10 +490,13 @@ func TestSweeps(t *testing.T) {
 	// The same request spelt otherwise (spacing, field order) is the same
 	// request; the key sent with another request is refused and starts
 	// nothing, rather than answering with a sweep that is not this one's.
-	resp = e.do(http.MethodPost, "/v1/sweeps", idem("k-1"), []byte(`{ "campaign_id": "idem",  "location_ids": ["locI"] }`), &again)
-	require.Equal(t, http.StatusAccepted, resp.StatusCode)
-	require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
-	require.Equal(t, first, again)
+	for _, same := range []string{`{ "campaign_id": "idem",  "location_ids": ["locI"] }`,
+		`{"location_ids":["locI","locI"],"campaign_id":"idem","channel":"all","lane":"bulk"}`} {
+		resp = e.do(http.MethodPost, "/v1/sweeps", idem("k-1"), []byte(same), &again)
+		require.Equal(t, http.StatusAccepted, resp.StatusCode, same)
+		require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"), same)
+		require.Equal(t, first, again, same)
+	}
 	var reused client.ErrorBody
 	for _, otherBody := range []string{`{"location_ids":["locJ"],"campaign_id":"idem"}`, `{"location_ids":["locI"],"campaign_id":"idem","channel":"sms"}`,
 		`{"location_ids":["locI"]}`} {

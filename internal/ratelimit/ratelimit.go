@@ -183,7 +183,7 @@ type Limiter struct {
 	// waiting for a location's first answer go as soon as it comes rather
 	// than at their next poll.
 	learnGen atomic.Uint64
-	probing  map[string]chan struct{}
+	probing  map[string]*probeWaiters
 	// probePoll: see the constant (tests lengthen it).
 	probePoll time.Duration
 
@@ -210,7 +210,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Limiter {
 		cfg.DailyReserve = 0 // DailyReserveNone
 	}
 	cfg.DailyPark = cmp.Or(cfg.DailyPark, DailyParkDefault)
-	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]string{}, probing: map[string]chan struct{}{}, probePoll: probePoll}
+	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]string{}, probing: map[string]*probeWaiters{}, probePoll: probePoll}
 }
 
 // Allowance is what the limiter lets through for a limit: at most N calls
@@ -489,22 +489,39 @@ func (l *Limiter) awaitLearn(ctx context.Context, location string, gen uint64, d
 		l.mu.Unlock()
 		return ctx.Err()
 	}
-	ch := l.probing[location]
-	if ch == nil {
-		ch = make(chan struct{})
-		l.probing[location] = ch
+	pw := l.probing[location]
+	if pw == nil {
+		pw = &probeWaiters{ch: make(chan struct{})}
+		l.probing[location] = pw
 	}
+	pw.n++
 	l.mu.Unlock()
+	defer func() {
+		// The last waiter to leave unwoken takes the entry away (a limit
+		// only another process learns would otherwise leave it here).
+		l.mu.Lock()
+		if pw.n--; pw.n == 0 && l.probing[location] == pw {
+			delete(l.probing, location)
+		}
+		l.mu.Unlock()
+	}()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return nil
-	case <-ch:
+	case <-pw.ch:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// probeWaiters are the calls of this process waiting for a location's
+// first answer: ch is closed when it comes here.
+type probeWaiters struct {
+	ch chan struct{}
+	n  int
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -596,8 +613,8 @@ func (l *Limiter) learn(ctx context.Context, location, v string) error {
 	l.mu.Lock()
 	l.learned[location] = v
 	l.learnGen.Add(1) // under mu: awaitLearn reads it there before waiting
-	if ch := l.probing[location]; ch != nil {
-		close(ch) // the calls waiting for this location's first answer
+	if pw := l.probing[location]; pw != nil {
+		close(pw.ch) // the calls waiting for this location's first answer
 		delete(l.probing, location)
 	}
 	l.mu.Unlock()

@@ -240,6 +240,10 @@ func TestProbeWaitersGoWhenTheAnswerComes(t *testing.T) {
 					t.Fatal("a waiting call was not released by the answer")
 				}
 			}
+			l.mu.Lock()
+			left := len(l.probing)
+			l.mu.Unlock()
+			require.Zero(t, left, "no waiter entry is left behind")
 		})
 	}
 }

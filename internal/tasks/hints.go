@@ -11,7 +11,7 @@ import (
 func DeadLetterHint(reason string) string {
 	switch reason {
 	case string(ghl.ReasonUnauthorized):
-		return "The token is invalid, expired or not for this location: fix the location's token (enqueue tokens set, or GHL_TOKENS_FILE), then requeue."
+		return "The token is invalid, expired or not for this location: fix the location's token (enqueue tokens set --replace, or GHL_TOKENS_FILE), then requeue."
 	case string(ghl.ReasonForbidden):
 		return "The token lacks the conversations/message.write scope: grant it, then requeue."
 	case string(ghl.ReasonBadRequest), string(ghl.ReasonUnprocessable), string(ghl.ReasonClientError), string(ghl.ReasonInvalidID):

@@ -134,7 +134,7 @@ func MintHint(reason string) string {
 	case ReasonLocationInactive:
 		return "the sub-account is paused: reactivate it, then requeue these dead letters"
 	case ReasonAgencyRevoked:
-		return "the agency grant was revoked or refused: install the app again at agency level, load its pair with `enqueue tokens agency set`, then requeue"
+		return "the agency grant was revoked or refused: install the app again at agency level, load its new pair with `enqueue tokens agency set --replace`, then requeue"
 	case ReasonMintRefused:
 		return "HighLevel refused to mint a token for this location: check the company id (`enqueue tokens agency set`) and the app's oauth.write scope, then requeue"
 	}

@@ -137,7 +137,7 @@ func (e *GrantError) Error() string {
 	hint := "reinstall the app for this location, then load the new pair with `enqueue tokens set --replace`"
 	switch {
 	case e.Agency:
-		hint = "the agency's grant is revoked or spent: install the app again at agency level, then load its pair with `enqueue tokens agency set`"
+		hint = "the agency's grant is revoked or spent: install the app again at agency level, then load its new pair with `enqueue tokens agency set --replace`"
 	case e.Reason == "location_inactive":
 		hint = "the sub-account is paused; reactivate it, then requeue its dead letters"
 	}

@@ -163,7 +163,7 @@ func (r *Rules) Decide(ev Event) Decision {
 		if ev.Direction != "" && !strings.EqualFold(ev.Direction, "inbound") {
 			return Decision{Result: ResultIgnored, Why: "direction " + ev.Direction}
 		}
-		if len(types) > 0 && !slices.Contains(types, strings.ToLower(ev.MessageType)) {
+		if len(types) > 0 && !slices.Contains(types, MessageType(ev.MessageType)) {
 			return Decision{Result: ResultIgnored, Why: "message type " + ev.MessageType + " is not in the rule"}
 		}
 	case EventContactDndUpdate:

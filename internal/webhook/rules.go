@@ -96,14 +96,33 @@ func ParseEvents(s string) (map[string][]string, error) {
 	return out, nil
 }
 
-// MessageTypes are the InboundMessage message types a rule may name,
-// lower-cased: the channels HighLevel documents for the event (Call,
-// Voicemail, SMS, GMB, FB, IG, Email, Live Chat; its samples spell them
-// CALL, VoiceMail, SMS, Email) and the export's other channel names. A
-// type outside the list is a typo until shown otherwise: "emial" would
-// silently leave every email reply uncancelled.
-var MessageTypes = []string{"sms", "email", "call", "voicemail", "gmb", "fb", "ig", "live chat", "live_chat",
-	"whatsapp", "facebook", "instagram"}
+// MessageTypes are the InboundMessage message types a rule may name, in
+// MessageType's spelling: the official spec's message types (SMS, RCS,
+// Email, WhatsApp, GMB, IG, FB, Custom, WebChat, Live_Chat, Call, IVR_Call,
+// Campaign_Call, Campaign_VoiceMail, TIKTOK, ALL_IN_ONE_CHAT,
+// FORM_SUBMISSION) and the event page's Voicemail. A type outside the list
+// is a typo until shown otherwise: "emial" would silently leave every
+// email reply uncancelled.
+var MessageTypes = []string{"sms", "rcs", "email", "whatsapp", "gmb", "ig", "fb", "custom", "webchat", "live_chat",
+	"call", "voicemail", "ivr_call", "campaign_call", "campaign_voicemail", "tiktok", "all_in_one_chat", "form_submission"}
+
+// typeAliases are other spellings HighLevel uses (the event page's "Live
+// Chat", TYPE_FACEBOOK...) or people write.
+var typeAliases = map[string]string{"facebook": "fb", "instagram": "ig", "livechat": "live_chat",
+	"web_chat": "webchat", "voice_mail": "voicemail"}
+
+// MessageType is one spelling of a message type for rules and events alike:
+// lower case, words joined by "_", no TYPE_ prefix, aliases resolved
+// ("Live Chat", "TYPE_LIVE_CHAT" and "live_chat" are one type).
+func MessageType(s string) string {
+	s = strings.ToLower(strings.TrimSpace(s))
+	s = strings.NewReplacer(" ", "_", "-", "_").Replace(s)
+	s = strings.TrimPrefix(s, "type_")
+	if a, ok := typeAliases[s]; ok {
+		return a
+	}
+	return s
+}
 
 func addEvent(out map[string][]string, f string) error {
 	name, types, limited := strings.Cut(f, ":")
@@ -120,7 +139,7 @@ func addEvent(out map[string][]string, f string) error {
 		return fmt.Errorf("event %q: only InboundMessage takes message types (InboundMessage:sms+email)", f)
 	}
 	for _, t := range strings.Split(types, "+") {
-		if t = strings.ToLower(strings.TrimSpace(t)); t == "" {
+		if t = MessageType(t); t == "" {
 			return fmt.Errorf("event %q: empty message type", f)
 		}
 		if !slices.Contains(MessageTypes, t) {

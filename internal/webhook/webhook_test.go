@@ -127,8 +127,8 @@ func TestParseEvents(t *testing.T) {
 		{"OutboundMessage", nil, "want one of InboundMessage"},
 		{"ContactDelete:sms", nil, "only InboundMessage takes message types"},
 		{"InboundMessage:", nil, "empty message type"},
-		{"InboundMessage:sms+emial", nil, `unknown message type "emial": want one of sms, email`},
-		{"InboundMessage:SMS+Email+CALL+VoiceMail+Live_Chat+WhatsApp", map[string][]string{"InboundMessage": {"sms", "email", "call", "voicemail", "live_chat", "whatsapp"}}, ""},
+		{"InboundMessage:sms+emial", nil, `unknown message type "emial": want one of sms, rcs, email`},
+		{"InboundMessage:SMS+Email+CALL+VoiceMail+Live Chat+WhatsApp+facebook+TYPE_RCS", map[string][]string{"InboundMessage": {"sms", "email", "call", "voicemail", "live_chat", "whatsapp", "fb", "rcs"}}, ""},
 	}
 	for _, tt := range tests {
 		got, err := webhook.ParseEvents(tt.in)
@@ -145,6 +145,9 @@ func TestDecide(t *testing.T) {
 	rules, err := webhook.LoadRules("InboundMessage:sms+email,ContactDndUpdate,ContactDelete", "all", "")
 	require.NoError(t, err)
 	smsOnly, err := webhook.LoadRules("ContactDndUpdate,AppointmentCreate", "sms", "")
+	require.NoError(t, err)
+	// A rule and an event spell a type their own way: one type.
+	chat, err := webhook.LoadRules("InboundMessage:live_chat+facebook", "all", "")
 	require.NoError(t, err)
 	ev := func(typ string, f func(*webhook.Event)) webhook.Event {
 		e := webhook.Event{Type: typ, LocationID: "loc", ContactID: "c1"}
@@ -175,6 +178,10 @@ func TestDecide(t *testing.T) {
 		{"DND everywhere, rule sweeps SMS only", smsOnly, ev("ContactDndUpdate", func(e *webhook.Event) { e.DND = true }), "accepted", "sms"},
 		{"appointment, SMS only", smsOnly, ev("AppointmentCreate", nil), "accepted", "sms"},
 		{"contact deleted", rules, ev("ContactDelete", nil), "accepted", "all"},
+		{"Live Chat reply, rule live_chat", chat, ev("InboundMessage", func(e *webhook.Event) { e.MessageType = "Live Chat" }), "accepted", "all"},
+		{"TYPE_FACEBOOK reply, rule facebook", chat, ev("InboundMessage", func(e *webhook.Event) { e.MessageType = "TYPE_FACEBOOK" }), "accepted", "all"},
+		{"FB reply, rule facebook", chat, ev("InboundMessage", func(e *webhook.Event) { e.MessageType = "FB" }), "accepted", "all"},
+		{"SMS reply, rule chat only", chat, ev("InboundMessage", func(e *webhook.Event) { e.MessageType = "SMS" }), "ignored", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
