@@ -412,7 +412,7 @@ func TestForceBefore(t *testing.T) {
 		name          string
 		outcome       string
 		asked         time.Duration // when the export was asked, against when the outcome was recorded
-		expireRecord  bool   // the record expired; the sweep counts into c1, whose row remembers the outcome
+		expireRecord  bool          // the record expired; the sweep counts into c1, whose row remembers the outcome
 		want          producer.Status
 		c1Total       int64 // the first campaign's total afterwards
 		sweepCampaign int64 // the sweep's campaign's total afterwards
