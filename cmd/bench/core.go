@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -325,17 +324,11 @@ func sandboxMain(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if path := os.Getenv("BENCH_SANDBOX_CPUPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stop, err := cpuProfileTo(os.Getenv("BENCH_SANDBOX_CPUPROFILE"))
+	if err != nil {
+		return err
 	}
+	defer stop()
 	sb := sandbox.New(sandbox.Config{RateMax: *rate, RateInterval: *interval, RateWindow: *window, DailyLimit: *daily,
 		Faults: sandbox.Faults{Latency: *latency}})
 	var b strings.Builder

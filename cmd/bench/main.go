@@ -80,6 +80,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 const noopType = "bench:noop"
 
+// cpuProfileTo profiles this process's CPU into path ("" profiles nothing)
+// until stop.
+func cpuProfileTo(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
 // child runs a worker (or a no-op asynq server), prints "ready" once it
 // serves, and stops on SIGTERM.
 func child(ctx context.Context, mode string, args []string, stdout io.Writer) error {
@@ -96,16 +113,12 @@ func child(ctx context.Context, mode string, args []string, stdout io.Writer) er
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *cpuProfile != "" && mode == "_worker" {
-		f, err := os.Create(*cpuProfile)
+	if mode == "_worker" {
+		stop, err := cpuProfileTo(*cpuProfile)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	opt, err := redis.ParseURL(*redisURL)
 	if err != nil {

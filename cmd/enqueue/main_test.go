@@ -167,17 +167,22 @@ func TestDeadListAndRequeue(t *testing.T) {
 	require.Contains(t, r.stdout, "requeued 1")
 }
 
-func TestTokensSetNeverEchoes(t *testing.T) {
-	t.Parallel()
-	url := redisServer.URL(t)
-	key := strings.Repeat("ab", 32)
-	run2 := func(stdin string, args ...string) result {
+// withTokenKey runs enqueue commands on url with GHL_TOKEN_KEY=key and
+// stdin.
+func withTokenKey(url, key string) func(stdin string, args ...string) result {
+	return func(stdin string, args ...string) result {
 		var out, errw bytes.Buffer
 		err := run(context.Background(), args, func(k string) string {
 			return map[string]string{envRedisURL: url, "GHL_TOKEN_KEY": key}[k]
 		}, strings.NewReader(stdin), &out, &errw)
 		return result{err: err, stdout: out.String(), stderr: errw.String()}
 	}
+}
+
+func TestTokensSetNeverEchoes(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	run2 := withTokenKey(url, strings.Repeat("ab", 32))
 	r := run2(`{"access_token":"at-SECRET-1","refresh_token":"rt-SECRET-2","expires_in":86399}`, "tokens", "set", "--location", "locT0000000000000001")
 	require.NoError(t, r.err)
 	require.Equal(t, "stored an encrypted token pair for location locT0000000000000001\n", r.stdout)
@@ -237,14 +242,7 @@ func TestTokensSetNeverEchoes(t *testing.T) {
 func TestTokensSetRefusesAnotherOrAStoredPair(t *testing.T) {
 	t.Parallel()
 	url := redisServer.URL(t)
-	key := strings.Repeat("cd", 32)
-	run2 := func(stdin string, args ...string) result {
-		var out, errw bytes.Buffer
-		err := run(context.Background(), args, func(k string) string {
-			return map[string]string{envRedisURL: url, "GHL_TOKEN_KEY": key}[k]
-		}, strings.NewReader(stdin), &out, &errw)
-		return result{err: err, stdout: out.String(), stderr: errw.String()}
-	}
+	run2 := withTokenKey(url, strings.Repeat("cd", 32))
 	rdb := redistest.ClientFor(t, url)
 	stored := func(k string) string { return rdb.HGet(context.Background(), k, "ct").Val() }
 	const locA, locB, comp = "locR0000000000000001", "locR0000000000000002", "companyR0000000001"
