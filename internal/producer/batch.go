@@ -292,13 +292,7 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 	args[2] = p.cfg.CampaignRetention.Milliseconds()
 	idx := make([]int, 0, len(items)) // positions sent to the script
 	lanes := map[string]bool{}
-	retry := p.cfg.MaxRetry
-	switch {
-	case retry == 0:
-		retry = tasks.MaxRetryDefault
-	case retry < 0:
-		retry = 0
-	}
+	retry := tasks.AsynqMaxRetry(cmp.Or(p.cfg.MaxRetry, tasks.MaxRetryDefault)) // negative: none
 	for i, it := range items {
 		queue := p.lane(it, now)
 		if !ValidQueue(queue) {

@@ -221,7 +221,7 @@ func TestBatchTasksDecodeInAsynq(t *testing.T) {
 	require.Equal(t, tasks.TypeCancelEmail, info.Type)
 	require.Equal(t, "email:e1", info.ID)
 	require.Equal(t, tasks.QueueUrgent, info.Queue)
-	require.Equal(t, 7, info.MaxRetry)
+	require.Equal(t, tasks.AsynqMaxRetry(7), info.MaxRetry, "7 retries and asynq's spare")
 	require.Equal(t, 45*time.Second, info.Timeout)
 	require.Equal(t, asynq.TaskStatePending, info.State)
 	var pl tasks.CancelPayload

@@ -334,8 +334,8 @@ func TestResendManyIsIdempotent(t *testing.T) {
 }
 
 // TestRetryAndTimeoutAsGiven: MAX_RETRY=0 (or --max-retry 0) means no
-// retries, not the default 150; a timeout under a second is not stored as 0
-// (asynq's "no timeout").
+// retries, not the default 150 (asynq keeps one spare: tasks.AsynqMaxRetry);
+// a timeout under a second is not stored as 0 (asynq's "no timeout").
 func TestRetryAndTimeoutAsGiven(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -344,9 +344,9 @@ func TestRetryAndTimeoutAsGiven(t *testing.T) {
 		wantRetry   int
 		wantTimeout time.Duration
 	}{
-		{0, 500 * time.Millisecond, 0, time.Second},
-		{3, 1500 * time.Millisecond, 3, 2 * time.Second},
-		{150, 0, 150, tasks.TimeoutDefault},
+		{0, 500 * time.Millisecond, 1, time.Second},
+		{3, 1500 * time.Millisecond, 4, 2 * time.Second},
+		{150, 0, 151, tasks.TimeoutDefault},
 	}
 	for i, tt := range tests {
 		rdb := redisServer.Client(t)

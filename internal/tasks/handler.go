@@ -294,6 +294,7 @@ type attempt struct {
 	p         CancelPayload
 	retried   int
 	final     bool   // asynq archives whatever this attempt returns
+	lastTry   bool   // a failure here is dead-lettered (see AsynqMaxRetry)
 	mark      string // this delivery's "call sent" mark (ledger.NewMark)
 	decodeErr result
 }
@@ -307,7 +308,8 @@ type TaskInfo struct {
 }
 
 func (h *Handler) begin(t *asynq.Task, info TaskInfo) *attempt {
-	a := &attempt{t: t, taskID: info.ID, queue: info.Queue, retried: info.Retried, final: info.Retried >= info.MaxRetry,
+	a := &attempt{t: t, taskID: info.ID, queue: info.Queue, retried: info.Retried,
+		final: info.Retried >= info.MaxRetry, lastTry: info.Retried >= info.MaxRetry-1,
 		mark: ledger.NewMark(info.Retried + 1)}
 	kind, ok := KindFor(t.Type())
 	if !ok {
@@ -628,12 +630,12 @@ func ClassifyTokenError(err error) (TokenVerdict, bool) {
 
 // settle is the one place a task's fate is decided: it turns the attempt's
 // result into the recorded outcome or dead letter (one atomic write), the
-// error asynq gets, and the report the metrics read. On the final attempt,
-// where asynq archives whatever comes back, a retry or snooze becomes a dead
-// letter with its reason instead.
+// error asynq gets, and the report the metrics read. On the last try a
+// retry becomes a dead letter with its reason instead, and so does a snooze
+// on the final attempt, where asynq archives whatever comes back.
 func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 	rep := reportFrom(ctx)
-	if a.final && (r.fate == fateRetry || r.fate == fateSnooze) {
+	if (a.lastTry && r.fate == fateRetry) || (a.final && r.fate == fateSnooze) {
 		r.fate = fateDead
 		if r.message == "" && r.err != nil {
 			r.message = truncate("retries exhausted: "+r.err.Error(), 512)

@@ -227,6 +227,52 @@ func TestFinalAttemptAlwaysEndsInOneFate(t *testing.T) {
 	}
 }
 
+// TestLastTryBeforeTheSpare: asynq keeps one attempt spare
+// (AsynqMaxRetry), so on the attempt before it a failure is dead-lettered
+// with its reason (its retries are used up) while a wait for the location's
+// turn goes back to asynq, uses no retry and records nothing: with
+// --max-retry 0 every first attempt is such a try, and a paced task must
+// not be dead-lettered for waiting its turn.
+func TestLastTryBeforeTheSpare(t *testing.T) {
+	t.Parallel()
+	t.Run("paced: goes back to asynq", func(t *testing.T) {
+		t.Parallel()
+		b := hSetup(t)
+		id := b.sb.ScheduleN(hLoc, 1, false)[0]
+		b.h.Pacer = fakePacer{admit: func(ratelimit.Request) (ledger.Admission, error) {
+			return ledger.Admission{}, &ratelimit.SnoozeError{RetryAfter: time.Hour, Reason: "pacing"}
+		}}
+		rep, err := b.process(t, id, 2, 3)
+		require.Error(t, err)
+		require.NotErrorIs(t, err, asynq.SkipRetry)
+		require.False(t, IsFailure(err), "a wait for the location's turn uses no retry")
+		require.Equal(t, OutcomeRateLimited, rep.Outcome)
+		o, rec, st := b.fate(t, id)
+		require.Nil(t, o)
+		require.Nil(t, rec)
+		require.Zero(t, st.Done)
+		require.Zero(t, b.calls.Load())
+	})
+	t.Run("5xx: dead-lettered, retries used up", func(t *testing.T) {
+		t.Parallel()
+		b := hSetup(t)
+		id := b.sb.ScheduleN(hLoc, 1, false)[0]
+		b.respond(func(w http.ResponseWriter, _ *http.Request) bool {
+			w.WriteHeader(503)
+			_, _ = w.Write([]byte(`{"statusCode":503,"message":"unavailable"}`))
+			return true
+		})
+		rep, err := b.process(t, id, 2, 3)
+		require.ErrorIs(t, err, asynq.SkipRetry)
+		require.Equal(t, OutcomeDeadLettered, rep.Outcome)
+		o, rec, _ := b.fate(t, id)
+		require.Equal(t, ledger.DeadLettered, o.Outcome)
+		require.NotNil(t, rec)
+		require.Equal(t, string(ghl.ReasonServerError), rec.Reason)
+		require.Equal(t, 3, rec.Attempts)
+	})
+}
+
 // TestNotFinalAttemptRecordsNothing: the same failures before the final
 // attempt go back to asynq (retry or snooze) and record no outcome.
 func TestNotFinalAttemptRecordsNothing(t *testing.T) {

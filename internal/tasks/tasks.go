@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -153,6 +154,19 @@ func Payload(kind ghl.Kind, p CancelPayload) ([]byte, error) {
 	return json.Marshal(p)
 }
 
+// AsynqMaxRetry is asynq's MaxRetry for a cancel task that may fail
+// retries times after its first attempt (none if negative): one more.
+// asynq archives whatever a task's final attempt returns, IsFailure or not,
+// so without the spare a task with no retries left (every task, with
+// --max-retry 0) would be dead-lettered for waiting its turn at the rate
+// limit. The handler dead-letters a failure one attempt before asynq's
+// last (attempt.lastTry) and hands a wait back, which uses no retry; only a
+// failure asynq counts itself (a worker that died mid-attempt) reaches the
+// spare, where the handler settles whatever happens.
+func AsynqMaxRetry(retries int) int {
+	return min(max(retries, 0), math.MaxInt32-1) + 1
+}
+
 // NewCancelTask builds a cancel task. It validates the payload, so a task
 // that would only ever be dead-lettered is refused at the door.
 func NewCancelTask(kind ghl.Kind, p CancelPayload, o TaskOptions) (*asynq.Task, error) {
@@ -163,7 +177,7 @@ func NewCancelTask(kind ghl.Kind, p CancelPayload, o TaskOptions) (*asynq.Task, 
 	return asynq.NewTask(TypeFor(kind), b,
 		asynq.TaskID(TaskID(kind, p.MessageID)),
 		asynq.Queue(cmp.Or(o.Queue, QueueDefault)),
-		asynq.MaxRetry(max(cmp.Or(o.MaxRetry, MaxRetryDefault), 0)),
+		asynq.MaxRetry(AsynqMaxRetry(cmp.Or(o.MaxRetry, MaxRetryDefault))),
 		asynq.Timeout(max(cmp.Or(o.Timeout, TimeoutDefault), time.Second)),
 	), nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -106,6 +107,19 @@ func TestTaskTypesAreNotPrefixes(t *testing.T) {
 	}
 	_, ok := KindFor("ghl:message")
 	require.False(t, ok)
+}
+
+func TestAsynqMaxRetry(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ retries, want int }{
+		{-1, 1}, // none: asynq's spare only
+		{0, 1},
+		{5, 6},
+		{MaxRetryDefault, MaxRetryDefault + 1},
+		{math.MaxInt, math.MaxInt32},
+	} {
+		require.Equal(t, tt.want, AsynqMaxRetry(tt.retries), "retries %d", tt.retries)
+	}
 }
 
 func TestNewCancelTask(t *testing.T) {

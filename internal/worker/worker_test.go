@@ -235,22 +235,31 @@ func TestPoisonTasksAreDeadLettered(t *testing.T) {
 	require.Equal(t, sandbox.StatusCancelled, st)
 }
 
+// TestRetriesThenDeadLetterWhenExhausted: a task given n retries is called
+// n+1 times and dead-lettered with its reason; asynq's spare attempt
+// (tasks.AsynqMaxRetry) is not spent on failures.
 func TestRetriesThenDeadLetterWhenExhausted(t *testing.T) {
 	t.Parallel()
-	b := setup(t, sandbox.Config{Faults: sandbox.Faults{ErrorRate: 1}}, producer.Config{MaxRetry: 2})
-	ctx := context.Background()
-	id := b.sb.ScheduleN(locGood, 1, false)[0]
-	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}).Status)
-	b.waitDrained(t, 15*time.Second)
-	rec, ok, err := b.dead.Get(ctx, tasks.TaskID(ghl.KindMessage, id))
-	require.NoError(t, err)
-	require.True(t, ok)
-	require.Equal(t, "server_error", rec.Reason)
-	require.Equal(t, 3, rec.Attempts)
-	require.Equal(t, 2.0, b.processed(tasks.OutcomeRetry))
-	require.Equal(t, 1.0, b.processed(tasks.OutcomeDeadLettered))
-	require.Equal(t, 2.0, testutil.ToFloat64(b.worker.Metrics.Retries.WithLabelValues("server_error")))
-	require.Equal(t, int64(3), b.sb.Stats().Faulted5xx)
+	for _, retries := range []int{2, producer.NoRetry} {
+		t.Run(fmt.Sprint(retries), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, sandbox.Config{Faults: sandbox.Faults{ErrorRate: 1}}, producer.Config{MaxRetry: retries})
+			ctx := context.Background()
+			id := b.sb.ScheduleN(locGood, 1, false)[0]
+			require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}).Status)
+			b.waitDrained(t, 15*time.Second)
+			rec, ok, err := b.dead.Get(ctx, tasks.TaskID(ghl.KindMessage, id))
+			require.NoError(t, err)
+			require.True(t, ok)
+			n := max(retries, 0)
+			require.Equal(t, "server_error", rec.Reason)
+			require.Equal(t, n+1, rec.Attempts)
+			require.Equal(t, float64(n), b.processed(tasks.OutcomeRetry))
+			require.Equal(t, 1.0, b.processed(tasks.OutcomeDeadLettered))
+			require.Equal(t, float64(n), testutil.ToFloat64(b.worker.Metrics.Retries.WithLabelValues("server_error")))
+			require.Equal(t, int64(n+1), b.sb.Stats().Faulted5xx)
+		})
+	}
 }
 
 func TestTransientFaultsRecover(t *testing.T) {
@@ -311,9 +320,11 @@ func TestRateLimitUsesNoRetry(t *testing.T) {
 	require.Positive(t, b.sb.Stats().RateLimited)
 }
 
-// On the final attempt asynq archives whatever IsFailure says, so the
-// handler waits a rate limit out itself.
-func TestRateLimitOnFinalAttemptIsWaitedOut(t *testing.T) {
+// A 429 uses no retry even on a task given none: asynq keeps one attempt
+// spare (tasks.AsynqMaxRetry), so the 429 goes back to asynq instead of
+// being archived. (The handler waits a 429 out itself only on asynq's final
+// attempt, reached through a failure asynq counts: TestFinalAttemptAlwaysEndsInOneFate.)
+func TestRateLimitWithNoRetriesUsesNone(t *testing.T) {
 	t.Parallel()
 	// Sliding: two calls straddling a fixed window's edge would both pass.
 	b := setup(t, sandbox.Config{RateMax: 1, RateInterval: 3 * time.Second, RateWindow: "sliding"}, producer.Config{MaxRetry: -1}, noPacing) // negative: no retries at all
@@ -322,6 +333,27 @@ func TestRateLimitOnFinalAttemptIsWaitedOut(t *testing.T) {
 	b.waitDrained(t, 20*time.Second)
 	b.requireAllCancelledNoneDead(t, ids)
 	require.Positive(t, b.sb.Stats().RateLimited)
+}
+
+// TestNoRetriesStillWaitForTheirTurn: --max-retry 0 means no retries of
+// failures, and a wait for a pacing slot is none. With every task's
+// deadline too short to wait its slot out in place, 12 tasks through a
+// 3-per-second limit snooze and all end cancelled, none dead-lettered
+// (they were dead-lettered "paced" when asynq's MaxRetry was the retries
+// given), without a 429.
+func TestNoRetriesStillWaitForTheirTurn(t *testing.T) {
+	t.Parallel()
+	b := setup(t, sandbox.Config{RateMax: 3, RateInterval: time.Second, RateWindow: "sliding"},
+		producer.Config{MaxRetry: producer.NoRetry, Timeout: 2 * time.Second}, func(c *worker.Config) {
+			// 10% margin: a 1 s window leaves 2% only 20 ms of jitter under -race.
+			c.RateLimit = ratelimit.Config{Default: ratelimit.Limit{N: 3, Period: time.Second}, Margin: 0.10, MaxWait: 100 * time.Millisecond}
+		})
+	ids := b.sb.ScheduleN(locGood, 12, false)
+	b.enqueueAll(t, locGood, ids)
+	b.waitDrained(t, 30*time.Second)
+	b.requireAllCancelledNoneDead(t, ids)
+	require.Positive(t, b.processed(tasks.OutcomeRateLimited), "tasks snoozed for their turn")
+	require.Zero(t, b.sb.Stats().RateLimited)
 }
 
 func TestHealthAndMetricsEndpoints(t *testing.T) {
