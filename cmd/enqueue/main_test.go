@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -22,7 +23,9 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
+	"github.com/ghlcancel/ghlcancel/internal/worker"
 )
 
 var redisServer *redistest.Server
@@ -500,4 +503,49 @@ func TestDeadPurgeDeletesWhatItCounted(t *testing.T) {
 	var left []string
 	require.NoError(t, store.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error { left = append(left, r.TaskID); return nil }))
 	require.ElementsMatch(t, []string{"msg:new", "msg:q0"}, left)
+}
+
+type tokenMap map[string]string
+
+func (m tokenMap) Token(_ context.Context, loc string) (string, error) {
+	if t, ok := m[loc]; ok {
+		return t, nil
+	}
+	return "", tokens.ErrNoToken
+}
+
+// TestSweepWaitExitCode: `sweep --wait` is what a script runs and checks.
+// A location whose sweep failed (here: no token, a typo'd location id) left
+// its messages scheduled: exit 1 with a line saying so, though the campaign
+// reads complete. It used to exit 0. A sweep that cancelled everything
+// exits 0, with --json too.
+func TestSweepWaitExitCode(t *testing.T) {
+	t.Parallel()
+	const loc, typo, tok = "locSweepWait00000001", "locSweepWait0000001", "tok-sweep-wait"
+	url := redisServer.URL(t)
+	sb := sandbox.New(sandbox.Config{})
+	sb.AddLocation(loc, tok)
+	ids := sb.ScheduleN(loc, 3, false)
+	api := httptest.NewServer(sb.Handler())
+	t.Cleanup(api.Close)
+	w, err := worker.New(worker.Config{Redis: redistest.ClientFor(t, url), GHL: ghl.Config{BaseURL: api.URL, Timeout: 2 * time.Second},
+		Tokens: tokenMap{loc: tok}, Concurrency: 5, NoPacing: true, DelayedCheckInterval: 100 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+
+	r := runCmd(t, url, "", "sweep", "--location", typo, "--campaign", "sw-typo", "--wait")
+	require.ErrorIs(t, r.err, errReported, r.stderr)
+	require.Contains(t, r.stderr, "1 location(s) failed, 0 cancel(s) dead-lettered: messages may still go out")
+	require.Contains(t, r.stdout, "no_token")
+
+	r = runCmd(t, url, "", "sweep", "--location", loc, "--campaign", "sw-ok", "--wait", "--json")
+	require.NoError(t, r.err, r.stderr)
+	require.NotContains(t, r.stderr, "failed,")
+	for _, id := range ids {
+		st, _, _ := sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusCancelled, st)
+	}
 }

@@ -55,7 +55,7 @@ location the agency's app is installed at.`,
 	fs.StringVar(&o.lane, "lane", "", "lane of the cancels: urgent, default or bulk (default: default with --contact or --conversation, else bulk)")
 	fs.IntVar(&o.pageSize, "page-size", tasks.SweepPageSize, "export page size, 10 to 500")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "find and count only: per location and channel, with the time the cancels would take")
-	fs.BoolVar(&o.wait, "wait", false, "show progress until the sweeps and their cancels are done")
+	fs.BoolVar(&o.wait, "wait", false, "show progress until the sweeps and their cancels are done; exit 1 if a location's sweep failed or a cancel was dead-lettered")
 	fs.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return e.sweep(cmd.Context(), o) }
 	return cmd
@@ -141,7 +141,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		return nil
 	}
 	tr := campaign.New(rdb, 0)
-	var prev campaign.Status
+	var prev, end campaign.Status
 	var prevAt time.Time
 	for {
 		s, ok, err := tr.Get(ctx, st.CampaignID)
@@ -152,6 +152,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 			fmt.Fprintln(e.stderr, s.Render(prev, prevAt))
 		}
 		if ok && s.Complete {
+			end = s
 			break
 		}
 		prev, prevAt = s, time.Now()
@@ -173,6 +174,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		Error    string        `json:"error,omitempty"`
 	}
 	var rows []row
+	failed := 0
 	for _, loc := range dedupe(locations) {
 		state, _, err := sweep.LoadState(ctx, rdb, st.SweepID, loc)
 		if err != nil {
@@ -185,10 +187,26 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		if found > 0 {
 			rw.MinTime = time.Duration((found-1)/int64(n)) * span
 		}
+		if rw.Error != "" {
+			failed++
+		}
 		rows = append(rows, rw)
 	}
+	// --wait is for scripts: a location whose sweep failed, or a cancel
+	// dead-lettered, leaves messages scheduled, and the exit code says so.
+	done := func() error {
+		if failed == 0 && end.DeadLettered == 0 {
+			return nil
+		}
+		fmt.Fprintf(e.stderr, "sweep %s: %d location(s) failed, %d cancel(s) dead-lettered: messages may still go out; see enqueue dead list --campaign %s\n",
+			st.SweepID, failed, end.DeadLettered, st.CampaignID)
+		return errReported
+	}
 	if o.asJSON {
-		return json.NewEncoder(e.stdout).Encode(map[string]any{"sweep": st, "locations": rows})
+		if err := json.NewEncoder(e.stdout).Encode(map[string]any{"sweep": st, "locations": rows}); err != nil {
+			return err
+		}
+		return done()
 	}
 	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LOCATION\tPAGES\tREAD\tSCHEDULED_SMS\tSCHEDULED_EMAIL\tCANCEL_TIME\tERROR")
@@ -199,7 +217,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	if o.dryRun {
 		fmt.Fprintln(e.stderr, "dry run: nothing was cancelled (CANCEL_TIME: the least time the cancels take under each location's limit; locations run in parallel)")
 	}
-	return nil
+	return done()
 }
 
 func dedupe(in []string) []string {
