@@ -176,17 +176,20 @@ const StillScheduledRetriesDefault = 5
 const ReasonStillScheduled = "still_scheduled"
 
 // sentStatuses are the message statuses that mean it went out (or tried
-// to): HighLevel documents no "cancelled" status.
-var sentStatuses = map[string]bool{"connected": true, "delivered": true, "failed": true, "opened": true,
+// to). HighLevel documents no "cancelled" status; a cancelled message reads
+// back "failed", like one whose send failed, so "failed" is not here.
+var sentStatuses = map[string]bool{"connected": true, "delivered": true, "opened": true,
 	"pending": true, "read": true, "sent": true, "undelivered": true, "clicked": true, "opt_out": true, "queued": true}
 
 // notFound decides what a "not found" cancel answer means. Without Verify it
 // is not_cancellable, or cancelled when our own earlier call went out and
 // its answer was lost. With Verify the message is read back once (paced
 // like any call): scheduled means try the cancel again; a status that says
-// it went out is already_sent (but "failed" after our own earlier call is
-// that cancel: HighLevel has no "cancelled" status); no such message is
-// not_found.
+// it went out is already_sent; "failed" is our own earlier call's cancel
+// after one, else not_cancellable with reason failed (HighLevel has no
+// "cancelled" status: the message may have been cancelled elsewhere, by
+// hand, another tool or a run whose records expired, or its send failed);
+// no such message is not_found.
 func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status int, earlier bool) result {
 	if !h.Verify {
 		if earlier {
@@ -234,6 +237,8 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 		return retry(ReasonStillScheduled, err)
 	case m.Status == "failed" && earlier:
 		return result{fate: fateDone, outcome: ledger.Cancelled, reason: ledger.ReasonEarlierAttempt, status: status}
+	case m.Status == "failed":
+		return result{fate: fateDone, outcome: ledger.NotCancellable, reason: m.Status, status: status}
 	case sentStatuses[m.Status]:
 		return result{fate: fateDone, outcome: ledger.AlreadySent, reason: m.Status, status: status}
 	}

@@ -439,6 +439,36 @@ func TestEarlierCallTurnsNotFoundIntoCancelled(t *testing.T) {
 	require.Equal(t, ledger.NotCancellable, o.Outcome)
 }
 
+// TestVerifiedNotFoundWithoutAnEarlierCall: a cancel that finds nothing is
+// read back. A message cancelled elsewhere (by hand, another tool, an
+// earlier run whose records have expired) reads "failed", as a failed send
+// does: not_cancellable with reason failed, not already_sent (it was
+// reported sent though it never went out). A sent message is already_sent.
+func TestVerifiedNotFoundWithoutAnEarlierCall(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	b.h.Verify = true
+	ctx := context.Background()
+	elsewhere := b.sb.ScheduleN(hLoc, 1, false)[0]
+	_, err := b.api.Cancel(ctx, ghl.KindMessage, elsewhere, hTok) // not through a task: no mark
+	require.NoError(t, err)
+	sent := b.sb.AddMessages(hLoc, sandbox.MessageSpec{Status: sandbox.StatusSent})[0].CancelID
+	for _, tt := range []struct{ id, outcome, reason string }{
+		{elsewhere, ledger.NotCancellable, "failed"},
+		{sent, ledger.AlreadySent, "sent"},
+	} {
+		_, err := b.process(t, tt.id, 0, 3)
+		require.NoError(t, err)
+		o, rec, _ := b.fate(t, tt.id)
+		require.Nil(t, rec)
+		require.Equal(t, tt.outcome, o.Outcome, tt.id)
+		require.Equal(t, tt.reason, o.Reason, tt.id)
+	}
+	_, _, st := b.fate(t, sent)
+	require.Equal(t, int64(1), st.NotCancellable)
+	require.Equal(t, int64(1), st.AlreadySent)
+}
+
 // TestRefusedCallClearsItsMark: a call HighLevel refused (401) was not
 // carried out, so a later "not found" must not count as its cancel; a 5xx
 // might have been, so its mark stays.
