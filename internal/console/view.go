@@ -106,9 +106,9 @@ func funcs(prefix string) template.FuncMap {
 // "What each answer means" does.
 var outcomeMeaning = []struct{ key, label, meaning string }{
 	{"cancelled", "Cancelled", "HighLevel cancelled the scheduled message; it will not go out."},
-	{"already_sent", "Already sent", "Too late: read back after \"not found\", the message had gone out (sent, delivered, read or failed)."},
+	{"already_sent", "Already sent", "Too late: read back after \"not found\", the message had gone out (sent, delivered, read...)."},
 	{"not_found", "Not found", "HighLevel knows no such message (read back: it does not exist). Check the id."},
-	{"not_cancellable", "Not cancellable", "HighLevel answered \"not found\" and the message was not read back (VERIFY=off)."},
+	{"not_cancellable", "Not cancellable", "HighLevel answered \"not found\": not read back (VERIFY=off), or it reads \"failed\" (cancelled elsewhere, or its send failed)."},
 	{"expired", "Expired", "Its send time had passed when its turn came: no call was made, the message has gone out."},
 	{"dead_lettered", "Dead-lettered", "Failed for good: see the reasons and what to do below; fix the cause, then requeue."},
 	{"retrying", "Retrying", "An attempt failed (5xx, network, 429): it will be tried again with backoff. Included in pending."},
