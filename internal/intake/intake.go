@@ -669,8 +669,20 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, client.CampaignStatus(st))
 }
 
+// deadLetterParams are GET /v1/dead-letters' query parameters.
+var deadLetterParams = []string{"reason", "campaign_id", "location_id", "kind", "limit", "cursor"}
+
 func (s *Server) getDeadLetters(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	// A misspelt filter (campaign= for campaign_id=) would list every dead
+	// letter as if they matched: refused, as a typo'd body field is.
+	for k := range q {
+		if !slices.Contains(deadLetterParams, k) {
+			writeError(w, http.StatusBadRequest, client.CodeInvalidParameter,
+				fmt.Sprintf("unknown query parameter %q: want %s", k, strings.Join(deadLetterParams, ", ")), nil, 0)
+			return
+		}
+	}
 	limit := deadPageDefault
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)

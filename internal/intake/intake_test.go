@@ -381,7 +381,7 @@ func TestCampaignAndDeadLetters(t *testing.T) {
 	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/dead-letters?kind=sweep", auth, nil, &sweeps).StatusCode)
 	require.Len(t, sweeps.DeadLetters, 1)
 	require.Equal(t, "sweep:s1:loc1", sweeps.DeadLetters[0].TaskID)
-	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "kind=fax", "cursor=zzz"} {
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "kind=fax", "cursor=zzz", "campaign=c1", "reason=unauthorized&Kind=email"} {
 		eb = client.ErrorBody{}
 		e.errBody(e.do(http.MethodGet, "/v1/dead-letters?"+q, auth, nil, &eb), eb, http.StatusBadRequest, client.CodeInvalidParameter)
 	}
