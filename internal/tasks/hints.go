@@ -11,7 +11,7 @@ import (
 func DeadLetterHint(reason string) string {
 	switch reason {
 	case string(ghl.ReasonUnauthorized):
-		return "The token is invalid, expired or not for this location: fix the location's token (enqueue tokens set --replace, or GHL_TOKENS_FILE), then requeue."
+		return "The token is invalid, expired or not for this location: fix the location's token (enqueue tokens set --replace, or GHL_TOKENS_FILE), then requeue. Or the message belongs to another location than its location_id: send it again with the right one (a requeue keeps the wrong one)."
 	case string(ghl.ReasonForbidden):
 		return "The token lacks the conversations/message.write scope: grant it, then requeue."
 	case string(ghl.ReasonBadRequest), string(ghl.ReasonUnprocessable), string(ghl.ReasonClientError), string(ghl.ReasonInvalidID):
@@ -21,7 +21,7 @@ func DeadLetterHint(reason string) string {
 	case ReasonInvalidPayload, ReasonUnknownType, "corrupt_record":
 		return "A task ghlcancel did not write: inspect its payload. It cannot be requeued."
 	case string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork), string(ghl.ReasonBadResponse), ReasonOutcomeWrite:
-		return "Retries ran out (about a day) while HighLevel failed: check HighLevel's status, then requeue."
+		return "Retries ran out (about a day with the default 150) while HighLevel failed: check HighLevel's status, then requeue."
 	case string(ghl.ReasonMisrouted):
 		return "Every answer came from something other than HighLevel's API (route-level 404, HTML page, redirect): fix GHL_BASE_URL or the proxy, restart the workers, then requeue."
 	case ReasonStillScheduled:
