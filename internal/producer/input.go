@@ -42,6 +42,10 @@ func NewReader(r io.Reader, defaults Item) *Reader {
 	return &Reader{br: bufio.NewReaderSize(r, 64<<10), defaults: defaults}
 }
 
+// idSpellings are other headers' names for the id column, lower case with
+// no "_", "-" or spaces.
+var idSpellings = map[string]bool{"id": true, "messageid": true, "emailmessageid": true, "msgid": true, "ids": true, "messageids": true}
+
 var knownColumns = map[string]bool{"message_id": true, "location_id": true, "kind": true, "campaign_id": true, "send_at": true}
 
 // Next returns the next non-blank line; ok is false at the end. A read
@@ -116,6 +120,14 @@ func parseHeader(text string) (map[string]int, bool, error) {
 		}
 	}
 	if !isHeader {
+		// A header in another spelling ("id", "messageId", "Message ID")
+		// would be read as a message id: HighLevel called for it, counted
+		// not_found, and the column named nothing.
+		for _, f := range fields {
+			if idSpellings[strings.NewReplacer("_", "", "-", "", " ", "").Replace(strings.ToLower(f))] {
+				return nil, true, fmt.Errorf("header: column %q is not one ghlcancel reads: name the id column message_id (known: message_id, location_id, kind, campaign_id, send_at)", f)
+			}
+		}
 		return nil, false, nil
 	}
 	cols := map[string]int{}

@@ -96,6 +96,16 @@ func TestReader(t *testing.T) {
 		{"csv unknown column", "message_id,colour\nm1,red\n", []got{
 			{1, producer.Item{}, `fatal: header: unknown column "colour" (known: message_id, location_id, kind, campaign_id, send_at)`},
 		}},
+		{"a header naming the id otherwise", "id\nm1\n", []got{
+			{1, producer.Item{}, `fatal: header: column "id" is not one ghlcancel reads: name the id column message_id (known: message_id, location_id, kind, campaign_id, send_at)`},
+		}},
+		{"a header in HighLevel's spelling", "locationId,messageId\nL1,m1\n", []got{
+			{1, producer.Item{}, `fatal: header: column "messageId" is not one ghlcancel reads: name the id column message_id (known: message_id, location_id, kind, campaign_id, send_at)`},
+		}},
+		{"the same words later are ids", "m0\nid\n", []got{
+			{1, item("m0", "locD", ghl.KindMessage, "camp", 0), ""},
+			{2, item("id", "locD", ghl.KindMessage, "camp", 0), ""},
+		}},
 		{"binary", "ok1\n\x00\x01\x02\nok2\n", []got{
 			{1, item("ok1", "locD", ghl.KindMessage, "camp", 0), ""},
 			{2, producer.Item{}, "line is not text (binary data?)"},
