@@ -155,10 +155,11 @@ func (e *env) campaignsCmd() *cobra.Command {
 			return json.NewEncoder(e.stdout).Encode(list)
 		}
 		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "CAMPAIGN\tSTARTED\tDONE\tTOTAL\tCANCELLED\tNOT_CANCELLABLE\tEXPIRED\tDEAD\tCOMPLETE")
+		// Every outcome DONE adds up (campaign.Status.Done), so none is left unexplained.
+		fmt.Fprintln(tw, "CAMPAIGN\tSTARTED\tDONE\tTOTAL\tCANCELLED\tALREADY_SENT\tNOT_FOUND\tNOT_CANCELLABLE\tEXPIRED\tDEAD\tCOMPLETE")
 		for _, s := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%t\n", s.Campaign, s.StartedAt.UTC().Format(time.RFC3339),
-				s.Done, s.Total, s.Cancelled, s.NotCancellable, s.Expired, s.DeadLettered, s.Complete)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%t\n", s.Campaign, s.StartedAt.UTC().Format(time.RFC3339),
+				s.Done, s.Total, s.Cancelled, s.AlreadySent, s.NotFound, s.NotCancellable, s.Expired, s.DeadLettered, s.Complete)
 		}
 		return tw.Flush()
 	})

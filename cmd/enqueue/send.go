@@ -196,14 +196,15 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 		d.ByLocation[l.Item.LocationID][string(l.Item.Kind)]++
 		perLoc[l.Item.LocationID]++
 	}
-	// Locations run in parallel, each at its own limit: the busiest decides.
-	var longest time.Duration
+	// Locations run in parallel, each at the same limit: the busiest
+	// decides (ties go to the first name).
+	most := 0
 	for loc, n := range perLoc {
-		dur := time.Duration(float64(n) / float64(lim.N) * float64(lim.Period))
-		if dur > longest {
-			longest, d.Busiest = dur, loc
+		if n > most || n == most && loc < d.Busiest {
+			most, d.Busiest = n, loc
 		}
 	}
+	longest := ratelimit.New(nil, ratelimit.Config{}).MinTime(lim, int64(most))
 	d.MinDuration = longest.Round(time.Second).String()
 	if asJSON {
 		return json.NewEncoder(e.stdout).Encode(d)

@@ -181,12 +181,8 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 			return err
 		}
 		lim := ratelimit.Learned(ctx, rdb, loc, ratelimit.Limit{N: ratelimit.LimitDefault, Period: ratelimit.PeriodDefault})
-		n, span := ratelimit.New(nil, ratelimit.Config{}).Allowance(lim)
-		found := state.FoundSMS + state.FoundEmail
-		rw := row{Location: loc, Pages: state.Pages, Read: state.Seen, SMS: state.FoundSMS, Email: state.FoundEmail, Error: state.Error}
-		if found > 0 {
-			rw.MinTime = time.Duration((found-1)/int64(n)) * span
-		}
+		rw := row{Location: loc, Pages: state.Pages, Read: state.Seen, SMS: state.FoundSMS, Email: state.FoundEmail, Error: state.Error,
+			MinTime: ratelimit.New(nil, ratelimit.Config{}).MinTime(lim, state.FoundSMS+state.FoundEmail)}
 		if rw.Error != "" {
 			failed++
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghlcancel/ghlcancel/client"
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
@@ -146,4 +147,18 @@ func TestNoCampaignIsANoOp(t *testing.T) {
 	list, err := tr.List(ctx, 10)
 	require.NoError(t, err)
 	require.Empty(t, list)
+}
+
+// TestRenderSweepRuns: the sweep list holds runs, so a failed sweep that
+// was requeued is listed twice while the campaign counts one location; the
+// heading must not say "newest 2 of 1".
+func TestRenderSweepRuns(t *testing.T) {
+	t.Parallel()
+	s := campaign.Status{Campaign: "c", Total: 3, Sweeps: 1, SweepsDone: 1,
+		SweepList: []client.SweepSummary{{SweepID: "s2", LocationID: "L", Channel: "all", State: "done"},
+			{SweepID: "s1", LocationID: "L", Channel: "all", State: "failed"}}}
+	out := s.Render(campaign.Status{}, time.Time{})
+	require.Contains(t, out, "sweeps: 1/1 locations done")
+	require.Contains(t, out, "sweep runs, newest first (at most 20):\n    sweep s2: everything in L, all")
+	require.NotContains(t, out, "of 1 sweeps")
 }

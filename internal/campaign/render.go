@@ -34,7 +34,9 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 			s.SweepsDone, s.Sweeps, failed, s.SweepPages, s.SweepSeen, s.SweepFound)
 	}
 	if len(s.SweepList) > 0 {
-		fmt.Fprintf(&b, "  newest %d of %d sweeps:\n", len(s.SweepList), s.Sweeps)
+		// Runs, not locations: a requeued failed sweep is listed again
+		// beside the run that failed (s.Sweeps counts it once).
+		fmt.Fprintf(&b, "  sweep runs, newest first (at most %d):\n", SweepListMax)
 	}
 	for _, sw := range s.SweepList {
 		what := "everything"

@@ -222,6 +222,17 @@ func (l *Limiter) Allowance(lim Limit) (n int, span time.Duration) {
 	return max(1, lim.N), time.Duration(float64(lim.Period) * (1 + l.cfg.Margin))
 }
 
+// MinTime is the least time calls to one location take under lim: the
+// first allowance goes at once, then one allowance per span (what
+// `enqueue --dry-run` and `sweep --dry-run` print).
+func (l *Limiter) MinTime(lim Limit, calls int64) time.Duration {
+	if calls <= 0 {
+		return 0
+	}
+	n, span := l.Allowance(lim)
+	return time.Duration((calls-1)/int64(n)) * span
+}
+
 // SnoozeError asks for the task to come back after RetryAfter. It is not a
 // failure and uses up no retry.
 type SnoozeError struct {

@@ -706,3 +706,25 @@ func TestSpentWindowCoolsDownOnlyForOthersCalls(t *testing.T) {
 	require.NoError(t, l.Observe(ctx, "locOther", spent, nil))
 	require.Equal(t, 1, obs.cooled, "a spent window with none of ours in it: someone else spends it")
 }
+
+// TestMinTime: the dry runs' least time for a location's calls: the first
+// allowance at once, then one allowance per span (10.2 s for 10 s).
+func TestMinTime(t *testing.T) {
+	t.Parallel()
+	l := New(nil, Config{})
+	hl := Limit{N: 100, Period: 10 * time.Second}
+	for _, tt := range []struct {
+		lim   Limit
+		calls int64
+		want  time.Duration
+	}{
+		{hl, 0, 0},
+		{hl, 1, 0},
+		{hl, 100, 0},
+		{hl, 101, 10200 * time.Millisecond},
+		{hl, 250, 20400 * time.Millisecond},
+		{Limit{N: 1, Period: time.Second}, 2, 1020 * time.Millisecond},
+	} {
+		require.Equal(t, tt.want, l.MinTime(tt.lim, tt.calls), "%d calls at %d per %s", tt.calls, tt.lim.N, tt.lim.Period)
+	}
+}
