@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -531,7 +533,17 @@ func TestSweepWaitExitCode(t *testing.T) {
 	sb := sandbox.New(sandbox.Config{})
 	sb.AddLocation(loc, tok)
 	ids := sb.ScheduleN(loc, 3, false)
-	api := httptest.NewServer(sb.Handler())
+	var refuse atomic.Bool // HighLevel refuses every cancel: dead letters bad_request
+	inner := sb.Handler()
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if refuse.Load() && r.Method == http.MethodDelete {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"statusCode":400,"message":"Bad Request"}`))
+			return
+		}
+		inner.ServeHTTP(w, r)
+	}))
 	t.Cleanup(api.Close)
 	w, err := worker.New(worker.Config{Redis: redistest.ClientFor(t, url), GHL: ghl.Config{BaseURL: api.URL, Timeout: 2 * time.Second},
 		Tokens: tokenMap{loc: tok}, Concurrency: 5, NoPacing: true, DelayedCheckInterval: 100 * time.Millisecond, ShutdownTimeout: 5 * time.Second})
@@ -543,9 +555,22 @@ func TestSweepWaitExitCode(t *testing.T) {
 
 	r := runCmd(t, url, "", "sweep", "--location", typo, "--campaign", "sw-typo", "--wait")
 	require.ErrorIs(t, r.err, errReported, r.stderr)
-	require.Contains(t, r.stderr, "1 location(s) failed, 0 cancel(s) dead-lettered: messages may still go out")
+	require.Contains(t, r.stderr, "1 location(s) failed, 0 cancel(s) dead-lettered in campaign sw-typo while it ran: messages may still go out")
 	require.Contains(t, r.stdout, "no_token")
 
+	// The sweep ran, its cancels were refused for good.
+	refuse.Store(true)
+	r = runCmd(t, url, "", "sweep", "--location", loc, "--campaign", "sw-dead", "--wait")
+	require.ErrorIs(t, r.err, errReported, r.stderr)
+	require.Contains(t, r.stderr, "0 location(s) failed, 3 cancel(s) dead-lettered in campaign sw-dead while it ran")
+	refuse.Store(false)
+
+	// A campaign that already holds a dead letter from other work: the
+	// sweep's own result decides the exit code.
+	r = runCmd(t, url, "", "--location", typo, "--campaign", "sw-ok", "other1")
+	require.NoError(t, r.err, r.stderr)
+	tr := campaign.New(redistest.ClientFor(t, url), 0)
+	require.Eventually(t, func() bool { s, _, _ := tr.Get(context.Background(), "sw-ok"); return s.DeadLettered == 1 }, 10*time.Second, 50*time.Millisecond)
 	r = runCmd(t, url, "", "sweep", "--location", loc, "--campaign", "sw-ok", "--wait", "--json")
 	require.NoError(t, r.err, r.stderr)
 	require.NotContains(t, r.stderr, "failed,")

@@ -120,6 +120,14 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		}
 		r.Locations = locations
 	}
+	// The campaign may hold earlier work (--campaign names an existing
+	// one): --wait's exit code counts only the dead letters added since.
+	var before campaign.Status
+	if r.CampaignID != "" && o.wait {
+		if before, _, err = campaign.New(rdb, 0).Get(ctx, r.CampaignID); err != nil {
+			return err
+		}
+	}
 	st, err := producer.New(rdb, producer.Config{}).Sweep(ctx, r)
 	if err != nil {
 		if errors.Is(err, producer.ErrUnavailable) {
@@ -190,12 +198,13 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	}
 	// --wait is for scripts: a location whose sweep failed, or a cancel
 	// dead-lettered, leaves messages scheduled, and the exit code says so.
+	dead := max(end.DeadLettered-before.DeadLettered, 0)
 	done := func() error {
-		if failed == 0 && end.DeadLettered == 0 {
+		if failed == 0 && dead == 0 {
 			return nil
 		}
-		fmt.Fprintf(e.stderr, "sweep %s: %d location(s) failed, %d cancel(s) dead-lettered: messages may still go out; see enqueue dead list --campaign %s\n",
-			st.SweepID, failed, end.DeadLettered, st.CampaignID)
+		fmt.Fprintf(e.stderr, "sweep %s: %d location(s) failed, %d cancel(s) dead-lettered in campaign %s while it ran: messages may still go out; see enqueue dead list --campaign %s\n",
+			st.SweepID, failed, dead, st.CampaignID, st.CampaignID)
 		return errReported
 	}
 	if o.asJSON {
