@@ -97,7 +97,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	dailyReserve := fs.Int("daily-reserve", ep.Int(EnvDailyReserve, ratelimit.DailyReserveDefault), "park a location when its daily remaining falls to this; 0 parks only when it is spent (env "+EnvDailyReserve+")")
 	retention := fs.Duration("campaign-retention", ep.Duration(EnvRetention, campaign.RetentionDefault), "how long campaign counters and reports are kept after the last update (env "+EnvRetention+")")
 	breakerMode := fs.String("circuit-breaker", ep.String(EnvBreaker, "on"), "on: pause calls while HighLevel answers mostly 5xx; off (env "+EnvBreaker+")")
-	verify := fs.String("verify", ep.String(EnvVerify, "on"), "on: read a message back when its cancel finds nothing, to record already_sent or not_found; off: record not_cancellable (env "+EnvVerify+")")
+	verify := fs.String("verify", ep.String(EnvVerify, "on"), "on: read a message back when its cancel finds nothing, to record already_sent, not_found or (read back failed) not_cancellable; off: record not_cancellable (env "+EnvVerify+")")
 	deadRetention := fs.Duration("dead-letter-retention", ep.Duration(EnvDeadRetention, ledger.DeadRetentionDefault), "how long dead letters are kept (env "+EnvDeadRetention+")")
 	logFlags := logging.Flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {

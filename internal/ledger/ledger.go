@@ -72,10 +72,11 @@ const CampaignIndex = "ghlcancel:campaigns"
 const (
 	Cancelled = "cancelled"
 	// NotCancellable: HighLevel said there was nothing to cancel, unverified
-	// (VERIFY=off).
+	// (VERIFY=off), or the message reads back "failed" with no call of ours
+	// (reason failed: cancelled elsewhere, or its send failed).
 	NotCancellable = "not_cancellable"
 	// AlreadySent: the cancel found nothing to cancel and reading the
-	// message back showed it went out (sent, delivered, failed...); the
+	// message back showed it went out (sent, delivered, read...); the
 	// reason holds the status read.
 	AlreadySent = "already_sent"
 	// NotFound: the cancel found nothing and HighLevel has no such message.

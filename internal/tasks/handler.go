@@ -152,7 +152,8 @@ type Handler struct {
 	// waited out in the handler. Defaults to InlineWaitMaxDefault.
 	InlineWaitMax time.Duration
 	// Verify reads a message back when its cancel finds nothing to cancel,
-	// to record already_sent or not_found instead of not_cancellable.
+	// to record already_sent or not_found instead of not_cancellable (which
+	// it keeps for a message reading "failed" with no call of ours).
 	Verify bool
 	// Events, when set, is told how long after its webhook event each
 	// event-driven cancel makes its first call.

@@ -133,6 +133,11 @@ func TestNewCancelTask(t *testing.T) {
 	require.Equal(t, p.MessageID, got.MessageID)
 	require.NotZero(t, got.RequestedAt)
 	require.NotContains(t, string(task.Payload()), "token")
+	// asynq keeps one attempt spare (AsynqMaxRetry): 5 retries are 6.
+	rdb := redisServer.Client(t)
+	info, err := asynq.NewClientFromRedisClient(rdb).Enqueue(task)
+	require.NoError(t, err)
+	require.Equal(t, 6, info.MaxRetry)
 	require.Equal(t, "email:ve9EPM428h8vShlRW1KT", TaskID(ghl.KindEmail, p.MessageID))
 	require.Equal(t, "msg:ve9EPM428h8vShlRW1KT", TaskID(ghl.KindMessage, p.MessageID))
 
