@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -128,9 +129,27 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 			fmt.Fprintf(e.stdout, "requeued %d, already queued %d, already done %d, skipped %d (not rebuildable, left in place)\n",
 				st.Requeued, st.AlreadyQueued, st.AlreadyDone, st.Skipped)
 		}
+		if err == nil && st == (producer.RequeueStats{}) && total > 0 {
+			e.noMatchHint(ctx, store)
+		}
 		return err
 	})
 	return cmd
+}
+
+// noMatchHint: a filter that matched none of the records held is often a
+// typo (--reason unauthorised); say which reasons there are.
+func (e *env) noMatchHint(ctx context.Context, store *deadletter.Store) {
+	by := map[string]int{}
+	if store.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error { by[r.Reason]++; return nil }) != nil || len(by) == 0 {
+		return
+	}
+	reasons := make([]string, 0, len(by))
+	for r, n := range by {
+		reasons = append(reasons, fmt.Sprintf("%s %d", r, n))
+	}
+	slices.Sort(reasons)
+	fmt.Fprintf(e.stderr, "no dead letter matches the filter; the ones held have reasons: %s (see them: enqueue dead list)\n", strings.Join(reasons, ", "))
 }
 
 func (e *env) deadExportCmd() *cobra.Command {

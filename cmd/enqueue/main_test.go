@@ -165,6 +165,14 @@ func TestDeadListAndRequeue(t *testing.T) {
 	r = runCmd(t, url, "", "dead", "requeue", "--reason", "unauthorized")
 	require.NoError(t, r.err, r.stderr)
 	require.Equal(t, "requeued 4, already queued 0, already done 0, skipped 0 (not rebuildable, left in place)\n", r.stdout)
+	require.NotContains(t, r.stderr, "no dead letter matches")
+	// Run again, or with a typo: nothing matches; it says which reasons there are.
+	for _, reason := range []string{"unauthorized", "unauthorised"} {
+		r = runCmd(t, url, "", "dead", "requeue", "--reason", reason)
+		require.NoError(t, r.err, r.stderr)
+		require.Contains(t, r.stdout, "requeued 0,")
+		require.Contains(t, r.stderr, "no dead letter matches the filter; the ones held have reasons: bad_request 1 (see them: enqueue dead list)")
+	}
 	r = runCmd(t, url, "", "dead", "list")
 	require.Contains(t, r.stderr, "1 shown, 1 matching")
 	r = runCmd(t, url, "", "dead", "requeue", "--all")
