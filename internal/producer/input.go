@@ -46,6 +46,12 @@ func NewReader(r io.Reader, defaults Item) *Reader {
 // no "_", "-" or spaces.
 var idSpellings = map[string]bool{"id": true, "messageid": true, "emailmessageid": true, "msgid": true, "ids": true, "messageids": true}
 
+// squash drops the separators idSpellings leaves out.
+var squash = strings.NewReplacer("_", "", "-", "", " ", "")
+
+// knownList names knownColumns in header errors.
+const knownList = "known: message_id, location_id, kind, campaign_id, send_at"
+
 var knownColumns = map[string]bool{"message_id": true, "location_id": true, "kind": true, "campaign_id": true, "send_at": true}
 
 // Next returns the next non-blank line; ok is false at the end. A read
@@ -124,8 +130,8 @@ func parseHeader(text string) (map[string]int, bool, error) {
 		// would be read as a message id: HighLevel called for it, counted
 		// not_found, and the column named nothing.
 		for _, f := range fields {
-			if idSpellings[strings.NewReplacer("_", "", "-", "", " ", "").Replace(strings.ToLower(f))] {
-				return nil, true, fmt.Errorf("header: column %q is not one ghlcancel reads: name the id column message_id (known: message_id, location_id, kind, campaign_id, send_at)", f)
+			if idSpellings[squash.Replace(strings.ToLower(f))] {
+				return nil, true, fmt.Errorf("header: column %q is not one ghlcancel reads: name the id column message_id (%s)", f, knownList)
 			}
 		}
 		return nil, false, nil
@@ -134,7 +140,7 @@ func parseHeader(text string) (map[string]int, bool, error) {
 	for i, f := range fields {
 		name := strings.ToLower(f)
 		if !knownColumns[name] {
-			return nil, true, fmt.Errorf("header: unknown column %q (known: message_id, location_id, kind, campaign_id, send_at)", f)
+			return nil, true, fmt.Errorf("header: unknown column %q (%s)", f, knownList)
 		}
 		if _, dup := cols[name]; dup {
 			return nil, true, fmt.Errorf("header: column %q appears twice", f)
