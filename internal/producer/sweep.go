@@ -200,7 +200,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 			return SweepStarted{}, err
 		}
 		id := tasks.SweepTaskID(st.SweepID, loc)
-		args = append(args, encodeTaskMessage(tasks.TypeSweep, b, id, queue, tasks.SweepMaxRetry, tasks.SweepTimeout),
+		args = append(args, encodeTaskMessage(tasks.TypeSweep, b, id, queue, tasks.AsynqMaxRetry(tasks.SweepMaxRetry), tasks.SweepTimeout),
 			id, queue, SweepStateKey(st.SweepID, loc), loc, r.ContactID, r.Channel, r.Event, r.EventID)
 		st.TaskIDs = append(st.TaskIDs, id)
 	}

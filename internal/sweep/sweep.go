@@ -157,23 +157,40 @@ type result struct {
 }
 
 // ProcessTask implements asynq.Handler.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
-	id, _ := asynq.GetTaskID(ctx)
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	final := retried >= maxRetry
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	var info tasks.TaskInfo
+	info.ID, _ = asynq.GetTaskID(ctx)
+	info.Queue, _ = asynq.GetQueueName(ctx)
+	info.Retried, _ = asynq.GetRetryCount(ctx)
+	info.MaxRetry, _ = asynq.GetMaxRetry(ctx)
+	return h.Process(ctx, t, info)
+}
+
+// try is where a delivery stands among the task's attempts. Sweep tasks
+// carry one spare attempt, as cancels do (tasks.AsynqMaxRetry): a failure
+// is dead-lettered on lastTry, while a wait (pacing, a 429, an open
+// circuit) goes back to asynq and uses no retry. Only a failure asynq
+// counts itself (a worker that died mid-delivery) reaches the spare, final,
+// where asynq archives whatever comes back, so every way out ends the sweep.
+type try struct{ final, lastTry bool }
+
+// Process runs one delivery of a sweep task, then one settle for every way
+// out, a panic included.
+func (h *Handler) Process(ctx context.Context, t *asynq.Task, info tasks.TaskInfo) (err error) {
+	id := info.ID
+	at := try{final: info.Retried >= info.MaxRetry, lastTry: info.Retried >= info.MaxRetry-1}
 	var p tasks.SweepPayload
 	defer func() {
 		if v := recover(); v != nil {
 			h.logger().Error("panic in sweep task", "task_id", id, "panic", fmt.Sprint(v))
-			err = h.settle(ctx, id, p, final, result{fate: "dead", reason: tasks.ReasonPanic, message: fmt.Sprint(v), err: fmt.Errorf("panic: %v", v)})
+			err = h.settle(ctx, id, p, at, result{fate: "dead", reason: tasks.ReasonPanic, message: fmt.Sprint(v), err: fmt.Errorf("panic: %v", v)})
 		}
 	}()
 	if err := json.Unmarshal(t.Payload(), &p); err != nil {
-		return h.settle(ctx, id, p, final, result{fate: "dead", reason: tasks.ReasonInvalidPayload, message: "payload is not valid JSON", err: err})
+		return h.settle(ctx, id, p, at, result{fate: "dead", reason: tasks.ReasonInvalidPayload, message: "payload is not valid JSON", err: err})
 	}
 	if err := p.Validate(); err != nil {
-		return h.settle(ctx, id, p, final, result{fate: "dead", reason: tasks.ReasonInvalidPayload, message: err.Error(), err: err})
+		return h.settle(ctx, id, p, at, result{fate: "dead", reason: tasks.ReasonInvalidPayload, message: err.Error(), err: err})
 	}
 	budget := tasks.SweepBudget
 	if dl, ok := ctx.Deadline(); ok {
@@ -181,12 +198,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, max(budget, time.Second))
 	defer cancel()
-	return h.settle(ctx, id, p, final, h.run(wctx, id, p, final))
+	return h.settle(ctx, id, p, at, h.run(wctx, id, p))
 }
 
 // run pages the export until the sweep is done or the delivery's budget is
 // spent.
-func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, final bool) result {
+func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload) result {
 	st, ok, err := LoadState(ctx, h.Redis, p.SweepID, p.LocationID)
 	switch {
 	case err != nil:
@@ -204,10 +221,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, fina
 	refreshed := false
 	for {
 		if ctx.Err() != nil {
-			if final {
-				return result{fate: "retry", reason: tasks.ReasonInterrupted, err: ctx.Err()}
-			}
-			return result{fate: "again"}
+			return result{fate: "again", err: ctx.Err()}
 		}
 		phase, _ := strconv.Atoi(st.Phase)
 		if phase >= len(phases) {
@@ -339,7 +353,7 @@ func (h *Handler) admit(ctx context.Context, id string, p tasks.SweepPayload) (r
 		return result{fate: "snooze", reason: tasks.ReasonPaced, err: err}, false
 	}
 	if ctx.Err() != nil {
-		return result{fate: "again"}, false
+		return result{fate: "again", err: ctx.Err()}, false
 	}
 	return result{fate: "retry", reason: tasks.ReasonLimiter, err: err}, false
 }
@@ -397,12 +411,12 @@ func isFailure(err error) bool {
 
 // settle decides a sweep delivery's fate: the sweep ended (done, or failed
 // with a dead letter; its campaign counts it either way), or the task goes
-// back to asynq to carry on, snooze or retry. On the final attempt, where
-// asynq archives whatever comes back, a retry or snooze ends the sweep as
-// failed instead.
-func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, final bool, r result) error {
-	if final && (r.fate == "retry" || r.fate == "snooze") {
-		r.fate = "dead"
+// back to asynq to carry on, snooze or retry. A failure on the last try
+// (its retries are used up) ends the sweep as failed; on the spare, where
+// asynq archives whatever comes back, so does anything that is not an end.
+func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, at try, r result) error {
+	if (at.lastTry && r.fate == "retry") || (at.final && r.fate != "done" && r.fate != "dead") {
+		r.fate, r.reason = "dead", cmp.Or(r.reason, tasks.ReasonInterrupted)
 	}
 	rep := tasks.ReportOf(ctx)
 	rep.Outcome, rep.Reason = outcomeOf[r.fate], r.reason

@@ -28,7 +28,9 @@ const (
 	SweepTimeout = 90 * time.Second
 	SweepBudget  = 45 * time.Second
 	// SweepMaxRetry: a sweep's own failures (HighLevel 5xx on the export)
-	// retry with backoff like a cancel, about an hour.
+	// retry with backoff like a cancel, about an hour. Its asynq MaxRetry
+	// is AsynqMaxRetry(SweepMaxRetry): one spare attempt, so a wait on the
+	// last try goes back to the queue instead of failing the sweep.
 	SweepMaxRetry = 25
 	// SweepPageSize is the export's largest page.
 	SweepPageSize = 500

@@ -3,17 +3,23 @@ package worker_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/sweep"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/worker"
 )
@@ -184,4 +190,86 @@ func TestSweepEndsWithoutBringingBackAGoneCampaign(t *testing.T) {
 	left, err := b.rdb.Keys(ctx, k+"*").Result()
 	require.NoError(t, err)
 	require.Empty(t, left)
+}
+
+// snoozingPacer has every call wait: a location whose slot is far away.
+type snoozingPacer struct{}
+
+func (snoozingPacer) Admit(context.Context, ratelimit.Request) (ledger.Admission, error) {
+	return ledger.Admission{}, &ratelimit.SnoozeError{RetryAfter: time.Hour, Reason: "pacing"}
+}
+
+func (snoozingPacer) Observe(context.Context, string, ghl.Limits, *ghl.RateLimitError) error {
+	return nil
+}
+
+// TestSweepLastTryBeforeTheSpare: sweep tasks carry one spare attempt, as
+// cancels do. On the try before it a failure (a 5xx on the export) ends
+// the sweep failed with its reason, but a wait for the location's turn
+// goes back to the queue and fails nothing (it used to fail the sweep
+// "paced" once 25 real failures had gone by). On the spare itself, where
+// asynq archives whatever comes back, the wait ends the sweep too.
+func TestSweepLastTryBeforeTheSpare(t *testing.T) {
+	t.Parallel()
+	unavailable := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"statusCode":503,"message":"unavailable"}`))
+	}))
+	t.Cleanup(unavailable.Close)
+	api, err := ghl.New(ghl.Config{BaseURL: unavailable.URL, Timeout: 2 * time.Second})
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name      string
+		pacer     tasks.Pacer
+		retried   int
+		ends      bool
+		reason    string
+		isFailure bool
+	}{
+		{name: "5xx before the last try: retried", retried: tasks.SweepMaxRetry - 1, isFailure: true},
+		{name: "5xx on the last try: failed", retried: tasks.SweepMaxRetry, ends: true, reason: string(ghl.ReasonServerError)},
+		{name: "wait on the last try: back to the queue", pacer: snoozingPacer{}, retried: tasks.SweepMaxRetry},
+		{name: "wait on the spare: failed", pacer: snoozingPacer{}, retried: tasks.SweepMaxRetry + 1, ends: true, reason: tasks.ReasonPaced},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			prod := producer.New(rdb, producer.Config{})
+			st, err := prod.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, CampaignID: "spare"})
+			require.NoError(t, err)
+			id := tasks.SweepTaskID(st.SweepID, locGood)
+			info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueDefault, id)
+			require.NoError(t, err)
+			require.Equal(t, tasks.AsynqMaxRetry(tasks.SweepMaxRetry), info.MaxRetry, "a sweep task carries the spare attempt")
+
+			h := &sweep.Handler{API: api, Tokens: tokenMap{locGood: tokGood}, Producer: prod, Redis: rdb, Pacer: tc.pacer}
+			rctx, rep := tasks.WithReport(ctx)
+			err = h.Process(rctx, asynq.NewTask(info.Type, info.Payload),
+				tasks.TaskInfo{ID: id, Queue: info.Queue, Retried: tc.retried, MaxRetry: info.MaxRetry})
+			require.Error(t, err)
+			state, ok, lerr := sweep.LoadState(ctx, rdb, st.SweepID, locGood)
+			require.NoError(t, lerr)
+			require.True(t, ok)
+			s, _, gerr := campaign.New(rdb, 0).Get(ctx, "spare")
+			require.NoError(t, gerr)
+			rec, dead, derr := deadletter.New(rdb).Get(ctx, id)
+			require.NoError(t, derr)
+			if !tc.ends {
+				require.NotErrorIs(t, err, asynq.SkipRetry)
+				require.Equal(t, tc.isFailure, tasks.IsFailure(err), "only a failure uses a retry")
+				require.NotContains(t, []string{"done", "failed"}, state.Phase)
+				require.False(t, dead)
+				require.Zero(t, s.SweepsDone)
+				return
+			}
+			require.ErrorIs(t, err, asynq.SkipRetry)
+			require.Equal(t, tasks.OutcomeSweepFailed, rep.Outcome)
+			require.Equal(t, "failed", state.Phase)
+			require.True(t, dead, "the failed sweep is dead-lettered for replay")
+			require.Equal(t, tc.reason, rec.Reason)
+			require.Equal(t, int64(1), s.SweepsFailed)
+		})
+	}
 }
