@@ -17,6 +17,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
 const deadUsage = "usage: enqueue dead list|requeue|purge|export [--reason R] [--campaign C] [--location L] [--kind K] [--older-than D] [--newer-than D] [--json] [--limit N] [--all] [--yes]"
@@ -115,11 +116,12 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 	f := filterFlags(cmd.Flags())
 	asJSON := cmd.Flags().Bool("json", false, "print the counts as JSON")
 	all := cmd.Flags().Bool("all", false, "every record (required when no filter is given)")
+	maxRetry := cmd.Flags().Int("max-retry", tasks.MaxRetryDefault, "retries per requeued cancel before it is dead-lettered again (a sweep keeps its own)")
 	cmd.PreRunE = checkFilter("requeue", f, all)
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		store := deadletter.New(rdb)
 		total, _ := store.Count(ctx)
-		st, err := producer.New(rdb, producer.Config{}).Requeue(ctx, store, *f, func(s producer.RequeueStats) {
+		st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(*maxRetry)}).Requeue(ctx, store, *f, func(s producer.RequeueStats) {
 			fmt.Fprintf(e.stderr, "requeue: %d requeued, %d already queued, %d already done, %d skipped (of %d records)\n",
 				s.Requeued, s.AlreadyQueued, s.AlreadyDone, s.Skipped, total)
 		})

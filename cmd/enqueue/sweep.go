@@ -54,6 +54,7 @@ location the agency's app is installed at.`,
 	fs.StringVar(&o.campaignID, "campaign", "", "campaign to cancel into (one is made up and printed when empty; a --dry-run always has its own)")
 	fs.StringVar(&o.lane, "lane", "", "lane of the cancels: urgent, default or bulk (default: default with --contact or --conversation, else bulk)")
 	fs.IntVar(&o.pageSize, "page-size", tasks.SweepPageSize, "export page size, 10 to 500")
+	fs.IntVar(&o.maxRetry, "max-retry", tasks.MaxRetryDefault, "retries per cancel the sweep queues before it is dead-lettered")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "find and count only: per location and channel, with the time the cancels would take")
 	fs.BoolVar(&o.wait, "wait", false, "show progress until the sweeps and their cancels are done; exit 1 if a location's sweep failed or a cancel was dead-lettered")
 	fs.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
@@ -66,7 +67,7 @@ type sweepOpts struct {
 	locations                                                                       []string
 	all, dryRun, wait, asJSON                                                       bool
 	baseURL, contact, conversation, channel, since, until, source, campaignID, lane string
-	pageSize                                                                        int
+	pageSize, maxRetry                                                              int
 }
 
 func (e *env) sweep(ctx context.Context, o sweepOpts) error {
@@ -128,7 +129,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 			return err
 		}
 	}
-	st, err := producer.New(rdb, producer.Config{}).Sweep(ctx, r)
+	st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(o.maxRetry)}).Sweep(ctx, r)
 	if err != nil {
 		if errors.Is(err, producer.ErrUnavailable) {
 			return err

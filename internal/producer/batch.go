@@ -292,7 +292,6 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 	args[2] = p.cfg.CampaignRetention.Milliseconds()
 	idx := make([]int, 0, len(items)) // positions sent to the script
 	lanes := map[string]bool{}
-	retry := tasks.AsynqMaxRetry(cmp.Or(p.cfg.MaxRetry, tasks.MaxRetryDefault)) // negative: none
 	for i, it := range items {
 		queue := p.lane(it, now)
 		if !ValidQueue(queue) {
@@ -308,6 +307,7 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 			continue
 		}
 		id := tasks.TaskID(it.Kind, it.MessageID)
+		retry := tasks.AsynqMaxRetry(cmp.Or(it.MaxRetry, p.cfg.MaxRetry, tasks.MaxRetryDefault)) // negative: none
 		args = append(args, encodeTaskMessage(tasks.TypeFor(it.Kind), payload, id, queue, retry,
 			cmp.Or(p.cfg.Timeout, tasks.TimeoutDefault)), id, queue, it.CampaignID, it.LocationID, forceArg(it), flag(it.fromDeadLetter))
 		idx = append(idx, i)

@@ -41,6 +41,8 @@ type Item struct {
 	// Event and EventAt (unix ms): the webhook event that found it, if any.
 	Event   string
 	EventAt int64
+	// MaxRetry of its task, as Config.MaxRetry; 0: the producer's.
+	MaxRetry int
 	// fromDeadLetter: sent by Requeue; the dead letter's record is removed
 	// by the enqueue script whatever the answer.
 	fromDeadLetter bool

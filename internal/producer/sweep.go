@@ -53,8 +53,9 @@ type SweepRequest struct {
 	// instead of that answer.
 	DedupeRequest string
 	// revive is the task id of a failed sweep's dead letter this one
-	// replays (ReviveSweep).
-	revive string
+	// replays (ReviveSweep); retries, the retries its cancels had.
+	revive  string
+	retries int
 }
 
 // ErrDuplicate: SweepRequest.DedupeKey was already claimed. Sweep then
@@ -179,7 +180,11 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		seen[loc] = true
 		pl := tasks.SweepPayload{SweepID: st.SweepID, CampaignID: st.CampaignID, LocationID: loc, ContactID: r.ContactID,
 			ConversationID: r.ConversationID, Channel: r.Channel, Source: r.Source, Lane: r.Lane, DryRun: r.DryRun,
-			PageSize: r.PageSize, Created: now.UnixMilli(), Event: r.Event, EventID: r.EventID}
+			PageSize: r.PageSize, Created: now.UnixMilli(), Event: r.Event, EventID: r.EventID,
+			Retries: p.cfg.MaxRetry}
+		if r.revive != "" {
+			pl.Retries = r.retries
+		}
 		if !r.EventAt.IsZero() {
 			pl.EventAt = r.EventAt.UnixMilli()
 		}
@@ -252,7 +257,7 @@ func (p *Producer) ReviveSweep(ctx context.Context, rec deadletter.Record) (st S
 	}
 	r := SweepRequest{Locations: []string{pl.LocationID}, ContactID: pl.ContactID, ConversationID: pl.ConversationID,
 		Channel: pl.Channel, Source: pl.Source, CampaignID: pl.CampaignID, Lane: pl.Lane, DryRun: pl.DryRun,
-		PageSize: pl.PageSize, Queue: rec.Queue, Event: pl.Event, EventID: pl.EventID, revive: rec.TaskID}
+		PageSize: pl.PageSize, Queue: rec.Queue, Event: pl.Event, EventID: pl.EventID, revive: rec.TaskID, retries: pl.Retries}
 	if pl.Since > 0 {
 		r.Since = time.Unix(pl.Since, 0)
 	}
@@ -305,7 +310,7 @@ func SweepItems(p tasks.SweepPayload, msgs []ghl.ExportedMessage, asked time.Tim
 		// cancelled it while this page was on its way) stands. A message
 		// already queued stays queued.
 		it := Item{Kind: ghl.KindMessage, MessageID: m.ID, LocationID: p.LocationID, CampaignID: p.CampaignID, Queue: p.Lane,
-			Event: p.Event, EventAt: p.EventAt, ForceBefore: asked.UnixMilli()}
+			Event: p.Event, EventAt: p.EventAt, ForceBefore: asked.UnixMilli(), MaxRetry: p.Retries}
 		if m.IsEmail() {
 			ids := m.Meta.Email.MessageIDs
 			if len(ids) == 0 {

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
@@ -160,4 +163,62 @@ func TestDryRunSweepHasItsOwnCampaign(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok, "an old dry run is replayed in its campaign")
 	require.Equal(t, "autumn", started.CampaignID)
+}
+
+// TestSweepCancelsKeepTheStartersRetries: the retries a sweep's starter
+// was given (the intake's MAX_RETRY, --max-retry) are its cancels' retries,
+// though the worker's producer queues them; a replay of the failed sweep
+// keeps them. They used to get the default 150 whatever was asked.
+func TestSweepCancelsKeepTheStartersRetries(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	payloadOf := func(taskID string) tasks.SweepPayload {
+		t.Helper()
+		info, err := insp.GetTaskInfo(tasks.QueueDefault, taskID)
+		require.NoError(t, err)
+		var pl tasks.SweepPayload
+		require.NoError(t, json.Unmarshal(info.Payload, &pl))
+		return pl
+	}
+	workers := producer.New(rdb, producer.Config{}) // the worker's: no retries of its own
+	msgs := []ghl.ExportedMessage{{ID: "retrySms000000000001", MessageType: "TYPE_SMS", Status: "scheduled"}}
+	for i, tc := range []struct {
+		name    string
+		retries int // producer.Config.MaxRetry of the starter
+		want    int // asynq MaxRetry of the cancel
+	}{
+		{"three", 3, 4},
+		{"none", producer.NoRetry, 1},
+		{"default", 0, tasks.AsynqMaxRetry(tasks.MaxRetryDefault)},
+	} {
+		loc := fmt.Sprintf("locRetries000000000%d", i)
+		st, err := producer.New(rdb, producer.Config{MaxRetry: tc.retries}).Sweep(ctx,
+			producer.SweepRequest{Locations: []string{loc}, CampaignID: "retries-" + tc.name})
+		require.NoError(t, err)
+		pl := payloadOf(st.TaskIDs[0])
+		require.Equal(t, tc.retries, pl.Retries, tc.name)
+
+		items, _, _ := producer.SweepItems(pl, msgs, time.Now())
+		items[0].MessageID = fmt.Sprintf("retrySms00000000000%d", i)
+		require.Equal(t, producer.Enqueued, workers.EnqueueBatch(ctx, items)[0].Status)
+		info, err := insp.GetTaskInfo(tasks.QueueBulk, tasks.TaskID(ghl.KindMessage, items[0].MessageID))
+		require.NoError(t, err)
+		require.Equal(t, tc.want, info.MaxRetry, tc.name)
+
+		if tc.retries != 3 {
+			continue
+		}
+		// Replayed by an operator's producer with its own default: the
+		// sweep keeps the retries it was started with.
+		b, _ := json.Marshal(pl)
+		rec := deadletter.Record{TaskID: st.TaskIDs[0], Kind: "sweep", LocationID: loc, CampaignID: pl.CampaignID,
+			Queue: tasks.QueueDefault, Reason: "no_token", DeadAt: time.Now(), Payload: string(b)}
+		require.NoError(t, deadletter.New(rdb).Add(ctx, rec))
+		again, ok, err := workers.ReviveSweep(ctx, rec)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Equal(t, 3, payloadOf(again.TaskIDs[0]).Retries)
+	}
 }

@@ -60,6 +60,10 @@ type SweepPayload struct {
 	Event   string `json:"event,omitempty"`
 	EventID string `json:"event_id,omitempty"`
 	EventAt int64  `json:"event_at,omitempty"`
+	// Retries of the cancels the sweep queues, as producer.Config.MaxRetry
+	// (0: the default; negative: none): the starter's MAX_RETRY or
+	// --max-retry, not the worker's.
+	Retries int `json:"retries,omitempty"`
 }
 
 // SweepSources are the message sources HighLevel documents.
