@@ -251,13 +251,23 @@ func (c *Client) GetMessage(ctx context.Context, kind Kind, id, token string) (*
 
 // Message is the subset of a message (or email) ghlcancel reads.
 type Message struct {
-	ID          string `json:"id"`
-	LocationID  string `json:"locationId"`
-	Status      string `json:"status"`
-	MessageType string `json:"messageType"`
+	ID          string  `json:"id"`
+	LocationID  string  `json:"locationId"`
+	Status      string  `json:"status"`
+	MessageType string  `json:"messageType"`
+	Type        float64 `json:"type"`
+	Meta        struct {
+		Email struct {
+			MessageIDs []string `json:"messageIds"`
+		} `json:"email"`
+	} `json:"meta"`
 	// Limits are the answer's rate-limit headers.
 	Limits Limits `json:"-"`
 }
+
+// IsEmail says whether a message read by its conversation message id is an
+// email (cancelled by its emailMessageId, the last of Meta.Email.MessageIDs).
+func (m Message) IsEmail() bool { return isEmailType(m.MessageType, m.Type) }
 
 func withRequest(err error, req string) error {
 	var e *Error
@@ -393,9 +403,11 @@ type ExportedMessage struct {
 
 // IsEmail says whether the message is an email (cancelled by its
 // emailMessageId, not its id).
-func (m ExportedMessage) IsEmail() bool {
-	return m.MessageType == "TYPE_EMAIL" || m.MessageType == "TYPE_CAMPAIGN_EMAIL" || m.MessageType == "TYPE_CUSTOM_EMAIL" ||
-		m.MessageType == "TYPE_CUSTOM_PROVIDER_EMAIL" || (m.MessageType == "" && m.Type == 3)
+func (m ExportedMessage) IsEmail() bool { return isEmailType(m.MessageType, m.Type) }
+
+func isEmailType(messageType string, typ float64) bool {
+	return messageType == "TYPE_EMAIL" || messageType == "TYPE_CAMPAIGN_EMAIL" || messageType == "TYPE_CUSTOM_EMAIL" ||
+		messageType == "TYPE_CUSTOM_PROVIDER_EMAIL" || (messageType == "" && typ == 3)
 }
 
 // decodeOK reads a 2xx answer into v. A body that is not HighLevel's (an

@@ -198,37 +198,28 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 		}
 		return done(ledger.NotCancellable, status)
 	}
-	if _, err := h.admit(ctx, a); err != nil {
-		var sn snoozer
-		if errors.As(err, &sn) {
-			return snooze(ReasonPaced, fmt.Errorf("verifying a not-found cancel: %w", err))
-		}
-		return retry(ReasonLimiter, fmt.Errorf("verifying a not-found cancel: %w", err))
-	}
-	m, err := h.API.GetMessage(ctx, a.kind, a.p.MessageID, token)
-	if h.Pacer != nil && m != nil {
-		_ = h.Pacer.Observe(ctx, a.p.LocationID, m.Limits, nil)
-	} else if rl := (*ghl.RateLimitError)(nil); h.Pacer != nil && errors.As(err, &rl) {
-		_ = h.Pacer.Observe(ctx, a.p.LocationID, rl.Limits, rl)
-	}
+	m, err := h.readBack(ctx, a, a.kind, token)
 	switch {
 	case errors.Is(err, ghl.ErrNotFound):
+		if r, ok := h.asOtherKind(ctx, a, token, status); ok {
+			return r
+		}
 		r := done(ledger.NotFound, status)
 		if earlier {
 			r.reason = ledger.ReasonEarlierAttempt
 		}
 		return r
 	case err != nil:
-		var rl *ghl.RateLimitError
-		if errors.As(err, &rl) {
-			return snooze(string(ghl.ReasonRateLimited), fmt.Errorf("verifying a not-found cancel: %w", err))
+		return readBackFailed(err)
+	case m.Status == "scheduled" && a.kind == ghl.KindMessage && m.IsEmail():
+		// An email's conversation message id: the message cancel cannot
+		// reach it, however often it is tried.
+		msg := "HighLevel reads this id as an email's conversation message (status \"scheduled\"); an email is cancelled by its emailMessageId"
+		if ids := m.Meta.Email.MessageIDs; len(ids) > 0 {
+			msg += " (" + ids[len(ids)-1] + ")"
 		}
-		var e *ghl.Error
-		reason := string(ghl.ReasonNetwork)
-		if errors.As(err, &e) {
-			reason = string(e.Reason)
-		}
-		return retry(reason, fmt.Errorf("verifying a not-found cancel: %w", err))
+		msg += ": send that id again as kind email (--kind email, or a kind column)"
+		return dead(ReasonWrongKind, status, msg, errors.New(msg))
 	case m.Status == "scheduled":
 		limit := cmp.Or(h.StillScheduledRetries, StillScheduledRetriesDefault)
 		err := fmt.Errorf("the cancel found nothing to cancel, yet the message reads back as scheduled")
@@ -245,6 +236,89 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 	}
 	// A status HighLevel did not document: say what it was.
 	return result{fate: fateDone, outcome: ledger.AlreadySent, reason: cmp.Or(m.Status, "unknown"), status: status}
+}
+
+// ReasonWrongKind: the cancel and the read-back found nothing of the task's
+// kind, but HighLevel has the other kind under the id (an email's id sent
+// as a message, or the reverse).
+const ReasonWrongKind = "wrong_kind"
+
+// asOtherKind reads a message found as neither a cancel nor a read-back of
+// its task's kind as the other kind: an email's emailMessageId sent as a
+// message (a file run without --kind email), or a message id sent as an
+// email. An answer means the task named the wrong kind: a dead letter
+// wrong_kind saying what HighLevel has, to be sent again with the right
+// kind, not a not_found while an email goes out. No such message, or a
+// refusal (HighLevel documents no answer for an id of the other kind),
+// leaves it not found (ok false); a 429 or a failure worth retrying is
+// that (the cancel is tried again, as when the first read-back fails).
+func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, status int) (result, bool) {
+	other := ghl.KindEmail
+	if a.kind == ghl.KindEmail {
+		other = ghl.KindMessage
+	}
+	m, err := h.readBack(ctx, a, other, token)
+	var e *ghl.Error
+	switch {
+	case err == nil:
+		msg := fmt.Sprintf("HighLevel has no %s with this id, but has %s (status %q): send it again as kind %s (--kind %s, or a kind column)",
+			kindName(a.kind), kindName(other), m.Status, other, other)
+		return dead(ReasonWrongKind, status, msg, errors.New(msg)), true
+	case errors.Is(err, ghl.ErrNotFound), errors.As(err, &e) && !e.Retryable:
+		return result{}, false
+	}
+	return readBackFailed(err), true
+}
+
+func kindName(k ghl.Kind) string {
+	if k == ghl.KindEmail {
+		return "an email (emailMessageId)"
+	}
+	return "a message (SMS and other channels)"
+}
+
+// readBack reads the message back as kind, paced like any call. A wait
+// for the pacing slot, or a failure to get one, comes back as an
+// admitError.
+func (h *Handler) readBack(ctx context.Context, a *attempt, kind ghl.Kind, token string) (*ghl.Message, error) {
+	if _, err := h.admit(ctx, a); err != nil {
+		return nil, admitError{err}
+	}
+	m, err := h.API.GetMessage(ctx, kind, a.p.MessageID, token)
+	if h.Pacer != nil && m != nil {
+		_ = h.Pacer.Observe(ctx, a.p.LocationID, m.Limits, nil)
+	} else if rl := (*ghl.RateLimitError)(nil); h.Pacer != nil && errors.As(err, &rl) {
+		_ = h.Pacer.Observe(ctx, a.p.LocationID, rl.Limits, rl)
+	}
+	return m, err
+}
+
+type admitError struct{ error }
+
+func (e admitError) Unwrap() error { return e.error }
+
+// readBackFailed is what a failed read-back means: the attempt waits (its
+// pacing slot, a 429) or is retried, and the cancel is tried again.
+func readBackFailed(err error) result {
+	err = fmt.Errorf("verifying a not-found cancel: %w", err)
+	var ae admitError
+	if errors.As(err, &ae) {
+		var sn snoozer
+		if errors.As(ae.error, &sn) {
+			return snooze(ReasonPaced, err)
+		}
+		return retry(ReasonLimiter, err)
+	}
+	var rl *ghl.RateLimitError
+	if errors.As(err, &rl) {
+		return snooze(string(ghl.ReasonRateLimited), err)
+	}
+	var e *ghl.Error
+	reason := string(ghl.ReasonNetwork)
+	if errors.As(err, &e) {
+		reason = string(e.Reason)
+	}
+	return retry(reason, err)
 }
 
 // fate is where an attempt ends.

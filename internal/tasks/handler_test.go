@@ -104,9 +104,11 @@ func hSetup(t *testing.T) *hBundle {
 
 func (b *hBundle) respond(f func(w http.ResponseWriter, r *http.Request) bool) { b.answer.Store(&f) }
 
-func cancelTask(t *testing.T, id string) *asynq.Task {
+func cancelTask(t *testing.T, id string) *asynq.Task { return cancelTaskOf(t, ghl.KindMessage, id) }
+
+func cancelTaskOf(t *testing.T, kind ghl.Kind, id string) *asynq.Task {
 	t.Helper()
-	task, err := NewCancelTask(ghl.KindMessage, CancelPayload{MessageID: id, LocationID: hLoc, CampaignID: "hc"}, TaskOptions{})
+	task, err := NewCancelTask(kind, CancelPayload{MessageID: id, LocationID: hLoc, CampaignID: "hc"}, TaskOptions{})
 	require.NoError(t, err)
 	return task
 }
@@ -114,10 +116,15 @@ func cancelTask(t *testing.T, id string) *asynq.Task {
 // process runs one delivery with a 20 s deadline, as asynq would.
 func (b *hBundle) process(t *testing.T, id string, retried, maxRetry int) (*Report, error) {
 	t.Helper()
+	return b.processKind(t, ghl.KindMessage, id, retried, maxRetry)
+}
+
+func (b *hBundle) processKind(t *testing.T, kind ghl.Kind, id string, retried, maxRetry int) (*Report, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ctx, rep := WithReport(ctx)
-	err := b.h.Process(ctx, cancelTask(t, id), TaskInfo{ID: TaskID(ghl.KindMessage, id), Queue: QueueDefault, Retried: retried, MaxRetry: maxRetry})
+	err := b.h.Process(ctx, cancelTaskOf(t, kind, id), TaskInfo{ID: TaskID(kind, id), Queue: QueueDefault, Retried: retried, MaxRetry: maxRetry})
 	return rep, err
 }
 
@@ -125,10 +132,15 @@ func (b *hBundle) process(t *testing.T, id string, retried, maxRetry int) (*Repo
 // and dead letter (if any) and its campaign's counters.
 func (b *hBundle) fate(t *testing.T, id string) (*ledger.Outcome, *deadletter.Record, campaign.Status) {
 	t.Helper()
+	return b.fateOf(t, ghl.KindMessage, id)
+}
+
+func (b *hBundle) fateOf(t *testing.T, kind ghl.Kind, id string) (*ledger.Outcome, *deadletter.Record, campaign.Status) {
+	t.Helper()
 	ctx := context.Background()
-	o, _, _, err := b.led.Record(ctx, TaskID(ghl.KindMessage, id))
+	o, _, _, err := b.led.Record(ctx, TaskID(kind, id))
 	require.NoError(t, err)
-	rec, ok, err := deadletter.New(b.rdb).Get(ctx, TaskID(ghl.KindMessage, id))
+	rec, ok, err := deadletter.New(b.rdb).Get(ctx, TaskID(kind, id))
 	require.NoError(t, err)
 	st, _, err := campaign.New(b.rdb, 0).Get(ctx, "hc")
 	require.NoError(t, err)
@@ -467,6 +479,60 @@ func TestVerifiedNotFoundWithoutAnEarlierCall(t *testing.T) {
 	_, _, st := b.fate(t, sent)
 	require.Equal(t, int64(1), st.NotCancellable)
 	require.Equal(t, int64(1), st.AlreadySent)
+}
+
+// TestWrongKindIsNotNotFound: an email's emailMessageId sent as a message
+// (a file run without --kind email), an SMS id sent as an email, and an
+// email's conversation message id sent as a message each end as a dead
+// letter wrong_kind naming what HighLevel has (the id to send, for the
+// last), not as not_found (or, for the last, five retries and
+// still_scheduled) while the message goes out; the message stays
+// scheduled. Sent again with the right kind, each is cancelled. An id of
+// neither kind is still not_found.
+func TestWrongKindIsNotNotFound(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	b.h.Verify = true
+	emails := b.sb.AddMessages(hLoc, sandbox.MessageSpec{Email: true}, sandbox.MessageSpec{Email: true})
+	email, email2 := emails[0], emails[1]
+	sms := b.sb.ScheduleN(hLoc, 1, false)[0]
+	for _, tt := range []struct {
+		name      string
+		kind      ghl.Kind
+		id        string
+		says      string
+		rightKind ghl.Kind
+		rightID   string
+	}{
+		{"an email's id as a message", ghl.KindMessage, email.CancelID, `has an email (emailMessageId) (status "scheduled")`, ghl.KindEmail, email.CancelID},
+		{"an SMS id as an email", ghl.KindEmail, sms, `has a message (SMS and other channels) (status "scheduled")`, ghl.KindMessage, sms},
+		{"an email's conversation message id as a message", ghl.KindMessage, email2.ID, "emailMessageId (" + email2.CancelID + ")", ghl.KindEmail, email2.CancelID},
+	} {
+		_, err := b.processKind(t, tt.kind, tt.id, 0, 3)
+		require.ErrorIs(t, err, asynq.SkipRetry, tt.name)
+		o, rec, _ := b.fateOf(t, tt.kind, tt.id)
+		require.Equal(t, ledger.DeadLettered, o.Outcome, tt.name)
+		require.NotNil(t, rec, tt.name)
+		require.Equal(t, ReasonWrongKind, rec.Reason, tt.name)
+		require.Contains(t, rec.APIMessage, tt.says, tt.name)
+		require.Contains(t, rec.APIMessage, "send", tt.name)
+		st, _, _ := b.sb.MessageStatus(tt.rightID)
+		require.Equal(t, sandbox.StatusScheduled, st, tt.name)
+
+		_, err = b.processKind(t, tt.rightKind, tt.rightID, 0, 3)
+		require.NoError(t, err, tt.name)
+		o, _, _ = b.fateOf(t, tt.rightKind, tt.rightID)
+		require.Equal(t, ledger.Cancelled, o.Outcome, tt.name)
+		st, _, _ = b.sb.MessageStatus(tt.rightID)
+		require.Equal(t, sandbox.StatusCancelled, st, tt.name)
+	}
+	for _, kind := range []ghl.Kind{ghl.KindMessage, ghl.KindEmail} {
+		_, err := b.processKind(t, kind, "noSuchMessage0000001", 0, 3)
+		require.NoError(t, err)
+		o, rec, _ := b.fateOf(t, kind, "noSuchMessage0000001")
+		require.Nil(t, rec)
+		require.Equal(t, ledger.NotFound, o.Outcome, kind)
+	}
 }
 
 // TestRefusedCallClearsItsMark: a call HighLevel refused (401) was not

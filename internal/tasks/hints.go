@@ -24,6 +24,8 @@ func DeadLetterHint(reason string) string {
 		return "Retries ran out (about a day with the default 150) while HighLevel failed: check HighLevel's status, then requeue."
 	case string(ghl.ReasonMisrouted):
 		return "Every answer came from something other than HighLevel's API (route-level 404, HTML page, redirect): fix GHL_BASE_URL or the proxy, restart the workers, then requeue."
+	case ReasonWrongKind:
+		return "The id is the other kind's (an email's emailMessageId sent as a message, or the reverse); the api_message says which, and the message's status. Send it again with the right kind (--kind email, or a kind column): a requeue keeps the wrong one."
 	case ReasonStillScheduled:
 		return "The cancel said \"not found\" 5 times, yet the message reads back as scheduled: look at it in HighLevel, then requeue to try again."
 	case string(ghl.ReasonTokenSource), ReasonLimiter, ReasonInterrupted, ReasonCircuitOpen, string(ghl.ReasonRateLimited), ReasonPaced:
