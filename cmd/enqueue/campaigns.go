@@ -37,7 +37,7 @@ func (e *env) statusCmd() *cobra.Command {
 		Args: oneCampaign,
 	}
 	asJSON := cmd.Flags().Bool("json", false, "print JSON (one object per refresh with --watch)")
-	watch := cmd.Flags().Bool("watch", false, "refresh every 2 s until the campaign completes")
+	watch := cmd.Flags().Bool("watch", false, "refresh every 2 s until the campaign completes; exit 1 if it completes with dead letters or failed sweeps")
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, args []string) error {
 		tr := campaign.New(rdb, 0)
 		var prev campaign.Status
@@ -63,8 +63,18 @@ func (e *env) statusCmd() *cobra.Command {
 			} else {
 				fmt.Fprintln(e.stdout, s.Render(prev, prevAt))
 			}
-			if !*watch || s.Complete {
+			if !*watch {
 				return nil
+			}
+			if s.Complete {
+				// --watch is for scripts, as sweep --wait: a dead letter or
+				// a failed sweep leaves messages that may still go out.
+				if s.DeadLettered == 0 && s.SweepsFailed == 0 {
+					return nil
+				}
+				fmt.Fprintf(e.stderr, "campaign %s completed with %d dead-lettered cancel(s) and %d failed sweep(s): messages may still go out; see enqueue dead list --campaign %s\n",
+					args[0], s.DeadLettered, s.SweepsFailed, args[0])
+				return errReported
 			}
 			prev, prevAt = s, time.Now()
 			select {

@@ -366,6 +366,23 @@ func TestStatusReportCampaigns(t *testing.T) {
 	require.Equal(t, []string{"CAMPAIGN", "STARTED", "DONE", "TOTAL", "CANCELLED", "ALREADY_SENT", "NOT_FOUND", "NOT_CANCELLABLE", "EXPIRED", "DEAD", "COMPLETE"}, strings.Fields(lines[0]))
 	row := strings.Fields(lines[1])
 	require.Equal(t, []string{"spring", "2", "3", "1", "0", "0", "0", "0", "1", "false"}, append(row[:1:1], row[2:]...))
+	// --watch, for scripts, ends when the campaign completes: exit 1 when a
+	// cancel was dead-lettered (the message may still go out), 0 otherwise.
+	_, _, err = led.Settle(ctx, ledger.Final{TaskID: "msg:m3", CampaignID: "spring",
+		Outcome: ledger.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 1}})
+	require.NoError(t, err)
+	r = runCmd(t, url, "", "status", "spring", "--watch")
+	require.Error(t, r.err)
+	require.Contains(t, r.stderr, "campaign spring completed with 1 dead-lettered cancel(s) and 0 failed sweep(s): messages may still go out")
+	r = runCmd(t, url, "", "status", "spring")
+	require.NoError(t, r.err, "a look without --watch is no failure")
+	require.NoError(t, runCmd(t, url, "", "--location", "L", "--campaign", "clean", "m9").err)
+	_, _, err = led.Settle(ctx, ledger.Final{TaskID: "msg:m9", CampaignID: "clean",
+		Outcome: ledger.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 1}})
+	require.NoError(t, err)
+	r = runCmd(t, url, "", "status", "clean", "--watch")
+	require.NoError(t, r.err, r.stderr)
+
 	r = runCmd(t, url, "", "status", "nope")
 	require.ErrorContains(t, r.err, `no campaign "nope"`)
 	r = runCmd(t, url, "", "status")

@@ -43,7 +43,7 @@ location the agency's app is installed at.`,
 	fs := cmd.Flags()
 	var o sweepOpts
 	fs.StringSliceVar(&o.locations, "location", nil, "location (sub-account) to sweep; repeat or comma-separate for several")
-	fs.BoolVar(&o.all, "all-locations", false, "sweep every location the agency's app is installed at (listed from HighLevel; needs the agency set with `enqueue tokens agency set` and GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_TOKEN_KEY)")
+	fs.BoolVar(&o.all, "all-locations", false, "sweep every location the agency's app is installed at (listed from HighLevel; needs the agency set with enqueue tokens agency set, and GHL_CLIENT_ID, GHL_CLIENT_SECRET, GHL_TOKEN_KEY)")
 	fs.StringVar(&o.baseURL, "base-url", cmp.Or(e.getenv("GHL_BASE_URL"), ghl.BaseURLDefault), "HighLevel API base URL, for --all-locations (env GHL_BASE_URL)")
 	fs.StringVar(&o.contact, "contact", "", "only this contact's messages")
 	fs.StringVar(&o.conversation, "conversation", "", "only this conversation's messages")
