@@ -104,8 +104,6 @@ func hSetup(t *testing.T) *hBundle {
 
 func (b *hBundle) respond(f func(w http.ResponseWriter, r *http.Request) bool) { b.answer.Store(&f) }
 
-func cancelTask(t *testing.T, id string) *asynq.Task { return cancelTaskOf(t, ghl.KindMessage, id) }
-
 func cancelTaskOf(t *testing.T, kind ghl.Kind, id string) *asynq.Task {
 	t.Helper()
 	task, err := NewCancelTask(kind, CancelPayload{MessageID: id, LocationID: hLoc, CampaignID: "hc"}, TaskOptions{})
