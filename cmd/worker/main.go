@@ -133,6 +133,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if *concurrency < 1 {
 		return fmt.Errorf("%s=%d: want at least 1", EnvConcurrency, *concurrency)
 	}
+	if *concurrency > ConcurrencyMax {
+		// Each slot holds Redis connections (7/4 per slot with every lane):
+		// past this a worker exhausts Redis's default 10,000 clients or
+		// memory instead of running. Run more worker processes.
+		return fmt.Errorf("%s=%d: want at most %d (run more worker processes instead)", EnvConcurrency, *concurrency, ConcurrencyMax)
+	}
 	if *dailyReserve < 0 {
 		return fmt.Errorf("%s=%d: want 0 or more (0 parks a location only when its daily budget is spent)", EnvDailyReserve, *dailyReserve)
 	}
@@ -234,6 +240,9 @@ func checkRedisConfig(ctx context.Context, rdb *redis.Client, log *slog.Logger) 
 // with `enqueue tokens set`, and tokens minted from an agency pair loaded
 // with `enqueue tokens agency set`, kept encrypted in Redis). With both, a
 // location's explicit token wins, then its pair, then the agency.
+// ConcurrencyMax bounds WORKER_CONCURRENCY.
+const ConcurrencyMax = 5000
+
 func tokenSource(getenv func(string) string, file, baseURL string, log *slog.Logger) (tokens.Source, *tokens.OAuthConfig, error) {
 	token, id, secret, key := getenv(EnvToken), getenv(EnvClientID), getenv(EnvClientSecret), getenv(EnvTokenKey)
 	oauth := id != "" || secret != "" || key != ""
@@ -241,6 +250,13 @@ func tokenSource(getenv func(string) string, file, baseURL string, log *slog.Log
 		return nil, nil, fmt.Errorf("%s is one token for every location: unset it to use %s or OAuth (%s/%s/%s)", EnvToken, EnvTokensFile, EnvClientID, EnvClientSecret, EnvTokenKey)
 	}
 	if token != "" {
+		// A secret file's line break comes with it: trimmed. Anything else
+		// a header cannot carry stops the worker here, not as a day of
+		// "network" retries.
+		token = strings.TrimSpace(token)
+		if err := ghl.CheckToken(token); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", EnvToken, err)
+		}
 		return tokens.Static(token), nil, nil
 	}
 	var src tokens.Source

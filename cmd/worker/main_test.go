@@ -217,6 +217,8 @@ func TestRunConfigErrors(t *testing.T) {
 	t.Parallel()
 	tf := filepath.Join(t.TempDir(), "tokens.json")
 	require.NoError(t, os.WriteFile(tf, []byte(`{"loc": "secret-in-file"`), 0o600))
+	emptyTF := filepath.Join(t.TempDir(), "empty.json")
+	require.NoError(t, os.WriteFile(emptyTF, []byte(`{}`), 0o600))
 	tests := []struct {
 		name string
 		args []string
@@ -246,6 +248,11 @@ func TestRunConfigErrors(t *testing.T) {
 		{"negative timeout", nil, map[string]string{EnvToken: "t", EnvAPITimeout: "-1s"}, `GHL_TIMEOUT=-1s: want a positive duration`},
 		{"zero shutdown", nil, map[string]string{EnvToken: "t", EnvShutdownTimeout: "0s"}, `SHUTDOWN_TIMEOUT=0s: want a positive duration`},
 		{"zero concurrency", nil, map[string]string{EnvToken: "t", EnvConcurrency: "0"}, `WORKER_CONCURRENCY=0: want at least 1`},
+		{"huge concurrency", nil, map[string]string{EnvToken: "t", EnvConcurrency: "99999999"}, `WORKER_CONCURRENCY=99999999: want at most 5000`},
+		// A token with a character no header carries stops the worker here
+		// (it used to be "network error", retried for a day), never quoted.
+		{"token with a space inside", nil, map[string]string{EnvToken: "secret-in-file more"}, "GHL_TOKEN: the token has a space, control or non-ASCII character at byte 15 of 19"},
+		{"tokens file holds none", nil, map[string]string{EnvTokensFile: emptyTF}, "holds no token"},
 		{"negative daily reserve", nil, map[string]string{EnvToken: "t", EnvDailyReserve: "-5"}, `DAILY_RESERVE=-5: want 0 or more`},
 	}
 	for _, tt := range tests {

@@ -281,6 +281,23 @@ func withRequest(err error, req string) error {
 	return err
 }
 
+// CheckToken says whether a token can be sent as a Bearer credential:
+// visible ASCII only. A token pasted with a trailing newline, or a space
+// inside, makes Go refuse to build the request, which would read as a
+// network failure and be retried for a day; callers trim what they load
+// and refuse the rest. The error never quotes the token.
+func CheckToken(token string) error {
+	if token == "" {
+		return errors.New("the token is empty")
+	}
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; c <= ' ' || c > '~' {
+			return fmt.Errorf("the token has a space, control or non-ASCII character at byte %d of %d (a line break pasted with it?)", i+1, len(token))
+		}
+	}
+	return nil
+}
+
 // do sends one request and reads a bounded body. Transport failures come
 // back as *Error (timeout or network, retryable). req is the sanitized line.
 func (c *Client) do(ctx context.Context, method, endpoint, path, token string) (int, http.Header, []byte, string, error) {
@@ -294,6 +311,11 @@ func (c *Client) doLimit(ctx context.Context, method, endpoint, path, token stri
 		return 0, nil, nil, method + " " + path, &Error{Reason: ReasonInvalidID, Message: "bad path", Err: err}
 	}
 	reqLine := method + " " + sanitizeURL(u)
+	if err := CheckToken(token); err != nil {
+		// Not a network failure: nothing was sent, and trying again sends
+		// nothing either. Never a breaker failure.
+		return 0, nil, nil, reqLine, &Error{Reason: ReasonInvalidToken, Request: reqLine, Message: err.Error() + ": fix the location's token"}
+	}
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
 		return 0, nil, nil, reqLine, &Error{Reason: ReasonClientError, Request: reqLine, Message: "building request failed", Err: err}

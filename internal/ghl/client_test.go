@@ -352,3 +352,31 @@ func TestExportAgainstSandbox(t *testing.T) {
 	require.Positive(t, checked["GET /conversations/messages/export 200"])
 	require.Positive(t, checked["GET /conversations/messages/email/{id} 200"])
 }
+
+// TestCheckToken: what a Bearer header can carry (visible ASCII); the
+// error places the bad byte without quoting the token.
+func TestCheckToken(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		token string
+		want  string // "" when fine
+	}{
+		{"pit-0123abcd-ef45-6789", ""},
+		{"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_-+/=~", ""},
+		{"", "the token is empty"},
+		{"zq9\n", "at byte 4 of 4"},
+		{"zq9 en", "at byte 4 of 6"},
+		{"zq9\x7f", "at byte 4 of 4"},
+		{"zq9ë", "at byte 4 of 5"},
+	} {
+		err := ghl.CheckToken(tt.token)
+		if tt.want == "" {
+			require.NoError(t, err, tt.token)
+			continue
+		}
+		require.ErrorContains(t, err, tt.want, "%q", tt.token)
+		if tt.token != "" {
+			require.NotContains(t, err.Error(), "zq9", "the token is never quoted")
+		}
+	}
+}

@@ -29,6 +29,7 @@ const (
 	ReasonMisrouted    Reason = "misrouted"
 	ReasonInvalidID    Reason = "invalid_id"    // rejected before any call
 	ReasonNoToken      Reason = "no_token"      // no token is configured for the location
+	ReasonInvalidToken Reason = "invalid_token" // the token cannot be sent: a space or control character in it
 	ReasonTokenSource  Reason = "token_source"  // the token source failed (retryable)
 	ReasonInvalidGrant Reason = "invalid_grant" // OAuth refresh token rejected
 	ReasonInactive     Reason = "location_inactive"

@@ -461,6 +461,11 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 	if r, ok := tokenFailure(err); ok {
 		return r
 	}
+	if err := ghl.CheckToken(token); err != nil {
+		// Before a pacing slot is taken: nothing could be sent.
+		msg := err.Error() + ": fix the location's token, then requeue"
+		return dead(string(ghl.ReasonInvalidToken), 0, msg, errors.New(msg))
+	}
 
 	inlineMax := h.InlineWaitMax
 	if inlineMax == 0 {

@@ -533,6 +533,62 @@ func TestWrongKindIsNotNotFound(t *testing.T) {
 	}
 }
 
+// countingBreaker is a closed breaker that counts what it is told.
+type countingBreaker struct{ records, failures atomic.Int32 }
+
+func (b *countingBreaker) Allow() (bool, error) { return false, nil }
+func (b *countingBreaker) Record(failure, _ bool) {
+	b.records.Add(1)
+	if failure {
+		b.failures.Add(1)
+	}
+}
+func (b *countingBreaker) Abandon(bool) {}
+
+// TestInvalidTokenIsNotANetworkFailure: a token with a line break inside
+// (a secret pasted with it) cannot be sent. It used to fail in Go's
+// transport as a "network error": retried for a day, dead-lettered
+// "network" with a hint to check HighLevel, and counted by the breaker,
+// which paused every location's cancels. It is a dead letter
+// invalid_token at once: no call, no pacing slot, nothing for the breaker,
+// and the error does not quote the token.
+func TestInvalidTokenIsNotANetworkFailure(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	brk := &countingBreaker{}
+	b.h.Breaker = brk
+	admitted := atomic.Int32{}
+	b.h.Pacer = fakePacer{admit: func(ratelimit.Request) (ledger.Admission, error) {
+		admitted.Add(1)
+		return ledger.Admission{}, nil
+	}}
+	b.h.Tokens = tokenFunc(func(string) (string, error) { return "secret-part\nsecond-line", nil })
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	rep, err := b.process(t, id, 0, 3)
+	require.ErrorIs(t, err, asynq.SkipRetry)
+	require.Equal(t, OutcomeDeadLettered, rep.Outcome)
+	_, rec, st := b.fate(t, id)
+	require.NotNil(t, rec)
+	require.Equal(t, string(ghl.ReasonInvalidToken), rec.Reason)
+	require.Contains(t, rec.APIMessage, "fix the location's token")
+	require.NotContains(t, rec.APIMessage, "secret")
+	require.NotContains(t, err.Error(), "secret")
+	require.Equal(t, int64(1), st.DeadLettered)
+	require.Zero(t, b.calls.Load(), "nothing is sent")
+	require.Zero(t, admitted.Load(), "no pacing slot is taken")
+	require.Zero(t, brk.records.Load(), "the breaker is told nothing")
+
+	// The client refuses it too, as invalid_token and not retryable, for
+	// every caller (a sweep's export, an OAuth token gone bad).
+	_, err = b.api.Cancel(context.Background(), ghl.KindMessage, id, "secret-part second-part")
+	var e *ghl.Error
+	require.ErrorAs(t, err, &e)
+	require.Equal(t, ghl.ReasonInvalidToken, e.Reason)
+	require.False(t, e.Retryable)
+	require.NotContains(t, err.Error(), "secret")
+	require.Zero(t, b.calls.Load())
+}
+
 // TestRefusedCallClearsItsMark: a call HighLevel refused (401) was not
 // carried out, so a later "not found" must not count as its cancel; a 5xx
 // might have been, so its mark stays.

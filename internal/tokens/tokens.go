@@ -9,8 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 )
 
 // ErrNoToken means no token is configured for the location. It is terminal:
@@ -86,40 +89,69 @@ func readFile(path string) (map[string]string, error) {
 		// The JSON error may quote the file's content (a token): drop it.
 		return nil, fmt.Errorf("tokens file %s: not a JSON object of location id to token strings", path)
 	}
+	if len(m) == 0 {
+		// {} or null: every cancel would be dead-lettered no_token.
+		return nil, fmt.Errorf("tokens file %s: holds no token (want a JSON object of location id to token)", path)
+	}
 	for loc, tok := range m {
 		if loc == "" || tok == "" {
 			return nil, fmt.Errorf("tokens file %s: empty location id or token", path)
 		}
+		// A token written with its line break (jq --rawfile, a secret
+		// file) is trimmed; anything else a header cannot carry is refused.
+		tok = strings.TrimSpace(tok)
+		if err := ghl.CheckToken(tok); err != nil {
+			return nil, fmt.Errorf("tokens file %s: location %q: %w", path, loc, err)
+		}
+		m[loc] = tok
 	}
 	return m, nil
 }
 
 // Token returns the location's token, reloading the file if it changed.
+// A location with no token has the file checked again sooner (at most
+// every fileRecheckMissing, not every checkEvery): ErrNoToken dead-letters
+// the task, and the operator who just added the token and requeued must
+// not lose the requeue to the check interval.
 func (f *File) Token(_ context.Context, location string) (string, error) {
-	f.maybeReload()
+	f.maybeReload(false)
 	f.mu.RLock()
 	tok, ok := f.tokens[location]
 	f.mu.RUnlock()
+	if !ok {
+		f.maybeReload(true)
+		f.mu.RLock()
+		tok, ok = f.tokens[location]
+		f.mu.RUnlock()
+	}
 	if !ok {
 		return "", ErrNoToken
 	}
 	return tok, nil
 }
 
-func (f *File) maybeReload() {
-	now := time.Now()
+// fileRecheckMissing is how often a lookup that found no token checks the
+// file again (a location served by OAuth looks in the file first).
+const fileRecheckMissing = 100 * time.Millisecond
+
+func (f *File) maybeReload(missing bool) {
+	at := time.Now()
+	every := f.checkEvery
+	if missing {
+		every = min(every, fileRecheckMissing)
+	}
 	f.mu.RLock()
-	due := now.Sub(f.lastCheck) >= f.checkEvery
+	due := at.Sub(f.lastCheck) >= every
 	f.mu.RUnlock()
 	if !due {
 		return
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if now.Sub(f.lastCheck) < f.checkEvery {
+	if at.Sub(f.lastCheck) < every {
 		return
 	}
-	f.lastCheck = now
+	f.lastCheck = at
 	st, err := os.Stat(f.path)
 	if err != nil {
 		f.report(fmt.Errorf("tokens file: %w (keeping %d loaded tokens)", err, len(f.tokens)))
@@ -230,7 +262,7 @@ func (c *Chain) Close() error {
 
 // Locations lists the locations the file has a token for.
 func (f *File) Locations() []string {
-	f.maybeReload()
+	f.maybeReload(false)
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := make([]string, 0, len(f.tokens))

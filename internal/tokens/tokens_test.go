@@ -66,6 +66,54 @@ func TestFileReloadsWithoutRestart(t *testing.T) {
 	mu.Unlock()
 }
 
+// TestFileTrimsTokensAndRechecksForAMissingOne: a token written with its
+// line break (jq --rawfile, a secret file) is trimmed, not sent as a header
+// Go refuses to build ("network error", retried for a day). A reload to
+// {} keeps the tokens loaded. A location added to the file is found by the
+// next lookup that misses it, within the check interval: a requeue right
+// after the edit is not dead-lettered no_token again.
+func TestFileTrimsTokensAndRechecksForAMissingOne(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "tokens.json")
+	require.NoError(t, os.WriteFile(path, []byte(`{"locA":" tok-a\n"}`), 0o600))
+	var mu sync.Mutex
+	var reloadErrs []error
+	f, err := tokens.NewFile(path, func(err error) { mu.Lock(); reloadErrs = append(reloadErrs, err); mu.Unlock() })
+	require.NoError(t, err)
+	tok, err := f.Token(ctx, "locA")
+	require.NoError(t, err)
+	require.Equal(t, "tok-a", tok)
+	_, err = f.Token(ctx, "locB")
+	require.ErrorIs(t, err, tokens.ErrNoToken)
+
+	// The operator adds locB and requeues at once (the regular check is
+	// every 2 s): the lookup that misses checks the file again.
+	time.Sleep(150 * time.Millisecond)
+	require.NoError(t, os.WriteFile(path, []byte(`{"locA":"tok-a","locB":"tok-b"}`), 0o600))
+	future := time.Now().Add(time.Minute)
+	require.NoError(t, os.Chtimes(path, future, future))
+	tok, err = f.Token(ctx, "locB")
+	require.NoError(t, err, "found at the first lookup after the edit")
+	require.Equal(t, "tok-b", tok)
+
+	// Emptied by mistake: the tokens loaded stay, and the error says so.
+	require.NoError(t, os.WriteFile(path, []byte(`{}`), 0o600))
+	later := future.Add(time.Minute)
+	require.NoError(t, os.Chtimes(path, later, later))
+	time.Sleep(150 * time.Millisecond)
+	_, err = f.Token(ctx, "locC") // a miss checks the file
+	require.ErrorIs(t, err, tokens.ErrNoToken)
+	tok, err = f.Token(ctx, "locB")
+	require.NoError(t, err)
+	require.Equal(t, "tok-b", tok)
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, reloadErrs)
+	require.Contains(t, reloadErrs[0].Error(), "holds no token")
+	require.Contains(t, reloadErrs[0].Error(), "keeping 2 loaded tokens")
+}
+
 func TestFileRejectsBadContent(t *testing.T) {
 	t.Parallel()
 	for name, content := range map[string]string{
@@ -73,6 +121,13 @@ func TestFileRejectsBadContent(t *testing.T) {
 		"array":        `["s3cr3t"]`,
 		"empty token":  `{"s3cr3t":""}`,
 		"number token": `{"locA":12, "locB":"s3cr3t"`,
+		// No tokens at all: every cancel would be dead-lettered no_token.
+		"empty object": `{}`,
+		"null":         `null`,
+		// Characters no Authorization header can carry.
+		"inner line break": `{"locA":"s3cr3t\nmore"}`,
+		"inner space":      `{"locA":"s3cr3t more"}`,
+		"non-ASCII":        `{"locA":"s3cr3té"}`,
 	} {
 		path := filepath.Join(t.TempDir(), "t.json")
 		require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
