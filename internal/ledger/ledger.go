@@ -203,10 +203,12 @@ end
 local function ccomplete(total, done, sweeps, swept)
   return (total > 0 or sweeps > 0) and done >= total and swept >= sweeps
 end
--- cfinish sets or clears finished_at from the counters.
+-- cfinish sets or clears finished_at from the counters. A campaign whose
+-- every message moved to another (sent again under a new campaign id) has
+-- nothing left to wait for: complete, not running until it expires.
 local function cfinish(c, now)
   local total, done, _, sweeps, swept = ccount(c)
-  if ccomplete(total, done, sweeps, swept) then
+  if ccomplete(total, done, sweeps, swept) or (total <= 0 and sweeps == 0) then
     redis.call("HSETNX", (ck(c)), "finished_at", now)
   else
     redis.call("HDEL", (ck(c)), "finished_at")

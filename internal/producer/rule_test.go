@@ -116,7 +116,9 @@ func TestEnqueueRule(t *testing.T) {
 		{"dead-lettered, sent again without a campaign: it stays in c1", settled(ledger.DeadLettered, "unauthorized"), false, "", producer.Requeued, true, 1, false},
 		{"cancelled, forced without a campaign: it stays in c1", settled(ledger.Cancelled, ""), true, "", producer.Requeued, true, 1, false},
 		{"cancelled, sent again without a campaign", settled(ledger.Cancelled, ""), false, "", producer.AlreadyDone, false, 1, true},
-		{"dead-lettered, sent to another campaign: it moves (c1 is left empty)", settled(ledger.DeadLettered, "unauthorized"), false, "c2", producer.Requeued, true, 0, false},
+		// c1 completed (dead-lettered) and is left with nothing to wait
+		// for: it stays complete, not "running" until it expires.
+		{"dead-lettered, sent to another campaign: it moves (c1 is left empty)", settled(ledger.DeadLettered, "unauthorized"), false, "c2", producer.Requeued, true, 0, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
