@@ -64,6 +64,30 @@ local function drop_dead(id)
   redis.call("HDEL", KEYS[1], id)
   redis.call("ZREM", KEYS[2], id)
 end
+-- other_kind is the task id of the same message id as the other kind.
+local function other_kind(id)
+  if string.sub(id, 1, 4) == "msg:" then return "email:" .. string.sub(id, 5) end
+  if string.sub(id, 1, 6) == "email:" then return "msg:" .. string.sub(id, 7) end
+  return id
+end
+-- drop_wrong_kind: the message is sent as the kind HighLevel has; a dead
+-- letter wrong_kind of the same id as the other kind (the task that named
+-- the wrong kind) is not a message of its own. Its record and dead letter
+-- go, and its campaign no longer counts it (this one counts the message).
+local function drop_wrong_kind(id)
+  local other = other_kind(id)
+  if other == id then return end
+  local rk = "ghlcancel:msg:" .. other
+  local rec = redis.call("HMGET", rk, "o", "c")
+  if not rec[1] or string.sub(rec[1], 1, 25) ~= "dead_lettered|wrong_kind|" then return end
+  drop_dead(other)
+  local prevc = rec[2]
+  if prevc and prevc ~= "" and clive(prevc) then
+    creopen(prevc, other)
+    count(prevc, -1, "")
+  end
+  redis.call("DEL", rk)
+end
 -- Task ids to push per lane: one LPUSH per lane for the whole batch (in
 -- the same order as one LPUSH per task).
 local push, seen = {}, {}
@@ -83,6 +107,7 @@ for i = 0, n - 1 do
   local id = ARGV[3 + i * 7 + 2]
   ` + existsKeys + `
   keys[#keys+1] = "ghlcancel:msg:" .. id
+  keys[#keys+1] = "ghlcancel:msg:" .. other_kind(id)
 end
 local fresh = redis.call("EXISTS", unpack(keys)) == 0
 -- A message's record expires with its last call, while its campaign lives
@@ -125,6 +150,7 @@ for i = 0, n - 1 do
     res[i+1] = 0
     enqueue(lane, id, msg)
   else
+    drop_wrong_kind(id)
     local live, stale, archived = false, {}, false
     for _, l in ipairs(LANES) do
       local st = redis.call("HGET", "asynq:{" .. l .. "}:t:" .. id, "state")
@@ -227,7 +253,8 @@ end
 return {res, adopt}`)
 
 // existsKeys appends, in enqueueScript, the task key of id on every lane
-// to keys; with the record's key that makes existsPerItem keys per item.
+// to keys; with the record's key and the other kind's record key that
+// makes existsPerItem keys per item.
 var existsKeys = func() string {
 	var b strings.Builder
 	for _, l := range tasks.Queues {
@@ -236,7 +263,7 @@ var existsKeys = func() string {
 	return b.String()
 }()
 
-var existsPerItem = len(tasks.Queues) + 1
+var existsPerItem = len(tasks.Queues) + 2
 
 // luaLanes lists the lanes as Lua string literals.
 func luaLanes() string {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
@@ -38,6 +39,13 @@ func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadl
 // (requeued or purged meanwhile) are not counted.
 func (p *Producer) RequeueIDs(ctx context.Context, store *deadletter.Store, taskIDs []string, progress func(RequeueStats)) (RequeueStats, error) {
 	return p.requeue(ctx, func(fn func(deadletter.Record) error) error { return store.ScanIDs(ctx, taskIDs, fn) }, progress)
+}
+
+func otherKind(k ghl.Kind) ghl.Kind {
+	if k == ghl.KindEmail {
+		return ghl.KindMessage
+	}
+	return ghl.KindEmail
 }
 
 func (p *Producer) requeue(ctx context.Context, scan func(func(deadletter.Record) error) error, progress func(RequeueStats)) (RequeueStats, error) {
@@ -104,6 +112,11 @@ func (p *Producer) requeue(ctx context.Context, scan func(func(deadletter.Record
 		if err != nil || r.Kind == "" || r.MessageID == "" {
 			st.Skipped++
 			return nil
+		}
+		if r.Reason == tasks.ReasonWrongKind {
+			// HighLevel has the id as the other kind: send it as that. The
+			// enqueue rule takes this dead letter out of its campaign.
+			kind = otherKind(kind)
 		}
 		queue := r.Queue
 		if !ValidQueue(queue) {

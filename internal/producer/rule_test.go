@@ -464,3 +464,80 @@ func TestForceBefore(t *testing.T) {
 		})
 	}
 }
+
+// TestRightKindTakesTheWrongKindOut: a message dead-lettered wrong_kind
+// (its id sent as the wrong kind) and then sent as the right kind, by a
+// resend or a requeue, is one message: the wrong kind's dead letter and
+// record go, and its campaign no longer counts it (it used to count the
+// message twice, one of them dead-lettered for good, and --watch exited
+// 1). A dead letter of another reason stays: that task is a message of
+// its own.
+func TestRightKindTakesTheWrongKindOut(t *testing.T) {
+	t.Parallel()
+	const loc = "locKind0000000000001"
+	wrong := func(t *testing.T, rdb *redis.Client, id, camp, reason string) {
+		t.Helper()
+		p := producer.New(rdb, producer.Config{})
+		require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: camp}).Status)
+		require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, "msg:"+id))
+		_, _, err := ledger.New(rdb, ledger.Config{}).Settle(context.Background(), ledger.Final{TaskID: "msg:" + id, CampaignID: camp,
+			Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: reason, HTTPStatus: 404, Attempts: 1},
+			Dead:    &deadletter.Record{Kind: "message", MessageID: id, LocationID: loc, CampaignID: camp, Queue: tasks.QueueDefault, Reason: reason}})
+		require.NoError(t, err)
+	}
+	get := func(t *testing.T, rdb *redis.Client, camp string) campaign.Status {
+		t.Helper()
+		s, _, err := campaign.New(rdb, 0).Get(context.Background(), camp)
+		require.NoError(t, err)
+		return s
+	}
+	for _, tt := range []struct {
+		name      string
+		reason    string
+		requeue   bool   // by enqueue dead requeue, else sent again as an email
+		camp      string // the resend's campaign
+		stays     bool   // the msg: dead letter stays
+		wantTotal map[string]int64
+	}{
+		{"resent as an email, same campaign", tasks.ReasonWrongKind, false, "k1", false, map[string]int64{"k1": 1}},
+		{"resent as an email, another campaign", tasks.ReasonWrongKind, false, "k2", false, map[string]int64{"k1": 0, "k2": 1}},
+		{"requeued: goes as an email", tasks.ReasonWrongKind, true, "k1", false, map[string]int64{"k1": 1}},
+		{"another reason: a message of its own", "unauthorized", false, "k1", true, map[string]int64{"k1": 2}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			id := "mKind00000000000000" + fmt.Sprint(len(tt.name)%10)
+			wrong(t, rdb, id, "k1", tt.reason)
+			p := producer.New(rdb, producer.Config{})
+			if tt.requeue {
+				st, err := p.Requeue(ctx, deadletter.New(rdb), deadletter.Filter{Reason: tasks.ReasonWrongKind}, nil)
+				require.NoError(t, err)
+				require.Equal(t, 1, st.Requeued)
+			} else {
+				r := p.Enqueue(ctx, producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: tt.camp})
+				require.Equal(t, producer.Enqueued, r.Status, "%v", r.Err)
+			}
+			info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueDefault, "email:"+id)
+			require.NoError(t, err, "queued as an email")
+			require.Equal(t, asynq.TaskStatePending, info.State)
+			_, dead, err := deadletter.New(rdb).Get(ctx, "msg:"+id)
+			require.NoError(t, err)
+			require.Equal(t, tt.stays, dead)
+			o, _, _, err := ledger.New(rdb, ledger.Config{}).Record(ctx, "msg:"+id)
+			require.NoError(t, err)
+			require.Equal(t, tt.stays, o != nil, "the wrong kind's record")
+			for camp, want := range tt.wantTotal {
+				s := get(t, rdb, camp)
+				require.Equal(t, want, s.Total, "%s's total", camp)
+				if !tt.stays {
+					require.Zero(t, s.DeadLettered, "%s counts no dead letter", camp)
+				}
+			}
+			if tt.camp == "k2" {
+				require.True(t, get(t, rdb, "k1").Complete, "k1 has nothing left to wait for")
+			}
+		})
+	}
+}

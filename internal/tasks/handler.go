@@ -218,8 +218,8 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 		if ids := m.Meta.Email.MessageIDs; len(ids) > 0 {
 			msg += " (" + ids[len(ids)-1] + ")"
 		}
-		msg += ": send that id again as kind email (--kind email, or a kind column)"
-		return dead(ReasonWrongKind, status, msg, errors.New(msg))
+		msg += ": send that id as kind email (--kind email, or a kind column)"
+		return dead(ReasonEmailConversationID, status, msg, errors.New(msg))
 	case m.Status == "scheduled":
 		limit := cmp.Or(h.StillScheduledRetries, StillScheduledRetriesDefault)
 		err := fmt.Errorf("the cancel found nothing to cancel, yet the message reads back as scheduled")
@@ -240,8 +240,15 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 
 // ReasonWrongKind: the cancel and the read-back found nothing of the task's
 // kind, but HighLevel has the other kind under the id (an email's id sent
-// as a message, or the reverse).
+// as a message, or the reverse). A requeue sends it as the other kind, and
+// queuing the right kind takes the wrong one's dead letter out of its
+// campaign (the enqueue rule).
 const ReasonWrongKind = "wrong_kind"
+
+// ReasonEmailConversationID: the id is a scheduled email's conversation
+// message id; HighLevel cancels an email by its emailMessageId, another id
+// (named in the dead letter's message).
+const ReasonEmailConversationID = "email_conversation_id"
 
 // asOtherKind reads a message found as neither a cancel nor a read-back of
 // its task's kind as the other kind: an email's emailMessageId sent as a

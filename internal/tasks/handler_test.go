@@ -480,10 +480,10 @@ func TestVerifiedNotFoundWithoutAnEarlierCall(t *testing.T) {
 }
 
 // TestWrongKindIsNotNotFound: an email's emailMessageId sent as a message
-// (a file run without --kind email), an SMS id sent as an email, and an
-// email's conversation message id sent as a message each end as a dead
-// letter wrong_kind naming what HighLevel has (the id to send, for the
-// last), not as not_found (or, for the last, five retries and
+// (a file run without --kind email) and an SMS id sent as an email each end
+// as a dead letter wrong_kind naming what HighLevel has, and an email's
+// conversation message id sent as a message as email_conversation_id
+// naming the id to send, not as not_found (or, for the last, five retries and
 // still_scheduled) while the message goes out; the message stays
 // scheduled. Sent again with the right kind, each is cancelled. An id of
 // neither kind is still not_found.
@@ -498,20 +498,21 @@ func TestWrongKindIsNotNotFound(t *testing.T) {
 		name      string
 		kind      ghl.Kind
 		id        string
+		reason    string
 		says      string
 		rightKind ghl.Kind
 		rightID   string
 	}{
-		{"an email's id as a message", ghl.KindMessage, email.CancelID, `has an email (emailMessageId) (status "scheduled")`, ghl.KindEmail, email.CancelID},
-		{"an SMS id as an email", ghl.KindEmail, sms, `has a message (SMS and other channels) (status "scheduled")`, ghl.KindMessage, sms},
-		{"an email's conversation message id as a message", ghl.KindMessage, email2.ID, "emailMessageId (" + email2.CancelID + ")", ghl.KindEmail, email2.CancelID},
+		{"an email's id as a message", ghl.KindMessage, email.CancelID, ReasonWrongKind, `has an email (emailMessageId) (status "scheduled")`, ghl.KindEmail, email.CancelID},
+		{"an SMS id as an email", ghl.KindEmail, sms, ReasonWrongKind, `has a message (SMS and other channels) (status "scheduled")`, ghl.KindMessage, sms},
+		{"an email's conversation message id as a message", ghl.KindMessage, email2.ID, ReasonEmailConversationID, "emailMessageId (" + email2.CancelID + ")", ghl.KindEmail, email2.CancelID},
 	} {
 		_, err := b.processKind(t, tt.kind, tt.id, 0, 3)
 		require.ErrorIs(t, err, asynq.SkipRetry, tt.name)
 		o, rec, _ := b.fateOf(t, tt.kind, tt.id)
 		require.Equal(t, ledger.DeadLettered, o.Outcome, tt.name)
 		require.NotNil(t, rec, tt.name)
-		require.Equal(t, ReasonWrongKind, rec.Reason, tt.name)
+		require.Equal(t, tt.reason, rec.Reason, tt.name)
 		require.Contains(t, rec.APIMessage, tt.says, tt.name)
 		require.Contains(t, rec.APIMessage, "send", tt.name)
 		st, _, _ := b.sb.MessageStatus(tt.rightID)

@@ -27,7 +27,9 @@ func DeadLetterHint(reason string) string {
 	case string(ghl.ReasonMisrouted):
 		return "Every answer came from something other than HighLevel's API (route-level 404, HTML page, redirect): fix GHL_BASE_URL or the proxy, restart the workers, then requeue."
 	case ReasonWrongKind:
-		return "The id is the other kind's (an email's emailMessageId sent as a message, or the reverse); the api_message says which, and the message's status. Send it again with the right kind (--kind email, or a kind column): a requeue keeps the wrong one."
+		return "The id is the other kind's (an email's emailMessageId sent as a message, or the reverse); the api_message says which, and the message's status. Requeue: it goes as the other kind. Sending it again with the right kind does the same; either way this dead letter leaves its campaign."
+	case ReasonEmailConversationID:
+		return "The id is a scheduled email's conversation message id; HighLevel cancels an email by its emailMessageId, which the api_message names. Send that id with kind email (a requeue sends the same id again)."
 	case ReasonStillScheduled:
 		return "The cancel said \"not found\" 5 times, yet the message reads back as scheduled: look at it in HighLevel, then requeue to try again."
 	case string(ghl.ReasonTokenSource), ReasonLimiter, ReasonInterrupted, ReasonCircuitOpen, string(ghl.ReasonRateLimited), ReasonPaced:
