@@ -122,7 +122,7 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 		store := deadletter.New(rdb)
 		total, _ := store.Count(ctx)
 		st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(*maxRetry)}).Requeue(ctx, store, *f, func(s producer.RequeueStats) {
-			fmt.Fprintf(e.stderr, "requeue: %d requeued, %d already queued, %d already done, %d skipped (of %d records)\n",
+			fmt.Fprintf(e.stderr, "requeue: %d requeued, %d already queued, %d already done, %d skipped (%d dead letters in all)\n",
 				s.Requeued, s.AlreadyQueued, s.AlreadyDone, s.Skipped, total)
 		})
 		if *asJSON {

@@ -39,7 +39,7 @@ scheduled (sweep), and manage tokens.`,
 	fs := cmd.Flags()
 	location := fs.String("location", "", "location (sub-account) id of the messages, unless the file has a location_id column")
 	retention := fs.Duration("campaign-retention", envDur(e.getenv("CAMPAIGN_RETENTION"), campaign.RetentionDefault), "how long the campaign's counters and report are kept after its last update (env CAMPAIGN_RETENTION)")
-	campaignID := fs.String("campaign", "", "campaign id to group these cancels under")
+	campaignID := fs.String("campaign", "", "campaign id to group these cancels under (a file's campaign_id column wins for the rows that fill it)")
 	kindFlag := fs.String("kind", "message", "message or email, unless the file has a kind column")
 	urgent := fs.Bool("urgent", false, "use the urgent lane (same as --lane urgent)")
 	lane := fs.String("lane", "", "lane: urgent, default or bulk (default: bulk with --file, default otherwise)")

@@ -56,7 +56,7 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 			rs = append(rs, fmt.Sprintf("%s %d", r, n))
 		}
 		sort.Strings(rs)
-		fmt.Fprintf(&b, "  dead letters: %s (enqueue dead list --campaign %s)\n", strings.Join(rs, ", "), s.Campaign)
+		fmt.Fprintf(&b, "  dead letters: %s (enqueue dead list --campaign %s; purged ones are counted, not listed)\n", strings.Join(rs, ", "), s.Campaign)
 	}
 	for loc, why := range s.Parked {
 		fmt.Fprintf(&b, "  parked location %s: %s\n", loc, why)

@@ -495,8 +495,10 @@ func jsonErr(err error, body []byte) string {
 // decodeItem decodes and validates one item strictly (unknown fields are
 // errors: a typo like "mesage_id" must not silently cancel nothing).
 func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.ItemError) {
+	var c client.Cancel
 	bad := func(field, code, msg string) (producer.Item, *client.ItemError) {
-		return producer.Item{}, &client.ItemError{Index: i, Field: field, Code: code, Message: msg}
+		// The message id, once read, names the rejected item in the answer.
+		return producer.Item{MessageID: c.MessageID}, &client.ItemError{Index: i, Field: field, Code: code, Message: msg}
 	}
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(b, &m); err != nil || m == nil {
@@ -507,8 +509,9 @@ func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.I
 			return bad(k, client.CodeItemUnknownField, "unknown field (known: message_id, location_id, kind, campaign_id, send_at, urgent, force)")
 		}
 	}
-	var c client.Cancel
 	if err := json.Unmarshal(b, &c); err != nil {
+		c = client.Cancel{}
+		_ = json.Unmarshal(m["message_id"], &c.MessageID) // to name the item, when it is a string
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			return bad(te.Field, client.CodeItemInvalidJSON, "want a "+te.Type.String())

@@ -267,6 +267,11 @@ func TestMalformedAndInvalidItems(t *testing.T) {
 	require.Equal(t, "email:ok2", res.Results[10].TaskID)
 	require.Equal(t, client.StatusRejected, res.Results[3].Status)
 	require.Equal(t, client.CodeItemInvalidKind, res.Results[3].Error.Code)
+	// A rejected item names its message when it has one to name.
+	require.Equal(t, "x", res.Results[3].MessageID)
+	require.Equal(t, "x", res.Results[4].MessageID, "send_at fails the decode: the id is still named")
+	require.Equal(t, "a/b", res.Results[1].MessageID)
+	require.Empty(t, res.Results[6].MessageID)
 	require.Equal(t, map[string]int{"default": 2}, e.queued())
 
 	eb = client.ErrorBody{}

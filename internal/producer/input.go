@@ -140,6 +140,9 @@ func parseHeader(text string) (map[string]int, bool, error) {
 	for i, f := range fields {
 		name := strings.ToLower(f)
 		if !knownColumns[name] {
+			if f == "" {
+				return nil, true, fmt.Errorf("header: an empty column name (a trailing comma?) (%s)", knownList)
+			}
 			return nil, true, fmt.Errorf("header: unknown column %q (%s)", f, knownList)
 		}
 		if _, dup := cols[name]; dup {

@@ -96,6 +96,9 @@ func TestReader(t *testing.T) {
 		{"csv unknown column", "message_id,colour\nm1,red\n", []got{
 			{1, producer.Item{}, `fatal: header: unknown column "colour" (known: message_id, location_id, kind, campaign_id, send_at)`},
 		}},
+		{"a header with a trailing comma", "message_id,location_id,\nm1,L1,\n", []got{
+			{1, producer.Item{}, `fatal: header: an empty column name (a trailing comma?) (known: message_id, location_id, kind, campaign_id, send_at)`},
+		}},
 		{"a header naming the id otherwise", "id\nm1\n", []got{
 			{1, producer.Item{}, `fatal: header: column "id" is not one ghlcancel reads: name the id column message_id (known: message_id, location_id, kind, campaign_id, send_at)`},
 		}},

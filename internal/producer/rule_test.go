@@ -420,8 +420,9 @@ func TestForceBefore(t *testing.T) {
 		sweepCampaign int64 // the sweep's campaign's total afterwards
 		c1Complete    bool
 	}{
-		{"expired before the export was asked: cancelled again", ledger.Expired, time.Minute, false, producer.Requeued, 0, 1, false},
-		{"cancelled before the export was asked (scheduled again since)", ledger.Cancelled, time.Minute, false, producer.Requeued, 0, 1, false},
+		// c1 is left with nothing to wait for: it stays complete.
+		{"expired before the export was asked: cancelled again", ledger.Expired, time.Minute, false, producer.Requeued, 0, 1, true},
+		{"cancelled before the export was asked (scheduled again since)", ledger.Cancelled, time.Minute, false, producer.Requeued, 0, 1, true},
 		{"cancelled while the page was on its way: it stands", ledger.Cancelled, -time.Second, false, producer.AlreadyDone, 1, 0, true},
 		{"expired while the page was on its way: it stands", ledger.Expired, -time.Second, false, producer.AlreadyDone, 1, 0, true},
 		{"record expired, the campaign's row is older: cancelled again", ledger.Expired, time.Minute, true, producer.Requeued, 1, 1, false},
