@@ -79,7 +79,8 @@ func (e *env) statusCmd() *cobra.Command {
 			prev, prevAt = s, time.Now()
 			select {
 			case <-ctx.Done():
-				return nil
+				// A script waiting on --watch must not read "complete".
+				return fmt.Errorf("interrupted before campaign %s completed (%d of %d done)", args[0], s.Done, s.Total)
 			case <-time.After(2 * time.Second):
 			}
 		}

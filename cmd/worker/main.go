@@ -269,6 +269,13 @@ func tokenSource(getenv func(string) string, file, baseURL string, log *slog.Log
 		src = f
 	}
 	if !oauth {
+		if f, ok := src.(*tokens.File); ok {
+			// The only source: a file that holds no token would dead-letter
+			// every cancel no_token (refused at start and on reload).
+			if err := f.RequireTokens(); err != nil {
+				return nil, nil, err
+			}
+		}
 		if src == nil {
 			return nil, nil, errors.New("no token: set " + EnvToken + " (one token for all locations), " + EnvTokensFile +
 				" (JSON location id -> token), or " + EnvClientID + ", " + EnvClientSecret + " and " + EnvTokenKey + " (OAuth: location pairs and agency installs)")

@@ -298,6 +298,15 @@ func CheckToken(token string) error {
 	return nil
 }
 
+// NotSent says whether err refused a call before anything was sent (an id
+// or a token no request can carry): a circuit breaker learns nothing from
+// it, neither failure nor success.
+func NotSent(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.StatusCode == 0 && !e.Retryable &&
+		(e.Reason == ReasonInvalidToken || e.Reason == ReasonInvalidID || e.Reason == ReasonNoToken)
+}
+
 // do sends one request and reads a bounded body. Transport failures come
 // back as *Error (timeout or network, retryable). req is the sanitized line.
 func (c *Client) do(ctx context.Context, method, endpoint, path, token string) (int, http.Header, []byte, string, error) {

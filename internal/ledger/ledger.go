@@ -242,16 +242,18 @@ local function csettled(c, now, ttl)
   if ccomplete(total, done, sweeps, swept) then redis.call("HSETNX", (ck(c)), "finished_at", now) end
   if done == 1 or now - updated >= 60000 then ctouch(c, now, ttl) end
 end
--- creopen removes a message's terminal row from campaign c (it runs again).
+-- creopen removes a message's terminal row from campaign c (it runs again);
+-- true when there was one (the campaign counted the message).
 local function creopen(c, id)
   local k, ko, kr = ck(c)
   redis.call("SREM", kr, id)
   local row = redis.call("HGET", ko, id)
-  if not row then return end
+  if not row then return false end
   local outcome, reason = string.match(row, "^([^|]*)|([^|]*)|")
   redis.call("HDEL", ko, id)
   redis.call("HINCRBY", k, outcome, -1)
   if reason ~= "" then redis.call("HINCRBY", k, reason_field(outcome, reason), -1) end
+  return true
 end
 -- cadd changes campaign c's distinct total by n (new messages, or ones that
 -- moved to or from it), for a location.

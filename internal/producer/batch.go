@@ -70,23 +70,37 @@ local function other_kind(id)
   if string.sub(id, 1, 6) == "email:" then return "msg:" .. string.sub(id, 7) end
   return id
 end
--- drop_wrong_kind: the message is sent as the kind HighLevel has; a dead
--- letter wrong_kind of the same id as the other kind (the task that named
--- the wrong kind) is not a message of its own. Its record and dead letter
--- go, and its campaign no longer counts it (this one counts the message).
-local function drop_wrong_kind(id)
+-- wrong_kind_of: the campaign ("" for none) of a dead letter wrong_kind of
+-- the same message id as the other kind (the task that named the wrong
+-- kind), or nil when there is none.
+local function wrong_kind_of(id)
   local other = other_kind(id)
-  if other == id then return end
-  local rk = "ghlcancel:msg:" .. other
-  local rec = redis.call("HMGET", rk, "o", "c")
-  if not rec[1] or string.sub(rec[1], 1, 25) ~= "dead_lettered|wrong_kind|" then return end
+  if other == id then return nil end
+  local rec = redis.call("HMGET", "ghlcancel:msg:" .. other, "o", "c")
+  if not rec[1] or string.sub(rec[1], 1, 25) ~= "dead_lettered|wrong_kind|" then return nil end
+  return rec[2] or ""
+end
+-- drop_wrong_kind: the message is sent as the kind HighLevel has; the
+-- wrong kind's task is not a message of its own. Its record, dead letter
+-- and archived copy go, and its campaign no longer counts it (the campaign
+-- this one is sent to counts the message).
+local function drop_wrong_kind(id)
+  local prevc = wrong_kind_of(id)
+  if not prevc then return end
+  local other = other_kind(id)
   drop_dead(other)
-  local prevc = rec[2]
-  if prevc and prevc ~= "" and clive(prevc) then
-    creopen(prevc, other)
-    count(prevc, -1, "")
+  -- Only a campaign that counted it (its row is there: a reused name's
+  -- new campaign never did) gives it up.
+  if prevc ~= "" and clive(prevc) and creopen(prevc, other) then count(prevc, -1, "") end
+  redis.call("DEL", "ghlcancel:msg:" .. other)
+  for _, l in ipairs(LANES) do
+    local tk = "asynq:{" .. l .. "}:t:" .. other
+    local st = redis.call("HGET", tk, "state")
+    if st == "archived" or st == "completed" then
+      redis.call("DEL", tk)
+      redis.call("ZREM", "asynq:{" .. l .. "}:" .. st, other)
+    end
   end
-  redis.call("DEL", rk)
 end
 -- Task ids to push per lane: one LPUSH per lane for the whole batch (in
 -- the same order as one LPUSH per task).
@@ -149,6 +163,13 @@ for i = 0, n - 1 do
     count(campaign, 1, loc)
     res[i+1] = 0
     enqueue(lane, id, msg)
+  elseif campaign == "" and (wrong_kind_of(id) or "") ~= "" and clive(wrong_kind_of(id)) then
+    -- Sent as the right kind without a campaign: it stays in the one the
+    -- wrong kind's dead letter counts it in (the caller sends it again
+    -- under it; nothing changed here).
+    res[i+1] = 4
+    adopt[#adopt+1] = i
+    adopt[#adopt+1] = wrong_kind_of(id)
   else
     drop_wrong_kind(id)
     local live, stale, archived = false, {}, false
@@ -203,10 +224,15 @@ for i = 0, n - 1 do
             -- move the message if it is sent under another campaign). If the
             -- campaign expired, the message counts as new where it is sent.
             if prevc ~= "" and clive(prevc) then
-              creopen(prevc, id)
+              -- The campaign counts the message if its row is there, or if
+              -- it has no outcome yet (counted at enqueue, never settled);
+              -- a reused name's new campaign with no row never counted it.
+              local counted = creopen(prevc, id) or not o
               count(prevc, 0, "")
               if prevc ~= campaign then
-                count(prevc, -1, "")
+                if counted then count(prevc, -1, "") end
+                count(campaign, 1, loc)
+              elseif not counted then
                 count(campaign, 1, loc)
               end
             else

@@ -69,6 +69,18 @@ func TestEnqueueRule(t *testing.T) {
 			require.NoError(t, b.rdb.Del(context.Background(), ledger.Key(tid)).Err())
 		}
 	}
+	// reused: c1 expired after the message settled in it, and a new c1 was
+	// started under the name with another message: it never counted this one.
+	reused := func(before func(*testing.T, bundle)) func(*testing.T, bundle) {
+		return func(t *testing.T, b bundle) {
+			before(t, b)
+			ctx := context.Background()
+			require.NoError(t, b.rdb.Del(ctx, ledger.CampaignKey("c1"), ledger.CampaignOutcomesKey("c1"),
+				ledger.CampaignRetryingKey("c1"), ledger.CampaignLocationsKey("c1")).Err())
+			require.Equal(t, producer.Enqueued, b.p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: "mRuleOther0000000001",
+				LocationID: loc, CampaignID: "c1", Queue: tasks.QueueBulk}).Status)
+		}
+	}
 	tests := []struct {
 		name     string
 		before   func(*testing.T, bundle)
@@ -119,6 +131,11 @@ func TestEnqueueRule(t *testing.T) {
 		// c1 completed (dead-lettered) and is left with nothing to wait
 		// for: it stays complete, not "running" until it expires.
 		{"dead-lettered, sent to another campaign: it moves (c1 is left empty)", settled(ledger.DeadLettered, "unauthorized"), false, "c2", producer.Requeued, true, 0, true},
+		// A reused name's new campaign neither gives up (it left it at 0
+		// and complete with its message pending) nor keeps uncounted (it
+		// ran uncounted) a message it never counted.
+		{"dead-lettered in c1's earlier life, sent to another campaign", reused(settled(ledger.DeadLettered, "unauthorized")), false, "c2", producer.Requeued, true, 1, false},
+		{"dead-lettered in c1's earlier life, sent to the new c1", reused(settled(ledger.DeadLettered, "unauthorized")), false, "c1", producer.Requeued, true, 2, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -476,11 +493,13 @@ func TestForceBefore(t *testing.T) {
 func TestRightKindTakesTheWrongKindOut(t *testing.T) {
 	t.Parallel()
 	const loc = "locKind0000000000001"
+	// wrong leaves msg:id as a worker does: its outcome and dead letter
+	// settled, and asynq's archived copy (SkipRetry).
 	wrong := func(t *testing.T, rdb *redis.Client, id, camp, reason string) {
 		t.Helper()
 		p := producer.New(rdb, producer.Config{})
 		require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: camp}).Status)
-		require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, "msg:"+id))
+		require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).ArchiveTask(tasks.QueueDefault, "msg:"+id))
 		_, _, err := ledger.New(rdb, ledger.Config{}).Settle(context.Background(), ledger.Final{TaskID: "msg:" + id, CampaignID: camp,
 			Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: reason, HTTPStatus: 404, Attempts: 1},
 			Dead:    &deadletter.Record{Kind: "message", MessageID: id, LocationID: loc, CampaignID: camp, Queue: tasks.QueueDefault, Reason: reason}})
@@ -498,12 +517,19 @@ func TestRightKindTakesTheWrongKindOut(t *testing.T) {
 		requeue   bool   // by enqueue dead requeue, else sent again as an email
 		camp      string // the resend's campaign
 		stays     bool   // the msg: dead letter stays
+		reused    bool   // k1 expired and was started again under its name, with another message
 		wantTotal map[string]int64
+		wantIn    string // the email task's campaign
 	}{
-		{"resent as an email, same campaign", tasks.ReasonWrongKind, false, "k1", false, map[string]int64{"k1": 1}},
-		{"resent as an email, another campaign", tasks.ReasonWrongKind, false, "k2", false, map[string]int64{"k1": 0, "k2": 1}},
-		{"requeued: goes as an email", tasks.ReasonWrongKind, true, "k1", false, map[string]int64{"k1": 1}},
-		{"another reason: a message of its own", "unauthorized", false, "k1", true, map[string]int64{"k1": 2}},
+		{"resent as an email, same campaign", tasks.ReasonWrongKind, false, "k1", false, false, map[string]int64{"k1": 1}, "k1"},
+		{"resent as an email, another campaign", tasks.ReasonWrongKind, false, "k2", false, false, map[string]int64{"k1": 0, "k2": 1}, "k2"},
+		// The hint's own advice without --campaign: it stays in k1 (it
+		// used to leave k1 complete with 0 and run in no campaign).
+		{"resent as an email, no campaign", tasks.ReasonWrongKind, false, "", false, false, map[string]int64{"k1": 1}, "k1"},
+		{"requeued: goes as an email", tasks.ReasonWrongKind, true, "k1", false, false, map[string]int64{"k1": 1}, "k1"},
+		// k1's new life never counted it: its pending message stays counted.
+		{"its campaign's name reused since", tasks.ReasonWrongKind, false, "k2", false, true, map[string]int64{"k1": 1, "k2": 1}, "k2"},
+		{"another reason: a message of its own", "unauthorized", false, "k1", true, false, map[string]int64{"k1": 2}, "k1"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -512,6 +538,11 @@ func TestRightKindTakesTheWrongKindOut(t *testing.T) {
 			id := "mKind00000000000000" + fmt.Sprint(len(tt.name)%10)
 			wrong(t, rdb, id, "k1", tt.reason)
 			p := producer.New(rdb, producer.Config{})
+			if tt.reused {
+				require.NoError(t, rdb.Del(ctx, ledger.CampaignKey("k1"), ledger.CampaignOutcomesKey("k1"),
+					ledger.CampaignRetryingKey("k1"), ledger.CampaignLocationsKey("k1")).Err())
+				require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: "mOther0000000000001", LocationID: loc, CampaignID: "k1"}).Status)
+			}
 			if tt.requeue {
 				st, err := p.Requeue(ctx, deadletter.New(rdb), deadletter.Filter{Reason: tasks.ReasonWrongKind}, nil)
 				require.NoError(t, err)
@@ -520,9 +551,19 @@ func TestRightKindTakesTheWrongKindOut(t *testing.T) {
 				r := p.Enqueue(ctx, producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: tt.camp})
 				require.Equal(t, producer.Enqueued, r.Status, "%v", r.Err)
 			}
-			info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueDefault, "email:"+id)
+			insp := asynq.NewInspectorFromRedisClient(rdb)
+			info, err := insp.GetTaskInfo(tasks.QueueDefault, "email:"+id)
 			require.NoError(t, err, "queued as an email")
 			require.Equal(t, asynq.TaskStatePending, info.State)
+			var pl tasks.CancelPayload
+			require.NoError(t, json.Unmarshal(info.Payload, &pl))
+			require.Equal(t, tt.wantIn, pl.CampaignID, "the email task's campaign")
+			_, err = insp.GetTaskInfo(tasks.QueueDefault, "msg:"+id)
+			if tt.stays {
+				require.NoError(t, err, "a message of its own keeps its archived copy")
+			} else {
+				require.Error(t, err, "the wrong kind's archived copy is gone")
+			}
 			_, dead, err := deadletter.New(rdb).Get(ctx, "msg:"+id)
 			require.NoError(t, err)
 			require.Equal(t, tt.stays, dead)
@@ -537,7 +578,7 @@ func TestRightKindTakesTheWrongKindOut(t *testing.T) {
 				}
 			}
 			if tt.camp == "k2" {
-				require.True(t, get(t, rdb, "k1").Complete, "k1 has nothing left to wait for")
+				require.Equal(t, !tt.reused, get(t, rdb, "k1").Complete, "k1 complete only when it has nothing left to wait for")
 			}
 		})
 	}

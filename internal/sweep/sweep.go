@@ -217,6 +217,10 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload) resu
 	if v, ok := tasks.ClassifyTokenError(err); ok {
 		return result{fate: v.Fate, reason: v.Reason, message: v.Message, err: err}
 	}
+	if err := ghl.CheckToken(token); err != nil {
+		// Before the export's pacing slot: nothing could be sent.
+		return result{fate: "dead", reason: string(ghl.ReasonInvalidToken), message: err.Error() + ": fix the location's token, then requeue", err: err}
+	}
 	phases := p.Phases()
 	refreshed := false
 	for {
@@ -251,7 +255,11 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload) resu
 		asked := time.Now() // what the page says is newer than outcomes recorded before this
 		page, err := h.API.ExportMessages(ctx, q, token)
 		if h.Breaker != nil {
-			h.Breaker.Record(isFailure(err), probe)
+			if ghl.NotSent(err) {
+				h.Breaker.Abandon(probe)
+			} else {
+				h.Breaker.Record(isFailure(err), probe)
+			}
 		}
 		if r, ok := h.observe(ctx, p, page, err); !ok {
 			return r

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -214,12 +215,7 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 	case m.Status == "scheduled" && a.kind == ghl.KindMessage && m.IsEmail():
 		// An email's conversation message id: the message cancel cannot
 		// reach it, however often it is tried.
-		msg := "HighLevel reads this id as an email's conversation message (status \"scheduled\"); an email is cancelled by its emailMessageId"
-		if ids := m.Meta.Email.MessageIDs; len(ids) > 0 {
-			msg += " (" + ids[len(ids)-1] + ")"
-		}
-		msg += ": send that id as kind email (--kind email, or a kind column)"
-		return dead(ReasonEmailConversationID, status, msg, errors.New(msg))
+		return emailConversationID(m, status)
 	case m.Status == "scheduled":
 		limit := cmp.Or(h.StillScheduledRetries, StillScheduledRetriesDefault)
 		err := fmt.Errorf("the cancel found nothing to cancel, yet the message reads back as scheduled")
@@ -257,8 +253,13 @@ const ReasonEmailConversationID = "email_conversation_id"
 // wrong_kind saying what HighLevel has, to be sent again with the right
 // kind, not a not_found while an email goes out. No such message, or a
 // refusal (HighLevel documents no answer for an id of the other kind),
-// leaves it not found (ok false); a 429 or a failure worth retrying is
-// that (the cancel is tried again, as when the first read-back fails).
+// leaves it not found (ok false). A 429 or a pacing wait is that (no retry
+// used); a failure worth retrying retries the cancel, as when the first
+// read-back fails, but only OtherKindRetries times and never on the last
+// try: how HighLevel answers an id of the other kind is unverified, and a
+// message its own kind does not know must not end as a day of retries and
+// a server_error dead letter. After that it is not_found, reason
+// other_kind_unread.
 func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, status int) (result, bool) {
 	other := ghl.KindEmail
 	if a.kind == ghl.KindEmail {
@@ -267,21 +268,54 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 	m, err := h.readBack(ctx, a, other, token)
 	var e *ghl.Error
 	switch {
+	case err == nil && other == ghl.KindMessage && m.IsEmail():
+		// An email's conversation message id sent as an email.
+		return emailConversationID(m, status), true
 	case err == nil:
-		msg := fmt.Sprintf("HighLevel has no %s with this id, but has %s (status %q): send it again as kind %s (--kind %s, or a kind column)",
-			kindName(a.kind), kindName(other), m.Status, other, other)
+		msg := fmt.Sprintf("HighLevel has no %s with this id, but has %s (status %q): send it again as kind %s (enqueue dead requeue does; or --kind %s, or a kind column, with its --campaign)",
+			kindNoun(a.kind), withArticle(kindNoun(other)), m.Status, other, other)
 		return dead(ReasonWrongKind, status, msg, errors.New(msg)), true
 	case errors.Is(err, ghl.ErrNotFound), errors.As(err, &e) && !e.Retryable:
 		return result{}, false
 	}
-	return readBackFailed(err), true
+	r := readBackFailed(err)
+	if r.fate == fateRetry && (a.lastTry || a.retried >= OtherKindRetries) {
+		return result{fate: fateDone, outcome: ledger.NotFound, reason: ReasonOtherKindUnread, status: status}, true
+	}
+	return r, true
 }
 
-func kindName(k ghl.Kind) string {
-	if k == ghl.KindEmail {
-		return "an email (emailMessageId)"
+// OtherKindRetries bounds the retries a failing read-back as the other kind
+// costs a message its own kind does not know (see asOtherKind).
+const OtherKindRetries = 3
+
+// ReasonOtherKindUnread: not found as its kind; reading it as the other
+// kind failed OtherKindRetries times.
+const ReasonOtherKindUnread = "other_kind_unread"
+
+// emailConversationID is the dead letter of an email's conversation message
+// id sent for a cancel, which takes the emailMessageId.
+func emailConversationID(m *ghl.Message, status int) result {
+	msg := fmt.Sprintf("HighLevel reads this id as an email's conversation message (status %q); an email is cancelled by its emailMessageId", m.Status)
+	if ids := m.Meta.Email.MessageIDs; len(ids) > 0 {
+		msg += " (" + ids[len(ids)-1] + ")"
 	}
-	return "a message (SMS and other channels)"
+	msg += ": send that id as kind email (--kind email, or a kind column, with its --campaign)"
+	return dead(ReasonEmailConversationID, status, msg, errors.New(msg))
+}
+
+func kindNoun(k ghl.Kind) string {
+	if k == ghl.KindEmail {
+		return "email (emailMessageId)"
+	}
+	return "message (SMS and other channels)"
+}
+
+func withArticle(s string) string {
+	if strings.IndexByte("aeiou", s[0]) >= 0 {
+		return "an " + s
+	}
+	return "a " + s
 }
 
 // readBack reads the message back as kind, paced like any call. A wait
@@ -523,7 +557,9 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 
 		res, err := h.API.Cancel(ctx, a.kind, p.MessageID, token)
 		if h.Breaker != nil {
-			if ctx.Err() == nil || probe {
+			if ghl.NotSent(err) {
+				h.Breaker.Abandon(probe)
+			} else if ctx.Err() == nil || probe {
 				h.Breaker.Record(ctx.Err() != nil || apiFailure(err), probe)
 			} else {
 				h.Breaker.Abandon(probe)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -491,8 +492,8 @@ func TestWrongKindIsNotNotFound(t *testing.T) {
 	t.Parallel()
 	b := hSetup(t)
 	b.h.Verify = true
-	emails := b.sb.AddMessages(hLoc, sandbox.MessageSpec{Email: true}, sandbox.MessageSpec{Email: true})
-	email, email2 := emails[0], emails[1]
+	emails := b.sb.AddMessages(hLoc, sandbox.MessageSpec{Email: true}, sandbox.MessageSpec{Email: true}, sandbox.MessageSpec{Email: true})
+	email, email2, email3 := emails[0], emails[1], emails[2]
 	sms := b.sb.ScheduleN(hLoc, 1, false)[0]
 	for _, tt := range []struct {
 		name      string
@@ -506,6 +507,8 @@ func TestWrongKindIsNotNotFound(t *testing.T) {
 		{"an email's id as a message", ghl.KindMessage, email.CancelID, ReasonWrongKind, `has an email (emailMessageId) (status "scheduled")`, ghl.KindEmail, email.CancelID},
 		{"an SMS id as an email", ghl.KindEmail, sms, ReasonWrongKind, `has a message (SMS and other channels) (status "scheduled")`, ghl.KindMessage, sms},
 		{"an email's conversation message id as a message", ghl.KindMessage, email2.ID, ReasonEmailConversationID, "emailMessageId (" + email2.CancelID + ")", ghl.KindEmail, email2.CancelID},
+		// Not "send it as a message": that would only find the same again.
+		{"an email's conversation message id as an email", ghl.KindEmail, email3.ID, ReasonEmailConversationID, "emailMessageId (" + email3.CancelID + ")", ghl.KindEmail, email3.CancelID},
 	} {
 		_, err := b.processKind(t, tt.kind, tt.id, 0, 3)
 		require.ErrorIs(t, err, asynq.SkipRetry, tt.name)
@@ -531,6 +534,49 @@ func TestWrongKindIsNotNotFound(t *testing.T) {
 		o, rec, _ := b.fateOf(t, kind, "noSuchMessage0000001")
 		require.Nil(t, rec)
 		require.Equal(t, ledger.NotFound, o.Outcome, kind)
+	}
+}
+
+// TestOtherKindReadFailuresAreBounded: how HighLevel answers a read of an
+// id as the other kind is unverified. If it fails (a 5xx), a message its
+// own kind does not know retries a few times, then ends not_found with
+// reason other_kind_unread, also on its last try: not a day of retries and
+// a server_error dead letter.
+func TestOtherKindReadFailuresAreBounded(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	b.h.Verify = true
+	b.respond(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/conversations/messages/email/") {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadGateway)
+		_, _ = w.Write([]byte(`{"statusCode":502,"message":"bad gateway"}`))
+		return true
+	})
+	for _, tt := range []struct {
+		name              string
+		retried, maxRetry int
+		retries           bool
+	}{
+		{"first attempt: retried", 0, 150, true},
+		{"after the bound: not found", OtherKindRetries, 150, false},
+		{"on the last try: not found", 1, 2, false},
+	} {
+		id := fmt.Sprintf("noSuchMessage%07d", tt.retried*10+tt.maxRetry%10)
+		_, err := b.process(t, id, tt.retried, tt.maxRetry)
+		o, rec, _ := b.fate(t, id)
+		require.Nil(t, rec, tt.name)
+		if tt.retries {
+			require.Error(t, err, tt.name)
+			require.True(t, IsFailure(err), tt.name)
+			require.Nil(t, o, tt.name)
+			continue
+		}
+		require.NoError(t, err, tt.name)
+		require.Equal(t, ledger.NotFound, o.Outcome, tt.name)
+		require.Equal(t, ReasonOtherKindUnread, o.Reason, tt.name)
 	}
 }
 

@@ -51,6 +51,32 @@ type File struct {
 	modTime   time.Time
 	size      int64
 	lastCheck time.Time
+	// The version of the file that last failed to load, and when a failure
+	// was last reported: a broken file is read and reported once per
+	// change (a missing one once per checkEvery), not at every lookup that
+	// misses a token.
+	badMod     time.Time
+	badSize    int64
+	lastReport time.Time
+	// requireTokens: the file is the only token source, so a version that
+	// holds none is refused like a broken one (see RequireTokens).
+	requireTokens bool
+}
+
+// ErrNoTokens: the tokens file holds no token while it is the only source.
+var ErrNoTokens = errors.New("holds no token (want a JSON object of location id to token)")
+
+// RequireTokens makes a reload to a file that holds no token ({}, null) a
+// failure that keeps the tokens loaded: with no other source every cancel
+// would be dead-lettered no_token. It fails when the file holds none now.
+func (f *File) RequireTokens() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.tokens) == 0 {
+		return fmt.Errorf("tokens file %s: %w", f.path, ErrNoTokens)
+	}
+	f.requireTokens = true
+	return nil
 }
 
 // FileCheckEveryDefault is how often the tokens file is checked for changes.
@@ -89,9 +115,8 @@ func readFile(path string) (map[string]string, error) {
 		// The JSON error may quote the file's content (a token): drop it.
 		return nil, fmt.Errorf("tokens file %s: not a JSON object of location id to token strings", path)
 	}
-	if len(m) == 0 {
-		// {} or null: every cancel would be dead-lettered no_token.
-		return nil, fmt.Errorf("tokens file %s: holds no token (want a JSON object of location id to token)", path)
+	if m == nil {
+		m = map[string]string{} // null
 	}
 	for loc, tok := range m {
 		if loc == "" || tok == "" {
@@ -154,14 +179,21 @@ func (f *File) maybeReload(missing bool) {
 	f.lastCheck = at
 	st, err := os.Stat(f.path)
 	if err != nil {
-		f.report(fmt.Errorf("tokens file: %w (keeping %d loaded tokens)", err, len(f.tokens)))
+		if at.Sub(f.lastReport) >= f.checkEvery {
+			f.lastReport = at
+			f.report(fmt.Errorf("tokens file: %w (keeping %d loaded tokens)", err, len(f.tokens)))
+		}
 		return
 	}
-	if st.ModTime().Equal(f.modTime) && st.Size() == f.size {
-		return
+	if (st.ModTime().Equal(f.modTime) && st.Size() == f.size) || (st.ModTime().Equal(f.badMod) && st.Size() == f.badSize) {
+		return // unchanged, or the same broken version as before
 	}
 	m, err := readFile(f.path)
+	if err == nil && f.requireTokens && len(m) == 0 {
+		err = fmt.Errorf("tokens file %s: %w", f.path, ErrNoTokens)
+	}
 	if err != nil {
+		f.badMod, f.badSize, f.lastReport = st.ModTime(), st.Size(), at
 		f.report(fmt.Errorf("%w (keeping %d loaded tokens)", err, len(f.tokens)))
 		return
 	}

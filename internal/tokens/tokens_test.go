@@ -81,6 +81,7 @@ func TestFileTrimsTokensAndRechecksForAMissingOne(t *testing.T) {
 	var reloadErrs []error
 	f, err := tokens.NewFile(path, func(err error) { mu.Lock(); reloadErrs = append(reloadErrs, err); mu.Unlock() })
 	require.NoError(t, err)
+	require.NoError(t, f.RequireTokens(), "the only source, as with no OAuth")
 	tok, err := f.Token(ctx, "locA")
 	require.NoError(t, err)
 	require.Equal(t, "tok-a", tok)
@@ -112,6 +113,15 @@ func TestFileTrimsTokensAndRechecksForAMissingOne(t *testing.T) {
 	require.NotEmpty(t, reloadErrs)
 	require.Contains(t, reloadErrs[0].Error(), "holds no token")
 	require.Contains(t, reloadErrs[0].Error(), "keeping 2 loaded tokens")
+
+	// A file with no token is fine beside OAuth (locations by pair or
+	// agency), but not as the only source.
+	empty := filepath.Join(t.TempDir(), "empty.json")
+	require.NoError(t, os.WriteFile(empty, []byte(`null`), 0o600))
+	g, err := tokens.NewFile(empty, nil)
+	require.NoError(t, err)
+	require.Zero(t, g.Len())
+	require.ErrorIs(t, g.RequireTokens(), tokens.ErrNoTokens)
 }
 
 func TestFileRejectsBadContent(t *testing.T) {
@@ -121,9 +131,6 @@ func TestFileRejectsBadContent(t *testing.T) {
 		"array":        `["s3cr3t"]`,
 		"empty token":  `{"s3cr3t":""}`,
 		"number token": `{"locA":12, "locB":"s3cr3t"`,
-		// No tokens at all: every cancel would be dead-lettered no_token.
-		"empty object": `{}`,
-		"null":         `null`,
 		// Characters no Authorization header can carry.
 		"inner line break": `{"locA":"s3cr3t\nmore"}`,
 		"inner space":      `{"locA":"s3cr3t more"}`,

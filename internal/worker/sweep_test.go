@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
@@ -226,11 +227,17 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 		ends      bool
 		reason    string
 		isFailure bool
+		token     string // the location's token; tokGood when empty
 	}{
 		{name: "5xx before the last try: retried", retried: tasks.SweepMaxRetry - 1, isFailure: true},
 		{name: "5xx on the last try: failed", retried: tasks.SweepMaxRetry, ends: true, reason: string(ghl.ReasonServerError)},
 		{name: "wait on the last try: back to the queue", pacer: snoozingPacer{}, retried: tasks.SweepMaxRetry},
 		{name: "wait on the spare: failed", pacer: snoozingPacer{}, retried: tasks.SweepMaxRetry + 1, ends: true, reason: tasks.ReasonPaced},
+		// A token no header carries: failed at once, before the pacing
+		// slot (the pacer would have snoozed it), not retried as a
+		// network error.
+		{name: "a token with a line break inside: failed", pacer: snoozingPacer{}, retried: 0, ends: true,
+			reason: string(ghl.ReasonInvalidToken), token: "tok\nen"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -244,7 +251,7 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, tasks.AsynqMaxRetry(tasks.SweepMaxRetry), info.MaxRetry, "a sweep task carries the spare attempt")
 
-			h := &sweep.Handler{API: api, Tokens: tokenMap{locGood: tokGood}, Producer: prod, Redis: rdb, Pacer: tc.pacer}
+			h := &sweep.Handler{API: api, Tokens: tokenMap{locGood: cmp.Or(tc.token, tokGood)}, Producer: prod, Redis: rdb, Pacer: tc.pacer}
 			rctx, rep := tasks.WithReport(ctx)
 			err = h.Process(rctx, asynq.NewTask(info.Type, info.Payload),
 				tasks.TaskInfo{ID: id, Queue: info.Queue, Retried: tc.retried, MaxRetry: info.MaxRetry})
