@@ -588,6 +588,12 @@ func TestSweepWaitExitCode(t *testing.T) {
 	r = runCmd(t, url, "", "sweep", "--location", loc, "--campaign", "sw-dead", "--wait")
 	require.ErrorIs(t, r.err, errReported, r.stderr)
 	require.Contains(t, r.stderr, "0 location(s) failed, 3 cancel(s) dead-lettered in campaign sw-dead while it ran")
+	// The same sweep again: it requeues the 3 dead letters, which die
+	// again. The campaign's count does not change (it exited 0); the run's
+	// own dead letters decide.
+	r = runCmd(t, url, "", "sweep", "--location", loc, "--campaign", "sw-dead", "--wait")
+	require.ErrorIs(t, r.err, errReported, r.stderr)
+	require.Contains(t, r.stderr, "0 location(s) failed, 3 cancel(s) dead-lettered in campaign sw-dead while it ran")
 	refuse.Store(false)
 
 	// A campaign that already holds a dead letter from other work: the

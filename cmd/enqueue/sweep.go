@@ -11,9 +11,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
@@ -122,10 +124,14 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		r.Locations = locations
 	}
 	// The campaign may hold earlier work (--campaign names an existing
-	// one): --wait's exit code counts only the dead letters added since.
-	var before campaign.Status
+	// one): --wait's exit code counts only the cancels dead-lettered while
+	// it ran, by their dead letters: one not there at the start, or there
+	// with another time (a re-run requeues the last run's dead letters, and
+	// one that fails again comes back under its id). The net change of the
+	// campaign's count hid those: 2 again of 17 requeued read as none.
+	var deadBefore map[string]time.Time
 	if r.CampaignID != "" && o.wait {
-		if before, _, err = campaign.New(rdb, 0).Get(ctx, r.CampaignID); err != nil {
+		if deadBefore, err = campaignDeadLetters(ctx, rdb, r.CampaignID); err != nil {
 			return err
 		}
 	}
@@ -199,7 +205,18 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	}
 	// --wait is for scripts: a location whose sweep failed, or a cancel
 	// dead-lettered, leaves messages scheduled, and the exit code says so.
-	dead := max(end.DeadLettered-before.DeadLettered, 0)
+	dead := 0
+	if end.DeadLettered > 0 {
+		after, err := campaignDeadLetters(ctx, rdb, st.CampaignID)
+		if err != nil {
+			return err
+		}
+		for id, at := range after {
+			if was, ok := deadBefore[id]; !ok || !was.Equal(at) {
+				dead++
+			}
+		}
+	}
 	done := func() error {
 		if failed == 0 && dead == 0 {
 			return nil
@@ -224,6 +241,19 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		fmt.Fprintln(e.stderr, "dry run: nothing was cancelled (CANCEL_TIME: the least time the cancels take under each location's limit; locations run in parallel)")
 	}
 	return done()
+}
+
+// campaignDeadLetters maps the task ids of a campaign's cancel dead letters
+// (not failed sweeps, which are counted per location) to when they died.
+func campaignDeadLetters(ctx context.Context, rdb *redis.Client, id string) (map[string]time.Time, error) {
+	out := map[string]time.Time{}
+	err := deadletter.New(rdb).Scan(ctx, deadletter.Filter{CampaignID: id}, func(r deadletter.Record) error {
+		if r.Kind != "sweep" {
+			out[r.TaskID] = r.DeadAt
+		}
+		return nil
+	})
+	return out, err
 }
 
 func dedupe(in []string) []string {
