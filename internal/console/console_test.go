@@ -647,7 +647,7 @@ func TestEveryReasonHasAHint(t *testing.T) {
 		string(ghl.ReasonBadRequest), string(ghl.ReasonUnprocessable), string(ghl.ReasonUnauthorized), string(ghl.ReasonForbidden),
 		string(ghl.ReasonClientError), string(ghl.ReasonRateLimited), string(ghl.ReasonServerError), string(ghl.ReasonTimeout),
 		string(ghl.ReasonNetwork), string(ghl.ReasonBadResponse), string(ghl.ReasonMisrouted), string(ghl.ReasonInvalidID),
-		string(ghl.ReasonNoToken), string(ghl.ReasonInvalidToken), string(ghl.ReasonTokenSource), string(ghl.ReasonInvalidGrant), string(ghl.ReasonInactive),
+		string(ghl.ReasonNoToken), string(ghl.ReasonInvalidToken), tasks.ReasonTokenKey, string(ghl.ReasonTokenSource), string(ghl.ReasonInvalidGrant), string(ghl.ReasonInactive),
 		tasks.ReasonInvalidPayload, tasks.ReasonUnknownType, tasks.ReasonPaced, tasks.ReasonLimiter, tasks.ReasonCircuitOpen,
 		tasks.ReasonPanic, tasks.ReasonInterrupted, tasks.ReasonOutcomeWrite, tasks.ReasonStillScheduled, tasks.ReasonWrongKind, tasks.ReasonEmailConversationID,
 		"not_installed", "agency_revoked", "mint_refused", "mint_failed",

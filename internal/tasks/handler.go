@@ -234,6 +234,10 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 	return result{fate: fateDone, outcome: ledger.AlreadySent, reason: cmp.Or(m.Status, "unknown"), status: status}
 }
 
+// ReasonTokenKey: the location's stored OAuth tokens do not decrypt with
+// this worker's GHL_TOKEN_KEY.
+const ReasonTokenKey = "token_key"
+
 // ReasonWrongKind: the cancel and the read-back found nothing of the task's
 // kind, but HighLevel has the other kind under the id (an email's id sent
 // as a message, or the reverse). A requeue sends it as the other kind, and
@@ -742,6 +746,8 @@ func ClassifyTokenError(err error) (TokenVerdict, bool) {
 	case errors.Is(err, tokens.ErrNoToken):
 		return TokenVerdict{Fate: FateDead, Reason: string(ghl.ReasonNoToken),
 			Message: "no token configured for this location: add it to GHL_TOKENS_FILE, load its pair with `enqueue tokens set`, or load an agency pair with `enqueue tokens agency set` (workers mint from it only with GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY)"}, true
+	case errors.Is(err, tokens.ErrWrongKey):
+		return TokenVerdict{Fate: FateDead, Reason: ReasonTokenKey, Message: err.Error()}, true
 	case errors.Is(err, tokens.ErrRefreshDidNotCure):
 		return TokenVerdict{Fate: FateDead, Reason: string(ghl.ReasonUnauthorized), Status: 401, Message: err.Error()}, true
 	case errors.As(err, &ge):

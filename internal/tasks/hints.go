@@ -16,6 +16,8 @@ func DeadLetterHint(reason string) string {
 		return "The token lacks the conversations/message.write scope: grant it, then requeue."
 	case string(ghl.ReasonBadRequest), string(ghl.ReasonUnprocessable), string(ghl.ReasonClientError), string(ghl.ReasonInvalidID):
 		return "HighLevel refused the request: read its message; usually the message id is wrong. Requeueing the same id fails again."
+	case ReasonTokenKey:
+		return "The location's stored OAuth tokens do not decrypt with this worker's GHL_TOKEN_KEY: give the workers the key `enqueue tokens set` used (or load the pair again with the workers' key, tokens set --replace), then requeue."
 	case string(ghl.ReasonInvalidToken):
 		return "The location's token has a space, control or non-ASCII character (a line break pasted inside it?), so no request could carry it: fix the token (GHL_TOKENS_FILE is reloaded without restart; tokens are trimmed), then requeue."
 	case string(ghl.ReasonNoToken):

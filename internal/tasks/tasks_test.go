@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
 func TestBackoffCeiling(t *testing.T) {
@@ -183,4 +184,30 @@ func TestDeadErrorKeepsBothInChain(t *testing.T) {
 	require.ErrorIs(t, err, asynq.SkipRetry)
 	var e *ghl.Error
 	require.ErrorAs(t, err, &e)
+}
+
+// TestClassifyTokenError: what each token source failure means for a task
+// (a table of the pure mapping).
+func TestClassifyTokenError(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name   string
+		err    error
+		fate   string
+		reason string
+	}{
+		{"no token", tokens.ErrNoToken, FateDead, string(ghl.ReasonNoToken)},
+		{"a 401 a fresh token did not cure", tokens.ErrRefreshDidNotCure, FateDead, string(ghl.ReasonUnauthorized)},
+		// Wrong GHL_TOKEN_KEY: nothing a retry changes (it was token_source,
+		// retried for a day while the messages went out).
+		{"stored tokens sealed with another key", fmt.Errorf("oauth: stored tokens %w", tokens.ErrWrongKey), FateDead, ReasonTokenKey},
+		{"Redis unreachable", errors.New("dial tcp: connection refused"), FateRetry, string(ghl.ReasonTokenSource)},
+	} {
+		v, ok := ClassifyTokenError(tt.err)
+		require.True(t, ok, tt.name)
+		require.Equal(t, tt.fate, v.Fate, tt.name)
+		require.Equal(t, tt.reason, v.Reason, tt.name)
+	}
+	_, ok := ClassifyTokenError(nil)
+	require.False(t, ok)
 }

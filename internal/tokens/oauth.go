@@ -875,6 +875,12 @@ func sealJSON(aead cipher.AEAD, ad []byte, v any) (string, error) {
 	return base64.StdEncoding.EncodeToString(aead.Seal(nonce, nonce, plain, ad)), nil
 }
 
+// ErrWrongKey: stored tokens do not decrypt with this process's
+// GHL_TOKEN_KEY. Trying again changes nothing until the key (or the stored
+// pair) is fixed: tasks dead-letter it (token_key) instead of retrying for
+// a day.
+var ErrWrongKey = errors.New("do not decrypt: wrong GHL_TOKEN_KEY? (the workers' key must be the one `enqueue tokens set` used)")
+
 // openJSON decrypts what sealJSON wrote into v; errors name what (never the
 // content).
 func openJSON(aead cipher.AEAD, ad []byte, ct string, v any, what string) error {
@@ -884,7 +890,7 @@ func openJSON(aead cipher.AEAD, ad []byte, ct string, v any, what string) error 
 	}
 	plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], ad)
 	if err != nil {
-		return errors.New(what + " do not decrypt: wrong GHL_TOKEN_KEY?")
+		return fmt.Errorf("%s %w", what, ErrWrongKey)
 	}
 	if err := json.Unmarshal(plain, v); err != nil {
 		return errors.New(what + " are corrupt")

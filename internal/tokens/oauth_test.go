@@ -243,6 +243,7 @@ func TestTokensAreEncryptedAtRest(t *testing.T) {
 	require.NoError(t, err)
 	_, err = other.Token(ctx, loc)
 	require.ErrorContains(t, err, "wrong GHL_TOKEN_KEY")
+	require.ErrorIs(t, err, tokens.ErrWrongKey, "a dead letter token_key, not a day of token_source retries")
 }
 
 func TestParseKey(t *testing.T) {
