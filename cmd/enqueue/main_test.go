@@ -226,6 +226,17 @@ func TestTokensSetNeverEchoes(t *testing.T) {
 	require.Regexp(t, `locT0000000000000009 +agency +- +installed `, r.stdout)
 	require.Regexp(t, `locT0000000000000008 +agency +- +UNINSTALLED .*not_installed`, r.stdout)
 	require.NotContains(t, r.stdout+r.stderr, "SECRET")
+	// The app id alone, keeping the pair the workers rotate (loading the
+	// pair file again to add it put back a used-up refresh token).
+	r = run2("", "tokens", "agency", "app", "--company", "companyT00000000001", "--app", "appT000000000000002")
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stdout, "set app appT000000000000002 for company companyT00000000001 (the stored pair is kept)")
+	r = run2("", "tokens", "list")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stderr, "agency: company companyT00000000001, app appT000000000000002")
+	require.Regexp(t, `locT0000000000000009 +agency +- +installed `, r.stdout, "the pair still applies")
+	r = run2("", "tokens", "agency", "app", "--company", "companyT00000000002", "--app", "appT000000000000003")
+	require.ErrorContains(t, r.err, "the agency set is company companyT00000000001, not companyT00000000002")
 	r = run2("", "tokens", "agency", "set", "--company", "bad/company")
 	require.ErrorContains(t, r.err, "--company")
 	r = run2("", "tokens", "agency", "locations")

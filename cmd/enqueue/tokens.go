@@ -22,6 +22,7 @@ import (
 const tokensUsage = `usage: enqueue tokens set --location L [--replace] < pair.json   (a location's OAuth pair, or a bare refresh token)
        enqueue tokens list [--json]                      (every location with a token, and which source applies)
        enqueue tokens agency set --company C --app A [--replace] < pair.json   (the agency's (Company) OAuth pair)
+       enqueue tokens agency app --company C --app A     (the app id alone, keeping the stored pair)
        enqueue tokens agency locations [--json]          (where the agency's app is installed, from HighLevel)
 Pairs are read from stdin, never from flags (which show in ps), and never echoed`
 
@@ -90,7 +91,32 @@ Pairs are read from stdin, never from flags (which show in ps), and never echoed
 		defer rdb.Close()
 		return e.agencyLocations(cmd.Context(), rdb, *baseURL, *locsJSON)
 	}
-	agency.AddCommand(aset, locs)
+	appCmd := &cobra.Command{
+		Use:     "app --company C --app A",
+		Short:   "Set the agency's marketplace app id, keeping its stored pair (for listing installs)",
+		Example: `  enqueue tokens agency app --company COMPANY --app APP`,
+		Args:    noArgs,
+	}
+	appCompany := appCmd.Flags().String("company", "", "the agency's company id (as set)")
+	appID := appCmd.Flags().String("app", "", "the marketplace app's id")
+	appCmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		for _, f := range []struct{ name, v string }{{"--company", *appCompany}, {"--app", *appID}} {
+			if err := ghl.ValidateID(f.v); err != nil {
+				return usageError{fmt.Errorf("%s: %w", f.name, err)}
+			}
+		}
+		rdb, err := e.connect(cmd.Context())
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		if err := tokens.SetAgencyApp(cmd.Context(), rdb, *appCompany, *appID); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "set app %s for company %s (the stored pair is kept)\n", *appID, *appCompany)
+		return nil
+	}
+	agency.AddCommand(aset, appCmd, locs)
 	cmd.AddCommand(set, list, agency)
 	return cmd
 }
@@ -175,7 +201,7 @@ func (e *env) setPair(ctx context.Context, subject, app string, agency, replace 
 	fmt.Fprintf(e.stdout, "stored the agency's encrypted token pair for company %s\n", subject)
 	if app == "" {
 		if ai, _, err := tokens.LoadAgency(ctx, rdb); err == nil && ai.App == "" {
-			fmt.Fprintln(e.stderr, "note: without --app, `enqueue tokens agency locations` and `enqueue sweep --all-locations` cannot list installs")
+			fmt.Fprintln(e.stderr, "note: without an app id, `enqueue tokens agency locations` and `enqueue sweep --all-locations` cannot list installs: set it with `enqueue tokens agency app --company "+subject+" --app A` (keeps this pair)")
 		}
 	}
 	fmt.Fprintln(e.stderr, "workers with GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY now mint a token for every location without one of its own")

@@ -45,6 +45,25 @@ func SetAgency(ctx context.Context, pairs *OAuth, company, app, access, refresh 
 	return nil
 }
 
+// SetAgencyApp sets the marketplace app's id of the agency that is set,
+// keeping its pair: the pair is rotated by the workers, so loading it again
+// to add the app id would put back a used-up refresh token.
+func SetAgencyApp(ctx context.Context, rdb redis.UniversalClient, company, app string) error {
+	ai, ok, err := LoadAgency(ctx, rdb)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return errors.New("agency: none is set: load its pair first (enqueue tokens agency set --company C --app A < pair.json)")
+	case ai.Company != company:
+		return fmt.Errorf("agency: the agency set is company %s, not %s", ai.Company, company)
+	}
+	if err := rdb.HSet(ctx, agencyKey, "app", app).Err(); err != nil {
+		return fmt.Errorf("agency: store: %w", err)
+	}
+	return nil
+}
+
 // LoadAgency reads the agency; ok is false when none is set.
 func LoadAgency(ctx context.Context, rdb redis.UniversalClient) (AgencyInfo, bool, error) {
 	v, err := rdb.HMGet(ctx, agencyKey, "company", "app", "epoch").Result()
@@ -211,7 +230,7 @@ func (a *Agency) Installed(ctx context.Context, progress func(n, total int)) ([]
 		return nil, errors.New("no agency is set: load its pair with `enqueue tokens agency set --company C --app A`")
 	}
 	if ai.App == "" {
-		return nil, errors.New("the agency has no app id (HighLevel needs it to list installs): set it again with `enqueue tokens agency set --company C --app A`")
+		return nil, errors.New("the agency has no app id (HighLevel needs it to list installs): set it with `enqueue tokens agency app --company C --app A` (keeps the stored pair)")
 	}
 	var out []InstalledLocation
 	seen := map[string]bool{}
