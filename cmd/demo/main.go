@@ -93,6 +93,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if o.locations < 1 || o.perLocation < 0 || o.unknown < 0 || o.badToken < 0 {
 		return errors.New("-locations must be at least 1; counts cannot be negative")
 	}
+	if o.faultRate < 0 || o.faultRate >= 1 {
+		// 5 meaning 5% would make every answer a 5xx: the demo never ends.
+		return fmt.Errorf("-fault-rate %g: want a share from 0 to below 1 (0.05 is 5%%)", o.faultRate)
+	}
 	log, err := logFlags.Logger(stderr)
 	if err != nil {
 		return err
@@ -134,8 +138,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		if n > 0 {
 			return fmt.Errorf("redis database %d at %s holds %d keys: the demo's worker would take any tasks queued there and its results would mix with what is there; "+
-				"give -redis-url an empty database (e.g. redis://%s/15), or empty this one if it only holds an earlier demo (redis-cli -u '<url>' FLUSHDB)",
-				ropt.DB, ropt.Addr, n, ropt.Addr)
+				"give -redis-url an empty database (e.g. redis://%s/%d), or empty this one if it only holds an earlier demo (redis-cli -u '<url>' FLUSHDB)",
+				ropt.DB, ropt.Addr, n, ropt.Addr, (ropt.DB+1)%16)
 		}
 	}
 

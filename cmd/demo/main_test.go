@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	neturl "net/url"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -28,7 +29,7 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 	require.Contains(t, out.String(), "demo-campaign [##############################] 129/129 100%")
 	require.Contains(t, out.String(), "dead letters: unauthorized 4")
 	require.Regexp(t, `auto-inboundmessage-\d{8} \[##############################\] 9/9 100%`, out.String())
-	require.Contains(t, out.String(), "sweeps: 1/1 locations done")
+	require.Contains(t, out.String(), "sweeps: 1/1 location sweeps done")
 	require.Contains(t, out.String(), "webhook:  the same delivery again: 200 {\"result\":\"replay\"")
 	require.Contains(t, out.String(), "webhook:  a tampered one for contactBob00: 401 {\"result\":\"bad_signature\"")
 	require.Contains(t, out.String(), "verified in the sandbox: Alice's 9 scheduled SMS and emails cancelled")
@@ -63,6 +64,13 @@ func TestDemoLeavesARealRedisAlone(t *testing.T) {
 	err := run(ctx, append(small, "-redis-url", url), env, &bytes.Buffer{}, &bytes.Buffer{})
 	require.ErrorContains(t, err, "holds 1 keys")
 	require.ErrorContains(t, err, "empty database")
+	u, perr := neturl.Parse(url)
+	require.NoError(t, perr)
+	require.NotContains(t, err.Error(), "e.g. "+url+" ", "the example is another database than the one refused")
+	require.NotContains(t, err.Error(), "(e.g. redis://"+u.Host+u.Path+")", "the example is another database than the one refused")
+	// 5 meaning 5%: every answer a 5xx, a demo that never ends.
+	err = run(ctx, append(small, "-fault-rate", "5"), env, &bytes.Buffer{}, &bytes.Buffer{})
+	require.ErrorContains(t, err, "-fault-rate 5: want a share from 0 to below 1")
 	require.Equal(t, int64(1), rdb.DBSize(ctx).Val(), "a refused demo wrote nothing")
 
 	// An empty database is the demo's to use.

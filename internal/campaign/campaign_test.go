@@ -158,7 +158,7 @@ func TestRenderSweepRuns(t *testing.T) {
 		SweepList: []client.SweepSummary{{SweepID: "s2", LocationID: "L", Channel: "all", State: "done"},
 			{SweepID: "s1", LocationID: "L", Channel: "all", State: "failed"}}}
 	out := s.Render(campaign.Status{}, time.Time{})
-	require.Contains(t, out, "sweeps: 1/1 locations done")
+	require.Contains(t, out, "sweeps: 1/1 location sweeps done")
 	require.Contains(t, out, "sweep runs, newest first (at most 20):\n    sweep s2: everything in L, all")
 	require.NotContains(t, out, "of 1 sweeps")
 }

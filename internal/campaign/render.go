@@ -30,7 +30,10 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 		if s.SweepsFailed > 0 {
 			failed = fmt.Sprintf(" (%d failed: enqueue dead list --campaign %s)", s.SweepsFailed, s.Campaign)
 		}
-		fmt.Fprintf(&b, "  sweeps: %d/%d locations done%s, %d pages read, %d messages read, %d still scheduled found\n",
+		// Per location swept, per sweep: a location swept twice into the
+		// campaign counts twice, and so do its messages read and found
+		// (the campaign's total counts each message once).
+		fmt.Fprintf(&b, "  sweeps: %d/%d location sweeps done%s, %d pages read, %d messages read, %d still scheduled found (each sweep counts its own)\n",
 			s.SweepsDone, s.Sweeps, failed, s.SweepPages, s.SweepSeen, s.SweepFound)
 	}
 	if len(s.SweepList) > 0 {

@@ -783,7 +783,7 @@ func TestCampaignPageShowsSweeps(t *testing.T) {
 	b.signIn(operatorKey)
 	_, page := b.get("/console/campaign?id=replied")
 	assert.Contains(t, page, `<h2 id="sweeps-h">Sweeps</h2>`)
-	assert.Contains(t, page, fmt.Sprintf("1 of 1 locations swept: %s pages, %s messages read, %s still scheduled found.",
+	assert.Contains(t, page, fmt.Sprintf("1 of 1 location sweeps done: %s pages, %s messages read, %s still scheduled found (a location swept twice counts twice).",
 		console.Num(done.SweepPages), console.Num(done.SweepSeen), console.Num(done.SweepFound)))
 	assert.Contains(t, page, "contact contact01")
 	assert.Contains(t, page, ">done<")
