@@ -337,6 +337,13 @@ func ParseAdmission(row, earlier any) (Admission, error) {
 	return a, nil
 }
 
+// KeyWrongKind exists while a dead letter wrong_kind may: the enqueue rule
+// checks each item's other kind only then (one EXISTS per batch otherwise).
+const KeyWrongKind = "ghlcancel:wrongkind"
+
+// ReasonWrongKind: see tasks.ReasonWrongKind (the one that names it).
+const ReasonWrongKind = "wrong_kind"
+
 // settleScript: KEYS record, dead records, dead index. ARGV task id,
 // outcome, reason, row, now ms, campaign, retention ms, dead retention ms,
 // dead-letter JSON ("" when not a dead letter), keep mark (1/0), location
@@ -358,6 +365,9 @@ if ARGV[9] ~= "" then
   redis.call("HSET", KEYS[2], id, ARGV[9])
   redis.call("ZADD", KEYS[3], now, id)
   ttl = math.max(ttl, deadttl)
+  -- The enqueue rule looks for wrong-kind records only while one may
+  -- exist: this flag outlives every record it stands for.
+  if reason == "` + ReasonWrongKind + `" then redis.call("SET", "` + KeyWrongKind + `", "1", "PX", ttl) end
   -- Dead letters past their retention go, a bounded number per write.
   local old = redis.call("ZRANGE", KEYS[3], "-inf", string.format("(%d", now - deadttl), "BYSCORE", "LIMIT", 0, 100)
   if #old > 0 then

@@ -116,12 +116,17 @@ local n = (#ARGV - 3) / 7
 -- The common case, a batch of messages never seen (a new file): no task on
 -- any lane and no record for any of them. One EXISTS over the whole batch
 -- tells it; then only a repeat inside the batch is already queued.
+-- A dead letter wrong_kind may exist (rare): each item's other kind is
+-- checked too (its record key joins the EXISTS, and the rule below).
+local wk = redis.call("EXISTS", "` + ledger.KeyWrongKind + `") == 1
+local per = ` + strconv.Itoa(existsPerItem) + `
+if wk then per = per + 1 end
 local keys = {}
 for i = 0, n - 1 do
   local id = ARGV[3 + i * 7 + 2]
   ` + existsKeys + `
   keys[#keys+1] = "ghlcancel:msg:" .. id
-  keys[#keys+1] = "ghlcancel:msg:" .. other_kind(id)
+  if wk then keys[#keys+1] = "ghlcancel:msg:" .. other_kind(id) end
 end
 local fresh = redis.call("EXISTS", unpack(keys)) == 0
 -- A message's record expires with its last call, while its campaign lives
@@ -157,13 +162,13 @@ for i = 0, n - 1 do
   if seen[id] then
     res[i+1] = 1
     if fromdead == "1" then drop_dead(id) end
-  elseif not row and (fresh or redis.call("EXISTS", unpack(keys, i * ` + strconv.Itoa(existsPerItem) + ` + 1, (i + 1) * ` + strconv.Itoa(existsPerItem) + `)) == 0) then
+  elseif not row and (fresh or redis.call("EXISTS", unpack(keys, i * per + 1, (i + 1) * per)) == 0) then
     -- Never seen: no task on any lane, no record.
     if fromdead == "1" then drop_dead(id) end
     count(campaign, 1, loc)
     res[i+1] = 0
     enqueue(lane, id, msg)
-  elseif campaign == "" and (wrong_kind_of(id) or "") ~= "" and clive(wrong_kind_of(id)) then
+  elseif wk and campaign == "" and (wrong_kind_of(id) or "") ~= "" and clive(wrong_kind_of(id)) then
     -- Sent as the right kind without a campaign: it stays in the one the
     -- wrong kind's dead letter counts it in (the caller sends it again
     -- under it; nothing changed here).
@@ -171,7 +176,7 @@ for i = 0, n - 1 do
     adopt[#adopt+1] = i
     adopt[#adopt+1] = wrong_kind_of(id)
   else
-    drop_wrong_kind(id)
+    if wk then drop_wrong_kind(id) end
     local live, stale, archived = false, {}, false
     for _, l in ipairs(LANES) do
       local st = redis.call("HGET", "asynq:{" .. l .. "}:t:" .. id, "state")
@@ -279,8 +284,9 @@ end
 return {res, adopt}`)
 
 // existsKeys appends, in enqueueScript, the task key of id on every lane
-// to keys; with the record's key and the other kind's record key that
-// makes existsPerItem keys per item.
+// to keys; with the record's key that makes existsPerItem keys per item
+// (one more, the other kind's record, while a wrong-kind dead letter may
+// exist).
 var existsKeys = func() string {
 	var b strings.Builder
 	for _, l := range tasks.Queues {
@@ -289,7 +295,7 @@ var existsKeys = func() string {
 	return b.String()
 }()
 
-var existsPerItem = len(tasks.Queues) + 2
+var existsPerItem = len(tasks.Queues) + 1
 
 // luaLanes lists the lanes as Lua string literals.
 func luaLanes() string {

@@ -537,6 +537,15 @@ func TestRightKindTakesTheWrongKindOut(t *testing.T) {
 			rdb := redisServer.Client(t)
 			id := "mKind00000000000000" + fmt.Sprint(len(tt.name)%10)
 			wrong(t, rdb, id, "k1", tt.reason)
+			// Only a wrong_kind dead letter makes the rule look at the other
+			// kind (a batch pays one EXISTS otherwise), for as long as its
+			// record may live.
+			flag := rdb.PTTL(ctx, ledger.KeyWrongKind).Val()
+			if tt.reason == tasks.ReasonWrongKind {
+				require.Greater(t, flag, 24*time.Hour)
+			} else {
+				require.Equal(t, time.Duration(-2), flag, "no flag: no wrong_kind dead letter")
+			}
 			p := producer.New(rdb, producer.Config{})
 			if tt.reused {
 				require.NoError(t, rdb.Del(ctx, ledger.CampaignKey("k1"), ledger.CampaignOutcomesKey("k1"),

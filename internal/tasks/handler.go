@@ -243,7 +243,7 @@ const ReasonTokenKey = "token_key"
 // as a message, or the reverse). A requeue sends it as the other kind, and
 // queuing the right kind takes the wrong one's dead letter out of its
 // campaign (the enqueue rule).
-const ReasonWrongKind = "wrong_kind"
+const ReasonWrongKind = ledger.ReasonWrongKind
 
 // ReasonEmailConversationID: the id is a scheduled email's conversation
 // message id; HighLevel cancels an email by its emailMessageId, another id
