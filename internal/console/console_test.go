@@ -649,7 +649,7 @@ func TestEveryReasonHasAHint(t *testing.T) {
 		string(ghl.ReasonNetwork), string(ghl.ReasonBadResponse), string(ghl.ReasonMisrouted), string(ghl.ReasonInvalidID),
 		string(ghl.ReasonNoToken), string(ghl.ReasonInvalidToken), tasks.ReasonTokenKey, string(ghl.ReasonTokenSource), string(ghl.ReasonInvalidGrant), string(ghl.ReasonInactive),
 		tasks.ReasonInvalidPayload, tasks.ReasonUnknownType, tasks.ReasonPaced, tasks.ReasonLimiter, tasks.ReasonCircuitOpen,
-		tasks.ReasonPanic, tasks.ReasonInterrupted, tasks.ReasonOutcomeWrite, tasks.ReasonStillScheduled, tasks.ReasonWrongKind, tasks.ReasonEmailConversationID,
+		tasks.ReasonPanic, tasks.ReasonInterrupted, tasks.ReasonOutcomeWrite, tasks.ReasonStillScheduled, tasks.ReasonWrongKind, tasks.ReasonEmailConversationID, tasks.ReasonOtherKindUnread,
 		"not_installed", "agency_revoked", "mint_refused", "mint_failed",
 	} {
 		h := tasks.DeadLetterHint(r)

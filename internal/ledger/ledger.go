@@ -341,6 +341,20 @@ func ParseAdmission(row, earlier any) (Admission, error) {
 // checks each item's other kind only then (one EXISTS per batch otherwise).
 const KeyWrongKind = "ghlcancel:wrongkind"
 
+// FlagWrongKind makes the enqueue rule look at each item's other kind for
+// at least ttl (KeyWrongKind), as a wrong_kind dead letter's settle does: a
+// requeue of such dead letters sets it too, whatever happened to it since.
+func FlagWrongKind(ctx context.Context, rdb redis.UniversalClient, ttl time.Duration) error {
+	cur, err := rdb.PTTL(ctx, KeyWrongKind).Result()
+	if err != nil {
+		return err
+	}
+	if cur >= ttl {
+		return nil
+	}
+	return rdb.Set(ctx, KeyWrongKind, "1", ttl).Err()
+}
+
 // ReasonWrongKind: see tasks.ReasonWrongKind (the one that names it).
 const ReasonWrongKind = "wrong_kind"
 
@@ -367,7 +381,11 @@ if ARGV[9] ~= "" then
   ttl = math.max(ttl, deadttl)
   -- The enqueue rule looks for wrong-kind records only while one may
   -- exist: this flag outlives every record it stands for.
-  if reason == "` + ReasonWrongKind + `" then redis.call("SET", "` + KeyWrongKind + `", "1", "PX", ttl) end
+  -- Only ever extended: a worker with a shorter retention must not cut
+  -- short the flag of an older record.
+  if reason == "` + ReasonWrongKind + `" and redis.call("PTTL", "` + KeyWrongKind + `") < ttl then
+    redis.call("SET", "` + KeyWrongKind + `", "1", "PX", ttl)
+  end
   -- Dead letters past their retention go, a bounded number per write.
   local old = redis.call("ZRANGE", KEYS[3], "-inf", string.format("(%d", now - deadttl), "BYSCORE", "LIMIT", 0, 100)
   if #old > 0 then

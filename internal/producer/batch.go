@@ -80,6 +80,16 @@ local function wrong_kind_of(id)
   if not rec[1] or string.sub(rec[1], 1, 25) ~= "dead_lettered|wrong_kind|" then return nil end
   return rec[2] or ""
 end
+-- handback_to: the campaign an item sent without one is handed back to
+-- because of a wrong-kind dead letter of its id: only when the id has no
+-- record of its own (its own campaign comes first), and the wrong kind's
+-- campaign is still there.
+local function handback_to(id)
+  local c = wrong_kind_of(id)
+  if not c or c == "" or not clive(c) then return nil end
+  if redis.call("EXISTS", "ghlcancel:msg:" .. id) == 1 then return nil end
+  return c
+end
 -- drop_wrong_kind: the message is sent as the kind HighLevel has; the
 -- wrong kind's task is not a message of its own. Its record, dead letter
 -- and archived copy go, and its campaign no longer counts it (the campaign
@@ -168,13 +178,13 @@ for i = 0, n - 1 do
     count(campaign, 1, loc)
     res[i+1] = 0
     enqueue(lane, id, msg)
-  elseif wk and campaign == "" and (wrong_kind_of(id) or "") ~= "" and clive(wrong_kind_of(id)) then
+  elseif wk and campaign == "" and handback_to(id) then
     -- Sent as the right kind without a campaign: it stays in the one the
     -- wrong kind's dead letter counts it in (the caller sends it again
     -- under it; nothing changed here).
     res[i+1] = 4
     adopt[#adopt+1] = i
-    adopt[#adopt+1] = wrong_kind_of(id)
+    adopt[#adopt+1] = handback_to(id)
   else
     if wk then drop_wrong_kind(id) end
     local live, stale, archived = false, {}, false

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
@@ -100,6 +101,7 @@ func (p *Producer) requeue(ctx context.Context, scan func(func(deadletter.Record
 		return nil
 	}
 	var sweeps []deadletter.Record
+	flagged := false
 	err := scan(func(r deadletter.Record) error {
 		if tokens.IsMintReason(r.Reason) && r.LocationID != "" {
 			forget[r.LocationID] = true
@@ -115,7 +117,14 @@ func (p *Producer) requeue(ctx context.Context, scan func(func(deadletter.Record
 		}
 		if r.Reason == tasks.ReasonWrongKind {
 			// HighLevel has the id as the other kind: send it as that. The
-			// enqueue rule takes this dead letter out of its campaign.
+			// enqueue rule takes this dead letter out of its campaign, when
+			// it looks (the flag its settle set; set again here).
+			if !flagged {
+				if err := ledger.FlagWrongKind(ctx, p.rdb, ledger.DeadRetentionDefault); err != nil {
+					return fmt.Errorf("%w: %w", ErrUnavailable, err)
+				}
+				flagged = true
+			}
 			kind = otherKind(kind)
 		}
 		queue := r.Queue

@@ -592,3 +592,71 @@ func TestRightKindTakesTheWrongKindOut(t *testing.T) {
 		})
 	}
 }
+
+// TestWrongKindFlagAndOwnCampaign: the flag that makes the enqueue rule
+// look at the other kind is only ever extended (a worker with a shorter
+// dead-letter retention cut it short, and a resend then counted the
+// message twice); a requeue of wrong_kind dead letters sets it again
+// whatever became of it; and a message sent without a campaign stays in the
+// campaign its own record names, not the wrong kind's.
+func TestWrongKindFlagAndOwnCampaign(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const loc = "locKind0000000000002"
+	settle := func(t *testing.T, rdb *redis.Client, led *ledger.Ledger, kind ghl.Kind, id, camp, reason string) {
+		t.Helper()
+		tid := tasks.TaskID(kind, id)
+		p := producer.New(rdb, producer.Config{})
+		require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: kind, MessageID: id, LocationID: loc, CampaignID: camp}).Status)
+		require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).ArchiveTask(tasks.QueueDefault, tid))
+		_, _, err := led.Settle(ctx, ledger.Final{TaskID: tid, CampaignID: camp,
+			Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: reason, HTTPStatus: 404, Attempts: 1},
+			Dead:    &deadletter.Record{Kind: string(kind), MessageID: id, LocationID: loc, CampaignID: camp, Queue: tasks.QueueDefault, Reason: reason}})
+		require.NoError(t, err)
+	}
+	total := func(t *testing.T, rdb *redis.Client, camp string) int64 {
+		t.Helper()
+		s, _, err := campaign.New(rdb, 0).Get(ctx, camp)
+		require.NoError(t, err)
+		return s.Total
+	}
+
+	t.Run("a shorter retention does not cut the flag short", func(t *testing.T) {
+		t.Parallel()
+		rdb := redisServer.Client(t)
+		settle(t, rdb, ledger.New(rdb, ledger.Config{}), ghl.KindMessage, "mFlag00000000000001", "k1", tasks.ReasonWrongKind)
+		long := rdb.PTTL(ctx, ledger.KeyWrongKind).Val()
+		settle(t, rdb, ledger.New(rdb, ledger.Config{DeadRetention: time.Hour, Retention: time.Hour}), ghl.KindMessage, "mFlag00000000000002", "k1", tasks.ReasonWrongKind)
+		require.Greater(t, rdb.PTTL(ctx, ledger.KeyWrongKind).Val(), long-time.Minute)
+	})
+	t.Run("a requeue sets the flag again", func(t *testing.T) {
+		t.Parallel()
+		rdb := redisServer.Client(t)
+		settle(t, rdb, ledger.New(rdb, ledger.Config{}), ghl.KindMessage, "mFlag00000000000003", "k1", tasks.ReasonWrongKind)
+		require.NoError(t, rdb.Del(ctx, ledger.KeyWrongKind).Err())
+		st, err := producer.New(rdb, producer.Config{}).Requeue(ctx, deadletter.New(rdb), deadletter.Filter{Reason: tasks.ReasonWrongKind}, nil)
+		require.NoError(t, err)
+		require.Equal(t, 1, st.Requeued)
+		n, err := deadletter.New(rdb).Count(ctx)
+		require.NoError(t, err)
+		require.Zero(t, n, "the wrong kind's dead letter is gone")
+		require.Equal(t, int64(1), total(t, rdb, "k1"), "one message")
+	})
+	t.Run("its own campaign comes first", func(t *testing.T) {
+		t.Parallel()
+		rdb := redisServer.Client(t)
+		led := ledger.New(rdb, ledger.Config{})
+		const id = "mFlag00000000000004"
+		settle(t, rdb, led, ghl.KindEmail, id, "k2", "unauthorized") // the email's own dead letter
+		settle(t, rdb, led, ghl.KindMessage, id, "k1", tasks.ReasonWrongKind)
+		r := producer.New(rdb, producer.Config{}).Enqueue(ctx, producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc})
+		require.Equal(t, producer.Requeued, r.Status, "%v", r.Err)
+		info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueDefault, "email:"+id)
+		require.NoError(t, err)
+		var pl tasks.CancelPayload
+		require.NoError(t, json.Unmarshal(info.Payload, &pl))
+		require.Equal(t, "k2", pl.CampaignID, "the campaign its own record names")
+		require.Equal(t, int64(1), total(t, rdb, "k2"))
+		require.Equal(t, int64(0), total(t, rdb, "k1"), "the wrong kind is taken out")
+	})
+}

@@ -198,12 +198,12 @@ func (h *Handler) Process(ctx context.Context, t *asynq.Task, info tasks.TaskInf
 	}
 	wctx, cancel := context.WithTimeout(ctx, max(budget, time.Second))
 	defer cancel()
-	return h.settle(ctx, id, p, at, h.run(wctx, id, p))
+	return h.settle(ctx, id, p, at, h.run(wctx, id, p, info.Retried))
 }
 
 // run pages the export until the sweep is done or the delivery's budget is
 // spent.
-func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload) result {
+func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retried int) result {
 	st, ok, err := LoadState(ctx, h.Redis, p.SweepID, p.LocationID)
 	switch {
 	case err != nil:
@@ -215,6 +215,9 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload) resu
 	}
 	token, err := h.Tokens.Token(ctx, p.LocationID)
 	if v, ok := tasks.ClassifyTokenError(err); ok {
+		if tasks.TokenKeyRetry(v, retried) {
+			v.Fate = tasks.FateRetry
+		}
 		return result{fate: v.Fate, reason: v.Reason, message: v.Message, err: err}
 	}
 	if err := ghl.CheckToken(token); err != nil {

@@ -238,6 +238,17 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 // this worker's GHL_TOKEN_KEY.
 const ReasonTokenKey = "token_key"
 
+// TokenKeyRetries: a token_key failure is retried this many times before
+// it is a dead letter (a worker started with an old environment, a pair
+// re-sealed by a worker with another key during a rollout), not for a day.
+const TokenKeyRetries = 5
+
+// TokenKeyRetry says whether a dead token verdict is a token_key failure
+// still worth retrying after retried retries (the last try is settle's).
+func TokenKeyRetry(v TokenVerdict, retried int) bool {
+	return v.Fate == FateDead && v.Reason == ReasonTokenKey && retried < TokenKeyRetries
+}
+
 // ReasonWrongKind: the cancel and the read-back found nothing of the task's
 // kind, but HighLevel has the other kind under the id (an email's id sent
 // as a message, or the reverse). A requeue sends it as the other kind, and
@@ -259,11 +270,12 @@ const ReasonEmailConversationID = "email_conversation_id"
 // refusal (HighLevel documents no answer for an id of the other kind),
 // leaves it not found (ok false). A 429 or a pacing wait is that (no retry
 // used); a failure worth retrying retries the cancel, as when the first
-// read-back fails, but only OtherKindRetries times and never on the last
-// try: how HighLevel answers an id of the other kind is unverified, and a
-// message its own kind does not know must not end as a day of retries and
-// a server_error dead letter. After that it is not_found, reason
-// other_kind_unread.
+// read-back fails, but only while the task has retried fewer than
+// OtherKindRetries times: how HighLevel answers an id of the other kind is
+// unverified, and a message its own kind does not know must not take a day
+// of retries. After that, and on the last try, it is a dead letter
+// other_kind_unread: not not_found, since the id may be the other kind's
+// and its message go out; the operator requeues or purges it.
 func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, status int) (result, bool) {
 	other := ghl.KindEmail
 	if a.kind == ghl.KindEmail {
@@ -284,7 +296,9 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 	}
 	r := readBackFailed(err)
 	if r.fate == fateRetry && (a.lastTry || a.retried >= OtherKindRetries) {
-		return result{fate: fateDone, outcome: ledger.NotFound, reason: ReasonOtherKindUnread, status: status}, true
+		msg := fmt.Sprintf("not found as %s; reading it as %s failed (%s), so it may be the other kind's and still scheduled: requeue to try again, or purge if the kind is right",
+			withArticle(kindNoun(a.kind)), withArticle(kindNoun(other)), r.reason)
+		return dead(ReasonOtherKindUnread, status, msg, err), true
 	}
 	return r, true
 }
@@ -294,7 +308,7 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 const OtherKindRetries = 3
 
 // ReasonOtherKindUnread: not found as its kind; reading it as the other
-// kind failed OtherKindRetries times.
+// kind failed, and the task had retried OtherKindRetries times.
 const ReasonOtherKindUnread = "other_kind_unread"
 
 // emailConversationID is the dead letter of an email's conversation message
@@ -503,7 +517,7 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 		return h.expired(ctx, a)
 	}
 	token, err := h.Tokens.Token(ctx, p.LocationID)
-	if r, ok := tokenFailure(err); ok {
+	if r, ok := tokenFailure(a, err); ok {
 		return r
 	}
 	if err := ghl.CheckToken(token); err != nil {
@@ -622,7 +636,7 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 				continue
 			}
 			if !errors.Is(rerr, tokens.ErrNotRefreshable) {
-				r, _ := tokenFailure(rerr)
+				r, _ := tokenFailure(a, rerr)
 				if r.fate == fateDead && r.status == 0 {
 					r.status = 401
 				}
@@ -671,7 +685,7 @@ func (h *Handler) expired(ctx context.Context, a *attempt) result {
 		return result{fate: fateDone, recorded: o}
 	case sent:
 		token, err := h.Tokens.Token(ctx, a.p.LocationID)
-		if r, ok := tokenFailure(err); ok {
+		if r, ok := tokenFailure(a, err); ok {
 			return r
 		}
 		r := h.notFound(ctx, a, token, 0, true)
@@ -705,10 +719,13 @@ func (h *Handler) waitOnFinal(ctx context.Context, a *attempt, round int, err er
 }
 
 // tokenFailure maps a token source error; ok is false for no error.
-func tokenFailure(err error) (result, bool) {
+func tokenFailure(a *attempt, err error) (result, bool) {
 	v, ok := ClassifyTokenError(err)
 	if !ok {
 		return result{}, false
+	}
+	if TokenKeyRetry(v, a.retried) {
+		return retry(v.Reason, fmt.Errorf("token source: %w", err)), true
 	}
 	switch v.Fate {
 	case FateDead:

@@ -539,9 +539,9 @@ func TestWrongKindIsNotNotFound(t *testing.T) {
 
 // TestOtherKindReadFailuresAreBounded: how HighLevel answers a read of an
 // id as the other kind is unverified. If it fails (a 5xx), a message its
-// own kind does not know retries a few times, then ends not_found with
-// reason other_kind_unread, also on its last try: not a day of retries and
-// a server_error dead letter.
+// own kind does not know retries a few times, then is a dead letter
+// other_kind_unread, also on its last try: not a day of retries, and not a
+// not_found that hides an email going out.
 func TestOtherKindReadFailuresAreBounded(t *testing.T) {
 	t.Parallel()
 	b := hSetup(t)
@@ -561,23 +561,50 @@ func TestOtherKindReadFailuresAreBounded(t *testing.T) {
 		retries           bool
 	}{
 		{"first attempt: retried", 0, 150, true},
-		{"after the bound: not found", OtherKindRetries, 150, false},
-		{"on the last try: not found", 1, 2, false},
+		{"after the bound: a dead letter", OtherKindRetries, 150, false},
+		{"on the last try: a dead letter", 1, 2, false},
 	} {
 		id := fmt.Sprintf("noSuchMessage%07d", tt.retried*10+tt.maxRetry%10)
 		_, err := b.process(t, id, tt.retried, tt.maxRetry)
 		o, rec, _ := b.fate(t, id)
-		require.Nil(t, rec, tt.name)
 		if tt.retries {
 			require.Error(t, err, tt.name)
 			require.True(t, IsFailure(err), tt.name)
 			require.Nil(t, o, tt.name)
+			require.Nil(t, rec, tt.name)
 			continue
 		}
-		require.NoError(t, err, tt.name)
-		require.Equal(t, ledger.NotFound, o.Outcome, tt.name)
-		require.Equal(t, ReasonOtherKindUnread, o.Reason, tt.name)
+		require.ErrorIs(t, err, asynq.SkipRetry, tt.name)
+		require.Equal(t, ledger.DeadLettered, o.Outcome, tt.name)
+		require.NotNil(t, rec, tt.name)
+		require.Equal(t, ReasonOtherKindUnread, rec.Reason, tt.name)
+		require.Contains(t, rec.APIMessage, "may be the other kind's", tt.name)
 	}
+}
+
+// TestWrongTokenKeyRetriesThenDeadLetters: stored tokens that do not
+// decrypt with this worker's key are retried a few times (a worker with an
+// old environment during a rollout), then a dead letter token_key, not a
+// day of token_source retries while the messages go out.
+func TestWrongTokenKeyRetriesThenDeadLetters(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	b.h.Tokens = tokenFunc(func(string) (string, error) {
+		return "", fmt.Errorf("oauth: stored tokens %w", tokens.ErrWrongKey)
+	})
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	_, err := b.process(t, id, TokenKeyRetries-1, 150)
+	require.Error(t, err)
+	require.True(t, IsFailure(err), "retried")
+	o, rec, _ := b.fate(t, id)
+	require.Nil(t, o)
+	require.Nil(t, rec)
+	_, err = b.process(t, id, TokenKeyRetries, 150)
+	require.ErrorIs(t, err, asynq.SkipRetry)
+	_, rec, _ = b.fate(t, id)
+	require.NotNil(t, rec)
+	require.Equal(t, ReasonTokenKey, rec.Reason)
+	require.Zero(t, b.calls.Load(), "nothing sent")
 }
 
 // countingBreaker is a closed breaker that counts what it is told.

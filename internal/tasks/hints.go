@@ -17,7 +17,7 @@ func DeadLetterHint(reason string) string {
 	case string(ghl.ReasonBadRequest), string(ghl.ReasonUnprocessable), string(ghl.ReasonClientError), string(ghl.ReasonInvalidID):
 		return "HighLevel refused the request: read its message; usually the message id is wrong. Requeueing the same id fails again."
 	case ReasonTokenKey:
-		return "The location's stored OAuth tokens do not decrypt with this worker's GHL_TOKEN_KEY: give the workers the key `enqueue tokens set` used (or load the pair again with the workers' key, tokens set --replace), then requeue."
+		return "The location's stored OAuth tokens (or the agency's) do not decrypt with this worker's GHL_TOKEN_KEY, 5 tries running: give every worker the key `enqueue tokens set` used (or load the pair again with the workers' key: tokens set --replace, or tokens agency set --replace for the agency's), then requeue."
 	case string(ghl.ReasonInvalidToken):
 		return "The location's token has a space, control or non-ASCII character (a line break pasted inside it?), so no request could carry it: fix the token (GHL_TOKENS_FILE is reloaded without restart; tokens are trimmed), then requeue."
 	case string(ghl.ReasonNoToken):
@@ -30,6 +30,8 @@ func DeadLetterHint(reason string) string {
 		return "Every answer came from something other than HighLevel's API (route-level 404, HTML page, redirect): fix GHL_BASE_URL or the proxy, restart the workers, then requeue."
 	case ReasonWrongKind:
 		return "The id is the other kind's (an email's emailMessageId sent as a message, or the reverse); the api_message says which, and the message's status. Requeue: it goes as the other kind. Sending it again with the right kind does the same; either way this dead letter leaves its campaign."
+	case ReasonOtherKindUnread:
+		return "Not found as its kind, and reading the id as the other kind failed (HighLevel 5xx or timeout) after the task's retries: it may be the other kind's and still scheduled. Requeue to try again; purge it if the kind is right."
 	case ReasonEmailConversationID:
 		return "The id is a scheduled email's conversation message id; HighLevel cancels an email by its emailMessageId, which the api_message names. Send that id with kind email (a requeue sends the same id again)."
 	case ReasonStillScheduled:
