@@ -158,15 +158,17 @@ type CampaignStatus struct {
 	NotCancellable   int64 `json:"not_cancellable"`
 	// AlreadySent and NotFound: "not found" cancels, verified by reading
 	// the message back.
-	AlreadySent  int64             `json:"already_sent"`
-	NotFound     int64             `json:"not_found"`
-	Expired      int64             `json:"expired"`
-	DeadLettered int64             `json:"dead_lettered"`
-	DeadByReason map[string]int64  `json:"dead_by_reason,omitempty"`
-	StartedAt    time.Time         `json:"started_at"`
-	FinishedAt   *time.Time        `json:"finished_at,omitempty"`
-	Complete     bool              `json:"complete"`
-	Parked       map[string]string `json:"parked_locations,omitempty"`
+	AlreadySent  int64            `json:"already_sent"`
+	NotFound     int64            `json:"not_found"`
+	Expired      int64            `json:"expired"`
+	DeadLettered int64            `json:"dead_lettered"`
+	DeadByReason map[string]int64 `json:"dead_by_reason,omitempty"`
+	StartedAt    time.Time        `json:"started_at"`
+	FinishedAt   *time.Time       `json:"finished_at,omitempty"`
+	Complete     bool             `json:"complete"`
+	// DryRun: a dry-run sweep's campaign, which cancels nothing.
+	DryRun bool              `json:"dry_run,omitempty"`
+	Parked map[string]string `json:"parked_locations,omitempty"`
 	// Sweeps: locations being swept for scheduled messages, how many
 	// finished (failed ones included), the export pages read, the messages
 	// read and those found still scheduled (their cancels are in Total).

@@ -64,15 +64,18 @@ type Status struct {
 	NotCancellable   int64 `json:"not_cancellable"`
 	// AlreadySent and NotFound: "not found" cancels, verified by reading
 	// the message back.
-	AlreadySent  int64             `json:"already_sent"`
-	NotFound     int64             `json:"not_found"`
-	Expired      int64             `json:"expired"`
-	DeadLettered int64             `json:"dead_lettered"`
-	DeadByReason map[string]int64  `json:"dead_by_reason,omitempty"`
-	StartedAt    time.Time         `json:"started_at"`
-	FinishedAt   *time.Time        `json:"finished_at,omitempty"`
-	Complete     bool              `json:"complete"`
-	Parked       map[string]string `json:"parked_locations,omitempty"` // location -> why
+	AlreadySent  int64            `json:"already_sent"`
+	NotFound     int64            `json:"not_found"`
+	Expired      int64            `json:"expired"`
+	DeadLettered int64            `json:"dead_lettered"`
+	DeadByReason map[string]int64 `json:"dead_by_reason,omitempty"`
+	StartedAt    time.Time        `json:"started_at"`
+	FinishedAt   *time.Time       `json:"finished_at,omitempty"`
+	Complete     bool             `json:"complete"`
+	// DryRun: a dry-run sweep's campaign: it counts what a sweep would
+	// cancel and cancels nothing (its total stays 0).
+	DryRun bool              `json:"dry_run,omitempty"`
+	Parked map[string]string `json:"parked_locations,omitempty"` // location -> why
 	// Sweeps: locations being swept for scheduled messages, how many
 	// finished (failed ones included), the export pages read, the messages
 	// read and those found still scheduled (their cancels are in Total).
@@ -169,6 +172,7 @@ func (r statusRead) status(campaign string) (Status, bool) {
 	}
 	s.Done = s.Cancelled + s.NotCancellable + s.AlreadySent + s.NotFound + s.Expired + s.DeadLettered
 	s.Sweeps, s.SweepsDone, s.SweepsFailed = n("sweeps"), n("sweeps_done"), n("sweeps_failed")
+	s.DryRun = m["dry_run"] == "1"
 	s.SweepPages, s.SweepSeen, s.SweepFound = n("sweep_pages"), n("sweep_seen"), n("sweep_found")
 	s.Pending = s.Total - s.Done
 	if f := n("finished_at"); f > 0 {

@@ -20,6 +20,9 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 	bar := strings.Repeat("#", filled) + strings.Repeat("-", width-filled)
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s [%s] %d/%d %.0f%%\n", s.Campaign, bar, s.Done, s.Total, 100*frac)
+	if s.DryRun {
+		b.WriteString("  dry run: counts what a sweep would cancel; nothing was cancelled\n")
+	}
 	fmt.Fprintf(&b, "  cancelled %d, already sent %d, not found %d, not cancellable %d, expired (send time passed) %d, dead-lettered %d, retrying %d, pending %d\n",
 		s.Cancelled, s.AlreadySent, s.NotFound, s.NotCancellable, s.Expired, s.DeadLettered, s.Retrying, s.Pending)
 	if s.CancelledEarlier > 0 {

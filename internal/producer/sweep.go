@@ -221,6 +221,13 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	if err != nil {
 		return SweepStarted{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
+	if r.DryRun && n > 0 && r.revive == "" {
+		// Its campaign is its own (ErrDryRunCampaign): say what it is, so a
+		// poller does not read "complete, total 0" as nothing to cancel.
+		if err := p.rdb.HSet(ctx, ledger.CampaignKey(st.CampaignID), "dry_run", "1").Err(); err != nil {
+			return SweepStarted{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+	}
 	switch n {
 	case -1:
 		// The answer of the sweep that took the key, when it is still there.

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -152,9 +153,17 @@ func TestDryRunSweepHasItsOwnCampaign(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, "spring", st.CampaignID)
 	require.NotEmpty(t, st.CampaignID)
+	// It says it is a dry run: "complete, total 0" is not "nothing to cancel".
+	dry, _, err := campaign.New(rdb, 0).Get(ctx, st.CampaignID)
+	require.NoError(t, err)
+	require.True(t, dry.DryRun)
+	require.Contains(t, dry.Render(campaign.Status{}, time.Time{}), "dry run: counts what a sweep would cancel; nothing was cancelled")
 	st, err = p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locDry0000000000001"}, CampaignID: "spring"})
 	require.NoError(t, err, "the real sweep takes the name")
 	require.Equal(t, "spring", st.CampaignID)
+	named, _, err := campaign.New(rdb, 0).Get(ctx, "spring")
+	require.NoError(t, err)
+	require.False(t, named.DryRun)
 
 	// A dry run that failed before this rule, in a named campaign, is
 	// still replayed there.
