@@ -244,12 +244,6 @@ func TestEnqueueBatchEdges(t *testing.T) {
 		require.NoError(t, json.Unmarshal(info.Payload, &pl))
 		return pl.CampaignID
 	}
-	total := func(t *testing.T, rdb *redis.Client, c string) int64 {
-		t.Helper()
-		s, _, err := campaign.New(rdb, 0).Get(ctx, c)
-		require.NoError(t, err)
-		return s.Total
-	}
 
 	t.Run("a repeat after an expired record's requeue is already queued", func(t *testing.T) {
 		t.Parallel()
@@ -263,8 +257,8 @@ func TestEnqueueBatchEdges(t *testing.T) {
 		n, err := rdb.LLen(ctx, "asynq:{default}:pending").Result()
 		require.NoError(t, err)
 		require.Equal(t, int64(1), n, "queued once")
-		require.Equal(t, int64(1), total(t, rdb, "c1"))
-		require.Zero(t, total(t, rdb, "c2"))
+		require.Equal(t, int64(1), campaignTotal(t, rdb, "c1"))
+		require.Zero(t, campaignTotal(t, rdb, "c2"))
 	})
 	t.Run("an item handed back keeps its place in the answers", func(t *testing.T) {
 		t.Parallel()
@@ -277,7 +271,7 @@ func TestEnqueueBatchEdges(t *testing.T) {
 		require.Equal(t, []producer.Status{producer.Rejected, producer.Enqueued, producer.Requeued, producer.Enqueued}, statuses(rs))
 		require.Equal(t, "c1", queuedCampaign(t, rdb, "mEdge2"), "sent without a campaign, it runs in its own")
 		require.Equal(t, "", queuedCampaign(t, rdb, "mEdgeNew"))
-		require.Equal(t, int64(1), total(t, rdb, "c1"))
+		require.Equal(t, int64(1), campaignTotal(t, rdb, "c1"))
 	})
 	t.Run("its campaign expired: sent without one, it runs without one", func(t *testing.T) {
 		t.Parallel()
@@ -287,7 +281,7 @@ func TestEnqueueBatchEdges(t *testing.T) {
 		require.NoError(t, rdb.Del(ctx, ledger.CampaignKey("c1"), ledger.CampaignOutcomesKey("c1"), ledger.CampaignLocationsKey("c1")).Err())
 		require.Equal(t, producer.Requeued, p.Enqueue(ctx, msg("mEdge3", "")).Status)
 		require.Equal(t, "", queuedCampaign(t, rdb, "mEdge3"))
-		require.Zero(t, total(t, rdb, "c1"), "an expired campaign is not brought back")
+		require.Zero(t, campaignTotal(t, rdb, "c1"), "an expired campaign is not brought back")
 	})
 	t.Run("rows of a campaign that is gone are no one's", func(t *testing.T) {
 		t.Parallel()
@@ -298,7 +292,7 @@ func TestEnqueueBatchEdges(t *testing.T) {
 		require.NoError(t, rdb.Del(ctx, ledger.Key(tid), ledger.CampaignKey("c1")).Err())
 		require.NoError(t, rdb.HSet(ctx, ledger.CampaignOutcomesKey("c1"), tid, "cancelled||200|1|1").Err())
 		require.Equal(t, producer.Enqueued, p.Enqueue(ctx, msg("mEdge4", "c1")).Status, "a new campaign of that name counts it anew")
-		require.Equal(t, int64(1), total(t, rdb, "c1"))
+		require.Equal(t, int64(1), campaignTotal(t, rdb, "c1"))
 		// Its outcome is counted: the old row is not the new campaign's.
 		require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, tid))
 		_, _, err := ledger.New(rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: tid, CampaignID: "c1",
@@ -614,12 +608,6 @@ func TestWrongKindFlagAndOwnCampaign(t *testing.T) {
 			Dead:    &deadletter.Record{Kind: string(kind), MessageID: id, LocationID: loc, CampaignID: camp, Queue: tasks.QueueDefault, Reason: reason}})
 		require.NoError(t, err)
 	}
-	total := func(t *testing.T, rdb *redis.Client, camp string) int64 {
-		t.Helper()
-		s, _, err := campaign.New(rdb, 0).Get(ctx, camp)
-		require.NoError(t, err)
-		return s.Total
-	}
 
 	t.Run("a shorter retention does not cut the flag short", func(t *testing.T) {
 		t.Parallel()
@@ -640,7 +628,7 @@ func TestWrongKindFlagAndOwnCampaign(t *testing.T) {
 		n, err := deadletter.New(rdb).Count(ctx)
 		require.NoError(t, err)
 		require.Zero(t, n, "the wrong kind's dead letter is gone")
-		require.Equal(t, int64(1), total(t, rdb, "k1"), "one message")
+		require.Equal(t, int64(1), campaignTotal(t, rdb, "k1"), "one message")
 	})
 	t.Run("its own campaign comes first", func(t *testing.T) {
 		t.Parallel()
@@ -656,7 +644,15 @@ func TestWrongKindFlagAndOwnCampaign(t *testing.T) {
 		var pl tasks.CancelPayload
 		require.NoError(t, json.Unmarshal(info.Payload, &pl))
 		require.Equal(t, "k2", pl.CampaignID, "the campaign its own record names")
-		require.Equal(t, int64(1), total(t, rdb, "k2"))
-		require.Equal(t, int64(0), total(t, rdb, "k1"), "the wrong kind is taken out")
+		require.Equal(t, int64(1), campaignTotal(t, rdb, "k2"))
+		require.Equal(t, int64(0), campaignTotal(t, rdb, "k1"), "the wrong kind is taken out")
 	})
+}
+
+// campaignTotal is a campaign's distinct total.
+func campaignTotal(t *testing.T, rdb *redis.Client, camp string) int64 {
+	t.Helper()
+	s, _, err := campaign.New(rdb, 0).Get(context.Background(), camp)
+	require.NoError(t, err)
+	return s.Total
 }
