@@ -208,13 +208,25 @@ func loadKeys(inline, file string) ([]string, error) {
 	return keys, nil
 }
 
+// looksLikePath: a key variable names a file when it starts with / or .,
+// ends like a key file, or is an existing file (a relative path such as
+// rsa.pem was read as base64 and refused). Base64 has no '.' and no file
+// is named like a whole key.
+func looksLikePath(v string) bool {
+	if strings.HasPrefix(v, "/") || strings.HasPrefix(v, ".") || strings.ContainsRune(v, '.') {
+		return true
+	}
+	st, err := os.Stat(v)
+	return err == nil && st.Mode().IsRegular()
+}
+
 // webhookConfig reads the webhook keys and rules. A key variable holds the
 // key (PEM or base64 SPKI) or the path of a file holding it.
 func webhookConfig(getenv func(string) string, legacy bool, window time.Duration, events, channels, rulesFile string) (*webhook.Config, error) {
 	var keys [2]string
 	for i, env := range []string{EnvWebhookKey, EnvWebhookRSAKey} {
 		v := strings.TrimSpace(getenv(env))
-		if v != "" && !strings.Contains(v, "-----BEGIN") && (strings.HasPrefix(v, "/") || strings.HasPrefix(v, ".")) {
+		if v != "" && !strings.Contains(v, "-----BEGIN") && looksLikePath(v) {
 			b, err := os.ReadFile(v)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", env, err)

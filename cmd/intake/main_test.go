@@ -68,8 +68,10 @@ func TestConfigErrors(t *testing.T) {
 		"bad legacy":  {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookLegacy: "maybe"}, `HIGHLEVEL_WEBHOOK_LEGACY="maybe": want on or off`},
 		"bad key":     {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookKey: "bm90IGEga2V5"}, "HIGHLEVEL_WEBHOOK_PUBLIC_KEY"},
 		"key file":    {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookRSAKey: "/nonexistent/rsa.pem"}, "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY: open /nonexistent/rsa.pem"},
-		"bad window":  {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookWindow: "5"}, EnvWebhookWindow},
-		"no rules":    {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoRulesFile: "/nonexistent/rules.json"}, "AUTO_CANCEL_RULES_FILE"},
+		// A relative path is a path (it was read as base64: "neither PEM nor base64").
+		"relative key file": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookRSAKey: "keys/rsa.pem"}, "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY: open keys/rsa.pem"},
+		"bad window":        {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookWindow: "5"}, EnvWebhookWindow},
+		"no rules":          {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoRulesFile: "/nonexistent/rules.json"}, "AUTO_CANCEL_RULES_FILE"},
 	} {
 		err := run(context.Background(), nil, func(k string) string { return c.env[k] }, &bytes.Buffer{}, &bytes.Buffer{})
 		require.ErrorContains(t, err, c.want, name)

@@ -40,8 +40,8 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 			s.SweepsDone, s.Sweeps, failed, s.SweepPages, s.SweepSeen, s.SweepFound)
 	}
 	if len(s.SweepList) > 0 {
-		// Runs, not locations: a requeued failed sweep is listed again
-		// beside the run that failed (s.Sweeps counts it once).
+		// Runs: a requeued failed sweep replaces the run that failed (as
+		// s.Sweeps counts it once); a location swept twice is listed twice.
 		fmt.Fprintf(&b, "  sweep runs, newest first (at most %d):\n", SweepListMax)
 	}
 	for _, sw := range s.SweepList {

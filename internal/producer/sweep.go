@@ -54,8 +54,9 @@ type SweepRequest struct {
 	DedupeRequest string
 	// revive is the task id of a failed sweep's dead letter this one
 	// replays (ReviveSweep); retries, the retries its cancels had.
-	revive  string
-	retries int
+	revive      string
+	reviveState string // the revived run's state key
+	retries     int
 }
 
 // ErrDuplicate: SweepRequest.DedupeKey was already claimed. Sweep then
@@ -94,7 +95,9 @@ func NewID(prefix string) string {
 // counts them in their campaign (a campaign is complete only when its
 // sweeps are done too). KEYS: none. ARGV: now ns, now ms, retention ms,
 // campaign, dedupe key ("" for none), dedupe ttl ms, dead letter revived
-// ("" for none), the answer kept under the dedupe key, then per task:
+// ("" for none), the answer kept under the dedupe key, the revived sweep's
+// state key ("" for none: its run leaves the campaign's sweep list, which
+// lists each location sweep once, as the counters count it), then per task:
 // encoded message, task id, lane, sweep state key, location, contact,
 // channel, event, event id. Returns -1 when the dedupe key is taken, -2
 // when the dead letter to revive is gone (replayed already): nothing queued. A revived
@@ -111,12 +114,13 @@ if ARGV[7] ~= "" then
     redis.call("HINCRBY", k, "sweeps", -1)
     redis.call("HINCRBY", k, "sweeps_done", -1)
     redis.call("HINCRBY", k, "sweeps_failed", -1)
+    if ARGV[9] ~= "" then redis.call("ZREM", k .. ":sweeplist", ARGV[9]) end
   end
 end
 if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], ARGV[8], "NX", "PX", ARGV[6]) then return -1 end
 local added = 0
 local k, _, _, kl = ck(campaign)
-for i = 9, #ARGV, 9 do
+for i = 10, #ARGV, 9 do
   local msg, id, lane, state, loc = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   if redis.call("EXISTS", "asynq:{" .. lane .. "}:t:" .. id) == 0 then
     redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
@@ -171,7 +175,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	}
 	now := time.Now()
 	args := []any{strconv.FormatInt(now.UnixNano(), 10), now.UnixMilli(), p.cfg.CampaignRetention.Milliseconds(), st.CampaignID,
-		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive, ""}
+		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive, "", r.reviveState}
 	seen := map[string]bool{}
 	for _, loc := range r.Locations {
 		if seen[loc] {
@@ -264,7 +268,7 @@ func (p *Producer) ReviveSweep(ctx context.Context, rec deadletter.Record) (st S
 	}
 	r := SweepRequest{Locations: []string{pl.LocationID}, ContactID: pl.ContactID, ConversationID: pl.ConversationID,
 		Channel: pl.Channel, Source: pl.Source, CampaignID: pl.CampaignID, Lane: pl.Lane, DryRun: pl.DryRun,
-		PageSize: pl.PageSize, Queue: rec.Queue, Event: pl.Event, EventID: pl.EventID, revive: rec.TaskID, retries: pl.Retries}
+		PageSize: pl.PageSize, Queue: rec.Queue, Event: pl.Event, EventID: pl.EventID, revive: rec.TaskID, reviveState: SweepStateKey(pl.SweepID, pl.LocationID), retries: pl.Retries}
 	if pl.Since > 0 {
 		r.Since = time.Unix(pl.Since, 0)
 	}

@@ -71,6 +71,10 @@ func TestReviveSweep(t *testing.T) {
 	require.Equal(t, "revive", started.CampaignID)
 	v := rdb.HMGet(ctx, k, "sweeps", "sweeps_done", "sweeps_failed").Val()
 	require.Equal(t, []any{"1", "0", "0"}, v, "one sweep, running again")
+	// The sweep list has the new run in place of the failed one (requeued
+	// three times before the fix, a failure was listed three times and
+	// pushed the sweeps that cancelled something off the list).
+	require.Equal(t, []string{producer.SweepStateKey(started.SweepID, "locRevive0000000001")}, rdb.ZRange(ctx, k+":sweeplist", 0, -1).Val())
 	_, found, err := store.Get(ctx, rec.TaskID)
 	require.NoError(t, err)
 	require.False(t, found, "the dead letter is removed")
