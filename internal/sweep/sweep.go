@@ -220,9 +220,9 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 		}
 		return result{fate: v.Fate, reason: v.Reason, message: v.Message, err: err}
 	}
-	if err := ghl.CheckToken(token); err != nil {
+	if v, bad := tasks.CheckToken(token); bad {
 		// Before the export's pacing slot: nothing could be sent.
-		return result{fate: "dead", reason: string(ghl.ReasonInvalidToken), message: err.Error() + ": fix the location's token, then requeue", err: err}
+		return result{fate: "dead", reason: v.Reason, message: v.Message, err: errors.New(v.Message)}
 	}
 	phases := p.Phases()
 	refreshed := false

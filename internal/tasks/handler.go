@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -289,7 +288,7 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 		return emailConversationID(m, status), true
 	case err == nil:
 		msg := fmt.Sprintf("HighLevel has no %s with this id, but has %s (status %q): send it again as kind %s (enqueue dead requeue does; or --kind %s, or a kind column, with its --campaign)",
-			kindNoun(a.kind), withArticle(kindNoun(other)), m.Status, other, other)
+			kindNoun(a.kind), aKind(other), m.Status, other, other)
 		return dead(ReasonWrongKind, status, msg, errors.New(msg)), true
 	case errors.Is(err, ghl.ErrNotFound), errors.As(err, &e) && !e.Retryable:
 		return result{}, false
@@ -297,7 +296,7 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 	r := readBackFailed(err)
 	if r.fate == fateRetry && (a.lastTry || a.retried >= OtherKindRetries) {
 		msg := fmt.Sprintf("not found as %s; reading it as %s failed (%s), so it may be the other kind's and still scheduled: requeue to try again, or purge if the kind is right",
-			withArticle(kindNoun(a.kind)), withArticle(kindNoun(other)), r.reason)
+			aKind(a.kind), aKind(other), r.reason)
 		return dead(ReasonOtherKindUnread, status, msg, err), true
 	}
 	return r, true
@@ -329,11 +328,11 @@ func kindNoun(k ghl.Kind) string {
 	return "message (SMS and other channels)"
 }
 
-func withArticle(s string) string {
-	if strings.IndexByte("aeiou", s[0]) >= 0 {
-		return "an " + s
+func aKind(k ghl.Kind) string {
+	if k == ghl.KindEmail {
+		return "an " + kindNoun(k)
 	}
-	return "a " + s
+	return "a " + kindNoun(k)
 }
 
 // readBack reads the message back as kind, paced like any call. A wait
@@ -520,10 +519,9 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 	if r, ok := tokenFailure(a, err); ok {
 		return r
 	}
-	if err := ghl.CheckToken(token); err != nil {
+	if v, bad := CheckToken(token); bad {
 		// Before a pacing slot is taken: nothing could be sent.
-		msg := err.Error() + ": fix the location's token, then requeue"
-		return dead(string(ghl.ReasonInvalidToken), 0, msg, errors.New(msg))
+		return dead(v.Reason, 0, v.Message, errors.New(v.Message))
 	}
 
 	inlineMax := h.InlineWaitMax
@@ -777,6 +775,15 @@ func ClassifyTokenError(err error) (TokenVerdict, bool) {
 		return TokenVerdict{Fate: FateSnooze, Reason: ReasonPaced, Message: err.Error()}, true
 	}
 	return TokenVerdict{Fate: FateRetry, Reason: string(ghl.ReasonTokenSource), Message: err.Error()}, true
+}
+
+// CheckToken is the verdict on a token no request can carry
+// (ghl.CheckToken): a dead letter invalid_token, before any pacing slot.
+func CheckToken(token string) (TokenVerdict, bool) {
+	if err := ghl.CheckToken(token); err != nil {
+		return TokenVerdict{Fate: FateDead, Reason: string(ghl.ReasonInvalidToken), Message: err.Error() + ": fix the location's token, then requeue"}, true
+	}
+	return TokenVerdict{}, false
 }
 
 // settle is the one place a task's fate is decided: it turns the attempt's
