@@ -430,15 +430,30 @@ func everythingVisible(t *testing.T, rdb redis.UniversalClient, campaignIDs, met
 
 // queued counts tasks not yet finished on every lane: pending, active,
 // scheduled and retrying.
+// queued counts the tasks still in asynq's queues, in one MULTI/EXEC: read
+// one key at a time, a task the forwarder moves from retry to pending
+// between the two reads is in neither, and the queue looks empty while it
+// still holds work (the killed worker's re-delivered tasks sit in retry
+// until the forwarder moves them).
 func queued(ctx context.Context, rdb redis.Cmdable) int64 {
+	var counts []*redis.IntCmd
+	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, q := range tasks.Queues {
+			for _, st := range []string{"pending", "active"} {
+				counts = append(counts, p.LLen(ctx, "asynq:{"+q+"}:"+st))
+			}
+			for _, st := range []string{"scheduled", "retry"} {
+				counts = append(counts, p.ZCard(ctx, "asynq:{"+q+"}:"+st))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return -1
+	}
 	n := int64(0)
-	for _, q := range tasks.Queues {
-		for _, st := range []string{"pending", "active"} {
-			n += rdb.LLen(ctx, "asynq:{"+q+"}:"+st).Val()
-		}
-		for _, st := range []string{"scheduled", "retry"} {
-			n += rdb.ZCard(ctx, "asynq:{"+q+"}:"+st).Val()
-		}
+	for _, c := range counts {
+		n += c.Val()
 	}
 	return n
 }
