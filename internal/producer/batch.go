@@ -26,8 +26,10 @@ const BatchSize = 500
 //   - a task for the message is pending, scheduled, retrying or running on
 //     any lane: already queued (1);
 //   - its record holds a terminal outcome other than a dead letter: already
-//     done (2), nothing is queued, unless force; the campaign's outcome row
-//     stands in for a record that expired while the campaign lived on;
+//     done (2), nothing is queued, unless force, or unless it is expired
+//     and sent again with a send time not past (or none); the campaign's
+//     outcome row stands in for a record that expired while the campaign
+//     lived on;
 //   - it was dead-lettered (record, or an archived asynq copy), or it is
 //     forced: the archived copy and the dead letter are removed, its old
 //     outcome is taken out of its campaign, and a fresh task (attempts from
@@ -44,7 +46,7 @@ const BatchSize = 500
 // does (HSET msg/state/pending_since, LPUSH to the lane).
 // KEYS: dead-letter records, dead-letter index. ARGV: now ns, now ms,
 // retention ms, then per item: encoded message, task id, lane, campaign,
-// location, force (1/0), from a dead letter (1/0: its record is removed in
+// location, force (forceArg), from a dead letter (1/0: its record is removed in
 // any case, atomically, so a new dead letter of the fresh task is never
 // removed by mistake).
 var enqueueScript = redis.NewScript(ledger.Lua + `
@@ -212,10 +214,16 @@ for i = 0, n - 1 do
       local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
       -- Forced: always ("1"), or ("b<ms>") over an outcome recorded
       -- before that time (the row's last field).
-      local forced = force == "1"
+      local forced = string.sub(force, 1, 1) == "1"
       if not forced and o and string.sub(force, 1, 1) == "b" then
         local at = tonumber(string.match(o, "^[^|]*|[^|]*|[^|]*|[^|]*|(%d+)") or "0")
-        forced = at < tonumber(string.sub(force, 2))
+        forced = at < tonumber(string.match(force, "^b(%d+)"))
+      end
+      -- Expired is decided from a send time, never by HighLevel: sent
+      -- again with a send time not yet past (or none), the message may
+      -- still be scheduled (the first send time was wrong), so it runs.
+      if not forced and o and string.sub(force, -1) == "e" and string.sub(o, 1, 8) == "expired|" then
+        forced = true
       end
       local runs = not (o and not dead and not forced)
       if runs and campaign == "" and prevc and prevc ~= "" and clive(prevc) then
@@ -378,7 +386,7 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 		id := tasks.TaskID(it.Kind, it.MessageID)
 		retry := tasks.AsynqMaxRetry(cmp.Or(it.MaxRetry, p.cfg.MaxRetry, tasks.MaxRetryDefault)) // negative: none
 		args = append(args, encodeTaskMessage(tasks.TypeFor(it.Kind), payload, id, queue, retry,
-			cmp.Or(p.cfg.Timeout, tasks.TimeoutDefault)), id, queue, it.CampaignID, it.LocationID, forceArg(it), flag(it.fromDeadLetter))
+			cmp.Or(p.cfg.Timeout, tasks.TimeoutDefault)), id, queue, it.CampaignID, it.LocationID, forceArg(it, now), flag(it.fromDeadLetter))
 		idx = append(idx, i)
 		lanes[queue] = true
 	}
@@ -467,12 +475,17 @@ func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again [
 }
 
 // forceArg is the enqueue script's force field: "1", "b<ms>" (ForceBefore)
-// or "0".
-func forceArg(it Item) string {
+// or "0", followed by "e" when the item's send time is not past (or not
+// given): an expired outcome then runs again.
+func forceArg(it Item, now time.Time) string {
+	f := flag(it.Force)
 	if !it.Force && it.ForceBefore > 0 {
-		return "b" + strconv.FormatInt(it.ForceBefore, 10)
+		f = "b" + strconv.FormatInt(it.ForceBefore, 10)
 	}
-	return flag(it.Force)
+	if !tasks.PastSendTime(it.SendAt, now) {
+		f += "e"
+	}
+	return f
 }
 
 func flag(b bool) string {

@@ -105,7 +105,9 @@ func TestEnqueueRule(t *testing.T) {
 		{"cancelled", settled(ledger.Cancelled, ""), false, "c1", producer.AlreadyDone, false, 1, true},
 		{"cancelled, sent again later to another campaign", settled(ledger.Cancelled, ""), false, "c2", producer.AlreadyDone, false, 1, true},
 		{"not found", settled(ledger.NotFound, ""), false, "c1", producer.AlreadyDone, false, 1, true},
-		{"expired", settled(ledger.Expired, ""), false, "c1", producer.AlreadyDone, false, 1, true},
+		// Sent again with no send time (TestExpiredSentAgain: with one),
+		// an expired message may still be scheduled: it runs.
+		{"expired", settled(ledger.Expired, ""), false, "c1", producer.Requeued, true, 1, false},
 		{"cancelled, forced", settled(ledger.Cancelled, ""), true, "c1", producer.Requeued, true, 1, false},
 		{"dead-lettered (record only)", settled(ledger.DeadLettered, "unauthorized"), false, "c1", producer.Requeued, true, 1, false},
 		{"dead-lettered and archived by asynq", archived, false, "c1", producer.Requeued, true, 1, false},
@@ -435,7 +437,9 @@ func TestForceBefore(t *testing.T) {
 		{"expired before the export was asked: cancelled again", ledger.Expired, time.Minute, false, producer.Requeued, 0, 1, true},
 		{"cancelled before the export was asked (scheduled again since)", ledger.Cancelled, time.Minute, false, producer.Requeued, 0, 1, true},
 		{"cancelled while the page was on its way: it stands", ledger.Cancelled, -time.Second, false, producer.AlreadyDone, 1, 0, true},
-		{"expired while the page was on its way: it stands", ledger.Expired, -time.Second, false, producer.AlreadyDone, 1, 0, true},
+		// Expired was decided from a send time, not by HighLevel, and the
+		// export saw the message scheduled: HighLevel is asked.
+		{"expired while the page was on its way: cancelled again", ledger.Expired, -time.Second, false, producer.Requeued, 0, 1, true},
 		{"record expired, the campaign's row is older: cancelled again", ledger.Expired, time.Minute, true, producer.Requeued, 1, 1, false},
 		{"record expired, the campaign's row is newer: it stands", ledger.Cancelled, -time.Second, true, producer.AlreadyDone, 1, 1, true},
 	} {
@@ -473,6 +477,66 @@ func TestForceBefore(t *testing.T) {
 			s, _, err := campaign.New(rdb, 0).Get(ctx, "c1")
 			require.NoError(t, err)
 			require.Equal(t, tt.c1Complete, s.Complete, "c1 complete")
+		})
+	}
+}
+
+// TestExpiredSentAgain: expired is decided from the send time the first
+// sender gave, never by HighLevel. Sent again with a send time that has
+// not passed (a wrong one corrected, or the grace not over) or with none,
+// the message may still be scheduled, so it runs again; sent again with
+// one that has passed (a finished file run twice), it stays expired.
+func TestExpiredSentAgain(t *testing.T) {
+	t.Parallel()
+	const id, loc = "mExpired00000000000001", "locExpired000000000001"
+	tid := tasks.TaskID(ghl.KindMessage, id)
+	now := time.Now()
+	for _, tt := range []struct {
+		name         string
+		sendAt       int64 // the second send's send_at (0: none)
+		expireRecord bool  // the record expired while c1 lived on (its row remembers the outcome)
+		want         producer.Status
+	}{
+		{"the same past send time: it stays expired", now.Add(-time.Hour).Unix(), false, producer.AlreadyDone},
+		{"a send time just past the grace: it stays expired", now.Add(-tasks.ExpiryGrace - time.Second).Unix(), false, producer.AlreadyDone},
+		{"a send time within the grace: it runs", now.Add(-30 * time.Second).Unix(), false, producer.Requeued},
+		{"a corrected send time ahead: it runs", now.Add(time.Hour).Unix(), false, producer.Requeued},
+		{"no send time: it runs", 0, false, producer.Requeued},
+		{"no send time, its record expired: it runs", 0, true, producer.Requeued},
+		{"the same past send time, its record expired: it stays expired", now.Add(-time.Hour).Unix(), true, producer.AlreadyDone},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			p := producer.New(rdb, producer.Config{})
+			item := producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "c1", SendAt: now.Add(-time.Hour).Unix()}
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, item).Status)
+			require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, tid))
+			_, _, err := ledger.New(rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: tid, CampaignID: "c1",
+				Outcome: ledger.Outcome{Outcome: ledger.Expired, Attempts: 1}})
+			require.NoError(t, err)
+			if tt.expireRecord {
+				require.NoError(t, rdb.Del(ctx, ledger.Key(tid)).Err())
+			}
+			item.SendAt = tt.sendAt
+			r := p.Enqueue(ctx, item)
+			require.Equal(t, tt.want, r.Status, "%v", r.Err)
+			s, _, err := campaign.New(rdb, 0).Get(ctx, "c1")
+			require.NoError(t, err)
+			require.Equal(t, int64(1), s.Total, "one message, counted once")
+			info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueDefault, tid)
+			if tt.want == producer.Requeued {
+				require.NoError(t, err, "queued again")
+				require.Equal(t, asynq.TaskStatePending, info.State)
+				require.Equal(t, int64(0), s.Expired, "its expired outcome is taken out")
+				require.Equal(t, int64(1), s.Pending)
+				require.False(t, s.Complete)
+			} else {
+				require.Error(t, err, "nothing queued")
+				require.Equal(t, int64(1), s.Expired)
+				require.True(t, s.Complete)
+			}
 		})
 	}
 }

@@ -512,7 +512,7 @@ func workContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // run makes the attempt and says how it ended. It writes nothing: settle does.
 func (h *Handler) run(ctx context.Context, a *attempt) result {
 	p := a.p
-	if p.SendAt > 0 && h.now().Unix() >= p.SendAt {
+	if PastSendTime(p.SendAt, h.now()) {
 		return h.expired(ctx, a)
 	}
 	token, err := h.Tokens.Token(ctx, p.LocationID)
@@ -670,9 +670,9 @@ func (st result) with(r result) result {
 	return r
 }
 
-// expired: the send time passed before the cancel ran; it has gone out (or
-// is going), so a cancel cannot help and would spend rate budget others
-// need. Unless an earlier delivery's call went out before then and its
+// expired: the send time passed (by more than ExpiryGrace) before the
+// cancel ran; it has gone out, so a cancel cannot help and would spend
+// rate budget others need. Unless an earlier delivery's call went out before then and its
 // answer was lost: that call may have cancelled it, so read it back.
 func (h *Handler) expired(ctx context.Context, a *attempt) result {
 	o, _, sent, err := h.Ledger.Record(ctx, a.taskID)

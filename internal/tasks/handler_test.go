@@ -749,7 +749,7 @@ func TestExpiredAfterAnEarlierCall(t *testing.T) {
 	b := hSetup(t)
 	b.h.Verify = true
 	ctx := context.Background()
-	past := time.Now().Add(-time.Minute).Unix()
+	past := time.Now().Add(-ExpiryGrace - time.Minute).Unix()
 	run := func(id string) *ledger.Outcome {
 		task, err := NewCancelTask(ghl.KindMessage, CancelPayload{MessageID: id, LocationID: hLoc, CampaignID: "hc", SendAt: past}, TaskOptions{})
 		require.NoError(t, err)

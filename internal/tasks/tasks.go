@@ -195,3 +195,16 @@ func CheckUnixSeconds(n int64) error {
 	}
 	return nil
 }
+
+// ExpiryGrace is how long after its send time a message may still be
+// scheduled: HighLevel's scheduler may send it late, and the clock that
+// wrote send_at may run ahead of the worker's. Until then a cancel still
+// calls HighLevel, whose answer says what happened (cancelled, or already
+// sent); after it the cancel ends expired with no call.
+const ExpiryGrace = 2 * time.Minute
+
+// PastSendTime: a message whose send time (unix seconds; 0 unknown) was
+// more than ExpiryGrace before now has gone out, and a cancel cannot help.
+func PastSendTime(sendAt int64, now time.Time) bool {
+	return sendAt > 0 && now.Unix() >= sendAt+int64(ExpiryGrace/time.Second)
+}

@@ -404,7 +404,8 @@ func TestPacingLearnsTheLimit(t *testing.T) {
 }
 
 // TestCampaignCountsAndExpired: campaign counters follow every outcome, and
-// a cancel whose send time passed ends expired without an API call.
+// a cancel whose send time passed (by more than the grace) ends expired
+// without an API call; sent again with a corrected send time, it runs.
 func TestCampaignCountsAndExpired(t *testing.T) {
 	t.Parallel()
 	b := setup(t, sandbox.Config{}, producer.Config{})
@@ -415,7 +416,12 @@ func TestCampaignCountsAndExpired(t *testing.T) {
 	}
 	past := b.sb.ScheduleN(locGood, 1, false)[0]
 	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: past,
-		LocationID: locGood, CampaignID: "camp", SendAt: time.Now().Add(-time.Minute).Unix()}).Status)
+		LocationID: locGood, CampaignID: "camp", SendAt: time.Now().Add(-tasks.ExpiryGrace - time.Minute).Unix()}).Status)
+	// Within the grace HighLevel is still asked: a send_at from a clock
+	// running ahead, or a send HighLevel makes late, is still cancelled.
+	late := b.sb.ScheduleN(locGood, 1, false)[0]
+	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: late,
+		LocationID: locGood, CampaignID: "camp", SendAt: time.Now().Add(-30 * time.Second).Unix()}).Status)
 	bad := b.sb.ScheduleN(locBadTok, 1, false)[0]
 	require.Equal(t, producer.Enqueued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: bad, LocationID: locBadTok, CampaignID: "camp"}).Status)
 	b.waitDrained(t, 10*time.Second)
@@ -423,17 +429,37 @@ func TestCampaignCountsAndExpired(t *testing.T) {
 	s, ok, err := campaign.New(b.rdb, 0).Get(ctx, "camp")
 	require.NoError(t, err)
 	require.True(t, ok)
-	require.Equal(t, int64(6), s.Total)
-	require.Equal(t, int64(6), s.Done)
-	require.Equal(t, int64(4), s.Cancelled)
+	require.Equal(t, int64(7), s.Total)
+	require.Equal(t, int64(7), s.Done)
+	require.Equal(t, int64(5), s.Cancelled)
 	require.Equal(t, int64(1), s.Expired)
 	require.Equal(t, int64(1), s.DeadLettered)
 	require.Equal(t, map[string]int64{"unauthorized": 1}, s.DeadByReason)
 	require.True(t, s.Complete)
 	st, _, _ := b.sb.MessageStatus(past)
 	require.Equal(t, sandbox.StatusScheduled, st, "no call was made for the expired one")
-	require.Equal(t, int64(5), b.sb.Stats().Requests)
+	st, _, _ = b.sb.MessageStatus(late)
+	require.Equal(t, sandbox.StatusCancelled, st, "within the grace the cancel was made")
+	require.Equal(t, int64(6), b.sb.Stats().Requests)
 	require.Equal(t, 1.0, b.processed(tasks.OutcomeExpired))
+
+	// The send time was wrong (the message is still scheduled): sent again
+	// with the right one, it runs and is cancelled, counted once. Sent
+	// with the wrong one again (the file run twice), it stays expired.
+	require.Equal(t, producer.AlreadyDone, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: past,
+		LocationID: locGood, CampaignID: "camp", SendAt: time.Now().Add(-tasks.ExpiryGrace - time.Minute).Unix()}).Status)
+	require.Equal(t, producer.Requeued, b.producer.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: past,
+		LocationID: locGood, CampaignID: "camp", SendAt: time.Now().Add(time.Hour).Unix()}).Status)
+	b.waitDrained(t, 10*time.Second)
+	require.Eventually(t, func() bool {
+		s, _, _ = campaign.New(b.rdb, 0).Get(ctx, "camp")
+		return s.Done == 7
+	}, 5*time.Second, 50*time.Millisecond)
+	st, _, _ = b.sb.MessageStatus(past)
+	require.Equal(t, sandbox.StatusCancelled, st)
+	require.Equal(t, int64(6), s.Cancelled)
+	require.Zero(t, s.Expired)
+	require.Equal(t, int64(7), s.Total)
 
 	// Requeue the dead letter (the token is still bad): it is pending again
 	// and then dead again, counted once.
@@ -443,10 +469,10 @@ func TestCampaignCountsAndExpired(t *testing.T) {
 	b.waitDrained(t, 10*time.Second)
 	require.Eventually(t, func() bool {
 		s, _, _ = campaign.New(b.rdb, 0).Get(ctx, "camp")
-		return s.Done == 6
+		return s.Done == 7
 	}, 5*time.Second, 50*time.Millisecond)
 	require.Equal(t, int64(1), s.DeadLettered)
-	require.Equal(t, int64(6), s.Total)
+	require.Equal(t, int64(7), s.Total)
 }
 
 // TestAPIFaultSuite is issue 6's fault scenario at its exact ratios: the
