@@ -8,7 +8,10 @@
 // Enqueueing is idempotent per message (a message already queued answers
 // already_queued), and a sweep carries an Idempotency-Key, so the client
 // retries requests that failed on the way (connection errors, 502/503/504)
-// with backoff; see Options.MaxAttempts.
+// with backoff; see Options.MaxAttempts. A cancel request sent again after
+// a lost answer says so (Response.Resent). Redirects are not followed: a
+// redirected POST would lose its body, so the error names the address to
+// use instead.
 package client
 
 import (
@@ -16,11 +19,14 @@ import (
 	"cmp"
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -35,7 +41,9 @@ const BatchSize = 1000
 type Options struct {
 	// HTTPClient defaults to a client with a 60 s timeout.
 	HTTPClient *http.Client
-	// MaxAttempts per request, first try included. Defaults to 4.
+	// MaxAttempts per request, first try included. Defaults to 6: with
+	// the default RetryBase the retries span about 6 s, so an intake
+	// restart or a load balancer's failover is ridden out.
 	MaxAttempts int
 	// RetryBase is the first retry's mean delay; it doubles per attempt.
 	// Defaults to 200 ms.
@@ -52,12 +60,26 @@ type Client struct {
 // New returns a client for the intake API at baseURL, authenticating with
 // apiKey (sent as a Bearer token; never logged or put in errors).
 func New(baseURL, apiKey string, opts ...Options) (*Client, error) {
-	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	u, err := url.Parse(strings.TrimRight(strings.TrimSpace(baseURL), "/"))
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 		return nil, fmt.Errorf("ghlcancel client: base URL %q: want http(s)://host[:port]", baseURL)
+	case u.RawQuery != "" || u.Fragment != "":
+		return nil, fmt.Errorf("ghlcancel client: base URL %q: no query or fragment; want http(s)://host[:port]", baseURL)
+	case strings.HasSuffix(u.Path, "/v1"):
+		// Every route starts with /v1: http://host/v1 would ask for /v1/v1/...
+		return nil, fmt.Errorf("ghlcancel client: base URL %q ends in /v1, which the client adds to every route; use %q",
+			baseURL, strings.TrimSuffix(u.String(), "/v1"))
 	}
+	// A key read from a file or a secret often ends in a line break.
+	apiKey = strings.TrimSpace(apiKey)
 	if apiKey == "" {
 		return nil, errors.New("ghlcancel client: empty API key")
+	}
+	for i := range len(apiKey) {
+		if c := apiKey[i]; c <= ' ' || c >= 0x7f {
+			return nil, fmt.Errorf("ghlcancel client: the API key has a space or control character at byte %d; no header can carry it", i)
+		}
 	}
 	var o Options
 	if len(opts) > 0 {
@@ -66,20 +88,27 @@ func New(baseURL, apiKey string, opts ...Options) (*Client, error) {
 	if o.HTTPClient == nil {
 		o.HTTPClient = &http.Client{Timeout: 60 * time.Second}
 	}
-	o.MaxAttempts = cmp.Or(o.MaxAttempts, 4)
+	// Redirects are answered, not followed (on a copy: the caller's client
+	// is left as it is).
+	hc := *o.HTTPClient
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	o.HTTPClient = &hc
+	o.MaxAttempts = cmp.Or(o.MaxAttempts, 6)
 	o.RetryBase = cmp.Or(o.RetryBase, 200*time.Millisecond)
 	return &Client{base: u, key: apiKey, opts: o}, nil
 }
 
 // APIError is an error answer from the API. Code is stable (the Code*
-// constants); Items lists invalid items with their positions.
+// constants); Items lists invalid items with their positions. Method and
+// URL name the request that got it.
 type APIError struct {
-	StatusCode int
+	StatusCode  int
+	Method, URL string
 	APIErrorDetail
 }
 
 func (e *APIError) Error() string {
-	msg := fmt.Sprintf("ghlcancel: %d %s: %s", e.StatusCode, e.Code, e.Message)
+	msg := fmt.Sprintf("ghlcancel: %s %s: %d %s: %s", e.Method, e.URL, e.StatusCode, e.Code, e.Message)
 	for i, it := range e.Items {
 		if i == 3 {
 			msg += fmt.Sprintf(" (and %d more)", max(e.InvalidItems, len(e.Items))-3)
@@ -93,26 +122,30 @@ func (e *APIError) Error() string {
 // Cancel enqueues one cancel.
 func (c *Client) Cancel(ctx context.Context, it Cancel) (ItemResult, error) {
 	var res Response
-	if err := c.do(ctx, http.MethodPost, "/v1/cancellations", nil, it, &res); err != nil {
+	resent, err := c.doWith(ctx, http.MethodPost, "/v1/cancellations", nil, nil, it, &res)
+	if err != nil {
 		return ItemResult{}, err
 	}
 	if len(res.Results) != 1 {
 		return ItemResult{}, fmt.Errorf("ghlcancel: expected 1 result, got %d", len(res.Results))
 	}
-	return res.Results[0], nil
+	r := res.Results[0]
+	r.Resent = resent
+	return r, nil
 }
 
 // CancelMany enqueues items in requests of BatchSize, in order. Results are
 // indexed by position in items. Unless partial, an invalid item
 // stops it with an *APIError whose Items carry positions in items; batches
-// before it are enqueued (sending them again is harmless).
+// before it are enqueued (their results are returned, and sending them
+// again is harmless), and the error says so.
 func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, partial bool) (Response, error) {
 	var all Response
 	all.Results = make([]ItemResult, 0, len(items))
 	for start := 0; start < len(items); start += BatchSize {
 		end := min(start+BatchSize, len(items))
 		var res Response
-		err := c.do(ctx, http.MethodPost, "/v1/cancellations", nil,
+		resent, err := c.doWith(ctx, http.MethodPost, "/v1/cancellations", nil, nil,
 			Request{Items: items[start:end], Lane: lane, Partial: partial}, &res)
 		if err != nil {
 			var ae *APIError
@@ -121,8 +154,15 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 					ae.Items[i].Index += start
 				}
 			}
+			if start > 0 {
+				// The answer speaks of its own request ("nothing was
+				// enqueued"); the batches before it were.
+				err = fmt.Errorf("ghlcancel: items 0-%d were sent (their results are returned); items %d-%d and any after them were not enqueued: %w",
+					start-1, start, len(items)-1, err)
+			}
 			return all, err
 		}
+		all.Resent = all.Resent || resent
 		all.Enqueued += res.Enqueued
 		all.AlreadyQueued += res.AlreadyQueued
 		all.AlreadyDone += res.AlreadyDone
@@ -130,6 +170,7 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 		all.Rejected += res.Rejected
 		for _, r := range res.Results {
 			r.Index += start
+			r.Resent = resent
 			if r.Error != nil {
 				r.Error.Index += start
 			}
@@ -148,7 +189,7 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 // starting a second one.
 func (c *Client) Sweep(ctx context.Context, r SweepRequest) (SweepResponse, error) {
 	var res SweepResponse
-	err := c.doWith(ctx, http.MethodPost, "/v1/sweeps", nil, http.Header{HeaderIdempotencyKey: {crand.Text()}}, r, &res)
+	_, err := c.doWith(ctx, http.MethodPost, "/v1/sweeps", nil, http.Header{HeaderIdempotencyKey: {crand.Text()}}, r, &res)
 	return res, err
 }
 
@@ -160,6 +201,11 @@ const HeaderIdempotencyKey = "Idempotency-Key"
 // *APIError with Code CodeCampaignNotFound.
 func (c *Client) Campaign(ctx context.Context, id string) (CampaignStatus, error) {
 	var s CampaignStatus
+	if id == "" || id == "." || id == ".." {
+		// No campaign has such an id (the intake refuses them), and no URL
+		// path can carry "." or "..".
+		return s, fmt.Errorf("ghlcancel: campaign id %q: no campaign can have it", id)
+	}
 	err := c.do(ctx, http.MethodGet, "/v1/campaigns/"+url.PathEscape(id), nil, nil, &s)
 	return s, err
 }
@@ -188,36 +234,61 @@ func retryable(status int) bool {
 	return status == http.StatusBadGateway || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout
 }
 
+// permanent: a transport error that sending again cannot change (the
+// address speaks another protocol, or its certificate is refused).
+func permanent(err error) bool {
+	var rh tls.RecordHeaderError
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &rh) || errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &hn) || errors.As(err, &ci) ||
+		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client")
+}
+
+// unsent: a transport error that says the request never reached the
+// server (its connection could not be made).
+func unsent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
-	return c.doWith(ctx, method, path, q, nil, in, out)
+	_, err := c.doWith(ctx, method, path, q, nil, in, out)
+	return err
 }
 
 // doWith is do with extra request headers (the same on every attempt).
-func (c *Client) doWith(ctx context.Context, method, path string, q url.Values, hdr http.Header, in, out any) error {
+// path is escaped already. resent: the request was sent again after an
+// attempt that may have reached the server.
+func (c *Client) doWith(ctx context.Context, method, path string, q url.Values, hdr http.Header, in, out any) (resent bool, _ error) {
 	var body []byte
 	if in != nil {
 		var err error
 		if body, err = json.Marshal(in); err != nil {
-			return fmt.Errorf("ghlcancel: encode request: %w", err)
+			return false, fmt.Errorf("ghlcancel: encode request: %w", err)
 		}
 	}
-	u := *c.base
-	u.Path += path
-	u.RawQuery = q.Encode()
+	target := c.base.String() + path
+	if len(q) > 0 {
+		target += "?" + q.Encode()
+	}
 	var last error
+	landed := false // an earlier attempt may have reached the server
 	for attempt := range c.opts.MaxAttempts {
 		if attempt > 0 {
 			d := c.opts.RetryBase << (attempt - 1)
 			d = d/2 + rand.N(d) // jitter around the mean
 			select {
 			case <-ctx.Done():
-				return errors.Join(ctx.Err(), last)
+				return false, errors.Join(ctx.Err(), last)
 			case <-time.After(d):
 			}
+			resent = resent || landed
 		}
-		req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
+		req, err := http.NewRequestWithContext(ctx, method, target, bytes.NewReader(body))
 		if err != nil {
-			return fmt.Errorf("ghlcancel: %w", err)
+			return false, fmt.Errorf("ghlcancel: %w", err)
 		}
 		for k, v := range hdr {
 			req.Header[k] = v
@@ -230,35 +301,46 @@ func (c *Client) doWith(ctx context.Context, method, path string, q url.Values, 
 		res, err := c.opts.HTTPClient.Do(req)
 		if err != nil {
 			if ctx.Err() != nil {
-				return fmt.Errorf("ghlcancel: %s %s: %w", method, path, ctx.Err())
+				return false, fmt.Errorf("ghlcancel: %s %s: %w", method, target, ctx.Err())
 			}
-			last = fmt.Errorf("ghlcancel: %s %s: %w", method, path, err)
+			last = fmt.Errorf("ghlcancel: %s %s: %w", method, path, err) // err names the URL
+			if permanent(err) {
+				return false, fmt.Errorf("%w (check the base URL's scheme and the intake's certificate)", last)
+			}
+			landed = landed || !unsent(err)
 			continue
 		}
 		b, err := io.ReadAll(io.LimitReader(res.Body, 64<<20))
 		res.Body.Close()
 		if err != nil {
-			last = fmt.Errorf("ghlcancel: %s %s: reading answer: %w", method, path, err)
+			last = fmt.Errorf("ghlcancel: %s %s: reading answer: %w", method, target, err)
+			landed = true
 			continue
 		}
 		if res.StatusCode >= 300 {
-			ae := &APIError{StatusCode: res.StatusCode}
+			ae := &APIError{StatusCode: res.StatusCode, Method: method, URL: target}
 			var eb ErrorBody
-			if json.Unmarshal(b, &eb) == nil && eb.Error.Code != "" {
+			switch {
+			case json.Unmarshal(b, &eb) == nil && eb.Error.Code != "":
 				ae.APIErrorDetail = eb.Error
-			} else {
+			case res.StatusCode < 400 && res.Header.Get("Location") != "":
+				ae.Code = "http_" + strconv.Itoa(res.StatusCode)
+				ae.Message = "redirected to " + res.Header.Get("Location") +
+					": not followed (a redirected request loses its body); use that address's scheme, host and prefix as the base URL"
+			default:
 				ae.Code, ae.Message = "http_"+strconv.Itoa(res.StatusCode), strings.TrimSpace(string(b[:min(len(b), 200)]))
 			}
 			if retryable(res.StatusCode) {
 				last = ae
+				landed = true
 				continue
 			}
-			return ae
+			return false, ae
 		}
 		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("ghlcancel: %s %s: decoding answer: %w", method, path, err)
+			return false, fmt.Errorf("ghlcancel: %s %s: decoding answer: %w", method, target, err)
 		}
-		return nil
+		return resent, nil
 	}
-	return fmt.Errorf("ghlcancel: gave up after %d attempts: %w", c.opts.MaxAttempts, last)
+	return false, fmt.Errorf("ghlcancel: gave up after %d attempts: %w", c.opts.MaxAttempts, last)
 }

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/client"
@@ -125,6 +127,26 @@ func TestRetriesUnavailable(t *testing.T) {
 	require.True(t, errors.Is(err, context.Canceled), "%v", err)
 }
 
+// losesFirstAnswer is the real intake behind a proxy that passes the first
+// request to path on and then answers 504 (the request got through, its
+// answer is lost). It counts the requests to path.
+func losesFirstAnswer(t *testing.T, rdb *redis.Client, path string) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{key}})
+	require.NoError(t, err)
+	var n atomic.Int32
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == path && n.Add(1) == 1 {
+			srv.ServeHTTP(httptest.NewRecorder(), r) // it went through; the answer is lost
+			http.Error(w, "upstream timed out", http.StatusGatewayTimeout)
+			return
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(hs.Close)
+	return hs, &n
+}
+
 // TestSweepRetryAfterALostAnswer: the intake queues a sweep but its answer
 // is lost (a proxy answers 503 after the request got through). The
 // client's retry carries the same Idempotency-Key, so it gets the first
@@ -132,18 +154,7 @@ func TestRetriesUnavailable(t *testing.T) {
 func TestSweepRetryAfterALostAnswer(t *testing.T) {
 	t.Parallel()
 	rdb := redisServer.Client(t)
-	srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{key}})
-	require.NoError(t, err)
-	var sweeps atomic.Int32
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v1/sweeps" && sweeps.Add(1) == 1 {
-			srv.ServeHTTP(httptest.NewRecorder(), r) // queued; the answer is lost
-			http.Error(w, "upstream timed out", http.StatusGatewayTimeout)
-			return
-		}
-		srv.ServeHTTP(w, r)
-	}))
-	t.Cleanup(hs.Close)
+	hs, sweeps := losesFirstAnswer(t, rdb, "/v1/sweeps")
 	c, err := client.New(hs.URL, key, client.Options{RetryBase: time.Millisecond})
 	require.NoError(t, err)
 	ctx := context.Background()
@@ -161,4 +172,135 @@ func TestSweepRetryAfterALostAnswer(t *testing.T) {
 	res2, err := c.Sweep(ctx, client.SweepRequest{LocationIDs: []string{"locIdem0000000000001"}})
 	require.NoError(t, err)
 	require.NotEqual(t, res.SweepID, res2.SweepID)
+}
+
+// TestCampaignIDsThatNeedEscaping: a campaign id with a space, a slash or
+// a non-ASCII letter is read back by the id it was created with (the
+// client once escaped it twice and was told the campaign did not exist).
+func TestCampaignIDsThatNeedEscaping(t *testing.T) {
+	t.Parallel()
+	hs, _ := server(t, 0)
+	c, err := client.New(hs.URL, key)
+	require.NoError(t, err)
+	ctx := context.Background()
+	for i, id := range []string{"Spring Sale 2026", "spring/sale", "été?x=1#frag", "100%", "a+b"} {
+		r, err := c.Cancel(ctx, client.Cancel{MessageID: fmt.Sprintf("mEsc%d", i), LocationID: "loc1", CampaignID: id})
+		require.NoError(t, err)
+		require.Equal(t, client.StatusEnqueued, r.Status)
+		st, err := c.Campaign(ctx, id)
+		require.NoError(t, err, id)
+		require.Equal(t, id, st.Campaign)
+		require.Equal(t, int64(1), st.Total, id)
+	}
+	for _, id := range []string{"", ".", ".."} {
+		_, err := c.Campaign(ctx, id)
+		require.ErrorContains(t, err, "no campaign can have it", id)
+	}
+}
+
+// TestClientMistakes: what a user gets wrong when wiring the client: each
+// is refused at once, or answered with the cause and the fix, never
+// retried as if the network had failed.
+func TestClientMistakes(t *testing.T) {
+	t.Parallel()
+	hs, calls := server(t, 0)
+	ctx := context.Background()
+
+	// The base URL with /v1 (every route starts with it).
+	_, err := client.New(hs.URL+"/v1/", key)
+	require.ErrorContains(t, err, "ends in /v1")
+	require.ErrorContains(t, err, hs.URL)
+	_, err = client.New(hs.URL+"?x=1", key)
+	require.ErrorContains(t, err, "no query")
+
+	// A key read from a file keeps its line break: trimmed. One with a
+	// control character inside is refused, and not echoed.
+	c, err := client.New(hs.URL+"\n", key+"\n")
+	require.NoError(t, err)
+	_, err = c.Cancel(ctx, client.Cancel{MessageID: "mKey", LocationID: "loc1"})
+	require.NoError(t, err)
+	_, err = client.New(hs.URL, "client-test\x00key-0123456789")
+	require.ErrorContains(t, err, "control character at byte 11")
+	require.NotContains(t, err.Error(), "client-test")
+
+	// A path prefix that is not the intake's: the 404 names the request.
+	c, err = client.New(hs.URL+"/ghlcancel", key)
+	require.NoError(t, err)
+	_, err = c.Cancel(ctx, client.Cancel{MessageID: "mPath", LocationID: "loc1"})
+	var ae *client.APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, client.CodeNotFound, ae.Code)
+	require.ErrorContains(t, err, "POST "+hs.URL+"/ghlcancel/v1/cancellations")
+	require.ErrorContains(t, err, "no such route: POST /ghlcancel/v1/cancellations")
+
+	// A redirect (http to https, or a moved host) is not followed: a
+	// redirected POST loses its body, and used to be answered "use POST".
+	moved := httptest.NewServer(http.RedirectHandler(hs.URL+"/", http.StatusMovedPermanently))
+	t.Cleanup(moved.Close)
+	c, err = client.New(moved.URL, key)
+	require.NoError(t, err)
+	before := calls.Load()
+	_, err = c.Cancel(ctx, client.Cancel{MessageID: "mMoved", LocationID: "loc1"})
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusMovedPermanently, ae.StatusCode)
+	require.ErrorContains(t, err, "redirected to "+hs.URL)
+	require.ErrorContains(t, err, "base URL")
+	require.Equal(t, before, calls.Load(), "the redirect was not followed")
+
+	// https:// pointed at a plain-http intake: refused at once (no retries).
+	c, err = client.New(strings.Replace(hs.URL, "http://", "https://", 1), key, client.Options{RetryBase: time.Second})
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = c.Cancel(ctx, client.Cancel{MessageID: "mTLS", LocationID: "loc1"})
+	require.ErrorContains(t, err, "check the base URL's scheme")
+	require.NotContains(t, err.Error(), "gave up after", "not retried")
+	require.Less(t, time.Since(start), time.Second, "no retry delay was waited")
+}
+
+// TestCancelManyErrorSaysWhatWasEnqueued: an invalid item in a later batch
+// stops CancelMany; the error says the batches before it were enqueued
+// (the server's answer speaks only of its own request: "nothing was
+// enqueued").
+func TestCancelManyErrorSaysWhatWasEnqueued(t *testing.T) {
+	t.Parallel()
+	hs, _ := server(t, 0)
+	c, err := client.New(hs.URL, key)
+	require.NoError(t, err)
+	its := make([]client.Cancel, 2500)
+	for i := range its {
+		its[i] = client.Cancel{MessageID: fmt.Sprintf("mMany%d", i), LocationID: "loc1", CampaignID: "many"}
+	}
+	its[2100].MessageID = "bad/id"
+	res, err := c.CancelMany(context.Background(), its, "", false)
+	require.ErrorContains(t, err, "items 0-1999 were sent")
+	require.ErrorContains(t, err, "items 2000-2499 and any after them were not enqueued")
+	require.ErrorContains(t, err, "item 2100: message_id")
+	require.Equal(t, 2000, res.Enqueued)
+	require.Len(t, res.Results, 2000)
+	st, err := c.Campaign(context.Background(), "many")
+	require.NoError(t, err)
+	require.Equal(t, int64(2000), st.Total)
+}
+
+// TestCancelRetryAfterALostAnswer: a proxy forwards the request and then
+// answers 504; the client sends it again, and the answer (already_queued:
+// the first attempt enqueued it) says it was resent. A dial failure is
+// never a resend.
+func TestCancelRetryAfterALostAnswer(t *testing.T) {
+	t.Parallel()
+	hs, _ := losesFirstAnswer(t, redisServer.Client(t), "/v1/cancellations")
+	c, err := client.New(hs.URL, key, client.Options{RetryBase: time.Millisecond})
+	require.NoError(t, err)
+	r, err := c.Cancel(context.Background(), client.Cancel{MessageID: "mLost", LocationID: "loc1", CampaignID: "lost"})
+	require.NoError(t, err)
+	require.Equal(t, client.StatusAlreadyQueued, r.Status)
+	require.True(t, r.Resent, "the answer may be the first attempt's own work")
+	st, err := c.Campaign(context.Background(), "lost")
+	require.NoError(t, err)
+	require.Equal(t, int64(1), st.Total, "counted once")
+
+	r, err = c.Cancel(context.Background(), client.Cancel{MessageID: "mFirst", LocationID: "loc1"})
+	require.NoError(t, err)
+	require.False(t, r.Resent)
+	require.Equal(t, client.StatusEnqueued, r.Status)
 }

@@ -117,6 +117,12 @@ type ItemResult struct {
 	Status string `json:"status"`
 	// Error says why an item was rejected.
 	Error *ItemError `json:"error,omitempty"`
+	// Resent (set by the client, never sent over the wire): the request
+	// was sent again after an attempt whose answer was lost (a timeout, a
+	// dropped connection, a 502/503/504). That attempt may have enqueued
+	// the item, so already_queued or already_done can be this request's
+	// own work. Campaign counts are exact either way.
+	Resent bool `json:"-"`
 }
 
 // ItemError is a problem with one item.
@@ -142,6 +148,9 @@ type Response struct {
 	Requeued      int          `json:"requeued"`
 	Rejected      int          `json:"rejected"`
 	Results       []ItemResult `json:"results"`
+	// Resent: see ItemResult.Resent (for CancelMany, true when any of its
+	// requests was sent again).
+	Resent bool `json:"-"`
 }
 
 // CampaignStatus is a campaign's progress (GET /v1/campaigns/{id}).

@@ -217,8 +217,12 @@ func New(cfg Config) (*Server, error) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	s.mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
-	s.mux.Handle("/", s.route("other", "", false, func(w http.ResponseWriter, _ *http.Request) {
-		writeError(w, http.StatusNotFound, client.CodeNotFound, "no such route; see /v1/openapi.yaml", nil, 0)
+	s.mux.Handle("/", s.route("other", "", false, func(w http.ResponseWriter, r *http.Request) {
+		msg := "no such route: " + r.Method + " " + r.URL.EscapedPath()
+		if strings.HasPrefix(r.URL.Path, "/v1/v1/") {
+			msg += " (/v1 twice: a client's base URL is the intake's address, without /v1)"
+		}
+		writeError(w, http.StatusNotFound, client.CodeNotFound, msg+"; the routes are in /v1/openapi.yaml", nil, 0)
 	}))
 	return s, nil
 }
@@ -281,8 +285,9 @@ func (s *Server) route(name, method string, auth bool, h http.HandlerFunc) http.
 // the key nor which key matched.
 func (s *Server) authorized(r *http.Request) bool {
 	key := r.Header.Get("X-API-Key")
-	if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		key = v
+	// The scheme's name is case-insensitive (RFC 9110 11.1).
+	if scheme, v, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		key = strings.TrimSpace(v)
 	}
 	if key == "" {
 		return false
@@ -310,17 +315,19 @@ func writeError(w http.ResponseWriter, status int, code, msg string, items []cli
 // recognised by them.
 var itemFields = map[string]bool{"message_id": true, "location_id": true, "kind": true, "campaign_id": true, "send_at": true, "urgent": true, "force": true}
 
-func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
+// readBody reads a JSON request body within MaxBodyBytes; on false the
+// error answer is written.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
 			writeError(w, http.StatusUnsupportedMediaType, client.CodeUnsupportedMedia, "send Content-Type: application/json", nil, 0)
-			return
+			return nil, false
 		}
 	}
 	if r.ContentLength > s.cfg.MaxBodyBytes {
 		writeError(w, http.StatusRequestEntityTooLarge, client.CodePayloadTooLarge,
 			fmt.Sprintf("body of %d bytes is over the limit of %d; split the request", r.ContentLength, s.cfg.MaxBodyBytes), nil, 0)
-		return
+		return nil, false
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
 	if err != nil {
@@ -328,9 +335,17 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, client.CodePayloadTooLarge,
 				fmt.Sprintf("body is over the limit of %d bytes; split the request", s.cfg.MaxBodyBytes), nil, 0)
-			return
+			return nil, false
 		}
 		writeError(w, http.StatusBadRequest, client.CodeMalformedJSON, "reading body: "+err.Error(), nil, 0)
+		return nil, false
+	}
+	return body, true
+}
+
+func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
+	body, ok := s.readBody(w, r)
+	if !ok {
 		return
 	}
 	raw, opts, apiErr := s.parseRequest(body)
@@ -587,14 +602,20 @@ func requestDigest(req client.SweepRequest) string {
 
 // postSweeps starts one sweep task per location (POST /v1/sweeps).
 func (s *Server) postSweeps(w http.ResponseWriter, r *http.Request) {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		writeError(w, http.StatusUnsupportedMediaType, client.CodeUnsupportedMedia, "send Content-Type: application/json", nil, 0)
+	body, ok := s.readBody(w, r)
+	if !ok {
 		return
 	}
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	var req client.SweepRequest
-	if err := dec.Decode(&req); err != nil {
+	err := dec.Decode(&req)
+	if err == nil {
+		if _, next := dec.Token(); !errors.Is(next, io.EOF) {
+			err = errors.New("data after the JSON object (send one object)")
+		}
+	}
+	if err != nil {
 		writeError(w, http.StatusBadRequest, client.CodeInvalidRequest, "body: "+err.Error(), nil, 0)
 		return
 	}

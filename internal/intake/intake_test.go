@@ -529,3 +529,45 @@ func TestSweeps(t *testing.T) {
 	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/idem", auth, nil, &st).StatusCode)
 	require.Equal(t, int64(2), st.Sweeps)
 }
+
+// TestRequestMistakes: what a caller gets wrong, answered with the cause:
+// the auth scheme's case, a doubled /v1, and the sweep route's body read
+// like the cancellations route's (size limit, media type, one object).
+func TestRequestMistakes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{MaxBodyBytes: 2048})
+	body, _ := json.Marshal(client.Cancel{MessageID: "mCase", LocationID: "l1"})
+	// Two not through the contract check: its validator takes only
+	// "Bearer", and reads the first JSON value of a body and passes that on.
+	srv, err := intake.New(intake.Config{Redis: redisServer.Client(t), Keys: []string{key}, Registry: prometheus.NewRegistry()})
+	require.NoError(t, err)
+	direct := func(path, authz string, body []byte) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+		req.Header.Set("Authorization", authz)
+		srv.ServeHTTP(rec, req)
+		return rec
+	}
+	rec := direct("/v1/cancellations", "bearer  "+key, body)
+	require.Equal(t, http.StatusAccepted, rec.Code, "the scheme is case-insensitive (RFC 9110): %s", rec.Body)
+	rec = direct("/v1/sweeps", "Bearer "+key, []byte(`{"location_ids":["locMistake0000000001"]}{"location_ids":["x"]}`))
+	require.Equal(t, http.StatusBadRequest, rec.Code, rec.Body.String())
+	require.Contains(t, rec.Body.String(), "data after the JSON object")
+
+	var eb client.ErrorBody
+	e.errBody(e.do(http.MethodPost, "/v1/v1/cancellations", auth, body, &eb), eb, http.StatusNotFound, client.CodeNotFound)
+	require.Contains(t, eb.Error.Message, "no such route: POST /v1/v1/cancellations")
+	require.Contains(t, eb.Error.Message, "/v1 twice")
+
+	sweep := []byte(`{"location_ids":["locMistake0000000001"]}`)
+	var sr client.SweepResponse
+	require.Equal(t, http.StatusAccepted, e.do(http.MethodPost, "/v1/sweeps",
+		map[string]string{"Authorization": "Bearer " + key, "Content-Type": "Application/JSON; charset=utf-8"}, sweep, &sr).StatusCode)
+	eb = client.ErrorBody{}
+	big := []byte(`{"location_ids":["` + strings.Repeat("l", 3000) + `"]}`)
+	e.errBody(e.do(http.MethodPost, "/v1/sweeps", auth, big, &eb), eb, http.StatusRequestEntityTooLarge, client.CodePayloadTooLarge)
+	eb = client.ErrorBody{}
+	e.errBody(e.do(http.MethodPost, "/v1/sweeps", map[string]string{"Authorization": "Bearer " + key, "Content-Type": "text/plain"}, sweep, &eb), eb,
+		http.StatusUnsupportedMediaType, client.CodeUnsupportedMedia)
+	require.Equal(t, map[string]int{"default": 1}, e.queued(), "one sweep, nothing else (the direct server has a database of its own)")
+}
