@@ -290,6 +290,9 @@ const (
 	CodeItemInvalidSendAt    = "invalid_send_at"
 	CodeItemInvalidCampaign  = "invalid_campaign_id"
 	CodeItemUnknownField     = "unknown_field"
+	// CodeItemConflictingKind: the request holds the same message id as
+	// a message and as an email; a message has one kind.
+	CodeItemConflictingKind = "conflicting_kind"
 )
 
 // Sweep channels.

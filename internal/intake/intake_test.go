@@ -571,3 +571,34 @@ func TestRequestMistakes(t *testing.T) {
 		http.StatusUnsupportedMediaType, client.CodeUnsupportedMedia)
 	require.Equal(t, map[string]int{"default": 1}, e.queued(), "one sweep, nothing else (the direct server has a database of its own)")
 }
+
+// TestBothKindsInOneRequest: one message id as a message and as an email in
+// one request is refused at that item (all or nothing), or rejected alone
+// with "partial": the campaign counts one message, not two.
+func TestBothKindsInOneRequest(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	body := func(partial bool) []byte {
+		b, _ := json.Marshal(map[string]any{"partial": partial, "items": []client.Cancel{
+			{MessageID: "mBoth", LocationID: "l1", CampaignID: "both"},
+			{MessageID: "mOther", LocationID: "l1", CampaignID: "both"},
+			{MessageID: "mBoth", LocationID: "l1", CampaignID: "both", Kind: "email"},
+		}})
+		return b
+	}
+	var eb client.ErrorBody
+	e.errBody(e.post(body(false), &eb), eb, http.StatusBadRequest, client.CodeInvalidItems)
+	require.Len(t, eb.Error.Items, 1)
+	require.Equal(t, 2, eb.Error.Items[0].Index)
+	require.Equal(t, client.CodeItemConflictingKind, eb.Error.Items[0].Code)
+	require.Contains(t, eb.Error.Items[0].Message, "item 0 as message")
+	require.Empty(t, e.queued(), "nothing enqueued")
+
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.post(body(true), &res).StatusCode)
+	require.Equal(t, 2, res.Enqueued)
+	require.Equal(t, client.StatusRejected, res.Results[2].Status)
+	var st client.CampaignStatus
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/both", auth, nil, &st).StatusCode)
+	require.Equal(t, int64(2), st.Total)
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
@@ -354,9 +356,58 @@ func encodeTaskMessage(typ string, payload []byte, id, queue string, retry int, 
 // handed back to be sent under their own campaign take a second call.
 func (p *Producer) EnqueueBatch(ctx context.Context, items []Item) []Result {
 	out := make([]Result, len(items))
+	conflict := conflictingKinds(items)
 	for start := 0; start < len(items); start += BatchSize {
 		end := min(start+BatchSize, len(items))
-		p.enqueueChunk(ctx, items[start:end], out[start:end])
+		if conflict == nil {
+			p.enqueueChunk(ctx, items[start:end], out[start:end])
+			continue
+		}
+		// The conflicting items are left out of the chunk and answered here.
+		var keep []Item
+		var at []int
+		for i := start; i < end; i++ {
+			if err := conflict[i]; err != nil {
+				out[i] = Result{Status: Rejected, Err: err}
+				continue
+			}
+			keep, at = append(keep, items[i]), append(at, i)
+		}
+		res := make([]Result, len(keep))
+		p.enqueueChunk(ctx, keep, res)
+		for j, r := range res {
+			out[at[j]] = r
+		}
+	}
+	return out
+}
+
+// ErrConflictingKind: the same message id came as a message and as an
+// email in one batch. A message has one kind: both would be queued,
+// counted twice, and the wrong one dead-lettered wrong_kind.
+var ErrConflictingKind = errors.New("a message has one kind")
+
+// conflictingKinds maps the position of each item whose message id an
+// earlier item of items names as the other kind to its error; nil when
+// there is none (always, when items hold one kind only).
+func conflictingKinds(items []Item) map[int]error {
+	if len(items) < 2 || !slices.ContainsFunc(items, func(it Item) bool { return it.Kind != items[0].Kind }) {
+		return nil
+	}
+	seen := make(map[string]ghl.Kind, len(items))
+	var out map[int]error
+	for i, it := range items {
+		kind, ok := seen[it.MessageID]
+		switch {
+		case !ok:
+			seen[it.MessageID] = it.Kind
+		case kind != it.Kind:
+			if out == nil {
+				out = map[int]error{}
+			}
+			out[i] = fmt.Errorf("%w: message %s came as %s a few items before; send it once, as the kind HighLevel has",
+				ErrConflictingKind, it.MessageID, kind)
+		}
 	}
 	return out
 }

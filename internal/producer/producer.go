@@ -207,8 +207,7 @@ func (p *Producer) EnqueueAll(ctx context.Context, next func() (Item, bool), don
 	for range p.cfg.Parallel {
 		wg.Go(func() {
 			for b := range batches {
-				out := make([]Result, len(b))
-				p.enqueueChunk(ctx, b, out)
+				out := p.EnqueueBatch(ctx, b)
 				mu.Lock()
 				for i, it := range b {
 					done(it, out[i])

@@ -414,6 +414,48 @@ func TestRepeatsInsideOneBatch(t *testing.T) {
 	require.Equal(t, int64(3), s.Total)
 }
 
+// TestBothKindsInOneBatch: one message id as a message and as an email in
+// one batch (a file or a request) is one message: the first is queued,
+// the second refused with the reason, and the campaign counts one (both
+// used to be queued, the wrong one dead-lettered wrong_kind beside the
+// right one's outcome). The same through EnqueueAll, as the CLI sends.
+func TestBothKindsInOneBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{Queue: tasks.QueueBulk})
+	mk := func(kind ghl.Kind, id, c string) producer.Item {
+		return producer.Item{Kind: kind, MessageID: id, LocationID: "locKinds", CampaignID: c}
+	}
+	out := p.EnqueueBatch(ctx, []producer.Item{mk(ghl.KindEmail, "kindsA", "kinds"), mk(ghl.KindMessage, "kindsB", "kinds"),
+		mk(ghl.KindMessage, "kindsA", "kinds"), mk(ghl.KindEmail, "kindsA", "kinds")})
+	require.Equal(t, producer.Enqueued, out[0].Status)
+	require.Equal(t, producer.Enqueued, out[1].Status)
+	require.Equal(t, producer.Rejected, out[2].Status)
+	require.ErrorIs(t, out[2].Err, producer.ErrConflictingKind)
+	require.ErrorContains(t, out[2].Err, "message kindsA came as email a few items before")
+	require.Equal(t, producer.AlreadyQueued, out[3].Status, "the same kind again is a repeat")
+	s, _, err := campaign.New(rdb, 0).Get(ctx, "kinds")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), s.Total)
+
+	items := []producer.Item{mk(ghl.KindMessage, "kindsC", "kinds2"), mk(ghl.KindEmail, "kindsC", "kinds2")}
+	got := map[ghl.Kind]producer.Result{}
+	i := 0
+	p.EnqueueAll(ctx, func() (producer.Item, bool) {
+		if i == len(items) {
+			return producer.Item{}, false
+		}
+		i++
+		return items[i-1], true
+	}, func(it producer.Item, r producer.Result) { got[it.Kind] = r })
+	require.Equal(t, producer.Enqueued, got[ghl.KindMessage].Status)
+	require.ErrorIs(t, got[ghl.KindEmail].Err, producer.ErrConflictingKind)
+	s, _, err = campaign.New(rdb, 0).Get(ctx, "kinds2")
+	require.NoError(t, err)
+	require.Equal(t, int64(1), s.Total)
+}
+
 // TestForceBefore: a sweep's cancels are forced only over an outcome
 // recorded before its export was asked (ForceBefore): one recorded while
 // the page was on its way (another sweep, a campaign) stands, so the
