@@ -63,6 +63,8 @@ type Handler struct {
 	Retention time.Duration
 	// MaxRestarts bounds restarts after expired cursors. Defaults to 20.
 	MaxRestarts int
+	// Stopping: see tasks.Handler.Stopping.
+	Stopping func() bool
 }
 
 // State is one location's sweep progress, as stored.
@@ -426,7 +428,13 @@ func isFailure(err error) bool {
 // (its retries are used up) ends the sweep as failed; on the spare, where
 // asynq archives whatever comes back, so does anything that is not an end.
 func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, at try, r result) error {
-	if (at.lastTry && r.fate == "retry") || (at.final && r.fate != "done" && r.fate != "dead") {
+	// Taken back by a stopping worker: asynq has put the task back as it
+	// was; on a last try (or the spare) that is no failure.
+	takenBack := (r.fate == "retry" || r.fate == "snooze") && tasks.TakenBack(ctx, h.Stopping)
+	if takenBack {
+		r.fate, r.reason = "retry", tasks.ReasonInterrupted
+	}
+	if (at.lastTry && r.fate == "retry" && !takenBack) || (at.final && r.fate != "done" && r.fate != "dead" && !takenBack) {
 		r.fate, r.reason = "dead", cmp.Or(r.reason, tasks.ReasonInterrupted)
 	}
 	rep := tasks.ReportOf(ctx)
@@ -442,7 +450,11 @@ func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, a
 	case "snooze":
 		return r.err
 	case "retry":
-		h.logger().Info("sweep failed, will retry", "task_id", id, "location_id", p.LocationID, "reason", r.reason, "error", r.err)
+		msg := "sweep failed, will retry"
+		if takenBack {
+			msg = "sweep interrupted: the worker is stopping, and the task goes back to its lane"
+		}
+		h.logger().Info(msg, "task_id", id, "location_id", p.LocationID, "reason", r.reason, "error", r.err)
 		return r.err
 	}
 	result, dead := "done", ""

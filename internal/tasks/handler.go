@@ -162,6 +162,17 @@ type Handler struct {
 	// scheduled after a "not found" cancel is tried again before it is
 	// dead-lettered still_scheduled. Defaults to StillScheduledRetriesDefault.
 	StillScheduledRetries int
+	// Stopping, when set, says the worker is shutting down: an attempt
+	// whose context is then cancelled was put back by asynq as it was (no
+	// retry used; TakenBack).
+	Stopping func() bool
+}
+
+// TakenBack: the attempt's context was cancelled because the worker is
+// stopping, so asynq has put the task back as it was (no retry used, and
+// what the handler returns is ignored). Such an attempt did not fail.
+func TakenBack(ctx context.Context, stopping func() bool) bool {
+	return errors.Is(ctx.Err(), context.Canceled) && stopping != nil && stopping()
 }
 
 // EventObserver receives event-to-cancel latencies.
@@ -649,8 +660,8 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 			return st.with(dead(string(e.Reason), status, e.Message, err))
 		}
 		level := slog.LevelInfo
-		if e.Reason == ghl.ReasonMisrouted {
-			level = slog.LevelDebug // Routes logs it once for all tasks
+		if e.Reason == ghl.ReasonMisrouted || TakenBack(ctx, h.Stopping) {
+			level = slog.LevelDebug // Routes logs it once for all tasks; settle logs an interruption
 		}
 		h.logf(ctx, a, level, "cancel failed, will retry", "reason", e.Reason, "http_status", e.StatusCode, "error", err)
 		r := retry(string(e.Reason), err)
@@ -793,7 +804,16 @@ func CheckToken(token string) (TokenVerdict, bool) {
 // on the final attempt, where asynq archives whatever comes back.
 func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 	rep := reportFrom(ctx)
-	if (a.lastTry && r.fate == fateRetry) || (a.final && r.fate == fateSnooze) {
+	// Taken back by a stopping worker: asynq has put the task back as it
+	// was, with no retry used, and ignores what comes back here. Nothing
+	// failed: no dead letter on a last try, no "retrying" in the campaign
+	// (the next delivery is a first attempt again and would never leave
+	// that set), no network failure reported.
+	takenBack := (r.fate == fateRetry || r.fate == fateSnooze) && TakenBack(ctx, h.Stopping)
+	if takenBack {
+		r.fate, r.reason = fateRetry, ReasonInterrupted
+	}
+	if (a.lastTry && r.fate == fateRetry && !takenBack) || (a.final && r.fate == fateSnooze) {
 		r.fate = fateDead
 		if r.message == "" && r.err != nil {
 			r.message = truncate("retries exhausted: "+r.err.Error(), 512)
@@ -869,7 +889,12 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 		}
 		return fmt.Errorf("dead letter %s: %w: %w", r.reason, cause, asynq.SkipRetry)
 	case fateRetry:
-		if err := h.Ledger.Retrying(wctx, a.taskID, a.p.CampaignID, clearMark); err != nil {
+		campaign := a.p.CampaignID
+		if takenBack {
+			campaign = ""
+			h.logf(ctx, a, slog.LevelInfo, "attempt interrupted: the worker is stopping, and the task goes back to its lane", "error", r.err)
+		}
+		if err := h.Ledger.Retrying(wctx, a.taskID, campaign, clearMark); err != nil {
 			h.logf(ctx, a, slog.LevelWarn, "could not mark the task retrying", "error", err)
 		}
 		rep.Outcome, rep.Reason = OutcomeRetry, r.reason

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -112,6 +113,7 @@ type Worker struct {
 	Dead     *deadletter.Store
 	Routes   *ghl.RouteHealth
 	log      *slog.Logger
+	stopping *atomic.Bool // set when the shutdown starts (tasks.TakenBack)
 }
 
 // New validates cfg and builds a Worker.
@@ -164,7 +166,8 @@ func New(cfg Config) (*Worker, error) {
 	routes := &ghl.RouteHealth{BaseURL: api.BaseURL(), Logger: cfg.Logger, OnChange: func(bad bool) {
 		m.Misrouted.Set(map[bool]float64{true: 1}[bad])
 	}}
-	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Logger: cfg.Logger, Routes: routes, Verify: !cfg.NoVerify, Events: m,
+	stopping := new(atomic.Bool)
+	h := &tasks.Handler{API: api, Tokens: cfg.Tokens, Logger: cfg.Logger, Routes: routes, Verify: !cfg.NoVerify, Events: m, Stopping: stopping.Load,
 		Ledger: ledger.New(cfg.Redis, ledger.Config{Retention: cfg.CampaignRetention, DeadRetention: dead.Retention})}
 	if !cfg.NoBreaker {
 		bc := cfg.Breaker
@@ -189,7 +192,7 @@ func New(cfg Config) (*Worker, error) {
 	// Sweeps to their handler; both cancel types, and any other type that
 	// lands on our lanes (dead-lettered rather than retried forever), to the
 	// cancel handler; all wrapped once in the metrics middleware.
-	sw := &sweep.Handler{API: api, Tokens: cfg.Tokens, Redis: cfg.Redis, Logger: cfg.Logger, Routes: routes, Observe: m,
+	sw := &sweep.Handler{API: api, Tokens: cfg.Tokens, Redis: cfg.Redis, Logger: cfg.Logger, Routes: routes, Observe: m, Stopping: stopping.Load,
 		Producer: producer.New(cfg.Redis, producer.Config{CampaignRetention: cfg.CampaignRetention}), Retention: cfg.CampaignRetention}
 	if h.Pacer != nil {
 		sw.Pacer = h.Pacer
@@ -238,7 +241,7 @@ func New(cfg Config) (*Worker, error) {
 			srvs = append(srvs, asynq.NewServerFromRedisClient(cfg.Redis, c))
 		}
 	}
-	return &Worker{cfg: cfg, srvs: srvs, handler: handler, Metrics: m, Registry: cfg.Registry, Dead: dead, Routes: routes, log: cfg.Logger}, nil
+	return &Worker{cfg: cfg, srvs: srvs, handler: handler, stopping: stopping, Metrics: m, Registry: cfg.Registry, Dead: dead, Routes: routes, log: cfg.Logger}, nil
 }
 
 // Run processes tasks until ctx is done, then shuts down: in-flight tasks
@@ -263,6 +266,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	<-janitor
 	w.log.Info("worker draining", "shutdown_timeout", w.cfg.ShutdownTimeout)
+	// From here a cancelled attempt was put back by asynq (its shutdown
+	// timeout ran out), not failed.
+	w.stopping.Store(true)
 	var wg sync.WaitGroup
 	for _, srv := range w.srvs {
 		wg.Go(srv.Shutdown) // in parallel: each gets ShutdownTimeout, not the sum

@@ -645,3 +645,65 @@ func TestOutcomeInAGoneCampaign(t *testing.T) {
 	require.Equal(t, ledger.Cancelled, o.Outcome)
 	require.Equal(t, "gone", c)
 }
+
+// TestStopMidCallIsNoFailure: a worker stopped (SIGTERM) while calls are
+// in flight past its shutdown timeout. asynq puts those tasks back as they
+// were, with no retry used. They must not be reported as failed: no dead
+// letter on a task's last try (here every try is the last: no retries),
+// and no "retrying" left in the campaign once another worker finishes
+// them (it used to read "retrying 25" on a complete campaign for good).
+func TestStopMidCallIsNoFailure(t *testing.T) {
+	t.Parallel()
+	rdb := redisServer.Client(t)
+	sb := sandbox.New(sandbox.Config{Faults: sandbox.Faults{Latency: 1500 * time.Millisecond}})
+	sb.AddLocation(locGood, tokGood)
+	srv := httptest.NewServer(sb.Handler())
+	t.Cleanup(srv.Close)
+	run := func(shutdown time.Duration) (context.CancelFunc, chan error) {
+		w, err := worker.New(worker.Config{Redis: rdb, GHL: ghl.Config{BaseURL: srv.URL, Timeout: 5 * time.Second},
+			Tokens: tokenMap{locGood: tokGood}, Concurrency: 20, NoPacing: true, ShutdownTimeout: shutdown,
+			DelayedCheckInterval: 100 * time.Millisecond, Backoff: tasks.Backoff{Base: 50 * time.Millisecond, Cap: 200 * time.Millisecond}})
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		return cancel, done
+	}
+	ctx := context.Background()
+	p := producer.New(rdb, producer.Config{})
+	var ids []string
+	for _, c := range []struct {
+		name  string
+		retry int
+	}{{"stop-retries", 0}, {"stop-last-try", -1}} {
+		for _, id := range sb.ScheduleN(locGood, 5, false) {
+			ids = append(ids, id)
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood,
+				CampaignID: c.name, MaxRetry: c.retry}).Status)
+		}
+	}
+	stop, done := run(200 * time.Millisecond)
+	require.Eventually(t, func() bool { return sb.Stats().Requests >= int64(len(ids)) }, 10*time.Second, 10*time.Millisecond, "all calls in flight")
+	stop()
+	require.NoError(t, <-done)
+	n, err := deadletter.New(rdb).Count(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n, "a stop is no failure, on a last try neither")
+
+	stop, done = run(5 * time.Second)
+	t.Cleanup(func() { stop(); <-done })
+	for _, c := range []string{"stop-retries", "stop-last-try"} {
+		var s campaign.Status
+		require.Eventually(t, func() bool {
+			s, _, _ = campaign.New(rdb, 0).Get(ctx, c)
+			return s.Complete
+		}, 20*time.Second, 50*time.Millisecond, c)
+		require.Equal(t, int64(5), s.Cancelled, c)
+		require.Zero(t, s.DeadLettered, c)
+		require.Zero(t, s.Retrying, "%s: nothing is left retrying on a complete campaign", c)
+	}
+	for _, id := range ids {
+		st, _, _ := sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusCancelled, st)
+	}
+}
