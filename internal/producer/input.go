@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -86,6 +87,15 @@ func (r *Reader) Next() (Line, bool) {
 				r.cols = hdr
 				continue
 			}
+		} else if r.cols != nil && strings.Contains(strings.ToLower(text), "message_id") {
+			// The header again: files joined with cat. The same columns
+			// are skipped; other ones would misread every row after them.
+			if hdr, ok, err := parseHeader(text); ok {
+				if err == nil && maps.Equal(hdr, r.cols) {
+					continue
+				}
+				return Line{N: r.n, Err: errors.New("a second header with other columns (files joined?): send each file on its own")}, false
+			}
 		}
 		it, err := r.parse(text)
 		return Line{N: r.n, Item: it, Err: err}, true
@@ -153,6 +163,28 @@ func parseHeader(text string) (map[string]int, bool, error) {
 	return cols, true, nil
 }
 
+// headerWords are what a one-column file's header is called (message,
+// uuid, sms_id, scheduled_message_id...). HighLevel's ids are 20 random
+// letters and digits: one with no digit that holds such a word, or an
+// "_", is a column name.
+var headerWords = []string{"message", "msg", "sms", "email", "uuid"}
+
+func looksLikeHeader(text string) bool {
+	if strings.ContainsAny(text, "0123456789") {
+		return false
+	}
+	if strings.Contains(text, "_") || idSpellings[squash.Replace(strings.ToLower(text))] {
+		return true
+	}
+	lower := strings.ToLower(text)
+	for _, w := range headerWords {
+		if strings.Contains(lower, w) {
+			return true
+		}
+	}
+	return false
+}
+
 func splitCSV(text string) []string {
 	fields := strings.Split(text, ",")
 	for i, f := range fields {
@@ -166,6 +198,9 @@ func (r *Reader) parse(text string) (Item, error) {
 	if r.cols == nil {
 		if strings.ContainsAny(text, ", \t") {
 			return it, errors.New("expected one id per line (or a CSV header naming message_id)")
+		}
+		if looksLikeHeader(text) {
+			return it, fmt.Errorf("%q looks like a column name, not a message id: name the id column message_id (a CSV header), or remove the line", text)
 		}
 		it.MessageID = text
 		return it, validateItem(it)

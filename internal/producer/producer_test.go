@@ -105,9 +105,27 @@ func TestReader(t *testing.T) {
 		{"a header in HighLevel's spelling", "locationId,messageId\nL1,m1\n", []got{
 			{1, producer.Item{}, `fatal: header: column "messageId" is not one ghlcancel reads: name the id column message_id (known: message_id, location_id, kind, campaign_id, send_at)`},
 		}},
-		{"the same words later are ids", "m0\nid\n", []got{
-			{1, item("m0", "locD", ghl.KindMessage, "camp", 0), ""},
-			{2, item("id", "locD", ghl.KindMessage, "camp", 0), ""},
+		// HighLevel's ids are 20 letters and digits: a word with no digit
+		// that names a message (or has an "_") is a column name, on any
+		// line (files joined with cat repeat their header).
+		{"column names are not ids, wherever they are", "message\nm0\nid\nuuid\nsms_id\nScheduled_Message_ID\nmessage_id\nMessages\nabcdefghijklmnopqrst\n", []got{
+			{1, producer.Item{}, `"message" looks like a column name, not a message id: name the id column message_id (a CSV header), or remove the line`},
+			{2, item("m0", "locD", ghl.KindMessage, "camp", 0), ""},
+			{3, producer.Item{}, `"id" looks like a column name, not a message id: name the id column message_id (a CSV header), or remove the line`},
+			{4, producer.Item{}, `"uuid" looks like a column name, not a message id: name the id column message_id (a CSV header), or remove the line`},
+			{5, producer.Item{}, `"sms_id" looks like a column name, not a message id: name the id column message_id (a CSV header), or remove the line`},
+			{6, producer.Item{}, `"Scheduled_Message_ID" looks like a column name, not a message id: name the id column message_id (a CSV header), or remove the line`},
+			{7, producer.Item{}, `"message_id" looks like a column name, not a message id: name the id column message_id (a CSV header), or remove the line`},
+			{8, producer.Item{}, `"Messages" looks like a column name, not a message id: name the id column message_id (a CSV header), or remove the line`},
+			{9, item("abcdefghijklmnopqrst", "locD", ghl.KindMessage, "camp", 0), ""},
+		}},
+		{"csv files joined: the repeated header is skipped", "message_id,location_id\nm1,L1\nMessage_ID, Location_ID\nm2,L2\n", []got{
+			{2, item("m1", "L1", ghl.KindMessage, "camp", 0), ""},
+			{4, item("m2", "L2", ghl.KindMessage, "camp", 0), ""},
+		}},
+		{"csv files joined with other columns: stop there", "message_id,location_id\nm1,L1\nmessage_id,kind\nm2,email\n", []got{
+			{2, item("m1", "L1", ghl.KindMessage, "camp", 0), ""},
+			{3, producer.Item{}, "fatal: a second header with other columns (files joined?): send each file on its own"},
 		}},
 		{"binary", "ok1\n\x00\x01\x02\nok2\n", []got{
 			{1, item("ok1", "locD", ghl.KindMessage, "camp", 0), ""},
