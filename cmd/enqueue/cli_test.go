@@ -78,6 +78,11 @@ func TestUsageErrorsNameTheHelp(t *testing.T) {
 		{"status"},
 		{"tokens", "agency", "frobnicate"},
 		{"statu", "x"},
+		{"stauts", "camp-a"}, // typos too, and never queued as ids (with --location they were)
+		{"--location", "L", "staus", "camp-a"},
+		{"campains"},
+		{"reprot", "x"},
+		{"deadd", "list"},
 		{"campaigns", "extra"},
 		{"--campaign", "..", "abc"}, // no URL path can carry it: refused before anything is sent
 		{"sweep", "--location", "l", "--campaign", "."},

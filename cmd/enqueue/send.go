@@ -54,6 +54,9 @@ scheduled (sweep), and manage tokens.`,
 	rateLimit := fs.String("rate-limit", "100/10s", "dry run: HighLevel's per-location limit, N/period")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if len(args) > 0 && len(args[0]) < 20 {
+			// Typos too (stauts, campains, deadd), not only prefixes: cobra
+			// leaves the distance at 0 outside its own lookup.
+			cmd.SuggestionsMinimumDistance = 2
 			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
 				return usageError{fmt.Errorf("unknown command %q; did you mean %s? (message ids are 20 characters)", args[0], strings.Join(s, ", "))}
 			}
