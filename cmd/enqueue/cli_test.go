@@ -205,3 +205,23 @@ func TestInterruptIsReportedAsInterrupted(t *testing.T) {
 	require.NotContains(t, err.Error(), "queue unavailable")
 	require.Contains(t, out.String(), "not enqueued")
 }
+
+// TestBadRetentionIsRefused: a CAMPAIGN_RETENTION the workers refuse
+// (30d: Go durations have no days) was replaced here by 7 days without a
+// word; it is a usage error, unless --campaign-retention overrides it.
+func TestBadRetentionIsRefused(t *testing.T) {
+	t.Parallel()
+	getenv := func(k string) string {
+		if k == "CAMPAIGN_RETENTION" {
+			return "30d"
+		}
+		return ""
+	}
+	var out, errw bytes.Buffer
+	err := run(context.Background(), []string{"--location", "L", "--dry-run", "mRetention0000000001"}, getenv, strings.NewReader(""), &out, &errw)
+	var ue usageError
+	require.ErrorAs(t, err, &ue)
+	require.ErrorContains(t, err, `CAMPAIGN_RETENTION="30d": want a duration with a unit`)
+	err = run(context.Background(), []string{"--location", "L", "--dry-run", "--campaign-retention", "720h", "mRetention0000000001"}, getenv, strings.NewReader(""), &out, &errw)
+	require.NoError(t, err)
+}

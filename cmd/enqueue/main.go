@@ -147,13 +147,6 @@ func dash(s string) string {
 	return s
 }
 
-func envDur(v string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(v); err == nil && d > 0 {
-		return d
-	}
-	return def
-}
-
 // withRedis is a command's RunE that connects to Redis first (with the
 // actionable error when it cannot) and closes the connection after run.
 func (e *env) withRedis(run func(ctx context.Context, rdb *redis.Client, args []string) error) func(*cobra.Command, []string) error {

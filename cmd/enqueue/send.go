@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/envconf"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
@@ -38,7 +39,8 @@ scheduled (sweep), and manage tokens.`,
 	}
 	fs := cmd.Flags()
 	location := fs.String("location", "", "location (sub-account) id of the messages, unless the file has a location_id column")
-	retention := fs.Duration("campaign-retention", envDur(e.getenv("CAMPAIGN_RETENTION"), campaign.RetentionDefault), "how long the campaign's counters and report are kept after its last update (env CAMPAIGN_RETENTION)")
+	envRetention := envconf.New(e.getenv)
+	retention := fs.Duration("campaign-retention", envRetention.Duration("CAMPAIGN_RETENTION", campaign.RetentionDefault), "how long the campaign's counters and report are kept after its last update (env CAMPAIGN_RETENTION)")
 	campaignID := fs.String("campaign", "", "campaign id to group these cancels under (a file's campaign_id column wins for the rows that fill it)")
 	kindFlag := fs.String("kind", "message", "message or email, unless the file has a kind column")
 	urgent := fs.Bool("urgent", false, "use the urgent lane (same as --lane urgent)")
@@ -67,6 +69,11 @@ scheduled (sweep), and manage tokens.`,
 		}
 		if *parallel < 1 {
 			return usageError{fmt.Errorf("--parallel %d: want 1 or more enqueues in flight", *parallel)}
+		}
+		if err := envRetention.Err(); err != nil && !cmd.Flags().Changed("campaign-retention") {
+			// The workers refuse it at start; a silent 7 days here would
+			// keep this campaign's counters for another time than theirs.
+			return usageError{err}
 		}
 		if *retention <= 0 {
 			return usageError{fmt.Errorf("--campaign-retention %s: want a positive duration, such as 168h", *retention)}
