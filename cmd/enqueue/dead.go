@@ -134,6 +134,9 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 		if err == nil && st == (producer.RequeueStats{}) && total > 0 {
 			e.noMatchHint(ctx, store)
 		}
+		if st.Requeued > 0 {
+			e.warnNoWorker(ctx, rdb, "what was requeued")
+		}
 		return err
 	})
 	return cmd

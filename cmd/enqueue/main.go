@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -138,6 +139,19 @@ func (e *env) connect(ctx context.Context) (*redis.Client, error) {
 		return nil, fmt.Errorf("cannot reach Redis at %s: %w (is it running? is REDIS_URL or --redis-url right?)", addr, err)
 	}
 	return rdb, nil
+}
+
+// warnNoWorker says on stderr when no worker serves this Redis database:
+// the tasks just queued wait until one starts there (a database number
+// mistyped in REDIS_URL, or the workers not started yet). asynq lists its
+// live servers in asynq:servers, scored by when each entry expires.
+func (e *env) warnNoWorker(ctx context.Context, rdb *redis.Client, what string) {
+	n, err := rdb.ZCount(ctx, "asynq:servers", strconv.FormatInt(time.Now().Unix(), 10), "+inf").Result()
+	if err != nil || n > 0 {
+		return
+	}
+	fmt.Fprintf(e.stderr, "enqueue: no worker is running on this Redis database (db %d): %s waits until a worker starts with the same REDIS_URL\n",
+		rdb.Options().DB, what)
 }
 
 func dash(s string) string {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
@@ -620,4 +621,28 @@ func TestSweepWaitExitCode(t *testing.T) {
 		st, _, _ := sb.MessageStatus(id)
 		require.Equal(t, sandbox.StatusCancelled, st)
 	}
+}
+
+// TestEnqueueSaysWhatNobodyWillRun: an input with no ids (empty, a header
+// only) and a database no worker serves (a mistyped db number in
+// REDIS_URL, the workers not started) are said on stderr; the run itself
+// did what it was asked.
+func TestEnqueueSaysWhatNobodyWillRun(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	for _, in := range []string{"", "message_id,location_id\n", "\ufeff\n"} {
+		r := runCmd(t, url, in, "--location", "L", "--file", "-")
+		require.NoError(t, r.err)
+		require.Contains(t, r.stderr, "the input held no message ids (empty, or a header only): nothing was enqueued", "%q", in)
+		require.NotContains(t, r.stderr, "no worker")
+	}
+	r := runCmd(t, url, "", "--location", "L", "mNoWorker000000000001")
+	require.NoError(t, r.err)
+	require.Regexp(t, `no worker is running on this Redis database \(db \d+\): what was queued waits until a worker starts with the same REDIS_URL`, r.stderr)
+	// A live worker (asynq's entry, scored by its expiry): no warning.
+	rdb := redistest.ClientFor(t, url)
+	require.NoError(t, rdb.ZAdd(context.Background(), "asynq:servers", redis.Z{Score: float64(time.Now().Add(time.Minute).Unix()), Member: "asynq:servers:{h:1:x}"}).Err())
+	r = runCmd(t, url, "", "--location", "L", "mNoWorker000000000002")
+	require.NoError(t, r.err)
+	require.NotContains(t, r.stderr, "no worker")
 }

@@ -152,9 +152,15 @@ scheduled (sweep), and manage tokens.`,
 		if err != nil {
 			return err
 		}
+		if sum.Enqueued+sum.Requeued > 0 {
+			e.warnNoWorker(ctx, rdb, "what was queued")
+		}
 		if sum.Rejected > 0 {
 			fmt.Fprintf(e.stderr, "enqueue: %d line(s) rejected; see the messages above\n", sum.Rejected)
 			return errReported
+		}
+		if sum.Enqueued+sum.Requeued+sum.AlreadyQueued+sum.AlreadyDone == 0 {
+			fmt.Fprintln(e.stderr, "enqueue: the input held no message ids (empty, or a header only): nothing was enqueued")
 		}
 		return nil
 	}

@@ -150,6 +150,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		what = "counting (dry run)"
 	}
 	fmt.Fprintf(e.stderr, "sweep %s: %s %d location(s) into campaign %s\n", st.SweepID, what, len(st.TaskIDs), st.CampaignID)
+	e.warnNoWorker(ctx, rdb, "the sweep")
 	if !o.wait {
 		fmt.Fprintf(e.stdout, "%s\n", st.CampaignID)
 		fmt.Fprintf(e.stderr, "follow it: enqueue status %s --watch\n", st.CampaignID)
