@@ -143,11 +143,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer rdb.Close()
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	if err := rdb.Ping(pctx).Err(); err != nil {
+	err = rdb.Ping(pctx).Err()
+	cancel()
+	if hint, bad := redisconn.Misconfigured(err); bad {
+		return fmt.Errorf("%s: Redis at %s refused the intake: %s (%w)", EnvRedisURL, redisAddr, hint, err)
+	}
+	if err != nil {
 		// Not fatal: enqueues answer 503 and /readyz says not ready until it is back.
 		log.Warn("redis is not reachable yet; requests answer 503 until it is", "addr", redisAddr, "error", err)
 	}
-	cancel()
 
 	srv, err := intake.New(intake.Config{
 		Redis: rdb, Keys: keys, MaxBodyBytes: int64(*maxBody), MaxItems: *maxItems, Logger: log,

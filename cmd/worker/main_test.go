@@ -283,3 +283,38 @@ func TestRateConfigExplicitZeros(t *testing.T) {
 		require.True(t, envconf.New(func(string) string { return v }).Bool(EnvStrictPriority, false), v)
 	}
 }
+
+// TestRedisURLMistakesStopTheWorker: an answer from Redis that no retry
+// can change (a wrong or missing password, a database the server does not
+// have, a port that does not speak Redis) stops
+// the worker at start with what to fix; it used to log "will keep trying"
+// and wait for ever, /readyz saying only "not reachable".
+func TestRedisURLMistakesStopTheWorker(t *testing.T) {
+	t.Parallel()
+	srv, err := redistest.Start()
+	require.NoError(t, err)
+	t.Cleanup(srv.Stop)
+	require.NoError(t, redistest.ClientFor(t, "redis://"+srv.Addr+"/0").ConfigSet(context.Background(), "requirepass", "right-pw").Err())
+	http := httptest.NewServer(nil)
+	t.Cleanup(http.Close)
+	for _, tt := range []struct{ name, url, want string }{
+		{"no password", "redis://" + srv.Addr + "/0", "the password in REDIS_URL is wrong or missing"},
+		{"wrong password", "redis://:wrong-pw@" + srv.Addr + "/0", "the password in REDIS_URL is wrong or missing"},
+		{"no such database", "redis://:right-pw@" + srv.Addr + "/5000", "the database number in REDIS_URL is beyond"},
+		// rediss:// against a plain Redis is not here: the TLS handshake
+		// waits for an answer the server never sends, a timeout like an
+		// unreachable server's.
+		{"not a Redis", "redis://" + strings.TrimPrefix(http.URL, "http://") + "/0", "does not speak Redis"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			err := run(ctx, []string{"-metrics-addr", ""}, envFunc(map[string]string{EnvToken: "t", EnvRedisURL: tt.url}), &bytes.Buffer{}, &bytes.Buffer{})
+			require.ErrorContains(t, err, tt.want)
+			require.ErrorContains(t, err, "REDIS_URL: Redis at ")
+			require.NotContains(t, err.Error(), "right-pw")
+			require.NotContains(t, err.Error(), "wrong-pw")
+		})
+	}
+}

@@ -10,8 +10,11 @@
 package redisconn
 
 import (
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -37,4 +40,30 @@ func Open(rawURL string, poolSize int) (rdb *redis.Client, addr string, err erro
 	}
 	opt.PoolSize = max(opt.PoolSize, poolSize)
 	return redis.NewClient(opt), opt.Addr, nil
+}
+
+// Misconfigured says what in REDIS_URL is wrong when err is an answer no
+// retry can change: a wrong or missing password, a database number the
+// server does not have, TLS against a plain Redis (or the reverse), or a
+// server that does not speak Redis. ok is false for anything that may pass
+// (a refused connection, a timeout, a Redis that is loading).
+func Misconfigured(err error) (hint string, ok bool) {
+	if err == nil {
+		return "", false
+	}
+	msg := err.Error()
+	var rh tls.RecordHeaderError
+	switch {
+	case strings.Contains(msg, "WRONGPASS"), strings.Contains(msg, "NOAUTH"), strings.Contains(msg, "invalid password"),
+		strings.Contains(msg, "without any password configured"), strings.Contains(msg, "but no password is set"):
+		return "the password in REDIS_URL is wrong or missing (redis://:PASSWORD@host:port/db)", true
+	case strings.Contains(msg, "DB index is out of range"):
+		return "the database number in REDIS_URL is beyond the server's `databases` setting", true
+	case errors.As(err, &rh), strings.Contains(msg, "first record does not look like a TLS handshake"),
+		strings.Contains(msg, "x509: "):
+		return "TLS does not match: rediss:// needs a Redis that speaks TLS, redis:// one that does not (or the certificate is refused)", true
+	case strings.Contains(msg, "can't parse"), strings.Contains(msg, "invalid reply"):
+		return "the server at REDIS_URL's address does not speak Redis (a wrong port?)", true
+	}
+	return "", false
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/redisconn"
 	"github.com/ghlcancel/ghlcancel/internal/sweep"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
@@ -392,7 +393,11 @@ func AdminHandler(reg *prometheus.Registry, rdb redis.UniversalClient, checks ..
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
 		if err := rdb.Ping(ctx).Err(); err != nil {
-			http.Error(w, "redis: not reachable", http.StatusServiceUnavailable)
+			msg := "redis: not reachable: " + err.Error()
+			if hint, bad := redisconn.Misconfigured(err); bad {
+				msg = "redis: " + hint + ": " + err.Error()
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		for _, check := range checks {
