@@ -2,10 +2,12 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -100,6 +102,9 @@ func (e *env) deadListCmd() *cobra.Command {
 		if !*asJSON {
 			fmt.Fprintf(e.stderr, "%d shown, %d matching\n", shown, matched)
 		}
+		if matched == 0 {
+			e.noMatchHint(ctx, deadletter.New(rdb), *f)
+		}
 		return nil
 	})
 	return cmd
@@ -132,7 +137,7 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 				st.Requeued, st.AlreadyQueued, st.AlreadyDone, st.Skipped)
 		}
 		if err == nil && st == (producer.RequeueStats{}) && total > 0 {
-			e.noMatchHint(ctx, store)
+			e.noMatchHint(ctx, store, *f)
 		}
 		if st.Requeued > 0 {
 			e.warnNoWorker(ctx, rdb, "what was requeued")
@@ -144,17 +149,55 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 
 // noMatchHint: a filter that matched none of the records held is often a
 // typo (--reason unauthorised); say which reasons there are.
-func (e *env) noMatchHint(ctx context.Context, store *deadletter.Store) {
-	by := map[string]int{}
-	if store.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error { by[r.Reason]++; return nil }) != nil || len(by) == 0 {
+//
+// It names each filter value no record has (a misspelt --reason or
+// --campaign), with the values the records do have, most common first.
+func (e *env) noMatchHint(ctx context.Context, store *deadletter.Store, f deadletter.Filter) {
+	fields := []struct {
+		flag, want string
+		of         func(deadletter.Record) string
+		held       map[string]int
+	}{
+		{"--reason", f.Reason, func(r deadletter.Record) string { return r.Reason }, map[string]int{}},
+		{"--campaign", f.CampaignID, func(r deadletter.Record) string { return r.CampaignID }, map[string]int{}},
+		{"--location", f.LocationID, func(r deadletter.Record) string { return r.LocationID }, map[string]int{}},
+		{"--kind", f.Kind, func(r deadletter.Record) string { return r.Kind }, map[string]int{}},
+	}
+	total := 0
+	err := store.Scan(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
+		total++
+		for _, fl := range fields {
+			fl.held[fl.of(r)]++
+		}
+		return nil
+	})
+	if err != nil || total == 0 {
 		return
 	}
-	reasons := make([]string, 0, len(by))
-	for r, n := range by {
-		reasons = append(reasons, fmt.Sprintf("%s %d", r, n))
+	// held lists a field's values, most common first, at most 8.
+	held := func(m map[string]int) string {
+		vals := slices.Collect(maps.Keys(m))
+		slices.SortFunc(vals, func(a, b string) int { return cmp.Or(m[b]-m[a], strings.Compare(a, b)) })
+		var out []string
+		for i, v := range vals {
+			if i == 8 {
+				out = append(out, fmt.Sprintf("and %d more", len(vals)-8))
+				break
+			}
+			out = append(out, fmt.Sprintf("%s %d", cmp.Or(v, "(none)"), m[v]))
+		}
+		return strings.Join(out, ", ")
 	}
-	slices.Sort(reasons)
-	fmt.Fprintf(e.stderr, "no dead letter matches the filter; the ones held have reasons: %s (see them: enqueue dead list)\n", strings.Join(reasons, ", "))
+	said := false
+	for _, fl := range fields {
+		if fl.want != "" && fl.held[fl.want] == 0 {
+			fmt.Fprintf(e.stderr, "no dead letter has %s %q; the %d held have: %s\n", fl.flag, fl.want, total, held(fl.held))
+			said = true
+		}
+	}
+	if !said {
+		fmt.Fprintf(e.stderr, "no dead letter matches the whole filter; the %d held have reasons: %s (see them: enqueue dead list)\n", total, held(fields[0].held))
+	}
 }
 
 func (e *env) deadExportCmd() *cobra.Command {
@@ -171,6 +214,9 @@ func (e *env) deadExportCmd() *cobra.Command {
 		n := 0
 		err := deadletter.New(rdb).Scan(ctx, *f, func(r deadletter.Record) error { n++; return enc.Encode(r) })
 		fmt.Fprintf(e.stderr, "exported %d records\n", n)
+		if err == nil && n == 0 {
+			e.noMatchHint(ctx, deadletter.New(rdb), *f)
+		}
 		return err
 	})
 	return cmd
@@ -200,6 +246,7 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 		n := len(refs)
 		if n == 0 {
 			fmt.Fprintln(e.stdout, "no matching dead letters")
+			e.noMatchHint(ctx, store, *f)
 			return nil
 		}
 		if !*yes {

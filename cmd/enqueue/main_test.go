@@ -172,8 +172,23 @@ func TestDeadListAndRequeue(t *testing.T) {
 		r = runCmd(t, url, "", "dead", "requeue", "--reason", reason)
 		require.NoError(t, r.err, r.stderr)
 		require.Contains(t, r.stdout, "requeued 0,")
-		require.Contains(t, r.stderr, "no dead letter matches the filter; the ones held have reasons: bad_request 1 (see them: enqueue dead list)")
+		require.Contains(t, r.stderr, `no dead letter has --reason "`+reason+`"; the 1 held have: bad_request 1`)
 	}
+	// A misspelt campaign names the campaign, not the reasons; list,
+	// export and purge say it too.
+	for _, verb := range []string{"requeue", "list", "export", "purge"} {
+		args := []string{"dead", verb, "--campaign", "no-such-campaign"}
+		if verb == "purge" {
+			args = append(args, "--yes")
+		}
+		r = runCmd(t, url, "", args...)
+		require.NoError(t, r.err, r.stderr)
+		require.Contains(t, r.stderr, `no dead letter has --campaign "no-such-campaign"; the 1 held have: `, verb)
+		require.NotContains(t, r.stderr, "--reason", verb)
+	}
+	// The reason exists, its record is younger than asked.
+	r = runCmd(t, url, "", "dead", "list", "--reason", "bad_request", "--older-than", "720h")
+	require.Contains(t, r.stderr, "no dead letter matches the whole filter; the 1 held have reasons: bad_request 1")
 	r = runCmd(t, url, "", "dead", "list")
 	require.Contains(t, r.stderr, "1 shown, 1 matching")
 	r = runCmd(t, url, "", "dead", "requeue", "--all")
