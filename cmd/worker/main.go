@@ -155,6 +155,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("%s=%d: want 0 to half of %s's count", EnvUrgentReserve, *urgentReserve, EnvRateLimit)
 	}
 	rl.UrgentReserve = *urgentReserve
+	for loc, l := range rl.Overrides {
+		// Said once at start: an override for a mistyped location changes nothing.
+		log.Info("rate limit override", "location_id", loc, "limit", fmt.Sprintf("%d/%s", l.N, l.Period))
+	}
 	src, oauth, err := tokenSource(getenv, *tokensFile, *baseURL, log)
 	if err != nil {
 		return err
@@ -320,10 +324,18 @@ func rateConfig(limit string, margin float64, overrides string, maxWait time.Dur
 			continue
 		}
 		loc, lim, ok := strings.Cut(kv, "=")
-		if !ok {
+		loc = strings.TrimSpace(loc)
+		if !ok || loc == "" {
 			return ratelimit.Config{}, false, fmt.Errorf("%s: %q: want location=N/period", EnvRateOverrides, kv)
 		}
-		l, err := ratelimit.ParseLimit(lim)
+		if err := ghl.ValidateID(loc); err != nil {
+			return ratelimit.Config{}, false, fmt.Errorf("%s: location %q: %w", EnvRateOverrides, loc, err)
+		}
+		if _, dup := cfg.Overrides[loc]; dup {
+			// Which one was meant? The last would win without a word.
+			return ratelimit.Config{}, false, fmt.Errorf("%s: location %s is given twice", EnvRateOverrides, loc)
+		}
+		l, err := ratelimit.ParseLimit(strings.TrimSpace(lim))
 		if err != nil {
 			return ratelimit.Config{}, false, fmt.Errorf("%s: %s: %w", EnvRateOverrides, loc, err)
 		}

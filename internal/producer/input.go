@@ -135,6 +135,13 @@ func parseHeader(text string) (map[string]int, bool, error) {
 			isHeader = true
 		}
 	}
+	if !isHeader && strings.Contains(strings.ToLower(text), "message_id") {
+		for _, sep := range []string{";", "\t", "|"} {
+			if strings.Contains(text, sep) {
+				return nil, true, fmt.Errorf("header: the columns are separated by %q; ghlcancel reads comma-separated files (export as CSV)", sep)
+			}
+		}
+	}
 	if !isHeader {
 		// A header in another spelling ("id", "messageId", "Message ID")
 		// would be read as a message id: HighLevel called for it, counted

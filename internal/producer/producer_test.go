@@ -99,6 +99,12 @@ func TestReader(t *testing.T) {
 		{"a header with a trailing comma", "message_id,location_id,\nm1,L1,\n", []got{
 			{1, producer.Item{}, `fatal: header: an empty column name (a trailing comma?) (known: message_id, location_id, kind, campaign_id, send_at)`},
 		}},
+		{"a header separated by semicolons", "message_id;location_id\nm1;L1\n", []got{
+			{1, producer.Item{}, `fatal: header: the columns are separated by ";"; ghlcancel reads comma-separated files (export as CSV)`},
+		}},
+		{"a header separated by tabs", "message_id\tlocation_id\nm1\tL1\n", []got{
+			{1, producer.Item{}, `fatal: header: the columns are separated by "\t"; ghlcancel reads comma-separated files (export as CSV)`},
+		}},
 		{"a header naming the id otherwise", "id\nm1\n", []got{
 			{1, producer.Item{}, `fatal: header: column "id" is not one ghlcancel reads: name the id column message_id (known: message_id, location_id, kind, campaign_id, send_at)`},
 		}},
