@@ -220,6 +220,10 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 	t.Cleanup(unavailable.Close)
 	api, err := ghl.New(ghl.Config{BaseURL: unavailable.URL, Timeout: 2 * time.Second})
 	require.NoError(t, err)
+	hanging := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	t.Cleanup(hanging.Close)
+	slowAPI, err := ghl.New(ghl.Config{BaseURL: hanging.URL, Timeout: 10 * time.Second})
+	require.NoError(t, err)
 	for _, tc := range []struct {
 		name      string
 		pacer     tasks.Pacer
@@ -228,6 +232,7 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 		reason    string
 		isFailure bool
 		token     string // the location's token; tokGood when empty
+		stopping  bool   // the worker stops mid-call: asynq has put the task back
 	}{
 		{name: "5xx before the last try: retried", retried: tasks.SweepMaxRetry - 1, isFailure: true},
 		{name: "5xx on the last try: failed", retried: tasks.SweepMaxRetry, ends: true, reason: string(ghl.ReasonServerError)},
@@ -238,6 +243,11 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 		// network error.
 		{name: "a token with a line break inside: failed", pacer: snoozingPacer{}, retried: 0, ends: true,
 			reason: string(ghl.ReasonInvalidToken), token: "tok\nen"},
+		// A stopping worker's cut call on the last try, or the spare, ends
+		// nothing: asynq put the task back as it was (and ignores the
+		// error, a network one).
+		{name: "the worker stops mid-call on the last try: back to the queue", retried: tasks.SweepMaxRetry, stopping: true, isFailure: true},
+		{name: "the worker stops mid-call on the spare: back to the queue", retried: tasks.SweepMaxRetry + 1, stopping: true, isFailure: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -252,7 +262,14 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 			require.Equal(t, tasks.AsynqMaxRetry(tasks.SweepMaxRetry), info.MaxRetry, "a sweep task carries the spare attempt")
 
 			h := &sweep.Handler{API: api, Tokens: tokenMap{locGood: cmp.Or(tc.token, tokGood)}, Producer: prod, Redis: rdb, Pacer: tc.pacer}
-			rctx, rep := tasks.WithReport(ctx)
+			pctx := ctx
+			if tc.stopping {
+				h.API, h.Stopping = slowAPI, func() bool { return true }
+				var cancel context.CancelFunc
+				pctx, cancel = context.WithCancel(ctx)
+				time.AfterFunc(200*time.Millisecond, cancel)
+			}
+			rctx, rep := tasks.WithReport(pctx)
 			err = h.Process(rctx, asynq.NewTask(info.Type, info.Payload),
 				tasks.TaskInfo{ID: id, Queue: info.Queue, Retried: tc.retried, MaxRetry: info.MaxRetry})
 			require.Error(t, err)
@@ -264,6 +281,9 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 			rec, dead, derr := deadletter.New(rdb).Get(ctx, id)
 			require.NoError(t, derr)
 			if !tc.ends {
+				if tc.stopping {
+					require.Equal(t, tasks.ReasonInterrupted, rep.Reason)
+				}
 				require.NotErrorIs(t, err, asynq.SkipRetry)
 				require.Equal(t, tc.isFailure, tasks.IsFailure(err), "only a failure uses a retry")
 				require.NotContains(t, []string{"done", "failed"}, state.Phase)
