@@ -64,12 +64,11 @@ func New(baseURL, apiKey string, opts ...Options) (*Client, error) {
 	switch {
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 		return nil, fmt.Errorf("ghlcancel client: base URL %q: want http(s)://host[:port]", baseURL)
-	case u.RawQuery != "" || u.Fragment != "":
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
 		return nil, fmt.Errorf("ghlcancel client: base URL %q: no query or fragment; want http(s)://host[:port]", baseURL)
-	case strings.HasSuffix(u.Path, "/v1"):
-		// Every route starts with /v1: http://host/v1 would ask for /v1/v1/...
-		return nil, fmt.Errorf("ghlcancel client: base URL %q ends in /v1, which the client adds to every route; use %q",
-			baseURL, strings.TrimSuffix(u.String(), "/v1"))
+	case u.User != nil:
+		// It would show in every error; the API key is the credential.
+		return nil, errors.New("ghlcancel client: the base URL holds a user or password: leave it out (the API key authenticates)")
 	}
 	// A key read from a file or a secret often ends in a line break.
 	apiKey = strings.TrimSpace(apiKey)
@@ -156,9 +155,15 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 			}
 			if start > 0 {
 				// The answer speaks of its own request ("nothing was
-				// enqueued"); the batches before it were.
-				err = fmt.Errorf("ghlcancel: items 0-%d were sent (their results are returned); items %d-%d and any after them were not enqueued: %w",
-					start-1, start, len(items)-1, err)
+				// enqueued"); the batches before it were. Refused items were
+				// not enqueued; a batch whose answer was lost or came back
+				// "unavailable" may have been, in part.
+				fate := "were not enqueued"
+				if ae == nil || ae.Code != CodeInvalidItems {
+					fate = "may not have been enqueued (send them again: any already queued answer already_queued)"
+				}
+				err = fmt.Errorf("ghlcancel: items 0-%d were sent (their results are returned); items %d-%d and any after them %s: %w",
+					start-1, start, len(items)-1, fate, err)
 			}
 			return all, err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -206,16 +207,25 @@ func TestClientMistakes(t *testing.T) {
 	hs, calls := server(t, 0)
 	ctx := context.Background()
 
-	// The base URL with /v1 (every route starts with it).
-	_, err := client.New(hs.URL+"/v1/", key)
-	require.ErrorContains(t, err, "ends in /v1")
-	require.ErrorContains(t, err, hs.URL)
-	_, err = client.New(hs.URL+"?x=1", key)
-	require.ErrorContains(t, err, "no query")
+	// The base URL with /v1 (every route starts with it; a gateway that
+	// strips a prefix ending in /v1 may need one, so it is not refused):
+	// the first answer says so.
+	c, err := client.New(hs.URL+"/v1/", key)
+	require.NoError(t, err)
+	_, err = c.Cancel(ctx, client.Cancel{MessageID: "mV1", LocationID: "loc1"})
+	require.ErrorContains(t, err, "/v1 twice")
+	for _, base := range []string{hs.URL + "?x=1", hs.URL + "/?"} {
+		_, err = client.New(base, key)
+		require.ErrorContains(t, err, "no query", base)
+	}
+	// Credentials in the URL would show in every error.
+	_, err = client.New(strings.Replace(hs.URL, "http://", "http://user:s3cret@", 1), key)
+	require.ErrorContains(t, err, "holds a user or password")
+	require.NotContains(t, err.Error(), "s3cret")
 
 	// A key read from a file keeps its line break: trimmed. One with a
 	// control character inside is refused, and not echoed.
-	c, err := client.New(hs.URL+"\n", key+"\n")
+	c, err = client.New(hs.URL+"\n", key+"\n")
 	require.NoError(t, err)
 	_, err = c.Cancel(ctx, client.Cancel{MessageID: "mKey", LocationID: "loc1"})
 	require.NoError(t, err)
@@ -303,4 +313,21 @@ func TestCancelRetryAfterALostAnswer(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, r.Resent)
 	require.Equal(t, client.StatusEnqueued, r.Status)
+
+	// A connection that could not be made carried nothing: its retry is
+	// no resend.
+	var dials atomic.Int32
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if dials.Add(1) == 1 {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: errors.New("connection refused")}
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}
+	c, err = client.New(hs.URL, key, client.Options{RetryBase: time.Millisecond, HTTPClient: &http.Client{Transport: tr}})
+	require.NoError(t, err)
+	r, err = c.Cancel(context.Background(), client.Cancel{MessageID: "mDial", LocationID: "loc1"})
+	require.NoError(t, err)
+	require.Equal(t, int32(2), dials.Load(), "retried after the failed dial")
+	require.Equal(t, client.StatusEnqueued, r.Status)
+	require.False(t, r.Resent, "nothing reached the server before")
 }

@@ -98,9 +98,16 @@ func TestCountsEachMessageOnce(t *testing.T) {
 	require.NotNil(t, s.FinishedAt)
 	require.Equal(t, int64(3), s.Cancelled)
 
-	// Re-running the whole campaign: nothing new, total and completeness kept.
+	// Re-running the whole campaign: nothing new, total and completeness
+	// kept. b expired because its send time had passed: the file gives the
+	// same send time again (sent again with none, or one still ahead, it
+	// would run: TestExpiredSentAgain).
 	for _, id := range []string{"a", "b", "c", "d"} {
-		r := p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: "locA", CampaignID: "c1"})
+		it := producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: "locA", CampaignID: "c1"}
+		if id == "b" {
+			it.SendAt = time.Now().Add(-time.Hour).Unix()
+		}
+		r := p.Enqueue(ctx, it)
 		require.Equal(t, producer.AlreadyDone, r.Status, id)
 	}
 	s, _, _ = tr.Get(ctx, "c1")

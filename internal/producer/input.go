@@ -170,26 +170,23 @@ func parseHeader(text string) (map[string]int, bool, error) {
 	return cols, true, nil
 }
 
-// headerWords are what a one-column file's header is called (message,
-// uuid, sms_id, scheduled_message_id...). HighLevel's ids are 20 random
-// letters and digits: one with no digit that holds such a word, or an
-// "_", is a column name.
-var headerWords = []string{"message", "msg", "sms", "email", "uuid"}
+// headerNames are what a one-column file's header is called, lower case
+// with no "_", "-" or spaces (besides idSpellings and knownColumns).
+// Exact names only: HighLevel's ids are 20 random letters and digits, and
+// about 3% have no digit, some of them holding "sms" or "msg" by chance.
+var headerNames = map[string]bool{"message": true, "messages": true, "msg": true, "msgs": true, "sms": true, "smsid": true,
+	"email": true, "emailid": true, "emails": true, "uuid": true, "uuids": true, "scheduledmessageid": true,
+	"scheduledmessageids": true, "conversationmessageid": true, "messageuuid": true, "locationid": true, "campaignid": true}
 
+// looksLikeHeader: a line of a one-column file that is a column name, not
+// an id: one with no digit and an "_" (no HighLevel id has one), or one
+// of the names above.
 func looksLikeHeader(text string) bool {
 	if strings.ContainsAny(text, "0123456789") {
 		return false
 	}
-	if strings.Contains(text, "_") || idSpellings[squash.Replace(strings.ToLower(text))] {
-		return true
-	}
-	lower := strings.ToLower(text)
-	for _, w := range headerWords {
-		if strings.Contains(lower, w) {
-			return true
-		}
-	}
-	return false
+	name := squash.Replace(strings.ToLower(text))
+	return strings.Contains(text, "_") || idSpellings[name] || headerNames[name]
 }
 
 func splitCSV(text string) []string {

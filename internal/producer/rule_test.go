@@ -415,7 +415,7 @@ func TestRepeatsInsideOneBatch(t *testing.T) {
 }
 
 // TestBothKindsInOneBatch: one message id as a message and as an email in
-// one batch (a file or a request) is one message: the first is queued,
+// one batch (a request, or a file's batch of 500 lines) is one message: the first is queued,
 // the second refused with the reason, and the campaign counts one (both
 // used to be queued, the wrong one dead-lettered wrong_kind beside the
 // right one's outcome). The same through EnqueueAll, as the CLI sends.

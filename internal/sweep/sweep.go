@@ -430,8 +430,9 @@ func isFailure(err error) bool {
 func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, at try, r result) error {
 	// Taken back by a stopping worker: asynq has put the task back as it
 	// was; on a last try (or the spare) that is no failure.
-	takenBack := (r.fate == "retry" || r.fate == "snooze") && tasks.TakenBack(ctx, h.Stopping)
-	if takenBack {
+	// (A cut wait or page loop comes back "again": it carries on as that.)
+	takenBack := r.fate != "done" && r.fate != "dead" && tasks.TakenBack(ctx, h.Stopping)
+	if takenBack && r.fate != "again" {
 		r.fate, r.reason = "retry", tasks.ReasonInterrupted
 	}
 	if (at.lastTry && r.fate == "retry" && !takenBack) || (at.final && r.fate != "done" && r.fate != "dead" && !takenBack) {

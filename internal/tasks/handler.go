@@ -162,9 +162,9 @@ type Handler struct {
 	// scheduled after a "not found" cancel is tried again before it is
 	// dead-lettered still_scheduled. Defaults to StillScheduledRetriesDefault.
 	StillScheduledRetries int
-	// Stopping, when set, says the worker is shutting down: an attempt
-	// whose context is then cancelled was put back by asynq as it was (no
-	// retry used; TakenBack).
+	// Stopping, when set, says the worker's shutdown timeout is (about to
+	// be) over: an attempt whose context is then cancelled was put back by
+	// asynq as it was (no retry used; TakenBack).
 	Stopping func() bool
 }
 
@@ -305,7 +305,9 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 		return result{}, false
 	}
 	r := readBackFailed(err)
-	if r.fate == fateRetry && (a.lastTry || a.retried >= OtherKindRetries) {
+	// A read cut by a stopping worker failed nothing: asynq has put the
+	// task back (settle sees the retry as taken back).
+	if r.fate == fateRetry && (a.lastTry || a.retried >= OtherKindRetries) && !TakenBack(ctx, h.Stopping) {
 		msg := fmt.Sprintf("not found as %s; reading it as %s failed (%s), so it may be the other kind's and still scheduled: requeue to try again, or purge if the kind is right",
 			aKind(a.kind), aKind(other), r.reason)
 		return dead(ReasonOtherKindUnread, status, msg, err), true

@@ -799,3 +799,60 @@ func (refreshAll) Token(context.Context, string) (string, error) { return "", to
 func (refreshAll) Refresh(context.Context, string, string) (string, error) {
 	panic("the explicit token's source is not refreshable; nothing else may refresh it")
 }
+
+// TestTakenBackIsNoFailure: a stopping worker's cut attempt (asynq has
+// put the task back as it was) is no failure, wherever the cut falls: a
+// cancel call, or the other-kind read of a "not found" (which used to be a
+// dead letter other_kind_unread on a last try or after 3 retries). A cut
+// while the worker is not stopping (asynq took the task: a lost lease)
+// stays a failure.
+func TestTakenBackIsNoFailure(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	b.h.Verify = true
+	var hangDelete atomic.Bool
+	b.respond(func(_ http.ResponseWriter, r *http.Request) bool {
+		hang := strings.Contains(r.URL.Path, "/conversations/messages/email/") && r.Method == http.MethodGet ||
+			hangDelete.Load() && r.Method == http.MethodDelete
+		if hang {
+			<-r.Context().Done()
+		}
+		return hang
+	})
+	run := func(id string, stopping bool, retried, maxRetry int) (*Report, error) {
+		b.h.Stopping = func() bool { return stopping }
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(300*time.Millisecond, cancel)
+		ctx, rep := WithReport(ctx)
+		err := b.h.Process(ctx, cancelTaskOf(t, ghl.KindMessage, id), TaskInfo{ID: TaskID(ghl.KindMessage, id), Queue: QueueDefault, Retried: retried, MaxRetry: maxRetry})
+		return rep, err
+	}
+	for _, tt := range []struct {
+		name              string
+		hangDelete        bool
+		retried, maxRetry int
+	}{
+		{"other-kind read cut on the last try", false, 1, 2},
+		{"other-kind read cut after the bound", false, OtherKindRetries, 150},
+		{"cancel call cut on the last try", true, 1, 2},
+	} {
+		hangDelete.Store(tt.hangDelete)
+		id := fmt.Sprintf("noSuchMessage%07d", tt.retried*10+tt.maxRetry%10+len(tt.name))
+		rep, err := run(id, true, tt.retried, tt.maxRetry)
+		require.Error(t, err, tt.name)
+		require.NotErrorIs(t, err, asynq.SkipRetry, tt.name)
+		require.Equal(t, ReasonInterrupted, rep.Reason, tt.name)
+		o, rec, st := b.fate(t, id)
+		require.Nil(t, o, "%s: no outcome", tt.name)
+		require.Nil(t, rec, "%s: no dead letter", tt.name)
+		require.Zero(t, st.Retrying, "%s: not marked retrying", tt.name)
+	}
+	// Not stopping: the cut other-kind read after the bound is the dead
+	// letter it always was.
+	hangDelete.Store(false)
+	_, err := run("noSuchMessage9999999", false, OtherKindRetries, 150)
+	require.ErrorIs(t, err, asynq.SkipRetry)
+	_, rec, _ := b.fate(t, "noSuchMessage9999999")
+	require.NotNil(t, rec)
+	require.Equal(t, ReasonOtherKindUnread, rec.Reason)
+}

@@ -204,6 +204,19 @@ func (snoozingPacer) Observe(context.Context, string, ghl.Limits, *ghl.RateLimit
 	return nil
 }
 
+// blockingPacer holds every call until its context ends (a wait for the
+// location's turn that the worker's stop cuts).
+type blockingPacer struct{}
+
+func (blockingPacer) Admit(ctx context.Context, _ ratelimit.Request) (ledger.Admission, error) {
+	<-ctx.Done()
+	return ledger.Admission{}, ctx.Err()
+}
+
+func (blockingPacer) Observe(context.Context, string, ghl.Limits, *ghl.RateLimitError) error {
+	return nil
+}
+
 // TestSweepLastTryBeforeTheSpare: sweep tasks carry one spare attempt, as
 // cancels do. On the try before it a failure (a 5xx on the export) ends
 // the sweep failed with its reason, but a wait for the location's turn
@@ -248,6 +261,7 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 		// error, a network one).
 		{name: "the worker stops mid-call on the last try: back to the queue", retried: tasks.SweepMaxRetry, stopping: true, isFailure: true},
 		{name: "the worker stops mid-call on the spare: back to the queue", retried: tasks.SweepMaxRetry + 1, stopping: true, isFailure: true},
+		{name: "the worker stops mid-wait on the spare: back to the queue", pacer: blockingPacer{}, retried: tasks.SweepMaxRetry + 1, stopping: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -281,7 +295,7 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 			rec, dead, derr := deadletter.New(rdb).Get(ctx, id)
 			require.NoError(t, derr)
 			if !tc.ends {
-				if tc.stopping {
+				if tc.stopping && tc.pacer == nil {
 					require.Equal(t, tasks.ReasonInterrupted, rep.Reason)
 				}
 				require.NotErrorIs(t, err, asynq.SkipRetry)

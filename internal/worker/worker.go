@@ -267,9 +267,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	<-janitor
 	w.log.Info("worker draining", "shutdown_timeout", w.cfg.ShutdownTimeout)
-	// From here a cancelled attempt was put back by asynq (its shutdown
-	// timeout ran out), not failed.
-	w.stopping.Store(true)
+	// asynq puts in-flight tasks back when ShutdownTimeout runs out, then
+	// cancels their attempts: from a second before that, a cancelled
+	// attempt was put back, not failed (tasks.TakenBack). Earlier in the
+	// drain a cancel is asynq's own failure (a lost lease, a cancel
+	// command), which counts a retry, and stays one.
+	stopAt := time.AfterFunc(max(0, w.cfg.ShutdownTimeout-time.Second), func() { w.stopping.Store(true) })
+	defer stopAt.Stop()
 	var wg sync.WaitGroup
 	for _, srv := range w.srvs {
 		wg.Go(srv.Shutdown) // in parallel: each gets ShutdownTimeout, not the sum
