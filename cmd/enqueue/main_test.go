@@ -661,3 +661,17 @@ func TestEnqueueSaysWhatNobodyWillRun(t *testing.T) {
 	require.NoError(t, r.err)
 	require.NotContains(t, r.stderr, "no worker")
 }
+
+// TestWrongRedisPasswordIsNamed: a refused password is named as such,
+// not "cannot reach Redis (is it running?)".
+func TestWrongRedisPasswordIsNamed(t *testing.T) {
+	t.Parallel()
+	srv, err := redistest.Start()
+	require.NoError(t, err)
+	t.Cleanup(srv.Stop)
+	require.NoError(t, redistest.ClientFor(t, "redis://"+srv.Addr+"/0").ConfigSet(context.Background(), "requirepass", "right-pw").Err())
+	r := runCmd(t, "redis://:wrong-pw@"+srv.Addr+"/0", "", "status", "c1")
+	require.ErrorContains(t, r.err, "the password in REDIS_URL is wrong or missing")
+	require.NotContains(t, r.err.Error(), "is it running")
+	require.NotContains(t, r.err.Error(), "wrong-pw")
+}

@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	tokensFile := fs.String("tokens-file", getenv(EnvTokensFile), "JSON file {\"locationId\": \"token\"}, reloaded on change (env "+EnvTokensFile+"); or set "+EnvToken)
 	concurrency := fs.Int("concurrency", ep.Int(EnvConcurrency, worker.ConcurrencyDefault), "tasks processed at once (env "+EnvConcurrency+")")
 	shutdown := fs.Duration("shutdown-timeout", ep.Duration(EnvShutdownTimeout, worker.ShutdownTimeoutDefault), "time in-flight tasks get on SIGTERM (env "+EnvShutdownTimeout+")")
-	metricsAddr := fs.String("metrics-addr", ep.String(EnvMetricsAddr, MetricsAddrDefault), "listen address for /metrics, /healthz, /readyz; empty disables (env "+EnvMetricsAddr+")")
+	metricsAddr := fs.String("metrics-addr", ep.String(EnvMetricsAddr, MetricsAddrDefault), "listen address for /metrics, /healthz, /readyz; off (or an empty flag) disables (env "+EnvMetricsAddr+")")
 	lanes := fs.String("lanes", ep.String(EnvLanes, "separate"), "separate: one fetch loop per lane (bulk WORKER_CONCURRENCY slots, default half, urgent a quarter); shared: one loop, lanes weighted 6:3:1 (env "+EnvLanes+")")
 	strict := fs.Bool("strict-priority", ep.Bool(EnvStrictPriority, false), "serve bulk only when urgent and default are empty (env "+EnvStrictPriority+")")
 	rateLimit := fs.String("rate-limit", ep.String(EnvRateLimit, "100/10s"), "default per-location limit N/period, or off (env "+EnvRateLimit+")")
@@ -204,7 +204,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	var srv *http.Server
-	if *metricsAddr != "" {
+	// An empty variable reads as unset (the default), so the variable
+	// says off; an empty flag disables too.
+	if *metricsAddr != "" && !strings.EqualFold(*metricsAddr, "off") {
 		ln, err := net.Listen("tcp", *metricsAddr)
 		if err != nil {
 			return fmt.Errorf("metrics listener: %w", err)

@@ -321,3 +321,24 @@ func TestRedisURLMistakesStopTheWorker(t *testing.T) {
 		})
 	}
 }
+
+// TestMetricsAddrOff: METRICS_ADDR=off runs the worker with no listener
+// (an empty variable reads as unset, which used to leave :9464 served on
+// every interface although the README said empty disables); a real
+// address is served and said on stdout.
+func TestMetricsAddrOff(t *testing.T) {
+	t.Parallel()
+	redisURL := redisServer.URL(t)
+	for _, tt := range []struct{ addr, want string }{{"off", ""}, {"OFF", ""}, {"127.0.0.1:0", "serving /metrics"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		var out bytes.Buffer
+		err := run(ctx, nil, envFunc(map[string]string{EnvToken: "t", EnvRedisURL: redisURL, EnvMetricsAddr: tt.addr}), &out, &bytes.Buffer{})
+		cancel()
+		require.NoError(t, err, tt.addr)
+		if tt.want == "" {
+			require.NotContains(t, out.String(), "serving", tt.addr)
+		} else {
+			require.Contains(t, out.String(), tt.want, tt.addr)
+		}
+	}
+}

@@ -197,6 +197,25 @@ func splitCSV(text string) []string {
 	return fields
 }
 
+// joinedWithHeader: an id with a header glued to its end, the line where
+// a file with no final line break meets the next file's header (cat a b):
+// message_id anywhere (no HighLevel id holds an "_"), or a column name
+// of 4 letters or more after a 20-character id. Read as one id, the real message is never
+// cancelled.
+func joinedWithHeader(id string) bool {
+	lower := strings.ToLower(id)
+	if strings.Contains(lower, "message_id") {
+		return true
+	}
+	if len(id) <= 20 {
+		return false
+	}
+	// Names of 4 letters or more: "id" or "sms" after an id of another
+	// length is too likely to be part of it.
+	rest := squash.Replace(lower[20:])
+	return len(rest) >= 4 && (idSpellings[rest] || headerNames[rest])
+}
+
 func (r *Reader) parse(text string) (Item, error) {
 	it := r.defaults
 	if r.cols == nil {
@@ -205,6 +224,9 @@ func (r *Reader) parse(text string) (Item, error) {
 		}
 		if looksLikeHeader(text) {
 			return it, fmt.Errorf("%q looks like a column name, not a message id: name the id column message_id (a CSV header), or remove the line", text)
+		}
+		if joinedWithHeader(text) {
+			return it, fmt.Errorf("%q is an id and a column name on one line (files joined with no final line break?): put a line break between them", text)
 		}
 		it.MessageID = text
 		return it, validateItem(it)
@@ -221,6 +243,9 @@ func (r *Reader) parse(text string) (Item, error) {
 		return fields[i], true
 	}
 	it.MessageID, _ = get("message_id")
+	if joinedWithHeader(it.MessageID) {
+		return it, fmt.Errorf("message_id %q is an id and a column name on one line (files joined with no final line break?): put a line break between them", it.MessageID)
+	}
 	if v, ok := get("location_id"); ok && v != "" {
 		it.LocationID = v
 	}

@@ -139,6 +139,18 @@ func TestReader(t *testing.T) {
 			{2, item("m1", "L1", ghl.KindMessage, "camp", 0), ""},
 			{4, item("m2", "L2", ghl.KindMessage, "camp", 0), ""},
 		}},
+		// The first file had no final line break: its last id and the next
+		// header share a line. Read as one id, the message would never be
+		// cancelled.
+		{"files joined with no final line break", "message_id\nID000000000000000001message_id\nID000000000000000002\n", []got{
+			{2, producer.Item{}, `message_id "ID000000000000000001message_id" is an id and a column name on one line (files joined with no final line break?): put a line break between them`},
+			{3, item("ID000000000000000002", "locD", ghl.KindMessage, "camp", 0), ""},
+		}},
+		{"one-column files joined with no final line break", "ID000000000000000001uuid\nID000000000000000002Message\nID0000000000000000030uuid\n", []got{
+			{1, producer.Item{}, `"ID000000000000000001uuid" is an id and a column name on one line (files joined with no final line break?): put a line break between them`},
+			{2, producer.Item{}, `"ID000000000000000002Message" is an id and a column name on one line (files joined with no final line break?): put a line break between them`},
+			{3, item("ID0000000000000000030uuid", "locD", ghl.KindMessage, "camp", 0), ""},
+		}},
 		{"csv files joined with other columns: stop there", "message_id,location_id\nm1,L1\nmessage_id,kind\nm2,email\n", []got{
 			{2, item("m1", "L1", ghl.KindMessage, "camp", 0), ""},
 			{3, producer.Item{}, "fatal: a second header with other columns (files joined?): send each file on its own"},
