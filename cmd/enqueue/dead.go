@@ -136,7 +136,7 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 			fmt.Fprintf(e.stdout, "requeued %d, already queued %d, already done %d, skipped %d (not rebuildable, left in place)\n",
 				st.Requeued, st.AlreadyQueued, st.AlreadyDone, st.Skipped)
 		}
-		if err == nil && st == (producer.RequeueStats{}) && total > 0 {
+		if err == nil && st == (producer.RequeueStats{}) {
 			e.noMatchHint(ctx, store, *f)
 		}
 		if st.Requeued > 0 {
@@ -171,7 +171,11 @@ func (e *env) noMatchHint(ctx context.Context, store *deadletter.Store, f deadle
 		}
 		return nil
 	})
-	if err != nil || total == 0 {
+	if err != nil {
+		return
+	}
+	if total == 0 {
+		fmt.Fprintln(e.stderr, "no dead letters are held at all (in this Redis database)")
 		return
 	}
 	// held lists a field's values, most common first, at most 8.

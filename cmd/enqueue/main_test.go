@@ -654,6 +654,15 @@ func TestEnqueueSaysWhatNobodyWillRun(t *testing.T) {
 	r := runCmd(t, url, "", "--location", "L", "mNoWorker000000000001")
 	require.NoError(t, r.err)
 	require.Regexp(t, `no worker is running on this Redis database \(db \d+\): what was queued waits until a worker starts with the same REDIS_URL`, r.stderr)
+	// A run that stops part way (a second header with other columns) says
+	// it too: what it queued before waits.
+	r = runCmd(t, url, "message_id,location_id\nmNoWorker000000000003,L\nmessage_id,kind\nx,email\n", "--file", "-")
+	require.Error(t, r.err)
+	require.Contains(t, r.stderr, "no worker is running")
+	// No dead letter at all: said, not just "requeued 0".
+	r = runCmd(t, url, "", "dead", "requeue", "--reason", "unauthorised")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stderr, "no dead letters are held at all")
 	// A live worker (asynq's entry, scored by its expiry): no warning.
 	rdb := redistest.ClientFor(t, url)
 	require.NoError(t, rdb.ZAdd(context.Background(), "asynq:servers", redis.Z{Score: float64(time.Now().Add(time.Minute).Unix()), Member: "asynq:servers:{h:1:x}"}).Err())

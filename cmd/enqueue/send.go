@@ -149,11 +149,12 @@ scheduled (sweep), and manage tokens.`,
 				fmt.Fprintf(e.stderr, "enqueue: %d message(s) already have an outcome (see `enqueue report`); --force cancels them again\n", sum.AlreadyDone)
 			}
 		}
+		if sum.Enqueued+sum.Requeued > 0 {
+			// Said even when the run stopped part way: what it queued waits.
+			e.warnNoWorker(ctx, rdb, "what was queued")
+		}
 		if err != nil {
 			return err
-		}
-		if sum.Enqueued+sum.Requeued > 0 {
-			e.warnNoWorker(ctx, rdb, "what was queued")
 		}
 		if sum.Rejected > 0 {
 			fmt.Fprintf(e.stderr, "enqueue: %d line(s) rejected; see the messages above\n", sum.Rejected)
