@@ -367,20 +367,14 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 	invalid := 0
 	// A message has one kind: one id sent as both would be queued twice,
 	// counted twice, and the wrong one dead-lettered wrong_kind.
-	type firstSeen struct {
-		index int
-		kind  ghl.Kind
-	}
-	kinds := make(map[string]firstSeen, len(raw)) // message id -> its first valid item
+	kinds := make(producer.KindCheck, len(raw))
 	for i, b := range raw {
 		it, ie := decodeItem(i, b, lane)
 		if ie == nil {
-			if f, ok := kinds[it.MessageID]; !ok {
-				kinds[it.MessageID] = firstSeen{i, it.Kind}
-			} else if f.kind != it.Kind {
+			if first, kind, ok := kinds.Conflict(i, it); ok {
 				ie = &client.ItemError{Index: i, Field: "kind", Code: client.CodeItemConflictingKind,
 					Message: fmt.Sprintf("message %s is item %d as %s too: a message has one kind; send it once, as the kind HighLevel has",
-						it.MessageID, f.index, f.kind)}
+						it.MessageID, first, kind)}
 			}
 		}
 		res.Results[i] = client.ItemResult{Index: i, MessageID: it.MessageID}

@@ -394,14 +394,10 @@ func conflictingKinds(items []Item) map[int]error {
 	if len(items) < 2 || !slices.ContainsFunc(items, func(it Item) bool { return it.Kind != items[0].Kind }) {
 		return nil
 	}
-	seen := make(map[string]ghl.Kind, len(items))
+	check := make(KindCheck, len(items))
 	var out map[int]error
 	for i, it := range items {
-		kind, ok := seen[it.MessageID]
-		switch {
-		case !ok:
-			seen[it.MessageID] = it.Kind
-		case kind != it.Kind:
+		if _, kind, ok := check.Conflict(i, it); ok {
 			if out == nil {
 				out = map[int]error{}
 			}
@@ -410,6 +406,26 @@ func conflictingKinds(items []Item) map[int]error {
 		}
 	}
 	return out
+}
+
+// KindCheck remembers each message id's first kind in a batch (a message
+// has one kind: one id as both would be queued and counted twice).
+type KindCheck map[string]kindSeen
+
+type kindSeen struct {
+	at   int
+	kind ghl.Kind
+}
+
+// Conflict records it at position at; when an earlier item named its id
+// as the other kind, ok is true with that item's position and kind.
+func (c KindCheck) Conflict(at int, it Item) (first int, kind ghl.Kind, ok bool) {
+	s, seen := c[it.MessageID]
+	if !seen {
+		c[it.MessageID] = kindSeen{at, it.Kind}
+		return 0, "", false
+	}
+	return s.at, s.kind, s.kind != it.Kind
 }
 
 func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result) {

@@ -171,7 +171,7 @@ func parseHeader(text string) (map[string]int, bool, error) {
 }
 
 // headerNames are what a one-column file's header is called, lower case
-// with no "_", "-" or spaces (besides idSpellings and knownColumns).
+// with no "_", "-" or spaces, besides idSpellings (columnName takes both).
 // Exact names only: HighLevel's ids are 20 random letters and digits, and
 // about 3% have no digit, some of them holding "sms" or "msg" by chance.
 var headerNames = map[string]bool{"message": true, "messages": true, "msg": true, "msgs": true, "sms": true, "smsid": true,
@@ -185,8 +185,14 @@ func looksLikeHeader(text string) bool {
 	if strings.ContainsAny(text, "0123456789") {
 		return false
 	}
-	name := squash.Replace(strings.ToLower(text))
-	return strings.Contains(text, "_") || idSpellings[name] || headerNames[name]
+	return strings.Contains(text, "_") || columnName(text)
+}
+
+// columnName: s, in any case and with any "_", "-" or spaces, is a column
+// name (idSpellings, headerNames).
+func columnName(s string) bool {
+	name := squash.Replace(strings.ToLower(s))
+	return idSpellings[name] || headerNames[name]
 }
 
 func splitCSV(text string) []string {
@@ -199,21 +205,16 @@ func splitCSV(text string) []string {
 
 // joinedWithHeader: an id with a header glued to its end, the line where
 // a file with no final line break meets the next file's header (cat a b):
-// message_id anywhere (no HighLevel id holds an "_"), or a column name
-// of 4 letters or more after a 20-character id. Read as one id, the real message is never
-// cancelled.
+// message_id anywhere (no HighLevel id holds an "_"), or a column name of
+// 4 letters or more after a 20-character id. Read as one id, the real
+// message is never cancelled.
 func joinedWithHeader(id string) bool {
-	lower := strings.ToLower(id)
-	if strings.Contains(lower, "message_id") {
+	if strings.Contains(strings.ToLower(id), "message_id") {
 		return true
-	}
-	if len(id) <= 20 {
-		return false
 	}
 	// Names of 4 letters or more: "id" or "sms" after an id of another
 	// length is too likely to be part of it.
-	rest := squash.Replace(lower[20:])
-	return len(rest) >= 4 && (idSpellings[rest] || headerNames[rest])
+	return len(id) > 20 && len(squash.Replace(id[20:])) >= 4 && columnName(id[20:])
 }
 
 func (r *Reader) parse(text string) (Item, error) {

@@ -435,7 +435,7 @@ func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, a
 	if takenBack && r.fate != "again" {
 		r.fate, r.reason = "retry", tasks.ReasonInterrupted
 	}
-	if (at.lastTry && r.fate == "retry" && !takenBack) || (at.final && r.fate != "done" && r.fate != "dead" && !takenBack) {
+	if !takenBack && ((at.lastTry && r.fate == "retry") || (at.final && r.fate != "done" && r.fate != "dead")) {
 		r.fate, r.reason = "dead", cmp.Or(r.reason, tasks.ReasonInterrupted)
 	}
 	rep := tasks.ReportOf(ctx)

@@ -685,8 +685,9 @@ func (st result) with(r result) result {
 
 // expired: the send time passed (by more than ExpiryGrace) before the
 // cancel ran; it has gone out, so a cancel cannot help and would spend
-// rate budget others need. Unless an earlier delivery's call went out before then and its
-// answer was lost: that call may have cancelled it, so read it back.
+// rate budget others need. Unless an earlier delivery's call went out
+// before then and its answer was lost: that call may have cancelled it,
+// so read it back.
 func (h *Handler) expired(ctx context.Context, a *attempt) result {
 	o, _, sent, err := h.Ledger.Record(ctx, a.taskID)
 	switch {

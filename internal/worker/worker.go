@@ -114,7 +114,7 @@ type Worker struct {
 	Dead     *deadletter.Store
 	Routes   *ghl.RouteHealth
 	log      *slog.Logger
-	stopping *atomic.Bool // set when the shutdown starts (tasks.TakenBack)
+	stopping *atomic.Bool // set a second before asynq's shutdown abort (tasks.TakenBack)
 }
 
 // New validates cfg and builds a Worker.
