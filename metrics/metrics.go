@@ -117,7 +117,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		TasksProcessed: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "tasks_processed_total",
-			Help: "Task attempts by task type and outcome (cancelled, not_cancellable, expired, dead_lettered, retry, rate_limited, paused, already_recorded, unrecorded).",
+			Help: "Task attempts by task type and outcome (cancelled, not_cancellable, expired, dead_lettered, retry, rate_limited, paused, already_recorded, unrecorded, superseded).",
 		}, []string{"task_type", "outcome"}),
 		TaskDuration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "task_duration_seconds",

@@ -365,8 +365,8 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 	res := client.Response{Results: make([]client.ItemResult, len(raw))}
 	var bad []client.ItemError
 	invalid := 0
-	// A message has one kind: one id sent as both would be queued twice,
-	// counted twice, and the wrong one dead-lettered wrong_kind.
+	// A message has one kind: one id sent as both is refused at the
+	// second (see producer.ErrConflictingKind).
 	kinds := make(producer.KindCheck, len(raw))
 	for i, b := range raw {
 		it, ie := decodeItem(i, b, lane)

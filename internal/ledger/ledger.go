@@ -358,15 +358,44 @@ func FlagWrongKind(ctx context.Context, rdb redis.UniversalClient, ttl time.Dura
 // ReasonWrongKind: see tasks.ReasonWrongKind (the one that names it).
 const ReasonWrongKind = "wrong_kind"
 
-// settleScript: KEYS record, dead records, dead index. ARGV task id,
-// outcome, reason, row, now ms, campaign, retention ms, dead retention ms,
-// dead-letter JSON ("" when not a dead letter), keep mark (1/0), location
-// whose rate-limit waiters the task leaves ("": it was admitted, and left
-// them then), flags ("m": admitted in this delivery, "f": first attempt).
-// Returns {1} when recorded, {0, recorded row} when the message already had one.
+// settleScript: KEYS record, dead records, dead index, then (a dead letter
+// wrong_kind only) the other kind's record and its task keys on every lane.
+// ARGV task id, outcome, reason, row, now ms, campaign, retention ms, dead
+// retention ms, dead-letter JSON ("" when not a dead letter), keep mark
+// (1/0), location whose rate-limit waiters the task leaves ("": it was
+// admitted, and left them then), flags ("m": admitted in this delivery,
+// "f": first attempt).
+// Returns {1} when recorded, {0, recorded row} when the message already had
+// one, {2} when the task was dropped as the wrong kind of a message queued
+// or settled as the right one (see Superseded).
 var settleScript = redis.NewScript(Lua + `
 local id, outcome, reason, row, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local campaign, ttl, deadttl = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+-- The wrong kind of a message that is also queued (or settled) as the
+-- right kind is not a message of its own: the right kind's task says what
+-- became of it. Its record and campaign row go, its campaign no longer
+-- counts it, and no dead letter is written. The right kind's own wrong-kind
+-- dead letter does not count (HighLevel then has the id as neither).
+if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", KEYS[1], "o") == 0 then
+  local other = redis.call("HGET", KEYS[4], "o")
+  local right = other and string.sub(other, 1, 25) ~= "dead_lettered|` + ReasonWrongKind + `|"
+  if not other then right = redis.call("EXISTS", unpack(KEYS, 4)) > 0 end
+  if right then
+    redis.call("DEL", KEYS[1])
+    if ARGV[11] ~= "" then redis.call("ZREM", "ghlcancel:rl:wait:{" .. ARGV[11] .. "}", id) end
+    if campaign ~= "" and clive(campaign) then
+      local k, ko, kr = ck(campaign)
+      redis.call("SREM", kr, id)
+      -- Counted at enqueue (it had no outcome): the campaign gives it up,
+      -- and may be complete now.
+      if redis.call("HEXISTS", ko, id) == 0 then
+        redis.call("HINCRBY", k, "total", -1)
+        cfinish(campaign, now)
+      end
+    end
+    return {2}
+  end
+end
 -- The record's row ends "|k" when the "call sent" mark must survive a
 -- reopening (a resend); otherwise the mark is dead once an outcome is there.
 local rrow = row
@@ -430,6 +459,26 @@ type Final struct {
 	// last call may have been carried out (its answer was a timeout or a
 	// 5xx): if it is sent again, a "not found" is then that cancel.
 	KeepMark bool
+	// OtherKind, for a dead letter wrong_kind: the other kind's record key
+	// and its task keys on every lane (OtherKindKeys). When the message is
+	// queued or settled as that kind, the task is Superseded instead.
+	OtherKind []string
+}
+
+// Superseded is what Settle returns (recorded true) for a wrong_kind task
+// whose message is queued or settled as the right kind: the task was
+// dropped, with no record, no dead letter and no place in its campaign.
+const Superseded = "superseded"
+
+// OtherKindKeys returns Final.OtherKind for a task of id otherID (the same
+// message id as the other kind) with asynq lanes queues.
+func OtherKindKeys(otherID string, queues []string) []string {
+	keys := make([]string, 0, len(queues)+1)
+	keys = append(keys, Key(otherID))
+	for _, q := range queues {
+		keys = append(keys, "asynq:{"+q+"}:t:"+otherID)
+	}
+	return keys
 }
 
 func settleFlags(f Final) string {
@@ -471,14 +520,20 @@ func (l *Ledger) Settle(ctx context.Context, f Final) (got Outcome, recorded boo
 		keep = "1"
 	}
 	keys := []string{Key(f.TaskID), deadletter.KeyRecords, deadletter.KeyIndex}
+	if f.Dead != nil && f.Outcome.Reason == ReasonWrongKind && len(f.OtherKind) > 1 {
+		keys = append(keys, f.OtherKind...)
+	}
 	pause := l.cfg.WriteBackoff
 	for attempt := 1; ; attempt++ {
 		var v []any
 		v, err = settleScript.Run(ctx, l.rdb, keys, f.TaskID, f.Outcome.Outcome, f.Outcome.Reason, row,
 			f.Outcome.At.UnixMilli(), f.CampaignID, l.cfg.Retention.Milliseconds(), l.cfg.DeadRetention.Milliseconds(), string(dead), keep, f.LeaveWaiters, settleFlags(f)).Slice()
 		if err == nil {
-			if n, _ := v[0].(int64); n == 1 {
+			switch n, _ := v[0].(int64); n {
+			case 1:
 				return f.Outcome, true, nil
+			case 2:
+				return Outcome{Outcome: Superseded, Reason: ReasonWrongKind, At: f.Outcome.At}, true, nil
 			}
 			s, _ := v[1].(string)
 			prev, perr := ParseRow(s)

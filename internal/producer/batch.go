@@ -383,8 +383,9 @@ func (p *Producer) EnqueueBatch(ctx context.Context, items []Item) []Result {
 }
 
 // ErrConflictingKind: the same message id came as a message and as an
-// email in one batch. A message has one kind: both would be queued,
-// counted twice, and the wrong one dead-lettered wrong_kind.
+// email in one batch. A message has one kind: the input is inconsistent,
+// and the caller learns it at once (both would be queued, and the wrong
+// one's call and read-backs spent before it is dropped as superseded).
 var ErrConflictingKind = errors.New("a message has one kind")
 
 // conflictingKinds maps the position of each item whose message id an

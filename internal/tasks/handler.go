@@ -39,6 +39,10 @@ const (
 	// outcome (Redis failed through the write's retries); asynq archives
 	// the task with none. HighLevel may have cancelled the message.
 	OutcomeUnrecorded = "unrecorded"
+	// OutcomeSuperseded: the task named the wrong kind of a message that is
+	// also queued or done as the right kind; it was dropped (no record, no
+	// dead letter, out of its campaign's total).
+	OutcomeSuperseded = ledger.Superseded
 	// OutcomeAlreadySent and OutcomeNotFound: verified "not found" cancels.
 	OutcomeAlreadySent = "already_sent"
 	OutcomeNotFound    = "not_found"
@@ -52,7 +56,7 @@ const (
 // Outcomes lists every outcome label, to initialise metrics at zero.
 var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeAlreadySent, OutcomeNotFound, OutcomeExpired,
 	OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaused, OutcomeRecorded, OutcomeUnrecorded,
-	OutcomeSwept, OutcomeSweepFailed, OutcomeSweepContinues}
+	OutcomeSuperseded, OutcomeSwept, OutcomeSweepFailed, OutcomeSweepContinues}
 
 // Dead-letter and retry reasons that are not API reasons.
 const (
@@ -287,10 +291,7 @@ const ReasonEmailConversationID = "email_conversation_id"
 // other_kind_unread: not not_found, since the id may be the other kind's
 // and its message go out; the operator requeues or purges it.
 func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, status int) (result, bool) {
-	other := ghl.KindEmail
-	if a.kind == ghl.KindEmail {
-		other = ghl.KindMessage
-	}
+	other := otherKind(a.kind)
 	m, err := h.readBack(ctx, a, other, token)
 	var e *ghl.Error
 	switch {
@@ -332,6 +333,14 @@ func emailConversationID(m *ghl.Message, status int) result {
 	}
 	msg += ": send that id as kind email (--kind email, or a kind column, with its --campaign)"
 	return dead(ReasonEmailConversationID, status, msg, errors.New(msg))
+}
+
+// otherKind is the kind a task did not name.
+func otherKind(k ghl.Kind) ghl.Kind {
+	if k == ghl.KindEmail {
+		return ghl.KindMessage
+	}
+	return ghl.KindEmail
 }
 
 func kindNoun(k ghl.Kind) string {
@@ -849,6 +858,9 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 			f.Dead = &deadletter.Record{Kind: string(a.kind), MessageID: a.p.MessageID, LocationID: a.p.LocationID,
 				CampaignID: a.p.CampaignID, SendAt: a.p.SendAt, Queue: a.queue, Reason: r.reason,
 				HTTPStatus: r.status, APIMessage: r.message, Attempts: a.retried + 1, Payload: r.payload}
+			if r.reason == ReasonWrongKind {
+				f.OtherKind = ledger.OtherKindKeys(TaskID(otherKind(a.kind), a.p.MessageID), Queues)
+			}
 		}
 		got, recorded, err := h.Ledger.Settle(wctx, f)
 		if err != nil && a.final {
@@ -873,6 +885,11 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 		}
 		if !recorded {
 			rep.Outcome = OutcomeRecorded
+			return nil
+		}
+		if got.Outcome == ledger.Superseded {
+			rep.Outcome = OutcomeSuperseded
+			h.logf(ctx, a, slog.LevelInfo, "HighLevel has this id as the other kind, and the message is queued or done as that kind: this task is dropped (no dead letter; the other kind's task settles the message)")
 			return nil
 		}
 		if got.Outcome != ledger.DeadLettered {

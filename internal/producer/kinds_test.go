@@ -1,0 +1,218 @@
+package producer_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
+)
+
+// TestBothKindsAcrossRequests: one id sent as each kind in two requests
+// (the kind corrected while the wrong one is still queued, or a file re-run
+// with --kind after the first run settled) is one message. The wrong kind's
+// task, when it finds HighLevel has the id as the other kind, is dropped if
+// the message is queued or done as that kind: no dead letter, no record, out
+// of its campaign's total. It used to be a dead letter wrong_kind counted
+// beside the right one (total 2), and status --watch exited 1. With nothing
+// queued as the right kind it is still the dead letter that tells the
+// operator to send it again (the control row).
+func TestBothKindsAcrossRequests(t *testing.T) {
+	t.Parallel()
+	const loc, tok = "locBoth0000000000001", "tokBoth"
+	for _, tt := range []struct {
+		name string
+		// wrong is the kind the id is wrongly sent as; the id is an email's
+		// emailMessageId when wrong is a message, an SMS id otherwise.
+		wrong ghl.Kind
+		// rightFirst: the right kind runs (and is cancelled) before the wrong
+		// one; otherwise it is only queued when the wrong one runs.
+		rightFirst bool
+		// rightCamp is the right kind's campaign ("" sends no right kind).
+		rightCamp string
+		// wantTotal: campaigns' totals at the end; all complete, no dead letter.
+		wantTotal map[string]int64
+	}{
+		{"the wrong kind runs while the right one is queued", ghl.KindMessage, false, "k1", map[string]int64{"k1": 1}},
+		{"the right kind is done first", ghl.KindMessage, true, "k1", map[string]int64{"k1": 1}},
+		{"an SMS id sent as an email, then as a message", ghl.KindEmail, false, "k1", map[string]int64{"k1": 1}},
+		{"the right kind in another campaign", ghl.KindMessage, false, "k2", map[string]int64{"k1": 0, "k2": 1}},
+		{"done first, in another campaign", ghl.KindEmail, true, "k2", map[string]int64{"k1": 0, "k2": 1}},
+		{"no right kind: the dead letter stays", ghl.KindMessage, false, "", map[string]int64{"k1": 1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			sb := sandbox.New(sandbox.Config{})
+			sb.AddLocation(loc, tok)
+			srv := httptest.NewServer(sb.Handler())
+			t.Cleanup(srv.Close)
+			api, err := ghl.New(ghl.Config{BaseURL: srv.URL, Timeout: 5 * time.Second})
+			require.NoError(t, err)
+			h := &tasks.Handler{API: api, Ledger: ledger.New(rdb, ledger.Config{}), Tokens: tokens.Static(tok), Verify: true}
+			rightKind := ghl.KindEmail
+			id := sb.AddMessages(loc, sandbox.MessageSpec{Email: true})[0].CancelID
+			if tt.wrong == ghl.KindEmail {
+				rightKind = ghl.KindMessage
+				id = sb.ScheduleN(loc, 1, false)[0]
+			}
+			p := producer.New(rdb, producer.Config{})
+			send := func(kind ghl.Kind, camp string) {
+				t.Helper()
+				r := p.Enqueue(ctx, producer.Item{Kind: kind, MessageID: id, LocationID: loc, CampaignID: camp})
+				require.Equal(t, producer.Enqueued, r.Status, "%v", r.Err)
+			}
+			run := func(kind ghl.Kind) error {
+				t.Helper()
+				return runQueued(t, rdb, h, tasks.TaskID(kind, id))
+			}
+			if tt.rightFirst {
+				send(rightKind, tt.rightCamp)
+				require.NoError(t, run(rightKind))
+				send(tt.wrong, "k1")
+				require.NoError(t, run(tt.wrong), "the wrong kind is dropped, not dead-lettered")
+			} else {
+				send(tt.wrong, "k1")
+				if tt.rightCamp != "" {
+					send(rightKind, tt.rightCamp)
+				}
+				err := run(tt.wrong)
+				if tt.rightCamp == "" {
+					require.ErrorIs(t, err, asynq.SkipRetry, "a dead letter")
+				} else {
+					require.NoError(t, err, "the wrong kind is dropped, not dead-lettered")
+					require.NoError(t, run(rightKind))
+				}
+			}
+
+			_, dead, err := deadletter.New(rdb).Get(ctx, tasks.TaskID(tt.wrong, id))
+			require.NoError(t, err)
+			o, _, _, err := ledger.New(rdb, ledger.Config{}).Record(ctx, tasks.TaskID(tt.wrong, id))
+			require.NoError(t, err)
+			st, _, _ := sb.MessageStatus(id)
+			if tt.rightCamp == "" {
+				require.True(t, dead, "the operator learns the kind is wrong")
+				require.NotNil(t, o)
+				require.Equal(t, ledger.DeadLettered, o.Outcome)
+				require.Equal(t, sandbox.StatusScheduled, st, "nothing cancelled it yet")
+			} else {
+				require.False(t, dead, "no dead letter for the wrong kind")
+				require.Nil(t, o, "no record of the wrong kind")
+				require.Equal(t, sandbox.StatusCancelled, st)
+				ro, _, _, err := ledger.New(rdb, ledger.Config{}).Record(ctx, tasks.TaskID(rightKind, id))
+				require.NoError(t, err)
+				require.NotNil(t, ro)
+				require.Equal(t, ledger.Cancelled, ro.Outcome, "the right kind's task says what became of it")
+			}
+			for camp, want := range tt.wantTotal {
+				s, ok, err := campaign.New(rdb, 0).Get(ctx, camp)
+				require.NoError(t, err)
+				require.True(t, ok, camp)
+				require.Equal(t, want, s.Total, "%s's total", camp)
+				require.True(t, s.Complete, "%s complete", camp)
+				if tt.rightCamp != "" {
+					require.Zero(t, s.DeadLettered, "%s counts no dead letter", camp)
+					require.Equal(t, want, s.Cancelled, "%s: its one message cancelled, or none", camp)
+					require.Zero(t, s.Retrying, camp)
+				}
+			}
+		})
+	}
+}
+
+// runQueued runs one delivery of the queued task tid the way the worker
+// does (its payload as asynq holds it), then deletes it as asynq does with
+// a task that returns nil or SkipRetry.
+func runQueued(t *testing.T, rdb *redis.Client, h *tasks.Handler, tid string) error {
+	t.Helper()
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	info, err := insp.GetTaskInfo(tasks.QueueDefault, tid)
+	require.NoError(t, err, "queued: %s", tid)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = h.Process(ctx, asynq.NewTask(info.Type, info.Payload), tasks.TaskInfo{ID: tid, Queue: tasks.QueueDefault, MaxRetry: 3})
+	require.NoError(t, insp.DeleteTask(tasks.QueueDefault, tid))
+	return err
+}
+
+// TestSupersededNeedsTheRightKind: a wrong_kind settle is dropped only for
+// a message the other kind stands for: its task on a lane (queued, or
+// archived with no outcome) or its record. The other kind's own wrong_kind
+// dead letter does not (HighLevel then has the id as neither: both stay
+// dead letters for the operator), nor does a settle without the keys.
+func TestSupersededNeedsTheRightKind(t *testing.T) {
+	t.Parallel()
+	const loc = "locBoth0000000000002"
+	for _, tt := range []struct {
+		name       string
+		other      func(t *testing.T, rdb *redis.Client, p *producer.Producer, led *ledger.Ledger, id string)
+		noKeys     bool
+		superseded bool
+	}{
+		{"the other kind queued", func(t *testing.T, _ *redis.Client, p *producer.Producer, _ *ledger.Ledger, id string) {
+			require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+		}, false, true},
+		{"the other kind archived with no outcome", func(t *testing.T, rdb *redis.Client, p *producer.Producer, _ *ledger.Ledger, id string) {
+			require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+			require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).ArchiveTask(tasks.QueueDefault, "email:"+id))
+		}, false, true},
+		{"the other kind's own wrong_kind dead letter", func(t *testing.T, _ *redis.Client, p *producer.Producer, led *ledger.Ledger, id string) {
+			require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+			settleWrongKind(t, led, ghl.KindEmail, id, nil)
+		}, false, false},
+		{"nothing of the other kind", func(*testing.T, *redis.Client, *producer.Producer, *ledger.Ledger, string) {}, false, false},
+		{"the other kind queued, no keys given", func(t *testing.T, _ *redis.Client, p *producer.Producer, _ *ledger.Ledger, id string) {
+			require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+		}, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			led := ledger.New(rdb, ledger.Config{})
+			p := producer.New(rdb, producer.Config{})
+			const id = "mSuper0000000000001"
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+			tt.other(t, rdb, p, led, id)
+			keys := ledger.OtherKindKeys(tasks.TaskID(ghl.KindEmail, id), tasks.Queues)
+			if tt.noKeys {
+				keys = nil
+			}
+			got := settleWrongKind(t, led, ghl.KindMessage, id, keys)
+			_, dead, err := deadletter.New(rdb).Get(ctx, "msg:"+id)
+			require.NoError(t, err)
+			require.Equal(t, !tt.superseded, dead)
+			if tt.superseded {
+				require.Equal(t, ledger.Superseded, got.Outcome)
+				require.Equal(t, int64(1), campaignTotal(t, rdb, "k1"), "one message")
+			} else {
+				require.Equal(t, ledger.DeadLettered, got.Outcome)
+			}
+		})
+	}
+}
+
+// settleWrongKind settles kind's task of id as a dead letter wrong_kind,
+// as the handler does (other: the other kind's keys, or none).
+func settleWrongKind(t *testing.T, led *ledger.Ledger, kind ghl.Kind, id string, other []string) ledger.Outcome {
+	t.Helper()
+	got, recorded, err := led.Settle(context.Background(), ledger.Final{TaskID: tasks.TaskID(kind, id), CampaignID: "k1", OtherKind: other,
+		Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: tasks.ReasonWrongKind, HTTPStatus: 404, Attempts: 1},
+		Dead:    &deadletter.Record{Kind: string(kind), MessageID: id, LocationID: "locBoth0000000000002", CampaignID: "k1", Queue: tasks.QueueDefault, Reason: tasks.ReasonWrongKind}})
+	require.NoError(t, err)
+	require.True(t, recorded)
+	return got
+}
