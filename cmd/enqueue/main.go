@@ -136,7 +136,7 @@ func (e *env) connect(ctx context.Context) (*redis.Client, error) {
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		_ = rdb.Close()
-		if hint, bad := redisconn.Misconfigured(err); bad {
+		if hint, bad := redisconn.Explain(ctx, *e.redisURL, err); bad {
 			return nil, fmt.Errorf("the Redis at %s refused: %s (%w)", addr, hint, err)
 		}
 		return nil, fmt.Errorf("cannot reach Redis at %s: %w (is it running? is REDIS_URL or --redis-url right?)", addr, err)

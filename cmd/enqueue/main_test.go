@@ -684,3 +684,15 @@ func TestWrongRedisPasswordIsNamed(t *testing.T) {
 	require.NotContains(t, r.err.Error(), "is it running")
 	require.NotContains(t, r.err.Error(), "wrong-pw")
 }
+
+// TestRedissAgainstPlainRedisIsNamed: rediss:// against a plain Redis
+// times out like a stopped server; the message says which it is.
+func TestRedissAgainstPlainRedisIsNamed(t *testing.T) {
+	t.Parallel()
+	srv, err := redistest.Start()
+	require.NoError(t, err)
+	t.Cleanup(srv.Stop)
+	r := runCmd(t, "rediss://"+srv.Addr+"/0", "", "status", "c1")
+	require.ErrorContains(t, r.err, "speaks plain Redis: use redis://")
+	require.NotContains(t, r.err.Error(), "is it running")
+}

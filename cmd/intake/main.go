@@ -145,7 +145,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err = rdb.Ping(pctx).Err()
 	cancel()
-	if hint, bad := redisconn.Misconfigured(err); bad {
+	if hint, bad := redisconn.Explain(ctx, *redisURL, err); bad {
 		return fmt.Errorf("%s: Redis at %s refused the intake: %s (%w)", EnvRedisURL, redisAddr, hint, err)
 	}
 	if err != nil {

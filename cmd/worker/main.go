@@ -192,7 +192,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err = rdb.Ping(pingCtx).Err()
 	cancel()
-	if hint, bad := redisconn.Misconfigured(err); bad {
+	if hint, bad := redisconn.Explain(ctx, *redisURL, err); bad {
 		// No retry changes this answer: stop now, not wait for ever.
 		return fmt.Errorf("%s: Redis at %s refused the worker: %s (%w)", EnvRedisURL, redisAddr, hint, err)
 	}

@@ -10,11 +10,14 @@
 package redisconn
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -66,4 +69,46 @@ func Misconfigured(err error) (hint string, ok bool) {
 		return "the server at REDIS_URL's address does not speak Redis (a wrong port?)", true
 	}
 	return "", false
+}
+
+// Explain is Misconfigured, and one more mismatch no error shows: a
+// rediss:// URL pointing at a plain Redis. The TLS handshake then waits
+// unanswered (the server reads the ClientHello as an unfinished command)
+// and fails as a timeout, like an unreachable server, so the worker and
+// the intake used to wait for ever. When a rediss:// ping failed, the
+// address is asked once in plain RESP (at most a second): a Redis answer
+// there is the mismatch.
+func Explain(ctx context.Context, rawURL string, err error) (hint string, ok bool) {
+	if hint, ok := Misconfigured(err); ok || err == nil {
+		return hint, ok
+	}
+	opt, perr := redis.ParseURL(rawURL)
+	if perr != nil || opt.TLSConfig == nil {
+		return "", false
+	}
+	if speaksPlainRedis(ctx, opt.Addr) {
+		return "REDIS_URL says rediss:// (TLS), but the server at its address speaks plain Redis: use redis://", true
+	}
+	return "", false
+}
+
+// speaksPlainRedis sends PING in plain RESP to addr and says whether a
+// Redis reply came back (+PONG, or an error such as NOAUTH). A TLS server
+// answers with an alert record, or nothing.
+func speaksPlainRedis(ctx context.Context, addr string) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetDeadline(deadline)
+	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+		return false
+	}
+	buf := make([]byte, 16)
+	n, _ := conn.Read(buf)
+	return n > 0 && (buf[0] == '+' || buf[0] == '-')
 }
