@@ -48,7 +48,7 @@ func (e *env) statusCmd() *cobra.Command {
 				return err
 			}
 			if !ok {
-				return fmt.Errorf("no campaign %q (unknown, or older than its retention; `enqueue campaigns` lists them)", args[0])
+				return tr.NotFound(ctx, args[0], "unknown, or older than its retention; `enqueue campaigns` lists them")
 			}
 			if s.Parked, err = tr.Parked(ctx, args[0]); err != nil {
 				return err
@@ -99,7 +99,7 @@ func (e *env) reportCmd() *cobra.Command {
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, args []string) error {
 		tr := campaign.New(rdb, 0)
 		if _, ok, err := tr.Get(ctx, args[0]); err != nil || !ok {
-			return cmp.Or(err, fmt.Errorf("no campaign %q (unknown, or older than its retention; `enqueue campaigns` lists them)", args[0]))
+			return cmp.Or(err, tr.NotFound(ctx, args[0], "unknown, or older than its retention; `enqueue campaigns` lists them"))
 		}
 		out := e.stdout
 		var pw *io.PipeWriter

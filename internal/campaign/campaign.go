@@ -11,6 +11,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -226,6 +227,64 @@ func ofCampaign[V any](ctx context.Context, rdb redis.UniversalClient, campaign 
 		}
 	}
 	return out, nil
+}
+
+// Similar returns up to 3 live campaigns whose id differs from campaign
+// only in the case of ASCII letters: ids are case-sensitive, and a miss by
+// case is the usual slip. Only for a miss: it scans the campaign index in
+// Redis (ZSCAN with a pattern), which holds every campaign of the
+// retention.
+func (t *Tracker) Similar(ctx context.Context, campaign string) ([]string, error) {
+	var out []string
+	iter := t.rdb.ZScan(ctx, ledger.CampaignIndex, 0, caseless(campaign), 1000).Iterator()
+	for iter.Next(ctx) && len(out) < 3 {
+		c := iter.Val()
+		if !iter.Next(ctx) { // the member's score
+			break
+		}
+		if c == campaign {
+			continue
+		}
+		if n, err := t.rdb.Exists(ctx, ledger.CampaignKey(c)).Result(); err != nil {
+			return nil, err
+		} else if n == 1 {
+			out = append(out, c)
+		}
+	}
+	return out, iter.Err()
+}
+
+// caseless is a Redis glob pattern matching s with ASCII letters in either
+// case, and nothing else.
+func caseless(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+			b.WriteString("[" + string(c|0x20) + string(c&^0x20) + "]")
+		case c == '*' || c == '?' || c == '[' || c == ']' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// NotFound is the error for a campaign id nothing holds, naming campaigns
+// that differ only in case when there are some.
+func (t *Tracker) NotFound(ctx context.Context, campaign, hint string) error {
+	msg := fmt.Sprintf("no campaign %q (%s)", campaign, hint)
+	if near, err := t.Similar(ctx, campaign); err == nil && len(near) > 0 {
+		q := make([]string, len(near))
+		for i, c := range near {
+			q[i] = strconv.Quote(c)
+		}
+		msg += "; ids are case-sensitive: did you mean " + strings.Join(q, " or ") + "?"
+	}
+	return errors.New(msg)
 }
 
 // List returns up to n campaigns, newest first, in two round trips.

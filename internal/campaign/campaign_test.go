@@ -169,3 +169,37 @@ func TestRenderSweepRuns(t *testing.T) {
 	require.Contains(t, out, "sweep runs, newest first (at most 20):\n    sweep s2: everything in L, all")
 	require.NotContains(t, out, "of 1 sweeps")
 }
+
+// TestNotFoundSuggestsOtherCase: campaign ids are case-sensitive; a status
+// for "Spring-Sale" when "spring-sale" runs names it. Glob characters in an
+// id match only themselves, and a campaign that is gone is not suggested.
+func TestNotFoundSuggestsOtherCase(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	seed(t, p, "spring-sale", "locA", "mCase0000000000000001")
+	seed(t, p, "a*b?[c]", "locA", "mCase0000000000000002")
+	seed(t, p, "axbyc", "locA", "mCase0000000000000003")
+	seed(t, p, "gone-Camp", "locA", "mCase0000000000000004")
+	require.NoError(t, rdb.Del(ctx, ledger.CampaignKey("gone-Camp")).Err())
+	tr := campaign.New(rdb, 0)
+	for _, tt := range []struct {
+		id, want string // want "" means no suggestion
+	}{
+		{"Spring-Sale", `did you mean "spring-sale"?`},
+		{"SPRING-SALE", `did you mean "spring-sale"?`},
+		{"A*B?[C]", `did you mean "a*b?[c]"?`},
+		{"A*B?C", ""}, // not axbyc: * and ? are not wildcards here
+		{"spring-sale2", ""},
+		{"gone-camp", ""},
+	} {
+		err := tr.NotFound(ctx, tt.id, "unknown")
+		require.ErrorContains(t, err, `no campaign "`+tt.id+`" (unknown)`)
+		if tt.want == "" {
+			require.NotContains(t, err.Error(), "did you mean", tt.id)
+		} else {
+			require.ErrorContains(t, err, tt.want, tt.id)
+		}
+	}
+}

@@ -697,7 +697,7 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ok {
 		writeError(w, http.StatusNotFound, client.CodeCampaignNotFound,
-			"no campaign "+strconv.Quote(id)+" (unknown, or finished longer ago than its retention)", nil, 0)
+			s.campaigns.NotFound(r.Context(), id, "unknown, or finished longer ago than its retention").Error(), nil, 0)
 		return
 	}
 	writeJSON(w, http.StatusOK, client.CampaignStatus(st))
