@@ -61,7 +61,11 @@ func (e *env) statusCmd() *cobra.Command {
 					return err
 				}
 			} else {
-				fmt.Fprintln(e.stdout, s.Render(prev, prevAt))
+				floor, err := tr.PacedFloor(ctx, s)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(e.stdout, s.RenderPaced(prev, prevAt, floor))
 			}
 			if !*watch {
 				return nil

@@ -165,7 +165,11 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 			return err
 		}
 		if ok && !o.asJSON {
-			fmt.Fprintln(e.stderr, s.Render(prev, prevAt))
+			floor, err := tr.PacedFloor(ctx, s)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stderr, s.RenderPaced(prev, prevAt, floor))
 		}
 		if ok && s.Complete {
 			end = s

@@ -91,6 +91,26 @@ type Status struct {
 	SweepList []client.SweepSummary `json:"sweep_list,omitempty"`
 }
 
+// PacedFloor is the least time s's pending cancels need under the pacing
+// of the campaign's locations (ratelimit.Floor, with HighLevel's documented
+// 100 per 10 s where no limit was learned); 0 when it is unknown, for a
+// complete campaign, or one over ratelimit.FloorMaxLocations locations.
+func (t *Tracker) PacedFloor(ctx context.Context, s Status) (time.Duration, error) {
+	if s.Complete || s.Pending <= 0 {
+		return 0, nil
+	}
+	n, err := t.rdb.SCard(ctx, ledger.CampaignLocationsKey(s.Campaign)).Result()
+	if err != nil || n == 0 || n > ratelimit.FloorMaxLocations {
+		return 0, err
+	}
+	locs, err := t.Locations(ctx, s.Campaign)
+	if err != nil {
+		return 0, err
+	}
+	d, _, err := ratelimit.Floor(ctx, t.rdb, locs, s.Pending, ratelimit.Limit{N: ratelimit.LimitDefault, Period: ratelimit.PeriodDefault}, ratelimit.MarginDefault)
+	return d, err
+}
+
 // SweepListMax is how many sweeps WithSweeps lists.
 const SweepListMax = 20
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"fmt"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 )
 
@@ -202,4 +204,56 @@ func TestNotFoundSuggestsOtherCase(t *testing.T) {
 			require.ErrorContains(t, err, tt.want, tt.id)
 		}
 	}
+}
+
+// TestETAIsNeverBelowThePacing: a one-location campaign of 190 whose first
+// 100 cancels went in one burst has 90 left that HighLevel's 100 per 10 s
+// lets go only about 10 s later; the burst's rate said "ETA 1s". The ETA is
+// now never below the pacing floor, and says so; a campaign whose location
+// was never called has no floor (the rate's ETA stays).
+func TestETAIsNeverBelowThePacing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	led := ledger.New(rdb, ledger.Config{})
+	ids := make([]string, 190)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("mPace%015d", i)
+	}
+	seed(t, p, "burst", "locP", ids...)
+	seed(t, p, "fresh", "locQ", "mPace999999999999999")
+	tr := campaign.New(rdb, 0)
+	s, _, err := tr.Get(ctx, "fresh")
+	require.NoError(t, err)
+	floor, err := tr.PacedFloor(ctx, s)
+	require.NoError(t, err)
+	require.Zero(t, floor, "a location never called: no floor")
+
+	lim := ratelimit.New(rdb, ratelimit.Config{})
+	require.NoError(t, lim.Observe(ctx, "locP", ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 100, DailyLimit: -1, DailyRemaining: -1}, nil))
+	start := time.Now()
+	for _, id := range ids[:100] {
+		_, err := lim.Admit(ctx, ratelimit.Request{Location: "locP", TaskID: "msg:" + id, Campaign: "burst", Mark: ledger.NewMark(1)})
+		require.NoError(t, err)
+		require.True(t, finish(t, rdb, led, "burst", "msg:"+id, ledger.Outcome{Outcome: ledger.Cancelled, HTTPStatus: 200, Attempts: 1}))
+	}
+	prev, _, err := tr.Get(ctx, "burst")
+	require.NoError(t, err)
+	prev.Done -= 100 // as seen before the burst, a second ago: 100/s
+	s, _, err = tr.Get(ctx, "burst")
+	require.NoError(t, err)
+	require.Equal(t, int64(90), s.Pending)
+	floor, err = tr.PacedFloor(ctx, s)
+	require.NoError(t, err)
+	require.Greater(t, floor, 10200*time.Millisecond-time.Since(start)-time.Second)
+	require.LessOrEqual(t, floor, 10200*time.Millisecond)
+	out := s.RenderPaced(prev, time.Now().Add(-time.Second), floor)
+	require.Contains(t, out, "or more (paced by HighLevel's rate limits)")
+	require.NotContains(t, s.Render(prev, time.Now().Add(-time.Second)), "paced", "no floor given")
+	// A slower rate than the pacing: its own ETA stands.
+	prev.Done = s.Done - 1 // 1/s: 90 s to go
+	slow := s.RenderPaced(prev, time.Now().Add(-time.Second), 10*time.Second)
+	require.NotContains(t, slow, "paced")
+	require.Contains(t, slow, "ETA 1m")
 }

@@ -11,6 +11,11 @@ import (
 // between two samples when prevAt is set (watching), else over the
 // campaign's life.
 func (s Status) Render(prev Status, prevAt time.Time) string {
+	return s.RenderPaced(prev, prevAt, 0)
+}
+
+// RenderPaced is Render with an ETA never below floor (Tracker.PacedFloor).
+func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) string {
 	const width = 30
 	frac := 0.0
 	if s.Total > 0 {
@@ -77,8 +82,15 @@ func (s Status) Render(prev Status, prevAt time.Time) string {
 		rate = float64(s.Done-prev.Done) / max(time.Since(prevAt).Seconds(), 0.001)
 	}
 	eta := "unknown"
+	var d time.Duration
 	if rate > 0 {
-		eta = time.Duration(float64(s.Pending) / rate * float64(time.Second)).Round(time.Second).String()
+		d = time.Duration(float64(s.Pending) / rate * float64(time.Second))
+		eta = d.Round(time.Second).String()
+	}
+	// A location's first burst goes at once: its rate says nothing of the
+	// pacing to come, the floor does.
+	if floor > d {
+		eta = floor.Round(time.Second).String() + " or more (paced by HighLevel's rate limits)"
 	}
 	fmt.Fprintf(&b, "  %.1f/s, ETA %s, started %s", rate, eta, s.StartedAt.UTC().Format(time.RFC3339))
 	return b.String()

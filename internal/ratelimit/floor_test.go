@@ -1,0 +1,91 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+)
+
+// TestFloorOf: the least time n calls need from a location's log, by the
+// admission rule (a call goes a span after the limit-th latest one).
+func TestFloorOf(t *testing.T) {
+	const s = int64(time.Second / time.Microsecond) // µs
+	now := 100 * s
+	lim := Limit{N: 4, Period: time.Second}
+	at := func(ts ...int64) []redis.Z {
+		z := make([]redis.Z, len(ts))
+		for i, v := range ts {
+			z[i] = redis.Z{Score: float64(v)}
+		}
+		return z
+	}
+	for _, tt := range []struct {
+		name string
+		log  []redis.Z
+		cool int64
+		n    int64
+		want int64
+	}{
+		{"an empty log: the allowance at once", nil, 0, 4, 0},
+		{"one more than the allowance waits a span", nil, 0, 5, s},
+		{"three spans and one", nil, 0, 13, 3 * s},
+		{"a full burst just now: the next waits a span", at(now, now, now, now), 0, 1, s},
+		{"a burst half a span ago", at(now-s/2, now-s/2, now-s/2, now-s/2), 0, 4, s / 2},
+		{"two of four used", at(now-s/4, now-s/4), 0, 3, 3 * s / 4},
+		{"two of four used, two fit", at(now-s/4, now-s/4), 0, 2, 0},
+		{"old calls say nothing", at(now-5*s, now-5*s, now-5*s, now-5*s), 0, 4, 0},
+		{"slots booked ahead count", at(now+s, now+s, now+s, now+s), 0, 1, 2 * s},
+		{"a cool-down holds every lane", nil, now + 3*s, 1, 3 * s},
+	} {
+		ls := lanesOf(lim, 0, tt.log, tt.cool, now)
+		require.Equal(t, tt.want, floorOf(ls, tt.n, now), tt.name)
+	}
+	// The margin widens the span: 100 per 10 s with 2% is one more burst
+	// at 10.2 s.
+	ls := lanesOf(Limit{N: 100, Period: 10 * time.Second}, 0.02, nil, 0, now)
+	require.Equal(t, int64(10_200_000), floorOf(ls, 190, now))
+	// Two locations take calls side by side.
+	two := append(lanesOf(lim, 0, nil, 0, now), lanesOf(lim, 0, nil, 0, now)...)
+	require.Equal(t, s, floorOf(two, 16, now))
+}
+
+// TestFloorAfterABurst: after a location's first burst of 100 calls (a
+// fresh location, the default 100 per 10 s) 90 more cannot go for about
+// 10.2 s, whatever the burst's rate made the ETA look like; a location
+// never called (no log) or too many locations give no floor.
+func TestFloorAfterABurst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{Margin: 0.02, MaxWait: 2 * time.Second})
+	learn(t, l, "locF", 100, 10*time.Second)
+	for i := range 100 {
+		_, err := l.Admit(ctx, req("locF", fmt.Sprint("t", i)))
+		require.NoError(t, err)
+	}
+	def := Limit{N: LimitDefault, Period: PeriodDefault}
+	d, ok, err := Floor(ctx, rdb, []string{"locF"}, 90, def, MarginDefault)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Greater(t, d, 9*time.Second)
+	require.LessOrEqual(t, d, 10200*time.Millisecond)
+
+	// Another location with room doubles what fits: 90 go there at once.
+	learn(t, l, "locG", 100, 10*time.Second)
+	_, err = l.Admit(ctx, req("locG", "g0"))
+	require.NoError(t, err)
+	d, ok, err = Floor(ctx, rdb, []string{"locF", "locG"}, 90, def, MarginDefault)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Zero(t, d)
+
+	for _, locs := range [][]string{{"locF", "neverCalled"}, {}, make([]string, FloorMaxLocations+1)} {
+		_, ok, err = Floor(ctx, rdb, locs, 90, def, MarginDefault)
+		require.NoError(t, err)
+		require.False(t, ok, "%d locations", len(locs))
+	}
+}
