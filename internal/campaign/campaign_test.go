@@ -59,7 +59,7 @@ func TestCountsEachMessageOnce(t *testing.T) {
 	p := producer.New(rdb, producer.Config{CampaignRetention: time.Hour})
 	seed(t, p, "c1", "locA", "a", "b", "c")
 	seed(t, p, "c1", "locB", "d")
-	require.NoError(t, led.Retrying(ctx, "msg:a", "c1", ""))
+	require.NoError(t, led.Retrying(ctx, "msg:a", "c1", "", ""))
 
 	require.True(t, finish(t, rdb, led, "c1", "msg:a", ledger.Outcome{Outcome: campaign.Cancelled, HTTPStatus: 200, Attempts: 2}))
 	// The same task again (a re-delivery after a crash): not counted twice,

@@ -141,6 +141,10 @@ type Admission struct {
 	// EarlierCall: an earlier call for this message went out and its answer
 	// was never recorded (the worker died, or it timed out or got a 5xx).
 	EarlierCall bool
+	// Stage: the verify stage an earlier delivery left (see StageReadBack):
+	// the call this admission is for is that read, and no "call sent"
+	// mark was left for it.
+	Stage string
 }
 
 // Config configures a Ledger.
@@ -270,13 +274,15 @@ local function cadd(c, n, loc, now, ttl)
   ctouch(c, now, ttl)
 end
 -- ledger_begin: the check right before a call. Returns the recorded outcome
--- row, or false and whether another delivery's call went out without a
+-- row, or false, whether another delivery's call went out without a
 -- recorded answer (a "call sent" mark other than this delivery's own; ""
--- is no mark).
+-- is no mark), and the verify stage (field v, or false): an earlier
+-- delivery's cancel answered "not found" and a read-back is next, so the
+-- call to come is that read, not a cancel.
 local function ledger_begin(rk, mark)
-  local v = redis.call("HMGET", rk, "o", "s")
-  if v[1] then return v[1], false end
-  return false, (v[2] and v[2] ~= "" and v[2] ~= mark)
+  local v = redis.call("HMGET", rk, "o", "s", "v")
+  if v[1] then return v[1], false, false end
+  return false, (v[2] and v[2] ~= "" and v[2] ~= mark), v[3]
 end
 -- ledger_mark leaves this delivery's "call sent" mark: a call is about to
 -- go out. An earlier delivery's mark is kept: its call may have cancelled
@@ -292,13 +298,15 @@ end
 `
 
 // beginScript: KEYS record. ARGV campaign, mark, ttl ms.
-// Returns {recorded row or "", earlier call 0/1}.
+// Returns {recorded row or "", earlier call 0/1, verify stage or ""}.
 var beginScript = redis.NewScript(Lua + `
-local rec, earlier = ledger_begin(KEYS[1], ARGV[2])
-if rec then return {rec, 0} end
-ledger_mark(KEYS[1], ARGV[1], ARGV[2], earlier, ARGV[3])
-if earlier then return {"", 1} end
-return {"", 0}
+local rec, earlier, stage = ledger_begin(KEYS[1], ARGV[2])
+if rec then return {rec, 0, ""} end
+-- A read-back (a verify stage) is no cancel: it leaves no "call sent" mark.
+ledger_mark(KEYS[1], ARGV[1], ARGV[2], earlier or stage, ARGV[3])
+local e = 0
+if earlier then e = 1 end
+return {"", e, stage or ""}
 `)
 
 // NewMark returns a "call sent" mark for one delivery of a task: every call
@@ -318,12 +326,12 @@ func (l *Ledger) Begin(ctx context.Context, taskID, campaign, mark string) (Admi
 	if err != nil {
 		return Admission{}, fmt.Errorf("ledger: begin %s: %w", taskID, err)
 	}
-	return ParseAdmission(v[0], v[1])
+	return ParseAdmission(v[0], v[1], v[2])
 }
 
-// ParseAdmission reads the {recorded row, earlier call} pair the begin Lua
-// returns (also from the rate limiter's script).
-func ParseAdmission(row, earlier any) (Admission, error) {
+// ParseAdmission reads the {recorded row, earlier call, verify stage} the
+// begin Lua returns (also from the rate limiter's script).
+func ParseAdmission(row, earlier, stage any) (Admission, error) {
 	var a Admission
 	if s, _ := row.(string); s != "" {
 		o, err := ParseRow(s)
@@ -334,7 +342,36 @@ func ParseAdmission(row, earlier any) (Admission, error) {
 	}
 	n, _ := earlier.(int64)
 	a.EarlierCall = n == 1
+	a.Stage, _ = stage.(string)
 	return a, nil
+}
+
+// Verify stages (a record's field v): an earlier delivery's cancel answered
+// "not found" and the read-back that settles it could not be made (no
+// pacing slot, a 429, a failed read). The next delivery makes that read
+// with its one slot instead of sending the cancel again: on a location with
+// a backlog, every delivery used to spend its slot on the cancel and never
+// get one for the read-back, for ever. A stage is "<step>:<status>" (the
+// cancel's HTTP status, for the outcome).
+const (
+	StageReadBack  = "1" // read the message back as its kind
+	StageOtherKind = "2" // read it back as the other kind (its kind has nothing)
+	// StageClear, as Ledger.Retrying's stage, removes it: the cancel is
+	// to be sent again (the message reads back as scheduled).
+	StageClear = "-"
+)
+
+// Stage encodes a verify stage with the cancel's status.
+func Stage(step string, status int) string { return step + ":" + strconv.Itoa(status) }
+
+// ParseStage decodes Stage's format; ok false for "" or anything else.
+func ParseStage(s string) (step string, status int, ok bool) {
+	step, st, found := strings.Cut(s, ":")
+	if !found || (step != StageReadBack && step != StageOtherKind) {
+		return "", 0, false
+	}
+	status, err := strconv.Atoi(st)
+	return step, status, err == nil
 }
 
 // KeyWrongKind exists while a dead letter wrong_kind may: the enqueue rule
@@ -553,13 +590,20 @@ func (l *Ledger) Settle(ctx context.Context, f Final) (got Outcome, recorded boo
 }
 
 // retryingScript: KEYS record. ARGV task id, campaign, mark to clear ("":
-// none), ttl ms, now ms. A retry keeps its campaign alive: its expiry is
+// none), ttl ms, now ms, verify stage to leave ("": unchanged, StageClear:
+// none). A retry keeps its campaign alive: its expiry is
 // pushed as by an outcome (at most once a minute, or half the retention if
 // that is shorter), so a campaign with a task between retries does not
 // expire under it; a campaign already gone is not brought back.
 var retryingScript = redis.NewScript(Lua + `
 if redis.call("HEXISTS", KEYS[1], "o") == 1 then return 0 end
 if ARGV[3] ~= "" and redis.call("HGET", KEYS[1], "s") == ARGV[3] then redis.call("HSET", KEYS[1], "s", "") end
+if ARGV[6] == "` + StageClear + `" then
+  redis.call("HDEL", KEYS[1], "v")
+elseif ARGV[6] ~= "" and redis.call("EXISTS", KEYS[1]) == 1 then
+  -- Only on a record the admission made (it has its expiry).
+  redis.call("HSET", KEYS[1], "v", ARGV[6])
+end
 if ARGV[2] ~= "" then
   local k, ko, kr = ck(ARGV[2])
   if clive(ARGV[2]) and redis.call("HEXISTS", ko, ARGV[1]) == 0 then
@@ -574,20 +618,21 @@ end
 return 1
 `)
 
-// Retrying marks a task that will be retried in its campaign, and clears
-// the delivery's "call sent" mark clearMark (when not empty: HighLevel
-// refused the call, or no call went out after all; another delivery's mark
-// stays). One round trip, atomic.
-func (l *Ledger) Retrying(ctx context.Context, taskID, campaign, clearMark string) error {
-	if campaign == "" && clearMark == "" {
+// Retrying marks a task that will be retried in its campaign, clears the
+// delivery's "call sent" mark clearMark (when not empty: HighLevel refused
+// the call, or no call went out after all; another delivery's mark stays),
+// and leaves the verify stage stage ("": unchanged; StageClear: none). One
+// round trip, atomic.
+func (l *Ledger) Retrying(ctx context.Context, taskID, campaign, clearMark, stage string) error {
+	if campaign == "" && clearMark == "" && stage == "" {
 		return nil
 	}
-	return retryingScript.Run(ctx, l.rdb, []string{Key(taskID)}, taskID, campaign, clearMark, l.cfg.Retention.Milliseconds(), time.Now().UnixMilli()).Err()
+	return retryingScript.Run(ctx, l.rdb, []string{Key(taskID)}, taskID, campaign, clearMark, l.cfg.Retention.Milliseconds(), time.Now().UnixMilli(), stage).Err()
 }
 
 // Unmark takes back a delivery's "call sent" mark (its call did not go out).
 func Unmark(ctx context.Context, rdb redis.UniversalClient, taskID, mark string) error {
-	return retryingScript.Run(ctx, rdb, []string{Key(taskID)}, taskID, "", mark, 0, 0).Err()
+	return retryingScript.Run(ctx, rdb, []string{Key(taskID)}, taskID, "", mark, 0, 0, "").Err()
 }
 
 // Record reads a message's record: its outcome (nil while it has none), its

@@ -266,7 +266,8 @@ for i = 0, n - 1 do
             -- The "call sent" mark stays only if the outcome said so (its last
             -- call may have been carried out) or there was no outcome.
             local keepmark = (not o) or string.sub(o, -2) == "|k"
-            redis.call("HDEL", rk, "o")
+            -- Sent again, it starts from the cancel: no verify stage.
+            redis.call("HDEL", rk, "o", "v")
             if redis.call("EXISTS", rk) == 1 then
               if keepmark then
                 redis.call("HSET", rk, "c", campaign)

@@ -216,3 +216,36 @@ func settleWrongKind(t *testing.T, led *ledger.Ledger, kind ghl.Kind, id string,
 	require.True(t, recorded)
 	return got
 }
+
+// TestRequeueStartsFromTheCancel: a verify stage (a read-back an earlier
+// delivery could not make) belongs to the task that left it: a message
+// dead-lettered with one and sent again runs from the cancel, not from a
+// read that skips it.
+func TestRequeueStartsFromTheCancel(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	led := ledger.New(rdb, ledger.Config{})
+	p := producer.New(rdb, producer.Config{})
+	const id, loc = "mStage0000000000001", "locStage00000000001"
+	tid := tasks.TaskID(ghl.KindMessage, id)
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+	adm, err := led.Begin(ctx, tid, "k1", ledger.NewMark(1))
+	require.NoError(t, err)
+	require.Empty(t, adm.Stage)
+	stage := ledger.Stage(ledger.StageOtherKind, 404)
+	require.NoError(t, led.Retrying(ctx, tid, "k1", "", stage))
+	adm, err = led.Begin(ctx, tid, "k1", ledger.NewMark(2))
+	require.NoError(t, err)
+	require.Equal(t, stage, adm.Stage, "the next delivery reads the stage")
+	require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).ArchiveTask(tasks.QueueDefault, tid))
+	_, _, err = led.Settle(ctx, ledger.Final{TaskID: tid, CampaignID: "k1",
+		Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: tasks.ReasonOtherKindUnread, HTTPStatus: 404, Attempts: 4},
+		Dead:    &deadletter.Record{Kind: "message", MessageID: id, LocationID: loc, CampaignID: "k1", Queue: tasks.QueueDefault, Reason: tasks.ReasonOtherKindUnread}})
+	require.NoError(t, err)
+	require.Equal(t, producer.Requeued, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+	adm, err = led.Begin(ctx, tid, "k1", ledger.NewMark(1))
+	require.NoError(t, err)
+	require.Empty(t, adm.Stage, "sent again, it starts from the cancel")
+	require.Nil(t, adm.Recorded)
+}

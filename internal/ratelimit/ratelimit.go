@@ -279,7 +279,8 @@ type Request struct {
 var admitScript = redis.NewScript(ledger.Lua + `
 local norec = ARGV[15] == "1"
 local rec, sent = false, false
-if not norec then rec, sent = ledger_begin(KEYS[4], ARGV[12]) end
+local stage = false
+if not norec then rec, sent, stage = ledger_begin(KEYS[4], ARGV[12]) end
 if rec then
   redis.call("ZREM", KEYS[2], ARGV[9])
   return {2, 0, rec, 0}
@@ -344,10 +345,11 @@ if may and room - now <= maxwait then
     redis.call("PEXPIRE", KEYS[1], math.floor(life / 1000) + 1)
     redis.call("HSET", KEYS[3], "e", now + math.floor(life / 2))
   end
-  if not norec then ledger_mark(KEYS[4], ARGV[11], ARGV[12], sent, ARGV[13]) end
+  -- A read-back (a verify stage) is no cancel: it leaves no "call sent" mark.
+  if not norec then ledger_mark(KEYS[4], ARGV[11], ARGV[12], sent or stage, ARGV[13]) end
   local earlier = "0"
   if sent then earlier = "1" end
-  return {1, room - now, earlier, cooled, room}
+  return {1, room - now, earlier, cooled, room, stage or ""}
 end
 local eta = room
 if not (urgent or mine) then
@@ -422,7 +424,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		wait := time.Duration(us) * time.Microsecond
 		switch code {
 		case 2:
-			return ledger.ParseAdmission(v[2], nil)
+			return ledger.ParseAdmission(v[2], nil, nil)
 		case 3: // waiting for the probe's answer
 			start := time.Now()
 			if err := l.awaitLearn(ctx, r.Location, gen, wait); err != nil {
@@ -441,6 +443,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 			return ledger.Admission{}, &SnoozeError{RetryAfter: wait, Reason: reason}
 		}
 		earlier := v[2] == "1"
+		stage, _ := v[5].(string)
 		if l.booked != nil {
 			room, _ := v[4].(int64)
 			l.booked(r.TaskID, time.UnixMicro(room), wait)
@@ -467,7 +470,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		if l.cfg.Observe != nil {
 			l.cfg.Observe.Waited(waited)
 		}
-		return ledger.Admission{EarlierCall: earlier}, nil
+		return ledger.Admission{EarlierCall: earlier, Stage: stage}, nil
 	}
 }
 

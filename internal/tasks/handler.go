@@ -207,25 +207,36 @@ var sentStatuses = map[string]bool{"connected": true, "delivered": true, "opened
 // hand, another tool or a run whose records expired, or its send failed);
 // no such message is not_found.
 func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status int, earlier bool) result {
+	return h.verify(ctx, a, token, status, earlier, ledger.StageReadBack, false)
+}
+
+// verify is notFound from a verify step: ledger.StageReadBack (read the
+// message back as its kind) or ledger.StageOtherKind (its kind has nothing:
+// read it as the other kind). admitted: this delivery's admission is for
+// the first read (an earlier delivery's cancel answered "not found" and
+// left the step; see ledger.StageReadBack). A read that cannot be made now
+// (no slot, a 429, a failure) leaves its step for the next delivery, which
+// makes that read instead of sending the cancel again: on a location with
+// a backlog, every delivery used to spend its one slot on the cancel and
+// never get one for the read-back, and the message never settled.
+func (h *Handler) verify(ctx context.Context, a *attempt, token string, status int, earlier bool, step string, admitted bool) result {
 	if !h.Verify {
 		if earlier {
 			return result{fate: fateDone, outcome: ledger.Cancelled, reason: ledger.ReasonEarlierAttempt, status: status}
 		}
 		return done(ledger.NotCancellable, status)
 	}
-	m, err := h.readBack(ctx, a, a.kind, token)
+	if step == ledger.StageOtherKind {
+		return h.otherKindOrNotFound(ctx, a, token, status, earlier, admitted)
+	}
+	m, err := h.readBack(ctx, a, a.kind, token, admitted)
 	switch {
 	case errors.Is(err, ghl.ErrNotFound):
-		if r, ok := h.asOtherKind(ctx, a, token, status); ok {
-			return r
-		}
-		r := done(ledger.NotFound, status)
-		if earlier {
-			r.reason = ledger.ReasonEarlierAttempt
-		}
-		return r
+		return h.otherKindOrNotFound(ctx, a, token, status, earlier, false)
 	case err != nil:
-		return readBackFailed(err)
+		r := readBackFailed(err)
+		r.stage = ledger.Stage(ledger.StageReadBack, status)
+		return r
 	case m.Status == "scheduled" && a.kind == ghl.KindMessage && m.IsEmail():
 		// An email's conversation message id: the message cancel cannot
 		// reach it, however often it is tried.
@@ -236,7 +247,9 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 		if a.retried >= limit {
 			return dead(ReasonStillScheduled, status, err.Error()+fmt.Sprintf(" (%d attempts)", a.retried+1), err)
 		}
-		return retry(ReasonStillScheduled, err)
+		r := retry(ReasonStillScheduled, err)
+		r.stage = ledger.StageClear // the cancel goes again
+		return r
 	case m.Status == "failed" && earlier:
 		return result{fate: fateDone, outcome: ledger.Cancelled, reason: ledger.ReasonEarlierAttempt, status: status}
 	case m.Status == "failed":
@@ -246,6 +259,19 @@ func (h *Handler) notFound(ctx context.Context, a *attempt, token string, status
 	}
 	// A status HighLevel did not document: say what it was.
 	return result{fate: fateDone, outcome: ledger.AlreadySent, reason: cmp.Or(m.Status, "unknown"), status: status}
+}
+
+// otherKindOrNotFound: the message's kind has nothing under the id; read
+// it as the other kind (asOtherKind), else it is not_found.
+func (h *Handler) otherKindOrNotFound(ctx context.Context, a *attempt, token string, status int, earlier, admitted bool) result {
+	if r, ok := h.asOtherKind(ctx, a, token, status, admitted); ok {
+		return r
+	}
+	r := done(ledger.NotFound, status)
+	if earlier {
+		r.reason = ledger.ReasonEarlierAttempt
+	}
+	return r
 }
 
 // ReasonTokenKey: the location's stored OAuth tokens do not decrypt with
@@ -290,9 +316,9 @@ const ReasonEmailConversationID = "email_conversation_id"
 // of retries. After that, and on the last try, it is a dead letter
 // other_kind_unread: not not_found, since the id may be the other kind's
 // and its message go out; the operator requeues or purges it.
-func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, status int) (result, bool) {
+func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, status int, admitted bool) (result, bool) {
 	other := otherKind(a.kind)
-	m, err := h.readBack(ctx, a, other, token)
+	m, err := h.readBack(ctx, a, other, token, admitted)
 	var e *ghl.Error
 	switch {
 	case err == nil && other == ghl.KindMessage && m.IsEmail():
@@ -313,6 +339,7 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 			aKind(a.kind), aKind(other), r.reason)
 		return dead(ReasonOtherKindUnread, status, msg, err), true
 	}
+	r.stage = ledger.Stage(ledger.StageOtherKind, status)
 	return r, true
 }
 
@@ -357,12 +384,14 @@ func aKind(k ghl.Kind) string {
 	return "a " + kindNoun(k)
 }
 
-// readBack reads the message back as kind, paced like any call. A wait
-// for the pacing slot, or a failure to get one, comes back as an
-// admitError.
-func (h *Handler) readBack(ctx context.Context, a *attempt, kind ghl.Kind, token string) (*ghl.Message, error) {
-	if _, err := h.admit(ctx, a); err != nil {
-		return nil, admitError{err}
+// readBack reads the message back as kind, paced like any call (unless
+// admitted: the delivery's admission was for this read). A wait for the
+// pacing slot, or a failure to get one, comes back as an admitError.
+func (h *Handler) readBack(ctx context.Context, a *attempt, kind ghl.Kind, token string, admitted bool) (*ghl.Message, error) {
+	if !admitted {
+		if _, err := h.admit(ctx, a); err != nil {
+			return nil, admitError{err}
+		}
 	}
 	m, err := h.API.GetMessage(ctx, kind, a.p.MessageID, token)
 	if h.Pacer != nil && m != nil {
@@ -429,6 +458,10 @@ type result struct {
 	ambiguous bool
 	// earlier: an earlier attempt's call went out without a recorded answer.
 	earlier bool
+	// stage: the verify stage a retry or snooze leaves for the next
+	// delivery (ledger.Stage), ledger.StageClear to remove it, "" to leave
+	// it as it is.
+	stage string
 }
 
 func done(outcome string, status int) result {
@@ -589,6 +622,14 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 		}
 		st.marked = true
 		st.earlier = st.earlier || adm.EarlierCall
+		if step, status, ok := ledger.ParseStage(adm.Stage); ok {
+			// An earlier delivery's cancel answered "not found": this
+			// slot is for the read that settles it, not another cancel.
+			if h.Breaker != nil {
+				h.Breaker.Abandon(probe)
+			}
+			return st.with(h.verify(ctx, a, token, status, st.earlier, step, true))
+		}
 		if h.Events != nil && p.EventAt > 0 && p.Event != "" && a.retried == 0 && round == 0 {
 			h.Events.EventCancel(p.Event, max(h.now().Sub(time.UnixMilli(p.EventAt)), 0)) // a clock ahead of ours is not negative time
 		}
@@ -914,14 +955,16 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 			campaign = ""
 			h.logf(ctx, a, slog.LevelInfo, "attempt interrupted: the worker is stopping, and the task goes back to its lane", "error", r.err)
 		}
-		if err := h.Ledger.Retrying(wctx, a.taskID, campaign, clearMark); err != nil {
+		if err := h.Ledger.Retrying(wctx, a.taskID, campaign, clearMark, r.stage); err != nil {
 			h.logf(ctx, a, slog.LevelWarn, "could not mark the task retrying", "error", err)
 		}
 		rep.Outcome, rep.Reason = OutcomeRetry, r.reason
 		return r.err
 	default: // fateSnooze
-		if clearMark != "" { // a 429: HighLevel refused the call
-			if err := h.Ledger.Retrying(wctx, a.taskID, "", clearMark); err != nil {
+		// A 429 (HighLevel refused the call) clears the mark; a read-back
+		// that waits leaves its verify stage.
+		if clearMark != "" || r.stage != "" {
+			if err := h.Ledger.Retrying(wctx, a.taskID, "", clearMark, r.stage); err != nil {
 				h.logf(ctx, a, slog.LevelWarn, "could not clear the call mark", "error", err)
 			}
 		}

@@ -856,3 +856,72 @@ func TestTakenBackIsNoFailure(t *testing.T) {
 	require.NotNil(t, rec)
 	require.Equal(t, ReasonOtherKindUnread, rec.Reason)
 }
+
+// TestReadBackWaitsDoNotResendTheCancel: on a location whose slots are
+// taken, a "not found" cancel's read-back cannot get a slot in the same
+// delivery. The next delivery used to send the cancel again with its one
+// slot, and the read-back again found none: the message never settled
+// while the location's whole rate went on cancels (an audit saw 250 ids
+// stuck for good). Now each delivery uses its slot for the step an earlier
+// one left: one cancel, one read as its kind, one as the other, then
+// not_found. A message that reads back scheduled sends the cancel again.
+func TestReadBackWaitsDoNotResendTheCancel(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name      string
+		scheduled bool // the read-back finds it scheduled (a cancel that missed)
+		want      string
+		cancels   int64
+	}{
+		{"an id HighLevel does not know", false, ledger.NotFound, 1},
+		{"a message that reads back scheduled", true, ledger.Cancelled, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := hSetup(t)
+			b.h.Verify = true
+			// One call per 300 ms: a cancel's read-back never fits its delivery.
+			b.h.Pacer = ratelimit.New(b.rdb, ratelimit.Config{MaxWait: 20 * time.Millisecond, Lead: 10 * time.Millisecond,
+				Overrides: map[string]ratelimit.Limit{hLoc: {N: 1, Period: 300 * time.Millisecond}}})
+			var cancels, gets atomic.Int64
+			id := "noSuchMessage0000777"
+			if tt.scheduled {
+				id = b.sb.ScheduleN(hLoc, 1, false)[0]
+			}
+			missed := atomic.Bool{}
+			b.respond(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method == http.MethodGet {
+					gets.Add(1)
+					return false
+				}
+				cancels.Add(1)
+				if tt.scheduled && missed.CompareAndSwap(false, true) {
+					// The first cancel answers "not found" while the message stays scheduled.
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusNotFound)
+					_, _ = w.Write([]byte(`{"statusCode":404,"message":"Message not found"}`))
+					return true
+				}
+				return false
+			})
+			var o *ledger.Outcome
+			retried := 0
+			for d := 0; d < 8 && o == nil; d++ {
+				_, err := b.process(t, id, retried, 150)
+				if o, _, _ = b.fate(t, id); o != nil {
+					break
+				}
+				require.Error(t, err)
+				var sn snoozer
+				if errors.As(err, &sn) {
+					time.Sleep(sn.SnoozeFor()) // waits for its slot
+				} else {
+					retried++ // reads back scheduled: the cancel goes again
+				}
+			}
+			require.NotNil(t, o, "settled within 8 deliveries (cancels %d, reads %d)", cancels.Load(), gets.Load())
+			require.Equal(t, tt.want, o.Outcome)
+			require.Equal(t, tt.cancels, cancels.Load(), "cancels sent")
+		})
+	}
+}

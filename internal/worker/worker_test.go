@@ -595,18 +595,18 @@ func TestRetriesKeepTheirCampaignAlive(t *testing.T) {
 	}
 	// Last updated two minutes ago: the retry pushes every key's expiry.
 	require.NoError(t, rdb.HSet(ctx, k, "updated_at", time.Now().Add(-2*time.Minute).UnixMilli()).Err())
-	require.NoError(t, led.Retrying(ctx, taskID, "kept", ""))
+	require.NoError(t, led.Retrying(ctx, taskID, "kept", "", ""))
 	for _, key := range []string{k, k + ":retrying", k + ":locations"} {
 		require.Greater(t, ttl(key), 59*time.Minute, key)
 	}
 	// Updated just now: the next retry within the minute writes nothing
 	// more than its retrying entry.
 	require.NoError(t, rdb.PExpire(ctx, k, 10*time.Second).Err())
-	require.NoError(t, led.Retrying(ctx, taskID, "kept", ""))
+	require.NoError(t, led.Retrying(ctx, taskID, "kept", "", ""))
 	require.LessOrEqual(t, ttl(k), 10*time.Second, "touched twice within a minute")
 
 	// A campaign that is gone stays gone.
-	require.NoError(t, led.Retrying(ctx, tasks.TaskID(ghl.KindMessage, "retryGone00000000001"), "never-there", ""))
+	require.NoError(t, led.Retrying(ctx, tasks.TaskID(ghl.KindMessage, "retryGone00000000001"), "never-there", "", ""))
 	left, err := rdb.Keys(ctx, ledger.CampaignKey("never-there")+"*").Result()
 	require.NoError(t, err)
 	require.Empty(t, left)
