@@ -24,14 +24,20 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 	filled := int(frac * width)
 	bar := strings.Repeat("#", filled) + strings.Repeat("-", width-filled)
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s [%s] %d/%d %.0f%%\n", s.Campaign, bar, s.Done, s.Total, 100*frac)
+	// Whole percents rounded down, as the console shows them: 999 of 1,000
+	// is 99%, never a 100% that is not complete.
+	pct := int64(0)
+	if s.Total > 0 {
+		pct = 100 * s.Done / s.Total
+	}
+	fmt.Fprintf(&b, "%s [%s] %d/%d %d%%\n", s.Campaign, bar, s.Done, s.Total, pct)
 	if s.DryRun {
 		b.WriteString("  dry run: counts what a sweep would cancel; nothing was cancelled\n")
 	}
 	fmt.Fprintf(&b, "  cancelled %d, already sent %d, not found %d, not cancellable %d, expired (send time passed) %d, dead-lettered %d, retrying %d, pending %d\n",
 		s.Cancelled, s.AlreadySent, s.NotFound, s.NotCancellable, s.Expired, s.DeadLettered, s.Retrying, s.Pending)
 	if s.CancelledEarlier > 0 {
-		fmt.Fprintf(&b, "  (%d of the cancels were proven by an earlier attempt whose answer was lost)\n", s.CancelledEarlier)
+		fmt.Fprintf(&b, "  (%d of the cancels were proven by an earlier call of ours: its answer was lost, or it was sent again with force after it was cancelled)\n", s.CancelledEarlier)
 	}
 	if s.Sweeps > 0 {
 		failed := ""

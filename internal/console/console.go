@@ -218,6 +218,9 @@ func hashHex(s string) string {
 // roleOf returns the role of a key, comparing its hash with every
 // configured key's in constant time.
 func (c *Console) roleOf(key string) (Role, string, bool) {
+	// A key pasted with a space or line break around it is the same key
+	// (keys are trimmed when they load, and so is the API's Bearer).
+	key = strings.TrimSpace(key)
 	if key == "" {
 		return "", "", false
 	}

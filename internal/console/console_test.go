@@ -100,6 +100,12 @@ func TestSignInAndOut(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.Equal(t, "/console/", resp.Header.Get("Location"))
 
+	// The right key pasted with a line break: the same key (the API's
+	// Bearer is trimmed too).
+	_, page = b.get("/console/login")
+	resp, _ = b.post("/console/login", url.Values{"login_token": {match(t, loginTokenRE, page)}, "key": {" " + operatorKey + "\n"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, "a key with spaces around it")
+
 	// The right key: a session cookie, HttpOnly and SameSite=Strict; not
 	// Secure on a loopback host (browsers keep it on http://127.0.0.1).
 	_, page = b.get("/console/login")

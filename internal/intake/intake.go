@@ -34,6 +34,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -107,6 +108,9 @@ type Server struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	items    *prometheus.CounterVec
+
+	// wrongHookLogged: when a webhook to a wrong path was last logged (unix ns).
+	wrongHookLogged atomic.Int64
 }
 
 // ParseKeys splits a key list (commas or newlines; blank lines and lines
@@ -190,7 +194,11 @@ func New(cfg Config) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.mux.Handle("/v1/webhooks/highlevel", s.route("webhooks", http.MethodPost, false, wh.ServeHTTP))
+		hook := s.route("webhooks", http.MethodPost, false, wh.ServeHTTP)
+		s.mux.Handle("/v1/webhooks/highlevel", hook)
+		// A trailing slash is the same URL to whoever typed it into the
+		// app's settings, and HighLevel does not retry a 404.
+		s.mux.Handle("/v1/webhooks/highlevel/{$}", hook)
 	}
 	if !cfg.NoConsole {
 		con, err := console.New(console.Config{Redis: cfg.Redis, Keys: append(slices.Clone(cfg.Keys), cfg.ConsoleKeys...),
@@ -217,14 +225,42 @@ func New(cfg Config) (*Server, error) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	s.mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
-	s.mux.Handle("/", s.route("other", "", false, func(w http.ResponseWriter, r *http.Request) {
+	other := s.route("other", "", false, func(w http.ResponseWriter, r *http.Request) {
 		msg := "no such route: " + r.Method + " " + r.URL.EscapedPath()
 		if strings.HasPrefix(r.URL.Path, "/v1/v1/") {
 			msg += " (/v1 twice: a client's base URL is the intake's address, without /v1)"
 		}
 		writeError(w, http.StatusNotFound, client.CodeNotFound, msg+"; the routes are in /v1/openapi.yaml", nil, 0)
+	})
+	wrongHook := s.route(RouteWebhookWrongPath, "", false, s.wrongWebhookPath)
+	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(strings.ToLower(r.URL.Path), "webhook") {
+			wrongHook.ServeHTTP(w, r)
+			return
+		}
+		other.ServeHTTP(w, r)
 	}))
 	return s, nil
+}
+
+// RouteWebhookWrongPath is the intake_requests_total route of requests to a
+// path that names a webhook but is not /v1/webhooks/highlevel (a typo in
+// the app's webhook URL): HighLevel does not retry a 404, so each one is
+// an event lost, and the GhlcancelWebhookWrongPath alert fires on them.
+const RouteWebhookWrongPath = "webhook_wrong_path"
+
+// wrongWebhookPath answers a webhook sent to a path no route serves, and
+// says so in the log (at most once a minute): the events are lost until
+// the app's webhook URL is fixed.
+func (s *Server) wrongWebhookPath(w http.ResponseWriter, r *http.Request) {
+	const want = "/v1/webhooks/highlevel"
+	now := time.Now().UnixNano()
+	if last := s.wrongHookLogged.Load(); now-last >= int64(time.Minute) && s.wrongHookLogged.CompareAndSwap(last, now) {
+		s.log.Error("a webhook came to a path no route serves, and HighLevel does not retry it: the event is lost; set the app's webhook URL to https://THIS-HOST"+want,
+			"method", r.Method, "path", r.URL.EscapedPath())
+	}
+	writeError(w, http.StatusNotFound, client.CodeNotFound,
+		"no such route: "+r.Method+" "+r.URL.EscapedPath()+"; HighLevel webhooks go to POST "+want, nil, 0)
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }

@@ -1,14 +1,23 @@
 package intake_test
 
 import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/client"
 	"github.com/ghlcancel/ghlcancel/internal/intake"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
+	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
 	"github.com/ghlcancel/ghlcancel/internal/webhook"
 )
 
@@ -63,4 +72,79 @@ func TestWebhookRoute(t *testing.T) {
 	require.Equal(t, webhook.ResultInvalid, r.Result)
 	res = e.do(http.MethodGet, "/v1/webhooks/highlevel", nil, nil, nil)
 	require.Equal(t, http.StatusMethodNotAllowed, res.StatusCode)
+}
+
+// TestWebhookURLTypos: HighLevel does not retry a 404, so a typo in the
+// app's webhook URL loses every event. A trailing slash is served; any
+// other path naming a webhook answers 404 naming the right one, is counted
+// under its own route (the GhlcancelWebhookWrongPath alert) and logged at
+// most once a minute.
+func TestWebhookURLTypos(t *testing.T) {
+	sb := sandbox.New(sandbox.Config{})
+	v, err := sb.Verifier()
+	require.NoError(t, err)
+	rules, err := webhook.LoadRules("InboundMessage", "", "")
+	require.NoError(t, err)
+	logs := &syncbuf.Buffer{}
+	e := newEnv(t, intake.Config{Webhook: &webhook.Config{Verifier: v, Rules: rules},
+		Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	body := sb.EventBody(sandbox.EventSpec{Type: "InboundMessage", Location: "locIntake00000000002", Contact: "contactIntake0000002"})
+	h, err := sb.Sign(body, sandbox.EmitOptions{})
+	require.NoError(t, err)
+	hdr := map[string]string{}
+	for k := range h {
+		hdr[k] = h.Get(k)
+	}
+	// A trailing slash is served (outside the spec's validator: the spec
+	// names one path).
+	srv, err := intake.New(intake.Config{Redis: redisServer.Client(t), Keys: []string{key}, Registry: prometheus.NewRegistry(),
+		Webhook: &webhook.Config{Verifier: v, Rules: rules}})
+	require.NoError(t, err)
+	plain := httptest.NewServer(srv)
+	t.Cleanup(plain.Close)
+	req, err := http.NewRequest(http.MethodPost, plain.URL+"/v1/webhooks/highlevel/", bytes.NewReader(body))
+	require.NoError(t, err)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	var r webhook.Response
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&r))
+	res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode, "a trailing slash is served")
+	require.Equal(t, webhook.ResultAccepted, r.Result)
+
+	for _, path := range []string{"/v1/webhooks/HighLevel", "/v1/webhook/highlevel", "/webhooks/highlevel", "/v1/webhooks/highlevel/x"} {
+		var eb client.ErrorBody
+		res := e.do(http.MethodPost, path, hdr, body, &eb)
+		require.Equal(t, http.StatusNotFound, res.StatusCode, path)
+		require.Contains(t, eb.Error.Message, "HighLevel webhooks go to POST /v1/webhooks/highlevel", path)
+	}
+	require.Equal(t, 1, strings.Count(logs.String(), "a webhook came to a path no route serves"), "logged once a minute:\n%s", logs)
+	require.Contains(t, logs.String(), "path=/v1/webhooks/HighLevel")
+	n, err := testutil.GatherAndCount(e.reg, "ghlcancel_intake_requests_total")
+	require.NoError(t, err)
+	require.Positive(t, n)
+	mfs, err := e.reg.Gather()
+	require.NoError(t, err)
+	wrong := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "ghlcancel_intake_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "route" && l.GetValue() == intake.RouteWebhookWrongPath {
+					wrong += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	require.Equal(t, 4.0, wrong)
+	// Other unknown paths keep their plain 404.
+	var eb client.ErrorBody
+	res = e.do(http.MethodPost, "/v1/cancelations", auth, []byte(`{}`), &eb)
+	require.Equal(t, http.StatusNotFound, res.StatusCode)
+	require.NotContains(t, eb.Error.Message, "webhooks")
 }

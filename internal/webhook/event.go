@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -155,7 +156,7 @@ func (r *Rules) Decide(ev Event) Decision {
 	rule := r.For(ev.LocationID)
 	types, ok := rule.Events[ev.Type]
 	if !ok {
-		return Decision{Result: ResultNoRule, Why: ev.Type + " is not in AUTO_CANCEL_EVENTS for this location"}
+		return Decision{Result: ResultNoRule, Why: ev.Type + " is not in " + cmp.Or(rule.EventsFrom, envEvents) + " for this location"}
 	}
 	ch := rule.Channel
 	switch ev.Type {
@@ -172,7 +173,7 @@ func (r *Rules) Decide(ev Event) Decision {
 			return Decision{Result: ResultIgnored, Why: "DND is not on for SMS or email"}
 		}
 		if ch = intersect(ch, dnd); ch == "" {
-			return Decision{Result: ResultIgnored, Why: "DND is on for " + dnd + ", which AUTO_CANCEL_CHANNELS does not sweep"}
+			return Decision{Result: ResultIgnored, Why: "DND is on for " + dnd + ", which " + cmp.Or(rule.ChannelFrom, envChannels) + " does not sweep"}
 		}
 	}
 	return Decision{Result: ResultAccepted, Channel: ch}

@@ -50,6 +50,10 @@ type Rule struct {
 	Events map[string][]string
 	// Channel of the scheduled messages cancelled: sms, email or all.
 	Channel string
+	// EventsFrom and ChannelFrom name where Events and Channel came from
+	// (AUTO_CANCEL_EVENTS, or the location's entry in the rules file), for
+	// the reasons an event is not acted on.
+	EventsFrom, ChannelFrom string
 }
 
 // Rules are the default rule and per-location overrides.
@@ -167,14 +171,22 @@ func ParseChannel(s string) (string, error) {
 //	{"locations": {"LOCATION_ID": {"events": ["InboundMessage:sms"], "channels": "sms"}}}
 type rulesFile struct {
 	Locations map[string]struct {
-		Events   []string `json:"events"`
-		Channels string   `json:"channels"`
+		// Events: nil (no "events" key) takes AUTO_CANCEL_EVENTS; an
+		// empty list turns the location off.
+		Events   *[]string `json:"events"`
+		Channels string    `json:"channels"`
 	} `json:"locations"`
 }
 
 // LoadRules builds the rules from the environment's values and an optional
 // rules file, whose location entries replace the default for that location
-// (an entry without "channels" takes the default's).
+// (an entry without "events" or "channels" takes the default's: an entry
+// that only narrows the channels used to turn the location's events off).
+const (
+	envEvents   = "AUTO_CANCEL_EVENTS"
+	envChannels = "AUTO_CANCEL_CHANNELS"
+)
+
 func LoadRules(events, channels, file string) (*Rules, error) {
 	ev, err := ParseEvents(events)
 	if err != nil {
@@ -184,7 +196,7 @@ func LoadRules(events, channels, file string) (*Rules, error) {
 	if err != nil {
 		return nil, fmt.Errorf("AUTO_CANCEL_CHANNELS: %w", err)
 	}
-	r := &Rules{Default: Rule{Events: ev, Channel: ch}, Locations: map[string]Rule{}}
+	r := &Rules{Default: Rule{Events: ev, Channel: ch, EventsFrom: envEvents, ChannelFrom: envChannels}, Locations: map[string]Rule{}}
 	if file == "" {
 		return r, nil
 	}
@@ -202,16 +214,21 @@ func LoadRules(events, channels, file string) (*Rules, error) {
 		if err := ghl.ValidateID(loc); err != nil {
 			return nil, fmt.Errorf("AUTO_CANCEL_RULES_FILE %s: location %q: %w", file, loc, err)
 		}
-		rule := Rule{Events: map[string][]string{}, Channel: ch}
-		for _, e := range l.Events {
-			if err := addEvent(rule.Events, strings.TrimSpace(e)); err != nil {
-				return nil, fmt.Errorf("AUTO_CANCEL_RULES_FILE %s: location %s: %w", file, loc, err)
+		entry := "this location's entry in AUTO_CANCEL_RULES_FILE"
+		rule := Rule{Events: ev, Channel: ch, EventsFrom: envEvents, ChannelFrom: envChannels}
+		if l.Events != nil {
+			rule.Events, rule.EventsFrom = map[string][]string{}, entry
+			for _, e := range *l.Events {
+				if err := addEvent(rule.Events, strings.TrimSpace(e)); err != nil {
+					return nil, fmt.Errorf("AUTO_CANCEL_RULES_FILE %s: location %s: %w", file, loc, err)
+				}
 			}
 		}
 		if l.Channels != "" {
 			if rule.Channel, err = ParseChannel(l.Channels); err != nil {
 				return nil, fmt.Errorf("AUTO_CANCEL_RULES_FILE %s: location %s: %w", file, loc, err)
 			}
+			rule.ChannelFrom = entry
 		}
 		r.Locations[loc] = rule
 	}

@@ -195,10 +195,19 @@ func TestDecide(t *testing.T) {
 func TestRulesFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "rules.json")
-	require.NoError(t, os.WriteFile(path, []byte(`{"locations": {"locQuiet": {"events": []}, "locSMS": {"events": ["InboundMessage:sms"], "channels": "sms"}, "locInherit": {"events": ["AppointmentCreate"]}}}`), 0o600))
-	r, err := webhook.LoadRules("InboundMessage", "email", path)
+	require.NoError(t, os.WriteFile(path, []byte(`{"locations": {"locQuiet": {"events": []}, "locSMS": {"events": ["InboundMessage:sms"], "channels": "sms"}, "locInherit": {"events": ["AppointmentCreate"]}, "locChannelOnly": {"channels": "sms"}}}`), 0o600))
+	r, err := webhook.LoadRules("InboundMessage,ContactDndUpdate", "email", path)
 	require.NoError(t, err)
-	require.Equal(t, "no_rule", r.Decide(webhook.Event{Type: "InboundMessage", LocationID: "locQuiet"}).Result)
+	d0 := r.Decide(webhook.Event{Type: "InboundMessage", LocationID: "locQuiet"})
+	require.Equal(t, "no_rule", d0.Result)
+	require.Contains(t, d0.Why, "not in this location's entry in AUTO_CANCEL_RULES_FILE", "the reason names the file, not the variable")
+	require.Contains(t, r.Decide(webhook.Event{Type: "AppointmentCreate", LocationID: "elsewhere"}).Why, "not in AUTO_CANCEL_EVENTS")
+	// An entry that only narrows the channels keeps the default events (it
+	// used to turn them all off there, with a reason blaming AUTO_CANCEL_EVENTS).
+	require.Equal(t, webhook.Decision{Result: "accepted", Channel: "sms"}, r.Decide(webhook.Event{Type: "InboundMessage", LocationID: "locChannelOnly"}))
+	dnd := r.Decide(webhook.Event{Type: "ContactDndUpdate", LocationID: "locChannelOnly", ContactID: "C", DNDActive: []string{"Email"}})
+	require.Equal(t, "ignored", dnd.Result)
+	require.Contains(t, dnd.Why, "which this location's entry in AUTO_CANCEL_RULES_FILE does not sweep")
 	d := r.Decide(webhook.Event{Type: "InboundMessage", LocationID: "locSMS", MessageType: "SMS"})
 	require.Equal(t, webhook.Decision{Result: "accepted", Channel: "sms"}, d)
 	require.Equal(t, "ignored", r.Decide(webhook.Event{Type: "InboundMessage", LocationID: "locSMS", MessageType: "Email"}).Result)
