@@ -209,11 +209,13 @@ type SweepSummary struct {
 	Pages     int64     `json:"pages"`
 	Seen      int64     `json:"messages_read"`
 	// Found: messages still scheduled (by channel); Enqueued: the cancels
-	// queued for them (others were queued or done already).
+	// queued for them; Already: those a cancel was already queued or done
+	// for (another campaign, an earlier sweep or event), not queued again.
 	Found      int64  `json:"scheduled_found"`
 	FoundSMS   int64  `json:"scheduled_sms"`
 	FoundEmail int64  `json:"scheduled_email"`
 	Enqueued   int64  `json:"cancels_queued"`
+	Already    int64  `json:"already_queued_or_done,omitempty"`
 	Error      string `json:"error,omitempty"`
 }
 

@@ -64,8 +64,12 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 		if sw.Event != "" {
 			by = fmt.Sprintf(" (%s %s)", sw.Event, sw.EventID)
 		}
-		fmt.Fprintf(&b, "    sweep %s%s: %s in %s, %s: %d still scheduled (%d SMS, %d email), %d cancels queued, %s\n",
-			sw.SweepID, by, what, sw.LocationID, sw.Channel, sw.Found, sw.FoundSMS, sw.FoundEmail, sw.Enqueued, sw.State)
+		already := ""
+		if sw.Already > 0 {
+			already = fmt.Sprintf(" (%d already queued or done by another campaign, sweep or event)", sw.Already)
+		}
+		fmt.Fprintf(&b, "    sweep %s%s: %s in %s, %s: %d still scheduled (%d SMS, %d email), %d cancels queued%s, %s\n",
+			sw.SweepID, by, what, sw.LocationID, sw.Channel, sw.Found, sw.FoundSMS, sw.FoundEmail, sw.Enqueued, already, sw.State)
 	}
 	if len(s.DeadByReason) > 0 {
 		var rs []string

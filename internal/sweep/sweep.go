@@ -78,9 +78,12 @@ type State struct {
 	FoundSMS   int64  `json:"scheduled_sms"`
 	FoundEmail int64  `json:"scheduled_email"`
 	Enqueued   int64  `json:"enqueued"`
-	Restarts   int64  `json:"restarts"`
-	NoEmailID  int64  `json:"emails_without_id,omitempty"`
-	Error      string `json:"error,omitempty"`
+	// Already: found scheduled, but a cancel was already queued or done for
+	// them (another campaign, an earlier sweep or event): not queued again.
+	Already   int64  `json:"already_queued_or_done,omitempty"`
+	Restarts  int64  `json:"restarts"`
+	NoEmailID int64  `json:"emails_without_id,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 // LoadState reads a location's sweep progress.
@@ -92,7 +95,7 @@ func LoadState(ctx context.Context, rdb redis.UniversalClient, sweepID, location
 	n := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
 	return State{Location: m["location"], Phase: m["phase"], Cursor: m["cursor"], Pages: n("pages"), Seen: n("seen"),
 		Found: n("found"), FoundSMS: n("found_sms"), FoundEmail: n("found_email"), Enqueued: n("enqueued"),
-		Restarts: n("restarts"), NoEmailID: n("no_email_id"), Error: m["error"]}, true, nil
+		Already: n("already"), Restarts: n("restarts"), NoEmailID: n("no_email_id"), Error: m["error"]}, true, nil
 }
 
 // commitScript records one page: the next cursor (or channel) and the
@@ -115,6 +118,7 @@ redis.call("HINCRBY", KEYS[1], "found_sms", ARGV[7])
 redis.call("HINCRBY", KEYS[1], "found_email", ARGV[8])
 redis.call("HINCRBY", KEYS[1], "enqueued", ARGV[9])
 if ARGV[11] ~= "0" then redis.call("HINCRBY", KEYS[1], "no_email_id", ARGV[11]) end
+if ARGV[12] ~= "0" then redis.call("HINCRBY", KEYS[1], "already", ARGV[12]) end
 -- A campaign whose counters are gone (expired, deleted) is not brought
 -- back as a hash of sweep counters with no expiry and no total.
 if redis.call("EXISTS", KEYS[2]) == 1 then
@@ -277,7 +281,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 			// cancels answer already queued, or already done if settled
 			// since they were asked for.
 			if err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
-				st.Phase, st.Cursor, st.Phase, "", 0, 0, 0, 0, 0, "1", 0).Err(); err != nil {
+				st.Phase, st.Cursor, st.Phase, "", 0, 0, 0, 0, 0, "1", 0, 0).Err(); err != nil {
 				return result{fate: "retry", reason: tasks.ReasonLimiter, err: err}
 			}
 			h.logger().Info("sweep: export cursor expired, starting the channel again", "task_id", id, "location_id", p.LocationID)
@@ -302,13 +306,15 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 			return fromAPIError(err)
 		}
 		items, scheduled, noID := producer.SweepItems(p, page.Messages, asked)
-		enqueued, refused := 0, 0
+		enqueued, already, refused := 0, 0, 0
 		var refusal error
 		if !p.DryRun && len(items) > 0 {
 			for _, r := range h.Producer.EnqueueBatch(ctx, items) {
 				switch {
 				case r.Status == producer.Enqueued || r.Status == producer.Requeued:
 					enqueued++
+				case r.Status == producer.AlreadyQueued || r.Status == producer.AlreadyDone:
+					already++
 				case r.Status == producer.Rejected && errors.Is(r.Err, producer.ErrUnavailable):
 					return result{fate: "retry", reason: tasks.ReasonLimiter, err: r.Err}
 				case r.Status == producer.Rejected:
@@ -336,7 +342,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 			nextPhase = strconv.Itoa(phase + 1)
 		}
 		ok, err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
-			st.Phase, st.Cursor, nextPhase, nextCursor, len(page.Messages), scheduled, sms, email, enqueued, "0", noID).Int()
+			st.Phase, st.Cursor, nextPhase, nextCursor, len(page.Messages), scheduled, sms, email, enqueued, "0", noID, already).Int()
 		if err != nil {
 			return result{fate: "retry", reason: tasks.ReasonLimiter, err: fmt.Errorf("recording the sweep's progress: %w", err)}
 		}

@@ -314,3 +314,57 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 		})
 	}
 }
+
+// TestSweepCountsWhatWasQueuedElsewhere: two events for one contact at
+// once (two replies, a reply and a booking) sweep the same messages; the
+// second finds them still scheduled with their cancels already queued by
+// the first. Its summary used to read "N still scheduled, 0 cancels
+// queued", as if N were left to go out; it now counts them as already
+// queued or done.
+func TestSweepCountsWhatWasQueuedElsewhere(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	sb := sandbox.New(sandbox.Config{RateMax: -1})
+	sb.AddLocation(locGood, tokGood)
+	added := sb.AddMessages(locGood, sandbox.MixedSpecs(20, 12, 4, 2, 2)...)
+	want := int64(0)
+	for _, a := range added {
+		if a.Scheduled && a.Contact == "contact01" {
+			want++
+		}
+	}
+	require.Positive(t, want)
+	srv := httptest.NewServer(sb.Handler())
+	t.Cleanup(srv.Close)
+	api, err := ghl.New(ghl.Config{BaseURL: srv.URL, Timeout: 2 * time.Second})
+	require.NoError(t, err)
+	prod := producer.New(rdb, producer.Config{})
+	h := &sweep.Handler{API: api, Tokens: tokenMap{locGood: tokGood}, Producer: prod, Redis: rdb}
+	run := func(camp string) sweep.State {
+		t.Helper()
+		st, err := prod.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, ContactID: "contact01", CampaignID: camp})
+		require.NoError(t, err)
+		id := tasks.SweepTaskID(st.SweepID, locGood)
+		info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueDefault, id)
+		require.NoError(t, err)
+		require.NoError(t, h.Process(ctx, asynq.NewTask(info.Type, info.Payload), tasks.TaskInfo{ID: id, Queue: info.Queue, MaxRetry: info.MaxRetry}))
+		state, ok, err := sweep.LoadState(ctx, rdb, st.SweepID, locGood)
+		require.NoError(t, err)
+		require.True(t, ok)
+		return state
+	}
+	first := run("reply-1")
+	require.Equal(t, []int64{want, want, 0}, []int64{first.Found, first.Enqueued, first.Already})
+	second := run("reply-2")
+	require.Equal(t, []int64{want, 0, want}, []int64{second.Found, second.Enqueued, second.Already}, "queued by the first event")
+	tr := campaign.New(rdb, 0)
+	s, _, err := tr.Get(ctx, "reply-2")
+	require.NoError(t, err)
+	require.NoError(t, tr.WithSweeps(ctx, &s))
+	require.Len(t, s.SweepList, 1)
+	require.Equal(t, want, s.SweepList[0].Already)
+	require.Contains(t, s.Render(campaign.Status{}, time.Time{}),
+		fmt.Sprintf("%d still scheduled (%d SMS, %d email), 0 cancels queued (%d already queued or done by another campaign, sweep or event), done",
+			want, second.FoundSMS, second.FoundEmail, want))
+}
