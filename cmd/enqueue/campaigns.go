@@ -171,10 +171,12 @@ func (e *env) campaignsCmd() *cobra.Command {
 		}
 		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 		// Every outcome DONE adds up (campaign.Status.Done), so none is left unexplained.
-		fmt.Fprintln(tw, "CAMPAIGN\tSTARTED\tDONE\tTOTAL\tCANCELLED\tALREADY_SENT\tNOT_FOUND\tNOT_CANCELLABLE\tEXPIRED\tDEAD\tCOMPLETE")
+		// SWEEPS_FAILED: a campaign of sweeps can be complete at 0/0 with
+		// every sweep failed (no token): its contacts' messages still go out.
+		fmt.Fprintln(tw, "CAMPAIGN\tSTARTED\tDONE\tTOTAL\tCANCELLED\tALREADY_SENT\tNOT_FOUND\tNOT_CANCELLABLE\tEXPIRED\tDEAD\tSWEEPS_FAILED\tCOMPLETE")
 		for _, s := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%t\n", s.Campaign, s.StartedAt.UTC().Format(time.RFC3339),
-				s.Done, s.Total, s.Cancelled, s.AlreadySent, s.NotFound, s.NotCancellable, s.Expired, s.DeadLettered, s.Complete)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%t\n", s.Campaign, s.StartedAt.UTC().Format(time.RFC3339),
+				s.Done, s.Total, s.Cancelled, s.AlreadySent, s.NotFound, s.NotCancellable, s.Expired, s.DeadLettered, s.SweepsFailed, s.Complete)
 		}
 		return tw.Flush()
 	})

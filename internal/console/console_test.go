@@ -307,6 +307,9 @@ func TestFixAndRequeue(t *testing.T) {
 	assert.Contains(t, page, `id="o-dead_lettered">4<`)
 	assert.Contains(t, page, template.HTMLEscapeString(tasks.DeadLetterHint("unauthorized")))
 	assert.Contains(t, page, `href="/console/dead?campaign=fix&amp;reason=unauthorized"`)
+	assert.Contains(t, page, `<span class="bad">complete, with failures</span>`, "not a clean completion")
+	_, list := b.get("/console/")
+	assert.Contains(t, list, `<span class="bad">complete, with failures</span>`)
 
 	// Requeued before the fix: they fail again and say so.
 	resp, _ := b.post("/console/dead/requeue", url.Values{"csrf": {csrf}, "scope": {"filter"}, "campaign": {"fix"}})
@@ -338,6 +341,8 @@ func TestFixAndRequeue(t *testing.T) {
 	assert.EqualValues(t, 7, st.Cancelled)
 	assert.EqualValues(t, 0, st.DeadLettered)
 	assert.Empty(t, st.DeadByReason)
+	_, page = b.get("/console/campaign?id=fix")
+	assert.Contains(t, page, `<span class="ok">complete</span>`, "clean once the dead letters are requeued and done")
 	for _, id := range msgs {
 		_, cancels, ok := s.sb.MessageStatus(id)
 		require.True(t, ok)
