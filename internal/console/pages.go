@@ -404,8 +404,12 @@ func (c *Console) takeFlash(r *http.Request, name string) string {
 }
 
 func requeueFlash(st producer.RequeueStats) string {
-	return fmt.Sprintf("Requeued %s. Already queued %s, already done %s, skipped %s (not rebuildable, left in place).",
+	msg := fmt.Sprintf("Requeued %s. Already queued %s, already done %s, skipped %s (not rebuildable, left in place).",
 		Num(int64(st.Requeued)), Num(int64(st.AlreadyQueued)), Num(int64(st.AlreadyDone)), Num(int64(st.Skipped)))
+	if st.Gone > 0 {
+		msg += fmt.Sprintf(" %s of the selected were no longer dead letters (requeued or purged meanwhile).", Num(int64(st.Gone)))
+	}
+	return msg
 }
 
 func purgeFlash(purged, kept int) string {

@@ -19,6 +19,9 @@ type RequeueStats struct {
 	AlreadyQueued int `json:"already_queued"`
 	AlreadyDone   int `json:"already_done"`
 	Skipped       int `json:"skipped"` // records that cannot be rebuilt into a task (invalid payloads)
+	// Gone: ids asked for by RequeueIDs that are no longer dead letters
+	// (requeued or purged meanwhile: a second click on the same selection).
+	Gone int `json:"gone,omitempty"`
 }
 
 // Requeue sends every dead letter matching f again, through the same rule
@@ -39,7 +42,19 @@ func (p *Producer) Requeue(ctx context.Context, store *deadletter.Store, f deadl
 // made in the console), by the same rule as Requeue. Ids with no record
 // (requeued or purged meanwhile) are not counted.
 func (p *Producer) RequeueIDs(ctx context.Context, store *deadletter.Store, taskIDs []string, progress func(RequeueStats)) (RequeueStats, error) {
-	return p.requeue(ctx, func(fn func(deadletter.Record) error) error { return store.ScanIDs(ctx, taskIDs, fn) }, progress)
+	found := map[string]bool{}
+	st, err := p.requeue(ctx, func(fn func(deadletter.Record) error) error {
+		return store.ScanIDs(ctx, taskIDs, func(r deadletter.Record) error {
+			found[r.TaskID] = true
+			return fn(r)
+		})
+	}, progress)
+	asked := map[string]bool{}
+	for _, id := range taskIDs {
+		asked[id] = true
+	}
+	st.Gone = len(asked) - len(found)
+	return st, err
 }
 
 func otherKind(k ghl.Kind) ghl.Kind {
@@ -149,9 +164,16 @@ func (p *Producer) requeue(ctx context.Context, scan func(func(deadletter.Record
 			break
 		}
 		var ok bool
-		if _, ok, err = p.ReviveSweep(ctx, r); ok {
+		_, ok, err = p.ReviveSweep(ctx, r)
+		switch {
+		case ok:
 			st.Requeued++
-		} else if err == nil {
+		case errors.Is(err, ErrSweepRevived):
+			// Replayed by a requeue running beside this one (a double
+			// click): its sweep is queued, nothing is left in place.
+			st.AlreadyQueued++
+			err = nil
+		case err == nil:
 			st.Skipped++
 		}
 	}

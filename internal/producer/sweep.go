@@ -248,19 +248,21 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		}
 		return first.SweepStarted, ErrDuplicate
 	case -2:
-		return SweepStarted{}, errRevived
+		return SweepStarted{}, ErrSweepRevived
 	}
 	return st, nil
 }
 
-// errRevived: the sweep dead letter was replayed by someone else first.
-var errRevived = errors.New("sweep: dead letter already replayed")
+// ErrSweepRevived: the sweep dead letter was replayed by someone else
+// first (a second requeue, or two at once): its sweep is queued already.
+var ErrSweepRevived = errors.New("sweep: dead letter already replayed")
 
 // ReviveSweep replays a failed sweep's dead letter (one a fix can cure, as
 // no_token after the location's token is added): the same filters, campaign
 // and triggering event, under a new sweep id; the record is removed and the
 // failure taken back from the campaign in the same script. ok is false when
-// the record holds no sweep payload or was replayed already.
+// the record holds no sweep payload (err nil) or was replayed already (err
+// ErrSweepRevived).
 func (p *Producer) ReviveSweep(ctx context.Context, rec deadletter.Record) (st SweepStarted, ok bool, err error) {
 	var pl tasks.SweepPayload
 	if rec.Kind != "sweep" || rec.Payload == "" || json.Unmarshal([]byte(rec.Payload), &pl) != nil || pl.Validate() != nil {
@@ -278,10 +280,10 @@ func (p *Producer) ReviveSweep(ctx context.Context, rec deadletter.Record) (st S
 	// EventAt is not carried over: the replay's cancels come long after
 	// the event, and the event-to-cancel latency is about the pipeline.
 	st, err = p.Sweep(ctx, r)
-	if errors.Is(err, errRevived) {
-		return SweepStarted{}, false, nil
+	if err != nil {
+		return SweepStarted{}, false, err
 	}
-	return st, err == nil, err
+	return st, true, nil
 }
 
 // publish adds a lane to asynq's set of queues once per producer.

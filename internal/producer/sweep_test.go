@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
@@ -85,9 +87,10 @@ func TestReviveSweep(t *testing.T) {
 	require.Equal(t, []any{"contact9", "sms", "InboundMessage", "w9", int64(0)}, // no event time: a replay is not reaction time
 		[]any{again.ContactID, again.Channel, again.Event, again.EventID, again.EventAt})
 
-	// Replayed already (a second requeue, or two at once): nothing more.
+	// Replayed already (a second requeue, or two at once): nothing more,
+	// and it says so (a requeue counts it as already queued).
 	_, ok, err = p.ReviveSweep(ctx, rec)
-	require.NoError(t, err)
+	require.ErrorIs(t, err, producer.ErrSweepRevived)
 	require.False(t, ok)
 	require.Equal(t, "1", rdb.HGet(ctx, k, "sweeps").Val())
 	// The campaign expired before the replay (dead letters outlive
@@ -233,5 +236,41 @@ func TestSweepCancelsKeepTheStartersRetries(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, ok)
 		require.Equal(t, 3, payloadOf(again.TaskIDs[0]).Retries)
+	}
+}
+
+// TestDoubleRequeueOfASweep: a double click on "Requeue" for a failed
+// sweep (two requeues of one dead letter at once, or one after the other)
+// replays it once; the other says it is already queued, or no longer a
+// dead letter. It used to say "skipped 1 (not rebuildable, left in place)"
+// for a dead letter that was neither.
+func TestDoubleRequeueOfASweep(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	store := deadletter.New(rdb)
+	for i := range 20 {
+		rec := failedSweep(t, rdb, tasks.SweepPayload{SweepID: fmt.Sprintf("swTwice%02d", i), CampaignID: "twice", LocationID: "locTwice00000000001"})
+		var wg sync.WaitGroup
+		stats := make([]producer.RequeueStats, 2)
+		for j := range stats {
+			wg.Go(func() {
+				var err error
+				stats[j], err = p.RequeueIDs(ctx, store, []string{rec.TaskID}, nil)
+				assert.NoError(t, err)
+			})
+		}
+		wg.Wait()
+		sum := producer.RequeueStats{}
+		for _, s := range stats {
+			sum.Requeued += s.Requeued
+			sum.AlreadyQueued += s.AlreadyQueued
+			sum.Skipped += s.Skipped
+			sum.Gone += s.Gone
+		}
+		require.Equal(t, 1, sum.Requeued, "replayed once")
+		require.Zero(t, sum.Skipped, "nothing is left in place")
+		require.Equal(t, 1, sum.AlreadyQueued+sum.Gone, "the other click says why it did nothing")
 	}
 }
