@@ -423,13 +423,17 @@ func (c *Console) postLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	sid := randomToken()
 	key := sessionKey + hashHex(sid)
-	if _, err := c.cfg.Redis.TxPipelined(r.Context(), func(p redis.Pipeliner) error {
+	if cmds, err := c.cfg.Redis.TxPipelined(r.Context(), func(p redis.Pipeliner) error {
 		p.HSet(r.Context(), key, "role", string(role), "csrf", randomToken(), "key", fp, "created", c.now().UnixMilli())
 		p.Expire(r.Context(), key, SessionTTL)
 		return nil
 	}); err != nil {
-		c.log.Error("console: storing the session failed", "err", err)
-		c.fail(w, r, nil, http.StatusServiceUnavailable, "Redis is unavailable; try again in a moment.")
+		msg := "Redis is unavailable; try again in a moment."
+		if full := redisFull(err, cmds...); full != "" {
+			msg = full
+		}
+		c.log.Error("console: storing the session failed", "err", err, "cause", cmdErr(cmds))
+		c.fail(w, r, nil, http.StatusServiceUnavailable, msg)
 		return
 	}
 	c.log.Info("console: signed in", "role", role, "key", fp, "remote", r.RemoteAddr)

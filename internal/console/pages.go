@@ -71,11 +71,37 @@ func (c *Console) redisDown(w http.ResponseWriter, r *http.Request, what string,
 	c.redisDownKeeping(w, r, what, err, "")
 }
 
+// redisFull is what to tell the operator when Redis refused a write for
+// want of memory ("" otherwise): trying again changes nothing.
+func redisFull(err error, cmds ...redis.Cmder) string {
+	if e := cmdErr(cmds); e != nil {
+		err = e // EXECABORT hides the command's own error
+	}
+	if err == nil || !strings.Contains(err.Error(), "OOM command not allowed") {
+		return ""
+	}
+	return "Redis is full: it reached its maxmemory and refuses writes. Free memory (purge dead letters: enqueue dead purge, or Purge on the dead-letter page from a signed-in session) or raise maxmemory, then try again."
+}
+
+// cmdErr is the first error of cmds (a transaction's EXECABORT says only
+// that one of them failed).
+func cmdErr(cmds []redis.Cmder) error {
+	for _, c := range cmds {
+		if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
+			return e
+		}
+	}
+	return nil
+}
+
 // redisDownKeeping is redisDown on a page that has already read its
 // result line (read once): the error page shows it.
 func (c *Console) redisDownKeeping(w http.ResponseWriter, r *http.Request, what string, err error, flash string) {
 	c.log.Error("console: "+what+" failed", "err", err)
 	msg := "Redis is unavailable (" + what + "); try again in a moment."
+	if full := redisFull(err); full != "" {
+		msg = full
+	}
 	if flash == "" {
 		c.fail(w, r, sessionOf(r), http.StatusServiceUnavailable, msg)
 		return
