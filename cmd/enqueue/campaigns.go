@@ -42,6 +42,7 @@ func (e *env) statusCmd() *cobra.Command {
 		tr := campaign.New(rdb, 0)
 		var prev campaign.Status
 		var prevAt time.Time
+		warned := false
 		for {
 			s, ok, err := tr.Get(ctx, args[0])
 			if err != nil {
@@ -49,6 +50,10 @@ func (e *env) statusCmd() *cobra.Command {
 			}
 			if !ok {
 				return tr.NotFound(ctx, args[0], "unknown, or older than its retention; `enqueue campaigns` lists them")
+			}
+			if !s.Complete && !warned {
+				warned = true
+				e.warnNoWorker(ctx, rdb, "the campaign's pending cancels")
 			}
 			if s.Parked, err = tr.Parked(ctx, args[0]); err != nil {
 				return err

@@ -18,7 +18,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -26,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/redisconn"
 )
 
@@ -149,7 +149,7 @@ func (e *env) connect(ctx context.Context) (*redis.Client, error) {
 // mistyped in REDIS_URL, or the workers not started yet). asynq lists its
 // live servers in asynq:servers, scored by when each entry expires.
 func (e *env) warnNoWorker(ctx context.Context, rdb *redis.Client, what string) {
-	n, err := rdb.ZCount(ctx, "asynq:servers", strconv.FormatInt(time.Now().Unix(), 10), "+inf").Result()
+	n, err := campaign.New(rdb, 0).Workers(ctx)
 	if err != nil || n > 0 {
 		return
 	}

@@ -369,6 +369,7 @@ func TestStatusReportCampaigns(t *testing.T) {
 	r = runCmd(t, url, "", "status", "spring")
 	require.NoError(t, r.err)
 	require.Contains(t, r.stdout, "spring [####################----------] 2/3 66%")
+	require.Contains(t, r.stderr, "no worker is running on this Redis database", "why the campaign does not move")
 	require.Contains(t, r.stdout, "cancelled 1, already sent 0, not found 0, not cancellable 0, expired (send time passed) 0, dead-lettered 1, retrying 0, pending 1")
 	require.Contains(t, r.stdout, "dead letters: unauthorized 1")
 	require.Contains(t, r.stdout, "parked location L: daily budget nearly spent: 5 of 200000 left")

@@ -91,6 +91,14 @@ type Status struct {
 	SweepList []client.SweepSummary `json:"sweep_list,omitempty"`
 }
 
+// Workers counts the worker processes serving this Redis database (asynq's
+// live servers, scored by when each entry expires). 0 means queued
+// cancels wait: a database number mistyped in REDIS_URL, or no worker
+// started yet.
+func (t *Tracker) Workers(ctx context.Context) (int64, error) {
+	return t.rdb.ZCount(ctx, "asynq:servers", strconv.FormatInt(time.Now().Unix(), 10), "+inf").Result()
+}
+
 // PacedFloor is the least time s's pending cancels need under the pacing
 // of the campaign's locations (ratelimit.Floor, with HighLevel's documented
 // 100 per 10 s where no limit was learned); 0 when it is unknown, for a

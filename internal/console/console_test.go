@@ -550,6 +550,7 @@ func TestCampaignPages(t *testing.T) {
 	resp, page := b.get("/console/campaign?id=" + url.QueryEscape(id))
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, page, `data-live="/console/campaign/live?id=slow&#43;one%2B%26%3F%23x"`)
+	assert.NotContains(t, page, `id="no-worker"`, "a worker serves this database")
 	// The link to its dead letters filters on exactly this campaign.
 	link := regexp.MustCompile(`href="(/console/dead\?campaign=[^"]*)"`).FindStringSubmatch(page)
 	require.NotNil(t, link)
@@ -848,4 +849,18 @@ func TestPurgeTwiceAndAfterwards(t *testing.T) {
 	_, camp := b.get("/console/campaign?id=twotabs")
 	assert.Contains(t, camp, "Dead-lettered, by reason")
 	assert.Contains(t, camp, "a purged one stays counted, but only dead letters still stored can be requeued")
+}
+
+// TestNoWorkerIsSaid: a running campaign on a Redis database no worker
+// serves (a database number mistyped in a worker's REDIS_URL, or none
+// started) read "running, ETA unknown" with no hint; the page says why
+// nothing moves, as enqueue does.
+func TestNoWorkerIsSaid(t *testing.T) {
+	s := newStack(t, stackOpts{noWorker: true})
+	s.campaign(t, "idle", map[string]int{locGood: 3})
+	b := s.browser(t)
+	b.signIn(operatorKey)
+	_, page := b.get("/console/campaign?id=idle")
+	assert.Contains(t, page, `id="no-worker"`)
+	assert.Contains(t, page, "No worker is running on this Redis database")
 }

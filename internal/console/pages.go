@@ -144,6 +144,9 @@ type campaignView struct {
 	// LiveURL is the live part's address, escaped here: html/template does
 	// not treat a data- attribute as a URL.
 	LiveURL string
+	// NoWorker: the campaign is running and no worker serves this Redis
+	// database: nothing moves until one starts.
+	NoWorker bool
 }
 
 // campaignView reads a campaign: a fixed number of Redis commands whatever
@@ -184,6 +187,13 @@ func (c *Console) campaignView(r *http.Request, id string) (*campaignView, bool,
 		}
 	}
 	v.Parked, v.Cooling = sortedLocs(v.Parked), sortedLocs(v.Cooling)
+	if !s.Complete {
+		n, err := c.campaigns.Workers(ctx)
+		if err != nil {
+			return nil, true, err
+		}
+		v.NoWorker = n == 0
+	}
 	return v, true, nil
 }
 

@@ -84,6 +84,8 @@ type stackOpts struct {
 	// rate paces every location (e.g. 20/1s), so a campaign runs long
 	// enough to be watched. Empty: HighLevel's default.
 	rate string
+	// noWorker: no worker serves the stack's Redis database.
+	noWorker bool
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
@@ -113,7 +115,11 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
+	if o.noWorker {
+		done <- nil
+	} else {
+		go func() { done <- w.Run(ctx) }()
+	}
 	prodCfg := producer.Config{MaxRetry: 2}
 	srv, err := intake.New(intake.Config{Redis: rdb, Keys: []string{operatorKey}, ConsoleKeys: []string{consoleKey},
 		ConsoleReadOnlyKeys: []string{readOnlyKey}, Producer: prodCfg, Registry: prometheus.NewRegistry()})
