@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -173,7 +174,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 	}
-	fmt.Fprintf(stdout, "intake: serving on http://%s (%d API keys); webhooks at /v1/webhooks/highlevel (%s)\n", ln.Addr(), len(keys), describeRules(wh.Rules))
+	fmt.Fprintf(stdout, "intake: serving on http://%s (%d API keys); webhooks at /v1/webhooks/highlevel (%s; signatures checked with %s)\n",
+		ln.Addr(), len(keys), describeRules(wh.Rules), webhookKeys(getenv, *legacy == "on"))
 	if *consoleOn == "on" {
 		fmt.Fprintf(stdout, "intake: console at http://%s/console/ (sign in with an API key; %d console keys, %d read-only)\n", ln.Addr(), len(consoleKeys), len(readOnlyKeys))
 	}
@@ -224,18 +226,47 @@ func looksLikePath(v string) bool {
 	return err == nil && st.Mode().IsRegular()
 }
 
+func isBase64(v string) bool {
+	_, err := base64.StdEncoding.DecodeString(v)
+	return err == nil
+}
+
+// webhookKeys says where the webhook keys come from, for the start line: a
+// misspelt variable name leaves HighLevel's published key in use.
+func webhookKeys(getenv func(string) string, legacy bool) string {
+	ed := "HighLevel's published Ed25519 key (built in)"
+	if strings.TrimSpace(getenv(EnvWebhookKey)) != "" {
+		ed = "Ed25519 key from " + EnvWebhookKey
+	}
+	if !legacy {
+		return ed
+	}
+	rsa := "HighLevel's published RSA key (built in)"
+	if strings.TrimSpace(getenv(EnvWebhookRSAKey)) != "" {
+		rsa = "RSA key from " + EnvWebhookRSAKey
+	}
+	return ed + ", " + rsa
+}
+
 // webhookConfig reads the webhook keys and rules. A key variable holds the
 // key (PEM or base64 SPKI) or the path of a file holding it.
 func webhookConfig(getenv func(string) string, legacy bool, window time.Duration, events, channels, rulesFile string) (*webhook.Config, error) {
 	var keys [2]string
 	for i, env := range []string{EnvWebhookKey, EnvWebhookRSAKey} {
 		v := strings.TrimSpace(getenv(env))
-		if v != "" && !strings.Contains(v, "-----BEGIN") && looksLikePath(v) {
+		// A relative path with a '/' (secrets/ghl_key) is no base64 key
+		// either: read it as the file it names, so a missing one says so.
+		if v != "" && !strings.Contains(v, "-----BEGIN") && (looksLikePath(v) || (strings.Contains(v, "/") && !isBase64(v))) {
 			b, err := os.ReadFile(v)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", env, err)
+				return nil, fmt.Errorf("%s: not a key (PEM or base64), so read as a file: %w", env, err)
 			}
 			v = string(b)
+		}
+		// A PEM pasted into an environment file with its line breaks
+		// written as \n.
+		if strings.Contains(v, "-----BEGIN") && strings.Contains(v, `\n`) {
+			v = strings.ReplaceAll(v, `\n`, "\n")
 		}
 		keys[i] = v
 	}

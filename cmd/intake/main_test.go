@@ -15,6 +15,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
 	"github.com/ghlcancel/ghlcancel/internal/webhook"
+	"github.com/ghlcancel/ghlcancel/internal/webhook/signature"
 )
 
 var redisServer *redistest.Server
@@ -67,11 +68,16 @@ func TestConfigErrors(t *testing.T) {
 		"typo type":   {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoEvents: "InboundMessage:sms+emial"}, `unknown message type "emial"`},
 		"bad legacy":  {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookLegacy: "maybe"}, `HIGHLEVEL_WEBHOOK_LEGACY="maybe": want on or off`},
 		"bad key":     {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookKey: "bm90IGEga2V5"}, "HIGHLEVEL_WEBHOOK_PUBLIC_KEY"},
-		"key file":    {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookRSAKey: "/nonexistent/rsa.pem"}, "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY: open /nonexistent/rsa.pem"},
+		"key file":    {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookRSAKey: "/nonexistent/rsa.pem"}, "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY: not a key (PEM or base64), so read as a file: open /nonexistent/rsa.pem"},
 		// A relative path is a path (it was read as base64: "neither PEM nor base64").
-		"relative key file": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookRSAKey: "keys/rsa.pem"}, "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY: open keys/rsa.pem"},
-		"bad window":        {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookWindow: "5"}, EnvWebhookWindow},
-		"no rules":          {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoRulesFile: "/nonexistent/rules.json"}, "AUTO_CANCEL_RULES_FILE"},
+		"relative key file": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookRSAKey: "keys/rsa.pem"}, "HIGHLEVEL_WEBHOOK_RSA_PUBLIC_KEY: not a key (PEM or base64), so read as a file: open keys/rsa.pem"},
+		// No dot, and a '/' where base64 may have one: still a path.
+		"relative key file, no dot": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookKey: "secrets/ghl_key"},
+			"HIGHLEVEL_WEBHOOK_PUBLIC_KEY: not a key (PEM or base64), so read as a file: open secrets/ghl_key"},
+		"types split by a comma": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoEvents: "InboundMessage:sms,email"},
+			`"email" is a message type: join an event's message types with +, as InboundMessage:sms+email`},
+		"bad window": {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvWebhookWindow: "5"}, EnvWebhookWindow},
+		"no rules":   {map[string]string{EnvKeys: strings.Repeat("k", 20), EnvAutoRulesFile: "/nonexistent/rules.json"}, "AUTO_CANCEL_RULES_FILE"},
 	} {
 		err := run(context.Background(), nil, func(k string) string { return c.env[k] }, &bytes.Buffer{}, &bytes.Buffer{})
 		require.ErrorContains(t, err, c.want, name)
@@ -85,4 +91,18 @@ func TestStartupLineNamesMessageTypes(t *testing.T) {
 	rules, err := webhook.LoadRules("InboundMessage:sms,ContactDelete", "", "")
 	require.NoError(t, err)
 	require.Equal(t, "cancelling ContactDelete,InboundMessage:sms on all, 0 location rules", describeRules(rules))
+}
+
+// TestWebhookKeyMistakes: a PEM whose line breaks were written as \n (an
+// environment file) is read as the key; the start line says which keys
+// check signatures, so a misspelt variable name (the built-in key in use)
+// shows.
+func TestWebhookKeyMistakes(t *testing.T) {
+	escaped := `-----BEGIN PUBLIC KEY-----\n` + signature.DefaultEd25519Key + `\n-----END PUBLIC KEY-----\n`
+	env := map[string]string{EnvWebhookKey: escaped}
+	_, err := webhookConfig(func(k string) string { return env[k] }, false, time.Minute, "", "", "")
+	require.NoError(t, err, "a PEM with \\n for its line breaks")
+	require.Equal(t, "Ed25519 key from HIGHLEVEL_WEBHOOK_PUBLIC_KEY", webhookKeys(func(k string) string { return env[k] }, false))
+	require.Equal(t, "HighLevel's published Ed25519 key (built in), HighLevel's published RSA key (built in)",
+		webhookKeys(func(string) string { return "" }, true))
 }

@@ -132,7 +132,12 @@ func addEvent(out map[string][]string, f string) error {
 	name, types, limited := strings.Cut(f, ":")
 	i := slices.IndexFunc(Supported, func(s string) bool { return strings.EqualFold(s, name) })
 	if i < 0 {
-		return fmt.Errorf("event %q: want one of %s", name, strings.Join(Supported, ", "))
+		hint := ""
+		if t := MessageType(name); t != "" && slices.Contains(MessageTypes, t) && !limited {
+			// InboundMessage:sms,email: the comma split the types.
+			hint = fmt.Sprintf(" (%q is a message type: join an event's message types with +, as InboundMessage:sms+%s)", name, t)
+		}
+		return fmt.Errorf("event %q: want one of %s%s", name, strings.Join(Supported, ", "), hint)
 	}
 	name = Supported[i]
 	if !limited {
