@@ -117,6 +117,15 @@ try {
   step(`progress moved from ${before} to ${after} of ${total} without a reload (rate ${rate})`);
   expect(/\/s$/.test(rate.trim()), `rate not shown: ${rate}`);
   await check(page, "campaign");
+  // A refresh that fails (the intake answers 503) keeps the numbers and
+  // says they are old; the next good one clears it.
+  await page.route("**/console/campaign/live**", (route) => route.fulfill({ status: 503, body: "down" }));
+  await page.waitForSelector("#live-stale:not([hidden])", { timeout: 10000 });
+  const staleText = await page.textContent("#live-stale");
+  expect(staleText.includes("Not updated since") && staleText.includes("HTTP 503"), `stale note: ${staleText}`);
+  await page.unroute("**/console/campaign/live**");
+  await page.waitForSelector("#live-stale", { state: "hidden", timeout: 10000 });
+  step("a failed refresh says the numbers are old; the next one clears it");
 
   // 4. Its dead letters; requeue them (the token is fixed) and see them cancelled.
   const deadLink = page.locator("#dead-h ~ div a").first();

@@ -10,6 +10,24 @@
     var url = live.getAttribute("data-live");
     var timer = null;
     var inFlight = false;
+    // A failed refresh keeps the last numbers, and says they are old.
+    var staleNote = document.getElementById("live-stale");
+    var since = null;
+    var stale = function (why) {
+      if (!staleNote) {
+        return;
+      }
+      since = since || new Date();
+      staleNote.textContent = "Not updated since " + since.toLocaleTimeString() +
+        ": the console could not read the campaign (" + why + "). Trying again every 2 s.";
+      staleNote.hidden = false;
+    };
+    var fresh = function () {
+      since = null;
+      if (staleNote) {
+        staleNote.hidden = true;
+      }
+    };
     var poll = function () {
       timer = null;
       var inner = document.getElementById("live-inner");
@@ -25,14 +43,19 @@
             window.location.reload(); // the session ended: back to sign-in
             return null;
           }
-          return r.ok ? r.text() : null;
+          if (!r.ok) {
+            stale("HTTP " + r.status);
+            return null;
+          }
+          return r.text();
         })
         .then(function (html) {
           if (html) {
             live.innerHTML = html; // same-origin, server-escaped template output
+            fresh();
           }
         })
-        .catch(function () { /* keep the last numbers; try again */ })
+        .catch(function () { stale("no answer"); })
         .finally(function () {
           inFlight = false;
           if (!document.hidden) {
