@@ -100,9 +100,9 @@ func (t *Tracker) Workers(ctx context.Context) (int64, error) {
 }
 
 // PacedFloor is the least time s's pending cancels need under the pacing
-// of the campaign's locations (ratelimit.Floor, with HighLevel's documented
-// 100 per 10 s where no limit was learned); 0 when it is unknown, for a
-// complete campaign, or one over ratelimit.FloorMaxLocations locations.
+// of the campaign's locations (ratelimit.Floor, with the limits HighLevel
+// reported); 0 when it is unknown (see Floor), for a complete campaign, or
+// one over ratelimit.FloorMaxLocations locations.
 func (t *Tracker) PacedFloor(ctx context.Context, s Status) (time.Duration, error) {
 	if s.Complete || s.Pending <= 0 {
 		return 0, nil
@@ -115,7 +115,8 @@ func (t *Tracker) PacedFloor(ctx context.Context, s Status) (time.Duration, erro
 	if err != nil {
 		return 0, err
 	}
-	d, _, err := ratelimit.Floor(ctx, t.rdb, locs, s.Pending, ratelimit.Limit{N: ratelimit.LimitDefault, Period: ratelimit.PeriodDefault}, ratelimit.MarginDefault)
+	// No margin: the workers' may be smaller than the default (RATE_LIMIT_MARGIN).
+	d, _, err := ratelimit.Floor(ctx, t.rdb, locs, s.Pending, 0)
 	return d, err
 }
 

@@ -234,7 +234,9 @@ func New(cfg Config) (*Server, error) {
 	})
 	wrongHook := s.route(RouteWebhookWrongPath, "", false, s.wrongWebhookPath)
 	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(strings.ToLower(r.URL.Path), "webhook") {
+		// HighLevel's deliveries are signed POSTs; a scanner probing
+		// /webhook is not, and must not page anyone.
+		if r.Method == http.MethodPost && (r.Header.Get("X-GHL-Signature") != "" || r.Header.Get("X-WH-Signature") != "") {
 			wrongHook.ServeHTTP(w, r)
 			return
 		}
@@ -243,10 +245,10 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// RouteWebhookWrongPath is the intake_requests_total route of requests to a
-// path that names a webhook but is not /v1/webhooks/highlevel (a typo in
-// the app's webhook URL): HighLevel does not retry a 404, so each one is
-// an event lost, and the GhlcancelWebhookWrongPath alert fires on them.
+// RouteWebhookWrongPath is the intake_requests_total route of signed
+// webhook deliveries to a path other than /v1/webhooks/highlevel (a typo
+// in the app's webhook URL): HighLevel does not retry a 404, so each one
+// is an event lost, and the GhlcancelWebhookWrongPath alert fires on them.
 const RouteWebhookWrongPath = "webhook_wrong_path"
 
 // wrongWebhookPath answers a webhook sent to a path no route serves, and

@@ -410,15 +410,32 @@ local id, outcome, reason, row, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumb
 local campaign, ttl, deadttl = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 -- The wrong kind of a message that is also queued (or settled) as the
 -- right kind is not a message of its own: the right kind's task says what
--- became of it. Its record and campaign row go, its campaign no longer
--- counts it, and no dead letter is written. The right kind's own wrong-kind
--- dead letter does not count (HighLevel then has the id as neither).
+-- became of it. No dead letter is written, its campaign row and count go,
+-- and its record keeps a "superseded" row (counted nowhere) so that a
+-- replay of this settle (a lost reply, a worker dying before asynq's ack)
+-- finds it recorded and changes nothing. The right kind stands for the
+-- message when its task is queued or running (its record has no outcome
+-- yet), or when its record holds an outcome HighLevel answered and that
+-- the other-kind read does not contradict (flag "s": the read found the
+-- message scheduled). Not: its own wrong_kind dead letter or superseded
+-- row (HighLevel has the id as neither, or both tasks settled at once),
+-- an expired outcome (a guess from a send time), an archived copy.
 if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", KEYS[1], "o") == 0 then
   local other = redis.call("HGET", KEYS[4], "o")
-  local right = other and string.sub(other, 1, 25) ~= "dead_lettered|` + ReasonWrongKind + `|"
-  if not other then right = redis.call("EXISTS", unpack(KEYS, 4)) > 0 end
+  local right = false
+  if other then
+    right = string.sub(other, 1, 25) ~= "dead_lettered|` + ReasonWrongKind + `|" and string.sub(other, 1, 11) ~= "` + Superseded + `|"
+      and string.sub(other, 1, 8) ~= "expired|" and not string.find(ARGV[12], "s", 1, true)
+  else
+    for i = 5, #KEYS do
+      local st = redis.call("HGET", KEYS[i], "state")
+      if st and st ~= "archived" and st ~= "completed" then right = true end
+    end
+  end
   if right then
     redis.call("DEL", KEYS[1])
+    redis.call("HSET", KEYS[1], "o", "` + Superseded + `|` + ReasonWrongKind + `|" .. string.match(row, "^[^|]*|[^|]*|(.*)$"))
+    redis.call("PEXPIRE", KEYS[1], ttl)
     if ARGV[11] ~= "" then redis.call("ZREM", "ghlcancel:rl:wait:{" .. ARGV[11] .. "}", id) end
     if campaign ~= "" and clive(campaign) then
       local k, ko, kr = ck(campaign)
@@ -500,11 +517,16 @@ type Final struct {
 	// and its task keys on every lane (OtherKindKeys). When the message is
 	// queued or settled as that kind, the task is Superseded instead.
 	OtherKind []string
+	// OtherScheduled: the read as the other kind found the message still
+	// scheduled, so an outcome recorded for that kind does not stand for it.
+	OtherScheduled bool
 }
 
 // Superseded is what Settle returns (recorded true) for a wrong_kind task
 // whose message is queued or settled as the right kind: the task was
-// dropped, with no record, no dead letter and no place in its campaign.
+// dropped, with no dead letter and no place in its campaign. Its record
+// keeps a row of this outcome (counted nowhere), so a replayed settle or
+// a re-delivery finds it recorded.
 const Superseded = "superseded"
 
 // OtherKindKeys returns Final.OtherKind for a task of id otherID (the same
@@ -525,6 +547,9 @@ func settleFlags(f Final) string {
 	}
 	if f.FirstAttempt {
 		s += "f"
+	}
+	if f.OtherScheduled {
+		s += "s"
 	}
 	return s
 }

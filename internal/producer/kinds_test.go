@@ -110,7 +110,8 @@ func TestBothKindsAcrossRequests(t *testing.T) {
 				require.Equal(t, sandbox.StatusScheduled, st, "nothing cancelled it yet")
 			} else {
 				require.False(t, dead, "no dead letter for the wrong kind")
-				require.Nil(t, o, "no record of the wrong kind")
+				require.NotNil(t, o)
+				require.Equal(t, ledger.Superseded, o.Outcome, "its record says it was superseded (counted nowhere)")
 				require.Equal(t, sandbox.StatusCancelled, st)
 				ro, _, _, err := ledger.New(rdb, ledger.Config{}).Record(ctx, tasks.TaskID(rightKind, id))
 				require.NoError(t, err)
@@ -149,34 +150,56 @@ func runQueued(t *testing.T, rdb *redis.Client, h *tasks.Handler, tid string) er
 }
 
 // TestSupersededNeedsTheRightKind: a wrong_kind settle is dropped only for
-// a message the other kind stands for: its task on a lane (queued, or
-// archived with no outcome) or its record. The other kind's own wrong_kind
-// dead letter does not (HighLevel then has the id as neither: both stay
-// dead letters for the operator), nor does a settle without the keys.
+// a message the other kind stands for: its task queued or running, or an
+// outcome HighLevel answered for it that the other-kind read does not
+// contradict. Not: an archived copy, the other kind's own wrong_kind dead
+// letter or superseded row (both kinds settling at once), an expired
+// outcome (a guess from a send time), an outcome while the read found the
+// message scheduled, or a settle without the keys. A replayed settle (a
+// lost reply, a re-delivery) changes the campaign's total once.
 func TestSupersededNeedsTheRightKind(t *testing.T) {
 	t.Parallel()
 	const loc = "locBoth0000000000002"
+	queued := func(t *testing.T, _ *redis.Client, p *producer.Producer, _ *ledger.Ledger, id string) {
+		require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+	}
+	settled := func(outcome string) func(*testing.T, *redis.Client, *producer.Producer, *ledger.Ledger, string) {
+		return func(t *testing.T, rdb *redis.Client, p *producer.Producer, led *ledger.Ledger, id string) {
+			queued(t, rdb, p, led, id)
+			require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, "email:"+id))
+			_, _, err := led.Settle(context.Background(), ledger.Final{TaskID: "email:" + id, CampaignID: "k1",
+				Outcome: ledger.Outcome{Outcome: outcome, HTTPStatus: 200, Attempts: 1}})
+			require.NoError(t, err)
+		}
+	}
 	for _, tt := range []struct {
-		name       string
-		other      func(t *testing.T, rdb *redis.Client, p *producer.Producer, led *ledger.Ledger, id string)
-		noKeys     bool
-		superseded bool
+		name           string
+		other          func(t *testing.T, rdb *redis.Client, p *producer.Producer, led *ledger.Ledger, id string)
+		noKeys         bool
+		otherScheduled bool
+		superseded     bool
 	}{
-		{"the other kind queued", func(t *testing.T, _ *redis.Client, p *producer.Producer, _ *ledger.Ledger, id string) {
-			require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
-		}, false, true},
-		{"the other kind archived with no outcome", func(t *testing.T, rdb *redis.Client, p *producer.Producer, _ *ledger.Ledger, id string) {
-			require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+		{"the other kind queued", queued, false, true, true},
+		{"the other kind cancelled", settled(ledger.Cancelled), false, false, true},
+		{"the other kind cancelled, but the read found it scheduled", settled(ledger.Cancelled), false, true, false},
+		{"the other kind expired (a guess)", settled(ledger.Expired), false, false, false},
+		{"the other kind archived with no outcome", func(t *testing.T, rdb *redis.Client, p *producer.Producer, led *ledger.Ledger, id string) {
+			queued(t, rdb, p, led, id)
 			require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).ArchiveTask(tasks.QueueDefault, "email:"+id))
-		}, false, true},
-		{"the other kind's own wrong_kind dead letter", func(t *testing.T, _ *redis.Client, p *producer.Producer, led *ledger.Ledger, id string) {
-			require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+		}, false, false, false},
+		{"the other kind's own wrong_kind dead letter", func(t *testing.T, rdb *redis.Client, p *producer.Producer, led *ledger.Ledger, id string) {
+			queued(t, rdb, p, led, id)
 			settleWrongKind(t, led, ghl.KindEmail, id, nil)
-		}, false, false},
-		{"nothing of the other kind", func(*testing.T, *redis.Client, *producer.Producer, *ledger.Ledger, string) {}, false, false},
-		{"the other kind queued, no keys given", func(t *testing.T, _ *redis.Client, p *producer.Producer, _ *ledger.Ledger, id string) {
-			require.Equal(t, producer.Enqueued, p.Enqueue(context.Background(), producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
-		}, true, false},
+		}, false, false, false},
+		// Both kinds found wrong at once: the first is dropped while the
+		// second's task is still on its lane; the second, seeing the
+		// first's superseded row, stays a dead letter (not both dropped).
+		{"the other kind superseded a moment ago", func(t *testing.T, rdb *redis.Client, p *producer.Producer, led *ledger.Ledger, id string) {
+			queued(t, rdb, p, led, id)
+			require.Equal(t, ledger.Superseded, settleWrongKind(t, led, ghl.KindEmail, id, ledger.OtherKindKeys("msg:"+id, tasks.Queues)).Outcome)
+		}, false, false, false},
+		{"nothing of the other kind", func(*testing.T, *redis.Client, *producer.Producer, *ledger.Ledger, string) {}, false, false, false},
+		{"the other kind queued, no keys given", queued, true, false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -186,21 +209,39 @@ func TestSupersededNeedsTheRightKind(t *testing.T) {
 			p := producer.New(rdb, producer.Config{})
 			const id = "mSuper0000000000001"
 			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: "mOther000000000001", LocationID: loc, CampaignID: "k1"}).Status)
 			tt.other(t, rdb, p, led, id)
+			before := campaignTotal(t, rdb, "k1")
 			keys := ledger.OtherKindKeys(tasks.TaskID(ghl.KindEmail, id), tasks.Queues)
 			if tt.noKeys {
 				keys = nil
 			}
-			got := settleWrongKind(t, led, ghl.KindMessage, id, keys)
+			f := ledger.Final{TaskID: "msg:" + id, CampaignID: "k1", OtherKind: keys, OtherScheduled: tt.otherScheduled,
+				Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: tasks.ReasonWrongKind, HTTPStatus: 404, Attempts: 1},
+				Dead:    &deadletter.Record{Kind: "message", MessageID: id, LocationID: loc, CampaignID: "k1", Queue: tasks.QueueDefault, Reason: tasks.ReasonWrongKind}}
+			got, recorded, err := led.Settle(ctx, f)
+			require.NoError(t, err)
+			require.True(t, recorded)
 			_, dead, err := deadletter.New(rdb).Get(ctx, "msg:"+id)
 			require.NoError(t, err)
 			require.Equal(t, !tt.superseded, dead)
+			after := campaignTotal(t, rdb, "k1")
 			if tt.superseded {
 				require.Equal(t, ledger.Superseded, got.Outcome)
-				require.Equal(t, int64(1), campaignTotal(t, rdb, "k1"), "one message")
+				require.Equal(t, before-1, after, "the campaign gives the wrong kind up")
 			} else {
 				require.Equal(t, ledger.DeadLettered, got.Outcome)
+				require.Equal(t, before, after)
 			}
+			// Settled again (a lost reply retried, a re-delivery after a
+			// crash): recorded already, nothing moves.
+			_, recorded, err = led.Settle(ctx, f)
+			require.NoError(t, err)
+			require.False(t, recorded, "the replay finds it recorded")
+			require.Equal(t, after, campaignTotal(t, rdb, "k1"), "the total moves once")
+			adm, err := led.Begin(ctx, "msg:"+id, "k1", ledger.NewMark(2))
+			require.NoError(t, err)
+			require.NotNil(t, adm.Recorded, "a re-delivery settles from the record, with no call")
 		})
 	}
 }

@@ -16,30 +16,31 @@ import (
 const FloorMaxLocations = 1000
 
 // Floor is the least time n more calls to locations need from now under
-// the pacing the workers apply: each location's limit (learned from
-// HighLevel's headers, else def), widened by margin, its log of admitted
+// the pacing the workers apply: each location's limit as HighLevel's
+// headers reported it (learned), widened by margin, its log of admitted
 // calls (a call waits for the limit-th latest one to leave its span) and
 // its cool-down. It is a floor: the calls split across the locations as
-// well as the limits allow, no other traffic, no 429s, no urgent reserve.
-// The rate a status sees during a location's first burst says nothing of
-// the pacing to come; this does (`status --watch` showed "ETA 2s" with
-// 10 s to go).
+// well as the limits allow, no other traffic, no 429s, no urgent reserve
+// (the caller passes the smallest margin the workers may use). The rate a
+// status sees during a location's first burst says nothing of the pacing
+// to come; this does (`status --watch` showed "ETA 2s" with 10 s to go).
 //
-// ok is false when there is nothing to say: no calls or no locations, more
-// than FloorMaxLocations, or a location with no log (never called yet, or
-// the workers run without pacing: it may take any number at once).
-func Floor(ctx context.Context, rdb redis.UniversalClient, locations []string, n int64, def Limit, margin float64) (d time.Duration, ok bool, err error) {
+// ok is false when there is nothing sure to say: no calls or no locations,
+// more than FloorMaxLocations, or a location with no learned limit (never
+// answered yet, HighLevel sent no limit headers so the workers use their
+// own RATE_LIMIT, or the workers run without pacing, which learns
+// nothing). A learned location whose log is gone (idle for a while) has
+// its whole allowance free.
+func Floor(ctx context.Context, rdb redis.UniversalClient, locations []string, n int64, margin float64) (d time.Duration, ok bool, err error) {
 	if n <= 0 || len(locations) == 0 || len(locations) > FloorMaxLocations {
 		return 0, false, nil
 	}
 	var now *redis.TimeCmd
 	hs := make([]*redis.SliceCmd, len(locations))
-	ex := make([]*redis.IntCmd, len(locations))
 	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		now = p.Time(ctx)
 		for i, loc := range locations {
 			hs[i] = p.HMGet(ctx, locKey(loc), "l", "c")
-			ex[i] = p.Exists(ctx, logKey(loc))
 		}
 		return nil
 	}); err != nil {
@@ -48,20 +49,15 @@ func Floor(ctx context.Context, rdb redis.UniversalClient, locations []string, n
 	limits := make([]Limit, len(locations))
 	cools := make([]int64, len(locations))
 	for i := range locations {
-		if ex[i].Val() == 0 {
+		v := hs[i].Val()
+		s, _ := v[0].(string)
+		c, p, found := strings.Cut(s, ":")
+		cn, err1 := strconv.Atoi(c)
+		pm, err2 := strconv.ParseInt(p, 10, 64)
+		if !found || err1 != nil || err2 != nil || cn <= 0 || pm <= 0 {
 			return 0, false, nil
 		}
-		limits[i] = def
-		v := hs[i].Val()
-		if s, _ := v[0].(string); s != "" {
-			if c, p, found := strings.Cut(s, ":"); found {
-				cn, err1 := strconv.Atoi(c)
-				pm, err2 := strconv.ParseInt(p, 10, 64)
-				if err1 == nil && err2 == nil && cn > 0 && pm > 0 {
-					limits[i] = Limit{N: cn, Period: time.Duration(pm) * time.Millisecond}
-				}
-			}
-		}
+		limits[i] = Limit{N: cn, Period: time.Duration(pm) * time.Millisecond}
 		if s, _ := v[1].(string); s != "" {
 			cools[i], _ = strconv.ParseInt(s, 10, 64)
 		}

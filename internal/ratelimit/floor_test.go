@@ -8,6 +8,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 )
 
 // TestFloorOf: the least time n calls need from a location's log, by the
@@ -67,8 +69,7 @@ func TestFloorAfterABurst(t *testing.T) {
 		_, err := l.Admit(ctx, req("locF", fmt.Sprint("t", i)))
 		require.NoError(t, err)
 	}
-	def := Limit{N: LimitDefault, Period: PeriodDefault}
-	d, ok, err := Floor(ctx, rdb, []string{"locF"}, 90, def, MarginDefault)
+	d, ok, err := Floor(ctx, rdb, []string{"locF"}, 90, MarginDefault)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Greater(t, d, 9*time.Second)
@@ -78,14 +79,25 @@ func TestFloorAfterABurst(t *testing.T) {
 	learn(t, l, "locG", 100, 10*time.Second)
 	_, err = l.Admit(ctx, req("locG", "g0"))
 	require.NoError(t, err)
-	d, ok, err = Floor(ctx, rdb, []string{"locF", "locG"}, 90, def, MarginDefault)
+	d, ok, err = Floor(ctx, rdb, []string{"locF", "locG"}, 90, MarginDefault)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Zero(t, d)
+	// A learned location idle long enough for its log to expire has its
+	// whole allowance: it does not take the floor away.
+	learn(t, l, "locIdle", 100, 10*time.Second)
+	d, ok, err = Floor(ctx, rdb, []string{"locF", "locIdle"}, 190, MarginDefault)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Greater(t, d, 9*time.Second, "100 go at locIdle at once, the other 90 wait for locF's span")
 
-	for _, locs := range [][]string{{"locF", "neverCalled"}, {}, make([]string, FloorMaxLocations+1)} {
-		_, ok, err = Floor(ctx, rdb, locs, 90, def, MarginDefault)
+	// Nothing sure: a location never answered (no learned limit: the
+	// workers' own RATE_LIMIT applies, or they run without pacing), one
+	// whose answers had no limit headers, no locations, too many.
+	require.NoError(t, l.Observe(ctx, "locNoHeaders", ghl.Limits{}, nil))
+	for _, locs := range [][]string{{"locF", "neverCalled"}, {"locF", "locNoHeaders"}, {}, make([]string, FloorMaxLocations+1)} {
+		_, ok, err = Floor(ctx, rdb, locs, 90, MarginDefault)
 		require.NoError(t, err)
-		require.False(t, ok, "%d locations", len(locs))
+		require.False(t, ok, "%v", locs)
 	}
 }

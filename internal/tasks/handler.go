@@ -308,9 +308,10 @@ const ReasonEmailConversationID = "email_conversation_id"
 // wrong_kind saying what HighLevel has, to be sent again with the right
 // kind, not a not_found while an email goes out. No such message, or a
 // refusal (HighLevel documents no answer for an id of the other kind),
-// leaves it not found (ok false). A 429 or a pacing wait is that (no retry
-// used); a failure worth retrying retries the cancel, as when the first
-// read-back fails, but only while the task has retried fewer than
+// leaves it not found (ok false); a refused token (401/403) is no such
+// refusal but a failed read. A 429 or a pacing wait is that (no retry
+// used); a failure worth retrying retries the task, whose next delivery
+// makes this read again (the verify stage), but only while it has retried fewer than
 // OtherKindRetries times: how HighLevel answers an id of the other kind is
 // unverified, and a message its own kind does not know must not take a day
 // of retries. After that, and on the last try, it is a dead letter
@@ -327,10 +328,14 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 	case err == nil:
 		msg := fmt.Sprintf("HighLevel has no %s with this id, but has %s (status %q): send it again as kind %s (enqueue dead requeue does; or --kind %s, or a kind column, with its --campaign)",
 			kindNoun(a.kind), aKind(other), m.Status, other, other)
-		return dead(ReasonWrongKind, status, msg, errors.New(msg)), true
-	case errors.Is(err, ghl.ErrNotFound), errors.As(err, &e) && !e.Retryable:
+		r := dead(ReasonWrongKind, status, msg, errors.New(msg))
+		r.otherScheduled = m.Status == "scheduled"
+		return r, true
+	case errors.Is(err, ghl.ErrNotFound), errors.As(err, &e) && !e.Retryable && !refusedToken(e):
 		return result{}, false
 	}
+	// A refused token (401/403) is no answer about the message: the read
+	// failed, as a 5xx does (bounded below).
 	r := readBackFailed(err)
 	// A read cut by a stopping worker failed nothing: asynq has put the
 	// task back (settle sees the retry as taken back).
@@ -341,6 +346,11 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 	}
 	r.stage = ledger.Stage(ledger.StageOtherKind, status)
 	return r, true
+}
+
+// refusedToken: HighLevel refused the token, not the message.
+func refusedToken(e *ghl.Error) bool {
+	return e.Reason == ghl.ReasonUnauthorized || e.Reason == ghl.ReasonForbidden
 }
 
 // OtherKindRetries bounds the retries a failing read-back as the other kind
@@ -387,19 +397,35 @@ func aKind(k ghl.Kind) string {
 // readBack reads the message back as kind, paced like any call (unless
 // admitted: the delivery's admission was for this read). A wait for the
 // pacing slot, or a failure to get one, comes back as an admitError.
+//
+// A 401 with a refreshable token source refreshes the token once per
+// delivery and reads again (a paced call): a read a later delivery makes
+// for a verify stage may come after the access token expired, which the
+// cancel's own refresh never saw.
 func (h *Handler) readBack(ctx context.Context, a *attempt, kind ghl.Kind, token string, admitted bool) (*ghl.Message, error) {
-	if !admitted {
-		if _, err := h.admit(ctx, a); err != nil {
-			return nil, admitError{err}
+	token = cmp.Or(a.freshToken, token)
+	for {
+		if !admitted {
+			if _, err := h.admit(ctx, a); err != nil {
+				return nil, admitError{err}
+			}
 		}
+		m, err := h.API.GetMessage(ctx, kind, a.p.MessageID, token)
+		if h.Pacer != nil && m != nil {
+			_ = h.Pacer.Observe(ctx, a.p.LocationID, m.Limits, nil)
+		} else if rl := (*ghl.RateLimitError)(nil); h.Pacer != nil && errors.As(err, &rl) {
+			_ = h.Pacer.Observe(ctx, a.p.LocationID, rl.Limits, rl)
+		}
+		var e *ghl.Error
+		if rf, ok := h.Tokens.(tokens.Refresher); ok && !a.readRefreshed && errors.As(err, &e) && e.Reason == ghl.ReasonUnauthorized {
+			a.readRefreshed = true
+			if fresh, rerr := rf.Refresh(ctx, a.p.LocationID, token); rerr == nil {
+				token, a.freshToken, admitted = fresh, fresh, false
+				continue
+			}
+		}
+		return m, err
 	}
-	m, err := h.API.GetMessage(ctx, kind, a.p.MessageID, token)
-	if h.Pacer != nil && m != nil {
-		_ = h.Pacer.Observe(ctx, a.p.LocationID, m.Limits, nil)
-	} else if rl := (*ghl.RateLimitError)(nil); h.Pacer != nil && errors.As(err, &rl) {
-		_ = h.Pacer.Observe(ctx, a.p.LocationID, rl.Limits, rl)
-	}
-	return m, err
 }
 
 type admitError struct{ error }
@@ -407,7 +433,8 @@ type admitError struct{ error }
 func (e admitError) Unwrap() error { return e.error }
 
 // readBackFailed is what a failed read-back means: the attempt waits (its
-// pacing slot, a 429) or is retried, and the cancel is tried again.
+// pacing slot, a 429) or is retried; the caller sets the verify stage, so
+// the next delivery makes the read, not the cancel.
 func readBackFailed(err error) result {
 	err = fmt.Errorf("verifying a not-found cancel: %w", err)
 	var ae admitError
@@ -462,6 +489,8 @@ type result struct {
 	// delivery (ledger.Stage), ledger.StageClear to remove it, "" to leave
 	// it as it is.
 	stage string
+	// otherScheduled: a wrong_kind read found the other kind scheduled.
+	otherScheduled bool
 }
 
 func done(outcome string, status int) result {
@@ -480,16 +509,20 @@ func snooze(reason string, err error) result {
 
 // attempt is one delivery of one task.
 type attempt struct {
-	t         *asynq.Task
-	taskID    string
-	queue     string
-	kind      ghl.Kind
-	p         CancelPayload
-	retried   int
-	final     bool   // asynq archives whatever this attempt returns
-	lastTry   bool   // a failure here is dead-lettered (see AsynqMaxRetry)
-	mark      string // this delivery's "call sent" mark (ledger.NewMark)
-	decodeErr result
+	t       *asynq.Task
+	taskID  string
+	queue   string
+	kind    ghl.Kind
+	p       CancelPayload
+	retried int
+	final   bool   // asynq archives whatever this attempt returns
+	lastTry bool   // a failure here is dead-lettered (see AsynqMaxRetry)
+	mark    string // this delivery's "call sent" mark (ledger.NewMark)
+	// freshToken: a token a read-back refreshed in this delivery (used by
+	// its later reads); readRefreshed: it refreshed once already.
+	freshToken    string
+	readRefreshed bool
+	decodeErr     result
 }
 
 // TaskInfo is what asynq says about a delivery.
@@ -901,6 +934,7 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 				HTTPStatus: r.status, APIMessage: r.message, Attempts: a.retried + 1, Payload: r.payload}
 			if r.reason == ReasonWrongKind {
 				f.OtherKind = ledger.OtherKindKeys(TaskID(otherKind(a.kind), a.p.MessageID), Queues)
+				f.OtherScheduled = r.otherScheduled
 			}
 		}
 		got, recorded, err := h.Ledger.Settle(wctx, f)

@@ -925,3 +925,95 @@ func TestReadBackWaitsDoNotResendTheCancel(t *testing.T) {
 		})
 	}
 }
+
+// expiringTokens hands out an expired token until asked to refresh (an
+// OAuth access token that expired between a delivery's cancel and a later
+// delivery's read-back).
+type expiringTokens struct {
+	refreshes atomic.Int32
+	fresh     string
+}
+
+func (e *expiringTokens) Token(context.Context, string) (string, error) {
+	if e.refreshes.Load() > 0 {
+		return e.fresh, nil
+	}
+	return "expired-access-token", nil
+}
+
+func (e *expiringTokens) Refresh(context.Context, string, string) (string, error) {
+	e.refreshes.Add(1)
+	return e.fresh, nil
+}
+
+// TestStagedReadRefreshesTheToken: a read a later delivery makes for a
+// verify stage may meet an expired access token. It refreshes once and
+// reads again (the cancel's refresh never ran: no cancel is sent), and a
+// refused token on the read as the other kind is a failed read, not
+// HighLevel saying it has no such message (not_found). Neither reading
+// delivery leaves a "call sent" mark: it sends no cancel.
+func TestStagedReadRefreshesTheToken(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	stage := func(t *testing.T, b *hBundle, id, st string) {
+		t.Helper()
+		_, err := b.led.Begin(ctx, TaskID(ghl.KindMessage, id), "hc", ledger.NewMark(1))
+		require.NoError(t, err)
+		require.NoError(t, b.led.Retrying(ctx, TaskID(ghl.KindMessage, id), "", ledger.NewMark(1), st))
+		// The first delivery's mark was cleared (HighLevel answered "not found").
+		require.NoError(t, b.rdb.HSet(ctx, ledger.Key(TaskID(ghl.KindMessage, id)), "s", "").Err())
+	}
+	var deletes atomic.Int32
+	t.Run("an expired token is refreshed for the read", func(t *testing.T) {
+		t.Parallel()
+		b := hSetup(t)
+		b.h.Verify = true
+		toks := &expiringTokens{fresh: hTok}
+		b.h.Tokens = toks
+		b.respond(func(_ http.ResponseWriter, r *http.Request) bool {
+			if r.Method == http.MethodDelete {
+				deletes.Add(1)
+			}
+			return false
+		})
+		const id = "noSuchMessage0000881"
+		stage(t, b, id, ledger.Stage(ledger.StageReadBack, 404))
+		_, err := b.process(t, id, 0, 150)
+		require.NoError(t, err)
+		o, _, _ := b.fate(t, id)
+		require.NotNil(t, o)
+		require.Equal(t, ledger.NotFound, o.Outcome, "read as both kinds with the fresh token")
+		require.Empty(t, o.Reason, "no earlier call: the reads left no mark")
+		require.Equal(t, int32(1), toks.refreshes.Load())
+		require.Zero(t, deletes.Load(), "no cancel sent again")
+	})
+	t.Run("a refused token on the other-kind read is no not_found", func(t *testing.T) {
+		t.Parallel()
+		b := hSetup(t)
+		b.h.Verify = true
+		b.h.Tokens = tokens.Static("a-revoked-token")
+		const id = "noSuchMessage0000882"
+		stage(t, b, id, ledger.Stage(ledger.StageOtherKind, 404))
+		_, err := b.process(t, id, 0, 150)
+		require.Error(t, err)
+		require.True(t, IsFailure(err), "a failed read, retried")
+		o, _, _ := b.fate(t, id)
+		require.Nil(t, o, "not settled not_found")
+		_, _, sent, err := b.led.Record(ctx, TaskID(ghl.KindMessage, id))
+		require.NoError(t, err)
+		require.False(t, sent, "a reading delivery leaves no call-sent mark")
+	})
+	t.Run("a paced read leaves no mark either", func(t *testing.T) {
+		t.Parallel()
+		b := hSetup(t)
+		const id = "noSuchMessage0000883"
+		stage(t, b, id, ledger.Stage(ledger.StageReadBack, 404))
+		lim := ratelimit.New(b.rdb, ratelimit.Config{})
+		adm, err := lim.Admit(ctx, ratelimit.Request{Location: hLoc, TaskID: TaskID(ghl.KindMessage, id), Campaign: "hc", Mark: ledger.NewMark(2)})
+		require.NoError(t, err)
+		require.Equal(t, ledger.Stage(ledger.StageReadBack, 404), adm.Stage)
+		_, _, sent, err := b.led.Record(ctx, TaskID(ghl.KindMessage, id))
+		require.NoError(t, err)
+		require.False(t, sent)
+	})
+}

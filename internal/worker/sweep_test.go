@@ -365,6 +365,6 @@ func TestSweepCountsWhatWasQueuedElsewhere(t *testing.T) {
 	require.Len(t, s.SweepList, 1)
 	require.Equal(t, want, s.SweepList[0].Already)
 	require.Contains(t, s.Render(campaign.Status{}, time.Time{}),
-		fmt.Sprintf("%d still scheduled (%d SMS, %d email), 0 cancels queued (%d already queued or done by another campaign, sweep or event), done",
+		fmt.Sprintf("%d still scheduled (%d SMS, %d email), 0 cancels queued (%d already queued or done earlier: by another event, sweep or campaign, or by this sweep before a page was read again), done",
 			want, second.FoundSMS, second.FoundEmail, want))
 }
