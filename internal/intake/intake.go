@@ -49,6 +49,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/webhook"
+	"github.com/ghlcancel/ghlcancel/internal/webhook/signature"
 )
 
 // OpenAPI is this API's OpenAPI 3 document.
@@ -111,6 +112,9 @@ type Server struct {
 
 	// wrongHookLogged: when a webhook to a wrong path was last logged (unix ns).
 	wrongHookLogged atomic.Int64
+	// hookVerifier checks the signature of a delivery to a wrong path
+	// (nil: webhooks are not served).
+	hookVerifier *signature.Verifier
 }
 
 // ParseKeys splits a key list (commas or newlines; blank lines and lines
@@ -194,6 +198,7 @@ func New(cfg Config) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
+		s.hookVerifier = wc.Verifier
 		hook := s.route("webhooks", http.MethodPost, false, wh.ServeHTTP)
 		s.mux.Handle("/v1/webhooks/highlevel", hook)
 		// A trailing slash is the same URL to whoever typed it into the
@@ -234,19 +239,25 @@ func New(cfg Config) (*Server, error) {
 	})
 	wrongHook := s.route(RouteWebhookWrongPath, "", false, s.wrongWebhookPath)
 	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// HighLevel's deliveries are signed POSTs; a scanner probing
-		// /webhook is not, and must not page anyone.
-		if r.Method == http.MethodPost && (r.Header.Get("X-GHL-Signature") != "" || r.Header.Get("X-WH-Signature") != "") {
-			wrongHook.ServeHTTP(w, r)
-			return
+		// HighLevel's deliveries are POSTs whose signature verifies; a
+		// scanner probing /webhook, or anyone adding a header, must not
+		// page anyone.
+		if s.hookVerifier != nil && r.Method == http.MethodPost &&
+			(r.Header.Get(signature.HeaderSignature) != "" || r.Header.Get(signature.HeaderLegacySignature) != "") {
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, webhook.MaxBodyDefault))
+			if _, verr := s.hookVerifier.Verify(body, r.Header); err == nil && verr == nil {
+				wrongHook.ServeHTTP(w, r)
+				return
+			}
 		}
 		other.ServeHTTP(w, r)
 	}))
 	return s, nil
 }
 
-// RouteWebhookWrongPath is the intake_requests_total route of signed
-// webhook deliveries to a path other than /v1/webhooks/highlevel (a typo
+// RouteWebhookWrongPath is the intake_requests_total route of webhook
+// deliveries whose signature verifies, sent to a path other than
+// /v1/webhooks/highlevel (a typo
 // in the app's webhook URL): HighLevel does not retry a 404, so each one
 // is an event lost, and the GhlcancelWebhookWrongPath alert fires on them.
 const RouteWebhookWrongPath = "webhook_wrong_path"

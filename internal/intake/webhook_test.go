@@ -134,9 +134,14 @@ func TestWebhookURLTypos(t *testing.T) {
 		require.Equal(t, http.StatusNotFound, res.StatusCode, path)
 		require.NotContains(t, eb.Error.Message, "HighLevel webhooks go to", path)
 	}
+	// A forged signature header is no delivery either.
+	var eb client.ErrorBody
+	res = e.do(http.MethodPost, "/webhooks/highlevel", map[string]string{"X-GHL-Signature": "Zm9yZ2Vk"}, body, &eb)
+	require.Equal(t, http.StatusNotFound, res.StatusCode)
+	require.NotContains(t, eb.Error.Message, "HighLevel webhooks go to")
 	mfs, err = e.reg.Gather()
 	require.NoError(t, err)
-	require.Equal(t, 4.0, routeCount(mfs, intake.RouteWebhookWrongPath), "unsigned requests are not counted")
+	require.Equal(t, 4.0, routeCount(mfs, intake.RouteWebhookWrongPath), "unsigned and forged requests are not counted")
 }
 
 // routeCount sums ghlcancel_intake_requests_total for a route.

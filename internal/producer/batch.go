@@ -91,7 +91,11 @@ end
 local function handback_to(id)
   local c = wrong_kind_of(id)
   if not c or c == "" or not clive(c) then return nil end
-  if redis.call("EXISTS", "ghlcancel:msg:" .. id) == 1 then return nil end
+  -- Its own record comes first; a superseded row is none (it belongs to
+  -- no campaign).
+  local own = redis.call("HGET", "ghlcancel:msg:" .. id, "o")
+  if own and string.sub(own, 1, 11) ~= "` + ledger.Superseded + `|" then return nil end
+  if not own and redis.call("EXISTS", "ghlcancel:msg:" .. id) == 1 then return nil end
   return c
 end
 -- drop_wrong_kind: the message is sent as the kind HighLevel has; the
@@ -190,6 +194,11 @@ for i = 0, n - 1 do
     adopt[#adopt+1] = i
     adopt[#adopt+1] = handback_to(id)
   else
+    -- Superseded (dropped as the wrong kind while the other kind stood
+    -- for the message), and now the other kind is the dead letter
+    -- wrong_kind (both kinds found wrong one after the other): this kind
+    -- is the message's, and its superseded row is no outcome; it runs.
+    local unsuper = wk and wrong_kind_of(id) ~= nil
     if wk then drop_wrong_kind(id) end
     local live, stale, archived = false, {}, false
     for _, l in ipairs(LANES) do
@@ -214,6 +223,7 @@ for i = 0, n - 1 do
       -- Dead: its record says so, or asynq archived it and nothing else is
       -- recorded (an archived copy next to a true outcome is only stale).
       local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
+        or (unsuper and o and string.sub(o, 1, 11) == "` + ledger.Superseded + `|")
       -- Forced: always ("1"), or ("b<ms>") over an outcome recorded
       -- before that time (the row's last field).
       local forced = string.sub(force, 1, 1) == "1"

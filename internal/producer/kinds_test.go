@@ -290,3 +290,51 @@ func TestRequeueStartsFromTheCancel(t *testing.T) {
 	require.Empty(t, adm.Stage, "sent again, it starts from the cancel")
 	require.Nil(t, adm.Recorded)
 }
+
+// TestRequeueAfterBothKindsFoundWrong: both kinds of an id queued, the
+// message's own kind dropped as superseded while the other was queued,
+// then the other found wrong too (a dead letter wrong_kind: HighLevel has
+// the id as the first kind after all, e.g. it read back differently). The
+// dead letter's advice, a requeue, sends the first kind again: it must run,
+// not answer "already done" from its superseded row while the message
+// stays scheduled (the re-review's scenario: total 0, nothing queued).
+func TestRequeueAfterBothKindsFoundWrong(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	led := ledger.New(rdb, ledger.Config{})
+	p := producer.New(rdb, producer.Config{})
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	const id, loc = "mBothWrong000000001", "locBoth0000000000003"
+	for _, k := range []ghl.Kind{ghl.KindMessage, ghl.KindEmail} {
+		require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: k, MessageID: id, LocationID: loc, CampaignID: "k1"}).Status)
+	}
+	require.Equal(t, ledger.Superseded, settleWrongKind(t, led, ghl.KindMessage, id, ledger.OtherKindKeys("email:"+id, tasks.Queues)).Outcome)
+	require.NoError(t, insp.DeleteTask(tasks.QueueDefault, "msg:"+id)) // asynq drops a task that returned nil
+	require.Equal(t, ledger.DeadLettered, settleWrongKind(t, led, ghl.KindEmail, id, ledger.OtherKindKeys("msg:"+id, tasks.Queues)).Outcome)
+	require.NoError(t, insp.ArchiveTask(tasks.QueueDefault, "email:"+id)) // SkipRetry
+	require.Equal(t, int64(1), campaignTotal(t, rdb, "k1"))
+
+	st, err := p.Requeue(ctx, deadletter.New(rdb), deadletter.Filter{Reason: tasks.ReasonWrongKind}, nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, st.Requeued, "%+v", st)
+	info, err := insp.GetTaskInfo(tasks.QueueDefault, "msg:"+id)
+	require.NoError(t, err, "queued again as a message")
+	require.Equal(t, asynq.TaskStatePending, info.State)
+	require.Equal(t, int64(1), campaignTotal(t, rdb, "k1"), "one message")
+	n, err := deadletter.New(rdb).Count(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n)
+	s, _, err := campaign.New(rdb, 0).Get(ctx, "k1")
+	require.NoError(t, err)
+	require.False(t, s.Complete, "it runs")
+	// A plain re-run of the superseded kind while the other still stands is
+	// already done.
+	const id2 = "mBothWrong000000002"
+	for _, k := range []ghl.Kind{ghl.KindMessage, ghl.KindEmail} {
+		require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: k, MessageID: id2, LocationID: loc, CampaignID: "k1"}).Status)
+	}
+	require.Equal(t, ledger.Superseded, settleWrongKind(t, led, ghl.KindMessage, id2, ledger.OtherKindKeys("email:"+id2, tasks.Queues)).Outcome)
+	require.NoError(t, insp.DeleteTask(tasks.QueueDefault, "msg:"+id2))
+	require.Equal(t, producer.AlreadyDone, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id2, LocationID: loc, CampaignID: "k1"}).Status)
+}

@@ -234,7 +234,7 @@ func (h *Handler) verify(ctx context.Context, a *attempt, token string, status i
 	case errors.Is(err, ghl.ErrNotFound):
 		return h.otherKindOrNotFound(ctx, a, token, status, earlier, false)
 	case err != nil:
-		r := readBackFailed(err)
+		r := readBackFailed(a, err)
 		r.stage = ledger.Stage(ledger.StageReadBack, status)
 		return r
 	case m.Status == "scheduled" && a.kind == ghl.KindMessage && m.IsEmail():
@@ -308,7 +308,7 @@ const ReasonEmailConversationID = "email_conversation_id"
 // wrong_kind saying what HighLevel has, to be sent again with the right
 // kind, not a not_found while an email goes out. No such message, or a
 // refusal (HighLevel documents no answer for an id of the other kind),
-// leaves it not found (ok false); a refused token (401/403) is no such
+// leaves it not found (ok false); a refused token (401) is no such
 // refusal but a failed read. A 429 or a pacing wait is that (no retry
 // used); a failure worth retrying retries the task, whose next delivery
 // makes this read again (the verify stage), but only while it has retried fewer than
@@ -334,9 +334,10 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 	case errors.Is(err, ghl.ErrNotFound), errors.As(err, &e) && !e.Retryable && !refusedToken(e):
 		return result{}, false
 	}
-	// A refused token (401/403) is no answer about the message: the read
-	// failed, as a 5xx does (bounded below).
-	r := readBackFailed(err)
+	// A refused token (401, after a refresh where there is one) is no
+	// answer about the message: the read failed, as a 5xx does (bounded
+	// below).
+	r := readBackFailed(a, err)
 	// A read cut by a stopping worker failed nothing: asynq has put the
 	// task back (settle sees the retry as taken back).
 	if r.fate == fateRetry && (a.lastTry || a.retried >= OtherKindRetries) && !TakenBack(ctx, h.Stopping) {
@@ -348,9 +349,12 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 	return r, true
 }
 
-// refusedToken: HighLevel refused the token, not the message.
+// refusedToken: HighLevel refused the token (401), not the message. A 403
+// stays a refusal of the read (the app may lack the scope, or the id is
+// another location's): HighLevel documents no answer for an id of the
+// other kind.
 func refusedToken(e *ghl.Error) bool {
-	return e.Reason == ghl.ReasonUnauthorized || e.Reason == ghl.ReasonForbidden
+	return e.Reason == ghl.ReasonUnauthorized
 }
 
 // OtherKindRetries bounds the retries a failing read-back as the other kind
@@ -399,7 +403,8 @@ func aKind(k ghl.Kind) string {
 // pacing slot, or a failure to get one, comes back as an admitError.
 //
 // A 401 with a refreshable token source refreshes the token once per
-// delivery and reads again (a paced call): a read a later delivery makes
+// delivery for its reads (the cancel has its own) and reads again (a paced
+// call); a refresh that fails is the token's fate. A read a later delivery makes
 // for a verify stage may come after the access token expired, which the
 // cancel's own refresh never saw.
 func (h *Handler) readBack(ctx context.Context, a *attempt, kind ghl.Kind, token string, admitted bool) (*ghl.Message, error) {
@@ -419,9 +424,15 @@ func (h *Handler) readBack(ctx context.Context, a *attempt, kind ghl.Kind, token
 		var e *ghl.Error
 		if rf, ok := h.Tokens.(tokens.Refresher); ok && !a.readRefreshed && errors.As(err, &e) && e.Reason == ghl.ReasonUnauthorized {
 			a.readRefreshed = true
-			if fresh, rerr := rf.Refresh(ctx, a.p.LocationID, token); rerr == nil {
+			fresh, rerr := rf.Refresh(ctx, a.p.LocationID, token)
+			if rerr == nil {
 				token, a.freshToken, admitted = fresh, fresh, false
 				continue
+			}
+			if !errors.Is(rerr, tokens.ErrNotRefreshable) {
+				// Its fate is the token's (a revoked grant is a dead letter
+				// with its reason), as on the cancel's path.
+				return nil, refreshError{rerr}
 			}
 		}
 		return m, err
@@ -430,12 +441,22 @@ func (h *Handler) readBack(ctx context.Context, a *attempt, kind ghl.Kind, token
 
 type admitError struct{ error }
 
+// refreshError: a read-back's 401 and the token could not be refreshed.
+type refreshError struct{ error }
+
+func (e refreshError) Unwrap() error { return e.error }
+
 func (e admitError) Unwrap() error { return e.error }
 
 // readBackFailed is what a failed read-back means: the attempt waits (its
 // pacing slot, a 429) or is retried; the caller sets the verify stage, so
 // the next delivery makes the read, not the cancel.
-func readBackFailed(err error) result {
+func readBackFailed(a *attempt, err error) result {
+	var re refreshError
+	if errors.As(err, &re) {
+		r, _ := tokenFailure(a, re.error)
+		return r
+	}
 	err = fmt.Errorf("verifying a not-found cancel: %w", err)
 	var ae admitError
 	if errors.As(err, &ae) {

@@ -932,6 +932,7 @@ func TestReadBackWaitsDoNotResendTheCancel(t *testing.T) {
 type expiringTokens struct {
 	refreshes atomic.Int32
 	fresh     string
+	refused   error // what Refresh answers instead, when set
 }
 
 func (e *expiringTokens) Token(context.Context, string) (string, error) {
@@ -942,6 +943,9 @@ func (e *expiringTokens) Token(context.Context, string) (string, error) {
 }
 
 func (e *expiringTokens) Refresh(context.Context, string, string) (string, error) {
+	if e.refused != nil {
+		return "", e.refused
+	}
 	e.refreshes.Add(1)
 	return e.fresh, nil
 }
@@ -1002,6 +1006,41 @@ func TestStagedReadRefreshesTheToken(t *testing.T) {
 		_, _, sent, err := b.led.Record(ctx, TaskID(ghl.KindMessage, id))
 		require.NoError(t, err)
 		require.False(t, sent, "a reading delivery leaves no call-sent mark")
+	})
+	t.Run("a refresh refused for good is the token's dead letter", func(t *testing.T) {
+		t.Parallel()
+		b := hSetup(t)
+		b.h.Verify = true
+		b.h.Tokens = &expiringTokens{refused: &tokens.GrantError{Reason: "invalid_grant", Message: "refresh token revoked"}}
+		const id = "noSuchMessage0000884"
+		stage(t, b, id, ledger.Stage(ledger.StageReadBack, 404))
+		_, err := b.process(t, id, 0, 150)
+		require.ErrorIs(t, err, asynq.SkipRetry)
+		o, rec, _ := b.fate(t, id)
+		require.NotNil(t, o)
+		require.NotNil(t, rec)
+		require.Equal(t, "invalid_grant", rec.Reason, "not a day of unauthorized retries")
+	})
+	t.Run("a 403 on the other-kind read stays a refusal", func(t *testing.T) {
+		t.Parallel()
+		b := hSetup(t)
+		b.h.Verify = true
+		b.respond(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/conversations/messages/email/") {
+				return false
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"statusCode":403,"message":"The token does not have access to this location."}`))
+			return true
+		})
+		const id = "noSuchMessage0000885"
+		stage(t, b, id, ledger.Stage(ledger.StageOtherKind, 404))
+		_, err := b.process(t, id, 0, 150)
+		require.NoError(t, err)
+		o, _, _ := b.fate(t, id)
+		require.NotNil(t, o)
+		require.Equal(t, ledger.NotFound, o.Outcome)
 	})
 	t.Run("a paced read leaves no mark either", func(t *testing.T) {
 		t.Parallel()
