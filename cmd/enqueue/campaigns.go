@@ -53,7 +53,7 @@ func (e *env) statusCmd() *cobra.Command {
 			}
 			if !s.Complete && !warned {
 				warned = true
-				e.warnNoWorker(ctx, rdb, "the campaign's pending cancels")
+				e.warnNoWorker(ctx, rdb, "this campaign")
 			}
 			if s.Parked, err = tr.Parked(ctx, args[0]); err != nil {
 				return err

@@ -110,7 +110,14 @@ local function drop_wrong_kind(id)
   -- Only a campaign that counted it (its row is there: a reused name's
   -- new campaign never did) gives it up.
   if prevc ~= "" and clive(prevc) and creopen(prevc, other) then count(prevc, -1, "") end
-  redis.call("DEL", "ghlcancel:msg:" .. other)
+  -- Its record keeps a superseded row (counted nowhere), as the settle's
+  -- drop does: the first file run again answers already done, instead of
+  -- queuing every id as new (3 calls each, and a total that grew until
+  -- they were dropped again).
+  local rk = "ghlcancel:msg:" .. other
+  redis.call("DEL", rk)
+  redis.call("HSET", rk, "o", "` + ledger.Superseded + `|` + ledger.ReasonWrongKind + `|0|0|" .. now)
+  redis.call("PEXPIRE", rk, ttl)
   for _, l in ipairs(LANES) do
     local tk = "asynq:{" .. l .. "}:t:" .. other
     local st = redis.call("HGET", tk, "state")

@@ -1,6 +1,7 @@
 package producer_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -678,7 +679,15 @@ func TestRightKindTakesTheWrongKindOut(t *testing.T) {
 			require.Equal(t, tt.stays, dead)
 			o, _, _, err := ledger.New(rdb, ledger.Config{}).Record(ctx, "msg:"+id)
 			require.NoError(t, err)
-			require.Equal(t, tt.stays, o != nil, "the wrong kind's record")
+			require.NotNil(t, o)
+			if tt.stays {
+				require.Equal(t, ledger.DeadLettered, o.Outcome, "the wrong kind's record")
+			} else {
+				require.Equal(t, ledger.Superseded, o.Outcome, "the wrong kind's record is superseded (counted nowhere)")
+				// The first file run again: already done, not queued as new.
+				r := p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: cmp.Or(tt.camp, "k1")})
+				require.Equal(t, producer.AlreadyDone, r.Status, "%v", r.Err)
+			}
 			for camp, want := range tt.wantTotal {
 				s := get(t, rdb, camp)
 				require.Equal(t, want, s.Total, "%s's total", camp)
