@@ -273,6 +273,24 @@ local function cadd(c, n, loc, now, ttl)
   cfinish(c, now)
   ctouch(c, now, ttl)
 end
+-- task_campaign reads campaign_id from an asynq task message (protobuf
+-- holding the payload's JSON verbatim); "" when it has none.
+local function task_campaign(msg)
+  if not msg then return "" end
+  local i = string.find(msg, '"campaign_id":"', 1, true)
+  if not i then return "" end
+  local j = i + 15
+  local k = j
+  while k <= #msg do
+    local ch = string.sub(msg, k, k)
+    if ch == "\\" then k = k + 2
+    elseif ch == '"' then break
+    else k = k + 1 end
+  end
+  local ok, v = pcall(cjson.decode, '"' .. string.sub(msg, j, k - 1) .. '"')
+  if ok and type(v) == "string" then return v end
+  return ""
+end
 -- ledger_begin: the check right before a call. Returns the recorded outcome
 -- row, or false, whether another delivery's call went out without a
 -- recorded answer (a "call sent" mark other than this delivery's own; ""
@@ -408,6 +426,13 @@ const ReasonWrongKind = "wrong_kind"
 var settleScript = redis.NewScript(Lua + `
 local id, outcome, reason, row, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local campaign, ttl, deadttl = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+-- Sent with no campaign while the wrong kind of its id was queued in one,
+-- it counts in that one (the wrong kind's drop handed it over: field h).
+local handed = false
+if campaign == "" then
+  local h = redis.call("HGET", KEYS[1], "h")
+  if h and h ~= "" then campaign, handed = h, true end
+end
 -- The wrong kind of a message that is also queued (or settled) as the
 -- right kind is not a message of its own: the right kind's task says what
 -- became of it. No dead letter is written, its campaign row and count go,
@@ -421,15 +446,17 @@ local campaign, ttl, deadttl = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 -- row (HighLevel has the id as neither, or both tasks settled at once),
 -- an expired outcome (a guess from a send time), an archived copy.
 if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", KEYS[1], "o") == 0 then
-  local other = redis.call("HGET", KEYS[4], "o")
+  local ov = redis.call("HMGET", KEYS[4], "o", "c")
+  local other, rc = ov[1], ov[2]
   local right = false
+  local live = nil
   if other then
     right = string.sub(other, 1, 25) ~= "dead_lettered|` + ReasonWrongKind + `|" and string.sub(other, 1, 11) ~= "` + Superseded + `|"
       and string.sub(other, 1, 8) ~= "expired|" and not string.find(ARGV[12], "s", 1, true)
   else
     for i = 5, #KEYS do
       local st = redis.call("HGET", KEYS[i], "state")
-      if st and st ~= "archived" and st ~= "completed" then right = true end
+      if st and st ~= "archived" and st ~= "completed" then right, live = true, KEYS[i] end
     end
   end
   if right then
@@ -440,11 +467,35 @@ if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", K
     if campaign ~= "" and clive(campaign) then
       local k, ko, kr = ck(campaign)
       redis.call("SREM", kr, id)
-      -- Counted at enqueue (it had no outcome): the campaign gives it up,
-      -- and may be complete now.
+      -- The right kind's campaign: its record's, else its queued task's.
+      if not rc and live then rc = task_campaign(redis.call("HGET", live, "msg")) end
+      rc = rc or ""
+      -- Counted at enqueue (it had no outcome).
       if redis.call("HEXISTS", ko, id) == 0 then
-        redis.call("HINCRBY", k, "total", -1)
-        cfinish(campaign, now)
+        if rc ~= "" then
+          -- The right kind counts in its own campaign: this one gives the
+          -- message up, and may be complete now.
+          redis.call("HINCRBY", k, "total", -1)
+          cfinish(campaign, now)
+        elseif other then
+          -- Sent as the right kind with no campaign (the kind corrected
+          -- without --campaign): the message stays in this one, which
+          -- counts the right kind's outcome now (its total is unchanged:
+          -- one message).
+          local orow = string.gsub(other, "|k$", "")
+          local oc, orr = string.match(orow, "^([^|]*)|([^|]*)|")
+          if redis.call("HSETNX", ko, string.sub(KEYS[4], 15), orow) == 1 then
+            redis.call("HINCRBY", k, oc, 1)
+            if orr ~= "" then redis.call("HINCRBY", k, reason_field(oc, orr), 1) end
+          end
+          redis.call("HSET", KEYS[4], "c", campaign)
+          csettled(campaign, now, ttl)
+        else
+          -- Still queued with no campaign: it settles into this one (field
+          -- h of its record; the total is unchanged: one message).
+          redis.call("HSET", KEYS[4], "h", campaign)
+          if redis.call("PTTL", KEYS[4]) < 0 then redis.call("PEXPIRE", KEYS[4], ttl) end
+        end
       end
     end
     return {2}
@@ -457,7 +508,7 @@ if ARGV[10] == "1" then rrow = row .. "|k" end
 if redis.call("HSETNX", KEYS[1], "o", rrow) == 0 then return {0, redis.call("HGET", KEYS[1], "o")} end
 local flags = ARGV[12] -- "m": admitted in this delivery (the record has its campaign and expiry); "f": first attempt (never retrying)
 local admitted = string.find(flags, "m", 1, true)
-if not admitted then redis.call("HSET", KEYS[1], "c", campaign) end
+if not admitted or handed then redis.call("HSET", KEYS[1], "c", campaign) end
 if ARGV[9] ~= "" then
   redis.call("HSET", KEYS[2], id, ARGV[9])
   redis.call("ZADD", KEYS[3], now, id)

@@ -40,7 +40,9 @@ func TestBothKindsAcrossRequests(t *testing.T) {
 		// rightFirst: the right kind runs (and is cancelled) before the wrong
 		// one; otherwise it is only queued when the wrong one runs.
 		rightFirst bool
-		// rightCamp is the right kind's campaign ("" sends no right kind).
+		// rightCamp is the right kind's campaign ("" sends no right kind,
+		// "-" sends it with no campaign: the kind corrected without
+		// --campaign, so it stays in k1).
 		rightCamp string
 		// wantTotal: campaigns' totals at the end; all complete, no dead letter.
 		wantTotal map[string]int64
@@ -49,8 +51,14 @@ func TestBothKindsAcrossRequests(t *testing.T) {
 		{"the right kind is done first", ghl.KindMessage, true, "k1", map[string]int64{"k1": 1}},
 		{"an SMS id sent as an email, then as a message", ghl.KindEmail, false, "k1", map[string]int64{"k1": 1}},
 		{"the right kind in another campaign", ghl.KindMessage, false, "k2", map[string]int64{"k1": 0, "k2": 1}},
+		// Read from the queued task's payload: JSON escapes in the name.
+		{"the right kind in a campaign named with escapes", ghl.KindMessage, false, `k"2\ & <x> é`, map[string]int64{"k1": 0, `k"2\ & <x> é`: 1}},
 		{"done first, in another campaign", ghl.KindEmail, true, "k2", map[string]int64{"k1": 0, "k2": 1}},
 		{"no right kind: the dead letter stays", ghl.KindMessage, false, "", map[string]int64{"k1": 1}},
+		// The verification's case: k1 read complete 0/0 while the corrected
+		// cancels ran in no campaign.
+		{"corrected with no campaign while the wrong one is queued", ghl.KindMessage, false, "-", map[string]int64{"k1": 1}},
+		{"corrected with no campaign, done first", ghl.KindEmail, true, "-", map[string]int64{"k1": 1}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -72,6 +80,9 @@ func TestBothKindsAcrossRequests(t *testing.T) {
 			p := producer.New(rdb, producer.Config{})
 			send := func(kind ghl.Kind, camp string) {
 				t.Helper()
+				if camp == "-" {
+					camp = ""
+				}
 				r := p.Enqueue(ctx, producer.Item{Kind: kind, MessageID: id, LocationID: loc, CampaignID: camp})
 				require.Equal(t, producer.Enqueued, r.Status, "%v", r.Err)
 			}
