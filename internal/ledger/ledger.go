@@ -273,9 +273,49 @@ local function cadd(c, n, loc, now, ttl)
   cfinish(c, now)
   ctouch(c, now, ttl)
 end
--- task_campaign reads campaign_id from an asynq task message (protobuf
--- holding the payload's JSON verbatim); "" when it has none.
+-- pb_varint reads a protobuf varint at i: its value and the next index.
+local function pb_varint(msg, i)
+  local v, mul = 0, 1
+  while i <= #msg do
+    local b = string.byte(msg, i)
+    v, i = v + (b % 128) * mul, i + 1
+    if b < 128 then return v, i end
+    mul = mul * 128
+  end
+  return nil, i
+end
+-- task_payload is field 2 (payload) of an asynq TaskMessage, nil if the
+-- message does not read as one.
+local function task_payload(msg)
+  local i = 1
+  while i <= #msg do
+    local tag = string.byte(msg, i)
+    i = i + 1
+    local wt, field = tag % 8, math.floor(tag / 8)
+    local n
+    n, i = pb_varint(msg, i)
+    if not n then return nil end
+    if wt == 2 then
+      if field == 2 then return string.sub(msg, i, i + n - 1) end
+      i = i + n
+    elseif wt ~= 0 then
+      return nil
+    end
+  end
+  return nil
+end
+-- with_campaign names campaign c in a dead letter's JSON that has none
+-- (campaign_id is omitted when empty).
+local function with_campaign(json, c)
+  if string.find(json, '"campaign_id":', 1, true) then return json end
+  if json == "{}" then return '{"campaign_id":' .. cjson.encode(c) .. '}' end
+  return '{"campaign_id":' .. cjson.encode(c) .. ',' .. string.sub(json, 2)
+end
+-- task_campaign reads campaign_id from an asynq task message's payload
+-- (JSON, in field 2 of the protobuf: not the fields after it, such as
+-- the last error's text); "" when it has none.
 local function task_campaign(msg)
+  msg = msg and task_payload(msg)
   if not msg then return "" end
   local i = string.find(msg, '"campaign_id":"', 1, true)
   if not i then return "" end
@@ -433,6 +473,8 @@ if campaign == "" then
   local h = redis.call("HGET", KEYS[1], "h")
   if h and h ~= "" then campaign, handed = h, true end
 end
+local deadjson = ARGV[9]
+if handed and deadjson ~= "" then deadjson = with_campaign(deadjson, campaign) end
 -- The wrong kind of a message that is also queued (or settled) as the
 -- right kind is not a message of its own: the right kind's task says what
 -- became of it. No dead letter is written, its campaign row and count go,
@@ -446,8 +488,11 @@ end
 -- row (HighLevel has the id as neither, or both tasks settled at once),
 -- an expired outcome (a guess from a send time), an archived copy.
 if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", KEYS[1], "o") == 0 then
-  local ov = redis.call("HMGET", KEYS[4], "o", "c")
+  local ov = redis.call("HMGET", KEYS[4], "o", "c", "h")
   local other, rc = ov[1], ov[2]
+  -- Handed this campaign by an earlier drop (a forced run of the wrong
+  -- kind since): that is the right kind's campaign.
+  if (not rc or rc == "") and ov[3] and ov[3] ~= "" then rc = ov[3] end
   local right = false
   local live = nil
   if other then
@@ -484,10 +529,14 @@ if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", K
           -- one message).
           local orow = string.gsub(other, "|k$", "")
           local oc, orr = string.match(orow, "^([^|]*)|([^|]*)|")
-          if redis.call("HSETNX", ko, string.sub(KEYS[4], 15), orow) == 1 then
+          local oid = string.sub(KEYS[4], 15)
+          if redis.call("HSETNX", ko, oid, orow) == 1 then
             redis.call("HINCRBY", k, oc, 1)
             if orr ~= "" then redis.call("HINCRBY", k, reason_field(oc, orr), 1) end
           end
+          -- Its dead letter, if it is one, is listed under this campaign.
+          local od = redis.call("HGET", KEYS[2], oid)
+          if od then redis.call("HSET", KEYS[2], oid, with_campaign(od, campaign)) end
           redis.call("HSET", KEYS[4], "c", campaign)
           csettled(campaign, now, ttl)
         else
@@ -509,8 +558,9 @@ if redis.call("HSETNX", KEYS[1], "o", rrow) == 0 then return {0, redis.call("HGE
 local flags = ARGV[12] -- "m": admitted in this delivery (the record has its campaign and expiry); "f": first attempt (never retrying)
 local admitted = string.find(flags, "m", 1, true)
 if not admitted or handed then redis.call("HSET", KEYS[1], "c", campaign) end
-if ARGV[9] ~= "" then
-  redis.call("HSET", KEYS[2], id, ARGV[9])
+if handed then redis.call("HDEL", KEYS[1], "h") end -- used once: a stale one must not misroute a later run
+if deadjson ~= "" then
+  redis.call("HSET", KEYS[2], id, deadjson)
   redis.call("ZADD", KEYS[3], now, id)
   ttl = math.max(ttl, deadttl)
   -- The enqueue rule looks for wrong-kind records only while one may

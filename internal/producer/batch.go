@@ -284,7 +284,7 @@ for i = 0, n - 1 do
             -- call may have been carried out) or there was no outcome.
             local keepmark = (not o) or string.sub(o, -2) == "|k"
             -- Sent again, it starts from the cancel: no verify stage.
-            redis.call("HDEL", rk, "o", "v")
+            redis.call("HDEL", rk, "o", "v", "h")
             if redis.call("EXISTS", rk) == 1 then
               if keepmark then
                 redis.call("HSET", rk, "c", campaign)

@@ -9,6 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
@@ -64,13 +65,7 @@ func TestBothKindsAcrossRequests(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			rdb := redisServer.Client(t)
-			sb := sandbox.New(sandbox.Config{})
-			sb.AddLocation(loc, tok)
-			srv := httptest.NewServer(sb.Handler())
-			t.Cleanup(srv.Close)
-			api, err := ghl.New(ghl.Config{BaseURL: srv.URL, Timeout: 5 * time.Second})
-			require.NoError(t, err)
-			h := &tasks.Handler{API: api, Ledger: ledger.New(rdb, ledger.Config{}), Tokens: tokens.Static(tok), Verify: true}
+			sb, h := sandboxHandler(t, rdb, loc, tok)
 			rightKind := ghl.KindEmail
 			id := sb.AddMessages(loc, sandbox.MessageSpec{Email: true})[0].CancelID
 			if tt.wrong == ghl.KindEmail {
@@ -348,4 +343,138 @@ func TestRequeueAfterBothKindsFoundWrong(t *testing.T) {
 	require.Equal(t, ledger.Superseded, settleWrongKind(t, led, ghl.KindMessage, id2, ledger.OtherKindKeys("email:"+id2, tasks.Queues)).Outcome)
 	require.NoError(t, insp.DeleteTask(tasks.QueueDefault, "msg:"+id2))
 	require.Equal(t, producer.AlreadyDone, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id2, LocationID: loc, CampaignID: "k1"}).Status)
+}
+
+// handoff is a message whose id is an email's, its sandbox and a handler,
+// for the cases where the kind is corrected with no campaign.
+type handoff struct {
+	rdb *redis.Client
+	h   *tasks.Handler
+	p   *producer.Producer
+	sb  *sandbox.Server
+	id  string
+}
+
+const handoffLoc, handoffTok = "locHandoff000000001", "tokHandoff"
+
+func newHandoff(t *testing.T) handoff {
+	t.Helper()
+	rdb := redisServer.Client(t)
+	sb, h := sandboxHandler(t, rdb, handoffLoc, handoffTok)
+	id := sb.AddMessages(handoffLoc, sandbox.MessageSpec{Email: true})[0].CancelID
+	return handoff{rdb, h, producer.New(rdb, producer.Config{}), sb, id}
+}
+
+// sandboxHandler is a sandbox serving location loc (token tok) and the
+// real cancel handler against it (verify on), as a worker runs it.
+func sandboxHandler(t *testing.T, rdb *redis.Client, loc, tok string) (*sandbox.Server, *tasks.Handler) {
+	t.Helper()
+	sb := sandbox.New(sandbox.Config{})
+	sb.AddLocation(loc, tok)
+	srv := httptest.NewServer(sb.Handler())
+	t.Cleanup(srv.Close)
+	api, err := ghl.New(ghl.Config{BaseURL: srv.URL, Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	return sb, &tasks.Handler{API: api, Ledger: ledger.New(rdb, ledger.Config{}), Tokens: tokens.Static(tok), Verify: true}
+}
+
+func (e handoff) send(t *testing.T, kind ghl.Kind, camp string, force bool) producer.Status {
+	t.Helper()
+	r := e.p.Enqueue(context.Background(), producer.Item{Kind: kind, MessageID: e.id, LocationID: handoffLoc, CampaignID: camp, Force: force})
+	require.NoError(t, r.Err)
+	return r.Status
+}
+
+func (e handoff) run(t *testing.T, tid string) error {
+	t.Helper()
+	return runQueued(t, e.rdb, e.h, tid)
+}
+
+func (e handoff) campaign(t *testing.T, c string) campaign.Status {
+	t.Helper()
+	s, ok, err := campaign.New(e.rdb, 0).Get(context.Background(), c)
+	require.NoError(t, err)
+	require.True(t, ok, c)
+	return s
+}
+
+// TestHandoffSecondPaths: the kind corrected with no campaign hands the
+// message to the wrong kind's campaign; what users do next must not break
+// its counts (the review of that change found each of these).
+func TestHandoffSecondPaths(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	t.Run("the wrong kind forced again after the handoff", func(t *testing.T) {
+		t.Parallel()
+		e := newHandoff(t)
+		e.send(t, ghl.KindMessage, "k1", false)
+		e.send(t, ghl.KindEmail, "", false)
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		require.Equal(t, producer.Requeued, e.send(t, ghl.KindMessage, "k1", true))
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		require.NoError(t, e.run(t, "email:"+e.id))
+		s := e.campaign(t, "k1")
+		require.Equal(t, []any{int64(1), int64(1), int64(1), true}, []any{s.Total, s.Done, s.Cancelled, s.Complete}, "one message, done (it read 2 totals, 1 done, for good)")
+	})
+	t.Run("the wrong kind forced again after a settled handoff", func(t *testing.T) {
+		t.Parallel()
+		e := newHandoff(t)
+		e.send(t, ghl.KindEmail, "", false)
+		require.NoError(t, e.run(t, "email:"+e.id))
+		e.send(t, ghl.KindMessage, "k1", false)
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		e.send(t, ghl.KindMessage, "k1", true)
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		s := e.campaign(t, "k1")
+		require.Equal(t, []any{int64(1), int64(1), true}, []any{s.Total, s.Done, s.Complete})
+	})
+	t.Run("a handoff is used once: a reused campaign name is not fed", func(t *testing.T) {
+		t.Parallel()
+		e := newHandoff(t)
+		e.send(t, ghl.KindMessage, "k1", false)
+		e.send(t, ghl.KindEmail, "", false)
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		require.NoError(t, e.run(t, "email:"+e.id))
+		require.Zero(t, e.rdb.HExists(ctx, ledger.Key("email:"+e.id), "h").Val(), "no handoff left behind")
+		// k1 expires; its name is reused for another message; the email is
+		// forced again with no campaign.
+		require.NoError(t, e.rdb.Del(ctx, ledger.CampaignKey("k1"), ledger.CampaignOutcomesKey("k1"), ledger.CampaignRetryingKey("k1"), ledger.CampaignLocationsKey("k1")).Err())
+		e.send(t, ghl.KindEmail, "", true)
+		y := e.sb.ScheduleN(handoffLoc, 1, false)[0]
+		require.Equal(t, producer.Enqueued, e.p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: y, LocationID: handoffLoc, CampaignID: "k1"}).Status)
+		require.NoError(t, e.run(t, "email:"+e.id))
+		s := e.campaign(t, "k1")
+		require.Equal(t, []any{int64(1), int64(0), false}, []any{s.Total, s.Done, s.Complete}, "the new k1 waits for its own message")
+	})
+	t.Run("a handed dead letter is listed under the campaign", func(t *testing.T) {
+		t.Parallel()
+		e := newHandoff(t)
+		e.send(t, ghl.KindMessage, "k1", false)
+		e.send(t, ghl.KindEmail, "", false)
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		require.NoError(t, asynq.NewInspectorFromRedisClient(e.rdb).DeleteTask(tasks.QueueDefault, "email:"+e.id))
+		_, _, err := ledger.New(e.rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: "email:" + e.id,
+			Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1},
+			Dead:    &deadletter.Record{Kind: "email", MessageID: e.id, LocationID: handoffLoc, Reason: "unauthorized"}})
+		require.NoError(t, err)
+		require.Equal(t, int64(1), e.campaign(t, "k1").DeadLettered)
+		n := 0
+		require.NoError(t, deadletter.New(e.rdb).Scan(ctx, deadletter.Filter{CampaignID: "k1"}, func(deadletter.Record) error { n++; return nil }))
+		require.Equal(t, 1, n, "enqueue dead list --campaign k1 finds it")
+	})
+	t.Run("the campaign is read from the payload, not a later error text", func(t *testing.T) {
+		t.Parallel()
+		e := newHandoff(t)
+		e.send(t, ghl.KindMessage, "k1", false)
+		e.send(t, ghl.KindEmail, "", false)
+		// asynq rewrites a retried task's message with the error (field 7).
+		tk := "asynq:{" + tasks.QueueDefault + "}:t:email:" + e.id
+		msg := []byte(e.rdb.HGet(ctx, tk, "msg").Val())
+		msg = protowire.AppendTag(msg, 7, protowire.BytesType)
+		msg = protowire.AppendString(msg, `highlevel: server_error 500: {"campaign_id":"zz"}`)
+		require.NoError(t, e.rdb.HSet(ctx, tk, "msg", msg).Err())
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		require.Equal(t, int64(1), e.campaign(t, "k1").Total, "the message stays in k1")
+		require.Equal(t, "k1", e.rdb.HGet(ctx, ledger.Key("email:"+e.id), "h").Val())
+	})
 }

@@ -105,6 +105,20 @@ func hSetup(t *testing.T) *hBundle {
 
 func (b *hBundle) respond(f func(w http.ResponseWriter, r *http.Request) bool) { b.answer.Store(&f) }
 
+// failEmailReads answers every read of an email (GET) with status and a
+// HighLevel-style JSON message.
+func (b *hBundle) failEmailReads(status int, message string) {
+	b.respond(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/conversations/messages/email/") {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(map[string]any{"statusCode": status, "message": message})
+		return true
+	})
+}
+
 func cancelTaskOf(t *testing.T, kind ghl.Kind, id string) *asynq.Task {
 	t.Helper()
 	task, err := NewCancelTask(kind, CancelPayload{MessageID: id, LocationID: hLoc, CampaignID: "hc"}, TaskOptions{})
@@ -546,15 +560,7 @@ func TestOtherKindReadFailuresAreBounded(t *testing.T) {
 	t.Parallel()
 	b := hSetup(t)
 	b.h.Verify = true
-	b.respond(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/conversations/messages/email/") {
-			return false
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusBadGateway)
-		_, _ = w.Write([]byte(`{"statusCode":502,"message":"bad gateway"}`))
-		return true
-	})
+	b.failEmailReads(http.StatusBadGateway, "bad gateway")
 	for _, tt := range []struct {
 		name              string
 		retried, maxRetry int
@@ -1025,15 +1031,7 @@ func TestStagedReadRefreshesTheToken(t *testing.T) {
 		t.Parallel()
 		b := hSetup(t)
 		b.h.Verify = true
-		b.respond(func(w http.ResponseWriter, r *http.Request) bool {
-			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/conversations/messages/email/") {
-				return false
-			}
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusForbidden)
-			_, _ = w.Write([]byte(`{"statusCode":403,"message":"The token does not have access to this location."}`))
-			return true
-		})
+		b.failEmailReads(http.StatusForbidden, "The token does not have access to this location.")
 		const id = "noSuchMessage0000885"
 		stage(t, b, id, ledger.Stage(ledger.StageOtherKind, 404))
 		_, err := b.process(t, id, 0, 150)
