@@ -484,7 +484,7 @@ if handed and deadjson ~= "" then deadjson = with_campaign(deadjson, campaign) e
 -- message when its task is queued or running (its record has no outcome
 -- yet), or when its record holds an outcome HighLevel answered and that
 -- the other-kind read does not contradict (flag "s": the read found the
--- message scheduled). Not: its own wrong_kind dead letter or superseded
+-- message scheduled, which contradicts a done outcome, not a dead letter). Not: its own wrong_kind dead letter or superseded
 -- row (HighLevel has the id as neither, or both tasks settled at once),
 -- an expired outcome (a guess from a send time), an archived copy.
 if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", KEYS[1], "o") == 0 then
@@ -497,7 +497,10 @@ if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", K
   local live = nil
   if other then
     right = string.sub(other, 1, 25) ~= "dead_lettered|` + ReasonWrongKind + `|" and string.sub(other, 1, 11) ~= "` + Superseded + `|"
-      and string.sub(other, 1, 8) ~= "expired|" and not string.find(ARGV[12], "s", 1, true)
+      and string.sub(other, 1, 8) ~= "expired|"
+      -- A message read back scheduled contradicts an outcome that says it
+      -- is done, not a dead letter (one that says it is not).
+      and not (string.find(ARGV[12], "s", 1, true) and string.sub(other, 1, 14) ~= "dead_lettered|")
   else
     for i = 5, #KEYS do
       local st = redis.call("HGET", KEYS[i], "state")

@@ -302,6 +302,9 @@ for i = 0, n - 1 do
           else
             count(campaign, 1, loc)
             res[i+1] = 0
+            -- A record with no outcome and no campaign may hold a hand-over
+            -- (field h) whose task was deleted by hand: it is no one's now.
+            redis.call("HDEL", rk, "h")
           end
           enqueue(lane, id, msg)
         end

@@ -462,6 +462,32 @@ func TestHandoffSecondPaths(t *testing.T) {
 		require.NoError(t, deadletter.New(e.rdb).Scan(ctx, deadletter.Filter{CampaignID: "k1"}, func(deadletter.Record) error { n++; return nil }))
 		require.Equal(t, 1, n, "enqueue dead list --campaign k1 finds it")
 	})
+	t.Run("a settled right kind's dead letter counted by the drop is listed under the campaign", func(t *testing.T) {
+		t.Parallel()
+		e := newHandoff(t)
+		e.send(t, ghl.KindEmail, "", false)
+		require.NoError(t, asynq.NewInspectorFromRedisClient(e.rdb).DeleteTask(tasks.QueueDefault, "email:"+e.id))
+		_, _, err := ledger.New(e.rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: "email:" + e.id,
+			Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1},
+			Dead:    &deadletter.Record{Kind: "email", MessageID: e.id, LocationID: handoffLoc, Reason: "unauthorized"}})
+		require.NoError(t, err)
+		e.send(t, ghl.KindMessage, "k1", false)
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		require.Equal(t, int64(1), e.campaign(t, "k1").DeadLettered)
+		st, err := e.p.Requeue(ctx, deadletter.New(e.rdb), deadletter.Filter{CampaignID: "k1"}, nil)
+		require.NoError(t, err)
+		require.Equal(t, 1, st.Requeued, "enqueue dead requeue --campaign k1 finds it")
+	})
+	t.Run("a hand-over whose task was deleted by hand is no one's", func(t *testing.T) {
+		t.Parallel()
+		e := newHandoff(t)
+		e.send(t, ghl.KindMessage, "k1", false)
+		e.send(t, ghl.KindEmail, "", false)
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		require.NoError(t, asynq.NewInspectorFromRedisClient(e.rdb).DeleteTask(tasks.QueueDefault, "email:"+e.id))
+		require.Equal(t, producer.Enqueued, e.send(t, ghl.KindEmail, "", false))
+		require.Zero(t, e.rdb.HExists(ctx, ledger.Key("email:"+e.id), "h").Val(), "sent again, its old hand-over goes")
+	})
 	t.Run("the campaign is read from the payload, not a later error text", func(t *testing.T) {
 		t.Parallel()
 		e := newHandoff(t)
