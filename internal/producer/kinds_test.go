@@ -385,6 +385,17 @@ func (e handoff) send(t *testing.T, kind ghl.Kind, camp string, force bool) prod
 	return r.Status
 }
 
+// emailDeadLettered settles the queued email task as a worker does on a
+// 401 with no campaign in its payload: a dead letter unauthorized.
+func (e handoff) emailDeadLettered(t *testing.T) {
+	t.Helper()
+	require.NoError(t, asynq.NewInspectorFromRedisClient(e.rdb).DeleteTask(tasks.QueueDefault, "email:"+e.id))
+	_, _, err := ledger.New(e.rdb, ledger.Config{}).Settle(context.Background(), ledger.Final{TaskID: "email:" + e.id,
+		Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1},
+		Dead:    &deadletter.Record{Kind: "email", MessageID: e.id, LocationID: handoffLoc, Reason: "unauthorized"}})
+	require.NoError(t, err)
+}
+
 func (e handoff) run(t *testing.T, tid string) error {
 	t.Helper()
 	return runQueued(t, e.rdb, e.h, tid)
@@ -452,11 +463,7 @@ func TestHandoffSecondPaths(t *testing.T) {
 		e.send(t, ghl.KindMessage, "k1", false)
 		e.send(t, ghl.KindEmail, "", false)
 		require.NoError(t, e.run(t, "msg:"+e.id))
-		require.NoError(t, asynq.NewInspectorFromRedisClient(e.rdb).DeleteTask(tasks.QueueDefault, "email:"+e.id))
-		_, _, err := ledger.New(e.rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: "email:" + e.id,
-			Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1},
-			Dead:    &deadletter.Record{Kind: "email", MessageID: e.id, LocationID: handoffLoc, Reason: "unauthorized"}})
-		require.NoError(t, err)
+		e.emailDeadLettered(t)
 		require.Equal(t, int64(1), e.campaign(t, "k1").DeadLettered)
 		n := 0
 		require.NoError(t, deadletter.New(e.rdb).Scan(ctx, deadletter.Filter{CampaignID: "k1"}, func(deadletter.Record) error { n++; return nil }))
@@ -466,11 +473,7 @@ func TestHandoffSecondPaths(t *testing.T) {
 		t.Parallel()
 		e := newHandoff(t)
 		e.send(t, ghl.KindEmail, "", false)
-		require.NoError(t, asynq.NewInspectorFromRedisClient(e.rdb).DeleteTask(tasks.QueueDefault, "email:"+e.id))
-		_, _, err := ledger.New(e.rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: "email:" + e.id,
-			Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1},
-			Dead:    &deadletter.Record{Kind: "email", MessageID: e.id, LocationID: handoffLoc, Reason: "unauthorized"}})
-		require.NoError(t, err)
+		e.emailDeadLettered(t)
 		e.send(t, ghl.KindMessage, "k1", false)
 		require.NoError(t, e.run(t, "msg:"+e.id))
 		require.Equal(t, int64(1), e.campaign(t, "k1").DeadLettered)
