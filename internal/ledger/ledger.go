@@ -145,6 +145,9 @@ type Admission struct {
 	// the call this admission is for is that read, and no "call sent"
 	// mark was left for it.
 	Stage string
+	// FirstCall: no delivery of this message was admitted before (for the
+	// event-to-cancel latency, observed once per cancel).
+	FirstCall bool
 }
 
 // Config configures a Ledger.
@@ -334,13 +337,16 @@ end
 -- ledger_begin: the check right before a call. Returns the recorded outcome
 -- row, or false, whether another delivery's call went out without a
 -- recorded answer (a "call sent" mark other than this delivery's own; ""
--- is no mark), and the verify stage (field v, or false): an earlier
+-- is no mark), the verify stage (field v, or false): an earlier
 -- delivery's cancel answered "not found" and a read-back is next, so the
--- call to come is that read, not a cancel.
+-- call to come is that read, not a cancel; and whether this is the
+-- message's first admitted call.
 local function ledger_begin(rk, mark)
   local v = redis.call("HMGET", rk, "o", "s", "v")
-  if v[1] then return v[1], false, false end
-  return false, (v[2] and v[2] ~= "" and v[2] ~= mark), v[3]
+  if v[1] then return v[1], false, false, false end
+  -- first: no delivery was admitted before (a mark, even a cleared one,
+  -- says one was).
+  return false, (v[2] and v[2] ~= "" and v[2] ~= mark), v[3], not v[2]
 end
 -- ledger_mark leaves this delivery's "call sent" mark: a call is about to
 -- go out. An earlier delivery's mark is kept: its call may have cancelled
@@ -356,15 +362,16 @@ end
 `
 
 // beginScript: KEYS record. ARGV campaign, mark, ttl ms.
-// Returns {recorded row or "", earlier call 0/1, verify stage or ""}.
+// Returns {recorded row or "", earlier call 0/1, verify stage or "", first call 0/1}.
 var beginScript = redis.NewScript(Lua + `
-local rec, earlier, stage = ledger_begin(KEYS[1], ARGV[2])
-if rec then return {rec, 0, ""} end
+local rec, earlier, stage, first = ledger_begin(KEYS[1], ARGV[2])
+if rec then return {rec, 0, "", 0} end
 -- A read-back (a verify stage) is no cancel: it leaves no "call sent" mark.
 ledger_mark(KEYS[1], ARGV[1], ARGV[2], earlier or stage, ARGV[3])
-local e = 0
+local e, f = 0, 0
 if earlier then e = 1 end
-return {"", e, stage or ""}
+if first then f = 1 end
+return {"", e, stage or "", f}
 `)
 
 // NewMark returns a "call sent" mark for one delivery of a task: every call
@@ -384,12 +391,12 @@ func (l *Ledger) Begin(ctx context.Context, taskID, campaign, mark string) (Admi
 	if err != nil {
 		return Admission{}, fmt.Errorf("ledger: begin %s: %w", taskID, err)
 	}
-	return ParseAdmission(v[0], v[1], v[2])
+	return ParseAdmission(v[0], v[1], v[2], v[3])
 }
 
 // ParseAdmission reads the {recorded row, earlier call, verify stage} the
 // begin Lua returns (also from the rate limiter's script).
-func ParseAdmission(row, earlier, stage any) (Admission, error) {
+func ParseAdmission(row, earlier, stage, first any) (Admission, error) {
 	var a Admission
 	if s, _ := row.(string); s != "" {
 		o, err := ParseRow(s)
@@ -401,6 +408,8 @@ func ParseAdmission(row, earlier, stage any) (Admission, error) {
 	n, _ := earlier.(int64)
 	a.EarlierCall = n == 1
 	a.Stage, _ = stage.(string)
+	f, _ := first.(int64)
+	a.FirstCall = f == 1
 	return a, nil
 }
 

@@ -279,8 +279,8 @@ type Request struct {
 var admitScript = redis.NewScript(ledger.Lua + `
 local norec = ARGV[15] == "1"
 local rec, sent = false, false
-local stage = false
-if not norec then rec, sent, stage = ledger_begin(KEYS[4], ARGV[12]) end
+local stage, first = false, false
+if not norec then rec, sent, stage, first = ledger_begin(KEYS[4], ARGV[12]) end
 if rec then
   redis.call("ZREM", KEYS[2], ARGV[9])
   return {2, 0, rec, 0}
@@ -349,7 +349,9 @@ if may and room - now <= maxwait then
   if not norec then ledger_mark(KEYS[4], ARGV[11], ARGV[12], sent or stage, ARGV[13]) end
   local earlier = "0"
   if sent then earlier = "1" end
-  return {1, room - now, earlier, cooled, room, stage or ""}
+  local firstcall = "0"
+  if first then firstcall = "1" end
+  return {1, room - now, earlier, cooled, room, stage or "", firstcall}
 end
 local eta = room
 if not (urgent or mine) then
@@ -424,7 +426,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		wait := time.Duration(us) * time.Microsecond
 		switch code {
 		case 2:
-			return ledger.ParseAdmission(v[2], nil, nil)
+			return ledger.ParseAdmission(v[2], nil, nil, nil)
 		case 3: // waiting for the probe's answer
 			start := time.Now()
 			if err := l.awaitLearn(ctx, r.Location, gen, wait); err != nil {
@@ -444,6 +446,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		}
 		earlier := v[2] == "1"
 		stage, _ := v[5].(string)
+		first := v[6] == "1"
 		if l.booked != nil {
 			room, _ := v[4].(int64)
 			l.booked(r.TaskID, time.UnixMicro(room), wait)
@@ -470,7 +473,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		if l.cfg.Observe != nil {
 			l.cfg.Observe.Waited(waited)
 		}
-		return ledger.Admission{EarlierCall: earlier, Stage: stage}, nil
+		return ledger.Admission{EarlierCall: earlier, Stage: stage, FirstCall: first}, nil
 	}
 }
 

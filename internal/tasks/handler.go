@@ -684,7 +684,9 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 			}
 			return st.with(h.verify(ctx, a, token, status, st.earlier, step, true))
 		}
-		if h.Events != nil && p.EventAt > 0 && p.Event != "" && a.retried == 0 && round == 0 {
+		// Once per cancel: a re-delivery after a 429 is no first attempt's
+		// call, though asynq counts no retry for it.
+		if h.Events != nil && p.EventAt > 0 && p.Event != "" && adm.FirstCall {
 			h.Events.EventCancel(p.Event, max(h.now().Sub(time.UnixMilli(p.EventAt)), 0)) // a clock ahead of ours is not negative time
 		}
 

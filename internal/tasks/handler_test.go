@@ -1054,3 +1054,45 @@ func TestStagedReadRefreshesTheToken(t *testing.T) {
 		require.False(t, sent)
 	})
 }
+
+// countingEvents counts event-to-cancel observations.
+type countingEvents struct{ n atomic.Int32 }
+
+func (c *countingEvents) EventCancel(string, time.Duration) { c.n.Add(1) }
+
+// TestEventLatencyObservedOncePerCancel: the event-to-cancel latency is
+// observed at a cancel's first call. A delivery snoozed by a 429 comes
+// back as a first attempt (asynq counts no retry for it), and its call
+// used to be observed again; a retried one too when its first call failed.
+func TestEventLatencyObservedOncePerCancel(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	ev := &countingEvents{}
+	b.h.Events = ev
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	var refused atomic.Bool
+	b.respond(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodDelete || !refused.CompareAndSwap(false, true) {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Retry-After", "60")
+		w.WriteHeader(http.StatusTooManyRequests)
+		_, _ = w.Write([]byte(`{"statusCode":429,"message":"Too many requests"}`))
+		return true
+	})
+	task, err := NewCancelTask(ghl.KindMessage, CancelPayload{MessageID: id, LocationID: hLoc, CampaignID: "hc",
+		Event: "InboundMessage", EventAt: time.Now().Add(-time.Second).UnixMilli()}, TaskOptions{})
+	require.NoError(t, err)
+	deliver := func() error {
+		return b.h.Process(context.Background(), task, TaskInfo{ID: TaskID(ghl.KindMessage, id), Queue: QueueDefault, MaxRetry: 150})
+	}
+	err = deliver()
+	var sn snoozer
+	require.ErrorAs(t, err, &sn, "the 429 snoozes the task")
+	require.NoError(t, deliver())
+	o, _, _ := b.fate(t, id)
+	require.NotNil(t, o)
+	require.Equal(t, ledger.Cancelled, o.Outcome)
+	require.Equal(t, int32(1), ev.n.Load(), "one cancel, one observation")
+}
