@@ -334,6 +334,18 @@ local function task_campaign(msg)
   if ok and type(v) == "string" then return v end
   return ""
 end
+-- superseded: a record's outcome row says the task was dropped as the
+-- wrong kind of a message its other kind stands for (counted nowhere).
+local function superseded(o)
+  return o and string.sub(o, 1, 11) == "` + Superseded + `|"
+end
+-- supersede leaves that row on record rk (replacing the record), with the
+-- rest of a row (status|attempts|ms), for ttl ms.
+local function supersede(rk, tail, ttl)
+  redis.call("DEL", rk)
+  redis.call("HSET", rk, "o", "` + Superseded + `|` + ReasonWrongKind + `|" .. tail)
+  redis.call("PEXPIRE", rk, ttl)
+end
 -- ledger_begin: the check right before a call. Returns the recorded outcome
 -- row, or false, whether another delivery's call went out without a
 -- recorded answer (a "call sent" mark other than this delivery's own; ""
@@ -394,8 +406,8 @@ func (l *Ledger) Begin(ctx context.Context, taskID, campaign, mark string) (Admi
 	return ParseAdmission(v[0], v[1], v[2], v[3])
 }
 
-// ParseAdmission reads the {recorded row, earlier call, verify stage} the
-// begin Lua returns (also from the rate limiter's script).
+// ParseAdmission reads the {recorded row, earlier call, verify stage, first
+// call} the begin Lua returns (also from the rate limiter's script).
 func ParseAdmission(row, earlier, stage, first any) (Admission, error) {
 	var a Admission
 	if s, _ := row.(string); s != "" {
@@ -493,9 +505,10 @@ if handed and deadjson ~= "" then deadjson = with_campaign(deadjson, campaign) e
 -- message when its task is queued or running (its record has no outcome
 -- yet), or when its record holds an outcome HighLevel answered and that
 -- the other-kind read does not contradict (flag "s": the read found the
--- message scheduled, which contradicts a done outcome, not a dead letter). Not: its own wrong_kind dead letter or superseded
--- row (HighLevel has the id as neither, or both tasks settled at once),
--- an expired outcome (a guess from a send time), an archived copy.
+-- message scheduled, which contradicts a done outcome, not a dead
+-- letter). Not: its own wrong_kind dead letter or superseded row
+-- (HighLevel has the id as neither, or both tasks settled at once), an
+-- expired outcome (a guess from a send time), an archived copy.
 if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", KEYS[1], "o") == 0 then
   local ov = redis.call("HMGET", KEYS[4], "o", "c", "h")
   local other, rc = ov[1], ov[2]
@@ -505,7 +518,7 @@ if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", K
   local right = false
   local live = nil
   if other then
-    right = string.sub(other, 1, 25) ~= "dead_lettered|` + ReasonWrongKind + `|" and string.sub(other, 1, 11) ~= "` + Superseded + `|"
+    right = string.sub(other, 1, 25) ~= "dead_lettered|` + ReasonWrongKind + `|" and not superseded(other)
       and string.sub(other, 1, 8) ~= "expired|"
       -- A message read back scheduled contradicts an outcome that says it
       -- is done, not a dead letter (one that says it is not).
@@ -517,9 +530,7 @@ if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", K
     end
   end
   if right then
-    redis.call("DEL", KEYS[1])
-    redis.call("HSET", KEYS[1], "o", "` + Superseded + `|` + ReasonWrongKind + `|" .. string.match(row, "^[^|]*|[^|]*|(.*)$"))
-    redis.call("PEXPIRE", KEYS[1], ttl)
+    supersede(KEYS[1], string.match(row, "^[^|]*|[^|]*|(.*)$"), ttl)
     if ARGV[11] ~= "" then redis.call("ZREM", "ghlcancel:rl:wait:{" .. ARGV[11] .. "}", id) end
     if campaign ~= "" and clive(campaign) then
       local k, ko, kr = ck(campaign)

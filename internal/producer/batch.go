@@ -94,7 +94,7 @@ local function handback_to(id)
   -- Its own record comes first; a superseded row is none (it belongs to
   -- no campaign).
   local own = redis.call("HGET", "ghlcancel:msg:" .. id, "o")
-  if own and string.sub(own, 1, 11) ~= "` + ledger.Superseded + `|" then return nil end
+  if own and not superseded(own) then return nil end
   if not own and redis.call("EXISTS", "ghlcancel:msg:" .. id) == 1 then return nil end
   return c
 end
@@ -114,10 +114,7 @@ local function drop_wrong_kind(id)
   -- drop does: the first file run again answers already done, instead of
   -- queuing every id as new (3 calls each, and a total that grew until
   -- they were dropped again).
-  local rk = "ghlcancel:msg:" .. other
-  redis.call("DEL", rk)
-  redis.call("HSET", rk, "o", "` + ledger.Superseded + `|` + ledger.ReasonWrongKind + `|0|0|" .. now)
-  redis.call("PEXPIRE", rk, ttl)
+  supersede("ghlcancel:msg:" .. other, "0|0|" .. now, ttl)
   for _, l in ipairs(LANES) do
     local tk = "asynq:{" .. l .. "}:t:" .. other
     local st = redis.call("HGET", tk, "state")
@@ -230,7 +227,7 @@ for i = 0, n - 1 do
       -- Dead: its record says so, or asynq archived it and nothing else is
       -- recorded (an archived copy next to a true outcome is only stale).
       local dead = (o and string.sub(o, 1, 14) == "dead_lettered|") or (archived and not o)
-        or (unsuper and o and string.sub(o, 1, 11) == "` + ledger.Superseded + `|")
+        or (unsuper and superseded(o))
       -- Forced: always ("1"), or ("b<ms>") over an outcome recorded
       -- before that time (the row's last field).
       local forced = string.sub(force, 1, 1) == "1"

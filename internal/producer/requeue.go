@@ -57,13 +57,6 @@ func (p *Producer) RequeueIDs(ctx context.Context, store *deadletter.Store, task
 	return st, err
 }
 
-func otherKind(k ghl.Kind) ghl.Kind {
-	if k == ghl.KindEmail {
-		return ghl.KindMessage
-	}
-	return ghl.KindEmail
-}
-
 func (p *Producer) requeue(ctx context.Context, scan func(func(deadletter.Record) error) error, progress func(RequeueStats)) (RequeueStats, error) {
 	var st RequeueStats
 	var batch []Item
@@ -140,7 +133,7 @@ func (p *Producer) requeue(ctx context.Context, scan func(func(deadletter.Record
 				}
 				flagged = true
 			}
-			kind = otherKind(kind)
+			kind = tasks.OtherKind(kind)
 		}
 		queue := r.Queue
 		if !ValidQueue(queue) {

@@ -40,8 +40,8 @@ const (
 	// the task with none. HighLevel may have cancelled the message.
 	OutcomeUnrecorded = "unrecorded"
 	// OutcomeSuperseded: the task named the wrong kind of a message that is
-	// also queued or done as the right kind; it was dropped (no record, no
-	// dead letter, out of its campaign's total).
+	// also queued or done as the right kind; it was dropped (no dead letter,
+	// out of its campaign's total; its record says superseded).
 	OutcomeSuperseded = ledger.Superseded
 	// OutcomeAlreadySent and OutcomeNotFound: verified "not found" cancels.
 	OutcomeAlreadySent = "already_sent"
@@ -318,7 +318,7 @@ const ReasonEmailConversationID = "email_conversation_id"
 // other_kind_unread: not not_found, since the id may be the other kind's
 // and its message go out; the operator requeues or purges it.
 func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, status int, admitted bool) (result, bool) {
-	other := otherKind(a.kind)
+	other := OtherKind(a.kind)
 	m, err := h.readBack(ctx, a, other, token, admitted)
 	var e *ghl.Error
 	switch {
@@ -376,8 +376,8 @@ func emailConversationID(m *ghl.Message, status int) result {
 	return dead(ReasonEmailConversationID, status, msg, errors.New(msg))
 }
 
-// otherKind is the kind a task did not name.
-func otherKind(k ghl.Kind) ghl.Kind {
+// OtherKind is the kind a task did not name.
+func OtherKind(k ghl.Kind) ghl.Kind {
 	if k == ghl.KindEmail {
 		return ghl.KindMessage
 	}
@@ -956,7 +956,7 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 				CampaignID: a.p.CampaignID, SendAt: a.p.SendAt, Queue: a.queue, Reason: r.reason,
 				HTTPStatus: r.status, APIMessage: r.message, Attempts: a.retried + 1, Payload: r.payload}
 			if r.reason == ReasonWrongKind {
-				f.OtherKind = ledger.OtherKindKeys(TaskID(otherKind(a.kind), a.p.MessageID), Queues)
+				f.OtherKind = ledger.OtherKindKeys(TaskID(OtherKind(a.kind), a.p.MessageID), Queues)
 				f.OtherScheduled = r.otherScheduled
 			}
 		}
