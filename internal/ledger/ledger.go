@@ -746,6 +746,9 @@ func (l *Ledger) Settle(ctx context.Context, f Final) (got Outcome, recorded boo
 // expire under it; a campaign already gone is not brought back.
 var retryingScript = redis.NewScript(Lua + `
 if redis.call("HEXISTS", KEYS[1], "o") == 1 then return 0 end
+-- No campaign in its payload (ARGV[7] "h"): the one it was handed, if any.
+local c = ARGV[2]
+if c == "" and ARGV[7] == "h" then c = redis.call("HGET", KEYS[1], "h") or "" end
 if ARGV[3] ~= "" and redis.call("HGET", KEYS[1], "s") == ARGV[3] then redis.call("HSET", KEYS[1], "s", "") end
 if ARGV[6] == "` + StageClear + `" then
   redis.call("HDEL", KEYS[1], "v")
@@ -753,14 +756,14 @@ elseif ARGV[6] ~= "" and redis.call("EXISTS", KEYS[1]) == 1 then
   -- Only on a record the admission made (it has its expiry).
   redis.call("HSET", KEYS[1], "v", ARGV[6])
 end
-if ARGV[2] ~= "" then
-  local k, ko, kr = ck(ARGV[2])
-  if clive(ARGV[2]) and redis.call("HEXISTS", ko, ARGV[1]) == 0 then
+if c ~= "" then
+  local k, ko, kr = ck(c)
+  if clive(c) and redis.call("HEXISTS", ko, ARGV[1]) == 0 then
     local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[4])
     redis.call("SADD", kr, ARGV[1])
     local updated = tonumber(redis.call("HGET", k, "updated_at") or "0")
     if now - updated >= math.min(60000, math.floor(ttl / 2)) or redis.call("PTTL", kr) < 0 then
-      ctouch(ARGV[2], now, ttl)
+      ctouch(c, now, ttl)
     end
   end
 end
@@ -776,12 +779,20 @@ func (l *Ledger) Retrying(ctx context.Context, taskID, campaign, clearMark, stag
 	if campaign == "" && clearMark == "" && stage == "" {
 		return nil
 	}
-	return retryingScript.Run(ctx, l.rdb, []string{Key(taskID)}, taskID, campaign, clearMark, l.cfg.Retention.Milliseconds(), time.Now().UnixMilli(), stage).Err()
+	return retryingScript.Run(ctx, l.rdb, []string{Key(taskID)}, taskID, campaign, clearMark, l.cfg.Retention.Milliseconds(), time.Now().UnixMilli(), stage, "").Err()
+}
+
+// RetryingHanded is Retrying for a task whose payload names no campaign: it
+// is marked retrying in the campaign it was handed, if any (record field h,
+// written when the wrong kind of its id, queued in that campaign, was
+// dropped in its favour; its settle counts it there).
+func (l *Ledger) RetryingHanded(ctx context.Context, taskID, clearMark, stage string) error {
+	return retryingScript.Run(ctx, l.rdb, []string{Key(taskID)}, taskID, "", clearMark, l.cfg.Retention.Milliseconds(), time.Now().UnixMilli(), stage, "h").Err()
 }
 
 // Unmark takes back a delivery's "call sent" mark (its call did not go out).
 func Unmark(ctx context.Context, rdb redis.UniversalClient, taskID, mark string) error {
-	return retryingScript.Run(ctx, rdb, []string{Key(taskID)}, taskID, "", mark, 0, 0, "").Err()
+	return retryingScript.Run(ctx, rdb, []string{Key(taskID)}, taskID, "", mark, 0, 0, "", "").Err()
 }
 
 // Record reads a message's record: its outcome (nil while it has none), its

@@ -491,6 +491,26 @@ func TestHandoffSecondPaths(t *testing.T) {
 		require.Equal(t, producer.Enqueued, e.send(t, ghl.KindEmail, "", false))
 		require.Zero(t, e.rdb.HExists(ctx, ledger.Key("email:"+e.id), "h").Val(), "sent again, its old hand-over goes")
 	})
+	t.Run("a handed task that retries is retrying in its campaign", func(t *testing.T) {
+		t.Parallel()
+		e := newHandoff(t)
+		e.send(t, ghl.KindMessage, "k1", false)
+		e.send(t, ghl.KindEmail, "", false)
+		require.NoError(t, e.run(t, "msg:"+e.id))
+		info, err := asynq.NewInspectorFromRedisClient(e.rdb).GetTaskInfo(tasks.QueueDefault, "email:"+e.id)
+		require.NoError(t, err)
+		deliver := func(retried int) error {
+			return e.h.Process(ctx, asynq.NewTask(info.Type, info.Payload), tasks.TaskInfo{ID: "email:" + e.id, Queue: tasks.QueueDefault, Retried: retried, MaxRetry: 3})
+		}
+		e.sb.SetFaults(sandbox.Faults{ErrorRate: 1})
+		require.Error(t, deliver(0), "a 5xx: retried")
+		s := e.campaign(t, "k1")
+		require.Equal(t, []any{int64(1), int64(0), int64(1)}, []any{s.Total, s.Done, s.Retrying}, "status says retrying 1 (it said 0 while the message waited between tries)")
+		e.sb.SetFaults(sandbox.Faults{})
+		require.NoError(t, deliver(1))
+		s = e.campaign(t, "k1")
+		require.Equal(t, []any{int64(1), int64(1), int64(1), int64(0), true}, []any{s.Total, s.Done, s.Cancelled, s.Retrying, s.Complete})
+	})
 	t.Run("the campaign is read from the payload, not a later error text", func(t *testing.T) {
 		t.Parallel()
 		e := newHandoff(t)

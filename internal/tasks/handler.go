@@ -1012,7 +1012,14 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 			campaign = ""
 			h.logf(ctx, a, slog.LevelInfo, "attempt interrupted: the worker is stopping, and the task goes back to its lane", "error", r.err)
 		}
-		if err := h.Ledger.Retrying(wctx, a.taskID, campaign, clearMark, r.stage); err != nil {
+		var err error
+		if campaign == "" && !takenBack {
+			// Sent with no campaign, it may have been handed one.
+			err = h.Ledger.RetryingHanded(wctx, a.taskID, clearMark, r.stage)
+		} else {
+			err = h.Ledger.Retrying(wctx, a.taskID, campaign, clearMark, r.stage)
+		}
+		if err != nil {
 			h.logf(ctx, a, slog.LevelWarn, "could not mark the task retrying", "error", err)
 		}
 		rep.Outcome, rep.Reason = OutcomeRetry, r.reason
