@@ -396,6 +396,16 @@ func (e handoff) emailDeadLettered(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// handOver sends the id as a message in campaign k1, then as an email with
+// no campaign, and runs the message task: it is dropped as the wrong kind,
+// and the queued email is handed k1.
+func (e handoff) handOver(t *testing.T) {
+	t.Helper()
+	e.send(t, ghl.KindMessage, "k1", false)
+	e.send(t, ghl.KindEmail, "", false)
+	require.NoError(t, e.run(t, "msg:"+e.id))
+}
+
 func (e handoff) run(t *testing.T, tid string) error {
 	t.Helper()
 	return runQueued(t, e.rdb, e.h, tid)
@@ -418,9 +428,7 @@ func TestHandoffSecondPaths(t *testing.T) {
 	t.Run("the wrong kind forced again after the handoff", func(t *testing.T) {
 		t.Parallel()
 		e := newHandoff(t)
-		e.send(t, ghl.KindMessage, "k1", false)
-		e.send(t, ghl.KindEmail, "", false)
-		require.NoError(t, e.run(t, "msg:"+e.id))
+		e.handOver(t)
 		require.Equal(t, producer.Requeued, e.send(t, ghl.KindMessage, "k1", true))
 		require.NoError(t, e.run(t, "msg:"+e.id))
 		require.NoError(t, e.run(t, "email:"+e.id))
@@ -442,9 +450,7 @@ func TestHandoffSecondPaths(t *testing.T) {
 	t.Run("a handoff is used once: a reused campaign name is not fed", func(t *testing.T) {
 		t.Parallel()
 		e := newHandoff(t)
-		e.send(t, ghl.KindMessage, "k1", false)
-		e.send(t, ghl.KindEmail, "", false)
-		require.NoError(t, e.run(t, "msg:"+e.id))
+		e.handOver(t)
 		require.NoError(t, e.run(t, "email:"+e.id))
 		require.Zero(t, e.rdb.HExists(ctx, ledger.Key("email:"+e.id), "h").Val(), "no handoff left behind")
 		// k1 expires; its name is reused for another message; the email is
@@ -460,9 +466,7 @@ func TestHandoffSecondPaths(t *testing.T) {
 	t.Run("a handed dead letter is listed under the campaign", func(t *testing.T) {
 		t.Parallel()
 		e := newHandoff(t)
-		e.send(t, ghl.KindMessage, "k1", false)
-		e.send(t, ghl.KindEmail, "", false)
-		require.NoError(t, e.run(t, "msg:"+e.id))
+		e.handOver(t)
 		e.emailDeadLettered(t)
 		require.Equal(t, int64(1), e.campaign(t, "k1").DeadLettered)
 		n := 0
@@ -484,9 +488,7 @@ func TestHandoffSecondPaths(t *testing.T) {
 	t.Run("a hand-over whose task was deleted by hand is no one's", func(t *testing.T) {
 		t.Parallel()
 		e := newHandoff(t)
-		e.send(t, ghl.KindMessage, "k1", false)
-		e.send(t, ghl.KindEmail, "", false)
-		require.NoError(t, e.run(t, "msg:"+e.id))
+		e.handOver(t)
 		require.NoError(t, asynq.NewInspectorFromRedisClient(e.rdb).DeleteTask(tasks.QueueDefault, "email:"+e.id))
 		require.Equal(t, producer.Enqueued, e.send(t, ghl.KindEmail, "", false))
 		require.Zero(t, e.rdb.HExists(ctx, ledger.Key("email:"+e.id), "h").Val(), "sent again, its old hand-over goes")
@@ -494,9 +496,7 @@ func TestHandoffSecondPaths(t *testing.T) {
 	t.Run("a handed task that retries is retrying in its campaign", func(t *testing.T) {
 		t.Parallel()
 		e := newHandoff(t)
-		e.send(t, ghl.KindMessage, "k1", false)
-		e.send(t, ghl.KindEmail, "", false)
-		require.NoError(t, e.run(t, "msg:"+e.id))
+		e.handOver(t)
 		info, err := asynq.NewInspectorFromRedisClient(e.rdb).GetTaskInfo(tasks.QueueDefault, "email:"+e.id)
 		require.NoError(t, err)
 		deliver := func(retried int) error {
