@@ -525,6 +525,13 @@ func (o *OAuth) refreshOwned(ctx context.Context, location, lockVal string, stal
 		} else {
 			o.observe("lost_race")
 		}
+		if !o.fresh(q) {
+			// The pair stored meanwhile (`enqueue tokens set --replace`)
+			// has no usable access token yet (a bare refresh token is
+			// refreshed on first use). The one this refresh got is valid:
+			// use it now; the stored pair is refreshed when it is due.
+			return next.Access, false, nil
+		}
 		return q.Access, false, nil
 	}
 	o.remember(location, next)

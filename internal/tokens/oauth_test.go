@@ -3,6 +3,7 @@ package tokens_test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -254,4 +255,50 @@ func TestParseKey(t *testing.T) {
 	require.NoError(t, err)
 	_, err = tokens.ParseKey("short")
 	require.Error(t, err)
+}
+
+// TestReplacedDuringRefresh: `enqueue tokens set --replace` stores a new
+// pair while a worker's refresh is at HighLevel. The refresh is fenced out
+// (the store moved on); when the new pair is a bare refresh token (no
+// access token until its first refresh), the token this refresh got is
+// valid and is what the callers get. It answered "" once: every waiting
+// cancel dead-lettered invalid_token ("the token is empty") although both
+// pairs were good.
+func TestReplacedDuringRefresh(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const loc = "locOAuth000000000005"
+	sb := sandbox.New(sandbox.Config{AccessTTL: time.Hour, RateMax: -1})
+	var o *tokens.OAuth
+	var replaced atomic.Bool
+	rt2 := sb.AddOAuthLocation(loc)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/oauth/token" && replaced.CompareAndSwap(false, true) {
+			// The operator's replace lands while this refresh is in flight.
+			if err := o.Set(context.Background(), loc, "", rt2, 0); err != nil {
+				t.Error(err)
+			}
+		}
+		sb.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: redisServer.Client(t), TokenURL: srv.URL + "/oauth/token",
+		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = o.Close() })
+	require.NoError(t, o.Set(ctx, loc, "", sb.AddOAuthLocation(loc), 0))
+
+	tok, err := o.Token(ctx, loc)
+	require.NoError(t, err)
+	require.True(t, replaced.Load())
+	require.NotEmpty(t, tok, "the refreshed token, not the replacing pair's missing one")
+	_, known := sb.AccessExpiry(tok)
+	require.True(t, known, "HighLevel issued it")
+
+	// The replacing pair is what is stored: the next refresh spends rt2.
+	next, err := o.Refresh(ctx, loc, tok)
+	require.NoError(t, err)
+	require.NotEqual(t, tok, next)
+	_, known = sb.AccessExpiry(next)
+	require.True(t, known)
 }
