@@ -139,12 +139,12 @@ func readFile(path string) (map[string]string, error) {
 // the task, and the operator who just added the token and requeued must
 // not lose the requeue to the check interval.
 func (f *File) Token(_ context.Context, location string) (string, error) {
-	f.maybeReload(false)
+	f.maybeReload(f.checkEvery)
 	f.mu.RLock()
 	tok, ok := f.tokens[location]
 	f.mu.RUnlock()
 	if !ok {
-		f.maybeReload(true)
+		f.maybeReload(min(f.checkEvery, fileRecheckMissing))
 		f.mu.RLock()
 		tok, ok = f.tokens[location]
 		f.mu.RUnlock()
@@ -155,16 +155,34 @@ func (f *File) Token(_ context.Context, location string) (string, error) {
 	return tok, nil
 }
 
+// Refresh answers HighLevel's 401 for the location's token refused: the
+// file is checked again at once, and a different token for the location is
+// the answer. The operator who fixed a token in the file and requeued its
+// dead letters at once must not have them refused again with the old token
+// for up to the check interval. The same token again is ErrNotRefreshable
+// (the 401 stands); a location the file no longer has, ErrNoToken.
+func (f *File) Refresh(_ context.Context, location, refused string) (string, error) {
+	f.maybeReload(0)
+	f.mu.RLock()
+	tok, ok := f.tokens[location]
+	f.mu.RUnlock()
+	switch {
+	case !ok:
+		return "", ErrNoToken
+	case tok == refused:
+		return "", ErrNotRefreshable
+	}
+	return tok, nil
+}
+
 // fileRecheckMissing is how often a lookup that found no token checks the
 // file again (a location served by OAuth looks in the file first).
 const fileRecheckMissing = 100 * time.Millisecond
 
-func (f *File) maybeReload(missing bool) {
+// maybeReload reads the file again if it changed, when the last check is
+// at least every ago.
+func (f *File) maybeReload(every time.Duration) {
 	at := time.Now()
-	every := f.checkEvery
-	if missing {
-		every = min(every, fileRecheckMissing)
-	}
 	f.mu.RLock()
 	due := at.Sub(f.lastCheck) >= every
 	f.mu.RUnlock()
@@ -294,7 +312,7 @@ func (c *Chain) Close() error {
 
 // Locations lists the locations the file has a token for.
 func (f *File) Locations() []string {
-	f.maybeReload(false)
+	f.maybeReload(f.checkEvery)
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := make([]string, 0, len(f.tokens))
