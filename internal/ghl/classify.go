@@ -89,9 +89,9 @@ func Classify(status int, h http.Header, body []byte, now time.Time) (*Result, e
 	// Only HighLevel's own JSON answers say anything about the message. A
 	// page from something else (a wrong base URL, a proxy) is a
 	// configuration error, whatever its status code.
-	if misrouted(status, h, trimmed, parseErr, msg) || ((status == http.StatusNotFound || status == http.StatusGone) && !highLevelShape(b, status)) {
-		return nil, &Error{Reason: ReasonMisrouted, StatusCode: status, Retryable: true, Limits: limits,
-			Message: misroutedMessage(status, trimmed, msg)}
+	if e := misroutedAnswer(status, h, trimmed, parseErr, b, msg); e != nil {
+		e.Limits = limits
+		return nil, e
 	}
 	if status >= 200 && status < 300 {
 		if parseErr != nil {
@@ -117,6 +117,29 @@ func Classify(status int, h http.Header, body []byte, now time.Time) (*Result, e
 		return res, err
 	}
 	return classifyFailure(status, h, limits, msg, now)
+}
+
+// Misrouted is the misrouted error (Reason ReasonMisrouted, retryable,
+// Request unset) for an answer that cannot be HighLevel's, by the rule
+// Classify applies to the message routes; nil for any other answer. For
+// the routes Classify does not read (OAuth token, agency mint and
+// listing): a typo in GHL_BASE_URL must read as one there too, not as
+// HighLevel refusing a token.
+func Misrouted(status int, h http.Header, body []byte) *Error {
+	var b apiBody
+	trimmed := bytes.TrimSpace(body)
+	parseErr := error(nil)
+	if len(trimmed) > 0 {
+		parseErr = json.Unmarshal(trimmed, &b)
+	}
+	return misroutedAnswer(status, h, trimmed, parseErr, b, truncate(b.messageText()))
+}
+
+func misroutedAnswer(status int, h http.Header, trimmed []byte, parseErr error, b apiBody, msg string) *Error {
+	if misrouted(status, h, trimmed, parseErr, msg) || ((status == http.StatusNotFound || status == http.StatusGone) && !highLevelShape(b, status)) {
+		return &Error{Reason: ReasonMisrouted, StatusCode: status, Retryable: true, Message: misroutedMessage(status, trimmed, msg)}
+	}
+	return nil
 }
 
 // routeNotFound is the framework's (NestJS/Express) answer for a path with

@@ -124,6 +124,40 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// TestMisrouted: the answers of the routes Classify does not read (OAuth
+// token, agency mint and listing) that cannot be HighLevel's.
+func TestMisrouted(t *testing.T) {
+	t.Parallel()
+	jsonH := hdr("Content-Type", "application/json")
+	for _, tt := range []struct {
+		name   string
+		status int
+		h      http.Header
+		body   string
+		want   bool
+	}{
+		{"route not found (a path typo)", 404, jsonH, `{"message":"Cannot POST /api/oauth/token","error":"Not Found","statusCode":404}`, true},
+		{"a proxy's JSON 404", 404, jsonH, `{"message":"no Route matched with those values"}`, true},
+		{"an empty 404", 404, http.Header{}, ``, true},
+		{"an HTML page", 200, hdr("Content-Type", "text/html"), `<html>login</html>`, true},
+		{"a redirect", 302, http.Header{}, ``, true},
+		{"HighLevel's own 404", 404, jsonH, `{"statusCode":404,"message":"Location not found"}`, false},
+		{"a grant refused", 400, jsonH, `{"error":"invalid_grant","error_description":"refresh token is invalid"}`, false},
+		{"not installed", 400, jsonH, `{"statusCode":400,"message":"This app is not installed on the location"}`, false},
+		{"a 401", 401, jsonH, `{"statusCode":401,"message":"Invalid JWT"}`, false},
+		{"a 429", 429, jsonH, `{"statusCode":429,"message":"Too many requests"}`, false},
+		{"a 200 pair", 200, jsonH, `{"access_token":"a","refresh_token":"r"}`, false},
+	} {
+		e := Misrouted(tt.status, tt.h, []byte(tt.body))
+		require.Equal(t, tt.want, e != nil, tt.name)
+		if e != nil {
+			require.Equal(t, ReasonMisrouted, e.Reason, tt.name)
+			require.True(t, e.Retryable, tt.name)
+			require.Contains(t, e.Message, "GHL_BASE_URL", tt.name)
+		}
+	}
+}
+
 func TestClassifyBoundsMessage(t *testing.T) {
 	t.Parallel()
 	long := strings.Repeat("é", 2000)

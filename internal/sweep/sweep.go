@@ -220,6 +220,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 		return result{fate: "done"} // a re-delivery of a finished sweep
 	}
 	token, err := h.Tokens.Token(ctx, p.LocationID)
+	tasks.ObserveTokenRoute(h.Routes, err)
 	if v, ok := tasks.ClassifyTokenError(err); ok {
 		if tasks.TokenKeyRetry(v, retried) {
 			v.Fate = tasks.FateRetry
@@ -298,6 +299,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 				token = fresh
 				continue
 			}
+			tasks.ObserveTokenRoute(h.Routes, rerr)
 			if v, _ := tasks.ClassifyTokenError(rerr); !errors.Is(rerr, tokens.ErrNotRefreshable) {
 				return result{fate: v.Fate, reason: v.Reason, status: v.Status, message: v.Message, err: rerr}
 			}

@@ -234,7 +234,7 @@ func (h *Handler) verify(ctx context.Context, a *attempt, token string, status i
 	case errors.Is(err, ghl.ErrNotFound):
 		return h.otherKindOrNotFound(ctx, a, token, status, earlier, false)
 	case err != nil:
-		r := readBackFailed(a, err)
+		r := h.readBackFailed(a, err)
 		r.stage = ledger.Stage(ledger.StageReadBack, status)
 		return r
 	case m.Status == "scheduled" && a.kind == ghl.KindMessage && m.IsEmail():
@@ -337,7 +337,7 @@ func (h *Handler) asOtherKind(ctx context.Context, a *attempt, token string, sta
 	// A refused token (401, after a refresh where there is one) is no
 	// answer about the message: the read failed, as a 5xx does (bounded
 	// below).
-	r := readBackFailed(a, err)
+	r := h.readBackFailed(a, err)
 	// A read cut by a stopping worker failed nothing: asynq has put the
 	// task back (settle sees the retry as taken back).
 	if r.fate == fateRetry && (a.lastTry || a.retried >= OtherKindRetries) && !TakenBack(ctx, h.Stopping) {
@@ -451,10 +451,10 @@ func (e admitError) Unwrap() error { return e.error }
 // readBackFailed is what a failed read-back means: the attempt waits (its
 // pacing slot, a 429) or is retried; the caller sets the verify stage, so
 // the next delivery makes the read, not the cancel.
-func readBackFailed(a *attempt, err error) result {
+func (h *Handler) readBackFailed(a *attempt, err error) result {
 	var re refreshError
 	if errors.As(err, &re) {
-		r, _ := tokenFailure(a, re.error)
+		r, _ := h.tokenFailure(a, re.error)
 		return r
 	}
 	err = fmt.Errorf("verifying a not-found cancel: %w", err)
@@ -625,7 +625,7 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 		return h.expired(ctx, a)
 	}
 	token, err := h.Tokens.Token(ctx, p.LocationID)
-	if r, ok := tokenFailure(a, err); ok {
+	if r, ok := h.tokenFailure(a, err); ok {
 		return r
 	}
 	if v, bad := CheckToken(token); bad {
@@ -753,7 +753,7 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 				continue
 			}
 			if !errors.Is(rerr, tokens.ErrNotRefreshable) {
-				r, _ := tokenFailure(a, rerr)
+				r, _ := h.tokenFailure(a, rerr)
 				if r.fate == fateDead && r.status == 0 {
 					r.status = 401
 				}
@@ -803,7 +803,7 @@ func (h *Handler) expired(ctx context.Context, a *attempt) result {
 		return result{fate: fateDone, recorded: o}
 	case sent:
 		token, err := h.Tokens.Token(ctx, a.p.LocationID)
-		if r, ok := tokenFailure(a, err); ok {
+		if r, ok := h.tokenFailure(a, err); ok {
 			return r
 		}
 		r := h.notFound(ctx, a, token, 0, true)
@@ -837,7 +837,8 @@ func (h *Handler) waitOnFinal(ctx context.Context, a *attempt, round int, err er
 }
 
 // tokenFailure maps a token source error; ok is false for no error.
-func tokenFailure(a *attempt, err error) (result, bool) {
+func (h *Handler) tokenFailure(a *attempt, err error) (result, bool) {
+	ObserveTokenRoute(h.Routes, err)
 	v, ok := ClassifyTokenError(err)
 	if !ok {
 		return result{}, false
@@ -893,8 +894,31 @@ func ClassifyTokenError(err error) (TokenVerdict, bool) {
 		return TokenVerdict{Fate: FateRetry, Reason: me.Reason, Message: me.Error()}, true
 	case errors.As(err, &sn) && sn.SnoozeFor() > 0:
 		return TokenVerdict{Fate: FateSnooze, Reason: ReasonPaced, Message: err.Error()}, true
+	case misroutedToken(err) != nil:
+		// The token endpoint's answer was not HighLevel's (GHL_BASE_URL):
+		// retried as a misrouted cancel is, and no refusal.
+		return TokenVerdict{Fate: FateRetry, Reason: string(ghl.ReasonMisrouted), Message: err.Error()}, true
 	}
 	return TokenVerdict{Fate: FateRetry, Reason: string(ghl.ReasonTokenSource), Message: err.Error()}, true
+}
+
+// misroutedToken is the misrouted answer behind a token source's error
+// (an OAuth refresh, an agency mint), or nil.
+func misroutedToken(err error) *ghl.Error {
+	var e *ghl.Error
+	if errors.As(err, &e) && e.Reason == ghl.ReasonMisrouted {
+		return e
+	}
+	return nil
+}
+
+// ObserveTokenRoute feeds routes (which may be nil) a token source's
+// misrouted answer, so that /readyz and the one GHL_BASE_URL error cover
+// locations whose every call starts with a token call that fails so.
+func ObserveTokenRoute(routes RouteWatch, err error) {
+	if e := misroutedToken(err); e != nil && routes != nil {
+		routes.Observe(true, e.Request)
+	}
 }
 
 // CheckToken is the verdict on a token no request can carry

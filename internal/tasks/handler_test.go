@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -210,6 +211,9 @@ func TestFinalAttemptAlwaysEndsInOneFate(t *testing.T) {
 				return true
 			})
 		}, string(ghl.ReasonMisrouted), 1},
+		{"token endpoint misrouted (GHL_BASE_URL)", func(b *hBundle) {
+			b.h.Tokens = tokenFunc(func(string) (string, error) { return "", misroutedTokenErr() })
+		}, string(ghl.ReasonMisrouted), 0},
 		{"panic before the call", func(b *hBundle) {
 			b.h.Tokens = tokenFunc(func(string) (string, error) { panic("token source bug") })
 		}, ReasonPanic, 0},
@@ -1095,4 +1099,41 @@ func TestEventLatencyObservedOncePerCancel(t *testing.T) {
 	require.NotNil(t, o)
 	require.Equal(t, ledger.Cancelled, o.Outcome)
 	require.Equal(t, int32(1), ev.n.Load(), "one cancel, one observation")
+}
+
+// misroutedTokenErr is what a token source answers when its endpoint's answer
+// is not HighLevel's (a typo in GHL_BASE_URL).
+func misroutedTokenErr() error {
+	return fmt.Errorf("oauth: %w", &ghl.Error{Reason: ghl.ReasonMisrouted, StatusCode: 404, Retryable: true,
+		Request: "POST /api/oauth/token", Message: "404 with Cannot POST /api/oauth/token: not HighLevel's answer for this route; check GHL_BASE_URL"})
+}
+
+type routeLog struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (r *routeLog) Observe(misrouted bool, request string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seen = append(r.seen, fmt.Sprint(misrouted, " ", request))
+}
+
+// TestMisroutedTokenEndpoint: a token call whose answer is not HighLevel's
+// is retried as misrouted (not token_source, not a refusal), and the
+// worker's route health hears of it: /readyz fails and one error names
+// GHL_BASE_URL, as for the message routes, for locations whose every call
+// starts at the token endpoint.
+func TestMisroutedTokenEndpoint(t *testing.T) {
+	t.Parallel()
+	b := hSetup(t)
+	var routes routeLog
+	b.h.Routes = &routes
+	b.h.Tokens = tokenFunc(func(string) (string, error) { return "", misroutedTokenErr() })
+	id := b.sb.ScheduleN(hLoc, 1, false)[0]
+	rep, err := b.process(t, id, 0, 3)
+	require.Error(t, err)
+	require.Equal(t, []string{OutcomeRetry, string(ghl.ReasonMisrouted)}, []string{rep.Outcome, rep.Reason})
+	require.Equal(t, []string{"true POST /api/oauth/token"}, routes.seen)
+	require.Zero(t, b.calls.Load())
 }

@@ -202,6 +202,9 @@ func TestClassifyTokenError(t *testing.T) {
 		// retried for a day while the messages went out).
 		{"stored tokens sealed with another key", fmt.Errorf("oauth: stored tokens %w", tokens.ErrWrongKey), FateDead, ReasonTokenKey},
 		{"Redis unreachable", errors.New("dial tcp: connection refused"), FateRetry, string(ghl.ReasonTokenSource)},
+		// A typo in GHL_BASE_URL met at the token endpoint: retried as a
+		// misrouted cancel is (it was token_source, or a mint refusal).
+		{"token endpoint misrouted", fmt.Errorf("mint: %w", &ghl.Error{Reason: ghl.ReasonMisrouted, StatusCode: 404, Retryable: true}), FateRetry, string(ghl.ReasonMisrouted)},
 	} {
 		v, ok := ClassifyTokenError(tt.err)
 		require.True(t, ok, tt.name)

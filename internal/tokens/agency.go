@@ -570,6 +570,12 @@ func (a *Agency) agencyCall(ctx context.Context, company, method, path string, f
 		if a.cfg.Pacer != nil {
 			a.cfg.Pacer.Observe(ctx, bucket, resp.Header, resp.StatusCode)
 		}
+		// Not HighLevel's answer (a typo in GHL_BASE_URL, a proxy): no
+		// refusal, never remembered as one.
+		if e := ghl.Misrouted(resp.StatusCode, resp.Header, raw); e != nil {
+			e.Request = method + " " + req.URL.Path
+			return 0, "", e
+		}
 		switch {
 		case resp.StatusCode >= 200 && resp.StatusCode < 300:
 			if err := json.Unmarshal(raw, out); err != nil {

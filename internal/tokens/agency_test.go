@@ -664,3 +664,70 @@ func TestRemintsBeforeExpiry(t *testing.T) {
 		require.Equal(t, tt.mints == 1, tok == first, "%s left", tt.left)
 	}
 }
+
+// TestBaseURLTypoIsMisrouted: a typo in GHL_BASE_URL's path ("/api") met at
+// the token endpoints is HighLevel refusing nothing: the answer is the
+// misrouted error the message routes give (retried; /readyz and one log
+// line name GHL_BASE_URL), no refresh token is spent, and no mint refusal
+// is remembered. It dead-lettered every agency location mint_refused ("check
+// the company id"), and an OAuth pair's refresh was a silent token_source
+// retry for a day.
+func TestBaseURLTypoIsMisrouted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupAgency(t, time.Hour, time.Hour)
+	b.setAgency(t)
+	const loc = "locAgency00000000091"
+	b.sb.InstallLocation(testCompany, loc, "Typo")
+	typo := b.srv.URL + "/api"
+	misrouted := func(t *testing.T, err error) {
+		t.Helper()
+		var e *ghl.Error
+		require.ErrorAs(t, err, &e)
+		require.Equal(t, ghl.ReasonMisrouted, e.Reason)
+		require.Contains(t, err.Error(), "GHL_BASE_URL")
+		require.Contains(t, e.Request, "/api/oauth/")
+		var me *tokens.MintError
+		require.False(t, errors.As(err, &me), "not a mint refusal")
+	}
+
+	// The agency pair's refresh meets the typo first.
+	a := b.newAgency(t, func(c *tokens.AgencyConfig) {
+		pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: c.Redis, TokenURL: typo + "/oauth/token", Company: true,
+			ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+		require.NoError(t, err)
+		c.BaseURL, c.Pairs = typo, pairs
+	})
+	_, err := a.Token(ctx, loc)
+	misrouted(t, err)
+	// With a fresh agency pair, the mint itself meets it.
+	_, err = b.newAgency(t).Token(ctx, "locAgency00000000092") // not installed: refreshes the agency pair, then refused
+	require.Error(t, err)
+	_, err = b.newAgency(t, func(c *tokens.AgencyConfig) { c.BaseURL = typo }).Token(ctx, loc)
+	misrouted(t, err)
+	require.Zero(t, b.count(tokens.ReasonMintRefused))
+
+	// Fixed: the location mints at once (nothing remembered), with the
+	// agency's refresh token unspent by the typo.
+	tok, err := b.newAgency(t).Token(ctx, loc)
+	require.NoError(t, err)
+	require.True(t, b.accepted(t, tok))
+
+	// An OAuth location pair: the refresh meets the typo; the refresh token
+	// stays good for the fixed URL.
+	const own = "locOAuthTypo00000001"
+	pairs := func(url string) *tokens.OAuth {
+		o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: redistest.ClientFor(t, b.url), TokenURL: url + "/oauth/token",
+			ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = o.Close() })
+		return o
+	}
+	bad := pairs(typo)
+	require.NoError(t, bad.Set(ctx, own, "", b.sb.AddOAuthLocation(own), 0))
+	_, err = bad.Token(ctx, own)
+	misrouted(t, err)
+	tok, err = pairs(b.srv.URL).Token(ctx, own)
+	require.NoError(t, err)
+	require.True(t, b.accepted(t, tok))
+}

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 )
 
 // OAuth keeps per-location OAuth pairs in Redis, encrypted at rest
@@ -816,6 +818,12 @@ func (o *OAuth) callTokenEndpoint(ctx context.Context, refreshToken string) (pai
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	// Not HighLevel's answer (a typo in GHL_BASE_URL, a proxy): nothing
+	// was refused, and the refresh token was not spent.
+	if e := ghl.Misrouted(resp.StatusCode, resp.Header, body); e != nil {
+		e.Request = "POST " + req.URL.Path
+		return pair{}, e
+	}
 	if resp.StatusCode == http.StatusOK {
 		var tr tokenResponse
 		if err := json.Unmarshal(body, &tr); err != nil || tr.AccessToken == "" || tr.RefreshToken == "" {
