@@ -697,3 +697,30 @@ func TestRedissAgainstPlainRedisIsNamed(t *testing.T) {
 	require.ErrorContains(t, r.err, "speaks plain Redis: use redis://")
 	require.NotContains(t, r.err.Error(), "is it running")
 }
+
+// TestTokensDelete: a location's stored pair that is dead (its refresh
+// token spent elsewhere) hid the agency's minted token for that location,
+// and nothing removed it but redis-cli. `tokens delete` does; a second run,
+// or a location with no pair, says so and fails.
+func TestTokensDelete(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	run2 := withTokenKey(url, strings.Repeat("ef", 32))
+	const loc = "locD0000000000000001"
+	require.NoError(t, run2("rt-SECRET-1\n", "tokens", "set", "--location", loc).err)
+	r := run2("", "tokens", "delete", "--location", loc)
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stdout, "removed the stored OAuth pair of location "+loc)
+	require.Contains(t, r.stdout, "enqueue dead requeue --location "+loc)
+	require.Zero(t, redistest.ClientFor(t, url).Exists(context.Background(), "ghlcancel:oauth:{"+loc+"}").Val())
+	r = run2("", "tokens", "list")
+	require.NoError(t, r.err)
+	require.NotContains(t, r.stdout, loc)
+
+	r = run2("", "tokens", "delete", "--location", loc)
+	require.ErrorContains(t, r.err, "location "+loc+" has no stored OAuth pair: nothing removed")
+	r = run2("", "tokens", "delete", "--location", "bad/loc")
+	require.ErrorContains(t, r.err, "--location")
+	r = run2("", "tokens", "delete")
+	require.ErrorContains(t, r.err, "--location")
+}

@@ -20,6 +20,7 @@ import (
 )
 
 const tokensUsage = `usage: enqueue tokens set --location L [--replace] < pair.json   (a location's OAuth pair, or a bare refresh token)
+       enqueue tokens delete --location L                (remove a location's stored pair: the agency's or the file's token applies)
        enqueue tokens list [--json]                      (every location with a token, and which source applies)
        enqueue tokens agency set --company C --app A [--replace] < pair.json   (the agency's (Company) OAuth pair)
        enqueue tokens agency app --company C --app A     (the app id alone, keeping the stored pair)
@@ -45,6 +46,34 @@ Pairs are read from stdin, never from flags (which show in ps), and never echoed
 	replace := set.Flags().Bool("replace", false, "replace the pair stored for the location (workers rotate it: an old pair file is likely used up)")
 	set.RunE = func(cmd *cobra.Command, _ []string) error {
 		return e.setPair(cmd.Context(), *location, "", false, *replace)
+	}
+
+	del := &cobra.Command{
+		Use:     "delete --location L",
+		Short:   "Remove a location's stored OAuth pair (its cancels then use GHL_TOKENS_FILE or the agency's minted token)",
+		Example: `  enqueue tokens delete --location LOC`,
+		Args:    noArgs,
+	}
+	delLocation := del.Flags().String("location", "", "location (sub-account) id")
+	del.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := ghl.ValidateID(*delLocation); err != nil {
+			return usageError{fmt.Errorf("--location: %w", err)}
+		}
+		rdb, err := e.connect(cmd.Context())
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		ok, err := tokens.DeletePair(cmd.Context(), rdb, *delLocation)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("location %s has no stored OAuth pair: nothing removed (`enqueue tokens list` shows each location's source)", *delLocation)
+		}
+		fmt.Fprintf(e.stdout, "removed the stored OAuth pair of location %s; its cancels now take GHL_TOKENS_FILE or the agency's minted token "+
+			"(requeue its dead letters: `enqueue dead requeue --location %s`)\n", *delLocation, *delLocation)
+		return nil
 	}
 
 	list := &cobra.Command{Use: "list", Short: "Every location with a token, the source that applies, and expiry (no secrets)", Args: noArgs}
@@ -117,7 +146,7 @@ Pairs are read from stdin, never from flags (which show in ps), and never echoed
 		return nil
 	}
 	agency.AddCommand(aset, appCmd, locs)
-	cmd.AddCommand(set, list, agency)
+	cmd.AddCommand(set, del, list, agency)
 	return cmd
 }
 

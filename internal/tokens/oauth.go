@@ -136,7 +136,8 @@ type GrantError struct {
 }
 
 func (e *GrantError) Error() string {
-	hint := "reinstall the app for this location, then load the new pair with `enqueue tokens set --replace`"
+	hint := "reinstall the app for this location, then load the new pair with `enqueue tokens set --replace` " +
+		"(or, if the agency's app covers it, remove the pair with `enqueue tokens delete --location L`: its token is then minted from the agency)"
 	switch {
 	case e.Agency:
 		hint = "the agency's grant is revoked or spent: install the app again at agency level, then load its new pair with `enqueue tokens agency set --replace`"
@@ -990,6 +991,19 @@ func (o *OAuth) Stored(ctx context.Context, location string) (bool, error) {
 	n, err := o.cfg.Redis.Exists(ctx, o.recordKey(location)).Result()
 	if err != nil {
 		return false, fmt.Errorf("oauth: read tokens: %w", err)
+	}
+	return n == 1, nil
+}
+
+// DeletePair removes location's stored OAuth pair; false when there was
+// none. Its cancels then take the next source (GHL_TOKENS_FILE is asked
+// first anyway; then the agency's minted token). A worker holding the
+// pair's access token in memory uses it until it is due for a refresh,
+// which then finds no pair.
+func DeletePair(ctx context.Context, rdb redis.UniversalClient, location string) (bool, error) {
+	n, err := rdb.Del(ctx, recordKey(location)).Result()
+	if err != nil {
+		return false, fmt.Errorf("oauth: delete tokens: %w", err)
 	}
 	return n == 1, nil
 }
