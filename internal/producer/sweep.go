@@ -97,15 +97,22 @@ func NewID(prefix string) string {
 // campaign, dedupe key ("" for none), dedupe ttl ms, dead letter revived
 // ("" for none), the answer kept under the dedupe key, the revived sweep's
 // state key ("" for none: its run leaves the campaign's sweep list, which
-// lists each location sweep once, as the counters count it), then per task:
-// encoded message, task id, lane, sweep state key, location, contact,
-// channel, event, event id. Returns -1 when the dedupe key is taken, -2
-// when the dead letter to revive is gone (replayed already): nothing queued. A revived
+// lists each location sweep once, as the counters count it), dry run (1/0),
+// then per task: encoded message, task id, lane, sweep state key, location,
+// contact, channel, event, event id. Returns -1 when the dedupe key is
+// taken, -2 when the dead letter to revive is gone (replayed already), -3
+// when a real sweep is sent into a dry run's campaign: nothing queued. A
+// dry run's campaign is marked dry_run here (its total stays 0: a poller
+// must not read "complete, 0" as nothing to cancel). A revived
 // sweep's failure is taken back from its campaign's counters when the
 // campaign still counts it (its id is in the campaign's failed_sweeps set,
 // which expires with the campaign's other keys).
 var sweepScript = redis.NewScript(ledger.Lua + `
 local nowns, now, ttl, campaign = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local dry = ARGV[10] == "1"
+-- A real sweep would count its cancels in a campaign that says nothing
+-- was cancelled (dry_run): refused.
+if not dry and redis.call("HGET", (ck(campaign)), "dry_run") == "1" then return -3 end
 if ARGV[7] ~= "" then
   if redis.call("HDEL", "` + deadletter.KeyRecords + `", ARGV[7]) == 0 then return -2 end
   redis.call("ZREM", "` + deadletter.KeyIndex + `", ARGV[7])
@@ -120,7 +127,7 @@ end
 if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], ARGV[8], "NX", "PX", ARGV[6]) then return -1 end
 local added = 0
 local k, _, _, kl = ck(campaign)
-for i = 10, #ARGV, 9 do
+for i = 11, #ARGV, 9 do
   local msg, id, lane, state, loc = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   if redis.call("EXISTS", "asynq:{" .. lane .. "}:t:" .. id) == 0 then
     redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
@@ -135,6 +142,7 @@ for i = 10, #ARGV, 9 do
 end
 redis.call("ZREMRANGEBYRANK", k .. ":sweeplist", 0, -` + strconv.Itoa(sweepListKeep+1) + `)
 redis.call("HINCRBY", k, "sweeps", added)
+if dry and added > 0 then redis.call("HSET", k, "dry_run", "1") end
 cadd(campaign, 0, "", now, ttl)
 return added`)
 
@@ -175,7 +183,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	}
 	now := time.Now()
 	args := []any{strconv.FormatInt(now.UnixNano(), 10), now.UnixMilli(), p.cfg.CampaignRetention.Milliseconds(), st.CampaignID,
-		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive, "", r.reviveState}
+		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive, "", r.reviveState, flag(r.DryRun)}
 	seen := map[string]bool{}
 	for _, loc := range r.Locations {
 		if seen[loc] {
@@ -225,13 +233,6 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	if err != nil {
 		return SweepStarted{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	if r.DryRun && n > 0 && r.revive == "" {
-		// Its campaign is its own (ErrDryRunCampaign): say what it is, so a
-		// poller does not read "complete, total 0" as nothing to cancel.
-		if err := p.rdb.HSet(ctx, ledger.CampaignKey(st.CampaignID), "dry_run", "1").Err(); err != nil {
-			return SweepStarted{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-	}
 	switch n {
 	case -1:
 		// The answer of the sweep that took the key, when it is still there.
@@ -249,9 +250,15 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		return first.SweepStarted, ErrDuplicate
 	case -2:
 		return SweepStarted{}, ErrSweepRevived
+	case -3:
+		return SweepStarted{}, fmt.Errorf("%w (campaign %s)", ErrIntoDryRun, st.CampaignID)
 	}
 	return st, nil
 }
+
+// ErrIntoDryRun: a real sweep was sent into a dry run's campaign, which
+// says nothing was cancelled: its cancels would be counted under that.
+var ErrIntoDryRun = errors.New("sweep: that campaign is a dry run's (it counts what a sweep would cancel, and says nothing was cancelled); run the real sweep with no campaign id, or a new one")
 
 // ErrSweepRevived: the sweep dead letter was replayed by someone else
 // first (a second requeue, or two at once): its sweep is queued already.

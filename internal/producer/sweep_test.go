@@ -172,6 +172,18 @@ func TestDryRunSweepHasItsOwnCampaign(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, named.DryRun)
 
+	// The real sweep given the dry run's campaign id (copied from its
+	// output) is refused: its cancels would count under "dry run: nothing
+	// was cancelled" (it was taken, and said so, with 100 cancelled).
+	tasksBefore := rdb.LLen(ctx, "asynq:{"+tasks.QueueDefault+"}:pending").Val()
+	_, err = p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locDry0000000000001"}, CampaignID: dry.Campaign})
+	require.ErrorIs(t, err, producer.ErrIntoDryRun)
+	require.ErrorContains(t, err, dry.Campaign)
+	require.Equal(t, tasksBefore, rdb.LLen(ctx, "asynq:{"+tasks.QueueDefault+"}:pending").Val(), "nothing queued")
+	again, _, err := campaign.New(rdb, 0).Get(ctx, dry.Campaign)
+	require.NoError(t, err)
+	require.Equal(t, dry.Sweeps, again.Sweeps)
+
 	// A dry run that failed before this rule, in a named campaign, is
 	// still replayed there.
 	started, ok, err := p.ReviveSweep(ctx, failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swDry", CampaignID: "autumn",
