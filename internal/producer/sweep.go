@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -98,7 +99,8 @@ func NewID(prefix string) string {
 // ("" for none), the answer kept under the dedupe key, the revived sweep's
 // state key ("" for none: its run leaves the campaign's sweep list, which
 // lists each location sweep once, as the counters count it), dry run (1/0),
-// then per task: encoded message, task id, lane, sweep state key, location,
+// earlier failed runs this one replaces ("task id\tstate key" lines, see
+// failedRunsReplaced), then per task: encoded message, task id, lane, sweep state key, location,
 // contact, channel, event, event id. Returns -1 when the dedupe key is
 // taken, -2 when the dead letter to revive is gone (replayed already), -3
 // when a real sweep is sent into a dry run's campaign: nothing queued. A
@@ -113,21 +115,34 @@ local dry = ARGV[10] == "1"
 -- A real sweep would count its cancels in a campaign that says nothing
 -- was cancelled (dry_run): refused.
 if not dry and redis.call("HGET", (ck(campaign)), "dry_run") == "1" then return -3 end
-if ARGV[7] ~= "" then
-  if redis.call("HDEL", "` + deadletter.KeyRecords + `", ARGV[7]) == 0 then return -2 end
-  redis.call("ZREM", "` + deadletter.KeyIndex + `", ARGV[7])
+-- takeback: a failed run's dead letter goes, and its campaign no longer
+-- counts the run (its sweep, its failure, its place in the sweep list):
+-- the run queued here replaces it. False when the dead letter is gone.
+local function takeback(id, state)
+  if redis.call("HDEL", "` + deadletter.KeyRecords + `", id) == 0 then return false end
+  redis.call("ZREM", "` + deadletter.KeyIndex + `", id)
   local k = ck(campaign)
-  if redis.call("SREM", k .. ":failed_sweeps", ARGV[7]) == 1 then
+  if redis.call("SREM", k .. ":failed_sweeps", id) == 1 then
     redis.call("HINCRBY", k, "sweeps", -1)
     redis.call("HINCRBY", k, "sweeps_done", -1)
     redis.call("HINCRBY", k, "sweeps_failed", -1)
-    if ARGV[9] ~= "" then redis.call("ZREM", k .. ":sweeplist", ARGV[9]) end
+    if state ~= "" then redis.call("ZREM", k .. ":sweeplist", state) end
   end
+  return true
+end
+if ARGV[7] ~= "" and not takeback(ARGV[7], ARGV[9]) then return -2 end
+-- The same sweep run again (not requeued) in the campaign of a failed run:
+-- it replaces that run as a requeue would (the failure no longer counts:
+-- "1 failed sweep, messages may still go out" after the new run cancelled
+-- them all). One already replayed is skipped.
+for line in string.gmatch(ARGV[11], "[^\n]+") do
+  local id, state = string.match(line, "^([^\t]*)\t(.*)$")
+  if id then takeback(id, state) end
 end
 if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], ARGV[8], "NX", "PX", ARGV[6]) then return -1 end
 local added = 0
 local k, _, _, kl = ck(campaign)
-for i = 11, #ARGV, 9 do
+for i = 12, #ARGV, 9 do
   local msg, id, lane, state, loc = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   if redis.call("EXISTS", "asynq:{" .. lane .. "}:t:" .. id) == 0 then
     redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
@@ -183,7 +198,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	}
 	now := time.Now()
 	args := []any{strconv.FormatInt(now.UnixNano(), 10), now.UnixMilli(), p.cfg.CampaignRetention.Milliseconds(), st.CampaignID,
-		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive, "", r.reviveState, flag(r.DryRun)}
+		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive, "", r.reviveState, flag(r.DryRun), ""}
 	seen := map[string]bool{}
 	for _, loc := range r.Locations {
 		if seen[loc] {
@@ -220,6 +235,13 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		args = append(args, encodeTaskMessage(tasks.TypeSweep, b, id, queue, tasks.AsynqMaxRetry(tasks.SweepMaxRetry), tasks.SweepTimeout),
 			id, queue, SweepStateKey(st.SweepID, loc), loc, r.ContactID, r.Channel, r.Event, r.EventID)
 		st.TaskIDs = append(st.TaskIDs, id)
+	}
+	if r.revive == "" && !r.DryRun && r.CampaignID != "" {
+		replaced, err := p.failedRunsReplaced(ctx, r, seen)
+		if err != nil {
+			return SweepStarted{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		args[10] = replaced
 	}
 	if err := p.publish(ctx, queue); err != nil {
 		return SweepStarted{}, err
@@ -259,6 +281,42 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 // ErrIntoDryRun: a real sweep was sent into a dry run's campaign, which
 // says nothing was cancelled: its cancels would be counted under that.
 var ErrIntoDryRun = errors.New("sweep: that campaign is a dry run's (it counts what a sweep would cancel, and says nothing was cancelled); run the real sweep with no campaign id, or a new one")
+
+// failedRunsReplaced lists, for sweepScript, the failed sweeps of r's
+// campaign that r runs again: the same location (one of locs) and the same
+// filters. Each is a "task id\tstate key" line.
+func (p *Producer) failedRunsReplaced(ctx context.Context, r SweepRequest, locs map[string]bool) (string, error) {
+	ids, err := p.rdb.SMembers(ctx, ledger.CampaignKey(r.CampaignID)+":failed_sweeps").Result()
+	if err != nil || len(ids) == 0 {
+		return "", err
+	}
+	store := deadletter.New(p.rdb)
+	var b strings.Builder
+	for _, id := range ids {
+		rec, ok, err := store.Get(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		var pl tasks.SweepPayload
+		if !ok || rec.Kind != "sweep" || json.Unmarshal([]byte(rec.Payload), &pl) != nil || !locs[pl.LocationID] || !sameFilters(pl, r) {
+			continue
+		}
+		b.WriteString(id + "\t" + SweepStateKey(pl.SweepID, pl.LocationID) + "\n")
+	}
+	return b.String(), nil
+}
+
+// sameFilters: the failed run pl asked for what r asks (r's channel set).
+func sameFilters(pl tasks.SweepPayload, r SweepRequest) bool {
+	unix := func(t time.Time) int64 {
+		if t.IsZero() {
+			return 0
+		}
+		return t.Unix()
+	}
+	return !pl.DryRun && pl.ContactID == r.ContactID && pl.ConversationID == r.ConversationID && pl.Channel == r.Channel &&
+		pl.Source == r.Source && pl.Since == unix(r.Since) && pl.Until == unix(r.Until)
+}
 
 // ErrSweepRevived: the sweep dead letter was replayed by someone else
 // first (a second requeue, or two at once): its sweep is queued already.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
@@ -285,4 +286,45 @@ func TestDoubleRequeueOfASweep(t *testing.T) {
 		require.Zero(t, sum.Skipped, "nothing is left in place")
 		require.Equal(t, 1, sum.AlreadyQueued+sum.Gone, "the other click says why it did nothing")
 	}
+}
+
+// TestSweepRunAgainReplacesItsFailure: a failed sweep run again with the
+// same command (not requeued) into its campaign replaces the failed run, as
+// a requeue of its dead letter does. Its failure stayed counted: `status
+// --watch` exited 1 ("1 failed sweep: messages may still go out") after the
+// new run had cancelled every message (found by an audit with the real
+// binaries). A failed run of another location, or with other filters,
+// stays.
+func TestSweepRunAgainReplacesItsFailure(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	const loc, other = "locAgain000000000001", "locAgain000000000002"
+	same := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swAgain1", CampaignID: "again", LocationID: loc})
+	otherLoc := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swAgain2", CampaignID: "again", LocationID: other})
+	otherFilter := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swAgain3", CampaignID: "again", LocationID: loc, ContactID: "contact0000000000001"})
+	require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey("again"), "sweeps", 3, "sweeps_done", 3, "sweeps_failed", 3).Err())
+
+	_, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{loc}, CampaignID: "again"})
+	require.NoError(t, err)
+	store := deadletter.New(rdb)
+	for _, tc := range []struct {
+		rec  deadletter.Record
+		left bool
+	}{{same, false}, {otherLoc, true}, {otherFilter, true}} {
+		_, ok, err := store.Get(ctx, tc.rec.TaskID)
+		require.NoError(t, err)
+		require.Equal(t, tc.left, ok, tc.rec.TaskID)
+	}
+	s, _, err := campaign.New(rdb, 0).Get(ctx, "again")
+	require.NoError(t, err)
+	require.Equal(t, []int64{3, 2, 2}, []int64{s.Sweeps, s.SweepsDone, s.SweepsFailed}, "the failed run replaced by the new one")
+
+	// Run once more: nothing left to replace for it.
+	_, err = p.Sweep(ctx, producer.SweepRequest{Locations: []string{loc}, CampaignID: "again"})
+	require.NoError(t, err)
+	s, _, err = campaign.New(rdb, 0).Get(ctx, "again")
+	require.NoError(t, err)
+	require.Equal(t, []int64{4, 2, 2}, []int64{s.Sweeps, s.SweepsDone, s.SweepsFailed})
 }
