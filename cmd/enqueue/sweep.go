@@ -196,7 +196,9 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	var rows []row
 	failed := 0
 	for _, loc := range dedupe(locations) {
-		state, _, err := sweep.LoadState(ctx, rdb, st.SweepID, loc)
+		// A failed location requeued (or swept again) while this waited
+		// ends in the run that replaced it.
+		state, _, err := sweep.LoadLatestState(ctx, rdb, st.SweepID, loc)
 		if err != nil {
 			return err
 		}

@@ -100,7 +100,7 @@ func NewID(prefix string) string {
 // state key ("" for none: its run leaves the campaign's sweep list, which
 // lists each location sweep once, as the counters count it), dry run (1/0),
 // earlier failed runs this one replaces ("task id\tstate key" lines, see
-// failedRunsReplaced), then per task: encoded message, task id, lane, sweep state key, location,
+// failedRunsReplaced), this sweep's id, then per task: encoded message, task id, lane, sweep state key, location,
 // contact, channel, event, event id. Returns -1 when the dedupe key is
 // taken, -2 when the dead letter to revive is gone (replayed already), -3
 // when a real sweep is sent into a dry run's campaign: nothing queued. A
@@ -121,6 +121,8 @@ if not dry and redis.call("HGET", (ck(campaign)), "dry_run") == "1" then return 
 local function takeback(id, state)
   if redis.call("HDEL", "` + deadletter.KeyRecords + `", id) == 0 then return false end
   redis.call("ZREM", "` + deadletter.KeyIndex + `", id)
+  -- Who follows the failed run (sweep --wait) finds how it ends.
+  if state ~= "" and redis.call("EXISTS", state) == 1 then redis.call("HSET", state, "replaced_by", ARGV[12]) end
   local k = ck(campaign)
   if redis.call("SREM", k .. ":failed_sweeps", id) == 1 then
     redis.call("HINCRBY", k, "sweeps", -1)
@@ -142,7 +144,7 @@ end
 if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], ARGV[8], "NX", "PX", ARGV[6]) then return -1 end
 local added = 0
 local k, _, _, kl = ck(campaign)
-for i = 12, #ARGV, 9 do
+for i = 13, #ARGV, 9 do
   local msg, id, lane, state, loc = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   if redis.call("EXISTS", "asynq:{" .. lane .. "}:t:" .. id) == 0 then
     redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
@@ -198,7 +200,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	}
 	now := time.Now()
 	args := []any{strconv.FormatInt(now.UnixNano(), 10), now.UnixMilli(), p.cfg.CampaignRetention.Milliseconds(), st.CampaignID,
-		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive, "", r.reviveState, flag(r.DryRun), ""}
+		r.DedupeKey, max(r.DedupeTTL.Milliseconds(), 1), r.revive, "", r.reviveState, flag(r.DryRun), "", st.SweepID}
 	seen := map[string]bool{}
 	for _, loc := range r.Locations {
 		if seen[loc] {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,9 +17,10 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
-	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/sweep"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
@@ -327,4 +329,46 @@ func TestSweepRunAgainReplacesItsFailure(t *testing.T) {
 	s, _, err = campaign.New(rdb, 0).Get(ctx, "again")
 	require.NoError(t, err)
 	require.Equal(t, []int64{4, 2, 2}, []int64{s.Sweeps, s.SweepsDone, s.SweepsFailed})
+}
+
+// TestReplacedRunIsFollowed: `sweep --wait` reads each location's state by
+// the sweep id it started; a failed location requeued (or swept again)
+// while it waited runs under a new id. It reported the location failed
+// and exited 1 after the new run had cancelled everything (found by an
+// audit with the real binaries). The failed state now names the run that
+// replaces it, and LoadLatestState follows it.
+func TestReplacedRunIsFollowed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	const loc = "locFollow00000000001"
+	for _, tc := range []struct {
+		name    string
+		replace func(t *testing.T, rec deadletter.Record) string
+	}{
+		{"requeued", func(t *testing.T, rec deadletter.Record) string {
+			st, ok, err := p.ReviveSweep(ctx, rec)
+			require.NoError(t, err)
+			require.True(t, ok)
+			return st.SweepID
+		}},
+		{"swept again", func(t *testing.T, rec deadletter.Record) string {
+			st, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{loc}, CampaignID: rec.CampaignID})
+			require.NoError(t, err)
+			return st.SweepID
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			camp := "follow-" + strings.ReplaceAll(tc.name, " ", "-")
+			rec := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swF" + camp, CampaignID: camp, LocationID: loc})
+			require.NoError(t, rdb.HSet(ctx, producer.SweepStateKey("swF"+camp, loc), "location", loc, "phase", "failed", "error", "no_token").Err())
+			next := tc.replace(t, rec)
+			require.NoError(t, rdb.HSet(ctx, producer.SweepStateKey(next, loc), "phase", "done", "found", 7).Err())
+			st, ok, err := sweep.LoadLatestState(ctx, rdb, "swF"+camp, loc)
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.Equal(t, []any{"done", "", int64(7)}, []any{st.Phase, st.Error, st.Found}, "the replacing run's state")
+		})
+	}
 }

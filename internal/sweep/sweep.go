@@ -84,6 +84,10 @@ type State struct {
 	Restarts  int64  `json:"restarts"`
 	NoEmailID int64  `json:"emails_without_id,omitempty"`
 	Error     string `json:"error,omitempty"`
+	// ReplacedBy: the sweep (id) that runs this failed one again (a
+	// requeue of its dead letter, or the same sweep sent again into its
+	// campaign): its state says how the location's sweep ended.
+	ReplacedBy string `json:"replaced_by,omitempty"`
 }
 
 // LoadState reads a location's sweep progress.
@@ -95,7 +99,23 @@ func LoadState(ctx context.Context, rdb redis.UniversalClient, sweepID, location
 	n := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
 	return State{Location: m["location"], Phase: m["phase"], Cursor: m["cursor"], Pages: n("pages"), Seen: n("seen"),
 		Found: n("found"), FoundSMS: n("found_sms"), FoundEmail: n("found_email"), Enqueued: n("enqueued"),
-		Already: n("already"), Restarts: n("restarts"), NoEmailID: n("no_email_id"), Error: m["error"]}, true, nil
+		Already: n("already"), Restarts: n("restarts"), NoEmailID: n("no_email_id"), Error: m["error"], ReplacedBy: m["replaced_by"]}, true, nil
+}
+
+// LoadLatestState is LoadState followed along ReplacedBy: how the
+// location's sweep ended, or stands, after any runs that replaced it.
+func LoadLatestState(ctx context.Context, rdb redis.UniversalClient, sweepID, location string) (State, bool, error) {
+	st, ok, err := LoadState(ctx, rdb, sweepID, location)
+	for hops := 0; err == nil && ok && st.ReplacedBy != "" && hops < 20; hops++ {
+		var next State
+		var found bool
+		next, found, err = LoadState(ctx, rdb, st.ReplacedBy, location)
+		if !found {
+			break // the replacing run's state is gone: this one is what is known
+		}
+		st = next
+	}
+	return st, ok, err
 }
 
 // commitScript records one page: the next cursor (or channel) and the
