@@ -187,6 +187,10 @@ type CampaignStatus struct {
 	SweepPages   int64 `json:"sweep_pages,omitempty"`
 	SweepSeen    int64 `json:"sweep_messages_read,omitempty"`
 	SweepFound   int64 `json:"sweep_scheduled_found,omitempty"`
+	// HeldBy: other campaigns that count messages this campaign's sweeps
+	// found scheduled but did not queue (already queued or done there):
+	// what became of those messages is said there.
+	HeldBy []string `json:"held_by_campaigns,omitempty"`
 	// SweepList is the campaign's newest sweeps (up to 20), one per
 	// location swept: what each was asked to find, by which webhook event
 	// if one asked, and what it found.

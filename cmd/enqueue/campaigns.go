@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -77,12 +78,19 @@ func (e *env) statusCmd() *cobra.Command {
 			}
 			if s.Complete {
 				// --watch is for scripts, as sweep --wait: a dead letter or
-				// a failed sweep leaves messages that may still go out.
-				if s.DeadLettered == 0 && s.SweepsFailed == 0 {
+				// a failed sweep leaves messages that may still go out, here
+				// or in a campaign holding messages its sweeps found.
+				failing, err := e.waitHeld(ctx, tr, s)
+				if err != nil {
+					return err
+				}
+				if s.DeadLettered == 0 && s.SweepsFailed == 0 && len(failing) == 0 {
 					return nil
 				}
-				fmt.Fprintf(e.stderr, "campaign %s completed with %d dead-lettered cancel(s) and %d failed sweep(s): messages may still go out; see enqueue dead list --campaign %s\n",
-					args[0], s.DeadLettered, s.SweepsFailed, args[0])
+				if s.DeadLettered > 0 || s.SweepsFailed > 0 {
+					fmt.Fprintf(e.stderr, "campaign %s completed with %d dead-lettered cancel(s) and %d failed sweep(s): messages may still go out; see enqueue dead list --campaign %s\n",
+						args[0], s.DeadLettered, s.SweepsFailed, args[0])
+				}
 				return errReported
 			}
 			prev, prevAt = s, time.Now()
@@ -95,6 +103,39 @@ func (e *env) statusCmd() *cobra.Command {
 		}
 	})
 	return cmd
+}
+
+// waitHeld waits (every 2 s) until the campaigns holding messages s's
+// sweeps found but did not queue (s.HeldBy: queued or done there first)
+// are complete too, and returns those with dead letters or failed sweeps,
+// said on stderr: some of those messages may still go out. A campaign
+// complete on its own counts none of them, so "complete" alone would say
+// they were dealt with.
+func (e *env) waitHeld(ctx context.Context, tr *campaign.Tracker, s campaign.Status) ([]string, error) {
+	said := false
+	for {
+		waiting, failing, err := tr.Held(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		if len(waiting) == 0 {
+			if len(failing) > 0 {
+				fmt.Fprintf(e.stderr, "campaign(s) %s, which hold messages campaign %s's sweeps found (queued or done there first), have dead letters or failed sweeps: some of those messages may still go out; see enqueue status %s\n",
+					strings.Join(failing, ", "), s.Campaign, failing[0])
+			}
+			return failing, nil
+		}
+		if !said {
+			said = true
+			fmt.Fprintf(e.stderr, "campaign %s is complete; waiting for campaign(s) %s, which hold messages its sweeps found (queued there first)\n",
+				s.Campaign, strings.Join(waiting, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("interrupted while campaign(s) %s, holding messages campaign %s's sweeps found, were still running", strings.Join(waiting, ", "), s.Campaign)
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 func (e *env) reportCmd() *cobra.Command {

@@ -411,6 +411,21 @@ func TestStatusReportCampaigns(t *testing.T) {
 	r = runCmd(t, url, "", "status", "clean", "--watch")
 	require.NoError(t, r.err, r.stderr)
 
+	// A sweep's campaign complete with nothing of its own: the messages it
+	// found were queued in spring first, and spring has a dead letter.
+	rdb := redistest.ClientFor(t, url)
+	now := time.Now().UnixMilli()
+	for c, held := range map[string]string{"finder": "spring", "finder-clean": "clean"} {
+		require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey(c), "total", 0, "started_at", now, "finished_at", now, "sweeps", 1, "sweeps_done", 1).Err())
+		require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldByKey(c), held).Err())
+	}
+	r = runCmd(t, url, "", "status", "finder", "--watch")
+	require.Error(t, r.err, "complete on its own, but a message it found may still go out")
+	require.Contains(t, r.stdout, "already queued or done in campaign(s) spring")
+	require.Contains(t, r.stderr, "campaign(s) spring, which hold messages campaign finder's sweeps found (queued or done there first), have dead letters")
+	r = runCmd(t, url, "", "status", "finder-clean", "--watch")
+	require.NoError(t, r.err, r.stderr)
+
 	r = runCmd(t, url, "", "status", "nope")
 	require.ErrorContains(t, r.err, `no campaign "nope"`)
 	r = runCmd(t, url, "", "status")

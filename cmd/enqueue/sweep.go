@@ -191,7 +191,10 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		SMS      int64         `json:"scheduled_sms"`
 		Email    int64         `json:"scheduled_email"`
 		MinTime  time.Duration `json:"min_cancel_time_ns"`
-		Error    string        `json:"error,omitempty"`
+		// Already: found scheduled, but queued or done already (another
+		// campaign, sweep or event first): not queued again here.
+		Already int64  `json:"already_queued_or_done"`
+		Error   string `json:"error,omitempty"`
 	}
 	var rows []row
 	failed := 0
@@ -203,7 +206,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 			return err
 		}
 		lim := ratelimit.Learned(ctx, rdb, loc, ratelimit.Limit{N: ratelimit.LimitDefault, Period: ratelimit.PeriodDefault})
-		rw := row{Location: loc, Pages: state.Pages, Read: state.Seen, SMS: state.FoundSMS, Email: state.FoundEmail, Error: state.Error,
+		rw := row{Location: loc, Pages: state.Pages, Read: state.Seen, SMS: state.FoundSMS, Email: state.FoundEmail, Already: state.Already, Error: state.Error,
 			MinTime: ratelimit.New(nil, ratelimit.Config{}).MinTime(lim, state.FoundSMS+state.FoundEmail)}
 		if rw.Error != "" {
 			failed++
@@ -224,12 +227,20 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 			}
 		}
 	}
+	// Messages found but queued or done in other campaigns first are
+	// counted there: wait for those too, and say if they failed some.
+	heldFailing, err := e.waitHeld(ctx, tr, end)
+	if err != nil {
+		return err
+	}
 	done := func() error {
-		if failed == 0 && dead == 0 {
+		if failed == 0 && dead == 0 && len(heldFailing) == 0 {
 			return nil
 		}
-		fmt.Fprintf(e.stderr, "sweep %s: %d location(s) failed, %d cancel(s) dead-lettered in campaign %s while it ran: messages may still go out; see enqueue dead list --campaign %s\n",
-			st.SweepID, failed, dead, st.CampaignID, st.CampaignID)
+		if failed > 0 || dead > 0 {
+			fmt.Fprintf(e.stderr, "sweep %s: %d location(s) failed, %d cancel(s) dead-lettered in campaign %s while it ran: messages may still go out; see enqueue dead list --campaign %s\n",
+				st.SweepID, failed, dead, st.CampaignID, st.CampaignID)
+		}
 		return errReported
 	}
 	if o.asJSON {
@@ -239,9 +250,9 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		return done()
 	}
 	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "LOCATION\tPAGES\tREAD\tSCHEDULED_SMS\tSCHEDULED_EMAIL\tCANCEL_TIME\tERROR")
+	fmt.Fprintln(tw, "LOCATION\tPAGES\tREAD\tSCHEDULED_SMS\tSCHEDULED_EMAIL\tALREADY\tCANCEL_TIME\tERROR")
 	for _, rw := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\n", rw.Location, rw.Pages, rw.Read, rw.SMS, rw.Email, rw.MinTime.Round(time.Second), dash(rw.Error))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", rw.Location, rw.Pages, rw.Read, rw.SMS, rw.Email, rw.Already, rw.MinTime.Round(time.Second), dash(rw.Error))
 	}
 	_ = tw.Flush()
 	if o.dryRun {

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -86,6 +87,10 @@ type Status struct {
 	SweepPages   int64 `json:"sweep_pages,omitempty"`
 	SweepSeen    int64 `json:"sweep_messages_read,omitempty"`
 	SweepFound   int64 `json:"sweep_scheduled_found,omitempty"`
+	// HeldBy: other campaigns that count messages this campaign's sweeps
+	// found scheduled but did not queue (already queued or done there):
+	// what became of those messages is said there (see Tracker.Held).
+	HeldBy []string `json:"held_by_campaigns,omitempty"`
 	// SweepList: the newest sweeps, filled by WithSweeps (Get leaves it
 	// empty: it is polled).
 	SweepList []client.SweepSummary `json:"sweep_list,omitempty"`
@@ -177,10 +182,12 @@ func (t *Tracker) Get(ctx context.Context, campaign string) (Status, bool, error
 type statusRead struct {
 	h        *redis.MapStringStringCmd
 	retrying *redis.IntCmd
+	heldBy   *redis.StringSliceCmd
 }
 
 func queueStatus(ctx context.Context, p redis.Pipeliner, campaign string) statusRead {
-	return statusRead{h: p.HGetAll(ctx, ledger.CampaignKey(campaign)), retrying: p.SCard(ctx, ledger.CampaignRetryingKey(campaign))}
+	return statusRead{h: p.HGetAll(ctx, ledger.CampaignKey(campaign)), retrying: p.SCard(ctx, ledger.CampaignRetryingKey(campaign)),
+		heldBy: p.SMembers(ctx, ledger.CampaignHeldByKey(campaign))}
 }
 
 // status decodes the read; ok is false for an unknown (or expired) campaign.
@@ -204,6 +211,9 @@ func (r statusRead) status(campaign string) (Status, bool) {
 	s.Sweeps, s.SweepsDone, s.SweepsFailed = n("sweeps"), n("sweeps_done"), n("sweeps_failed")
 	s.DryRun = m["dry_run"] == "1"
 	s.SweepPages, s.SweepSeen, s.SweepFound = n("sweep_pages"), n("sweep_seen"), n("sweep_found")
+	if held := r.heldBy.Val(); len(held) > 0 {
+		s.HeldBy = slices.Sorted(slices.Values(held))
+	}
 	s.Pending = s.Total - s.Done
 	if f := n("finished_at"); f > 0 {
 		ft := time.UnixMilli(f)
@@ -211,6 +221,29 @@ func (r statusRead) status(campaign string) (Status, bool) {
 		s.Complete = true
 	}
 	return s, true
+}
+
+// Held reads the campaigns in s.HeldBy: those not complete yet (waiting),
+// and those with dead letters or failed sweeps (failing: messages s's
+// sweeps found may be among them, and may still go out). A held campaign
+// that is gone (expired) is in neither.
+func (t *Tracker) Held(ctx context.Context, s Status) (waiting, failing []string, err error) {
+	for _, c := range s.HeldBy {
+		h, ok, err := t.Get(ctx, c)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !ok {
+			continue
+		}
+		if !h.Complete {
+			waiting = append(waiting, c)
+		}
+		if h.DeadLettered > 0 || h.SweepsFailed > 0 {
+			failing = append(failing, c)
+		}
+	}
+	return waiting, failing, nil
 }
 
 // Locations returns the locations a campaign's messages belong to.

@@ -30,6 +30,9 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 	if s.Total > 0 {
 		pct = 100 * s.Done / s.Total
 	}
+	if pct == 100 && !s.Complete {
+		pct = 99 // every cancel so far is done, but sweeps still read
+	}
 	fmt.Fprintf(&b, "%s [%s] %d/%d %d%%\n", s.Campaign, bar, s.Done, s.Total, pct)
 	if s.DryRun {
 		b.WriteString("  dry run: counts what a sweep would cancel; nothing was cancelled\n")
@@ -71,6 +74,10 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 		fmt.Fprintf(&b, "    sweep %s%s: %s in %s, %s: %d still scheduled (%d SMS, %d email), %d cancels queued%s, %s\n",
 			sw.SweepID, by, what, sw.LocationID, sw.Channel, sw.Found, sw.FoundSMS, sw.FoundEmail, sw.Enqueued, already, sw.State)
 	}
+	if len(s.HeldBy) > 0 {
+		fmt.Fprintf(&b, "  messages the sweeps found were already queued or done in campaign(s) %s: what became of them is said there (enqueue status %s)\n",
+			strings.Join(s.HeldBy, ", "), s.HeldBy[0])
+	}
 	if len(s.DeadByReason) > 0 {
 		var rs []string
 		for r, n := range s.DeadByReason {
@@ -101,6 +108,10 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 	// pacing to come, the floor does.
 	if floor > d {
 		eta = floor.Round(time.Second).String() + " or more (paced by HighLevel's rate limits)"
+	}
+	if reading := s.Sweeps - s.SweepsDone; reading > 0 {
+		// The total grows as they read: no ETA holds.
+		eta = fmt.Sprintf("unknown (%d location sweep(s) still reading: more cancels may come)", reading)
 	}
 	fmt.Fprintf(&b, "  %.1f/s, ETA %s, started %s", rate, eta, s.StartedAt.UTC().Format(time.RFC3339))
 	return b.String()

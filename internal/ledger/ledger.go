@@ -60,6 +60,14 @@ func CampaignLocationsKey(c string) string {
 // start time.
 func CampaignSweepListKey(c string) string { return CampaignKey(c) + ":sweeplist" }
 
+// CampaignHeldByKey is the set of other campaigns that count messages this
+// campaign's sweeps found scheduled but did not queue (already queued or
+// done there): what became of those messages is said there.
+func CampaignHeldByKey(c string) string { return CampaignKey(c) + ":held_by" }
+
+// HeldByMax bounds a campaign's HeldByKey set.
+const HeldByMax = 50
+
 // SweepStateKey is where one location's sweep keeps its progress.
 func SweepStateKey(sweepID, location string) string {
 	return "ghlcancel:sweep:{" + sweepID + "}:" + location
@@ -236,6 +244,7 @@ local function ctouch(c, now, ttl)
   redis.call("PEXPIRE", kl, ttl)
   redis.call("PEXPIRE", k .. ":failed_sweeps", ttl)
   redis.call("PEXPIRE", k .. ":sweeplist", ttl)
+  redis.call("PEXPIRE", k .. ":held_by", ttl)
 end
 -- csettled: after an outcome, set finished_at when done reaches total, and
 -- push the campaign's expiry forward at most once a minute (one HMGET on

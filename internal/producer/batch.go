@@ -127,8 +127,8 @@ end
 -- Task ids to push per lane: one LPUSH per lane for the whole batch (in
 -- the same order as one LPUSH per task).
 local push, seen = {}, {}
-local function enqueue(lane, id, msg)
-  seen[id] = true -- a repeat later in the batch is already queued
+local function enqueue(lane, id, msg, campaign)
+  seen[id] = campaign -- a repeat later in the batch is already queued, in this campaign
   redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
   push[lane] = push[lane] or {}
   local p = push[lane]
@@ -177,19 +177,29 @@ for c, cids in pairs(ids) do
   end
 end
 local adopt = {}
+-- held: for an item already queued or done, the campaign that counts the
+-- message when it is not the one asked for (a sweep follows it there).
+local held = {}
+local function hold(i, c, campaign)
+  if c and c ~= "" and c ~= campaign then
+    held[#held+1] = i
+    held[#held+1] = c
+  end
+end
 for i = 0, n - 1 do
   local a = 3 + i * 7
   local msg, id, lane, campaign, loc, force, fromdead = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6], ARGV[a+7]
   local row = rows[campaign] and rows[campaign][id]
   if seen[id] then
     res[i+1] = 1
+    hold(i, seen[id], campaign)
     if fromdead == "1" then drop_dead(id) end
   elseif not row and (fresh or redis.call("EXISTS", unpack(keys, i * per + 1, (i + 1) * per)) == 0) then
     -- Never seen: no task on any lane, no record.
     if fromdead == "1" then drop_dead(id) end
     count(campaign, 1, loc)
     res[i+1] = 0
-    enqueue(lane, id, msg)
+    enqueue(lane, id, msg, campaign)
   elseif wk and campaign == "" and handback_to(id) then
     -- Sent as the right kind without a campaign: it stays in the one the
     -- wrong kind's dead letter counts it in (the caller sends it again
@@ -211,11 +221,15 @@ for i = 0, n - 1 do
         stale[#stale+1] = {l, st}
         if st == "archived" then archived = true end
       elseif st then
-        live = true
+        live = l
       end
     end
     if live then
       res[i+1] = 1
+      -- Its campaign: the queued task's, or the one it was handed.
+      local hc = task_campaign(redis.call("HGET", "asynq:{" .. live .. "}:t:" .. id, "msg"))
+      if hc == "" then hc = redis.call("HGET", "ghlcancel:msg:" .. id, "h") end
+      hold(i, hc, campaign)
       -- A requeued dead letter whose message is queued again is stale.
       if fromdead == "1" then drop_dead(id) end
     else
@@ -256,6 +270,7 @@ for i = 0, n - 1 do
         if dead or fromdead == "1" then drop_dead(id) end
         if not runs then
           res[i+1] = 2
+          hold(i, prevc, campaign)
         else
           if o or prevc or archived then
             prevc = prevc or ""
@@ -303,7 +318,7 @@ for i = 0, n - 1 do
             -- (field h) whose task was deleted by hand: it is no one's now.
             redis.call("HDEL", rk, "h")
           end
-          enqueue(lane, id, msg)
+          enqueue(lane, id, msg, campaign)
         end
       end
     end
@@ -319,7 +334,7 @@ for c, d in pairs(delta) do
   end
   cadd(c, d, "", now, ttl)
 end
-return {res, adopt}`)
+return {res, adopt, held}`)
 
 // existsKeys appends, in enqueueScript, the task key of id on every lane
 // to keys; with the record's key that makes existsPerItem keys per item
@@ -495,14 +510,14 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 		fail(out, idx, err)
 		return
 	}
-	res, again, at, err := parseEnqueueReply(v, items, idx)
+	res, again, at, heldBy, err := parseEnqueueReply(v, items, idx)
 	if err != nil {
 		fail(out, idx, err)
 		return
 	}
 	for j, i := range idx {
 		if res[j] < int64(len(scriptStatus)) {
-			out[i] = Result{Status: scriptStatus[res[j]]}
+			out[i] = Result{Status: scriptStatus[res[j]], HeldBy: heldBy[j]}
 		}
 	}
 	if len(again) > 0 {
@@ -515,27 +530,31 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 	}
 }
 
-// parseEnqueueReply reads enqueueScript's {codes, handed back} reply:
-// a code per item sent, and for each item handed back (code 4) its
-// position and campaign. It returns the codes, and the items to send again
-// under their campaign with their positions in out. A reply of another
-// shape is an error: no item is reported from it.
-func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again []Item, at []int, err error) {
+// parseEnqueueReply reads enqueueScript's {codes, handed back, held}
+// reply: a code per item sent; for each item handed back (code 4) its
+// position and campaign; for each item already queued or done (codes 1
+// and 2) in another campaign than asked, its position and that campaign.
+// It returns the codes, the items to send again under their campaign with
+// their positions in out, and the campaign holding each item ("" for
+// none). A reply of another shape is an error: no item is reported from
+// it.
+func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again []Item, at []int, heldBy []string, err error) {
 	bad := errors.New("enqueue script: unexpected reply")
-	if len(v) != 2 {
-		return nil, nil, nil, bad
+	if len(v) != 3 {
+		return nil, nil, nil, nil, bad
 	}
 	raw, ok := v[0].([]any)
 	adopt, ok2 := v[1].([]any)
-	if !ok || !ok2 || len(raw) != len(idx) || len(adopt)%2 != 0 {
-		return nil, nil, nil, bad
+	held, ok3 := v[2].([]any)
+	if !ok || !ok2 || !ok3 || len(raw) != len(idx) || len(adopt)%2 != 0 || len(held)%2 != 0 {
+		return nil, nil, nil, nil, bad
 	}
 	codes = make([]int64, len(raw))
 	handed := 0
 	for j, r := range raw {
 		c, ok := r.(int64)
 		if !ok || c < 0 || c > 4 {
-			return nil, nil, nil, bad
+			return nil, nil, nil, nil, bad
 		}
 		if c == 4 {
 			handed++
@@ -543,21 +562,33 @@ func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again [
 		codes[j] = c
 	}
 	if handed != len(adopt)/2 {
-		return nil, nil, nil, bad
+		return nil, nil, nil, nil, bad
 	}
-	used := map[int64]bool{}
-	for k := 0; k < len(adopt); k += 2 {
-		j, ok := adopt[k].(int64)
-		c, ok2 := adopt[k+1].(string)
-		if !ok || !ok2 || j < 0 || j >= int64(len(idx)) || codes[j] != 4 || c == "" || used[j] {
-			return nil, nil, nil, bad
+	pairs := func(list []any, fits func(code int64) bool, each func(j int64, c string)) bool {
+		used := map[int64]bool{}
+		for k := 0; k < len(list); k += 2 {
+			j, ok := list[k].(int64)
+			c, ok2 := list[k+1].(string)
+			if !ok || !ok2 || j < 0 || j >= int64(len(idx)) || !fits(codes[j]) || c == "" || used[j] {
+				return false
+			}
+			used[j] = true
+			each(j, c)
 		}
-		used[j] = true
+		return true
+	}
+	if !pairs(adopt, func(code int64) bool { return code == 4 }, func(j int64, c string) {
 		it := items[idx[j]]
 		it.CampaignID = c
 		again, at = append(again, it), append(at, idx[j])
+	}) {
+		return nil, nil, nil, nil, bad
 	}
-	return codes, again, at, nil
+	heldBy = make([]string, len(raw))
+	if !pairs(held, func(code int64) bool { return code == 1 || code == 2 }, func(j int64, c string) { heldBy[j] = c }) {
+		return nil, nil, nil, nil, bad
+	}
+	return codes, again, at, heldBy, nil
 }
 
 // forceArg is the enqueue script's force field: "1", "b<ms>" (ForceBefore)

@@ -87,6 +87,10 @@ func (s Status) String() string {
 type Result struct {
 	Status Status
 	Err    error
+	// HeldBy: for AlreadyQueued and AlreadyDone, the campaign that counts
+	// the message when it is not the one asked for ("" otherwise). Its
+	// outcome is counted there, not in the campaign asked for.
+	HeldBy string
 }
 
 // Config configures a Producer.

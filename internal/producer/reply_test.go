@@ -17,20 +17,25 @@ func TestParseEnqueueReply(t *testing.T) {
 		reply []any
 		ok    bool
 	}{
-		{"codes, none handed back", []any{[]any{int64(0), int64(1)}, []any{}}, true},
-		{"one handed back", []any{[]any{int64(3), int64(4)}, []any{int64(1), "c1"}}, true},
+		{"codes, none handed back", []any{[]any{int64(0), int64(1)}, []any{}, []any{}}, true},
+		{"one handed back", []any{[]any{int64(3), int64(4)}, []any{int64(1), "c1"}, []any{}}, true},
 		{"no adopt list", []any{[]any{int64(0), int64(1)}}, false},
-		{"codes short", []any{[]any{int64(0)}, []any{}}, false},
-		{"unknown code", []any{[]any{int64(0), int64(5)}, []any{}}, false},
-		{"code 4 without its campaign", []any{[]any{int64(0), int64(4)}, []any{}}, false},
-		{"handed back twice", []any{[]any{int64(4), int64(4)}, []any{int64(1), "c1", int64(1), "c1"}}, false},
-		{"position out of range", []any{[]any{int64(0), int64(4)}, []any{int64(2), "c1"}}, false},
-		{"position not handed back", []any{[]any{int64(4), int64(0)}, []any{int64(1), "c1"}}, false},
-		{"empty campaign", []any{[]any{int64(0), int64(4)}, []any{int64(1), ""}}, false},
-		{"odd adopt list", []any{[]any{int64(0), int64(4)}, []any{int64(1)}}, false},
+		{"codes short", []any{[]any{int64(0)}, []any{}, []any{}}, false},
+		{"unknown code", []any{[]any{int64(0), int64(5)}, []any{}, []any{}}, false},
+		{"code 4 without its campaign", []any{[]any{int64(0), int64(4)}, []any{}, []any{}}, false},
+		{"handed back twice", []any{[]any{int64(4), int64(4)}, []any{int64(1), "c1", int64(1), "c1"}, []any{}}, false},
+		{"position out of range", []any{[]any{int64(0), int64(4)}, []any{int64(2), "c1"}, []any{}}, false},
+		{"position not handed back", []any{[]any{int64(4), int64(0)}, []any{int64(1), "c1"}, []any{}}, false},
+		{"empty campaign", []any{[]any{int64(0), int64(4)}, []any{int64(1), ""}, []any{}}, false},
+		{"odd adopt list", []any{[]any{int64(0), int64(4)}, []any{int64(1)}, []any{}}, false},
+		{"no held list", []any{[]any{int64(0), int64(1)}, []any{}}, false},
+		{"held elsewhere", []any{[]any{int64(1), int64(2)}, []any{}, []any{int64(0), "k1", int64(1), "k2"}}, true},
+		{"held for an item enqueued", []any{[]any{int64(0), int64(1)}, []any{}, []any{int64(0), "k1"}}, false},
+		{"held twice", []any{[]any{int64(1), int64(1)}, []any{}, []any{int64(0), "k1", int64(0), "k2"}}, false},
+		{"held with no campaign", []any{[]any{int64(1), int64(1)}, []any{}, []any{int64(0), ""}}, false},
 	}
 	for _, tt := range tests {
-		codes, again, at, err := parseEnqueueReply(tt.reply, items, idx)
+		codes, again, at, heldBy, err := parseEnqueueReply(tt.reply, items, idx)
 		if !tt.ok {
 			require.Error(t, err, tt.name)
 			continue
@@ -41,6 +46,9 @@ func TestParseEnqueueReply(t *testing.T) {
 			require.Equal(t, []int{2}, at, "its position among all items")
 			require.Equal(t, "c", again[0].MessageID)
 			require.Equal(t, "c1", again[0].CampaignID)
+		}
+		if tt.name == "held elsewhere" {
+			require.Equal(t, []string{"k1", "k2"}, heldBy)
 		}
 	}
 }

@@ -25,7 +25,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -122,7 +125,9 @@ func LoadLatestState(ctx context.Context, rdb redis.UniversalClient, sweepID, lo
 // counters, in the sweep's state and its campaign, only if the state is
 // still where this delivery read it (a stale delivery changes nothing).
 // KEYS state, campaign hash. ARGV phase read, cursor read, next phase, next
-// cursor, seen, found, found sms, found email, enqueued, restart (1/0), no email id.
+// cursor, seen, found, found sms, found email, enqueued, restart (1/0), no
+// email id, already queued or done, the other campaigns holding those (one
+// per line; kept in the campaign's held_by set, ledger.HeldByMax at most).
 var commitScript = redis.NewScript(`
 local v = redis.call("HMGET", KEYS[1], "phase", "cursor")
 if (v[1] or "") ~= ARGV[1] or (v[2] or "") ~= ARGV[2] then return 0 end
@@ -145,6 +150,11 @@ if redis.call("EXISTS", KEYS[2]) == 1 then
   redis.call("HINCRBY", KEYS[2], "sweep_pages", 1)
   redis.call("HINCRBY", KEYS[2], "sweep_seen", ARGV[5])
   redis.call("HINCRBY", KEYS[2], "sweep_found", ARGV[6])
+  for c in string.gmatch(ARGV[13], "[^\n]+") do
+    if redis.call("SCARD", KEYS[2] .. ":held_by") >= ` + strconv.Itoa(ledger.HeldByMax) + ` then break end
+    redis.call("SADD", KEYS[2] .. ":held_by", c)
+    redis.call("PEXPIRE", KEYS[2] .. ":held_by", redis.call("PTTL", KEYS[2]))
+  end
 end
 return 1`)
 
@@ -302,7 +312,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 			// cancels answer already queued, or already done if settled
 			// since they were asked for.
 			if err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
-				st.Phase, st.Cursor, st.Phase, "", 0, 0, 0, 0, 0, "1", 0, 0).Err(); err != nil {
+				st.Phase, st.Cursor, st.Phase, "", 0, 0, 0, 0, 0, "1", 0, 0, "").Err(); err != nil {
 				return result{fate: "retry", reason: tasks.ReasonLimiter, err: err}
 			}
 			h.logger().Info("sweep: export cursor expired, starting the channel again", "task_id", id, "location_id", p.LocationID)
@@ -330,6 +340,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 		items, scheduled, noID := producer.SweepItems(p, page.Messages, asked)
 		enqueued, already, refused := 0, 0, 0
 		var refusal error
+		heldBy := map[string]bool{} // campaigns counting messages found here
 		if !p.DryRun && len(items) > 0 {
 			for _, r := range h.Producer.EnqueueBatch(ctx, items) {
 				switch {
@@ -337,6 +348,9 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 					enqueued++
 				case r.Status == producer.AlreadyQueued || r.Status == producer.AlreadyDone:
 					already++
+					if r.HeldBy != "" {
+						heldBy[r.HeldBy] = true
+					}
 				case r.Status == producer.Rejected && errors.Is(r.Err, producer.ErrUnavailable):
 					return result{fate: "retry", reason: tasks.ReasonLimiter, err: r.Err}
 				case r.Status == producer.Rejected:
@@ -364,7 +378,8 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 			nextPhase = strconv.Itoa(phase + 1)
 		}
 		ok, err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
-			st.Phase, st.Cursor, nextPhase, nextCursor, len(page.Messages), scheduled, sms, email, enqueued, "0", noID, already).Int()
+			st.Phase, st.Cursor, nextPhase, nextCursor, len(page.Messages), scheduled, sms, email, enqueued, "0", noID, already,
+			strings.Join(slices.Sorted(maps.Keys(heldBy)), "\n")).Int()
 		if err != nil {
 			return result{fate: "retry", reason: tasks.ReasonLimiter, err: fmt.Errorf("recording the sweep's progress: %w", err)}
 		}

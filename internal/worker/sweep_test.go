@@ -367,4 +367,41 @@ func TestSweepCountsWhatWasQueuedElsewhere(t *testing.T) {
 	require.Contains(t, s.Render(campaign.Status{}, time.Time{}),
 		fmt.Sprintf("%d still scheduled (%d SMS, %d email), 0 cancels queued (%d already queued or done earlier: by another event, sweep or campaign, or by this sweep before a page was read again), done",
 			want, second.FoundSMS, second.FoundEmail, want))
+
+	// reply-2 is complete with nothing of its own: the messages it found
+	// are reply-1's. It names reply-1, and whoever waits for it (sweep
+	// --wait, status --watch) waits for reply-1 too and hears of its dead
+	// letters: "complete, exit 0" while reply-1 still had them queued, and
+	// then dead-lettered, left messages scheduled (found by an audit with
+	// the real binaries).
+	require.True(t, s.Complete)
+	require.Equal(t, []string{"reply-1"}, s.HeldBy)
+	require.Contains(t, s.Render(campaign.Status{}, time.Time{}), "already queued or done in campaign(s) reply-1")
+	waiting, failing, err := tr.Held(ctx, s)
+	require.NoError(t, err)
+	require.Equal(t, []string{"reply-1"}, waiting)
+	require.Empty(t, failing)
+	led := ledger.New(rdb, ledger.Config{})
+	first1 := true
+	for _, a := range added {
+		if !a.Scheduled || a.Contact != "contact01" {
+			continue
+		}
+		kind := ghl.KindMessage
+		if a.Email {
+			kind = ghl.KindEmail
+		}
+		f := ledger.Final{TaskID: tasks.TaskID(kind, a.CancelID), CampaignID: "reply-1", Outcome: ledger.Outcome{Outcome: ledger.Cancelled, HTTPStatus: 200, Attempts: 1}}
+		if first1 {
+			first1 = false
+			f.Outcome = ledger.Outcome{Outcome: ledger.DeadLettered, Reason: "unauthorized", HTTPStatus: 401, Attempts: 1}
+			f.Dead = &deadletter.Record{Kind: string(kind), MessageID: a.CancelID, LocationID: locGood, CampaignID: "reply-1", Reason: "unauthorized"}
+		}
+		_, _, err := led.Settle(ctx, f)
+		require.NoError(t, err)
+	}
+	waiting, failing, err = tr.Held(ctx, s)
+	require.NoError(t, err)
+	require.Empty(t, waiting, "reply-1 is complete")
+	require.Equal(t, []string{"reply-1"}, failing, "with a dead letter: one of the messages reply-2 found may still go out")
 }
