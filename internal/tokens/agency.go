@@ -130,7 +130,8 @@ func (e *MintError) Error() string {
 func MintHint(reason string) string {
 	switch reason {
 	case ReasonNotInstalled:
-		return "the app is not installed on this sub-account (or was uninstalled): install it there, then requeue these dead letters"
+		return "the app is not installed on this sub-account (or was uninstalled): install it there, then requeue these dead letters " +
+			"(the location has no token in GHL_TOKENS_FILE and no stored pair either: if it should have one there, check its id for a typo)"
 	case ReasonLocationInactive:
 		return "the sub-account is paused: reactivate it, then requeue these dead letters"
 	case ReasonAgencyRevoked:
