@@ -219,10 +219,20 @@ func (e *env) campaignsCmd() *cobra.Command {
 		// Every outcome DONE adds up (campaign.Status.Done), so none is left unexplained.
 		// SWEEPS_FAILED: a campaign of sweeps can be complete at 0/0 with
 		// every sweep failed (no token): its contacts' messages still go out.
-		fmt.Fprintln(tw, "CAMPAIGN\tSTARTED\tDONE\tTOTAL\tCANCELLED\tALREADY_SENT\tNOT_FOUND\tNOT_CANCELLABLE\tEXPIRED\tDEAD\tSWEEPS_FAILED\tCOMPLETE")
+		// NOTE: a dry run's campaign reads 0/0 complete as one that found
+		// nothing; a sweep's messages queued in other campaigns first are
+		// counted there.
+		fmt.Fprintln(tw, "CAMPAIGN\tSTARTED\tDONE\tTOTAL\tCANCELLED\tALREADY_SENT\tNOT_FOUND\tNOT_CANCELLABLE\tEXPIRED\tDEAD\tSWEEPS_FAILED\tCOMPLETE\tNOTE")
 		for _, s := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%t\n", s.Campaign, s.StartedAt.UTC().Format(time.RFC3339),
-				s.Done, s.Total, s.Cancelled, s.AlreadySent, s.NotFound, s.NotCancellable, s.Expired, s.DeadLettered, s.SweepsFailed, s.Complete)
+			var note []string
+			if s.DryRun {
+				note = append(note, "dry_run")
+			}
+			if len(s.HeldBy) > 0 {
+				note = append(note, "found_in:"+strings.Join(s.HeldBy, ","))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%t\t%s\n", s.Campaign, s.StartedAt.UTC().Format(time.RFC3339),
+				s.Done, s.Total, s.Cancelled, s.AlreadySent, s.NotFound, s.NotCancellable, s.Expired, s.DeadLettered, s.SweepsFailed, s.Complete, dash(strings.Join(note, " ")))
 		}
 		return tw.Flush()
 	})

@@ -391,9 +391,9 @@ func TestStatusReportCampaigns(t *testing.T) {
 	require.Contains(t, r.stdout, "spring")
 	// Every outcome DONE counts has a column: the columns add up to DONE.
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	require.Equal(t, []string{"CAMPAIGN", "STARTED", "DONE", "TOTAL", "CANCELLED", "ALREADY_SENT", "NOT_FOUND", "NOT_CANCELLABLE", "EXPIRED", "DEAD", "SWEEPS_FAILED", "COMPLETE"}, strings.Fields(lines[0]))
+	require.Equal(t, []string{"CAMPAIGN", "STARTED", "DONE", "TOTAL", "CANCELLED", "ALREADY_SENT", "NOT_FOUND", "NOT_CANCELLABLE", "EXPIRED", "DEAD", "SWEEPS_FAILED", "COMPLETE", "NOTE"}, strings.Fields(lines[0]))
 	row := strings.Fields(lines[1])
-	require.Equal(t, []string{"spring", "2", "3", "1", "0", "0", "0", "0", "1", "0", "false"}, append(row[:1:1], row[2:]...))
+	require.Equal(t, []string{"spring", "2", "3", "1", "0", "0", "0", "0", "1", "0", "false", "-"}, append(row[:1:1], row[2:]...))
 	// --watch, for scripts, ends when the campaign completes: exit 1 when a
 	// cancel was dead-lettered (the message may still go out), 0 otherwise.
 	_, _, err = led.Settle(ctx, ledger.Final{TaskID: "msg:m3", CampaignID: "spring",
@@ -418,6 +418,7 @@ func TestStatusReportCampaigns(t *testing.T) {
 	for c, held := range map[string]string{"finder": "spring", "finder-clean": "clean"} {
 		require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey(c), "total", 0, "started_at", now, "finished_at", now, "sweeps", 1, "sweeps_done", 1).Err())
 		require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldByKey(c), held).Err())
+		require.NoError(t, rdb.ZAdd(ctx, ledger.CampaignIndex, redis.Z{Score: float64(now), Member: c}).Err())
 	}
 	r = runCmd(t, url, "", "status", "finder", "--watch")
 	require.Error(t, r.err, "complete on its own, but a message it found may still go out")
@@ -425,6 +426,9 @@ func TestStatusReportCampaigns(t *testing.T) {
 	require.Contains(t, r.stderr, "campaign(s) spring, which hold messages campaign finder's sweeps found (queued or done there first), have dead letters")
 	r = runCmd(t, url, "", "status", "finder-clean", "--watch")
 	require.NoError(t, r.err, r.stderr)
+	r = runCmd(t, url, "", "campaigns")
+	require.NoError(t, r.err)
+	require.Regexp(t, `(?m)^finder .* true +found_in:spring$`, r.stdout)
 
 	r = runCmd(t, url, "", "status", "nope")
 	require.ErrorContains(t, r.err, `no campaign "nope"`)
