@@ -207,7 +207,10 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 		}
 		lim := ratelimit.Learned(ctx, rdb, loc, ratelimit.Limit{N: ratelimit.LimitDefault, Period: ratelimit.PeriodDefault})
 		rw := row{Location: loc, Pages: state.Pages, Read: state.Seen, SMS: state.FoundSMS, Email: state.FoundEmail, Already: state.Already, Error: state.Error,
-			MinTime: ratelimit.New(nil, ratelimit.Config{}).MinTime(lim, state.FoundSMS+state.FoundEmail)}
+			// The export's pages take the location's slots too (a real
+			// sweep reads them again): 100 found at 100 per 10 s is 10 s,
+			// not 0.
+			MinTime: ratelimit.New(nil, ratelimit.Config{}).MinTime(lim, state.FoundSMS+state.FoundEmail+state.Pages)}
 		if rw.Error != "" {
 			failed++
 		}
@@ -256,7 +259,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	}
 	_ = tw.Flush()
 	if o.dryRun {
-		fmt.Fprintln(e.stderr, "dry run: nothing was cancelled (CANCEL_TIME: the least time the cancels take under each location's limit; locations run in parallel)")
+		fmt.Fprintln(e.stderr, "dry run: nothing was cancelled (CANCEL_TIME: the least time the sweep's calls take under each location's limit, its export pages and one cancel per message found; locations run in parallel)")
 	}
 	return done()
 }
