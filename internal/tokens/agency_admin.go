@@ -189,17 +189,25 @@ func ForgetMintFailures(ctx context.Context, rdb redis.UniversalClient, location
 // MintedExpiry returns the expiry of the locations' stored minted tokens.
 func MintedExpiry(ctx context.Context, rdb redis.UniversalClient, locations []string) (map[string]time.Time, error) {
 	pipe := rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(locations))
+	cmds := make([]*redis.SliceCmd, len(locations))
 	for i, l := range locations {
-		cmds[i] = pipe.HGet(ctx, mintKey(l), "exp")
+		cmds[i] = pipe.HMGet(ctx, mintKey(l), "exp", "ct")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
 	}
 	out := map[string]time.Time{}
 	for i, c := range cmds {
-		if ms, err := c.Int64(); err == nil && ms > 0 {
-			out[locations[i]] = time.UnixMilli(ms)
+		v := c.Val()
+		// A token forgotten (an UNINSTALL) keeps its expiry field but no
+		// token: it has none.
+		if len(v) != 2 || v[1] == nil || v[1] == "" {
+			continue
+		}
+		if s, ok := v[0].(string); ok {
+			if ms, err := strconv.ParseInt(s, 10, 64); err == nil && ms > 0 {
+				out[locations[i]] = time.UnixMilli(ms)
+			}
 		}
 	}
 	return out, nil

@@ -731,3 +731,27 @@ func TestBaseURLTypoIsMisrouted(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, b.accepted(t, tok))
 }
+
+// TestMintedExpiryOfAForgottenToken: `tokens list` showed an expiry for a
+// location whose minted token an UNINSTALL forgot (the record keeps its
+// expiry field, not its token).
+func TestMintedExpiryOfAForgottenToken(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupAgency(t, time.Hour, time.Hour)
+	b.setAgency(t)
+	const loc = "locAgency00000000093"
+	b.sb.InstallLocation(testCompany, loc, "")
+	_, err := b.newAgency(t).Token(ctx, loc)
+	require.NoError(t, err)
+	rdb := redistest.ClientFor(t, b.url)
+	exps, err := tokens.MintedExpiry(ctx, rdb, []string{loc, "locAgency00000000094"})
+	require.NoError(t, err)
+	require.Len(t, exps, 1)
+	require.WithinDuration(t, time.Now().Add(time.Hour), exps[loc], time.Minute)
+	_, err = tokens.SetInstalled(ctx, rdb, loc, "", false, time.Now())
+	require.NoError(t, err)
+	exps, err = tokens.MintedExpiry(ctx, rdb, []string{loc})
+	require.NoError(t, err)
+	require.Empty(t, exps, "the token is forgotten: no expiry to show")
+}
