@@ -308,6 +308,12 @@ func TestFixAndRequeue(t *testing.T) {
 	assert.Contains(t, page, template.HTMLEscapeString(tasks.DeadLetterHint("unauthorized")))
 	assert.Contains(t, page, `href="/console/dead?campaign=fix&amp;reason=unauthorized"`)
 	assert.Contains(t, page, `<span class="bad">complete, with failures</span>`, "not a clean completion")
+	// A campaign whose sweeps found messages queued in "fix" first names it.
+	require.NoError(t, s.rdb.HSet(context.Background(), ledger.CampaignKey("finder"), "total", 0, "started_at", time.Now().UnixMilli(),
+		"finished_at", time.Now().UnixMilli(), "sweeps", 1, "sweeps_done", 1).Err())
+	require.NoError(t, s.rdb.SAdd(context.Background(), ledger.CampaignHeldByKey("finder"), "fix").Err())
+	_, held := b.get("/console/campaign?id=finder")
+	assert.Contains(t, held, `already queued or done in <a href="/console/campaign?id=fix">fix</a>: they are counted there`)
 	_, list := b.get("/console/")
 	assert.Contains(t, list, `<span class="bad">complete, with failures</span>`)
 
