@@ -743,3 +743,27 @@ func TestTokensDelete(t *testing.T) {
 	r = run2("", "tokens", "delete")
 	require.ErrorContains(t, r.err, "--location")
 }
+
+// TestTokensSetWarnsOfAnotherKey: a pair loaded with another GHL_TOKEN_KEY
+// than the pairs stored before is stored (rotating the key is loading
+// every pair again), with a warning: workers hold one key and would
+// dead-letter one side token_key (found by an audit).
+func TestTokensSetWarnsOfAnotherKey(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	first := withTokenKey(url, strings.Repeat("12", 32))
+	other := withTokenKey(url, strings.Repeat("34", 32))
+	r := first("rt-SECRET-1\n", "tokens", "set", "--location", "locK0000000000000001")
+	require.NoError(t, r.err)
+	require.NotContains(t, r.stderr, "warning")
+	r = first("rt-SECRET-2\n", "tokens", "set", "--location", "locK0000000000000002")
+	require.NoError(t, r.err)
+	require.NotContains(t, r.stderr, "warning", "the same key")
+	r = other("rt-SECRET-3\n", "tokens", "set", "--location", "locK0000000000000003")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stderr, "warning: location locK0000000000000001's pair, stored before, does not decrypt with this GHL_TOKEN_KEY")
+	require.NotContains(t, r.stderr, "SECRET")
+	r = other("rt-SECRET-4\n", "tokens", "agency", "set", "--company", "companyK0000000001")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stderr, "does not decrypt with this GHL_TOKEN_KEY")
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -217,6 +218,7 @@ func (e *env) setPair(ctx context.Context, subject, app string, agency, replace 
 				"and would break it; pass --replace to store this one (a pair the token endpoint just issued, or after reinstalling the app)", what)}
 		}
 	}
+	e.warnOtherKey(ctx, rdb, key, subject, agency)
 	if !agency {
 		if err := o.Set(ctx, subject, access, refresh, exp); err != nil {
 			return err
@@ -235,6 +237,44 @@ func (e *env) setPair(ctx context.Context, subject, app string, agency, replace 
 	}
 	fmt.Fprintln(e.stderr, "workers with GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY now mint a token for every location without one of its own")
 	return nil
+}
+
+// warnOtherKey warns when a pair already stored (another location's, or
+// the agency's) does not decrypt with key: workers hold one GHL_TOKEN_KEY,
+// so the pair stored now, or those, would be unreadable to them (they
+// dead-letter token_key after 5 tries). A warning, not a refusal: loading
+// every pair again under a new key is how the key is rotated.
+func (e *env) warnOtherKey(ctx context.Context, rdb *redis.Client, key []byte, subject string, agency bool) {
+	var what string
+	if ai, ok, err := tokens.LoadAgency(ctx, rdb); err == nil && ok && !(agency && ai.Company == subject) {
+		if o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: key, Company: true}); err == nil &&
+			errors.Is(o.Opens(ctx, ai.Company), tokens.ErrWrongKey) {
+			what = "the agency's pair (company " + ai.Company + ")"
+		}
+	}
+	if what == "" {
+		locs, err := tokens.Locations(ctx, rdb)
+		if err != nil {
+			return
+		}
+		o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: key})
+		if err != nil {
+			return
+		}
+		for _, loc := range slices.Sorted(maps.Keys(locs)) {
+			if loc == subject && !agency {
+				continue
+			}
+			if errors.Is(o.Opens(ctx, loc), tokens.ErrWrongKey) {
+				what = "location " + loc + "'s pair"
+			}
+			break // one is enough: the key is per deployment
+		}
+	}
+	if what != "" {
+		fmt.Fprintf(e.stderr, "warning: %s, stored before, does not decrypt with this GHL_TOKEN_KEY: workers hold one key, so they cannot read both; "+
+			"use the key the stored pairs were sealed with (or load every pair again with the new one)\n", what)
+	}
 }
 
 // pairIn is a token endpoint answer as loaded: the pair, and whose it is

@@ -1008,6 +1008,15 @@ func DeletePair(ctx context.Context, rdb redis.UniversalClient, location string)
 	return n == 1, nil
 }
 
+// Opens reports whether the pair stored for subject (a location; for the
+// agency's OAuth, the company) decrypts with this OAuth's key: nil when it
+// does or there is none, ErrWrongKey (wrapped) when it was sealed with
+// another.
+func (o *OAuth) Opens(ctx context.Context, subject string) error {
+	_, _, err := o.load(ctx, subject)
+	return err
+}
+
 // Locations lists locations with stored pairs and their access expiry.
 func Locations(ctx context.Context, rdb redis.UniversalClient) (map[string]time.Time, error) {
 	out := map[string]time.Time{}
