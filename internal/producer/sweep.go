@@ -113,8 +113,11 @@ var sweepScript = redis.NewScript(ledger.Lua + `
 local nowns, now, ttl, campaign = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local dry = ARGV[10] == "1"
 -- A real sweep would count its cancels in a campaign that says nothing
--- was cancelled (dry_run): refused.
-if not dry and redis.call("HGET", (ck(campaign)), "dry_run") == "1" then return -3 end
+-- was cancelled (dry_run): refused. A replay (ARGV[7]) keeps its campaign.
+if ARGV[7] == "" and not dry and redis.call("HGET", (ck(campaign)), "dry_run") == "1" then return -3 end
+-- The dedupe key first: a repeat (a redelivered event, a retried request)
+-- changes nothing, not even the failed runs it would replace.
+if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], ARGV[8], "NX", "PX", ARGV[6]) then return -1 end
 -- takeback: a failed run's dead letter goes, and its campaign no longer
 -- counts the run (its sweep, its failure, its place in the sweep list):
 -- the run queued here replaces it. False when the dead letter is gone.
@@ -141,7 +144,6 @@ for line in string.gmatch(ARGV[11], "[^\n]+") do
   local id, state = string.match(line, "^([^\t]*)\t(.*)$")
   if id then takeback(id, state) end
 end
-if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], ARGV[8], "NX", "PX", ARGV[6]) then return -1 end
 local added = 0
 local k, _, _, kl = ck(campaign)
 for i = 13, #ARGV, 9 do
@@ -159,7 +161,9 @@ for i = 13, #ARGV, 9 do
 end
 redis.call("ZREMRANGEBYRANK", k .. ":sweeplist", 0, -` + strconv.Itoa(sweepListKeep+1) + `)
 redis.call("HINCRBY", k, "sweeps", added)
-if dry and added > 0 then redis.call("HSET", k, "dry_run", "1") end
+-- A replayed dry run (one from before dry runs had campaigns of their
+-- own) does not mark the campaign it was named into.
+if dry and added > 0 and ARGV[7] == "" then redis.call("HSET", k, "dry_run", "1") end
 cadd(campaign, 0, "", now, ttl)
 return added`)
 
@@ -292,18 +296,22 @@ func (p *Producer) failedRunsReplaced(ctx context.Context, r SweepRequest, locs 
 	if err != nil || len(ids) == 0 {
 		return "", err
 	}
-	store := deadletter.New(p.rdb)
+	recs, err := p.rdb.HMGet(ctx, deadletter.KeyRecords, ids...).Result()
+	if err != nil {
+		return "", err
+	}
 	var b strings.Builder
-	for _, id := range ids {
-		rec, ok, err := store.Get(ctx, id)
-		if err != nil {
-			return "", err
-		}
+	for i, v := range recs {
+		// A record gone (requeued, purged) or unreadable is no run to
+		// replace; it must not stop the sweep.
+		raw, _ := v.(string)
+		var rec deadletter.Record
 		var pl tasks.SweepPayload
-		if !ok || rec.Kind != "sweep" || json.Unmarshal([]byte(rec.Payload), &pl) != nil || !locs[pl.LocationID] || !sameFilters(pl, r) {
+		if raw == "" || json.Unmarshal([]byte(raw), &rec) != nil || rec.Kind != "sweep" ||
+			json.Unmarshal([]byte(rec.Payload), &pl) != nil || !locs[pl.LocationID] || !sameFilters(pl, r) {
 			continue
 		}
-		b.WriteString(id + "\t" + SweepStateKey(pl.SweepID, pl.LocationID) + "\n")
+		b.WriteString(ids[i] + "\t" + SweepStateKey(pl.SweepID, pl.LocationID) + "\n")
 	}
 	return b.String(), nil
 }

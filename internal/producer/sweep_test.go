@@ -372,3 +372,57 @@ func TestReplacedRunIsFollowed(t *testing.T) {
 		})
 	}
 }
+
+// TestSweepReviewRows: found by the review of the changes above. A repeat
+// of a deduped sweep (a redelivered webhook, a retried request) took back
+// a failed run while queuing nothing; replaying an old dry run's failed
+// sweep marked its real campaign dry_run (and then refused real sweeps and
+// requeues there); one unreadable dead letter blocked every sweep into its
+// campaign.
+func TestSweepReviewRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	store := deadletter.New(rdb)
+	camp := func(c string) campaign.Status {
+		s, _, err := campaign.New(rdb, 0).Get(ctx, c)
+		require.NoError(t, err)
+		return s
+	}
+
+	t.Run("a repeat changes nothing", func(t *testing.T) {
+		const loc = "locDup00000000000001"
+		req := producer.SweepRequest{Locations: []string{loc}, CampaignID: "dupc", DedupeKey: "k:dup-review", DedupeTTL: time.Minute}
+		_, err := p.Sweep(ctx, req)
+		require.NoError(t, err)
+		rec := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swDupFail", CampaignID: "dupc", LocationID: loc})
+		require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey("dupc"), "sweeps", 2, "sweeps_done", 1, "sweeps_failed", 1).Err())
+		_, err = p.Sweep(ctx, req)
+		require.ErrorIs(t, err, producer.ErrDuplicate)
+		_, ok, err := store.Get(ctx, rec.TaskID)
+		require.NoError(t, err)
+		require.True(t, ok, "the failed run's dead letter stays")
+		require.Equal(t, int64(1), camp("dupc").SweepsFailed, "its failure stays counted")
+	})
+	t.Run("an old dry run replayed leaves its campaign real", func(t *testing.T) {
+		const loc = "locDryRev00000000001"
+		_, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{loc}, CampaignID: "winter"})
+		require.NoError(t, err)
+		dry := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swDryOld", CampaignID: "winter", LocationID: loc, DryRun: true})
+		real := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swRealOld", CampaignID: "winter", LocationID: "locDryRev00000000002"})
+		require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey("winter"), "sweeps", 3, "sweeps_done", 2, "sweeps_failed", 2).Err())
+		st, err := p.Requeue(ctx, store, deadletter.Filter{CampaignID: "winter"}, nil)
+		require.NoError(t, err)
+		require.Equal(t, 2, st.Requeued, "both replayed: %s, %s", dry.TaskID, real.TaskID)
+		require.False(t, camp("winter").DryRun, "the campaign holds real cancels")
+		_, err = p.Sweep(ctx, producer.SweepRequest{Locations: []string{loc}, CampaignID: "winter"})
+		require.NoError(t, err, "a real sweep into it is not refused")
+	})
+	t.Run("an unreadable dead letter does not block sweeps", func(t *testing.T) {
+		rec := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swCorr", CampaignID: "auto-corrupt", LocationID: "locOther000000000001"})
+		require.NoError(t, rdb.HSet(ctx, deadletter.KeyRecords, rec.TaskID, "{not json").Err())
+		_, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locCorrupt0000000001"}, CampaignID: "auto-corrupt"})
+		require.NoError(t, err)
+	})
+}
