@@ -731,7 +731,7 @@ func TestTokensDelete(t *testing.T) {
 	require.NoError(t, r.err, r.stderr)
 	require.Contains(t, r.stdout, "removed the stored OAuth pair of location "+loc)
 	require.Contains(t, r.stdout, "enqueue dead requeue --location "+loc)
-	require.Zero(t, redistest.ClientFor(t, url).Exists(context.Background(), "ghlcancel:oauth:{"+loc+"}").Val())
+	require.False(t, redistest.ClientFor(t, url).HExists(context.Background(), "ghlcancel:oauth:{"+loc+"}", "ct").Val(), "no pair left")
 	r = run2("", "tokens", "list")
 	require.NoError(t, r.err)
 	require.NotContains(t, r.stdout, loc)

@@ -953,7 +953,18 @@ var setStore = redis.NewScript(`
 local g = redis.call("HINCRBY", KEYS[1], "gen", 1)
 redis.call("HSET", KEYS[1], "exp", ARGV[1], "life", ARGV[2], "ct", ARGV[3])
 redis.call("HDEL", KEYS[1], "r401")
+redis.call("PERSIST", KEYS[1]) -- over a deleted pair's marker (DeletePair)
 return g`)
+
+// deleteStore drops a pair's tokens but keeps its generation, one higher,
+// for a day: a refresh in flight (or a pending pair) is fenced out by it,
+// and a pair set again starts above it. Returns 0 when no pair is stored.
+var deleteStore = redis.NewScript(`
+if redis.call("HEXISTS", KEYS[1], "ct") == 0 then return 0 end
+redis.call("HDEL", KEYS[1], "ct", "exp", "life", "r401")
+redis.call("HINCRBY", KEYS[1], "gen", 1)
+redis.call("PEXPIRE", KEYS[1], 86400000)
+return 1`)
 
 // Set loads a location's pair (from an app install or a manual rotation),
 // replacing whatever is stored. An empty access token (or a zero expiry)
@@ -988,11 +999,11 @@ func (o *OAuth) Set(ctx context.Context, location, access, refresh string, expir
 // Stored says whether a pair is stored for location (for the agency's
 // OAuth, the company).
 func (o *OAuth) Stored(ctx context.Context, location string) (bool, error) {
-	n, err := o.cfg.Redis.Exists(ctx, o.recordKey(location)).Result()
+	ok, err := o.cfg.Redis.HExists(ctx, o.recordKey(location), "ct").Result()
 	if err != nil {
 		return false, fmt.Errorf("oauth: read tokens: %w", err)
 	}
-	return n == 1, nil
+	return ok, nil
 }
 
 // DeletePair removes location's stored OAuth pair; false when there was
@@ -1001,7 +1012,7 @@ func (o *OAuth) Stored(ctx context.Context, location string) (bool, error) {
 // pair's access token in memory uses it until it is due for a refresh,
 // which then finds no pair.
 func DeletePair(ctx context.Context, rdb redis.UniversalClient, location string) (bool, error) {
-	n, err := rdb.Del(ctx, recordKey(location)).Result()
+	n, err := deleteStore.Run(ctx, rdb, []string{recordKey(location)}).Int()
 	if err != nil {
 		return false, fmt.Errorf("oauth: delete tokens: %w", err)
 	}
@@ -1027,7 +1038,12 @@ func Locations(ctx context.Context, rdb redis.UniversalClient) (map[string]time.
 			continue
 		}
 		loc := strings.TrimSuffix(strings.TrimPrefix(k, "ghlcancel:oauth:{"), "}")
-		out[loc] = time.UnixMilli(atoi(rdb.HGet(ctx, k, "exp").Val()))
+		v := rdb.HMGet(ctx, k, "exp", "ct").Val()
+		if len(v) != 2 || v[1] == nil {
+			continue // a deleted pair's marker (DeletePair)
+		}
+		s, _ := v[0].(string)
+		out[loc] = time.UnixMilli(atoi(s))
 	}
 	return out, iter.Err()
 }

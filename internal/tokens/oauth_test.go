@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -300,5 +301,61 @@ func TestReplacedDuringRefresh(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, tok, next)
 	_, known = sb.AccessExpiry(next)
+	require.True(t, known)
+}
+
+// TestDeleteThenSetDuringRefresh: `tokens delete` then `tokens set` while a
+// worker refreshes the old pair. The delete dropped the generation too, so
+// the new pair started again at the old one's and the worker's store
+// overwrote it (found by review). The delete keeps a higher generation:
+// the worker is fenced out and the operator's pair stays. A deleted pair
+// reads as none (Stored, Locations), and setting one again is no replace.
+func TestDeleteThenSetDuringRefresh(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const loc = "locOAuth000000000077"
+	sb := sandbox.New(sandbox.Config{AccessTTL: time.Hour, RateMax: -1})
+	rdb := redisServer.Client(t)
+	var once atomic.Bool
+	rtNew := sb.AddOAuthLocation(loc)
+	operator, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: testKey})
+	require.NoError(t, err)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/oauth/token" && once.CompareAndSwap(false, true) {
+			if ok, err := tokens.DeletePair(context.Background(), rdb, loc); err != nil || !ok {
+				t.Errorf("delete: %v %v", ok, err)
+			}
+			if stored, err := operator.Stored(context.Background(), loc); err != nil || stored {
+				t.Errorf("a deleted pair reads as stored: %v %v", stored, err)
+			}
+			if locs, err := tokens.Locations(context.Background(), rdb); err != nil || len(locs) != 0 {
+				t.Errorf("a deleted pair is listed: %v %v", locs, err)
+			}
+			if err := operator.Set(context.Background(), loc, "", rtNew, 0); err != nil {
+				t.Error(err)
+			}
+		}
+		sb.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: srv.URL + "/oauth/token",
+		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = o.Close() })
+	require.NoError(t, o.Set(ctx, loc, "", sb.AddOAuthLocation(loc), 0))
+	_, err = o.Token(ctx, loc)
+	require.NoError(t, err, "the refresh's own token is valid")
+	require.True(t, once.Load())
+	bare := strconv.FormatInt(time.Time{}.UnixMilli(), 10) // no access token yet
+	require.Equal(t, bare, rdb.HGet(ctx, "ghlcancel:oauth:{"+loc+"}", "exp").Val(), "the operator's bare pair is what is stored")
+	require.Equal(t, time.Duration(-1), rdb.PTTL(ctx, "ghlcancel:oauth:{"+loc+"}").Val(), "and it does not expire with the delete's marker")
+	// The operator's pair works: its refresh token is unspent.
+	w, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: srv.URL + "/oauth/token",
+		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = w.Close() })
+	next, err := w.Token(ctx, loc)
+	require.NoError(t, err)
+	_, known := sb.AccessExpiry(next)
 	require.True(t, known)
 }
