@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 )
 
@@ -80,11 +81,11 @@ func (e *env) statusCmd() *cobra.Command {
 				// --watch is for scripts, as sweep --wait: a dead letter or
 				// a failed sweep leaves messages that may still go out, here
 				// or in a campaign holding messages its sweeps found.
-				failing, err := e.waitHeld(ctx, tr, s)
+				heldBad, err := e.waitHeld(ctx, tr, s)
 				if err != nil {
 					return err
 				}
-				if s.DeadLettered == 0 && s.SweepsFailed == 0 && len(failing) == 0 {
+				if s.DeadLettered == 0 && s.SweepsFailed == 0 && !heldBad {
 					return nil
 				}
 				if s.DeadLettered > 0 || s.SweepsFailed > 0 {
@@ -105,34 +106,40 @@ func (e *env) statusCmd() *cobra.Command {
 	return cmd
 }
 
-// waitHeld waits (every 2 s) until the campaigns holding messages s's
-// sweeps found but did not queue (s.HeldBy: queued or done there first)
-// are complete too, and returns those with dead letters or failed sweeps,
-// said on stderr: some of those messages may still go out. A campaign
-// complete on its own counts none of them, so "complete" alone would say
-// they were dealt with.
-func (e *env) waitHeld(ctx context.Context, tr *campaign.Tracker, s campaign.Status) ([]string, error) {
+// waitHeld waits (every 2 s) until every message s's sweeps found but did
+// not queue (queued or done first in another campaign, or in none:
+// s.HeldBy names the campaigns) has an outcome, and reports whether some
+// were dead-lettered, lost or not followed, said on stderr: they may still
+// go out. A campaign complete on its own counts none of them, so
+// "complete" alone would say they were dealt with.
+func (e *env) waitHeld(ctx context.Context, tr *campaign.Tracker, s campaign.Status) (bad bool, err error) {
+	where := "no campaign"
+	if len(s.HeldBy) > 0 {
+		where = "campaign(s) " + strings.Join(s.HeldBy, ", ")
+	}
 	said := false
 	for {
-		waiting, failing, err := tr.Held(ctx, s)
+		r, err := tr.Held(ctx, s)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
-		if len(waiting) == 0 {
-			if len(failing) > 0 {
-				fmt.Fprintf(e.stderr, "campaign(s) %s, which hold messages campaign %s's sweeps found (queued or done there first), have dead letters or failed sweeps: some of those messages may still go out; see enqueue status %s\n",
-					strings.Join(failing, ", "), s.Campaign, failing[0])
+		if r.Waiting == 0 {
+			if r.Failed > 0 || r.Lost > 0 {
+				fmt.Fprintf(e.stderr, "%d of the %d messages campaign %s's sweeps found queued or done first elsewhere (%s) were dead-lettered there, and %d have no outcome and no task: they may still go out; see enqueue dead list\n",
+					r.Failed, r.Followed, s.Campaign, where, r.Lost)
 			}
-			return failing, nil
+			if r.More {
+				fmt.Fprintf(e.stderr, "campaign %s's sweeps found more than %d messages queued elsewhere first: only those were followed\n", s.Campaign, ledger.HeldMax)
+			}
+			return r.Bad(), nil
 		}
 		if !said {
 			said = true
-			fmt.Fprintf(e.stderr, "campaign %s is complete; waiting for campaign(s) %s, which hold messages its sweeps found (queued there first)\n",
-				s.Campaign, strings.Join(waiting, ", "))
+			fmt.Fprintf(e.stderr, "campaign %s is complete; waiting for %d messages its sweeps found, queued first in %s\n", s.Campaign, r.Waiting, where)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("interrupted while campaign(s) %s, holding messages campaign %s's sweeps found, were still running", strings.Join(waiting, ", "), s.Campaign)
+			return false, fmt.Errorf("interrupted while %d messages campaign %s's sweeps found (queued in %s) had no outcome yet", r.Waiting, s.Campaign, where)
 		case <-time.After(2 * time.Second):
 		}
 	}

@@ -415,15 +415,16 @@ func TestStatusReportCampaigns(t *testing.T) {
 	// found were queued in spring first, and spring has a dead letter.
 	rdb := redistest.ClientFor(t, url)
 	now := time.Now().UnixMilli()
-	for c, held := range map[string]string{"finder": "spring", "finder-clean": "clean"} {
+	for c, held := range map[string][2]string{"finder": {"spring", "msg:m2"}, "finder-clean": {"clean", "msg:m9"}} {
 		require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey(c), "total", 0, "started_at", now, "finished_at", now, "sweeps", 1, "sweeps_done", 1).Err())
-		require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldByKey(c), held).Err())
+		require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldByKey(c), held[0]).Err())
+		require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldKey(c), held[1]).Err())
 		require.NoError(t, rdb.ZAdd(ctx, ledger.CampaignIndex, redis.Z{Score: float64(now), Member: c}).Err())
 	}
 	r = runCmd(t, url, "", "status", "finder", "--watch")
 	require.Error(t, r.err, "complete on its own, but a message it found may still go out")
 	require.Contains(t, r.stdout, "already queued or done in campaign(s) spring")
-	require.Contains(t, r.stderr, "campaign(s) spring, which hold messages campaign finder's sweeps found (queued or done there first), have dead letters")
+	require.Contains(t, r.stderr, "1 of the 1 messages campaign finder's sweeps found queued or done first elsewhere (campaign(s) spring) were dead-lettered there")
 	r = runCmd(t, url, "", "status", "finder-clean", "--watch")
 	require.NoError(t, r.err, r.stderr)
 	r = runCmd(t, url, "", "campaigns")

@@ -232,12 +232,12 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	}
 	// Messages found but queued or done in other campaigns first are
 	// counted there: wait for those too, and say if they failed some.
-	heldFailing, err := e.waitHeld(ctx, tr, end)
+	heldBad, err := e.waitHeld(ctx, tr, end)
 	if err != nil {
 		return err
 	}
 	done := func() error {
-		if failed == 0 && dead == 0 && len(heldFailing) == 0 {
+		if failed == 0 && dead == 0 && !heldBad {
 			return nil
 		}
 		if failed > 0 || dead > 0 {

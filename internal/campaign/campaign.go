@@ -223,27 +223,87 @@ func (r statusRead) status(campaign string) (Status, bool) {
 	return s, true
 }
 
-// Held reads the campaigns in s.HeldBy: those not complete yet (waiting),
-// and those with dead letters or failed sweeps (failing: messages s's
-// sweeps found may be among them, and may still go out). A held campaign
-// that is gone (expired) is in neither.
-func (t *Tracker) Held(ctx context.Context, s Status) (waiting, failing []string, err error) {
-	for _, c := range s.HeldBy {
-		h, ok, err := t.Get(ctx, c)
-		if err != nil {
-			return nil, nil, err
-		}
-		if !ok {
-			continue
-		}
-		if !h.Complete {
-			waiting = append(waiting, c)
-		}
-		if h.DeadLettered > 0 || h.SweepsFailed > 0 {
-			failing = append(failing, c)
-		}
+// HeldReport says what became of the messages a campaign's sweeps found
+// scheduled but did not queue, because another campaign (or none) had
+// queued or done them first (Status.HeldBy names those campaigns).
+type HeldReport struct {
+	Followed int // messages followed
+	Waiting  int // still queued or running: no outcome yet
+	Failed   int // dead-lettered: they may still go out
+	Lost     int // no outcome and no task (deleted by hand, or expired)
+	// More: more than ledger.HeldMax were found so: the rest is not followed.
+	More bool
+}
+
+// Bad reports whether some of the messages may still go out, or could
+// not be followed.
+func (r HeldReport) Bad() bool { return r.Failed > 0 || r.Lost > 0 || r.More }
+
+// Held follows, message by message, what the campaign's sweeps found but
+// did not queue: each one's outcome where it is counted (a superseded row
+// is the other kind's: that kind's outcome is read), or its task still
+// queued. A fixed number of round trips whatever the count (at most
+// ledger.HeldMax messages).
+func (t *Tracker) Held(ctx context.Context, s Status) (HeldReport, error) {
+	var r HeldReport
+	ids, err := t.rdb.SMembers(ctx, ledger.CampaignHeldKey(s.Campaign)).Result()
+	if err != nil {
+		return r, err
 	}
-	return waiting, failing, nil
+	more, err := t.rdb.HGet(ctx, ledger.CampaignKey(s.Campaign), "held_more").Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return r, err
+	}
+	r.More, r.Followed = more == "1", len(ids)
+	for pass := 0; pass < 2 && len(ids) > 0; pass++ {
+		outs := make([]*redis.StringCmd, len(ids))
+		live := make([]*redis.IntCmd, len(ids))
+		if _, err := t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				outs[i] = p.HGet(ctx, ledger.Key(id), "o")
+				keys := make([]string, len(Lanes))
+				for j, q := range Lanes {
+					keys[j] = "asynq:{" + q + "}:t:" + id
+				}
+				live[i] = p.Exists(ctx, keys...)
+			}
+			return nil
+		}); err != nil && !errors.Is(err, redis.Nil) {
+			return r, err
+		}
+		var next []string
+		for i, id := range ids {
+			o := outs[i].Val()
+			switch {
+			case strings.HasPrefix(o, ledger.Superseded+"|") && pass == 0:
+				next = append(next, otherTaskID(id))
+			case strings.HasPrefix(o, ledger.DeadLettered+"|"):
+				r.Failed++
+			case o != "" && !strings.HasPrefix(o, ledger.Superseded+"|"):
+			case live[i].Val() > 0:
+				r.Waiting++
+			default:
+				r.Lost++
+			}
+		}
+		ids = next
+	}
+	return r, nil
+}
+
+// Lanes are asynq's queues a task can wait on (tasks.Queues: tasks imports
+// this package's users, so it is listed here; TestLanes checks they agree).
+var Lanes = []string{"urgent", "default", "bulk"}
+
+// otherTaskID is the task id of the same message id as the other kind.
+func otherTaskID(id string) string {
+	if rest, ok := strings.CutPrefix(id, "msg:"); ok {
+		return "email:" + rest
+	}
+	if rest, ok := strings.CutPrefix(id, "email:"); ok {
+		return "msg:" + rest
+	}
+	return id
 }
 
 // Locations returns the locations a campaign's messages belong to.

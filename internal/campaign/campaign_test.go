@@ -20,6 +20,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
 var redisServer *redistest.Server
@@ -256,4 +257,48 @@ func TestETAIsNeverBelowThePacing(t *testing.T) {
 	slow := s.RenderPaced(prev, time.Now().Add(-time.Second), 10*time.Second)
 	require.NotContains(t, slow, "paced")
 	require.Contains(t, slow, "ETA 1m")
+}
+
+// TestHeldFollowsEachMessage: what a sweep found but did not queue (queued
+// or done first elsewhere, or in no campaign) is followed message by
+// message: an outcome is done, a dead letter failed, a task still queued
+// waiting, neither lost; a superseded row reads the other kind's outcome;
+// more than ledger.HeldMax is said. Unrelated dead letters of the holding
+// campaign do not count (a campaign-level check gave false alarms).
+func TestHeldFollowsEachMessage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	const c = "held-finder"
+	require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey(c), "total", 0, "started_at", 1, "finished_at", 1).Err())
+	row := func(outcome string) string { return outcome + "|r|200|1|1" }
+	require.NoError(t, rdb.HSet(ctx, ledger.Key("msg:done"), "o", row(ledger.Cancelled)).Err())
+	require.NoError(t, rdb.HSet(ctx, ledger.Key("msg:dead"), "o", row(ledger.DeadLettered)).Err())
+	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:msg:queued", "state", "pending").Err())
+	require.NoError(t, rdb.HSet(ctx, ledger.Key("msg:super"), "o", row(ledger.Superseded)).Err())
+	require.NoError(t, rdb.HSet(ctx, ledger.Key("email:super"), "o", row(ledger.DeadLettered)).Err())
+	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldKey(c), "msg:done", "msg:dead", "msg:queued", "msg:lost", "msg:super").Err())
+	tr := campaign.New(rdb, 0)
+	s, ok, err := tr.Get(ctx, c)
+	require.NoError(t, err)
+	require.True(t, ok)
+	r, err := tr.Held(ctx, s)
+	require.NoError(t, err)
+	require.Equal(t, campaign.HeldReport{Followed: 5, Waiting: 1, Failed: 2, Lost: 1}, r)
+	require.True(t, r.Bad())
+
+	require.NoError(t, rdb.Del(ctx, ledger.CampaignHeldKey(c)).Err())
+	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldKey(c), "msg:done").Err())
+	r, err = tr.Held(ctx, s)
+	require.NoError(t, err)
+	require.False(t, r.Bad(), "every message it found has an outcome")
+	require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey(c), "held_more", "1").Err())
+	r, err = tr.Held(ctx, s)
+	require.NoError(t, err)
+	require.True(t, r.More && r.Bad(), "not all could be followed")
+}
+
+// TestLanes: the lanes Held looks for a queued task on are asynq's.
+func TestLanes(t *testing.T) {
+	require.Equal(t, tasks.Queues, campaign.Lanes)
 }

@@ -65,8 +65,16 @@ func CampaignSweepListKey(c string) string { return CampaignKey(c) + ":sweeplist
 // done there): what became of those messages is said there.
 func CampaignHeldByKey(c string) string { return CampaignKey(c) + ":held_by" }
 
-// HeldByMax bounds a campaign's HeldByKey set.
-const HeldByMax = 50
+// CampaignHeldKey is the set of those messages' task ids: who waits for
+// the campaign follows each (campaign.Tracker.Held).
+func CampaignHeldKey(c string) string { return CampaignKey(c) + ":held" }
+
+// HeldByMax bounds a campaign's HeldByKey set; HeldMax its HeldKey set
+// (beyond it, the campaign's held_more field says not all are followed).
+const (
+	HeldByMax = 50
+	HeldMax   = 10000
+)
 
 // SweepStateKey is where one location's sweep keeps its progress.
 func SweepStateKey(sweepID, location string) string {
@@ -245,6 +253,7 @@ local function ctouch(c, now, ttl)
   redis.call("PEXPIRE", k .. ":failed_sweeps", ttl)
   redis.call("PEXPIRE", k .. ":sweeplist", ttl)
   redis.call("PEXPIRE", k .. ":held_by", ttl)
+  redis.call("PEXPIRE", k .. ":held", ttl)
 end
 -- csettled: after an outcome, set finished_at when done reaches total, and
 -- push the campaign's expiry forward at most once a minute (one HMGET on

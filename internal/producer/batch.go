@@ -178,10 +178,12 @@ for c, cids in pairs(ids) do
 end
 local adopt = {}
 -- held: for an item already queued or done, the campaign that counts the
--- message when it is not the one asked for (a sweep follows it there).
+-- message when it is not the one asked for ("" for none: a sweep follows
+-- the message, not only its campaign).
 local held = {}
 local function hold(i, c, campaign)
-  if c and c ~= "" and c ~= campaign then
+  c = c or ""
+  if c ~= campaign then
     held[#held+1] = i
     held[#held+1] = c
   end
@@ -517,7 +519,7 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 	}
 	for j, i := range idx {
 		if res[j] < int64(len(scriptStatus)) {
-			out[i] = Result{Status: scriptStatus[res[j]], HeldBy: heldBy[j]}
+			out[i] = Result{Status: scriptStatus[res[j]], HeldBy: heldBy[j].campaign, Elsewhere: heldBy[j].elsewhere}
 		}
 	}
 	if len(again) > 0 {
@@ -533,20 +535,19 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 // parseEnqueueReply reads enqueueScript's {codes, handed back, held}
 // reply: a code per item sent; for each item handed back (code 4) its
 // position and campaign; for each item already queued or done (codes 1
-// and 2) in another campaign than asked, its position and that campaign.
-// It returns the codes, the items to send again under their campaign with
-// their positions in out, and the campaign holding each item ("" for
-// none). A reply of another shape is an error: no item is reported from
-// it.
-func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again []Item, at []int, heldBy []string, err error) {
+// and 2) in another campaign than asked (or none), its position and that
+// campaign. It returns the codes, the items to send again under their
+// campaign with their positions in out, and where each item is held. A
+// reply of another shape is an error: no item is reported from it.
+func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again []Item, at []int, heldBy []held, err error) {
 	bad := errors.New("enqueue script: unexpected reply")
 	if len(v) != 3 {
 		return nil, nil, nil, nil, bad
 	}
 	raw, ok := v[0].([]any)
 	adopt, ok2 := v[1].([]any)
-	held, ok3 := v[2].([]any)
-	if !ok || !ok2 || !ok3 || len(raw) != len(idx) || len(adopt)%2 != 0 || len(held)%2 != 0 {
+	heldList, ok3 := v[2].([]any)
+	if !ok || !ok2 || !ok3 || len(raw) != len(idx) || len(adopt)%2 != 0 || len(heldList)%2 != 0 {
 		return nil, nil, nil, nil, bad
 	}
 	codes = make([]int64, len(raw))
@@ -564,12 +565,12 @@ func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again [
 	if handed != len(adopt)/2 {
 		return nil, nil, nil, nil, bad
 	}
-	pairs := func(list []any, fits func(code int64) bool, each func(j int64, c string)) bool {
+	pairs := func(list []any, fits func(code int64) bool, none bool, each func(j int64, c string)) bool {
 		used := map[int64]bool{}
 		for k := 0; k < len(list); k += 2 {
 			j, ok := list[k].(int64)
 			c, ok2 := list[k+1].(string)
-			if !ok || !ok2 || j < 0 || j >= int64(len(idx)) || !fits(codes[j]) || c == "" || used[j] {
+			if !ok || !ok2 || j < 0 || j >= int64(len(idx)) || !fits(codes[j]) || (c == "" && !none) || used[j] {
 				return false
 			}
 			used[j] = true
@@ -577,18 +578,25 @@ func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again [
 		}
 		return true
 	}
-	if !pairs(adopt, func(code int64) bool { return code == 4 }, func(j int64, c string) {
+	if !pairs(adopt, func(code int64) bool { return code == 4 }, false, func(j int64, c string) {
 		it := items[idx[j]]
 		it.CampaignID = c
 		again, at = append(again, it), append(at, idx[j])
 	}) {
 		return nil, nil, nil, nil, bad
 	}
-	heldBy = make([]string, len(raw))
-	if !pairs(held, func(code int64) bool { return code == 1 || code == 2 }, func(j int64, c string) { heldBy[j] = c }) {
+	heldBy = make([]held, len(raw))
+	if !pairs(heldList, func(code int64) bool { return code == 1 || code == 2 }, true, func(j int64, c string) { heldBy[j] = held{c, true} }) {
 		return nil, nil, nil, nil, bad
 	}
 	return codes, again, at, heldBy, nil
+}
+
+// held is where an item already queued or done is counted: elsewhere, in
+// campaign ("" for none), or (elsewhere false) in the campaign asked for.
+type held struct {
+	campaign  string
+	elsewhere bool
 }
 
 // forceArg is the enqueue script's force field: "1", "b<ms>" (ForceBefore)

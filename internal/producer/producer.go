@@ -87,10 +87,11 @@ func (s Status) String() string {
 type Result struct {
 	Status Status
 	Err    error
-	// HeldBy: for AlreadyQueued and AlreadyDone, the campaign that counts
-	// the message when it is not the one asked for ("" otherwise). Its
-	// outcome is counted there, not in the campaign asked for.
-	HeldBy string
+	// Elsewhere: for AlreadyQueued and AlreadyDone, the message is counted
+	// in another campaign than the one asked for, HeldBy ("" for none):
+	// its outcome is counted there, not in the campaign asked for.
+	Elsewhere bool
+	HeldBy    string
 }
 
 // Config configures a Producer.

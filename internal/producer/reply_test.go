@@ -32,7 +32,7 @@ func TestParseEnqueueReply(t *testing.T) {
 		{"held elsewhere", []any{[]any{int64(1), int64(2)}, []any{}, []any{int64(0), "k1", int64(1), "k2"}}, true},
 		{"held for an item enqueued", []any{[]any{int64(0), int64(1)}, []any{}, []any{int64(0), "k1"}}, false},
 		{"held twice", []any{[]any{int64(1), int64(1)}, []any{}, []any{int64(0), "k1", int64(0), "k2"}}, false},
-		{"held with no campaign", []any{[]any{int64(1), int64(1)}, []any{}, []any{int64(0), ""}}, false},
+		{"held in no campaign", []any{[]any{int64(1), int64(1)}, []any{}, []any{int64(0), ""}}, true},
 	}
 	for _, tt := range tests {
 		codes, again, at, heldBy, err := parseEnqueueReply(tt.reply, items, idx)
@@ -48,7 +48,10 @@ func TestParseEnqueueReply(t *testing.T) {
 			require.Equal(t, "c1", again[0].CampaignID)
 		}
 		if tt.name == "held elsewhere" {
-			require.Equal(t, []string{"k1", "k2"}, heldBy)
+			require.Equal(t, []held{{"k1", true}, {"k2", true}}, heldBy)
+		}
+		if tt.name == "held in no campaign" {
+			require.Equal(t, []held{{"", true}, {"", false}}, heldBy)
 		}
 	}
 }

@@ -773,9 +773,9 @@ func campaignTotal(t *testing.T, rdb *redis.Client, camp string) int64 {
 }
 
 // TestHeldBy: a message already queued or done answers which campaign
-// counts it when that is not the one asked for (a sweep follows it there):
-// the queued task's campaign, the one its outcome was counted in, or the
-// first of two sends in one batch; nothing for the same campaign or none.
+// counts it when that is not the one asked for (a sweep follows it): the
+// queued task's campaign, the one its outcome was counted in, the first of
+// two sends in one batch, or none; nothing when it is the one asked for.
 func TestHeldBy(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -786,29 +786,32 @@ func TestHeldBy(t *testing.T) {
 	rdb := redisServer.Client(t)
 	p := producer.New(rdb, producer.Config{})
 	for i, tc := range []struct {
-		name   string
-		setup  func(t *testing.T, id string)
-		camp   string
-		status producer.Status
-		heldBy string
+		name      string
+		setup     func(t *testing.T, id string)
+		camp      string
+		status    producer.Status
+		heldBy    string
+		elsewhere bool
 	}{
-		{"queued in another campaign", func(t *testing.T, id string) { p.Enqueue(ctx, item(id, "held-a")) }, "held-b", producer.AlreadyQueued, "held-a"},
-		{"queued in the same campaign", func(t *testing.T, id string) { p.Enqueue(ctx, item(id, "held-a")) }, "held-a", producer.AlreadyQueued, ""},
-		{"queued in none", func(t *testing.T, id string) { p.Enqueue(ctx, item(id, "")) }, "held-b", producer.AlreadyQueued, ""},
+		{"queued in another campaign", func(t *testing.T, id string) { p.Enqueue(ctx, item(id, "held-a")) }, "held-b", producer.AlreadyQueued, "held-a", true},
+		{"queued in the same campaign", func(t *testing.T, id string) { p.Enqueue(ctx, item(id, "held-a")) }, "held-a", producer.AlreadyQueued, "", false},
+		{"queued in none", func(t *testing.T, id string) { p.Enqueue(ctx, item(id, "")) }, "held-b", producer.AlreadyQueued, "", true},
+		{"queued in none, sent in none", func(t *testing.T, id string) { p.Enqueue(ctx, item(id, "")) }, "", producer.AlreadyQueued, "", false},
 		{"done in another campaign", func(t *testing.T, id string) {
 			p.Enqueue(ctx, item(id, "held-a"))
 			require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, tasks.TaskID(ghl.KindMessage, id)))
 			_, _, err := ledger.New(rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: tasks.TaskID(ghl.KindMessage, id), CampaignID: "held-a",
 				Outcome: ledger.Outcome{Outcome: ledger.Cancelled, HTTPStatus: 200, Attempts: 1}})
 			require.NoError(t, err)
-		}, "held-b", producer.AlreadyDone, "held-a"},
+		}, "held-b", producer.AlreadyDone, "held-a", true},
 	} {
 		id := fmt.Sprintf("mHeld%015d", i)
 		tc.setup(t, id)
 		r := p.EnqueueBatch(ctx, []producer.Item{item(id, tc.camp)})[0]
-		require.Equal(t, []any{tc.status, tc.heldBy}, []any{r.Status, r.HeldBy}, tc.name)
+		require.Equal(t, []any{tc.status, tc.heldBy, tc.elsewhere}, []any{r.Status, r.HeldBy, r.Elsewhere}, tc.name)
 	}
 	// Twice in one batch: the second is the first's.
 	out := p.EnqueueBatch(ctx, []producer.Item{item("mHeldTwice0000000001", "held-c"), item("mHeldTwice0000000001", "held-d")})
-	require.Equal(t, []any{producer.Enqueued, "", producer.AlreadyQueued, "held-c"}, []any{out[0].Status, out[0].HeldBy, out[1].Status, out[1].HeldBy})
+	require.Equal(t, []any{producer.Enqueued, false, producer.AlreadyQueued, "held-c", true},
+		[]any{out[0].Status, out[0].Elsewhere, out[1].Status, out[1].HeldBy, out[1].Elsewhere})
 }

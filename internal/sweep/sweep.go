@@ -127,7 +127,9 @@ func LoadLatestState(ctx context.Context, rdb redis.UniversalClient, sweepID, lo
 // KEYS state, campaign hash. ARGV phase read, cursor read, next phase, next
 // cursor, seen, found, found sms, found email, enqueued, restart (1/0), no
 // email id, already queued or done, the other campaigns holding those (one
-// per line; kept in the campaign's held_by set, ledger.HeldByMax at most).
+// per line; kept in the campaign's held_by set, ledger.HeldByMax at most),
+// their task ids when held elsewhere (one per line; the held set,
+// ledger.HeldMax at most, then held_more).
 var commitScript = redis.NewScript(`
 local v = redis.call("HMGET", KEYS[1], "phase", "cursor")
 if (v[1] or "") ~= ARGV[1] or (v[2] or "") ~= ARGV[2] then return 0 end
@@ -150,10 +152,19 @@ if redis.call("EXISTS", KEYS[2]) == 1 then
   redis.call("HINCRBY", KEYS[2], "sweep_pages", 1)
   redis.call("HINCRBY", KEYS[2], "sweep_seen", ARGV[5])
   redis.call("HINCRBY", KEYS[2], "sweep_found", ARGV[6])
+  local ttl = redis.call("PTTL", KEYS[2])
   for c in string.gmatch(ARGV[13], "[^\n]+") do
     if redis.call("SCARD", KEYS[2] .. ":held_by") >= ` + strconv.Itoa(ledger.HeldByMax) + ` then break end
     redis.call("SADD", KEYS[2] .. ":held_by", c)
-    redis.call("PEXPIRE", KEYS[2] .. ":held_by", redis.call("PTTL", KEYS[2]))
+    if ttl > 0 then redis.call("PEXPIRE", KEYS[2] .. ":held_by", ttl) end
+  end
+  for id in string.gmatch(ARGV[14], "[^\n]+") do
+    if redis.call("SCARD", KEYS[2] .. ":held") >= ` + strconv.Itoa(ledger.HeldMax) + ` then
+      redis.call("HSET", KEYS[2], "held_more", "1")
+      break
+    end
+    redis.call("SADD", KEYS[2] .. ":held", id)
+    if ttl > 0 then redis.call("PEXPIRE", KEYS[2] .. ":held", ttl) end
   end
 end
 return 1`)
@@ -312,7 +323,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 			// cancels answer already queued, or already done if settled
 			// since they were asked for.
 			if err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
-				st.Phase, st.Cursor, st.Phase, "", 0, 0, 0, 0, 0, "1", 0, 0, "").Err(); err != nil {
+				st.Phase, st.Cursor, st.Phase, "", 0, 0, 0, 0, 0, "1", 0, 0, "", "").Err(); err != nil {
 				return result{fate: "retry", reason: tasks.ReasonLimiter, err: err}
 			}
 			h.logger().Info("sweep: export cursor expired, starting the channel again", "task_id", id, "location_id", p.LocationID)
@@ -341,15 +352,19 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 		enqueued, already, refused := 0, 0, 0
 		var refusal error
 		heldBy := map[string]bool{} // campaigns counting messages found here
+		var heldIDs []string        // those messages, followed by who waits for this campaign
 		if !p.DryRun && len(items) > 0 {
-			for _, r := range h.Producer.EnqueueBatch(ctx, items) {
+			for i, r := range h.Producer.EnqueueBatch(ctx, items) {
 				switch {
 				case r.Status == producer.Enqueued || r.Status == producer.Requeued:
 					enqueued++
 				case r.Status == producer.AlreadyQueued || r.Status == producer.AlreadyDone:
 					already++
-					if r.HeldBy != "" {
-						heldBy[r.HeldBy] = true
+					if r.Elsewhere {
+						heldIDs = append(heldIDs, tasks.TaskID(items[i].Kind, items[i].MessageID))
+						if r.HeldBy != "" {
+							heldBy[r.HeldBy] = true
+						}
 					}
 				case r.Status == producer.Rejected && errors.Is(r.Err, producer.ErrUnavailable):
 					return result{fate: "retry", reason: tasks.ReasonLimiter, err: r.Err}
@@ -379,7 +394,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 		}
 		ok, err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
 			st.Phase, st.Cursor, nextPhase, nextCursor, len(page.Messages), scheduled, sms, email, enqueued, "0", noID, already,
-			strings.Join(slices.Sorted(maps.Keys(heldBy)), "\n")).Int()
+			strings.Join(slices.Sorted(maps.Keys(heldBy)), "\n"), strings.Join(heldIDs, "\n")).Int()
 		if err != nil {
 			return result{fate: "retry", reason: tasks.ReasonLimiter, err: fmt.Errorf("recording the sweep's progress: %w", err)}
 		}
