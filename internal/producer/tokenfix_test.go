@@ -2,7 +2,6 @@ package producer_test
 
 import (
 	"context"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,10 +12,8 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
-	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
-	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
@@ -32,12 +29,7 @@ func TestTokenFileFixedThenRequeued(t *testing.T) {
 	ctx := context.Background()
 	rdb := redisServer.Client(t)
 	const loc = "locFile0000000000001"
-	sb := sandbox.New(sandbox.Config{})
-	sb.AddLocation(loc, "tok-good")
-	srv := httptest.NewServer(sb.Handler())
-	t.Cleanup(srv.Close)
-	api, err := ghl.New(ghl.Config{BaseURL: srv.URL, Timeout: 5 * time.Second})
-	require.NoError(t, err)
+	sb, h := sandboxHandler(t, rdb, loc, "tok-good")
 	path := filepath.Join(t.TempDir(), "tokens.json")
 	edits := 0
 	write := func(tok string) {
@@ -49,7 +41,7 @@ func TestTokenFileFixedThenRequeued(t *testing.T) {
 	write("tok-wrong")
 	f, err := tokens.NewFile(path, nil)
 	require.NoError(t, err)
-	h := &tasks.Handler{API: api, Ledger: ledger.New(rdb, ledger.Config{}), Tokens: f, Verify: true}
+	h.Tokens = f
 	p := producer.New(rdb, producer.Config{})
 	id := sb.ScheduleN(loc, 1, false)[0]
 	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "fix"}).Status)
