@@ -163,12 +163,18 @@ for i = 0, n - 1 do
     ids[c][#ids[c]+1] = ARGV[a+2]
   end
 end
+-- A dry run's campaign says nothing was cancelled: no cancel is counted
+-- in it (code 5, refused).
+local dryc = {}
 for c, cids in pairs(ids) do
-  local _, ko = ck(c)
+  local k, ko = ck(c)
   -- Rows of a campaign that is gone are no one's (an outcomes hash once
   -- could outlive its campaign): only a live campaign's rows count.
   local v = {}
-  if clive(c) then v = redis.call("HMGET", ko, unpack(cids)) end
+  if clive(c) then
+    v = redis.call("HMGET", ko, unpack(cids))
+    dryc[c] = redis.call("HGET", k, "dry_run") == "1"
+  end
   for j, id in ipairs(cids) do
     if v[j] then
       rows[c] = rows[c] or {}
@@ -192,7 +198,9 @@ for i = 0, n - 1 do
   local a = 3 + i * 7
   local msg, id, lane, campaign, loc, force, fromdead = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6], ARGV[a+7]
   local row = rows[campaign] and rows[campaign][id]
-  if seen[id] then
+  if dryc[campaign] then
+    res[i+1] = 5
+  elseif seen[id] then
     res[i+1] = 1
     hold(i, seen[id], campaign)
     if fromdead == "1" then drop_dead(id) end
@@ -518,8 +526,11 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 		return
 	}
 	for j, i := range idx {
-		if res[j] < int64(len(scriptStatus)) {
+		switch {
+		case res[j] < int64(len(scriptStatus)):
 			out[i] = Result{Status: scriptStatus[res[j]], HeldBy: heldBy[j].campaign, Elsewhere: heldBy[j].elsewhere}
+		case res[j] == codeDryRun:
+			out[i] = Result{Status: Rejected, Err: fmt.Errorf("%w (campaign %s)", ErrIntoDryRun, items[i].CampaignID)}
 		}
 	}
 	if len(again) > 0 {
@@ -554,7 +565,7 @@ func parseEnqueueReply(v []any, items []Item, idx []int) (codes []int64, again [
 	handed := 0
 	for j, r := range raw {
 		c, ok := r.(int64)
-		if !ok || c < 0 || c > 4 {
+		if !ok || c < 0 || c > codeDryRun {
 			return nil, nil, nil, nil, bad
 		}
 		if c == 4 {
@@ -619,6 +630,10 @@ func flag(b bool) string {
 	}
 	return "0"
 }
+
+// codeDryRun is enqueueScript's answer for an item sent into a dry run's
+// campaign: refused (ErrIntoDryRun), nothing changed.
+const codeDryRun = 5
 
 // scriptStatus maps enqueueScript's per-item answers.
 var scriptStatus = []Status{0: Enqueued, 1: AlreadyQueued, 2: AlreadyDone, 3: Requeued}

@@ -284,9 +284,10 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	return st, nil
 }
 
-// ErrIntoDryRun: a real sweep was sent into a dry run's campaign, which
-// says nothing was cancelled: its cancels would be counted under that.
-var ErrIntoDryRun = errors.New("sweep: that campaign is a dry run's (it counts what a sweep would cancel, and says nothing was cancelled); run the real sweep with no campaign id, or a new one")
+// ErrIntoDryRun: a real sweep, or a cancel, was sent into a dry run's
+// campaign, which says nothing was cancelled: it would be counted under
+// that.
+var ErrIntoDryRun = errors.New("that campaign is a dry run's (it counts what a sweep would cancel, and says nothing was cancelled); send it with no campaign id, or a new one")
 
 // failedRunsReplaced lists, for sweepScript, the failed sweeps of r's
 // campaign that r runs again: the same location (one of locs) and the same

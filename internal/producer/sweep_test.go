@@ -186,6 +186,14 @@ func TestDryRunSweepHasItsOwnCampaign(t *testing.T) {
 	again, _, err := campaign.New(rdb, 0).Get(ctx, dry.Campaign)
 	require.NoError(t, err)
 	require.Equal(t, dry.Sweeps, again.Sweeps)
+	// Nor is a cancel sent into it by id (enqueue --campaign, the intake).
+	r := p.Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: "mIntoDry000000000001", LocationID: "locDry0000000000001", CampaignID: dry.Campaign})
+	require.Equal(t, producer.Rejected, r.Status)
+	require.ErrorIs(t, r.Err, producer.ErrIntoDryRun)
+	require.Equal(t, tasksBefore, rdb.LLen(ctx, "asynq:{"+tasks.QueueDefault+"}:pending").Val(), "nothing queued")
+	again, _, err = campaign.New(rdb, 0).Get(ctx, dry.Campaign)
+	require.NoError(t, err)
+	require.Zero(t, again.Total)
 
 	// A dry run that failed before this rule, in a named campaign, is
 	// still replayed there.
