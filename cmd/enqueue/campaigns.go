@@ -81,9 +81,12 @@ func (e *env) statusCmd() *cobra.Command {
 				// --watch is for scripts, as sweep --wait: a dead letter or
 				// a failed sweep leaves messages that may still go out, here
 				// or in a campaign holding messages its sweeps found.
-				heldBad, err := e.waitHeld(ctx, tr, s)
+				heldBad, waited, err := e.waitHeld(ctx, s, func() (campaign.HeldReport, error) { return tr.Held(ctx, s) })
 				if err != nil {
 					return err
+				}
+				if waited {
+					continue // read the campaign again: it may have reopened meanwhile
 				}
 				if s.DeadLettered == 0 && s.SweepsFailed == 0 && !heldBad {
 					return nil
@@ -112,16 +115,19 @@ func (e *env) statusCmd() *cobra.Command {
 // were dead-lettered, lost or not followed, said on stderr: they may still
 // go out. A campaign complete on its own counts none of them, so
 // "complete" alone would say they were dealt with.
-func (e *env) waitHeld(ctx context.Context, tr *campaign.Tracker, s campaign.Status) (bad bool, err error) {
+//
+// waited says it had to wait: the caller reads the campaign again (it may
+// have reopened meanwhile) before it trusts its status.
+func (e *env) waitHeld(ctx context.Context, s campaign.Status, follow func() (campaign.HeldReport, error)) (bad, waited bool, err error) {
 	where := "no campaign"
 	if len(s.HeldBy) > 0 {
 		where = "campaign(s) " + strings.Join(s.HeldBy, ", ")
 	}
 	said := false
 	for {
-		r, err := tr.Held(ctx, s)
+		r, err := follow()
 		if err != nil {
-			return false, err
+			return false, said, err
 		}
 		if r.Waiting == 0 {
 			if r.Failed > 0 || r.Lost > 0 {
@@ -131,7 +137,7 @@ func (e *env) waitHeld(ctx context.Context, tr *campaign.Tracker, s campaign.Sta
 			if r.More {
 				fmt.Fprintf(e.stderr, "campaign %s's sweeps found more than %d messages queued elsewhere first: only those were followed\n", s.Campaign, ledger.HeldMax)
 			}
-			return r.Bad(), nil
+			return r.Bad(), said, nil
 		}
 		if !said {
 			said = true
@@ -139,7 +145,7 @@ func (e *env) waitHeld(ctx context.Context, tr *campaign.Tracker, s campaign.Sta
 		}
 		select {
 		case <-ctx.Done():
-			return false, fmt.Errorf("interrupted while %d messages campaign %s's sweeps found (queued in %s) had no outcome yet", r.Waiting, s.Campaign, where)
+			return false, said, fmt.Errorf("interrupted while %d messages campaign %s's sweeps found (queued in %s) had no outcome yet", r.Waiting, s.Campaign, where)
 		case <-time.After(2 * time.Second):
 		}
 	}

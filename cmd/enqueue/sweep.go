@@ -159,6 +159,8 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	tr := campaign.New(rdb, 0)
 	var prev, end campaign.Status
 	var prevAt time.Time
+	var heldBad bool
+wait:
 	for {
 		s, ok, err := tr.Get(ctx, st.CampaignID)
 		if err != nil {
@@ -172,8 +174,25 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 			fmt.Fprintln(e.stderr, s.RenderPaced(prev, prevAt, floor))
 		}
 		if ok && s.Complete {
-			end = s
-			break
+			// Messages found but queued or done first elsewhere are counted
+			// there: wait for those this sweep found too.
+			var keys []string
+			for _, loc := range dedupe(locations) {
+				k, err := sweep.StateKeys(ctx, rdb, st.SweepID, loc)
+				if err != nil {
+					return err
+				}
+				keys = append(keys, k...)
+			}
+			bad, waited, err := e.waitHeld(ctx, s, func() (campaign.HeldReport, error) { return tr.HeldIn(ctx, keys) })
+			if err != nil {
+				return err
+			}
+			if !waited {
+				end, heldBad = s, bad
+				break wait
+			}
+			continue // read the campaign again: it may have reopened meanwhile
 		}
 		prev, prevAt = s, time.Now()
 		select {
@@ -229,12 +248,6 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 				dead++
 			}
 		}
-	}
-	// Messages found but queued or done in other campaigns first are
-	// counted there: wait for those too, and say if they failed some.
-	heldBad, err := e.waitHeld(ctx, tr, end)
-	if err != nil {
-		return err
 	}
 	done := func() error {
 		if failed == 0 && dead == 0 && !heldBad {

@@ -240,55 +240,158 @@ type HeldReport struct {
 func (r HeldReport) Bad() bool { return r.Failed > 0 || r.Lost > 0 || r.More }
 
 // Held follows, message by message, what the campaign's sweeps found but
-// did not queue: each one's outcome where it is counted (a superseded row
-// is the other kind's: that kind's outcome is read), or its task still
-// queued. A fixed number of round trips whatever the count (at most
-// ledger.HeldMax messages).
+// did not queue (see follow). A fixed number of round trips whatever the
+// count (at most ledger.HeldMax messages).
 func (t *Tracker) Held(ctx context.Context, s Status) (HeldReport, error) {
-	var r HeldReport
-	ids, err := t.rdb.SMembers(ctx, ledger.CampaignHeldKey(s.Campaign)).Result()
+	members, err := t.rdb.SMembers(ctx, ledger.CampaignHeldKey(s.Campaign)).Result()
 	if err != nil {
-		return r, err
+		return HeldReport{}, err
 	}
 	more, err := t.rdb.HGet(ctx, ledger.CampaignKey(s.Campaign), "held_more").Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return r, err
+		return HeldReport{}, err
 	}
-	r.More, r.Followed = more == "1", len(ids)
-	for pass := 0; pass < 2 && len(ids) > 0; pass++ {
-		outs := make([]*redis.StringCmd, len(ids))
-		live := make([]*redis.IntCmd, len(ids))
-		if _, err := t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, id := range ids {
-				outs[i] = p.HGet(ctx, ledger.Key(id), "o")
-				keys := make([]string, len(Lanes))
-				for j, q := range Lanes {
-					keys[j] = "asynq:{" + q + "}:t:" + id
-				}
-				live[i] = p.Exists(ctx, keys...)
+	return t.follow(ctx, members, more == "1")
+}
+
+// HeldIn follows what the sweep runs with these state keys found but did
+// not queue (sweep --wait: its own runs, not the campaign's earlier sweeps).
+func (t *Tracker) HeldIn(ctx context.Context, stateKeys []string) (HeldReport, error) {
+	seen := map[string]bool{}
+	var members []string
+	more := false
+	for _, k := range stateKeys {
+		m, err := t.rdb.SMembers(ctx, k+":held").Result()
+		if err != nil {
+			return HeldReport{}, err
+		}
+		for _, x := range m {
+			if !seen[x] {
+				seen[x] = true
+				members = append(members, x)
 			}
-			return nil
-		}); err != nil && !errors.Is(err, redis.Nil) {
+		}
+		f, err := t.rdb.HGet(ctx, k, "held_more").Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return HeldReport{}, err
+		}
+		more = more || f == "1"
+	}
+	return t.follow(ctx, members, more)
+}
+
+// follow classifies held messages ("task id\tholding campaign"): its record's
+// outcome (a superseded row is the other kind's: that kind's is read), else
+// its task waiting on a lane, else archived by asynq with no outcome (a
+// dead letter, as the enqueue rule reads it), else, read once more (it may
+// have settled between two reads), the holding campaign's outcome row (a
+// record expires before its campaign), else lost.
+func (t *Tracker) follow(ctx context.Context, members []string, more bool) (HeldReport, error) {
+	r := HeldReport{More: more, Followed: len(members)}
+	type held struct{ id, campaign string }
+	hs := make([]held, 0, len(members))
+	for _, m := range members {
+		id, c, _ := strings.Cut(m, "\t")
+		hs = append(hs, held{id, c})
+	}
+	for pass := 0; pass < 2 && len(hs) > 0; pass++ {
+		outs := make([]*redis.StringCmd, len(hs))
+		states := make([][]*redis.StringCmd, len(hs))
+		if err := t.pipelined(ctx, func(p redis.Pipeliner) {
+			for i, h := range hs {
+				outs[i] = p.HGet(ctx, ledger.Key(h.id), "o")
+				for _, q := range Lanes {
+					states[i] = append(states[i], p.HGet(ctx, "asynq:{"+q+"}:t:"+h.id, "state"))
+				}
+			}
+		}); err != nil {
 			return r, err
 		}
-		var next []string
-		for i, id := range ids {
+		var next, unsure []held
+		for i, h := range hs {
 			o := outs[i].Val()
+			if strings.HasPrefix(o, ledger.Superseded+"|") {
+				if pass == 0 {
+					next = append(next, held{otherTaskID(h.id), h.campaign})
+				} else {
+					r.Lost++
+				}
+				continue
+			}
+			if o != "" {
+				r.count(o)
+				continue
+			}
+			archived, live := false, false
+			for _, st := range states[i] {
+				switch st.Val() {
+				case "archived":
+					archived = true
+				case "pending", "active", "scheduled", "retry", "aggregating":
+					live = true
+				}
+			}
 			switch {
-			case strings.HasPrefix(o, ledger.Superseded+"|") && pass == 0:
-				next = append(next, otherTaskID(id))
-			case strings.HasPrefix(o, ledger.DeadLettered+"|"):
-				r.Failed++
-			case o != "" && !strings.HasPrefix(o, ledger.Superseded+"|"):
-			case live[i].Val() > 0:
+			case live:
 				r.Waiting++
+			case archived:
+				r.Failed++
 			default:
-				r.Lost++
+				unsure = append(unsure, h)
 			}
 		}
-		ids = next
+		if len(unsure) > 0 {
+			again := make([]*redis.StringCmd, len(unsure))
+			rows := make([]*redis.StringCmd, len(unsure))
+			if err := t.pipelined(ctx, func(p redis.Pipeliner) {
+				for i, h := range unsure {
+					again[i] = p.HGet(ctx, ledger.Key(h.id), "o")
+					if h.campaign != "" {
+						rows[i] = p.HGet(ctx, ledger.CampaignOutcomesKey(h.campaign), h.id)
+					}
+				}
+			}); err != nil {
+				return r, err
+			}
+			for i := range unsure {
+				switch {
+				case again[i].Val() != "":
+					r.count(again[i].Val())
+				case rows[i] != nil && rows[i].Val() != "":
+					r.count(rows[i].Val())
+				default:
+					r.Lost++
+				}
+			}
+		}
+		hs = next
 	}
 	return r, nil
+}
+
+// count one outcome row: a dead letter failed, anything else done.
+func (r *HeldReport) count(row string) {
+	if strings.HasPrefix(row, ledger.DeadLettered+"|") {
+		r.Failed++
+	}
+}
+
+// pipelined runs fill's commands and returns the first error that is not
+// a missing field (each command's own, not only the first's).
+func (t *Tracker) pipelined(ctx context.Context, fill func(redis.Pipeliner)) error {
+	cmds, err := t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		fill(p)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	for _, c := range cmds {
+		if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
+			return e
+		}
+	}
+	return nil
 }
 
 // Lanes are asynq's queues a task can wait on (tasks.Queues: tasks imports

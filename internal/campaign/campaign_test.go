@@ -296,6 +296,21 @@ func TestHeldFollowsEachMessage(t *testing.T) {
 	r, err = tr.Held(ctx, s)
 	require.NoError(t, err)
 	require.True(t, r.More && r.Bad(), "not all could be followed")
+
+	// Found by review: a task asynq archived with no outcome (its last
+	// attempt could not record one) is a dead letter, not waiting for ever;
+	// a record expired before its campaign is read from the holding
+	// campaign's outcome row, not lost.
+	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:msg:archived", "state", "archived").Err())
+	require.NoError(t, rdb.HSet(ctx, ledger.CampaignOutcomesKey("holder"), "msg:expired", row(ledger.Cancelled), "msg:expiredDead", row(ledger.DeadLettered)).Err())
+	r, err = tr.HeldIn(ctx, []string{"ghlcancel:sweep:{swA}:loc", "ghlcancel:sweep:{swB}:loc"})
+	require.NoError(t, err)
+	require.Equal(t, campaign.HeldReport{}, r, "runs with nothing held")
+	require.NoError(t, rdb.SAdd(ctx, "ghlcancel:sweep:{swA}:loc:held", "msg:archived\tholder", "msg:expired\tholder").Err())
+	require.NoError(t, rdb.SAdd(ctx, "ghlcancel:sweep:{swB}:loc:held", "msg:expired\tholder", "msg:expiredDead\tholder").Err())
+	r, err = tr.HeldIn(ctx, []string{"ghlcancel:sweep:{swA}:loc", "ghlcancel:sweep:{swB}:loc"})
+	require.NoError(t, err)
+	require.Equal(t, campaign.HeldReport{Followed: 3, Failed: 2}, r, "only these runs' messages, each once")
 }
 
 // TestLanes: the lanes Held looks for a queued task on are asynq's.

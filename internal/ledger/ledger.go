@@ -286,7 +286,7 @@ local function cadd(c, n, loc, now, ttl)
   local k, ko, kr, kl = ck(c)
   -- A new campaign (or one whose counters expired) starts with no rows:
   -- an outcomes hash left by an earlier one of that name is not its own.
-  if redis.call("EXISTS", k) == 0 then redis.call("DEL", ko) end
+  if redis.call("EXISTS", k) == 0 then redis.call("DEL", ko, k .. ":held", k .. ":held_by") end
   redis.call("HINCRBY", k, "total", n)
   redis.call("HSETNX", k, "started_at", now)
   if loc ~= "" and n > 0 then redis.call("SADD", kl, loc) end

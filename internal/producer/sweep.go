@@ -112,6 +112,7 @@ func NewID(prefix string) string {
 var sweepScript = redis.NewScript(ledger.Lua + `
 local nowns, now, ttl, campaign = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local dry = ARGV[10] == "1"
+local existed = redis.call("EXISTS", (ck(campaign))) == 1
 -- A real sweep would count its cancels in a campaign that says nothing
 -- was cancelled (dry_run): refused. A replay (ARGV[7]) keeps its campaign.
 if ARGV[7] == "" and not dry and redis.call("HGET", (ck(campaign)), "dry_run") == "1" then return -3 end
@@ -162,8 +163,9 @@ end
 redis.call("ZREMRANGEBYRANK", k .. ":sweeplist", 0, -` + strconv.Itoa(sweepListKeep+1) + `)
 redis.call("HINCRBY", k, "sweeps", added)
 -- A replayed dry run (one from before dry runs had campaigns of their
--- own) does not mark the campaign it was named into.
-if dry and added > 0 and ARGV[7] == "" then redis.call("HSET", k, "dry_run", "1") end
+-- own) does not mark the campaign it was named into, unless that campaign
+-- is new here (its own expired before its dead letter was replayed).
+if dry and added > 0 and (ARGV[7] == "" or not existed) then redis.call("HSET", k, "dry_run", "1") end
 cadd(campaign, 0, "", now, ttl)
 return added`)
 

@@ -427,6 +427,15 @@ func TestSweepReviewRows(t *testing.T) {
 		_, err = p.Sweep(ctx, producer.SweepRequest{Locations: []string{loc}, CampaignID: "winter"})
 		require.NoError(t, err, "a real sweep into it is not refused")
 	})
+	t.Run("a dry run replayed into its expired campaign marks it", func(t *testing.T) {
+		const c = "sweep-20261201-dryexp"
+		rec := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swDryExp", CampaignID: c, LocationID: "locDryExp00000000001", DryRun: true})
+		require.NoError(t, rdb.Del(ctx, ledger.CampaignKey(c), ledger.CampaignKey(c)+":failed_sweeps").Err()) // expired (7 days; its dead letter lives 30)
+		_, ok, err := p.ReviveSweep(ctx, rec)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.True(t, camp(c).DryRun, "the campaign it makes again is a dry run's")
+	})
 	t.Run("an unreadable dead letter does not block sweeps", func(t *testing.T) {
 		rec := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swCorr", CampaignID: "auto-corrupt", LocationID: "locOther000000000001"})
 		require.NoError(t, rdb.HSet(ctx, deadletter.KeyRecords, rec.TaskID, "{not json").Err())

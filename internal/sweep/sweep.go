@@ -105,6 +105,18 @@ func LoadState(ctx context.Context, rdb redis.UniversalClient, sweepID, location
 		Already: n("already"), Restarts: n("restarts"), NoEmailID: n("no_email_id"), Error: m["error"], ReplacedBy: m["replaced_by"]}, true, nil
 }
 
+// StateKeys lists the state keys of a location's sweep and of the runs
+// that replaced it, in order (what sweep --wait follows).
+func StateKeys(ctx context.Context, rdb redis.UniversalClient, sweepID, location string) ([]string, error) {
+	keys := []string{producer.SweepStateKey(sweepID, location)}
+	st, ok, err := LoadState(ctx, rdb, sweepID, location)
+	for hops := 0; err == nil && ok && st.ReplacedBy != "" && hops < 20; hops++ {
+		keys = append(keys, producer.SweepStateKey(st.ReplacedBy, location))
+		st, ok, err = LoadState(ctx, rdb, st.ReplacedBy, location)
+	}
+	return keys, err
+}
+
 // LoadLatestState is LoadState followed along ReplacedBy: how the
 // location's sweep ended, or stands, after any runs that replaced it.
 func LoadLatestState(ctx context.Context, rdb redis.UniversalClient, sweepID, location string) (State, bool, error) {
@@ -128,8 +140,9 @@ func LoadLatestState(ctx context.Context, rdb redis.UniversalClient, sweepID, lo
 // cursor, seen, found, found sms, found email, enqueued, restart (1/0), no
 // email id, already queued or done, the other campaigns holding those (one
 // per line; kept in the campaign's held_by set, ledger.HeldByMax at most),
-// their task ids when held elsewhere (one per line; the held set,
-// ledger.HeldMax at most, then held_more).
+// those messages when held elsewhere ("task id\tholding campaign", one per
+// line; the campaign's and this run's held sets, ledger.HeldMax at most
+// each, then held_more on the campaign or the state).
 var commitScript = redis.NewScript(`
 local v = redis.call("HMGET", KEYS[1], "phase", "cursor")
 if (v[1] or "") ~= ARGV[1] or (v[2] or "") ~= ARGV[2] then return 0 end
@@ -146,6 +159,20 @@ redis.call("HINCRBY", KEYS[1], "found_email", ARGV[8])
 redis.call("HINCRBY", KEYS[1], "enqueued", ARGV[9])
 if ARGV[11] ~= "0" then redis.call("HINCRBY", KEYS[1], "no_email_id", ARGV[11]) end
 if ARGV[12] ~= "0" then redis.call("HINCRBY", KEYS[1], "already", ARGV[12]) end
+-- hold adds a held message to a set of at most HeldMax; one more (not a
+-- repeat) sets held_more on flags instead.
+local function hold(set, flags, m, ttl)
+  if redis.call("SISMEMBER", set, m) == 0 and redis.call("SCARD", set) >= ` + strconv.Itoa(ledger.HeldMax) + ` then
+    redis.call("HSET", flags, "held_more", "1")
+    return
+  end
+  redis.call("SADD", set, m)
+  if ttl > 0 then redis.call("PEXPIRE", set, ttl) end
+end
+-- This run's own held messages (sweep --wait follows its run, not the
+-- campaign's earlier sweeps), kept as long as its state.
+local sttl = redis.call("PTTL", KEYS[1])
+for m in string.gmatch(ARGV[14], "[^\n]+") do hold(KEYS[1] .. ":held", KEYS[1], m, sttl) end
 -- A campaign whose counters are gone (expired, deleted) is not brought
 -- back as a hash of sweep counters with no expiry and no total.
 if redis.call("EXISTS", KEYS[2]) == 1 then
@@ -158,14 +185,7 @@ if redis.call("EXISTS", KEYS[2]) == 1 then
     redis.call("SADD", KEYS[2] .. ":held_by", c)
     if ttl > 0 then redis.call("PEXPIRE", KEYS[2] .. ":held_by", ttl) end
   end
-  for id in string.gmatch(ARGV[14], "[^\n]+") do
-    if redis.call("SCARD", KEYS[2] .. ":held") >= ` + strconv.Itoa(ledger.HeldMax) + ` then
-      redis.call("HSET", KEYS[2], "held_more", "1")
-      break
-    end
-    redis.call("SADD", KEYS[2] .. ":held", id)
-    if ttl > 0 then redis.call("PEXPIRE", KEYS[2] .. ":held", ttl) end
-  end
+  for m in string.gmatch(ARGV[14], "[^\n]+") do hold(KEYS[2] .. ":held", KEYS[2], m, ttl) end
 end
 return 1`)
 
@@ -361,7 +381,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 				case r.Status == producer.AlreadyQueued || r.Status == producer.AlreadyDone:
 					already++
 					if r.Elsewhere {
-						heldIDs = append(heldIDs, tasks.TaskID(items[i].Kind, items[i].MessageID))
+						heldIDs = append(heldIDs, tasks.TaskID(items[i].Kind, items[i].MessageID)+"\t"+r.HeldBy)
 						if r.HeldBy != "" {
 							heldBy[r.HeldBy] = true
 						}
