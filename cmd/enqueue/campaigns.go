@@ -130,6 +130,11 @@ func (e *env) waitHeld(ctx context.Context, s campaign.Status, follow func() (ca
 			return false, said, err
 		}
 		if r.Waiting == 0 {
+			if said {
+				// The caller reads the campaign again and calls once more:
+				// that call says what became of them.
+				return r.Bad(), true, nil
+			}
 			if r.Failed > 0 || r.Lost > 0 {
 				fmt.Fprintf(e.stderr, "%d of the %d messages campaign %s's sweeps found queued or done first elsewhere (%s) were dead-lettered there, and %d have no outcome and no task: they may still go out; see enqueue dead list\n",
 					r.Failed, r.Followed, s.Campaign, where, r.Lost)

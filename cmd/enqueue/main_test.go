@@ -768,3 +768,29 @@ func TestTokensSetWarnsOfAnotherKey(t *testing.T) {
 	require.NoError(t, r.err)
 	require.Contains(t, r.stderr, "does not decrypt with this GHL_TOKEN_KEY")
 }
+
+// TestWatchWaitsForHeldMessages: a campaign complete on its own whose
+// sweep found a message queued first elsewhere waits for that message's
+// outcome, says it once (it was said twice after a wait, found by review),
+// and exits 1 when it was dead-lettered.
+func TestWatchWaitsForHeldMessages(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	ctx := context.Background()
+	rdb := redistest.ClientFor(t, url)
+	now := time.Now().UnixMilli()
+	const c = "waits-held"
+	require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey(c), "total", 0, "started_at", now, "finished_at", now, "sweeps", 1, "sweeps_done", 1).Err())
+	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldByKey(c), "other").Err())
+	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldKey(c), "msg:held1\tother").Err())
+	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:msg:held1", "state", "pending").Err())
+	go func() {
+		time.Sleep(time.Second)
+		rdb.HSet(ctx, ledger.Key("msg:held1"), "o", ledger.DeadLettered+"|unauthorized|401|1|1")
+		rdb.Del(ctx, "asynq:{bulk}:t:msg:held1")
+	}()
+	r := runCmd(t, url, "", "status", c, "--watch")
+	require.Error(t, r.err)
+	require.Contains(t, r.stderr, "campaign waits-held is complete; waiting for 1 messages its sweeps found, queued first in campaign(s) other")
+	require.Equal(t, 1, strings.Count(r.stderr, "were dead-lettered there"), "said once")
+}

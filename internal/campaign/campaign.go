@@ -256,26 +256,35 @@ func (t *Tracker) Held(ctx context.Context, s Status) (HeldReport, error) {
 
 // HeldIn follows what the sweep runs with these state keys found but did
 // not queue (sweep --wait: its own runs, not the campaign's earlier sweeps).
+// One round trip for the runs' sets, then follow's; at most
+// ledger.HeldMax messages are followed in all (More beyond).
 func (t *Tracker) HeldIn(ctx context.Context, stateKeys []string) (HeldReport, error) {
+	sets := make([]*redis.StringSliceCmd, len(stateKeys))
+	flags := make([]*redis.StringCmd, len(stateKeys))
+	if err := t.pipelined(ctx, func(p redis.Pipeliner) {
+		for i, k := range stateKeys {
+			sets[i] = p.SMembers(ctx, k+":held")
+			flags[i] = p.HGet(ctx, k, "held_more")
+		}
+	}); err != nil {
+		return HeldReport{}, err
+	}
 	seen := map[string]bool{}
 	var members []string
 	more := false
-	for _, k := range stateKeys {
-		m, err := t.rdb.SMembers(ctx, k+":held").Result()
-		if err != nil {
-			return HeldReport{}, err
-		}
-		for _, x := range m {
-			if !seen[x] {
-				seen[x] = true
-				members = append(members, x)
+	for i := range stateKeys {
+		more = more || flags[i].Val() == "1"
+		for _, x := range sets[i].Val() {
+			if seen[x] {
+				continue
 			}
+			if len(members) == ledger.HeldMax {
+				more = true
+				break
+			}
+			seen[x] = true
+			members = append(members, x)
 		}
-		f, err := t.rdb.HGet(ctx, k, "held_more").Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return HeldReport{}, err
-		}
-		more = more || f == "1"
 	}
 	return t.follow(ctx, members, more)
 }

@@ -436,6 +436,14 @@ func TestSweepReviewRows(t *testing.T) {
 		require.True(t, ok)
 		require.True(t, camp(c).DryRun, "the campaign it makes again is a dry run's")
 	})
+	t.Run("a reused campaign name starts with no held messages", func(t *testing.T) {
+		const c = "reused-held"
+		require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldKey(c), "msg:old\tother").Err())
+		require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldByKey(c), "other").Err())
+		_, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locReused0000000001"}, CampaignID: c})
+		require.NoError(t, err)
+		require.Zero(t, rdb.Exists(ctx, ledger.CampaignHeldKey(c), ledger.CampaignHeldByKey(c)).Val(), "an earlier campaign's held messages are not this one's")
+	})
 	t.Run("an unreadable dead letter does not block sweeps", func(t *testing.T) {
 		rec := failedSweep(t, rdb, tasks.SweepPayload{SweepID: "swCorr", CampaignID: "auto-corrupt", LocationID: "locOther000000000001"})
 		require.NoError(t, rdb.HSet(ctx, deadletter.KeyRecords, rec.TaskID, "{not json").Err())
