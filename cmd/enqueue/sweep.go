@@ -160,6 +160,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	var prev, end campaign.Status
 	var prevAt time.Time
 	var heldBad bool
+	latest := map[string]sweep.State{} // each location's latest run, once complete
 wait:
 	for {
 		s, ok, err := tr.Get(ctx, st.CampaignID)
@@ -176,13 +177,15 @@ wait:
 		if ok && s.Complete {
 			// Messages found but queued or done first elsewhere are counted
 			// there: wait for those this sweep found too.
+			// A failed location requeued (or swept again) while this waited
+			// ends in the run that replaced it.
 			var keys []string
 			for _, loc := range dedupe(locations) {
-				k, err := sweep.StateKeys(ctx, rdb, st.SweepID, loc)
+				k, state, _, err := sweep.Runs(ctx, rdb, st.SweepID, loc)
 				if err != nil {
 					return err
 				}
-				keys = append(keys, k...)
+				keys, latest[loc] = append(keys, k...), state
 			}
 			bad, waited, err := e.waitHeld(ctx, s, func() (campaign.HeldReport, error) { return tr.HeldIn(ctx, keys) })
 			if err != nil {
@@ -218,12 +221,7 @@ wait:
 	var rows []row
 	failed := 0
 	for _, loc := range dedupe(locations) {
-		// A failed location requeued (or swept again) while this waited
-		// ends in the run that replaced it.
-		state, _, err := sweep.LoadLatestState(ctx, rdb, st.SweepID, loc)
-		if err != nil {
-			return err
-		}
+		state := latest[loc]
 		lim := ratelimit.Learned(ctx, rdb, loc, ratelimit.Limit{N: ratelimit.LimitDefault, Period: ratelimit.PeriodDefault})
 		rw := row{Location: loc, Pages: state.Pages, Read: state.Seen, SMS: state.FoundSMS, Email: state.FoundEmail, Already: state.Already, Error: state.Error,
 			// The export's pages take the location's slots too (a real

@@ -344,7 +344,7 @@ func TestSweepRunAgainReplacesItsFailure(t *testing.T) {
 // while it waited runs under a new id. It reported the location failed
 // and exited 1 after the new run had cancelled everything (found by an
 // audit with the real binaries). The failed state now names the run that
-// replaces it, and LoadLatestState follows it.
+// replaces it, and sweep.Runs follows it.
 func TestReplacedRunIsFollowed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -373,9 +373,10 @@ func TestReplacedRunIsFollowed(t *testing.T) {
 			require.NoError(t, rdb.HSet(ctx, producer.SweepStateKey("swF"+camp, loc), "location", loc, "phase", "failed", "error", "no_token").Err())
 			next := tc.replace(t, rec)
 			require.NoError(t, rdb.HSet(ctx, producer.SweepStateKey(next, loc), "phase", "done", "found", 7).Err())
-			st, ok, err := sweep.LoadLatestState(ctx, rdb, "swF"+camp, loc)
+			keys, st, ok, err := sweep.Runs(ctx, rdb, "swF"+camp, loc)
 			require.NoError(t, err)
 			require.True(t, ok)
+			require.Equal(t, []string{producer.SweepStateKey("swF"+camp, loc), producer.SweepStateKey(next, loc)}, keys, "the failed run and its replacement")
 			require.Equal(t, []any{"done", "", int64(7)}, []any{st.Phase, st.Error, st.Found}, "the replacing run's state")
 		})
 	}

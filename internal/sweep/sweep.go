@@ -105,32 +105,22 @@ func LoadState(ctx context.Context, rdb redis.UniversalClient, sweepID, location
 		Already: n("already"), Restarts: n("restarts"), NoEmailID: n("no_email_id"), Error: m["error"], ReplacedBy: m["replaced_by"]}, true, nil
 }
 
-// StateKeys lists the state keys of a location's sweep and of the runs
-// that replaced it, in order (what sweep --wait follows).
-func StateKeys(ctx context.Context, rdb redis.UniversalClient, sweepID, location string) ([]string, error) {
-	keys := []string{producer.SweepStateKey(sweepID, location)}
-	st, ok, err := LoadState(ctx, rdb, sweepID, location)
-	for hops := 0; err == nil && ok && st.ReplacedBy != "" && hops < 20; hops++ {
+// Runs follows a location's sweep along ReplacedBy: the state keys of it
+// and of the runs that replaced it, in order (what sweep --wait follows),
+// and the latest state found (how the location's sweep ended, or stands;
+// ok false when even the first is gone).
+func Runs(ctx context.Context, rdb redis.UniversalClient, sweepID, location string) (keys []string, latest State, ok bool, err error) {
+	keys = []string{producer.SweepStateKey(sweepID, location)}
+	latest, ok, err = LoadState(ctx, rdb, sweepID, location)
+	for st, hops := latest, 0; err == nil && ok && st.ReplacedBy != "" && hops < 20; hops++ {
 		keys = append(keys, producer.SweepStateKey(st.ReplacedBy, location))
-		st, ok, err = LoadState(ctx, rdb, st.ReplacedBy, location)
-	}
-	return keys, err
-}
-
-// LoadLatestState is LoadState followed along ReplacedBy: how the
-// location's sweep ended, or stands, after any runs that replaced it.
-func LoadLatestState(ctx context.Context, rdb redis.UniversalClient, sweepID, location string) (State, bool, error) {
-	st, ok, err := LoadState(ctx, rdb, sweepID, location)
-	for hops := 0; err == nil && ok && st.ReplacedBy != "" && hops < 20; hops++ {
-		var next State
 		var found bool
-		next, found, err = LoadState(ctx, rdb, st.ReplacedBy, location)
-		if !found {
-			break // the replacing run's state is gone: this one is what is known
+		if st, found, err = LoadState(ctx, rdb, st.ReplacedBy, location); !found {
+			break // the replacing run's state is gone: the last one found is what is known
 		}
-		st = next
+		latest = st
 	}
-	return st, ok, err
+	return keys, latest, ok, err
 }
 
 // commitScript records one page: the next cursor (or channel) and the
