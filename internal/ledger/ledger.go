@@ -282,11 +282,19 @@ local function creopen(c, id)
 end
 -- cadd changes campaign c's distinct total by n (new messages, or ones that
 -- moved to or from it), for a location.
+-- cnew: true when campaign c is new (or its counters expired), after
+-- clearing what an earlier one of that name left: its outcome rows and
+-- held messages are not the new one's. Call it before the first write to
+-- the campaign's hash.
+local function cnew(c)
+  local k, ko = ck(c)
+  if redis.call("EXISTS", k) == 1 then return false end
+  redis.call("DEL", ko, k .. ":held", k .. ":held_by")
+  return true
+end
 local function cadd(c, n, loc, now, ttl)
   local k, ko, kr, kl = ck(c)
-  -- A new campaign (or one whose counters expired) starts with no rows:
-  -- an outcomes hash left by an earlier one of that name is not its own.
-  if redis.call("EXISTS", k) == 0 then redis.call("DEL", ko, k .. ":held", k .. ":held_by") end
+  cnew(c)
   redis.call("HINCRBY", k, "total", n)
   redis.call("HSETNX", k, "started_at", now)
   if loc ~= "" and n > 0 then redis.call("SADD", kl, loc) end

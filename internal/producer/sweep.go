@@ -112,14 +112,8 @@ func NewID(prefix string) string {
 var sweepScript = redis.NewScript(ledger.Lua + `
 local nowns, now, ttl, campaign = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local dry = ARGV[10] == "1"
-local existed = redis.call("EXISTS", (ck(campaign))) == 1
-if not existed then
-  -- A new campaign (or one whose counters expired) starts with no rows or
-  -- held messages: those left by an earlier one of that name are not its
-  -- own (cadd does this too, but the sweep writes the hash first).
-  local k0, ko0 = ck(campaign)
-  redis.call("DEL", ko0, k0 .. ":held", k0 .. ":held_by")
-end
+-- Before the first write to the campaign's hash (cadd's check comes after).
+local existed = not cnew(campaign)
 -- A real sweep would count its cancels in a campaign that says nothing
 -- was cancelled (dry_run): refused. A replay (ARGV[7]) keeps its campaign.
 if ARGV[7] == "" and not dry and redis.call("HGET", (ck(campaign)), "dry_run") == "1" then return -3 end
