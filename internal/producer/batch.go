@@ -340,7 +340,9 @@ end
 for c, d in pairs(delta) do
   if locs[c] then
     local _, _, _, kl = ck(c)
-    for loc in pairs(locs[c]) do redis.call("SADD", kl, loc) end
+    local m = {}
+    for loc in pairs(locs[c]) do m[#m+1] = loc end
+    redis.call("SADD", kl, unpack(m))
   end
   cadd(c, d, "", now, ttl)
 end
