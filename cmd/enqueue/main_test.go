@@ -657,6 +657,20 @@ func TestSweepWaitExitCode(t *testing.T) {
 		st, _, _ := sb.MessageStatus(id)
 		require.Equal(t, sandbox.StatusCancelled, st)
 	}
+	require.NotContains(t, r.stderr, "no message at all")
+
+	// A mistyped contact id: the export answers an empty page, and the
+	// sweep completes with nothing found; it says what to check. The
+	// contact the messages belong to gets no such note (its messages are
+	// read, though none is scheduled any more).
+	r = runCmd(t, url, "", "sweep", "--location", loc, "--contact", "sandboxContact00001", "--wait")
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stderr, "note: HighLevel's export holds no message at all of contact sandboxContact00001 at location "+loc+
+		" (not even sent ones): check the id, and that it belongs to that location")
+	r = runCmd(t, url, "", "sweep", "--location", loc, "--contact", sandbox.DefaultContact, "--wait", "--json")
+	require.NoError(t, r.err, r.stderr)
+	require.NotContains(t, r.stderr, "no message at all")
+	require.Contains(t, r.stdout, `"messages_read":3`)
 }
 
 // TestEnqueueSaysWhatNobodyWillRun: an input with no ids (empty, a header

@@ -257,6 +257,23 @@ wait:
 		}
 		return errReported
 	}
+	// A sweep for one contact or conversation that read no message at all
+	// at a location (not "none scheduled": none) most often names a
+	// mistyped id, or one of another location, which otherwise read as a
+	// clean, empty "complete".
+	var who []string
+	if o.contact != "" {
+		who = append(who, "contact "+o.contact)
+	}
+	if o.conversation != "" {
+		who = append(who, "conversation "+o.conversation)
+	}
+	for _, rw := range rows {
+		if len(who) > 0 && rw.Read == 0 && rw.Error == "" {
+			fmt.Fprintf(e.stderr, "note: HighLevel's export holds no message at all of %s at location %s (not even sent ones): check the id, and that it belongs to that location\n",
+				strings.Join(who, " in "), rw.Location)
+		}
+	}
 	if o.asJSON {
 		if err := json.NewEncoder(e.stdout).Encode(map[string]any{"sweep": st, "locations": rows}); err != nil {
 			return err
