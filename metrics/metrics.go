@@ -107,8 +107,18 @@ func (m *Metrics) DailyLow() { m.DailyLowCount.Inc() }
 // Refreshed records a token refresh result.
 func (m *Metrics) Refreshed(result string) { m.TokenRefreshes.WithLabelValues(result).Inc() }
 
+// The token endpoints' labels: refreshes (POST /oauth/token), mints from
+// the agency (POST /oauth/locationToken) and the agency's installed
+// locations (GET /oauth/installedLocations).
+const (
+	EndpointOAuthToken         = "oauth_token"
+	EndpointLocationToken      = "oauth_location_token"
+	EndpointInstalledLocations = "oauth_installed_locations"
+)
+
 // Endpoints are the API endpoint labels.
-var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message", "get_email", "export_messages", "oauth_token"}
+var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message", "get_email", "export_messages",
+	EndpointOAuthToken, EndpointLocationToken, EndpointInstalledLocations}
 
 // New registers the collectors on reg, plus the Go and process collectors
 // and ghlcancel_build_info.

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/promtest"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
@@ -124,6 +125,15 @@ func TestAgencyInstallsEndToEnd(t *testing.T) {
 	require.Equal(t, int64(want), s.Total)
 	require.Equal(t, int64(50), s.Sweeps)
 	require.Zero(t, s.DeadLettered)
+	// Each mint is a HighLevel call, and counted as one (it was not).
+	var mints float64
+	for _, w := range []*workerProc{w1, w2} {
+		sc, err := promtest.Get("http://" + w.metricsAddr + "/metrics")
+		require.NoError(t, err)
+		mints += sc.Sum("ghlcancel_api_requests_total", "endpoint", "oauth_location_token")
+	}
+	require.Equal(t, float64(sb.Stats().Mints), mints)
+	require.Equal(t, 50.0, mints)
 	tokensList, _ := enqueueWith(t, redisURL, env, "", "tokens", "list")
 	require.Contains(t, tokensList, locs[7]+"  agency")
 

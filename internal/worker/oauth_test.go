@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
@@ -81,6 +82,15 @@ func TestOAuthWorkers(t *testing.T) {
 	t.Logf("sandbox: %+v", st)
 	require.Equal(t, int64(1), st.InvalidGrants, "only the revoked location's token may be refused")
 	require.GreaterOrEqual(t, st.Refreshes, int64(2))
+	// Refreshes are HighLevel calls, counted with the others by endpoint:
+	// each granted one a 200, the revoked and the paused location's 400s.
+	var granted, refused float64
+	for _, w := range f.workers {
+		granted += testutil.ToFloat64(w.Metrics.APIRequests.WithLabelValues("oauth_token", "200"))
+		refused += testutil.ToFloat64(w.Metrics.APIRequests.WithLabelValues("oauth_token", "400"))
+	}
+	require.Equal(t, float64(st.Refreshes), granted)
+	require.GreaterOrEqual(t, refused, 2.0)
 }
 
 // TestUnauthorizedRefreshesOnce: a stored access token that looks fresh but

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -295,6 +296,15 @@ func (w *Worker) Run(ctx context.Context) error {
 func oauthSources(cfg Config, m *metrics.Metrics, pacer *ratelimit.Limiter) (*tokens.Chain, error) {
 	oc := *cfg.OAuth
 	oc.Redis, oc.Observe = cfg.Redis, m.Refreshed
+	// Refreshes and mints are HighLevel calls too: counted with the others
+	// (the API panels, the 5xx alert), by endpoint.
+	hc := &http.Client{Timeout: 20 * time.Second}
+	if oc.HTTP != nil {
+		c := *oc.HTTP
+		hc = &c
+	}
+	hc.Transport = observedTransport{next: cmp.Or[http.RoundTripper](hc.Transport, http.DefaultTransport), observe: m.ObserveAPI}
+	oc.HTTP = hc
 	pairs, err := tokens.NewOAuth(oc)
 	if err != nil {
 		return nil, err
@@ -319,6 +329,35 @@ func oauthSources(cfg Config, m *metrics.Metrics, pacer *ratelimit.Limiter) (*to
 		sources = append(sources, cfg.Tokens)
 	}
 	return tokens.NewChain(append(sources, pairs, agency)...), nil
+}
+
+// observedTransport reports each token endpoint call to observe: status 0
+// when no answer came.
+type observedTransport struct {
+	next    http.RoundTripper
+	observe func(endpoint string, status int, d time.Duration)
+}
+
+func (t observedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.next.RoundTrip(req)
+	status := 0
+	if err == nil {
+		status = resp.StatusCode
+	}
+	t.observe(tokenEndpoint(req.URL.Path), status, time.Since(start))
+	return resp, err
+}
+
+// tokenEndpoint is the endpoint label of a token endpoint's path.
+func tokenEndpoint(path string) string {
+	switch {
+	case strings.HasSuffix(path, "/oauth/locationToken"):
+		return metrics.EndpointLocationToken
+	case strings.HasSuffix(path, "/oauth/installedLocations"):
+		return metrics.EndpointInstalledLocations
+	}
+	return metrics.EndpointOAuthToken
 }
 
 // callPacer paces agency calls (mints, listings) in the company's bucket
