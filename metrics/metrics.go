@@ -127,7 +127,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		TasksProcessed: f.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "tasks_processed_total",
-			Help: "Task attempts by task type and outcome (cancelled, not_cancellable, expired, dead_lettered, retry, rate_limited, paused, already_recorded, unrecorded, superseded).",
+			Help: "Task attempts by task type and outcome (cancelled, not_cancellable, expired, dead_lettered, retry, rate_limited, paced, paused, already_recorded, unrecorded, superseded).",
 		}, []string{"task_type", "outcome"}),
 		TaskDuration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "task_duration_seconds",
@@ -313,7 +313,7 @@ func (m *Metrics) Middleware(next asynq.Handler) asynq.Handler {
 		switch outcome {
 		case tasks.OutcomeDeadLettered:
 			m.DeadLetters.WithLabelValues(rep.Reason).Inc()
-		case tasks.OutcomeRetry, tasks.OutcomeRateLimited, tasks.OutcomePaused:
+		case tasks.OutcomeRetry, tasks.OutcomeRateLimited, tasks.OutcomePaced, tasks.OutcomePaused:
 			m.Retries.WithLabelValues(rep.Reason).Inc()
 		}
 		return err

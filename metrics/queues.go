@@ -36,7 +36,7 @@ func NewQueueCollector(rdb redis.UniversalClient, queues []string) *QueueCollect
 		size: prometheus.NewDesc(Namespace+"_queue_tasks", "Tasks in each asynq lane by state.",
 			[]string{"queue", "state"}, nil),
 		latency: prometheus.NewDesc(Namespace+"_queue_latency_seconds",
-			"Age of the oldest pending task in each lane (0 when empty).", []string{"queue"}, nil),
+			"Age of the oldest pending task in each lane (0 when empty): how long work waits for a free worker. Tasks waiting for their pacing turn are in the retry state, not pending.", []string{"queue"}, nil),
 		up: prometheus.NewDesc(Namespace+"_redis_up", "1 when the last scrape could read Redis.", nil, nil),
 		parked: prometheus.NewDesc(Namespace+"_locations_parked",
 			"Locations whose tasks wait for HighLevel's daily budget to come back.", nil, nil),

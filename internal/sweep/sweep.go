@@ -508,8 +508,8 @@ func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, a
 	}
 	rep := tasks.ReportOf(ctx)
 	rep.Outcome, rep.Reason = outcomeOf[r.fate], r.reason
-	if r.fate == "snooze" && r.reason == tasks.ReasonCircuitOpen {
-		rep.Outcome = tasks.OutcomePaused
+	if r.fate == "snooze" {
+		rep.Outcome = tasks.SnoozeOutcome(r.reason)
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -557,7 +557,7 @@ func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, a
 
 // outcomeOf is the metrics outcome of a sweep delivery's fate.
 var outcomeOf = map[string]string{"done": tasks.OutcomeSwept, "dead": tasks.OutcomeSweepFailed, "again": tasks.OutcomeSweepContinues,
-	"retry": tasks.OutcomeRetry, "snooze": tasks.OutcomeRateLimited}
+	"retry": tasks.OutcomeRetry} // a snooze: tasks.SnoozeOutcome
 
 func errOr(err error) error {
 	if err == nil {

@@ -25,7 +25,14 @@ const (
 	OutcomeNotCancellable = string(ghl.OutcomeNotCancellable)
 	OutcomeDeadLettered   = "dead_lettered"
 	OutcomeRetry          = "retry"
-	OutcomeRateLimited    = "rate_limited"
+	// OutcomeRateLimited: HighLevel answered 429 (or the location cools
+	// down after one, or waits for its daily budget): the task comes back
+	// later without using a retry.
+	OutcomeRateLimited = "rate_limited"
+	// OutcomePaced: the location's next pacing slot was too far off; the
+	// task comes back for its turn (no call made, no retry used). The most
+	// common attempt on a busy location, and no sign of trouble.
+	OutcomePaced = "paced"
 	// OutcomeExpired: the message's send time passed before the task ran;
 	// no call is made (it has gone out already).
 	OutcomeExpired = "expired"
@@ -55,7 +62,7 @@ const (
 
 // Outcomes lists every outcome label, to initialise metrics at zero.
 var Outcomes = []string{OutcomeCancelled, OutcomeNotCancellable, OutcomeAlreadySent, OutcomeNotFound, OutcomeExpired,
-	OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaused, OutcomeRecorded, OutcomeUnrecorded,
+	OutcomeDeadLettered, OutcomeRetry, OutcomeRateLimited, OutcomePaced, OutcomePaused, OutcomeRecorded, OutcomeUnrecorded,
 	OutcomeSuperseded, OutcomeSwept, OutcomeSweepFailed, OutcomeSweepContinues}
 
 // Dead-letter and retry reasons that are not API reasons.
@@ -1056,12 +1063,23 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 				h.logf(ctx, a, slog.LevelWarn, "could not clear the call mark", "error", err)
 			}
 		}
-		rep.Outcome, rep.Reason = OutcomeRateLimited, r.reason
-		if r.reason == ReasonCircuitOpen {
-			rep.Outcome = OutcomePaused
-		}
+		rep.Outcome, rep.Reason = SnoozeOutcome(r.reason), r.reason
 		return r.err
 	}
+}
+
+// SnoozeOutcome is the metrics outcome of an attempt that comes back later
+// without using a retry, by its reason: paused (circuit breaker), paced
+// (waiting for the location's turn), else rate_limited (a 429, a cool-down,
+// the daily budget).
+func SnoozeOutcome(reason string) string {
+	switch reason {
+	case ReasonCircuitOpen:
+		return OutcomePaused
+	case ReasonPaced:
+		return OutcomePaced
+	}
+	return OutcomeRateLimited
 }
 
 // apiFailure: the call says HighLevel is failing (what Classify marks

@@ -275,7 +275,7 @@ func TestLastTryBeforeTheSpare(t *testing.T) {
 		require.Error(t, err)
 		require.NotErrorIs(t, err, asynq.SkipRetry)
 		require.False(t, IsFailure(err), "a wait for the location's turn uses no retry")
-		require.Equal(t, OutcomeRateLimited, rep.Outcome)
+		require.Equal(t, OutcomePaced, rep.Outcome)
 		o, rec, st := b.fate(t, id)
 		require.Nil(t, o)
 		require.Nil(t, rec)
@@ -1136,4 +1136,19 @@ func TestMisroutedTokenEndpoint(t *testing.T) {
 	require.Equal(t, []string{OutcomeRetry, string(ghl.ReasonMisrouted)}, []string{rep.Outcome, rep.Reason})
 	require.Equal(t, []string{"true POST /api/oauth/token"}, routes.seen)
 	require.Zero(t, b.calls.Load())
+}
+
+// TestSnoozeOutcome: an attempt that comes back without using a retry is
+// reported by why: a pacing wait is not a 429 (the dashboard read 1,400
+// "rate_limited" attempts where HighLevel answered none).
+func TestSnoozeOutcome(t *testing.T) {
+	for reason, want := range map[string]string{
+		ReasonPaced:                   OutcomePaced,
+		ReasonCircuitOpen:             OutcomePaused,
+		string(ghl.ReasonRateLimited): OutcomeRateLimited,
+		"":                            OutcomeRateLimited,
+	} {
+		require.Equal(t, want, SnoozeOutcome(reason), "reason %q", reason)
+	}
+	require.Contains(t, Outcomes, OutcomePaced, "initialised at zero like the others")
 }

@@ -352,7 +352,8 @@ func TestNoRetriesStillWaitForTheirTurn(t *testing.T) {
 	b.enqueueAll(t, locGood, ids)
 	b.waitDrained(t, 30*time.Second)
 	b.requireAllCancelledNoneDead(t, ids)
-	require.Positive(t, b.processed(tasks.OutcomeRateLimited), "tasks snoozed for their turn")
+	require.Positive(t, b.processed(tasks.OutcomePaced), "tasks snoozed for their turn")
+	require.Zero(t, b.processed(tasks.OutcomeRateLimited), "no 429: nothing rate limited")
 	require.Zero(t, b.sb.Stats().RateLimited)
 }
 
