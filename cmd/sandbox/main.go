@@ -69,6 +69,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("-agency: %w", err)
 		}
 	}
+	// Listen first: a second sandbox whose port is taken must not replace
+	// the running one's ids and tokens files (a worker reading the tokens
+	// file would send the new tokens to the old sandbox: every cancel
+	// unauthorized).
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (choose another with -addr); the ids and tokens files were left as they were", *addr, err)
+	}
 	sb := sandbox.New(sandbox.Config{RateMax: *rate, RateInterval: *interval, DailyLimit: *daily, RetryAfter: *retryAfter, Faults: f})
 	var csv strings.Builder
 	csv.WriteString("message_id,location_id,kind\n")
@@ -100,10 +108,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := os.WriteFile(*agencyOut, []byte(sb.AddAgency(*agency)+"\n"), 0o600); err != nil {
 			return err
 		}
-	}
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w (choose another with -addr)", *addr, err)
 	}
 	srv := &http.Server{Handler: sb.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
