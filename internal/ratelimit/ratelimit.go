@@ -123,8 +123,8 @@ type Config struct {
 	Default Limit
 	// Overrides per location id; they win over learned limits.
 	Overrides map[string]Limit
-	// Margin is the share of the limit left unused and the share the window
-	// is widened by, for clock and network jitter. Defaults to MarginDefault (2%).
+	// Margin is the share the window is widened by, for clock and network
+	// jitter (the limit itself is used whole). Defaults to MarginDefault (2%).
 	Margin float64
 	// MaxWait is the longest wait slept in the handler; longer ones snooze
 	// the task. Defaults to MaxWaitDefault.
