@@ -47,6 +47,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return // -h: the usage was printed
+		}
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -249,6 +252,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	took := time.Since(start)
 	intakeURL, stopIntake, err := webhookDemo(ctx, stdout, rdb, sb, sweepMsgs)
 	if err != nil {
+		if ctx.Err() != nil {
+			return errors.New("interrupted during the webhook demo (the campaign had finished)")
+		}
 		return err
 	}
 	defer stopIntake()
@@ -438,7 +444,7 @@ func report(ctx context.Context, w io.Writer, mfs []*dto.MetricFamily, sb *sandb
 	}
 	_ = tw.Flush()
 	st := sb.Stats()
-	fmt.Fprintf(w, "  api calls %d: %d cancelled, %d not cancellable, %d unauthorized, %d rate limited (429), %d injected 5xx\n",
+	fmt.Fprintf(w, "  sandbox's answers to %d calls: %d cancelled (campaign and webhook), %d \"failed to cancel\" (read back: not_found or already_sent above), %d unauthorized, %d rate limited (429), %d injected 5xx\n",
 		st.Requests, st.Cancelled, st.NotCancellable, st.Unauthorized, st.RateLimited, st.Faulted5xx)
 
 	notCancelled := 0

@@ -36,6 +36,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return // -h: the usage was printed
+		}
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(1)
 	}
@@ -90,7 +93,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	lanes := fs.String("lanes", ep.String(EnvLanes, "separate"), "separate: one fetch loop per lane (bulk WORKER_CONCURRENCY slots, default half, urgent a quarter); shared: one loop, lanes weighted 6:3:1 (env "+EnvLanes+")")
 	strict := fs.Bool("strict-priority", ep.Bool(EnvStrictPriority, false), "serve bulk only when urgent and default are empty (env "+EnvStrictPriority+")")
 	rateLimit := fs.String("rate-limit", ep.String(EnvRateLimit, "100/10s"), "default per-location limit N/period, or off (env "+EnvRateLimit+")")
-	rateMargin := fs.Float64("rate-limit-margin", ep.Float(EnvRateMargin, ratelimit.MarginDefault), "share of the limit left unused (env "+EnvRateMargin+")")
+	rateMargin := fs.Float64("rate-limit-margin", ep.Float(EnvRateMargin, ratelimit.MarginDefault), "share the pacing window is widened by, for clock and network jitter (env "+EnvRateMargin+")")
 	rateOverrides := fs.String("rate-limit-overrides", getenv(EnvRateOverrides), "per-location limits, loc=N/period,... (env "+EnvRateOverrides+")")
 	rateMaxWait := fs.Duration("rate-limit-max-wait", ep.Duration(EnvRateMaxWait, ratelimit.MaxWaitDefault), "longest wait for a slot inside the handler; longer ones snooze the task (env "+EnvRateMaxWait+")")
 	urgentReserve := fs.Int("rate-limit-urgent-reserve", ep.Int(EnvUrgentReserve, 0), "calls of each window a location with a backlog keeps for urgent cancels; 0 gives bulk the whole allowance (env "+EnvUrgentReserve+")")
@@ -186,6 +189,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		DeadLetterRetention: *deadRetention,
 		Logger:              log,
 	})
+	if errors.Is(err, ghl.ErrBaseURL) {
+		return fmt.Errorf("%s: %w", EnvBaseURL, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -209,7 +215,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if *metricsAddr != "" && !strings.EqualFold(*metricsAddr, "off") {
 		ln, err := net.Listen("tcp", *metricsAddr)
 		if err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
+			return fmt.Errorf("%s %s: %w (pick another address, or off)", EnvMetricsAddr, *metricsAddr, err)
 		}
 		srv = &http.Server{Handler: w.HTTPHandler(), ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = srv.Serve(ln) }()

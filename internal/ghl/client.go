@@ -94,6 +94,9 @@ type Client struct {
 	now     func() time.Time
 }
 
+// ErrBaseURL: the base URL given to New is not one a client can call.
+var ErrBaseURL = errors.New("ghl: bad base URL")
+
 // New builds a Client.
 func New(cfg Config) (*Client, error) {
 	raw := cmp.Or(cfg.BaseURL, BaseURLDefault)
@@ -102,10 +105,10 @@ func New(cfg Config) (*Client, error) {
 	}
 	base, err := url.Parse(raw)
 	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return nil, fmt.Errorf("ghl: BaseURL %q: want an absolute http(s) URL", cfg.BaseURL)
+		return nil, fmt.Errorf("%w %q: want an absolute http(s) URL such as %s", ErrBaseURL, cfg.BaseURL, BaseURLDefault)
 	}
 	if base.User != nil || base.RawQuery != "" {
-		return nil, errors.New("ghl: BaseURL must not carry credentials or a query")
+		return nil, fmt.Errorf("%w: it must not carry credentials or a query", ErrBaseURL)
 	}
 	timeout := cmp.Or(cfg.Timeout, TimeoutDefault)
 	hc := cfg.HTTPClient

@@ -34,7 +34,7 @@ func Flags(fs *flag.FlagSet, getenv func(string) string) *Options {
 func (o *Options) Logger(w io.Writer) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*o.level)); err != nil {
-		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", *o.level)
+		return nil, fmt.Errorf("LOG_LEVEL (or -log-level) %q: want debug, info, warn or error", *o.level)
 	}
 	hopts := &slog.HandlerOptions{Level: lvl}
 	switch strings.ToLower(*o.format) {
