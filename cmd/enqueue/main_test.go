@@ -72,7 +72,8 @@ func TestEnqueueArgsAndDuplicates(t *testing.T) {
 	require.NoError(t, r.err)
 	var sum producer.Summary
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &sum))
-	require.Equal(t, producer.Summary{AlreadyQueued: 1}, sum)
+	// It is counted in c1, and the summary says so.
+	require.Equal(t, producer.Summary{AlreadyQueued: 1, HeldBy: map[string]int{"c1": 1}}, sum)
 }
 
 func TestEnqueueFileReportsBadLines(t *testing.T) {
@@ -807,4 +808,29 @@ func TestWatchWaitsForHeldMessages(t *testing.T) {
 	require.Error(t, r.err)
 	require.Contains(t, r.stderr, "campaign waits-held is complete; waiting for 1 messages its sweeps found, queued first in campaign(s) other")
 	require.Equal(t, 1, strings.Count(r.stderr, "were dead-lettered there"), "said once")
+}
+
+// TestRerunUnderAnotherCampaignNamesWhereTheyAre: a file sent again under a
+// new campaign id finds its messages counted in the first campaign; the
+// run says which (its own campaign stays empty, so `status` of it finds no
+// campaign, and nothing pointed at the first one).
+func TestRerunUnderAnotherCampaignNamesWhereTheyAre(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	ids := []string{"mHeldBy0000000000001", "mHeldBy0000000000002", "mHeldBy0000000000003"}
+	r := runCmd(t, url, "", append([]string{"--location", "L", "--campaign", "spring-sale"}, ids...)...)
+	require.NoError(t, r.err, r.stderr)
+	require.NotContains(t, r.stderr, "counted in another campaign")
+	// The same campaign again: nothing to say.
+	r = runCmd(t, url, "", append([]string{"--location", "L", "--campaign", "spring-sale"}, ids...)...)
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stdout, "already queued 3")
+	require.NotContains(t, r.stderr, "counted in another campaign")
+	// Under a new id, and with none: both name spring-sale.
+	r = runCmd(t, url, "", append([]string{"--location", "L", "--campaign", "spring-sale-2"}, ids...)...)
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stderr, "enqueue: 3 of the messages already queued or done are counted in another campaign than the one they were sent under, and stay there: spring-sale 3")
+	r = runCmd(t, url, "", append([]string{"--location", "L", "--json"}, ids[:2]...)...)
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stdout, `"held_by":{"spring-sale":2}`)
 }

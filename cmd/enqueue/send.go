@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -148,6 +150,7 @@ scheduled (sweep), and manage tokens.`,
 			if sum.AlreadyDone > 0 && !*force {
 				fmt.Fprintf(e.stderr, "enqueue: %d message(s) already have an outcome (see `enqueue report`); --force cancels them again\n", sum.AlreadyDone)
 			}
+			e.sayHeldBy(sum.HeldBy)
 		}
 		if sum.Enqueued+sum.Requeued > 0 {
 			// Said even when the run stopped part way: what it queued waits.
@@ -243,4 +246,24 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 		return errReported
 	}
 	return nil
+}
+
+// sayHeldBy names the campaigns that count messages this run found already
+// queued or done under another campaign than the one they were sent under:
+// their outcomes are read there (a campaign re-run under a new id found
+// them all there, and its own status said only "no campaign").
+func (e *env) sayHeldBy(held map[string]int) {
+	if len(held) == 0 {
+		return
+	}
+	names := slices.Collect(maps.Keys(held))
+	slices.SortFunc(names, func(a, b string) int { return cmp.Or(held[b]-held[a], strings.Compare(a, b)) })
+	var parts []string
+	n := 0
+	for _, c := range names {
+		n += held[c]
+		parts = append(parts, fmt.Sprintf("%s %d", cmp.Or(c, "(no campaign)"), held[c]))
+	}
+	fmt.Fprintf(e.stderr, "enqueue: %d of the messages already queued or done are counted in another campaign than the one they were sent under, and stay there: %s (follow them with `enqueue status CAMPAIGN`)\n",
+		n, strings.Join(parts, ", "))
 }

@@ -18,6 +18,31 @@ type Summary struct {
 	Requeued      int `json:"requeued"`
 	Rejected      int `json:"rejected"`
 	Failed        int `json:"failed,omitempty"` // not enqueued: Redis failed or the run was interrupted; re-run
+	// HeldBy counts, by campaign ("" for none), the messages already
+	// queued or done that are counted in another campaign than the one
+	// they were sent under (each message is counted in one campaign):
+	// their outcomes are read there. At most maxHeldBy campaigns are
+	// named; the rest count under HeldByOthers.
+	HeldBy map[string]int `json:"held_by,omitempty"`
+}
+
+// HeldByOthers is Summary.HeldBy's key for campaigns past maxHeldBy.
+const HeldByOthers = "(other campaigns)"
+
+const maxHeldBy = 20
+
+func (s *Summary) held(r Result) {
+	if !r.Elsewhere || (r.Status != AlreadyQueued && r.Status != AlreadyDone) {
+		return
+	}
+	if s.HeldBy == nil {
+		s.HeldBy = map[string]int{}
+	}
+	c := r.HeldBy
+	if _, ok := s.HeldBy[c]; !ok && len(s.HeldBy) >= maxHeldBy {
+		c = HeldByOthers
+	}
+	s.HeldBy[c]++
 }
 
 // maxReportedRejects bounds per-line messages; the count stays exact.
@@ -65,6 +90,7 @@ func EnqueueReader(ctx context.Context, p *Producer, in io.Reader, defaults Item
 	}, func(it Item, r Result) {
 		mu.Lock()
 		defer mu.Unlock()
+		sum.held(r)
 		switch r.Status {
 		case Enqueued:
 			sum.Enqueued++
