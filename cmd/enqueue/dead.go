@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
@@ -103,7 +104,7 @@ func (e *env) deadListCmd() *cobra.Command {
 			fmt.Fprintf(e.stderr, "%d shown, %d matching\n", shown, matched)
 		}
 		if matched == 0 {
-			e.noMatchHint(ctx, deadletter.New(rdb), *f)
+			return e.noMatchHint(ctx, rdb, *f)
 		}
 		return nil
 	})
@@ -137,7 +138,7 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 				st.Requeued, st.AlreadyQueued, st.AlreadyDone, st.Skipped)
 		}
 		if err == nil && st == (producer.RequeueStats{}) {
-			e.noMatchHint(ctx, store, *f)
+			err = e.noMatchHint(ctx, rdb, *f)
 		}
 		if st.Requeued > 0 {
 			e.warnNoWorker(ctx, rdb, "what was requeued")
@@ -152,7 +153,11 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 //
 // It names each filter value no record has (a misspelt --reason or
 // --campaign), with the values the records do have, most common first.
-func (e *env) noMatchHint(ctx context.Context, store *deadletter.Store, f deadletter.Filter) {
+// A --campaign that names no campaign at all is an error (exit 1, as
+// status says of it): a script's `dead requeue --campaign X && ...` must
+// not read a typo as "nothing left to requeue".
+func (e *env) noMatchHint(ctx context.Context, rdb *redis.Client, f deadletter.Filter) error {
+	store := deadletter.New(rdb)
 	fields := []struct {
 		flag, want string
 		of         func(deadletter.Record) string
@@ -172,11 +177,11 @@ func (e *env) noMatchHint(ctx context.Context, store *deadletter.Store, f deadle
 		return nil
 	})
 	if err != nil {
-		return
+		return nil // only a hint
 	}
 	if total == 0 {
 		fmt.Fprintln(e.stderr, "no dead letters are held at all (in this Redis database)")
-		return
+		return e.unknownCampaign(ctx, rdb, f.CampaignID)
 	}
 	// held lists a field's values, most common first, at most 8.
 	held := func(m map[string]int) string {
@@ -202,6 +207,20 @@ func (e *env) noMatchHint(ctx context.Context, store *deadletter.Store, f deadle
 	if !said {
 		fmt.Fprintf(e.stderr, "no dead letter matches the whole filter; the %d held have reasons: %s (see them: enqueue dead list)\n", total, held(fields[0].held))
 	}
+	return e.unknownCampaign(ctx, rdb, f.CampaignID)
+}
+
+// unknownCampaign is an error when id ("" for none given) names no
+// campaign that exists.
+func (e *env) unknownCampaign(ctx context.Context, rdb *redis.Client, id string) error {
+	if id == "" {
+		return nil
+	}
+	tr := campaign.New(rdb, 0)
+	if _, ok, err := tr.Get(ctx, id); err != nil || ok {
+		return nil
+	}
+	return tr.NotFound(ctx, id, "unknown, or older than its retention; `enqueue campaigns` lists them")
 }
 
 func (e *env) deadExportCmd() *cobra.Command {
@@ -219,7 +238,7 @@ func (e *env) deadExportCmd() *cobra.Command {
 		err := deadletter.New(rdb).Scan(ctx, *f, func(r deadletter.Record) error { n++; return enc.Encode(r) })
 		fmt.Fprintf(e.stderr, "exported %d records\n", n)
 		if err == nil && n == 0 {
-			e.noMatchHint(ctx, deadletter.New(rdb), *f)
+			err = e.noMatchHint(ctx, rdb, *f)
 		}
 		return err
 	})
@@ -250,8 +269,7 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 		n := len(refs)
 		if n == 0 {
 			fmt.Fprintln(e.stdout, "no matching dead letters")
-			e.noMatchHint(ctx, store, *f)
-			return nil
+			return e.noMatchHint(ctx, rdb, *f)
 		}
 		if !*yes {
 			fmt.Fprintf(e.stderr, "delete %d dead letters for good? type yes: ", n)

@@ -176,16 +176,26 @@ func TestDeadListAndRequeue(t *testing.T) {
 		require.Contains(t, r.stderr, `no dead letter has --reason "`+reason+`"; the 1 held have: bad_request 1`)
 	}
 	// A misspelt campaign names the campaign, not the reasons; list,
-	// export and purge say it too.
+	// export and purge say it too, and exit 1: no such campaign exists (a
+	// script's `dead requeue --campaign X && ...` read the typo as done).
+	// A campaign that exists with no dead letter is no error.
+	r = runCmd(t, url, "", "--location", "L", "--campaign", "clean-campaign", "mCleanCampaign000001")
+	require.NoError(t, r.err, r.stderr)
 	for _, verb := range []string{"requeue", "list", "export", "purge"} {
-		args := []string{"dead", verb, "--campaign", "no-such-campaign"}
-		if verb == "purge" {
-			args = append(args, "--yes")
+		for _, c := range []string{"no-such-campaign", "clean-campaign"} {
+			args := []string{"dead", verb, "--campaign", c}
+			if verb == "purge" {
+				args = append(args, "--yes")
+			}
+			r = runCmd(t, url, "", args...)
+			if c == "clean-campaign" {
+				require.NoError(t, r.err, r.stderr)
+			} else {
+				require.ErrorContains(t, r.err, `no campaign "no-such-campaign" (unknown, or older than its retention`, verb)
+			}
+			require.Contains(t, r.stderr, `no dead letter has --campaign "`+c+`"; the 1 held have: `, verb)
+			require.NotContains(t, r.stderr, "--reason", verb)
 		}
-		r = runCmd(t, url, "", args...)
-		require.NoError(t, r.err, r.stderr)
-		require.Contains(t, r.stderr, `no dead letter has --campaign "no-such-campaign"; the 1 held have: `, verb)
-		require.NotContains(t, r.stderr, "--reason", verb)
 	}
 	// The reason exists, its record is younger than asked.
 	r = runCmd(t, url, "", "dead", "list", "--reason", "bad_request", "--older-than", "720h")
