@@ -233,6 +233,18 @@ func TestTokensSetNeverEchoes(t *testing.T) {
 	require.Contains(t, r.stdout, "locT0000000000000001")
 	require.Regexp(t, `locT0000000000000002 +oauth +- +refreshed on first use`, r.stdout)
 	require.NotContains(t, r.stdout+r.stderr, "SECRET")
+	// The workers' tokens file is not in Redis: without it here the list
+	// says what it cannot see; with it, the file's token wins where it has one.
+	require.Contains(t, r.stderr, "note: GHL_TOKENS_FILE is not set here")
+	tf := filepath.Join(t.TempDir(), "tokens.json")
+	require.NoError(t, os.WriteFile(tf, []byte(`{"locT0000000000000002":"file-SECRET-5"}`), 0o600))
+	var out, errw bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"tokens", "list"}, func(k string) string {
+		return map[string]string{envRedisURL: url, "GHL_TOKENS_FILE": tf}[k]
+	}, strings.NewReader(""), &out, &errw))
+	require.Regexp(t, `locT0000000000000002 +file +- +also oauth`, out.String())
+	require.NotContains(t, errw.String(), "note: GHL_TOKENS_FILE")
+	require.NotContains(t, out.String()+errw.String(), "SECRET")
 
 	// The agency: its pair never echoed either; listed with the locations
 	// the registry knows, and which source applies to each.

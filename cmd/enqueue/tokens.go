@@ -413,6 +413,15 @@ func (e *env) tokensList(ctx context.Context, rdb *redis.Client, asJSON bool) er
 	if hasAgency {
 		fmt.Fprintf(e.stderr, "agency: company %s, app %s: locations without a token of their own get one minted from it\n", ai.Company, dash(ai.App))
 	}
+	// The tokens file and GHL_TOKEN live in the workers' environment, not
+	// in Redis: this shell sees them only if it has them too.
+	switch {
+	case e.getenv("GHL_TOKEN") != "":
+		fmt.Fprintln(e.stderr, "note: GHL_TOKEN is set here: workers started with it use that one token for every location, whatever this list says")
+	case e.getenv("GHL_TOKENS_FILE") == "":
+		fmt.Fprintln(e.stderr, "note: GHL_TOKENS_FILE is not set here: locations the workers take from a tokens file (or GHL_TOKEN) are not listed, "+
+			"and a location listed oauth or agency may use the file's token; set GHL_TOKENS_FILE as the workers have it to see which applies")
+	}
 	tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LOCATION\tSOURCE\tTOKEN_EXPIRES\tNOTE")
 	for _, r := range list {
