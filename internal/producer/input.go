@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -150,6 +151,22 @@ func parseHeader(text string) (map[string]int, bool, error) {
 			if idSpellings[squash.Replace(strings.ToLower(f))] {
 				return nil, true, fmt.Errorf("header: column %q is not one ghlcancel reads: name the id column message_id (%s)", f, knownList)
 			}
+		}
+		// Other known columns but no message_id: a header whose id column
+		// is misspelt (mesage_id). Read as data, every line was refused
+		// as "one id per line" and the typo never named.
+		if len(fields) > 1 && slices.ContainsFunc(fields, func(f string) bool { return knownColumns[strings.ToLower(f)] }) {
+			var odd []string
+			for _, f := range fields {
+				if !knownColumns[strings.ToLower(f)] {
+					odd = append(odd, strconv.Quote(f))
+				}
+			}
+			unknown := ""
+			if len(odd) > 0 {
+				unknown = " (unknown: " + strings.Join(odd, ", ") + ")"
+			}
+			return nil, true, fmt.Errorf("header: no message_id column%s: name the id column message_id (%s)", unknown, knownList)
 		}
 		return nil, false, nil
 	}

@@ -94,6 +94,17 @@ func TestReader(t *testing.T) {
 			{3, producer.Item{}, `campaign_id: "." cannot be addressed in a URL path; choose another name`},
 			{4, item("m3", "locD", ghl.KindMessage, "spring/sale", 0), ""},
 		}},
+		// The id column misspelt: every line was refused as "one id per
+		// line", the typo never named.
+		{"csv id column misspelt", "mesage_id,location_id,kind\nm1,L,message\nm2,L,message\n", []got{
+			{1, producer.Item{}, `fatal: header: no message_id column (unknown: "mesage_id"): name the id column message_id (known: message_id, location_id, kind, campaign_id, send_at)`},
+		}},
+		{"csv header without an id column", "location_id,kind\nL,message\n", []got{
+			{1, producer.Item{}, `fatal: header: no message_id column: name the id column message_id (known: message_id, location_id, kind, campaign_id, send_at)`},
+		}},
+		// A data line holding a kind value is no header (and, with no
+		// header, not one id).
+		{"csv data with a kind value", "m1,L,message\n", []got{{1, producer.Item{}, "expected one id per line (or a CSV header naming message_id)"}}},
 		{"csv unknown column", "message_id,colour\nm1,red\n", []got{
 			{1, producer.Item{}, `fatal: header: unknown column "colour" (known: message_id, location_id, kind, campaign_id, send_at)`},
 		}},
