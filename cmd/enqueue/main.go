@@ -128,6 +128,9 @@ func subcommandOnly(usage string) func(*cobra.Command, []string) error {
 }
 
 func (e *env) connect(ctx context.Context) (*redis.Client, error) {
+	if err := redisconn.MisnamedEnv(e.getenv, *e.redisURL != redisURLDefault); err != nil {
+		return nil, err
+	}
 	rdb, addr, err := redisconn.Open(*e.redisURL, 64)
 	if err != nil {
 		return nil, usageError{err}

@@ -743,6 +743,17 @@ func TestWrongRedisPasswordIsNamed(t *testing.T) {
 	require.NotContains(t, r.err.Error(), "wrong-pw")
 }
 
+// TestMisnamedRedisVariable: REDIS_HOST set and REDIS_URL not: the default
+// Redis would be used silently (tasks queued where no worker reads).
+func TestMisnamedRedisVariable(t *testing.T) {
+	t.Parallel()
+	var out, errw bytes.Buffer
+	err := run(context.Background(), []string{"status", "c1"}, func(k string) string {
+		return map[string]string{"REDIS_HOST": "redis.internal"}[k]
+	}, strings.NewReader(""), &out, &errw)
+	require.ErrorContains(t, err, "REDIS_HOST is set, but ghlcancel reads REDIS_URL only")
+}
+
 // TestRedissAgainstPlainRedisIsNamed: rediss:// against a plain Redis
 // times out like a stopped server; the message says which it is.
 func TestRedissAgainstPlainRedisIsNamed(t *testing.T) {

@@ -94,6 +94,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if err := redisconn.MisnamedEnv(getenv, *redisURL != RedisURLDefault); err != nil {
+		return err
+	}
 	if err := ep.Err(); err != nil {
 		return err
 	}

@@ -236,6 +236,8 @@ func TestRunConfigErrors(t *testing.T) {
 		{"broken tokens file", nil, map[string]string{EnvTokensFile: tf}, "not a JSON object"},
 		{"missing tokens file", nil, map[string]string{EnvTokensFile: tf + ".nope"}, "no such file"},
 		{"bad redis url", nil, map[string]string{EnvToken: "t", EnvRedisURL: "http://x"}, "REDIS_URL"},
+		// Another tool's variable: the default Redis would be used silently.
+		{"misnamed redis variable", nil, map[string]string{EnvToken: "t", "REDIS_ADDR": "10.0.0.5:6379"}, "REDIS_ADDR is set, but ghlcancel reads REDIS_URL only: set REDIS_URL=redis://"},
 		{"bad base url", []string{"-metrics-addr", ""}, map[string]string{EnvToken: "t", EnvBaseURL: "ftp://x"}, `GHL_BASE_URL: ghl: bad base URL "ftp://x": want an absolute http(s) URL`},
 		{"base url without scheme", []string{"-metrics-addr", ""}, map[string]string{EnvToken: "t", EnvBaseURL: "services.leadconnectorhq.com"}, "GHL_BASE_URL: "},
 		{"bad log level", []string{"-log-level", "loud"}, map[string]string{EnvToken: "t"}, `LOG_LEVEL (or -log-level) "loud"`},

@@ -112,3 +112,24 @@ func speaksPlainRedis(ctx context.Context, addr string) bool {
 	n, _ := conn.Read(buf)
 	return n > 0 && (buf[0] == '+' || buf[0] == '-')
 }
+
+// misnamed are Redis variables other tools read that ghlcancel does not.
+var misnamed = []string{"REDIS_ADDR", "REDIS_HOST", "REDIS_ADDRESS", "REDIS_URI", "REDIS_SERVER", "REDIS_PASSWORD"}
+
+// MisnamedEnv: with REDIS_URL unset (and no -redis-url given), a Redis
+// variable ghlcancel does not read names the Redis meant; the default
+// (127.0.0.1:6379) would be used silently: a worker serving an empty local
+// Redis, tasks queued where no worker reads. It is an error naming the
+// variable to set instead.
+func MisnamedEnv(getenv func(string) string, flagGiven bool) error {
+	if flagGiven || getenv("REDIS_URL") != "" {
+		return nil
+	}
+	for _, k := range misnamed {
+		if getenv(k) != "" {
+			return fmt.Errorf("%s is set, but ghlcancel reads REDIS_URL only: set REDIS_URL=redis://[:PASSWORD@]HOST:PORT/DB "+
+				"(without it the default redis://127.0.0.1:6379/0 would be used)", k)
+		}
+	}
+	return nil
+}
