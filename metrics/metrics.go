@@ -82,6 +82,9 @@ var RetryReasons = []string{
 	tasks.ReasonPaced, tasks.ReasonLimiter, tasks.ReasonCircuitOpen,
 }
 
+// AgencyRefresh prefixes the result label of the agency pair's refreshes.
+const AgencyRefresh = "agency_"
+
 // TokenRefreshResults are the result labels of token refreshes.
 var TokenRefreshResults = []string{"ok", "lost_race", "invalid_grant", "inactive", "error", "stored_late"}
 
@@ -116,9 +119,10 @@ const (
 	EndpointInstalledLocations = "oauth_installed_locations"
 )
 
-// Endpoints are the API endpoint labels.
+// Endpoints are the API endpoint labels a worker calls (the installed
+// locations are listed by the enqueue CLI only).
 var Endpoints = []string{ghl.KindMessage.Endpoint(), ghl.KindEmail.Endpoint(), "get_message", "get_email", "export_messages",
-	EndpointOAuthToken, EndpointLocationToken, EndpointInstalledLocations}
+	EndpointOAuthToken, EndpointLocationToken}
 
 // New registers the collectors on reg, plus the Go and process collectors
 // and ghlcancel_build_info.
@@ -230,6 +234,10 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	for _, r := range TokenRefreshResults {
 		m.TokenRefreshes.WithLabelValues(r)
+		// The agency pair's results too: a first refusal must be an
+		// increase from 0, or the alert on it never sees one (a refusal
+		// is remembered, so the counter seldom moves again).
+		m.TokenRefreshes.WithLabelValues(AgencyRefresh + r)
 	}
 	for _, r := range TokenMintResults {
 		m.TokenMints.WithLabelValues(r)

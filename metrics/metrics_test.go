@@ -56,6 +56,34 @@ func TestMiddlewareRecordsOnce(t *testing.T) {
 	require.Equal(t, 0.0, metrics.Sum(mfs, "ghlcancel_tasks_in_flight"))
 }
 
+// TestAlertedSeriesStartAtZero: an alert on increase() sees a first event
+// only on a series that existed at 0 before it. The agency pair's refresh
+// results were created by their first refusal (already 1, and a refusal
+// is remembered: the alert never fired).
+func TestAlertedSeriesStartAtZero(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	metrics.New(reg)
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	have := map[string]bool{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" {
+					have[mf.GetName()+"/"+l.GetValue()] = true
+				}
+			}
+		}
+	}
+	for _, want := range []string{"agency_invalid_grant", "agency_inactive", "agency_error", "invalid_grant"} {
+		require.True(t, have["ghlcancel_token_refreshes_total/"+want], want)
+	}
+	for _, want := range []string{"agency_revoked", "mint_refused"} {
+		require.True(t, have["ghlcancel_token_mints_total/"+want], want)
+	}
+}
+
 // TestNamesPassPromtool runs Debian's promtool over a full exposition.
 func TestNamesPassPromtool(t *testing.T) {
 	t.Parallel()

@@ -247,6 +247,15 @@ func (e *SnoozeError) Error() string {
 // SnoozeFor implements the snoozer interface the task handler knows.
 func (e *SnoozeError) SnoozeFor() time.Duration { return e.RetryAfter }
 
+// SnoozeError reasons: the location's next slot is too far off (pacing),
+// it cools down after a 429 or a spent window (cooldown), or it is parked
+// until its daily budget comes back (daily).
+const (
+	SnoozePacing   = "pacing"
+	SnoozeCooldown = "cooldown"
+	SnoozeDaily    = "daily"
+)
+
 // Exact says the delay must not be jittered: the task comes back for its turn.
 func (e *SnoozeError) Exact() bool { return true }
 
@@ -435,7 +444,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 			waited += time.Since(start)
 			continue
 		case 0:
-			reason := "pacing"
+			reason := SnoozePacing
 			if cooled, _ := v[3].(int64); cooled == 1 {
 				reason = l.coolReason(ctx, r.Location)
 			}
@@ -491,9 +500,9 @@ func (l *Limiter) unmark(r Request) {
 func (l *Limiter) coolReason(ctx context.Context, location string) string {
 	until, err := l.rdb.ZScore(ctx, KeyParked, location).Result()
 	if err == nil && int64(until) > time.Now().UnixMilli() {
-		return "daily"
+		return SnoozeDaily
 	}
-	return "cooldown"
+	return SnoozeCooldown
 }
 
 // awaitLearn waits up to d for a location's limit to be learned by this

@@ -509,7 +509,7 @@ func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, a
 	rep := tasks.ReportOf(ctx)
 	rep.Outcome, rep.Reason = outcomeOf[r.fate], r.reason
 	if r.fate == "snooze" {
-		rep.Outcome = tasks.SnoozeOutcome(r.reason)
+		rep.Outcome = tasks.SnoozeOutcome(r.reason, r.err)
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()

@@ -1063,20 +1063,24 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 				h.logf(ctx, a, slog.LevelWarn, "could not clear the call mark", "error", err)
 			}
 		}
-		rep.Outcome, rep.Reason = SnoozeOutcome(r.reason), r.reason
+		rep.Outcome, rep.Reason = SnoozeOutcome(r.reason, r.err), r.reason
 		return r.err
 	}
 }
 
 // SnoozeOutcome is the metrics outcome of an attempt that comes back later
-// without using a retry, by its reason: paused (circuit breaker), paced
-// (waiting for the location's turn), else rate_limited (a 429, a cool-down,
-// the daily budget).
-func SnoozeOutcome(reason string) string {
+// without using a retry, by its reason and error: paused (circuit breaker),
+// paced (waiting for the location's turn), else rate_limited (a 429, and
+// the limiter's waits that follow one: a cool-down, the daily budget).
+func SnoozeOutcome(reason string, err error) string {
 	switch reason {
 	case ReasonCircuitOpen:
 		return OutcomePaused
 	case ReasonPaced:
+		var sn *ratelimit.SnoozeError
+		if errors.As(err, &sn) && sn.Reason != ratelimit.SnoozePacing && sn.Reason != "" {
+			return OutcomeRateLimited
+		}
 		return OutcomePaced
 	}
 	return OutcomeRateLimited

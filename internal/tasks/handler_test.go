@@ -282,6 +282,20 @@ func TestLastTryBeforeTheSpare(t *testing.T) {
 		require.Zero(t, st.Done)
 		require.Zero(t, b.calls.Load())
 	})
+	t.Run("cooling down after a 429: goes back, reported rate_limited", func(t *testing.T) {
+		t.Parallel()
+		b := hSetup(t)
+		id := b.sb.ScheduleN(hLoc, 1, false)[0]
+		b.h.Pacer = fakePacer{admit: func(ratelimit.Request) (ledger.Admission, error) {
+			return ledger.Admission{}, &ratelimit.SnoozeError{RetryAfter: time.Hour, Reason: ratelimit.SnoozeCooldown}
+		}}
+		rep, err := b.process(t, id, 2, 3)
+		require.Error(t, err)
+		require.False(t, IsFailure(err))
+		require.Equal(t, OutcomeRateLimited, rep.Outcome)
+		require.Equal(t, ReasonPaced, rep.Reason, "the retry reason stays the limiter's wait")
+		require.Zero(t, b.calls.Load())
+	})
 	t.Run("5xx: dead-lettered, retries used up", func(t *testing.T) {
 		t.Parallel()
 		b := hSetup(t)
@@ -1140,15 +1154,26 @@ func TestMisroutedTokenEndpoint(t *testing.T) {
 
 // TestSnoozeOutcome: an attempt that comes back without using a retry is
 // reported by why: a pacing wait is not a 429 (the dashboard read 1,400
-// "rate_limited" attempts where HighLevel answered none).
+// "rate_limited" attempts where HighLevel answered none), while the
+// limiter's waits after one (a cool-down, the parked day) still are.
 func TestSnoozeOutcome(t *testing.T) {
-	for reason, want := range map[string]string{
-		ReasonPaced:                   OutcomePaced,
-		ReasonCircuitOpen:             OutcomePaused,
-		string(ghl.ReasonRateLimited): OutcomeRateLimited,
-		"":                            OutcomeRateLimited,
+	sn := func(reason string) error {
+		return fmt.Errorf("before the call: %w", &ratelimit.SnoozeError{RetryAfter: time.Second, Reason: reason})
+	}
+	for _, tt := range []struct {
+		reason string
+		err    error
+		want   string
+	}{
+		{ReasonPaced, sn(ratelimit.SnoozePacing), OutcomePaced},
+		{ReasonPaced, sn(ratelimit.SnoozeCooldown), OutcomeRateLimited},
+		{ReasonPaced, sn(ratelimit.SnoozeDaily), OutcomeRateLimited},
+		{ReasonPaced, errors.New("a snoozer of another kind"), OutcomePaced},
+		{ReasonCircuitOpen, errors.New("open"), OutcomePaused},
+		{string(ghl.ReasonRateLimited), errors.New("429"), OutcomeRateLimited},
+		{"", nil, OutcomeRateLimited},
 	} {
-		require.Equal(t, want, SnoozeOutcome(reason), "reason %q", reason)
+		require.Equal(t, tt.want, SnoozeOutcome(tt.reason, tt.err), "reason %q, error %v", tt.reason, tt.err)
 	}
 	require.Contains(t, Outcomes, OutcomePaced, "initialised at zero like the others")
 }

@@ -310,7 +310,7 @@ func oauthSources(cfg Config, m *metrics.Metrics, pacer *ratelimit.Limiter) (*to
 		return nil, err
 	}
 	ac := oc
-	ac.Company, ac.Observe = true, func(r string) { m.Refreshed("agency_" + r) }
+	ac.Company, ac.Observe = true, func(r string) { m.Refreshed(metrics.AgencyRefresh + r) }
 	agencyPairs, err := tokens.NewOAuth(ac)
 	if err != nil {
 		return nil, err
