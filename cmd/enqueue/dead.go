@@ -207,6 +207,9 @@ func (e *env) noMatchHint(ctx context.Context, rdb *redis.Client, f deadletter.F
 	if !said {
 		fmt.Fprintf(e.stderr, "no dead letter matches the whole filter; the %d held have reasons: %s (see them: enqueue dead list)\n", total, held(fields[0].held))
 	}
+	if fields[1].held[f.CampaignID] > 0 {
+		return nil // its dead letters outlive it (30 days against 7)
+	}
 	return e.unknownCampaign(ctx, rdb, f.CampaignID)
 }
 

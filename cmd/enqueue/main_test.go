@@ -197,6 +197,16 @@ func TestDeadListAndRequeue(t *testing.T) {
 			require.NotContains(t, r.stderr, "--reason", verb)
 		}
 	}
+	// A campaign gone (7 days) whose dead letters are still kept (30): no
+	// error for a filter that matches none of them.
+	require.NoError(t, deadletter.New(redistest.ClientFor(t, url)).Add(context.Background(), deadletter.Record{TaskID: "msg:gone1", Kind: "message",
+		MessageID: "gone1", LocationID: "L", CampaignID: "expired-campaign", Queue: "bulk", Reason: "unauthorized"}))
+	r = runCmd(t, url, "", "dead", "list", "--campaign", "expired-campaign", "--kind", "email")
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stderr, "no dead letter has --kind \"email\"")
+	r = runCmd(t, url, "", "dead", "purge", "--campaign", "expired-campaign", "--yes")
+	require.NoError(t, r.err, r.stderr)
+
 	// The reason exists, its record is younger than asked.
 	r = runCmd(t, url, "", "dead", "list", "--reason", "bad_request", "--older-than", "720h")
 	require.Contains(t, r.stderr, "no dead letter matches the whole filter; the 1 held have reasons: bad_request 1")
@@ -694,6 +704,12 @@ func TestSweepWaitExitCode(t *testing.T) {
 	require.NoError(t, r.err, r.stderr)
 	require.NotContains(t, r.stderr, "no message at all")
 	require.Contains(t, r.stdout, `"messages_read":3`)
+	// Narrowed to a channel the contact has nothing in: none read, and
+	// no note (its other messages were left out by the filter, not a typo).
+	r = runCmd(t, url, "", "sweep", "--location", loc, "--contact", sandbox.DefaultContact, "--channel", "email", "--wait", "--json")
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stdout, `"messages_read":0`)
+	require.NotContains(t, r.stderr, "no message at all")
 }
 
 // TestEnqueueSaysWhatNobodyWillRun: an input with no ids (empty, a header

@@ -268,8 +268,12 @@ wait:
 	if o.conversation != "" {
 		who = append(who, "conversation "+o.conversation)
 	}
+	// Only when nothing else narrowed the export (a channel or a time
+	// window leaves a real contact's other messages out) and a page was
+	// read (no state read as zeros too).
+	narrowed := (o.channel != "" && !strings.EqualFold(o.channel, tasks.ChannelAll)) || o.since != "" || o.until != ""
 	for _, rw := range rows {
-		if len(who) > 0 && rw.Read == 0 && rw.Error == "" {
+		if len(who) > 0 && !narrowed && rw.Pages > 0 && rw.Read == 0 && rw.Error == "" {
 			fmt.Fprintf(e.stderr, "note: HighLevel's export holds no message at all of %s at location %s (not even sent ones): check the id, and that it belongs to that location\n",
 				strings.Join(who, " in "), rw.Location)
 		}
