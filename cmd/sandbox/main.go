@@ -28,6 +28,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return // -h: the usage was printed
+		}
 		fmt.Fprintln(os.Stderr, "sandbox:", err)
 		os.Exit(1)
 	}
@@ -77,6 +80,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (choose another with -addr); the ids and tokens files were left as they were", *addr, err)
 	}
+	serving := false
+	defer func() {
+		if !serving {
+			ln.Close() // a file could not be written
+		}
+	}()
 	sb := sandbox.New(sandbox.Config{RateMax: *rate, RateInterval: *interval, DailyLimit: *daily, RetryAfter: *retryAfter, Faults: f})
 	var csv strings.Builder
 	csv.WriteString("message_id,location_id,kind\n")
@@ -110,6 +119,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	srv := &http.Server{Handler: sb.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	serving = true
 	go func() { _ = srv.Serve(ln) }()
 	fmt.Fprintf(stdout, "sandbox: serving http://%s (%d locations x %d scheduled messages)\n", ln.Addr(), *locations, *perLocation)
 	fmt.Fprintf(stdout, "sandbox: ids in %s, tokens in %s\n", *idsOut, *tokensOut)
