@@ -437,6 +437,14 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		case 2:
 			return ledger.ParseAdmission(v[2], nil, nil, nil)
 		case 3: // waiting for the probe's answer
+			// Redis holds no limit for the location. If this process has
+			// one, Redis lost it (flushed, a failover that dropped recent
+			// writes): forget it, or the next answer, unchanged to this
+			// process, is never written again and the location stays in
+			// probe mode (about one call a second) for good.
+			l.mu.Lock()
+			delete(l.learned, r.Location)
+			l.mu.Unlock()
 			start := time.Now()
 			if err := l.awaitLearn(ctx, r.Location, gen, wait); err != nil {
 				return ledger.Admission{}, err

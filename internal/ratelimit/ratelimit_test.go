@@ -562,6 +562,40 @@ func TestLearnedLimitIsRememberedOnlyOnceRedisHasIt(t *testing.T) {
 	require.Equal(t, "x", v)
 }
 
+// TestLimitLostInRedisIsWrittenAgain: a worker that learned a location's
+// limit, then Redis lost it (flushed under the running worker), wrote the
+// next answer's limit only if it changed: the location stayed in probe mode
+// (about a call a second) for good. The probe wait makes this process
+// forget its copy; the next answer writes it again, and the calls go.
+func TestLimitLostInRedisIsWrittenAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{Default: Limit{N: 100, Period: time.Second}, ProbeWait: time.Minute})
+	learn(t, l, "locLost", 100, time.Second)
+	require.NoError(t, rdb.FlushDB(ctx).Err()) // Redis loses everything
+	for i := range ProbeBurst {
+		_, err := l.Admit(ctx, req("locLost", fmt.Sprint("probe", i)))
+		require.NoError(t, err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Admit(ctx, req("locLost", "after"))
+		done <- err
+	}()
+	require.Never(t, func() bool { return len(done) > 0 }, 200*time.Millisecond, 10*time.Millisecond, "probe mode: it waits for an answer")
+	learn(t, l, "locLost", 100, time.Second) // the same limit as before
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the same limit, answered again, was not written back: the call still waits")
+	}
+	v, err := rdb.HGet(ctx, KeyLearned, "locLost").Result()
+	require.NoError(t, err)
+	require.Equal(t, "100:1000", v)
+}
+
 // TestAdmitReturnsTheRecordedOutcome: a message whose outcome is recorded
 // gets it back instead of a slot (no call, no slot spent); a granted slot
 // leaves the "call sent" mark, and a second admission says an earlier call
