@@ -75,8 +75,28 @@ func Floor(ctx context.Context, rdb redis.UniversalClient, locations []string, n
 	var ls []lane
 	for i := range locations {
 		ls = append(ls, lanesOf(limits[i], margin, logs[i].Val(), cools[i], nowUS)...)
+		// Calls granted a slot still ahead (waiting for it in a worker) are
+		// in the log already and, when they are the caller's, among its n
+		// pending calls too: counted twice, the floor read a span too far
+		// ("ETA 21s or more" with 11 s left). Taking them off n keeps it a
+		// floor either way (fewer calls never need more time).
+		n -= booked(logs[i].Val(), nowUS)
+	}
+	if n <= 0 {
+		return 0, true, nil
 	}
 	return time.Duration(floorOf(ls, n, nowUS)) * time.Microsecond, true, nil
+}
+
+// booked counts a log's entries whose slot is still ahead of now.
+func booked(log []redis.Z, now int64) int64 {
+	var b int64
+	for _, z := range log {
+		if int64(z.Score) > now {
+			b++
+		}
+	}
+	return b
 }
 
 // lane is one of a location's N slots per span: its next free time (Redis

@@ -101,3 +101,46 @@ func TestFloorAfterABurst(t *testing.T) {
 		require.False(t, ok, "%v", locs)
 	}
 }
+
+// TestFloorCountsGrantedCallsOnce: calls granted a slot ahead and waiting
+// for it in a worker are in the location's log and still pending in their
+// campaign; the floor counted them twice and read a span too far (the ops
+// audit: "ETA 21s or more" with 11 s left).
+func TestFloorCountsGrantedCallsOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{Margin: 0.02, MaxWait: 5 * time.Second})
+	learn(t, l, "locB", 10, time.Second)
+	for i := range 10 { // the first burst: gone now
+		_, err := l.Admit(ctx, req("locB", fmt.Sprint("a", i)))
+		require.NoError(t, err)
+	}
+	// Ten more granted slots 1.02 s ahead: their calls wait in the worker.
+	done := make(chan error, 10)
+	for i := range 10 {
+		go func() {
+			_, err := l.Admit(ctx, req("locB", fmt.Sprint("b", i)))
+			done <- err
+		}()
+	}
+	require.Eventually(t, func() bool {
+		n, _ := rdb.ZCard(ctx, logKey("locB")).Result()
+		return n == 20
+	}, 5*time.Second, 10*time.Millisecond)
+	// Pending: those 10 and 5 more. The 5 go a span after the granted ones
+	// (about 2.04 s from the first burst), not a span after that.
+	d, ok, err := Floor(ctx, rdb, []string{"locB"}, 15, 0.02)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.LessOrEqual(t, d, 2040*time.Millisecond)
+	require.Greater(t, d, 1500*time.Millisecond)
+	// Only the granted ones pending: they need no further lane.
+	d, ok, err = Floor(ctx, rdb, []string{"locB"}, 10, 0.02)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Zero(t, d)
+	for range 10 {
+		require.NoError(t, <-done)
+	}
+}
