@@ -237,7 +237,9 @@ type DeadLetter struct {
 	APIMessage string    `json:"api_message,omitempty"`
 	Attempts   int       `json:"attempts"`
 	DeadAt     time.Time `json:"dead_at"`
-	Payload    string    `json:"payload,omitempty"`
+	// Worker is host:pid of the worker that dead-lettered it.
+	Worker  string `json:"worker,omitempty"`
+	Payload string `json:"payload,omitempty"`
 }
 
 // DeadLetterPage is one page of GET /v1/dead-letters.

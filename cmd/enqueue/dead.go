@@ -79,7 +79,7 @@ func (e *env) deadListCmd() *cobra.Command {
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 		if !*asJSON {
-			fmt.Fprintln(tw, "DEAD_AT\tTASK_ID\tLOCATION\tCAMPAIGN\tREASON\tHTTP\tATTEMPTS\tAPI_MESSAGE")
+			fmt.Fprintln(tw, "DEAD_AT\tTASK_ID\tLOCATION\tCAMPAIGN\tREASON\tHTTP\tATTEMPTS\tWORKER\tAPI_MESSAGE")
 		}
 		shown, matched := 0, 0
 		enc := json.NewEncoder(e.stdout)
@@ -92,8 +92,8 @@ func (e *env) deadListCmd() *cobra.Command {
 			if *asJSON {
 				return enc.Encode(r)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", r.DeadAt.UTC().Format(time.RFC3339), r.TaskID,
-				dash(r.LocationID), dash(r.CampaignID), r.Reason, r.HTTPStatus, r.Attempts, dash(r.APIMessage))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.DeadAt.UTC().Format(time.RFC3339), r.TaskID,
+				dash(r.LocationID), dash(r.CampaignID), r.Reason, r.HTTPStatus, r.Attempts, dash(r.Worker), dash(r.APIMessage))
 			return nil
 		})
 		_ = tw.Flush()

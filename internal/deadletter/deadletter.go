@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -37,11 +38,24 @@ type Record struct {
 	APIMessage string    `json:"api_message,omitempty"`
 	Attempts   int       `json:"attempts"`
 	DeadAt     time.Time `json:"dead_at"`
+	// Worker is the host and process id of the worker that dead-lettered
+	// it: where workers disagree (a tokens file rolled out to some of them,
+	// another GHL_BASE_URL), it names the one to look at.
+	Worker string `json:"worker,omitempty"`
 	// Payload is the raw task payload when it could not be decoded
 	// (bounded), or a failed sweep's payload (with its webhook event), so
 	// that it can be replayed.
 	Payload string `json:"payload,omitempty"`
 }
+
+// ThisWorker is this process's Record.Worker: host:pid.
+var ThisWorker = func() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "unknown-host"
+	}
+	return h + ":" + strconv.Itoa(os.Getpid())
+}()
 
 // Filter selects records. Empty fields match everything.
 type Filter struct {

@@ -535,7 +535,8 @@ func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, a
 		}
 		pl, _ := json.Marshal(p) // kept for replay (enqueue dead requeue): a few hundred bytes
 		b, _ := json.Marshal(deadletter.Record{TaskID: id, Kind: "sweep", LocationID: p.LocationID, CampaignID: p.CampaignID,
-			Queue: tasks.QueueDefault, Reason: r.reason, HTTPStatus: r.status, APIMessage: msg, DeadAt: time.Now(), Payload: string(pl)})
+			Queue: tasks.QueueDefault, Reason: r.reason, HTTPStatus: r.status, APIMessage: msg, DeadAt: time.Now(), Payload: string(pl),
+			Worker: deadletter.ThisWorker})
 		dead = string(b)
 		h.logger().Warn("sweep failed", "task_id", id, "location_id", p.LocationID, "campaign_id", p.CampaignID, "reason", r.reason, "error", r.err)
 	}

@@ -985,7 +985,7 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 			f.Outcome.Outcome = ledger.DeadLettered
 			f.Dead = &deadletter.Record{Kind: string(a.kind), MessageID: a.p.MessageID, LocationID: a.p.LocationID,
 				CampaignID: a.p.CampaignID, SendAt: a.p.SendAt, Queue: a.queue, Reason: r.reason,
-				HTTPStatus: r.status, APIMessage: r.message, Attempts: a.retried + 1, Payload: r.payload}
+				HTTPStatus: r.status, APIMessage: r.message, Attempts: a.retried + 1, Payload: r.payload, Worker: deadletter.ThisWorker}
 			if r.reason == ReasonWrongKind {
 				f.OtherKind = ledger.OtherKindKeys(TaskID(OtherKind(a.kind), a.p.MessageID), Queues)
 				f.OtherScheduled = r.otherScheduled

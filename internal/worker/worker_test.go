@@ -179,6 +179,10 @@ func TestOutcomes(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, "no_token", rec.Reason)
+	// Which worker: where workers disagree (a tokens file rolled out to
+	// some of them), the one that had no token is the one to look at.
+	require.Equal(t, deadletter.ThisWorker, rec.Worker)
+	require.Regexp(t, `^.+:\d+$`, rec.Worker)
 
 	// asynq archived them too (SkipRetry), without retrying.
 	info, err := b.insp.GetQueueInfo(tasks.QueueDefault)
