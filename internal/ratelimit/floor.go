@@ -26,6 +26,7 @@ const FloorMaxLocations = 1000
 // to come; this does (`status --watch` showed "ETA 2s" with 10 s to go).
 //
 // ok is false when there is nothing sure to say: no calls or no locations,
+// as many calls holding a slot ahead as are pending,
 // more than FloorMaxLocations, or a location with no learned limit (never
 // answered yet, HighLevel sent no limit headers so the workers use their
 // own RATE_LIMIT, or the workers run without pacing, which learns
@@ -62,41 +63,36 @@ func Floor(ctx context.Context, rdb redis.UniversalClient, locations []string, n
 			cools[i], _ = strconv.ParseInt(s, 10, 64)
 		}
 	}
+	nowUS := now.Val().UnixMicro()
 	logs := make([]*redis.ZSliceCmd, len(locations))
+	booked := make([]*redis.IntCmd, len(locations))
 	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, loc := range locations {
 			logs[i] = p.ZRangeWithScores(ctx, logKey(loc), -int64(max(1, limits[i].N)), -1)
+			booked[i] = p.ZCount(ctx, logKey(loc), "("+strconv.FormatInt(nowUS, 10), "+inf")
 		}
 		return nil
 	}); err != nil {
 		return 0, false, err
 	}
-	nowUS := now.Val().UnixMicro()
 	var ls []lane
 	for i := range locations {
 		ls = append(ls, lanesOf(limits[i], margin, logs[i].Val(), cools[i], nowUS)...)
-		// Calls granted a slot still ahead (waiting for it in a worker) are
-		// in the log already and, when they are the caller's, among its n
-		// pending calls too: counted twice, the floor read a span too far
+		// Calls granted a slot still ahead (waiting for it in a worker; more
+		// than the limit when RATE_LIMIT_MAX_WAIT is longer than the span)
+		// are in the log already and, when they are the caller's, among its
+		// n pending calls too: counted twice, the floor read a span too far
 		// ("ETA 21s or more" with 11 s left). Taking them off n keeps it a
-		// floor either way (fewer calls never need more time).
-		n -= booked(logs[i].Val(), nowUS)
+		// floor either way (fewer calls never need more time). A call in
+		// flight (its slot just passed, its answer not yet recorded) is
+		// still counted twice: the floor can then be up to a span high for
+		// the last few pending calls.
+		n -= booked[i].Val()
 	}
 	if n <= 0 {
-		return 0, true, nil
+		return 0, false, nil // every pending call may already hold its slot
 	}
 	return time.Duration(floorOf(ls, n, nowUS)) * time.Microsecond, true, nil
-}
-
-// booked counts a log's entries whose slot is still ahead of now.
-func booked(log []redis.Z, now int64) int64 {
-	var b int64
-	for _, z := range log {
-		if int64(z.Score) > now {
-			b++
-		}
-	}
-	return b
 }
 
 // lane is one of a location's N slots per span: its next free time (Redis

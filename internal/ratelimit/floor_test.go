@@ -135,12 +135,39 @@ func TestFloorCountsGrantedCallsOnce(t *testing.T) {
 	require.True(t, ok)
 	require.LessOrEqual(t, d, 2040*time.Millisecond)
 	require.Greater(t, d, 1500*time.Millisecond)
-	// Only the granted ones pending: they need no further lane.
-	d, ok, err = Floor(ctx, rdb, []string{"locB"}, 10, 0.02)
+	// Only the granted ones pending: nothing sure to say.
+	_, ok, err = Floor(ctx, rdb, []string{"locB"}, 10, 0.02)
+	require.NoError(t, err)
+	require.False(t, ok)
+	for range 10 {
+		require.NoError(t, <-done)
+	}
+
+	// More slots booked ahead than the limit (a wait longer than the span):
+	// 25 booked over three spans; 5 more pending go a span after the
+	// latest ten, about 3.06 s from the burst, not 5.1 s.
+	learn(t, l, "locC", 10, time.Second)
+	for i := range 10 {
+		_, err := l.Admit(ctx, req("locC", fmt.Sprint("a", i)))
+		require.NoError(t, err)
+	}
+	done = make(chan error, 25)
+	for i := range 25 {
+		go func() {
+			_, err := l.Admit(ctx, req("locC", fmt.Sprint("b", i)))
+			done <- err
+		}()
+	}
+	require.Eventually(t, func() bool {
+		n, _ := rdb.ZCard(ctx, logKey("locC")).Result()
+		return n == 35
+	}, 5*time.Second, 10*time.Millisecond)
+	d, ok, err = Floor(ctx, rdb, []string{"locC"}, 30, 0.02)
 	require.NoError(t, err)
 	require.True(t, ok)
-	require.Zero(t, d)
-	for range 10 {
+	require.LessOrEqual(t, d, 3060*time.Millisecond)
+	require.Greater(t, d, 2500*time.Millisecond)
+	for range 25 {
 		require.NoError(t, <-done)
 	}
 }
