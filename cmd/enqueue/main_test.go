@@ -146,12 +146,13 @@ func TestDeadListAndRequeue(t *testing.T) {
 		require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:m%d", i), Kind: "message",
 			MessageID: fmt.Sprintf("m%d", i), LocationID: "L", CampaignID: "c1", Queue: "bulk",
 			Reason: reason, HTTPStatus: 401, APIMessage: "Invalid token", Attempts: 1,
-			DeadAt: time.Now().Add(time.Duration(i-10) * time.Second)}))
+			DeadAt: time.Now().Add(time.Duration(i-10) * time.Second), Worker: "host-a:41"}))
 	}
 	r := runCmd(t, url, "", "dead", "list", "--reason", "unauthorized")
 	require.NoError(t, r.err)
 	require.Equal(t, 5, strings.Count(r.stdout, "\n"), r.stdout) // header + 4
 	require.Contains(t, r.stdout, "msg:m0")
+	require.Regexp(t, `msg:m0 +L +c1 +unauthorized +401 +1 +host-a:41 +Invalid token`, r.stdout, "the worker that recorded it")
 	require.Contains(t, r.stderr, "4 shown, 4 matching")
 
 	r = runCmd(t, url, "", "dead", "list", "--json", "--limit", "2")

@@ -310,6 +310,7 @@ func TestSweepLastTryBeforeTheSpare(t *testing.T) {
 			require.Equal(t, "failed", state.Phase)
 			require.True(t, dead, "the failed sweep is dead-lettered for replay")
 			require.Equal(t, tc.reason, rec.Reason)
+			require.Equal(t, deadletter.ThisWorker, rec.Worker, "which worker failed it")
 			require.Equal(t, int64(1), s.SweepsFailed)
 		})
 	}
