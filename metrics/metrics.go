@@ -8,6 +8,7 @@ import (
 	"context"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -39,14 +40,19 @@ type Metrics struct {
 	TokenRefreshes *prometheus.CounterVec
 	TokenMints     *prometheus.CounterVec
 	DailyLowCount  prometheus.Counter
-	CircuitOpen    prometheus.Gauge
+	CircuitOpen    prometheus.GaugeFunc // reads the function given to CircuitPausedBy
 	CircuitChanges *prometheus.CounterVec
 	Misrouted      prometheus.Gauge
 	SweepPages     prometheus.Counter
 	SweepMessages  *prometheus.CounterVec
 	Sweeps         *prometheus.CounterVec
 	EventToCancel  *prometheus.HistogramVec
+
+	circuitPaused atomic.Pointer[func() bool]
 }
+
+// CircuitPausedBy makes circuit_open read paused (the worker's breaker).
+func (m *Metrics) CircuitPausedBy(paused func() bool) { m.circuitPaused.Store(&paused) }
 
 // EventCancel implements tasks.EventObserver.
 func (m *Metrics) EventCancel(event string, d time.Duration) {
@@ -181,9 +187,14 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: Namespace, Name: "token_mints_total",
 		Help: "Location tokens minted from the agency token, by result (ok, lost_race, suppressed: a failure under a minute old answered, rate_limited, error, and the refusal reasons not_installed, location_inactive, agency_revoked, mint_refused, mint_failed).",
 	}, []string{"result"})
-	m.CircuitOpen = f.NewGauge(prometheus.GaugeOpts{
+	m.CircuitOpen = f.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "circuit_open",
-		Help: "1 while this worker's circuit breaker pauses HighLevel calls (open or half-open), 0 when closed.",
+		Help: "1 while this worker's circuit breaker pauses HighLevel calls (open or half-open), 0 when closed or idle (open time up and no call asking for 30 s).",
+	}, func() float64 {
+		if p := m.circuitPaused.Load(); p != nil && (*p)() {
+			return 1
+		}
+		return 0
 	})
 	m.CircuitChanges = f.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "circuit_transitions_total",

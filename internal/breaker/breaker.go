@@ -95,8 +95,14 @@ type Breaker struct {
 	openUntil  time.Time
 	openFor    time.Duration
 	probeSince time.Time // zero: no probe in flight
+	lastAsk    time.Time // the last Allow
 	pending    []transition
 }
+
+// IdleAfter: a breaker whose open time is up and that no call has asked
+// for this long holds nothing back (its next call goes as the probe), so
+// Paused says false: an idle worker is not "paused" for ever.
+const IdleAfter = 30 * time.Second
 
 // New returns a closed Breaker.
 func New(cfg Config) *Breaker {
@@ -120,11 +126,28 @@ func (b *Breaker) State() State {
 	return b.state
 }
 
+// Paused says whether the breaker holds calls back: open or half-open,
+// unless its open time is up and no call has asked for IdleAfter.
+func (b *Breaker) Paused() bool {
+	now := b.cfg.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == Closed {
+		return false
+	}
+	since := b.lastAsk
+	if b.state == Open && b.openUntil.After(since) {
+		since = b.openUntil // counted from when its time was up
+	}
+	return now.Sub(since) < IdleAfter
+}
+
 // Allow says whether a call may go out now. probe is true when the call is
 // the half-open breaker's probe; pass it back to Record.
 func (b *Breaker) Allow() (probe bool, err error) {
 	now := b.cfg.Now()
 	b.mu.Lock()
+	b.lastAsk = now
 	from := b.state
 	switch b.state {
 	case Closed:

@@ -167,3 +167,31 @@ func TestChangesAreReportedInOrder(t *testing.T) {
 	require.Equal(t, Closed, b.State())
 	require.Equal(t, []State{Open, HalfOpen, Closed}, seen)
 }
+
+// TestPausedEndsWhenIdle: a breaker that opened as the queue emptied held
+// nothing back once its time was up, yet read open for good (a state
+// changes only when a call asks), and GhlcancelCircuitOpen fired on an
+// idle worker. Paused says false once the open time is up and no call has
+// asked for IdleAfter; a call asking makes it true again.
+func TestPausedEndsWhenIdle(t *testing.T) {
+	t.Parallel()
+	c := &clock{time.Unix(1_000_000, 0)}
+	var ch []string
+	b := newTest(c, &ch)
+	require.False(t, b.Paused(), "closed")
+	_, _ = b.Allow()
+	record(b, 0, 10)
+	require.Equal(t, Open, b.State())
+	require.True(t, b.Paused(), "open")
+	c.add(5*time.Second + IdleAfter - time.Second)
+	require.True(t, b.Paused(), "its time is up, not yet idle long")
+	c.add(time.Second)
+	require.Equal(t, Open, b.State(), "the state itself waits for a call")
+	require.False(t, b.Paused(), "idle: nothing is held back")
+	probe, err := b.Allow()
+	require.NoError(t, err)
+	require.True(t, probe)
+	require.True(t, b.Paused(), "half-open, a probe in flight")
+	b.Record(false, true)
+	require.False(t, b.Paused(), "closed again")
+}

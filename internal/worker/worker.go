@@ -176,17 +176,16 @@ func New(cfg Config) (*Worker, error) {
 		log := cfg.Logger
 		bc.OnChange = func(from, to breaker.State) {
 			m.CircuitChanges.WithLabelValues(to.String()).Inc()
-			if to == breaker.Closed {
-				m.CircuitOpen.Set(0)
+			switch to {
+			case breaker.Closed:
 				log.Info("circuit breaker closed: HighLevel answers again, calls resume")
-			} else {
-				m.CircuitOpen.Set(1)
-				if to == breaker.Open {
-					log.Warn("circuit breaker open: HighLevel is failing, calls paused", "from", from.String())
-				}
+			case breaker.Open:
+				log.Warn("circuit breaker open: HighLevel is failing, calls paused", "from", from.String())
 			}
 		}
-		h.Breaker = breaker.New(bc)
+		br := breaker.New(bc)
+		h.Breaker = br
+		m.CircuitPausedBy(br.Paused)
 	}
 	if pacer != nil {
 		h.Pacer = pacer
