@@ -192,7 +192,7 @@ func NewAgency(cfg AgencyConfig) (*Agency, error) {
 		return nil, fmt.Errorf("agency: token key: %w", err)
 	}
 	if cfg.HTTP == nil {
-		cfg.HTTP = &http.Client{Timeout: 20 * time.Second}
+		cfg.HTTP = NewHTTPClient()
 	}
 	cfg.RemintBefore = cmp.Or(cfg.RemintBefore, RefreshBeforeDefault)
 	cfg.FailFor = cmp.Or(cfg.FailFor, MintFailForDefault)

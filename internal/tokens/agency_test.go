@@ -665,6 +665,41 @@ func TestRemintsBeforeExpiry(t *testing.T) {
 	}
 }
 
+// TestRedirectedTokenEndpointIsMisrouted: a token endpoint that redirects
+// (GHL_BASE_URL with http:// behind an https redirect, or a proxy) was
+// followed: a 301 turned the POST into a GET, a 308 hid the misconfiguration
+// and counted one call twice. It is read as misrouted now, as the message
+// routes read a redirect, and the refresh token is not spent.
+func TestRedirectedTokenEndpointIsMisrouted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupAgency(t, time.Hour, time.Hour)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, b.srv.URL+r.URL.Path, http.StatusPermanentRedirect)
+	})
+	moved := httptest.NewServer(mux)
+	t.Cleanup(moved.Close)
+	const own = "locOAuthMoved0000001"
+	rt := b.sb.AddOAuthLocation(own)
+	pairs := func(url string) *tokens.OAuth {
+		o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: redistest.ClientFor(t, b.url), TokenURL: url + "/oauth/token",
+			ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+		require.NoError(t, err)
+		return o
+	}
+	require.NoError(t, pairs(b.srv.URL).Set(ctx, own, "", rt, 0))
+	_, err := pairs(moved.URL).Token(ctx, own)
+	var e *ghl.Error
+	require.ErrorAs(t, err, &e)
+	require.Equal(t, ghl.ReasonMisrouted, e.Reason)
+	require.Zero(t, b.sb.Stats().Refreshes, "the redirect was not followed")
+	// The right URL: the refresh token is still good.
+	tok, err := pairs(b.srv.URL).Token(ctx, own)
+	require.NoError(t, err)
+	require.NotEmpty(t, tok)
+}
+
 // TestBaseURLTypoIsMisrouted: a typo in GHL_BASE_URL's path ("/api") met at
 // the token endpoints is HighLevel refusing nothing: the answer is the
 // misrouted error the message routes give (retried; /readyz and one log

@@ -197,6 +197,18 @@ func newAEAD(key []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(block)
 }
 
+// NewHTTPClient is the token endpoints' default client: a 20 s timeout,
+// and redirects not followed, as the message client does. A redirect is a
+// base URL that is not HighLevel's (http:// for https://, a proxy): its
+// answer is read as misrouted, naming GHL_BASE_URL, where following it
+// turned a POST into a GET (301, 302) or hid the misconfiguration (307,
+// 308), and counted one call twice.
+func NewHTTPClient() *http.Client {
+	return &http.Client{Timeout: 20 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
+}
+
 // NewOAuth builds the source.
 func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 	if cfg.Redis == nil {
@@ -207,7 +219,7 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 		return nil, fmt.Errorf("oauth: token key: %w", err)
 	}
 	if cfg.HTTP == nil {
-		cfg.HTTP = &http.Client{Timeout: 20 * time.Second}
+		cfg.HTTP = NewHTTPClient()
 	}
 	cfg.RefreshBefore = cmp.Or(cfg.RefreshBefore, RefreshBeforeDefault)
 	cfg.Refresh401Cooldown = cmp.Or(cfg.Refresh401Cooldown, RefreshOn401Cooldown)

@@ -297,7 +297,7 @@ func oauthSources(cfg Config, m *metrics.Metrics, pacer *ratelimit.Limiter) (*to
 	oc.Redis, oc.Observe = cfg.Redis, m.Refreshed
 	// Refreshes and mints are HighLevel calls too: counted with the others
 	// (the API panels, the 5xx alert), by endpoint.
-	hc := &http.Client{Timeout: 20 * time.Second}
+	hc := tokens.NewHTTPClient()
 	if oc.HTTP != nil {
 		c := *oc.HTTP
 		hc = &c
