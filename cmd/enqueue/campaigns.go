@@ -23,6 +23,12 @@ import (
 const campaignUsage = "usage: enqueue status CAMPAIGN [--json] [--watch] | enqueue report CAMPAIGN > out.csv | enqueue campaigns [--limit N] [--json]"
 
 // oneCampaign takes exactly one campaign id.
+// campaignUnknown says why a campaign id reads as none: a campaign exists
+// once a message is counted in it, so a run whose every message was
+// already counted elsewhere (it said which campaigns) made none.
+const campaignUnknown = "unknown, older than its retention, or nothing was ever counted in it " +
+	"(a message already counted in another campaign stays there: enqueue named it); `enqueue campaigns` lists them"
+
 func oneCampaign(_ *cobra.Command, args []string) error {
 	if len(args) != 1 {
 		return usageError{errors.New(campaignUsage)}
@@ -51,7 +57,7 @@ func (e *env) statusCmd() *cobra.Command {
 				return err
 			}
 			if !ok {
-				return tr.NotFound(ctx, args[0], "unknown, or older than its retention; `enqueue campaigns` lists them")
+				return tr.NotFound(ctx, args[0], campaignUnknown)
 			}
 			if !s.Complete && !warned {
 				warned = true
@@ -167,7 +173,7 @@ func (e *env) reportCmd() *cobra.Command {
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, args []string) error {
 		tr := campaign.New(rdb, 0)
 		if _, ok, err := tr.Get(ctx, args[0]); err != nil || !ok {
-			return cmp.Or(err, tr.NotFound(ctx, args[0], "unknown, or older than its retention; `enqueue campaigns` lists them"))
+			return cmp.Or(err, tr.NotFound(ctx, args[0], campaignUnknown))
 		}
 		out := e.stdout
 		var pw *io.PipeWriter

@@ -223,7 +223,7 @@ func (e *env) unknownCampaign(ctx context.Context, rdb *redis.Client, id string)
 	if _, ok, err := tr.Get(ctx, id); err != nil || ok {
 		return nil
 	}
-	return tr.NotFound(ctx, id, "unknown, or older than its retention; `enqueue campaigns` lists them")
+	return tr.NotFound(ctx, id, campaignUnknown)
 }
 
 func (e *env) deadExportCmd() *cobra.Command {

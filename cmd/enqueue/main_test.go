@@ -192,7 +192,7 @@ func TestDeadListAndRequeue(t *testing.T) {
 			if c == "clean-campaign" {
 				require.NoError(t, r.err, r.stderr)
 			} else {
-				require.ErrorContains(t, r.err, `no campaign "no-such-campaign" (unknown, or older than its retention`, verb)
+				require.ErrorContains(t, r.err, `no campaign "no-such-campaign" (unknown, older than its retention, or nothing was ever counted in it`, verb)
 			}
 			require.Contains(t, r.stderr, `no dead letter has --campaign "`+c+`"; the 1 held have: `, verb)
 			require.NotContains(t, r.stderr, "--reason", verb)
@@ -880,6 +880,10 @@ func TestRerunUnderAnotherCampaignNamesWhereTheyAre(t *testing.T) {
 	r = runCmd(t, url, "", append([]string{"--location", "L", "--campaign", "spring-sale-2"}, ids...)...)
 	require.NoError(t, r.err, r.stderr)
 	require.Contains(t, r.stderr, "enqueue: 3 of the messages already queued or done are counted in another campaign than the one they were sent under, and stay there: spring-sale 3")
+	// spring-sale-2 counted nothing, so there is no such campaign; status
+	// says why that may be, not only "unknown, or older than its retention".
+	r = runCmd(t, url, "", "status", "spring-sale-2")
+	require.ErrorContains(t, r.err, `no campaign "spring-sale-2" (unknown, older than its retention, or nothing was ever counted in it (a message already counted in another campaign stays there`)
 	r = runCmd(t, url, "", append([]string{"--location", "L", "--json"}, ids[:2]...)...)
 	require.NoError(t, r.err, r.stderr)
 	require.Contains(t, r.stdout, `"held_by":{"spring-sale":2}`)
