@@ -197,17 +197,14 @@ func newAEAD(key []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(block)
 }
 
-// NewHTTPClient is the token endpoints' default client: a 20 s timeout,
-// and redirects not followed, as the message client does. A redirect is a
-// base URL that is not HighLevel's (http:// for https://, a proxy): its
-// answer is read as misrouted, naming GHL_BASE_URL, where following it
-// turned a POST into a GET (301, 302) or hid the misconfiguration (307,
-// 308), and counted one call twice.
-func NewHTTPClient() *http.Client {
-	return &http.Client{Timeout: 20 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {
-		return http.ErrUseLastResponse
-	}}
-}
+// NewHTTPClient is the token endpoints' default client: the message
+// client's (ghl.NewHTTPClient: redirects not followed) with a 20 s timeout
+// and a few idle connections. A redirect is a base URL that is not
+// HighLevel's (http:// for https://, a proxy): its answer is read as
+// misrouted, naming GHL_BASE_URL, where following it turned a POST into a
+// GET (301, 302) or hid the misconfiguration (307, 308), and counted one
+// call twice.
+func NewHTTPClient() *http.Client { return ghl.NewHTTPClient(20*time.Second, 4) }
 
 // NewOAuth builds the source.
 func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
