@@ -184,19 +184,7 @@ func (e *env) noMatchHint(ctx context.Context, rdb *redis.Client, f deadletter.F
 		return e.unknownCampaign(ctx, rdb, f.CampaignID)
 	}
 	// held lists a field's values, most common first, at most 8.
-	held := func(m map[string]int) string {
-		vals := slices.Collect(maps.Keys(m))
-		slices.SortFunc(vals, func(a, b string) int { return cmp.Or(m[b]-m[a], strings.Compare(a, b)) })
-		var out []string
-		for i, v := range vals {
-			if i == 8 {
-				out = append(out, fmt.Sprintf("and %d more", len(vals)-8))
-				break
-			}
-			out = append(out, fmt.Sprintf("%s %d", cmp.Or(v, "(none)"), m[v]))
-		}
-		return strings.Join(out, ", ")
-	}
+	held := func(m map[string]int) string { return countList(m, 8, "(none)") }
 	said := false
 	for _, fl := range fields {
 		if fl.want != "" && fl.held[fl.want] == 0 {
@@ -289,4 +277,21 @@ func (e *env) deadPurgeCmd() *cobra.Command {
 		return err
 	})
 	return cmd
+}
+
+// countList lists m's keys with their counts, the most common first (then
+// by name), at most limit of them (0: all) and "and N more"; empty names
+// the "" key.
+func countList(m map[string]int, limit int, empty string) string {
+	keys := slices.Collect(maps.Keys(m))
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Or(m[b]-m[a], strings.Compare(a, b)) })
+	var out []string
+	for i, k := range keys {
+		if limit > 0 && i == limit {
+			out = append(out, fmt.Sprintf("and %d more", len(keys)-limit))
+			break
+		}
+		out = append(out, fmt.Sprintf("%s %d", cmp.Or(k, empty), m[k]))
+	}
+	return strings.Join(out, ", ")
 }

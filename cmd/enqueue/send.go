@@ -1,12 +1,10 @@
 package main
 
 import (
-	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -256,14 +254,10 @@ func (e *env) sayHeldBy(held map[string]int) {
 	if len(held) == 0 {
 		return
 	}
-	names := slices.Collect(maps.Keys(held))
-	slices.SortFunc(names, func(a, b string) int { return cmp.Or(held[b]-held[a], strings.Compare(a, b)) })
-	var parts []string
 	n := 0
-	for _, c := range names {
-		n += held[c]
-		parts = append(parts, fmt.Sprintf("%s %d", cmp.Or(c, "(no campaign)"), held[c]))
+	for _, c := range held {
+		n += c
 	}
 	fmt.Fprintf(e.stderr, "enqueue: %d of the messages already queued or done are counted in another campaign than the one they were sent under, and stay there: %s (follow them with `enqueue status CAMPAIGN`)\n",
-		n, strings.Join(parts, ", "))
+		n, countList(held, 0, "(no campaign)"))
 }
