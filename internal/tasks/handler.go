@@ -783,8 +783,52 @@ func (h *Handler) run(ctx context.Context, a *attempt) result {
 		r.status, r.message = status, e.Message
 		// HighLevel may have acted on it unless the answer was not its own.
 		r.ambiguous = e.Reason != ghl.ReasonMisrouted
+		if a.lastTry && (r.ambiguous || st.earlier) && !TakenBack(ctx, h.Stopping) {
+			return st.with(h.lastRead(ctx, a, token, r))
+		}
 		return st.with(r)
 	}
+}
+
+// lastRead: the last try's cancel failed in a way HighLevel may have acted
+// on (a 5xx, a timeout, a lost connection), or an earlier delivery's did,
+// and r, a retry, is about to become its dead letter. A lost answer is
+// not a failed cancel: with Verify the message is read back first (paced,
+// waiting for its turn within the attempt's time). "failed" is our call's
+// cancel (cancelled, earlier_attempt, as a "not found" after such a call
+// is), a status that says it went out is already_sent, and a message still
+// scheduled stays r's dead letter, which then says so. A read that cannot
+// be made keeps the dead letter, saying the message may be cancelled
+// already: a requeue reads it back (the "call sent" mark is kept).
+func (h *Handler) lastRead(ctx context.Context, a *attempt, token string, r result) result {
+	const unread = " (HighLevel may have acted on a call whose answer was lost, so it may be cancelled already: requeue to read it back)"
+	if !h.Verify {
+		r.message += unread
+		return r
+	}
+	var m *ghl.Message
+	var err error
+	for round := 0; ; round++ {
+		m, err = h.readBack(ctx, a, a.kind, token, false)
+		var ae admitError
+		var sn snoozer
+		if round < maxRounds && errors.As(err, &ae) && errors.As(ae.error, &sn) && fitsDeadline(ctx, sn.SnoozeFor()) && sleep(ctx, sn.SnoozeFor()) == nil {
+			continue
+		}
+		break
+	}
+	switch {
+	case err != nil:
+		h.logf(ctx, a, slog.LevelInfo, "last try: reading the message back failed", "error", err)
+		r.message += unread
+		return r
+	case m.Status == "failed":
+		return result{fate: fateDone, outcome: ledger.Cancelled, reason: ledger.ReasonEarlierAttempt, status: r.status}
+	case m.Status == "scheduled":
+		r.message += " (it reads back as still scheduled)"
+		return r
+	}
+	return result{fate: fateDone, outcome: ledger.AlreadySent, reason: cmp.Or(m.Status, "unknown"), status: r.status}
 }
 
 const http429 = 429

@@ -482,6 +482,89 @@ func TestEarlierCallTurnsNotFoundIntoCancelled(t *testing.T) {
 	require.Equal(t, ledger.NotCancellable, o.Outcome)
 }
 
+// TestLastTryAfterALostAnswer: a 5xx or a lost answer on a task's last try
+// is no failed cancel when HighLevel acted on a call: the message is read
+// back before it is dead-lettered. Cancelled by our call (this one's or an
+// earlier delivery's, whose answer was lost) is cancelled; gone out is
+// already_sent; still scheduled is the dead letter, saying so; a read that
+// fails (or no Verify) keeps the dead letter, saying it may be cancelled,
+// and the requeue that follows reads it back.
+func TestLastTryAfterALostAnswer(t *testing.T) {
+	t.Parallel()
+	const unavailable = `{"statusCode":503,"message":"unavailable"}`
+	// answer returns a responder for the last try: DELETE lost (processed,
+	// then 502) or refused (503, not processed); GET fine or 503.
+	answer := func(inner http.Handler, lostDelete, failGet bool) func(w http.ResponseWriter, r *http.Request) bool {
+		return func(w http.ResponseWriter, r *http.Request) bool {
+			switch {
+			case r.Method == http.MethodDelete && lostDelete:
+				inner.ServeHTTP(httptest.NewRecorder(), r)
+				w.WriteHeader(http.StatusBadGateway)
+				return true
+			case r.Method == http.MethodDelete, r.Method == http.MethodGet && failGet:
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = w.Write([]byte(unavailable))
+				return true
+			}
+			return false
+		}
+	}
+	tests := []struct {
+		name                       string
+		noVerify, sent             bool
+		earlierLost                bool // the first try's answer was lost (its call went through)
+		lostDelete, failGet        bool // on the last try
+		outcome, reason, inMessage string
+	}{
+		{name: "earlier answer lost, 503 on the last try", earlierLost: true, outcome: ledger.Cancelled, reason: ledger.ReasonEarlierAttempt},
+		{name: "the last try's answer lost", lostDelete: true, outcome: ledger.Cancelled, reason: ledger.ReasonEarlierAttempt},
+		{name: "503 every time, never acted on", outcome: ledger.DeadLettered, reason: string(ghl.ReasonServerError), inMessage: "reads back as still scheduled"},
+		{name: "went out before the cancel", sent: true, outcome: ledger.AlreadySent, reason: "sent"},
+		{name: "answer lost and the read fails", lostDelete: true, failGet: true, outcome: ledger.DeadLettered, reason: string(ghl.ReasonServerError), inMessage: "may be cancelled already"},
+		{name: "answer lost, no Verify", noVerify: true, lostDelete: true, outcome: ledger.DeadLettered, reason: string(ghl.ReasonServerError), inMessage: "may be cancelled already"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := hSetup(t)
+			b.h.Verify = !tt.noVerify
+			inner := b.sb.Handler()
+			var id string
+			if tt.sent {
+				id = b.sb.AddMessages(hLoc, sandbox.MessageSpec{Status: sandbox.StatusSent})[0].CancelID
+			} else {
+				id = b.sb.ScheduleN(hLoc, 1, false)[0]
+			}
+			if tt.earlierLost {
+				b.respond(answer(inner, true, false))
+				_, err := b.process(t, id, 0, 3)
+				require.Error(t, err, "the first try retries")
+			}
+			b.respond(answer(inner, tt.lostDelete, tt.failGet))
+			_, err := b.process(t, id, 2, 3)
+			o, rec, _ := b.fate(t, id)
+			require.NotNil(t, o)
+			require.Equal(t, tt.outcome, o.Outcome)
+			require.Equal(t, tt.reason, o.Reason)
+			if tt.outcome != ledger.DeadLettered {
+				require.NoError(t, err)
+				require.Nil(t, rec, "no dead letter for a message that is not going out")
+				return
+			}
+			require.ErrorIs(t, err, asynq.SkipRetry)
+			require.NotNil(t, rec)
+			require.Contains(t, rec.APIMessage, tt.inMessage)
+			if tt.lostDelete {
+				// The "call sent" mark stays: after a requeue, the cancel's
+				// "not found" is read as our call's cancel.
+				_, _, sent, err := b.led.Record(context.Background(), TaskID(ghl.KindMessage, id))
+				require.NoError(t, err)
+				require.True(t, sent, "the call's mark is kept for the requeue")
+			}
+		})
+	}
+}
+
 // TestVerifiedNotFoundWithoutAnEarlierCall: a cancel that finds nothing is
 // read back. A message cancelled elsewhere (by hand, another tool, an
 // earlier run whose records have expired) reads "failed", as a failed send
