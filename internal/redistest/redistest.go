@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -86,13 +87,21 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
+// waitReady waits until the server answers, and checks that the server
+// answering is this one: another test binary may have been given the same
+// free port a moment earlier (the port is free between freePort and the
+// bind), and its server would answer for ours, whose bind failed; both
+// binaries would then flush each other's databases.
 func (s *Server) waitReady(limit time.Duration) error {
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
 	defer c.Close()
 	deadline := time.Now().Add(limit)
 	for {
-		err := c.Ping(context.Background()).Err()
+		info, err := c.Info(context.Background(), "server").Result()
 		if err == nil {
+			if pid := infoField(info, "process_id"); pid != strconv.Itoa(s.cmd.Process.Pid) {
+				return fmt.Errorf("port %s is served by another redis-server (pid %s), not the one started (pid %d)", s.Addr, pid, s.cmd.Process.Pid)
+			}
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -100,6 +109,16 @@ func (s *Server) waitReady(limit time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// infoField reads one field of an INFO answer.
+func infoField(info, name string) string {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // Stop kills the server and removes its directory.
