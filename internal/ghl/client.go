@@ -479,11 +479,18 @@ func (c *Client) ExportMessages(ctx context.Context, q ExportQuery, token string
 			v.Set(k, s)
 		}
 	}
+	// Whole seconds, rounded outward: a window to the millisecond is
+	// applied by the caller to what comes back (HighLevel's dateAdded
+	// carries milliseconds; how it reads a fraction here is undocumented).
 	if !q.Since.IsZero() {
-		v.Set("startDate", q.Since.UTC().Format(time.RFC3339))
+		v.Set("startDate", q.Since.UTC().Truncate(time.Second).Format(time.RFC3339))
 	}
 	if !q.Until.IsZero() {
-		v.Set("endDate", q.Until.UTC().Format(time.RFC3339))
+		u := q.Until.UTC()
+		if t := u.Truncate(time.Second); t.Before(u) {
+			u = t.Add(time.Second)
+		}
+		v.Set("endDate", u.Format(time.RFC3339))
 	}
 	status, h, body, req, err := c.doLimit(ctx, http.MethodGet, "export_messages", "conversations/messages/export?"+v.Encode(), token, maxExportBytes)
 	if err != nil {

@@ -170,6 +170,10 @@ if dry and added > 0 and (ARGV[7] == "" or not existed) then redis.call("HSET", 
 cadd(campaign, 0, "", now, ttl)
 return added`)
 
+// SinceSkew is how far ahead of this clock a sweep's since may be (the
+// producer's clock may trail HighLevel's).
+const SinceSkew = 5 * time.Minute
+
 // sweepListKeep bounds a campaign's sweep list (the status shows the
 // newest campaign.SweepListMax).
 const sweepListKeep = 100
@@ -196,6 +200,13 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 	}
 	if r.Lane == "" {
 		r.Lane = tasks.QueueBulk
+	}
+	if r.revive == "" && r.Since.After(time.Now().Add(SinceSkew)) {
+		// No message is created in the future: a read of the window as
+		// send times would find nothing, report a clean sweep, and leave
+		// everything to go out.
+		return SweepStarted{}, fmt.Errorf("sweep: since %s is in the future: the window filters when messages were created, not when they go out (leave it out to find every scheduled message)",
+			r.Since.UTC().Format(time.RFC3339))
 	}
 	queue := r.Queue
 	if queue == "" {
@@ -224,12 +235,7 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 		if !r.EventAt.IsZero() {
 			pl.EventAt = r.EventAt.UnixMilli()
 		}
-		if !r.Since.IsZero() {
-			pl.Since = r.Since.Unix()
-		}
-		if !r.Until.IsZero() {
-			pl.Until = r.Until.Unix()
-		}
+		pl.SetWindow(r.Since, r.Until)
 		if err := pl.Validate(); err != nil {
 			return SweepStarted{}, fmt.Errorf("sweep of location %q: %w", loc, err)
 		}
@@ -322,14 +328,12 @@ func (p *Producer) failedRunsReplaced(ctx context.Context, r SweepRequest, locs 
 
 // sameFilters: the failed run pl asked for what r asks (r's channel set).
 func sameFilters(pl tasks.SweepPayload, r SweepRequest) bool {
-	unix := func(t time.Time) int64 {
-		if t.IsZero() {
-			return 0
-		}
-		return t.Unix()
-	}
+	var asked tasks.SweepPayload
+	asked.SetWindow(r.Since, r.Until)
+	since, until := pl.Window()
+	askedSince, askedUntil := asked.Window()
 	return !pl.DryRun && pl.ContactID == r.ContactID && pl.ConversationID == r.ConversationID && pl.Channel == r.Channel &&
-		pl.Source == r.Source && pl.Since == unix(r.Since) && pl.Until == unix(r.Until)
+		pl.Source == r.Source && since.Equal(askedSince) && until.Equal(askedUntil)
 }
 
 // ErrSweepRevived: the sweep dead letter was replayed by someone else
@@ -350,12 +354,7 @@ func (p *Producer) ReviveSweep(ctx context.Context, rec deadletter.Record) (st S
 	r := SweepRequest{Locations: []string{pl.LocationID}, ContactID: pl.ContactID, ConversationID: pl.ConversationID,
 		Channel: pl.Channel, Source: pl.Source, CampaignID: pl.CampaignID, Lane: pl.Lane, DryRun: pl.DryRun,
 		PageSize: pl.PageSize, Queue: rec.Queue, Event: pl.Event, EventID: pl.EventID, revive: rec.TaskID, reviveState: SweepStateKey(pl.SweepID, pl.LocationID), retries: pl.Retries}
-	if pl.Since > 0 {
-		r.Since = time.Unix(pl.Since, 0)
-	}
-	if pl.Until > 0 {
-		r.Until = time.Unix(pl.Until, 0)
-	}
+	r.Since, r.Until = pl.Window()
 	// EventAt is not carried over: the replay's cancels come long after
 	// the event, and the event-to-cancel latency is about the pipeline.
 	st, err = p.Sweep(ctx, r)
@@ -387,11 +386,8 @@ func SweepItems(p tasks.SweepPayload, msgs []ghl.ExportedMessage, asked time.Tim
 		if m.Status != "scheduled" || (p.Source != "" && m.Source != p.Source) {
 			continue
 		}
-		if p.Since > 0 || p.Until > 0 {
-			if t, err := time.Parse(time.RFC3339, m.DateAdded); err == nil &&
-				((p.Since > 0 && t.Unix() < p.Since) || (p.Until > 0 && t.Unix() > p.Until)) {
-				continue
-			}
+		if t, err := time.Parse(time.RFC3339, m.DateAdded); err == nil && !p.InWindow(t) {
+			continue
 		}
 		scheduled++
 		// Forced over an outcome recorded before the export was asked:

@@ -452,3 +452,22 @@ func TestSweepReviewRows(t *testing.T) {
 		require.NoError(t, err)
 	})
 }
+
+// TestSweepSinceInTheFuture: the window filters when messages were
+// created; a since ahead of now (read as "what goes out tomorrow") can find
+// nothing and would report a clean sweep while everything goes out. It is
+// refused, naming the mistake, with nothing queued; a since a little ahead
+// (a clock behind HighLevel's) is not.
+func TestSweepSinceInTheFuture(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	_, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locSoon000000000001"}, CampaignID: "tomorrow", Since: time.Now().Add(24 * time.Hour)})
+	require.ErrorContains(t, err, "not when they go out")
+	n, err := rdb.Exists(ctx, "ghlcancel:campaign:{tomorrow}").Result()
+	require.NoError(t, err)
+	require.Zero(t, n, "nothing started")
+	_, err = p.Sweep(ctx, producer.SweepRequest{Locations: []string{"locSoon000000000001"}, CampaignID: "skewed", Since: time.Now().Add(time.Minute)})
+	require.NoError(t, err)
+}

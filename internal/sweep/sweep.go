@@ -307,12 +307,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 		if q.Limit == 0 {
 			q.Limit = tasks.SweepPageSize
 		}
-		if p.Since > 0 {
-			q.Since = time.Unix(p.Since, 0)
-		}
-		if p.Until > 0 {
-			q.Until = time.Unix(p.Until, 0)
-		}
+		q.Since, q.Until = p.Window()
 		asked := time.Now() // what the page says is newer than outcomes recorded before this
 		page, err := h.API.ExportMessages(ctx, q, token)
 		if h.Breaker != nil {

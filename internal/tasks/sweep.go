@@ -44,9 +44,15 @@ type SweepPayload struct {
 	ContactID      string `json:"contact_id,omitempty"`
 	ConversationID string `json:"conversation_id,omitempty"`
 	Channel        string `json:"channel"`
-	// Since and Until bound the messages' creation time (unix seconds).
-	Since int64 `json:"since,omitempty"`
-	Until int64 `json:"until,omitempty"`
+	// Since and Until bound the messages' creation time in unix seconds
+	// (Until takes in its whole second); SinceMs and UntilMs, when set, to
+	// the millisecond (HighLevel's dateAdded carries them). Window reads
+	// them; SetWindow writes both, so a worker older than the
+	// milliseconds reads the window as it did.
+	Since   int64 `json:"since,omitempty"`
+	Until   int64 `json:"until,omitempty"`
+	SinceMs int64 `json:"since_ms,omitempty"`
+	UntilMs int64 `json:"until_ms,omitempty"`
 	// Source keeps only messages of this source (workflow, campaign, ...).
 	Source string `json:"source,omitempty"`
 	// Lane the cancels go to. Defaults to bulk.
@@ -93,7 +99,7 @@ func (p SweepPayload) Validate() error {
 	if p.Source != "" && !slices.Contains(SweepSources, p.Source) {
 		return fmt.Errorf("source %q: want one of %v", p.Source, SweepSources)
 	}
-	if p.Since > 0 && p.Until > 0 && p.Until < p.Since {
+	if since, until := p.Window(); !since.IsZero() && !until.IsZero() && until.Before(since) {
 		return errors.New("until is before since")
 	}
 	if p.Lane != "" && !slices.Contains(Queues, p.Lane) {
@@ -103,6 +109,45 @@ func (p SweepPayload) Validate() error {
 		return errors.New("page_size: 10 to 500")
 	}
 	return nil
+}
+
+// Window is the messages' creation-time window, both ends in (zero:
+// unbounded), to the millisecond.
+func (p SweepPayload) Window() (since, until time.Time) {
+	switch {
+	case p.SinceMs > 0:
+		since = time.UnixMilli(p.SinceMs)
+	case p.Since > 0:
+		since = time.Unix(p.Since, 0)
+	}
+	switch {
+	case p.UntilMs > 0:
+		until = time.UnixMilli(p.UntilMs)
+	case p.Until > 0: // written in whole seconds: all of its second
+		until = time.Unix(p.Until, 0).Add(time.Second - time.Millisecond)
+	}
+	return since, until
+}
+
+// SetWindow sets the creation-time window (zero: unbounded) to the
+// millisecond: since rounded up and until down, so that no message created
+// outside it is in. The whole seconds are set for older workers.
+func (p *SweepPayload) SetWindow(since, until time.Time) {
+	p.Since, p.SinceMs, p.Until, p.UntilMs = 0, 0, 0, 0
+	if !since.IsZero() {
+		p.SinceMs = since.Add(time.Millisecond - 1).UnixMilli()
+		p.Since = since.Unix()
+	}
+	if !until.IsZero() {
+		p.UntilMs = until.UnixMilli()
+		p.Until = until.Unix()
+	}
+}
+
+// InWindow says whether a message created at t is in the window.
+func (p SweepPayload) InWindow(t time.Time) bool {
+	since, until := p.Window()
+	return (since.IsZero() || !t.Before(since)) && (until.IsZero() || !t.After(until))
 }
 
 // SweepTaskID is the asynq task id of one location's sweep.

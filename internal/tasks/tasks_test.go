@@ -214,3 +214,44 @@ func TestClassifyTokenError(t *testing.T) {
 	_, ok := ClassifyTokenError(nil)
 	require.False(t, ok)
 }
+
+// TestSweepWindow: the window holds to the millisecond both ways (since
+// rounded up, until down), a payload written in whole seconds keeps its
+// meaning (until takes in its second), and an until before since within
+// one second is refused.
+func TestSweepWindow(t *testing.T) {
+	base := time.Unix(1_796_000_000, 0)
+	ms := func(n int) time.Time { return base.Add(time.Duration(n) * time.Millisecond) }
+	var p SweepPayload
+	p.SetWindow(ms(528).Add(300*time.Microsecond), ms(1296))
+	for _, tc := range []struct {
+		at   time.Time
+		want bool
+	}{
+		{ms(528), false}, // before since's sub-millisecond part
+		{ms(529), true},
+		{ms(1296), true},
+		{ms(1297), false},
+		{ms(26), false},
+	} {
+		require.Equal(t, tc.want, p.InWindow(tc.at), tc.at.Format(time.RFC3339Nano))
+	}
+	require.Equal(t, base.Unix(), p.Since, "whole seconds for older workers")
+	require.Equal(t, base.Unix()+1, p.Until)
+
+	old := SweepPayload{Since: base.Unix(), Until: base.Unix()} // before since_ms
+	require.True(t, old.InWindow(ms(0)))
+	require.True(t, old.InWindow(ms(999)), "until took in its whole second")
+	require.False(t, old.InWindow(ms(1000)))
+
+	var open SweepPayload
+	open.SetWindow(time.Time{}, time.Time{})
+	require.True(t, open.InWindow(ms(5)))
+	require.Zero(t, open.Since+open.SinceMs+open.Until+open.UntilMs)
+
+	bad := SweepPayload{SweepID: "sw1", CampaignID: "c", LocationID: "locWindow0000000001", Channel: ChannelAll}
+	bad.SetWindow(ms(900), ms(100))
+	require.ErrorContains(t, bad.Validate(), "until is before since")
+	bad.SetWindow(ms(100), ms(100))
+	require.NoError(t, bad.Validate())
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -404,4 +405,49 @@ func TestSweepCountsWhatWasQueuedElsewhere(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, campaign.HeldReport{Followed: int(want), Failed: 1}, held, "one of the messages reply-2 found was dead-lettered: it may still go out")
 	require.True(t, held.Bad())
+}
+
+// TestSweepWindowToTheMillisecond: HighLevel's dateAdded carries
+// milliseconds, and a window's edge copied from one must hold to it. The
+// window was cut to whole seconds: a since at .528 took in messages created
+// at .026 (cancelling them), an until at .999 left out the second's
+// messages (the export's endDate dropped the fraction), and a window of one
+// message's exact time found nothing.
+func TestSweepWindowToTheMillisecond(t *testing.T) {
+	t.Parallel()
+	var fixed atomic.Int64 // the sandbox's clock while messages are added
+	b := setup(t, sandbox.Config{RateMax: -1, Now: func() time.Time {
+		if ms := fixed.Load(); ms != 0 {
+			return time.UnixMilli(ms)
+		}
+		return time.Now()
+	}}, producer.Config{}, func(c *worker.Config) { c.NoPacing = true })
+	ctx := context.Background()
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second).Add(26 * time.Millisecond) // hh:mm:ss.026
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	for _, d := range []time.Duration{0, 502 * time.Millisecond, 1270 * time.Millisecond} { // .026, .528, next second .296
+		fixed.Store(at(d).UnixMilli())
+		b.sb.AddMessages(locGood, sandbox.MessageSpec{Contact: "windowed"}, sandbox.MessageSpec{Contact: "windowed"})
+	}
+	fixed.Store(0)
+	tr := campaign.New(b.rdb, 0)
+	for _, tc := range []struct {
+		name         string
+		since, until time.Time
+		want         int64
+	}{
+		{"since a message's time", at(502 * time.Millisecond), time.Time{}, 4},
+		{"until the end of the next second", time.Time{}, at(1973 * time.Millisecond), 6},
+		{"since and until one message's time", at(502 * time.Millisecond), at(502 * time.Millisecond), 2},
+		{"until a millisecond before", time.Time{}, at(501 * time.Millisecond), 2},
+	} {
+		st, err := b.producer.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, ContactID: "windowed",
+			Since: tc.since, Until: tc.until, DryRun: true})
+		require.NoError(t, err, tc.name)
+		require.Eventually(t, func() bool { s, _, _ := tr.Get(ctx, st.CampaignID); return s.Complete && s.SweepsDone == 1 },
+			30*time.Second, 20*time.Millisecond, tc.name)
+		s, _, err := tr.Get(ctx, st.CampaignID)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, s.SweepFound, tc.name)
+	}
 }
