@@ -230,6 +230,30 @@ func withTokenKey(url, key string) func(stdin string, args ...string) result {
 	}
 }
 
+// TestTokensListShowsARefusedPair: a pair whose refresh HighLevel refused
+// for good (remembered by the workers) read "refreshed on first use" while
+// every cancel of its location was dead-lettered; a new pair clears it.
+func TestTokensListShowsARefusedPair(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := redisServer.URL(t)
+	run2 := withTokenKey(url, strings.Repeat("ab", 32))
+	const loc = "locRefusedList000001"
+	require.NoError(t, run2("rt-SECRET-1\n", "tokens", "set", "--location", loc).err)
+	rdb := redistest.ClientFor(t, url)
+	gen := rdb.HGet(ctx, "ghlcancel:oauth:{"+loc+"}", "gen").Val()
+	memo := fmt.Sprintf("%s|%d|invalid_grant|Invalid grant", gen, time.Now().UnixMilli())
+	require.NoError(t, rdb.HSet(ctx, "ghlcancel:oauth:{"+loc+"}", "refused", memo).Err())
+	r := run2("", "tokens", "list")
+	require.NoError(t, r.err)
+	require.Regexp(t, loc+` +oauth +- +REFRESH REFUSED \(invalid_grant\) .*tokens set --replace`, r.stdout)
+	require.NoError(t, run2("rt-SECRET-2\n", "tokens", "set", "--location", loc, "--replace").err)
+	r = run2("", "tokens", "list")
+	require.NoError(t, r.err)
+	require.Regexp(t, loc+` +oauth +- +refreshed on first use`, r.stdout)
+	require.NotContains(t, r.stdout+r.stderr, "SECRET")
+}
+
 func TestTokensSetNeverEchoes(t *testing.T) {
 	t.Parallel()
 	url := redisServer.URL(t)

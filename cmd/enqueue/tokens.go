@@ -364,10 +364,20 @@ func (e *env) tokensList(ctx context.Context, rdb *redis.Client, asJSON bool) er
 	if err != nil {
 		return err
 	}
+	pairLocs := slices.Collect(maps.Keys(pairs))
+	refused, err := tokens.Refusals(ctx, rdb, pairLocs)
+	if err != nil {
+		return err
+	}
 	for loc, exp := range pairs {
-		if r := add(loc, "oauth", ""); r != nil && exp.UnixMilli() > 0 {
+		r := add(loc, "oauth", "")
+		switch {
+		case r == nil:
+		case refused[loc] != "":
+			r.Note = refused[loc]
+		case exp.UnixMilli() > 0:
 			r.Expires = &exp
-		} else if r != nil {
+		default:
 			r.Note = "refreshed on first use"
 		}
 	}

@@ -156,6 +156,61 @@ type pair struct {
 	// r401 is when a 401 last triggered a refresh of the location (zero:
 	// never since the pair was Set).
 	r401 time.Time
+	// refused is HighLevel's refusal of this generation's refresh token,
+	// remembered (nil: none).
+	refused *refusal
+}
+
+// refusal is a refresh HighLevel refused for good, remembered on the
+// stored pair ("refused": gen|unix ms|reason|message), so that every task
+// of the location fails at once instead of calling the token endpoint with
+// a refresh token known to be dead and waiting grantPoll for a peer: one
+// dead pair used to hold every worker slot it reached for 5 s, slowing
+// every other location (an audit measured 10 s becoming 61 s). A new pair
+// (tokens set, a refresh stored) clears it; location_inactive is honoured
+// for refusedInactiveFor only (reactivating the sub-account cures it).
+type refusal struct {
+	gen     int64
+	at      time.Time
+	reason  string
+	message string
+}
+
+// refusedInactiveFor is how long a remembered location_inactive stands.
+const refusedInactiveFor = time.Minute
+
+// standing: the refusal still answers for p.
+func (r *refusal) standing(p pair) bool {
+	if r == nil || r.gen != p.gen {
+		return false
+	}
+	return r.reason == "invalid_grant" || time.Since(r.at) < refusedInactiveFor
+}
+
+func parseRefusal(v any) *refusal {
+	s, _ := v.(string)
+	parts := strings.SplitN(s, "|", 4)
+	if len(parts) != 4 {
+		return nil
+	}
+	gen, err1 := strconv.ParseInt(parts[0], 10, 64)
+	ms, err2 := strconv.ParseInt(parts[1], 10, 64)
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	return &refusal{gen: gen, at: time.UnixMilli(ms), reason: parts[2], message: parts[3]}
+}
+
+// rememberRefusal: KEYS the record; ARGV gen, the refusal. Only while the
+// refused generation is stored.
+var rememberRefusal = redis.NewScript(`
+if redis.call("HGET", KEYS[1], "gen") ~= ARGV[1] then return 0 end
+redis.call("HSET", KEYS[1], "refused", ARGV[2])
+return 1`)
+
+// grantError is the remembered refusal as the refresh's error.
+func (o *OAuth) grantError(r *refusal) error {
+	return &GrantError{Reason: r.reason, Message: r.message + " (remembered from " + r.at.UTC().Format(time.RFC3339) + ")", Agency: o.cfg.Company}
 }
 
 type flight struct {
@@ -278,6 +333,9 @@ func (o *OAuth) Token(ctx context.Context, location string) (string, error) {
 	if o.fresh(p) {
 		return p.Access, nil
 	}
+	if p.refused.standing(p) {
+		return "", o.grantError(p.refused)
+	}
 	return o.refresh(ctx, location, p.gen, false)
 }
 
@@ -315,6 +373,9 @@ func (o *OAuth) Refresh(ctx context.Context, location, refused string) (string, 
 	if on401 && !p.r401.IsZero() && time.Since(p.r401) < o.cfg.Refresh401Cooldown {
 		o.remember(location, p)
 		return "", ErrRefreshDidNotCure
+	}
+	if p.refused.standing(p) {
+		return "", o.grantError(p.refused)
 	}
 	return o.refresh(ctx, location, p.gen, on401)
 }
@@ -380,6 +441,7 @@ var casStore = redis.NewScript(`
 local g = tonumber(redis.call("HGET", KEYS[1], "gen") or "0")
 if g ~= tonumber(ARGV[1]) then return 0 end
 redis.call("HSET", KEYS[1], "gen", ARGV[2], "exp", ARGV[3], "life", ARGV[4], "ct", ARGV[5])
+redis.call("HDEL", KEYS[1], "refused")
 if ARGV[6] ~= "0" then redis.call("HSET", KEYS[1], "r401", ARGV[6]) end
 return 1`)
 
@@ -475,6 +537,9 @@ func (o *OAuth) refreshOwned(ctx context.Context, location, lockVal string, stal
 		o.observe("lost_race")
 		return p.Access, false, nil
 	}
+	if p.refused.standing(p) { // a peer was refused while we queued
+		return "", false, o.grantError(p.refused)
+	}
 	next, err := o.callTokenEndpoint(ctx, p.Refresh)
 	if err != nil {
 		var ge *GrantError
@@ -499,6 +564,8 @@ func (o *OAuth) refreshOwned(ctx context.Context, location, lockVal string, stal
 				return q.Access, false, nil
 			}
 			o.observe(map[string]string{"invalid_grant": "invalid_grant", "location_inactive": "inactive"}[ge.Reason])
+			memo := fmt.Sprintf("%d|%d|%s|%s", p.gen, time.Now().UnixMilli(), ge.Reason, strings.ReplaceAll(truncateMsg(ge.Message), "|", "/"))
+			_ = rememberRefusal.Run(ctx, o.cfg.Redis, []string{o.recordKey(location)}, p.gen, memo).Err() // best effort
 			return "", false, err
 		}
 		o.observe("error")
@@ -859,7 +926,7 @@ func (o *OAuth) callTokenEndpoint(ctx context.Context, refreshToken string) (pai
 
 // load reads and decrypts the stored pair.
 func (o *OAuth) load(ctx context.Context, location string) (pair, bool, error) {
-	vals, err := o.cfg.Redis.HMGet(ctx, o.recordKey(location), "gen", "exp", "life", "ct", "r401").Result()
+	vals, err := o.cfg.Redis.HMGet(ctx, o.recordKey(location), "gen", "exp", "life", "ct", "r401", "refused").Result()
 	if err != nil {
 		return pair{}, false, fmt.Errorf("oauth: read tokens: %w", err)
 	}
@@ -877,6 +944,7 @@ func (o *OAuth) load(ctx context.Context, location string) (pair, bool, error) {
 	if ms := atoi(vals[4]); ms > 0 {
 		p.r401 = time.UnixMilli(ms)
 	}
+	p.refused = parseRefusal(vals[5])
 	return p, true, nil
 }
 
@@ -961,7 +1029,7 @@ func (o *OAuth) store(ctx context.Context, location, ct string, p pair, expectGe
 var setStore = redis.NewScript(`
 local g = redis.call("HINCRBY", KEYS[1], "gen", 1)
 redis.call("HSET", KEYS[1], "exp", ARGV[1], "life", ARGV[2], "ct", ARGV[3])
-redis.call("HDEL", KEYS[1], "r401")
+redis.call("HDEL", KEYS[1], "r401", "refused")
 redis.call("PERSIST", KEYS[1]) -- over a deleted pair's marker (DeletePair)
 return g`)
 
@@ -970,7 +1038,7 @@ return g`)
 // and a pair set again starts above it. Returns 0 when no pair is stored.
 var deleteStore = redis.NewScript(`
 if redis.call("HEXISTS", KEYS[1], "ct") == 0 then return 0 end
-redis.call("HDEL", KEYS[1], "ct", "exp", "life", "r401")
+redis.call("HDEL", KEYS[1], "ct", "exp", "life", "r401", "refused")
 redis.call("HINCRBY", KEYS[1], "gen", 1)
 redis.call("PEXPIRE", KEYS[1], 86400000)
 return 1`)
@@ -1055,4 +1123,35 @@ func Locations(ctx context.Context, rdb redis.UniversalClient) (map[string]time.
 		out[loc] = time.UnixMilli(atoi(s))
 	}
 	return out, iter.Err()
+}
+
+// Refusals returns, for those of locations whose stored pair's refresh was
+// refused for good (remembered on the pair), what to tell an operator.
+func Refusals(ctx context.Context, rdb redis.UniversalClient, locations []string) (map[string]string, error) {
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(locations))
+	for i, l := range locations {
+		cmds[i] = pipe.HMGet(ctx, recordKey(l), "gen", "refused")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	out := map[string]string{}
+	for i, c := range cmds {
+		v := c.Val()
+		if len(v) != 2 {
+			continue
+		}
+		r := parseRefusal(v[1])
+		if r == nil || r.gen != atoi(v[0]) {
+			continue
+		}
+		note := fmt.Sprintf("REFRESH REFUSED (%s) %s: its cancels are dead-lettered %s until a new pair is loaded (tokens set --replace)",
+			r.reason, r.at.UTC().Format(time.RFC3339), r.reason)
+		if r.reason != "invalid_grant" {
+			note = fmt.Sprintf("refresh refused (%s) %s: asked again a minute later", r.reason, r.at.UTC().Format(time.RFC3339))
+		}
+		out[locations[i]] = note
+	}
+	return out, nil
 }

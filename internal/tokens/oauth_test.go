@@ -3,6 +3,7 @@ package tokens_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -215,6 +216,74 @@ func TestRefreshAfter401AndGrantErrors(t *testing.T) {
 	require.NotContains(t, err.Error(), "rt-revoked-by-reinstall")
 	require.Equal(t, int64(1), b.count("invalid_grant"))
 	require.Equal(t, int64(1), b.count("inactive"))
+}
+
+// TestRefusedRefreshIsRemembered: a refresh HighLevel refused for good is
+// remembered on the pair: every later task (of any worker) fails at once
+// with the same reason, without sending the dead refresh token again or
+// waiting for a peer (one dead pair held every worker slot it reached for
+// 5 s, slowing every other location). A new pair clears it; a paused
+// sub-account's refusal stands for a minute only (reactivating cures it).
+func TestRefusedRefreshIsRemembered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupOAuth(t, time.Hour)
+	const loc = "locOAuthRefused00001"
+	w1, w2 := b.newOAuth(t), b.newOAuth(t)
+	require.NoError(t, w1.Set(ctx, loc, "", "rt-spent-elsewhere", 0))
+	var ge *tokens.GrantError
+	_, err := w1.Token(ctx, loc)
+	require.ErrorAs(t, err, &ge)
+	require.Equal(t, int64(1), b.count("invalid_grant"))
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := range 20 {
+		w := []*tokens.OAuth{w1, w2}[i%2]
+		wg.Go(func() {
+			if i%3 == 0 {
+				_, err := w.Refresh(ctx, loc, "some-refused-access")
+				errs <- err
+				return
+			}
+			_, err := w.Token(ctx, loc)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.ErrorAs(t, err, &ge)
+		require.Equal(t, "invalid_grant", ge.Reason)
+		require.Contains(t, err.Error(), "remembered from")
+		require.NotContains(t, err.Error(), "rt-spent-elsewhere")
+	}
+	require.Equal(t, int64(1), b.count("invalid_grant"), "the dead refresh token was sent once")
+
+	// The operator loads a new pair: it is used at once.
+	require.NoError(t, w2.Set(ctx, loc, "", b.sb.AddOAuthLocation(loc), 0))
+	_, err = w1.Token(ctx, loc)
+	require.NoError(t, err)
+
+	// A paused sub-account: remembered, then asked again after a minute.
+	const paused = "locOAuthPaused000001"
+	require.NoError(t, w1.Set(ctx, paused, "", b.sb.AddOAuthLocation(paused), 0))
+	b.sb.SetInactive(paused, true)
+	_, err = w1.Token(ctx, paused)
+	require.ErrorAs(t, err, &ge)
+	require.Equal(t, "location_inactive", ge.Reason)
+	_, err = w2.Token(ctx, paused)
+	require.ErrorAs(t, err, &ge)
+	require.Equal(t, int64(1), b.count("inactive"))
+	b.sb.SetInactive(paused, false)
+	rdb := redistest.ClientFor(t, b.url)
+	memo := rdb.HGet(ctx, tokens.RecordKey(paused), "refused").Val()
+	parts := strings.SplitN(memo, "|", 3)
+	require.Len(t, parts, 3, memo)
+	old := fmt.Sprintf("%s|%d|%s", parts[0], time.Now().Add(-2*time.Minute).UnixMilli(), parts[2])
+	require.NoError(t, rdb.HSet(ctx, tokens.RecordKey(paused), "refused", old).Err())
+	_, err = w2.Token(ctx, paused)
+	require.NoError(t, err, "reactivated: asked again after the memo's minute")
 }
 
 func TestTokensAreEncryptedAtRest(t *testing.T) {
