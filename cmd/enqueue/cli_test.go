@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -16,7 +18,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
 // cleanTree is the command tree with no environment set.
@@ -224,4 +229,42 @@ func TestBadRetentionIsRefused(t *testing.T) {
 	require.ErrorContains(t, err, `CAMPAIGN_RETENTION="30d": want a duration with a unit`)
 	err = run(context.Background(), []string{"--location", "L", "--dry-run", "--campaign-retention", "720h", "mRetention0000000001"}, getenv, strings.NewReader(""), &out, &errw)
 	require.NoError(t, err)
+}
+
+// TestRunbookCommandsRun: every `enqueue ...` command an alert's runbook
+// gives is a command of this CLI with flags it takes, and every --reason
+// it names is a reason a dead letter can have. A runbook said `--reason
+// unauthorized` for invalid_grant dead letters (requeueing others that
+// would die again) and named `tokens agency list`, which does not exist.
+func TestRunbookCommandsRun(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "prometheus", "alerts.yml"))
+	require.NoError(t, err)
+	reasons := map[string]bool{}
+	for _, r := range []ghl.Reason{ghl.ReasonUnauthorized, ghl.ReasonNoToken, ghl.ReasonInvalidGrant, ghl.ReasonInactive,
+		ghl.ReasonBadRequest, ghl.ReasonForbidden, ghl.ReasonServerError, ghl.ReasonInvalidToken, ghl.ReasonMisrouted} {
+		reasons[string(r)] = true
+	}
+	for _, r := range []string{tokens.ReasonNotInstalled, tokens.ReasonAgencyRevoked, tokens.ReasonMintRefused, tokens.ReasonLocationInactive,
+		tasks.ReasonTokenKey, tasks.ReasonWrongKind, tasks.ReasonStillScheduled, tasks.ReasonOtherKindUnread} {
+		reasons[r] = true
+	}
+	cmds := regexp.MustCompile("`enqueue ([^`]+)`").FindAllStringSubmatch(string(b), -1)
+	require.NotEmpty(t, cmds)
+	for _, m := range cmds {
+		args := strings.Fields(m[1])
+		root := cleanTree()
+		c, rest, err := root.Find(args)
+		require.NoError(t, err, m[0])
+		require.NotEqual(t, root, c, "%s names no command of the CLI", m[0])
+		require.NoError(t, c.ParseFlags(rest), m[0])
+		if c.HasSubCommands() {
+			require.Empty(t, c.Flags().Args(), "%s: no subcommand of %q has that name", m[0], c.CommandPath())
+		}
+		if c.Args != nil {
+			require.NoError(t, c.Args(c, c.Flags().Args()), "%s: %q is no subcommand or argument of %q", m[0], c.Flags().Args(), c.CommandPath())
+		}
+		if f := c.Flags().Lookup("reason"); f != nil && f.Changed {
+			require.True(t, reasons[f.Value.String()], "%s: no dead letter has reason %q", m[0], f.Value.String())
+		}
+	}
 }
