@@ -607,6 +607,41 @@ func TestChain(t *testing.T) {
 	require.Len(t, b.sb.Mints(minted), 2)
 }
 
+// TestDeletedPairFallsThroughOn401: a location moved to the agency's app;
+// its own pair was deleted (tokens delete) while a worker still held its
+// access token, which HighLevel then refused. The 401's refresh found no
+// pair and dead-lettered no_token, although the agency was set to mint
+// for it ("the agency's token applies", tokens delete said); the refresh
+// now goes on to the agency, and the stale token is not used again.
+func TestDeletedPairFallsThroughOn401(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupAgency(t, time.Hour, time.Hour)
+	b.setAgency(t)
+	rdb := redistest.ClientFor(t, b.url)
+	const loc = "locMovedToAgency0001"
+	pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: b.srv.URL + "/oauth/token",
+		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+	require.NoError(t, err)
+	require.NoError(t, pairs.Set(ctx, loc, "", b.sb.AddOAuthLocation(loc), 0))
+	c := tokens.NewChain(staticFor{}, pairs, b.newAgency(t))
+	own, err := c.Token(ctx, loc)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(own, "at-"), "the location's pair")
+
+	b.sb.InstallLocation(testCompany, loc, "")
+	b.sb.RevokeAccess(own)
+	_, err = tokens.DeletePair(ctx, rdb, loc)
+	require.NoError(t, err)
+	minted, err := c.Refresh(ctx, loc, own)
+	require.NoError(t, err, "the agency applies once the pair is gone")
+	require.NotEqual(t, own, minted)
+	require.Len(t, b.sb.Mints(loc), 1)
+	again, err := c.Token(ctx, loc)
+	require.NoError(t, err)
+	require.Equal(t, minted, again, "the deleted pair's token is not used again")
+}
+
 // staticFor is explicit tokens for some locations (as GHL_TOKENS_FILE).
 type staticFor map[string]string
 

@@ -361,6 +361,11 @@ func (o *OAuth) Refresh(ctx context.Context, location, refused string) (string, 
 		return "", err
 	}
 	if !found {
+		// Deleted (tokens delete) while this process held its token: the
+		// cached one must not answer Token any more.
+		o.mu.Lock()
+		delete(o.cache, location)
+		o.mu.Unlock()
 		return "", ErrNoToken
 	}
 	if p.Access != refused && o.fresh(p) {

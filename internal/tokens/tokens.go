@@ -4,11 +4,14 @@
 package tokens
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -112,15 +115,37 @@ func readFile(path string) (map[string]string, error) {
 	}
 	var m map[string]string
 	if err := json.Unmarshal(b, &m); err != nil {
-		// The JSON error may quote the file's content (a token): drop it.
-		return nil, fmt.Errorf("tokens file %s: not a JSON object of location id to token strings", path)
+		// The JSON error may quote the file's content (a token): say where
+		// it is, and which location, never what.
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		where := ""
+		switch {
+		case errors.As(err, &se):
+			line, col := lineCol(b, se.Offset)
+			where = fmt.Sprintf(" (invalid JSON at line %d, column %d)", line, col)
+		case errors.As(err, &te):
+			if k := nonStringValue(b); k != "" {
+				where = fmt.Sprintf(" (location %s: its token is not a string)", safeID(k))
+			}
+		}
+		return nil, fmt.Errorf("tokens file %s: not a JSON object of location id to token strings%s", path, where)
 	}
 	if m == nil {
 		m = map[string]string{} // null
 	}
+	if dup := duplicateKey(b); dup != "" {
+		return nil, fmt.Errorf("tokens file %s: location %s is in it twice (only one token can apply)", path, safeID(dup))
+	}
 	for loc, tok := range m {
 		if loc == "" || tok == "" {
 			return nil, fmt.Errorf("tokens file %s: empty location id or token", path)
+		}
+		// A location id no task can have (a space around it, a typo'd
+		// character) would load, show in tokens list, and never be used:
+		// its cancels dead-letter no_token.
+		if err := ghl.ValidateID(loc); err != nil {
+			return nil, fmt.Errorf("tokens file %s: location id %s: %w", path, safeID(loc), err)
 		}
 		// A token written with its line break (jq --rawfile, a secret
 		// file) is trimmed; anything else a header cannot carry is refused.
@@ -131,6 +156,66 @@ func readFile(path string) (map[string]string, error) {
 		m[loc] = tok
 	}
 	return m, nil
+}
+
+// safeID quotes a tokens file's key for an error when it is an id but
+// for spaces around it; anything else may be a token put in the wrong
+// place, and is not repeated.
+func safeID(key string) string {
+	if ghl.ValidateID(strings.TrimSpace(key)) == nil {
+		return fmt.Sprintf("%q", key)
+	}
+	return "(not shown: not an id)"
+}
+
+// nonStringValue returns the first key (in sorted order) of the JSON
+// object b whose value is not a string, or "".
+func nonStringValue(b []byte) string {
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(b, &raw) != nil {
+		return ""
+	}
+	for _, k := range slices.Sorted(maps.Keys(raw)) {
+		if v := bytes.TrimSpace(raw[k]); len(v) == 0 || v[0] != '"' {
+			return k
+		}
+	}
+	return ""
+}
+
+// lineCol is the 1-based line and column of byte offset off in b.
+func lineCol(b []byte, off int64) (line, col int) {
+	off = min(max(off, 0), int64(len(b)))
+	prefix := b[:off]
+	line = bytes.Count(prefix, []byte("\n")) + 1
+	col = int(off) - (bytes.LastIndexByte(prefix, '\n') + 1)
+	return line, max(col, 1)
+}
+
+// duplicateKey returns a key the JSON object b holds twice ("" if none;
+// b is known to decode).
+func duplicateKey(b []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		k, _ := t.(string)
+		if seen[k] {
+			return k
+		}
+		seen[k] = true
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return ""
+		}
+	}
+	return ""
 }
 
 // Token returns the location's token, reloading the file if it changed.
@@ -286,15 +371,27 @@ func (c *Chain) Token(ctx context.Context, location string) (string, error) {
 }
 
 // Refresh asks the source the location's token comes from to replace it.
+// A source that finds it has no token after all (its pair was deleted with
+// `tokens delete` while a worker still held its access token) passes the
+// refresh on to the sources after it, as Token would.
 func (c *Chain) Refresh(ctx context.Context, location, refused string) (string, error) {
 	for i, s := range c.sources {
-		if _, err := s.Token(ctx, location); errors.Is(err, ErrNoToken) && i < len(c.sources)-1 {
+		last := i == len(c.sources)-1
+		if _, err := s.Token(ctx, location); errors.Is(err, ErrNoToken) && !last {
 			continue
 		}
-		if r, ok := s.(Refresher); ok {
-			return r.Refresh(ctx, location, refused)
+		r, ok := s.(Refresher)
+		if !ok {
+			return "", ErrNotRefreshable
 		}
-		return "", ErrNotRefreshable
+		tok, err := r.Refresh(ctx, location, refused)
+		if errors.Is(err, ErrNoToken) && !last {
+			c.mu.Lock()
+			delete(c.applies, location)
+			c.mu.Unlock()
+			continue
+		}
+		return tok, err
 	}
 	return "", ErrNoToken
 }

@@ -131,20 +131,29 @@ func TestFileTrimsTokensAndRechecksForAMissingOne(t *testing.T) {
 
 func TestFileRejectsBadContent(t *testing.T) {
 	t.Parallel()
-	for name, content := range map[string]string{
-		"not json":     `locA=s3cr3t`,
-		"array":        `["s3cr3t"]`,
-		"empty token":  `{"s3cr3t":""}`,
-		"number token": `{"locA":12, "locB":"s3cr3t"`,
+	for name, tc := range map[string]struct{ content, says string }{
+		"not json":     {`locA=s3cr3t`, "invalid JSON at line 1, column 1"},
+		"array":        {`["s3cr3t"]`, "not a JSON object"},
+		"empty token":  {`{"s3cr3t":""}`, "empty location id or token"},
+		"number token": {`{"locA":12, "locB":"s3cr3t"}`, `location "locA": its token is not a string`},
+		"unclosed":     {`{"locA":12, "locB":"s3cr3t"`, "invalid JSON"},
+		// An edit that breaks the file: where, never what.
+		"trailing comma": {"{\n  \"locA\": \"s3cr3t\",\n}", "invalid JSON at line 3, column 1"},
+		// A location id no task has: it loaded, showed in tokens list,
+		// and its cancels dead-lettered no_token.
+		"space in the id":  {`{"locA ":"s3cr3t"}`, `location id "locA "`},
+		"token as the key": {`{"s3cr3t.payload.sig":"locA"}`, "(not shown: not an id)"},
+		"twice":            {`{"locA":"s3cr3t","locA":"s3cr3t2"}`, `location "locA" is in it twice`},
 		// Characters no Authorization header can carry.
-		"inner line break": `{"locA":"s3cr3t\nmore"}`,
-		"inner space":      `{"locA":"s3cr3t more"}`,
-		"non-ASCII":        `{"locA":"s3cr3té"}`,
+		"inner line break": {`{"locA":"s3cr3t\nmore"}`, `location "locA"`},
+		"inner space":      {`{"locA":"s3cr3t more"}`, `location "locA"`},
+		"non-ASCII":        {`{"locA":"s3cr3té"}`, `location "locA"`},
 	} {
 		path := filepath.Join(t.TempDir(), "t.json")
-		require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+		require.NoError(t, os.WriteFile(path, []byte(tc.content), 0o600))
 		_, err := tokens.NewFile(path, nil)
 		require.Error(t, err, name)
 		require.NotContains(t, err.Error(), "s3cr3t", name)
+		require.Contains(t, err.Error(), tc.says, name)
 	}
 }
