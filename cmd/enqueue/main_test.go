@@ -328,6 +328,18 @@ func TestTokensSetNeverEchoes(t *testing.T) {
 	}
 	r = run2("", "tokens", "set", "--location", "locT0000000000000003")
 	require.ErrorContains(t, r.err, "no refresh token")
+	// jq without -r: the quotes would be stored and the pair refused as
+	// invalid_grant ("reinstall the app") while the real token is unspent.
+	for stdin, says := range map[string]string{
+		"\"rt-SECRET-6\"\n":         "jq without -r",
+		"rt-SECRET-7 rt-SECRET-8\n": "refresh token: the token has a space",
+		`{"refresh_token":"rt-SECRET-9","access_token":"at SECRET"}`: "access token: the token has a space",
+	} {
+		r = run2(stdin, "tokens", "set", "--location", "locT0000000000000003")
+		require.ErrorContains(t, r.err, says, stdin)
+		require.NotContains(t, r.err.Error(), "SECRET", stdin)
+	}
+	require.Zero(t, rdb.Exists(context.Background(), "ghlcancel:oauth:{locT0000000000000003}").Val(), "nothing stored")
 	r = run2("x", "tokens", "set", "--location", "bad/loc")
 	require.ErrorContains(t, r.err, "--location")
 }

@@ -321,8 +321,22 @@ func readPair(stdin io.Reader) (pairIn, error) {
 	} else {
 		in.RefreshToken = text
 	}
-	if in.RefreshToken == "" || strings.ContainsAny(in.RefreshToken, " \n\t") {
+	switch {
+	case in.RefreshToken == "":
 		return pairIn{}, errors.New("stdin: no refresh token (give the token endpoint's JSON answer, or the refresh token alone)")
+	case strings.HasPrefix(in.RefreshToken, `"`) || strings.HasSuffix(in.RefreshToken, `"`):
+		// jq .refresh_token without -r: stored with its quotes, the token
+		// is refused as invalid_grant ("reinstall the app") while the real
+		// one is unspent.
+		return pairIn{}, errors.New(`stdin: the refresh token is in quotes (jq without -r?): give it bare (jq -r .refresh_token), or the token endpoint's whole JSON answer`)
+	}
+	for _, t := range []struct{ what, tok string }{{"refresh token", in.RefreshToken}, {"access token", in.AccessToken}} {
+		if t.tok == "" {
+			continue
+		}
+		if err := ghl.CheckToken(t.tok); err != nil {
+			return pairIn{}, fmt.Errorf("stdin: %s: %w (give one token, or the token endpoint's JSON answer)", t.what, err)
+		}
 	}
 	return in, nil
 }
