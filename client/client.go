@@ -126,7 +126,7 @@ func (c *Client) Cancel(ctx context.Context, it Cancel) (ItemResult, error) {
 		return ItemResult{}, err
 	}
 	if len(res.Results) != 1 {
-		return ItemResult{}, fmt.Errorf("ghlcancel: expected 1 result, got %d", len(res.Results))
+		return ItemResult{}, c.notIntake(http.MethodPost, "/v1/cancellations", fmt.Sprintf("%d results for 1 item", len(res.Results)))
 	}
 	r := res.Results[0]
 	r.Resent = resent
@@ -146,6 +146,11 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 		var res Response
 		resent, err := c.doWith(ctx, http.MethodPost, "/v1/cancellations", nil, nil,
 			Request{Items: items[start:end], Lane: lane, Partial: partial}, &res)
+		if err == nil && len(res.Results) != end-start {
+			// A 2xx from something that is not the intake (a wrong base
+			// URL): it enqueued nothing, and must not read as success.
+			err = c.notIntake(http.MethodPost, "/v1/cancellations", fmt.Sprintf("%d results for %d items", len(res.Results), end-start))
+		}
 		if err != nil {
 			var ae *APIError
 			if errors.As(err, &ae) {
@@ -153,17 +158,24 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 					ae.Items[i].Index += start
 				}
 			}
-			if start > 0 {
+			maybe := errors.Is(err, ErrMaybeProcessed)
+			if start > 0 || maybe {
 				// The answer speaks of its own request ("nothing was
 				// enqueued"); the batches before it were. Refused items were
 				// not enqueued; a batch whose answer was lost or came back
 				// "unavailable" may have been, in part.
 				fate := "were not enqueued"
-				if ae == nil || ae.Code != CodeInvalidItems {
-					fate = "may not have been enqueued (send them again: any already queued answer already_queued)"
+				switch {
+				case maybe:
+					fate = "may have been enqueued, all or in part (send them again: any already queued answers already_queued)"
+				case ae == nil || ae.Code != CodeInvalidItems:
+					fate = "may not have been enqueued (send them again: any already queued answers already_queued)"
 				}
-				err = fmt.Errorf("ghlcancel: items 0-%d were sent (their results are returned); items %d-%d and any after them %s: %w",
-					start-1, start, len(items)-1, fate, err)
+				sent := ""
+				if start > 0 {
+					sent = fmt.Sprintf("items 0-%d were sent (their results are returned); ", start-1)
+				}
+				err = fmt.Errorf("ghlcancel: %sitems %d-%d and any after them %s: %w", sent, start, len(items)-1, fate, err)
 			}
 			return all, err
 		}
@@ -192,9 +204,17 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 // A sweep is not idempotent, so every call sends an Idempotency-Key of its
 // own: a retry after a lost answer gets the first sweep's answer instead of
 // starting a second one.
+//
+// To retry a Sweep whose call failed after it may have reached the intake
+// (an error matching ErrMaybeProcessed), call it again with the same
+// SweepRequest.IdempotencyKey: set one before the first call.
 func (c *Client) Sweep(ctx context.Context, r SweepRequest) (SweepResponse, error) {
 	var res SweepResponse
-	_, err := c.doWith(ctx, http.MethodPost, "/v1/sweeps", nil, http.Header{HeaderIdempotencyKey: {crand.Text()}}, r, &res)
+	key := cmp.Or(r.IdempotencyKey, crand.Text())
+	_, err := c.doWith(ctx, http.MethodPost, "/v1/sweeps", nil, http.Header{HeaderIdempotencyKey: {key}}, r, &res)
+	if err == nil && (res.SweepID == "" || res.CampaignID == "") {
+		err = c.notIntake(http.MethodPost, "/v1/sweeps", "no sweep_id or campaign_id")
+	}
 	return res, err
 }
 
@@ -212,6 +232,9 @@ func (c *Client) Campaign(ctx context.Context, id string) (CampaignStatus, error
 		return s, fmt.Errorf("ghlcancel: campaign id %q: no campaign can have it", id)
 	}
 	err := c.do(ctx, http.MethodGet, "/v1/campaigns/"+url.PathEscape(id), nil, nil, &s)
+	if err == nil && s.Campaign != id {
+		err = c.notIntake(http.MethodGet, "/v1/campaigns/"+url.PathEscape(id), fmt.Sprintf("it names campaign %q", s.Campaign))
+	}
 	return s, err
 }
 
@@ -230,8 +253,27 @@ func (c *Client) DeadLetters(ctx context.Context, f DeadLetterFilter, cursor str
 	}
 	var p DeadLetterPage
 	err := c.do(ctx, http.MethodGet, "/v1/dead-letters", q, nil, &p)
+	if err == nil && p.DeadLetters == nil {
+		err = c.notIntake(http.MethodGet, "/v1/dead-letters", "no dead_letters list")
+	}
 	return p, err
 }
+
+// ErrNotIntake: a 2xx answer that is not the intake's (a wrong base URL
+// pointing at another service that answers JSON): nothing it says can be
+// trusted, and nothing was done.
+var ErrNotIntake = errors.New("the answer is not the intake's")
+
+func (c *Client) notIntake(method, path, why string) error {
+	return fmt.Errorf("ghlcancel: %s %s: %w (%s): check the base URL", method, c.base.String()+path, ErrNotIntake, why)
+}
+
+// ErrMaybeProcessed: the request failed after an attempt that may have
+// reached the intake (an answer lost, a timeout, 502/503/504, the context
+// ended mid-request). Enqueueing is idempotent, so sending the same items
+// again is safe and answers already_queued for those it did enqueue; a
+// Sweep is retried safely with the same SweepRequest.IdempotencyKey.
+var ErrMaybeProcessed = errors.New("the intake may have processed it")
 
 // retryable: the request may not have been processed, and sending it again
 // is safe because enqueueing is idempotent.
@@ -286,7 +328,7 @@ func (c *Client) doWith(ctx context.Context, method, path string, q url.Values, 
 			d = d/2 + rand.N(d) // jitter around the mean
 			select {
 			case <-ctx.Done():
-				return false, errors.Join(ctx.Err(), last)
+				return false, maybeProcessed(landed, errors.Join(ctx.Err(), last))
 			case <-time.After(d):
 			}
 			resent = resent || landed
@@ -306,7 +348,7 @@ func (c *Client) doWith(ctx context.Context, method, path string, q url.Values, 
 		res, err := c.opts.HTTPClient.Do(req)
 		if err != nil {
 			if ctx.Err() != nil {
-				return false, fmt.Errorf("ghlcancel: %s %s: %w", method, target, ctx.Err())
+				return false, maybeProcessed(landed || !unsent(err), fmt.Errorf("ghlcancel: %s %s: %w", method, target, ctx.Err()))
 			}
 			last = fmt.Errorf("ghlcancel: %s %s: %w", method, path, err) // err names the URL
 			if permanent(err) {
@@ -343,9 +385,19 @@ func (c *Client) doWith(ctx context.Context, method, path string, q url.Values, 
 			return false, ae
 		}
 		if err := json.Unmarshal(b, out); err != nil {
-			return false, fmt.Errorf("ghlcancel: %s %s: decoding answer: %w", method, target, err)
+			// A 2xx came back: the intake (if it is the intake) did it.
+			return false, maybeProcessed(true, fmt.Errorf("ghlcancel: %s %s: decoding answer: %w (check the base URL)", method, target, err))
 		}
 		return resent, nil
 	}
-	return false, fmt.Errorf("ghlcancel: gave up after %d attempts: %w", c.opts.MaxAttempts, last)
+	return false, maybeProcessed(landed, fmt.Errorf("ghlcancel: gave up after %d attempts: %w", c.opts.MaxAttempts, last))
+}
+
+// maybeProcessed marks err with ErrMaybeProcessed when an attempt may have
+// reached the intake.
+func maybeProcessed(landed bool, err error) error {
+	if !landed {
+		return err
+	}
+	return fmt.Errorf("%w (%w: sending it again is safe)", err, ErrMaybeProcessed)
 }

@@ -331,3 +331,79 @@ func TestCancelRetryAfterALostAnswer(t *testing.T) {
 	require.Equal(t, client.StatusEnqueued, r.Status)
 	require.False(t, r.Resent, "nothing reached the server before")
 }
+
+// TestWrongBaseURLAnsweringJSON: a base URL pointing at another service
+// that answers 200 with JSON to anything. CancelMany returned no error and
+// no results (nothing enqueued, nothing said), Campaign an empty status:
+// every call now fails with ErrNotIntake, naming the base URL.
+func TestWrongBaseURLAnsweringJSON(t *testing.T) {
+	t.Parallel()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}`))
+	}))
+	t.Cleanup(hs.Close)
+	c, err := client.New(hs.URL, key)
+	require.NoError(t, err)
+	ctx := context.Background()
+	items := []client.Cancel{{MessageID: "mWrong1", LocationID: "loc1"}, {MessageID: "mWrong2", LocationID: "loc1"}}
+	_, err = c.CancelMany(ctx, items, "", false)
+	require.ErrorIs(t, err, client.ErrNotIntake)
+	require.ErrorContains(t, err, "check the base URL")
+	_, err = c.Cancel(ctx, items[0])
+	require.ErrorIs(t, err, client.ErrNotIntake)
+	_, err = c.Campaign(ctx, "spring")
+	require.ErrorIs(t, err, client.ErrNotIntake)
+	_, err = c.Sweep(ctx, client.SweepRequest{LocationIDs: []string{"loc1"}})
+	require.ErrorIs(t, err, client.ErrNotIntake)
+	_, err = c.DeadLetters(ctx, client.DeadLetterFilter{}, "", 0)
+	require.ErrorIs(t, err, client.ErrNotIntake)
+}
+
+// TestGivingUpSaysItMayHaveBeenProcessed: every attempt's answer was lost
+// (the request reached the intake). The error matches ErrMaybeProcessed
+// and CancelMany's says the first batch's items may have been enqueued
+// (it said nothing of them, and a resend read "already_queued" as someone
+// else's work); a Sweep called again with the same IdempotencyKey gets the
+// first sweep's answer instead of starting a second one. A failed dial is
+// no such error.
+func TestGivingUpSaysItMayHaveBeenProcessed(t *testing.T) {
+	t.Parallel()
+	rdb := redisServer.Client(t)
+	ctx := context.Background()
+	hs, _ := losesFirstAnswer(t, rdb, "/v1/cancellations")
+	c, err := client.New(hs.URL, key, client.Options{MaxAttempts: 1})
+	require.NoError(t, err)
+	items := []client.Cancel{{MessageID: "mMaybe1", LocationID: "loc1", CampaignID: "maybe"}, {MessageID: "mMaybe2", LocationID: "loc1", CampaignID: "maybe"}}
+	_, err = c.CancelMany(ctx, items, "", false)
+	require.ErrorIs(t, err, client.ErrMaybeProcessed)
+	require.ErrorContains(t, err, "items 0-1 and any after them may have been enqueued")
+	res, err := c.CancelMany(ctx, items, "", false)
+	require.NoError(t, err)
+	require.Equal(t, 2, res.AlreadyQueued, "the first call did enqueue them")
+
+	hs2, sweeps := losesFirstAnswer(t, rdb, "/v1/sweeps")
+	c2, err := client.New(hs2.URL, key, client.Options{MaxAttempts: 1})
+	require.NoError(t, err)
+	req := client.SweepRequest{LocationIDs: []string{"locMaybe000000000001"}, IdempotencyKey: "sweep-maybe-1"}
+	_, err = c2.Sweep(ctx, req)
+	require.ErrorIs(t, err, client.ErrMaybeProcessed)
+	first, err := c2.Sweep(ctx, req)
+	require.NoError(t, err)
+	require.Equal(t, int32(2), sweeps.Load())
+	ids, err := rdb.LRange(ctx, "asynq:{default}:pending", 0, -1).Result()
+	require.NoError(t, err)
+	var swept []string
+	for _, id := range ids {
+		if strings.HasPrefix(id, "sweep:") {
+			swept = append(swept, id)
+		}
+	}
+	require.Equal(t, []string{first.TaskIDs[0]}, swept, "one sweep queued, and the second call's answer names it")
+
+	dead, err := client.New("http://127.0.0.1:1", key, client.Options{MaxAttempts: 1})
+	require.NoError(t, err)
+	_, err = dead.Cancel(ctx, items[0])
+	require.Error(t, err)
+	require.NotErrorIs(t, err, client.ErrMaybeProcessed, "nothing reached a server")
+}

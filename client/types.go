@@ -331,6 +331,11 @@ type SweepRequest struct {
 	Lane string `json:"lane,omitempty"`
 	// DryRun finds and counts only.
 	DryRun bool `json:"dry_run,omitempty"`
+	// IdempotencyKey is sent as the Idempotency-Key header (1 to 128
+	// visible ASCII characters); empty: one is made up for the call. Set
+	// it to be able to call Sweep again after an error matching
+	// ErrMaybeProcessed: the intake then answers the first sweep.
+	IdempotencyKey string `json:"-"`
 }
 
 // SweepResponse is the 202 answer to POST /v1/sweeps. Follow the sweep
