@@ -301,6 +301,9 @@ const (
 	// CodeItemConflictingKind: the request holds the same message id as
 	// a message and as an email; a message has one kind.
 	CodeItemConflictingKind = "conflicting_kind"
+	// CodeItemConflictingLocation: the request holds the same message id
+	// at two locations; a message is in one.
+	CodeItemConflictingLocation = "conflicting_location"
 )
 
 // Sweep channels.

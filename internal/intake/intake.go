@@ -424,6 +424,10 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 				ie = &client.ItemError{Index: i, Field: "kind", Code: client.CodeItemConflictingKind,
 					Message: fmt.Sprintf("message %s is item %d as %s too: a message has one kind; send it once, as the kind HighLevel has",
 						it.MessageID, first, kind)}
+			} else if first, loc, ok := kinds.LocationConflict(i, it); ok {
+				ie = &client.ItemError{Index: i, Field: "location_id", Code: client.CodeItemConflictingLocation,
+					Message: fmt.Sprintf("message %s is item %d at location %s too: a message is in one location; send it once, with the location it is in",
+						it.MessageID, first, loc)}
 			}
 		}
 		res.Results[i] = client.ItemResult{Index: i, MessageID: it.MessageID}

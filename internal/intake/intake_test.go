@@ -602,3 +602,25 @@ func TestBothKindsInOneRequest(t *testing.T) {
 	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/both", auth, nil, &st).StatusCode)
 	require.Equal(t, int64(2), st.Total)
 }
+
+// TestOneMessageAtTwoLocations: one message id at two locations in one
+// request is refused at the second (its location was dropped as
+// already_queued, and the first's token cannot reach the message); the
+// same id twice at one location is no conflict.
+func TestOneMessageAtTwoLocations(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	b, _ := json.Marshal(map[string]any{"items": []client.Cancel{
+		{MessageID: "mTwoLocs", LocationID: "l3", CampaignID: "locs"},
+		{MessageID: "mTwoLocs", LocationID: "l3", CampaignID: "locs"},
+		{MessageID: "mTwoLocs", LocationID: "l0", CampaignID: "locs"},
+	}})
+	var eb client.ErrorBody
+	e.errBody(e.post(b, &eb), eb, http.StatusBadRequest, client.CodeInvalidItems)
+	require.Len(t, eb.Error.Items, 1)
+	require.Equal(t, 2, eb.Error.Items[0].Index)
+	require.Equal(t, "location_id", eb.Error.Items[0].Field)
+	require.Equal(t, client.CodeItemConflictingLocation, eb.Error.Items[0].Code)
+	require.Contains(t, eb.Error.Items[0].Message, "item 0 at location l3")
+	require.Empty(t, e.queued(), "nothing enqueued")
+}

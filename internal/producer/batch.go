@@ -461,6 +461,7 @@ type KindCheck map[string]kindSeen
 type kindSeen struct {
 	at   int
 	kind ghl.Kind
+	loc  string
 }
 
 // Conflict records it at position at; when an earlier item named its id
@@ -468,10 +469,20 @@ type kindSeen struct {
 func (c KindCheck) Conflict(at int, it Item) (first int, kind ghl.Kind, ok bool) {
 	s, seen := c[it.MessageID]
 	if !seen {
-		c[it.MessageID] = kindSeen{at, it.Kind}
+		c[it.MessageID] = kindSeen{at, it.Kind, it.LocationID}
 		return 0, "", false
 	}
 	return s.at, s.kind, s.kind != it.Kind
+}
+
+// LocationConflict, after Conflict recorded it (at position at): when an
+// earlier item named its id at another location, ok is true with that
+// item's position and location. A message is in one location: the second
+// would answer already_queued and its location be dropped, while the first's
+// token cannot reach the message.
+func (c KindCheck) LocationConflict(at int, it Item) (first int, loc string, ok bool) {
+	s, seen := c[it.MessageID]
+	return s.at, s.loc, seen && s.at != at && s.loc != it.LocationID
 }
 
 func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result) {
