@@ -443,6 +443,38 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 		items = append(items, it)
 		pos = append(pos, i)
 	}
+	// Into a dry run's campaign: refused here, with the rest of the
+	// request when it is all or nothing (the enqueue rule would refuse
+	// those items alone, after enqueueing the others).
+	var camps []string
+	for _, it := range items {
+		if it.CampaignID != "" && !slices.Contains(camps, it.CampaignID) {
+			camps = append(camps, it.CampaignID)
+		}
+	}
+	dry, err := s.prod.DryRunCampaigns(r.Context(), camps)
+	if err != nil {
+		s.unavailable(w, "enqueue", err)
+		return
+	}
+	if len(dry) > 0 {
+		kept, keptPos := items[:0], pos[:0]
+		for j, it := range items {
+			if !dry[it.CampaignID] {
+				kept, keptPos = append(kept, it), append(keptPos, pos[j])
+				continue
+			}
+			ie := &client.ItemError{Index: pos[j], Field: "campaign_id", Code: client.CodeItemInvalidCampaign,
+				Message: fmt.Sprintf("campaign %s: %v", it.CampaignID, producer.ErrIntoDryRun)}
+			invalid++
+			if len(bad) < maxItemErrors {
+				bad = append(bad, *ie)
+			}
+			res.Results[pos[j]].Status, res.Results[pos[j]].Error = client.StatusRejected, ie
+		}
+		items, pos = kept, keptPos
+		slices.SortFunc(bad, func(a, b client.ItemError) int { return a.Index - b.Index })
+	}
 	if invalid > 0 && !partial {
 		s.items.WithLabelValues(client.StatusRejected).Add(float64(len(raw)))
 		writeError(w, http.StatusBadRequest, client.CodeInvalidItems,

@@ -624,3 +624,34 @@ func TestOneMessageAtTwoLocations(t *testing.T) {
 	require.Contains(t, eb.Error.Items[0].Message, "item 0 at location l3")
 	require.Empty(t, e.queued(), "nothing enqueued")
 }
+
+// TestCancelIntoADryRunsCampaign: an item sent into a dry run's campaign
+// is refused. Without "partial" the whole request is refused, nothing
+// enqueued (it answered 202 with the others enqueued and that one
+// rejected); with it, that item alone, with its field.
+func TestCancelIntoADryRunsCampaign(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	var sw client.SweepResponse
+	require.Equal(t, http.StatusAccepted, e.do(http.MethodPost, "/v1/sweeps", auth, []byte(`{"location_ids":["l1"],"dry_run":true}`), &sw).StatusCode)
+	body := func(partial bool) []byte {
+		b, _ := json.Marshal(map[string]any{"partial": partial, "items": []client.Cancel{
+			{MessageID: "mFine", LocationID: "l1", CampaignID: "real"},
+			{MessageID: "mIntoDry", LocationID: "l1", CampaignID: sw.CampaignID},
+		}})
+		return b
+	}
+	var eb client.ErrorBody
+	e.errBody(e.post(body(false), &eb), eb, http.StatusBadRequest, client.CodeInvalidItems)
+	require.Len(t, eb.Error.Items, 1)
+	require.Equal(t, 1, eb.Error.Items[0].Index)
+	require.Equal(t, "campaign_id", eb.Error.Items[0].Field)
+	require.Contains(t, eb.Error.Items[0].Message, "dry run")
+	require.Equal(t, map[string]int{"default": 1}, e.queued(), "nothing but the dry run's sweep")
+
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.post(body(true), &res).StatusCode)
+	require.Equal(t, 1, res.Enqueued)
+	require.Equal(t, 1, res.Rejected)
+	require.Equal(t, "campaign_id", res.Results[1].Error.Field)
+}

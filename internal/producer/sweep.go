@@ -298,6 +298,30 @@ func (p *Producer) Sweep(ctx context.Context, r SweepRequest) (SweepStarted, err
 // that.
 var ErrIntoDryRun = errors.New("that campaign is a dry run's (it counts what a sweep would cancel, and says nothing was cancelled); send it with no campaign id, or a new one")
 
+// DryRunCampaigns says which of the campaigns are dry runs' (a cancel sent
+// into one is refused: ErrIntoDryRun), so that a caller can refuse a whole
+// request before anything is enqueued. The enqueue rule checks again.
+func (p *Producer) DryRunCampaigns(ctx context.Context, campaigns []string) (map[string]bool, error) {
+	pipe := p.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(campaigns))
+	for i, c := range campaigns {
+		cmds[i] = pipe.HGet(ctx, ledger.CampaignKey(c), "dry_run")
+	}
+	if len(campaigns) == 0 {
+		return nil, nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	out := map[string]bool{}
+	for i, c := range cmds {
+		if c.Val() == "1" {
+			out[campaigns[i]] = true
+		}
+	}
+	return out, nil
+}
+
 // failedRunsReplaced lists, for sweepScript, the failed sweeps of r's
 // campaign that r runs again: the same location (one of locs) and the same
 // filters. Each is a "task id\tstate key" line.
