@@ -117,6 +117,11 @@ type ItemResult struct {
 	Status string `json:"status"`
 	// Error says why an item was rejected.
 	Error *ItemError `json:"error,omitempty"`
+	// HeldBy, for already_queued and already_done: the campaign the
+	// message is counted in when it is not the one asked for (a resend
+	// under a new campaign id); its outcome is there, not in the
+	// campaign asked for.
+	HeldBy string `json:"held_by,omitempty"`
 	// Resent (set by the client, never sent over the wire): the request
 	// was sent again after an attempt whose answer was lost (a timeout, a
 	// dropped connection, a 502/503/504). That attempt may have enqueued

@@ -490,6 +490,9 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 		switch o.Status {
 		case producer.Enqueued, producer.AlreadyQueued, producer.AlreadyDone, producer.Requeued:
 			ir.Status = o.Status.String()
+			if o.Elsewhere {
+				ir.HeldBy = o.HeldBy
+			}
 		default:
 			if errors.Is(o.Err, producer.ErrUnavailable) {
 				unavailable++
@@ -782,7 +785,8 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ok {
 		writeError(w, http.StatusNotFound, client.CodeCampaignNotFound,
-			s.campaigns.NotFound(r.Context(), id, "unknown, or finished longer ago than its retention").Error(), nil, 0)
+			s.campaigns.NotFound(r.Context(), id, "unknown, finished longer ago than its retention, or nothing was ever counted in it: "+
+				"a message already counted in another campaign stays there, and the answer that enqueued it named that campaign (held_by)").Error(), nil, 0)
 		return
 	}
 	writeJSON(w, http.StatusOK, client.CampaignStatus(st))

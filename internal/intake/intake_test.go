@@ -655,3 +655,22 @@ func TestCancelIntoADryRunsCampaign(t *testing.T) {
 	require.Equal(t, 1, res.Rejected)
 	require.Equal(t, "campaign_id", res.Results[1].Error.Field)
 }
+
+// TestResendUnderANewCampaignNamesTheHolder: a message already queued in
+// one campaign, sent again under a new campaign id (a common retry),
+// answers already_queued naming the campaign that counts it (held_by);
+// the new id then reads 404 saying nothing was counted in it, not only
+// "unknown or expired".
+func TestResendUnderANewCampaignNamesTheHolder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.post(client.Cancel{MessageID: "mHeld", LocationID: "l1", CampaignID: "spring"}, &res).StatusCode)
+	require.Empty(t, res.Results[0].HeldBy)
+	require.Equal(t, http.StatusAccepted, e.post(client.Cancel{MessageID: "mHeld", LocationID: "l1", CampaignID: "newcamp"}, &res).StatusCode)
+	require.Equal(t, client.StatusAlreadyQueued, res.Results[0].Status)
+	require.Equal(t, "spring", res.Results[0].HeldBy)
+	var eb client.ErrorBody
+	e.errBody(e.do(http.MethodGet, "/v1/campaigns/newcamp", auth, nil, &eb), eb, http.StatusNotFound, client.CodeCampaignNotFound)
+	require.Contains(t, eb.Error.Message, "nothing was ever counted in it")
+}
