@@ -180,6 +180,12 @@ type CampaignStatus struct {
 	StartedAt    time.Time        `json:"started_at"`
 	FinishedAt   *time.Time       `json:"finished_at,omitempty"`
 	Complete     bool             `json:"complete"`
+	// NeedsAttention: a cancel was dead-lettered or a location's sweep
+	// failed, so messages may still go out: complete does not mean all
+	// went well (see dead_by_reason, sweeps_failed and the dead letters).
+	// Messages this campaign's sweeps found held by other campaigns
+	// (held_by_campaigns) are settled there.
+	NeedsAttention bool `json:"needs_attention"`
 	// DryRun: a dry-run sweep's campaign, which cancels nothing.
 	DryRun bool              `json:"dry_run,omitempty"`
 	Parked map[string]string `json:"parked_locations,omitempty"`

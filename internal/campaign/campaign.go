@@ -74,6 +74,12 @@ type Status struct {
 	StartedAt    time.Time        `json:"started_at"`
 	FinishedAt   *time.Time       `json:"finished_at,omitempty"`
 	Complete     bool             `json:"complete"`
+	// NeedsAttention: a cancel was dead-lettered or a location's sweep
+	// failed, so messages may still go out: complete does not mean all
+	// went well (see dead_by_reason, sweeps_failed and the dead letters).
+	// Messages this campaign's sweeps found held by other campaigns
+	// (held_by_campaigns) are settled there.
+	NeedsAttention bool `json:"needs_attention"`
 	// DryRun: a dry-run sweep's campaign: it counts what a sweep would
 	// cancel and cancels nothing (its total stays 0).
 	DryRun bool              `json:"dry_run,omitempty"`
@@ -209,6 +215,7 @@ func (r statusRead) status(campaign string) (Status, bool) {
 	}
 	s.Done = s.Cancelled + s.NotCancellable + s.AlreadySent + s.NotFound + s.Expired + s.DeadLettered
 	s.Sweeps, s.SweepsDone, s.SweepsFailed = n("sweeps"), n("sweeps_done"), n("sweeps_failed")
+	s.NeedsAttention = s.DeadLettered > 0 || s.SweepsFailed > 0
 	s.DryRun = m["dry_run"] == "1"
 	s.SweepPages, s.SweepSeen, s.SweepFound = n("sweep_pages"), n("sweep_seen"), n("sweep_found")
 	if held := r.heldBy.Val(); len(held) > 0 {

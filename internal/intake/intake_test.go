@@ -674,3 +674,21 @@ func TestResendUnderANewCampaignNamesTheHolder(t *testing.T) {
 	e.errBody(e.do(http.MethodGet, "/v1/campaigns/newcamp", auth, nil, &eb), eb, http.StatusNotFound, client.CodeCampaignNotFound)
 	require.Contains(t, eb.Error.Message, "nothing was ever counted in it")
 }
+
+// TestCampaignSaysWhenItNeedsAttention: a campaign whose only location's
+// sweep failed read complete with dead_lettered 0, and a client polling
+// for "complete and no dead letters" reported success while every message
+// stayed scheduled. needs_attention says so.
+func TestCampaignSaysWhenItNeedsAttention(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.post(client.Cancel{MessageID: "mAttn", LocationID: "l1", CampaignID: "attn"}, &res).StatusCode)
+	var st client.CampaignStatus
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/attn", auth, nil, &st).StatusCode)
+	require.False(t, st.NeedsAttention)
+	require.NoError(t, e.rdb.HSet(context.Background(), ledger.CampaignKey("attn"), "sweeps", 1, "sweeps_done", 1, "sweeps_failed", 1).Err())
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/attn", auth, nil, &st).StatusCode)
+	require.True(t, st.NeedsAttention, "a failed sweep")
+	require.Zero(t, st.DeadLettered)
+}
