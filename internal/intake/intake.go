@@ -646,6 +646,13 @@ func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.I
 			return bad(f.name, client.CodeItemInvalidID, err.Error())
 		}
 	}
+	// Exactly the spec's values (the CLI's files are read leniently; an
+	// API request is held to its contract): "SMS" or "" answered 202
+	// though openapi.yaml refuses them.
+	_, hasKind := m["kind"]
+	if hasKind && c.Kind != string(ghl.KindMessage) && c.Kind != string(ghl.KindEmail) {
+		return bad("kind", client.CodeItemInvalidKind, fmt.Sprintf(`%q: want "message" (SMS and other channels) or "email", in lower case, or leave it out`, c.Kind))
+	}
 	kind, err := ghl.ParseKind(cmp.Or(c.Kind, "message"))
 	if err != nil {
 		return bad("kind", client.CodeItemInvalidKind, `want "message" or "email"`)

@@ -240,6 +240,10 @@ func TestMalformedAndInvalidItems(t *testing.T) {
 		`{"message_id": "x", "location_id": "l", "campaign_id": ".."}`,                      // 11 no URL can carry it
 		`{"message_id": "x", "location_id": "l", "campaign_id": "."}`,                       // 12
 		`{"message_id": "x", "location_id": "l", "send_at": 1900000000000}`,                 // 13 milliseconds
+		// The spec's kinds exactly: these answered 202 though it refuses them.
+		`{"message_id": "x", "location_id": "l", "kind": "SMS"}`,   // 14
+		`{"message_id": "x", "location_id": "l", "kind": ""}`,      // 15
+		`{"message_id": "x", "location_id": "l", "kind": "Email"}`, // 16
 	}, ",") + `]}`
 	var eb client.ErrorBody
 	e.errBody(e.post([]byte(body), &eb), eb, http.StatusBadRequest, client.CodeInvalidItems)
@@ -252,16 +256,17 @@ func TestMalformedAndInvalidItems(t *testing.T) {
 		4: "send_at/invalid_send_at", 5: "mesage_id/unknown_field", 6: "/invalid_json",
 		7: "message_id/invalid_json", 8: "message_id/invalid_id", 9: "message_id/invalid_id",
 		11: "campaign_id/invalid_campaign_id", 12: "campaign_id/invalid_campaign_id", 13: "send_at/invalid_send_at",
+		14: "kind/invalid_kind", 15: "kind/invalid_kind", 16: "kind/invalid_kind",
 	}, got)
-	require.Equal(t, 12, eb.Error.InvalidItems)
+	require.Equal(t, 15, eb.Error.InvalidItems)
 	require.Empty(t, e.queued(), "a refused request enqueues nothing")
 
 	// partial: the valid ones go, the invalid ones come back rejected.
 	var res client.Response
 	require.Equal(t, http.StatusAccepted, e.post([]byte(strings.Replace(body, `{"items"`, `{"partial": true, "items"`, 1)), &res).StatusCode)
 	require.Equal(t, 2, res.Enqueued)
-	require.Equal(t, 12, res.Rejected)
-	require.Len(t, res.Results, 14)
+	require.Equal(t, 15, res.Rejected)
+	require.Len(t, res.Results, 17)
 	require.Equal(t, client.StatusEnqueued, res.Results[0].Status)
 	require.Equal(t, "msg:ok1", res.Results[0].TaskID)
 	require.Equal(t, "email:ok2", res.Results[10].TaskID)
