@@ -188,7 +188,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		maxAge = max(h.cfg.Window, RetryHorizon)
 	}
 	if age := now.Sub(ev.Timestamp); (age > maxAge || age < -h.cfg.Window) && !h.retrying(sum, now) {
-		h.answer(w, http.StatusOK, label, Response{Result: ResultReplay, Reason: fmt.Sprintf("timestamp %s is %s from now, outside the %s window", ev.Timestamp.UTC().Format(time.RFC3339), age.Round(time.Second), maxAge)})
+		where := fmt.Sprintf("%s old, older than the %s window", age.Round(time.Second), maxAge)
+		if age < 0 {
+			where = fmt.Sprintf("%s ahead of this server's clock, more than the %s allowed", (-age).Round(time.Second), h.cfg.Window)
+		}
+		h.answer(w, http.StatusOK, label, Response{Result: ResultReplay, Reason: fmt.Sprintf("timestamp %s is %s", ev.Timestamp.UTC().Format(time.RFC3339), where)})
 		return
 	}
 	if appEvent {

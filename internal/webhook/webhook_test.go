@@ -353,9 +353,10 @@ func TestHandler(t *testing.T) {
 	code, r = e.post(e.body("InboundMessage", "wh-old", e.now.Add(-6*time.Minute), "contactReplied000001"), true)
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, "replay", r.Result)
-	require.Contains(t, r.Reason, "outside the 5m0s window")
+	require.Contains(t, r.Reason, "6m0s old, older than the 5m0s window")
 	_, r = e.post(e.body("InboundMessage", "wh-future", e.now.Add(6*time.Minute), "contactReplied000001"), true)
 	require.Equal(t, "replay", r.Result)
+	require.Contains(t, r.Reason, "6m0s ahead of this server's clock", "not \"-6m0s from now\"")
 	// Not in AUTO_CANCEL_EVENTS.
 	_, r = e.post(e.body("AppointmentCreate", "wh-2", e.now, "contactReplied000001"), true)
 	require.Equal(t, "no_rule", r.Result)
@@ -426,7 +427,7 @@ func TestHandlerRedisDown(t *testing.T) {
 	require.Equal(t, "replay", r.Result)
 	_, r = e.post(other, true)
 	require.Equal(t, "replay", r.Result)
-	require.Contains(t, r.Reason, "outside the 5m0s window")
+	require.Contains(t, r.Reason, "older than the 5m0s window")
 	// Past HighLevel's retry horizon a 429'd body is stale too.
 	body2 := e.body("InboundMessage", "wh-down-2", e.now, "contactReplied000003")
 	srv.Kill()
@@ -510,7 +511,7 @@ func TestAppEvents(t *testing.T) {
 	const other = "locWebhookOther00001"
 	_, r = e.post(app("UNINSTALL", "wh-u-old", e.now.Add(-2*time.Hour), other), true)
 	require.Equal(t, webhook.ResultReplay, r.Result)
-	require.Contains(t, r.Reason, "outside the")
+	require.Contains(t, r.Reason, "older than the")
 	_, ok, err := tokens.RegistryEntryFor(ctx, rdb, other)
 	require.NoError(t, err)
 	require.False(t, ok, "nothing recorded")
