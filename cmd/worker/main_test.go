@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/contract"
@@ -348,5 +349,50 @@ func TestMetricsAddrOff(t *testing.T) {
 		} else {
 			require.Contains(t, out.String(), tt.want, tt.addr)
 		}
+	}
+}
+
+// TestStoredPairsNeedOAuthSettings: a worker started without the OAuth
+// settings the others have (only GHL_TOKENS_FILE, or GHL_TOKEN) served
+// every queue and dead-lettered no_token the cancels of locations whose
+// token is a pair in Redis (an audit: 28 of 60, until replayed). It now
+// refuses to start, naming what is stored and the settings.
+func TestStoredPairsNeedOAuthSettings(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "tokens.json")
+	require.NoError(t, os.WriteFile(file, []byte(`{"locFile000000000001":"tok-file"}`), 0o600))
+	for _, tt := range []struct {
+		name  string
+		store func(rdb *redis.Client)
+		want  string
+	}{
+		{"a location's pair", func(rdb *redis.Client) {
+			require.NoError(t, rdb.HSet(ctx, "ghlcancel:oauth:{locPair000000000001}", "gen", 1, "ct", "sealed").Err())
+		}, "location locPair000000000001's pair"},
+		{"the agency's pair", func(rdb *redis.Client) {
+			require.NoError(t, rdb.HSet(ctx, "ghlcancel:agency", "company", "companyStored0000001", "epoch", 1).Err())
+		}, "the agency's pair (company companyStored0000001)"},
+		{"a deleted pair's marker only", func(rdb *redis.Client) {
+			require.NoError(t, rdb.HSet(ctx, "ghlcancel:oauth:{locGone000000000001}", "gen", 3).Err())
+		}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			url := redisServer.URL(t)
+			tt.store(redistest.ClientFor(t, url))
+			for _, env := range []map[string]string{{EnvTokensFile: file}, {EnvToken: "one-token"}} {
+				env[EnvRedisURL] = url
+				rctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+				err := run(rctx, []string{"-metrics-addr", ""}, envFunc(env), &bytes.Buffer{}, &bytes.Buffer{})
+				cancel()
+				if tt.want == "" {
+					require.NoError(t, err, "nothing stored an OAuth worker needs")
+					continue
+				}
+				require.ErrorContains(t, err, tt.want)
+				require.ErrorContains(t, err, "GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY are not set")
+			}
+		})
 	}
 }

@@ -1160,3 +1160,34 @@ func Refusals(ctx context.Context, rdb redis.UniversalClient, locations []string
 	}
 	return out, nil
 }
+
+// AnyStored names what Redis holds that only OAuth settings can use: the
+// agency's pair, or a location's pair (the first found: a SCAN of the
+// keyspace that stops there); "" when there is none.
+func AnyStored(ctx context.Context, rdb redis.UniversalClient) (string, error) {
+	if n, err := rdb.Exists(ctx, agencyKey).Result(); err != nil {
+		return "", err
+	} else if n > 0 {
+		if c, _ := rdb.HGet(ctx, agencyKey, "company").Result(); c != "" {
+			return "the agency's pair (company " + c + ")", nil
+		}
+	}
+	var cursor uint64
+	for {
+		keys, next, err := rdb.Scan(ctx, cursor, "ghlcancel:oauth:{*}", 1000).Result()
+		if err != nil {
+			return "", err
+		}
+		for _, k := range keys {
+			if strings.HasSuffix(k, ":lock") {
+				continue
+			}
+			if ok, err := rdb.HExists(ctx, k, "ct").Result(); err == nil && ok {
+				return "location " + strings.TrimSuffix(strings.TrimPrefix(k, "ghlcancel:oauth:{"), "}") + "'s pair", nil
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return "", nil
+		}
+	}
+}
