@@ -674,6 +674,9 @@ func TestEveryReasonHasAHint(t *testing.T) {
 		assert.NotEqual(t, fallback, h, r)
 		assert.NotEmpty(t, h, r)
 	}
+	// A mistyped location id has no token: the hint said only "add it",
+	// and a requeue of the typo failed again.
+	assert.Contains(t, tasks.DeadLetterHint(string(ghl.ReasonNoToken)), "check its id first")
 }
 
 // TestDeadLetterPageIsBounded: with more dead letters than the page reads,

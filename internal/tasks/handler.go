@@ -932,7 +932,7 @@ func ClassifyTokenError(err error) (TokenVerdict, bool) {
 		return TokenVerdict{}, false
 	case errors.Is(err, tokens.ErrNoToken):
 		return TokenVerdict{Fate: FateDead, Reason: string(ghl.ReasonNoToken),
-			Message: "no token configured for this location: add it to GHL_TOKENS_FILE, load its pair with `enqueue tokens set`, or load an agency pair with `enqueue tokens agency set` (workers mint from it only with GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY)"}, true
+			Message: "no token configured for this location: check the location id (a mistyped one has none), or add it to GHL_TOKENS_FILE, load its pair with `enqueue tokens set`, or load an agency pair with `enqueue tokens agency set` (workers mint from it only with GHL_CLIENT_ID, GHL_CLIENT_SECRET and GHL_TOKEN_KEY)"}, true
 	case errors.Is(err, tokens.ErrWrongKey):
 		return TokenVerdict{Fate: FateDead, Reason: ReasonTokenKey, Message: err.Error()}, true
 	case errors.Is(err, tokens.ErrRefreshDidNotCure):

@@ -21,7 +21,7 @@ func DeadLetterHint(reason string) string {
 	case string(ghl.ReasonInvalidToken):
 		return "The location's token has a space, control or non-ASCII character (a line break pasted inside it?), so no request could carry it: fix the token (GHL_TOKENS_FILE is reloaded without restart; tokens are trimmed), then requeue."
 	case string(ghl.ReasonNoToken):
-		return "No token is configured for the location: add it to GHL_TOKENS_FILE (reloaded without restart) or load an OAuth pair, then requeue."
+		return "No token is configured for the location: check its id first (a mistyped location id has none, and a requeue fails again: purge those and send the right id); else add it to GHL_TOKENS_FILE (reloaded without restart) or load an OAuth pair, then requeue. The WORKER column names the worker, if only some lack it."
 	case ReasonInvalidPayload, ReasonUnknownType, "corrupt_record":
 		return "A task ghlcancel did not write: inspect its payload. It cannot be requeued."
 	case string(ghl.ReasonServerError), string(ghl.ReasonTimeout), string(ghl.ReasonNetwork), string(ghl.ReasonBadResponse), ReasonOutcomeWrite:
