@@ -863,11 +863,23 @@ func TestTokensSetWarnsOfAnotherKey(t *testing.T) {
 	require.NotContains(t, r.stderr, "warning", "the same key")
 	r = other("rt-SECRET-3\n", "tokens", "set", "--location", "locK0000000000000003")
 	require.NoError(t, r.err)
-	require.Contains(t, r.stderr, "warning: location locK0000000000000001's pair, stored before, does not decrypt with this GHL_TOKEN_KEY")
+	require.Contains(t, r.stderr, "warning: 2 of the 2 location pairs stored (location locK0000000000000001's, ...), stored before, does not decrypt with this GHL_TOKEN_KEY")
 	require.NotContains(t, r.stderr, "SECRET")
 	r = other("rt-SECRET-4\n", "tokens", "agency", "set", "--company", "companyK0000000001")
 	require.NoError(t, r.err)
 	require.Contains(t, r.stderr, "does not decrypt with this GHL_TOKEN_KEY")
+
+	// A rotation half done: the first pair (sorted) was loaded again with
+	// the new key, another was not. Only the first was checked, so this
+	// said nothing.
+	url2 := redisServer.URL(t)
+	first, other = withTokenKey(url2, strings.Repeat("12", 32)), withTokenKey(url2, strings.Repeat("34", 32))
+	require.NoError(t, first("rt-SECRET-5\n", "tokens", "set", "--location", "locAaa00000000000001").err)
+	require.NoError(t, first("rt-SECRET-6\n", "tokens", "set", "--location", "locBbb00000000000001").err)
+	require.NoError(t, other("rt-SECRET-7\n", "tokens", "set", "--location", "locAaa00000000000001", "--replace").err)
+	r = other("rt-SECRET-8\n", "tokens", "set", "--location", "locDdd00000000000001")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stderr, "warning: location locBbb00000000000001's pair, stored before, does not decrypt")
 }
 
 // TestWatchWaitsForHeldMessages: a campaign complete on its own whose

@@ -261,14 +261,25 @@ func (e *env) warnOtherKey(ctx context.Context, rdb *redis.Client, key []byte, s
 		if err != nil {
 			return
 		}
+		// Every pair: a rotation left half done has some of each key (the
+		// first pair alone said nothing of the others).
+		bad, checked, first := 0, 0, ""
 		for _, loc := range slices.Sorted(maps.Keys(locs)) {
 			if loc == subject && !agency {
 				continue
 			}
+			checked++
 			if errors.Is(o.Opens(ctx, loc), tokens.ErrWrongKey) {
-				what = "location " + loc + "'s pair"
+				if bad++; first == "" {
+					first = loc
+				}
 			}
-			break // one is enough: the key is per deployment
+		}
+		switch {
+		case bad == 1:
+			what = "location " + first + "'s pair"
+		case bad > 1:
+			what = fmt.Sprintf("%d of the %d location pairs stored (location %s's, ...)", bad, checked, first)
 		}
 	}
 	if what != "" {
