@@ -48,8 +48,15 @@ type Metrics struct {
 	Sweeps         *prometheus.CounterVec
 	EventToCancel  *prometheus.HistogramVec
 
+	TokensFileStale prometheus.GaugeFunc // reads the function given to TokensFileStaleBy
+
 	circuitPaused atomic.Pointer[func() bool]
+	tokensStale   atomic.Pointer[func() bool]
 }
+
+// TokensFileStaleBy makes tokens_file_stale read stale (the worker's
+// GHL_TOKENS_FILE).
+func (m *Metrics) TokensFileStaleBy(stale func() bool) { m.tokensStale.Store(&stale) }
 
 // CircuitPausedBy makes circuit_open read paused (the worker's breaker).
 func (m *Metrics) CircuitPausedBy(paused func() bool) { m.circuitPaused.Store(&paused) }
@@ -192,6 +199,15 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "1 while this worker's circuit breaker pauses HighLevel calls (open or half-open), 0 when closed or idle (open time up and no call asking for 30 s).",
 	}, func() float64 {
 		if p := m.circuitPaused.Load(); p != nil && (*p)() {
+			return 1
+		}
+		return 0
+	})
+	m.TokensFileStale = f.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "tokens_file_stale",
+		Help: "1 while GHL_TOKENS_FILE on disk could not be loaded (not valid JSON, a bad id or token, gone) and the last good version is in use; 0 otherwise, or with no tokens file.",
+	}, func() float64 {
+		if p := m.tokensStale.Load(); p != nil && (*p)() {
 			return 1
 		}
 		return 0

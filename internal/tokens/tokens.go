@@ -64,6 +64,19 @@ type File struct {
 	// requireTokens: the file is the only token source, so a version that
 	// holds none is refused like a broken one (see RequireTokens).
 	requireTokens bool
+	// stale: the file on disk could not be loaded (broken, or gone) and an
+	// older version is in use (see Stale).
+	stale bool
+}
+
+// Stale says whether the file on disk is not what is in use: its last
+// version could not be loaded (not JSON, an id no location has...) or it is
+// gone, so the last good version still answers. An edit that broke the
+// file used to show only as a log line while its new tokens never applied.
+func (f *File) Stale() bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.stale
 }
 
 // ErrNoTokens: the tokens file holds no token while it is the only source.
@@ -282,25 +295,30 @@ func (f *File) maybeReload(every time.Duration) {
 	f.lastCheck = at
 	st, err := os.Stat(f.path)
 	if err != nil {
+		f.stale = true
 		if at.Sub(f.lastReport) >= f.checkEvery {
 			f.lastReport = at
 			f.report(fmt.Errorf("tokens file: %w (keeping %d loaded tokens)", err, len(f.tokens)))
 		}
 		return
 	}
-	if (st.ModTime().Equal(f.modTime) && st.Size() == f.size) || (st.ModTime().Equal(f.badMod) && st.Size() == f.badSize) {
-		return // unchanged, or the same broken version as before
+	if st.ModTime().Equal(f.modTime) && st.Size() == f.size {
+		f.stale = false // unchanged (or back after being gone)
+		return
+	}
+	if st.ModTime().Equal(f.badMod) && st.Size() == f.badSize {
+		return // the same broken version as before
 	}
 	m, err := readFile(f.path)
 	if err == nil && f.requireTokens && len(m) == 0 {
 		err = fmt.Errorf("tokens file %s: %w", f.path, ErrNoTokens)
 	}
 	if err != nil {
-		f.badMod, f.badSize, f.lastReport = st.ModTime(), st.Size(), at
+		f.badMod, f.badSize, f.lastReport, f.stale = st.ModTime(), st.Size(), at, true
 		f.report(fmt.Errorf("%w (keeping %d loaded tokens)", err, len(f.tokens)))
 		return
 	}
-	f.tokens, f.modTime, f.size = m, st.ModTime(), st.Size()
+	f.tokens, f.modTime, f.size, f.stale = m, st.ModTime(), st.Size(), false
 }
 
 func (f *File) report(err error) {

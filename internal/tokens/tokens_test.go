@@ -64,6 +64,17 @@ func TestFileReloadsWithoutRestart(t *testing.T) {
 	mu.Lock()
 	require.NotContains(t, reloadErrs[0].Error(), "tok-a-3-secret")
 	mu.Unlock()
+	require.True(t, f.Stale(), "the file on disk is not what is in use (ghlcancel_tokens_file_stale)")
+
+	// Fixed: loaded, and no longer stale.
+	require.NoError(t, os.WriteFile(path, []byte(`{"locA":"tok-a-3","locB":"tok-b-1"}`), 0o600))
+	fixed := later.Add(time.Minute)
+	require.NoError(t, os.Chtimes(path, fixed, fixed))
+	require.Eventually(t, func() bool {
+		tok, _ := f.Token(ctx, "locA")
+		return tok == "tok-a-3"
+	}, 5*time.Second, 50*time.Millisecond)
+	require.False(t, f.Stale())
 }
 
 // TestFileTrimsTokensAndRechecksForAMissingOne: a token written with its

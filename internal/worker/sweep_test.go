@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,6 +25,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/sweep"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
 	"github.com/ghlcancel/ghlcancel/internal/worker"
 )
 
@@ -450,4 +453,26 @@ func TestSweepWindowToTheMillisecond(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, tc.want, s.SweepFound, tc.name)
 	}
+}
+
+// TestTokensFileStaleGauge: a worker whose GHL_TOKENS_FILE breaks keeps
+// its last good version and says so on ghlcancel_tokens_file_stale (it
+// said so only in a log line, while the tokens added since never applied).
+func TestTokensFileStaleGauge(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "tokens.json")
+	require.NoError(t, os.WriteFile(path, []byte(`{"`+locGood+`":"`+tokGood+`"}`), 0o600))
+	f, err := tokens.NewFile(path, nil)
+	require.NoError(t, err)
+	w, err := worker.New(worker.Config{Redis: redisServer.Client(t), Tokens: f, GHL: ghl.Config{BaseURL: "http://127.0.0.1:1"}})
+	require.NoError(t, err)
+	require.Zero(t, testutil.ToFloat64(w.Metrics.TokensFileStale))
+	require.NoError(t, os.WriteFile(path, []byte(`{"`+locGood+`":"`+tokGood+`",}`), 0o600))
+	later := time.Now().Add(time.Minute)
+	require.NoError(t, os.Chtimes(path, later, later))
+	require.Eventually(t, func() bool {
+		_, _ = f.Token(ctx, locGood) // reloads happen on use
+		return testutil.ToFloat64(w.Metrics.TokensFileStale) == 1
+	}, 10*time.Second, 50*time.Millisecond)
 }

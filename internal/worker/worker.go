@@ -140,6 +140,9 @@ func New(cfg Config) (*Worker, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	m := metrics.New(cfg.Registry)
+	if f, ok := cfg.Tokens.(*tokens.File); ok {
+		m.TokensFileStaleBy(f.Stale)
+	}
 	cfg.Registry.MustRegister(metrics.NewQueueCollector(cfg.Redis, tasks.Queues))
 	var pacer *ratelimit.Limiter
 	if !cfg.NoPacing {
