@@ -177,9 +177,14 @@ type CampaignStatus struct {
 	Expired      int64            `json:"expired"`
 	DeadLettered int64            `json:"dead_lettered"`
 	DeadByReason map[string]int64 `json:"dead_by_reason,omitempty"`
-	StartedAt    time.Time        `json:"started_at"`
-	FinishedAt   *time.Time       `json:"finished_at,omitempty"`
-	Complete     bool             `json:"complete"`
+	// MovedTo: messages this campaign counted that were sent again under
+	// another campaign, which counts them now (a sweep that found them
+	// still scheduled, a file re-run under a new id): its total shrank by
+	// these, and their outcomes are there.
+	MovedTo    map[string]int64 `json:"moved_to,omitempty"`
+	StartedAt  time.Time        `json:"started_at"`
+	FinishedAt *time.Time       `json:"finished_at,omitempty"`
+	Complete   bool             `json:"complete"`
 	// NeedsAttention: a cancel was dead-lettered or a location's sweep
 	// failed, so messages may still go out: complete does not mean all
 	// went well (see dead_by_reason, sweeps_failed and the dead letters).

@@ -71,9 +71,14 @@ type Status struct {
 	Expired      int64            `json:"expired"`
 	DeadLettered int64            `json:"dead_lettered"`
 	DeadByReason map[string]int64 `json:"dead_by_reason,omitempty"`
-	StartedAt    time.Time        `json:"started_at"`
-	FinishedAt   *time.Time       `json:"finished_at,omitempty"`
-	Complete     bool             `json:"complete"`
+	// MovedTo: messages this campaign counted that were sent again under
+	// another campaign, which counts them now (a sweep that found them
+	// still scheduled, a file re-run under a new id): its total shrank by
+	// these, and their outcomes are there.
+	MovedTo    map[string]int64 `json:"moved_to,omitempty"`
+	StartedAt  time.Time        `json:"started_at"`
+	FinishedAt *time.Time       `json:"finished_at,omitempty"`
+	Complete   bool             `json:"complete"`
 	// NeedsAttention: a cancel was dead-lettered or a location's sweep
 	// failed, so messages may still go out: complete does not mean all
 	// went well (see dead_by_reason, sweeps_failed and the dead letters).
@@ -211,6 +216,12 @@ func (r statusRead) status(campaign string) (Status, bool) {
 	for k := range m {
 		if r, ok := strings.CutPrefix(k, "dead:"); ok && n(k) > 0 {
 			s.DeadByReason[r] = n(k)
+		}
+		if c, ok := strings.CutPrefix(k, "moved:"); ok && n(k) > 0 {
+			if s.MovedTo == nil {
+				s.MovedTo = map[string]int64{}
+			}
+			s.MovedTo[c] = n(k)
 		}
 	}
 	s.Done = s.Cancelled + s.NotCancellable + s.AlreadySent + s.NotFound + s.Expired + s.DeadLettered

@@ -2,6 +2,8 @@ package campaign
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -73,6 +75,17 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 		}
 		fmt.Fprintf(&b, "    sweep %s%s: %s in %s, %s: %d still scheduled (%d SMS, %d email), %d cancels queued%s, %s\n",
 			sw.SweepID, by, what, sw.LocationID, sw.Channel, sw.Found, sw.FoundSMS, sw.FoundEmail, sw.Enqueued, already, sw.State)
+	}
+	if len(s.MovedTo) > 0 {
+		names := slices.Sorted(maps.Keys(s.MovedTo))
+		parts := make([]string, len(names))
+		var n int64
+		for i, c := range names {
+			parts[i] = fmt.Sprintf("%d to %s", s.MovedTo[c], c)
+			n += s.MovedTo[c]
+		}
+		fmt.Fprintf(&b, "  %d message(s) moved out, sent again under another campaign that counts them now (%s): not in the total above; their outcomes are there (enqueue status %s)\n",
+			n, strings.Join(parts, ", "), names[0])
 	}
 	if len(s.HeldBy) > 0 {
 		fmt.Fprintf(&b, "  messages the sweeps found were already queued or done in campaign(s) %s: what became of them is said there (enqueue status %s)\n",

@@ -294,7 +294,16 @@ for i = 0, n - 1 do
               local counted = creopen(prevc, id) or not o
               count(prevc, 0, "")
               if prevc ~= campaign then
-                if counted then count(prevc, -1, "") end
+                if counted then
+                  count(prevc, -1, "")
+                  -- Said where it went (its total shrank), and taken
+                  -- back if it had come from there.
+                  redis.call("HINCRBY", (ck(prevc)), "moved:" .. campaign, 1)
+                  local back = (ck(campaign))
+                  if tonumber(redis.call("HGET", back, "moved:" .. prevc) or "0") > 0 then
+                    redis.call("HINCRBY", back, "moved:" .. prevc, -1)
+                  end
+                end
                 count(campaign, 1, loc)
               elseif not counted then
                 count(campaign, 1, loc)

@@ -207,6 +207,14 @@ func TestEnqueueRule(t *testing.T) {
 				require.NoError(t, err)
 				require.Equal(t, int64(1), s2.Total, "the message counts in the campaign it moved to")
 				require.Equal(t, int64(1), s2.Pending)
+				// c1's total shrank: it says where the message went (it
+				// said nothing, and its dead letters vanished).
+				if tt.total == 0 {
+					require.Equal(t, map[string]int64{"c2": 1}, s.MovedTo)
+					require.Contains(t, s.Render(campaign.Status{}, time.Time{}), "1 message(s) moved out, sent again under another campaign that counts them now (1 to c2)")
+				} else {
+					require.Empty(t, s.MovedTo, "c1 never counted it")
+				}
 			}
 		})
 	}
@@ -814,4 +822,44 @@ func TestHeldBy(t *testing.T) {
 	out := p.EnqueueBatch(ctx, []producer.Item{item("mHeldTwice0000000001", "held-c"), item("mHeldTwice0000000001", "held-d")})
 	require.Equal(t, []any{producer.Enqueued, false, producer.AlreadyQueued, "held-c", true},
 		[]any{out[0].Status, out[0].Elsewhere, out[1].Status, out[1].HeldBy, out[1].Elsewhere})
+}
+
+// TestMovedOutAndBack: a message sent again under another campaign leaves
+// its first campaign's total, which says where it went (moved_to); sent
+// back, the first campaign counts it again and no longer says it left.
+func TestMovedOutAndBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{})
+	const id, loc = "mMovedBack0000000001", "locMoved000000000001"
+	tid := tasks.TaskID(ghl.KindMessage, id)
+	it := func(c string) producer.Item {
+		return producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: c}
+	}
+	deadIn := func(c string) {
+		t.Helper()
+		require.NoError(t, asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueDefault, tid))
+		_, _, err := ledger.New(rdb, ledger.Config{}).Settle(ctx, ledger.Final{TaskID: tid, CampaignID: c,
+			Outcome: ledger.Outcome{Outcome: ledger.DeadLettered, Reason: "unauthorized", Attempts: 1},
+			Dead:    &deadletter.Record{Kind: "message", MessageID: id, LocationID: loc, CampaignID: c, Queue: tasks.QueueDefault, Reason: "unauthorized"}})
+		require.NoError(t, err)
+	}
+	status := func(c string) campaign.Status {
+		t.Helper()
+		s, ok, err := campaign.New(rdb, 0).Get(ctx, c)
+		require.NoError(t, err)
+		require.True(t, ok, c)
+		return s
+	}
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, it("first")).Status)
+	deadIn("first")
+	require.Equal(t, producer.Requeued, p.Enqueue(ctx, it("second")).Status)
+	require.Equal(t, map[string]int64{"second": 1}, status("first").MovedTo)
+	require.Zero(t, status("first").Total)
+	deadIn("second")
+	require.Equal(t, producer.Requeued, p.Enqueue(ctx, it("first")).Status)
+	require.Empty(t, status("first").MovedTo, "it came back")
+	require.Equal(t, int64(1), status("first").Total)
+	require.Equal(t, map[string]int64{"first": 1}, status("second").MovedTo)
 }
