@@ -215,7 +215,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			// dead-letters no_token (or, with GHL_TOKEN, unauthorized) the
 			// cancels of every location whose token is a stored pair.
 			if what, err := tokens.AnyStored(ctx, rdb); err == nil && what != "" {
-				return fmt.Errorf("Redis holds token pairs only OAuth can use (%s; `enqueue tokens list` shows them all), but %s, %s and %s are not set: "+
+				return fmt.Errorf("token pairs only OAuth can use are stored in Redis (%s; `enqueue tokens list` shows them all), but %s, %s and %s are not set: "+
 					"this worker would dead-letter those locations' cancels; set them as the other workers have them (or remove location pairs no longer used: `enqueue tokens delete --location L`)",
 					what, EnvClientID, EnvClientSecret, EnvTokenKey)
 			}
