@@ -240,6 +240,8 @@ func (c *Client) Campaign(ctx context.Context, id string) (CampaignStatus, error
 
 // DeadLetters reads one page of dead letters (oldest first); pass the
 // returned NextCursor to read the next. limit 0 means the server's default.
+// A CampaignID naming no campaign and no dead letter (a typo) is an
+// *APIError with Code CodeCampaignNotFound, not an empty page.
 func (c *Client) DeadLetters(ctx context.Context, f DeadLetterFilter, cursor string, limit int) (DeadLetterPage, error) {
 	q := url.Values{}
 	for k, v := range map[string]string{"reason": f.Reason, "campaign_id": f.CampaignID,

@@ -838,11 +838,35 @@ func (s *Server) getDeadLetters(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, "dead letters", err)
 		return
 	}
+	if len(recs) == 0 && q.Get("cursor") == "" && f.CampaignID != "" {
+		// A mistyped campaign id read as "nothing to replay": none of its
+		// dead letters (they outlive their campaign) and no such campaign
+		// is the did-you-mean 404 the CLI gives.
+		known, err := s.campaignKnown(r.Context(), f.CampaignID)
+		if err != nil {
+			s.unavailable(w, "dead letters", err)
+			return
+		}
+		if !known {
+			writeError(w, http.StatusNotFound, client.CodeCampaignNotFound,
+				s.campaigns.NotFound(r.Context(), f.CampaignID, "no campaign and no dead letter has this id").Error(), nil, 0)
+			return
+		}
+	}
 	page := client.DeadLetterPage{DeadLetters: make([]client.DeadLetter, len(recs)), NextCursor: next}
 	for i, rec := range recs {
 		page.DeadLetters[i] = client.DeadLetter(rec)
 	}
 	writeJSON(w, http.StatusOK, page)
+}
+
+// campaignKnown: a campaign has the id, or a dead letter names it.
+func (s *Server) campaignKnown(ctx context.Context, id string) (bool, error) {
+	if _, ok, err := s.campaigns.Get(ctx, id); err != nil || ok {
+		return ok, err
+	}
+	recs, _, err := s.dead.Page(ctx, deadletter.Filter{CampaignID: id}, "", 1)
+	return len(recs) > 0, err
 }
 
 func (s *Server) unavailable(w http.ResponseWriter, what string, err error) {

@@ -395,6 +395,19 @@ func TestCampaignAndDeadLetters(t *testing.T) {
 		eb = client.ErrorBody{}
 		e.errBody(e.do(http.MethodGet, "/v1/dead-letters?"+q, auth, nil, &eb), eb, http.StatusBadRequest, client.CodeInvalidParameter)
 	}
+	// A mistyped campaign id read as "nothing to replay" (200, empty):
+	// the did-you-mean 404. A campaign with no dead letter, or dead
+	// letters that outlived their campaign, is an empty page still.
+	eb = client.ErrorBody{}
+	e.errBody(e.do(http.MethodGet, "/v1/dead-letters?campaign_id=Spring%2FSale", auth, nil, &eb), eb, http.StatusNotFound, client.CodeCampaignNotFound)
+	require.Contains(t, eb.Error.Message, `did you mean "spring/sale"`)
+	var empty client.DeadLetterPage
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/dead-letters?campaign_id=spring%2Fsale", auth, nil, &empty).StatusCode)
+	require.Empty(t, empty.DeadLetters)
+	require.NoError(t, store.Add(ctx, deadletter.Record{TaskID: "msg:gone1", Kind: "message", MessageID: "gone1", LocationID: "loc1",
+		CampaignID: "expired-campaign", Queue: "default", Reason: "unauthorized", Attempts: 1}))
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/dead-letters?campaign_id=expired-campaign&reason=bad_request", auth, nil, &empty).StatusCode)
+	require.Empty(t, empty.DeadLetters)
 }
 
 // TestRedisDown: enqueues answer 503 with a retry hint, /readyz 503.
