@@ -34,7 +34,8 @@ import (
 	"time"
 )
 
-// BatchSize is how many items CancelMany sends per request.
+// BatchSize is how many items CancelMany sends per request by default
+// (the intake's default INTAKE_MAX_ITEMS); Options.BatchSize changes it.
 const BatchSize = 1000
 
 // Options tune a Client. Zero values take the defaults.
@@ -48,6 +49,10 @@ type Options struct {
 	// RetryBase is the first retry's mean delay; it doubles per attempt.
 	// Defaults to 200 ms.
 	RetryBase time.Duration
+	// BatchSize is how many items CancelMany sends per request; defaults
+	// to BatchSize. Set it to an intake's INTAKE_MAX_ITEMS when that is
+	// lower (the intake answers 413 too_many_items otherwise).
+	BatchSize int
 }
 
 // Client talks to one intake API. Safe for concurrent use.
@@ -94,6 +99,10 @@ func New(baseURL, apiKey string, opts ...Options) (*Client, error) {
 	o.HTTPClient = &hc
 	o.MaxAttempts = cmp.Or(o.MaxAttempts, 6)
 	o.RetryBase = cmp.Or(o.RetryBase, 200*time.Millisecond)
+	if o.BatchSize < 0 {
+		return nil, fmt.Errorf("ghlcancel client: BatchSize %d: want 1 or more (0: the default, %d)", o.BatchSize, BatchSize)
+	}
+	o.BatchSize = cmp.Or(o.BatchSize, BatchSize)
 	return &Client{base: u, key: apiKey, opts: o}, nil
 }
 
@@ -133,7 +142,7 @@ func (c *Client) Cancel(ctx context.Context, it Cancel) (ItemResult, error) {
 	return r, nil
 }
 
-// CancelMany enqueues items in requests of BatchSize, in order. Results are
+// CancelMany enqueues items in requests of Options.BatchSize, in order. Results are
 // indexed by position in items. Unless partial, an invalid item
 // stops it with an *APIError whose Items carry positions in items; batches
 // before it are enqueued (their results are returned, and sending them
@@ -141,8 +150,8 @@ func (c *Client) Cancel(ctx context.Context, it Cancel) (ItemResult, error) {
 func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, partial bool) (Response, error) {
 	var all Response
 	all.Results = make([]ItemResult, 0, len(items))
-	for start := 0; start < len(items); start += BatchSize {
-		end := min(start+BatchSize, len(items))
+	for start := 0; start < len(items); start += c.opts.BatchSize {
+		end := min(start+c.opts.BatchSize, len(items))
 		var res Response
 		resent, err := c.doWith(ctx, http.MethodPost, "/v1/cancellations", nil, nil,
 			Request{Items: items[start:end], Lane: lane, Partial: partial}, &res)

@@ -407,3 +407,31 @@ func TestGivingUpSaysItMayHaveBeenProcessed(t *testing.T) {
 	require.Error(t, err)
 	require.NotErrorIs(t, err, client.ErrMaybeProcessed, "nothing reached a server")
 }
+
+// TestBatchSizeForASmallerIntake: an intake with INTAKE_MAX_ITEMS 500
+// refuses CancelMany's default batches of 1,000 (413, "split the
+// request", which a caller could not act on); Options.BatchSize fits them.
+func TestBatchSizeForASmallerIntake(t *testing.T) {
+	t.Parallel()
+	srv, err := intake.New(intake.Config{Redis: redisServer.Client(t), Keys: []string{key}, MaxItems: 500})
+	require.NoError(t, err)
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	items := make([]client.Cancel, 600)
+	for i := range items {
+		items[i] = client.Cancel{MessageID: fmt.Sprintf("mSmall%d", i), LocationID: "loc1"}
+	}
+	c, err := client.New(hs.URL, key)
+	require.NoError(t, err)
+	_, err = c.CancelMany(context.Background(), items, "", false)
+	var ae *client.APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, client.CodeTooManyItems, ae.Code)
+	c, err = client.New(hs.URL, key, client.Options{BatchSize: 500})
+	require.NoError(t, err)
+	res, err := c.CancelMany(context.Background(), items, "", false)
+	require.NoError(t, err)
+	require.Equal(t, 600, res.Enqueued)
+	_, err = client.New(hs.URL, key, client.Options{BatchSize: -1})
+	require.ErrorContains(t, err, "BatchSize")
+}
