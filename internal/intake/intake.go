@@ -630,7 +630,11 @@ func decodeItem(i int, b json.RawMessage, lane string) (producer.Item, *client.I
 			return bad(te.Field, client.CodeItemInvalidJSON, "want a "+te.Type.String())
 		}
 		if strings.Contains(err.Error(), "send_at") || m["send_at"] != nil {
-			return bad("send_at", client.CodeItemInvalidSendAt, "want unix seconds or an RFC 3339 time like 2026-11-27T18:00:00Z")
+			msg := "want unix seconds or an RFC 3339 time like 2026-11-27T18:00:00Z"
+			if strings.Contains(err.Error(), "looks like milliseconds") {
+				msg = "looks like milliseconds: " + msg // JavaScript's Date.now()
+			}
+			return bad("send_at", client.CodeItemInvalidSendAt, msg)
 		}
 		return bad("", client.CodeItemInvalidJSON, err.Error())
 	}

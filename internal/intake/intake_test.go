@@ -275,6 +275,7 @@ func TestMalformedAndInvalidItems(t *testing.T) {
 	// A rejected item names its message when it has one to name.
 	require.Equal(t, "x", res.Results[3].MessageID)
 	require.Equal(t, "x", res.Results[4].MessageID, "send_at fails the decode: the id is still named")
+	require.Contains(t, res.Results[13].Error.Message, "looks like milliseconds", "Date.now() is named")
 	require.Equal(t, "a/b", res.Results[1].MessageID)
 	require.Empty(t, res.Results[6].MessageID)
 	require.Equal(t, map[string]int{"default": 2}, e.queued())
