@@ -131,7 +131,12 @@ func (p SweepPayload) Window() (since, until time.Time) {
 
 // SetWindow sets the creation-time window (zero: unbounded) to the
 // millisecond: since rounded up and until down, so that no message created
-// outside it is in. The whole seconds are set for older workers.
+// outside it is in. An until with no fraction of a second (unix seconds,
+// or an RFC 3339 time without one) takes in its whole second, as it did
+// before the milliseconds and as Window reads a payload of seconds: the
+// same request means the same window, and a failed run written before is
+// replaced by the same request now. The whole seconds are set for older
+// workers.
 func (p *SweepPayload) SetWindow(since, until time.Time) {
 	p.Since, p.SinceMs, p.Until, p.UntilMs = 0, 0, 0, 0
 	if !since.IsZero() {
@@ -140,6 +145,9 @@ func (p *SweepPayload) SetWindow(since, until time.Time) {
 	}
 	if !until.IsZero() {
 		p.UntilMs = until.UnixMilli()
+		if until.Nanosecond() == 0 {
+			p.UntilMs += 999
+		}
 		p.Until = until.Unix()
 	}
 }

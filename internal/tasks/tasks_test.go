@@ -244,6 +244,16 @@ func TestSweepWindow(t *testing.T) {
 	require.True(t, old.InWindow(ms(999)), "until took in its whole second")
 	require.False(t, old.InWindow(ms(1000)))
 
+	// An until in whole seconds takes in its second, as before: a message
+	// at .400 of it is in (it was left out, and went out).
+	var whole SweepPayload
+	whole.SetWindow(base, base)
+	require.True(t, whole.InWindow(ms(400)))
+	require.False(t, whole.InWindow(ms(1000)))
+	ws, wu := whole.Window()
+	os, ou := old.Window()
+	require.True(t, ws.Equal(os) && wu.Equal(ou), "the same window written now and before: %v-%v, %v-%v", ws, wu, os, ou)
+
 	var open SweepPayload
 	open.SetWindow(time.Time{}, time.Time{})
 	require.True(t, open.InWindow(ms(5)))
