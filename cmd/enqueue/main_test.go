@@ -242,7 +242,7 @@ func TestTokensListShowsARefusedPair(t *testing.T) {
 	require.NoError(t, run2("rt-SECRET-1\n", "tokens", "set", "--location", loc).err)
 	rdb := redistest.ClientFor(t, url)
 	gen := rdb.HGet(ctx, "ghlcancel:oauth:{"+loc+"}", "gen").Val()
-	memo := fmt.Sprintf("%s|%d|invalid_grant|Invalid grant", gen, time.Now().UnixMilli())
+	memo := fmt.Sprintf("%s|%d|c0ffee|invalid_grant|Invalid grant", gen, time.Now().UnixMilli())
 	require.NoError(t, rdb.HSet(ctx, "ghlcancel:oauth:{"+loc+"}", "refused", memo).Err())
 	r := run2("", "tokens", "list")
 	require.NoError(t, r.err)

@@ -74,7 +74,8 @@ type Status struct {
 	// MovedTo: messages this campaign counted that were sent again under
 	// another campaign, which counts them now (a sweep that found them
 	// still scheduled, a file re-run under a new id): its total shrank by
-	// these, and their outcomes are there.
+	// these, and their outcomes are there. Net: a move back from a
+	// campaign takes one off its count.
 	MovedTo    map[string]int64 `json:"moved_to,omitempty"`
 	StartedAt  time.Time        `json:"started_at"`
 	FinishedAt *time.Time       `json:"finished_at,omitempty"`

@@ -822,13 +822,22 @@ func (h *Handler) lastRead(ctx context.Context, a *attempt, token string, r resu
 		h.logf(ctx, a, slog.LevelInfo, "last try: reading the message back failed", "error", err)
 		r.message += unread
 		return r
+	case m.Status == "scheduled" && a.kind == ghl.KindMessage && m.IsEmail():
+		// An email's conversation message id: its cancel can never work.
+		return emailConversationID(m, r.status)
 	case m.Status == "failed":
 		return result{fate: fateDone, outcome: ledger.Cancelled, reason: ledger.ReasonEarlierAttempt, status: r.status}
-	case m.Status == "scheduled":
-		r.message += " (it reads back as still scheduled)"
-		return r
+	case sentStatuses[m.Status]:
+		return result{fate: fateDone, outcome: ledger.AlreadySent, reason: m.Status, status: r.status}
 	}
-	return result{fate: fateDone, outcome: ledger.AlreadySent, reason: cmp.Or(m.Status, "unknown"), status: r.status}
+	// Still scheduled, or a status HighLevel did not document: nothing
+	// says it will not go out (unlike after a "not found" cancel).
+	if m.Status == "scheduled" {
+		r.message += " (it reads back as still scheduled)"
+	} else {
+		r.message += fmt.Sprintf(" (it reads back as %q)", m.Status)
+	}
+	return r
 }
 
 const http429 = 429

@@ -6,6 +6,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -48,6 +49,8 @@ type OAuth struct {
 	aead cipher.AEAD
 	// lockTTL is the refresh lock's TTL: lockTTL, shorter in tests.
 	lockTTL time.Duration
+	// client is clientTag(cfg.ClientID): the app a remembered refusal is of.
+	client string
 
 	mu      sync.Mutex
 	cache   map[string]pair
@@ -162,26 +165,37 @@ type pair struct {
 }
 
 // refusal is a refresh HighLevel refused for good, remembered on the
-// stored pair ("refused": gen|unix ms|reason|message), so that every task
+// stored pair ("refused": gen|unix ms|client|reason|message), so that every task
 // of the location fails at once instead of calling the token endpoint with
 // a refresh token known to be dead and waiting grantPoll for a peer: one
 // dead pair used to hold every worker slot it reached for 5 s, slowing
 // every other location (an audit measured 10 s becoming 61 s). A new pair
 // (tokens set, a refresh stored) clears it; location_inactive is honoured
 // for refusedInactiveFor only (reactivating the sub-account cures it).
+// It answers only for the app (GHL_CLIENT_ID) that was refused: HighLevel
+// answers invalid_grant to a refresh token sent by another client too, and
+// one worker started with another app's id (a canary, staging settings)
+// must not disable a pair every other worker can refresh.
 type refusal struct {
 	gen     int64
 	at      time.Time
+	client  string // clientTag of the app refused
 	reason  string
 	message string
+}
+
+// clientTag names a client id in a refusal without writing it out.
+func clientTag(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:6])
 }
 
 // refusedInactiveFor is how long a remembered location_inactive stands.
 const refusedInactiveFor = time.Minute
 
-// standing: the refusal still answers for p.
-func (r *refusal) standing(p pair) bool {
-	if r == nil || r.gen != p.gen {
+// standing: the refusal still answers for p, asked by client (a clientTag).
+func (r *refusal) standing(p pair, client string) bool {
+	if r == nil || r.gen != p.gen || r.client != client {
 		return false
 	}
 	return r.reason == "invalid_grant" || time.Since(r.at) < refusedInactiveFor
@@ -189,8 +203,8 @@ func (r *refusal) standing(p pair) bool {
 
 func parseRefusal(v any) *refusal {
 	s, _ := v.(string)
-	parts := strings.SplitN(s, "|", 4)
-	if len(parts) != 4 {
+	parts := strings.SplitN(s, "|", 5)
+	if len(parts) != 5 {
 		return nil
 	}
 	gen, err1 := strconv.ParseInt(parts[0], 10, 64)
@@ -198,7 +212,7 @@ func parseRefusal(v any) *refusal {
 	if err1 != nil || err2 != nil {
 		return nil
 	}
-	return &refusal{gen: gen, at: time.UnixMilli(ms), reason: parts[2], message: parts[3]}
+	return &refusal{gen: gen, at: time.UnixMilli(ms), client: parts[2], reason: parts[3], message: parts[4]}
 }
 
 // rememberRefusal: KEYS the record; ARGV gen, the refusal. Only while the
@@ -275,7 +289,7 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 	}
 	cfg.RefreshBefore = cmp.Or(cfg.RefreshBefore, RefreshBeforeDefault)
 	cfg.Refresh401Cooldown = cmp.Or(cfg.Refresh401Cooldown, RefreshOn401Cooldown)
-	return &OAuth{cfg: cfg, aead: aead, lockTTL: lockTTL, cache: map[string]pair{}, flights: map[string]*flight{},
+	return &OAuth{cfg: cfg, aead: aead, lockTTL: lockTTL, client: clientTag(cfg.ClientID), cache: map[string]pair{}, flights: map[string]*flight{},
 		pending: map[string]*pendingPair{}, closing: make(chan struct{})}, nil
 }
 
@@ -333,7 +347,7 @@ func (o *OAuth) Token(ctx context.Context, location string) (string, error) {
 	if o.fresh(p) {
 		return p.Access, nil
 	}
-	if p.refused.standing(p) {
+	if p.refused.standing(p, o.client) {
 		return "", o.grantError(p.refused)
 	}
 	return o.refresh(ctx, location, p.gen, false)
@@ -379,7 +393,7 @@ func (o *OAuth) Refresh(ctx context.Context, location, refused string) (string, 
 		o.remember(location, p)
 		return "", ErrRefreshDidNotCure
 	}
-	if p.refused.standing(p) {
+	if p.refused.standing(p, o.client) {
 		return "", o.grantError(p.refused)
 	}
 	return o.refresh(ctx, location, p.gen, on401)
@@ -542,7 +556,7 @@ func (o *OAuth) refreshOwned(ctx context.Context, location, lockVal string, stal
 		o.observe("lost_race")
 		return p.Access, false, nil
 	}
-	if p.refused.standing(p) { // a peer was refused while we queued
+	if p.refused.standing(p, o.client) { // a peer was refused while we queued
 		return "", false, o.grantError(p.refused)
 	}
 	next, err := o.callTokenEndpoint(ctx, p.Refresh)
@@ -569,7 +583,7 @@ func (o *OAuth) refreshOwned(ctx context.Context, location, lockVal string, stal
 				return q.Access, false, nil
 			}
 			o.observe(map[string]string{"invalid_grant": "invalid_grant", "location_inactive": "inactive"}[ge.Reason])
-			memo := fmt.Sprintf("%d|%d|%s|%s", p.gen, time.Now().UnixMilli(), ge.Reason, strings.ReplaceAll(truncateMsg(ge.Message), "|", "/"))
+			memo := fmt.Sprintf("%d|%d|%s|%s|%s", p.gen, time.Now().UnixMilli(), o.client, ge.Reason, strings.ReplaceAll(truncateMsg(ge.Message), "|", "/"))
 			_ = rememberRefusal.Run(ctx, o.cfg.Redis, []string{o.recordKey(location)}, p.gen, memo).Err() // best effort
 			return "", false, err
 		}

@@ -265,6 +265,24 @@ func TestRefusedRefreshIsRemembered(t *testing.T) {
 	_, err = w1.Token(ctx, loc)
 	require.NoError(t, err)
 
+	// One worker started with another app's client id (a canary, staging
+	// settings) is refused invalid_grant: that refusal is its own, and must
+	// not disable a pair the other workers can refresh (found by review).
+	const shared = "locOAuthShared000001"
+	require.NoError(t, w1.Set(ctx, shared, "", b.sb.AddOAuthLocation(shared), 0))
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest) // RFC 6749 5.2: a refresh token issued to another client
+		_, _ = w.Write([]byte(`{"error":"invalid_grant","error_description":"refresh token was issued to another client"}`))
+	}))
+	t.Cleanup(other.Close)
+	stranger := b.newOAuth(t, func(c *tokens.OAuthConfig) { c.ClientID, c.TokenURL = "another-apps-client-id", other.URL })
+	_, err = stranger.Token(ctx, shared)
+	require.ErrorAs(t, err, &ge)
+	require.Equal(t, "invalid_grant", ge.Reason)
+	_, err = w2.Token(ctx, shared)
+	require.NoError(t, err, "the right app's workers still refresh the pair")
+
 	// A paused sub-account: remembered, then asked again after a minute.
 	const paused = "locOAuthPaused000001"
 	require.NoError(t, w1.Set(ctx, paused, "", b.sb.AddOAuthLocation(paused), 0))

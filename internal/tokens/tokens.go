@@ -73,7 +73,12 @@ type File struct {
 // version could not be loaded (not JSON, an id no location has...) or it is
 // gone, so the last good version still answers. An edit that broke the
 // file used to show only as a log line while its new tokens never applied.
+//
+// It checks the file first (at most every check interval, as a lookup
+// does): a worker taking no tasks looks up no token, and its broken file
+// must still read stale when the metric is scraped.
 func (f *File) Stale() bool {
+	f.maybeReload(f.checkEvery)
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.stale
@@ -160,11 +165,16 @@ func readFile(path string) (map[string]string, error) {
 		if err := ghl.ValidateID(loc); err != nil {
 			return nil, fmt.Errorf("tokens file %s: location id %s: %w", path, safeID(loc), err)
 		}
+		// A Private Integration Token as the key (the file written token
+		// -> location): a location id never has this form.
+		if looksLikeToken(loc) {
+			return nil, fmt.Errorf("tokens file %s: a key looks like a token (pit-...), not a location id: the file maps location id -> token", path)
+		}
 		// A token written with its line break (jq --rawfile, a secret
 		// file) is trimmed; anything else a header cannot carry is refused.
 		tok = strings.TrimSpace(tok)
 		if err := ghl.CheckToken(tok); err != nil {
-			return nil, fmt.Errorf("tokens file %s: location %q: %w", path, loc, err)
+			return nil, fmt.Errorf("tokens file %s: location %s: %w", path, safeID(loc), err)
 		}
 		m[loc] = tok
 	}
@@ -175,10 +185,16 @@ func readFile(path string) (map[string]string, error) {
 // for spaces around it; anything else may be a token put in the wrong
 // place, and is not repeated.
 func safeID(key string) string {
-	if ghl.ValidateID(strings.TrimSpace(key)) == nil {
+	if k := strings.TrimSpace(key); ghl.ValidateID(k) == nil && !looksLikeToken(k) {
 		return fmt.Sprintf("%q", key)
 	}
 	return "(not shown: not an id)"
+}
+
+// looksLikeToken: a Private Integration Token (pit-<uuid>) passes
+// ghl.ValidateID, so an error that quotes a key it is must not.
+func looksLikeToken(key string) bool {
+	return strings.HasPrefix(strings.ToLower(strings.TrimSpace(key)), "pit-")
 }
 
 // nonStringValue returns the first key (in sorted order) of the JSON

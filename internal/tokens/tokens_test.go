@@ -154,7 +154,11 @@ func TestFileRejectsBadContent(t *testing.T) {
 		// and its cancels dead-lettered no_token.
 		"space in the id":  {`{"locA ":"s3cr3t"}`, `location id "locA "`},
 		"token as the key": {`{"s3cr3t.payload.sig":"locA"}`, "(not shown: not an id)"},
-		"twice":            {`{"locA":"s3cr3t","locA":"s3cr3t2"}`, `location "locA" is in it twice`},
+		// A Private Integration Token passes the id check: never quoted.
+		"pit as the key":            {`{"pit-s3cr3t-0000-1111":"locA"}`, "a key looks like a token (pit-...)"},
+		"pit with a space, the key": {`{" pit-s3cr3t-0000-1111 ":"locA"}`, "(not shown: not an id)"},
+		"pit twice":                 {`{"pit-s3cr3t-1":"locA","pit-s3cr3t-1":"locB"}`, "(not shown: not an id) is in it twice"},
+		"twice":                     {`{"locA":"s3cr3t","locA":"s3cr3t2"}`, `location "locA" is in it twice`},
 		// Characters no Authorization header can carry.
 		"inner line break": {`{"locA":"s3cr3t\nmore"}`, `location "locA"`},
 		"inner space":      {`{"locA":"s3cr3t more"}`, `location "locA"`},
