@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -35,7 +36,7 @@ func TestHeldSetsAtTheirCap(t *testing.T) {
 	require.NoError(t, rdb.SAdd(ctx, ck+":held", ids...).Err())
 	state := "ghlcancel:sweep:{swCap}:loc"
 	require.NoError(t, rdb.HSet(ctx, state, "phase", "0", "cursor", "").Err())
-	require.NoError(t, rdb.PExpire(ctx, state, 3600000).Err())
+	require.NoError(t, rdb.PExpire(ctx, state, time.Hour).Err())
 	commit := func(cursor, next string, held ...any) {
 		t.Helper()
 		m := make([]string, len(held))
