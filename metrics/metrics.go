@@ -54,6 +54,17 @@ type Metrics struct {
 	tokensStale   atomic.Pointer[func() bool]
 }
 
+// flag reads the function p holds (set later) as a gauge: 1 when it says
+// true, 0 when false or not set.
+func flag(p *atomic.Pointer[func() bool]) func() float64 {
+	return func() float64 {
+		if f := p.Load(); f != nil && (*f)() {
+			return 1
+		}
+		return 0
+	}
+}
+
 // TokensFileStaleBy makes tokens_file_stale read stale (the worker's
 // GHL_TOKENS_FILE).
 func (m *Metrics) TokensFileStaleBy(stale func() bool) { m.tokensStale.Store(&stale) }
@@ -197,21 +208,11 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.CircuitOpen = f.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "circuit_open",
 		Help: "1 while this worker's circuit breaker pauses HighLevel calls (open or half-open), 0 when closed or idle (open time up and no call asking for 30 s).",
-	}, func() float64 {
-		if p := m.circuitPaused.Load(); p != nil && (*p)() {
-			return 1
-		}
-		return 0
-	})
+	}, flag(&m.circuitPaused))
 	m.TokensFileStale = f.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "tokens_file_stale",
 		Help: "1 while GHL_TOKENS_FILE on disk could not be loaded (not valid JSON, a bad id or token, gone) and the last good version is in use; 0 otherwise, or with no tokens file.",
-	}, func() float64 {
-		if p := m.tokensStale.Load(); p != nil && (*p)() {
-			return 1
-		}
-		return 0
-	})
+	}, flag(&m.tokensStale))
 	m.CircuitChanges = f.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "circuit_transitions_total",
 		Help: "Circuit breaker state changes, by the state entered (open, half_open, closed).",

@@ -811,8 +811,7 @@ func (h *Handler) lastRead(ctx context.Context, a *attempt, token string, r resu
 	for round := 0; ; round++ {
 		m, err = h.readBack(ctx, a, a.kind, token, false)
 		var ae admitError
-		var sn snoozer
-		if round < maxRounds && errors.As(err, &ae) && errors.As(ae.error, &sn) && fitsDeadline(ctx, sn.SnoozeFor()) && sleep(ctx, sn.SnoozeFor()) == nil {
+		if errors.As(err, &ae) && waitIn(ctx, round, ae.error) {
 			continue
 		}
 		break
@@ -889,8 +888,15 @@ func (h *Handler) admit(ctx context.Context, a *attempt) (ledger.Admission, erro
 // waitOnFinal: asynq archives whatever the final attempt returns, so there a
 // snooze is slept in the handler when the deadline allows.
 func (h *Handler) waitOnFinal(ctx context.Context, a *attempt, round int, err error) bool {
+	return a.final && waitIn(ctx, round, err)
+}
+
+// waitIn sleeps out err's wait (a snoozer's) in the handler when it fits
+// the attempt's deadline and round is below maxRounds; false when not
+// (or interrupted).
+func waitIn(ctx context.Context, round int, err error) bool {
 	var sn snoozer
-	if !a.final || round >= maxRounds || !errors.As(err, &sn) || !fitsDeadline(ctx, sn.SnoozeFor()) {
+	if round >= maxRounds || !errors.As(err, &sn) || !fitsDeadline(ctx, sn.SnoozeFor()) {
 		return false
 	}
 	return sleep(ctx, sn.SnoozeFor()) == nil

@@ -51,12 +51,20 @@ func setupAgency(t *testing.T, agencyTTL, mintTTL time.Duration, opts ...func(*s
 }
 
 // newAgency is one worker's source, with a Redis client of its own.
+// newPairs is an OAuth source on the sandbox's token endpoint: the
+// agency's pair (company) or the locations' own.
+func (b *agencyBundle) newPairs(t *testing.T, rdb redis.UniversalClient, company bool) *tokens.OAuth {
+	t.Helper()
+	pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: b.srv.URL + "/oauth/token", Company: company,
+		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
+	require.NoError(t, err)
+	return pairs
+}
+
 func (b *agencyBundle) newAgency(t *testing.T, opts ...func(*tokens.AgencyConfig)) *tokens.Agency {
 	t.Helper()
 	rdb := redistest.ClientFor(t, b.url)
-	pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: b.srv.URL + "/oauth/token", Company: true,
-		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
-	require.NoError(t, err)
+	pairs := b.newPairs(t, rdb, true)
 	cfg := tokens.AgencyConfig{Redis: rdb, BaseURL: b.srv.URL, Pairs: pairs, Key: testKey, Observe: func(r string) {
 		v, _ := b.results.LoadOrStore(r, new(atomic.Int64))
 		v.(*atomic.Int64).Add(1)
@@ -564,9 +572,7 @@ func TestChain(t *testing.T) {
 	for _, l := range []string{explicit, paired, minted} {
 		b.sb.InstallLocation(testCompany, l, "")
 	}
-	pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: b.srv.URL + "/oauth/token",
-		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
-	require.NoError(t, err)
+	pairs := b.newPairs(t, rdb, false)
 	require.NoError(t, pairs.Set(ctx, paired, "", b.sb.AddOAuthLocation(paired), 0))
 	file := staticFor{explicit: "pit-explicit"}
 	c := tokens.NewChain(file, pairs, b.newAgency(t))
@@ -620,9 +626,7 @@ func TestDeletedPairFallsThroughOn401(t *testing.T) {
 	b.setAgency(t)
 	rdb := redistest.ClientFor(t, b.url)
 	const loc = "locMovedToAgency0001"
-	pairs, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, TokenURL: b.srv.URL + "/oauth/token",
-		ClientID: sandbox.ClientIDDefault, ClientSecret: sandbox.ClientSecretDefault, Key: testKey})
-	require.NoError(t, err)
+	pairs := b.newPairs(t, rdb, false)
 	require.NoError(t, pairs.Set(ctx, loc, "", b.sb.AddOAuthLocation(loc), 0))
 	c := tokens.NewChain(staticFor{}, pairs, b.newAgency(t))
 	own, err := c.Token(ctx, loc)

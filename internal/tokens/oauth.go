@@ -1127,21 +1127,32 @@ func (o *OAuth) Opens(ctx context.Context, subject string) error {
 // Locations lists locations with stored pairs and their access expiry.
 func Locations(ctx context.Context, rdb redis.UniversalClient) (map[string]time.Time, error) {
 	out := map[string]time.Time{}
+	err := eachPair(ctx, rdb, func(loc string, exp time.Time) bool {
+		out[loc] = exp
+		return true
+	})
+	return out, err
+}
+
+// eachPair calls fn with every location that has a stored pair (a SCAN of
+// the keyspace), and its access token's expiry, until fn returns false.
+func eachPair(ctx context.Context, rdb redis.UniversalClient, fn func(loc string, exp time.Time) bool) error {
 	iter := rdb.Scan(ctx, 0, "ghlcancel:oauth:{*}", 1000).Iterator()
 	for iter.Next(ctx) {
 		k := iter.Val()
 		if strings.HasSuffix(k, ":lock") {
 			continue
 		}
-		loc := strings.TrimSuffix(strings.TrimPrefix(k, "ghlcancel:oauth:{"), "}")
 		v := rdb.HMGet(ctx, k, "exp", "ct").Val()
 		if len(v) != 2 || v[1] == nil {
 			continue // a deleted pair's marker (DeletePair)
 		}
 		s, _ := v[0].(string)
-		out[loc] = time.UnixMilli(atoi(s))
+		if !fn(strings.TrimSuffix(strings.TrimPrefix(k, "ghlcancel:oauth:{"), "}"), time.UnixMilli(atoi(s))) {
+			return nil
+		}
 	}
-	return out, iter.Err()
+	return iter.Err()
 }
 
 // Refusals returns, for those of locations whose stored pair's refresh was
@@ -1186,22 +1197,10 @@ func AnyStored(ctx context.Context, rdb redis.UniversalClient) (string, error) {
 			return "the agency's pair (company " + c + ")", nil
 		}
 	}
-	var cursor uint64
-	for {
-		keys, next, err := rdb.Scan(ctx, cursor, "ghlcancel:oauth:{*}", 1000).Result()
-		if err != nil {
-			return "", err
-		}
-		for _, k := range keys {
-			if strings.HasSuffix(k, ":lock") {
-				continue
-			}
-			if ok, err := rdb.HExists(ctx, k, "ct").Result(); err == nil && ok {
-				return "location " + strings.TrimSuffix(strings.TrimPrefix(k, "ghlcancel:oauth:{"), "}") + "'s pair", nil
-			}
-		}
-		if cursor = next; cursor == 0 {
-			return "", nil
-		}
-	}
+	found := ""
+	err := eachPair(ctx, rdb, func(loc string, _ time.Time) bool {
+		found = "location " + loc + "'s pair"
+		return false
+	})
+	return found, err
 }
