@@ -206,7 +206,9 @@ type CampaignStatus struct {
 	SweepFound   int64 `json:"sweep_scheduled_found,omitempty"`
 	// HeldBy: other campaigns that count messages this campaign's sweeps
 	// found scheduled but did not queue (already queued or done there):
-	// what became of those messages is said there.
+	// what became of those messages is said there. One that expired since
+	// is no longer named: its messages settled longer ago than the
+	// retention.
 	HeldBy []string `json:"held_by_campaigns,omitempty"`
 	// SweepList is the campaign's newest sweeps (up to 20), one per
 	// location swept: what each was asked to find, by which webhook event

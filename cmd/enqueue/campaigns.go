@@ -57,7 +57,7 @@ func (e *env) statusCmd() *cobra.Command {
 				return err
 			}
 			if !ok {
-				return tr.NotFound(ctx, args[0], campaignUnknown)
+				return tr.ExpiredNotFound(ctx, args[0], campaignUnknown, "enqueue dead list --campaign "+args[0])
 			}
 			if !s.Complete && !warned {
 				warned = true
@@ -145,6 +145,10 @@ func (e *env) waitHeld(ctx context.Context, s campaign.Status, follow func() (ca
 				fmt.Fprintf(e.stderr, "%d of the %d messages campaign %s's sweeps found queued or done first elsewhere (%s) were dead-lettered there, and %d have no outcome and no task: they may still go out; see enqueue dead list\n",
 					r.Failed, r.Followed, s.Campaign, where, r.Lost)
 			}
+			if r.Forgotten > 0 {
+				fmt.Fprintf(e.stderr, "%d of the %d messages campaign %s's sweeps found queued or done first elsewhere settled longer ago than CAMPAIGN_RETENTION: their outcomes, and the campaigns that held them, are no longer kept\n",
+					r.Forgotten, r.Followed, s.Campaign)
+			}
 			if r.More {
 				fmt.Fprintf(e.stderr, "campaign %s's sweeps found more than %d messages queued elsewhere first: only those were followed\n", s.Campaign, ledger.HeldMax)
 			}
@@ -173,7 +177,7 @@ func (e *env) reportCmd() *cobra.Command {
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, args []string) error {
 		tr := campaign.New(rdb, 0)
 		if _, ok, err := tr.Get(ctx, args[0]); err != nil || !ok {
-			return cmp.Or(err, tr.NotFound(ctx, args[0], campaignUnknown))
+			return cmp.Or(err, tr.ExpiredNotFound(ctx, args[0], campaignUnknown, "enqueue dead list --campaign "+args[0]))
 		}
 		out := e.stdout
 		var pw *io.PipeWriter
@@ -230,7 +234,7 @@ func (e *env) campaignsCmd() *cobra.Command {
 		Args:  noArgs,
 	}
 	asJSON := cmd.Flags().Bool("json", false, "print JSON")
-	limit := cmd.Flags().Int("limit", 20, "how many, newest first")
+	limit := cmd.Flags().Int("limit", 20, "how many, the most recently updated first")
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		list, err := campaign.New(rdb, 0).List(ctx, *limit)
 		if err != nil {

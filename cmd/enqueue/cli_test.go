@@ -19,6 +19,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/internal/tokens"
@@ -213,7 +214,8 @@ func TestInterruptIsReportedAsInterrupted(t *testing.T) {
 
 // TestBadRetentionIsRefused: a CAMPAIGN_RETENTION the workers refuse
 // (30d: Go durations have no days) was replaced here by 7 days without a
-// word; it is a usage error, unless --campaign-retention overrides it.
+// word; it is a usage error, unless --campaign-retention overrides it, in
+// every command that writes campaigns.
 func TestBadRetentionIsRefused(t *testing.T) {
 	t.Parallel()
 	getenv := func(k string) string {
@@ -222,13 +224,59 @@ func TestBadRetentionIsRefused(t *testing.T) {
 		}
 		return ""
 	}
+	for _, args := range [][]string{
+		{"--location", "L", "--dry-run", "mRetention0000000001"},
+		{"sweep", "--location", "L", "--dry-run"},
+		{"dead", "requeue", "--all"},
+	} {
+		var out, errw bytes.Buffer
+		err := run(context.Background(), args, getenv, strings.NewReader(""), &out, &errw)
+		var ue usageError
+		require.ErrorAs(t, err, &ue, args)
+		require.ErrorContains(t, err, `CAMPAIGN_RETENTION="30d": want a duration with a unit`)
+	}
 	var out, errw bytes.Buffer
-	err := run(context.Background(), []string{"--location", "L", "--dry-run", "mRetention0000000001"}, getenv, strings.NewReader(""), &out, &errw)
-	var ue usageError
-	require.ErrorAs(t, err, &ue)
-	require.ErrorContains(t, err, `CAMPAIGN_RETENTION="30d": want a duration with a unit`)
-	err = run(context.Background(), []string{"--location", "L", "--dry-run", "--campaign-retention", "720h", "mRetention0000000001"}, getenv, strings.NewReader(""), &out, &errw)
+	err := run(context.Background(), []string{"--location", "L", "--dry-run", "--campaign-retention", "720h", "mRetention0000000001"}, getenv, strings.NewReader(""), &out, &errw)
 	require.NoError(t, err)
+}
+
+// TestSweepAndRequeueKeepTheRetention: `enqueue sweep` and `dead requeue`
+// wrote their campaigns (and a sweep its state, whose held set copies its
+// expiry) for the default 7 days whatever CAMPAIGN_RETENTION said; they
+// now take it as the send command does.
+func TestSweepAndRequeueKeepTheRetention(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := redisServer.URL(t)
+	rdb := redistest.ClientFor(t, url)
+	getenv := func(k string) string {
+		switch k {
+		case envRedisURL:
+			return url
+		case "CAMPAIGN_RETENTION":
+			return "2h"
+		}
+		return ""
+	}
+	near2h := func(key string) {
+		t.Helper()
+		ttl, err := rdb.PTTL(ctx, key).Result()
+		require.NoError(t, err)
+		require.InDelta(t, float64(2*time.Hour), float64(ttl), float64(time.Minute), key)
+	}
+	var out, errw bytes.Buffer
+	require.NoError(t, run(ctx, []string{"sweep", "--location", "locRetention00000001", "--campaign", "sw-retention"}, getenv, strings.NewReader(""), &out, &errw), errw.String())
+	near2h(ledger.CampaignKey("sw-retention"))
+	states, err := rdb.Keys(ctx, "ghlcancel:sweep:{*}:locRetention00000001").Result()
+	require.NoError(t, err)
+	require.Len(t, states, 1)
+	near2h(states[0])
+
+	require.NoError(t, deadletter.New(rdb).Add(ctx, deadletter.Record{TaskID: "msg:mRetention0000000002", Kind: "message",
+		MessageID: "mRetention0000000002", LocationID: "locRetention00000001", CampaignID: "rq-retention", Queue: "bulk",
+		Reason: "unauthorized", HTTPStatus: 401, Attempts: 1, DeadAt: time.Now()}))
+	require.NoError(t, run(ctx, []string{"dead", "requeue", "--campaign", "rq-retention"}, getenv, strings.NewReader(""), &out, &errw), errw.String())
+	near2h(ledger.CampaignKey("rq-retention"))
 }
 
 // TestRunbookCommandsRun: every `enqueue ...` command an alert's runbook

@@ -123,11 +123,19 @@ func (e *env) deadRequeueCmd() *cobra.Command {
 	asJSON := cmd.Flags().Bool("json", false, "print the counts as JSON")
 	all := cmd.Flags().Bool("all", false, "every record (required when no filter is given)")
 	maxRetry := cmd.Flags().Int("max-retry", tasks.MaxRetryDefault, "retries per requeued cancel before it is dead-lettered again (a sweep keeps its own)")
-	cmd.PreRunE = checkFilter("requeue", f, all)
+	retention := e.retentionFlag(cmd, "how long the campaigns the cancels are requeued into are kept after their last update")
+	var keep time.Duration
+	filterOK := checkFilter("requeue", f, all)
+	cmd.PreRunE = func(cmd *cobra.Command, args []string) (err error) {
+		if keep, err = retention(); err != nil {
+			return err
+		}
+		return filterOK(cmd, args)
+	}
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		store := deadletter.New(rdb)
 		total, _ := store.Count(ctx)
-		st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(*maxRetry)}).Requeue(ctx, store, *f, func(s producer.RequeueStats) {
+		st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(*maxRetry), CampaignRetention: keep}).Requeue(ctx, store, *f, func(s producer.RequeueStats) {
 			fmt.Fprintf(e.stderr, "requeue: %d requeued, %d already queued, %d already done, %d skipped (%d dead letters in all)\n",
 				s.Requeued, s.AlreadyQueued, s.AlreadyDone, s.Skipped, total)
 		})

@@ -26,6 +26,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/envconf"
 	"github.com/ghlcancel/ghlcancel/internal/redisconn"
 )
 
@@ -47,6 +48,25 @@ func main() {
 
 // errReported: the failure was already explained on stderr.
 var errReported = errors.New("failed")
+
+// retentionFlag adds --campaign-retention (env CAMPAIGN_RETENTION) to a
+// command that writes campaigns. The returned func gives its value, or a
+// usageError for a bad one: an unreadable environment value the flag did
+// not override is refused as the workers refuse it at start (a silent 7
+// days here would keep the campaign for another time than theirs).
+func (e *env) retentionFlag(cmd *cobra.Command, help string) func() (time.Duration, error) {
+	ev := envconf.New(e.getenv)
+	d := cmd.Flags().Duration("campaign-retention", ev.Duration("CAMPAIGN_RETENTION", campaign.RetentionDefault), help+" (env CAMPAIGN_RETENTION)")
+	return func() (time.Duration, error) {
+		if err := ev.Err(); err != nil && !cmd.Flags().Changed("campaign-retention") {
+			return 0, usageError{err}
+		}
+		if *d <= 0 {
+			return 0, usageError{fmt.Errorf("--campaign-retention %s: want a positive duration, such as 168h", *d)}
+		}
+		return *d, nil
+	}
+}
 
 // usageError is a command line the command cannot run (exit status 2).
 type usageError struct{ error }

@@ -507,6 +507,25 @@ func TestStatusReportCampaigns(t *testing.T) {
 	require.ErrorContains(t, r.err, "usage: enqueue status CAMPAIGN")
 }
 
+// TestStatusOfAnExpiredCampaignWithDeadLetters: dead letters outlive
+// their campaign (30 days against 7); status and report said "unknown"
+// then, while those messages may still go out.
+func TestStatusOfAnExpiredCampaignWithDeadLetters(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	require.NoError(t, deadletter.New(redistest.ClientFor(t, url)).Add(context.Background(), deadletter.Record{TaskID: "msg:mExpired00000000001",
+		Kind: "message", MessageID: "mExpired00000000001", LocationID: "L", CampaignID: "expired-camp", Queue: "bulk",
+		Reason: "unauthorized", HTTPStatus: 401, Attempts: 1, DeadAt: time.Now()}))
+	for _, cmd := range []string{"status", "report"} {
+		r := runCmd(t, url, "", cmd, "expired-camp")
+		require.Error(t, r.err, cmd)
+		require.ErrorContains(t, r.err, `campaign "expired-camp" has expired`)
+		require.ErrorContains(t, r.err, "may still go out: enqueue dead list --campaign expired-camp")
+	}
+	r := runCmd(t, url, "", "status", "never-was")
+	require.ErrorContains(t, r.err, `no campaign "never-was" (unknown, older than its retention`)
+}
+
 func TestDeadPurgeAndExport(t *testing.T) {
 	t.Parallel()
 	url := redisServer.URL(t)
@@ -895,6 +914,7 @@ func TestWatchWaitsForHeldMessages(t *testing.T) {
 	const c = "waits-held"
 	require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey(c), "total", 0, "started_at", now, "finished_at", now, "sweeps", 1, "sweeps_done", 1).Err())
 	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldByKey(c), "other").Err())
+	require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey("other"), "total", 1, "started_at", now).Err()) // the holder (one gone is not named)
 	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldKey(c), "msg:held1\tother").Err())
 	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:msg:held1", "state", "pending").Err())
 	go func() {

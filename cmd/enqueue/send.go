@@ -13,8 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ghlcancel/ghlcancel/internal/campaign"
-	"github.com/ghlcancel/ghlcancel/internal/envconf"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
@@ -39,8 +37,7 @@ scheduled (sweep), and manage tokens.`,
 	}
 	fs := cmd.Flags()
 	location := fs.String("location", "", "location (sub-account) id of the messages, unless the file has a location_id column")
-	envRetention := envconf.New(e.getenv)
-	retention := fs.Duration("campaign-retention", envRetention.Duration("CAMPAIGN_RETENTION", campaign.RetentionDefault), "how long the campaign's counters and report are kept after its last update (env CAMPAIGN_RETENTION)")
+	retention := e.retentionFlag(cmd, "how long the campaign's counters and report are kept after its last update")
 	campaignID := fs.String("campaign", "", "campaign id to group these cancels under (a file's campaign_id column wins for the rows that fill it)")
 	kindFlag := fs.String("kind", "message", "message or email, unless the file has a kind column")
 	urgent := fs.Bool("urgent", false, "use the urgent lane (same as --lane urgent)")
@@ -70,13 +67,9 @@ scheduled (sweep), and manage tokens.`,
 		if *parallel < 1 {
 			return usageError{fmt.Errorf("--parallel %d: want 1 or more enqueues in flight", *parallel)}
 		}
-		if err := envRetention.Err(); err != nil && !cmd.Flags().Changed("campaign-retention") {
-			// The workers refuse it at start; a silent 7 days here would
-			// keep this campaign's counters for another time than theirs.
-			return usageError{err}
-		}
-		if *retention <= 0 {
-			return usageError{fmt.Errorf("--campaign-retention %s: want a positive duration, such as 168h", *retention)}
+		keep, err := retention()
+		if err != nil {
+			return err
 		}
 		l := *lane
 		switch {
@@ -134,7 +127,7 @@ scheduled (sweep), and manage tokens.`,
 			return err
 		}
 		defer rdb.Close()
-		p := producer.New(rdb, producer.Config{Queue: l, MaxRetry: producer.Retries(*maxRetry), Parallel: *parallel, CampaignRetention: *retention})
+		p := producer.New(rdb, producer.Config{Queue: l, MaxRetry: producer.Retries(*maxRetry), Parallel: *parallel, CampaignRetention: keep})
 		sum, err := producer.EnqueueReader(ctx, p, in, defaults, total, e.stderr)
 		if *asJSON {
 			_ = json.NewEncoder(e.stdout).Encode(sum)

@@ -60,7 +60,13 @@ location the agency's app is installed at.`,
 	fs.BoolVar(&o.dryRun, "dry-run", false, "find and count only: per location and channel, with the time the cancels would take")
 	fs.BoolVar(&o.wait, "wait", false, "show progress until the sweeps and their cancels are done; exit 1 if a location's sweep failed or a cancel was dead-lettered")
 	fs.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return e.sweep(cmd.Context(), o) }
+	retention := e.retentionFlag(cmd, "how long the sweep's campaign, its counters and report are kept after its last update")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) (err error) {
+		if o.retention, err = retention(); err != nil {
+			return err
+		}
+		return e.sweep(cmd.Context(), o)
+	}
 	return cmd
 }
 
@@ -70,6 +76,7 @@ type sweepOpts struct {
 	all, dryRun, wait, asJSON                                                       bool
 	baseURL, contact, conversation, channel, since, until, source, campaignID, lane string
 	pageSize, maxRetry                                                              int
+	retention                                                                       time.Duration
 }
 
 func (e *env) sweep(ctx context.Context, o sweepOpts) error {
@@ -135,7 +142,7 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 			return err
 		}
 	}
-	st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(o.maxRetry)}).Sweep(ctx, r)
+	st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(o.maxRetry), CampaignRetention: o.retention}).Sweep(ctx, r)
 	if err != nil {
 		if errors.Is(err, producer.ErrUnavailable) {
 			return err

@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlcancel/ghlcancel/client"
+	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 )
@@ -102,6 +103,7 @@ type Status struct {
 	// HeldBy: other campaigns that count messages this campaign's sweeps
 	// found scheduled but did not queue (already queued or done there):
 	// what became of those messages is said there (see Tracker.Held).
+	// Campaigns that expired since are left out (dropGone).
 	HeldBy []string `json:"held_by_campaigns,omitempty"`
 	// SweepList: the newest sweeps, filled by WithSweeps (Get leaves it
 	// empty: it is polled).
@@ -187,7 +189,40 @@ func (t *Tracker) Get(ctx context.Context, campaign string) (Status, bool, error
 		return Status{}, false, err
 	}
 	s, ok := read.status(campaign)
+	if ok {
+		err := t.dropGone(ctx, []*Status{&s})
+		return s, ok, err
+	}
 	return s, ok, nil
+}
+
+// dropGone removes from each status's HeldBy the campaigns that expired
+// (or were deleted) since: they hold nothing any more, and a reader told to
+// check them would find no such campaign. One round trip, when any names one.
+func (t *Tracker) dropGone(ctx context.Context, ss []*Status) error {
+	exists := map[string]*redis.IntCmd{}
+	for _, s := range ss {
+		for _, c := range s.HeldBy {
+			exists[c] = nil
+		}
+	}
+	if len(exists) == 0 {
+		return nil
+	}
+	if err := t.pipelined(ctx, func(p redis.Pipeliner) {
+		for c := range exists {
+			exists[c] = p.Exists(ctx, ledger.CampaignKey(c))
+		}
+	}); err != nil {
+		return err
+	}
+	for _, s := range ss {
+		s.HeldBy = slices.DeleteFunc(s.HeldBy, func(c string) bool { return exists[c].Val() == 0 })
+		if len(s.HeldBy) == 0 {
+			s.HeldBy = nil
+		}
+	}
+	return nil
 }
 
 // statusRead is a campaign's counters and retrying count, queued on a pipeline.
@@ -249,7 +284,11 @@ type HeldReport struct {
 	Followed int // messages followed
 	Waiting  int // still queued or running: no outcome yet
 	Failed   int // dead-lettered: they may still go out
-	Lost     int // no outcome and no task (deleted by hand, or expired)
+	Lost     int // no outcome and no task, its holding campaign there: deleted by hand
+	// Forgotten: no outcome and no task, and the campaign that held it (or
+	// none held it) has expired too: settled longer ago than the retention,
+	// its outcome no longer kept. Not a failure.
+	Forgotten int
 	// More: more than ledger.HeldMax were found so: the rest is not followed.
 	More bool
 }
@@ -313,7 +352,8 @@ func (t *Tracker) HeldIn(ctx context.Context, stateKeys []string) (HeldReport, e
 // its task waiting on a lane, else archived by asynq with no outcome (a
 // dead letter, as the enqueue rule reads it), else, read once more (it may
 // have settled between two reads), the holding campaign's outcome row (a
-// record expires before its campaign), else lost.
+// record expires before its campaign), else forgotten when that campaign
+// is gone too (or there was none: its record was all there was), else lost.
 func (t *Tracker) follow(ctx context.Context, members []string, more bool) (HeldReport, error) {
 	r := HeldReport{More: more, Followed: len(members)}
 	type held struct{ id, campaign string }
@@ -371,11 +411,13 @@ func (t *Tracker) follow(ctx context.Context, members []string, more bool) (Held
 		if len(unsure) > 0 {
 			again := make([]*redis.StringCmd, len(unsure))
 			rows := make([]*redis.StringCmd, len(unsure))
+			there := make([]*redis.IntCmd, len(unsure))
 			if err := t.pipelined(ctx, func(p redis.Pipeliner) {
 				for i, h := range unsure {
 					again[i] = p.HGet(ctx, ledger.Key(h.id), "o")
 					if h.campaign != "" {
 						rows[i] = p.HGet(ctx, ledger.CampaignOutcomesKey(h.campaign), h.id)
+						there[i] = p.Exists(ctx, ledger.CampaignKey(h.campaign))
 					}
 				}
 			}); err != nil {
@@ -387,6 +429,8 @@ func (t *Tracker) follow(ctx context.Context, members []string, more bool) (Held
 					r.count(again[i].Val())
 				case rows[i] != nil && rows[i].Val() != "":
 					r.count(rows[i].Val())
+				case there[i] == nil || there[i].Val() == 0:
+					r.Forgotten++
 				default:
 					r.Lost++
 				}
@@ -540,10 +584,70 @@ func (t *Tracker) NotFound(ctx context.Context, campaign, hint string) error {
 	return errors.New(msg)
 }
 
-// List returns up to n campaigns, newest first, in two round trips.
+// pruneScript removes from the campaign index each named campaign whose
+// counters hash is gone, in one step with the check: a campaign started
+// again meanwhile (its hash back, its entry rescored) stays.
+var pruneScript = redis.NewScript(`
+local gone = 0
+for _, c in ipairs(ARGV) do
+  if redis.call("EXISTS", "ghlcancel:campaign:{" .. c .. "}") == 0 then
+    gone = gone + redis.call("ZREM", KEYS[1], c)
+  end
+end
+return gone`)
+
+// PruneBatch is how many index entries Prune checks per round trip.
+const PruneBatch = 500
+
+// Prune removes from the campaign index the campaigns that expired: those
+// not updated for the Tracker's retention whose counters are gone. One
+// kept alive longer (a process with a longer CAMPAIGN_RETENTION touched
+// it) stays listed. It returns how many it removed.
+func (t *Tracker) Prune(ctx context.Context) (int, error) {
+	cutoff := "(" + strconv.FormatInt(time.Now().Add(-t.retention).UnixMilli(), 10)
+	removed := 0
+	for offset := int64(0); ; {
+		names, err := t.rdb.ZRangeByScore(ctx, ledger.CampaignIndex, &redis.ZRangeBy{
+			Min: "-inf", Max: cutoff, Offset: offset, Count: PruneBatch}).Result()
+		if err != nil || len(names) == 0 {
+			return removed, err
+		}
+		args := make([]any, len(names))
+		for i, c := range names {
+			args[i] = c
+		}
+		n, err := pruneScript.Run(ctx, t.rdb, []string{ledger.CampaignIndex}, args...).Int()
+		if err != nil {
+			return removed, err
+		}
+		removed += n
+		// The live ones stay ahead of the next page.
+		offset += int64(len(names) - n)
+		if len(names) < PruneBatch {
+			return removed, nil
+		}
+	}
+}
+
+// ExpiredNotFound is NotFound for a campaign's status or report: when dead
+// letters still name the campaign (they are kept longer than campaigns),
+// it says that the campaign expired and that those messages may still go
+// out, instead of "unknown". deadLetters says where to list them.
+func (t *Tracker) ExpiredNotFound(ctx context.Context, campaign, hint, deadLetters string) error {
+	// Best effort, as NotFound's did-you-mean: a failed read leaves "unknown".
+	if recs, _, err := deadletter.New(t.rdb).Page(ctx, deadletter.Filter{CampaignID: campaign}, "", 1); err == nil && len(recs) > 0 {
+		return fmt.Errorf("campaign %q has expired: its counters and report are kept CAMPAIGN_RETENTION after its last update, "+
+			"but dead letters naming it remain (kept DEAD_LETTER_RETENTION), and their messages may still go out: %s", campaign, deadLetters)
+	}
+	return t.NotFound(ctx, campaign, hint)
+}
+
+// List returns up to n campaigns, the most recently updated first, in two
+// round trips after pruning the expired ones from the index.
 func (t *Tracker) List(ctx context.Context, n int) ([]Status, error) {
-	cutoff := time.Now().Add(-t.retention).UnixMilli()
-	_ = t.rdb.ZRemRangeByScore(ctx, ledger.CampaignIndex, "-inf", "("+strconv.FormatInt(cutoff, 10)).Err()
+	if _, err := t.Prune(ctx); err != nil {
+		return nil, err
+	}
 	names, err := t.rdb.ZRevRange(ctx, ledger.CampaignIndex, 0, int64(n-1)).Result()
 	if err != nil || len(names) == 0 {
 		return nil, err
@@ -563,7 +667,11 @@ func (t *Tracker) List(ctx context.Context, n int) ([]Status, error) {
 			out = append(out, s)
 		}
 	}
-	return out, nil
+	ps := make([]*Status, len(out))
+	for i := range out {
+		ps[i] = &out[i]
+	}
+	return out, t.dropGone(ctx, ps)
 }
 
 // WriteReport writes one CSV row per message with a terminal outcome:

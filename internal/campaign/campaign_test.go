@@ -159,6 +159,49 @@ func TestNoCampaignIsANoOp(t *testing.T) {
 	require.Empty(t, list)
 }
 
+// TestListKeepsLiveCampaigns: the campaign index is pruned by whether a
+// campaign is still there, not by when it started. Before, a campaign fed
+// for longer than the lister's retention, one kept by a process with a
+// longer CAMPAIGN_RETENTION, and one started again under an expired
+// campaign's id (its entry kept the old start) were dropped from the
+// console's and `enqueue campaigns`' lists while they ran.
+func TestListKeepsLiveCampaigns(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	tr := campaign.New(rdb, 500*time.Millisecond) // the lister's retention
+	long := producer.New(rdb, producer.Config{CampaignRetention: time.Hour})
+	short := producer.New(rdb, producer.Config{CampaignRetention: 300 * time.Millisecond})
+	seed(t, long, "kept-longer", "loc", "a")
+	seed(t, short, "expires", "loc", "b")
+	seed(t, short, "again", "loc", "c")
+	time.Sleep(700 * time.Millisecond)       // both short ones expired; nobody listed
+	seed(t, short, "again", "loc", "d")      // started again under the same id
+	seed(t, long, "kept-longer", "loc", "f") // still fed: listed first
+
+	list, err := tr.List(ctx, 10)
+	require.NoError(t, err)
+	var names []string
+	for _, s := range list {
+		names = append(names, s.Campaign)
+	}
+	require.Equal(t, []string{"kept-longer", "again"}, names, "most recently updated first; the expired one gone")
+	n, err := rdb.ZCard(ctx, ledger.CampaignIndex).Result()
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n, "the expired campaign's entry was pruned")
+
+	// Prune alone (the worker's janitor, when nobody lists) removes what
+	// expired and nothing else.
+	seed(t, short, "unlisted", "loc", "e")
+	time.Sleep(700 * time.Millisecond)
+	removed, err := tr.Prune(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, removed, "again and unlisted expired")
+	left, err := rdb.ZRange(ctx, ledger.CampaignIndex, 0, -1).Result()
+	require.NoError(t, err)
+	require.Equal(t, []string{"kept-longer"}, left)
+}
+
 // TestRenderSweepRuns: the sweep list holds runs, so a failed sweep that
 // was requeued is listed twice while the campaign counts one location; the
 // heading must not say "newest 2 of 1".
@@ -277,15 +320,29 @@ func TestHeldFollowsEachMessage(t *testing.T) {
 	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:msg:queued", "state", "pending").Err())
 	require.NoError(t, rdb.HSet(ctx, ledger.Key("msg:super"), "o", row(ledger.Superseded)).Err())
 	require.NoError(t, rdb.HSet(ctx, ledger.Key("email:super"), "o", row(ledger.DeadLettered)).Err())
-	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldKey(c), "msg:done", "msg:dead", "msg:queued", "msg:lost", "msg:super").Err())
+	// msg:lost's holding campaign is there with no row for it: deleted by
+	// hand. msg:forgot's and msg:none's (held by no campaign) are gone with
+	// their records: settled longer ago than the retention. An audit found
+	// those reported "may still go out" (status --watch exit 1) although
+	// HighLevel had them cancelled.
+	require.NoError(t, rdb.HSet(ctx, ledger.CampaignKey("holder-alive"), "total", 1).Err())
+	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldKey(c), "msg:done", "msg:dead", "msg:queued", "msg:lost\tholder-alive", "msg:super",
+		"msg:forgot\tholder-gone", "msg:none\t").Err())
+	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldByKey(c), "holder-alive", "holder-gone").Err())
 	tr := campaign.New(rdb, 0)
 	s, ok, err := tr.Get(ctx, c)
 	require.NoError(t, err)
 	require.True(t, ok)
+	require.Equal(t, []string{"holder-alive"}, s.HeldBy, "an expired holder is not named")
 	r, err := tr.Held(ctx, s)
 	require.NoError(t, err)
-	require.Equal(t, campaign.HeldReport{Followed: 5, Waiting: 1, Failed: 2, Lost: 1}, r)
+	require.Equal(t, campaign.HeldReport{Followed: 7, Waiting: 1, Failed: 2, Lost: 1, Forgotten: 2}, r)
 	require.True(t, r.Bad())
+	require.NoError(t, rdb.SRem(ctx, ledger.CampaignHeldKey(c), "msg:dead", "msg:lost\tholder-alive", "msg:queued", "msg:super").Err())
+	r, err = tr.Held(ctx, s)
+	require.NoError(t, err)
+	require.Equal(t, campaign.HeldReport{Followed: 3, Forgotten: 2}, r)
+	require.False(t, r.Bad(), "forgotten outcomes are not failures")
 
 	require.NoError(t, rdb.Del(ctx, ledger.CampaignHeldKey(c)).Err())
 	require.NoError(t, rdb.SAdd(ctx, ledger.CampaignHeldKey(c), "msg:done").Err())

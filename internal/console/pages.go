@@ -220,7 +220,9 @@ func (c *Console) campaignPage(w http.ResponseWriter, r *http.Request, tmpl stri
 		return
 	}
 	if !ok {
-		c.fail(w, r, sessionOf(r), http.StatusNotFound, fmt.Sprintf("No campaign %q: unknown, or finished longer ago than its retention (CAMPAIGN_RETENTION).", id))
+		msg := c.campaigns.ExpiredNotFound(r.Context(), id, "unknown, or finished longer ago than its retention (CAMPAIGN_RETENTION)",
+			"see Dead letters, filtered by this campaign").Error()
+		c.fail(w, r, sessionOf(r), http.StatusNotFound, strings.ToUpper(msg[:1])+msg[1:]+".")
 		return
 	}
 	c.render(w, r, http.StatusOK, tmpl, page{Title: "Campaign " + id, Nav: "campaigns", Data: v})

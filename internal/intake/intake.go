@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -796,8 +797,9 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ok {
 		writeError(w, http.StatusNotFound, client.CodeCampaignNotFound,
-			s.campaigns.NotFound(r.Context(), id, "unknown, finished longer ago than its retention, or nothing was ever counted in it: "+
-				"a message already counted in another campaign stays there, and the answer that enqueued it named that campaign (held_by)").Error(), nil, 0)
+			s.campaigns.ExpiredNotFound(r.Context(), id, "unknown, finished longer ago than its retention, or nothing was ever counted in it: "+
+				"a message already counted in another campaign stays there, and the answer that enqueued it named that campaign (held_by)",
+				"GET /v1/dead-letters?campaign_id="+url.QueryEscape(id)).Error(), nil, 0)
 		return
 	}
 	writeJSON(w, http.StatusOK, client.CampaignStatus(st))

@@ -409,6 +409,13 @@ func TestCampaignAndDeadLetters(t *testing.T) {
 		CampaignID: "expired-campaign", Queue: "default", Reason: "unauthorized", Attempts: 1}))
 	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/dead-letters?campaign_id=expired-campaign&reason=bad_request", auth, nil, &empty).StatusCode)
 	require.Empty(t, empty.DeadLetters)
+	// That campaign's status is a 404 still, which says it expired with
+	// dead letters left (an audit found it read as "unknown" for the 23
+	// days dead letters outlive their campaign).
+	eb = client.ErrorBody{}
+	e.errBody(e.do(http.MethodGet, "/v1/campaigns/expired-campaign", auth, nil, &eb), eb, http.StatusNotFound, client.CodeCampaignNotFound)
+	require.Contains(t, eb.Error.Message, `campaign "expired-campaign" has expired`)
+	require.Contains(t, eb.Error.Message, "may still go out: GET /v1/dead-letters?campaign_id=expired-campaign")
 }
 
 // TestRedisDown: enqueues answer 503 with a retry hint, /readyz 503.

@@ -81,7 +81,10 @@ func SweepStateKey(sweepID, location string) string {
 	return "ghlcancel:sweep:{" + sweepID + "}:" + location
 }
 
-// CampaignIndex is the sorted set of campaigns by start time.
+// CampaignIndex is the sorted set of campaigns by their last update (the
+// time their expiry was last pushed forward): an entry older than the
+// campaigns' retention names a campaign that is gone, unless a process with
+// a longer retention touched it (campaign.Tracker.Prune checks).
 const CampaignIndex = "ghlcancel:campaigns"
 
 // Terminal outcomes.
@@ -254,6 +257,7 @@ local function ctouch(c, now, ttl)
   redis.call("PEXPIRE", k .. ":sweeplist", ttl)
   redis.call("PEXPIRE", k .. ":held_by", ttl)
   redis.call("PEXPIRE", k .. ":held", ttl)
+  redis.call("ZADD", "ghlcancel:campaigns", now, c)
 end
 -- csettled: after an outcome, set finished_at when done reaches total, and
 -- push the campaign's expiry forward at most once a minute (one HMGET on
@@ -298,7 +302,6 @@ local function cadd(c, n, loc, now, ttl)
   redis.call("HINCRBY", k, "total", n)
   redis.call("HSETNX", k, "started_at", now)
   if loc ~= "" and n > 0 then redis.call("SADD", kl, loc) end
-  redis.call("ZADD", "ghlcancel:campaigns", "NX", now, c)
   cfinish(c, now)
   ctouch(c, now, ttl)
 end

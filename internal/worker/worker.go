@@ -23,6 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghlcancel/ghlcancel/internal/breaker"
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
@@ -266,7 +267,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			"default", LaneConcurrency(tasks.QueueDefault, w.cfg.Concurrency), "bulk", LaneConcurrency(tasks.QueueBulk, w.cfg.Concurrency))
 	}
 	janitor := make(chan struct{})
-	go func() { defer close(janitor); w.pruneDeadLetters(ctx) }()
+	go func() { defer close(janitor); w.prune(ctx) }()
 	<-ctx.Done()
 	<-janitor
 	w.log.Info("worker draining", "shutdown_timeout", w.cfg.ShutdownTimeout)
@@ -394,17 +395,25 @@ func LaneConcurrency(lane string, concurrency int) int {
 }
 
 // DeadLetterPruneEvery is how often a worker removes dead letters past
-// their retention (writes of new dead letters also remove some).
+// their retention (writes of new dead letters also remove some), and
+// expired campaigns from the campaign index (listing them does too: with
+// no one listing, an integrator's campaign per request would grow it).
 const DeadLetterPruneEvery = 10 * time.Minute
 
-func (w *Worker) pruneDeadLetters(ctx context.Context) {
+func (w *Worker) prune(ctx context.Context) {
 	t := time.NewTicker(DeadLetterPruneEvery)
 	defer t.Stop()
+	campaigns := campaign.New(w.cfg.Redis, w.cfg.CampaignRetention)
 	for {
 		if n, err := w.Dead.Prune(ctx); err != nil && ctx.Err() == nil {
 			w.log.Warn("pruning expired dead letters failed", "error", err)
 		} else if n > 0 {
 			w.log.Info("expired dead letters removed", "count", n, "retention", w.Dead.Retention)
+		}
+		if n, err := campaigns.Prune(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn("pruning expired campaigns from the index failed", "error", err)
+		} else if n > 0 {
+			w.log.Info("expired campaigns removed from the index", "count", n)
 		}
 		select {
 		case <-t.C:
