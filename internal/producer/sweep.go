@@ -110,6 +110,7 @@ func NewID(prefix string) string {
 // campaign still counts it (its id is in the campaign's failed_sweeps set,
 // which expires with the campaign's other keys).
 var sweepScript = redis.NewScript(ledger.Lua + `
+local LANES = {` + luaLanes() + `}
 local nowns, now, ttl, campaign = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local dry = ARGV[10] == "1"
 -- Before the first write to the campaign's hash (cadd's check comes after).
@@ -126,6 +127,14 @@ if ARGV[5] ~= "" and not redis.call("SET", ARGV[5], ARGV[8], "NX", "PX", ARGV[6]
 local function takeback(id, state)
   if redis.call("HDEL", "` + deadletter.KeyRecords + `", id) == 0 then return false end
   redis.call("ZREM", "` + deadletter.KeyIndex + `", id)
+  -- asynq's archived copy goes with it, as a requeued cancel's does.
+  for _, l in ipairs(LANES) do
+    local tk = "asynq:{" .. l .. "}:t:" .. id
+    if redis.call("HGET", tk, "state") == "archived" then
+      redis.call("DEL", tk)
+      redis.call("ZREM", "asynq:{" .. l .. "}:archived", id)
+    end
+  end
   -- Who follows the failed run (sweep --wait) finds how it ends.
   if state ~= "" and redis.call("EXISTS", state) == 1 then redis.call("HSET", state, "replaced_by", ARGV[12]) end
   local k = ck(campaign)

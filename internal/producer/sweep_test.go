@@ -68,11 +68,19 @@ func TestReviveSweep(t *testing.T) {
 	rec := deadletter.Record{TaskID: st.TaskIDs[0], Kind: "sweep", LocationID: pl.LocationID, CampaignID: "revive",
 		Queue: "default", Reason: "no_token", DeadAt: time.Now(), Payload: string(b)}
 	require.NoError(t, store.Add(ctx, rec))
+	// asynq archived the failed task (a requeue left this copy for asynq's
+	// 90 days, found by an audit; a requeued cancel's copy goes).
+	tk := "asynq:{default}:t:" + st.TaskIDs[0]
+	require.NoError(t, rdb.HSet(ctx, tk, "state", "archived").Err())
+	require.NoError(t, rdb.LRem(ctx, "asynq:{default}:pending", 0, st.TaskIDs[0]).Err())
+	require.NoError(t, rdb.ZAdd(ctx, "asynq:{default}:archived", redis.Z{Score: float64(time.Now().Unix()), Member: st.TaskIDs[0]}).Err())
 
 	started, ok, err := p.ReviveSweep(ctx, rec)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.NotEqual(t, st.SweepID, started.SweepID)
+	require.Zero(t, rdb.Exists(ctx, tk).Val(), "the archived copy is removed")
+	require.Zero(t, rdb.ZCard(ctx, "asynq:{default}:archived").Val(), "and its entry")
 	require.Equal(t, "revive", started.CampaignID)
 	v := rdb.HMGet(ctx, k, "sweeps", "sweeps_done", "sweeps_failed").Val()
 	require.Equal(t, []any{"1", "0", "0"}, v, "one sweep, running again")
