@@ -33,6 +33,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -155,6 +156,9 @@ type Config struct {
 	DailyPark time.Duration
 	// Observe, when set, receives waits and events for metrics.
 	Observe Observer
+	// Logger, when set, is told when a location is parked (WARN): until
+	// when, and why. Nil logs nothing.
+	Logger *slog.Logger
 }
 
 // Observer receives what the limiter does. Implementations must be cheap.
@@ -595,10 +599,15 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 		l.cfg.Observe.DailyLow()
 	}
 	switch {
-	case lim.DailyRemaining >= 0 && lim.DailyRemaining <= l.cfg.DailyReserve:
-		return l.park(ctx, location, l.cfg.DailyPark, fmt.Sprintf("daily budget nearly spent: %d of %d left", lim.DailyRemaining, lim.DailyLimit))
 	case rateLimited != nil && rateLimited.Daily:
-		return l.park(ctx, location, rateLimited.RetryAfter, "429: daily limit reached")
+		// Before the reserve's case, which a daily 429 (0 left) always
+		// meets: HighLevel's Retry-After says when the budget is back
+		// (without one, RetryAfter is DailyLimitRecheck). Parking the
+		// location DailyPark regardless kept it waiting up to an hour
+		// after its budget came back (found by the daily-budget audit).
+		return l.park(ctx, location, rateLimited.RetryAfter, fmt.Sprintf("429: daily limit reached: %d of %d left", max(lim.DailyRemaining, 0), lim.DailyLimit))
+	case lim.DailyRemaining >= 0 && lim.DailyRemaining <= l.cfg.DailyReserve:
+		return l.park(ctx, location, l.cfg.DailyPark, fmt.Sprintf("daily budget nearly spent: %d of %d left (DAILY_RESERVE %d)", lim.DailyRemaining, lim.DailyLimit, l.cfg.DailyReserve))
 	case rateLimited != nil:
 		return l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
 	case lim.Remaining == 0 && lim.Interval > 0 && lim.Max > 0 && l.othersSpend(location, lim):
@@ -698,12 +707,19 @@ func (l *Limiter) park(ctx context.Context, location string, d time.Duration, wh
 	}
 	now := time.Now()
 	until := now.Add(d)
+	var added *redis.IntCmd
 	_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZRemRangeByScore(ctx, KeyParked, "-inf", "("+strconv.FormatInt(now.UnixMilli(), 10))
-		p.ZAdd(ctx, KeyParked, redis.Z{Score: float64(until.UnixMilli()), Member: location})
+		added = p.ZAdd(ctx, KeyParked, redis.Z{Score: float64(until.UnixMilli()), Member: location})
 		p.HSet(ctx, KeyWhy, location, why+" (until "+until.UTC().Format(time.RFC3339)+")")
 		return nil
 	})
+	// Once per parking (a location already parked is not said again by
+	// every answer that confirms it): its cancels wait until then.
+	if err == nil && added.Val() == 1 && l.cfg.Logger != nil {
+		l.cfg.Logger.Warn("location parked: its cancels wait for its daily budget (enqueue parked lists them)",
+			"location", location, "until", until.UTC().Format(time.RFC3339), "why", why)
+	}
 	return err
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
+	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
 )
 
 var redisServer *redistest.Server
@@ -489,6 +491,39 @@ func TestDailyBudgetParksTheLocation(t *testing.T) {
 	lim.DailyRemaining = 20_000
 	require.NoError(t, l.Observe(ctx, "locC", lim, nil))
 	require.Equal(t, 2, obs.dailyLow)
+}
+
+// TestDaily429ParksForItsRetryAfter: a 429 for the daily budget parks the
+// location for HighLevel's Retry-After, not DailyPark (an audit saw a
+// "Retry-After: 278" parked an hour: the reserve's case, which a daily 429
+// always meets, came first). Parking is logged once, not on every answer.
+func TestDaily429ParksForItsRetryAfter(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	var logs syncbuf.Buffer
+	l := New(rdb, Config{DailyReserve: 10, DailyPark: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	lim := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 90, DailyLimit: 150, DailyRemaining: 0}
+	for range 2 {
+		require.NoError(t, l.Observe(ctx, "locR", lim, &ghl.RateLimitError{RetryAfter: 278 * time.Second, Daily: true, Limits: lim}))
+	}
+	_, err := l.Admit(ctx, req("locR", "t1"))
+	var sn *SnoozeError
+	require.ErrorAs(t, err, &sn)
+	require.Equal(t, "daily", sn.Reason)
+	require.InDelta(t, float64(278*time.Second), float64(sn.RetryAfter), float64(5*time.Second))
+	parked, err := Parked(ctx, rdb)
+	require.NoError(t, err)
+	require.Contains(t, parked["locR"], "429: daily limit reached: 0 of 150 left")
+	require.Equal(t, 1, strings.Count(logs.String(), "location parked"), logs.String())
+	require.Contains(t, logs.String(), "location=locR")
+
+	// Nearly spent (no 429): parked DailyPark, saying the reserve.
+	lim.DailyRemaining = 4
+	require.NoError(t, l.Observe(ctx, "locS", lim, nil))
+	parked, err = Parked(ctx, rdb)
+	require.NoError(t, err)
+	require.Contains(t, parked["locS"], "daily budget nearly spent: 4 of 150 left (DAILY_RESERVE 10)")
 }
 
 // TestNoDailyReserveParksOnlyWhenSpent: DailyReserveNone (DAILY_RESERVE=0)

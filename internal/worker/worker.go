@@ -149,6 +149,7 @@ func New(cfg Config) (*Worker, error) {
 	if !cfg.NoPacing {
 		rl := cfg.RateLimit
 		rl.Observe = m
+		rl.Logger = cmp.Or(rl.Logger, cfg.Logger)
 		rl.RecordTTL = cmp.Or(cfg.CampaignRetention, ledger.RetentionDefault)
 		pacer = ratelimit.New(cfg.Redis, rl)
 	}
