@@ -49,7 +49,9 @@ type Metrics struct {
 	EventToCancel  *prometheus.HistogramVec
 
 	TokensFileStale prometheus.GaugeFunc // reads the function given to TokensFileStaleBy
+	FleetDiffers    *prometheus.GaugeVec
 
+	fleetNames    []string // set once, before the janitor runs
 	circuitPaused atomic.Pointer[func() bool]
 	tokensStale   atomic.Pointer[func() bool]
 }
@@ -62,6 +64,23 @@ func flag(p *atomic.Pointer[func() bool]) func() float64 {
 			return 1
 		}
 		return 0
+	}
+}
+
+// FleetSettings creates fleet_settings_differ at 0 for each setting this
+// worker announces (internal/fleet).
+func (m *Metrics) FleetSettings(names []string) {
+	m.fleetNames = names
+	for _, n := range names {
+		m.FleetDiffers.WithLabelValues(n).Set(0)
+	}
+}
+
+// FleetDiffer sets fleet_settings_differ: 1 for the settings on which the
+// live workers disagree, 0 for the others this worker announced.
+func (m *Metrics) FleetDiffer(differ map[string]bool) {
+	for _, n := range m.fleetNames {
+		m.FleetDiffers.WithLabelValues(n).Set(map[bool]float64{true: 1}[differ[n]])
 	}
 }
 
@@ -213,6 +232,10 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: Namespace, Name: "tokens_file_stale",
 		Help: "1 while GHL_TOKENS_FILE on disk could not be loaded (not valid JSON, a bad id or token, gone) and the last good version is in use; 0 otherwise, or with no tokens file.",
 	}, flag(&m.tokensStale))
+	m.FleetDiffers = f.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "fleet_settings_differ",
+		Help: "1 while the live workers sharing this Redis disagree on this setting (one that acts on shared state: pacing, retention, VERIFY, GHL_BASE_URL); the worker's log names the values and workers.",
+	}, []string{"setting"})
 	m.CircuitChanges = f.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "circuit_transitions_total",
 		Help: "Circuit breaker state changes, by the state entered (open, half_open, closed).",

@@ -319,11 +319,15 @@ func (s *Store) scanTies(ctx context.Context, score float64, seen []string, f Fi
 
 // Prune removes records dead longer ago than Retention, PageSize at a
 // time, and returns how many it removed.
-func (s *Store) Prune(ctx context.Context) (int, error) {
-	if s.Retention <= 0 {
+func (s *Store) Prune(ctx context.Context) (int, error) { return s.PruneOlderThan(ctx, s.Retention) }
+
+// PruneOlderThan removes records dead longer ago than retention (a worker
+// passes the longest of its fleet's, internal/fleet); 0 removes none.
+func (s *Store) PruneOlderThan(ctx context.Context, retention time.Duration) (int, error) {
+	if retention <= 0 {
 		return 0, nil
 	}
-	cutoff := "(" + strconv.FormatInt(s.now().Add(-s.Retention).UnixMilli(), 10)
+	cutoff := "(" + strconv.FormatInt(s.now().Add(-retention).UnixMilli(), 10)
 	removed := 0
 	for {
 		ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: KeyIndex, Start: "-inf", Stop: cutoff, ByScore: true, Count: PageSize}).Result()

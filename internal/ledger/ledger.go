@@ -38,6 +38,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -188,6 +189,21 @@ type Config struct {
 type Ledger struct {
 	rdb redis.UniversalClient
 	cfg Config
+	// deadFloor (ns): the longest dead-letter retention of the live
+	// workers (SetDeadRetentionFloor); a write prunes none younger.
+	deadFloor atomic.Int64
+}
+
+// SetDeadRetentionFloor makes dead letters (and their records) kept at
+// least d, whatever Config.DeadRetention says: the longest retention of
+// the workers sharing this Redis (internal/fleet). A worker with a short
+// DEAD_LETTER_RETENTION must not remove the others' dead letters.
+func (l *Ledger) SetDeadRetentionFloor(d time.Duration) { l.deadFloor.Store(int64(d)) }
+
+// DeadRetention is the retention a write uses: Config.DeadRetention, or
+// the floor when that is longer.
+func (l *Ledger) DeadRetention() time.Duration {
+	return max(l.cfg.DeadRetention, time.Duration(l.deadFloor.Load()))
 }
 
 // New returns a Ledger on rdb.
@@ -742,7 +758,7 @@ func (l *Ledger) Settle(ctx context.Context, f Final) (got Outcome, recorded boo
 	for attempt := 1; ; attempt++ {
 		var v []any
 		v, err = settleScript.Run(ctx, l.rdb, keys, f.TaskID, f.Outcome.Outcome, f.Outcome.Reason, row,
-			f.Outcome.At.UnixMilli(), f.CampaignID, l.cfg.Retention.Milliseconds(), l.cfg.DeadRetention.Milliseconds(), string(dead), keep, f.LeaveWaiters, settleFlags(f)).Slice()
+			f.Outcome.At.UnixMilli(), f.CampaignID, l.cfg.Retention.Milliseconds(), l.DeadRetention().Milliseconds(), string(dead), keep, f.LeaveWaiters, settleFlags(f)).Slice()
 		if err == nil {
 			switch n, _ := v[0].(int64); n {
 			case 1:

@@ -34,6 +34,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,6 +101,9 @@ type Limit struct {
 	N      int
 	Period time.Duration
 }
+
+// Spec is the limit as ParseLimit reads it: "100/10s".
+func (l Limit) Spec() string { return strconv.Itoa(l.N) + "/" + l.Period.String() }
 
 // ParseLimit reads "100/10s".
 func ParseLimit(s string) (Limit, error) {
@@ -215,6 +219,24 @@ func New(rdb redis.UniversalClient, cfg Config) *Limiter {
 	}
 	cfg.DailyPark = cmp.Or(cfg.DailyPark, DailyParkDefault)
 	return &Limiter{rdb: rdb, cfg: cfg, learned: map[string]string{}, probing: map[string]*probeWaiters{}, probePoll: probePoll}
+}
+
+// Settings are the limiter's settings that act on what every worker
+// shares (a location's admission log, cool-downs and parking), by their
+// environment variable, for the fleet's comparison (internal/fleet).
+func (l *Limiter) Settings() map[string]string {
+	var ov []string
+	for loc, lim := range l.cfg.Overrides {
+		ov = append(ov, loc+"="+lim.Spec())
+	}
+	slices.Sort(ov)
+	return map[string]string{
+		"RATE_LIMIT":                l.cfg.Default.Spec(),
+		"RATE_LIMIT_MARGIN":         strconv.FormatFloat(l.cfg.Margin, 'g', -1, 64),
+		"RATE_LIMIT_OVERRIDES":      strings.Join(ov, ","),
+		"RATE_LIMIT_URGENT_RESERVE": strconv.Itoa(l.cfg.UrgentReserve),
+		"DAILY_RESERVE":             strconv.Itoa(l.cfg.DailyReserve),
+	}
 }
 
 // Allowance is what the limiter lets through for a limit: at most N calls

@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +27,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/breaker"
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/fleet"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -117,6 +120,8 @@ type Worker struct {
 	Routes   *ghl.RouteHealth
 	log      *slog.Logger
 	stopping *atomic.Bool // set a second before asynq's shutdown abort (tasks.TakenBack)
+	fleet    *fleet.Registry
+	ledger   *ledger.Ledger
 }
 
 // New validates cfg and builds a Worker.
@@ -247,12 +252,35 @@ func New(cfg Config) (*Worker, error) {
 			srvs = append(srvs, asynq.NewServerFromRedisClient(cfg.Redis, c))
 		}
 	}
-	return &Worker{cfg: cfg, srvs: srvs, handler: handler, stopping: stopping, Metrics: m, Registry: cfg.Registry, Dead: dead, Routes: routes, log: cfg.Logger}, nil
+	settings := fleetSettings(cfg, api.BaseURL(), dead.Retention, pacer)
+	m.FleetSettings(slices.Sorted(maps.Keys(settings)))
+	return &Worker{cfg: cfg, srvs: srvs, handler: handler, stopping: stopping, Metrics: m, Registry: cfg.Registry, Dead: dead, Routes: routes, log: cfg.Logger,
+		// host:pid names the process; the suffix tells apart workers run
+		// in one process (tests, an embedding program).
+		fleet: fleet.New(cfg.Redis, deadletter.ThisWorker+"/"+rand.Text()[:4], settings), ledger: h.Ledger}, nil
+}
+
+// fleetSettings are the settings this worker announces to the others
+// sharing its Redis (internal/fleet): those that act on shared state.
+func fleetSettings(cfg Config, baseURL string, deadRetention time.Duration, pacer *ratelimit.Limiter) fleet.Settings {
+	s := fleet.Settings{
+		"VERIFY":                fleet.Bool(!cfg.NoVerify),
+		"CAMPAIGN_RETENTION":    fleet.Duration(cmp.Or(cfg.CampaignRetention, ledger.RetentionDefault)),
+		"DEAD_LETTER_RETENTION": fleet.Duration(deadRetention),
+		"GHL_BASE_URL":          baseURL,
+		"RATE_LIMIT":            "off",
+	}
+	if pacer != nil {
+		maps.Copy(s, pacer.Settings())
+	}
+	return s
 }
 
 // Run processes tasks until ctx is done, then shuts down: in-flight tasks
 // get ShutdownTimeout to finish, the rest go back to their lane.
 func (w *Worker) Run(ctx context.Context) error {
+	var said string
+	retention := w.look(ctx, &said)
 	for i, srv := range w.srvs {
 		if err := srv.Start(w.handler); err != nil {
 			for _, started := range w.srvs[:i] {
@@ -268,7 +296,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			"default", LaneConcurrency(tasks.QueueDefault, w.cfg.Concurrency), "bulk", LaneConcurrency(tasks.QueueBulk, w.cfg.Concurrency))
 	}
 	janitor := make(chan struct{})
-	go func() { defer close(janitor); w.prune(ctx) }()
+	go func() { defer close(janitor); w.janitor(ctx, said, retention) }()
 	<-ctx.Done()
 	<-janitor
 	w.log.Info("worker draining", "shutdown_timeout", w.cfg.ShutdownTimeout)
@@ -401,26 +429,86 @@ func LaneConcurrency(lane string, concurrency int) int {
 // no one listing, an integrator's campaign per request would grow it).
 const DeadLetterPruneEvery = 10 * time.Minute
 
-func (w *Worker) prune(ctx context.Context) {
-	t := time.NewTicker(DeadLetterPruneEvery)
+// janitor announces this worker to the fleet every fleet.AnnounceEvery
+// (look) and prunes every DeadLetterPruneEvery, first at once. Run looks
+// once before any task runs: dead letters, pruned here and by the
+// ledger's writes, are kept the longest retention of the live workers.
+func (w *Worker) janitor(ctx context.Context, said string, retention time.Duration) {
+	t := time.NewTicker(fleet.AnnounceEvery)
 	defer t.Stop()
 	campaigns := campaign.New(w.cfg.Redis, w.cfg.CampaignRetention)
+	var lastPrune time.Time
 	for {
-		if n, err := w.Dead.Prune(ctx); err != nil && ctx.Err() == nil {
-			w.log.Warn("pruning expired dead letters failed", "error", err)
-		} else if n > 0 {
-			w.log.Info("expired dead letters removed", "count", n, "retention", w.Dead.Retention)
-		}
-		if n, err := campaigns.Prune(ctx); err != nil && ctx.Err() == nil {
-			w.log.Warn("pruning expired campaigns from the index failed", "error", err)
-		} else if n > 0 {
-			w.log.Info("expired campaigns removed from the index", "count", n)
+		if time.Since(lastPrune) >= DeadLetterPruneEvery {
+			lastPrune = time.Now()
+			w.prune(ctx, campaigns, retention)
 		}
 		select {
 		case <-t.C:
+			retention = w.look(ctx, &said)
 		case <-ctx.Done():
+			leave, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = w.fleet.Leave(leave)
+			cancel()
 			return
 		}
+	}
+}
+
+// look announces this worker's settings, reads the live workers', says
+// (once per change, in *said) where they differ, and returns the dead
+// letters' retention: the longest of the live workers', which the ledger's
+// writes keep too. On a Redis error it keeps the last floor and returns
+// this worker's own retention or that floor, whichever is longer.
+func (w *Worker) look(ctx context.Context, said *string) time.Duration {
+	peers, err := w.announce(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("announcing this worker's settings to the others failed", "error", err)
+		}
+		return w.ledger.DeadRetention()
+	}
+	retention := max(w.Dead.Retention, fleet.MaxDuration(peers, "DEAD_LETTER_RETENTION"))
+	w.ledger.SetDeadRetentionFloor(retention)
+	differ := map[string]bool{}
+	var lines []string
+	for _, d := range fleet.Differences(peers, w.fleet.Names()) {
+		differ[d.Setting] = true
+		lines = append(lines, d.String())
+	}
+	w.Metrics.FleetDiffer(differ)
+	if now := strings.Join(lines, "; "); now != *said {
+		*said = now
+		if now != "" {
+			w.log.Warn("workers sharing this Redis disagree on settings that act on shared state; set the same on every worker",
+				"differences", now, "workers", len(peers))
+		} else if len(peers) > 1 {
+			w.log.Info("workers sharing this Redis agree on their shared settings", "workers", len(peers))
+		}
+	}
+	return retention
+}
+
+// announce writes this worker's settings and reads the live workers'.
+func (w *Worker) announce(ctx context.Context) (map[string]fleet.Settings, error) {
+	if err := w.fleet.Announce(ctx); err != nil {
+		return nil, err
+	}
+	return w.fleet.Peers(ctx)
+}
+
+// prune removes dead letters past retention (the fleet's longest) and
+// expired campaigns from the campaign index.
+func (w *Worker) prune(ctx context.Context, campaigns *campaign.Tracker, retention time.Duration) {
+	if n, err := w.Dead.PruneOlderThan(ctx, retention); err != nil && ctx.Err() == nil {
+		w.log.Warn("pruning expired dead letters failed", "error", err)
+	} else if n > 0 {
+		w.log.Info("expired dead letters removed", "count", n, "retention", retention)
+	}
+	if n, err := campaigns.Prune(ctx); err != nil && ctx.Err() == nil {
+		w.log.Warn("pruning expired campaigns from the index failed", "error", err)
+	} else if n > 0 {
+		w.log.Info("expired campaigns removed from the index", "count", n)
 	}
 }
 
