@@ -187,8 +187,10 @@ type CampaignStatus struct {
 	FinishedAt *time.Time       `json:"finished_at,omitempty"`
 	Complete   bool             `json:"complete"`
 	// NeedsAttention: a cancel was dead-lettered or a location's sweep
-	// failed, so messages may still go out: complete does not mean all
-	// went well (see dead_by_reason, sweeps_failed and the dead letters).
+	// failed, so messages may still go out, or a cancel expired (its
+	// message's send time passed before its turn: it has gone out):
+	// complete does not mean all went well (see dead_by_reason,
+	// sweeps_failed, expired and the dead letters).
 	// Messages this campaign's sweeps found held by other campaigns
 	// (held_by_campaigns) are settled there.
 	NeedsAttention bool `json:"needs_attention"`

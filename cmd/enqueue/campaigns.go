@@ -45,7 +45,7 @@ func (e *env) statusCmd() *cobra.Command {
 		Args: oneCampaign,
 	}
 	asJSON := cmd.Flags().Bool("json", false, "print JSON (one object per refresh with --watch)")
-	watch := cmd.Flags().Bool("watch", false, "refresh every 2 s until the campaign completes; exit 1 if it completes with dead letters or failed sweeps")
+	watch := cmd.Flags().Bool("watch", false, "refresh every 2 s until the campaign completes; exit 1 if it completes with dead letters, failed sweeps or expired cancels")
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, args []string) error {
 		tr := campaign.New(rdb, 0)
 		var prev campaign.Status
@@ -94,12 +94,16 @@ func (e *env) statusCmd() *cobra.Command {
 				if waited {
 					continue // read the campaign again: it may have reopened meanwhile
 				}
-				if s.DeadLettered == 0 && s.SweepsFailed == 0 && !heldBad {
+				if s.DeadLettered == 0 && s.SweepsFailed == 0 && s.Expired == 0 && !heldBad {
 					return nil
 				}
 				if s.DeadLettered > 0 || s.SweepsFailed > 0 {
 					fmt.Fprintf(e.stderr, "campaign %s completed with %d dead-lettered cancel(s) and %d failed sweep(s): messages may still go out; see enqueue dead list --campaign %s\n",
 						args[0], s.DeadLettered, s.SweepsFailed, args[0])
+				}
+				if s.Expired > 0 {
+					fmt.Fprintf(e.stderr, "campaign %s completed with %d expired cancel(s): their messages' send time passed before their turn, so they have gone out (enqueue report %s lists them)\n",
+						args[0], s.Expired, args[0])
 				}
 				return errReported
 			}

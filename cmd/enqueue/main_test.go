@@ -928,6 +928,24 @@ func TestWatchWaitsForHeldMessages(t *testing.T) {
 	require.Equal(t, 1, strings.Count(r.stderr, "were dead-lettered there"), "said once")
 }
 
+// TestWatchExitsOneOnExpired: a campaign complete with an expired cancel
+// (its message's send time passed before its turn, as behind a parked
+// location) exited 0 from status --watch, read as all cancelled.
+func TestWatchExitsOneOnExpired(t *testing.T) {
+	t.Parallel()
+	url := redisServer.URL(t)
+	rdb := redistest.ClientFor(t, url)
+	now := time.Now().UnixMilli()
+	require.NoError(t, rdb.HSet(context.Background(), ledger.CampaignKey("soon0"), "total", 2, "cancelled", 1, "expired", 1,
+		"started_at", now, "finished_at", now).Err())
+	r := runCmd(t, url, "", "status", "soon0", "--watch")
+	require.ErrorIs(t, r.err, errReported, r.stderr)
+	require.Contains(t, r.stderr, "campaign soon0 completed with 1 expired cancel(s): their messages' send time passed before their turn, so they have gone out")
+	require.NoError(t, rdb.HSet(context.Background(), ledger.CampaignKey("soon0"), "cancelled", 2, "expired", 0).Err())
+	r = runCmd(t, url, "", "status", "soon0", "--watch")
+	require.NoError(t, r.err, r.stderr)
+}
+
 // TestRerunUnderAnotherCampaignNamesWhereTheyAre: a file sent again under a
 // new campaign id finds its messages counted in the first campaign; the
 // run says which (its own campaign stays empty, so `status` of it finds no

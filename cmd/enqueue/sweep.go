@@ -58,7 +58,7 @@ location the agency's app is installed at.`,
 	fs.IntVar(&o.pageSize, "page-size", tasks.SweepPageSize, "export page size, 10 to 500")
 	fs.IntVar(&o.maxRetry, "max-retry", tasks.MaxRetryDefault, "retries per cancel the sweep queues before it is dead-lettered")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "find and count only: per location and channel, with the time the cancels would take")
-	fs.BoolVar(&o.wait, "wait", false, "show progress until the sweeps and their cancels are done; exit 1 if a location's sweep failed or a cancel was dead-lettered")
+	fs.BoolVar(&o.wait, "wait", false, "show progress until the sweeps and their cancels are done; exit 1 if a location's sweep failed or a cancel was dead-lettered or expired")
 	fs.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
 	retention := e.retentionFlag(cmd, "how long the sweep's campaign, its counters and report are kept after its last update")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) (err error) {
@@ -137,10 +137,16 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	// one that fails again comes back under its id). The net change of the
 	// campaign's count hid those: 2 again of 17 requeued read as none.
 	var deadBefore map[string]time.Time
+	var expiredBefore int64 // the same for expired cancels, by the count
 	if r.CampaignID != "" && o.wait {
 		if deadBefore, err = campaignDeadLetters(ctx, rdb, r.CampaignID); err != nil {
 			return err
 		}
+		s, _, err := campaign.New(rdb, 0).Get(ctx, r.CampaignID)
+		if err != nil {
+			return err
+		}
+		expiredBefore = s.Expired
 	}
 	st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(o.maxRetry), CampaignRetention: o.retention}).Sweep(ctx, r)
 	if err != nil {
@@ -173,6 +179,13 @@ wait:
 		s, ok, err := tr.Get(ctx, st.CampaignID)
 		if err != nil {
 			return err
+		}
+		if ok {
+			// A parked location holds the cancels (an hour or more): say
+			// so, as status does (the audit found only status did).
+			if s.Parked, err = tr.Parked(ctx, st.CampaignID); err != nil {
+				return err
+			}
 		}
 		if ok && !o.asJSON {
 			floor, err := tr.PacedFloor(ctx, s)
@@ -254,13 +267,20 @@ wait:
 			}
 		}
 	}
+	// A cancel that expired (its message's send time passed before its
+	// turn, as behind a parked location) did not cancel it either.
+	expired := max(end.Expired-expiredBefore, 0)
 	done := func() error {
-		if failed == 0 && dead == 0 && !heldBad {
+		if failed == 0 && dead == 0 && expired == 0 && !heldBad {
 			return nil
 		}
 		if failed > 0 || dead > 0 {
 			fmt.Fprintf(e.stderr, "sweep %s: %d location(s) failed, %d cancel(s) dead-lettered in campaign %s while it ran: messages may still go out; see enqueue dead list --campaign %s\n",
 				st.SweepID, failed, dead, st.CampaignID, st.CampaignID)
+		}
+		if expired > 0 {
+			fmt.Fprintf(e.stderr, "sweep %s: %d cancel(s) in campaign %s expired while it ran: their messages' send time passed before their turn, so they have gone out (enqueue report %s lists them)\n",
+				st.SweepID, expired, st.CampaignID, st.CampaignID)
 		}
 		return errReported
 	}

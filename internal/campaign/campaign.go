@@ -82,8 +82,10 @@ type Status struct {
 	FinishedAt *time.Time       `json:"finished_at,omitempty"`
 	Complete   bool             `json:"complete"`
 	// NeedsAttention: a cancel was dead-lettered or a location's sweep
-	// failed, so messages may still go out: complete does not mean all
-	// went well (see dead_by_reason, sweeps_failed and the dead letters).
+	// failed, so messages may still go out, or a cancel expired (its
+	// message's send time passed before its turn: it has gone out):
+	// complete does not mean all went well (see dead_by_reason,
+	// sweeps_failed, expired and the dead letters).
 	// Messages this campaign's sweeps found held by other campaigns
 	// (held_by_campaigns) are settled there.
 	NeedsAttention bool `json:"needs_attention"`
@@ -262,7 +264,10 @@ func (r statusRead) status(campaign string) (Status, bool) {
 	}
 	s.Done = s.Cancelled + s.NotCancellable + s.AlreadySent + s.NotFound + s.Expired + s.DeadLettered
 	s.Sweeps, s.SweepsDone, s.SweepsFailed = n("sweeps"), n("sweeps_done"), n("sweeps_failed")
-	s.NeedsAttention = s.DeadLettered > 0 || s.SweepsFailed > 0
+	// Expired too: a cancel that came after its message's send time (a
+	// backlog, a parked location, or a send time already past) did not
+	// cancel it; "complete" alone read as success (daily-budget audit).
+	s.NeedsAttention = s.DeadLettered > 0 || s.SweepsFailed > 0 || s.Expired > 0
 	s.DryRun = m["dry_run"] == "1"
 	s.SweepPages, s.SweepSeen, s.SweepFound = n("sweep_pages"), n("sweep_seen"), n("sweep_found")
 	if held := r.heldBy.Val(); len(held) > 0 {

@@ -100,6 +100,9 @@ func TestCountsEachMessageOnce(t *testing.T) {
 	require.True(t, s.Complete)
 	require.NotNil(t, s.FinishedAt)
 	require.Equal(t, int64(3), s.Cancelled)
+	// b expired: its message went out, so complete is not all well (it
+	// read needs_attention false, found by the daily-budget audit).
+	require.True(t, s.NeedsAttention, "an expired cancel did not cancel its message")
 
 	// Re-running the whole campaign: nothing new, total and completeness
 	// kept. b expired because its send time had passed: the file gives the
