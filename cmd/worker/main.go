@@ -219,6 +219,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 					"this worker would dead-letter those locations' cancels; set them as the other workers have them (or remove location pairs no longer used: `enqueue tokens delete --location L`)",
 					what, EnvClientID, EnvClientSecret, EnvTokenKey)
 			}
+		} else if opened, wrong, first, err := tokens.KeyCheck(ctx, rdb, oauth.Key); err == nil && wrong > 0 {
+			// A worker whose key opens no stored pair dead-letters every
+			// stored location's cancels token_key while the others heal
+			// some of them (the fleet audit saw 431 retries and 2 dead
+			// letters, with no word at start): refused. Some of each is a
+			// key rotation half done: said, not refused.
+			if opened == 0 {
+				return fmt.Errorf("%s does not decrypt the token pairs stored in Redis (%s and %d other(s) checked): "+
+					"`enqueue tokens set` and the other workers used another key; set the same %s on every worker", EnvTokenKey, first, wrong-1, EnvTokenKey)
+			}
+			log.Warn("some stored token pairs do not decrypt with this worker's GHL_TOKEN_KEY: their cancels will be dead-lettered token_key; load them again with this key (enqueue tokens set --replace) or set the key they were stored with",
+				"first", first, "wrong_key", wrong, "opened", opened)
 		}
 	}
 

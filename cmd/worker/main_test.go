@@ -27,6 +27,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/syncbuf"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
+	"github.com/ghlcancel/ghlcancel/internal/tokens"
 )
 
 var redisServer *redistest.Server
@@ -396,3 +397,41 @@ func TestStoredPairsNeedOAuthSettings(t *testing.T) {
 		})
 	}
 }
+
+// TestWrongTokenKeyIsRefused: a worker whose GHL_TOKEN_KEY opens none of
+// the stored pairs started without a word and dead-lettered their cancels
+// token_key (fleet audit). It is refused; a key that opens some (a
+// rotation half done) starts, with a warning.
+func TestWrongTokenKeyIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := redisServer.URL(t)
+	rdb := redistest.ClientFor(t, url)
+	k1, k2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
+	seal := func(key, loc string) {
+		b, err := tokens.ParseKey(key)
+		require.NoError(t, err)
+		o, err := tokens.NewOAuth(tokens.OAuthConfig{Redis: rdb, Key: b})
+		require.NoError(t, err)
+		require.NoError(t, o.Set(ctx, loc, "access-"+loc, "refresh-"+loc, time.Hour))
+	}
+	seal(k1, "locKey00000000000001")
+	start := func(key string) (string, error) {
+		var stderr bytes.Buffer
+		rctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+		defer cancel()
+		err := run(rctx, []string{"-metrics-addr", ""}, envFunc(map[string]string{EnvRedisURL: url,
+			EnvClientID: "id", EnvClientSecret: "secret", EnvTokenKey: key}), &bytes.Buffer{}, &stderr)
+		return stderr.String(), err
+	}
+	_, err := start(k2)
+	require.ErrorContains(t, err, "GHL_TOKEN_KEY does not decrypt the token pairs stored in Redis (location locKey00000000000001's pair and 0 other(s) checked)")
+	_, err = start(k1)
+	require.NoError(t, err, "the key they were stored with")
+	seal(k2, "locKey00000000000002")
+	logs, err := start(k1)
+	require.NoError(t, err, "some open: a rotation half done")
+	require.Contains(t, logs, "some stored token pairs do not decrypt")
+	require.Contains(t, logs, "first=\"location locKey00000000000002's pair\"")
+}
+

@@ -1186,6 +1186,57 @@ func Refusals(ctx context.Context, rdb redis.UniversalClient, locations []string
 	return out, nil
 }
 
+// KeyCheckMax bounds the location pairs KeyCheck opens (one read each).
+const KeyCheckMax = 200
+
+// KeyCheck opens the agency's pair and up to KeyCheckMax location pairs
+// with key: how many opened, how many were sealed with another key, and
+// the first of those. A worker whose GHL_TOKEN_KEY opens none is
+// misconfigured; some of each is a key rotation half done.
+func KeyCheck(ctx context.Context, rdb redis.UniversalClient, key []byte) (opened, wrong int, first string, err error) {
+	try := func(o *OAuth, subject, what string) error {
+		switch err := o.Opens(ctx, subject); {
+		case err == nil:
+			opened++
+		case errors.Is(err, ErrWrongKey):
+			if wrong++; first == "" {
+				first = what
+			}
+		default:
+			return err
+		}
+		return nil
+	}
+	if ai, ok, err := LoadAgency(ctx, rdb); err != nil {
+		return 0, 0, "", err
+	} else if ok {
+		o, err := NewOAuth(OAuthConfig{Redis: rdb, Key: key, Company: true})
+		if err != nil {
+			return 0, 0, "", err
+		}
+		if err := try(o, ai.Company, "the agency's pair (company "+ai.Company+")"); err != nil {
+			return 0, 0, "", err
+		}
+	}
+	o, err := NewOAuth(OAuthConfig{Redis: rdb, Key: key})
+	if err != nil {
+		return 0, 0, "", err
+	}
+	var locs []string
+	if err := eachPair(ctx, rdb, func(loc string, _ time.Time) bool {
+		locs = append(locs, loc)
+		return len(locs) < KeyCheckMax
+	}); err != nil {
+		return 0, 0, "", err
+	}
+	for _, loc := range locs {
+		if err := try(o, loc, "location "+loc+"'s pair"); err != nil {
+			return 0, 0, "", err
+		}
+	}
+	return opened, wrong, first, nil
+}
+
 // AnyStored names what Redis holds that only OAuth settings can use: the
 // agency's pair, or a location's pair (the first found: a SCAN of the
 // keyspace that stops there); "" when there is none.
