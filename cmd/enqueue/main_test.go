@@ -576,6 +576,18 @@ func TestDryRun(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &d))
 	require.Equal(t, 2, d.Valid)
 	require.Equal(t, "1s", d.MinDuration) // the first at once, the second 1.02 s later
+	require.Nil(t, d.OverDailyBudget)
+
+	// More than a location's daily budget: the pacing's 7 h is two days
+	// at least, said (it was not, found by the daily-budget audit).
+	var big strings.Builder
+	for i := range 250_000 {
+		fmt.Fprintf(&big, "mBig%016d\n", i)
+	}
+	r = runCmd(t, "redis://127.0.0.1:1/0", big.String(), "--file", "-", "--location", "locBig", "--dry-run")
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stdout, "note: 1 location(s) have more cancels than HighLevel's daily budget of 200000 calls per location (less DAILY_RESERVE, 100 by default): "+
+		"each is parked when its budget runs out and goes on the next day, so these take 2 day(s) or more; locBig has 250000")
 }
 
 // TestHostileFiles: a 100 MB file without a newline and a binary file are

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -170,6 +171,10 @@ type DryRun struct {
 	ByLocation  map[string]map[string]int `json:"by_location"` // location -> kind -> count
 	MinDuration string                    `json:"min_duration"`
 	Busiest     string                    `json:"busiest_location,omitempty"`
+	// OverDailyBudget: locations with more cancels than HighLevel's daily
+	// budget less the workers' default reserve, by count: the rest waits
+	// parked for the next day(s), past MinDuration.
+	OverDailyBudget map[string]int `json:"over_daily_budget,omitempty"`
 }
 
 // dryRun reads the input as enqueue would and reports without touching
@@ -217,6 +222,17 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 	}
 	longest := ratelimit.New(nil, ratelimit.Config{}).MinTime(lim, int64(most))
 	d.MinDuration = longest.Round(time.Second).String()
+	// The pacing alone read 7 h for 250,000 cancels at one location, which
+	// HighLevel's daily budget makes two days at least (daily-budget audit).
+	const usable = ratelimit.DailyBudget - ratelimit.DailyReserveDefault
+	for loc, n := range perLoc {
+		if n > usable {
+			if d.OverDailyBudget == nil {
+				d.OverDailyBudget = map[string]int{}
+			}
+			d.OverDailyBudget[loc] = n
+		}
+	}
 	if asJSON {
 		return json.NewEncoder(e.stdout).Encode(d)
 	}
@@ -233,6 +249,12 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 	_ = tw.Flush()
 	fmt.Fprintf(e.stdout, "dry run: %d valid, %d duplicates, %d invalid, %d locations; at %d per %s per location it takes at least %s (busiest: %s)\n",
 		d.Valid, d.Duplicates, d.Invalid, len(locs), lim.N, lim.Period, d.MinDuration, d.Busiest)
+	if len(d.OverDailyBudget) > 0 {
+		over := slices.Sorted(maps.Keys(d.OverDailyBudget))
+		fmt.Fprintf(e.stdout, "note: %d location(s) have more cancels than HighLevel's daily budget of %d calls per location (less DAILY_RESERVE, %d by default): "+
+			"each is parked when its budget runs out and goes on the next day, so these take %d day(s) or more; %s has %d\n",
+			len(over), ratelimit.DailyBudget, ratelimit.DailyReserveDefault, (d.OverDailyBudget[d.Busiest]-1)/usable+1, over[0], d.OverDailyBudget[over[0]])
+	}
 	if d.Invalid > 0 {
 		return errReported
 	}

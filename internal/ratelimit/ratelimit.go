@@ -56,6 +56,9 @@ const (
 	LeadDefault         = 1500 * time.Millisecond
 	ProbeWaitDefault    = time.Second
 	DailyReserveDefault = 100
+	// DailyBudget is HighLevel's documented daily allowance per location
+	// (and app): what `--dry-run` weighs a file against.
+	DailyBudget = 200_000
 	// DailyReserveNone, as Config.DailyReserve, parks a location only when
 	// its daily budget is spent (0 left).
 	DailyReserveNone = -1
