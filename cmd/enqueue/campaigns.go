@@ -149,6 +149,10 @@ func (e *env) waitHeld(ctx context.Context, s campaign.Status, follow func() (ca
 				fmt.Fprintf(e.stderr, "%d of the %d messages campaign %s's sweeps found queued or done first elsewhere (%s) were dead-lettered there, and %d have no outcome and no task: they may still go out; see enqueue dead list\n",
 					r.Failed, r.Followed, s.Campaign, where, r.Lost)
 			}
+			if r.Expired > 0 {
+				fmt.Fprintf(e.stderr, "%d of the %d messages campaign %s's sweeps found queued or done first elsewhere (%s) expired there: their send time passed before their turn, so they have gone out\n",
+					r.Expired, r.Followed, s.Campaign, where)
+			}
 			if r.Forgotten > 0 {
 				fmt.Fprintf(e.stderr, "%d of the %d messages campaign %s's sweeps found queued or done first elsewhere settled longer ago than CAMPAIGN_RETENTION: their outcomes, and the campaigns that held them, are no longer kept\n",
 					r.Forgotten, r.Followed, s.Campaign)

@@ -986,3 +986,24 @@ func TestRerunUnderAnotherCampaignNamesWhereTheyAre(t *testing.T) {
 	require.NoError(t, r.err, r.stderr)
 	require.Contains(t, r.stdout, `"held_by":{"spring-sale":2}`)
 }
+
+// TestExpiredSince: sweep --wait counts the cancels that expired while it
+// ran by their outcome's time (review: by the campaign's count, one that
+// expired again after a resend reopened it changed nothing).
+func TestExpiredSince(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	since := time.Now()
+	row := func(o string, at time.Time) string {
+		return ledger.Outcome{Outcome: o, Attempts: 1, At: at}.Row()
+	}
+	require.NoError(t, rdb.HSet(ctx, ledger.CampaignOutcomesKey("exp"),
+		"msg:old", row(ledger.Expired, since.Add(-time.Minute)),
+		"msg:new", row(ledger.Expired, since.Add(time.Second)),
+		"msg:now", row(ledger.Expired, since),
+		"msg:done", row(ledger.Cancelled, since.Add(time.Second))).Err())
+	n, err := expiredSince(ctx, rdb, "exp", since)
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/sweep"
@@ -137,17 +138,15 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	// one that fails again comes back under its id). The net change of the
 	// campaign's count hid those: 2 again of 17 requeued read as none.
 	var deadBefore map[string]time.Time
-	var expiredBefore int64 // the same for expired cancels, by the count
 	if r.CampaignID != "" && o.wait {
 		if deadBefore, err = campaignDeadLetters(ctx, rdb, r.CampaignID); err != nil {
 			return err
 		}
-		s, _, err := campaign.New(rdb, 0).Get(ctx, r.CampaignID)
-		if err != nil {
-			return err
-		}
-		expiredBefore = s.Expired
 	}
+	// Expired cancels are counted by their outcome's time, not by the
+	// campaign's count (a resend reopens an expired row: one expiring again
+	// left the count unchanged).
+	started := time.Now()
 	st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(o.maxRetry), CampaignRetention: o.retention}).Sweep(ctx, r)
 	if err != nil {
 		if errors.Is(err, producer.ErrUnavailable) {
@@ -269,7 +268,12 @@ wait:
 	}
 	// A cancel that expired (its message's send time passed before its
 	// turn, as behind a parked location) did not cancel it either.
-	expired := max(end.Expired-expiredBefore, 0)
+	expired := 0
+	if end.Expired > 0 {
+		if expired, err = expiredSince(ctx, rdb, st.CampaignID, started); err != nil {
+			return err
+		}
+	}
 	done := func() error {
 		if failed == 0 && dead == 0 && expired == 0 && !heldBad {
 			return nil
@@ -334,6 +338,22 @@ func campaignDeadLetters(ctx context.Context, rdb *redis.Client, id string) (map
 		return nil
 	})
 	return out, err
+}
+
+// expiredSince counts the campaign's expired outcomes settled at or after
+// since (one pass over its outcome rows).
+func expiredSince(ctx context.Context, rdb *redis.Client, id string, since time.Time) (int, error) {
+	n := 0
+	iter := rdb.HScan(ctx, ledger.CampaignOutcomesKey(id), 0, "*", 1000).Iterator()
+	for field := true; iter.Next(ctx); field = !field {
+		if field {
+			continue // the message id; its row follows
+		}
+		if o, err := ledger.ParseRow(iter.Val()); err == nil && o.Outcome == ledger.Expired && !o.At.Before(since.Truncate(time.Millisecond)) {
+			n++
+		}
+	}
+	return n, iter.Err()
 }
 
 func dedupe(in []string) []string {

@@ -434,4 +434,3 @@ func TestWrongTokenKeyIsRefused(t *testing.T) {
 	require.Contains(t, logs, "some stored token pairs do not decrypt")
 	require.Contains(t, logs, "first=\"location locKey00000000000002's pair\"")
 }
-

@@ -289,10 +289,11 @@ type HeldReport struct {
 	Followed int // messages followed
 	Waiting  int // still queued or running: no outcome yet
 	Failed   int // dead-lettered: they may still go out
+	Expired  int // expired: their send time passed first, they went out
 	Lost     int // no outcome and no task, its holding campaign there: deleted by hand
-	// Forgotten: no outcome and no task, and the campaign that held it (or
-	// none held it) has expired too: settled longer ago than the retention,
-	// its outcome no longer kept. Not a failure.
+	// Forgotten: no outcome and no task, and the campaign that held it has
+	// expired too: settled longer ago than the retention, its outcome no
+	// longer kept. Not a failure.
 	Forgotten int
 	// More: more than ledger.HeldMax were found so: the rest is not followed.
 	More bool
@@ -300,7 +301,7 @@ type HeldReport struct {
 
 // Bad reports whether some of the messages may still go out, or could
 // not be followed.
-func (r HeldReport) Bad() bool { return r.Failed > 0 || r.Lost > 0 || r.More }
+func (r HeldReport) Bad() bool { return r.Failed > 0 || r.Expired > 0 || r.Lost > 0 || r.More }
 
 // Held follows, message by message, what the campaign's sweeps found but
 // did not queue (see follow). A fixed number of round trips whatever the
@@ -358,7 +359,7 @@ func (t *Tracker) HeldIn(ctx context.Context, stateKeys []string) (HeldReport, e
 // dead letter, as the enqueue rule reads it), else, read once more (it may
 // have settled between two reads), the holding campaign's outcome row (a
 // record expires before its campaign), else forgotten when that campaign
-// is gone too (or there was none: its record was all there was), else lost.
+// is gone too, else lost (held by no campaign, or its campaign is there).
 func (t *Tracker) follow(ctx context.Context, members []string, more bool) (HeldReport, error) {
 	r := HeldReport{More: more, Followed: len(members)}
 	type held struct{ id, campaign string }
@@ -434,7 +435,10 @@ func (t *Tracker) follow(ctx context.Context, members []string, more bool) (Held
 					r.count(again[i].Val())
 				case rows[i] != nil && rows[i].Val() != "":
 					r.count(rows[i].Val())
-				case there[i] == nil || there[i].Val() == 0:
+				case there[i] != nil && there[i].Val() == 0:
+					// Held by no campaign, its record alone told: lost
+					// (deleted by hand) or expired cannot be told apart,
+					// and lost is the one that may go out.
 					r.Forgotten++
 				default:
 					r.Lost++
@@ -446,10 +450,14 @@ func (t *Tracker) follow(ctx context.Context, members []string, more bool) (Held
 	return r, nil
 }
 
-// count one outcome row: a dead letter failed, anything else done.
+// count one outcome row: a dead letter failed, an expired cancel expired
+// (its message went out), anything else done.
 func (r *HeldReport) count(row string) {
-	if strings.HasPrefix(row, ledger.DeadLettered+"|") {
+	switch {
+	case strings.HasPrefix(row, ledger.DeadLettered+"|"):
 		r.Failed++
+	case strings.HasPrefix(row, ledger.Expired+"|"):
+		r.Expired++
 	}
 }
 
@@ -634,13 +642,28 @@ func (t *Tracker) Prune(ctx context.Context) (int, error) {
 	}
 }
 
+// ExpiredScanMax bounds the dead letters ExpiredNotFound reads (newest first).
+const ExpiredScanMax = 2000
+
 // ExpiredNotFound is NotFound for a campaign's status or report: when dead
 // letters still name the campaign (they are kept longer than campaigns),
 // it says that the campaign expired and that those messages may still go
 // out, instead of "unknown". deadLetters says where to list them.
 func (t *Tracker) ExpiredNotFound(ctx context.Context, campaign, hint, deadLetters string) error {
-	// Best effort, as NotFound's did-you-mean: a failed read leaves "unknown".
-	if recs, _, err := deadletter.New(t.rdb).Page(ctx, deadletter.Filter{CampaignID: campaign}, "", 1); err == nil && len(recs) > 0 {
+	// Best effort, as NotFound's did-you-mean: a failed read leaves
+	// "unknown". Bounded (review): a 404 polled every 2 s must not read
+	// 100,000 dead letters each time; the newest ExpiredScanMax are read.
+	found, seen := false, 0
+	stop := errors.New("stop")
+	err := deadletter.New(t.rdb).ScanNewest(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
+		seen++
+		found = r.CampaignID == campaign
+		if found || seen >= ExpiredScanMax {
+			return stop
+		}
+		return nil
+	})
+	if (err == nil || errors.Is(err, stop)) && found {
 		return fmt.Errorf("campaign %q has expired: its counters and report are kept CAMPAIGN_RETENTION after its last update, "+
 			"but dead letters naming it remain (kept DEAD_LETTER_RETENTION), and their messages may still go out: %s", campaign, deadLetters)
 	}
@@ -650,9 +673,9 @@ func (t *Tracker) ExpiredNotFound(ctx context.Context, campaign, hint, deadLette
 // List returns up to n campaigns, the most recently updated first, in two
 // round trips after pruning the expired ones from the index.
 func (t *Tracker) List(ctx context.Context, n int) ([]Status, error) {
-	if _, err := t.Prune(ctx); err != nil {
-		return nil, err
-	}
+	// Best effort (a replica answers READONLY): the workers prune too, and
+	// an expired campaign left in the index is skipped below.
+	_, _ = t.Prune(ctx)
 	names, err := t.rdb.ZRevRange(ctx, ledger.CampaignIndex, 0, int64(n-1)).Result()
 	if err != nil || len(names) == 0 {
 		return nil, err

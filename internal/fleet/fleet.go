@@ -24,8 +24,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Key is the hash of live workers: worker id -> announcement (JSON).
-const Key = "ghlcancel:fleet:workers"
+// The hashes of live processes, by kind: id -> announcement (JSON).
+const (
+	Workers = "ghlcancel:fleet:workers"
+	Intakes = "ghlcancel:fleet:intakes"
+)
 
 const (
 	// AnnounceEvery is how often a worker announces itself.
@@ -39,61 +42,95 @@ const (
 // name (the environment variable's) -> canonical value.
 type Settings map[string]string
 
-// announcement is what a worker writes under its id.
-type announcement struct {
-	At       int64    `json:"at"` // unix ms
-	Settings Settings `json:"settings"`
-}
+// announceScript writes ARGV[2] (the settings' JSON) under id ARGV[1],
+// stamped with Redis's clock: liveness never compares two hosts' clocks.
+var announceScript = redis.NewScript(`
+local t = redis.call("TIME")
+redis.call("HSET", KEYS[1], ARGV[1], (t[1] * 1000 + math.floor(t[2] / 1000)) .. "|" .. ARGV[2])
+return 1`)
 
-// Registry announces one worker and reads the others.
+// liveScript returns the announcements (id, JSON, ...) at most ARGV[1] ms
+// old by Redis's clock and removes the others in the same step (one that
+// was renewed meanwhile is never removed).
+var liveScript = redis.NewScript(`
+local t = redis.call("TIME")
+local cutoff = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(ARGV[1])
+local all, out = redis.call("HGETALL", KEYS[1]), {}
+for i = 1, #all, 2 do
+  local at, body = string.match(all[i + 1], "^(%d+)|(.*)$")
+  if at and tonumber(at) >= cutoff then
+    out[#out + 1] = all[i]
+    out[#out + 1] = body
+  else
+    redis.call("HDEL", KEYS[1], all[i])
+  end
+end
+return out`)
+
+// longestScript keeps in KEYS[1] the longest duration (ms) announced, for
+// that long after the last process that holds it said so.
+var longestScript = redis.NewScript(`
+local cur, own = tonumber(redis.call("GET", KEYS[1]) or "0"), tonumber(ARGV[1])
+if own >= cur then
+  redis.call("SET", KEYS[1], own, "PX", math.max(own, 1))
+  return own
+end
+return cur`)
+
+// Registry announces one process and reads the others of its kind.
 type Registry struct {
-	rdb redis.UniversalClient
-	id  string
-	own Settings
-	now func() time.Time
+	rdb   redis.UniversalClient
+	key   string // Workers or Intakes
+	id    string
+	own   Settings
+	stale time.Duration // Stale (tests shorten it)
 }
 
-// New returns the Registry of the worker id (deadletter.ThisWorker) with
-// settings own.
-func New(rdb redis.UniversalClient, id string, own Settings) *Registry {
-	return &Registry{rdb: rdb, id: id, own: maps.Clone(own), now: time.Now}
+// New returns the Registry of process id (host:pid and a suffix) among
+// those of key (Workers or Intakes), with settings own.
+func New(rdb redis.UniversalClient, key, id string, own Settings) *Registry {
+	return &Registry{rdb: rdb, key: key, id: id, own: maps.Clone(own), stale: Stale}
 }
 
-// Announce writes this worker's settings with the time.
+// Announce writes this process's settings, stamped with Redis's time.
 func (r *Registry) Announce(ctx context.Context) error {
-	b, err := json.Marshal(announcement{At: r.now().UnixMilli(), Settings: r.own})
+	b, err := json.Marshal(r.own)
 	if err != nil {
 		return err
 	}
-	return r.rdb.HSet(ctx, Key, r.id, b).Err()
+	return announceScript.Run(ctx, r.rdb, []string{r.key}, r.id, string(b)).Err()
 }
 
 // Leave removes this worker's announcement (a clean stop).
-func (r *Registry) Leave(ctx context.Context) error { return r.rdb.HDel(ctx, Key, r.id).Err() }
+func (r *Registry) Leave(ctx context.Context) error { return r.rdb.HDel(ctx, r.key, r.id).Err() }
 
-// Peers returns the live workers' settings, this one's included, by id;
+// Peers returns the live processes' settings, this one's included, by id;
 // announcements older than Stale (or unreadable) are removed.
-func (r *Registry) Peers(ctx context.Context) (map[string]Settings, error) {
-	all, err := r.rdb.HGetAll(ctx, Key).Result()
+func (r *Registry) Peers(ctx context.Context) (map[string]Settings, error) { return r.Live(ctx, r.key) }
+
+// Live returns the live processes of kind key (Workers or Intakes) by id,
+// removing announcements older than Stale (or unreadable).
+func (r *Registry) Live(ctx context.Context, key string) (map[string]Settings, error) {
+	all, err := liveScript.Run(ctx, r.rdb, []string{key}, r.stale.Milliseconds()).StringSlice()
 	if err != nil {
 		return nil, err
 	}
-	cutoff := r.now().Add(-Stale).UnixMilli()
-	out := make(map[string]Settings, len(all))
-	var gone []string
-	for id, v := range all {
-		var a announcement
-		if json.Unmarshal([]byte(v), &a) != nil || a.At < cutoff {
-			gone = append(gone, id)
-			continue
+	out := make(map[string]Settings, len(all)/2)
+	for i := 0; i+1 < len(all); i += 2 {
+		var st Settings
+		if json.Unmarshal([]byte(all[i+1]), &st) == nil {
+			out[all[i]] = st
 		}
-		out[id] = a.Settings
-	}
-	if len(gone) > 0 {
-		// Best effort: the next read tries again.
-		_ = r.rdb.HDel(ctx, Key, gone...).Err()
 	}
 	return out, nil
+}
+
+// KeepLongest records d for setting name (a retention) and returns the
+// longest recorded by any process within that duration: what a process
+// that stopped said is kept as long as it said to keep things.
+func KeepLongest(ctx context.Context, rdb redis.UniversalClient, name string, d time.Duration) (time.Duration, error) {
+	ms, err := longestScript.Run(ctx, rdb, []string{"ghlcancel:fleet:longest:" + name}, d.Milliseconds()).Int64()
+	return time.Duration(ms) * time.Millisecond, err
 }
 
 // Difference is one setting on which live workers disagree.

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -21,19 +22,20 @@ func TestPeersAndDifferences(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	rdb := redisServer.Client(t)
-	a := New(rdb, "host-a:1", Settings{"RATE_LIMIT": "100/10s", "DEAD_LETTER_RETENTION": Duration(720 * time.Hour), "VERIFY": Bool(true)})
-	b := New(rdb, "host-b:2", Settings{"RATE_LIMIT": "off", "DEAD_LETTER_RETENTION": Duration(30 * time.Second), "VERIFY": Bool(true)})
-	old := New(rdb, "host-c:3", Settings{"RATE_LIMIT": "5/1s"})
-	old.now = func() time.Time { return time.Now().Add(-Stale - time.Second) }
-	for _, r := range []*Registry{a, b, old} {
+	a := New(rdb, Workers, "host-a:1", Settings{"RATE_LIMIT": "100/10s", "DEAD_LETTER_RETENTION": Duration(720 * time.Hour), "VERIFY": Bool(true)})
+	b := New(rdb, Workers, "host-b:2", Settings{"RATE_LIMIT": "off", "DEAD_LETTER_RETENTION": Duration(30 * time.Second), "VERIFY": Bool(true)})
+	for _, r := range []*Registry{a, b} {
 		require.NoError(t, r.Announce(ctx))
 	}
-	require.NoError(t, rdb.HSet(ctx, Key, "host-d:4", "not json").Err())
+	// Stamped by Redis's clock: one a stale time ago is a worker gone, as
+	// is an unreadable one.
+	stale := time.Now().Add(-Stale - 5*time.Second).UnixMilli()
+	require.NoError(t, rdb.HSet(ctx, Workers, "host-c:3", fmt.Sprintf(`%d|{"RATE_LIMIT":"5/1s"}`, stale), "host-d:4", "not json").Err())
 
 	peers, err := a.Peers(ctx)
 	require.NoError(t, err)
 	require.Len(t, peers, 2, "the stale and the unreadable announcements are workers gone")
-	require.Equal(t, []string{"host-a:1", "host-b:2"}, rdb.HKeys(ctx, Key).Val(), "and removed")
+	require.Equal(t, []string{"host-a:1", "host-b:2"}, rdb.HKeys(ctx, Workers).Val(), "and removed")
 
 	diffs := Differences(peers, a.Names())
 	require.Len(t, diffs, 2)
@@ -46,4 +48,23 @@ func TestPeersAndDifferences(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, Differences(peers, a.Names()), "alone, nothing differs")
 	require.Zero(t, MaxDuration(map[string]Settings{"x": {}}, "DEAD_LETTER_RETENTION"), "a worker that does not say is skipped")
+}
+
+// TestKeepLongest: the longest retention said is kept for that long after
+// the last process that said it (a worker with 30 days that stopped still
+// protects the dead letters it wrote), and a shorter one does not cut it.
+func TestKeepLongest(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	d, err := KeepLongest(ctx, rdb, "DEAD_LETTER_RETENTION", 300*time.Millisecond)
+	require.NoError(t, err)
+	require.Equal(t, 300*time.Millisecond, d)
+	d, err = KeepLongest(ctx, rdb, "DEAD_LETTER_RETENTION", 30*time.Millisecond)
+	require.NoError(t, err)
+	require.Equal(t, 300*time.Millisecond, d, "a shorter one keeps the longest")
+	time.Sleep(400 * time.Millisecond) // the long one's holder said nothing more
+	d, err = KeepLongest(ctx, rdb, "DEAD_LETTER_RETENTION", 30*time.Millisecond)
+	require.NoError(t, err)
+	require.Equal(t, 30*time.Millisecond, d, "kept as long as it said, no longer")
 }

@@ -56,6 +56,8 @@ const (
 	LeadDefault         = 1500 * time.Millisecond
 	ProbeWaitDefault    = time.Second
 	DailyReserveDefault = 100
+	// DailyRetryMin is the shortest parking after a daily 429.
+	DailyRetryMin = time.Minute
 	// DailyBudget is HighLevel's documented daily allowance per location
 	// (and app): what `--dry-run` weighs a file against.
 	DailyBudget = 200_000
@@ -630,7 +632,9 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 		// (without one, RetryAfter is DailyLimitRecheck). Parking the
 		// location DailyPark regardless kept it waiting up to an hour
 		// after its budget came back (found by the daily-budget audit).
-		return l.park(ctx, location, rateLimited.RetryAfter, fmt.Sprintf("429: daily limit reached: %d of %d left", max(lim.DailyRemaining, 0), lim.DailyLimit))
+		// At least DailyRetryMin: a burst-style Retry-After on a spent day
+		// would re-probe every few seconds until the reset (review).
+		return l.park(ctx, location, max(rateLimited.RetryAfter, DailyRetryMin), fmt.Sprintf("429: daily limit reached: %d of %d left", max(lim.DailyRemaining, 0), lim.DailyLimit))
 	case lim.DailyRemaining >= 0 && lim.DailyRemaining <= l.cfg.DailyReserve:
 		return l.park(ctx, location, l.cfg.DailyPark, fmt.Sprintf("daily budget nearly spent: %d of %d left (DAILY_RESERVE %d)", lim.DailyRemaining, lim.DailyLimit, l.cfg.DailyReserve))
 	case rateLimited != nil:
@@ -732,6 +736,12 @@ func (l *Limiter) park(ctx context.Context, location string, d time.Duration, wh
 	}
 	now := time.Now()
 	until := now.Add(d)
+	// The cool-down above only ever extends; so does the parking (a daily
+	// 429's short Retry-After after a reserve's hour must not leave the
+	// location waiting an hour while `enqueue parked` says it is not).
+	if cur, err := l.rdb.ZScore(ctx, KeyParked, location).Result(); err == nil && int64(cur) >= until.UnixMilli() {
+		return nil
+	}
 	var added *redis.IntCmd
 	_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZRemRangeByScore(ctx, KeyParked, "-inf", "("+strconv.FormatInt(now.UnixMilli(), 10))

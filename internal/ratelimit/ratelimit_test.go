@@ -524,6 +524,20 @@ func TestDaily429ParksForItsRetryAfter(t *testing.T) {
 	parked, err = Parked(ctx, rdb)
 	require.NoError(t, err)
 	require.Contains(t, parked["locS"], "daily budget nearly spent: 4 of 150 left (DAILY_RESERVE 10)")
+	// Then a call in flight meets a daily 429 with a short Retry-After:
+	// the parking stays the hour the cool-down keeps (it was cut to 5 s
+	// while the location waited the hour, found by review), and a
+	// Retry-After under DailyRetryMin parks a fresh location that long.
+	lim.DailyRemaining = 0
+	require.NoError(t, l.Observe(ctx, "locS", lim, &ghl.RateLimitError{RetryAfter: 5 * time.Second, Daily: true, Limits: lim}))
+	require.NoError(t, l.Observe(ctx, "locT", lim, &ghl.RateLimitError{RetryAfter: 5 * time.Second, Daily: true, Limits: lim}))
+	until, err := rdb.ZMScore(ctx, KeyParked, "locS", "locT").Result()
+	require.NoError(t, err)
+	require.InDelta(t, float64(time.Now().Add(time.Hour).UnixMilli()), until[0], float64(5*time.Second/time.Millisecond))
+	require.InDelta(t, float64(time.Now().Add(DailyRetryMin).UnixMilli()), until[1], float64(5*time.Second/time.Millisecond))
+	parked, err = Parked(ctx, rdb)
+	require.NoError(t, err)
+	require.Contains(t, parked["locS"], "DAILY_RESERVE 10", "the longer parking's reason stands")
 }
 
 // TestNoDailyReserveParksOnlyWhenSpent: DailyReserveNone (DAILY_RESERVE=0)

@@ -257,7 +257,7 @@ func New(cfg Config) (*Worker, error) {
 	return &Worker{cfg: cfg, srvs: srvs, handler: handler, stopping: stopping, Metrics: m, Registry: cfg.Registry, Dead: dead, Routes: routes, log: cfg.Logger,
 		// host:pid names the process; the suffix tells apart workers run
 		// in one process (tests, an embedding program).
-		fleet: fleet.New(cfg.Redis, deadletter.ThisWorker+"/"+rand.Text()[:4], settings), ledger: h.Ledger}, nil
+		fleet: fleet.New(cfg.Redis, fleet.Workers, deadletter.ThisWorker+"/"+rand.Text()[:4], settings), ledger: h.Ledger}, nil
 }
 
 // fleetSettings are the settings this worker announces to the others
@@ -286,6 +286,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			for _, started := range w.srvs[:i] {
 				started.Shutdown()
 			}
+			_ = w.fleet.Leave(context.WithoutCancel(ctx)) // never ran: not a peer
 			return fmt.Errorf("worker: start: %w", err)
 		}
 	}
@@ -468,7 +469,12 @@ func (w *Worker) look(ctx context.Context, said *string) time.Duration {
 		}
 		return w.ledger.DeadRetention()
 	}
+	// The longest among the live workers, and among those that stopped
+	// within their own retention (their dead letters are still theirs).
 	retention := max(w.Dead.Retention, fleet.MaxDuration(peers, "DEAD_LETTER_RETENTION"))
+	if longest, err := fleet.KeepLongest(ctx, w.cfg.Redis, "DEAD_LETTER_RETENTION", w.Dead.Retention); err == nil {
+		retention = max(retention, longest)
+	}
 	w.ledger.SetDeadRetentionFloor(retention)
 	differ := map[string]bool{}
 	var lines []string
