@@ -6,7 +6,10 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +25,7 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/envconf"
+	"github.com/ghlcancel/ghlcancel/internal/fleet"
 	"github.com/ghlcancel/ghlcancel/internal/intake"
 	"github.com/ghlcancel/ghlcancel/internal/logging"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
@@ -162,6 +166,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Producer:  producer.Config{MaxRetry: producer.Retries(*maxRetry), CampaignRetention: *retention},
 		Webhook:   wh,
 		NoConsole: *consoleOn == "off", ConsoleKeys: consoleKeys, ConsoleReadOnlyKeys: readOnlyKeys,
+		Fleet: fleet.Settings{
+			// The rules as this intake acts on them, and a digest of the
+			// per-location ones (the summary counts them only).
+			"AUTO_CANCEL":              describeRules(wh.Rules) + " (digest " + rulesDigest(wh.Rules) + ")",
+			"WEBHOOK_REPLAY_WINDOW":    fleet.Duration(*window),
+			"HIGHLEVEL_WEBHOOK_LEGACY": *legacy,
+			"CAMPAIGN_RETENTION":       fleet.Duration(*retention),
+		},
 	})
 	if err != nil {
 		return err
@@ -184,6 +196,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
+	watched := make(chan struct{})
+	wctx, stopWatch := context.WithCancel(ctx)
+	go func() { defer close(watched); srv.Watch(wctx) }()
+	defer func() { stopWatch(); <-watched }()
 	select {
 	case err := <-errc:
 		return err
@@ -285,6 +301,13 @@ func webhookConfig(getenv func(string) string, legacy bool, window time.Duration
 }
 
 // describeRules says in a few words what the webhook rules do.
+// rulesDigest is a short digest of the rules (per-location ones included).
+func rulesDigest(r *webhook.Rules) string {
+	b, _ := json.Marshal(r)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:4])
+}
+
 func describeRules(r *webhook.Rules) string {
 	if !r.Enabled() {
 		return "no " + EnvAutoEvents + ": events are verified and counted, nothing is cancelled"

@@ -46,6 +46,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/console"
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/fleet"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
@@ -86,6 +87,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Registry receives the intake metrics. Defaults to a new registry.
 	Registry *prometheus.Registry
+	// Fleet: this intake's settings that must agree with the other
+	// intakes' (Watch compares them); nil compares none.
+	Fleet fleet.Settings
 	// Webhook, when set, serves POST /v1/webhooks/highlevel (no API key:
 	// the signature authenticates). Its Producer, Registry and Logger are
 	// the server's.
@@ -116,6 +120,7 @@ type Server struct {
 	// hookVerifier checks the signature of a delivery to a wrong path
 	// (nil: webhooks are not served).
 	hookVerifier *signature.Verifier
+	watch        *watch // see Watch
 }
 
 // ParseKeys splits a key list (commas or newlines; blank lines and lines
@@ -182,6 +187,7 @@ func New(cfg Config) (*Server, error) {
 		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
 	}
 	cfg.Registry.MustRegister(s.requests, s.duration, s.items)
+	s.watch = s.newWatch()
 	for _, r := range []string{"cancellations", "campaign", "dead_letters", "sweeps", "webhooks", "console"} {
 		s.duration.WithLabelValues(r)
 	}
