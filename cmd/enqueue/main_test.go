@@ -987,10 +987,11 @@ func TestRerunUnderAnotherCampaignNamesWhereTheyAre(t *testing.T) {
 	require.Contains(t, r.stdout, `"held_by":{"spring-sale":2}`)
 }
 
-// TestExpiredSince: sweep --wait counts the cancels that expired while it
-// ran by their outcome's time (review: by the campaign's count, one that
-// expired again after a resend reopened it changed nothing).
-func TestExpiredSince(t *testing.T) {
+// TestCampaignExpired: sweep --wait compares the campaign's expired rows
+// before and after (review: by the campaign's count, one that expired
+// again after a resend reopened it changed nothing; by time, the worker's
+// clock was compared with this host's).
+func TestCampaignExpired(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	rdb := redisServer.Client(t)
@@ -1003,7 +1004,9 @@ func TestExpiredSince(t *testing.T) {
 		"msg:new", row(ledger.Expired, since.Add(time.Second)),
 		"msg:now", row(ledger.Expired, since),
 		"msg:done", row(ledger.Cancelled, since.Add(time.Second))).Err())
-	n, err := expiredSince(ctx, rdb, "exp", since)
+	got, err := campaignExpired(ctx, rdb, "exp")
 	require.NoError(t, err)
-	require.Equal(t, 2, n)
+	require.Len(t, got, 3)
+	require.Equal(t, since.Add(time.Second).UnixMilli(), got["msg:new"].UnixMilli())
+	require.NotContains(t, got, "msg:done")
 }

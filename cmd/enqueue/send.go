@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -250,10 +249,10 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 	fmt.Fprintf(e.stdout, "dry run: %d valid, %d duplicates, %d invalid, %d locations; at %d per %s per location it takes at least %s (busiest: %s)\n",
 		d.Valid, d.Duplicates, d.Invalid, len(locs), lim.N, lim.Period, d.MinDuration, d.Busiest)
 	if len(d.OverDailyBudget) > 0 {
-		over := slices.Sorted(maps.Keys(d.OverDailyBudget))
+		over := d.OverDailyBudget
 		fmt.Fprintf(e.stdout, "note: %d location(s) have more cancels than HighLevel's daily budget of %d calls per location (less DAILY_RESERVE, %d by default): "+
 			"each is parked when its budget runs out and goes on the next day, so these take %d day(s) or more; %s has %d\n",
-			len(over), ratelimit.DailyBudget, ratelimit.DailyReserveDefault, (d.OverDailyBudget[d.Busiest]-1)/usable+1, over[0], d.OverDailyBudget[over[0]])
+			len(over), ratelimit.DailyBudget, ratelimit.DailyReserveDefault, (d.OverDailyBudget[d.Busiest]-1)/usable+1, d.Busiest, d.OverDailyBudget[d.Busiest])
 	}
 	if d.Invalid > 0 {
 		return errReported

@@ -137,16 +137,18 @@ func (e *env) sweep(ctx context.Context, o sweepOpts) error {
 	// with another time (a re-run requeues the last run's dead letters, and
 	// one that fails again comes back under its id). The net change of the
 	// campaign's count hid those: 2 again of 17 requeued read as none.
-	var deadBefore map[string]time.Time
+	// Expired cancels likewise, by their outcome rows: new, or with another
+	// time (a resend reopens an expired row: by the campaign's count, one
+	// expiring again read as none; by time, two hosts' clocks compared).
+	var deadBefore, expiredBefore map[string]time.Time
 	if r.CampaignID != "" && o.wait {
 		if deadBefore, err = campaignDeadLetters(ctx, rdb, r.CampaignID); err != nil {
 			return err
 		}
+		if expiredBefore, err = campaignExpired(ctx, rdb, r.CampaignID); err != nil {
+			return err
+		}
 	}
-	// Expired cancels are counted by their outcome's time, not by the
-	// campaign's count (a resend reopens an expired row: one expiring again
-	// left the count unchanged).
-	started := time.Now()
 	st, err := producer.New(rdb, producer.Config{MaxRetry: producer.Retries(o.maxRetry), CampaignRetention: o.retention}).Sweep(ctx, r)
 	if err != nil {
 		if errors.Is(err, producer.ErrUnavailable) {
@@ -270,8 +272,14 @@ wait:
 	// turn, as behind a parked location) did not cancel it either.
 	expired := 0
 	if end.Expired > 0 {
-		if expired, err = expiredSince(ctx, rdb, st.CampaignID, started); err != nil {
+		after, err := campaignExpired(ctx, rdb, st.CampaignID)
+		if err != nil {
 			return err
+		}
+		for id, at := range after {
+			if was, ok := expiredBefore[id]; !ok || !was.Equal(at) {
+				expired++
+			}
 		}
 	}
 	done := func() error {
@@ -340,20 +348,23 @@ func campaignDeadLetters(ctx context.Context, rdb *redis.Client, id string) (map
 	return out, err
 }
 
-// expiredSince counts the campaign's expired outcomes settled at or after
-// since (one pass over its outcome rows).
-func expiredSince(ctx context.Context, rdb *redis.Client, id string, since time.Time) (int, error) {
-	n := 0
+// campaignExpired maps the campaign's expired cancels to their outcome's
+// time (one pass over its outcome rows; a row HSCAN returns twice counts
+// once).
+func campaignExpired(ctx context.Context, rdb *redis.Client, id string) (map[string]time.Time, error) {
+	out := map[string]time.Time{}
 	iter := rdb.HScan(ctx, ledger.CampaignOutcomesKey(id), 0, "*", 1000).Iterator()
-	for field := true; iter.Next(ctx); field = !field {
-		if field {
-			continue // the message id; its row follows
+	for field := ""; iter.Next(ctx); {
+		if field == "" {
+			field = iter.Val() // the task id; its row follows
+			continue
 		}
-		if o, err := ledger.ParseRow(iter.Val()); err == nil && o.Outcome == ledger.Expired && !o.At.Before(since.Truncate(time.Millisecond)) {
-			n++
+		if o, err := ledger.ParseRow(iter.Val()); err == nil && o.Outcome == ledger.Expired {
+			out[field] = o.At
 		}
+		field = ""
 	}
-	return n, iter.Err()
+	return out, iter.Err()
 }
 
 func dedupe(in []string) []string {

@@ -300,14 +300,27 @@ func webhookConfig(getenv func(string) string, legacy bool, window time.Duration
 	return &webhook.Config{Verifier: v, Rules: rules, Window: window}, nil
 }
 
-// describeRules says in a few words what the webhook rules do.
-// rulesDigest is a short digest of the rules (per-location ones included).
+// rulesDigest is a short digest of the rules (per-location ones
+// included), the same whatever order message types were written in.
 func rulesDigest(r *webhook.Rules) string {
-	b, _ := json.Marshal(r)
+	sorted := func(rule webhook.Rule) webhook.Rule {
+		ev := make(map[string][]string, len(rule.Events))
+		for e, types := range rule.Events {
+			ev[e] = slices.Sorted(slices.Values(types))
+		}
+		rule.Events = ev
+		return rule
+	}
+	c := webhook.Rules{Default: sorted(r.Default), Locations: make(map[string]webhook.Rule, len(r.Locations))}
+	for l, rule := range r.Locations {
+		c.Locations[l] = sorted(rule)
+	}
+	b, _ := json.Marshal(c)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:4])
 }
 
+// describeRules says in a few words what the webhook rules do.
 func describeRules(r *webhook.Rules) string {
 	if !r.Enabled() {
 		return "no " + EnvAutoEvents + ": events are verified and counted, nothing is cancelled"
@@ -315,7 +328,7 @@ func describeRules(r *webhook.Rules) string {
 	ev := make([]string, 0, len(r.Default.Events))
 	for e, types := range r.Default.Events {
 		if len(types) > 0 { // limited to some message types: say which
-			e += ":" + strings.Join(types, "+")
+			e += ":" + strings.Join(slices.Sorted(slices.Values(types)), "+")
 		}
 		ev = append(ev, e)
 	}

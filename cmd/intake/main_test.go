@@ -106,3 +106,18 @@ func TestWebhookKeyMistakes(t *testing.T) {
 	require.Equal(t, "HighLevel's published Ed25519 key (built in), HighLevel's published RSA key (built in)",
 		webhookKeys(func(string) string { return "" }, true))
 }
+
+// TestRulesCompareWhateverTheOrder: intakes compare their rules by a
+// summary and a digest; the same rules written in another order must not
+// read as a disagreement (review).
+func TestRulesCompareWhateverTheOrder(t *testing.T) {
+	a, err := webhook.LoadRules("InboundMessage:sms+email,ContactDndUpdate", "all", "")
+	require.NoError(t, err)
+	b, err := webhook.LoadRules("ContactDndUpdate,InboundMessage:email+sms", "all", "")
+	require.NoError(t, err)
+	require.Equal(t, describeRules(a), describeRules(b))
+	require.Equal(t, rulesDigest(a), rulesDigest(b))
+	c, err := webhook.LoadRules("InboundMessage:sms", "all", "")
+	require.NoError(t, err)
+	require.NotEqual(t, rulesDigest(a), rulesDigest(c))
+}

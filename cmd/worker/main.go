@@ -219,7 +219,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 					"this worker would dead-letter those locations' cancels; set them as the other workers have them (or remove location pairs no longer used: `enqueue tokens delete --location L`)",
 					what, EnvClientID, EnvClientSecret, EnvTokenKey)
 			}
-		} else if opened, wrong, first, err := tokens.KeyCheck(ctx, rdb, oauth.Key); err == nil && wrong > 0 {
+		} else if opened, wrong, first, err := tokens.KeyCheck(ctx, rdb, oauth.Key); err != nil {
+			log.Warn("could not check that GHL_TOKEN_KEY opens the stored token pairs", "error", err)
+		} else if wrong > 0 {
 			// A worker whose key opens no stored pair dead-letters every
 			// stored location's cancels token_key while the others heal
 			// some of them (the fleet audit saw 431 retries and 2 dead

@@ -117,8 +117,14 @@ type Status struct {
 // cancels wait: a database number mistyped in REDIS_URL, or no worker
 // started yet.
 func (t *Tracker) Workers(ctx context.Context) (int64, error) {
-	return t.rdb.ZCount(ctx, "asynq:servers", strconv.FormatInt(time.Now().Unix(), 10), "+inf").Result()
+	// By Redis's clock: asynq scores an entry by its worker's clock, and
+	// this host's may run ahead of it (review).
+	return workersScript.Run(ctx, t.rdb, []string{"asynq:servers"}).Int64()
 }
+
+var workersScript = redis.NewScript(`
+local t = redis.call("TIME")
+return redis.call("ZCOUNT", KEYS[1], t[1], "+inf")`)
 
 // PacedFloor is the least time s's pending cancels need under the pacing
 // of the campaign's locations (ratelimit.Floor, with the limits HighLevel
@@ -436,11 +442,12 @@ func (t *Tracker) follow(ctx context.Context, members []string, more bool) (Held
 				case rows[i] != nil && rows[i].Val() != "":
 					r.count(rows[i].Val())
 				case there[i] != nil && there[i].Val() == 0:
-					// Held by no campaign, its record alone told: lost
-					// (deleted by hand) or expired cannot be told apart,
-					// and lost is the one that may go out.
 					r.Forgotten++
 				default:
+					// Its campaign is there with no row, or it was held
+					// by no campaign (its record alone told: deleted by
+					// hand or expired cannot be told apart, and the first
+					// may go out).
 					r.Lost++
 				}
 			}
@@ -642,30 +649,18 @@ func (t *Tracker) Prune(ctx context.Context) (int, error) {
 	}
 }
 
-// ExpiredScanMax bounds the dead letters ExpiredNotFound reads (newest first).
-const ExpiredScanMax = 2000
-
 // ExpiredNotFound is NotFound for a campaign's status or report: when dead
 // letters still name the campaign (they are kept longer than campaigns),
 // it says that the campaign expired and that those messages may still go
 // out, instead of "unknown". deadLetters says where to list them.
 func (t *Tracker) ExpiredNotFound(ctx context.Context, campaign, hint, deadLetters string) error {
-	// Best effort, as NotFound's did-you-mean: a failed read leaves
-	// "unknown". Bounded (review): a 404 polled every 2 s must not read
-	// 100,000 dead letters each time; the newest ExpiredScanMax are read.
-	found, seen := false, 0
-	stop := errors.New("stop")
-	err := deadletter.New(t.rdb).ScanNewest(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
-		seen++
-		found = r.CampaignID == campaign
-		if found || seen >= ExpiredScanMax {
-			return stop
-		}
-		return nil
-	})
-	if (err == nil || errors.Is(err, stop)) && found {
+	// One read (a 404 may be polled every 2 s: reading the dead letters
+	// was 100 MB a poll at 100,000 of them, found by review); best effort,
+	// as NotFound's did-you-mean: a failed read leaves "unknown".
+	if last, err := deadletter.LastDeadFor(ctx, t.rdb, campaign); err == nil && !last.IsZero() {
 		return fmt.Errorf("campaign %q has expired: its counters and report are kept CAMPAIGN_RETENTION after its last update, "+
-			"but dead letters naming it remain (kept DEAD_LETTER_RETENTION), and their messages may still go out: %s", campaign, deadLetters)
+			"but it had dead letters (the last at %s), kept DEAD_LETTER_RETENTION unless requeued or purged, and their messages may still go out: %s",
+			campaign, last.UTC().Format(time.RFC3339), deadLetters)
 	}
 	return t.NotFound(ctx, campaign, hint)
 }

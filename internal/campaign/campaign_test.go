@@ -83,6 +83,9 @@ func TestCountsEachMessageOnce(t *testing.T) {
 	require.Equal(t, int64(1), s.Expired)
 	require.Equal(t, map[string]int64{"unauthorized": 1}, s.DeadByReason)
 	require.False(t, s.Complete)
+	last, err := deadletter.LastDeadFor(ctx, rdb, "c1")
+	require.NoError(t, err)
+	require.False(t, last.IsZero(), "the settle script notes the campaign's dead letter (ExpiredNotFound reads it)")
 
 	// Sending the dead-lettered message again revives it: pending again in
 	// the same campaign, total unchanged; its success completes the campaign.

@@ -22,7 +22,25 @@ import (
 const (
 	KeyRecords = "ghlcancel:dead:records"
 	KeyIndex   = "ghlcancel:dead:index"
+	// KeyCampaigns: campaign id -> when a dead letter naming it was last
+	// written (unix ms), so that a campaign that expired while its dead
+	// letters remain is told without reading them all (entries past the
+	// retention go with the prune).
+	KeyCampaigns = "ghlcancel:dead:campaigns"
 )
+
+// LastDeadFor returns when a dead letter naming campaign was last written
+// (zero when none was within the retention the workers prune by).
+func LastDeadFor(ctx context.Context, rdb redis.UniversalClient, campaign string) (time.Time, error) {
+	ms, err := rdb.HGet(ctx, KeyCampaigns, campaign).Int64()
+	if errors.Is(err, redis.Nil) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	return time.UnixMilli(ms), nil
+}
 
 // Record is one dead letter.
 type Record struct {
@@ -127,6 +145,9 @@ func (s *Store) Add(ctx context.Context, r Record) error {
 	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, KeyRecords, r.TaskID, b)
 		p.ZAdd(ctx, KeyIndex, redis.Z{Score: float64(r.DeadAt.UnixMilli()), Member: r.TaskID})
+		if r.CampaignID != "" {
+			p.HSet(ctx, KeyCampaigns, r.CampaignID, r.DeadAt.UnixMilli())
+		}
 		return nil
 	})
 	if err != nil {
@@ -327,7 +348,32 @@ func (s *Store) PruneOlderThan(ctx context.Context, retention time.Duration) (in
 	if retention <= 0 {
 		return 0, nil
 	}
-	cutoff := "(" + strconv.FormatInt(s.now().Add(-retention).UnixMilli(), 10)
+	cutoffMs := s.now().Add(-retention).UnixMilli()
+	cutoff := "(" + strconv.FormatInt(cutoffMs, 10)
+	// The campaigns' last dead letters past the retention go too (one
+	// pass; bounded by the campaigns that had dead letters).
+	iter := s.rdb.HScan(ctx, KeyCampaigns, 0, "*", 1000).Iterator()
+	var gone []string
+	for field := ""; iter.Next(ctx); {
+		if field == "" {
+			field = iter.Val()
+			continue
+		}
+		if ms, err := strconv.ParseInt(iter.Val(), 10, 64); err != nil || ms < cutoffMs {
+			gone = append(gone, field)
+		}
+		field = ""
+	}
+	if err := iter.Err(); err != nil {
+		return 0, err
+	}
+	for len(gone) > 0 {
+		n := min(len(gone), 1000)
+		if err := s.rdb.HDel(ctx, KeyCampaigns, gone[:n]...).Err(); err != nil {
+			return 0, err
+		}
+		gone = gone[n:]
+	}
 	removed := 0
 	for {
 		ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: KeyIndex, Start: "-inf", Stop: cutoff, ByScore: true, Count: PageSize}).Result()

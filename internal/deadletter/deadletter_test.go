@@ -172,7 +172,13 @@ func TestPruneKeepsOnlyTheRetention(t *testing.T) {
 	now := time.Now()
 	for i := range 2500 {
 		age := time.Duration(i)*time.Minute + 30*time.Second // 30 s .. ~41 h old, none on the boundary
-		require.NoError(t, s.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:p%05d", i), Reason: "unauthorized", DeadAt: now.Add(-age)}))
+		require.NoError(t, s.Add(ctx, deadletter.Record{TaskID: fmt.Sprintf("msg:p%05d", i), Reason: "unauthorized", DeadAt: now.Add(-age),
+			CampaignID: fmt.Sprintf("c%d", i/1000)})) // c0: the newest 1,000; c2: only past the retention
+	}
+	for c, want := range map[string]bool{"c0": true, "c2": true, "none": false} {
+		last, err := deadletter.LastDeadFor(ctx, s.Client(), c)
+		require.NoError(t, err)
+		require.Equal(t, want, !last.IsZero(), c)
 	}
 	n, err := s.Prune(ctx)
 	require.NoError(t, err)
@@ -180,6 +186,13 @@ func TestPruneKeepsOnlyTheRetention(t *testing.T) {
 	left, err := s.Count(ctx)
 	require.NoError(t, err)
 	require.Equal(t, int64(24*60), left)
+	// A campaign's last dead letter goes with the retention too.
+	last, err := deadletter.LastDeadFor(ctx, s.Client(), "c2")
+	require.NoError(t, err)
+	require.True(t, last.IsZero(), "c2's dead letters are all past the retention")
+	last, err = deadletter.LastDeadFor(ctx, s.Client(), "c0")
+	require.NoError(t, err)
+	require.WithinDuration(t, now.Add(-999*time.Minute-30*time.Second), last, time.Second, "c0's last written (i = 999)")
 	var order []string
 	require.NoError(t, s.ScanNewest(ctx, deadletter.Filter{}, func(r deadletter.Record) error {
 		order = append(order, r.TaskID)

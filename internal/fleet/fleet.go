@@ -67,15 +67,22 @@ for i = 1, #all, 2 do
 end
 return out`)
 
-// longestScript keeps in KEYS[1] the longest duration (ms) announced, for
-// that long after the last process that holds it said so.
+// longestScript keeps in KEYS[1] each duration (ms, the member) said,
+// scored by when it runs out (Redis's time plus itself, from the last
+// process that said it), and returns the longest not run out: a 14-day
+// worker under a stopped 30-day one is still kept once the 30 days end
+// (review: one value forgot it).
 var longestScript = redis.NewScript(`
-local cur, own = tonumber(redis.call("GET", KEYS[1]) or "0"), tonumber(ARGV[1])
-if own >= cur then
-  redis.call("SET", KEYS[1], own, "PX", math.max(own, 1))
-  return own
+local t = redis.call("TIME")
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local own = tonumber(ARGV[1])
+redis.call("ZADD", KEYS[1], "GT", now + own, own)
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", "(" .. now)
+local longest = 0
+for _, m in ipairs(redis.call("ZRANGE", KEYS[1], 0, -1)) do
+  longest = math.max(longest, tonumber(m))
 end
-return cur`)
+return longest`)
 
 // Registry announces one process and reads the others of its kind.
 type Registry struct {
@@ -126,8 +133,8 @@ func (r *Registry) Live(ctx context.Context, key string) (map[string]Settings, e
 }
 
 // KeepLongest records d for setting name (a retention) and returns the
-// longest recorded by any process within that duration: what a process
-// that stopped said is kept as long as it said to keep things.
+// longest recorded by any process within its own duration: what a
+// process that stopped said is kept as long as it said to keep things.
 func KeepLongest(ctx context.Context, rdb redis.UniversalClient, name string, d time.Duration) (time.Duration, error) {
 	ms, err := longestScript.Run(ctx, rdb, []string{"ghlcancel:fleet:longest:" + name}, d.Milliseconds()).Int64()
 	return time.Duration(ms) * time.Millisecond, err

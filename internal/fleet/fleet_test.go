@@ -63,8 +63,29 @@ func TestKeepLongest(t *testing.T) {
 	d, err = KeepLongest(ctx, rdb, "DEAD_LETTER_RETENTION", 30*time.Millisecond)
 	require.NoError(t, err)
 	require.Equal(t, 300*time.Millisecond, d, "a shorter one keeps the longest")
-	time.Sleep(400 * time.Millisecond) // the long one's holder said nothing more
+	d, err = KeepLongest(ctx, rdb, "DEAD_LETTER_RETENTION", 150*time.Millisecond)
+	require.NoError(t, err)
+	require.Equal(t, 300*time.Millisecond, d)
+	time.Sleep(200 * time.Millisecond) // the 150 ms one is out; the 300 ms one is not
+	d, err = KeepLongest(ctx, rdb, "DEAD_LETTER_RETENTION", 30*time.Millisecond)
+	require.NoError(t, err)
+	require.Equal(t, 300*time.Millisecond, d)
+	time.Sleep(150 * time.Millisecond) // the long one's holder said nothing more
 	d, err = KeepLongest(ctx, rdb, "DEAD_LETTER_RETENTION", 30*time.Millisecond)
 	require.NoError(t, err)
 	require.Equal(t, 30*time.Millisecond, d, "kept as long as it said, no longer")
+
+	// A middle one said under the longest outlives it (review: one value
+	// forgot the 14-day worker once the 30-day one ran out).
+	_, err = KeepLongest(ctx, rdb, "X", time.Second)
+	require.NoError(t, err)
+	_, err = KeepLongest(ctx, rdb, "X", 2*time.Second)
+	require.NoError(t, err)
+	time.Sleep(1500 * time.Millisecond)
+	_, err = KeepLongest(ctx, rdb, "X", time.Second) // the middle one says it again: until 2.5 s
+	require.NoError(t, err)
+	time.Sleep(750 * time.Millisecond) // the 2 s one ran out at 2 s
+	d, err = KeepLongest(ctx, rdb, "X", 10*time.Millisecond)
+	require.NoError(t, err)
+	require.Equal(t, time.Second, d)
 }

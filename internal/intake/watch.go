@@ -67,10 +67,10 @@ func (s *Server) Watch(ctx context.Context) {
 
 func (s *Server) look(ctx context.Context) {
 	w := s.watch
-	if err := w.reg.Announce(ctx); err != nil {
-		return // Redis is down: /readyz says so
-	}
-	if peers, err := w.reg.Peers(ctx); err == nil {
+	// The workers are counted even when the announcement fails (an ACL
+	// without EVAL): a gauge left at -1 would hide another intake's 0.
+	announced := w.reg.Announce(ctx) == nil
+	if peers, err := w.reg.Peers(ctx); announced && err == nil {
 		differ := map[string]bool{}
 		var lines []string
 		for _, d := range fleet.Differences(peers, w.reg.Names()) {

@@ -630,6 +630,7 @@ if handed then redis.call("HDEL", KEYS[1], "h") end -- used once: a stale one mu
 if deadjson ~= "" then
   redis.call("HSET", KEYS[2], id, deadjson)
   redis.call("ZADD", KEYS[3], now, id)
+  if campaign ~= "" then redis.call("HSET", "` + deadletter.KeyCampaigns + `", campaign, now) end
   ttl = math.max(ttl, deadttl)
   -- The enqueue rule looks for wrong-kind records only while one may
   -- exist: this flag outlives every record it stands for.

@@ -730,28 +730,33 @@ func (l *Limiter) coolDown(ctx context.Context, location string, d time.Duration
 	return nil
 }
 
+// parkScript parks ARGV[3] until ARGV[2] (ms) with reason ARGV[4], unless
+// it is parked as long already: one step, so two workers parking at once
+// cannot leave the shorter parking (review). KEYS parked index, reasons;
+// ARGV now ms. Returns 1 newly parked, 0 extended, -1 unchanged.
+var parkScript = redis.NewScript(`
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", "(" .. ARGV[1])
+local cur = redis.call("ZSCORE", KEYS[1], ARGV[3])
+if cur and tonumber(cur) >= tonumber(ARGV[2]) then return -1 end
+redis.call("ZADD", KEYS[1], ARGV[2], ARGV[3])
+redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
+if cur then return 0 end
+return 1`)
+
 func (l *Limiter) park(ctx context.Context, location string, d time.Duration, why string) error {
 	if err := l.coolDown(ctx, location, d, "daily"); err != nil {
 		return err
 	}
-	now := time.Now()
-	until := now.Add(d)
 	// The cool-down above only ever extends; so does the parking (a daily
 	// 429's short Retry-After after a reserve's hour must not leave the
 	// location waiting an hour while `enqueue parked` says it is not).
-	if cur, err := l.rdb.ZScore(ctx, KeyParked, location).Result(); err == nil && int64(cur) >= until.UnixMilli() {
-		return nil
-	}
-	var added *redis.IntCmd
-	_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRemRangeByScore(ctx, KeyParked, "-inf", "("+strconv.FormatInt(now.UnixMilli(), 10))
-		added = p.ZAdd(ctx, KeyParked, redis.Z{Score: float64(until.UnixMilli()), Member: location})
-		p.HSet(ctx, KeyWhy, location, why+" (until "+until.UTC().Format(time.RFC3339)+")")
-		return nil
-	})
+	now := time.Now()
+	until := now.Add(d)
+	n, err := parkScript.Run(ctx, l.rdb, []string{KeyParked, KeyWhy}, now.UnixMilli(), until.UnixMilli(), location,
+		why+" (until "+until.UTC().Format(time.RFC3339)+")").Int()
 	// Once per parking (a location already parked is not said again by
 	// every answer that confirms it): its cancels wait until then.
-	if err == nil && added.Val() == 1 && l.cfg.Logger != nil {
+	if err == nil && n == 1 && l.cfg.Logger != nil {
 		l.cfg.Logger.Warn("location parked: its cancels wait for its daily budget (enqueue parked lists them)",
 			"location", location, "until", until.UTC().Format(time.RFC3339), "why", why)
 	}

@@ -540,6 +540,35 @@ func TestDaily429ParksForItsRetryAfter(t *testing.T) {
 	require.Contains(t, parked["locS"], "DAILY_RESERVE 10", "the longer parking's reason stands")
 }
 
+// TestParkingsAtOnceKeepTheLonger: two workers parking one location at
+// once (a reserve's hour, a daily 429's minute) left the minute in 96 of
+// 300 tries when the check and the write were two steps (review).
+func TestParkingsAtOnceKeepTheLonger(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	a := New(rdb, Config{DailyReserve: 10, DailyPark: time.Hour})
+	b := New(rdb, Config{DailyReserve: 10, DailyPark: time.Hour})
+	lim := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 90, DailyLimit: 150, DailyRemaining: 4}
+	spent := lim
+	spent.DailyRemaining = 0
+	var wg sync.WaitGroup
+	for i := range 100 {
+		loc := fmt.Sprintf("locRace%03d", i)
+		wg.Go(func() { require.NoError(t, a.Observe(ctx, loc, lim, nil)) })
+		wg.Go(func() {
+			require.NoError(t, b.Observe(ctx, loc, spent, &ghl.RateLimitError{RetryAfter: 5 * time.Second, Daily: true, Limits: spent}))
+		})
+	}
+	wg.Wait()
+	z, err := rdb.ZRangeWithScores(ctx, KeyParked, 0, -1).Result()
+	require.NoError(t, err)
+	require.Len(t, z, 100)
+	for _, e := range z {
+		require.Greater(t, e.Score, float64(time.Now().Add(50*time.Minute).UnixMilli()), "%s kept the hour", e.Member)
+	}
+}
+
 // TestNoDailyReserveParksOnlyWhenSpent: DailyReserveNone (DAILY_RESERVE=0)
 // uses the whole daily budget: 1 left is not parked, 0 left is. A zero
 // Config value is the default reserve, not none.

@@ -190,6 +190,7 @@ redis.call("PEXPIRE", KEYS[1], ARGV[4]) -- kept as long as its campaign
 if ARGV[1] == "failed" then
   redis.call("HSET", KEYS[2], ARGV[6], ARGV[5])
   redis.call("ZADD", KEYS[3], ARGV[3], ARGV[6])
+  if ARGV[2] ~= "" then redis.call("HSET", "` + deadletter.KeyCampaigns + `", ARGV[2], ARGV[3]) end
 end
 -- A campaign that is gone stays gone (as for a task's outcome): the
 -- sweep's state and dead letter record how it ended.
