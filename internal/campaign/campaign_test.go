@@ -306,6 +306,14 @@ func TestETAIsNeverBelowThePacing(t *testing.T) {
 	slow := s.RenderPaced(prev, time.Now().Add(-time.Second), 10*time.Second)
 	require.NotContains(t, slow, "paced")
 	require.Contains(t, slow, "ETA 1m")
+	// A parked location's cancels wait for its parking, which neither the
+	// rate nor the floor knows (daily-budget audit): said.
+	s.Parked = map[string]string{"locP": "daily budget nearly spent: 4 of 150 left (DAILY_RESERVE 10) (until 2026-12-07T20:00:00Z)",
+		"locX": "no time here"}
+	out = s.RenderPaced(prev, time.Now().Add(-time.Second), 0)
+	require.Regexp(t, `ETA 1m\d+s \(cancels at parked locations wait until 2026-12-07T20:00:00Z\)`, out)
+	_, ok := campaign.ParkedUntil(map[string]string{"locX": "no time here"})
+	require.False(t, ok)
 }
 
 // TestHeldFollowsEachMessage: what a sweep found but did not queue (queued

@@ -122,10 +122,38 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 	if floor > d {
 		eta = floor.Round(time.Second).String() + " or more (paced by HighLevel's rate limits)"
 	}
+	if until, ok := ParkedUntil(s.Parked); ok {
+		// The rate and the floor know nothing of a parking (an audit saw
+		// "ETA 2m0s" for a campaign whose location was parked an hour).
+		eta += ParkedNote(until)
+	}
 	if reading := s.Sweeps - s.SweepsDone; reading > 0 {
 		// The total grows as they read: no ETA holds.
 		eta = fmt.Sprintf("unknown (%d location sweep(s) still reading: more cancels may come)", reading)
 	}
 	fmt.Fprintf(&b, "  %.1f/s, ETA %s, started %s", rate, eta, s.StartedAt.UTC().Format(time.RFC3339))
 	return b.String()
+}
+
+// ParkedUntil is the latest end of the parkings in parked (location ->
+// reason, as Tracker.Parked gives them: the limiter writes "... (until
+// RFC 3339)"); ok is false when there is none it can read.
+func ParkedUntil(parked map[string]string) (until time.Time, ok bool) {
+	for _, why := range parked {
+		i := strings.LastIndex(why, "(until ")
+		if i < 0 {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339, strings.TrimSuffix(why[i+len("(until "):], ")"))
+		if err == nil && t.After(until) {
+			until, ok = t, true
+		}
+	}
+	return until, ok
+}
+
+// ParkedNote is what an ETA adds while locations of the campaign are
+// parked for their daily budget.
+func ParkedNote(until time.Time) string {
+	return " (cancels at parked locations wait until " + until.UTC().Format(time.RFC3339) + ")"
 }

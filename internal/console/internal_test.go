@@ -41,6 +41,11 @@ func TestProgressOf(t *testing.T) {
 	running := campaign.Status{Total: 1000, Done: 400, Pending: 600, StartedAt: now.Add(-100 * time.Second)}
 	finished := now.Add(-10 * time.Second)
 	done := campaign.Status{Total: 1000, Done: 1000, StartedAt: now.Add(-110 * time.Second), FinishedAt: &finished, Complete: true}
+	// A parked location: the rate alone read "2 m 30 s" while its cancels
+	// waited an hour (daily-budget audit).
+	parked := running
+	parked.Parked = map[string]string{"locA": "daily budget nearly spent: 4 of 150 left (DAILY_RESERVE 10) (until 2026-11-28T13:00:00Z)",
+		"locB": "429: daily limit reached: 0 of 150 left (until 2026-11-28T12:05:00Z)"}
 	for _, c := range []struct {
 		name     string
 		s        campaign.Status
@@ -57,6 +62,8 @@ func TestProgressOf(t *testing.T) {
 		{"a sample from the future or a reset count: life average", running, 500, now.Add(-2 * time.Second), 40, "4.0/s", "2 m 30 s", "1 m 40 s"},
 		{"nothing done yet", campaign.Status{Total: 10, Pending: 10, StartedAt: now.Add(-5 * time.Second)}, 0, time.Time{}, 0, "–", "unknown", "5 s"},
 		{"complete: over its life, until it finished", done, 900, now.Add(-2 * time.Second), 100, "10/s", "done", "1 m 40 s"},
+		{"parked: the latest parking's end is said", parked, 0, time.Time{}, 40, "4.0/s",
+			"2 m 30 s (cancels at parked locations wait until 2026-11-28T13:00:00Z)", "1 m 40 s"},
 	} {
 		p := progressOf(c.s, now, c.prevDone, c.prevAt)
 		assert.Equal(t, c.pct, p.Pct, c.name)

@@ -166,6 +166,9 @@ func progressOf(s campaign.Status, now time.Time, prevDone int64, prevAt time.Ti
 	default:
 		p.ETA = "unknown"
 	}
+	if until, ok := campaign.ParkedUntil(s.Parked); ok && !s.Complete {
+		p.ETA += campaign.ParkedNote(until)
+	}
 	return p
 }
 
