@@ -31,10 +31,22 @@ func (s *Store) Matching(ctx context.Context, f Filter) ([]Ref, error) {
 	return refs, err
 }
 
+// LuaDropArchived defines drop_archived(lane, id): asynq's archived copy
+// of a dead letter's task goes with it (purge, a sweep's replay).
+const LuaDropArchived = `
+local function drop_archived(lane, id)
+  local tk = "asynq:{" .. lane .. "}:t:" .. id
+  if redis.call("HGET", tk, "state") == "archived" then
+    redis.call("DEL", tk)
+    redis.call("ZREM", "asynq:{" .. lane .. "}:archived", id)
+  end
+end
+`
+
 // purgeScript removes the records of a page of refs that are still the
 // ones matched (same index score), with their copies in asynq's archive.
 // KEYS records hash, index. ARGV triplets: task id, score, lane.
-var purgeScript = redis.NewScript(`
+var purgeScript = redis.NewScript(LuaDropArchived + `
 local n = 0
 for i = 1, #ARGV, 3 do
   local id, score, lane = ARGV[i], ARGV[i+1], ARGV[i+2]
@@ -43,13 +55,7 @@ for i = 1, #ARGV, 3 do
     redis.call("HDEL", KEYS[1], id)
     redis.call("ZREM", KEYS[2], id)
     n = n + 1
-    if lane ~= "" then
-      local tk = "asynq:{" .. lane .. "}:t:" .. id
-      if redis.call("HGET", tk, "state") == "archived" then
-        redis.call("DEL", tk)
-        redis.call("ZREM", "asynq:{" .. lane .. "}:archived", id)
-      end
-    end
+    if lane ~= "" then drop_archived(lane, id) end
   end
 end
 return n

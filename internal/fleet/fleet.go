@@ -178,6 +178,18 @@ func Differences(peers map[string]Settings, names []string) []Difference {
 	return out
 }
 
+// Summary is Differences for a log line and a gauge: the settings that
+// differ, and each difference said, joined by "; " ("" when none).
+func Summary(peers map[string]Settings, names []string) (differ map[string]bool, line string) {
+	differ = map[string]bool{}
+	var lines []string
+	for _, d := range Differences(peers, names) {
+		differ[d.Setting] = true
+		lines = append(lines, d.String())
+	}
+	return differ, strings.Join(lines, "; ")
+}
+
 // Names returns the settings this worker announces, sorted.
 func (r *Registry) Names() []string { return slices.Sorted(maps.Keys(r.own)) }
 

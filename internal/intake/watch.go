@@ -3,7 +3,6 @@ package intake
 import (
 	"context"
 	"crypto/rand"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,16 +70,11 @@ func (s *Server) look(ctx context.Context) {
 	// without EVAL): a gauge left at -1 would hide another intake's 0.
 	announced := w.reg.Announce(ctx) == nil
 	if peers, err := w.reg.Peers(ctx); announced && err == nil {
-		differ := map[string]bool{}
-		var lines []string
-		for _, d := range fleet.Differences(peers, w.reg.Names()) {
-			differ[d.Setting] = true
-			lines = append(lines, d.String())
-		}
+		differ, now := fleet.Summary(peers, w.reg.Names())
 		for _, n := range w.reg.Names() {
 			w.differ.WithLabelValues(n).Set(map[bool]float64{true: 1}[differ[n]])
 		}
-		if now := strings.Join(lines, "; "); now != w.said {
+		if now != w.said {
 			w.said = now
 			if now != "" {
 				s.log.Warn("intakes sharing this Redis disagree on their settings: a webhook is acted on as the intake it reaches says; set the same on every intake",

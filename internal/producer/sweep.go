@@ -109,7 +109,7 @@ func NewID(prefix string) string {
 // sweep's failure is taken back from its campaign's counters when the
 // campaign still counts it (its id is in the campaign's failed_sweeps set,
 // which expires with the campaign's other keys).
-var sweepScript = redis.NewScript(ledger.Lua + `
+var sweepScript = redis.NewScript(ledger.Lua + deadletter.LuaDropArchived + `
 local LANES = {` + luaLanes() + `}
 local nowns, now, ttl, campaign = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local dry = ARGV[10] == "1"
@@ -128,13 +128,7 @@ local function takeback(id, state)
   if redis.call("HDEL", "` + deadletter.KeyRecords + `", id) == 0 then return false end
   redis.call("ZREM", "` + deadletter.KeyIndex + `", id)
   -- asynq's archived copy goes with it, as a requeued cancel's does.
-  for _, l in ipairs(LANES) do
-    local tk = "asynq:{" .. l .. "}:t:" .. id
-    if redis.call("HGET", tk, "state") == "archived" then
-      redis.call("DEL", tk)
-      redis.call("ZREM", "asynq:{" .. l .. "}:archived", id)
-    end
-  end
+  for _, l in ipairs(LANES) do drop_archived(l, id) end
   -- Who follows the failed run (sweep --wait) finds how it ends.
   if state ~= "" and redis.call("EXISTS", state) == 1 then redis.call("HSET", state, "replaced_by", ARGV[12]) end
   local k = ck(campaign)

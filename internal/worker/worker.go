@@ -476,14 +476,9 @@ func (w *Worker) look(ctx context.Context, said *string) time.Duration {
 		retention = max(retention, longest)
 	}
 	w.ledger.SetDeadRetentionFloor(retention)
-	differ := map[string]bool{}
-	var lines []string
-	for _, d := range fleet.Differences(peers, w.fleet.Names()) {
-		differ[d.Setting] = true
-		lines = append(lines, d.String())
-	}
+	differ, now := fleet.Summary(peers, w.fleet.Names())
 	w.Metrics.FleetDiffer(differ)
-	if now := strings.Join(lines, "; "); now != *said {
+	if now != *said {
 		*said = now
 		if now != "" {
 			w.log.Warn("workers sharing this Redis disagree on settings that act on shared state; set the same on every worker",
