@@ -97,8 +97,9 @@ const (
 func logKey(loc string) string  { return keyPrefix + "log:{" + loc + "}" }
 func waitKey(loc string) string { return keyPrefix + "wait:{" + loc + "}" }
 
-// locKey is a location's hash: its learned limit (field l, "N:period ms")
-// and the end of its cool-down (field c, Redis TIME µs), read together.
+// locKey is a location's hash: its learned limit (field l, "N:period ms"),
+// the end of its cool-down (field c, Redis TIME µs) and of its parking for
+// the daily reserve (field p, Redis TIME µs), read together.
 func locKey(loc string) string { return keyPrefix + "loc:{" + loc + "}" }
 
 // Limit is a number of requests per period.
@@ -312,7 +313,8 @@ type Request struct {
 // period, 5 margin, 6 max wait, 7 lead, 8 location (unused), 9 task id, 10
 // urgent (1/0), 11 campaign, 12 the delivery's mark, 13 record ttl ms, 14
 // probe wait, 15 no record (1/0), 16 urgent reserve, 17 probe poll.
-// Returns {code, wait µs, recorded row or earlier-call flag, cooled}:
+// Returns {code, wait µs, recorded row or earlier-call flag, cooled (1 a
+// cool-down, 2 parked for the daily reserve)}:
 // code 1 granted (wait, then call; [3] "1" if an earlier call went out;
 // a 5th element, the slot's Redis time in µs, for Limiter.booked),
 // 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait.
@@ -327,7 +329,7 @@ if rec then
 end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local loc = redis.call("HMGET", KEYS[3], "l", "c", "e")
+local loc = redis.call("HMGET", KEYS[3], "l", "c", "e", "p")
 local L, P, learned = tonumber(ARGV[1]), tonumber(ARGV[2]), true
 if tonumber(ARGV[3]) > 0 then
   L, P = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -367,6 +369,12 @@ end
 local cool = tonumber(loc[2] or "0")
 local cooled = 0
 if cool > room then room = cool; cooled = 1 end
+-- Parked for the daily reserve (field p): that reserve is the urgent
+-- cancels' (and their read-backs'); everything else waits for the parking.
+if not (urgent and not norec) then
+  local park = tonumber(loc[4] or "0")
+  if park > room then room = park; cooled = 2 end
+end
 local mine, may = false, urgent
 if busy then
   redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", now - ` + strconv.FormatInt(staleWaiter.Microseconds(), 10) + `)
@@ -419,13 +427,16 @@ return {0, math.max(0, eta - now - lead), "", cooled}
 `)
 
 // recheckScript: a booked call that waited checks for a cool-down set
-// meanwhile (another call saw a 429); if so, the call will not go out and
-// its mark is taken back. KEYS the location's hash, record. ARGV the
-// delivery's mark. Returns µs of cool-down left (0: go).
+// meanwhile (another call saw a 429) or, unless it may spend the daily
+// reserve, a parking; if so, the call will not go out and its mark is taken
+// back. KEYS the location's hash, record. ARGV the delivery's mark, "1" if
+// it may spend the reserve. Returns µs of cool-down left (0: go).
 var recheckScript = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cool = tonumber(redis.call("HGET", KEYS[1], "c") or "0")
+local h = redis.call("HMGET", KEYS[1], "c", "p")
+local cool = tonumber(h[1] or "0")
+if ARGV[2] ~= "1" then cool = math.max(cool, tonumber(h[2] or "0")) end
 if cool <= now then return 0 end
 if redis.call("HGET", KEYS[2], "s") == ARGV[1] then redis.call("HSET", KEYS[2], "s", "") end
 return cool - now
@@ -450,6 +461,12 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 	}
 	if r.NoRecord {
 		norec = "1"
+	}
+	// An urgent cancel (or its read-back) may spend the daily reserve of a
+	// parked location; export pages and agency calls may not.
+	reserveSpender := "0"
+	if r.Urgent && !r.NoRecord {
+		reserveSpender = "1"
 	}
 	var waited time.Duration
 	for {
@@ -484,8 +501,11 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 			continue
 		case 0:
 			reason := SnoozePacing
-			if cooled, _ := v[3].(int64); cooled == 1 {
+			switch cooled, _ := v[3].(int64); cooled {
+			case 1:
 				reason = l.coolReason(ctx, r.Location)
+			case 2:
+				reason = SnoozeDaily
 			}
 			if l.cfg.Observe != nil {
 				l.cfg.Observe.Snoozed(reason)
@@ -505,7 +525,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		}
 		waited += wait
 		if wait >= recheckAfter {
-			left, err := recheckScript.Run(ctx, l.rdb, []string{locKey(r.Location), ledger.Key(r.TaskID)}, r.Mark).Int64()
+			left, err := recheckScript.Run(ctx, l.rdb, []string{locKey(r.Location), ledger.Key(r.TaskID)}, r.Mark, reserveSpender).Int64()
 			if err != nil {
 				l.unmark(r)
 				return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
@@ -634,9 +654,13 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 		// after its budget came back (found by the daily-budget audit).
 		// At least DailyRetryMin: a burst-style Retry-After on a spent day
 		// would re-probe every few seconds until the reset (review).
-		return l.park(ctx, location, max(rateLimited.RetryAfter, DailyRetryMin), fmt.Sprintf("429: daily limit reached: %d of %d left", max(lim.DailyRemaining, 0), lim.DailyLimit))
-	case lim.DailyRemaining >= 0 && lim.DailyRemaining <= l.cfg.DailyReserve:
-		return l.park(ctx, location, l.cfg.DailyPark, fmt.Sprintf("daily budget nearly spent: %d of %d left (DAILY_RESERVE %d)", lim.DailyRemaining, lim.DailyLimit, l.cfg.DailyReserve))
+		return l.park(ctx, location, max(rateLimited.RetryAfter, DailyRetryMin), true, fmt.Sprintf("429: daily limit reached: %d of %d left", max(lim.DailyRemaining, 0), lim.DailyLimit))
+	case lim.DailyRemaining == 0:
+		return l.park(ctx, location, l.cfg.DailyPark, true, fmt.Sprintf("daily budget spent: 0 of %d left", lim.DailyLimit))
+	case lim.DailyRemaining > 0 && lim.DailyRemaining <= l.cfg.DailyReserve:
+		// The reserve is kept for urgent cancels: they go on (a daily 429
+		// or a spent budget then parks them too), the rest waits.
+		return l.park(ctx, location, l.cfg.DailyPark, false, fmt.Sprintf("daily budget nearly spent: %d of %d left (DAILY_RESERVE %d, kept for urgent cancels)", lim.DailyRemaining, lim.DailyLimit, l.cfg.DailyReserve))
 	case rateLimited != nil:
 		return l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
 	case lim.Remaining == 0 && lim.Interval > 0 && lim.Max > 0 && l.othersSpend(location, lim):
@@ -702,25 +726,36 @@ return 1`)
 // noLimitHeaders is what an answer without burst headers teaches.
 const noLimitHeaders = "0:0"
 
-// extendCool sets the cool-down to now+d unless a later one is set.
-// KEYS the location's hash.
+// extendCool sets field ARGV[2] (c, the cool-down every call respects; p,
+// the parking urgent cancels may pass) to now+ARGV[1] µs unless a later
+// time is set. KEYS the location's hash.
 var extendCool = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local until_ = now + tonumber(ARGV[1])
-local cur = tonumber(redis.call("HGET", KEYS[1], "c") or "0")
-if until_ > cur then redis.call("HSET", KEYS[1], "c", until_) end
+local cur = tonumber(redis.call("HGET", KEYS[1], ARGV[2]) or "0")
+if until_ > cur then redis.call("HSET", KEYS[1], ARGV[2], until_) end
 return 1
 `)
 
+// Fields of a location's hash that hold calls back.
+const (
+	fieldCool = "c" // every call waits: a 429, a spent window, a spent day
+	fieldPark = "p" // parked for the daily reserve: urgent cancels may go
+)
+
 func (l *Limiter) coolDown(ctx context.Context, location string, d time.Duration, reason string) error {
+	return l.holdBack(ctx, location, d, reason, fieldCool)
+}
+
+func (l *Limiter) holdBack(ctx context.Context, location string, d time.Duration, reason, field string) error {
 	if d <= 0 {
 		return nil
 	}
 	if l.cfg.Observe != nil {
 		l.cfg.Observe.CooledDown(reason)
 	}
-	if err := extendCool.Run(ctx, l.rdb, []string{locKey(location)}, d.Microseconds()).Err(); err != nil {
+	if err := extendCool.Run(ctx, l.rdb, []string{locKey(location)}, d.Microseconds(), field).Err(); err != nil {
 		return err
 	}
 	// The operators' index (read by the console): best effort, a
@@ -743,8 +778,15 @@ redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
 if cur then return 0 end
 return 1`)
 
-func (l *Limiter) park(ctx context.Context, location string, d time.Duration, why string) error {
-	if err := l.coolDown(ctx, location, d, "daily"); err != nil {
+// park holds a location's calls back for its daily budget: all of them
+// when spent (the cool-down), all but urgent cancels when only the reserve
+// is left (the parking field).
+func (l *Limiter) park(ctx context.Context, location string, d time.Duration, spent bool, why string) error {
+	field := fieldPark
+	if spent {
+		field = fieldCool
+	}
+	if err := l.holdBack(ctx, location, d, "daily", field); err != nil {
 		return err
 	}
 	// The cool-down above only ever extends; so does the parking (a daily
@@ -757,7 +799,11 @@ func (l *Limiter) park(ctx context.Context, location string, d time.Duration, wh
 	// Once per parking (a location already parked is not said again by
 	// every answer that confirms it): its cancels wait until then.
 	if err == nil && n == 1 && l.cfg.Logger != nil {
-		l.cfg.Logger.Warn("location parked: its cancels wait for its daily budget (enqueue parked lists them)",
+		msg := "location parked: its cancels wait for its daily budget (enqueue parked lists them)"
+		if !spent {
+			msg = "location parked: its cancels wait for its daily budget, urgent ones spend DAILY_RESERVE (enqueue parked lists them)"
+		}
+		l.cfg.Logger.Warn(msg,
 			"location", location, "until", until.UTC().Format(time.RFC3339), "why", why)
 	}
 	return err

@@ -447,7 +447,7 @@ func TestCooldownAfterParkingIsNotDaily(t *testing.T) {
 	// The parking ends (moved into the past, not slept through: a stall
 	// could outlast a short parking before the first Admit).
 	require.NoError(t, rdb.ZAdd(ctx, KeyParked, redis.Z{Score: float64(time.Now().Add(-time.Millisecond).UnixMilli()), Member: "locD"}).Err())
-	require.NoError(t, rdb.HSet(ctx, locKey("locD"), "c", 0).Err())
+	require.NoError(t, rdb.HSet(ctx, locKey("locD"), fieldCool, 0, fieldPark, 0).Err())
 	require.NoError(t, l.Observe(ctx, "locD", ghl.Limits{}, &ghl.RateLimitError{RetryAfter: 5 * time.Second}))
 	_, err = l.Admit(ctx, req("locD", "t2"))
 	require.ErrorAs(t, err, &sn)
@@ -523,7 +523,7 @@ func TestDaily429ParksForItsRetryAfter(t *testing.T) {
 	require.NoError(t, l.Observe(ctx, "locS", lim, nil))
 	parked, err = Parked(ctx, rdb)
 	require.NoError(t, err)
-	require.Contains(t, parked["locS"], "daily budget nearly spent: 4 of 150 left (DAILY_RESERVE 10)")
+	require.Contains(t, parked["locS"], "daily budget nearly spent: 4 of 150 left (DAILY_RESERVE 10, kept for urgent cancels)")
 	// Then a call in flight meets a daily 429 with a short Retry-After:
 	// the parking stays the hour the cool-down keeps (it was cut to 5 s
 	// while the location waited the hour, found by review), and a
@@ -538,6 +538,79 @@ func TestDaily429ParksForItsRetryAfter(t *testing.T) {
 	parked, err = Parked(ctx, rdb)
 	require.NoError(t, err)
 	require.Contains(t, parked["locS"], "DAILY_RESERVE 10", "the longer parking's reason stands")
+}
+
+// TestUrgentCancelsSpendTheDailyReserve: a location parked with its daily
+// reserve left holds back bulk and default cancels, sweep export pages and
+// agency calls, and lets urgent cancels spend the reserve (it used to hold
+// them too: the reserve then served nothing). A spent budget, by a daily 429
+// or by 0 left, holds urgent cancels as well.
+func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	var logs syncbuf.Buffer
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	lim := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 90, DailyLimit: 200000, DailyRemaining: 60}
+	urgent := func(loc, task string) Request { r := req(loc, task); r.Urgent = true; return r }
+	page := func(loc, task string) Request {
+		return Request{Location: loc, TaskID: task, Urgent: true, NoRecord: true}
+	}
+
+	for _, loc := range []string{"locU", "locSpent", "loc429"} {
+		learn(t, l, loc, 100, 10*time.Second)
+	}
+	require.NoError(t, l.Observe(ctx, "locU", lim, nil))
+	var sn *SnoozeError
+	_, err := l.Admit(ctx, req("locU", "bulk"))
+	require.ErrorAs(t, err, &sn, "a bulk cancel waits for the parking")
+	require.Equal(t, SnoozeDaily, sn.Reason)
+	require.Greater(t, sn.RetryAfter, 50*time.Minute)
+	_, err = l.Admit(ctx, page("locU", "page"))
+	require.ErrorAs(t, err, &sn, "an export page does not spend the reserve")
+	require.Equal(t, SnoozeDaily, sn.Reason)
+	_, err = l.Admit(ctx, urgent("locU", "urgent"))
+	require.NoError(t, err, "an urgent cancel spends the reserve")
+	parked, err := Parked(ctx, rdb)
+	require.NoError(t, err)
+	require.Contains(t, parked["locU"], "daily budget nearly spent: 60 of 200000 left (DAILY_RESERVE 100, kept for urgent cancels)")
+	require.Contains(t, logs.String(), "urgent ones spend DAILY_RESERVE")
+	// Its answer (fewer left) keeps the parking; the next urgent one goes.
+	lim.DailyRemaining = 59
+	require.NoError(t, l.Observe(ctx, "locU", lim, nil))
+	_, err = l.Admit(ctx, urgent("locU", "urgent2"))
+	require.NoError(t, err)
+	_, err = l.Admit(ctx, req("locU", "bulk2"))
+	require.ErrorAs(t, err, &sn)
+
+	// Spent: 0 left without a 429, or a daily 429, holds urgent ones too.
+	lim.DailyRemaining = 0
+	require.NoError(t, l.Observe(ctx, "locSpent", lim, nil))
+	require.NoError(t, l.Observe(ctx, "loc429", lim, &ghl.RateLimitError{RetryAfter: 10 * time.Minute, Daily: true, Limits: lim}))
+	for _, loc := range []string{"locSpent", "loc429", "locU"} {
+		if loc == "locU" { // the reserve spent while parked for it
+			require.NoError(t, l.Observe(ctx, loc, lim, nil))
+		}
+		_, err = l.Admit(ctx, urgent(loc, "urgent-"+loc))
+		require.ErrorAs(t, err, &sn, loc)
+		require.Equal(t, SnoozeDaily, sn.Reason, loc)
+	}
+	parked, err = Parked(ctx, rdb)
+	require.NoError(t, err)
+	require.Contains(t, parked["locSpent"], "daily budget spent: 0 of 200000 left")
+
+	// A booked bulk call that waited re-checks for a parking set meanwhile
+	// and takes its mark back; an urgent one goes.
+	r := req("locU", "booked")
+	require.NoError(t, rdb.HSet(ctx, ledger.Key(r.TaskID), "s", r.Mark).Err())
+	left, err := recheckScript.Run(ctx, rdb, []string{locKey("locU"), ledger.Key(r.TaskID)}, r.Mark, "0").Int64()
+	require.NoError(t, err)
+	require.Positive(t, left)
+	require.Empty(t, rdb.HGet(ctx, ledger.Key(r.TaskID), "s").Val(), "the mark is taken back")
+	require.NoError(t, rdb.HDel(ctx, locKey("locU"), fieldCool).Err()) // only the reserve's parking left
+	left, err = recheckScript.Run(ctx, rdb, []string{locKey("locU"), ledger.Key(r.TaskID)}, r.Mark, "1").Int64()
+	require.NoError(t, err)
+	require.Zero(t, left, "an urgent call may pass the reserve's parking")
 }
 
 // TestParkingsAtOnceKeepTheLonger: two workers parking one location at

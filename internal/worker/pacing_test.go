@@ -160,3 +160,44 @@ func TestThrottledLocationDoesNotStarveOthers(t *testing.T) {
 	// are refused once, then never again.
 	require.LessOrEqual(t, sb.RateLimitedCount(slow), ratelimit.ProbeBurst-2)
 }
+
+// TestUrgentCancelsSpendTheDailyReserve: real workers and a sandbox with a
+// daily budget of 40. Once an answer shows DAILY_RESERVE (25) or fewer
+// left, the location is parked: its bulk and default cancels wait, and an
+// urgent cancel sent then still goes out (it waited the parking's hour
+// before: the reserve served nothing). The budget is never overrun.
+func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
+	t.Parallel()
+	sb := sandbox.New(sandbox.Config{RateMax: 5, RateInterval: time.Second, DailyLimit: 40})
+	sb.AddLocation(locGood, tokGood)
+	f := startFleet(t, 1, sb, tokenMap{locGood: tokGood}, worker.Config{
+		Concurrency: 10, DelayedCheckInterval: 100 * time.Millisecond,
+		RateLimit: ratelimit.Config{Default: ratelimit.Limit{N: 5, Period: time.Second}, Margin: 0.10, DailyReserve: 25},
+	})
+	ids := sb.ScheduleN(locGood, 30, false)
+	items := make([]producer.Item, len(ids))
+	for i, id := range ids {
+		items[i] = producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}
+	}
+	f.enqueue(t, items)
+	rdb := redistest.ClientFor(t, f.url)
+	require.Eventually(t, func() bool {
+		parked, err := ratelimit.Parked(context.Background(), rdb)
+		return err == nil && parked[locGood] != ""
+	}, 30*time.Second, 50*time.Millisecond, "the location is parked once 25 or fewer calls are left")
+	time.Sleep(time.Second) // calls admitted before the parking finish
+	bulkCalls := len(sb.Admitted(locGood))
+	require.Less(t, bulkCalls, 30, "bulk cancels wait for the parking")
+
+	late := sb.ScheduleN(locGood, 2, false)
+	f.enqueue(t, []producer.Item{
+		{Kind: ghl.KindMessage, MessageID: late[0], LocationID: locGood, Queue: tasks.QueueUrgent},
+		{Kind: ghl.KindMessage, MessageID: late[1], LocationID: locGood, Queue: tasks.QueueDefault},
+	})
+	f.waitCancelled(t, late[:1], 20*time.Second)
+	time.Sleep(time.Second)
+	st, _, _ := sb.MessageStatus(late[1])
+	require.Equal(t, sandbox.StatusScheduled, st, "a default-lane cancel waits for the parking")
+	require.Len(t, sb.Admitted(locGood), bulkCalls+1, "only the urgent cancel went")
+	require.Zero(t, sb.RateLimitedCount(locGood), "the daily budget is never overrun")
+}
