@@ -338,6 +338,40 @@ func (s *Store) scanTies(ctx context.Context, score float64, seen []string, f Fi
 	return nil
 }
 
+// dropCampaignsOlder removes the named campaigns' notes that are still
+// older than cutoffMs: a dead letter written for one since the scan read it
+// keeps its note (a plain HDEL lost it, and that campaign then read
+// "unknown" once it expired, with its dead letter still kept).
+func dropCampaignsOlder(ctx context.Context, rdb redis.UniversalClient, campaigns []string, cutoffMs int64) error {
+	for len(campaigns) > 0 {
+		n := min(len(campaigns), 1000)
+		if err := dropOlderScript.Run(ctx, rdb, []string{KeyCampaigns}, append([]any{cutoffMs}, toAny(campaigns[:n])...)...).Err(); err != nil {
+			return err
+		}
+		campaigns = campaigns[n:]
+	}
+	return nil
+}
+
+// dropOlderScript: KEYS the campaigns' notes; ARGV cutoff ms, then fields.
+var dropOlderScript = redis.NewScript(`
+local cutoff, n = tonumber(ARGV[1]), 0
+for i = 2, #ARGV do
+  local v = redis.call("HGET", KEYS[1], ARGV[i])
+  if v and not (tonumber(v) and tonumber(v) >= cutoff) then
+    n = n + redis.call("HDEL", KEYS[1], ARGV[i])
+  end
+end
+return n`)
+
+func toAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
 // Prune removes records dead longer ago than Retention, PageSize at a
 // time, and returns how many it removed.
 func (s *Store) Prune(ctx context.Context) (int, error) { return s.PruneOlderThan(ctx, s.Retention) }
@@ -367,12 +401,8 @@ func (s *Store) PruneOlderThan(ctx context.Context, retention time.Duration) (in
 	if err := iter.Err(); err != nil {
 		return 0, err
 	}
-	for len(gone) > 0 {
-		n := min(len(gone), 1000)
-		if err := s.rdb.HDel(ctx, KeyCampaigns, gone[:n]...).Err(); err != nil {
-			return 0, err
-		}
-		gone = gone[n:]
+	if err := dropCampaignsOlder(ctx, s.rdb, gone, cutoffMs); err != nil {
+		return 0, err
 	}
 	removed := 0
 	for {

@@ -203,6 +203,25 @@ func TestPruneKeepsOnlyTheRetention(t *testing.T) {
 	require.Equal(t, fmt.Sprintf("msg:p%05d", 24*60-1), order[len(order)-1])
 }
 
+// TestPruneKeepsANoteWrittenSinceItsScan: the prune reads the campaigns'
+// notes, then deletes the old ones; a dead letter written for one of them
+// in between renews its note, which must stay (a plain HDEL removed it, and
+// that campaign read "unknown" once expired while its new dead letter was
+// kept). Unreadable notes go.
+func TestPruneKeepsANoteWrittenSinceItsScan(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	cutoff := time.Now().Add(-time.Hour).UnixMilli()
+	require.NoError(t, rdb.HSet(ctx, deadletter.KeyCampaigns,
+		"renewed", time.Now().UnixMilli(), // read as old by the scan, renewed since
+		"old", cutoff-1, "junk", "x", "edge", cutoff).Err())
+	require.NoError(t, deadletter.DropCampaignsOlder(ctx, rdb, []string{"renewed", "old", "junk", "edge", "absent"}, cutoff))
+	left, err := rdb.HKeys(ctx, deadletter.KeyCampaigns).Result()
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"renewed", "edge"}, left)
+}
+
 // TestPurgeExactlyWhatWasCounted: a purge deletes the records counted for
 // its confirmation and nothing else: not one that started matching after,
 // not one dead-lettered again since (a new failure nobody has seen), and
