@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -296,8 +298,8 @@ func (e *env) parkedCmd() *cobra.Command {
 		}
 		tw := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "LOCATION\tWHY")
-		for loc, why := range parked {
-			fmt.Fprintf(tw, "%s\t%s\n", loc, why)
+		for _, loc := range slices.Sorted(maps.Keys(parked)) {
+			fmt.Fprintf(tw, "%s\t%s\n", loc, parked[loc])
 		}
 		return tw.Flush()
 	})

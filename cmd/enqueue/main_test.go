@@ -417,6 +417,25 @@ func TestParked(t *testing.T) {
 	require.NoError(t, r.err)
 	require.Contains(t, r.stdout, "locP")
 	require.Contains(t, r.stdout, "daily budget nearly spent: 12 of 200000 left")
+
+	// Listed in order (a map's order before), and said when cancels are
+	// queued for a parked location: they wait, unless urgent.
+	for _, loc := range []string{"locB", "locA"} {
+		require.NoError(t, l.Observe(context.Background(), loc, ghl.Limits{Present: true, Max: -1, Remaining: -1, DailyLimit: 200000, DailyRemaining: 0}, nil))
+	}
+	r = runCmd(t, url, "", "parked")
+	require.NoError(t, r.err)
+	require.Regexp(t, `(?s)LOCATION.*\nlocA .*\nlocB .*\nlocP `, r.stdout)
+	r = runCmd(t, url, "", "--campaign", "parked-camp", "--location", "locP", "m1")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stderr, "1 location(s) of these cancels are parked for HighLevel's daily budget: their cancels wait until the parking ends")
+	require.Contains(t, r.stderr, "  locP: daily budget nearly spent: 12 of 200000 left")
+	r = runCmd(t, url, "", "--urgent", "--location", "locP", "m2")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stderr, "urgent cancels go on while only DAILY_RESERVE is left")
+	r = runCmd(t, url, "", "--campaign", "free-camp", "--location", "locFree", "m3")
+	require.NoError(t, r.err)
+	require.NotContains(t, r.stderr, "parked")
 }
 
 func TestStatusReportCampaigns(t *testing.T) {

@@ -1,18 +1,22 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
@@ -146,6 +150,7 @@ scheduled (sweep), and manage tokens.`,
 		if sum.Enqueued+sum.Requeued > 0 {
 			// Said even when the run stopped part way: what it queued waits.
 			e.warnNoWorker(ctx, rdb, "what was queued")
+			e.warnParked(ctx, rdb, *campaignID, *location, l == tasks.QueueUrgent)
 		}
 		if err != nil {
 			return err
@@ -264,6 +269,39 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 // queued or done under another campaign than the one they were sent under:
 // their outcomes are read there (a campaign re-run under a new id found
 // them all there, and its own status said only "no campaign").
+// warnParked says which of the campaign's locations (or the --location) are
+// parked for their daily budget: what was just queued for them waits
+// until the parking ends, unless it is urgent and only the reserve is left.
+// Best effort: a failed read says nothing.
+func (e *env) warnParked(ctx context.Context, rdb *redis.Client, campaignID, location string, urgent bool) {
+	var parked map[string]string
+	switch {
+	case campaignID != "":
+		parked, _ = campaign.New(rdb, 0).Parked(ctx, campaignID)
+	case location != "":
+		all, _ := ratelimit.Parked(ctx, rdb)
+		if why, ok := all[location]; ok {
+			parked = map[string]string{location: why}
+		}
+	}
+	if len(parked) == 0 {
+		return
+	}
+	waits := "their cancels wait until the parking ends"
+	if urgent {
+		waits = "urgent cancels go on while only DAILY_RESERVE is left, and wait once the budget is spent"
+	}
+	locs := slices.Sorted(maps.Keys(parked))
+	fmt.Fprintf(e.stderr, "enqueue: %d location(s) of these cancels are parked for HighLevel's daily budget: %s (`enqueue parked` lists every parked location):\n", len(locs), waits)
+	for i, loc := range locs {
+		if i == 10 {
+			fmt.Fprintf(e.stderr, "  ... and %d more\n", len(locs)-i)
+			break
+		}
+		fmt.Fprintf(e.stderr, "  %s: %s\n", loc, parked[loc])
+	}
+}
+
 func (e *env) sayHeldBy(held map[string]int) {
 	if len(held) == 0 {
 		return
