@@ -19,7 +19,9 @@ import (
 
 	"github.com/ghlcancel/ghlcancel/internal/campaign"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
+	"github.com/ghlcancel/ghlcancel/internal/progress"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
 )
 
 const campaignUsage = "usage: enqueue status CAMPAIGN [--json] [--watch] | enqueue report CAMPAIGN > out.csv | enqueue campaigns [--limit N] [--json]"
@@ -277,6 +279,30 @@ func (e *env) campaignsCmd() *cobra.Command {
 	return cmd
 }
 
+// releaseParked lifts a location's parking and wakes its waiting cancels.
+func (e *env) releaseParked(ctx context.Context, rdb *redis.Client, location string) error {
+	var bar *progress.Reporter
+	r, err := ratelimit.Release(ctx, rdb, location, tasks.Queues, func(n, total int) {
+		if bar == nil {
+			bar = progress.New(e.stderr, int64(total), "waking "+location+"'s cancels")
+		}
+		bar.Add(n)
+	})
+	if bar != nil {
+		bar.Finish()
+	}
+	if errors.Is(err, ratelimit.ErrNotParked) {
+		return fmt.Errorf("location %q is not parked: nothing to release (`enqueue parked` lists the parked locations)", location)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "released %s (it was parked: %s); woke %d waiting cancel(s) (of %d it had waiting: the rest were pending, running or done already)\n",
+		location, cmp.Or(r.Why, "no reason recorded"), r.Woken, r.Waiting)
+	fmt.Fprintln(e.stderr, "enqueue: its calls resume now; if its daily budget is still spent, its next answer parks it again")
+	return nil
+}
+
 func (e *env) parkedCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "parked",
@@ -284,7 +310,11 @@ func (e *env) parkedCmd() *cobra.Command {
 		Args:  noArgs,
 	}
 	asJSON := cmd.Flags().Bool("json", false, "print JSON: location -> why")
+	release := cmd.Flags().String("release", "", "lift LOCATION's parking now and wake its waiting cancels (when you know its daily budget is back; a budget still spent parks it again at its next answer)")
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
+		if *release != "" {
+			return e.releaseParked(ctx, rdb, *release)
+		}
 		parked, err := ratelimit.Parked(ctx, rdb)
 		if err != nil {
 			return err

@@ -436,6 +436,19 @@ func TestParked(t *testing.T) {
 	r = runCmd(t, url, "", "--campaign", "free-camp", "--location", "locFree", "m3")
 	require.NoError(t, r.err)
 	require.NotContains(t, r.stderr, "parked")
+
+	// Released by hand (the budget is known to be back); twice, or a typo,
+	// is an error that says so.
+	r = runCmd(t, url, "", "parked", "--release", "locP")
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stdout, "released locP (it was parked: daily budget nearly spent: 12 of 200000 left")
+	require.Contains(t, r.stderr, "its next answer parks it again")
+	r = runCmd(t, url, "", "parked")
+	require.NoError(t, r.err)
+	require.NotContains(t, r.stdout, "locP")
+	r = runCmd(t, url, "", "parked", "--release", "locP")
+	require.Error(t, r.err)
+	require.ErrorContains(t, r.err, `location "locP" is not parked: nothing to release`)
 }
 
 func TestStatusReportCampaigns(t *testing.T) {

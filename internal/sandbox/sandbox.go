@@ -354,6 +354,20 @@ func (s *Server) locationGrantLocked(location string) map[string]any {
 	}
 }
 
+// ResetDay gives a location its whole daily budget back, as HighLevel's
+// daily window does at its reset (tests that cannot wait for midnight).
+func (s *Server) ResetDay(location string) {
+	s.mu.Lock()
+	b := s.buckets[location]
+	s.mu.Unlock()
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.dayCount = 0
+	b.mu.Unlock()
+}
+
 // SetRateLimit overrides the burst limit of one location (0 restores the default).
 func (s *Server) SetRateLimit(location string, max int) {
 	s.mu.Lock()

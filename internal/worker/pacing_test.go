@@ -201,3 +201,41 @@ func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
 	require.Len(t, sb.Admitted(locGood), bulkCalls+1, "only the urgent cancel went")
 	require.Zero(t, sb.RateLimitedCount(locGood), "the daily budget is never overrun")
 }
+
+// TestReleaseWakesAParkedLocation: `enqueue parked --release` after the
+// day's budget came back (sandbox ResetDay, as HighLevel at its reset):
+// the cancels parked for the hour run now; a location that is not parked
+// (a typo) is said to be so.
+func TestReleaseWakesAParkedLocation(t *testing.T) {
+	t.Parallel()
+	sb := sandbox.New(sandbox.Config{RateMax: 5, RateInterval: time.Second, DailyLimit: 40})
+	sb.AddLocation(locGood, tokGood)
+	f := startFleet(t, 1, sb, tokenMap{locGood: tokGood}, worker.Config{
+		Concurrency: 10, DelayedCheckInterval: 100 * time.Millisecond,
+		RateLimit: ratelimit.Config{Default: ratelimit.Limit{N: 5, Period: time.Second}, Margin: 0.10, DailyReserve: 25},
+	})
+	ids := sb.ScheduleN(locGood, 30, false)
+	items := make([]producer.Item, len(ids))
+	for i, id := range ids {
+		items[i] = producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}
+	}
+	f.enqueue(t, items)
+	ctx := context.Background()
+	rdb := redistest.ClientFor(t, f.url)
+	require.Eventually(t, func() bool {
+		parked, err := ratelimit.Parked(ctx, rdb)
+		return err == nil && parked[locGood] != ""
+	}, 30*time.Second, 50*time.Millisecond)
+	time.Sleep(time.Second) // the parked ones snooze for the hour
+	require.Less(t, len(sb.Admitted(locGood)), 30)
+
+	sb.ResetDay(locGood)
+	r, err := ratelimit.Release(ctx, rdb, locGood, tasks.Queues, nil)
+	require.NoError(t, err)
+	require.Contains(t, r.Why, "daily budget nearly spent")
+	require.Positive(t, r.Woken)
+	f.waitCancelled(t, ids, 30*time.Second)
+	require.Zero(t, sb.RateLimitedCount(locGood))
+	_, err = ratelimit.Release(ctx, rdb, "locNeverParked", tasks.Queues, nil)
+	require.ErrorIs(t, err, ratelimit.ErrNotParked, "a typo releases nothing and says so")
+}
