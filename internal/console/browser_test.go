@@ -12,6 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/deadletter"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 )
 
 // browserTools finds node, chromium and the npm packages, or skips (fails
@@ -64,6 +66,11 @@ func TestBrowser(t *testing.T) {
 			len(deadIDs(t, s, deadletter.Filter{CampaignID: purge})) == 4
 	}, 20*time.Second, 50*time.Millisecond)
 	s.tokens.set(locBad, tokGood+"-bad-location")
+	// A location parked for its daily budget, for the locations page and
+	// its Release button.
+	const parked = "locParkedForTheDay"
+	require.NoError(t, ratelimit.New(s.rdb, ratelimit.Config{}).Observe(context.Background(), parked,
+		ghl.Limits{Present: true, Max: -1, Remaining: -1, DailyLimit: 200000, DailyRemaining: 9}, nil))
 
 	out := os.Getenv("GHLCANCEL_ARTIFACTS")
 	if out == "" {
@@ -75,7 +82,7 @@ func TestBrowser(t *testing.T) {
 	cmd := exec.CommandContext(ctx, node, "console.test.mjs")
 	cmd.Dir = "browser"
 	cmd.Env = append(os.Environ(), "BASE="+s.url, "OPERATOR_KEY="+operatorKey, "READONLY_KEY="+readOnlyKey,
-		"CAMPAIGN="+running, "PURGE_CAMPAIGN="+purge, "OUT="+out, "CHROMIUM="+chromium)
+		"CAMPAIGN="+running, "PURGE_CAMPAIGN="+purge, "PARKED="+parked, "OUT="+out, "CHROMIUM="+chromium)
 	b, err := cmd.CombinedOutput()
 	t.Logf("%s", strings.TrimSpace(string(b)))
 	require.NoError(t, err, "the browser test failed (its output is above)")

@@ -171,6 +171,7 @@ func New(cfg Config) (*Console, error) {
 	c.mux.HandleFunc("GET "+p+"/dead/purge", c.signedIn(false, c.getPurge))
 	c.mux.HandleFunc("POST "+p+"/dead/purge", c.signedIn(true, c.postPurge))
 	c.mux.HandleFunc("GET "+p+"/locations", c.signedIn(false, c.getLocations))
+	c.mux.HandleFunc("POST "+p+"/locations/release", c.signedIn(true, c.postRelease))
 	c.mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, p+"/", http.StatusSeeOther)
 	})
@@ -356,7 +357,7 @@ func (c *Console) signedIn(change bool, h http.HandlerFunc) http.HandlerFunc {
 				return
 			}
 			if s.ReadOnly() && !strings.HasSuffix(r.URL.Path, "/logout") {
-				c.fail(w, r, s, http.StatusForbidden, "This session signed in with a read-only key: it can look, not change. Sign in with an operator key to requeue or purge.")
+				c.fail(w, r, s, http.StatusForbidden, "This session signed in with a read-only key: it can look, not change. Sign in with an operator key to requeue, purge or release.")
 				return
 			}
 		}

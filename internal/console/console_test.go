@@ -31,6 +31,7 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/intake"
 	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/sandbox"
 	"github.com/ghlcancel/ghlcancel/internal/tasks"
 	"github.com/ghlcancel/ghlcancel/metrics"
@@ -872,4 +873,46 @@ func TestNoWorkerIsSaid(t *testing.T) {
 	_, page := b.get("/console/campaign?id=idle")
 	assert.Contains(t, page, `id="no-worker"`)
 	assert.Contains(t, page, "No worker is running on this Redis database")
+}
+
+// TestReleaseAParkedLocation: an operator releases a parked location from
+// the locations page (as `enqueue parked --release`); the result shows
+// once; releasing it again (a second tab) says it is not parked; a
+// read-only session sees no button and is refused.
+func TestReleaseAParkedLocation(t *testing.T) {
+	s := newStack(t, stackOpts{})
+	ctx := context.Background()
+	l := ratelimit.New(s.rdb, ratelimit.Config{})
+	require.NoError(t, l.Observe(ctx, "locParked", ghl.Limits{Present: true, Max: -1, Remaining: -1, DailyLimit: 200000, DailyRemaining: 7}, nil))
+
+	ro := s.browser(t)
+	roCSRF := ro.signIn(readOnlyKey)
+	_, page := ro.get("/console/locations")
+	assert.Contains(t, page, "<strong>locParked</strong>: daily budget nearly spent: 7 of 200000 left")
+	assert.NotContains(t, page, "/console/locations/release", "no button for a read-only session")
+	resp, _ := ro.post("/console/locations/release", url.Values{"csrf": {roCSRF}, "location": {"locParked"}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+
+	b := s.browser(t)
+	csrf := b.signIn(operatorKey)
+	_, page = b.get("/console/locations")
+	assert.Contains(t, page, `<button type="submit" aria-label="Release locParked">Release</button>`)
+	resp, _ = b.post("/console/locations/release", url.Values{"csrf": {csrf}, "location": {"locParked"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, page = b.get(resp.Header.Get("Location"))
+	assert.Contains(t, page, `<p class="flash" role="status">Released locParked: woke 0 waiting cancels.`)
+	assert.Contains(t, page, "No location is parked.")
+	parked, err := ratelimit.Parked(ctx, s.rdb)
+	require.NoError(t, err)
+	assert.Empty(t, parked)
+
+	resp, _ = b.post("/console/locations/release", url.Values{"csrf": {csrf}, "location": {"locParked"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, page = b.get(resp.Header.Get("Location"))
+	assert.Contains(t, page, "locParked is not parked (its parking ended, or it was released meanwhile): nothing to release.")
+	resp, page = b.post("/console/locations/release", url.Values{"csrf": {csrf}})
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	assert.Contains(t, page, "Release which location?")
+	resp, _ = b.post("/console/locations/release", url.Values{"location": {"locParked"}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode, "no CSRF token")
 }

@@ -609,5 +609,30 @@ func (c *Console) getLocations(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	v.Parked, v.Cooling = sortedLocs(v.Parked), sortedLocs(v.Cooling)
-	c.render(w, r, http.StatusOK, "locations", page{Title: "Locations", Nav: "locations", Data: v})
+	c.render(w, r, http.StatusOK, "locations", page{Title: "Locations", Nav: "locations", Data: v,
+		Flash: c.takeFlash(r, r.URL.Query().Get("flash"))})
+}
+
+// postRelease lifts a location's parking and wakes its waiting cancels
+// (enqueue parked --release): for an operator who knows its daily budget
+// is back before the hourly re-probe.
+func (c *Console) postRelease(w http.ResponseWriter, r *http.Request) {
+	loc := r.PostForm.Get("location")
+	if loc == "" {
+		c.fail(w, r, sessionOf(r), http.StatusBadRequest, "Release which location? Use a location's Release button.")
+		return
+	}
+	rel, err := ratelimit.Release(r.Context(), c.cfg.Redis, loc, tasks.Queues, nil)
+	var msg string
+	switch {
+	case errors.Is(err, ratelimit.ErrNotParked):
+		msg = fmt.Sprintf("%s is not parked (its parking ended, or it was released meanwhile): nothing to release.", loc)
+	case err != nil:
+		c.redisDown(w, r, "release", err)
+		return
+	default:
+		c.log.Info("console: released a parked location", "location", loc, "was", rel.Why, "woken", rel.Woken, "key", sessionOf(r).key)
+		msg = fmt.Sprintf("Released %s: woke %s waiting cancels. If its daily budget is still spent, its next answer parks it again.", loc, Num(int64(rel.Woken)))
+	}
+	c.redirectWithFlash(w, r, "/locations", "", msg)
 }

@@ -5,7 +5,7 @@
 //
 // Environment: BASE (the intake's URL), OPERATOR_KEY, READONLY_KEY,
 // CAMPAIGN (running, with dead letters whose token is fixed),
-// PURGE_CAMPAIGN (dead letters to purge), OUT (screenshot folder),
+// PURGE_CAMPAIGN (dead letters to purge), PARKED (a parked location to release), OUT (screenshot folder),
 // CHROMIUM (default /usr/bin/chromium).
 import { createRequire } from "node:module";
 import fs from "node:fs";
@@ -25,6 +25,7 @@ const OPERATOR_KEY = env("OPERATOR_KEY");
 const READONLY_KEY = env("READONLY_KEY");
 const CAMPAIGN = env("CAMPAIGN");
 const PURGE_CAMPAIGN = env("PURGE_CAMPAIGN");
+const PARKED = env("PARKED");
 const OUT = env("OUT");
 fs.mkdirSync(OUT, { recursive: true });
 
@@ -174,6 +175,10 @@ try {
 
   await page.goto(`${BASE}/console/locations`);
   await check(page, "locations");
+  await Promise.all([page.waitForNavigation(), page.click(`button[aria-label="Release ${PARKED}"]`)]);
+  expect((await page.textContent("[role=status]")).includes(`Released ${PARKED}`), "release flash missing");
+  expect(!(await page.content()).includes(`<strong>${PARKED}</strong>`), "released location still listed as parked");
+  step(`released the parked location ${PARKED}`);
 
   // 7. Phone width, dark mode: nothing wider than the screen.
   const phone = await newPage({ viewport: { width: 390, height: 844 }, colorScheme: "dark", storageState: await ctx.storageState() });
