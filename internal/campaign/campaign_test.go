@@ -314,6 +314,15 @@ func TestETAIsNeverBelowThePacing(t *testing.T) {
 	require.Regexp(t, `ETA 1m\d+s \(cancels at parked locations wait until 2026-12-07T20:00:00Z\)`, out)
 	_, ok := campaign.ParkedUntil(map[string]string{"locX": "no time here"})
 	require.False(t, ok)
+	// Only the reserve's parkings: urgent cancels go on, and the note says
+	// so (an urgent campaign read "ETA 59m54s" and finished in 11 s). While
+	// a sweep reads, the note stays.
+	s.Parked = map[string]string{"locP": "daily budget nearly spent: 4 of 150 left (DAILY_RESERVE 10, kept for urgent cancels) (until 2026-12-07T20:00:00Z)"}
+	out = s.RenderPaced(prev, time.Now().Add(-time.Second), 0)
+	require.Contains(t, out, "(cancels at parked locations wait until 2026-12-07T20:00:00Z, except urgent ones, which spend the daily reserve)")
+	s.Sweeps = 1
+	out = s.RenderPaced(prev, time.Now().Add(-time.Second), 0)
+	require.Contains(t, out, "ETA unknown (1 location sweep(s) still reading: more cancels may come) (cancels at parked locations wait until 2026-12-07T20:00:00Z, except")
 }
 
 // TestHeldFollowsEachMessage: what a sweep found but did not queue (queued

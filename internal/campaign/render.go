@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 )
 
 // Render draws a progress bar with counts, rate and ETA. The rate is taken
@@ -122,14 +124,14 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 	if floor > d {
 		eta = floor.Round(time.Second).String() + " or more (paced by HighLevel's rate limits)"
 	}
-	if until, ok := ParkedUntil(s.Parked); ok {
-		// The rate and the floor know nothing of a parking (an audit saw
-		// "ETA 2m0s" for a campaign whose location was parked an hour).
-		eta += ParkedNote(until)
-	}
 	if reading := s.Sweeps - s.SweepsDone; reading > 0 {
 		// The total grows as they read: no ETA holds.
 		eta = fmt.Sprintf("unknown (%d location sweep(s) still reading: more cancels may come)", reading)
+	}
+	if until, ok := ParkedUntil(s.Parked); ok {
+		// The rate and the floor know nothing of a parking (an audit saw
+		// "ETA 2m0s" for a campaign whose location was parked an hour).
+		eta += ParkedNote(until, ReserveOnly(s.Parked))
 	}
 	fmt.Fprintf(&b, "  %.1f/s, ETA %s, started %s", rate, eta, s.StartedAt.UTC().Format(time.RFC3339))
 	return b.String()
@@ -153,7 +155,22 @@ func ParkedUntil(parked map[string]string) (until time.Time, ok bool) {
 }
 
 // ParkedNote is what an ETA adds while locations of the campaign are
-// parked for their daily budget.
-func ParkedNote(until time.Time) string {
+// parked for their daily budget; reserveOnly: every parking keeps the
+// daily reserve for urgent cancels, which go on.
+func ParkedNote(until time.Time, reserveOnly bool) string {
+	if reserveOnly {
+		return " (cancels at parked locations wait until " + until.UTC().Format(time.RFC3339) + ", except urgent ones, which spend the daily reserve)"
+	}
 	return " (cancels at parked locations wait until " + until.UTC().Format(time.RFC3339) + ")"
+}
+
+// ReserveOnly says every parking in parked (as Tracker.Parked gives them)
+// is the daily reserve's, which urgent cancels may spend.
+func ReserveOnly(parked map[string]string) bool {
+	for _, why := range parked {
+		if !strings.Contains(why, ratelimit.ReserveMarker) {
+			return false
+		}
+	}
+	return len(parked) > 0
 }

@@ -167,7 +167,7 @@ func progressOf(s campaign.Status, now time.Time, prevDone int64, prevAt time.Ti
 		p.ETA = "unknown"
 	}
 	if until, ok := campaign.ParkedUntil(s.Parked); ok && !s.Complete {
-		p.ETA += campaign.ParkedNote(until)
+		p.ETA += campaign.ParkedNote(until, campaign.ReserveOnly(s.Parked))
 	}
 	return p
 }

@@ -171,3 +171,20 @@ func TestFloorCountsGrantedCallsOnce(t *testing.T) {
 		require.NoError(t, <-done)
 	}
 }
+
+// TestFloorCountsTheParking: a location parked for its daily reserve (the
+// parking field, which urgent cancels may pass) counts like a cool-down:
+// its calls wait for the parking's end.
+func TestFloorCountsTheParking(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour})
+	learn(t, l, "locPark", 100, 10*time.Second)
+	require.NoError(t, l.Observe(ctx, "locPark", ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 99,
+		DailyLimit: 200000, DailyRemaining: 50}, nil))
+	d, ok, err := Floor(ctx, rdb, []string{"locPark"}, 5, MarginDefault)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Greater(t, d, 59*time.Minute)
+}

@@ -303,6 +303,10 @@ type Request struct {
 	// NoRecord: the call is not a cancel (a sweep's export page): no
 	// message record to check or mark.
 	NoRecord bool
+	// Reserve: the call may spend a location's daily reserve, which holds
+	// back the others (urgent cancels and their read-backs, the export
+	// pages of a sweep whose cancels go to the urgent lane).
+	Reserve bool
 }
 
 // admitScript: see the package doc. Times in µs (Redis TIME). Each
@@ -312,7 +316,8 @@ type Request struct {
 // ARGV: 1 default N, 2 default period, 3 override N (0: none), 4 override
 // period, 5 margin, 6 max wait, 7 lead, 8 location (unused), 9 task id, 10
 // urgent (1/0), 11 campaign, 12 the delivery's mark, 13 record ttl ms, 14
-// probe wait, 15 no record (1/0), 16 urgent reserve, 17 probe poll.
+// probe wait, 15 no record (1/0), 16 urgent reserve, 17 probe poll, 18 may
+// spend the daily reserve (1/0).
 // Returns {code, wait µs, recorded row or earlier-call flag, cooled (1 a
 // cool-down, 2 parked for the daily reserve)}:
 // code 1 granted (wait, then call; [3] "1" if an earlier call went out;
@@ -371,7 +376,7 @@ local cooled = 0
 if cool > room then room = cool; cooled = 1 end
 -- Parked for the daily reserve (field p): that reserve is the urgent
 -- cancels' (and their read-backs'); everything else waits for the parking.
-if not (urgent and not norec) then
+if ARGV[18] ~= "1" then
   local park = tonumber(loc[4] or "0")
   if park > room then room = park; cooled = 2 end
 end
@@ -462,10 +467,8 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 	if r.NoRecord {
 		norec = "1"
 	}
-	// An urgent cancel (or its read-back) may spend the daily reserve of a
-	// parked location; export pages and agency calls may not.
 	reserveSpender := "0"
-	if r.Urgent && !r.NoRecord {
+	if r.Reserve {
 		reserveSpender = "1"
 	}
 	var waited time.Duration
@@ -474,7 +477,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		v, err := admitScript.Run(ctx, l.rdb, keys, l.cfg.Default.N, l.cfg.Default.Period.Microseconds(), on, op,
 			strconv.FormatFloat(l.cfg.Margin, 'f', -1, 64), l.cfg.MaxWait.Microseconds(), l.cfg.Lead.Microseconds(),
 			r.Location, r.TaskID, urgent, r.Campaign, r.Mark, l.cfg.RecordTTL.Milliseconds(), l.cfg.ProbeWait.Microseconds(), norec,
-			l.cfg.UrgentReserve, l.probePoll.Microseconds()).Slice()
+			l.cfg.UrgentReserve, l.probePoll.Microseconds(), reserveSpender).Slice()
 		if err != nil {
 			return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
 		}
@@ -503,7 +506,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 			reason := SnoozePacing
 			switch cooled, _ := v[3].(int64); cooled {
 			case 1:
-				reason = l.coolReason(ctx, r.Location)
+				reason = l.coolReason(ctx, r.Location, reserveSpender == "1")
 			case 2:
 				reason = SnoozeDaily
 			}
@@ -531,7 +534,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 				return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
 			}
 			if left > 0 {
-				reason := l.coolReason(ctx, r.Location)
+				reason := l.coolReason(ctx, r.Location, reserveSpender == "1")
 				if l.cfg.Observe != nil {
 					l.cfg.Observe.Snoozed(reason)
 				}
@@ -554,14 +557,20 @@ func (l *Limiter) unmark(r Request) {
 	_ = ledger.Unmark(ctx, l.rdb, r.TaskID, r.Mark)
 }
 
-// coolReason says why a location is cooling down: parked for the day, or a
-// 429 / spent window.
-func (l *Limiter) coolReason(ctx context.Context, location string) string {
+// coolReason says why a location's cool-down holds a call: parked for the
+// day, or a 429 / spent window. A call that may spend the reserve is not
+// held by the reserve's parking: at such a location it is the window.
+func (l *Limiter) coolReason(ctx context.Context, location string, reserveSpender bool) string {
 	until, err := l.rdb.ZScore(ctx, KeyParked, location).Result()
-	if err == nil && int64(until) > time.Now().UnixMilli() {
-		return SnoozeDaily
+	if err != nil || int64(until) <= time.Now().UnixMilli() {
+		return SnoozeCooldown
 	}
-	return SnoozeCooldown
+	if reserveSpender {
+		if why, err := l.rdb.HGet(ctx, KeyWhy, location).Result(); err == nil && strings.Contains(why, ReserveMarker) {
+			return SnoozeCooldown
+		}
+	}
+	return SnoozeDaily
 }
 
 // awaitLearn waits up to d for a location's limit to be learned by this
@@ -657,16 +666,26 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 		return l.park(ctx, location, max(rateLimited.RetryAfter, DailyRetryMin), true, fmt.Sprintf("429: daily limit reached: %d of %d left", max(lim.DailyRemaining, 0), lim.DailyLimit))
 	case lim.DailyRemaining == 0:
 		return l.park(ctx, location, l.cfg.DailyPark, true, fmt.Sprintf("daily budget spent: 0 of %d left", lim.DailyLimit))
-	case lim.DailyRemaining > 0 && lim.DailyRemaining <= l.cfg.DailyReserve:
-		// The reserve is kept for urgent cancels: they go on (a daily 429
-		// or a spent budget then parks them too), the rest waits.
-		return l.park(ctx, location, l.cfg.DailyPark, false, fmt.Sprintf("daily budget nearly spent: %d of %d left (DAILY_RESERVE %d, kept for urgent cancels)", lim.DailyRemaining, lim.DailyLimit, l.cfg.DailyReserve))
+	}
+	// The window's state holds every call, urgent ones too, parked or not
+	// (the reserve's parking below holds only the others: before, its case
+	// came first and a burst 429 at a parked location cooled nothing).
+	var err error
+	switch {
 	case rateLimited != nil:
-		return l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
+		err = l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
 	case lim.Remaining == 0 && lim.Interval > 0 && lim.Max > 0 && l.othersSpend(location, lim):
 		// More calls in HighLevel's window than ours explain: something else
 		// spends the budget; wait for the next window.
-		return l.coolDown(ctx, location, lim.Interval, "window_spent")
+		err = l.coolDown(ctx, location, lim.Interval, "window_spent")
+	}
+	if err != nil {
+		return err
+	}
+	if lim.DailyRemaining > 0 && lim.DailyRemaining <= l.cfg.DailyReserve {
+		// The reserve is kept for urgent cancels: they go on (a daily 429
+		// or a spent budget then parks them too), the rest waits.
+		return l.park(ctx, location, l.cfg.DailyPark, false, fmt.Sprintf("daily budget nearly spent: %d of %d left (DAILY_RESERVE %d, %s)", lim.DailyRemaining, lim.DailyLimit, l.cfg.DailyReserve, ReserveMarker))
 	}
 	return nil
 }
@@ -765,13 +784,25 @@ func (l *Limiter) holdBack(ctx context.Context, location string, d time.Duration
 	return nil
 }
 
+// ReserveMarker ends the reason of a parking for the daily reserve (which
+// urgent cancels may pass), and no other.
+const ReserveMarker = "kept for urgent cancels"
+
 // parkScript parks ARGV[3] until ARGV[2] (ms) with reason ARGV[4], unless
 // it is parked as long already: one step, so two workers parking at once
-// cannot leave the shorter parking (review). KEYS parked index, reasons;
-// ARGV now ms. Returns 1 newly parked, 0 extended, -1 unchanged.
+// cannot leave the shorter parking (review). A spent day (ARGV[5] "1") at
+// a location parked for its reserve (its reason has ARGV[6]) takes the
+// reason whatever its end: urgent cancels are held now. KEYS parked index,
+// reasons; ARGV now ms. Returns 1 newly parked, 2 now holding urgent
+// cancels too, 0 extended, -1 unchanged.
 var parkScript = redis.NewScript(`
 redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", "(" .. ARGV[1])
 local cur = redis.call("ZSCORE", KEYS[1], ARGV[3])
+if cur and ARGV[5] == "1" and string.find(redis.call("HGET", KEYS[2], ARGV[3]) or "", ARGV[6], 1, true) then
+  redis.call("ZADD", KEYS[1], "GT", ARGV[2], ARGV[3])
+  redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
+  return 2
+end
 if cur and tonumber(cur) >= tonumber(ARGV[2]) then return -1 end
 redis.call("ZADD", KEYS[1], ARGV[2], ARGV[3])
 redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
@@ -794,14 +825,29 @@ func (l *Limiter) park(ctx context.Context, location string, d time.Duration, sp
 	// location waiting an hour while `enqueue parked` says it is not).
 	now := time.Now()
 	until := now.Add(d)
+	reason, spentFlag := why+" (until "+until.UTC().Format(time.RFC3339)+")", "0"
+	if spent {
+		spentFlag = "1"
+		// The reserve's parking may end later than this one: the reason
+		// then says both (its last "(until T)" is the parking's end, which
+		// the ETA's note reads). Read first, so only the text can race.
+		if ms, err := l.rdb.ZScore(ctx, KeyParked, location).Result(); err == nil && int64(ms) > until.UnixMilli() {
+			reason = why + " (urgent cancels held until " + until.UTC().Format(time.RFC3339) + ") (until " +
+				time.UnixMilli(int64(ms)).UTC().Format(time.RFC3339) + ")"
+		}
+	}
 	n, err := parkScript.Run(ctx, l.rdb, []string{KeyParked, KeyWhy}, now.UnixMilli(), until.UnixMilli(), location,
-		why+" (until "+until.UTC().Format(time.RFC3339)+")").Int()
+		reason, spentFlag, ReserveMarker).Int()
 	// Once per parking (a location already parked is not said again by
-	// every answer that confirms it): its cancels wait until then.
-	if err == nil && n == 1 && l.cfg.Logger != nil {
+	// every answer that confirms it), and when a reserve's parking comes
+	// to hold urgent cancels too: its cancels wait until then.
+	if err == nil && (n == 1 || n == 2) && l.cfg.Logger != nil {
 		msg := "location parked: its cancels wait for its daily budget (enqueue parked lists them)"
-		if !spent {
+		switch {
+		case !spent:
 			msg = "location parked: its cancels wait for its daily budget, urgent ones spend DAILY_RESERVE (enqueue parked lists them)"
+		case n == 2:
+			msg = "parked location's daily budget spent: its urgent cancels wait too (enqueue parked lists them)"
 		}
 		l.cfg.Logger.Warn(msg,
 			"location", location, "until", until.UTC().Format(time.RFC3339), "why", why)

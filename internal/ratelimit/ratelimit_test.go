@@ -537,7 +537,77 @@ func TestDaily429ParksForItsRetryAfter(t *testing.T) {
 	require.InDelta(t, float64(time.Now().Add(DailyRetryMin).UnixMilli()), until[1], float64(5*time.Second/time.Millisecond))
 	parked, err = Parked(ctx, rdb)
 	require.NoError(t, err)
-	require.Contains(t, parked["locS"], "DAILY_RESERVE 10", "the longer parking's reason stands")
+	// The reserve's hour stands for the others, and the reason says the
+	// urgent cancels wait too now, until when (it kept the reserve's
+	// reason before, which said urgent cancels go: audit), and the change
+	// is logged.
+	require.Regexp(t, `^429: daily limit reached: 0 of 150 left \(urgent cancels held until \S+\) \(until \S+\)$`, parked["locS"])
+	require.Contains(t, logs.String(), "parked location's daily budget spent: its urgent cancels wait too")
+	require.Equal(t, 1, strings.Count(logs.String(), "its urgent cancels wait too"))
+	require.NoError(t, l.Observe(ctx, "locS", lim, &ghl.RateLimitError{RetryAfter: 5 * time.Second, Daily: true, Limits: lim}))
+	require.Equal(t, 1, strings.Count(logs.String(), "its urgent cancels wait too"), "said once")
+}
+
+// TestBurst429AtAParkedLocation: a burst 429 (or a window spent by others)
+// at a location parked for its reserve cools it down for urgent cancels
+// too (its case used to come after the reserve's, which returned first:
+// urgent cancels kept calling into 429s, found by the audit), and their
+// snooze says "cooldown", not "daily".
+func TestBurst429AtAParkedLocation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	var obs recorder
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour, Observe: &obs})
+	learn(t, l, "locB", 100, 10*time.Second)
+	lim := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 0, DailyLimit: 200000, DailyRemaining: 60}
+	require.NoError(t, l.Observe(ctx, "locB", lim, &ghl.RateLimitError{RetryAfter: 8 * time.Second, Limits: lim}))
+	parked, err := Parked(ctx, rdb)
+	require.NoError(t, err)
+	require.Contains(t, parked["locB"], ReserveMarker)
+	r := req("locB", "urgent")
+	r.Urgent, r.Reserve = true, true
+	_, err = l.Admit(ctx, r)
+	var sn *SnoozeError
+	require.ErrorAs(t, err, &sn, "the 429's cool-down holds urgent cancels")
+	require.Equal(t, SnoozeCooldown, sn.Reason)
+	require.InDelta(t, float64(8*time.Second), float64(sn.RetryAfter+LeadDefault), float64(2*time.Second))
+	_, err = l.Admit(ctx, req("locB", "bulk"))
+	require.ErrorAs(t, err, &sn)
+	require.Equal(t, SnoozeDaily, sn.Reason)
+}
+
+// TestBookedCallsRecheckTheParking: a call that books a slot and waits for
+// it re-checks before calling; a parking for the reserve set meanwhile
+// sends a bulk call back to the queue (its mark taken back) and lets an
+// urgent one go. Through Admit, so the urgent flag it passes is tested.
+func TestBookedCallsRecheckTheParking(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour, MaxWait: 2 * time.Second})
+	lim := ghl.Limits{Present: true, Max: 1, Interval: 600 * time.Millisecond, Remaining: 0, DailyLimit: 200000, DailyRemaining: 60}
+	for _, urgent := range []bool{true, false} {
+		loc := fmt.Sprint("locRecheck-", urgent)
+		learn(t, l, loc, 1, 600*time.Millisecond)
+		_, err := l.Admit(ctx, req(loc, "first"))
+		require.NoError(t, err)
+		go func() {
+			time.Sleep(150 * time.Millisecond)
+			_ = l.Observe(ctx, loc, lim, nil) // parks for the reserve while the next one waits
+		}()
+		r := req(loc, "booked")
+		r.Urgent, r.Reserve = urgent, urgent
+		_, err = l.Admit(ctx, r)
+		if urgent {
+			require.NoError(t, err, "an urgent call spends the reserve")
+			continue
+		}
+		var sn *SnoozeError
+		require.ErrorAs(t, err, &sn, "a bulk call waits for the parking")
+		require.Equal(t, SnoozeDaily, sn.Reason)
+		require.Greater(t, sn.RetryAfter, 50*time.Minute)
+	}
 }
 
 // TestUrgentCancelsSpendTheDailyReserve: a location parked with its daily
@@ -552,7 +622,7 @@ func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
 	var logs syncbuf.Buffer
 	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	lim := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 90, DailyLimit: 200000, DailyRemaining: 60}
-	urgent := func(loc, task string) Request { r := req(loc, task); r.Urgent = true; return r }
+	urgent := func(loc, task string) Request { r := req(loc, task); r.Urgent, r.Reserve = true, true; return r }
 	page := func(loc, task string) Request {
 		return Request{Location: loc, TaskID: task, Urgent: true, NoRecord: true}
 	}
@@ -569,6 +639,10 @@ func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
 	_, err = l.Admit(ctx, page("locU", "page"))
 	require.ErrorAs(t, err, &sn, "an export page does not spend the reserve")
 	require.Equal(t, SnoozeDaily, sn.Reason)
+	urgentPage := page("locU", "urgent-page")
+	urgentPage.Reserve = true // a sweep whose cancels go to the urgent lane
+	_, err = l.Admit(ctx, urgentPage)
+	require.NoError(t, err)
 	_, err = l.Admit(ctx, urgent("locU", "urgent"))
 	require.NoError(t, err, "an urgent cancel spends the reserve")
 	parked, err := Parked(ctx, rdb)

@@ -416,12 +416,15 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 }
 
 // admit takes the export call's slot: ahead of the location's cancels
-// (urgent), counted against its budget, without a message record.
+// (urgent), counted against its budget, without a message record. A sweep
+// whose cancels go to the urgent lane may spend a parked location's daily
+// reserve, as they will.
 func (h *Handler) admit(ctx context.Context, id string, p tasks.SweepPayload) (result, bool) {
 	if h.Pacer == nil {
 		return result{}, true
 	}
-	_, err := h.Pacer.Admit(ctx, ratelimit.Request{Location: p.LocationID, TaskID: id, Urgent: true, NoRecord: true})
+	_, err := h.Pacer.Admit(ctx, ratelimit.Request{Location: p.LocationID, TaskID: id, Urgent: true, NoRecord: true,
+		Reserve: p.Lane == tasks.QueueUrgent})
 	if err == nil {
 		return result{}, true
 	}

@@ -880,7 +880,7 @@ func (h *Handler) expired(ctx context.Context, a *attempt) result {
 func (h *Handler) admit(ctx context.Context, a *attempt) (ledger.Admission, error) {
 	if h.Pacer != nil {
 		return h.Pacer.Admit(ctx, ratelimit.Request{Location: a.p.LocationID, TaskID: a.taskID,
-			Campaign: a.p.CampaignID, Mark: a.mark, Urgent: a.queue == QueueUrgent})
+			Campaign: a.p.CampaignID, Mark: a.mark, Urgent: a.queue == QueueUrgent, Reserve: a.queue == QueueUrgent})
 	}
 	return h.Ledger.Begin(ctx, a.taskID, a.p.CampaignID, a.mark)
 }

@@ -239,3 +239,38 @@ func TestReleaseWakesAParkedLocation(t *testing.T) {
 	_, err = ratelimit.Release(ctx, rdb, "locNeverParked", tasks.Queues, nil)
 	require.ErrorIs(t, err, ratelimit.ErrNotParked, "a typo releases nothing and says so")
 }
+
+// TestUrgentSweepSpendsTheDailyReserve: at locations parked for their daily
+// reserve, a sweep whose cancels go to the urgent lane reads its pages and
+// cancels what it finds; one whose cancels go to the default lane waits for
+// the parking, pages and all (the audit saw an urgent sweep wait the hour).
+func TestUrgentSweepSpendsTheDailyReserve(t *testing.T) {
+	t.Parallel()
+	sb := sandbox.New(sandbox.Config{})
+	const urgentLoc, defaultLoc = "locSweepUrgent000001", "locSweepDefault00001"
+	toks := tokenMap{}
+	for _, loc := range []string{urgentLoc, defaultLoc} {
+		sb.AddLocation(loc, "tok-"+loc)
+		toks[loc] = "tok-" + loc
+	}
+	f := startFleet(t, 1, sb, toks, worker.Config{Concurrency: 10, DelayedCheckInterval: 100 * time.Millisecond})
+	ctx := context.Background()
+	rdb := redistest.ClientFor(t, f.url)
+	l := ratelimit.New(rdb, ratelimit.Config{})
+	for _, loc := range []string{urgentLoc, defaultLoc} {
+		require.NoError(t, l.Observe(ctx, loc, ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 100,
+			DailyLimit: 200000, DailyRemaining: 40}, nil))
+	}
+	urgentIDs, defaultIDs := sb.ScheduleN(urgentLoc, 3, false), sb.ScheduleN(defaultLoc, 3, false)
+	p := producer.New(rdb, producer.Config{})
+	_, err := p.Sweep(ctx, producer.SweepRequest{Locations: []string{urgentLoc}, CampaignID: "optout-sweep", Lane: tasks.QueueUrgent})
+	require.NoError(t, err)
+	_, err = p.Sweep(ctx, producer.SweepRequest{Locations: []string{defaultLoc}, CampaignID: "default-sweep", Lane: tasks.QueueDefault})
+	require.NoError(t, err)
+	f.waitCancelled(t, urgentIDs, 20*time.Second)
+	time.Sleep(time.Second)
+	for _, id := range defaultIDs {
+		st, _, _ := sb.MessageStatus(id)
+		require.Equal(t, sandbox.StatusScheduled, st, "a default-lane sweep waits for the parking")
+	}
+}
