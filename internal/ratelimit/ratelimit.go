@@ -201,6 +201,9 @@ type Limiter struct {
 	// probePoll: see the constant (tests lengthen it).
 	probePoll time.Duration
 
+	// reprobes: locations where this process sent the call that re-probes
+	// a parking's end; its answer parks again or lifts the parking.
+	reprobes sync.Map
 	// booked, if set (by tests), is told of every slot booked: the task,
 	// the slot's Redis time and how long the caller was told to wait.
 	booked func(task string, slot time.Time, wait time.Duration)
@@ -321,7 +324,8 @@ type Request struct {
 // Returns {code, wait µs, recorded row or earlier-call flag, cooled (1 a
 // cool-down, 2 parked for the daily reserve)}:
 // code 1 granted (wait, then call; [3] "1" if an earlier call went out;
-// a 5th element, the slot's Redis time in µs, for Limiter.booked),
+// a 5th element, the slot's Redis time in µs, for Limiter.booked; an 8th,
+// "1" when the call re-probes a parked location's budget),
 // 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait.
 var admitScript = redis.NewScript(ledger.Lua + `
 local norec = ARGV[15] == "1"
@@ -376,9 +380,11 @@ local cooled = 0
 if cool > room then room = cool; cooled = 1 end
 -- Parked for the daily reserve (field p): that reserve is the urgent
 -- cancels' (and their read-backs'); everything else waits for the parking.
+local reprobe = false
 if ARGV[18] ~= "1" then
   local park = tonumber(loc[4] or "0")
-  if park > room then room = park; cooled = 2 end
+  if park > room then room = park; cooled = 2
+  elseif park > 0 then reprobe = true end
 end
 local mine, may = false, urgent
 if busy then
@@ -404,7 +410,16 @@ if may and room - now <= maxwait then
   if sent then earlier = "1" end
   local firstcall = "0"
   if first then firstcall = "1" end
-  return {1, room - now, earlier, cooled, room, stage or "", firstcall}
+  -- The reserve's parking ended (its field is still set): this call
+  -- re-probes the day's budget, the others wait a probe wait for its
+  -- answer, which parks the location again or lifts the parking
+  -- (Limiter.Observe). Not a burst of calls into the reserve.
+  local probed = "0"
+  if reprobe then
+    redis.call("HSET", KEYS[3], "p", room + tonumber(ARGV[14]))
+    probed = "1"
+  end
+  return {1, room - now, earlier, cooled, room, stage or "", firstcall, probed}
 end
 local eta = room
 if not (urgent or mine) then
@@ -518,6 +533,9 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		earlier := v[2] == "1"
 		stage, _ := v[5].(string)
 		first := v[6] == "1"
+		if len(v) > 7 && v[7] == "1" {
+			l.reprobes.Store(r.Location, struct{}{})
+		}
 		if l.booked != nil {
 			room, _ := v[4].(int64)
 			l.booked(r.TaskID, time.UnixMicro(room), wait)
@@ -637,18 +655,41 @@ func sleep(ctx context.Context, d time.Duration) error {
 // cool-down after a 429 or a spent window, and parking when the daily
 // budget is nearly spent.
 func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, rateLimited *ghl.RateLimitError) error {
+	_, reprobe := l.reprobes.LoadAndDelete(location)
+	parked, err := l.observe(ctx, location, lim, rateLimited)
+	if err == nil && reprobe && !parked {
+		// The re-probe's answer shows the budget back (or says nothing of
+		// it): the parking is lifted, unless another answer parked the
+		// location again meanwhile.
+		err = liftScript.Run(ctx, l.rdb, []string{locKey(location)}, 2*l.cfg.ProbeWait.Microseconds()).Err()
+	}
+	return err
+}
+
+// liftScript removes a location's ended parking (field p) while it is in
+// its re-probe's wait (ends within ARGV[1] µs), not one set for longer.
+var liftScript = redis.NewScript(`
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local p = tonumber(redis.call("HGET", KEYS[1], "p") or "0")
+if p > 0 and p <= now + tonumber(ARGV[1]) then redis.call("HDEL", KEYS[1], "p") end
+return 1
+`)
+
+// observe is Observe's work; parked says the answer parked the location.
+func (l *Limiter) observe(ctx context.Context, location string, lim ghl.Limits, rateLimited *ghl.RateLimitError) (parked bool, _ error) {
 	learned := noLimitHeaders // the default applies
 	if lim.Present && lim.Max > 0 && lim.Interval > 0 {
 		learned = strconv.Itoa(lim.Max) + ":" + strconv.FormatInt(lim.Interval.Milliseconds(), 10)
 	}
 	if err := l.learn(ctx, location, learned); err != nil {
-		return err
+		return false, err
 	}
 	if !lim.Present {
 		if rateLimited != nil { // a 429 without headers: still cool down
-			return l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
+			return false, l.coolDown(ctx, location, rateLimited.RetryAfter, "429")
 		}
-		return nil
+		return false, nil
 	}
 	if l.cfg.Observe != nil && lim.DailyLimit > 0 && lim.DailyRemaining >= 0 &&
 		float64(lim.DailyRemaining) < DailyLowShare*float64(lim.DailyLimit) {
@@ -663,9 +704,9 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 		// after its budget came back (found by the daily-budget audit).
 		// At least DailyRetryMin: a burst-style Retry-After on a spent day
 		// would re-probe every few seconds until the reset (review).
-		return l.park(ctx, location, max(rateLimited.RetryAfter, DailyRetryMin), true, fmt.Sprintf("429: daily limit reached: %d of %d left", max(lim.DailyRemaining, 0), lim.DailyLimit))
+		return true, l.park(ctx, location, max(rateLimited.RetryAfter, DailyRetryMin), true, fmt.Sprintf("429: daily limit reached: %d of %d left", max(lim.DailyRemaining, 0), lim.DailyLimit))
 	case lim.DailyRemaining == 0:
-		return l.park(ctx, location, l.cfg.DailyPark, true, fmt.Sprintf("daily budget spent: 0 of %d left", lim.DailyLimit))
+		return true, l.park(ctx, location, l.cfg.DailyPark, true, fmt.Sprintf("daily budget spent: 0 of %d left", lim.DailyLimit))
 	}
 	// The window's state holds every call, urgent ones too, parked or not
 	// (the reserve's parking below holds only the others: before, its case
@@ -680,14 +721,14 @@ func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, 
 		err = l.coolDown(ctx, location, lim.Interval, "window_spent")
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	if lim.DailyRemaining > 0 && lim.DailyRemaining <= l.cfg.DailyReserve {
 		// The reserve is kept for urgent cancels: they go on (a daily 429
 		// or a spent budget then parks them too), the rest waits.
-		return l.park(ctx, location, l.cfg.DailyPark, false, fmt.Sprintf("daily budget nearly spent: %d of %d left (DAILY_RESERVE %d, %s)", lim.DailyRemaining, lim.DailyLimit, l.cfg.DailyReserve, ReserveMarker))
+		return true, l.park(ctx, location, l.cfg.DailyPark, false, fmt.Sprintf("daily budget nearly spent: %d of %d left (DAILY_RESERVE %d, %s)", lim.DailyRemaining, lim.DailyLimit, l.cfg.DailyReserve, ReserveMarker))
 	}
-	return nil
+	return false, nil
 }
 
 // othersSpend: HighLevel says the window is spent, yet our own log holds

@@ -987,3 +987,50 @@ func TestMinTime(t *testing.T) {
 		require.Equal(t, tt.want, l.MinTime(tt.lim, tt.calls), "%d calls at %d per %s", tt.calls, tt.lim.N, tt.lim.Period)
 	}
 }
+
+// TestOneCallReprobesAParkingsEnd: when a reserve's parking ends, one call
+// re-probes the day's budget and the others wait a probe wait for its
+// answer (they went all at once, up to a window's allowance, and spent
+// the reserve: audit). An answer still nearly spent parks the location
+// again; one showing the budget back lifts the parking for good.
+func TestOneCallReprobesAParkingsEnd(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour, MaxWait: time.Millisecond})
+	learn(t, l, "locR", 100, 10*time.Second)
+	low := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 99, DailyLimit: 200000, DailyRemaining: 50}
+	require.NoError(t, l.Observe(ctx, "locR", low, nil))
+	end := func() { // the parking's hour passes
+		require.NoError(t, rdb.HSet(ctx, locKey("locR"), fieldPark, 1).Err())
+		require.NoError(t, rdb.ZRem(ctx, KeyParked, "locR").Err())
+	}
+	var sn *SnoozeError
+	for round, answer := range []int{60, 150000} {
+		end()
+		_, err := l.Admit(ctx, req("locR", fmt.Sprint("probe", round)))
+		require.NoError(t, err, "one call re-probes")
+		for i := range 3 {
+			_, err = l.Admit(ctx, req("locR", fmt.Sprint("next", round, i)))
+			require.ErrorAs(t, err, &sn, "the others wait for its answer")
+			require.Less(t, sn.RetryAfter, 2*time.Second)
+		}
+		u := req("locR", fmt.Sprint("urgent", round))
+		u.Urgent, u.Reserve = true, true
+		_, err = l.Admit(ctx, u)
+		require.NoError(t, err, "urgent cancels never wait for it")
+		lim := low
+		lim.DailyRemaining = answer
+		require.NoError(t, l.Observe(ctx, "locR", lim, nil))
+		_, err = l.Admit(ctx, req("locR", fmt.Sprint("after", round)))
+		if answer <= 100 {
+			require.ErrorAs(t, err, &sn, "still nearly spent: parked again")
+			require.Greater(t, sn.RetryAfter, 50*time.Minute)
+			continue
+		}
+		require.NoError(t, err, "the budget is back: the parking is lifted")
+		require.Zero(t, rdb.HExists(ctx, locKey("locR"), fieldPark).Val(), "for good: no re-probe later")
+		_, err = l.Admit(ctx, req("locR", "later"))
+		require.NoError(t, err)
+	}
+}
