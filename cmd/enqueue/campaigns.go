@@ -310,7 +310,7 @@ func (e *env) parkedCmd() *cobra.Command {
 		Args:  noArgs,
 	}
 	asJSON := cmd.Flags().Bool("json", false, "print JSON: location -> why")
-	release := cmd.Flags().String("release", "", "lift LOCATION's parking now and wake its waiting cancels (when you know its daily budget is back; a budget still spent parks it again at its next answer)")
+	release := cmd.Flags().String("release", "", "lift LOCATION's parking now and wake its waiting cancels (when you know its daily budget is back; its first call re-probes, and a budget still spent parks it again after one call)")
 	cmd.RunE = e.withRedis(func(ctx context.Context, rdb *redis.Client, _ []string) error {
 		if *release != "" {
 			return e.releaseParked(ctx, rdb, *release)

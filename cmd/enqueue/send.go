@@ -265,10 +265,6 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 	return nil
 }
 
-// sayHeldBy names the campaigns that count messages this run found already
-// queued or done under another campaign than the one they were sent under:
-// their outcomes are read there (a campaign re-run under a new id found
-// them all there, and its own status said only "no campaign").
 // warnParked says which of the campaign's locations (or the --location) are
 // parked for their daily budget: what was just queued for them waits
 // until the parking ends, unless it is urgent and only the reserve is left.
@@ -302,6 +298,10 @@ func (e *env) warnParked(ctx context.Context, rdb *redis.Client, campaignID, loc
 	}
 }
 
+// sayHeldBy names the campaigns that count messages this run found already
+// queued or done under another campaign than the one they were sent under:
+// their outcomes are read there (a campaign re-run under a new id found
+// them all there, and its own status said only "no campaign").
 func (e *env) sayHeldBy(held map[string]int) {
 	if len(held) == 0 {
 		return

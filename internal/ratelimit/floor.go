@@ -19,11 +19,10 @@ const FloorMaxLocations = 1000
 // the pacing the workers apply: each location's limit as HighLevel's
 // headers reported it (learned), widened by margin, its log of admitted
 // calls (a call waits for the limit-th latest one to leave its span) and
-// its cool-down or parking. It is a floor: the calls split across the
-// locations as well as the limits allow, no other traffic, no 429s, no
-// urgent reserve (the caller passes the smallest margin the workers may
-// use), except that urgent cancels may spend a parked location's daily
-// reserve before its parking ends. The rate a
+// its cool-down (not the daily reserve's parking, which urgent cancels
+// pass). It is a floor: the calls split across the locations as well as
+// the limits allow, no other traffic, no 429s, no urgent reserve (the
+// caller passes the smallest margin the workers may use). The rate a
 // status sees during a location's first burst says nothing of the pacing
 // to come; this does (`status --watch` showed "ETA 2s" with 10 s to go).
 //
@@ -43,7 +42,7 @@ func Floor(ctx context.Context, rdb redis.UniversalClient, locations []string, n
 	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		now = p.Time(ctx)
 		for i, loc := range locations {
-			hs[i] = p.HMGet(ctx, locKey(loc), "l", fieldCool, fieldPark)
+			hs[i] = p.HMGet(ctx, locKey(loc), "l", fieldCool)
 		}
 		return nil
 	}); err != nil {
@@ -61,13 +60,11 @@ func Floor(ctx context.Context, rdb redis.UniversalClient, locations []string, n
 			return 0, false, nil
 		}
 		limits[i] = Limit{N: cn, Period: time.Duration(pm) * time.Millisecond}
-		// The parking counts as a cool-down: urgent cancels, which may
-		// spend the daily reserve, are the only ones it does not hold.
-		for _, f := range v[1:] {
-			if s, _ := f.(string); s != "" {
-				c, _ := strconv.ParseInt(s, 10, 64)
-				cools[i] = max(cools[i], c)
-			}
+		// The reserve's parking (field p) is not counted: urgent cancels
+		// pass it, and a floor must hold for them too (the ETA's note
+		// says when the others wait until).
+		if s, _ := v[1].(string); s != "" {
+			cools[i], _ = strconv.ParseInt(s, 10, 64)
 		}
 	}
 	nowUS := now.Val().UnixMicro()

@@ -172,10 +172,12 @@ func TestFloorCountsGrantedCallsOnce(t *testing.T) {
 	}
 }
 
-// TestFloorCountsTheParking: a location parked for its daily reserve (the
-// parking field, which urgent cancels may pass) counts like a cool-down:
-// its calls wait for the parking's end.
-func TestFloorCountsTheParking(t *testing.T) {
+// TestFloorLeavesTheReservesParking: a location parked for its daily
+// reserve holds only non-urgent cancels, and urgent ones may finish at once
+// (an urgent campaign read "ETA 59m or more" and finished in 11 s: review);
+// the floor stays a floor for them (the ETA's note names the parking). A
+// spent day (the cool-down) holds every call, and counts.
+func TestFloorLeavesTheReservesParking(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	rdb := redisServer.Client(t)
@@ -184,6 +186,12 @@ func TestFloorCountsTheParking(t *testing.T) {
 	require.NoError(t, l.Observe(ctx, "locPark", ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 99,
 		DailyLimit: 200000, DailyRemaining: 50}, nil))
 	d, ok, err := Floor(ctx, rdb, []string{"locPark"}, 5, MarginDefault)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Less(t, d, time.Second)
+	require.NoError(t, l.Observe(ctx, "locPark", ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 99,
+		DailyLimit: 200000, DailyRemaining: 0}, nil))
+	d, ok, err = Floor(ctx, rdb, []string{"locPark"}, 5, MarginDefault)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Greater(t, d, 59*time.Minute)

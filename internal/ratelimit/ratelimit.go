@@ -326,7 +326,8 @@ type Request struct {
 // code 1 granted (wait, then call; [3] "1" if an earlier call went out;
 // a 5th element, the slot's Redis time in µs, for Limiter.booked; an 8th,
 // "1" when the call re-probes a parked location's budget),
-// 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait.
+// 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait
+// (a probe's answer), 4 ask again after wait (a parking's end).
 var admitScript = redis.NewScript(ledger.Lua + `
 local norec = ARGV[15] == "1"
 local rec, sent = false, false
@@ -383,7 +384,12 @@ if cool > room then room = cool; cooled = 1 end
 local reprobe = false
 if ARGV[18] ~= "1" then
   local park = tonumber(loc[4] or "0")
-  if park > room then room = park; cooled = 2
+  if park > room then
+    -- Never booked at the parking's end (every waiter comes back a lead
+    -- before it, and all would go at once, into the reserve): ask again
+    -- once it has ended, when one call re-probes.
+    if park - now <= maxwait then return {4, park - now, "", 2} end
+    room = park; cooled = 2
   elseif park > 0 then reprobe = true end
 end
 local mine, may = false, urgent
@@ -517,6 +523,18 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 			}
 			waited += time.Since(start)
 			continue
+		case 4: // the parking ends within MaxWait: ask again then
+			if waited+wait > 2*l.cfg.MaxWait { // re-probes that keep it parked
+				if l.cfg.Observe != nil {
+					l.cfg.Observe.Snoozed(SnoozeDaily)
+				}
+				return ledger.Admission{}, &SnoozeError{RetryAfter: wait, Reason: SnoozeDaily}
+			}
+			if err := sleep(ctx, wait); err != nil {
+				return ledger.Admission{}, err
+			}
+			waited += wait
+			continue
 		case 0:
 			reason := SnoozePacing
 			switch cooled, _ := v[3].(int64); cooled {
@@ -533,8 +551,10 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		earlier := v[2] == "1"
 		stage, _ := v[5].(string)
 		first := v[6] == "1"
+		recheckAs := reserveSpender
 		if len(v) > 7 && v[7] == "1" {
 			l.reprobes.Store(r.Location, struct{}{})
+			recheckAs = "1" // its own re-probe parking must not hold it
 		}
 		if l.booked != nil {
 			room, _ := v[4].(int64)
@@ -546,7 +566,7 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		}
 		waited += wait
 		if wait >= recheckAfter {
-			left, err := recheckScript.Run(ctx, l.rdb, []string{locKey(r.Location), ledger.Key(r.TaskID)}, r.Mark, reserveSpender).Int64()
+			left, err := recheckScript.Run(ctx, l.rdb, []string{locKey(r.Location), ledger.Key(r.TaskID)}, r.Mark, recheckAs).Int64()
 			if err != nil {
 				l.unmark(r)
 				return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
@@ -657,10 +677,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, rateLimited *ghl.RateLimitError) error {
 	_, reprobe := l.reprobes.LoadAndDelete(location)
 	parked, err := l.observe(ctx, location, lim, rateLimited)
-	if err == nil && reprobe && !parked {
-		// The re-probe's answer shows the budget back (or says nothing of
-		// it): the parking is lifted, unless another answer parked the
-		// location again meanwhile.
+	if err == nil && reprobe && !parked && lim.Present && lim.DailyLimit > 0 && lim.DailyRemaining > l.cfg.DailyReserve {
+		// The re-probe's answer shows the budget back: the parking is
+		// lifted, unless another answer parked the location again
+		// meanwhile. An answer that says nothing of the budget (a 5xx
+		// without headers) lifts nothing: the next call re-probes.
 		err = liftScript.Run(ctx, l.rdb, []string{locKey(location)}, 2*l.cfg.ProbeWait.Microseconds()).Err()
 	}
 	return err
@@ -833,9 +854,11 @@ const ReserveMarker = "kept for urgent cancels"
 // it is parked as long already: one step, so two workers parking at once
 // cannot leave the shorter parking (review). A spent day (ARGV[5] "1") at
 // a location parked for its reserve (its reason has ARGV[6]) takes the
-// reason whatever its end: urgent cancels are held now. KEYS parked index,
-// reasons; ARGV now ms. Returns 1 newly parked, 2 now holding urgent
-// cancels too, 0 extended, -1 unchanged.
+// reason whatever its end: urgent cancels are held now; a reserve's
+// parking at a location parked for a spent day keeps that reason. KEYS
+// parked index, reasons; ARGV now ms, ..., ARGV[7] the end as RFC 3339.
+// Returns 1 newly parked, 2 now holding urgent cancels too, 0 extended, -1
+// unchanged.
 var parkScript = redis.NewScript(`
 redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", "(" .. ARGV[1])
 local cur = redis.call("ZSCORE", KEYS[1], ARGV[3])
@@ -843,6 +866,24 @@ if cur and ARGV[5] == "1" and string.find(redis.call("HGET", KEYS[2], ARGV[3]) o
   redis.call("ZADD", KEYS[1], "GT", ARGV[2], ARGV[3])
   redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
   return 2
+end
+if cur and ARGV[5] ~= "1" then
+  local why = redis.call("HGET", KEYS[2], ARGV[3]) or ""
+  if why ~= "" and not string.find(why, ARGV[6], 1, true) then
+    -- A spent day's parking holds urgent cancels: a reserve's answer (a
+    -- late one, of a call sent before) keeps its reason, and a longer
+    -- reserve's parking only extends its end, saying both (review).
+    if tonumber(cur) >= tonumber(ARGV[2]) then return -1 end
+    redis.call("ZADD", KEYS[1], ARGV[2], ARGV[3])
+    local base, t1 = string.match(why, "^(.-) %(until ([^)]*)%)$")
+    if base then
+      if not string.find(base, "(urgent cancels held until ", 1, true) then
+        base = base .. " (urgent cancels held until " .. t1 .. ")"
+      end
+      redis.call("HSET", KEYS[2], ARGV[3], base .. " (until " .. ARGV[7] .. ")")
+    end
+    return 0
+  end
 end
 if cur and tonumber(cur) >= tonumber(ARGV[2]) then return -1 end
 redis.call("ZADD", KEYS[1], ARGV[2], ARGV[3])
@@ -878,7 +919,7 @@ func (l *Limiter) park(ctx context.Context, location string, d time.Duration, sp
 		}
 	}
 	n, err := parkScript.Run(ctx, l.rdb, []string{KeyParked, KeyWhy}, now.UnixMilli(), until.UnixMilli(), location,
-		reason, spentFlag, ReserveMarker).Int()
+		reason, spentFlag, ReserveMarker, until.UTC().Format(time.RFC3339)).Int()
 	// Once per parking (a location already parked is not said again by
 	// every answer that confirms it), and when a reserve's parking comes
 	// to hold urgent cancels too: its cancels wait until then.

@@ -1034,3 +1034,124 @@ func TestOneCallReprobesAParkingsEnd(t *testing.T) {
 		require.NoError(t, err)
 	}
 }
+
+// TestParkingsEndWithOneCall: the calls that come back as a reserve's
+// parking ends (waiters come back a lead before their turn) were booked
+// at its end and all went, into the reserve (review: 20 of 20). Now they
+// ask again once it has ended; one re-probes, and its answer (still nearly
+// spent) parks the location again for the others.
+func TestParkingsEndWithOneCall(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour}) // MaxWait 2 s, ProbeWait 1 s
+	learn(t, l, "locE", 100, 10*time.Second)
+	low := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 99, DailyLimit: 200000, DailyRemaining: 50}
+	require.NoError(t, l.Observe(ctx, "locE", low, nil))
+	tm := rdb.Time(ctx).Val()
+	require.NoError(t, rdb.HSet(ctx, locKey("locE"), fieldPark, tm.Add(1400*time.Millisecond).UnixMicro()).Err())
+	answered := make(chan struct{})
+	go func() { // the re-probe's answer, once it is sent
+		defer close(answered)
+		for range 400 {
+			if _, ok := l.reprobes.Load("locE"); ok {
+				time.Sleep(50 * time.Millisecond) // HighLevel's answer time
+				_ = l.Observe(ctx, "locE", low, nil)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	var wg sync.WaitGroup
+	var went, daily atomic.Int32
+	for i := range 20 {
+		wg.Go(func() {
+			_, err := l.Admit(ctx, req("locE", fmt.Sprint("w", i)))
+			var sn *SnoozeError
+			switch {
+			case err == nil:
+				went.Add(1)
+			case errors.As(err, &sn) && sn.Reason == SnoozeDaily && sn.RetryAfter > 50*time.Minute:
+				daily.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	<-answered
+	require.Equal(t, int32(1), went.Load(), "one call re-probes")
+	require.Equal(t, int32(19), daily.Load(), "the others wait for the parking its answer set")
+}
+
+// TestReprobeIsNotHeldByItsOwnParking: a re-probe booked 200 ms or more
+// ahead re-checks before calling, and the parking it set itself held it
+// back (review).
+func TestReprobeIsNotHeldByItsOwnParking(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour})
+	learn(t, l, "locS", 1, 600*time.Millisecond)
+	require.NoError(t, l.Observe(ctx, "locS", ghl.Limits{Present: true, Max: 1, Interval: 600 * time.Millisecond, Remaining: 1,
+		DailyLimit: 200000, DailyRemaining: 50}, nil))
+	require.NoError(t, rdb.HSet(ctx, locKey("locS"), fieldPark, 1).Err()) // the hour passed
+	u := req("locS", "urgent")
+	u.Urgent, u.Reserve = true, true
+	_, err := l.Admit(ctx, u) // takes the window: the re-probe books 600 ms ahead
+	require.NoError(t, err)
+	_, err = l.Admit(ctx, req("locS", "probe"))
+	require.NoError(t, err, "the re-probe goes")
+}
+
+// TestReprobeAnswerWithoutBudgetLiftsNothing: a re-probe answered without
+// the daily headers (a 502 from a proxy) says nothing of the budget: the
+// parking is not lifted (review: every bulk call then went), and the next
+// call re-probes.
+func TestReprobeAnswerWithoutBudgetLiftsNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour, MaxWait: time.Millisecond})
+	learn(t, l, "locH", 100, 10*time.Second)
+	require.NoError(t, l.Observe(ctx, "locH", ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 99,
+		DailyLimit: 200000, DailyRemaining: 50}, nil))
+	require.NoError(t, rdb.HSet(ctx, locKey("locH"), fieldPark, 1).Err())
+	_, err := l.Admit(ctx, req("locH", "probe"))
+	require.NoError(t, err)
+	require.NoError(t, l.Observe(ctx, "locH", ghl.Limits{Max: -1, Remaining: -1, DailyLimit: -1, DailyRemaining: -1}, nil))
+	for i := range 5 {
+		_, err = l.Admit(ctx, req("locH", fmt.Sprint("bulk", i)))
+		require.Error(t, err, "bulk %d went on an answer that said nothing of the budget", i)
+	}
+	require.True(t, rdb.HExists(ctx, locKey("locH"), fieldPark).Val())
+}
+
+// TestLateReserveAnswerKeepsASpentReason: the day is spent (urgent cancels
+// held), then a late answer of a call sent before says 50 left: the reason
+// said urgent cancels go while they were held (review). It keeps the spent
+// reason and says until when each waits.
+func TestLateReserveAnswerKeepsASpentReason(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour})
+	learn(t, l, "locO", 100, 10*time.Second)
+	low := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 99, DailyLimit: 200000, DailyRemaining: 50}
+	spent := low
+	spent.DailyRemaining = 0
+	require.NoError(t, l.Observe(ctx, "locO", spent, &ghl.RateLimitError{RetryAfter: 10 * time.Minute, Daily: true, Limits: spent}))
+	require.NoError(t, l.Observe(ctx, "locO", low, nil))
+	parked, err := Parked(ctx, rdb)
+	require.NoError(t, err)
+	require.NotContains(t, parked["locO"], ReserveMarker)
+	require.Regexp(t, `^429: daily limit reached: 0 of 200000 left \(urgent cancels held until \S+\) \(until \S+\)$`, parked["locO"])
+	u := req("locO", "urgent")
+	u.Urgent, u.Reserve = true, true
+	_, err = l.Admit(ctx, u)
+	var sn *SnoozeError
+	require.ErrorAs(t, err, &sn)
+	require.Equal(t, SnoozeDaily, sn.Reason)
+	require.Less(t, sn.RetryAfter, 11*time.Minute, "urgent cancels wait for the spent day only")
+	_, err = l.Admit(ctx, req("locO", "bulk"))
+	require.ErrorAs(t, err, &sn)
+	require.Greater(t, sn.RetryAfter, 50*time.Minute, "the others for the reserve's hour")
+}

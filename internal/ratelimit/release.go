@@ -32,9 +32,14 @@ local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local h = redis.call("HMGET", KEYS[1], "c", "p")
 local until_ = tonumber(redis.call("ZSCORE", KEYS[2], ARGV[1]) or "0")
-if until_ < tonumber(ARGV[2]) and tonumber(h[2] or "0") <= now then return {0} end
+-- Not parked: out of the list, and no parking beyond a re-probe's wait.
+if until_ < tonumber(ARGV[2]) and tonumber(h[2] or "0") <= now + 10000000 then return {0} end
 local why = redis.call("HGET", KEYS[3], ARGV[1]) or ""
-redis.call("HDEL", KEYS[1], "c", "p")
+-- The parking's end, not its absence: the first call re-probes the
+-- budget, the others wait for its answer (a budget still spent parks the
+-- location again after one call, not a window's allowance).
+redis.call("HDEL", KEYS[1], "c")
+redis.call("HSET", KEYS[1], "p", 1)
 redis.call("ZREM", KEYS[2], ARGV[1])
 redis.call("HDEL", KEYS[3], ARGV[1])
 redis.call("ZREM", KEYS[4], ARGV[1])
@@ -45,19 +50,23 @@ return out
 
 // wakeScript moves the named tasks that wait in a lane's retry or
 // scheduled set (a snooze) to its pending list, as asynq's own "run task"
-// does; tasks in any other state (active, pending, archived: a dead letter
-// stays one) are left alone. ARGV lanes count, the lanes, then task ids.
+// does (behind the lane's pending backlog); tasks in any other state
+// (active, pending, archived: a dead letter stays one) are left alone. ARGV lanes count, the lanes, then task ids.
 // Returns how many it moved.
 var wakeScript = redis.NewScript(`
 local nl = tonumber(ARGV[1])
 local moved = 0
+local t = redis.call("TIME")
+local nowns = t[1] .. string.format("%06d", tonumber(t[2])) .. "000"
 for i = nl + 2, #ARGV do
   local id = ARGV[i]
   for l = 2, nl + 1 do
     local base = "asynq:{" .. ARGV[l] .. "}:"
     local st = redis.call("HGET", base .. "t:" .. id, "state")
     if (st == "retry" or st == "scheduled") and redis.call("ZREM", base .. st, id) == 1 then
-      redis.call("HSET", base .. "t:" .. id, "state", "pending")
+      -- pending_since, as asynq's forwarder sets it: the lane's latency
+      -- gauge reads it.
+      redis.call("HSET", base .. "t:" .. id, "state", "pending", "pending_since", nowns)
       redis.call("LPUSH", base .. "pending", id)
       moved = moved + 1
       break
@@ -72,8 +81,9 @@ const releaseBatch = 500
 
 // Release lifts a location's parking for its daily budget at once (an
 // operator who knows the budget is back: HighLevel reset it, or raised
-// it), and wakes the cancels waiting for it in lanes. A budget still spent
-// parks the location again at its next answer. progress, when not nil, is
+// it), and wakes the cancels waiting for it in lanes. Its first call
+// re-probes the budget while the others wait for the answer: a budget
+// still spent parks the location again after one call. progress, when not nil, is
 // told how many waiting tasks each step handled, of how many. Returns
 // ErrNotParked when nothing was parked.
 func Release(ctx context.Context, rdb redis.UniversalClient, location string, lanes []string, progress func(n, total int)) (Released, error) {

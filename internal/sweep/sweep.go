@@ -424,7 +424,7 @@ func (h *Handler) admit(ctx context.Context, id string, p tasks.SweepPayload) (r
 		return result{}, true
 	}
 	_, err := h.Pacer.Admit(ctx, ratelimit.Request{Location: p.LocationID, TaskID: id, Urgent: true, NoRecord: true,
-		Reserve: p.Lane == tasks.QueueUrgent})
+		Reserve: p.Lane == tasks.QueueUrgent && !p.DryRun})
 	if err == nil {
 		return result{}, true
 	}
