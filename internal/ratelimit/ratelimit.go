@@ -325,7 +325,8 @@ type Request struct {
 // cool-down, 2 parked for the daily reserve)}:
 // code 1 granted (wait, then call; [3] "1" if an earlier call went out;
 // a 5th element, the slot's Redis time in µs, for Limiter.booked; an 8th,
-// "1" when the call re-probes a parked location's budget),
+// when the call re-probes a parked location's budget, the parking it set
+// for the others (else "0")),
 // 0 snooze for wait, 2 recorded ([3] the row), 3 ask again after wait
 // (a probe's answer), 4 ask again after wait (a parking's end).
 var admitScript = redis.NewScript(ledger.Lua + `
@@ -422,8 +423,8 @@ if may and room - now <= maxwait then
   -- (Limiter.Observe). Not a burst of calls into the reserve.
   local probed = "0"
   if reprobe then
-    redis.call("HSET", KEYS[3], "p", room + tonumber(ARGV[14]))
-    probed = "1"
+    probed = string.format("%d", room + tonumber(ARGV[14]))
+    redis.call("HSET", KEYS[3], "p", probed)
   end
   return {1, room - now, earlier, cooled, room, stage or "", firstcall, probed}
 end
@@ -456,13 +457,14 @@ return {0, math.max(0, eta - now - lead), "", cooled}
 // meanwhile (another call saw a 429) or, unless it may spend the daily
 // reserve, a parking; if so, the call will not go out and its mark is taken
 // back. KEYS the location's hash, record. ARGV the delivery's mark, "1" if
-// it may spend the reserve. Returns µs of cool-down left (0: go).
+// it may spend the reserve, the parking a re-probe set itself ("" for
+// none: it passes that one only). Returns µs of cool-down left (0: go).
 var recheckScript = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local h = redis.call("HMGET", KEYS[1], "c", "p")
 local cool = tonumber(h[1] or "0")
-if ARGV[2] ~= "1" then cool = math.max(cool, tonumber(h[2] or "0")) end
+if ARGV[2] ~= "1" and not (ARGV[3] ~= "" and h[2] == ARGV[3]) then cool = math.max(cool, tonumber(h[2] or "0")) end
 if cool <= now then return 0 end
 if redis.call("HGET", KEYS[2], "s") == ARGV[1] then redis.call("HSET", KEYS[2], "s", "") end
 return cool - now
@@ -551,27 +553,38 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		earlier := v[2] == "1"
 		stage, _ := v[5].(string)
 		first := v[6] == "1"
-		recheckAs := reserveSpender
-		if len(v) > 7 && v[7] == "1" {
+		ownPark := ""
+		if len(v) > 7 && v[7] != "0" {
+			ownPark, _ = v[7].(string)
 			l.reprobes.Store(r.Location, struct{}{})
-			recheckAs = "1" // its own re-probe parking must not hold it
+		}
+		// A re-probe that will not go takes its flag back (its parking
+		// lapses by itself; the next call re-probes).
+		forget := func() {
+			if ownPark != "" {
+				l.reprobes.Delete(r.Location)
+			}
 		}
 		if l.booked != nil {
 			room, _ := v[4].(int64)
 			l.booked(r.TaskID, time.UnixMicro(room), wait)
 		}
 		if err := sleep(ctx, wait); err != nil {
+			forget()
 			l.unmark(r)
 			return ledger.Admission{}, err
 		}
 		waited += wait
 		if wait >= recheckAfter {
-			left, err := recheckScript.Run(ctx, l.rdb, []string{locKey(r.Location), ledger.Key(r.TaskID)}, r.Mark, recheckAs).Int64()
+			// A re-probe passes the parking it set itself, and no other.
+			left, err := recheckScript.Run(ctx, l.rdb, []string{locKey(r.Location), ledger.Key(r.TaskID)}, r.Mark, reserveSpender, ownPark).Int64()
 			if err != nil {
+				forget()
 				l.unmark(r)
 				return ledger.Admission{}, fmt.Errorf("rate limiter: %w", err)
 			}
 			if left > 0 {
+				forget()
 				reason := l.coolReason(ctx, r.Location, reserveSpender == "1")
 				if l.cfg.Observe != nil {
 					l.cfg.Observe.Snoozed(reason)
@@ -677,7 +690,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 func (l *Limiter) Observe(ctx context.Context, location string, lim ghl.Limits, rateLimited *ghl.RateLimitError) error {
 	_, reprobe := l.reprobes.LoadAndDelete(location)
 	parked, err := l.observe(ctx, location, lim, rateLimited)
-	if err == nil && reprobe && !parked && lim.Present && lim.DailyLimit > 0 && lim.DailyRemaining > l.cfg.DailyReserve {
+	if err == nil && reprobe && !parked && lim.Present && lim.DailyRemaining > l.cfg.DailyReserve {
 		// The re-probe's answer shows the budget back: the parking is
 		// lifted, unless another answer parked the location again
 		// meanwhile. An answer that says nothing of the budget (a 5xx
@@ -881,6 +894,8 @@ if cur and ARGV[5] ~= "1" then
         base = base .. " (urgent cancels held until " .. t1 .. ")"
       end
       redis.call("HSET", KEYS[2], ARGV[3], base .. " (until " .. ARGV[7] .. ")")
+    else
+      redis.call("HSET", KEYS[2], ARGV[3], why .. " (until " .. ARGV[7] .. ")")
     end
     return 0
   end
@@ -895,12 +910,20 @@ return 1`)
 // when spent (the cool-down), all but urgent cancels when only the reserve
 // is left (the parking field).
 func (l *Limiter) park(ctx context.Context, location string, d time.Duration, spent bool, why string) error {
+	// A spent day holds every call (the cool-down) and, like the
+	// reserve's, ends with one re-probe (the parking field): at its end a
+	// window's allowance would otherwise go into a day still spent.
 	field := fieldPark
 	if spent {
 		field = fieldCool
 	}
 	if err := l.holdBack(ctx, location, d, "daily", field); err != nil {
 		return err
+	}
+	if spent {
+		if err := extendCool.Run(ctx, l.rdb, []string{locKey(location)}, d.Microseconds(), fieldPark).Err(); err != nil {
+			return err
+		}
 	}
 	// The cool-down above only ever extends; so does the parking (a daily
 	// 429's short Retry-After after a reserve's hour must not leave the

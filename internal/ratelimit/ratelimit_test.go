@@ -1155,3 +1155,71 @@ func TestLateReserveAnswerKeepsASpentReason(t *testing.T) {
 	require.ErrorAs(t, err, &sn)
 	require.Greater(t, sn.RetryAfter, 50*time.Minute, "the others for the reserve's hour")
 }
+
+// TestSpentDayEndsWithOneCall: a spent day (0 left) ends like the
+// reserve's parking, with one re-probe, not a window's allowance into a
+// day that may still be spent (second review: 10 of 10 went).
+func TestSpentDayEndsWithOneCall(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: DailyReserveNone, DailyPark: 300 * time.Millisecond, MaxWait: time.Millisecond})
+	learn(t, l, "locZ", 100, 10*time.Second)
+	require.NoError(t, l.Observe(ctx, "locZ", ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 99,
+		DailyLimit: 200000, DailyRemaining: 0}, nil))
+	time.Sleep(400 * time.Millisecond) // the spent day's parking ends
+	went := 0
+	for i := range 10 {
+		if _, err := l.Admit(ctx, req("locZ", fmt.Sprint("b", i))); err == nil {
+			went++
+		}
+	}
+	require.Equal(t, 1, went, "one call re-probes")
+}
+
+// TestReprobePassesOnlyItsOwnParking: a re-probe booked ahead re-checks
+// before calling; a parking another answer set meanwhile (still nearly
+// spent) holds it like any other call (second review: it went).
+func TestReprobePassesOnlyItsOwnParking(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour})
+	low := ghl.Limits{Present: true, Max: 1, Interval: 600 * time.Millisecond, Remaining: 1, DailyLimit: 200000, DailyRemaining: 50}
+	learn(t, l, "locP2", 1, 600*time.Millisecond)
+	require.NoError(t, l.Observe(ctx, "locP2", low, nil))
+	require.NoError(t, rdb.HSet(ctx, locKey("locP2"), fieldPark, 1).Err()) // the hour passed
+	u := req("locP2", "urgent")
+	u.Urgent, u.Reserve = true, true
+	_, err := l.Admit(ctx, u) // the re-probe books 600 ms ahead
+	require.NoError(t, err)
+	go func() {
+		time.Sleep(150 * time.Millisecond)
+		_ = l.Observe(ctx, "locP2", low, nil) // an urgent call's answer: still nearly spent
+	}()
+	_, err = l.Admit(ctx, req("locP2", "probe"))
+	var sn *SnoozeError
+	require.ErrorAs(t, err, &sn, "the parking set meanwhile holds the re-probe")
+	require.Greater(t, sn.RetryAfter, 50*time.Minute)
+	_, ok := l.reprobes.Load("locP2")
+	require.False(t, ok, "a re-probe that does not go takes its flag back")
+}
+
+// TestReprobeLiftsWithoutTheDailyLimitHeader: an answer with the daily
+// remaining but not the daily limit parks; one showing the budget back must
+// lift it too (second review: it parked and never lifted).
+func TestReprobeLiftsWithoutTheDailyLimitHeader(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour, MaxWait: time.Millisecond})
+	learn(t, l, "locL", 100, 10*time.Second)
+	lim := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 99, DailyLimit: -1, DailyRemaining: 50}
+	require.NoError(t, l.Observe(ctx, "locL", lim, nil))
+	require.NoError(t, rdb.HSet(ctx, locKey("locL"), fieldPark, 1).Err())
+	_, err := l.Admit(ctx, req("locL", "probe"))
+	require.NoError(t, err)
+	lim.DailyRemaining = 150000
+	require.NoError(t, l.Observe(ctx, "locL", lim, nil))
+	require.False(t, rdb.HExists(ctx, locKey("locL"), fieldPark).Val(), "lifted")
+}

@@ -20,7 +20,7 @@ func TestReleaseWakesOnlySnoozedTasks(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	rdb := redisServer.Client(t)
-	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour})
+	l := New(rdb, Config{DailyReserve: 100, DailyPark: time.Hour, MaxWait: time.Millisecond})
 	lim := ghl.Limits{Present: true, Max: 100, Interval: 10 * time.Second, Remaining: 90, DailyLimit: 200000, DailyRemaining: 50}
 	require.NoError(t, l.Observe(ctx, "locW", lim, nil))
 	require.NoError(t, l.coolDown(ctx, "locW", time.Minute, "429"))
@@ -56,6 +56,10 @@ func TestReleaseWakesOnlySnoozedTasks(t *testing.T) {
 	require.Equal(t, "archived", state("bulk", "msg:dead"), "a dead letter stays one")
 	require.Equal(t, "active", state("bulk", "msg:active"))
 	require.Equal(t, []string{"msg:retry"}, rdb.LRange(ctx, "asynq:{bulk}:pending", 0, -1).Val())
+	since, err := rdb.HGet(ctx, "asynq:{bulk}:t:msg:retry", "pending_since").Int64()
+	require.NoError(t, err, "pending_since set, as asynq's forwarder does (the lane latency gauge reads it)")
+	require.InDelta(t, float64(time.Now().UnixNano()), float64(since), float64(5*time.Second))
+	require.Equal(t, "1", rdb.HGet(ctx, locKey("locW"), fieldPark).Val(), "the parking is left ended: the first call re-probes")
 	require.Equal(t, []string{"msg:sched"}, rdb.LRange(ctx, "asynq:{default}:pending", 0, -1).Val())
 	require.Zero(t, rdb.ZCard(ctx, "asynq:{bulk}:retry").Val())
 	require.Equal(t, int64(1), rdb.ZCard(ctx, "asynq:{bulk}:archived").Val())
@@ -66,7 +70,10 @@ func TestReleaseWakesOnlySnoozedTasks(t *testing.T) {
 	require.Empty(t, parked)
 	require.Zero(t, rdb.ZScore(ctx, KeyCooling, "locW").Val())
 	_, err = l.Admit(ctx, req("locW", "msg:retry"))
-	require.NoError(t, err)
+	require.NoError(t, err, "the re-probe")
+	_, err = l.Admit(ctx, req("locW", "msg:sched"))
+	var sn *SnoozeError
+	require.ErrorAs(t, err, &sn, "the others wait for its answer")
 
 	_, err = Release(ctx, rdb, "locW", []string{"bulk"}, nil)
 	require.ErrorIs(t, err, ErrNotParked)
