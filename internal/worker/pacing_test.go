@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
@@ -161,13 +162,12 @@ func TestThrottledLocationDoesNotStarveOthers(t *testing.T) {
 	require.LessOrEqual(t, sb.RateLimitedCount(slow), ratelimit.ProbeBurst-2)
 }
 
-// TestUrgentCancelsSpendTheDailyReserve: real workers and a sandbox with a
-// daily budget of 40. Once an answer shows DAILY_RESERVE (25) or fewer
-// left, the location is parked: its bulk and default cancels wait, and an
-// urgent cancel sent then still goes out (it waited the parking's hour
-// before: the reserve served nothing). The budget is never overrun.
-func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
-	t.Parallel()
+// parkedByItsBulk starts a worker (DAILY_RESERVE 25) against a sandbox
+// with a daily budget of 40 at 5 calls a second, queues 30 bulk cancels for
+// locGood and returns once the location is parked and the calls admitted
+// before the parking have gone: the parked ones snooze for the hour.
+func parkedByItsBulk(t *testing.T) (*fleet, *redis.Client, []string) {
+	t.Helper()
 	sb := sandbox.New(sandbox.Config{RateMax: 5, RateInterval: time.Second, DailyLimit: 40})
 	sb.AddLocation(locGood, tokGood)
 	f := startFleet(t, 1, sb, tokenMap{locGood: tokGood}, worker.Config{
@@ -186,6 +186,18 @@ func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
 		return err == nil && parked[locGood] != ""
 	}, 30*time.Second, 50*time.Millisecond, "the location is parked once 25 or fewer calls are left")
 	time.Sleep(time.Second) // calls admitted before the parking finish
+	return f, rdb, ids
+}
+
+// TestUrgentCancelsSpendTheDailyReserve: real workers and a sandbox with a
+// daily budget of 40. Once an answer shows DAILY_RESERVE (25) or fewer
+// left, the location is parked: its bulk and default cancels wait, and an
+// urgent cancel sent then still goes out (it waited the parking's hour
+// before: the reserve served nothing). The budget is never overrun.
+func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
+	t.Parallel()
+	f, _, _ := parkedByItsBulk(t)
+	sb := f.sb
 	bulkCalls := len(sb.Admitted(locGood))
 	require.Less(t, bulkCalls, 30, "bulk cancels wait for the parking")
 
@@ -208,25 +220,9 @@ func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
 // (a typo) is said to be so.
 func TestReleaseWakesAParkedLocation(t *testing.T) {
 	t.Parallel()
-	sb := sandbox.New(sandbox.Config{RateMax: 5, RateInterval: time.Second, DailyLimit: 40})
-	sb.AddLocation(locGood, tokGood)
-	f := startFleet(t, 1, sb, tokenMap{locGood: tokGood}, worker.Config{
-		Concurrency: 10, DelayedCheckInterval: 100 * time.Millisecond,
-		RateLimit: ratelimit.Config{Default: ratelimit.Limit{N: 5, Period: time.Second}, Margin: 0.10, DailyReserve: 25},
-	})
-	ids := sb.ScheduleN(locGood, 30, false)
-	items := make([]producer.Item, len(ids))
-	for i, id := range ids {
-		items[i] = producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: locGood}
-	}
-	f.enqueue(t, items)
+	f, rdb, ids := parkedByItsBulk(t)
+	sb := f.sb
 	ctx := context.Background()
-	rdb := redistest.ClientFor(t, f.url)
-	require.Eventually(t, func() bool {
-		parked, err := ratelimit.Parked(ctx, rdb)
-		return err == nil && parked[locGood] != ""
-	}, 30*time.Second, 50*time.Millisecond)
-	time.Sleep(time.Second) // the parked ones snooze for the hour
 	require.Less(t, len(sb.Admitted(locGood)), 30)
 
 	sb.ResetDay(locGood)
