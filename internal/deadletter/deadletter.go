@@ -345,7 +345,12 @@ func (s *Store) scanTies(ctx context.Context, score float64, seen []string, f Fi
 func dropCampaignsOlder(ctx context.Context, rdb redis.UniversalClient, campaigns []string, cutoffMs int64) error {
 	for len(campaigns) > 0 {
 		n := min(len(campaigns), 1000)
-		if err := dropOlderScript.Run(ctx, rdb, []string{KeyCampaigns}, append([]any{cutoffMs}, toAny(campaigns[:n])...)...).Err(); err != nil {
+		args := make([]any, 0, 1+n)
+		args = append(args, cutoffMs)
+		for _, c := range campaigns[:n] {
+			args = append(args, c)
+		}
+		if err := dropOlderScript.Run(ctx, rdb, []string{KeyCampaigns}, args...).Err(); err != nil {
 			return err
 		}
 		campaigns = campaigns[n:]
@@ -363,14 +368,6 @@ for i = 2, #ARGV do
   end
 end
 return n`)
-
-func toAny(ss []string) []any {
-	out := make([]any, len(ss))
-	for i, s := range ss {
-		out[i] = s
-	}
-	return out
-}
 
 // Prune removes records dead longer ago than Retention, PageSize at a
 // time, and returns how many it removed.

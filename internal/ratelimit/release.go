@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -14,13 +15,13 @@ type Released struct {
 	// Why the location was parked (its reason in the parking list).
 	Why string
 	// Woken: the location's waiting cancels moved back to their lane's
-	// pending list, to run now instead of when the parking would have
-	// ended. Waiting: those it names (woken, running or gone).
+	// pending list (behind what is pending there) instead of waiting for
+	// the parking's end. Waiting: those it names (woken, running or gone).
 	Woken, Waiting int
 }
 
 // ErrNotParked: Release found no parking for the location.
-var ErrNotParked = fmt.Errorf("location is not parked")
+var ErrNotParked = errors.New("location is not parked")
 
 // releaseScript lifts a location's parking (the reserve's and a spent
 // day's, with any cool-down), and drops it from the parking and cooling
@@ -51,8 +52,8 @@ return out
 // wakeScript moves the named tasks that wait in a lane's retry or
 // scheduled set (a snooze) to its pending list, as asynq's own "run task"
 // does (behind the lane's pending backlog); tasks in any other state
-// (active, pending, archived: a dead letter stays one) are left alone. ARGV lanes count, the lanes, then task ids.
-// Returns how many it moved.
+// (active, pending, archived: a dead letter stays one) are left alone.
+// ARGV lanes count, the lanes, then task ids. Returns how many it moved.
 var wakeScript = redis.NewScript(`
 local nl = tonumber(ARGV[1])
 local moved = 0
@@ -101,7 +102,8 @@ func Release(ctx context.Context, rdb redis.UniversalClient, location string, la
 	r.Waiting = len(ids)
 	for len(ids) > 0 {
 		n := min(len(ids), releaseBatch)
-		args := append([]any{len(lanes)}, make([]any, 0, len(lanes)+n)...)
+		args := make([]any, 0, 1+len(lanes)+n)
+		args = append(args, len(lanes))
 		for _, l := range lanes {
 			args = append(args, l)
 		}
