@@ -456,9 +456,10 @@ return {0, math.max(0, eta - now - lead), "", cooled}
 // recheckScript: a booked call that waited checks for a cool-down set
 // meanwhile (another call saw a 429) or, unless it may spend the daily
 // reserve, a parking; if so, the call will not go out and its mark is taken
-// back. KEYS the location's hash, record. ARGV the delivery's mark, "1" if
-// it may spend the reserve, the parking a re-probe set itself ("" for
-// none: it passes that one only). Returns µs of cool-down left (0: go).
+// back and it joins the location's waiters. KEYS the location's hash,
+// record, waiters. ARGV the delivery's mark, "1" if it may spend the
+// reserve, the parking a re-probe set itself ("" for none: it passes that
+// one only), the task id. Returns µs of cool-down left (0: go).
 var recheckScript = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -467,6 +468,14 @@ local cool = tonumber(h[1] or "0")
 if ARGV[2] ~= "1" and not (ARGV[3] ~= "" and h[2] == ARGV[3]) then cool = math.max(cool, tonumber(h[2] or "0")) end
 if cool <= now then return 0 end
 if redis.call("HGET", KEYS[2], "s") == ARGV[1] then redis.call("HSET", KEYS[2], "s", "") end
+-- It comes back at the hold's end as one of the location's waiters, as an
+-- admission that snoozes does (a release wakes the waiters: one left out
+-- waited the hour, found by CI).
+redis.call("ZADD", KEYS[3], cool, ARGV[4])
+local wttl = math.floor((cool - now) / 1000) + ` + strconv.FormatInt(staleWaiter.Milliseconds(), 10) + `
+if redis.call("PEXPIRE", KEYS[3], wttl, "GT") == 0 and redis.call("PTTL", KEYS[3]) < 0 then
+  redis.call("PEXPIRE", KEYS[3], wttl)
+end
 return cool - now
 `)
 
@@ -577,7 +586,8 @@ func (l *Limiter) Admit(ctx context.Context, r Request) (ledger.Admission, error
 		waited += wait
 		if wait >= recheckAfter {
 			// A re-probe passes the parking it set itself, and no other.
-			left, err := recheckScript.Run(ctx, l.rdb, []string{locKey(r.Location), ledger.Key(r.TaskID)}, r.Mark, reserveSpender, ownPark).Int64()
+			left, err := recheckScript.Run(ctx, l.rdb, []string{locKey(r.Location), ledger.Key(r.TaskID), waitKey(r.Location)},
+				r.Mark, reserveSpender, ownPark, r.TaskID).Int64()
 			if err != nil {
 				forget()
 				l.unmark(r)

@@ -677,12 +677,16 @@ func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
 	// and takes its mark back; an urgent one goes.
 	r := req("locU", "booked")
 	require.NoError(t, rdb.HSet(ctx, ledger.Key(r.TaskID), "s", r.Mark).Err())
-	left, err := recheckScript.Run(ctx, rdb, []string{locKey("locU"), ledger.Key(r.TaskID)}, r.Mark, "0").Int64()
+	left, err := recheckScript.Run(ctx, rdb, []string{locKey("locU"), ledger.Key(r.TaskID), waitKey("locU")}, r.Mark, "0", "", r.TaskID).Int64()
 	require.NoError(t, err)
 	require.Positive(t, left)
 	require.Empty(t, rdb.HGet(ctx, ledger.Key(r.TaskID), "s").Val(), "the mark is taken back")
+	// It waits as one of the location's waiters, which a release wakes
+	// (left out, it waited the hour after a release: found by CI).
+	require.NoError(t, rdb.ZScore(ctx, waitKey("locU"), r.TaskID).Err())
+	require.Positive(t, rdb.PTTL(ctx, waitKey("locU")).Val())
 	require.NoError(t, rdb.HDel(ctx, locKey("locU"), fieldCool).Err()) // only the reserve's parking left
-	left, err = recheckScript.Run(ctx, rdb, []string{locKey("locU"), ledger.Key(r.TaskID)}, r.Mark, "1").Int64()
+	left, err = recheckScript.Run(ctx, rdb, []string{locKey("locU"), ledger.Key(r.TaskID), waitKey("locU")}, r.Mark, "1", "", r.TaskID).Int64()
 	require.NoError(t, err)
 	require.Zero(t, left, "an urgent call may pass the reserve's parking")
 }
