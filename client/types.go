@@ -122,6 +122,12 @@ type ItemResult struct {
 	// under a new campaign id); its outcome is there, not in the
 	// campaign asked for.
 	HeldBy string `json:"held_by,omitempty"`
+	// Moved, for already_queued: the message waited on a slower lane (a
+	// bulk campaign's cancel, say) and now waits on the one this request
+	// asked for, still counted in its own campaign (HeldBy). A cancel
+	// already running, or one behind a pending backlog too long to search
+	// (about a million tasks), stays where it is and is not moved.
+	Moved bool `json:"moved,omitempty"`
 	// Resent (set by the client, never sent over the wire): the request
 	// was sent again after an attempt whose answer was lost (a timeout, a
 	// dropped connection, a 502/503/504). That attempt may have enqueued
@@ -147,12 +153,15 @@ func (e ItemError) Error() string {
 
 // Response is the 202 answer to POST /v1/cancellations.
 type Response struct {
-	Enqueued      int          `json:"enqueued"`
-	AlreadyQueued int          `json:"already_queued"`
-	AlreadyDone   int          `json:"already_done"`
-	Requeued      int          `json:"requeued"`
-	Rejected      int          `json:"rejected"`
-	Results       []ItemResult `json:"results"`
+	Enqueued      int `json:"enqueued"`
+	AlreadyQueued int `json:"already_queued"`
+	// Moved: of AlreadyQueued, the items moved to the lane asked for
+	// (ItemResult.Moved).
+	Moved       int          `json:"moved,omitempty"`
+	AlreadyDone int          `json:"already_done"`
+	Requeued    int          `json:"requeued"`
+	Rejected    int          `json:"rejected"`
+	Results     []ItemResult `json:"results"`
 	// Resent: see ItemResult.Resent (for CancelMany, true when any of its
 	// requests was sent again).
 	Resent bool `json:"-"`
@@ -236,12 +245,15 @@ type SweepSummary struct {
 	// Found: messages still scheduled (by channel); Enqueued: the cancels
 	// queued for them; Already: those a cancel was already queued or done
 	// for (another campaign, an earlier sweep or event), not queued again.
-	Found      int64  `json:"scheduled_found"`
-	FoundSMS   int64  `json:"scheduled_sms"`
-	FoundEmail int64  `json:"scheduled_email"`
-	Enqueued   int64  `json:"cancels_queued"`
-	Already    int64  `json:"already_queued_or_done,omitempty"`
-	Error      string `json:"error,omitempty"`
+	Found      int64 `json:"scheduled_found"`
+	FoundSMS   int64 `json:"scheduled_sms"`
+	FoundEmail int64 `json:"scheduled_email"`
+	Enqueued   int64 `json:"cancels_queued"`
+	Already    int64 `json:"already_queued_or_done,omitempty"`
+	// Moved: of Already, the cancels that waited on a slower lane and now
+	// wait on the sweep's.
+	Moved int64  `json:"moved_to_this_lane,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // DeadLetter is a cancel that failed for good, with the reason.

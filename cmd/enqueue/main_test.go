@@ -74,6 +74,17 @@ func TestEnqueueArgsAndDuplicates(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &sum))
 	// It is counted in c1, and the summary says so.
 	require.Equal(t, producer.Summary{AlreadyQueued: 1, HeldBy: map[string]int{"c1": 1}}, sum)
+
+	// Queued on the bulk lane, then sent as urgent (an opt-out): it moves,
+	// and the summary says so; the second time it is already there.
+	r = runCmd(t, url, "", "--location", "locA", "--campaign", "c1", "--queue", "bulk", "m3")
+	require.NoError(t, r.err, r.stderr)
+	r = runCmd(t, url, "", "--location", "locA", "--campaign", "c1", "--urgent", "m3")
+	require.NoError(t, r.err, r.stderr)
+	require.Equal(t, "enqueued 0, requeued 0, already queued 1 (1 moved here from a slower lane), already done 0, rejected 0 (lane urgent)\n", r.stdout)
+	r = runCmd(t, url, "", "--location", "locA", "--campaign", "c1", "--urgent", "m3")
+	require.NoError(t, r.err, r.stderr)
+	require.Equal(t, "enqueued 0, requeued 0, already queued 1, already done 0, rejected 0 (lane urgent)\n", r.stdout)
 }
 
 func TestEnqueueFileReportsBadLines(t *testing.T) {

@@ -140,14 +140,18 @@ scheduled (sweep), and manage tokens.`,
 			if sum.Failed > 0 {
 				failed = fmt.Sprintf(", not enqueued %d (interrupted or Redis failed)", sum.Failed)
 			}
-			fmt.Fprintf(e.stdout, "enqueued %d, requeued %d, already queued %d, already done %d, rejected %d%s (lane %s)\n",
-				sum.Enqueued, sum.Requeued, sum.AlreadyQueued, sum.AlreadyDone, sum.Rejected, failed, l)
+			moved := ""
+			if sum.Moved > 0 {
+				moved = fmt.Sprintf(" (%d moved here from a slower lane)", sum.Moved)
+			}
+			fmt.Fprintf(e.stdout, "enqueued %d, requeued %d, already queued %d%s, already done %d, rejected %d%s (lane %s)\n",
+				sum.Enqueued, sum.Requeued, sum.AlreadyQueued, moved, sum.AlreadyDone, sum.Rejected, failed, l)
 			if sum.AlreadyDone > 0 && !*force {
 				fmt.Fprintf(e.stderr, "enqueue: %d message(s) already have an outcome (see `enqueue report`); --force cancels them again\n", sum.AlreadyDone)
 			}
 			e.sayHeldBy(sum.HeldBy)
 		}
-		if sum.Enqueued+sum.Requeued > 0 {
+		if sum.Enqueued+sum.Requeued+sum.Moved > 0 {
 			// Said even when the run stopped part way: what it queued waits.
 			e.warnNoWorker(ctx, rdb, "what was queued")
 			e.warnParked(ctx, rdb, *campaignID, *location, l == tasks.QueueUrgent)

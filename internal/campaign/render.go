@@ -74,6 +74,9 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 		already := ""
 		if sw.Already > 0 {
 			already = fmt.Sprintf(" (%d already queued or done earlier: by another event, sweep or campaign, or by this sweep before a page was read again)", sw.Already)
+			if sw.Moved > 0 {
+				already += fmt.Sprintf(" (%d of them moved to this sweep's lane from a slower one)", sw.Moved)
+			}
 		}
 		fmt.Fprintf(&b, "    sweep %s%s: %s in %s, %s: %d still scheduled (%d SMS, %d email), %d cancels queued%s, %s\n",
 			sw.SweepID, by, what, sw.LocationID, sw.Channel, sw.Found, sw.FoundSMS, sw.FoundEmail, sw.Enqueued, already, sw.State)

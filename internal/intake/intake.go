@@ -500,6 +500,7 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 			if o.Elsewhere {
 				ir.HeldBy = o.HeldBy
 			}
+			ir.Moved = o.Moved
 		default:
 			if errors.Is(o.Err, producer.ErrUnavailable) {
 				unavailable++
@@ -521,6 +522,9 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 			res.Enqueued++
 		case client.StatusAlreadyQueued:
 			res.AlreadyQueued++
+			if ir.Moved {
+				res.Moved++
+			}
 		case client.StatusAlreadyDone:
 			res.AlreadyDone++
 		case client.StatusRequeued:

@@ -701,6 +701,30 @@ func TestResendUnderANewCampaignNamesTheHolder(t *testing.T) {
 	require.Contains(t, eb.Error.Message, "nothing was ever counted in it")
 }
 
+// TestUrgentResendMovesAQueuedCancel: a message a campaign queued on the
+// bulk lane, sent again as urgent (the contact opted out), moves to the
+// urgent lane in the campaign that counts it: already_queued, moved, with
+// the holder named. Sent again, it is where it was asked to be.
+func TestUrgentResendMovesAQueuedCancel(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, intake.Config{})
+	var res client.Response
+	require.Equal(t, http.StatusAccepted, e.post(client.Request{Lane: client.LaneBulk,
+		Items: []client.Cancel{{MessageID: "mMoved", LocationID: "l1", CampaignID: "spring"}}}, &res).StatusCode)
+	require.Equal(t, map[string]int{"bulk": 1}, e.queued())
+	for i, want := range []bool{true, false} {
+		res = client.Response{}
+		require.Equal(t, http.StatusAccepted, e.post(client.Cancel{MessageID: "mMoved", LocationID: "l1", CampaignID: "opt-out", Urgent: true}, &res).StatusCode)
+		require.Equal(t, []any{client.StatusAlreadyQueued, "spring", want}, []any{res.Results[0].Status, res.Results[0].HeldBy, res.Results[0].Moved}, "send %d", i+1)
+		require.Equal(t, map[string]int{"bulk": 0, "urgent": 1}, e.queued())
+		moved := 0
+		if want {
+			moved = 1
+		}
+		require.Equal(t, moved, res.Moved)
+	}
+}
+
 // TestCampaignSaysWhenItNeedsAttention: a campaign whose only location's
 // sweep failed read complete with dead_lettered 0, and a client polling
 // for "complete and no dead letters" reported success while every message

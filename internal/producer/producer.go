@@ -92,6 +92,11 @@ type Result struct {
 	// its outcome is counted there, not in the campaign asked for.
 	Elsewhere bool
 	HeldBy    string
+	// Moved: for AlreadyQueued, the message's task waited (pending,
+	// snoozed or retrying) on a slower lane than the one asked for, and
+	// now waits on that one, in its own campaign. A running task, or one
+	// past a pending backlog too long to search (promoteScanMax), stays.
+	Moved bool
 }
 
 // Config configures a Producer.

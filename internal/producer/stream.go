@@ -14,10 +14,13 @@ import (
 type Summary struct {
 	Enqueued      int `json:"enqueued"`
 	AlreadyQueued int `json:"already_queued"`
-	AlreadyDone   int `json:"already_done"`
-	Requeued      int `json:"requeued"`
-	Rejected      int `json:"rejected"`
-	Failed        int `json:"failed,omitempty"` // not enqueued: Redis failed or the run was interrupted; re-run
+	// Moved: of AlreadyQueued, the messages that waited on a slower lane
+	// and now wait on the one asked for (Result.Moved).
+	Moved       int `json:"moved,omitempty"`
+	AlreadyDone int `json:"already_done"`
+	Requeued    int `json:"requeued"`
+	Rejected    int `json:"rejected"`
+	Failed      int `json:"failed,omitempty"` // not enqueued: Redis failed or the run was interrupted; re-run
 	// HeldBy counts, by campaign ("" for none), the messages already
 	// queued or done that are counted in another campaign than the one
 	// they were sent under (each message is counted in one campaign):
@@ -96,6 +99,9 @@ func EnqueueReader(ctx context.Context, p *Producer, in io.Reader, defaults Item
 			sum.Enqueued++
 		case AlreadyQueued:
 			sum.AlreadyQueued++
+			if r.Moved {
+				sum.Moved++
+			}
 		case AlreadyDone:
 			sum.AlreadyDone++
 		case Requeued:

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/ledger"
 	"github.com/ghlcancel/ghlcancel/internal/producer"
 	"github.com/ghlcancel/ghlcancel/internal/ratelimit"
 	"github.com/ghlcancel/ghlcancel/internal/redistest"
@@ -212,6 +213,45 @@ func TestUrgentCancelsSpendTheDailyReserve(t *testing.T) {
 	require.Equal(t, sandbox.StatusScheduled, st, "a default-lane cancel waits for the parking")
 	require.Len(t, sb.Admitted(locGood), bulkCalls+1, "only the urgent cancel went")
 	require.Zero(t, sb.RateLimitedCount(locGood), "the daily budget is never overrun")
+}
+
+// TestUrgentResendOfAParkedCancelGoesOut: a cancel queued on the bulk
+// lane waits at a location parked for its daily reserve; sent again as
+// urgent (the contact opted out), it moves to the urgent lane and goes out
+// with the reserve, in its own campaign; the others still wait. Before, the
+// answer was already_queued and the cancel waited the parking's hour.
+func TestUrgentResendOfAParkedCancelGoesOut(t *testing.T) {
+	t.Parallel()
+	f, rdb, ids := parkedByItsBulk(t)
+	sb := f.sb
+	ctx := context.Background()
+	calls := len(sb.Admitted(locGood))
+	// The cancels that wait (snoozed); one whose attempt is under way stays
+	// where it runs.
+	var waiting []string
+	require.Eventually(t, func() bool {
+		waiting = waiting[:0]
+		for _, id := range ids {
+			st, _, _ := sb.MessageStatus(id)
+			if st == sandbox.StatusScheduled && rdb.HGet(ctx, "asynq:{"+tasks.QueueBulk+"}:t:"+tasks.TaskID(ghl.KindMessage, id), "state").Val() == "retry" {
+				waiting = append(waiting, id)
+			}
+		}
+		return len(waiting) >= 2
+	}, 10*time.Second, 50*time.Millisecond, "cancels wait for the parking")
+	r := producer.New(rdb, producer.Config{}).Enqueue(ctx, producer.Item{Kind: ghl.KindMessage, MessageID: waiting[0],
+		LocationID: locGood, CampaignID: "opt-out", Queue: tasks.QueueUrgent})
+	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, Elsewhere: true, Moved: true}, r)
+	f.waitCancelled(t, waiting[:1], 20*time.Second)
+	time.Sleep(time.Second)
+	require.Len(t, sb.Admitted(locGood), calls+1, "only the moved cancel went")
+	st, _, _ := sb.MessageStatus(waiting[1])
+	require.Equal(t, sandbox.StatusScheduled, st, "the others wait for the parking")
+	require.Zero(t, sb.RateLimitedCount(locGood), "the daily budget is never overrun")
+	o, _, _, err := ledger.New(rdb, ledger.Config{}).Record(ctx, tasks.TaskID(ghl.KindMessage, waiting[0]))
+	require.NoError(t, err)
+	require.NotNil(t, o)
+	require.Equal(t, ledger.Cancelled, o.Outcome)
 }
 
 // TestReleaseWakesAParkedLocation: `enqueue parked --release` after the

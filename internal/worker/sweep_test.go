@@ -346,9 +346,10 @@ func TestSweepCountsWhatWasQueuedElsewhere(t *testing.T) {
 	require.NoError(t, err)
 	prod := producer.New(rdb, producer.Config{})
 	h := &sweep.Handler{API: api, Tokens: tokenMap{locGood: tokGood}, Producer: prod, Redis: rdb}
-	run := func(camp string) sweep.State {
+	run := func(camp string, lane ...string) sweep.State {
 		t.Helper()
-		st, err := prod.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, ContactID: "contact01", CampaignID: camp})
+		st, err := prod.Sweep(ctx, producer.SweepRequest{Locations: []string{locGood}, ContactID: "contact01", CampaignID: camp,
+			Lane: append(lane, "")[0]})
 		require.NoError(t, err)
 		id := tasks.SweepTaskID(st.SweepID, locGood)
 		info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueDefault, id)
@@ -372,6 +373,21 @@ func TestSweepCountsWhatWasQueuedElsewhere(t *testing.T) {
 	require.Contains(t, s.Render(campaign.Status{}, time.Time{}),
 		fmt.Sprintf("%d still scheduled (%d SMS, %d email), 0 cancels queued (%d already queued or done earlier: by another event, sweep or campaign, or by this sweep before a page was read again), done",
 			want, second.FoundSMS, second.FoundEmail, want))
+
+	// The contact opts out: an urgent sweep moves the cancels the replies
+	// queued on the default lane to the urgent lane, and says so; the
+	// second time, they are already there.
+	third := run("opt-out", tasks.QueueUrgent)
+	require.Equal(t, []int64{want, 0, want, want}, []int64{third.Found, third.Enqueued, third.Already, third.Moved})
+	n, err := rdb.LLen(ctx, "asynq:{"+tasks.QueueUrgent+"}:pending").Result()
+	require.NoError(t, err)
+	require.Equal(t, want, n, "they wait on the urgent lane")
+	s, _, err = tr.Get(ctx, "opt-out")
+	require.NoError(t, err)
+	require.NoError(t, tr.WithSweeps(ctx, &s))
+	require.Contains(t, s.Render(campaign.Status{}, time.Time{}), fmt.Sprintf("(%d of them moved to this sweep's lane from a slower one)", want))
+	fourth := run("opt-out-2", tasks.QueueUrgent)
+	require.Equal(t, []int64{want, 0, want, 0}, []int64{fourth.Found, fourth.Enqueued, fourth.Already, fourth.Moved})
 
 	// reply-2 is complete with nothing of its own: the messages it found
 	// are reply-1's. It names reply-1, and whoever waits for it (sweep

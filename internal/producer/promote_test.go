@@ -1,0 +1,190 @@
+package producer_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghlcancel/ghlcancel/internal/campaign"
+	"github.com/ghlcancel/ghlcancel/internal/ghl"
+	"github.com/ghlcancel/ghlcancel/internal/producer"
+	"github.com/ghlcancel/ghlcancel/internal/tasks"
+)
+
+// TestAskedMoreUrgentlyItMoves: a message already queued on a slower lane
+// (a campaign's bulk cancel), sent again on a more urgent one (the
+// contact's opt-out), moves to that lane in its own campaign, whether it
+// waited for its turn, a snooze (a parked location) or a retry; the answer
+// says so. A running task stays, and so does a task asked for on its own
+// lane or a slower one.
+func TestAskedMoreUrgentlyItMoves(t *testing.T) {
+	t.Parallel()
+	const loc = "locMove0000000000001"
+	type state func(t *testing.T, rdb *redis.Client, lane, tid string)
+	pending := func(*testing.T, *redis.Client, string, string) {}
+	// retrying: a real asynq server runs the task once and fails it, so its
+	// message carries the retry count and the last error.
+	retrying := func(t *testing.T, rdb *redis.Client, lane, tid string) {
+		failOnce(t, rdb, lane, tid)
+	}
+	// snoozed: in the retry set the way a snooze leaves it, with no attempt spent.
+	snoozed := func(t *testing.T, rdb *redis.Client, lane, tid string) {
+		ctx := context.Background()
+		require.Equal(t, int64(1), rdb.LRem(ctx, "asynq:{"+lane+"}:pending", 1, tid).Val())
+		require.NoError(t, rdb.ZAdd(ctx, "asynq:{"+lane+"}:retry", redis.Z{Score: float64(time.Now().Add(time.Hour).Unix()), Member: tid}).Err())
+		require.NoError(t, rdb.HSet(ctx, "asynq:{"+lane+"}:t:"+tid, "state", "retry").Err())
+	}
+	scheduled := func(t *testing.T, rdb *redis.Client, lane, tid string) {
+		ctx := context.Background()
+		require.Equal(t, int64(1), rdb.LRem(ctx, "asynq:{"+lane+"}:pending", 1, tid).Val())
+		require.NoError(t, rdb.ZAdd(ctx, "asynq:{"+lane+"}:scheduled", redis.Z{Score: float64(time.Now().Add(time.Hour).Unix()), Member: tid}).Err())
+		require.NoError(t, rdb.HSet(ctx, "asynq:{"+lane+"}:t:"+tid, "state", "scheduled").Err())
+	}
+	active := func(t *testing.T, rdb *redis.Client, lane, tid string) {
+		ctx := context.Background()
+		require.Equal(t, int64(1), rdb.LRem(ctx, "asynq:{"+lane+"}:pending", 1, tid).Val())
+		require.NoError(t, rdb.LPush(ctx, "asynq:{"+lane+"}:active", tid).Err())
+		require.NoError(t, rdb.HSet(ctx, "asynq:{"+lane+"}:t:"+tid, "state", "active").Err())
+	}
+	for i, tc := range []struct {
+		name       string
+		from       string
+		state      state
+		asked      string
+		wantLane   string
+		wantState  asynq.TaskState
+		wantRetied int
+	}{
+		{"pending on bulk, asked urgent", tasks.QueueBulk, pending, tasks.QueueUrgent, tasks.QueueUrgent, asynq.TaskStatePending, 0},
+		{"pending on bulk, asked default", tasks.QueueBulk, pending, tasks.QueueDefault, tasks.QueueDefault, asynq.TaskStatePending, 0},
+		{"pending on default, asked urgent", tasks.QueueDefault, pending, tasks.QueueUrgent, tasks.QueueUrgent, asynq.TaskStatePending, 0},
+		{"snoozed on bulk, asked urgent", tasks.QueueBulk, snoozed, tasks.QueueUrgent, tasks.QueueUrgent, asynq.TaskStatePending, 0},
+		{"retrying on bulk, asked urgent", tasks.QueueBulk, retrying, tasks.QueueUrgent, tasks.QueueUrgent, asynq.TaskStatePending, 1},
+		{"scheduled on bulk, asked urgent", tasks.QueueBulk, scheduled, tasks.QueueUrgent, tasks.QueueUrgent, asynq.TaskStatePending, 0},
+		{"running on bulk, asked urgent: it stays", tasks.QueueBulk, active, tasks.QueueUrgent, tasks.QueueBulk, asynq.TaskStateActive, 0},
+		{"pending on urgent, asked bulk: it stays", tasks.QueueUrgent, pending, tasks.QueueBulk, tasks.QueueUrgent, asynq.TaskStatePending, 0},
+		{"pending on default, asked default: it stays", tasks.QueueDefault, pending, tasks.QueueDefault, tasks.QueueDefault, asynq.TaskStatePending, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			// No promotion of imminent bulk items to default: the lane is the one given.
+			p := producer.New(rdb, producer.Config{PromoteWithin: -1})
+			id := fmt.Sprintf("mMove%015d", i)
+			tid := tasks.TaskID(ghl.KindMessage, id)
+			first := producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "campaign", Queue: tc.from}
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, first).Status)
+			tc.state(t, rdb, tc.from, tid)
+			// Another message pending on the lane: it stays.
+			other := producer.Item{Kind: ghl.KindMessage, MessageID: id + "x", LocationID: loc, CampaignID: "campaign", Queue: tc.from}
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, other).Status)
+
+			optOut := producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "opt-out", Queue: tc.asked}
+			r := p.Enqueue(ctx, optOut)
+			moves := tc.wantLane != tc.from
+			require.Equal(t, producer.Result{Status: producer.AlreadyQueued, HeldBy: "campaign", Elsewhere: true, Moved: moves}, r)
+
+			// One task for the message, on the lane it waits on, read by asynq.
+			insp := asynq.NewInspectorFromRedisClient(rdb)
+			for _, l := range tasks.Queues {
+				if l != tc.wantLane {
+					require.Zero(t, rdb.Exists(ctx, "asynq:{"+l+"}:t:"+tid).Val(), "no copy on %s", l)
+					continue
+				}
+				info, err := insp.GetTaskInfo(l, tid)
+				require.NoError(t, err)
+				require.Equal(t, tc.wantLane, info.Queue)
+				require.Equal(t, tc.wantState, info.State)
+				require.Equal(t, tc.wantRetied, info.Retried, "its attempts so far")
+				if tc.wantRetied > 0 {
+					require.Equal(t, "boom", info.LastErr, "its last error")
+				}
+				var pl tasks.CancelPayload
+				require.NoError(t, json.Unmarshal(info.Payload, &pl))
+				require.Equal(t, "campaign", pl.CampaignID, "it settles in its own campaign")
+			}
+			if moves {
+				require.Equal(t, []string{tid}, rdb.LRange(ctx, "asynq:{"+tc.wantLane+"}:pending", 0, -1).Val())
+				for _, k := range []string{"retry", "scheduled"} {
+					require.Zero(t, rdb.ZScore(ctx, "asynq:{"+tc.from+"}:"+k, tid).Val(), "nothing left in %s", k)
+				}
+				require.Equal(t, []string{tid + "x"}, rdb.LRange(ctx, "asynq:{"+tc.from+"}:pending", 0, -1).Val(),
+					"the other message still waits where it was")
+				ps, err := insp.GetTaskInfo(tc.wantLane, tid)
+				require.NoError(t, err)
+				require.WithinDuration(t, time.Now(), ps.NextProcessAt, time.Minute, "it runs now")
+			}
+
+			// Counted once, in its own campaign; the opt-out's campaign
+			// counts nothing of it (its answer named the holder).
+			for c, want := range map[string]int64{"campaign": 2, "opt-out": 0} {
+				s, _, err := campaign.New(rdb, 0).Get(ctx, c)
+				require.NoError(t, err)
+				require.Equal(t, want, s.Total, "%s's total", c)
+			}
+
+			// The second time: it is where it was asked to be, and stays.
+			again := p.Enqueue(ctx, optOut)
+			require.Equal(t, producer.Result{Status: producer.AlreadyQueued, HeldBy: "campaign", Elsewhere: true}, again)
+		})
+	}
+}
+
+// failOnce runs task tid on lane with a real asynq server whose handler
+// fails it, and waits until it waits for its retry.
+func failOnce(t *testing.T, rdb *redis.Client, lane, tid string) {
+	t.Helper()
+	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Queues: map[string]int{lane: 1}, Concurrency: 1,
+		RetryDelayFunc: func(int, error, *asynq.Task) time.Duration { return time.Hour },
+		LogLevel:       asynq.FatalLevel,
+	})
+	mux := asynq.NewServeMux()
+	mux.HandleFunc(tasks.TypeCancelMessage, func(context.Context, *asynq.Task) error { return errors.New("boom") })
+	require.NoError(t, srv.Start(mux))
+	defer srv.Shutdown()
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	require.Eventually(t, func() bool {
+		info, err := insp.GetTaskInfo(lane, tid)
+		return err == nil && info.State == asynq.TaskStateRetry
+	}, 10*time.Second, 20*time.Millisecond)
+}
+
+// TestAPendingBacklogTooLongToSearchStays: finding a pending task's place
+// reads its lane's list up to it, so past a backlog longer than the
+// enqueue script's budget the task stays where it waits, and the answer
+// does not say it moved; a snoozed task on the same lane still moves.
+func TestAPendingBacklogTooLongToSearchStays(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{PromoteWithin: -1})
+	item := func(id, lane string) producer.Item {
+		return producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: "locBacklog0000000001", CampaignID: "campaign", Queue: lane}
+	}
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, item("mBacklogPending00001", tasks.QueueBulk)).Status)
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, item("mBacklogSnoozed00001", tasks.QueueBulk)).Status)
+	snoozedID := tasks.TaskID(ghl.KindMessage, "mBacklogSnoozed00001")
+	require.Equal(t, int64(1), rdb.LRem(ctx, "asynq:{bulk}:pending", 1, snoozedID).Val())
+	require.NoError(t, rdb.ZAdd(ctx, "asynq:{bulk}:retry", redis.Z{Score: float64(time.Now().Add(time.Hour).Unix()), Member: snoozedID}).Err())
+	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:"+snoozedID, "state", "retry").Err())
+	// A backlog one entry longer than the budget, ahead of the pending one.
+	require.ErrorIs(t, rdb.Eval(ctx, `for i = 1, tonumber(ARGV[1]) do redis.call("RPUSH", KEYS[1], "filler") end`,
+		[]string{"asynq:{bulk}:pending"}, producer.PromoteScanMax).Err(), redis.Nil)
+	t.Cleanup(func() { rdb.Del(context.Background(), "asynq:{bulk}:pending") })
+
+	out := p.EnqueueBatch(ctx, []producer.Item{item("mBacklogPending00001", tasks.QueueUrgent), item("mBacklogSnoozed00001", tasks.QueueUrgent)})
+	require.Equal(t, producer.Result{Status: producer.AlreadyQueued}, out[0], "past the budget: it stays")
+	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, Moved: true}, out[1], "a snoozed task costs no search")
+	require.Equal(t, "pending", rdb.HGet(ctx, "asynq:{bulk}:t:"+tasks.TaskID(ghl.KindMessage, "mBacklogPending00001"), "state").Val())
+	require.Equal(t, "pending", rdb.HGet(ctx, "asynq:{urgent}:t:"+snoozedID, "state").Val())
+	require.Equal(t, int64(producer.PromoteScanMax+1), rdb.LLen(ctx, "asynq:{bulk}:pending").Val(), "the backlog is whole")
+}
