@@ -21,18 +21,18 @@ import (
 	"github.com/ghlcancel/ghlcancel/internal/webhook"
 )
 
-// TestWebhookRoute: the webhook route needs no API key (an API key does
-// not replace a signature), and every answer matches openapi.yaml (the
-// env's validator checks each exchange).
-func TestWebhookRoute(t *testing.T) {
+// webhookEnv is an intake whose webhook verifies the sandbox's signatures
+// and takes events, with send: body signed as o says, plus extra headers,
+// answered with its status code and webhook answer.
+func webhookEnv(t *testing.T, events string) (*sandbox.Server, *env, func(body []byte, o sandbox.EmitOptions, extra map[string]string) (int, webhook.Response)) {
+	t.Helper()
 	sb := sandbox.New(sandbox.Config{})
 	v, err := sb.Verifier()
 	require.NoError(t, err)
-	rules, err := webhook.LoadRules("InboundMessage", "", "")
+	rules, err := webhook.LoadRules(events, "", "")
 	require.NoError(t, err)
 	e := newEnv(t, intake.Config{Webhook: &webhook.Config{Verifier: v, Rules: rules}})
-
-	send := func(body []byte, o sandbox.EmitOptions, extra map[string]string) (int, webhook.Response) {
+	return sb, e, func(body []byte, o sandbox.EmitOptions, extra map[string]string) (int, webhook.Response) {
 		t.Helper()
 		h, err := sb.Sign(body, o)
 		require.NoError(t, err)
@@ -47,6 +47,13 @@ func TestWebhookRoute(t *testing.T) {
 		res := e.do(http.MethodPost, "/v1/webhooks/highlevel", hdr, body, &r)
 		return res.StatusCode, r
 	}
+}
+
+// TestWebhookRoute: the webhook route needs no API key (an API key does
+// not replace a signature), and every answer matches openapi.yaml (the
+// env's validator checks each exchange).
+func TestWebhookRoute(t *testing.T) {
+	sb, e, send := webhookEnv(t, "InboundMessage")
 	reply := sb.EventBody(sandbox.EventSpec{Type: "InboundMessage", Location: "locIntake00000000001", Contact: "contactIntake0000001"})
 	code, r := send(reply, sandbox.EmitOptions{}, nil)
 	require.Equal(t, http.StatusOK, code)
@@ -72,6 +79,34 @@ func TestWebhookRoute(t *testing.T) {
 	require.Equal(t, webhook.ResultInvalid, r.Result)
 	res = e.do(http.MethodGet, "/v1/webhooks/highlevel", nil, nil, nil)
 	require.Equal(t, http.StatusMethodNotAllowed, res.StatusCode)
+}
+
+// TestOptOutsSweepOnTheUrgentLane: a contact's opt-out (DND) starts its
+// sweep on the urgent lane (its cancels go there too, moving those a
+// campaign queued on a slower lane: TestSweepCountsWhatWasQueuedElsewhere);
+// a reply's sweep goes on the default lane.
+func TestOptOutsSweepOnTheUrgentLane(t *testing.T) {
+	t.Parallel()
+	sb, e, post := webhookEnv(t, "InboundMessage,ContactDndUpdate")
+	send := func(spec sandbox.EventSpec) webhook.Response {
+		t.Helper()
+		code, r := post(sb.EventBody(spec), sandbox.EmitOptions{}, nil)
+		require.Equal(t, http.StatusOK, code)
+		require.Equal(t, webhook.ResultAccepted, r.Result, r.Reason)
+		return r
+	}
+	const loc = "locOptOut00000000001"
+	send(sandbox.EventSpec{Type: webhook.EventInboundMessage, Location: loc, Contact: "contactReplies000001"})
+	require.Equal(t, map[string]int{"default": 1}, e.queued(), "a reply's sweep")
+	r := send(sandbox.EventSpec{Type: webhook.EventContactDndUpdate, Location: loc, Contact: "contactOptOut0000001", DND: []string{"all"}})
+	require.Equal(t, map[string]int{"default": 1, "urgent": 1}, e.queued(), "an opt-out's sweep")
+	var st client.CampaignStatus
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/v1/campaigns/"+r.CampaignID, auth, nil, &st).StatusCode)
+	require.Len(t, st.SweepList, 1)
+	for ev, lane := range map[string]string{webhook.EventContactDndUpdate: "urgent", webhook.EventInboundMessage: "default",
+		webhook.EventAppointmentCreate: "default", webhook.EventContactDelete: "default"} {
+		require.Equal(t, lane, webhook.LaneFor(ev), ev)
+	}
 }
 
 // TestWebhookURLTypos: HighLevel does not retry a 404, so a typo in the

@@ -216,7 +216,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	st, err := h.cfg.Producer.Sweep(qctx, producer.SweepRequest{
 		Locations: []string{ev.LocationID}, ContactID: ev.ContactID, Channel: d.Channel,
-		CampaignID: CampaignID(ev.Type, now), Lane: tasks.QueueDefault, Queue: tasks.QueueDefault,
+		CampaignID: CampaignID(ev.Type, now), Lane: LaneFor(ev.Type), Queue: LaneFor(ev.Type),
 		Event: ev.Type, EventID: ev.WebhookID, EventAt: ev.Timestamp,
 		DedupeKey: seenKeyPrefix + id, DedupeTTL: 2 * h.cfg.Window,
 	})

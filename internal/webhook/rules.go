@@ -43,6 +43,21 @@ func EventLabel(t string) string {
 	return "other"
 }
 
+// LaneFor is the lane of the sweep an event starts and of the cancels it
+// queues. An opt-out (ContactDndUpdate) goes on the urgent lane: a message
+// to a contact who asked for no more is the one that must not go out, the
+// event names one contact, and at a location parked for its daily budget
+// only urgent cancels spend the reserve. Its sweep also moves the
+// contact's cancels a campaign queued on a slower lane (producer:
+// Result.Moved). Replies, bookings and deleted contacts go on the default
+// lane.
+func LaneFor(event string) string {
+	if event == EventContactDndUpdate {
+		return tasks.QueueUrgent
+	}
+	return tasks.QueueDefault
+}
+
 // Rule says which events cancel what, for one location or by default.
 type Rule struct {
 	// Events maps an event type to the message types it is limited to
