@@ -191,6 +191,7 @@ func (c *Client) CancelMany(ctx context.Context, items []Cancel, lane string, pa
 		all.Resent = all.Resent || resent
 		all.Enqueued += res.Enqueued
 		all.AlreadyQueued += res.AlreadyQueued
+		all.Moved += res.Moved
 		all.AlreadyDone += res.AlreadyDone
 		all.Requeued += res.Requeued
 		all.Rejected += res.Rejected

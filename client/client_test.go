@@ -70,6 +70,18 @@ func TestCancelManyAndStatus(t *testing.T) {
 	one, err := c.Cancel(ctx, client.Cancel{MessageID: "m7", LocationID: "loc1"})
 	require.NoError(t, err)
 	require.Equal(t, client.StatusAlreadyQueued, one.Status)
+	require.True(t, one.Moved, "from the bulk lane to the default lane")
+
+	// Sent again as urgent, across batches: the moves are counted in all.
+	for i := range items {
+		items[i].Urgent = true
+	}
+	res, err = c.CancelMany(ctx, items, "", false)
+	require.NoError(t, err)
+	require.Equal(t, []int{2500, 2500}, []int{res.AlreadyQueued, res.Moved})
+	for i := range items {
+		items[i].Urgent = false
+	}
 
 	// An invalid item in the second batch: its position is in items, not
 	// in the batch.

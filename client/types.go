@@ -124,10 +124,13 @@ type ItemResult struct {
 	HeldBy string `json:"held_by,omitempty"`
 	// Moved, for already_queued: the message waited on a slower lane (a
 	// bulk campaign's cancel, say) and now waits on the one this request
-	// asked for, still counted in its own campaign (HeldBy). A cancel
-	// already running, or one behind a pending backlog too long to search
-	// (about a million tasks), stays where it is and is not moved.
+	// asked for, still counted in its own campaign (HeldBy).
 	Moved bool `json:"moved,omitempty"`
+	// StaysOn, for already_queued: the slower lane than the one asked for
+	// that the cancel stays on, not moved, because it is running now or
+	// lies deep in a long pending backlog (about 500,000 tasks from both
+	// ends). Sending it again in a minute can move it.
+	StaysOn string `json:"stays_on,omitempty"`
 	// Resent (set by the client, never sent over the wire): the request
 	// was sent again after an attempt whose answer was lost (a timeout, a
 	// dropped connection, a 502/503/504). That attempt may have enqueued

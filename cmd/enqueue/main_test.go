@@ -85,6 +85,14 @@ func TestEnqueueArgsAndDuplicates(t *testing.T) {
 	r = runCmd(t, url, "", "--location", "locA", "--campaign", "c1", "--urgent", "m3")
 	require.NoError(t, r.err, r.stderr)
 	require.Equal(t, "enqueued 0, requeued 0, already queued 1, already done 0, rejected 0 (lane urgent)\n", r.stdout)
+	require.NotContains(t, r.stderr, "slower lane")
+	// Running on the bulk lane: it cannot move, and the run says so.
+	r = runCmd(t, url, "", "--location", "locA", "--campaign", "c1", "--queue", "bulk", "m4")
+	require.NoError(t, r.err, r.stderr)
+	require.NoError(t, rdb.HSet(context.Background(), "asynq:{bulk}:t:msg:m4", "state", "active").Err())
+	r = runCmd(t, url, "", "--location", "locA", "--campaign", "c1", "--urgent", "m4")
+	require.NoError(t, r.err, r.stderr)
+	require.Contains(t, r.stderr, "enqueue: 1 message(s) already queued on a slower lane stay there, not moved to lane urgent: running now")
 }
 
 func TestEnqueueFileReportsBadLines(t *testing.T) {
@@ -447,6 +455,14 @@ func TestParked(t *testing.T) {
 	r = runCmd(t, url, "", "--campaign", "free-camp", "--location", "locFree", "m3")
 	require.NoError(t, r.err)
 	require.NotContains(t, r.stderr, "parked")
+	// Moved to the default lane under a new campaign id (which counts
+	// nothing of it): the --location still names the parking it waits for.
+	r = runCmd(t, url, "", "--queue", "bulk", "--campaign", "bulk-camp", "--location", "locP", "m4")
+	require.NoError(t, r.err)
+	r = runCmd(t, url, "", "--campaign", "new-camp", "--location", "locP", "m4")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, "(1 moved here from a slower lane)")
+	require.Contains(t, r.stderr, "  locP: daily budget nearly spent")
 
 	// Released by hand (the budget is known to be back); twice, or a typo,
 	// is an error that says so.

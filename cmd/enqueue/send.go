@@ -150,6 +150,10 @@ scheduled (sweep), and manage tokens.`,
 				fmt.Fprintf(e.stderr, "enqueue: %d message(s) already have an outcome (see `enqueue report`); --force cancels them again\n", sum.AlreadyDone)
 			}
 			e.sayHeldBy(sum.HeldBy)
+			if sum.StayedOnSlower > 0 {
+				fmt.Fprintf(e.stderr, "enqueue: %d message(s) already queued on a slower lane stay there, not moved to lane %s: running now, or deep in a long pending backlog; run the same command again in a minute to move them\n",
+					sum.StayedOnSlower, l)
+			}
 		}
 		if sum.Enqueued+sum.Requeued+sum.Moved > 0 {
 			// Said even when the run stopped part way: what it queued waits.
@@ -269,19 +273,24 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 	return nil
 }
 
-// warnParked says which of the campaign's locations (or the --location) are
-// parked for their daily budget: what was just queued for them waits
-// until the parking ends, unless it is urgent and only the reserve is left.
-// Best effort: a failed read says nothing.
+// warnParked says which of the campaign's locations and the --location are
+// parked for their daily budget: what was just queued (or moved) for them
+// waits until the parking ends, unless it is urgent and only the reserve
+// is left. (A cancel moved to this lane is counted in the campaign that
+// holds it, not in --campaign: the --location names it.) Best effort: a
+// failed read says nothing.
 func (e *env) warnParked(ctx context.Context, rdb *redis.Client, campaignID, location string, urgent bool) {
-	var parked map[string]string
-	switch {
-	case campaignID != "":
+	parked := map[string]string{}
+	if campaignID != "" {
 		parked, _ = campaign.New(rdb, 0).Parked(ctx, campaignID)
-	case location != "":
+	}
+	if location != "" {
 		all, _ := ratelimit.Parked(ctx, rdb)
 		if why, ok := all[location]; ok {
-			parked = map[string]string{location: why}
+			if parked == nil {
+				parked = map[string]string{}
+			}
+			parked[location] = why
 		}
 	}
 	if len(parked) == 0 {

@@ -500,7 +500,7 @@ func (s *Server) postCancellations(w http.ResponseWriter, r *http.Request) {
 			if o.Elsewhere {
 				ir.HeldBy = o.HeldBy
 			}
-			ir.Moved = o.Moved
+			ir.Moved, ir.StaysOn = o.Moved, o.StaysOn
 		default:
 			if errors.Is(o.Err, producer.ErrUnavailable) {
 				unavailable++

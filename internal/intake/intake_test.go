@@ -723,6 +723,13 @@ func TestUrgentResendMovesAQueuedCancel(t *testing.T) {
 		}
 		require.Equal(t, moved, res.Moved)
 	}
+	// One running on the bulk lane cannot move: the answer says where it stays.
+	require.Equal(t, http.StatusAccepted, e.post(client.Request{Lane: client.LaneBulk,
+		Items: []client.Cancel{{MessageID: "mRunning", LocationID: "l1", CampaignID: "spring"}}}, &res).StatusCode)
+	require.NoError(t, e.rdb.HSet(context.Background(), "asynq:{bulk}:t:msg:mRunning", "state", "active").Err())
+	res = client.Response{}
+	require.Equal(t, http.StatusAccepted, e.post(client.Cancel{MessageID: "mRunning", LocationID: "l1", Urgent: true}, &res).StatusCode)
+	require.Equal(t, []any{client.StatusAlreadyQueued, false, "bulk"}, []any{res.Results[0].Status, res.Results[0].Moved, res.Results[0].StaysOn})
 }
 
 // TestCampaignSaysWhenItNeedsAttention: a campaign whose only location's

@@ -126,9 +126,10 @@ local function drop_wrong_kind(id)
 end
 -- Task ids to push per lane: one LPUSH per lane for the whole batch (in
 -- the same order as one LPUSH per task).
-local push, seen = {}, {}
+local push, seen, seenat = {}, {}, {}
 local function enqueue(lane, id, msg, campaign)
   seen[id] = campaign -- a repeat later in the batch is already queued, in this campaign
+  seenat[id] = {lane, msg} -- where, and its message: a more urgent repeat moves it
   redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
   push[lane] = push[lane] or {}
   local p = push[lane]
@@ -141,7 +142,7 @@ for r, l in ipairs(LANES) do RANK[l] = r end
 -- urgent lane they were asked for; scan: pending-list entries LREM may
 -- still read in this call (finding a pending task's place reads its
 -- lane's list up to it: the budget bounds how long this call holds Redis).
-local moved, scan = {}, ` + strconv.Itoa(promoteScanMax) + `
+local moved, stayed, scan = {}, {}, ` + strconv.Itoa(promoteScanMax) + `
 -- task_with_queue is the asynq TaskMessage msg with its queue (field 4)
 -- set to q, or nil when msg does not read as one (it then stays).
 local function task_with_queue(msg, q)
@@ -169,6 +170,31 @@ local function task_with_queue(msg, q)
   if not found then return nil end
   return table.concat(out)
 end
+-- find_pending: where id is in list key, searched from both ends (the
+-- newest, and the next to run) in growing windows, each entry read charged
+-- to scan: the end it is nearer (1 the head, -1 the tail) and how many
+-- entries from that end it is, or nil (not found within the budget).
+local function find_pending(key, id)
+  local len, w = redis.call("LLEN", key), 256
+  while true do
+    local lim = math.min(w, len, math.floor(scan / 2))
+    if lim <= 0 then return nil end
+    local p = redis.call("LPOS", key, id, "MAXLEN", lim)
+    if p then
+      scan = scan - (p + 1)
+      return 1, p + 1
+    end
+    scan = scan - lim
+    p = redis.call("LPOS", key, id, "RANK", -1, "MAXLEN", lim)
+    if p then
+      scan = scan - (len - p)
+      return -1, len - p
+    end
+    scan = scan - lim
+    if 2 * lim >= len then return nil end -- read whole: not there
+    w = w * 4
+  end
+end
 -- promote moves task id, waiting in state st (pending, scheduled or retry)
 -- on lane from, to lane to's pending list, behind what is pending there
 -- (as asynq's "run task" does). Its message keeps its payload, retries
@@ -177,18 +203,39 @@ end
 local function promote(id, from, st, to, tmsg, hc)
   if st ~= "pending" and st ~= "scheduled" and st ~= "retry" then return false end
   local nm = task_with_queue(tmsg, to)
-  if not nm then return false end
+  if not nm or redis.call("EXISTS", "asynq:{" .. to .. "}:t:" .. id) == 1 then return false end
   local base = "asynq:{" .. from .. "}:"
   if st == "pending" then
-    local n = redis.call("LLEN", base .. "pending")
-    if n > scan then return false end
-    scan = scan - n
-    if redis.call("LREM", base .. "pending", 1, id) == 0 then return false end
+    local key = base .. "pending"
+    local dir, d = find_pending(key, id)
+    if not dir then return false end
+    -- The LREM from that end reads as far again.
+    scan = math.max(0, scan - d)
+    if redis.call("LREM", key, dir, id) == 0 then return false end
   elseif redis.call("ZREM", base .. st, id) == 0 then
     return false
   end
   redis.call("DEL", base .. "t:" .. id)
   enqueue(to, id, nm, hc or "")
+  return true
+end
+-- promote_repeat moves a task this call queued (or moved) for an earlier
+-- item of the batch to the more urgent lane a repeat asks for: it is not
+-- pushed yet, so it leaves its lane's push list.
+local function promote_repeat(id, to)
+  local was = seenat[id]
+  if not was or not (RANK[to] < RANK[was[1]]) then return false end
+  local nm = task_with_queue(was[2], to)
+  if not nm then return false end
+  local p = push[was[1]]
+  for k = #p, 1, -1 do
+    if p[k] == id then
+      table.remove(p, k)
+      break
+    end
+  end
+  redis.call("DEL", "asynq:{" .. was[1] .. "}:t:" .. id)
+  enqueue(to, id, nm, seen[id])
   return true
 end
 local n = (#ARGV - 3) / 7
@@ -260,6 +307,7 @@ for i = 0, n - 1 do
   elseif seen[id] then
     res[i+1] = 1
     hold(i, seen[id], campaign)
+    if promote_repeat(id, lane) then moved[#moved+1] = i end
     if fromdead == "1" then drop_dead(id) end
   elseif not row and (fresh or redis.call("EXISTS", unpack(keys, i * per + 1, (i + 1) * per)) == 0) then
     -- Never seen: no task on any lane, no record.
@@ -300,8 +348,15 @@ for i = 0, n - 1 do
       hold(i, hc, campaign)
       -- Asked for on a more urgent lane than the one it waits on: it
       -- moves there, in its own campaign (its counts do not change).
-      if RANK[lane] < RANK[live] and tmsg and promote(id, live, livest, lane, tmsg, hc) then
-        moved[#moved+1] = i
+      -- A task that cannot move (running, or too deep in a backlog) stays,
+      -- and the answer names the slower lane it stays on.
+      if RANK[lane] < RANK[live] then
+        if tmsg and promote(id, live, livest, lane, tmsg, hc) then
+          moved[#moved+1] = i
+        else
+          stayed[#stayed+1] = i
+          stayed[#stayed+1] = live
+        end
       end
       -- A requeued dead letter whose message is queued again is stale.
       if fromdead == "1" then drop_dead(id) end
@@ -407,7 +462,7 @@ for i = 0, n - 1 do
   end
 end
 for lane, ids in pairs(push) do
-  redis.call("LPUSH", "asynq:{" .. lane .. "}:pending", unpack(ids))
+  if #ids > 0 then redis.call("LPUSH", "asynq:{" .. lane .. "}:pending", unpack(ids)) end
 end
 for c, d in pairs(delta) do
   if locs[c] then
@@ -418,7 +473,7 @@ for c, d in pairs(delta) do
   end
   cadd(c, d, "", now, ttl)
 end
-return {res, adopt, held, moved}`)
+return {res, adopt, held, moved, stayed}`)
 
 // existsKeys appends, in enqueueScript, the task key of id on every lane
 // to keys; with the record's key that makes existsPerItem keys per item
@@ -435,11 +490,13 @@ var existsKeys = func() string {
 var existsPerItem = len(tasks.Queues) + 1
 
 // promoteScanMax bounds the pending-list entries one enqueue script call
-// reads to move tasks waiting there to a more urgent lane (LREM reads a
-// list up to the task: about 1.7 ms per 100,000 entries on the 2-core
-// machine, so at most about 17 ms per call). A task past the budget stays
-// where it waits, and its answer does not say it moved. Tasks snoozed or
-// retrying (a sorted set) always move.
+// reads to move tasks waiting there to a more urgent lane: a pending
+// task's place is searched from both ends of its lane's list (LPOS, then
+// LREM from the nearer end), about 1.7 ms per 100,000 entries read on the
+// 2-core machine, so at most about 17 ms per call. A task about 500,000
+// entries or more from both ends (or past what is left of the budget)
+// stays where it waits, and its answer does not say it moved. Tasks
+// snoozed or retrying (a sorted set) always move.
 const promoteScanMax = 1_000_000
 
 // luaLanes lists the lanes as Lua string literals.
@@ -622,7 +679,7 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 		switch c := rep.codes[j]; {
 		case c < int64(len(scriptStatus)):
 			h := rep.held[j]
-			out[i] = Result{Status: scriptStatus[c], HeldBy: h.campaign, Elsewhere: h.elsewhere, Moved: rep.moved[j]}
+			out[i] = Result{Status: scriptStatus[c], HeldBy: h.campaign, Elsewhere: h.elsewhere, Moved: rep.moved[j], StaysOn: rep.stayed[j]}
 		case c == codeDryRun:
 			out[i] = Result{Status: Rejected, Err: fmt.Errorf("%w (campaign %s)", ErrIntoDryRun, items[i].CampaignID)}
 		}
@@ -640,36 +697,40 @@ func (p *Producer) enqueueChunk(ctx context.Context, items []Item, out []Result)
 // enqueueReply is enqueueScript's reply, read: a code per item sent; the
 // items handed back, to send again under their campaign (again), with
 // their positions in the caller's items (at); where each item already
-// queued or done is held; and which items already queued moved to the
-// more urgent lane they were asked for.
+// queued or done is held; which items already queued moved to the more
+// urgent lane they were asked for; and, for those that could not, the
+// slower lane they stay on.
 type enqueueReply struct {
-	codes []int64
-	again []Item
-	at    []int
-	held  []held
-	moved []bool
+	codes  []int64
+	again  []Item
+	at     []int
+	held   []held
+	moved  []bool
+	stayed []string
 }
 
 // parseEnqueueReply reads enqueueScript's {codes, handed back, held,
-// moved} reply: a code per item sent; for each item handed back (code 4)
-// its position and campaign; for each item already queued or done (codes
-// 1 and 2) in another campaign than asked (or none), its position and that
-// campaign; the positions of the items already queued (code 1) that moved
-// lanes. A reply of another shape is an error: no item is reported from
-// it.
+// moved, stayed} reply: a code per item sent; for each item handed back
+// (code 4) its position and campaign; for each item already queued or done
+// (codes 1 and 2) in another campaign than asked (or none), its position
+// and that campaign; the positions of the items already queued (code 1)
+// that moved lanes; for those that stay on a slower lane, their position
+// and that lane. A reply of another shape is an error: no item is reported
+// from it.
 func parseEnqueueReply(v []any, items []Item, idx []int) (enqueueReply, error) {
 	bad := errors.New("enqueue script: unexpected reply")
-	if len(v) != 4 {
+	if len(v) != 5 {
 		return enqueueReply{}, bad
 	}
 	raw, ok := v[0].([]any)
 	adopt, ok2 := v[1].([]any)
 	heldList, ok3 := v[2].([]any)
 	movedList, ok4 := v[3].([]any)
-	if !ok || !ok2 || !ok3 || !ok4 || len(raw) != len(idx) || len(adopt)%2 != 0 || len(heldList)%2 != 0 {
+	stayedList, ok5 := v[4].([]any)
+	if !ok || !ok2 || !ok3 || !ok4 || !ok5 || len(raw) != len(idx) || len(adopt)%2 != 0 || len(heldList)%2 != 0 || len(stayedList)%2 != 0 {
 		return enqueueReply{}, bad
 	}
-	r := enqueueReply{codes: make([]int64, len(raw)), held: make([]held, len(raw)), moved: make([]bool, len(raw))}
+	r := enqueueReply{codes: make([]int64, len(raw)), held: make([]held, len(raw)), moved: make([]bool, len(raw)), stayed: make([]string, len(raw))}
 	handed := 0
 	for j, x := range raw {
 		c, ok := x.(int64)
@@ -721,6 +782,14 @@ func parseEnqueueReply(v []any, items []Item, idx []int) (enqueueReply, error) {
 			return enqueueReply{}, bad
 		}
 		r.moved[j] = true
+	}
+	if !pairs(stayedList, func(code int64) bool { return code == 1 }, false, func(j int64, l string) { r.stayed[j] = l }) {
+		return enqueueReply{}, bad
+	}
+	for j := range r.moved {
+		if r.moved[j] && r.stayed[j] != "" {
+			return enqueueReply{}, bad
+		}
 	}
 	return r, nil
 }

@@ -94,9 +94,13 @@ type Result struct {
 	HeldBy    string
 	// Moved: for AlreadyQueued, the message's task waited (pending,
 	// snoozed or retrying) on a slower lane than the one asked for, and
-	// now waits on that one, in its own campaign. A running task, or one
-	// past a pending backlog too long to search (promoteScanMax), stays.
+	// now waits on that one, in its own campaign.
 	Moved bool
+	// StaysOn: for AlreadyQueued, the slower lane than the one asked for
+	// that the task stays on, not moved: it is running (its attempt is
+	// under way), or deep in a long pending backlog (promoteScanMax).
+	// Sending it again later can move it.
+	StaysOn string
 }
 
 // Config configures a Producer.

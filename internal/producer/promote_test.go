@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -90,7 +91,11 @@ func TestAskedMoreUrgentlyItMoves(t *testing.T) {
 			optOut := producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "opt-out", Queue: tc.asked}
 			r := p.Enqueue(ctx, optOut)
 			moves := tc.wantLane != tc.from
-			require.Equal(t, producer.Result{Status: producer.AlreadyQueued, HeldBy: "campaign", Elsewhere: true, Moved: moves}, r)
+			staysOn := ""
+			if !moves && slices.Index(tasks.Queues, tc.asked) < slices.Index(tasks.Queues, tc.from) {
+				staysOn = tc.from // it could not move, and the answer says where it is
+			}
+			require.Equal(t, producer.Result{Status: producer.AlreadyQueued, HeldBy: "campaign", Elsewhere: true, Moved: moves, StaysOn: staysOn}, r)
 
 			// One task for the message, on the lane it waits on, read by asynq.
 			insp := asynq.NewInspectorFromRedisClient(rdb)
@@ -133,7 +138,7 @@ func TestAskedMoreUrgentlyItMoves(t *testing.T) {
 
 			// The second time: it is where it was asked to be, and stays.
 			again := p.Enqueue(ctx, optOut)
-			require.Equal(t, producer.Result{Status: producer.AlreadyQueued, HeldBy: "campaign", Elsewhere: true}, again)
+			require.Equal(t, producer.Result{Status: producer.AlreadyQueued, HeldBy: "campaign", Elsewhere: true, StaysOn: staysOn}, again)
 		})
 	}
 }
@@ -158,33 +163,113 @@ func failOnce(t *testing.T, rdb *redis.Client, lane, tid string) {
 	}, 10*time.Second, 20*time.Millisecond)
 }
 
-// TestAPendingBacklogTooLongToSearchStays: finding a pending task's place
-// reads its lane's list up to it, so past a backlog longer than the
-// enqueue script's budget the task stays where it waits, and the answer
-// does not say it moved; a snoozed task on the same lane still moves.
+// TestAPendingBacklogTooLongToSearchStays: a pending task's place is
+// searched from both ends of its lane's list within a budget per call, so
+// one deeper than half the budget from both ends stays where it waits, and
+// the answer does not say it moved; a snoozed task on the same lane still
+// moves.
 func TestAPendingBacklogTooLongToSearchStays(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	rdb := redisServer.Client(t)
 	p := producer.New(rdb, producer.Config{PromoteWithin: -1})
-	item := func(id, lane string) producer.Item {
-		return producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: "locBacklog0000000001", CampaignID: "campaign", Queue: lane}
-	}
-	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, item("mBacklogPending00001", tasks.QueueBulk)).Status)
-	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, item("mBacklogSnoozed00001", tasks.QueueBulk)).Status)
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, backlogItem("mBacklogPending00001", tasks.QueueBulk)).Status)
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, backlogItem("mBacklogSnoozed00001", tasks.QueueBulk)).Status)
 	snoozedID := tasks.TaskID(ghl.KindMessage, "mBacklogSnoozed00001")
 	require.Equal(t, int64(1), rdb.LRem(ctx, "asynq:{bulk}:pending", 1, snoozedID).Val())
 	require.NoError(t, rdb.ZAdd(ctx, "asynq:{bulk}:retry", redis.Z{Score: float64(time.Now().Add(time.Hour).Unix()), Member: snoozedID}).Err())
 	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:"+snoozedID, "state", "retry").Err())
-	// A backlog one entry longer than the budget, ahead of the pending one.
-	require.ErrorIs(t, rdb.Eval(ctx, `for i = 1, tonumber(ARGV[1]) do redis.call("RPUSH", KEYS[1], "filler") end`,
-		[]string{"asynq:{bulk}:pending"}, producer.PromoteScanMax).Err(), redis.Nil)
-	t.Cleanup(func() { rdb.Del(context.Background(), "asynq:{bulk}:pending") })
+	// Half the budget and one more on each side of the pending one.
+	filler := producer.PromoteScanMax/2 + 1
+	fill(t, rdb, "LPUSH", filler)
+	fill(t, rdb, "RPUSH", filler)
 
-	out := p.EnqueueBatch(ctx, []producer.Item{item("mBacklogPending00001", tasks.QueueUrgent), item("mBacklogSnoozed00001", tasks.QueueUrgent)})
-	require.Equal(t, producer.Result{Status: producer.AlreadyQueued}, out[0], "past the budget: it stays")
+	out := p.EnqueueBatch(ctx, []producer.Item{backlogItem("mBacklogPending00001", tasks.QueueUrgent), backlogItem("mBacklogSnoozed00001", tasks.QueueUrgent)})
+	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, StaysOn: tasks.QueueBulk}, out[0], "past the budget: it stays, and says where")
 	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, Moved: true}, out[1], "a snoozed task costs no search")
 	require.Equal(t, "pending", rdb.HGet(ctx, "asynq:{bulk}:t:"+tasks.TaskID(ghl.KindMessage, "mBacklogPending00001"), "state").Val())
 	require.Equal(t, "pending", rdb.HGet(ctx, "asynq:{urgent}:t:"+snoozedID, "state").Val())
-	require.Equal(t, int64(producer.PromoteScanMax+1), rdb.LLen(ctx, "asynq:{bulk}:pending").Val(), "the backlog is whole")
+	require.Equal(t, int64(2*filler+1), rdb.LLen(ctx, "asynq:{bulk}:pending").Val(), "the backlog is whole")
+}
+
+// TestManyMoveOutOfALongBacklog: a request moving many cancels out of a
+// long bulk backlog moves every one near either end of it (the newest, and
+// the next to run): the budget is charged for what is read, not for the
+// backlog's length once per task (the review saw 49 of 100 move past a
+// 20,000-task backlog).
+func TestManyMoveOutOfALongBacklog(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{PromoteWithin: -1})
+	var bulk, urgent []producer.Item
+	for i := range 100 {
+		id := fmt.Sprintf("mBacklogMany%08d", i)
+		bulk, urgent = append(bulk, backlogItem(id, tasks.QueueBulk)), append(urgent, backlogItem(id, tasks.QueueUrgent))
+	}
+	// 50 next to run, 200,000 behind them, and 50 newest.
+	for _, r := range p.EnqueueBatch(ctx, bulk[:50]) {
+		require.Equal(t, producer.Enqueued, r.Status)
+	}
+	fill(t, rdb, "LPUSH", 200_000)
+	for _, r := range p.EnqueueBatch(ctx, bulk[50:]) {
+		require.Equal(t, producer.Enqueued, r.Status)
+	}
+	for i, r := range p.EnqueueBatch(ctx, urgent) {
+		require.Equal(t, producer.Result{Status: producer.AlreadyQueued, Moved: true}, r, "item %d", i)
+	}
+	require.Equal(t, int64(200_000), rdb.LLen(ctx, "asynq:{bulk}:pending").Val(), "only the filler is left")
+	require.Equal(t, int64(100), rdb.LLen(ctx, "asynq:{urgent}:pending").Val())
+}
+
+// TestARepeatInOneRequestMovesToItsLane: a request naming one message
+// twice, the second time on a more urgent lane (an API request with urgent
+// set on one of two items), leaves it on the more urgent lane, once.
+func TestARepeatInOneRequestMovesToItsLane(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{PromoteWithin: -1})
+	where := func(id string) []string {
+		var on []string
+		for _, l := range tasks.Queues {
+			tid := tasks.TaskID(ghl.KindMessage, id)
+			if rdb.Exists(ctx, "asynq:{"+l+"}:t:"+tid).Val() == 1 {
+				on = append(on, l)
+			}
+			for _, e := range rdb.LRange(ctx, "asynq:{"+l+"}:pending", 0, -1).Val() {
+				if e == tid {
+					on = append(on, l+" list")
+				}
+			}
+		}
+		return on
+	}
+	// New: queued on bulk, moved to urgent by the repeat.
+	out := p.EnqueueBatch(ctx, []producer.Item{backlogItem("mRepeatNew0000000001", tasks.QueueBulk), backlogItem("mRepeatNew0000000001", tasks.QueueUrgent)})
+	require.Equal(t, []producer.Result{{Status: producer.Enqueued}, {Status: producer.AlreadyQueued, Moved: true}}, out)
+	require.Equal(t, []string{"urgent", "urgent list"}, where("mRepeatNew0000000001"))
+	// Pending on bulk, then default and urgent in one request: urgent.
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, backlogItem("mRepeatOld0000000001", tasks.QueueBulk)).Status)
+	out = p.EnqueueBatch(ctx, []producer.Item{backlogItem("mRepeatOld0000000001", tasks.QueueDefault), backlogItem("mRepeatOld0000000001", tasks.QueueUrgent),
+		backlogItem("mRepeatOld0000000001", tasks.QueueBulk)})
+	require.Equal(t, []producer.Result{{Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued}}, out)
+	require.Equal(t, []string{"urgent", "urgent list"}, where("mRepeatOld0000000001"))
+	s, _, err := campaign.New(rdb, 0).Get(ctx, "campaign")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), s.Total, "each message counted once")
+}
+
+func backlogItem(id, lane string) producer.Item {
+	return producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: "locBacklog0000000001", CampaignID: "campaign", Queue: lane}
+}
+
+// fill pushes n filler entries on the bulk lane's pending list (cmd LPUSH:
+// newer than what is there, RPUSH: to run before it); they are deleted at
+// the end.
+func fill(t *testing.T, rdb *redis.Client, cmd string, n int) {
+	t.Helper()
+	require.ErrorIs(t, rdb.Eval(context.Background(), `for i = 1, tonumber(ARGV[1]) do redis.call(ARGV[2], KEYS[1], "filler") end`,
+		[]string{"asynq:{bulk}:pending"}, n, cmd).Err(), redis.Nil)
+	t.Cleanup(func() { rdb.Del(context.Background(), "asynq:{bulk}:pending") })
 }

@@ -17,29 +17,34 @@ func TestParseEnqueueReply(t *testing.T) {
 		reply []any
 		ok    bool
 	}{
-		{"codes, none handed back", []any{[]any{int64(0), int64(1)}, []any{}, []any{}, []any{}}, true},
-		{"one handed back", []any{[]any{int64(3), int64(4)}, []any{int64(1), "c1"}, []any{}, []any{}}, true},
+		{"codes, none handed back", []any{[]any{int64(0), int64(1)}, []any{}, []any{}, []any{}, []any{}}, true},
+		{"one handed back", []any{[]any{int64(3), int64(4)}, []any{int64(1), "c1"}, []any{}, []any{}, []any{}}, true},
 		{"no adopt list", []any{[]any{int64(0), int64(1)}}, false},
-		{"codes short", []any{[]any{int64(0)}, []any{}, []any{}, []any{}}, false},
-		{"refused into a dry run", []any{[]any{int64(0), int64(5)}, []any{}, []any{}, []any{}}, true},
-		{"unknown code", []any{[]any{int64(0), int64(6)}, []any{}, []any{}, []any{}}, false},
-		{"code 4 without its campaign", []any{[]any{int64(0), int64(4)}, []any{}, []any{}, []any{}}, false},
-		{"handed back twice", []any{[]any{int64(4), int64(4)}, []any{int64(1), "c1", int64(1), "c1"}, []any{}, []any{}}, false},
-		{"position out of range", []any{[]any{int64(0), int64(4)}, []any{int64(2), "c1"}, []any{}, []any{}}, false},
-		{"position not handed back", []any{[]any{int64(4), int64(0)}, []any{int64(1), "c1"}, []any{}, []any{}}, false},
-		{"empty campaign", []any{[]any{int64(0), int64(4)}, []any{int64(1), ""}, []any{}, []any{}}, false},
-		{"odd adopt list", []any{[]any{int64(0), int64(4)}, []any{int64(1)}, []any{}, []any{}}, false},
+		{"codes short", []any{[]any{int64(0)}, []any{}, []any{}, []any{}, []any{}}, false},
+		{"refused into a dry run", []any{[]any{int64(0), int64(5)}, []any{}, []any{}, []any{}, []any{}}, true},
+		{"unknown code", []any{[]any{int64(0), int64(6)}, []any{}, []any{}, []any{}, []any{}}, false},
+		{"code 4 without its campaign", []any{[]any{int64(0), int64(4)}, []any{}, []any{}, []any{}, []any{}}, false},
+		{"handed back twice", []any{[]any{int64(4), int64(4)}, []any{int64(1), "c1", int64(1), "c1"}, []any{}, []any{}, []any{}}, false},
+		{"position out of range", []any{[]any{int64(0), int64(4)}, []any{int64(2), "c1"}, []any{}, []any{}, []any{}}, false},
+		{"position not handed back", []any{[]any{int64(4), int64(0)}, []any{int64(1), "c1"}, []any{}, []any{}, []any{}}, false},
+		{"empty campaign", []any{[]any{int64(0), int64(4)}, []any{int64(1), ""}, []any{}, []any{}, []any{}}, false},
+		{"odd adopt list", []any{[]any{int64(0), int64(4)}, []any{int64(1)}, []any{}, []any{}, []any{}}, false},
 		{"no held list", []any{[]any{int64(0), int64(1)}, []any{}}, false},
-		{"held elsewhere", []any{[]any{int64(1), int64(2)}, []any{}, []any{int64(0), "k1", int64(1), "k2"}, []any{}}, true},
-		{"held for an item enqueued", []any{[]any{int64(0), int64(1)}, []any{}, []any{int64(0), "k1"}, []any{}}, false},
-		{"held twice", []any{[]any{int64(1), int64(1)}, []any{}, []any{int64(0), "k1", int64(0), "k2"}, []any{}}, false},
-		{"held in no campaign", []any{[]any{int64(1), int64(1)}, []any{}, []any{int64(0), ""}, []any{}}, true},
-		{"moved", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{int64(1)}}, true},
-		{"moved, enqueued", []any{[]any{int64(0), int64(1)}, []any{}, []any{}, []any{int64(0)}}, false},
-		{"moved twice", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{int64(1), int64(1)}}, false},
-		{"moved out of range", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{int64(2)}}, false},
-		{"moved, not a position", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{"1"}}, false},
+		{"held elsewhere", []any{[]any{int64(1), int64(2)}, []any{}, []any{int64(0), "k1", int64(1), "k2"}, []any{}, []any{}}, true},
+		{"held for an item enqueued", []any{[]any{int64(0), int64(1)}, []any{}, []any{int64(0), "k1"}, []any{}, []any{}}, false},
+		{"held twice", []any{[]any{int64(1), int64(1)}, []any{}, []any{int64(0), "k1", int64(0), "k2"}, []any{}, []any{}}, false},
+		{"held in no campaign", []any{[]any{int64(1), int64(1)}, []any{}, []any{int64(0), ""}, []any{}, []any{}}, true},
+		{"moved", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{int64(1)}, []any{}}, true},
+		{"moved, enqueued", []any{[]any{int64(0), int64(1)}, []any{}, []any{}, []any{int64(0)}, []any{}}, false},
+		{"moved twice", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{int64(1), int64(1)}, []any{}}, false},
+		{"moved out of range", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{int64(2)}, []any{}}, false},
+		{"moved, not a position", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{"1"}, []any{}}, false},
 		{"no moved list", []any{[]any{int64(1), int64(1)}, []any{}, []any{}}, false},
+		{"stays on a slower lane", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{}, []any{int64(0), "bulk"}}, true},
+		{"stays, enqueued", []any{[]any{int64(0), int64(1)}, []any{}, []any{}, []any{}, []any{int64(0), "bulk"}}, false},
+		{"stays and moved", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{int64(0)}, []any{int64(0), "bulk"}}, false},
+		{"stays on no lane", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{}, []any{int64(0), ""}}, false},
+		{"no stayed list", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{}}, false},
 	}
 	for _, tt := range tests {
 		r, err := parseEnqueueReply(tt.reply, items, idx)
@@ -62,6 +67,9 @@ func TestParseEnqueueReply(t *testing.T) {
 		}
 		if tt.name == "moved" {
 			require.Equal(t, []bool{false, true}, r.moved)
+		}
+		if tt.name == "stays on a slower lane" {
+			require.Equal(t, []string{"bulk", ""}, r.stayed)
 		}
 	}
 }

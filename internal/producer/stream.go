@@ -16,11 +16,15 @@ type Summary struct {
 	AlreadyQueued int `json:"already_queued"`
 	// Moved: of AlreadyQueued, the messages that waited on a slower lane
 	// and now wait on the one asked for (Result.Moved).
-	Moved       int `json:"moved,omitempty"`
-	AlreadyDone int `json:"already_done"`
-	Requeued    int `json:"requeued"`
-	Rejected    int `json:"rejected"`
-	Failed      int `json:"failed,omitempty"` // not enqueued: Redis failed or the run was interrupted; re-run
+	Moved int `json:"moved,omitempty"`
+	// StayedOnSlower: of AlreadyQueued, those that stay on a slower lane
+	// than the one asked for (Result.StaysOn: running, or deep in a
+	// backlog).
+	StayedOnSlower int `json:"stayed_on_a_slower_lane,omitempty"`
+	AlreadyDone    int `json:"already_done"`
+	Requeued       int `json:"requeued"`
+	Rejected       int `json:"rejected"`
+	Failed         int `json:"failed,omitempty"` // not enqueued: Redis failed or the run was interrupted; re-run
 	// HeldBy counts, by campaign ("" for none), the messages already
 	// queued or done that are counted in another campaign than the one
 	// they were sent under (each message is counted in one campaign):
@@ -101,6 +105,9 @@ func EnqueueReader(ctx context.Context, p *Producer, in io.Reader, defaults Item
 			sum.AlreadyQueued++
 			if r.Moved {
 				sum.Moved++
+			}
+			if r.StaysOn != "" {
+				sum.StayedOnSlower++
 			}
 		case AlreadyDone:
 			sum.AlreadyDone++

@@ -235,13 +235,18 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 // circuit) goes back to asynq and uses no retry. Only a failure asynq
 // counts itself (a worker that died mid-delivery) reaches the spare, final,
 // where asynq archives whatever comes back, so every way out ends the sweep.
-type try struct{ final, lastTry bool }
+// try is what a delivery is: the spare (final) or the last of its
+// retries, and the lane it runs on (its dead letter's, replayed there).
+type try struct {
+	final, lastTry bool
+	queue          string
+}
 
 // Process runs one delivery of a sweep task, then one settle for every way
 // out, a panic included.
 func (h *Handler) Process(ctx context.Context, t *asynq.Task, info tasks.TaskInfo) (err error) {
 	id := info.ID
-	at := try{final: info.Retried >= info.MaxRetry, lastTry: info.Retried >= info.MaxRetry-1}
+	at := try{final: info.Retried >= info.MaxRetry, lastTry: info.Retried >= info.MaxRetry-1, queue: cmp.Or(info.Queue, tasks.QueueDefault)}
 	var p tasks.SweepPayload
 	defer func() {
 		if v := recover(); v != nil {
@@ -542,7 +547,7 @@ func (h *Handler) settle(ctx context.Context, id string, p tasks.SweepPayload, a
 		}
 		pl, _ := json.Marshal(p) // kept for replay (enqueue dead requeue): a few hundred bytes
 		b, _ := json.Marshal(deadletter.Record{TaskID: id, Kind: "sweep", LocationID: p.LocationID, CampaignID: p.CampaignID,
-			Queue: tasks.QueueDefault, Reason: r.reason, HTTPStatus: r.status, APIMessage: msg, DeadAt: time.Now(), Payload: string(pl),
+			Queue: at.queue, Reason: r.reason, HTTPStatus: r.status, APIMessage: msg, DeadAt: time.Now(), Payload: string(pl),
 			Worker: deadletter.ThisWorker})
 		dead = string(b)
 		h.logger().Warn("sweep failed", "task_id", id, "location_id", p.LocationID, "campaign_id", p.CampaignID, "reason", r.reason, "error", r.err)

@@ -494,3 +494,27 @@ func TestTokensFileStaleGauge(t *testing.T) {
 	_, err = f.Token(ctx, locGood)
 	require.NoError(t, err, "the last good version still answers")
 }
+
+// TestAFailedUrgentSweepIsReplayedOnItsLane: an opt-out's sweep runs on the
+// urgent lane; failed (no token for its location), its dead letter names
+// that lane, so its replay runs there too (it said "default", and the
+// replay of an opt-out waited behind the default lane's work).
+func TestAFailedUrgentSweepIsReplayedOnItsLane(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	prod := producer.New(rdb, producer.Config{})
+	const loc = "locNoTokenUrgent0001"
+	st, err := prod.Sweep(ctx, producer.SweepRequest{Locations: []string{loc}, ContactID: "contactOptOut0000001", CampaignID: "opt-out",
+		Lane: tasks.QueueUrgent, Queue: tasks.QueueUrgent})
+	require.NoError(t, err)
+	id := tasks.SweepTaskID(st.SweepID, loc)
+	info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueUrgent, id)
+	require.NoError(t, err)
+	h := &sweep.Handler{Tokens: tokenMap{}, Producer: prod, Redis: rdb}
+	require.Error(t, h.Process(ctx, asynq.NewTask(info.Type, info.Payload), tasks.TaskInfo{ID: id, Queue: info.Queue, MaxRetry: info.MaxRetry}))
+	rec, ok, err := deadletter.New(rdb).Get(ctx, id)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, []string{string(ghl.ReasonNoToken), tasks.QueueUrgent}, []string{rec.Reason, rec.Queue})
+}
