@@ -128,7 +128,7 @@ type ItemResult struct {
 	Moved bool `json:"moved,omitempty"`
 	// StaysOn, for already_queued: the slower lane than the one asked for
 	// that the cancel stays on, not moved, because it is running now or
-	// lies deep in a long pending backlog (about 500,000 tasks from both
+	// lies deep in a long pending backlog (over 131,072 tasks from both
 	// ends). Sending it again in a minute can move it.
 	StaysOn string `json:"stays_on,omitempty"`
 	// Resent (set by the client, never sent over the wire): the request
@@ -255,8 +255,11 @@ type SweepSummary struct {
 	Already    int64 `json:"already_queued_or_done,omitempty"`
 	// Moved: of Already, the cancels that waited on a slower lane and now
 	// wait on the sweep's.
-	Moved int64  `json:"moved_to_this_lane,omitempty"`
-	Error string `json:"error,omitempty"`
+	Moved int64 `json:"moved_to_this_lane,omitempty"`
+	// Stayed: of Already, the cancels left on a slower lane than the
+	// sweep's: running, or deep in a long backlog.
+	Stayed int64  `json:"stayed_on_a_slower_lane,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // DeadLetter is a cancel that failed for good, with the reason.

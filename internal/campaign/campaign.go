@@ -182,7 +182,7 @@ func (t *Tracker) WithSweeps(ctx context.Context, s *Status) error {
 		s.SweepList = append(s.SweepList, client.SweepSummary{SweepID: id, LocationID: m["location"], ContactID: m["contact"],
 			Channel: m["channel"], Event: m["event"], EventID: m["event_id"], State: st, StartedAt: time.UnixMilli(n("created")).UTC(),
 			Pages: n("pages"), Seen: n("seen"), Found: n("found"), FoundSMS: n("found_sms"), FoundEmail: n("found_email"),
-			Enqueued: n("enqueued"), Already: n("already"), Moved: n("moved"), Error: m["error"]})
+			Enqueued: n("enqueued"), Already: n("already"), Moved: n("moved"), Stayed: n("stayed"), Error: m["error"]})
 	}
 	return nil
 }

@@ -77,6 +77,9 @@ func (s Status) RenderPaced(prev Status, prevAt time.Time, floor time.Duration) 
 			if sw.Moved > 0 {
 				already += fmt.Sprintf(" (%d of them moved to this sweep's lane from a slower one)", sw.Moved)
 			}
+			if sw.Stayed > 0 {
+				already += fmt.Sprintf(" (%d of them stay on a slower lane: running, or deep in a long backlog)", sw.Stayed)
+			}
 		}
 		fmt.Fprintf(&b, "    sweep %s%s: %s in %s, %s: %d still scheduled (%d SMS, %d email), %d cancels queued%s, %s\n",
 			sw.SweepID, by, what, sw.LocationID, sw.Channel, sw.Found, sw.FoundSMS, sw.FoundEmail, sw.Enqueued, already, sw.State)

@@ -142,7 +142,7 @@ for r, l in ipairs(LANES) do RANK[l] = r end
 -- urgent lane they were asked for; scan: pending-list entries LREM may
 -- still read in this call (finding a pending task's place reads its
 -- lane's list up to it: the budget bounds how long this call holds Redis).
-local moved, stayed, scan = {}, {}, ` + strconv.Itoa(promoteScanMax) + `
+local moved, stayed, deeper, scan = {}, {}, {}, ` + strconv.Itoa(promoteScanMax) + `
 -- task_with_queue is the asynq TaskMessage msg with its queue (field 4)
 -- set to q, or nil when msg does not read as one (it then stays).
 local function task_with_queue(msg, q)
@@ -171,27 +171,31 @@ local function task_with_queue(msg, q)
   return table.concat(out)
 end
 -- find_pending: where id is in list key, searched from both ends (the
--- newest, and the next to run) in growing windows, each entry read charged
--- to scan: the end it is nearer (1 the head, -1 the tail) and how many
--- entries from that end it is, or nil (not found within the budget).
-local function find_pending(key, id)
-  local len, w = redis.call("LLEN", key), 256
+-- newest, and the next to run) in windows from w growing fourfold up to
+-- maxw entries per end, each entry read charged to scan (a window is at
+-- most a third of what is left: a miss at the head, a hit at the tail and
+-- the LREM that follows fit in it). Returns the end it is nearer (1 the
+-- head, -1 the tail) and how many entries from that end it is, or nil.
+local function find_pending(key, id, w, maxw)
+  local len, prev = redis.call("LLEN", key), 0
   while true do
-    local lim = math.min(w, len, math.floor(scan / 2))
-    if lim <= 0 then return nil end
+    local lim = math.min(w, maxw, len, math.floor(scan / 3))
+    if lim <= prev then return nil end -- nothing new to read
+    prev = lim
     local p = redis.call("LPOS", key, id, "MAXLEN", lim)
     if p then
       scan = scan - (p + 1)
       return 1, p + 1
     end
     scan = scan - lim
+    if lim >= len then return nil end -- read whole: not there
     p = redis.call("LPOS", key, id, "RANK", -1, "MAXLEN", lim)
     if p then
       scan = scan - (len - p)
       return -1, len - p
     end
     scan = scan - lim
-    if 2 * lim >= len then return nil end -- read whole: not there
+    if 2 * lim >= len then return nil end
     w = w * 4
   end
 end
@@ -199,18 +203,27 @@ end
 -- on lane from, to lane to's pending list, behind what is pending there
 -- (as asynq's "run task" does). Its message keeps its payload, retries
 -- and last error; only its queue changes. A running task (active) stays:
--- its attempt is under way. Returns whether it moved.
-local function promote(id, from, st, to, tmsg, hc)
+-- its attempt is under way. Returns whether it moved, or "deeper" for a
+-- pending task not within ` + strconv.Itoa(promoteNear) + ` entries of either end of its list, when
+-- deep is false: it is searched deeper once every item had its turn (so
+-- a few deep ones do not spend the budget of the many near the ends).
+local function promote(id, from, st, to, tmsg, hc, deep)
   if st ~= "pending" and st ~= "scheduled" and st ~= "retry" then return false end
   local nm = task_with_queue(tmsg, to)
   if not nm or redis.call("EXISTS", "asynq:{" .. to .. "}:t:" .. id) == 1 then return false end
   local base = "asynq:{" .. from .. "}:"
   if st == "pending" then
     local key = base .. "pending"
-    local dir, d = find_pending(key, id)
+    local dir, d
+    if deep then
+      dir, d = find_pending(key, id, ` + strconv.Itoa(4*promoteNear) + `, ` + strconv.Itoa(promoteReach) + `)
+    else
+      dir, d = find_pending(key, id, ` + strconv.Itoa(promoteNear) + `, ` + strconv.Itoa(promoteNear) + `)
+      if not dir then return "deeper" end
+    end
     if not dir then return false end
-    -- The LREM from that end reads as far again.
-    scan = math.max(0, scan - d)
+    -- The LREM from that end reads as far again (within the window's third).
+    scan = scan - d
     if redis.call("LREM", key, dir, id) == 0 then return false end
   elseif redis.call("ZREM", base .. st, id) == 0 then
     return false
@@ -351,7 +364,10 @@ for i = 0, n - 1 do
       -- A task that cannot move (running, or too deep in a backlog) stays,
       -- and the answer names the slower lane it stays on.
       if RANK[lane] < RANK[live] then
-        if tmsg and promote(id, live, livest, lane, tmsg, hc) then
+        local m = tmsg and promote(id, live, livest, lane, tmsg, hc, false)
+        if m == "deeper" then
+          deeper[#deeper+1] = {i, id, live, livest, lane, tmsg, hc}
+        elseif m then
           moved[#moved+1] = i
         else
           stayed[#stayed+1] = i
@@ -461,6 +477,27 @@ for i = 0, n - 1 do
     end
   end
 end
+-- The pending tasks not found near the ends of their lists, searched
+-- deeper with what is left of the budget, in the request's order (an id
+-- named again in the batch: its first search decides, and a more urgent
+-- repeat moves it on).
+local decided = {}
+for _, d in ipairs(deeper) do
+  local i, id, live, lane = d[1], d[2], d[3], d[5]
+  local m = decided[id]
+  if m == nil then
+    m = promote(id, live, d[4], lane, d[6], d[7], true)
+    decided[id] = m
+  elseif m then
+    m = promote_repeat(id, lane)
+  end
+  if m then
+    moved[#moved+1] = i
+  elseif decided[id] == false then
+    stayed[#stayed+1] = i
+    stayed[#stayed+1] = live
+  end
+end
 for lane, ids in pairs(push) do
   if #ids > 0 then redis.call("LPUSH", "asynq:{" .. lane .. "}:pending", unpack(ids)) end
 end
@@ -493,11 +530,17 @@ var existsPerItem = len(tasks.Queues) + 1
 // reads to move tasks waiting there to a more urgent lane: a pending
 // task's place is searched from both ends of its lane's list (LPOS, then
 // LREM from the nearer end), about 1.7 ms per 100,000 entries read on the
-// 2-core machine, so at most about 17 ms per call. A task about 500,000
-// entries or more from both ends (or past what is left of the budget)
-// stays where it waits, and its answer does not say it moved. Tasks
-// snoozed or retrying (a sorted set) always move.
-const promoteScanMax = 1_000_000
+// 2-core machine, so at most about 17 ms per call. Every item's task is
+// looked for within promoteNear entries of either end first (a batch of
+// 500 misses reads 512,000 at most); those not found there are searched
+// deeper, up to promoteReach from each end, with what is left, in the
+// request's order. A task past that stays where it waits, and its answer
+// says so (StaysOn). Tasks snoozed or retrying (a sorted set) always move.
+const (
+	promoteScanMax = 1_000_000
+	promoteNear    = 512
+	promoteReach   = 131_072
+)
 
 // luaLanes lists the lanes as Lua string literals.
 func luaLanes() string {
@@ -785,6 +828,11 @@ func parseEnqueueReply(v []any, items []Item, idx []int) (enqueueReply, error) {
 	}
 	if !pairs(stayedList, func(code int64) bool { return code == 1 }, false, func(j int64, l string) { r.stayed[j] = l }) {
 		return enqueueReply{}, bad
+	}
+	for _, l := range r.stayed {
+		if l != "" && !ValidQueue(l) {
+			return enqueueReply{}, bad
+		}
 	}
 	for j := range r.moved {
 		if r.moved[j] && r.stayed[j] != "" {

@@ -1,4 +1,8 @@
 package producer
 
-// PromoteScanMax is promoteScanMax, for the tests of a long backlog.
-const PromoteScanMax = promoteScanMax
+// The enqueue script's budget and reach for moving pending tasks, for the
+// tests of a long backlog.
+const (
+	PromoteScanMax = promoteScanMax
+	PromoteReach   = promoteReach
+)

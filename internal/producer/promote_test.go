@@ -164,10 +164,11 @@ func failOnce(t *testing.T, rdb *redis.Client, lane, tid string) {
 }
 
 // TestAPendingBacklogTooLongToSearchStays: a pending task's place is
-// searched from both ends of its lane's list within a budget per call, so
-// one deeper than half the budget from both ends stays where it waits, and
-// the answer does not say it moved; a snoozed task on the same lane still
-// moves.
+// searched from both ends of its lane's list up to a reach, so one deeper
+// than that from both ends stays where it waits, and the answer says where
+// it stays; a snoozed task on the same lane still moves, and so does a
+// pending one near the end of the list named after the deep one (the deep
+// search does not spend the budget of those near the ends: it did).
 func TestAPendingBacklogTooLongToSearchStays(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -179,17 +180,25 @@ func TestAPendingBacklogTooLongToSearchStays(t *testing.T) {
 	require.Equal(t, int64(1), rdb.LRem(ctx, "asynq:{bulk}:pending", 1, snoozedID).Val())
 	require.NoError(t, rdb.ZAdd(ctx, "asynq:{bulk}:retry", redis.Z{Score: float64(time.Now().Add(time.Hour).Unix()), Member: snoozedID}).Err())
 	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:"+snoozedID, "state", "retry").Err())
-	// Half the budget and one more on each side of the pending one.
-	filler := producer.PromoteScanMax/2 + 1
+	// The reach and one more on each side of the pending one, then one
+	// more pending task newest of all.
+	filler := producer.PromoteReach + 1
 	fill(t, rdb, "LPUSH", filler)
 	fill(t, rdb, "RPUSH", filler)
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, backlogItem("mBacklogNewest000001", tasks.QueueBulk)).Status)
 
-	out := p.EnqueueBatch(ctx, []producer.Item{backlogItem("mBacklogPending00001", tasks.QueueUrgent), backlogItem("mBacklogSnoozed00001", tasks.QueueUrgent)})
-	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, StaysOn: tasks.QueueBulk}, out[0], "past the budget: it stays, and says where")
+	out := p.EnqueueBatch(ctx, []producer.Item{backlogItem("mBacklogPending00001", tasks.QueueUrgent), backlogItem("mBacklogSnoozed00001", tasks.QueueUrgent),
+		backlogItem("mBacklogNewest000001", tasks.QueueUrgent)})
+	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, StaysOn: tasks.QueueBulk}, out[0], "past the reach: it stays, and says where")
 	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, Moved: true}, out[1], "a snoozed task costs no search")
+	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, Moved: true}, out[2], "one at the end still moves")
 	require.Equal(t, "pending", rdb.HGet(ctx, "asynq:{bulk}:t:"+tasks.TaskID(ghl.KindMessage, "mBacklogPending00001"), "state").Val())
 	require.Equal(t, "pending", rdb.HGet(ctx, "asynq:{urgent}:t:"+snoozedID, "state").Val())
 	require.Equal(t, int64(2*filler+1), rdb.LLen(ctx, "asynq:{bulk}:pending").Val(), "the backlog is whole")
+
+	// Within the reach from the end that runs next: it moves.
+	require.NoError(t, rdb.LTrim(ctx, "asynq:{bulk}:pending", 0, int64(filler)-1+producer.PromoteReach/2).Err())
+	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, Moved: true}, p.Enqueue(ctx, backlogItem("mBacklogPending00001", tasks.QueueUrgent)))
 }
 
 // TestManyMoveOutOfALongBacklog: a request moving many cancels out of a
@@ -272,4 +281,26 @@ func fill(t *testing.T, rdb *redis.Client, cmd string, n int) {
 	require.ErrorIs(t, rdb.Eval(context.Background(), `for i = 1, tonumber(ARGV[1]) do redis.call(ARGV[2], KEYS[1], "filler") end`,
 		[]string{"asynq:{bulk}:pending"}, n, cmd).Err(), redis.Nil)
 	t.Cleanup(func() { rdb.Del(context.Background(), "asynq:{bulk}:pending") })
+}
+
+// TestADeepRepeatMovesToItsLane: a pending task a thousand entries from
+// both ends of its list (searched after the items near the ends), named
+// twice in one request on two more urgent lanes, ends on the more urgent
+// of the two, once.
+func TestADeepRepeatMovesToItsLane(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb := redisServer.Client(t)
+	p := producer.New(rdb, producer.Config{PromoteWithin: -1})
+	const id = "mDeepRepeat000000001"
+	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, backlogItem(id, tasks.QueueBulk)).Status)
+	fill(t, rdb, "LPUSH", 1000)
+	fill(t, rdb, "RPUSH", 1000)
+	out := p.EnqueueBatch(ctx, []producer.Item{backlogItem(id, tasks.QueueDefault), backlogItem(id, tasks.QueueUrgent), backlogItem(id, tasks.QueueBulk)})
+	require.Equal(t, []producer.Result{{Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued}}, out)
+	tid := tasks.TaskID(ghl.KindMessage, id)
+	require.Equal(t, []string{tid}, rdb.LRange(ctx, "asynq:{urgent}:pending", 0, -1).Val())
+	require.Zero(t, rdb.LLen(ctx, "asynq:{default}:pending").Val())
+	require.Zero(t, rdb.Exists(ctx, "asynq:{default}:t:"+tid, "asynq:{bulk}:t:"+tid).Val())
+	require.Equal(t, int64(2000), rdb.LLen(ctx, "asynq:{bulk}:pending").Val())
 }

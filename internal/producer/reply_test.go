@@ -43,6 +43,7 @@ func TestParseEnqueueReply(t *testing.T) {
 		{"stays on a slower lane", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{}, []any{int64(0), "bulk"}}, true},
 		{"stays, enqueued", []any{[]any{int64(0), int64(1)}, []any{}, []any{}, []any{}, []any{int64(0), "bulk"}}, false},
 		{"stays and moved", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{int64(0)}, []any{int64(0), "bulk"}}, false},
+		{"stays on an unknown lane", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{}, []any{int64(0), "nope"}}, false},
 		{"stays on no lane", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{}, []any{int64(0), ""}}, false},
 		{"no stayed list", []any{[]any{int64(1), int64(1)}, []any{}, []any{}, []any{}}, false},
 	}

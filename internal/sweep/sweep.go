@@ -86,7 +86,10 @@ type State struct {
 	Already int64 `json:"already_queued_or_done,omitempty"`
 	// Moved: of Already, the cancels that waited on a slower lane and now
 	// wait on the sweep's (an urgent sweep after a bulk campaign).
-	Moved     int64  `json:"moved_to_this_lane,omitempty"`
+	Moved int64 `json:"moved_to_this_lane,omitempty"`
+	// Stayed: of Already, the cancels left on a slower lane than the
+	// sweep's (running, or deep in a long backlog: producer.Result.StaysOn).
+	Stayed    int64  `json:"stayed_on_a_slower_lane,omitempty"`
 	Restarts  int64  `json:"restarts"`
 	NoEmailID int64  `json:"emails_without_id,omitempty"`
 	Error     string `json:"error,omitempty"`
@@ -105,7 +108,7 @@ func LoadState(ctx context.Context, rdb redis.UniversalClient, sweepID, location
 	n := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
 	return State{Location: m["location"], Phase: m["phase"], Cursor: m["cursor"], Pages: n("pages"), Seen: n("seen"),
 		Found: n("found"), FoundSMS: n("found_sms"), FoundEmail: n("found_email"), Enqueued: n("enqueued"),
-		Already: n("already"), Moved: n("moved"), Restarts: n("restarts"), NoEmailID: n("no_email_id"), Error: m["error"], ReplacedBy: m["replaced_by"]}, true, nil
+		Already: n("already"), Moved: n("moved"), Stayed: n("stayed"), Restarts: n("restarts"), NoEmailID: n("no_email_id"), Error: m["error"], ReplacedBy: m["replaced_by"]}, true, nil
 }
 
 // Runs follows a location's sweep along ReplacedBy: the state keys of it
@@ -136,7 +139,8 @@ func Runs(ctx context.Context, rdb redis.UniversalClient, sweepID, location stri
 // those messages when held elsewhere ("task id\tholding campaign", one per
 // line; the campaign's and this run's held sets, ledger.HeldMax at most
 // each, then held_more on the campaign or the state), and of the already
-// queued, those moved to the sweep's lane from a slower one.
+// queued, those moved to the sweep's lane from a slower one and those that
+// stay on a slower one (running, or deep in a backlog).
 var commitScript = redis.NewScript(`
 local v = redis.call("HMGET", KEYS[1], "phase", "cursor")
 if (v[1] or "") ~= ARGV[1] or (v[2] or "") ~= ARGV[2] then return 0 end
@@ -154,6 +158,7 @@ redis.call("HINCRBY", KEYS[1], "enqueued", ARGV[9])
 if ARGV[11] ~= "0" then redis.call("HINCRBY", KEYS[1], "no_email_id", ARGV[11]) end
 if ARGV[12] ~= "0" then redis.call("HINCRBY", KEYS[1], "already", ARGV[12]) end
 if ARGV[15] and ARGV[15] ~= "0" then redis.call("HINCRBY", KEYS[1], "moved", ARGV[15]) end
+if ARGV[16] and ARGV[16] ~= "0" then redis.call("HINCRBY", KEYS[1], "stayed", ARGV[16]) end
 -- hold adds a held message to a set of at most HeldMax; one more (not a
 -- repeat) sets held_more on flags instead.
 local function hold(set, flags, m, ttl)
@@ -365,7 +370,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 			return fromAPIError(err)
 		}
 		items, scheduled, noID := producer.SweepItems(p, page.Messages, asked)
-		enqueued, already, moved, refused := 0, 0, 0, 0
+		enqueued, already, moved, stayed, refused := 0, 0, 0, 0, 0
 		var refusal error
 		heldBy := map[string]bool{} // campaigns counting messages found here
 		var heldIDs []string        // those messages, followed by who waits for this campaign
@@ -378,6 +383,9 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 					already++
 					if r.Moved {
 						moved++
+					}
+					if r.StaysOn != "" {
+						stayed++
 					}
 					if r.Elsewhere {
 						heldIDs = append(heldIDs, tasks.TaskID(items[i].Kind, items[i].MessageID)+"\t"+r.HeldBy)
@@ -413,7 +421,7 @@ func (h *Handler) run(ctx context.Context, id string, p tasks.SweepPayload, retr
 		}
 		ok, err := commitScript.Run(ctx, h.Redis, []string{producer.SweepStateKey(p.SweepID, p.LocationID), ledger.CampaignKey(p.CampaignID)},
 			st.Phase, st.Cursor, nextPhase, nextCursor, len(page.Messages), scheduled, sms, email, enqueued, "0", noID, already,
-			strings.Join(slices.Sorted(maps.Keys(heldBy)), "\n"), strings.Join(heldIDs, "\n"), moved).Int()
+			strings.Join(slices.Sorted(maps.Keys(heldBy)), "\n"), strings.Join(heldIDs, "\n"), moved, stayed).Int()
 		if err != nil {
 			return result{fate: "retry", reason: tasks.ReasonLimiter, err: fmt.Errorf("recording the sweep's progress: %w", err)}
 		}
