@@ -143,33 +143,6 @@ for r, l in ipairs(LANES) do RANK[l] = r end
 -- still read in this call (finding a pending task's place reads its
 -- lane's list up to it: the budget bounds how long this call holds Redis).
 local moved, stayed, deeper, scan = {}, {}, {}, ` + strconv.Itoa(promoteScanMax) + `
--- task_with_queue is the asynq TaskMessage msg with its queue (field 4)
--- set to q, or nil when msg does not read as one (it then stays).
-local function task_with_queue(msg, q)
-  local out, i, found = {}, 1, false
-  while i <= #msg do
-    local start, tag = i, string.byte(msg, i)
-    if tag >= 128 then return nil end
-    local wt, field = tag % 8, math.floor(tag / 8)
-    local v
-    v, i = pb_varint(msg, i + 1)
-    if not v then return nil end
-    if wt == 2 then
-      if i + v - 1 > #msg then return nil end
-      i = i + v
-    elseif wt ~= 0 then
-      return nil
-    end
-    if field == 4 and wt == 2 then
-      out[#out+1] = string.char(34, #q) .. q
-      found = true
-    else
-      out[#out+1] = string.sub(msg, start, i - 1)
-    end
-  end
-  if not found then return nil end
-  return table.concat(out)
-end
 -- find_pending: where id is in list key, searched from both ends (the
 -- newest, and the next to run) in windows from w growing fourfold up to
 -- maxw entries per end, each entry read charged to scan (a window is at
@@ -539,7 +512,7 @@ var existsPerItem = len(tasks.Queues) + 1
 const (
 	promoteScanMax = 1_000_000
 	promoteNear    = 512
-	promoteReach   = 131_072
+	promoteReach   = ledger.MoveReach
 )
 
 // luaLanes lists the lanes as Lua string literals.

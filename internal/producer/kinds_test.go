@@ -145,14 +145,71 @@ func TestBothKindsAcrossRequests(t *testing.T) {
 // a task that returns nil or SkipRetry.
 func runQueued(t *testing.T, rdb *redis.Client, h *tasks.Handler, tid string) error {
 	t.Helper()
+	return runQueuedOn(t, rdb, h, tasks.QueueDefault, tid)
+}
+
+// runQueuedOn is runQueued for a task on lane.
+func runQueuedOn(t *testing.T, rdb *redis.Client, h *tasks.Handler, lane, tid string) error {
+	t.Helper()
 	insp := asynq.NewInspectorFromRedisClient(rdb)
-	info, err := insp.GetTaskInfo(tasks.QueueDefault, tid)
+	info, err := insp.GetTaskInfo(lane, tid)
 	require.NoError(t, err, "queued: %s", tid)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	err = h.Process(ctx, asynq.NewTask(info.Type, info.Payload), tasks.TaskInfo{ID: tid, Queue: tasks.QueueDefault, MaxRetry: 3})
-	require.NoError(t, insp.DeleteTask(tasks.QueueDefault, tid))
+	err = h.Process(ctx, asynq.NewTask(info.Type, info.Payload), tasks.TaskInfo{ID: tid, Queue: lane, MaxRetry: 3})
+	require.NoError(t, insp.DeleteTask(lane, tid))
 	return err
+}
+
+// TestAWrongKindUrgentResendMovesTheRightKind: an opt-out sent as urgent
+// with the wrong kind (an SMS id as an email) for a message whose cancel a
+// campaign queued on the bulk lane: the wrong kind's task is dropped as
+// superseded, and the right kind's cancel moves to the urgent lane (the
+// audit saw it stay on bulk behind a parked location while every report
+// said the opt-out was done). Dropped from a slower lane, it moves nothing.
+func TestAWrongKindUrgentResendMovesTheRightKind(t *testing.T) {
+	t.Parallel()
+	const loc, tok = "locWrongUrgent000001", "tokWrongUrgent"
+	for _, tt := range []struct {
+		name             string
+		rightOn, wrongOn string
+		wantOn           string
+	}{
+		{"urgent resend as the wrong kind", tasks.QueueBulk, tasks.QueueUrgent, tasks.QueueUrgent},
+		{"default resend as the wrong kind", tasks.QueueBulk, tasks.QueueDefault, tasks.QueueDefault},
+		{"bulk resend as the wrong kind: it stays", tasks.QueueDefault, tasks.QueueBulk, tasks.QueueDefault},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			sb, h := sandboxHandler(t, rdb, loc, tok)
+			id := sb.ScheduleN(loc, 1, false)[0]
+			p := producer.New(rdb, producer.Config{PromoteWithin: -1})
+			right := producer.Item{Kind: ghl.KindMessage, MessageID: id, LocationID: loc, CampaignID: "bulk-camp", Queue: tt.rightOn}
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, right).Status)
+			wrong := producer.Item{Kind: ghl.KindEmail, MessageID: id, LocationID: loc, CampaignID: "opt-out", Queue: tt.wrongOn}
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, wrong).Status)
+			require.NoError(t, runQueuedOn(t, rdb, h, tt.wrongOn, tasks.TaskID(ghl.KindEmail, id)), "dropped, not dead-lettered")
+			o, _, _, err := ledger.New(rdb, ledger.Config{}).Record(ctx, tasks.TaskID(ghl.KindEmail, id))
+			require.NoError(t, err)
+			require.NotNil(t, o)
+			require.Equal(t, ledger.Superseded, o.Outcome)
+
+			tid := tasks.TaskID(ghl.KindMessage, id)
+			for _, l := range tasks.Queues {
+				n := rdb.Exists(ctx, "asynq:{"+l+"}:t:"+tid).Val()
+				require.Equal(t, map[bool]int64{true: 1, false: 0}[l == tt.wantOn], n, "the right kind's task on %s", l)
+			}
+			require.Equal(t, []string{tid}, rdb.LRange(ctx, "asynq:{"+tt.wantOn+"}:pending", 0, -1).Val())
+			require.NoError(t, runQueuedOn(t, rdb, h, tt.wantOn, tid))
+			st, _, _ := sb.MessageStatus(id)
+			require.Equal(t, sandbox.StatusCancelled, st)
+			s, _, err := campaign.New(rdb, 0).Get(ctx, "bulk-camp")
+			require.NoError(t, err)
+			require.Equal(t, []int64{1, 1}, []int64{s.Total, s.Cancelled}, "counted once, in its campaign")
+		})
+	}
 }
 
 // TestSupersededNeedsTheRightKind: a wrong_kind settle is dropped only for

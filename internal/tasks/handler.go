@@ -1047,6 +1047,7 @@ func (h *Handler) settle(ctx context.Context, a *attempt, r result) error {
 				HTTPStatus: r.status, APIMessage: r.message, Attempts: a.retried + 1, Payload: r.payload, Worker: deadletter.ThisWorker}
 			if r.reason == ReasonWrongKind {
 				f.OtherKind = ledger.OtherKindKeys(TaskID(OtherKind(a.kind), a.p.MessageID), Queues)
+				f.MoveOtherTo = a.queue
 				f.OtherScheduled = r.otherScheduled
 			}
 		}
