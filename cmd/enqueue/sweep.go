@@ -239,15 +239,18 @@ wait:
 		Already int64 `json:"already_queued_or_done"`
 		// Moved: of Already, those moved to this sweep's lane from a
 		// slower one.
-		Moved int64  `json:"moved_to_this_lane,omitempty"`
-		Error string `json:"error,omitempty"`
+		Moved int64 `json:"moved_to_this_lane,omitempty"`
+		// Stayed: of Already, those left on a slower lane (running, or
+		// deep in a long backlog).
+		Stayed int64  `json:"stayed_on_a_slower_lane,omitempty"`
+		Error  string `json:"error,omitempty"`
 	}
 	var rows []row
 	failed := 0
 	for _, loc := range dedupe(locations) {
 		state := latest[loc]
 		lim := ratelimit.Learned(ctx, rdb, loc, ratelimit.Limit{N: ratelimit.LimitDefault, Period: ratelimit.PeriodDefault})
-		rw := row{Location: loc, Pages: state.Pages, Read: state.Seen, SMS: state.FoundSMS, Email: state.FoundEmail, Already: state.Already, Moved: state.Moved, Error: state.Error,
+		rw := row{Location: loc, Pages: state.Pages, Read: state.Seen, SMS: state.FoundSMS, Email: state.FoundEmail, Already: state.Already, Moved: state.Moved, Stayed: state.Stayed, Error: state.Error,
 			// The export's pages take the location's slots too (a real
 			// sweep reads them again): 100 found at 100 per 10 s is 10 s,
 			// not 0.

@@ -646,7 +646,9 @@ if #KEYS > 3 and reason == "` + ReasonWrongKind + `" and redis.call("HEXISTS", K
         if string.sub(KEYS[i], 1, #prefix) == prefix then own = i end
       end
       local from, oid = string.match(live, "^asynq:{([^}]*)}:t:(.*)$")
-      if own and at and own < at and from then move_waiting(oid, from, ARGV[13], ` + strconv.Itoa(MoveReach) + `) end
+      if own and at and own < at and from and move_waiting(oid, from, ARGV[13], ` + strconv.Itoa(MoveReach) + `) then
+        live = KEYS[own]
+      end
     end
     if ARGV[11] ~= "" then redis.call("ZREM", "ghlcancel:rl:wait:{" .. ARGV[11] .. "}", id) end
     if campaign ~= "" and clive(campaign) then

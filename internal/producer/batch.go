@@ -142,6 +142,8 @@ for r, l in ipairs(LANES) do RANK[l] = r end
 -- urgent lane they were asked for; scan: pending-list entries LREM may
 -- still read in this call (finding a pending task's place reads its
 -- lane's list up to it: the budget bounds how long this call holds Redis).
+-- deferred: ids left for the deep pass (a repeat joins its first there).
+local deferred = {}
 local moved, stayed, deeper, scan = {}, {}, {}, ` + strconv.Itoa(promoteScanMax) + `
 -- find_pending: where id is in list key, searched from both ends (the
 -- newest, and the next to run) in windows from w growing fourfold up to
@@ -337,8 +339,12 @@ for i = 0, n - 1 do
       -- A task that cannot move (running, or too deep in a backlog) stays,
       -- and the answer names the slower lane it stays on.
       if RANK[lane] < RANK[live] then
-        local m = tmsg and promote(id, live, livest, lane, tmsg, hc, false)
+        -- A repeat of an id left for the deep pass joins it there (a move
+        -- in between may have brought it near an end).
+        local m = "deeper"
+        if not deferred[id] then m = tmsg and promote(id, live, livest, lane, tmsg, hc, false) end
         if m == "deeper" then
+          deferred[id] = true
           deeper[#deeper+1] = {i, id, live, livest, lane, tmsg, hc}
         elseif m then
           moved[#moved+1] = i

@@ -208,6 +208,11 @@ func TestAWrongKindUrgentResendMovesTheRightKind(t *testing.T) {
 			s, _, err := campaign.New(rdb, 0).Get(ctx, "bulk-camp")
 			require.NoError(t, err)
 			require.Equal(t, []int64{1, 1}, []int64{s.Total, s.Cancelled}, "counted once, in its campaign")
+			// The wrong kind's campaign gave the message up, moved or not
+			// (the review saw it count it, never complete, once it moved).
+			s, _, err = campaign.New(rdb, 0).Get(ctx, "opt-out")
+			require.NoError(t, err)
+			require.Equal(t, []any{int64(0), true}, []any{s.Total, s.Complete}, "the opt-out's campaign")
 		})
 	}
 }

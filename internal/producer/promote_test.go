@@ -180,9 +180,9 @@ func TestAPendingBacklogTooLongToSearchStays(t *testing.T) {
 	require.Equal(t, int64(1), rdb.LRem(ctx, "asynq:{bulk}:pending", 1, snoozedID).Val())
 	require.NoError(t, rdb.ZAdd(ctx, "asynq:{bulk}:retry", redis.Z{Score: float64(time.Now().Add(time.Hour).Unix()), Member: snoozedID}).Err())
 	require.NoError(t, rdb.HSet(ctx, "asynq:{bulk}:t:"+snoozedID, "state", "retry").Err())
-	// The reach and one more on each side of the pending one, then one
-	// more pending task newest of all.
-	filler := producer.PromoteReach + 1
+	// The reach on each side of the pending one (one past what is read),
+	// then one more pending task newest of all.
+	filler := producer.PromoteReach
 	fill(t, rdb, "LPUSH", filler)
 	fill(t, rdb, "RPUSH", filler)
 	require.Equal(t, producer.Enqueued, p.Enqueue(ctx, backlogItem("mBacklogNewest000001", tasks.QueueBulk)).Status)
@@ -196,8 +196,8 @@ func TestAPendingBacklogTooLongToSearchStays(t *testing.T) {
 	require.Equal(t, "pending", rdb.HGet(ctx, "asynq:{urgent}:t:"+snoozedID, "state").Val())
 	require.Equal(t, int64(2*filler+1), rdb.LLen(ctx, "asynq:{bulk}:pending").Val(), "the backlog is whole")
 
-	// Within the reach from the end that runs next: it moves.
-	require.NoError(t, rdb.LTrim(ctx, "asynq:{bulk}:pending", 0, int64(filler)-1+producer.PromoteReach/2).Err())
+	// Exactly the reach from the end that runs next: it moves.
+	require.NoError(t, rdb.LTrim(ctx, "asynq:{bulk}:pending", 0, int64(filler)+producer.PromoteReach-1).Err())
 	require.Equal(t, producer.Result{Status: producer.AlreadyQueued, Moved: true}, p.Enqueue(ctx, backlogItem("mBacklogPending00001", tasks.QueueUrgent)))
 }
 
@@ -303,4 +303,39 @@ func TestADeepRepeatMovesToItsLane(t *testing.T) {
 	require.Zero(t, rdb.LLen(ctx, "asynq:{default}:pending").Val())
 	require.Zero(t, rdb.Exists(ctx, "asynq:{default}:t:"+tid, "asynq:{bulk}:t:"+tid).Val())
 	require.Equal(t, int64(2000), rdb.LLen(ctx, "asynq:{bulk}:pending").Val())
+}
+
+// TestADeepRepeatBroughtNearAnEnd: an id left for the deep search (513th
+// newest) is brought near the list's head when another item of the same
+// request moves out of the list before its repeat; the repeat joins the
+// first search instead of moving it on its own, so the first is answered
+// moved (not stays_on), and the more urgent of the two lanes wins.
+func TestADeepRepeatBroughtNearAnEnd(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		a, b string
+		want []producer.Result
+	}{
+		{tasks.QueueDefault, tasks.QueueUrgent, []producer.Result{{Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued, Moved: true}}},
+		{tasks.QueueUrgent, tasks.QueueDefault, []producer.Result{{Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued}}},
+		{tasks.QueueUrgent, tasks.QueueUrgent, []producer.Result{{Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued, Moved: true}, {Status: producer.AlreadyQueued}}},
+	} {
+		t.Run(tt.a+" then "+tt.b, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			rdb := redisServer.Client(t)
+			p := producer.New(rdb, producer.Config{PromoteWithin: -1})
+			const x, y = "mNearX00000000000001", "mNearY00000000000001"
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, backlogItem(x, tasks.QueueBulk)).Status)
+			fill(t, rdb, "LPUSH", 511)
+			fill(t, rdb, "RPUSH", 1000)
+			require.Equal(t, producer.Enqueued, p.Enqueue(ctx, backlogItem(y, tasks.QueueBulk)).Status)
+			out := p.EnqueueBatch(ctx, []producer.Item{backlogItem(x, tt.a), backlogItem(y, tasks.QueueUrgent), backlogItem(x, tt.b)})
+			require.Equal(t, tt.want, out)
+			xid := tasks.TaskID(ghl.KindMessage, x)
+			require.Equal(t, "pending", rdb.HGet(ctx, "asynq:{urgent}:t:"+xid, "state").Val(), "on the more urgent lane")
+			require.Zero(t, rdb.Exists(ctx, "asynq:{default}:t:"+xid, "asynq:{bulk}:t:"+xid).Val())
+			require.Equal(t, int64(2), rdb.LLen(ctx, "asynq:{urgent}:pending").Val())
+		})
+	}
 }
