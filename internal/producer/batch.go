@@ -126,10 +126,10 @@ local function drop_wrong_kind(id)
 end
 -- Task ids to push per lane: one LPUSH per lane for the whole batch (in
 -- the same order as one LPUSH per task).
-local push, seen, seenat = {}, {}, {}
+local push, seen, seenlane = {}, {}, {}
 local function enqueue(lane, id, msg, campaign)
   seen[id] = campaign -- a repeat later in the batch is already queued, in this campaign
-  seenat[id] = {lane, msg} -- where, and its message: a more urgent repeat moves it
+  seenlane[id] = lane -- where: a more urgent repeat moves it (no table per item: this is every task's path)
   redis.call("HSET", "asynq:{" .. lane .. "}:t:" .. id, "msg", msg, "state", "pending", "pending_since", nowns)
   push[lane] = push[lane] or {}
   local p = push[lane]
@@ -211,18 +211,19 @@ end
 -- item of the batch to the more urgent lane a repeat asks for: it is not
 -- pushed yet, so it leaves its lane's push list.
 local function promote_repeat(id, to)
-  local was = seenat[id]
-  if not was or not (RANK[to] < RANK[was[1]]) then return false end
-  local nm = task_with_queue(was[2], to)
+  local was = seenlane[id]
+  if not was or not (RANK[to] < RANK[was]) then return false end
+  local tk = "asynq:{" .. was .. "}:t:" .. id
+  local nm = task_with_queue(redis.call("HGET", tk, "msg") or "", to)
   if not nm then return false end
-  local p = push[was[1]]
+  local p = push[was]
   for k = #p, 1, -1 do
     if p[k] == id then
       table.remove(p, k)
       break
     end
   end
-  redis.call("DEL", "asynq:{" .. was[1] .. "}:t:" .. id)
+  redis.call("DEL", tk)
   enqueue(to, id, nm, seen[id])
   return true
 end
