@@ -280,7 +280,7 @@ func (e env) dryRun(in io.Reader, defaults producer.Item, lim ratelimit.Limit, a
 // holds it, not in --campaign: the --location names it.) Best effort: a
 // failed read says nothing.
 func (e *env) warnParked(ctx context.Context, rdb *redis.Client, campaignID, location string, urgent bool) {
-	parked := map[string]string{}
+	var parked map[string]string
 	if campaignID != "" {
 		parked, _ = campaign.New(rdb, 0).Parked(ctx, campaignID)
 	}

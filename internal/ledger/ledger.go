@@ -379,6 +379,19 @@ local function task_with_queue(msg, q)
   if not found then return nil end
   return table.concat(out)
 end
+-- take_waiting takes task id, waiting in state st on the lane whose keys
+-- start with base, off that lane: out of its pending list (LREM from the
+-- end dir says: 1 the head, -1 the tail) or its retry or scheduled set,
+-- and its hash deleted. Returns whether it was there to take.
+local function take_waiting(base, id, st, dir)
+  if st == "pending" then
+    if redis.call("LREM", base .. "pending", dir, id) == 0 then return false end
+  elseif redis.call("ZREM", base .. st, id) == 0 then
+    return false
+  end
+  redis.call("DEL", base .. "t:" .. id)
+  return true
+end
 -- move_waiting moves the task of id waiting (pending, scheduled or retry)
 -- on lane from to lane to's pending list, behind what is pending there (as
 -- asynq's "run task" does), its message rewritten with only its queue
@@ -394,17 +407,16 @@ local function move_waiting(id, from, to, reach)
   local nm = task_with_queue(msg, to)
   local nk = "asynq:{" .. to .. "}:t:" .. id
   if not nm or redis.call("EXISTS", nk) == 1 then return false end
+  local dir = 1
   if st == "pending" then
-    local key, dir = base .. "pending", 1
+    local key = base .. "pending"
     local p = redis.call("LPOS", key, id, "MAXLEN", reach)
     if not p then
       p, dir = redis.call("LPOS", key, id, "RANK", -1, "MAXLEN", reach), -1
     end
-    if not p or redis.call("LREM", key, dir, id) == 0 then return false end
-  elseif redis.call("ZREM", base .. st, id) == 0 then
-    return false
+    if not p then return false end
   end
-  redis.call("DEL", base .. "t:" .. id)
+  if not take_waiting(base, id, st, dir) then return false end
   local t = redis.call("TIME")
   redis.call("HSET", nk, "msg", nm, "state", "pending", "pending_since", t[1] .. string.format("%06d", tonumber(t[2])) .. "000")
   redis.call("LPUSH", "asynq:{" .. to .. "}:pending", id)

@@ -186,10 +186,9 @@ local function promote(id, from, st, to, tmsg, hc, deep)
   if st ~= "pending" and st ~= "scheduled" and st ~= "retry" then return false end
   local nm = task_with_queue(tmsg, to)
   if not nm or redis.call("EXISTS", "asynq:{" .. to .. "}:t:" .. id) == 1 then return false end
-  local base = "asynq:{" .. from .. "}:"
+  local base, dir = "asynq:{" .. from .. "}:", 1
   if st == "pending" then
-    local key = base .. "pending"
-    local dir, d
+    local key, d = base .. "pending", nil
     if deep then
       dir, d = find_pending(key, id, ` + strconv.Itoa(4*promoteNear) + `, ` + strconv.Itoa(promoteReach) + `)
     else
@@ -199,11 +198,8 @@ local function promote(id, from, st, to, tmsg, hc, deep)
     if not dir then return false end
     -- The LREM from that end reads as far again (within the window's third).
     scan = scan - d
-    if redis.call("LREM", key, dir, id) == 0 then return false end
-  elseif redis.call("ZREM", base .. st, id) == 0 then
-    return false
   end
-  redis.call("DEL", base .. "t:" .. id)
+  if not take_waiting(base, id, st, dir) then return false end
   enqueue(to, id, nm, hc or "")
   return true
 end
